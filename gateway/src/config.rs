@@ -1,0 +1,225 @@
+//! The gateway's configuration sections. Field docs are the user reference (the README's config section
+//! repeats them, and a test keeps the two in step). The binary composes these into one `courier.toml`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// `[grpc]`: the gRPC listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Address the gRPC server binds (port 0 picks a free port; the ready line names the bound one).
+    #[serde(default = "GrpcConfig::default_listen")]
+    pub listen: SocketAddr,
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[serde(default = "GrpcConfig::default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Interval of HTTP/2 keepalive pings to clients, so dead peers are noticed.
+    #[serde(
+        default = "GrpcConfig::default_keepalive_interval",
+        with = "humantime_serde"
+    )]
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[serde(
+        default = "GrpcConfig::default_keepalive_timeout",
+        with = "humantime_serde"
+    )]
+    pub keepalive_timeout: Duration,
+    /// Most concurrent streams (calls) per HTTP/2 connection.
+    #[serde(default = "GrpcConfig::default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+impl GrpcConfig {
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 50051))
+    }
+    fn default_max_message_bytes() -> usize {
+        16 << 20
+    }
+    fn default_keepalive_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_keepalive_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_max_concurrent_streams() -> u32 {
+        1024
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: Self::default_listen(),
+            max_message_bytes: Self::default_max_message_bytes(),
+            keepalive_interval: Self::default_keepalive_interval(),
+            keepalive_timeout: Self::default_keepalive_timeout(),
+            max_concurrent_streams: Self::default_max_concurrent_streams(),
+        }
+    }
+}
+
+/// `[log]`: which backend stores the records. `kind` chooses; the other keys belong to that kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// The single-node log on local disk (the default).
+    Embedded(EmbeddedConfig),
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self::Embedded(EmbeddedConfig::default())
+    }
+}
+
+/// When the embedded log forces appended records to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// `fdatasync` once per group commit, before any record of it is acknowledged: survives power loss.
+    #[default]
+    Always,
+    /// Hand records to the OS before acknowledging, never sync: survives a crash of the gateway process,
+    /// not of the machine.
+    Never,
+}
+
+/// `[log]` with `kind = "embedded"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// Directory holding the log. Created if missing; one gateway process at a time may use it.
+    #[serde(default = "EmbeddedConfig::default_data_dir")]
+    pub data_dir: PathBuf,
+    /// `always` (sync every group commit before acking) or `never` (OS buffers only).
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+    /// Most bytes gathered into one group commit. Appends that arrive while a commit is syncing wait
+    /// for the next one, so one sync acknowledges many appends.
+    #[serde(default = "EmbeddedConfig::default_group_commit_bytes")]
+    pub group_commit_bytes: usize,
+    /// How often retention (by age and by size) is enforced.
+    #[serde(
+        default = "EmbeddedConfig::default_retention_check_interval",
+        with = "humantime_serde"
+    )]
+    pub retention_check_interval: Duration,
+}
+
+impl EmbeddedConfig {
+    fn default_data_dir() -> PathBuf {
+        PathBuf::from("./data")
+    }
+    fn default_group_commit_bytes() -> usize {
+        8 << 20
+    }
+    fn default_retention_check_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+
+    /// The defaults, in another directory.
+    pub fn in_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: Self::default_data_dir(),
+            fsync: FsyncPolicy::default(),
+            group_commit_bytes: Self::default_group_commit_bytes(),
+            retention_check_interval: Self::default_retention_check_interval(),
+        }
+    }
+}
+
+/// `[topics]`: defaults and limits for topics, whatever the backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Create a topic on first produce or subscribe when it does not exist. Off: such requests fail
+    /// with NOT_FOUND and a hint to create the topic.
+    #[serde(default = "TopicsConfig::default_auto_create")]
+    pub auto_create: bool,
+    /// Partitions of a topic created without a count.
+    #[serde(default = "TopicsConfig::default_partitions")]
+    pub default_partitions: u32,
+    /// Retention by age of a topic created without one; "0s" keeps records forever.
+    #[serde(default = "TopicsConfig::default_retention", with = "humantime_serde")]
+    pub default_retention: Duration,
+    /// Retention by size per partition (bytes) of a topic created without one; 0 is unlimited.
+    #[serde(default)]
+    pub default_retention_bytes: u64,
+    /// Largest record accepted (key + value + headers, bytes).
+    #[serde(default = "TopicsConfig::default_max_record_bytes")]
+    pub max_record_bytes: usize,
+}
+
+impl TopicsConfig {
+    fn default_auto_create() -> bool {
+        true
+    }
+    fn default_partitions() -> u32 {
+        3
+    }
+    fn default_retention() -> Duration {
+        Duration::from_secs(7 * 24 * 3600)
+    }
+    fn default_max_record_bytes() -> usize {
+        1 << 20
+    }
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            auto_create: Self::default_auto_create(),
+            default_partitions: Self::default_partitions(),
+            default_retention: Self::default_retention(),
+            default_retention_bytes: 0,
+            max_record_bytes: Self::default_max_record_bytes(),
+        }
+    }
+}
+
+/// `[groups]`: consumer group behaviour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// How often a subscriber commits its acknowledged prefix (also committed when it leaves or loses a
+    /// partition). A crash redelivers at most this much acknowledged-but-uncommitted work.
+    #[serde(
+        default = "GroupsConfig::default_commit_interval",
+        with = "humantime_serde"
+    )]
+    pub commit_interval: Duration,
+    /// `max_in_flight` of a subscription that does not set one.
+    #[serde(default = "GroupsConfig::default_max_in_flight")]
+    pub default_max_in_flight: usize,
+}
+
+impl GroupsConfig {
+    fn default_commit_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_max_in_flight() -> usize {
+        1000
+    }
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self {
+            commit_interval: Self::default_commit_interval(),
+            default_max_in_flight: Self::default_max_in_flight(),
+        }
+    }
+}

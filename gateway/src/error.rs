@@ -1,0 +1,166 @@
+//! The one error type of the gateway crate. Front ends map it to their wire (gRPC status, MQTT reason
+//! code, AMQP condition) in one place each; callers decide with predicates, never by matching strings.
+
+use std::io;
+
+/// Why a Log or API operation failed. Messages are written for the person who will read them in a client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The topic name breaks Kafka's naming rules.
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopicName {
+        /// The name as given.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+
+    /// The topic does not exist and the request may not create it.
+    #[error(
+        "topic {topic:?} does not exist and automatic topic creation is off; create it first (`courier topics create {topic}`)"
+    )]
+    UnknownTopic {
+        /// The topic asked for.
+        topic: String,
+    },
+
+    /// A topic with that name already exists.
+    #[error("topic {topic:?} already exists")]
+    TopicExists {
+        /// The topic.
+        topic: String,
+    },
+
+    /// The partition number is outside the topic's partitions.
+    #[error("topic {topic:?} has {partitions} partitions; partition {partition} does not exist")]
+    UnknownPartition {
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
+        partition: i32,
+        /// How many the topic has.
+        partitions: u32,
+    },
+
+    /// A record is larger than the configured limit.
+    #[error(
+        "record {index} for topic {topic:?} is {size} bytes, over the {limit}-byte limit (log.max_record_bytes)"
+    )]
+    RecordTooLarge {
+        /// The topic.
+        topic: String,
+        /// Position of the record in its request.
+        index: usize,
+        /// Key + value + headers, in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// The offset asked for is no longer (or not yet) in the partition.
+    #[error(
+        "offset {offset} is out of range for {topic}/{partition}: the partition holds offsets {low} to {high} (exclusive)"
+    )]
+    OffsetOutOfRange {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The offset asked for.
+        offset: i64,
+        /// Oldest retained offset.
+        low: i64,
+        /// Next offset to be written.
+        high: i64,
+    },
+
+    /// The request itself is malformed (missing field, bad value).
+    #[error("{0}")]
+    InvalidRequest(String),
+
+    /// The group's members subscribe through another protocol, and one group cannot mix them.
+    #[error(
+        "consumer group {group:?} is already subscribed through {existing}; a {requested} subscriber cannot join it (use another group name)"
+    )]
+    GroupProtocolConflict {
+        /// The group.
+        group: String,
+        /// Protocol of the current members.
+        existing: String,
+        /// Protocol of the refused subscriber.
+        requested: String,
+    },
+
+    /// The operation needs a group with no live members.
+    #[error(
+        "consumer group {group:?} has {members} live subscriber(s); stop them before changing its offsets, or seek inside the subscription"
+    )]
+    GroupActive {
+        /// The group.
+        group: String,
+        /// Live members.
+        members: usize,
+    },
+
+    /// The gateway is shutting down or the log is closed.
+    #[error("the log is shutting down; retry against another gateway replica")]
+    ShuttingDown,
+
+    /// The storage engine failed. The operation may be retried once the cause is fixed.
+    #[error("storage error while {context}: {source}")]
+    Storage {
+        /// What the gateway was doing.
+        context: &'static str,
+        /// The storage engine's error.
+        #[source]
+        source: fjall::Error,
+    },
+
+    /// A file system operation failed.
+    #[error("i/o error while {context}: {source}")]
+    Io {
+        /// What the gateway was doing.
+        context: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Stored data could not be decoded: the data directory is damaged or from an incompatible version.
+    #[error("corrupt stored data in {what}: {detail}")]
+    Corrupt {
+        /// Which kind of stored item.
+        what: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// Builds a [`Error::Storage`] with what the gateway was doing.
+    pub fn storage(context: &'static str) -> impl FnOnce(fjall::Error) -> Self {
+        move |source| Self::Storage { context, source }
+    }
+
+    /// True when the same request may succeed later without change (transient conditions).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::ShuttingDown | Self::Storage { .. } | Self::Io { .. }
+        )
+    }
+
+    /// True when the client's request is at fault and must be changed before retrying.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidTopicName { .. }
+                | Self::UnknownPartition { .. }
+                | Self::RecordTooLarge { .. }
+                | Self::InvalidRequest(_)
+        )
+    }
+}
+
+/// Result alias for the gateway crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

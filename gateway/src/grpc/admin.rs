@@ -1,0 +1,98 @@
+//! The `courier.v1.Admin` service: topics and consumer groups.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{group_to_wire, topic_to_wire};
+use crate::{
+    log::{Log, TopicSpec},
+    proto::v1::{self as pb, admin_server::Admin},
+};
+
+/// The Admin service over a Log.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    log: Arc<dyn Log>,
+}
+
+impl AdminService {
+    /// A service over `log`.
+    pub fn new(log: Arc<dyn Log>) -> Self {
+        Self { log }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::TopicDescription>, Status> {
+        let request = request.into_inner();
+        let spec = TopicSpec {
+            name: request.name,
+            partitions: (request.partitions > 0).then_some(request.partitions),
+            retention_ms: request.retention_ms,
+            retention_bytes: request.retention_bytes,
+        };
+        Ok(Response::new(topic_to_wire(
+            self.log.create_topic(spec).await?,
+        )))
+    }
+
+    async fn list_topics(
+        &self,
+        _: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let topics = self.log.list_topics().await?;
+        Ok(Response::new(pb::ListTopicsResponse {
+            topics: topics
+                .into_iter()
+                .map(|t| pb::TopicSummary {
+                    name: t.name,
+                    partitions: t.partitions as i32,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::TopicDescription>, Status> {
+        Ok(Response::new(topic_to_wire(
+            self.log.describe_topic(&request.into_inner().name).await?,
+        )))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        self.log.delete_topic(&request.into_inner().name).await?;
+        Ok(Response::new(pb::DeleteTopicResponse {}))
+    }
+
+    async fn list_groups(
+        &self,
+        _: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups: self.log.list_groups().await?,
+        }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<pb::DescribeGroupRequest>,
+    ) -> Result<Response<pb::GroupDescription>, Status> {
+        let group = request.into_inner().group;
+        if group.is_empty() {
+            return Err(Status::invalid_argument("group is required"));
+        }
+        Ok(Response::new(group_to_wire(
+            self.log.describe_group(&group).await?,
+        )))
+    }
+}

@@ -1,0 +1,94 @@
+//! `ProduceStream`: pipelined produce. Requests are submitted to the log in the order they arrive (so
+//! per-partition order holds), up to [`MAX_PIPELINED`] await durability at once, and each is answered
+//! as soon as the log acknowledged it. Past that bound the stream stops reading requests, and HTTP/2
+//! flow control pushes back on the client: nothing buffers without bound.
+
+use std::{pin::Pin, sync::Arc};
+
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use super::{
+    convert::{acks_to_wire, record_from_wire},
+    status::error_to_wire,
+};
+use crate::{log::Log, proto::v1 as pb};
+
+/// Requests of one stream awaiting durability at once.
+pub const MAX_PIPELINED: usize = 256;
+
+/// The response stream type.
+pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ProduceResponse, Status>> + Send>>;
+
+/// Starts serving one ProduceStream call.
+pub(crate) fn start(
+    log: Arc<dyn Log>,
+    requests: Streaming<pb::ProduceRequest>,
+    drain: CancellationToken,
+) -> ResponseStream {
+    let (responses, stream) = mpsc::channel(MAX_PIPELINED);
+    tokio::spawn(serve(log, requests, responses, drain));
+    Box::pin(ReceiverStream::new(stream))
+}
+
+async fn serve(
+    log: Arc<dyn Log>,
+    mut requests: Streaming<pb::ProduceRequest>,
+    responses: mpsc::Sender<Result<pb::ProduceResponse, Status>>,
+    drain: CancellationToken,
+) {
+    let mut pending: JoinSet<pb::ProduceResponse> = JoinSet::new();
+    let mut drained = false;
+    loop {
+        tokio::select! {
+            biased;
+            Some(done) = pending.join_next() => {
+                if let Ok(response) = done && responses.send(Ok(response)).await.is_err() {
+                    return; // the client is gone; its unanswered requests were still written
+                }
+            }
+            () = drain.cancelled() => {
+                drained = true;
+                break;
+            }
+            request = requests.message(), if pending.len() < MAX_PIPELINED => match request {
+                Ok(Some(request)) => {
+                    let request_id = request.request_id;
+                    let records = request.records.into_iter().map(record_from_wire).collect();
+                    match log.submit(&request.topic, records).await {
+                        Ok(receipt) => {
+                            pending.spawn(async move {
+                                match receipt.await {
+                                    Ok(appended) => pb::ProduceResponse { request_id, acks: acks_to_wire(appended), error: None },
+                                    Err(error) => pb::ProduceResponse { request_id, acks: Vec::new(), error: Some(error_to_wire(error)) },
+                                }
+                            });
+                        }
+                        Err(error) => {
+                            let response = pb::ProduceResponse { request_id, acks: Vec::new(), error: Some(error_to_wire(error)) };
+                            if responses.send(Ok(response)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(%status, "produce stream ended by the client");
+                    break;
+                }
+            },
+        }
+    }
+    // Answer everything already submitted before ending the stream.
+    while let Some(done) = pending.join_next().await {
+        if let Ok(response) = done {
+            let _ = responses.send(Ok(response)).await;
+        }
+    }
+    if drained {
+        let _ = responses.send(Err(Status::unavailable("the gateway is shutting down; every request read so far was answered; reconnect to continue"))).await;
+    }
+}

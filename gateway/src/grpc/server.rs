@@ -1,0 +1,104 @@
+//! The gRPC server: the Streams and Admin services with health, reflection, message limits and HTTP/2
+//! keepalive, served on a listener the caller bound (so the caller knows the port before it serves).
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use super::{AdminService, StreamsService};
+use crate::{
+    config::{GroupsConfig, GrpcConfig},
+    log::Log,
+    proto::{
+        FILE_DESCRIPTOR_SET,
+        v1::{admin_server::AdminServer, streams_server::StreamsServer},
+    },
+};
+
+/// Everything the gRPC front end needs.
+#[derive(Debug)]
+pub struct GrpcServer {
+    /// The log behind the API.
+    pub log: Arc<dyn Log>,
+    /// `[grpc]` settings.
+    pub config: GrpcConfig,
+    /// `[groups]` settings (default window).
+    pub groups: GroupsConfig,
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reflection could not load the API's descriptors.
+    #[error("building gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("serving gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl GrpcServer {
+    /// Serves until `drain` is cancelled, then stops accepting, lets streams finish (they end with
+    /// UNAVAILABLE after answering what they hold) and returns once every connection is done.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        drain: CancellationToken,
+    ) -> Result<(), ServeError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+
+        let limit = self.config.max_message_bytes;
+        let streams = StreamsServer::new(StreamsService::new(
+            self.log.clone(),
+            self.groups.clone(),
+            drain.clone(),
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+        let admin = AdminServer::new(AdminService::new(self.log.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+
+        // The Log was opened before the server was built, so the API is ready the moment it serves.
+        health.set_serving::<StreamsServer<StreamsService>>().await;
+        health.set_serving::<AdminServer<AdminService>>().await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+
+        let shutdown = {
+            let drain = drain.clone();
+            async move {
+                drain.cancelled().await;
+                // Load balancers polling health stop sending new calls while streams finish.
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                health
+                    .set_not_serving::<StreamsServer<StreamsService>>()
+                    .await;
+                health.set_not_serving::<AdminServer<AdminService>>().await;
+            }
+        };
+
+        Server::builder()
+            .http2_keepalive_interval(Some(self.config.keepalive_interval))
+            .http2_keepalive_timeout(Some(self.config.keepalive_timeout))
+            .max_concurrent_streams(self.config.max_concurrent_streams)
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(streams)
+            .add_service(admin)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+        Ok(())
+    }
+}

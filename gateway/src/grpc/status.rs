@@ -1,0 +1,74 @@
+//! The one place gateway errors become gRPC statuses. The message is the error's own text, written for
+//! the person reading it in a client.
+
+use tonic::{Code, Status};
+
+use crate::Error;
+
+/// The gRPC code of an error.
+pub(crate) fn code_of(error: &Error) -> Code {
+    match error {
+        Error::InvalidTopicName { .. }
+        | Error::InvalidRequest(_)
+        | Error::RecordTooLarge { .. }
+        | Error::UnknownPartition { .. } => Code::InvalidArgument,
+        Error::UnknownTopic { .. } => Code::NotFound,
+        Error::TopicExists { .. } => Code::AlreadyExists,
+        Error::OffsetOutOfRange { .. } => Code::OutOfRange,
+        Error::GroupProtocolConflict { .. } | Error::GroupActive { .. } => Code::FailedPrecondition,
+        Error::ShuttingDown | Error::Storage { .. } | Error::Io { .. } => Code::Unavailable,
+        Error::Corrupt { .. } => Code::DataLoss,
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        if !error.is_client_error()
+            && !matches!(
+                error,
+                Error::UnknownTopic { .. } | Error::TopicExists { .. }
+            )
+        {
+            tracing::warn!(%error, "request failed");
+        }
+        Status::new(code_of(&error), error.to_string())
+    }
+}
+
+/// A per-request error inside a stream (ProduceStream answers failed requests without ending).
+pub(crate) fn error_to_wire(error: Error) -> crate::proto::v1::Error {
+    let status = Status::from(error);
+    crate::proto::v1::Error {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_mistakes_are_invalid_argument_with_the_reason() {
+        let status = Status::from(Error::InvalidTopicName {
+            name: "a b".into(),
+            reason: "no spaces",
+        });
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("a b") && status.message().contains("no spaces"));
+    }
+
+    #[test]
+    fn unknown_topic_tells_how_to_create_it() {
+        let status = Status::from(Error::UnknownTopic {
+            topic: "orders".into(),
+        });
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().contains("courier topics create orders"));
+    }
+
+    #[test]
+    fn shutting_down_is_unavailable() {
+        assert_eq!(Status::from(Error::ShuttingDown).code(), Code::Unavailable);
+    }
+}

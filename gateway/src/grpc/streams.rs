@@ -1,0 +1,165 @@
+//! The `courier.v1.Streams` service: the data plane. Unary calls are here; the two long-lived streams
+//! have their own modules ([`super::produce_stream`], [`super::subscribe`]).
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{
+    convert::{self, acks_to_wire, partition_from_wire, record_from_wire, record_to_wire},
+    produce_stream, subscribe,
+};
+use crate::{
+    config::GroupsConfig,
+    log::{FetchLimits, Log, TopicPartition},
+    proto::v1::{self as pb, streams_server::Streams},
+};
+
+/// The Streams service over a Log.
+#[derive(Debug, Clone)]
+pub struct StreamsService {
+    log: Arc<dyn Log>,
+    groups: GroupsConfig,
+    /// Cancelled when the gateway drains: streams finish what they hold and end with UNAVAILABLE.
+    drain: CancellationToken,
+}
+
+impl StreamsService {
+    /// A service over `log`; `drain` ends its streams gracefully.
+    pub fn new(log: Arc<dyn Log>, groups: GroupsConfig, drain: CancellationToken) -> Self {
+        Self { log, groups, drain }
+    }
+}
+
+#[tonic::async_trait]
+impl Streams for StreamsService {
+    async fn produce(
+        &self,
+        request: Request<pb::ProduceRequest>,
+    ) -> Result<Response<pb::ProduceResponse>, Status> {
+        let request = request.into_inner();
+        let records = request.records.into_iter().map(record_from_wire).collect();
+        let appended = self.log.append(&request.topic, records).await?;
+        Ok(Response::new(pb::ProduceResponse {
+            request_id: request.request_id,
+            acks: acks_to_wire(appended),
+            error: None,
+        }))
+    }
+
+    type ProduceStreamStream = produce_stream::ResponseStream;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<pb::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        Ok(Response::new(produce_stream::start(
+            self.log.clone(),
+            request.into_inner(),
+            self.drain.clone(),
+        )))
+    }
+
+    type SubscribeStream = subscribe::ResponseStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |addr| addr.to_string());
+        let stream = subscribe::start(
+            self.log.clone(),
+            request.into_inner(),
+            peer,
+            &self.groups,
+            self.drain.clone(),
+        )
+        .await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchResponse>, Status> {
+        let request = request.into_inner();
+        let defaults = FetchLimits::default();
+        let limits = FetchLimits {
+            max_records: if request.max_records == 0 {
+                defaults.max_records
+            } else {
+                request.max_records as usize
+            },
+            max_bytes: if request.max_bytes == 0 {
+                defaults.max_bytes
+            } else {
+                request.max_bytes as usize
+            },
+        };
+        let partition = partition_from_wire(request.topic, request.partition);
+        let fetched = self.log.fetch(&partition, request.offset, limits).await?;
+        Ok(Response::new(pb::FetchResponse {
+            records: fetched.records.into_iter().map(record_to_wire).collect(),
+            low_watermark: fetched.low_watermark,
+            high_watermark: fetched.high_watermark,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let request = request.into_inner();
+        require_group(&request.group)?;
+        let offsets: Vec<(TopicPartition, i64)> = request
+            .offsets
+            .into_iter()
+            .map(|o| (partition_from_wire(o.topic, o.partition), o.offset))
+            .collect();
+        self.log.commit(&request.group, &offsets).await?;
+        Ok(Response::new(pb::CommitResponse {}))
+    }
+
+    async fn seek(
+        &self,
+        request: Request<pb::SeekRequest>,
+    ) -> Result<Response<pb::SeekResponse>, Status> {
+        let request = request.into_inner();
+        require_group(&request.group)?;
+        let position = convert::required_position(request.position, "position")?;
+        let partitions: Vec<i32> = match request.partition {
+            Some(partition) => vec![partition],
+            None => {
+                let topic = self.log.describe_topic(&request.topic).await?;
+                topic.partitions.iter().map(|p| p.partition).collect()
+            }
+        };
+        let mut offsets = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let partition = TopicPartition::new(request.topic.as_str(), partition);
+            let offset = self.log.resolve(&partition, position).await?;
+            offsets.push((partition, offset));
+        }
+        self.log.commit(&request.group, &offsets).await?;
+        Ok(Response::new(pb::SeekResponse {
+            offsets: offsets
+                .into_iter()
+                .map(|(tp, offset)| pb::PartitionOffset {
+                    topic: tp.topic.to_string(),
+                    partition: tp.partition,
+                    offset,
+                })
+                .collect(),
+        }))
+    }
+}
+
+fn require_group(group: &str) -> Result<(), Status> {
+    if group.is_empty() {
+        return Err(Status::invalid_argument("group is required"));
+    }
+    Ok(())
+}

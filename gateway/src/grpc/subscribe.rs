@@ -1,0 +1,188 @@
+//! `Subscribe`: a consumer-group member (or plain reader) over one bidi stream.
+//!
+//! The task below always listens to the client (acks, seeks) and takes the next event from the log only
+//! when it has room to send it, so a client that is slow to read never stops its own acks from being
+//! seen. The log stops delivering at `max_in_flight` unacknowledged records.
+//!
+//! On drain (SIGTERM) the stream stops delivering, waits up to [`DRAIN_ACK_GRACE`] for the client to
+//! ack what it holds, commits, and ends with UNAVAILABLE. Whatever stays unacknowledged is redelivered.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use super::convert::{self, assignment_to_wire, partition_from_wire, record_to_wire};
+use crate::{
+    config::GroupsConfig,
+    log::{Log, Position, SubscribeOptions, Subscription, SubscriptionEvent},
+    proto::v1::{
+        self as pb, subscribe_request::Kind as RequestKind,
+        subscribe_response::Kind as ResponseKind,
+    },
+};
+
+/// How long a draining stream waits for the client to ack what it holds.
+pub const DRAIN_ACK_GRACE: Duration = Duration::from_secs(2);
+
+/// Events queued towards the client. Small: the log's window is the real bound.
+const OUTBOUND_DEPTH: usize = 16;
+
+/// The response stream type.
+pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+/// Reads the `start` message, subscribes, and starts serving the stream.
+pub(crate) async fn start(
+    log: Arc<dyn Log>,
+    mut requests: Streaming<pb::SubscribeRequest>,
+    peer: String,
+    groups: &GroupsConfig,
+    drain: CancellationToken,
+) -> Result<ResponseStream, Status> {
+    let first = requests
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("the stream ended before its start message"))?;
+    let Some(RequestKind::Start(start)) = first.kind else {
+        return Err(Status::invalid_argument(
+            "the first message of Subscribe must be `start`",
+        ));
+    };
+    let max_in_flight = if start.max_in_flight == 0 {
+        groups.default_max_in_flight
+    } else {
+        start.max_in_flight as usize
+    };
+    let options = SubscribeOptions {
+        topics: convert::selector_from_wire(start.topics, start.topic_pattern)?,
+        group: (!start.group.is_empty()).then_some(start.group),
+        start: convert::position_from_wire(start.start, Position::Latest),
+        max_in_flight,
+        client: peer,
+        protocol: "grpc",
+    };
+    let group = options.group.clone().unwrap_or_default();
+    let subscription = log.subscribe(options).await?;
+    tracing::debug!(group, "subscription started");
+
+    let (responses, stream) = mpsc::channel(OUTBOUND_DEPTH);
+    tokio::spawn(serve(subscription, requests, responses, drain));
+    Ok(Box::pin(ReceiverStream::new(stream)))
+}
+
+/// Why a stream ended.
+enum End {
+    /// The client finished or went away.
+    Client,
+    /// The client broke the protocol; it is told why.
+    Invalid(Status),
+    /// The gateway is draining.
+    Drain,
+    /// The log ended the subscription.
+    Log,
+}
+
+async fn serve(
+    mut subscription: Subscription,
+    mut requests: Streaming<pb::SubscribeRequest>,
+    responses: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
+    drain: CancellationToken,
+) {
+    let mut next: Option<pb::SubscribeResponse> = None;
+    let end = loop {
+        tokio::select! {
+            biased;
+            () = drain.cancelled() => break End::Drain,
+            request = requests.message() => match request {
+                Ok(Some(request)) => if let Err(status) = handle_request(&subscription, request).await {
+                    break End::Invalid(status);
+                },
+                Ok(None) | Err(_) => break End::Client,
+            },
+            permit = responses.reserve(), if next.is_some() => match (permit, next.take()) {
+                (Ok(permit), Some(response)) => permit.send(Ok(response)),
+                _ => break End::Client,
+            },
+            event = subscription.next_event(), if next.is_none() => match event {
+                Some(event) => next = Some(event_to_wire(event)),
+                None => break End::Log,
+            },
+        }
+    };
+
+    if matches!(end, End::Drain) {
+        // Let the client ack what it holds, so it is not delivered twice after the restart.
+        let grace = tokio::time::sleep(DRAIN_ACK_GRACE);
+        tokio::pin!(grace);
+        while subscription.control.outstanding() > 0 {
+            tokio::select! {
+                () = &mut grace => break,
+                request = requests.message() => match request {
+                    Ok(Some(request)) => { let _ = handle_request(&subscription, request).await; }
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+    }
+    if let Err(error) = subscription.close().await {
+        tracing::warn!(%error, "closing a subscription failed; unacknowledged records will be redelivered");
+    }
+    let status = match end {
+        End::Client => return,
+        End::Invalid(status) => status,
+        End::Drain => Status::unavailable(
+            "the gateway is shutting down; acknowledged records are committed; resubscribe to continue",
+        ),
+        End::Log => Status::unavailable("the log ended this subscription; resubscribe to continue"),
+    };
+    let _ = responses.send(Err(status)).await;
+}
+
+/// Applies one client message after `start`.
+async fn handle_request(
+    subscription: &Subscription,
+    request: pb::SubscribeRequest,
+) -> Result<(), Status> {
+    match request.kind {
+        Some(RequestKind::Ack(ack)) => {
+            for record in ack.records {
+                subscription.control.ack(
+                    &partition_from_wire(record.topic, record.partition),
+                    record.offset,
+                );
+            }
+            Ok(())
+        }
+        Some(RequestKind::Seek(seek)) => {
+            let position = convert::required_position(seek.position, "seek.position")?;
+            subscription
+                .control
+                .seek(&partition_from_wire(seek.topic, seek.partition), position)
+                .await?;
+            Ok(())
+        }
+        Some(RequestKind::Start(_)) => Err(Status::invalid_argument(
+            "`start` may only be the first message of a Subscribe stream",
+        )),
+        None => Err(Status::invalid_argument(
+            "empty SubscribeRequest: set ack or seek",
+        )),
+    }
+}
+
+fn event_to_wire(event: SubscriptionEvent) -> pb::SubscribeResponse {
+    let kind = match event {
+        SubscriptionEvent::Assigned(partitions) => {
+            ResponseKind::Assigned(assignment_to_wire(partitions))
+        }
+        SubscriptionEvent::Revoked(partitions) => {
+            ResponseKind::Revoked(assignment_to_wire(partitions))
+        }
+        SubscriptionEvent::Records(records) => ResponseKind::Records(pb::RecordBatch {
+            records: records.into_iter().map(record_to_wire).collect(),
+        }),
+    };
+    pb::SubscribeResponse { kind: Some(kind) }
+}

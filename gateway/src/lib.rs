@@ -1,0 +1,21 @@
+//! Courier's core: the [`Log`](log::Log) every front end writes to and reads from, its backends, and
+//! the public gRPC API.
+//!
+//! Architecture (see `DESIGN.md`): the `courier` binary wires front ends (gRPC here; MQTT and AMQP in
+//! their own bridge crates) to one `dyn Log`. Front ends never touch a storage engine; delivery
+//! semantics (durable before ack, at-least-once with sparse acks) are decided behind the trait.
+//!
+//! Modules:
+//! - [`log`]: the trait, shared types and the embedded backend;
+//! - [`grpc`]: the tonic services of `proto/courier/v1` (Streams, Admin) with health and reflection;
+//! - [`proto`]: the generated protobuf types, servers and clients;
+//! - [`config`]: the typed config sections this crate owns;
+//! - [`error`]: the crate's error type.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod log;
+pub mod proto;
+
+pub use error::{Error, Result};

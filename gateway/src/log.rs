@@ -1,0 +1,140 @@
+//! The Log: what every front end needs from Kafka (or the embedded store), and nothing more.
+//!
+//! Front ends (gRPC, MQTT, AMQP) never talk to a storage engine directly; they talk to a `dyn Log`. That
+//! keeps delivery semantics decided in one place. The trait is shaped for Kafka's model (partitions,
+//! consumer groups whose members share partitions and see assignment and revocation, offsets,
+//! watermarks) so the Kafka backend fits it without reshaping, and the embedded backend copies Kafka's
+//! behaviour as far as a client can see.
+//!
+//! Modules:
+//! - [`types`]: records, positions, options and descriptions that cross the boundary;
+//! - [`acks`]: the sparse-ack tracker (committed offset = contiguous acknowledged prefix);
+//! - [`partitioner`]: Kafka's default partitioner, so keys land where a Kafka client would put them;
+//! - [`validate`]: topic names and record checks shared by every backend;
+//! - [`embedded`]: the single-node on-disk backend.
+
+pub mod acks;
+pub mod embedded;
+pub mod partitioner;
+pub mod types;
+pub mod validate;
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+pub use self::embedded::Embedded;
+pub use self::types::*;
+use crate::Result;
+
+/// Resolves once submitted records are durable, with where each landed, in submission order.
+pub type AppendReceipt = Pin<Box<dyn Future<Output = Result<Vec<Appended>>> + Send + 'static>>;
+
+/// A partitioned, replicated-or-durable log with consumer groups: Kafka's model.
+///
+/// Every method is safe to call concurrently. A produce is acknowledged (its future resolves `Ok`) only
+/// once the records are durable by the backend's definition (Kafka: `acks=all`; embedded: written to its
+/// journal and, with `fsync = "always"`, synced to disk).
+#[async_trait]
+pub trait Log: Send + Sync + fmt::Debug + 'static {
+    /// Queues records for one topic and returns a receipt that resolves once they are durable.
+    ///
+    /// Two phases, like a Kafka producer's `send`: the call returns once the records hold their place in
+    /// the queue, so records submitted one after another by one task are stored in that order even while
+    /// many receipts are awaited at once (pipelining). Validation errors are returned before anything is
+    /// queued. Empty `courier_id`s are filled with fresh ULIDs.
+    async fn submit(&self, topic: &str, records: Vec<NewRecord>) -> Result<AppendReceipt>;
+
+    /// Appends records to one topic durably and returns where each landed, in input order.
+    async fn append(&self, topic: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>> {
+        self.submit(topic, records).await?.await
+    }
+
+    /// Starts reading: as a member of a consumer group (partitions shared among members), or as a plain
+    /// reader of every partition. The subscription ends (and the member leaves its group, committing its
+    /// acknowledged prefix) when the returned [`Subscription`] is closed or dropped.
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription>;
+
+    /// Reads records of one partition from `offset`, joining no group.
+    async fn fetch(
+        &self,
+        partition: &TopicPartition,
+        offset: i64,
+        limits: FetchLimits,
+    ) -> Result<Fetched>;
+
+    /// Translates a position into an offset of one partition (for seeks and offset resets).
+    async fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64>;
+
+    /// Sets a group's committed offsets (next offset to read). Fails with
+    /// [`Error::GroupActive`](crate::Error::GroupActive) while the group has live members.
+    async fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()>;
+
+    /// Creates a topic.
+    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription>;
+
+    /// Deletes a topic, its records and the offsets committed for it.
+    async fn delete_topic(&self, topic: &str) -> Result<()>;
+
+    /// Every topic.
+    async fn list_topics(&self) -> Result<Vec<TopicSummary>>;
+
+    /// One topic with watermarks.
+    async fn describe_topic(&self, topic: &str) -> Result<TopicDescription>;
+
+    /// Every group with committed offsets or live members.
+    async fn list_groups(&self) -> Result<Vec<String>>;
+
+    /// A group's members, committed offsets and lag.
+    async fn describe_group(&self, group: &str) -> Result<GroupDescription>;
+
+    /// Makes everything acknowledged so far durable and stops background work. Later calls fail with
+    /// [`Error::ShuttingDown`](crate::Error::ShuttingDown).
+    async fn close(&self) -> Result<()>;
+}
+
+/// How a front end acknowledges and steers a subscription. Held next to the event stream so acks can
+/// be given from another task than the one reading events.
+#[async_trait]
+pub trait SubscriptionControl: Send + Sync + fmt::Debug {
+    /// Acknowledges one delivered record. Cheap and non-blocking: front ends call it per record.
+    fn ack(&self, partition: &TopicPartition, offset: i64) -> AckOutcome;
+
+    /// Moves the read position of a partition this subscriber holds. Outstanding records of it are
+    /// forgotten (they no longer count against the in-flight window).
+    async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()>;
+
+    /// How many delivered records are not acknowledged yet.
+    fn outstanding(&self) -> usize;
+
+    /// Commits the acknowledged prefix of every held partition now, rather than at the next interval.
+    async fn commit(&self) -> Result<()>;
+
+    /// Commits and leaves the group; the event stream ends. Idempotent.
+    async fn close(&self) -> Result<()>;
+}
+
+/// A live subscription: events to forward to the client, and the control to ack with.
+///
+/// The event queue is unbounded by type but bounded in fact: the backend delivers at most
+/// `max_in_flight` unacknowledged records, and assignment events are few.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Assignment changes and records, in order.
+    pub events: mpsc::UnboundedReceiver<SubscriptionEvent>,
+    /// Acks, seeks, commits.
+    pub control: Arc<dyn SubscriptionControl>,
+}
+
+impl Subscription {
+    /// The next event; `None` once the subscription is closed.
+    pub async fn next_event(&mut self) -> Option<SubscriptionEvent> {
+        self.events.recv().await
+    }
+
+    /// Commits and leaves; see [`SubscriptionControl::close`].
+    pub async fn close(self) -> Result<()> {
+        self.control.close().await
+    }
+}

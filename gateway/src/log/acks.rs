@@ -1,0 +1,123 @@
+//! Sparse acknowledgements. Clients may ack in any order; a group's committed offset may only cover
+//! records that are all acknowledged, so it advances over the contiguous acknowledged prefix.
+
+use std::collections::BTreeSet;
+
+/// Delivery bookkeeping for one partition held by one subscriber.
+///
+/// `position` is the next offset to read; `outstanding` the offsets delivered and not yet acked. The
+/// committable offset (Kafka's "next offset to consume") is the oldest outstanding offset, or the
+/// position when nothing is outstanding. Offsets may have gaps (retention), which this handles because
+/// it never assumes `outstanding` is a dense range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckTracker {
+    position: i64,
+    outstanding: BTreeSet<i64>,
+}
+
+impl AckTracker {
+    /// A tracker that will read from `position`.
+    pub fn starting_at(position: i64) -> Self {
+        Self {
+            position,
+            outstanding: BTreeSet::new(),
+        }
+    }
+
+    /// Next offset to read.
+    pub fn position(&self) -> i64 {
+        self.position
+    }
+
+    /// Records that `offset` was delivered; the position moves past it.
+    pub fn delivered(&mut self, offset: i64) {
+        self.outstanding.insert(offset);
+        self.position = self.position.max(offset + 1);
+    }
+
+    /// Marks `offset` acknowledged. False when it was not outstanding.
+    pub fn ack(&mut self, offset: i64) -> bool {
+        self.outstanding.remove(&offset)
+    }
+
+    /// How many delivered records are unacknowledged.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// The offset a group may commit: nothing below it is unacknowledged.
+    pub fn committable(&self) -> i64 {
+        self.outstanding.first().copied().unwrap_or(self.position)
+    }
+
+    /// Moves the read position and forgets outstanding records; returns how many were forgotten.
+    pub fn seek(&mut self, position: i64) -> usize {
+        let forgotten = self.outstanding.len();
+        self.outstanding.clear();
+        self.position = position;
+        forgotten
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn commit_stops_at_the_first_gap() {
+        let mut tracker = AckTracker::starting_at(10);
+        for offset in 10..15 {
+            tracker.delivered(offset);
+        }
+        assert!(tracker.ack(10));
+        assert!(tracker.ack(11));
+        assert!(tracker.ack(13));
+        assert_eq!(tracker.committable(), 12);
+        assert!(tracker.ack(12));
+        assert_eq!(tracker.committable(), 14);
+        assert!(tracker.ack(14));
+        assert_eq!(tracker.committable(), 15);
+        assert!(
+            !tracker.ack(14),
+            "a second ack of the same offset is not counted"
+        );
+    }
+
+    #[test]
+    fn gaps_in_offsets_do_not_block_commits() {
+        let mut tracker = AckTracker::starting_at(0);
+        tracker.delivered(5);
+        tracker.delivered(9);
+        assert!(tracker.ack(5));
+        assert_eq!(tracker.committable(), 9);
+        assert!(tracker.ack(9));
+        assert_eq!(tracker.committable(), 10);
+    }
+
+    #[test]
+    fn seek_forgets_outstanding() {
+        let mut tracker = AckTracker::starting_at(0);
+        tracker.delivered(0);
+        tracker.delivered(1);
+        assert_eq!(tracker.seek(100), 2);
+        assert_eq!(tracker.committable(), 100);
+        assert!(!tracker.ack(0));
+    }
+
+    proptest! {
+        /// Whatever order acks come in, the committable offset never passes an unacked record and equals
+        /// the end once all are acked.
+        #[test]
+        fn committable_is_the_contiguous_acked_prefix(order in Just((0..40i64).collect::<Vec<_>>()).prop_shuffle(), acked in 0usize..40) {
+            let mut tracker = AckTracker::starting_at(0);
+            for offset in 0..40 { tracker.delivered(offset); }
+            for &offset in &order[..acked] { tracker.ack(offset); }
+            let unacked_min = order[acked..].iter().copied().min().unwrap_or(40);
+            prop_assert_eq!(tracker.committable(), unacked_min);
+            for &offset in &order[acked..] { tracker.ack(offset); }
+            prop_assert_eq!(tracker.committable(), 40);
+        }
+    }
+}

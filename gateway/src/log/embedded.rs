@@ -1,0 +1,608 @@
+//! The embedded backend: a partitioned, durable log for one node on fjall, with Kafka's semantics.
+//!
+//! - [`store`]: key layout and record encoding;
+//! - [`topics`]: the in-memory topic table and watermarks (readers stop at the durable high watermark);
+//! - [`writer`]: the single writer thread with group commit and retention;
+//! - [`groups`]: consumer groups, cooperative rebalancing;
+//! - [`member`]: one subscriber's delivery loop and ack window.
+//!
+//! One process at a time may open a data directory (fjall locks it). After a crash, fjall replays its
+//! journal; everything acknowledged was in the journal (and synced, with `fsync = "always"`) before the
+//! ack, so it is there after restart at the offset the ack named.
+
+mod groups;
+mod member;
+mod store;
+mod topics;
+mod writer;
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex, PoisonError, atomic::Ordering},
+    thread::JoinHandle,
+};
+
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use self::{
+    groups::{Coordinator, GroupId},
+    member::{AckWindow, MemberControl, MemberTask},
+    store::TopicMeta,
+    topics::{Topic, Topics},
+    writer::{Writer, WriterHandle},
+};
+use super::{
+    AppendReceipt, FetchLimits, Fetched, GroupDescription, GroupOffset, Log, NewRecord, Position,
+    SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSelector, TopicSpec,
+    TopicSummary, partitioner, validate,
+};
+use crate::{
+    Error, Result,
+    config::{EmbeddedConfig, GroupsConfig, TopicsConfig},
+};
+
+/// Most partitions a topic may have.
+const MAX_PARTITIONS: u32 = 10_000;
+/// Most records a subscriber may hold unacknowledged.
+pub const MAX_IN_FLIGHT: usize = 100_000;
+
+/// The embedded log. Cheap to clone; clones share one store.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    shared: Arc<Shared>,
+}
+
+/// State shared by the log handle, the writer and the member tasks.
+struct Shared {
+    db: Database,
+    meta: Keyspace,
+    topics: Arc<Topics>,
+    coordinator: Arc<Coordinator>,
+    writer: WriterHandle,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    appended: watch::Receiver<u64>,
+    /// Serializes topic creation and deletion.
+    topic_admin: tokio::sync::Mutex<()>,
+    topics_config: TopicsConfig,
+    groups_config: GroupsConfig,
+    closed: CancellationToken,
+}
+
+impl Embedded {
+    /// Opens (or creates) the log in `config.data_dir` and recovers its topics. `origin` is the region
+    /// name written into every record.
+    pub async fn open(
+        config: &EmbeddedConfig,
+        topics_config: TopicsConfig,
+        groups_config: GroupsConfig,
+        origin: &str,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
+            context: "creating the data directory",
+            source,
+        })?;
+        let db = Database::builder(&config.data_dir)
+            .open()
+            .map_err(Error::storage("opening the data directory"))?;
+        let meta = db
+            .keyspace("meta", KeyspaceCreateOptions::default)
+            .map_err(Error::storage("opening metadata"))?;
+
+        let topics = Arc::new(Topics::default());
+        for guard in meta.prefix(store::TOPIC_PREFIX) {
+            let (key, value) = guard
+                .into_inner()
+                .map_err(Error::storage("reading topic metadata"))?;
+            let name = String::from_utf8_lossy(&key[store::TOPIC_PREFIX.len()..]).into_owned();
+            let topic_meta: TopicMeta =
+                serde_json::from_slice(&value).map_err(|error| Error::Corrupt {
+                    what: "topic metadata",
+                    detail: format!("{name}: {error}"),
+                })?;
+            let sizes = (0..topic_meta.partitions as usize)
+                .map(|partition| {
+                    let stored = meta
+                        .get(store::size_key(topic_meta.id, partition))
+                        .map_err(Error::storage("reading partition sizes"))?;
+                    Ok(stored
+                        .and_then(|bytes| <[u8; 8]>::try_from(&bytes[..]).ok())
+                        .map_or(0, u64::from_be_bytes))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let keyspace = store::open_topic_keyspace(&db, topic_meta.id)?;
+            topics.insert(Arc::new(Topic::load(&name, topic_meta, keyspace, sizes)?));
+        }
+        tracing::info!(dir = %config.data_dir.display(), topics = topics.all().len(), "embedded log opened");
+
+        let (appended_tx, appended) = watch::channel(0u64);
+        let (writer, writer_thread) = Writer {
+            db: db.clone(),
+            meta: meta.clone(),
+            topics: topics.clone(),
+            fsync: config.fsync,
+            group_commit_bytes: config.group_commit_bytes,
+            origin: origin.to_owned(),
+            appended: appended_tx,
+        }
+        .spawn()?;
+
+        let shared = Arc::new(Shared {
+            db,
+            meta,
+            coordinator: Arc::new(Coordinator::new(topics.clone())),
+            topics,
+            writer,
+            writer_thread: Mutex::new(Some(writer_thread)),
+            appended,
+            topic_admin: tokio::sync::Mutex::new(()),
+            topics_config,
+            groups_config,
+            closed: CancellationToken::new(),
+        });
+        tokio::spawn(enforce_retention(
+            shared.writer.clone(),
+            config.retention_check_interval,
+            shared.closed.clone(),
+        ));
+        Ok(Self { shared })
+    }
+
+    /// Runs retention now rather than at the next interval (tests and operators).
+    pub async fn enforce_retention(&self) -> Result<()> {
+        self.shared.writer.enforce_retention().await
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.shared
+            .topics
+            .get(name)
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: name.to_owned(),
+            })
+    }
+
+    /// The topic, created with defaults if it is missing and auto-create is on.
+    async fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>> {
+        validate::topic_name(name)?;
+        if let Some(topic) = self.shared.topics.get(name) {
+            return Ok(topic);
+        }
+        if !self.shared.topics_config.auto_create {
+            return Err(Error::UnknownTopic {
+                topic: name.to_owned(),
+            });
+        }
+        match self.create(TopicSpec::named(name)).await {
+            Ok(topic) => Ok(topic),
+            // Someone else created it meanwhile.
+            Err(Error::TopicExists { .. }) => self.topic(name),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn create(&self, spec: TopicSpec) -> Result<Arc<Topic>> {
+        validate::topic_name(&spec.name)?;
+        let defaults = &self.shared.topics_config;
+        let partitions = spec
+            .partitions
+            .filter(|&p| p > 0)
+            .unwrap_or(defaults.default_partitions);
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(Error::InvalidRequest(format!(
+                "a topic has 1 to {MAX_PARTITIONS} partitions, not {partitions}"
+            )));
+        }
+        let _serial = self.shared.topic_admin.lock().await;
+        if self.shared.topics.get(&spec.name).is_some() {
+            return Err(Error::TopicExists { topic: spec.name });
+        }
+        let meta = &self.shared.meta;
+        let id = meta
+            .get(store::NEXT_TOPIC_ID)
+            .map_err(Error::storage("allocating a topic id"))?
+            .map(|bytes| store::decode_i64(&bytes, "topic id counter"))
+            .transpose()?
+            .unwrap_or(1) as u64;
+        let topic_meta = TopicMeta {
+            id,
+            partitions,
+            retention_ms: spec
+                .retention_ms
+                .unwrap_or(defaults.default_retention.as_millis() as i64)
+                .max(0),
+            retention_bytes: spec
+                .retention_bytes
+                .unwrap_or(defaults.default_retention_bytes as i64)
+                .max(0),
+        };
+        let encoded = serde_json::to_vec(&topic_meta).map_err(|error| Error::Corrupt {
+            what: "topic metadata",
+            detail: error.to_string(),
+        })?;
+        let keyspace = store::open_topic_keyspace(&self.shared.db, id)?;
+        let mut batch = self.shared.db.batch();
+        batch.insert(meta, store::NEXT_TOPIC_ID, (id as i64 + 1).to_be_bytes());
+        batch.insert(
+            meta,
+            format!("{}{}", store::TOPIC_PREFIX, spec.name),
+            encoded,
+        );
+        batch.commit().map_err(Error::storage("creating a topic"))?;
+        self.shared
+            .db
+            .persist(PersistMode::SyncData)
+            .map_err(Error::storage("creating a topic"))?;
+
+        let topic = Arc::new(Topic::load(&spec.name, topic_meta, keyspace, Vec::new())?);
+        self.shared.topics.insert(topic.clone());
+        tracing::info!(topic = %spec.name, partitions, "topic created");
+        // New topics may match subscribers' patterns.
+        let coordinator = self.shared.coordinator.clone();
+        tokio::spawn(async move { coordinator.rebalance_all().await });
+        Ok(topic)
+    }
+
+    /// Where each record goes: explicit partition, else Kafka's key hash, else one partition per batch.
+    fn choose_partitions(
+        topic: &Topic,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<(usize, NewRecord)>> {
+        let partitions = topic.partition_count();
+        let unkeyed = topic.round_robin.next_partition(partitions) as usize;
+        records
+            .into_iter()
+            .map(|record| {
+                let partition = match (record.partition, &record.key) {
+                    (Some(partition), _) => {
+                        validate::partition(&topic.name, partition, partitions)?
+                    }
+                    (None, Some(key)) => partitioner::partition_for_key(key, partitions) as usize,
+                    (None, None) => unkeyed,
+                };
+                Ok((partition, record))
+            })
+            .collect()
+    }
+
+    fn partition_of(&self, partition: &TopicPartition) -> Result<(Arc<Topic>, usize)> {
+        let topic = self.topic(&partition.topic)?;
+        let index = validate::partition(&topic.name, partition.partition, topic.partition_count())?;
+        Ok((topic, index))
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("topics", &self.topics)
+            .field("closed", &self.closed.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// A group's committed offset for a partition, if it ever committed one.
+    fn committed_offset(&self, group: &str, partition: &TopicPartition) -> Result<Option<i64>> {
+        self.meta
+            .get(store::offset_key(
+                group,
+                &partition.topic,
+                partition.partition,
+            ))
+            .map_err(Error::storage("reading a committed offset"))?
+            .map(|bytes| store::decode_i64(&bytes, "committed offset"))
+            .transpose()
+    }
+
+    /// Every (topic, partition, offset) a group committed.
+    fn group_offsets(&self, group: &str) -> Result<Vec<(String, i32, i64)>> {
+        let mut offsets = Vec::new();
+        for guard in self.meta.prefix(store::group_offsets_prefix(group)) {
+            let (key, value) = guard
+                .into_inner()
+                .map_err(Error::storage("reading group offsets"))?;
+            if let Some((_, topic, partition)) = store::parse_offset_key(&key) {
+                offsets.push((
+                    topic,
+                    partition,
+                    store::decode_i64(&value, "committed offset")?,
+                ));
+            }
+        }
+        Ok(offsets)
+    }
+}
+
+#[async_trait]
+impl Log for Embedded {
+    async fn submit(&self, topic: &str, mut records: Vec<NewRecord>) -> Result<AppendReceipt> {
+        validate::topic_name(topic)?;
+        validate::stamp_records(
+            topic,
+            &mut records,
+            self.shared.topics_config.max_record_bytes,
+        )?;
+        let topic = self.topic_or_create(topic).await?;
+        let placed = Self::choose_partitions(&topic, records)?;
+        self.shared.writer.submit(topic, placed).await
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
+        if self.shared.closed.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        if options.max_in_flight == 0 || options.max_in_flight > MAX_IN_FLIGHT {
+            return Err(Error::InvalidRequest(format!(
+                "max_in_flight must be 1 to {MAX_IN_FLIGHT}, not {}",
+                options.max_in_flight
+            )));
+        }
+        if let TopicSelector::Names(names) = &options.topics {
+            if names.is_empty() {
+                return Err(Error::InvalidRequest(
+                    "name at least one topic, or a topic pattern".into(),
+                ));
+            }
+            for name in names {
+                self.topic_or_create(name).await?;
+            }
+        }
+        let group = match &options.group {
+            Some(name) if name.is_empty() || name.len() > 255 || name.contains('\0') => {
+                return Err(Error::InvalidRequest(format!(
+                    "invalid group name {name:?}: 1 to 255 characters, no NUL"
+                )));
+            }
+            Some(name) => GroupId {
+                name: name.clone(),
+                private: false,
+            },
+            None => GroupId {
+                name: format!("reader-{}", ulid::Ulid::new()),
+                private: true,
+            },
+        };
+        let (member_id, group_commands) = self.shared.coordinator.join(
+            &group,
+            options.client.clone(),
+            options.protocol,
+            options.topics.clone(),
+        )?;
+        let window = Arc::new(AckWindow::new(options.max_in_flight));
+        let (control_tx, control) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let task = MemberTask {
+            shared: self.shared.clone(),
+            group,
+            member_id,
+            start: options.start,
+            window: window.clone(),
+            control,
+            group_commands,
+            events: events_tx,
+            appended: self.shared.appended.clone(),
+            commit_interval: self.shared.groups_config.commit_interval,
+        };
+        tokio::spawn(task.run());
+        Ok(Subscription {
+            events,
+            control: Arc::new(MemberControl {
+                window,
+                commands: control_tx,
+            }),
+        })
+    }
+
+    async fn fetch(
+        &self,
+        partition: &TopicPartition,
+        offset: i64,
+        limits: FetchLimits,
+    ) -> Result<Fetched> {
+        let (topic, index) = self.partition_of(partition)?;
+        let (low, high) = topic.watermarks(index);
+        if offset < low || offset > high {
+            return Err(Error::OffsetOutOfRange {
+                topic: topic.name.to_string(),
+                partition: partition.partition,
+                offset,
+                low,
+                high,
+            });
+        }
+        let records = topic.read(index, offset, limits)?;
+        Ok(Fetched {
+            records,
+            low_watermark: low,
+            high_watermark: high,
+        })
+    }
+
+    async fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
+        let (topic, index) = self.partition_of(partition)?;
+        topic.resolve(index, position)
+    }
+
+    async fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        let members = self.shared.coordinator.members(group).len();
+        if members > 0 {
+            return Err(Error::GroupActive {
+                group: group.to_owned(),
+                members,
+            });
+        }
+        let mut batch = self.shared.db.batch();
+        for (partition, offset) in offsets {
+            self.partition_of(partition)?;
+            if *offset < 0 {
+                return Err(Error::InvalidRequest(format!(
+                    "cannot commit negative offset {offset} for {partition}"
+                )));
+            }
+            batch.insert(
+                &self.shared.meta,
+                store::offset_key(group, &partition.topic, partition.partition),
+                offset.to_be_bytes(),
+            );
+        }
+        batch
+            .commit()
+            .map_err(Error::storage("committing group offsets"))
+    }
+
+    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
+        Ok(self.create(spec).await?.describe())
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<()> {
+        let _serial = self.shared.topic_admin.lock().await;
+        let topic = self
+            .shared
+            .topics
+            .remove(name)
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: name.to_owned(),
+            })?;
+        topic.deleted.store(true, Ordering::Release);
+        // Members let go of the topic's partitions before its data disappears.
+        self.shared.coordinator.rebalance_all().await;
+
+        let meta = &self.shared.meta;
+        let mut batch = self.shared.db.batch();
+        batch.remove(meta, format!("{}{name}", store::TOPIC_PREFIX));
+        for partition in 0..topic.partition_count() as usize {
+            batch.remove(meta, store::size_key(topic.meta.id, partition));
+        }
+        for guard in meta.prefix(store::OFFSET_PREFIX) {
+            let key = guard
+                .key()
+                .map_err(Error::storage("finding offsets of a deleted topic"))?;
+            if store::parse_offset_key(&key).is_some_and(|(_, topic, _)| topic == name) {
+                batch.remove(meta, key);
+            }
+        }
+        batch.commit().map_err(Error::storage("deleting a topic"))?;
+        self.shared
+            .db
+            .delete_keyspace(topic.keyspace.clone())
+            .map_err(Error::storage("deleting a topic"))?;
+        self.shared
+            .db
+            .persist(PersistMode::SyncData)
+            .map_err(Error::storage("deleting a topic"))?;
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
+        Ok(self
+            .shared
+            .topics
+            .all()
+            .iter()
+            .map(|topic| TopicSummary {
+                name: topic.name.to_string(),
+                partitions: topic.partition_count(),
+            })
+            .collect())
+    }
+
+    async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        Ok(self.topic(name)?.describe())
+    }
+
+    async fn list_groups(&self) -> Result<Vec<String>> {
+        let mut groups: BTreeSet<String> = self
+            .shared
+            .coordinator
+            .active_groups()
+            .into_iter()
+            .collect();
+        for guard in self.shared.meta.prefix(store::OFFSET_PREFIX) {
+            let key = guard.key().map_err(Error::storage("listing groups"))?;
+            if let Some((group, _, _)) = store::parse_offset_key(&key) {
+                groups.insert(group);
+            }
+        }
+        Ok(groups.into_iter().collect())
+    }
+
+    async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        let members = self.shared.coordinator.members(group);
+        let mut partitions: BTreeSet<TopicPartition> = members
+            .iter()
+            .flat_map(|member| member.assigned.iter().cloned())
+            .collect();
+        let committed = self.shared.group_offsets(group)?;
+        partitions.extend(
+            committed
+                .iter()
+                .map(|(topic, partition, _)| TopicPartition::new(topic.as_str(), *partition)),
+        );
+        let offsets = partitions
+            .into_iter()
+            .filter_map(|partition| {
+                let topic = self.shared.topics.get(&partition.topic)?;
+                let (low, high) = topic.watermarks(partition.partition as usize);
+                let committed = committed
+                    .iter()
+                    .find(|(topic, p, _)| *topic == *partition.topic && *p == partition.partition)
+                    .map(|(_, _, offset)| *offset);
+                let lag = (high - committed.unwrap_or(low)).max(0);
+                Some(GroupOffset {
+                    partition,
+                    committed,
+                    high_watermark: high,
+                    lag,
+                })
+            })
+            .collect();
+        Ok(GroupDescription {
+            group: group.to_owned(),
+            members,
+            offsets,
+        })
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.shared.closed.is_cancelled() {
+            return Ok(());
+        }
+        self.shared.closed.cancel();
+        let result = self.shared.writer.shutdown().await;
+        let thread = self
+            .shared
+            .writer_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            // The writer has answered its shutdown, so joining is immediate.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        result
+    }
+}
+
+/// Runs retention every `interval` until the log closes.
+async fn enforce_retention(
+    writer: WriterHandle,
+    interval: std::time::Duration,
+    closed: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await; // the first tick is immediate; nothing has expired at start-up that can't wait
+    loop {
+        tokio::select! {
+            () = closed.cancelled() => return,
+            _ = ticks.tick() => {
+                if let Err(error) = writer.enforce_retention().await {
+                    tracing::warn!(%error, "retention failed; will retry");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! `courier bench`: the project's load tool. One run measures the same workload two ways, on fresh
+//! embedded logs in temporary directories, and prints them side by side with their ratio:
+//!
+//! - produce: `direct` submits batches straight into the embedded store in-process (the ceiling);
+//!   `grpc` sends the same batches over `ProduceStream` to a gateway serving on loopback;
+//! - subscribe: a consumer group reads everything back, acknowledging each batch, directly and over
+//!   `Subscribe`.
+//!
+//! Both sides use the same concurrency: `streams` producers, each keeping `pipeline` requests of
+//! `batch` records in flight. Latency is per request: from submit to durable ack.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::Args;
+use courier_gateway::{
+    config::{EmbeddedConfig, FsyncPolicy, GroupsConfig, GrpcConfig, TopicsConfig},
+    grpc::GrpcServer,
+    log::{
+        Embedded, Log, NewRecord, Position, SubscribeOptions, SubscriptionEvent, TopicSelector,
+        TopicSpec,
+    },
+    proto::v1::{
+        self as pb, admin_client::AdminClient, streams_client::StreamsClient,
+        subscribe_request::Kind as RequestKind, subscribe_response::Kind as ResponseKind,
+    },
+};
+use hdrhistogram::Histogram;
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+};
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// `courier bench` options.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct BenchArgs {
+    /// Records to produce (and read back) per side.
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) records: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) record_size: usize,
+    /// Concurrent producer streams.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) streams: usize,
+    /// Records per produce request.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch: usize,
+    /// Requests in flight per stream.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) pipeline: usize,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) partitions: u32,
+    /// fsync policy of the embedded logs: always or never.
+    #[arg(long, default_value = "always", value_parser = ["always", "never"])]
+    pub(crate) fsync: String,
+}
+
+/// One measured side.
+struct Measurement {
+    records: usize,
+    elapsed: Duration,
+    latency: Option<Histogram<u64>>,
+}
+
+impl Measurement {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, quantile: f64) -> String {
+        self.latency.as_ref().map_or_else(
+            || "-".to_owned(),
+            |h| format!("{:.2}", h.value_at_quantile(quantile) as f64 / 1000.0),
+        )
+    }
+}
+
+/// Runs the benchmark and prints a markdown table.
+pub(crate) async fn run(args: BenchArgs) -> Result<()> {
+    if args.records == 0 || args.streams == 0 || args.batch == 0 || args.pipeline == 0 {
+        bail!("records, streams, batch and pipeline must be at least 1");
+    }
+    let fsync = if args.fsync == "never" {
+        FsyncPolicy::Never
+    } else {
+        FsyncPolicy::Always
+    };
+    let value = Bytes::from(vec![b'x'; args.record_size]);
+    let topic = "bench";
+
+    // Direct: in-process into the embedded store.
+    let direct_dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let direct = open_log(direct_dir.path(), fsync).await?;
+    direct
+        .create_topic(TopicSpec::named(topic).partitions(args.partitions))
+        .await?;
+    let direct_produce = produce_direct(&direct, topic, &args, &value).await?;
+    let direct_subscribe = subscribe_direct(&direct, topic, args.records).await?;
+    direct.close().await?;
+
+    // gRPC: the same through a gateway on loopback, on its own fresh store.
+    let grpc_dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let grpc_log = open_log(grpc_dir.path(), fsync).await?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a loopback port")?;
+    let address = listener.local_addr()?;
+    let drain = CancellationToken::new();
+    let server = GrpcServer {
+        log: grpc_log.clone(),
+        config: GrpcConfig::default(),
+        groups: GroupsConfig::default(),
+    };
+    let serving = tokio::spawn(server.serve(listener, drain.clone()));
+    let channel = Channel::from_shared(format!("http://{address}"))?
+        .connect()
+        .await
+        .context("connecting to the gateway")?;
+    AdminClient::new(channel.clone())
+        .create_topic(pb::CreateTopicRequest {
+            name: topic.into(),
+            partitions: args.partitions,
+            ..Default::default()
+        })
+        .await?;
+    let grpc_produce = produce_grpc(&channel, topic, &args, &value).await?;
+    let grpc_subscribe = subscribe_grpc(&channel, topic, args.records).await?;
+    drain.cancel();
+    serving.await.context("the gateway task panicked")??;
+    grpc_log.close().await?;
+
+    println!(
+        "records={} record_size={} streams={} batch={} pipeline={} partitions={} fsync={}",
+        args.records,
+        args.record_size,
+        args.streams,
+        args.batch,
+        args.pipeline,
+        args.partitions,
+        args.fsync
+    );
+    println!("| workload | side | records/s | MiB/s | p50 ack ms | p99 ack ms |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (workload, side, m) in [
+        ("produce", "direct (in-process)", &direct_produce),
+        ("produce", "gRPC ProduceStream", &grpc_produce),
+        ("subscribe", "direct (in-process)", &direct_subscribe),
+        ("subscribe", "gRPC Subscribe", &grpc_subscribe),
+    ] {
+        println!(
+            "| {workload} | {side} | {:.0} | {:.1} | {} | {} |",
+            m.rate(),
+            m.rate() * args.record_size as f64 / (1 << 20) as f64,
+            m.percentile_ms(0.5),
+            m.percentile_ms(0.99)
+        );
+    }
+    println!(
+        "produce ratio gRPC/direct: {:.2}",
+        grpc_produce.rate() / direct_produce.rate()
+    );
+    println!(
+        "subscribe ratio gRPC/direct: {:.2}",
+        grpc_subscribe.rate() / direct_subscribe.rate()
+    );
+    Ok(())
+}
+
+async fn open_log(dir: &std::path::Path, fsync: FsyncPolicy) -> Result<Arc<dyn Log>> {
+    let config = EmbeddedConfig {
+        fsync,
+        ..EmbeddedConfig::in_dir(dir)
+    };
+    Ok(Arc::new(
+        Embedded::open(
+            &config,
+            TopicsConfig::default(),
+            GroupsConfig::default(),
+            "bench",
+        )
+        .await?,
+    ))
+}
+
+fn histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).context("creating a histogram")
+}
+
+/// Splits `records` into per-stream batch counts.
+fn batches_per_stream(args: &BenchArgs) -> Vec<Vec<usize>> {
+    let mut plan = vec![Vec::new(); args.streams];
+    let mut left = args.records;
+    let mut stream = 0;
+    while left > 0 {
+        let size = left.min(args.batch);
+        plan[stream % args.streams].push(size);
+        left -= size;
+        stream += 1;
+    }
+    plan
+}
+
+async fn produce_direct(
+    log: &Arc<dyn Log>,
+    topic: &str,
+    args: &BenchArgs,
+    value: &Bytes,
+) -> Result<Measurement> {
+    let started = Instant::now();
+    let mut streams = JoinSet::new();
+    for batches in batches_per_stream(args) {
+        let (log, topic, value, pipeline) =
+            (log.clone(), topic.to_owned(), value.clone(), args.pipeline);
+        streams.spawn(async move {
+            let mut latency = histogram()?;
+            let mut pending = JoinSet::new();
+            for size in batches {
+                if pending.len() >= pipeline
+                    && let Some(done) = pending.join_next().await
+                {
+                    latency.record(done??)?;
+                }
+                let records = (0..size)
+                    .map(|_| NewRecord::with_value(value.clone()))
+                    .collect();
+                let sent = Instant::now();
+                let receipt = log.submit(&topic, records).await?;
+                pending
+                    .spawn(async move { receipt.await.map(|_| sent.elapsed().as_micros() as u64) });
+            }
+            while let Some(done) = pending.join_next().await {
+                latency.record(done??)?;
+            }
+            anyhow::Ok(latency)
+        });
+    }
+    let latency = merge(streams).await?;
+    Ok(Measurement {
+        records: args.records,
+        elapsed: started.elapsed(),
+        latency: Some(latency),
+    })
+}
+
+async fn produce_grpc(
+    channel: &Channel,
+    topic: &str,
+    args: &BenchArgs,
+    value: &Bytes,
+) -> Result<Measurement> {
+    let started = Instant::now();
+    let mut streams = JoinSet::new();
+    for batches in batches_per_stream(args) {
+        let (mut client, topic, value) = (
+            StreamsClient::new(channel.clone()),
+            topic.to_owned(),
+            value.clone(),
+        );
+        let window = Arc::new(Semaphore::new(args.pipeline));
+        streams.spawn(async move {
+            let (requests, outbound) = mpsc::channel(batches.len().max(1));
+            let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+            let mut responses = client
+                .produce_stream(ReceiverStream::new(outbound))
+                .await?
+                .into_inner();
+            let sender = {
+                let (window, sent_at) = (window.clone(), sent_at.clone());
+                tokio::spawn(async move {
+                    for (request_id, size) in batches.into_iter().enumerate() {
+                        window.acquire().await?.forget();
+                        let records = (0..size)
+                            .map(|_| pb::ProduceRecord {
+                                value: Some(value.clone()),
+                                ..Default::default()
+                            })
+                            .collect();
+                        sent_at
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("poisoned"))?
+                            .insert(request_id as u64, Instant::now());
+                        requests
+                            .send(pb::ProduceRequest {
+                                topic: topic.clone(),
+                                records,
+                                request_id: request_id as u64,
+                            })
+                            .await?;
+                    }
+                    anyhow::Ok(())
+                })
+            };
+            let mut latency = histogram()?;
+            while let Some(response) = responses.next().await {
+                let response = response?;
+                if let Some(error) = response.error {
+                    bail!("produce failed: {}", error.message);
+                }
+                let sent = sent_at
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .remove(&response.request_id);
+                if let Some(sent) = sent {
+                    latency.record(sent.elapsed().as_micros() as u64)?;
+                }
+                window.add_permits(1);
+            }
+            sender.await??;
+            anyhow::Ok(latency)
+        });
+    }
+    let latency = merge(streams).await?;
+    Ok(Measurement {
+        records: args.records,
+        elapsed: started.elapsed(),
+        latency: Some(latency),
+    })
+}
+
+async fn subscribe_direct(log: &Arc<dyn Log>, topic: &str, records: usize) -> Result<Measurement> {
+    let started = Instant::now();
+    let mut subscription = log
+        .subscribe(SubscribeOptions {
+            topics: TopicSelector::Names(vec![topic.to_owned()]),
+            group: Some("bench-direct".into()),
+            start: Position::Earliest,
+            max_in_flight: 1000,
+            client: "bench".into(),
+            protocol: "bench",
+        })
+        .await?;
+    let mut seen = 0;
+    while seen < records {
+        match tokio::time::timeout(Duration::from_secs(30), subscription.next_event()).await {
+            Ok(Some(SubscriptionEvent::Records(batch))) => {
+                for record in &batch {
+                    subscription
+                        .control
+                        .ack(&record.topic_partition(), record.offset);
+                }
+                seen += batch.len();
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                bail!("direct subscription stopped after {seen} of {records} records")
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    subscription.close().await?;
+    Ok(Measurement {
+        records,
+        elapsed,
+        latency: None,
+    })
+}
+
+async fn subscribe_grpc(channel: &Channel, topic: &str, records: usize) -> Result<Measurement> {
+    let started = Instant::now();
+    let mut client = StreamsClient::new(channel.clone());
+    let (requests, outbound) = mpsc::channel(1024);
+    let start = pb::SubscribeStart {
+        topics: vec![topic.to_owned()],
+        group: "bench-grpc".into(),
+        start: Some(pb::Position {
+            kind: Some(pb::position::Kind::Earliest(true)),
+        }),
+        max_in_flight: 1000,
+        ..Default::default()
+    };
+    requests
+        .send(pb::SubscribeRequest {
+            kind: Some(RequestKind::Start(start)),
+        })
+        .await?;
+    let mut responses = client
+        .subscribe(ReceiverStream::new(outbound))
+        .await?
+        .into_inner();
+    let mut seen = 0;
+    while seen < records {
+        let next = tokio::time::timeout(Duration::from_secs(30), responses.next()).await;
+        let Ok(Some(response)) = next else {
+            bail!("gRPC subscription stopped after {seen} of {records} records")
+        };
+        if let Some(ResponseKind::Records(batch)) = response?.kind {
+            seen += batch.records.len();
+            let acks = batch
+                .records
+                .into_iter()
+                .map(|r| pb::PartitionOffset {
+                    topic: r.topic,
+                    partition: r.partition,
+                    offset: r.offset,
+                })
+                .collect();
+            requests
+                .send(pb::SubscribeRequest {
+                    kind: Some(RequestKind::Ack(pb::Ack { records: acks })),
+                })
+                .await?;
+        }
+    }
+    Ok(Measurement {
+        records,
+        elapsed: started.elapsed(),
+        latency: None,
+    })
+}
+
+async fn merge(mut streams: JoinSet<Result<Histogram<u64>>>) -> Result<Histogram<u64>> {
+    let mut merged = histogram()?;
+    while let Some(done) = streams.join_next().await {
+        merged.add(done.context("a benchmark stream panicked")??)?;
+    }
+    Ok(merged)
+}

@@ -1,0 +1,361 @@
+//! The client commands (`produce`, `consume`, `topics`, `groups`): thin users of the generated gRPC
+//! client, the same API any other language gets from `proto/`.
+
+use std::io::{BufRead, Write};
+
+use anyhow::{Context, Result, bail};
+use courier_gateway::proto::v1::{
+    self as pb, admin_client::AdminClient, position::Kind as PositionKind,
+    streams_client::StreamsClient, subscribe_request::Kind as RequestKind,
+    subscribe_response::Kind as ResponseKind,
+};
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tonic::transport::Channel;
+
+use crate::cli::{ConsumeArgs, GroupsCommand, ProduceArgs, ServerArgs, TopicsCommand};
+
+/// Connects to a gateway.
+pub(crate) async fn connect(server: &ServerArgs) -> Result<Channel> {
+    Channel::from_shared(server.server.clone())
+        .with_context(|| {
+            format!(
+                "{:?} is not a valid server address (use http://host:port)",
+                server.server
+            )
+        })?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the gateway at {}", server.server))
+}
+
+/// `courier produce`.
+pub(crate) async fn produce(args: ProduceArgs) -> Result<()> {
+    let mut client = StreamsClient::new(connect(&args.server).await?);
+    let (key, headers, partition) = (args.key.clone(), args.headers.clone(), args.partition);
+    let record = move |value: String| pb::ProduceRecord {
+        key: key.clone().map(Into::into),
+        value: Some(value.into()),
+        headers: headers
+            .iter()
+            .map(|(key, value)| pb::Header {
+                key: key.clone(),
+                value: value.clone().into(),
+            })
+            .collect(),
+        partition,
+        timestamp_ms: None,
+        courier_id: String::new(),
+    };
+
+    let (requests, outbound) = mpsc::channel(64);
+    let batches: Vec<Vec<pb::ProduceRecord>> = if args.values.is_empty() {
+        Vec::new()
+    } else {
+        vec![args.values.iter().cloned().map(&record).collect()]
+    };
+    let topic = args.topic.clone();
+    let batch_size = args.batch.max(1);
+    // Reading stdin blocks, so it runs on its own thread and feeds the stream as lines arrive.
+    let reader = if batches.is_empty() {
+        let requests = requests.clone();
+        let record = record.clone();
+        let topic = topic.clone();
+        Some(tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut request_id = 0;
+            let mut batch = Vec::with_capacity(batch_size);
+            for line in std::io::stdin().lock().lines() {
+                batch.push(record(line.context("reading stdin")?));
+                if batch.len() == batch_size {
+                    request_id += 1;
+                    let records = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+                    if requests
+                        .blocking_send(pb::ProduceRequest {
+                            topic: topic.clone(),
+                            records,
+                            request_id,
+                        })
+                        .is_err()
+                    {
+                        bail!("the gateway closed the stream");
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                request_id += 1;
+                let _ = requests.blocking_send(pb::ProduceRequest {
+                    topic,
+                    records: batch,
+                    request_id,
+                });
+            }
+            Ok(request_id)
+        }))
+    } else {
+        for (index, records) in batches.into_iter().enumerate() {
+            requests
+                .send(pb::ProduceRequest {
+                    topic: topic.clone(),
+                    records,
+                    request_id: index as u64 + 1,
+                })
+                .await?;
+        }
+        None
+    };
+    drop(requests);
+
+    let mut responses = client
+        .produce_stream(ReceiverStream::new(outbound))
+        .await
+        .context("starting ProduceStream")?
+        .into_inner();
+    let mut stdout = std::io::stdout().lock();
+    let mut total = 0u64;
+    let mut failed = 0u64;
+    while let Some(response) = responses.next().await {
+        let response = response.context("the produce stream failed")?;
+        if let Some(error) = response.error {
+            eprintln!(
+                "request {} failed: {} (code {})",
+                response.request_id, error.message, error.code
+            );
+            failed += 1;
+            continue;
+        }
+        for ack in &response.acks {
+            total += 1;
+            if !args.quiet {
+                writeln!(stdout, "{topic}/{}@{}", ack.partition, ack.offset)?;
+            }
+        }
+    }
+    if let Some(reader) = reader {
+        reader.await.context("the stdin reader panicked")??;
+    }
+    eprintln!("produced {total} record(s) to {topic}");
+    if failed > 0 {
+        bail!("{failed} request(s) failed");
+    }
+    Ok(())
+}
+
+/// Parses `--from`.
+fn start_position(from: &str) -> Result<pb::Position> {
+    let kind = match from {
+        "earliest" => PositionKind::Earliest(true),
+        "latest" => PositionKind::Latest(true),
+        timestamp if timestamp.starts_with('@') => PositionKind::TimestampMs(
+            timestamp[1..]
+                .parse()
+                .with_context(|| format!("--from {from}: expected @<ms since epoch>"))?,
+        ),
+        offset => PositionKind::Offset(offset.parse().with_context(|| {
+            format!("--from {from}: expected earliest, latest, an offset or @<ms>")
+        })?),
+    };
+    Ok(pb::Position { kind: Some(kind) })
+}
+
+/// `courier consume`.
+pub(crate) async fn consume(args: ConsumeArgs) -> Result<()> {
+    let mut client = StreamsClient::new(connect(&args.server).await?);
+    let (requests, outbound) = mpsc::channel(256);
+    let start = pb::SubscribeStart {
+        topics: args.topics.clone(),
+        topic_pattern: args.pattern.clone().unwrap_or_default(),
+        group: args.group.clone().unwrap_or_default(),
+        start: Some(start_position(&args.from)?),
+        max_in_flight: args.max_in_flight,
+    };
+    requests
+        .send(pb::SubscribeRequest {
+            kind: Some(RequestKind::Start(start)),
+        })
+        .await?;
+    let mut responses = client
+        .subscribe(ReceiverStream::new(outbound))
+        .await
+        .context("starting Subscribe")?
+        .into_inner();
+
+    let mut stdout = std::io::stdout().lock();
+    let mut seen = 0u64;
+    loop {
+        let next = match args.idle_timeout {
+            Some(idle) => match tokio::time::timeout(idle, responses.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => responses.next().await,
+        };
+        let Some(response) = next else { break };
+        let Some(ResponseKind::Records(batch)) = response.context("the subscription failed")?.kind
+        else {
+            continue;
+        };
+        let mut acks = Vec::with_capacity(batch.records.len());
+        for record in batch.records {
+            if args.count.is_some_and(|count| seen >= count) {
+                break;
+            }
+            print_record(&mut stdout, &record, &args.format)?;
+            acks.push(pb::PartitionOffset {
+                topic: record.topic,
+                partition: record.partition,
+                offset: record.offset,
+            });
+            seen += 1;
+        }
+        // Printed (and flushed) first, acknowledged second: at-least-once for whoever reads our stdout.
+        stdout.flush()?;
+        requests
+            .send(pb::SubscribeRequest {
+                kind: Some(RequestKind::Ack(pb::Ack { records: acks })),
+            })
+            .await?;
+        if args.count.is_some_and(|count| seen >= count) {
+            break;
+        }
+    }
+    drop(requests);
+    // Drain the stream so the gateway sees the acks before the call ends.
+    while let Ok(Some(Ok(_))) =
+        tokio::time::timeout(std::time::Duration::from_secs(2), responses.next()).await
+    {}
+    Ok(())
+}
+
+fn print_record(out: &mut impl Write, record: &pb::Record, format: &str) -> Result<()> {
+    let text = |bytes: &Option<bytes::Bytes>| {
+        bytes
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    if format == "json" {
+        let headers: serde_json::Map<String, serde_json::Value> = record
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.key.clone(),
+                    String::from_utf8_lossy(&h.value).into_owned().into(),
+                )
+            })
+            .collect();
+        let json = serde_json::json!({
+            "topic": record.topic, "partition": record.partition, "offset": record.offset,
+            "key": text(&record.key), "value": text(&record.value), "headers": headers,
+            "timestamp_ms": record.timestamp_ms, "courier_id": record.courier_id, "origin": record.origin,
+        });
+        writeln!(out, "{json}")?;
+    } else {
+        writeln!(out, "{}", text(&record.value).unwrap_or_default())?;
+    }
+    Ok(())
+}
+
+/// `courier topics`.
+pub(crate) async fn topics(server: ServerArgs, command: TopicsCommand) -> Result<()> {
+    let mut client = AdminClient::new(connect(&server).await?);
+    match command {
+        TopicsCommand::List => {
+            for topic in client
+                .list_topics(pb::ListTopicsRequest {})
+                .await?
+                .into_inner()
+                .topics
+            {
+                println!("{}\t{} partition(s)", topic.name, topic.partitions);
+            }
+        }
+        TopicsCommand::Create {
+            name,
+            partitions,
+            retention,
+        } => {
+            let request = pb::CreateTopicRequest {
+                name,
+                partitions,
+                retention_ms: retention.map(|r| r.as_millis() as i64),
+                retention_bytes: None,
+            };
+            print_topic(&client.create_topic(request).await?.into_inner());
+        }
+        TopicsCommand::Describe { name } => print_topic(
+            &client
+                .describe_topic(pb::DescribeTopicRequest { name })
+                .await?
+                .into_inner(),
+        ),
+        TopicsCommand::Delete { name } => {
+            client
+                .delete_topic(pb::DeleteTopicRequest { name: name.clone() })
+                .await?;
+            println!("deleted {name}");
+        }
+    }
+    Ok(())
+}
+
+fn print_topic(topic: &pb::TopicDescription) {
+    println!(
+        "{}\tretention_ms={}\tretention_bytes={}",
+        topic.name, topic.retention_ms, topic.retention_bytes
+    );
+    for partition in &topic.partitions {
+        println!(
+            "  partition {}\tlow={}\thigh={}",
+            partition.partition, partition.low_watermark, partition.high_watermark
+        );
+    }
+}
+
+/// `courier groups`.
+pub(crate) async fn groups(server: ServerArgs, command: GroupsCommand) -> Result<()> {
+    let mut client = AdminClient::new(connect(&server).await?);
+    match command {
+        GroupsCommand::List => {
+            for group in client
+                .list_groups(pb::ListGroupsRequest {})
+                .await?
+                .into_inner()
+                .groups
+            {
+                println!("{group}");
+            }
+        }
+        GroupsCommand::Describe { group } => {
+            let group = client
+                .describe_group(pb::DescribeGroupRequest { group })
+                .await?
+                .into_inner();
+            println!("{}\t{} member(s)", group.group, group.members.len());
+            for member in &group.members {
+                let assigned: Vec<String> = member
+                    .assigned
+                    .iter()
+                    .map(|tp| format!("{}/{}", tp.topic, tp.partition))
+                    .collect();
+                println!(
+                    "  member {} ({}, {})\t{}",
+                    member.member_id,
+                    member.protocol,
+                    member.client,
+                    assigned.join(" ")
+                );
+            }
+            for partition in &group.partitions {
+                println!(
+                    "  {}/{}\tcommitted={}\thigh={}\tlag={}",
+                    partition.topic,
+                    partition.partition,
+                    partition.committed,
+                    partition.high_watermark,
+                    partition.lag
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! `courier.toml`: the binary composes the sections each crate owns into one config, layered as
+//! defaults < config file < `COURIER_*` environment variables < command-line flags.
+//!
+//! Environment variables name a key by its path with `__` between levels:
+//! `COURIER_GRPC__LISTEN=127.0.0.1:6000`, `COURIER_LOG__DATA_DIR=/var/lib/courier`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use courier_gateway::config::{BackendConfig, GroupsConfig, GrpcConfig, TopicsConfig};
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of `courier serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// Name of the region this gateway runs in, written into every record as `courier-origin`.
+    #[serde(default = "Config::default_region")]
+    pub(crate) region: String,
+    /// `[grpc]`: the gRPC listener.
+    #[serde(default)]
+    pub(crate) grpc: GrpcConfig,
+    /// `[log]`: where records are stored (`kind = "embedded"`).
+    #[serde(default)]
+    pub(crate) log: BackendConfig,
+    /// `[topics]`: topic defaults and limits.
+    #[serde(default)]
+    pub(crate) topics: TopicsConfig,
+    /// `[groups]`: consumer group behaviour.
+    #[serde(default)]
+    pub(crate) groups: GroupsConfig,
+    /// `[shutdown]`: draining on SIGTERM.
+    #[serde(default)]
+    pub(crate) shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            region: Self::default_region(),
+            grpc: GrpcConfig::default(),
+            log: BackendConfig::default(),
+            topics: TopicsConfig::default(),
+            groups: GroupsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    fn default_region() -> String {
+        "local".into()
+    }
+
+    /// Loads the layers. A missing file is an error only when it was named explicitly.
+    pub(crate) fn load(
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(Box::new(figment::Error::from(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    ))));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None if Path::new(DEFAULT_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_FILE))
+            }
+            None => {}
+        }
+        figment = figment.merge(
+            Env::prefixed("COURIER_")
+                .split("__")
+                // Only keys of this config: COURIER_SERVER and the like belong to the client commands.
+                .filter(|key| {
+                    SECTIONS.iter().any(|section| {
+                        key.as_str() == *section || key.as_str().starts_with(&format!("{section}."))
+                    })
+                }),
+        );
+        if let Some(listen) = overrides.grpc_listen {
+            figment = figment.merge(Serialized::default("grpc.listen", listen));
+        }
+        if let Some(data_dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("log.data_dir", data_dir));
+        }
+        figment.extract().map_err(Box::new)
+    }
+}
+
+/// Read when no `--config` is given and it exists.
+const DEFAULT_FILE: &str = "courier.toml";
+
+/// Top-level keys, for filtering the environment.
+const SECTIONS: [&str; 6] = ["region", "grpc", "log", "topics", "groups", "shutdown"];
+
+/// Flags of `courier serve` that override the config.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Overrides {
+    /// `--grpc-listen`.
+    pub(crate) grpc_listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub(crate) data_dir: Option<PathBuf>,
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ShutdownConfig {
+    /// Longest a drain may take after SIGTERM: streams answer what they hold, subscribers commit, then
+    /// the process exits even if some connection is still open. Match Kubernetes'
+    /// `terminationGracePeriodSeconds` to it, with a few seconds to spare.
+    #[serde(default = "ShutdownConfig::default_grace", with = "humantime_serde")]
+    pub(crate) grace: Duration,
+}
+
+impl ShutdownConfig {
+    fn default_grace() -> Duration {
+        Duration::from_secs(20)
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace: Self::default_grace(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every key of the config is documented in the README's reference.
+    #[test]
+    fn readme_documents_every_key() -> Result<(), Box<dyn std::error::Error>> {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))?;
+        let defaults = toml::Value::try_from(Config::default())?;
+        let mut missing = Vec::new();
+        let Some(table) = defaults.as_table() else {
+            return Err("defaults are not a table".into());
+        };
+        for (section, value) in table {
+            match value.as_table() {
+                Some(keys) => {
+                    for key in keys.keys() {
+                        let line = format!("`{section}.{key}`");
+                        if !readme.contains(&line) {
+                            missing.push(line);
+                        }
+                    }
+                }
+                None if !readme.contains(&format!("`{section}`")) => missing.push(section.clone()),
+                None => {}
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "README config reference lacks {missing:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn env_and_flags_override_the_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("courier.toml");
+        std::fs::write(
+            &file,
+            "region = \"eu\"\n[grpc]\nlisten = \"127.0.0.1:7000\"\n[topics]\ndefault_partitions = 5\n",
+        )?;
+        let overrides = Overrides {
+            grpc_listen: Some("127.0.0.1:7001".parse()?),
+            data_dir: Some("/tmp/x".into()),
+        };
+        let config = Config::load(Some(&file), &overrides)?;
+        assert_eq!(config.region, "eu");
+        assert_eq!(config.grpc.listen.port(), 7001);
+        assert_eq!(config.topics.default_partitions, 5);
+        let BackendConfig::Embedded(embedded) = &config.log;
+        assert_eq!(embedded.data_dir, PathBuf::from("/tmp/x"));
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_are_named() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("courier.toml");
+        std::fs::write(&file, "[grpc]\nlisten_on = \"x\"\n")?;
+        let error = Config::load(Some(&file), &Overrides::default())
+            .err()
+            .ok_or("accepted an unknown key")?;
+        assert!(error.to_string().contains("listen_on"), "{error}");
+        Ok(())
+    }
+}

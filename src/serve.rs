@@ -1,0 +1,123 @@
+//! `courier serve`: open the log, start the front ends, print the ready line, wait for a signal, drain.
+//!
+//! Lifecycle: the root token is cancelled by SIGTERM/SIGINT or by any component that fails (the process
+//! stops whole, never half). Drain order: front ends stop accepting and finish what they hold (gRPC
+//! streams answer in-flight requests, subscribers commit), bounded by `shutdown.grace`; then the log
+//! syncs and closes.
+
+use std::{io::Write, sync::Arc};
+
+use anyhow::{Context, Result};
+use courier_gateway::{
+    config::BackendConfig,
+    grpc::GrpcServer,
+    log::{Embedded, Log},
+};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::config::Config;
+
+/// Runs the gateway until a signal, then drains. Returns once everything is closed.
+pub(crate) async fn run(config: Config) -> Result<()> {
+    let root = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let (log, log_description): (Arc<dyn Log>, String) = match &config.log {
+        BackendConfig::Embedded(embedded) => {
+            let log = Embedded::open(
+                embedded,
+                config.topics.clone(),
+                config.groups.clone(),
+                &config.region,
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "opening the embedded log in {}",
+                    embedded.data_dir.display()
+                )
+            })?;
+            (
+                Arc::new(log),
+                format!("embedded:{}", embedded.data_dir.display()),
+            )
+        }
+    };
+
+    let listener = TcpListener::bind(config.grpc.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the gRPC listener on {} (grpc.listen)",
+                config.grpc.listen
+            )
+        })?;
+    let grpc_address = listener
+        .local_addr()
+        .context("reading the gRPC listener's address")?;
+
+    let drain = root.child_token();
+    let grpc = GrpcServer {
+        log: log.clone(),
+        config: config.grpc.clone(),
+        groups: config.groups.clone(),
+    };
+    let grpc_task = tracker.spawn({
+        let (drain, root) = (drain.clone(), root.clone());
+        async move {
+            let result = grpc.serve(listener, drain).await;
+            if let Err(error) = &result {
+                tracing::error!(%error, "gRPC server failed; stopping the gateway");
+            }
+            root.cancel();
+            result
+        }
+    });
+    tracker.close();
+
+    // The ready line: tests and operators wait for it; it names the bound addresses.
+    println!(
+        "courier ready grpc={grpc_address} log={log_description} region={}",
+        config.region
+    );
+    std::io::stdout()
+        .flush()
+        .context("writing the ready line")?;
+    tracing::info!(%grpc_address, log = %log_description, "courier is serving");
+
+    tokio::select! {
+        signal = shutdown_signal() => tracing::info!(signal = signal?, "draining"),
+        () = root.cancelled() => tracing::warn!("a component stopped; draining"),
+    }
+    drain.cancel();
+
+    let drained = tokio::time::timeout(config.shutdown.grace, tracker.wait()).await;
+    if drained.is_err() {
+        tracing::warn!(grace = ?config.shutdown.grace, "drain deadline passed; closing with connections still open");
+    }
+    log.close().await.context("closing the log")?;
+    tracing::info!("courier stopped");
+
+    if drained.is_ok() {
+        grpc_task
+            .await
+            .context("the gRPC task panicked")?
+            .context("the gRPC server failed")?;
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT with the signal's name.
+async fn shutdown_signal() -> Result<&'static str> {
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
