@@ -1,0 +1,765 @@
+//! The Log conformance suite: each behaviour written once, generic over `dyn Log`, run by every backend's
+//! test file (`embedded.rs` here; the Kafka backend runs the same functions against a real broker).
+//! Every check that matters to a client asserts on what was acknowledged: nothing lost, nothing twice.
+
+#![allow(dead_code, unreachable_pub)] // each backend's runner uses the functions it can
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use courier_gateway::{
+    Error,
+    log::{
+        AckOutcome, FetchLimits, Log, NewRecord, Position, Record, SubscribeOptions, Subscription,
+        SubscriptionEvent, TopicPartition, TopicSelector, TopicSpec,
+    },
+};
+
+/// Longest any single wait in the suite may take; tests fail rather than hang.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A topic name unique to this test run.
+pub fn unique_topic(prefix: &str) -> String {
+    format!("{prefix}-{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+pub fn value(text: impl Into<String>) -> NewRecord {
+    NewRecord::with_value(Bytes::from(text.into()))
+}
+
+pub fn keyed(key: &str, text: impl Into<String>) -> NewRecord {
+    NewRecord {
+        key: Some(Bytes::from(key.to_owned())),
+        ..value(text)
+    }
+}
+
+pub fn options(
+    topics: &[&str],
+    group: Option<&str>,
+    start: Position,
+    max_in_flight: usize,
+) -> SubscribeOptions {
+    SubscribeOptions {
+        topics: TopicSelector::Names(topics.iter().map(|t| (*t).to_owned()).collect()),
+        group: group.map(str::to_owned),
+        start,
+        max_in_flight,
+        client: "conformance".into(),
+        protocol: "grpc",
+    }
+}
+
+pub fn text(record: &Record) -> String {
+    record
+        .value
+        .as_ref()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+/// The next batch of records, skipping assignment events; `None` if nothing came before `wait` elapsed.
+pub async fn next_records(subscription: &mut Subscription, wait: Duration) -> Option<Vec<Record>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, subscription.next_event()).await {
+            Ok(Some(SubscriptionEvent::Records(records))) => return Some(records),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// Waits until the subscriber holds `count` partitions (after a rebalance settles).
+pub async fn wait_for_assignment(
+    subscription: &mut Subscription,
+    count: usize,
+) -> Result<Vec<TopicPartition>, String> {
+    let mut held = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while held.len() != count {
+        match tokio::time::timeout_at(deadline, subscription.next_event()).await {
+            Ok(Some(SubscriptionEvent::Assigned(partitions))) => held.extend(partitions),
+            Ok(Some(SubscriptionEvent::Revoked(partitions))) => partitions.iter().for_each(|p| {
+                held.remove(p);
+            }),
+            Ok(Some(SubscriptionEvent::Records(_))) => {
+                return Err("records before the assignment settled".into());
+            }
+            Ok(None) | Err(_) => {
+                return Err(format!("held {} partitions, expected {count}", held.len()));
+            }
+        }
+    }
+    Ok(held.into_iter().collect())
+}
+
+/// Waits until every member of `group` holds `per_member` partitions.
+pub async fn wait_until_balanced(log: &Arc<dyn Log>, group: &str, per_member: usize) -> TestResult {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let members = log.describe_group(group).await?.members;
+        if !members.is_empty() && members.iter().all(|m| m.assigned.len() == per_member) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("rebalance did not settle: {members:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Receives exactly `count` records, acking each if `ack`; fails on timeout.
+pub async fn receive(
+    subscription: &mut Subscription,
+    count: usize,
+    ack: bool,
+) -> Result<Vec<Record>, String> {
+    let mut received = Vec::new();
+    while received.len() < count {
+        let batch = next_records(subscription, DEADLINE)
+            .await
+            .ok_or_else(|| format!("received {} of {count} records", received.len()))?;
+        for record in batch {
+            if ack {
+                subscription
+                    .control
+                    .ack(&record.topic_partition(), record.offset);
+            }
+            received.push(record);
+        }
+    }
+    Ok(received)
+}
+
+pub async fn create(log: &Arc<dyn Log>, topic: &str, partitions: u32) -> TestResult {
+    log.create_topic(TopicSpec::named(topic).partitions(partitions))
+        .await?;
+    Ok(())
+}
+
+/// Offsets are 0, 1, 2, ... per partition in append order, and an append returns them.
+pub async fn offsets_are_dense_per_partition(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("dense");
+    create(&log, &topic, 2).await?;
+    let first = log
+        .append(
+            &topic,
+            (0..5)
+                .map(|i| NewRecord {
+                    partition: Some(0),
+                    ..value(format!("a{i}"))
+                })
+                .collect(),
+        )
+        .await?;
+    let second = log
+        .append(
+            &topic,
+            (0..3)
+                .map(|i| NewRecord {
+                    partition: Some(1),
+                    ..value(format!("b{i}"))
+                })
+                .collect(),
+        )
+        .await?;
+    let third = log
+        .append(
+            &topic,
+            vec![NewRecord {
+                partition: Some(0),
+                ..value("a5")
+            }],
+        )
+        .await?;
+    assert_eq!(
+        first.iter().map(|a| a.offset).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+    assert_eq!(
+        second.iter().map(|a| a.offset).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(third[0].offset, 5);
+    assert!(
+        first
+            .iter()
+            .all(|a| a.partition == 0 && !a.courier_id.is_empty())
+    );
+    let described = log.describe_topic(&topic).await?;
+    assert_eq!(
+        described
+            .partitions
+            .iter()
+            .map(|p| (p.low, p.high))
+            .collect::<Vec<_>>(),
+        vec![(0, 6), (0, 3)]
+    );
+    Ok(())
+}
+
+/// Records with one key land in one partition, in order; fetch returns them as acknowledged.
+pub async fn keyed_records_keep_order(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("keyed");
+    create(&log, &topic, 4).await?;
+    let mut acked = Vec::new();
+    for round in 0..10 {
+        acked.extend(
+            log.append(
+                &topic,
+                (0..5)
+                    .map(|i| keyed("device-7", format!("{round}-{i}")))
+                    .collect(),
+            )
+            .await?,
+        );
+    }
+    let partition = acked[0].partition;
+    assert!(
+        acked.iter().all(|a| a.partition == partition),
+        "one key, one partition"
+    );
+    let fetched = log
+        .fetch(
+            &TopicPartition::new(topic.as_str(), partition),
+            0,
+            FetchLimits::default(),
+        )
+        .await?;
+    let expected: Vec<String> = (0..10)
+        .flat_map(|r| (0..5).map(move |i| format!("{r}-{i}")))
+        .collect();
+    assert_eq!(
+        fetched.records.iter().map(text).collect::<Vec<_>>(),
+        expected
+    );
+    for (ack, record) in acked.iter().zip(&fetched.records) {
+        assert_eq!(
+            (ack.offset, &ack.courier_id),
+            (record.offset, &record.courier_id)
+        );
+    }
+    Ok(())
+}
+
+/// Fetch honours limits and refuses offsets outside the partition with the watermarks in the error.
+pub async fn fetch_limits_and_range(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("fetch");
+    create(&log, &topic, 1).await?;
+    log.append(&topic, (0..20).map(|i| value(format!("r{i}"))).collect())
+        .await?;
+    let partition = TopicPartition::new(topic.as_str(), 0);
+    let page = log
+        .fetch(
+            &partition,
+            5,
+            FetchLimits {
+                max_records: 4,
+                max_bytes: 1 << 20,
+            },
+        )
+        .await?;
+    assert_eq!(
+        page.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![5, 6, 7, 8]
+    );
+    assert_eq!((page.low_watermark, page.high_watermark), (0, 20));
+    let one = log
+        .fetch(
+            &partition,
+            0,
+            FetchLimits {
+                max_records: 100,
+                max_bytes: 1,
+            },
+        )
+        .await?;
+    assert_eq!(
+        one.records.len(),
+        1,
+        "at least one record even over max_bytes"
+    );
+    assert!(
+        log.fetch(&partition, 20, FetchLimits::default())
+            .await?
+            .records
+            .is_empty()
+    );
+    assert!(matches!(
+        log.fetch(&partition, 21, FetchLimits::default()).await,
+        Err(Error::OffsetOutOfRange { high: 20, .. })
+    ));
+    assert!(matches!(
+        log.fetch(
+            &TopicPartition::new(topic.as_str(), 1),
+            0,
+            FetchLimits::default()
+        )
+        .await,
+        Err(Error::UnknownPartition { .. })
+    ));
+    Ok(())
+}
+
+/// A plain reader from `earliest` sees everything; from `latest` only what comes after it subscribed.
+pub async fn plain_readers_start_where_asked(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("plain");
+    create(&log, &topic, 2).await?;
+    log.append(&topic, (0..6).map(|i| value(format!("old{i}"))).collect())
+        .await?;
+    let mut earliest = log
+        .subscribe(options(&[&topic], None, Position::Earliest, 100))
+        .await?;
+    let mut latest = log
+        .subscribe(options(&[&topic], None, Position::Latest, 100))
+        .await?;
+    wait_for_assignment(&mut latest, 2).await?;
+    let mut old = receive(&mut earliest, 6, true)
+        .await?
+        .iter()
+        .map(text)
+        .collect::<Vec<_>>();
+    old.sort();
+    assert_eq!(old, (0..6).map(|i| format!("old{i}")).collect::<Vec<_>>());
+    log.append(&topic, vec![value("new")]).await?;
+    assert_eq!(
+        receive(&mut latest, 1, true)
+            .await?
+            .iter()
+            .map(text)
+            .collect::<Vec<_>>(),
+        vec!["new"]
+    );
+    assert_eq!(
+        receive(&mut earliest, 1, true)
+            .await?
+            .iter()
+            .map(text)
+            .collect::<Vec<_>>(),
+        vec!["new"]
+    );
+    Ok(())
+}
+
+/// Two members of a group split the partitions; together they receive every record exactly once.
+pub async fn group_members_share_partitions(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("share");
+    create(&log, &topic, 4).await?;
+    let group = unique_topic("group");
+    let mut first = log
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, 1000))
+        .await?;
+    wait_for_assignment(&mut first, 4).await?;
+    let mut second = log
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, 1000))
+        .await?;
+    let second_holds = wait_for_assignment(&mut second, 2).await?;
+    // The first member gives up two partitions to the second.
+    wait_until_balanced(&log, &group, 2).await?;
+    let acked = log
+        .append(
+            &topic,
+            (0..200)
+                .map(|i| keyed(&format!("k{i}"), format!("v{i}")))
+                .collect(),
+        )
+        .await?;
+    let for_second = acked
+        .iter()
+        .filter(|a| second_holds.iter().any(|p| p.partition == a.partition))
+        .count();
+    let got_second = receive(&mut second, for_second, true).await?;
+    let got_first = receive(&mut first, 200 - for_second, true).await?;
+    let mut all: Vec<String> = got_first.iter().chain(&got_second).map(text).collect();
+    all.sort();
+    let mut expected: Vec<String> = (0..200).map(|i| format!("v{i}")).collect();
+    expected.sort();
+    assert_eq!(all, expected, "every record exactly once across the group");
+    assert!(
+        got_second
+            .iter()
+            .all(|r| second_holds.contains(&r.topic_partition()))
+    );
+    assert!(
+        next_records(&mut first, Duration::from_millis(200))
+            .await
+            .is_none(),
+        "no duplicates"
+    );
+    Ok(())
+}
+
+/// Acks in any order commit only the contiguous prefix; after the member leaves, a new member gets
+/// exactly the unacknowledged records again, and none of the acknowledged prefix.
+pub async fn sparse_acks_and_redelivery(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("sparse");
+    create(&log, &topic, 1).await?;
+    let group = unique_topic("group");
+    log.append(&topic, (0..10).map(|i| value(format!("m{i}"))).collect())
+        .await?;
+    let mut member = log
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, 100))
+        .await?;
+    let records = receive(&mut member, 10, false).await?;
+    let partition = records[0].topic_partition();
+    for offset in [0, 1, 2, 4, 5, 7] {
+        assert_eq!(member.control.ack(&partition, offset), AckOutcome::Acked);
+    }
+    assert_eq!(
+        member.control.ack(&partition, 4),
+        AckOutcome::Ignored,
+        "a second ack is ignored"
+    );
+    assert_eq!(member.control.outstanding(), 4);
+    member.control.commit().await?;
+    let committed = log.describe_group(&group).await?.offsets;
+    assert_eq!(
+        committed[0].committed,
+        Some(3),
+        "the commit stops at the first unacknowledged offset"
+    );
+    member.close().await?;
+
+    let mut next = log
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, 100))
+        .await?;
+    let again = receive(&mut next, 7, true).await?;
+    assert_eq!(
+        again.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6, 7, 8, 9]
+    );
+    next.close().await?;
+    assert_eq!(
+        log.describe_group(&group).await?.offsets[0].committed,
+        Some(10)
+    );
+    Ok(())
+}
+
+/// A member that leaves without acking hands its partitions over; the new owner gets every
+/// unacknowledged record.
+pub async fn dropped_member_records_are_redelivered(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("dropped");
+    create(&log, &topic, 2).await?;
+    let group = unique_topic("group");
+    let mut stays = log
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, 1000))
+        .await?;
+    wait_for_assignment(&mut stays, 2).await?;
+    let mut leaves = log
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, 1000))
+        .await?;
+    let left_partitions = wait_for_assignment(&mut leaves, 1).await?;
+    wait_until_balanced(&log, &group, 1).await?;
+    let acked = log
+        .append(
+            &topic,
+            (0..40)
+                .map(|i| keyed(&format!("key{i}"), format!("x{i}")))
+                .collect(),
+        )
+        .await?;
+    let on_left = acked
+        .iter()
+        .filter(|a| a.partition == left_partitions[0].partition)
+        .count();
+    let taken = receive(&mut leaves, on_left, false).await?;
+    drop(leaves); // gone without acking, like a client that disconnected
+    let mut redelivered = Vec::new();
+    let mut from_stays = Vec::new();
+    while redelivered.len() < on_left || from_stays.len() < 40 - on_left {
+        let batch = next_records(&mut stays, DEADLINE)
+            .await
+            .ok_or("the survivor stopped receiving")?;
+        for record in batch {
+            stays.control.ack(&record.topic_partition(), record.offset);
+            if record.partition == left_partitions[0].partition {
+                redelivered.push(record)
+            } else {
+                from_stays.push(record)
+            }
+        }
+    }
+    assert_eq!(
+        redelivered.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        taken.iter().map(|r| r.offset).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// At most `max_in_flight` records are outstanding; acks let more through.
+pub async fn in_flight_window_pauses_delivery(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("window");
+    create(&log, &topic, 1).await?;
+    log.append(&topic, (0..50).map(|i| value(format!("w{i}"))).collect())
+        .await?;
+    let mut reader = log
+        .subscribe(options(&[&topic], None, Position::Earliest, 5))
+        .await?;
+    let first = receive(&mut reader, 5, false).await?;
+    assert_eq!(first.len(), 5);
+    assert!(
+        next_records(&mut reader, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "paused at the window"
+    );
+    reader
+        .control
+        .ack(&first[0].topic_partition(), first[0].offset);
+    let more = receive(&mut reader, 1, false).await?;
+    assert_eq!(more[0].offset, 5);
+    assert!(
+        next_records(&mut reader, Duration::from_millis(200))
+            .await
+            .is_none(),
+        "one ack frees one slot"
+    );
+    Ok(())
+}
+
+/// Seeking inside a subscription moves its position; resetting a group's offsets is refused while it is
+/// live, and takes effect for the next member.
+pub async fn seek_and_commit(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("seek");
+    create(&log, &topic, 1).await?;
+    let group = unique_topic("group");
+    log.append(&topic, (0..10).map(|i| value(format!("s{i}"))).collect())
+        .await?;
+    let partition = TopicPartition::new(topic.as_str(), 0);
+    let mut member = log
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, 100))
+        .await?;
+    receive(&mut member, 10, true).await?;
+    member.control.seek(&partition, Position::Offset(7)).await?;
+    assert_eq!(
+        receive(&mut member, 3, true)
+            .await?
+            .iter()
+            .map(|r| r.offset)
+            .collect::<Vec<_>>(),
+        vec![7, 8, 9]
+    );
+    assert!(matches!(
+        log.commit(&group, &[(partition.clone(), 2)]).await,
+        Err(Error::GroupActive { .. })
+    ));
+    let other = TopicPartition::new("no-such-topic-held", 0);
+    assert!(
+        member
+            .control
+            .seek(&other, Position::Earliest)
+            .await
+            .is_err()
+    );
+    member.close().await?;
+    log.commit(&group, &[(partition.clone(), 2)]).await?;
+    let mut next = log
+        .subscribe(options(&[&topic], Some(&group), Position::Latest, 100))
+        .await?;
+    assert_eq!(receive(&mut next, 8, true).await?[0].offset, 2);
+    assert_eq!(log.resolve(&partition, Position::Earliest).await?, 0);
+    assert_eq!(log.resolve(&partition, Position::Latest).await?, 10);
+    Ok(())
+}
+
+/// A pattern subscription picks up topics created after it started.
+pub async fn patterns_follow_new_topics(log: Arc<dyn Log>) -> TestResult {
+    let prefix = unique_topic("pattern");
+    let mut reader = log
+        .subscribe(SubscribeOptions {
+            topics: TopicSelector::pattern(&format!("{prefix}\\..*"))?,
+            ..options(&[], None, Position::Earliest, 100)
+        })
+        .await?;
+    let topic = format!("{prefix}.later");
+    create(&log, &topic, 1).await?;
+    wait_for_assignment(&mut reader, 1).await?;
+    log.append(&topic, vec![value("hello")]).await?;
+    assert_eq!(
+        receive(&mut reader, 1, true).await?[0].topic.as_ref(),
+        topic
+    );
+    Ok(())
+}
+
+/// Bad requests fail with the right error before anything is written.
+pub async fn bad_requests_are_refused(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("bad");
+    create(&log, &topic, 2).await?;
+    assert!(matches!(
+        log.append("not a topic", vec![value("x")]).await,
+        Err(Error::InvalidTopicName { .. })
+    ));
+    assert!(matches!(
+        log.append(&topic, vec![]).await,
+        Err(Error::InvalidRequest(_))
+    ));
+    let wrong_partition = NewRecord {
+        partition: Some(2),
+        ..value("x")
+    };
+    assert!(matches!(
+        log.append(&topic, vec![value("ok"), wrong_partition]).await,
+        Err(Error::UnknownPartition { .. })
+    ));
+    assert!(matches!(
+        log.create_topic(TopicSpec::named(&topic)).await,
+        Err(Error::TopicExists { .. })
+    ));
+    assert!(matches!(
+        log.subscribe(options(&[&topic], None, Position::Earliest, 0))
+            .await,
+        Err(Error::InvalidRequest(_))
+    ));
+    let group = unique_topic("group");
+    let _member = log
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, 10))
+        .await?;
+    let mqtt = SubscribeOptions {
+        protocol: "mqtt",
+        ..options(&[&topic], Some(&group), Position::Earliest, 10)
+    };
+    assert!(matches!(
+        log.subscribe(mqtt).await,
+        Err(Error::GroupProtocolConflict { .. })
+    ));
+    let described = log.describe_topic(&topic).await?;
+    assert!(
+        described.partitions.iter().all(|p| p.high == 0),
+        "nothing of a refused batch was written"
+    );
+    Ok(())
+}
+
+/// Headers, keys, null values and producer timestamps come back as written; courier ids are kept.
+pub async fn records_round_trip(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("roundtrip");
+    create(&log, &topic, 1).await?;
+    let id = ulid::Ulid::new().to_string();
+    let record = NewRecord {
+        key: Some(Bytes::from_static(b"k")),
+        value: None,
+        headers: vec![
+            courier_gateway::log::Header {
+                key: "h".into(),
+                value: Bytes::from_static(b"1"),
+            },
+            courier_gateway::log::Header {
+                key: "h".into(),
+                value: Bytes::from_static(b"2"),
+            },
+        ],
+        partition: None,
+        timestamp_ms: Some(1_700_000_000_000),
+        courier_id: id.clone(),
+    };
+    log.append(&topic, vec![record]).await?;
+    let fetched = log
+        .fetch(
+            &TopicPartition::new(topic.as_str(), 0),
+            0,
+            FetchLimits::default(),
+        )
+        .await?;
+    let got = &fetched.records[0];
+    assert_eq!(got.key.as_deref(), Some(&b"k"[..]));
+    assert_eq!(got.value, None);
+    assert_eq!(
+        got.headers
+            .iter()
+            .map(|h| (h.key.as_str(), &h.value[..]))
+            .collect::<Vec<_>>(),
+        vec![("h", &b"1"[..]), ("h", &b"2"[..])]
+    );
+    assert_eq!(got.timestamp_ms, 1_700_000_000_000);
+    assert_eq!(got.courier_id, id);
+    let by_time = log
+        .resolve(
+            &TopicPartition::new(topic.as_str(), 0),
+            Position::Timestamp(1_700_000_000_001),
+        )
+        .await?;
+    assert_eq!(by_time, 1, "no record at or after that time: the end");
+    Ok(())
+}
+
+/// Deleting a topic removes its records and offsets; a new topic of the same name starts empty.
+pub async fn delete_topic_removes_everything(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("delete");
+    create(&log, &topic, 1).await?;
+    let group = unique_topic("group");
+    log.append(&topic, vec![value("x")]).await?;
+    log.commit(&group, &[(TopicPartition::new(topic.as_str(), 0), 1)])
+        .await?;
+    log.delete_topic(&topic).await?;
+    assert!(matches!(
+        log.describe_topic(&topic).await,
+        Err(Error::UnknownTopic { .. })
+    ));
+    assert!(log.describe_group(&group).await?.offsets.is_empty());
+    create(&log, &topic, 1).await?;
+    assert_eq!(log.describe_topic(&topic).await?.partitions[0].high, 0);
+    Ok(())
+}
+
+/// Many concurrent producers: every acknowledged record is stored exactly once where its ack said.
+pub async fn concurrent_appends_are_all_acknowledged(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("concurrent");
+    create(&log, &topic, 3).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for producer in 0..8 {
+        let (log, topic) = (log.clone(), topic.clone());
+        tasks.spawn(async move {
+            let mut acks = Vec::new();
+            for batch in 0..25 {
+                let records = (0..4)
+                    .map(|i| keyed(&format!("p{producer}"), format!("{producer}-{batch}-{i}")))
+                    .collect();
+                let appended = log.append(&topic, records).await?;
+                acks.extend(
+                    appended
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, a)| (a, format!("{producer}-{batch}-{i}"))),
+                );
+            }
+            Ok::<_, Error>(acks)
+        });
+    }
+    let mut expected = BTreeMap::new();
+    while let Some(done) = tasks.join_next().await {
+        for (ack, text) in done?? {
+            assert!(
+                expected.insert((ack.partition, ack.offset), text).is_none(),
+                "two acks for one offset"
+            );
+        }
+    }
+    assert_eq!(expected.len(), 800);
+    let mut stored = BTreeMap::new();
+    for partition in 0..3 {
+        let mut offset = 0;
+        loop {
+            let page = log
+                .fetch(
+                    &TopicPartition::new(topic.as_str(), partition),
+                    offset,
+                    FetchLimits::default(),
+                )
+                .await?;
+            if page.records.is_empty() {
+                break;
+            }
+            for record in &page.records {
+                stored.insert((partition, record.offset), text(record));
+            }
+            offset = page.records.last().map_or(offset, |r| r.offset + 1);
+        }
+    }
+    assert_eq!(stored, expected);
+    Ok(())
+}
