@@ -84,11 +84,7 @@ impl Config {
             Env::prefixed("COURIER_")
                 .split("__")
                 // Only keys of this config: COURIER_SERVER and the like belong to the client commands.
-                .filter(|key| {
-                    SECTIONS.iter().any(|section| {
-                        key.as_str() == *section || key.as_str().starts_with(&format!("{section}."))
-                    })
-                }),
+                .filter(|key| is_config_key(key.as_str())),
         );
         if let Some(listen) = overrides.grpc_listen {
             figment = figment.merge(Serialized::default("grpc.listen", listen));
@@ -105,6 +101,15 @@ const DEFAULT_FILE: &str = "courier.toml";
 
 /// Top-level keys, for filtering the environment.
 const SECTIONS: [&str; 6] = ["region", "grpc", "log", "topics", "groups", "shutdown"];
+
+/// Whether an environment key (after `COURIER_` and `__` splitting) names a key of this config. Figment
+/// filters before it lowercases, so the comparison ignores case.
+fn is_config_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECTIONS
+        .iter()
+        .any(|section| key == *section || key.starts_with(&format!("{section}.")))
+}
 
 /// Flags of `courier serve` that override the config.
 #[derive(Debug, Clone, Default)]
@@ -193,6 +198,19 @@ mod tests {
         let BackendConfig::Embedded(embedded) = &config.log;
         assert_eq!(embedded.data_dir, PathBuf::from("/tmp/x"));
         Ok(())
+    }
+
+    /// Keys arrive upper-case (`COURIER_TOPICS__AUTO_CREATE` -> `TOPICS.AUTO_CREATE`); the client's
+    /// `COURIER_SERVER` and `COURIER_CONFIG` are not config keys. The end-to-end tests configure the
+    /// gateway through these variables, so a filter that dropped them fails there too.
+    #[test]
+    fn environment_keys_are_recognised_in_any_case() {
+        assert!(is_config_key("TOPICS.AUTO_CREATE"));
+        assert!(is_config_key("REGION"));
+        assert!(is_config_key("log.data_dir"));
+        assert!(!is_config_key("SERVER"));
+        assert!(!is_config_key("CONFIG"));
+        assert!(!is_config_key("TOPICSX.Y"));
     }
 
     #[test]

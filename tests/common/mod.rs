@@ -1,0 +1,267 @@
+//! Runs the real `courier` binary for end-to-end tests: on a free loopback port, in a temporary data
+//! directory, ready when it prints its ready line, stopped with SIGTERM (or SIGKILL for crash tests).
+
+#![allow(dead_code, unreachable_pub)] // each test file uses what it needs
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use courier_gateway::proto::v1::{
+    self as pb, admin_client::AdminClient, streams_client::StreamsClient,
+    subscribe_request::Kind as RequestKind,
+};
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::sync::mpsc as tokio_mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type TestResult = Result<(), BoxError>;
+
+/// Longest the gateway may take to start or stop, and any single wait in a test.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Option<Child>,
+    /// The bound gRPC address.
+    pub grpc: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Where its logs go (stderr), to read when a test fails.
+    pub log_file: PathBuf,
+}
+
+impl Gateway {
+    /// Starts a gateway on `data_dir` with extra `COURIER_*` settings.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
+        let log_file = data_dir.with_extension("log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_file)
+            .map_err(|e| e.to_string())?;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
+        command
+            .args(["serve", "--grpc-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info,courier_gateway=debug")
+            .env("COURIER_SHUTDOWN__GRACE", "10s")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("starting courier: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (lines, ready) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = ready.recv_timeout(left).map_err(|_| {
+                format!(
+                    "no ready line within {DEADLINE:?}; log:\n{}",
+                    std::fs::read_to_string(&log_file).unwrap_or_default()
+                )
+            })?;
+            if let Some(grpc) = line
+                .strip_prefix("courier ready grpc=")
+                .and_then(|rest| rest.split_whitespace().next())
+            {
+                let grpc = grpc
+                    .parse()
+                    .map_err(|e| format!("bad address in {line:?}: {e}"))?;
+                return Ok(Self {
+                    child: Some(child),
+                    grpc,
+                    data_dir: data_dir.to_owned(),
+                    log_file,
+                });
+            }
+        }
+    }
+
+    /// The gRPC URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub async fn channel(&self) -> Result<Channel, BoxError> {
+        Ok(Channel::from_shared(self.url())?.connect().await?)
+    }
+
+    pub async fn streams(&self) -> Result<StreamsClient<Channel>, BoxError> {
+        Ok(StreamsClient::new(self.channel().await?))
+    }
+
+    pub async fn admin(&self) -> Result<AdminClient<Channel>, BoxError> {
+        Ok(AdminClient::new(self.channel().await?))
+    }
+
+    fn pid(&self) -> Option<Pid> {
+        self.child
+            .as_ref()
+            .map(|child| Pid::from_raw(child.id() as i32))
+    }
+
+    /// Sends SIGTERM and waits for the exit within the deadline.
+    pub fn terminate(mut self) -> Result<ExitStatus, String> {
+        let pid = self.pid().ok_or("already stopped")?;
+        nix::sys::signal::kill(pid, Signal::SIGTERM).map_err(|e| e.to_string())?;
+        self.wait()
+    }
+
+    /// Kills the process outright (a crash).
+    pub fn kill9(mut self) -> Result<(), String> {
+        let pid = self.pid().ok_or("already stopped")?;
+        nix::sys::signal::kill(pid, Signal::SIGKILL).map_err(|e| e.to_string())?;
+        self.wait().map(|_| ())
+    }
+
+    fn wait(&mut self) -> Result<ExitStatus, String> {
+        let mut child = self.child.take().ok_or("already stopped")?;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("courier did not exit within {DEADLINE:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The gateway's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A topic name unique to this run.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// A record with a value (and optional key).
+pub fn record(key: Option<&str>, value: &str) -> pb::ProduceRecord {
+    pb::ProduceRecord {
+        key: key.map(|k| bytes::Bytes::from(k.to_owned())),
+        value: Some(bytes::Bytes::from(value.to_owned())),
+        ..Default::default()
+    }
+}
+
+pub fn value_of(record: &pb::Record) -> String {
+    record
+        .value
+        .as_ref()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+/// An open Subscribe stream: send acks through `requests`, read `responses`.
+pub struct SubscribeStream {
+    pub requests: tokio_mpsc::Sender<pb::SubscribeRequest>,
+    pub responses: tonic::Streaming<pb::SubscribeResponse>,
+}
+
+impl SubscribeStream {
+    pub async fn open(
+        client: &mut StreamsClient<Channel>,
+        start: pb::SubscribeStart,
+    ) -> Result<Self, tonic::Status> {
+        let (requests, outbound) = tokio_mpsc::channel(1024);
+        requests
+            .send(pb::SubscribeRequest {
+                kind: Some(RequestKind::Start(start)),
+            })
+            .await
+            .map_err(|_| tonic::Status::internal("request channel closed"))?;
+        let responses = client
+            .subscribe(ReceiverStream::new(outbound))
+            .await?
+            .into_inner();
+        Ok(Self {
+            requests,
+            responses,
+        })
+    }
+
+    /// The next batch of records, skipping assignment messages; `None` on timeout or end.
+    pub async fn next_records(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<Vec<pb::Record>>, tonic::Status> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.responses.message()).await {
+                Err(_) => return Ok(None),
+                Ok(message) => match message? {
+                    None => return Ok(None),
+                    Some(pb::SubscribeResponse {
+                        kind: Some(pb::subscribe_response::Kind::Records(batch)),
+                    }) => {
+                        return Ok(Some(batch.records));
+                    }
+                    Some(_) => continue,
+                },
+            }
+        }
+    }
+
+    /// Acknowledges records.
+    pub async fn ack(&self, records: &[pb::Record]) -> Result<(), String> {
+        let acks = records
+            .iter()
+            .map(|r| pb::PartitionOffset {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                offset: r.offset,
+            })
+            .collect();
+        self.requests
+            .send(pb::SubscribeRequest {
+                kind: Some(RequestKind::Ack(pb::Ack { records: acks })),
+            })
+            .await
+            .map_err(|_| "the subscribe stream is closed".to_owned())
+    }
+}
+
+/// A group subscription start message.
+pub fn start_in_group(topic: &str, group: &str, max_in_flight: u32) -> pb::SubscribeStart {
+    pb::SubscribeStart {
+        topics: vec![topic.to_owned()],
+        group: group.to_owned(),
+        start: Some(pb::Position {
+            kind: Some(pb::position::Kind::Earliest(true)),
+        }),
+        max_in_flight,
+        ..Default::default()
+    }
+}
