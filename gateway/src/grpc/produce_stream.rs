@@ -2,6 +2,9 @@
 //! per-partition order holds), up to [`MAX_PIPELINED`] await durability at once, and each is answered
 //! as soon as the log acknowledged it. Past that bound the stream stops reading requests, and HTTP/2
 //! flow control pushes back on the client: nothing buffers without bound.
+//!
+//! On drain the stream stops submitting, answers everything it submitted, answers later requests with
+//! UNAVAILABLE "not written" until the client closes its side, and ends with UNAVAILABLE.
 
 use std::{pin::Pin, sync::Arc};
 
@@ -18,6 +21,9 @@ use crate::{log::Log, proto::v1 as pb};
 
 /// Requests of one stream awaiting durability at once.
 pub const MAX_PIPELINED: usize = 256;
+
+/// How long a draining stream keeps answering late requests with "not written" before it ends.
+pub const DRAIN_LINGER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The response stream type.
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ProduceResponse, Status>> + Send>>;
@@ -89,6 +95,41 @@ async fn serve(
         }
     }
     if drained {
-        let _ = responses.send(Err(Status::unavailable("the gateway is shutting down; every request read so far was answered; reconnect to continue"))).await;
+        refuse_until_client_stops(&mut requests, &responses).await;
+        let _ = responses
+            .send(Err(Status::unavailable(
+                "the gateway is shutting down; every request it accepted was answered; reconnect to continue",
+            )))
+            .await;
+    }
+}
+
+/// After a drain, requests still arriving are answered "not written" one by one (so the client knows
+/// exactly what to resend elsewhere) until the client closes its side or [`DRAIN_LINGER`] passes.
+/// Ending the call while the client still sends would make the socket close with unread data, and the
+/// resulting TCP reset can swallow the final status on its way to the client.
+async fn refuse_until_client_stops(
+    requests: &mut Streaming<pb::ProduceRequest>,
+    responses: &mpsc::Sender<Result<pb::ProduceResponse, Status>>,
+) {
+    let linger = tokio::time::sleep(DRAIN_LINGER);
+    tokio::pin!(linger);
+    loop {
+        tokio::select! {
+            () = &mut linger => return,
+            request = requests.message() => match request {
+                Ok(Some(request)) => {
+                    let refusal = pb::ProduceResponse {
+                        request_id: request.request_id,
+                        acks: Vec::new(),
+                        error: Some(error_to_wire(crate::Error::ShuttingDown)),
+                    };
+                    if responses.send(Ok(refusal)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) | Err(_) => return,
+            },
+        }
     }
 }
