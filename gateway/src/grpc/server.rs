@@ -49,10 +49,14 @@ impl GrpcServer {
         drain: CancellationToken,
     ) -> Result<(), ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // Both versions: grpcurl and Postman speak v1, many language runtimes still only v1alpha.
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let limit = self.config.max_message_bytes;
         let streams = StreamsServer::new(StreamsService::new(
@@ -94,7 +98,8 @@ impl GrpcServer {
             .max_concurrent_streams(self.config.max_concurrent_streams)
             .tcp_nodelay(true)
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(streams)
             .add_service(admin)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
