@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Record keys and values are `Bytes`: the embedded log and the wire share buffers, no copies.
         .bytes(".courier.v1")
         .file_descriptor_set_path(out_dir.join("courier_descriptor.bin"))
-        .compile_with_config(prost_config, &files, &[proto_root.clone()])?;
+        .compile_with_config(prost_config, &files, std::slice::from_ref(&proto_root))?;
 
     println!("cargo:rerun-if-changed={}", proto_root.display());
     Ok(())

@@ -280,11 +280,11 @@ impl MemberTask {
                     }
                 }
                 () = std::future::ready(()), if readable.is_some() => {
-                    if let Some((partition, topic)) = readable {
-                        if let Err(error) = self.deliver(&partition, &topic) {
-                            tracing::error!(%error, %partition, "reading records failed; ending the subscription");
-                            break;
-                        }
+                    if let Some((partition, topic)) = readable
+                        && let Err(error) = self.deliver(&partition, &topic)
+                    {
+                        tracing::error!(%error, %partition, "reading records failed; ending the subscription");
+                        break;
                     }
                 }
             }

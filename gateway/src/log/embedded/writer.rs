@@ -29,20 +29,20 @@ use crate::{
 /// Appends that may queue for the writer before producers wait: bounds memory when the disk is slow.
 const QUEUE_DEPTH: usize = 4096;
 
+/// Records waiting for the next group commit, each with its chosen partition.
+#[derive(Debug)]
+struct PendingAppend {
+    topic: Arc<Topic>,
+    records: Vec<(usize, NewRecord)>,
+    reply: oneshot::Sender<Result<Vec<Appended>>>,
+}
+
 /// Work for the writer thread.
 #[derive(Debug)]
 enum WriteOp {
-    Append {
-        topic: Arc<Topic>,
-        records: Vec<(usize, NewRecord)>,
-        reply: oneshot::Sender<Result<Vec<Appended>>>,
-    },
-    EnforceRetention {
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Shutdown {
-        reply: oneshot::Sender<Result<()>>,
-    },
+    Append(PendingAppend),
+    EnforceRetention { reply: oneshot::Sender<Result<()>> },
+    Shutdown { reply: oneshot::Sender<Result<()>> },
 }
 
 /// Sends work to the writer thread. Cloned by everyone who writes.
@@ -60,11 +60,11 @@ impl WriterHandle {
         records: Vec<(usize, NewRecord)>,
     ) -> Result<AppendReceipt> {
         let (reply, answer) = oneshot::channel();
-        self.send(WriteOp::Append {
+        self.send(WriteOp::Append(PendingAppend {
             topic,
             records,
             reply,
-        })
+        }))
         .await?;
         Ok(Box::pin(async move {
             answer.await.map_err(|_| Error::ShuttingDown)?
@@ -140,16 +140,13 @@ impl Writer {
             let mut next = Some(first);
             while let Some(op) = next.take() {
                 match op {
-                    WriteOp::Append {
-                        topic,
-                        records,
-                        reply,
-                    } => {
-                        gathered += records
+                    WriteOp::Append(append) => {
+                        gathered += append
+                            .records
                             .iter()
                             .map(|(_, record)| record.size() + 64)
                             .sum::<usize>();
-                        appends.push((topic, records, reply));
+                        appends.push(append);
                     }
                     WriteOp::EnforceRetention { reply } => retention.push(reply),
                     WriteOp::Shutdown { reply } => {
@@ -181,21 +178,19 @@ impl Writer {
     }
 
     /// Writes a group of appends as one batch and answers each.
-    fn commit_group(
-        &self,
-        appends: Vec<(
-            Arc<Topic>,
-            Vec<(usize, NewRecord)>,
-            oneshot::Sender<Result<Vec<Appended>>>,
-        )>,
-    ) {
+    fn commit_group(&self, appends: Vec<PendingAppend>) {
         let now = now_ms();
         let mut batch = self.db.batch();
         // Next offset and byte count per (topic, partition) touched by this group.
         let mut partitions: HashMap<(u64, usize), (Arc<Topic>, i64, u64)> = HashMap::new();
         let mut answers = Vec::with_capacity(appends.len());
 
-        for (topic, records, reply) in appends {
+        for PendingAppend {
+            topic,
+            records,
+            reply,
+        } in appends
+        {
             if topic.deleted.load(Ordering::Acquire) {
                 let _ = reply.send(Err(Error::UnknownTopic {
                     topic: topic.name.to_string(),
