@@ -123,7 +123,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
         groups: GroupsConfig::default(),
     };
     let serving = tokio::spawn(server.serve(listener, drain.clone()));
-    let channel = Channel::from_shared(format!("http://{address}"))?
+    let channel = courier_gateway::grpc::client_endpoint(format!("http://{address}"))?
         .connect()
         .await
         .context("connecting to the gateway")?;

@@ -17,7 +17,7 @@ use crate::cli::{ConsumeArgs, GroupsCommand, ProduceArgs, ServerArgs, TopicsComm
 
 /// Connects to a gateway.
 pub(crate) async fn connect(server: &ServerArgs) -> Result<Channel> {
-    Channel::from_shared(server.server.clone())
+    courier_gateway::grpc::client_endpoint(server.server.clone())
         .with_context(|| {
             format!(
                 "{:?} is not a valid server address (use http://host:port)",

@@ -30,6 +30,13 @@ pub struct GrpcConfig {
     /// Most concurrent streams (calls) per HTTP/2 connection.
     #[serde(default = "GrpcConfig::default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// HTTP/2 flow-control window per stream, in bytes: how much one call may send before the gateway
+    /// acknowledges it. HTTP/2's 64 KiB default holds a pipelining producer to one batch per round trip.
+    #[serde(default = "GrpcConfig::default_stream_window_bytes")]
+    pub stream_window_bytes: u32,
+    /// HTTP/2 flow-control window per connection, shared by its streams, in bytes.
+    #[serde(default = "GrpcConfig::default_connection_window_bytes")]
+    pub connection_window_bytes: u32,
 }
 
 impl GrpcConfig {
@@ -48,6 +55,14 @@ impl GrpcConfig {
     fn default_max_concurrent_streams() -> u32 {
         1024
     }
+    /// Default HTTP/2 window per stream; clients use it too ([`crate::grpc::client_endpoint`]).
+    pub const fn default_stream_window_bytes() -> u32 {
+        4 << 20
+    }
+    /// Default HTTP/2 window per connection.
+    pub const fn default_connection_window_bytes() -> u32 {
+        16 << 20
+    }
 }
 
 impl Default for GrpcConfig {
@@ -58,6 +73,8 @@ impl Default for GrpcConfig {
             keepalive_interval: Self::default_keepalive_interval(),
             keepalive_timeout: Self::default_keepalive_timeout(),
             max_concurrent_streams: Self::default_max_concurrent_streams(),
+            stream_window_bytes: Self::default_stream_window_bytes(),
+            connection_window_bytes: Self::default_connection_window_bytes(),
         }
     }
 }

@@ -96,6 +96,8 @@ impl GrpcServer {
             .http2_keepalive_interval(Some(self.config.keepalive_interval))
             .http2_keepalive_timeout(Some(self.config.keepalive_timeout))
             .max_concurrent_streams(self.config.max_concurrent_streams)
+            .initial_stream_window_size(self.config.stream_window_bytes)
+            .initial_connection_window_size(self.config.connection_window_bytes)
             .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection_v1)
