@@ -19,7 +19,9 @@ use crate::config::GrpcConfig;
 
 /// A client endpoint for a gateway at `url` with the same HTTP/2 windows the server uses, so large
 /// pipelined batches flow in both directions without waiting for window updates.
-pub fn client_endpoint(url: impl Into<String>) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+pub fn client_endpoint(
+    url: impl Into<String>,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
     Ok(tonic::transport::Endpoint::from_shared(url.into())?
         .initial_stream_window_size(GrpcConfig::default_stream_window_bytes())
         .initial_connection_window_size(GrpcConfig::default_connection_window_bytes())
