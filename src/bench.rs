@@ -369,7 +369,6 @@ async fn subscribe_direct(log: &Arc<dyn Log>, topic: &str, records: usize) -> Re
 async fn subscribe_grpc(channel: &Channel, topic: &str, records: usize) -> Result<Measurement> {
     let started = Instant::now();
     let mut client = StreamsClient::new(channel.clone());
-    let (requests, outbound) = mpsc::channel(1024);
     let start = pb::SubscribeStart {
         topics: vec![topic.to_owned()],
         group: "bench-grpc".into(),
@@ -379,15 +378,7 @@ async fn subscribe_grpc(channel: &Channel, topic: &str, records: usize) -> Resul
         max_in_flight: 1000,
         ..Default::default()
     };
-    requests
-        .send(pb::SubscribeRequest {
-            kind: Some(RequestKind::Start(start)),
-        })
-        .await?;
-    let mut responses = client
-        .subscribe(ReceiverStream::new(outbound))
-        .await?
-        .into_inner();
+    let (requests, mut responses) = crate::client::open_subscription(&mut client, start).await?;
     let mut seen = 0;
     while seen < records {
         let next = tokio::time::timeout(Duration::from_secs(30), responses.next()).await;

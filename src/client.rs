@@ -157,10 +157,32 @@ fn start_position(from: &str) -> Result<pb::Position> {
     Ok(pb::Position { kind: Some(kind) })
 }
 
+/// Opens a Subscribe stream: sends `start`, and returns the sender for acks and the response stream.
+pub(crate) async fn open_subscription(
+    client: &mut StreamsClient<Channel>,
+    start: pb::SubscribeStart,
+) -> Result<(
+    mpsc::Sender<pb::SubscribeRequest>,
+    tonic::Streaming<pb::SubscribeResponse>,
+)> {
+    // Acks are small and the server reads them eagerly; this only bounds a burst of them.
+    let (requests, outbound) = mpsc::channel(1024);
+    requests
+        .send(pb::SubscribeRequest {
+            kind: Some(RequestKind::Start(start)),
+        })
+        .await?;
+    let responses = client
+        .subscribe(ReceiverStream::new(outbound))
+        .await
+        .context("starting Subscribe")?
+        .into_inner();
+    Ok((requests, responses))
+}
+
 /// `courier consume`.
 pub(crate) async fn consume(args: ConsumeArgs) -> Result<()> {
     let mut client = StreamsClient::new(connect(&args.server).await?);
-    let (requests, outbound) = mpsc::channel(256);
     let start = pb::SubscribeStart {
         topics: args.topics.clone(),
         topic_pattern: args.pattern.clone().unwrap_or_default(),
@@ -168,16 +190,7 @@ pub(crate) async fn consume(args: ConsumeArgs) -> Result<()> {
         start: Some(start_position(&args.from)?),
         max_in_flight: args.max_in_flight,
     };
-    requests
-        .send(pb::SubscribeRequest {
-            kind: Some(RequestKind::Start(start)),
-        })
-        .await?;
-    let mut responses = client
-        .subscribe(ReceiverStream::new(outbound))
-        .await
-        .context("starting Subscribe")?
-        .into_inner();
+    let (requests, mut responses) = open_subscription(&mut client, start).await?;
 
     let mut stdout = std::io::stdout().lock();
     let mut seen = 0u64;

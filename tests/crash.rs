@@ -14,15 +14,7 @@ async fn acknowledged_records_survive_kill_9() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let gateway = Gateway::start(&data, &[])?;
-    let topic = unique("crash");
-    let mut admin = gateway.admin().await?;
-    admin
-        .create_topic(pb::CreateTopicRequest {
-            name: topic.clone(),
-            partitions: 3,
-            ..Default::default()
-        })
-        .await?;
+    let (_, topic) = create_topic(&gateway, "crash", 3).await?;
 
     // A producer pipelines requests as fast as the gateway takes them; acks are collected as they come.
     let mut client = gateway.streams().await?;

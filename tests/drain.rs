@@ -16,16 +16,8 @@ async fn sigterm_drains_streams_and_commits() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let gateway = Gateway::start(&data, &[("COURIER_GROUPS__COMMIT_INTERVAL", "1h")])?;
-    let topic = unique("drain");
+    let (_, topic) = create_topic(&gateway, "drain", 2).await?;
     let group = unique("drainers");
-    let mut admin = gateway.admin().await?;
-    admin
-        .create_topic(pb::CreateTopicRequest {
-            name: topic.clone(),
-            partitions: 2,
-            ..Default::default()
-        })
-        .await?;
     let mut client = gateway.streams().await?;
 
     // A subscriber that acknowledges everything it gets, on its own task.

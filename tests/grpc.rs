@@ -23,16 +23,8 @@ async fn group_members_share_and_survive_a_disconnect() -> TestResult {
         &dir.path().join("data"),
         &[("COURIER_GROUPS__COMMIT_INTERVAL", "100ms")],
     )?;
-    let topic = unique("orders");
+    let (mut admin, topic) = create_topic(&gateway, "orders", 4).await?;
     let group = unique("billing");
-    let mut admin = gateway.admin().await?;
-    admin
-        .create_topic(pb::CreateTopicRequest {
-            name: topic.clone(),
-            partitions: 4,
-            ..Default::default()
-        })
-        .await?;
 
     let mut client = gateway.streams().await?;
     let mut first =
@@ -231,16 +223,8 @@ async fn bad_input_is_refused_and_isolated() -> TestResult {
             ("COURIER_GRPC__MAX_MESSAGE_BYTES", "65536"),
         ],
     )?;
-    let mut admin = gateway.admin().await?;
+    let (mut admin, topic) = create_topic(&gateway, "guarded", 2).await?;
     let mut client = gateway.streams().await?;
-    let topic = unique("guarded");
-    admin
-        .create_topic(pb::CreateTopicRequest {
-            name: topic.clone(),
-            partitions: 2,
-            ..Default::default()
-        })
-        .await?;
 
     let produce = |topic: &str, records| pb::ProduceRequest {
         topic: topic.to_owned(),
@@ -464,16 +448,8 @@ async fn health_fetch_commit_and_seek() -> TestResult {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    let topic = unique("ledger");
+    let (mut admin, topic) = create_topic(&gateway, "ledger", 1).await?;
     let group = unique("auditors");
-    let mut admin = gateway.admin().await?;
-    admin
-        .create_topic(pb::CreateTopicRequest {
-            name: topic.clone(),
-            partitions: 1,
-            ..Default::default()
-        })
-        .await?;
     let mut client = gateway.streams().await?;
     client
         .produce(pb::ProduceRequest {

@@ -167,6 +167,24 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", ulid::Ulid::new().to_string().to_lowercase())
 }
 
+/// Creates a topic named `<prefix>-<unique>` with `partitions`; returns the admin client and the name.
+pub async fn create_topic(
+    gateway: &Gateway,
+    prefix: &str,
+    partitions: u32,
+) -> Result<(AdminClient<Channel>, String), BoxError> {
+    let mut admin = gateway.admin().await?;
+    let topic = unique(prefix);
+    admin
+        .create_topic(pb::CreateTopicRequest {
+            name: topic.clone(),
+            partitions,
+            ..Default::default()
+        })
+        .await?;
+    Ok((admin, topic))
+}
+
 /// A record with a value (and optional key).
 pub fn record(key: Option<&str>, value: &str) -> pb::ProduceRecord {
     pb::ProduceRecord {
