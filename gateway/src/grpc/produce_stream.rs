@@ -12,6 +12,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 use super::{
     convert::{acks_to_wire, record_from_wire},
@@ -30,12 +31,14 @@ pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ProduceResponse, 
 
 /// Starts serving one ProduceStream call.
 pub(crate) fn start(
+    peer: String,
     log: Arc<dyn Log>,
     requests: Streaming<pb::ProduceRequest>,
     drain: CancellationToken,
 ) -> ResponseStream {
     let (responses, stream) = mpsc::channel(MAX_PIPELINED);
-    tokio::spawn(serve(log, requests, responses, drain));
+    let span = tracing::info_span!("grpc.produce_stream", %peer);
+    tokio::spawn(serve(log, requests, responses, drain).instrument(span));
     Box::pin(ReceiverStream::new(stream))
 }
 

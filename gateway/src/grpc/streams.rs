@@ -55,6 +55,7 @@ impl Streams for StreamsService {
         request: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         Ok(Response::new(produce_stream::start(
+            peer_of(&request),
             self.log.clone(),
             request.into_inner(),
             self.drain.clone(),
@@ -67,9 +68,7 @@ impl Streams for StreamsService {
         &self,
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map_or_else(|| "unknown".to_owned(), |addr| addr.to_string());
+        let peer = peer_of(&request);
         let stream = subscribe::start(
             self.log.clone(),
             request.into_inner(),
@@ -155,6 +154,13 @@ impl Streams for StreamsService {
                 .collect(),
         }))
     }
+}
+
+/// The client's address, for spans and group descriptions.
+fn peer_of<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map_or_else(|| "unknown".to_owned(), |addr| addr.to_string())
 }
 
 fn require_group(group: &str) -> Result<(), Status> {

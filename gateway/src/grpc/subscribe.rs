@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 use super::convert::{self, assignment_to_wire, partition_from_wire, record_to_wire};
 use crate::{
@@ -63,12 +64,12 @@ pub(crate) async fn start(
         client: peer,
         protocol: "grpc",
     };
-    let group = options.group.clone().unwrap_or_default();
+    let span = tracing::info_span!("grpc.subscribe", peer = %options.client, group = options.group.as_deref().unwrap_or(""));
     let subscription = log.subscribe(options).await?;
-    tracing::debug!(group, "subscription started");
+    span.in_scope(|| tracing::debug!("subscription started"));
 
     let (responses, stream) = mpsc::channel(OUTBOUND_DEPTH);
-    tokio::spawn(serve(subscription, requests, responses, drain));
+    tokio::spawn(serve(subscription, requests, responses, drain).instrument(span));
     Ok(Box::pin(ReceiverStream::new(stream)))
 }
 
