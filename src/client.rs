@@ -49,17 +49,10 @@ pub(crate) async fn produce(args: ProduceArgs) -> Result<()> {
     };
 
     let (requests, outbound) = mpsc::channel(64);
-    let batches: Vec<Vec<pb::ProduceRecord>> = if args.values.is_empty() {
-        Vec::new()
-    } else {
-        vec![args.values.iter().cloned().map(&record).collect()]
-    };
     let topic = args.topic.clone();
-    let batch_size = args.batch.max(1);
-    // Reading stdin blocks, so it runs on its own thread and feeds the stream as lines arrive.
-    let reader = if batches.is_empty() {
-        let requests = requests.clone();
-        let record = record.clone();
+    let reader = if args.values.is_empty() {
+        // Reading stdin blocks, so it runs on its own thread and feeds the stream as lines arrive.
+        let batch_size = args.batch.max(1);
         let topic = topic.clone();
         Some(tokio::task::spawn_blocking(move || -> Result<u64> {
             let mut request_id = 0;
@@ -69,14 +62,12 @@ pub(crate) async fn produce(args: ProduceArgs) -> Result<()> {
                 if batch.len() == batch_size {
                     request_id += 1;
                     let records = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-                    if requests
-                        .blocking_send(pb::ProduceRequest {
-                            topic: topic.clone(),
-                            records,
-                            request_id,
-                        })
-                        .is_err()
-                    {
+                    let request = pb::ProduceRequest {
+                        topic: topic.clone(),
+                        records,
+                        request_id,
+                    };
+                    if requests.blocking_send(request).is_err() {
                         bail!("the gateway closed the stream");
                     }
                 }
@@ -92,18 +83,17 @@ pub(crate) async fn produce(args: ProduceArgs) -> Result<()> {
             Ok(request_id)
         }))
     } else {
-        for (index, records) in batches.into_iter().enumerate() {
-            requests
-                .send(pb::ProduceRequest {
-                    topic: topic.clone(),
-                    records,
-                    request_id: index as u64 + 1,
-                })
-                .await?;
-        }
+        let records = args.values.iter().cloned().map(&record).collect();
+        requests
+            .send(pb::ProduceRequest {
+                topic: topic.clone(),
+                records,
+                request_id: 1,
+            })
+            .await?;
+        drop(requests); // the one request is all: end the stream
         None
     };
-    drop(requests);
 
     let mut responses = client
         .produce_stream(ReceiverStream::new(outbound))

@@ -71,13 +71,12 @@ async fn serve(
                             pending.spawn(async move {
                                 match receipt.await {
                                     Ok(appended) => pb::ProduceResponse { request_id, acks: acks_to_wire(appended), error: None },
-                                    Err(error) => pb::ProduceResponse { request_id, acks: Vec::new(), error: Some(error_to_wire(error)) },
+                                    Err(error) => failed(request_id, error),
                                 }
                             });
                         }
                         Err(error) => {
-                            let response = pb::ProduceResponse { request_id, acks: Vec::new(), error: Some(error_to_wire(error)) };
-                            if responses.send(Ok(response)).await.is_err() {
+                            if responses.send(Ok(failed(request_id, error))).await.is_err() {
                                 return;
                             }
                         }
@@ -122,11 +121,7 @@ async fn refuse_until_client_stops(
             () = &mut linger => return,
             request = requests.message() => match request {
                 Ok(Some(request)) => {
-                    let refusal = pb::ProduceResponse {
-                        request_id: request.request_id,
-                        acks: Vec::new(),
-                        error: Some(error_to_wire(crate::Error::ShuttingDown)),
-                    };
+                    let refusal = failed(request.request_id, crate::Error::ShuttingDown);
                     if responses.send(Ok(refusal)).await.is_err() {
                         return;
                     }
@@ -134,5 +129,14 @@ async fn refuse_until_client_stops(
                 Ok(None) | Err(_) => return,
             },
         }
+    }
+}
+
+/// The answer to a request none of whose records were acknowledged.
+fn failed(request_id: u64, error: crate::Error) -> pb::ProduceResponse {
+    pb::ProduceResponse {
+        request_id,
+        acks: Vec::new(),
+        error: Some(error_to_wire(error)),
     }
 }

@@ -307,9 +307,8 @@ impl MemberTask {
         rotation: &mut usize,
     ) -> Option<(TopicPartition, Arc<Topic>)> {
         let count = held.len();
-        for step in 0..count {
-            let index = (*rotation + step) % count;
-            let (partition, topic) = held.iter().nth(index)?;
+        let start = *rotation % count.max(1);
+        for (index, (partition, topic)) in held.iter().enumerate().cycle().skip(start).take(count) {
             let (_, high) = topic.watermarks(partition.partition as usize);
             if self
                 .window
