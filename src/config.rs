@@ -180,7 +180,7 @@ mod tests {
     }
 
     #[test]
-    fn env_and_flags_override_the_file() -> Result<(), Box<dyn std::error::Error>> {
+    fn flags_override_the_file() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("courier.toml");
         std::fs::write(

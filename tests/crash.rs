@@ -7,7 +7,6 @@ use std::{collections::BTreeMap, time::Duration};
 
 use common::*;
 use courier_gateway::proto::v1 as pb;
-use tokio_stream::wrappers::ReceiverStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_kill_9() -> TestResult {
@@ -18,37 +17,18 @@ async fn acknowledged_records_survive_kill_9() -> TestResult {
 
     // A producer pipelines requests as fast as the gateway takes them; acks are collected as they come.
     let mut client = gateway.streams().await?;
-    let (requests, outbound) = tokio::sync::mpsc::channel(64);
-    let mut responses = client
-        .produce_stream(ReceiverStream::new(outbound))
-        .await?
-        .into_inner();
-    let sender = tokio::spawn({
-        let topic = topic.clone();
-        async move {
-            for request_id in 0..100_000u64 {
-                let records = (0..20)
-                    .map(|i| {
-                        record(
-                            Some(&format!("k{}", (request_id + i) % 7)),
-                            &format!("{request_id}/{i}"),
-                        )
-                    })
-                    .collect();
-                if requests
-                    .send(pb::ProduceRequest {
-                        topic: topic.clone(),
-                        records,
-                        request_id,
-                    })
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }
-    });
+    let (sender, mut responses) =
+        produce_continuously(&mut client, &topic, 100_000, |request_id| {
+            (0..20)
+                .map(|i| {
+                    record(
+                        Some(&format!("k{}", (request_id + i) % 7)),
+                        &format!("{request_id}/{i}"),
+                    )
+                })
+                .collect()
+        })
+        .await?;
     let mut acked: BTreeMap<(i32, i64), (String, String)> = BTreeMap::new();
     while acked.len() < 5_000 {
         let response = tokio::time::timeout(DEADLINE, responses.message())

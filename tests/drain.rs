@@ -7,8 +7,6 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use courier_gateway::proto::v1 as pb;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,32 +38,13 @@ async fn sigterm_drains_streams_and_commits() -> TestResult {
     });
 
     // A producer streaming continuously.
-    let (requests, outbound) = tokio::sync::mpsc::channel(64);
-    let mut responses = client
-        .produce_stream(ReceiverStream::new(outbound))
-        .await?
-        .into_inner();
-    let producer = tokio::spawn({
-        let topic = topic.clone();
-        async move {
-            for request_id in 0..1_000_000u64 {
-                let records = (0..10)
-                    .map(|i| record(None, &format!("{request_id}/{i}")))
-                    .collect();
-                if requests
-                    .send(pb::ProduceRequest {
-                        topic: topic.clone(),
-                        records,
-                        request_id,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-    });
+    let (producer, mut responses) =
+        produce_continuously(&mut client, &topic, 1_000_000, |request_id| {
+            (0..10)
+                .map(|i| record(None, &format!("{request_id}/{i}")))
+                .collect()
+        })
+        .await?;
     let mut produced = BTreeSet::new();
     while produced.len() < 3_000 {
         let response = responses

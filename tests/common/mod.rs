@@ -185,6 +185,41 @@ pub async fn create_topic(
     Ok((admin, topic))
 }
 
+/// Opens a ProduceStream and feeds it from a task: request `n` carries `records_for(n)`, for
+/// `request_id` 0, 1, 2, ... up to `requests`, or until the stream closes or the task is aborted.
+pub async fn produce_continuously(
+    client: &mut StreamsClient<Channel>,
+    topic: &str,
+    requests: u64,
+    records_for: impl Fn(u64) -> Vec<pb::ProduceRecord> + Send + 'static,
+) -> Result<
+    (
+        tokio::task::JoinHandle<()>,
+        tonic::Streaming<pb::ProduceResponse>,
+    ),
+    tonic::Status,
+> {
+    let (sender, outbound) = tokio_mpsc::channel(64);
+    let responses = client
+        .produce_stream(ReceiverStream::new(outbound))
+        .await?
+        .into_inner();
+    let topic = topic.to_owned();
+    let producer = tokio::spawn(async move {
+        for request_id in 0..requests {
+            let request = pb::ProduceRequest {
+                topic: topic.clone(),
+                records: records_for(request_id),
+                request_id,
+            };
+            if sender.send(request).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((producer, responses))
+}
+
 /// A record with a value (and optional key).
 pub fn record(key: Option<&str>, value: &str) -> pb::ProduceRecord {
     pb::ProduceRecord {
