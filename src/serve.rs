@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use courier_gateway::{
     config::BackendConfig,
     grpc::GrpcServer,
-    log::{Embedded, Log},
+    log::{Embedded, Kafka, Log},
 };
 use tokio::{
     net::TcpListener,
@@ -45,6 +45,17 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 Arc::new(log),
                 format!("embedded:{}", embedded.data_dir.display()),
             )
+        }
+        BackendConfig::Kafka(kafka) => {
+            let log = Kafka::connect(
+                kafka,
+                config.topics.clone(),
+                config.groups.clone(),
+                &config.region,
+            )
+            .await
+            .with_context(|| format!("connecting to Kafka at {}", kafka.bootstrap_servers))?;
+            (Arc::new(log), format!("kafka:{}", kafka.bootstrap_servers))
         }
     };
 

@@ -1,7 +1,7 @@
 //! The gateway's configuration sections. Field docs are the user reference (the README's config section
 //! repeats them, and a test keeps the two in step). The binary composes these into one `courier.toml`.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +85,8 @@ impl Default for GrpcConfig {
 pub enum BackendConfig {
     /// The single-node log on local disk (the default).
     Embedded(EmbeddedConfig),
+    /// A Kafka cluster (any broker speaking the Kafka protocol).
+    Kafka(KafkaConfig),
 }
 
 impl Default for BackendConfig {
@@ -154,6 +156,100 @@ impl Default for EmbeddedConfig {
             fsync: FsyncPolicy::default(),
             group_commit_bytes: Self::default_group_commit_bytes(),
             retention_check_interval: Self::default_retention_check_interval(),
+        }
+    }
+}
+
+/// `[log]` with `kind = "kafka"`. Durability is Kafka's: the producer runs with `acks=all` and
+/// idempotence, and a client is acknowledged only by the broker's delivery report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Brokers to bootstrap from, comma-separated `host:port`.
+    pub bootstrap_servers: String,
+    /// librdkafka properties given to every client the gateway makes (producer, consumers, admin):
+    /// `security.protocol`, `sasl.*`, `ssl.*`, `client.rack`, ... Written as a TOML table
+    /// (`[log.properties]` with `"sasl.mechanism" = "SCRAM-SHA-512"`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only; they override `properties` and the settings below.
+    /// `acks` and `enable.idempotence` cannot be weakened here.
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for consumers only; they override `properties` and the settings below.
+    /// Offset management (`enable.auto.commit`, `enable.auto.offset.store`) cannot be changed here.
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
+    /// How long the producer waits to fill a batch (`linger.ms`).
+    #[serde(default = "KafkaConfig::default_linger", with = "humantime_serde")]
+    pub linger: Duration,
+    /// Largest batch of records sent to one partition at once, in bytes (`batch.size`).
+    #[serde(default = "KafkaConfig::default_batch_bytes")]
+    pub batch_bytes: usize,
+    /// Compression of produced batches: `none`, `gzip`, `lz4`, `snappy` (`compression.codec`).
+    #[serde(default = "KafkaConfig::default_compression")]
+    pub compression: String,
+    /// Longest a produced record may wait for the broker's acknowledgement, retries included
+    /// (`message.timeout.ms`). After it the client gets UNAVAILABLE and may retry.
+    #[serde(
+        default = "KafkaConfig::default_message_timeout",
+        with = "humantime_serde"
+    )]
+    pub message_timeout: Duration,
+    /// Longest a metadata, offset or admin request may take.
+    #[serde(
+        default = "KafkaConfig::default_request_timeout",
+        with = "humantime_serde"
+    )]
+    pub request_timeout: Duration,
+    /// A consumer that sends no heartbeat for this long loses its partitions (`session.timeout.ms`).
+    #[serde(
+        default = "KafkaConfig::default_session_timeout",
+        with = "humantime_serde"
+    )]
+    pub session_timeout: Duration,
+    /// Replication factor of topics the gateway creates; -1 takes the broker's default.
+    #[serde(default = "KafkaConfig::default_replication_factor")]
+    pub replication_factor: i32,
+}
+
+impl KafkaConfig {
+    fn default_linger() -> Duration {
+        Duration::from_millis(5)
+    }
+    fn default_batch_bytes() -> usize {
+        1 << 20
+    }
+    fn default_compression() -> String {
+        "none".into()
+    }
+    fn default_message_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_request_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_session_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_replication_factor() -> i32 {
+        -1
+    }
+
+    /// The defaults, against these brokers.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            linger: Self::default_linger(),
+            batch_bytes: Self::default_batch_bytes(),
+            compression: Self::default_compression(),
+            message_timeout: Self::default_message_timeout(),
+            request_timeout: Self::default_request_timeout(),
+            session_timeout: Self::default_session_timeout(),
+            replication_factor: Self::default_replication_factor(),
         }
     }
 }

@@ -126,6 +126,16 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The Kafka cluster failed or refused a request.
+    #[error("kafka error while {context}: {source}")]
+    Kafka {
+        /// What the gateway was doing.
+        context: &'static str,
+        /// librdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
     /// Stored data could not be decoded: the data directory is damaged or from an incompatible version.
     #[error("corrupt stored data in {what}: {detail}")]
     Corrupt {
@@ -142,12 +152,18 @@ impl Error {
         move |source| Self::Storage { context, source }
     }
 
+    /// Builds a [`Error::Kafka`] with what the gateway was doing.
+    pub fn kafka(context: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        move |source| Self::Kafka { context, source }
+    }
+
     /// True when the same request may succeed later without change (transient conditions).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::ShuttingDown | Self::Storage { .. } | Self::Io { .. }
-        )
+        match self {
+            Self::ShuttingDown | Self::Storage { .. } | Self::Io { .. } => true,
+            Self::Kafka { source, .. } => kafka_is_retryable(source),
+            _ => false,
+        }
     }
 
     /// True when the client's request is at fault and must be changed before retrying.
@@ -160,6 +176,32 @@ impl Error {
                 | Self::InvalidRequest(_)
         )
     }
+}
+
+/// Whether a Kafka failure is about the cluster's state (brokers down, leaders moving, timeouts) rather
+/// than about the request or the gateway's rights, which retrying cannot fix.
+fn kafka_is_retryable(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    !matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidTopic
+                | Code::InvalidMessage
+                | Code::InvalidRecord
+                | Code::TopicAuthorizationFailed
+                | Code::GroupAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::SaslAuthenticationFailed
+                | Code::Authentication
+                | Code::UnsupportedVersion
+                | Code::PolicyViolation
+                | Code::InvalidConfig
+                | Code::InvalidReplicationFactor
+                | Code::InvalidPartitions
+        )
+    )
 }
 
 /// Result alias for the gateway crate.

@@ -11,10 +11,12 @@
 //! - [`acks`]: the sparse-ack tracker (committed offset = contiguous acknowledged prefix);
 //! - [`partitioner`]: Kafka's default partitioner, so keys land where a Kafka client would put them;
 //! - [`validate`]: topic names and record checks shared by every backend;
-//! - [`embedded`]: the single-node on-disk backend.
+//! - [`embedded`]: the single-node on-disk backend;
+//! - [`kafka`]: the backend on a Kafka cluster.
 
 pub mod acks;
 pub mod embedded;
+pub mod kafka;
 pub mod partitioner;
 pub mod types;
 pub mod validate;
@@ -25,6 +27,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 pub use self::embedded::Embedded;
+pub use self::kafka::Kafka;
 pub use self::types::*;
 use crate::Result;
 

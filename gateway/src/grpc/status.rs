@@ -17,6 +17,8 @@ pub(crate) fn code_of(error: &Error) -> Code {
         Error::OffsetOutOfRange { .. } => Code::OutOfRange,
         Error::GroupProtocolConflict { .. } | Error::GroupActive { .. } => Code::FailedPrecondition,
         Error::ShuttingDown | Error::Storage { .. } | Error::Io { .. } => Code::Unavailable,
+        Error::Kafka { .. } if error.is_retryable() => Code::Unavailable,
+        Error::Kafka { .. } => Code::FailedPrecondition,
         Error::Corrupt { .. } => Code::DataLoss,
     }
 }

@@ -46,8 +46,6 @@ use crate::{
 
 /// Most partitions a topic may have.
 const MAX_PARTITIONS: u32 = 10_000;
-/// Most records a subscriber may hold unacknowledged.
-pub const MAX_IN_FLIGHT: usize = 100_000;
 
 /// The embedded log. Cheap to clone; clones share one store.
 #[derive(Debug, Clone)]
@@ -334,28 +332,13 @@ impl Log for Embedded {
         if self.shared.closed.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        if options.max_in_flight == 0 || options.max_in_flight > MAX_IN_FLIGHT {
-            return Err(Error::InvalidRequest(format!(
-                "max_in_flight must be 1 to {MAX_IN_FLIGHT}, not {}",
-                options.max_in_flight
-            )));
-        }
+        validate::subscription(&options)?;
         if let TopicSelector::Names(names) = &options.topics {
-            if names.is_empty() {
-                return Err(Error::InvalidRequest(
-                    "name at least one topic, or a topic pattern".into(),
-                ));
-            }
             for name in names {
                 self.topic_or_create(name).await?;
             }
         }
         let group = match &options.group {
-            Some(name) if name.is_empty() || name.len() > 255 || name.contains('\0') => {
-                return Err(Error::InvalidRequest(format!(
-                    "invalid group name {name:?}: 1 to 255 characters, no NUL"
-                )));
-            }
             Some(name) => GroupId {
                 name: name.clone(),
                 private: false,

@@ -3,7 +3,7 @@
 
 use ulid::Ulid;
 
-use super::NewRecord;
+use super::{NewRecord, SubscribeOptions, TopicSelector};
 use crate::{Error, Result};
 
 /// Longest topic name Kafka accepts.
@@ -78,6 +78,38 @@ pub fn stamp_records(
         }
     }
     Ok(())
+}
+
+/// Most records a subscriber may hold unacknowledged.
+pub const MAX_IN_FLIGHT: usize = 100_000;
+
+/// Checks what a subscriber asks for: a window of 1 to [`MAX_IN_FLIGHT`], at least one topic, and a
+/// group name Kafka accepts.
+pub fn subscription(options: &SubscribeOptions) -> Result<()> {
+    if options.max_in_flight == 0 || options.max_in_flight > MAX_IN_FLIGHT {
+        return Err(Error::InvalidRequest(format!(
+            "max_in_flight must be 1 to {MAX_IN_FLIGHT}, not {}",
+            options.max_in_flight
+        )));
+    }
+    if let TopicSelector::Names(names) = &options.topics {
+        if names.is_empty() {
+            return Err(Error::InvalidRequest(
+                "name at least one topic, or a topic pattern".into(),
+            ));
+        }
+        for name in names {
+            topic_name(name)?;
+        }
+    }
+    match &options.group {
+        Some(name) if name.is_empty() || name.len() > 255 || name.contains('\0') => {
+            Err(Error::InvalidRequest(format!(
+                "invalid group name {name:?}: 1 to 255 characters, no NUL"
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Checks an explicit partition number against the topic's partition count.

@@ -1,0 +1,744 @@
+//! The Kafka backend: the Log on a Kafka cluster through librdkafka (compiled in).
+//!
+//! - producing: one idempotent `acks=all` producer per gateway; a client's ack is the broker's delivery
+//!   report. The gateway picks partitions itself with Kafka's murmur2 partitioner, so an explicit
+//!   partition outside the topic is refused before anything is sent and keys land where a Java client
+//!   puts them;
+//! - [`member`]: one librdkafka consumer per subscription (cooperative-sticky), offsets committed only
+//!   over the acknowledged prefix, pause at the in-flight window, commit before revoked partitions are
+//!   handed away;
+//! - [`reader`]: fetches and watermarks without a group;
+//! - [`metadata`]: partition counts;
+//! - [`clients`]: librdkafka settings; [`codec`]: records to messages and back.
+//!
+//! The gateway keeps no state of its own here: groups, offsets and records live in Kafka, so replicas
+//! behind one load balancer share consumer groups, and a replica's death only moves partitions.
+
+mod clients;
+mod codec;
+mod member;
+mod metadata;
+mod reader;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use rdkafka::{
+    Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, CommitMode, Consumer},
+    error::KafkaError,
+    producer::{FutureProducer, FutureRecord, Producer},
+    types::RDKafkaErrorCode,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use self::{
+    metadata::PartitionCounts,
+    reader::{Reader, Watermarks},
+};
+use super::{
+    AppendReceipt, Appended, FetchLimits, Fetched, GroupDescription, GroupMember, GroupOffset, Log,
+    NewRecord, PartitionWatermarks, Position, SubscribeOptions, Subscription, TopicDescription,
+    TopicPartition, TopicSpec, TopicSummary, partitioner, validate,
+};
+use crate::{
+    Error, Result,
+    config::{GroupsConfig, KafkaConfig, TopicsConfig},
+};
+
+/// Most partitions a topic created through the gateway may have.
+const MAX_PARTITIONS: u32 = 10_000;
+
+/// The Kafka backend. Cheap to clone; clones share one producer.
+#[derive(Debug, Clone)]
+pub struct Kafka {
+    shared: Arc<Shared>,
+}
+
+/// What the log handle and the subscriptions share.
+struct Shared {
+    config: KafkaConfig,
+    topics_config: TopicsConfig,
+    groups_config: GroupsConfig,
+    origin: String,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    reader: Reader,
+    partition_counts: PartitionCounts,
+    round_robin: partitioner::RoundRobin,
+    closed: CancellationToken,
+    subscriptions: TaskTracker,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kafka")
+            .field("bootstrap_servers", &self.config.bootstrap_servers)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kafka {
+    /// Connects to the cluster and checks it answers. `origin` is the region name written into every
+    /// record's `courier-origin` header.
+    pub async fn connect(
+        config: &KafkaConfig,
+        topics_config: TopicsConfig,
+        groups_config: GroupsConfig,
+        origin: &str,
+    ) -> Result<Self> {
+        let producer: FutureProducer = clients::producer(config)
+            .create()
+            .map_err(Error::kafka("creating the producer"))?;
+        let admin = clients::admin(config)
+            .create()
+            .map_err(Error::kafka("creating the admin client"))?;
+        let shared = Arc::new(Shared {
+            reader: Reader::new(config)?,
+            config: config.clone(),
+            topics_config,
+            groups_config,
+            origin: origin.to_owned(),
+            producer,
+            admin,
+            partition_counts: PartitionCounts::default(),
+            round_robin: partitioner::RoundRobin::default(),
+            closed: CancellationToken::new(),
+            subscriptions: TaskTracker::new(),
+        });
+        let topics = blocking(&shared, |shared| {
+            metadata::read_partition_counts(
+                shared.producer.client(),
+                None,
+                shared.config.request_timeout,
+            )
+        })
+        .await?;
+        tracing::info!(
+            bootstrap = %config.bootstrap_servers,
+            topics = topics.len(),
+            "connected to Kafka"
+        );
+        Ok(Self { shared })
+    }
+}
+
+/// Runs a blocking librdkafka call on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    call: impl FnOnce(&Shared) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || call(&shared))
+        .await
+        .map_err(|_| Error::ShuttingDown)?
+}
+
+impl Shared {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.is_cancelled() {
+            Err(Error::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn admin_options(&self) -> AdminOptions {
+        AdminOptions::new()
+            .request_timeout(Some(self.config.request_timeout))
+            .operation_timeout(Some(self.config.request_timeout))
+    }
+
+    /// A consumer of `group` that never joins it: for commits and committed-offset lookups.
+    fn group_client(&self, group: &str) -> Result<BaseConsumer> {
+        clients::consumer(&self.config, Some(group), "courier-admin")
+            .create()
+            .map_err(Error::kafka("creating a group client"))
+    }
+
+    /// The partition count of a topic, reading metadata when the cache has none. Blocks.
+    fn partition_count(&self, topic: &str) -> Result<Option<u32>> {
+        if let Some(count) = self.partition_counts.cached(topic) {
+            return Ok(Some(count));
+        }
+        let count = metadata::read_partition_counts(
+            self.producer.client(),
+            Some(topic),
+            self.config.request_timeout,
+        )?
+        .into_iter()
+        .find(|(name, _)| name == topic)
+        .map(|(_, count)| count);
+        match count {
+            Some(count) => self.partition_counts.store(topic, count),
+            None => self.partition_counts.forget(topic),
+        }
+        Ok(count)
+    }
+
+    /// Where a position lands in a partition. Blocks.
+    fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
+        let Watermarks { low, high } = self
+            .reader
+            .watermarks(&partition.topic, &[partition.partition])?
+            .first()
+            .copied()
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: partition.topic.to_string(),
+            })?;
+        Ok(match position {
+            Position::Earliest => low,
+            Position::Latest => high,
+            Position::Offset(offset) => offset.clamp(low, high),
+            Position::Timestamp(timestamp) => self
+                .reader
+                .offset_for_time(partition, timestamp)?
+                .map_or(high, |offset| offset.clamp(low, high)),
+        })
+    }
+
+    /// Live members of a group as the broker sees them (empty when the group is unknown). Blocks.
+    fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
+        let groups = self
+            .producer
+            .client()
+            .fetch_group_list(Some(group), self.config.request_timeout)
+            .map_err(Error::kafka("describing a consumer group"))?;
+        Ok(groups
+            .groups()
+            .iter()
+            .filter(|g| g.name() == group)
+            .flat_map(|g| g.members())
+            .map(|member| {
+                let (protocol, client) = codec::parse_subscriber_client_id(member.client_id())
+                    .unwrap_or(("kafka", member.client_host()));
+                GroupMember {
+                    member_id: member.id().to_owned(),
+                    client: client.to_owned(),
+                    protocol: protocol.to_owned(),
+                    assigned: member
+                        .assignment()
+                        .and_then(codec::decode_assignment)
+                        .unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
+    /// Checks partitions exist. Blocks.
+    fn check_partition(&self, partition: &TopicPartition) -> Result<()> {
+        let count = self
+            .partition_count(&partition.topic)?
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: partition.topic.to_string(),
+            })?;
+        validate::partition(&partition.topic, partition.partition, count).map(drop)
+    }
+}
+
+impl Kafka {
+    /// The partition count of a topic, creating the topic when the policy allows.
+    async fn partitions_or_create(&self, topic: &str) -> Result<u32> {
+        validate::topic_name(topic)?;
+        let name = topic.to_owned();
+        if let Some(count) = blocking(&self.shared, move |s| s.partition_count(&name)).await? {
+            return Ok(count);
+        }
+        if !self.shared.topics_config.auto_create {
+            return Err(Error::UnknownTopic {
+                topic: topic.to_owned(),
+            });
+        }
+        match self.create_topic(TopicSpec::named(topic)).await {
+            Ok(created) => Ok(created.partitions.len() as u32),
+            // Another replica (or client) created it first.
+            Err(Error::TopicExists { .. }) => {
+                let name = topic.to_owned();
+                blocking(&self.shared, move |s| s.partition_count(&name))
+                    .await?
+                    .ok_or_else(|| Error::UnknownTopic {
+                        topic: topic.to_owned(),
+                    })
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Chooses each record's partition: explicit, by key, or one round-robin partition per batch.
+    fn partition_records(
+        &self,
+        topic: &str,
+        records: &[NewRecord],
+        count: u32,
+    ) -> Result<Vec<i32>> {
+        let batch_partition = self.shared.round_robin.next_partition(count);
+        records
+            .iter()
+            .map(|record| match (record.partition, &record.key) {
+                (Some(partition), _) => {
+                    validate::partition(topic, partition, count).map(|_| partition)
+                }
+                (None, Some(key)) => Ok(partitioner::partition_for_key(key, count)),
+                (None, None) => Ok(batch_partition),
+            })
+            .collect()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// How long to wait before offering a record again when librdkafka's queue is full.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
+
+#[async_trait]
+impl Log for Kafka {
+    async fn submit(&self, topic: &str, mut records: Vec<NewRecord>) -> Result<AppendReceipt> {
+        self.shared.check_open()?;
+        validate::topic_name(topic)?;
+        validate::stamp_records(
+            topic,
+            &mut records,
+            self.shared.topics_config.max_record_bytes,
+        )?;
+        let mut count = self.partitions_or_create(topic).await?;
+        let partitions = match self.partition_records(topic, &records, count) {
+            // The cached count may be stale when partitions were just added: read it once more.
+            Err(Error::UnknownPartition { .. }) => {
+                self.shared.partition_counts.forget(topic);
+                count = self.partitions_or_create(topic).await?;
+                self.partition_records(topic, &records, count)?
+            }
+            other => other?,
+        };
+
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (record, partition) in records.into_iter().zip(partitions) {
+            let timestamp = record.timestamp_ms.unwrap_or_else(now_ms);
+            let headers = codec::headers_of(&record, &self.shared.origin);
+            loop {
+                let mut message = FutureRecord::<[u8], [u8]>::to(topic)
+                    .partition(partition)
+                    .timestamp(timestamp)
+                    .headers(headers.clone());
+                if let Some(key) = &record.key {
+                    message = message.key(&key[..]);
+                }
+                if let Some(value) = &record.value {
+                    message = message.payload(&value[..]);
+                }
+                match self.shared.producer.send_result(message) {
+                    Ok(delivery) => {
+                        deliveries.push((delivery, timestamp, record.courier_id));
+                        break;
+                    }
+                    // Backpressure from librdkafka's queue: wait our turn, keeping the order.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        self.shared.check_open()?;
+                        tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                    }
+                    Err((error, _)) => return Err(Error::kafka("queueing records")(error)),
+                }
+            }
+        }
+        Ok(Box::pin(async move {
+            let mut appended = Vec::with_capacity(deliveries.len());
+            for (delivery, timestamp, courier_id) in deliveries {
+                match delivery.await {
+                    Ok(Ok(delivered)) => appended.push(Appended {
+                        partition: delivered.partition,
+                        offset: delivered.offset,
+                        timestamp_ms: delivered.timestamp.to_millis().unwrap_or(timestamp),
+                        courier_id,
+                    }),
+                    Ok(Err((error, _))) => {
+                        return Err(Error::kafka("waiting for the broker's acknowledgement")(
+                            error,
+                        ));
+                    }
+                    Err(_) => return Err(Error::ShuttingDown),
+                }
+            }
+            Ok(appended)
+        }))
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
+        self.shared.check_open()?;
+        validate::subscription(&options)?;
+        if let super::TopicSelector::Names(names) = &options.topics {
+            for name in names {
+                self.partitions_or_create(name).await?;
+            }
+        }
+        if let Some(group) = options.group.clone() {
+            let members = blocking(&self.shared, move |s| s.group_members(&group)).await?;
+            if let Some(other) = members.iter().find(|m| m.protocol != options.protocol) {
+                return Err(Error::GroupProtocolConflict {
+                    group: options.group.clone().unwrap_or_default(),
+                    existing: other.protocol.clone(),
+                    requested: options.protocol.to_owned(),
+                });
+            }
+        }
+        member::start(self.shared.clone(), options)
+    }
+
+    async fn fetch(
+        &self,
+        partition: &TopicPartition,
+        offset: i64,
+        limits: FetchLimits,
+    ) -> Result<Fetched> {
+        self.shared.check_open()?;
+        let partition = partition.clone();
+        blocking(&self.shared, move |s| {
+            s.check_partition(&partition)?;
+            s.reader.fetch(&partition, offset, limits)
+        })
+        .await
+    }
+
+    async fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
+        self.shared.check_open()?;
+        let partition = partition.clone();
+        blocking(&self.shared, move |s| {
+            s.check_partition(&partition)?;
+            s.resolve(&partition, position)
+        })
+        .await
+    }
+
+    async fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        self.shared.check_open()?;
+        let group = group.to_owned();
+        let offsets = offsets.to_vec();
+        blocking(&self.shared, move |s| {
+            let members = s.group_members(&group)?;
+            if !members.is_empty() {
+                // Kafka refuses commits from outside a live group too; saying so here gives the reason.
+                return Err(Error::GroupActive {
+                    group,
+                    members: members.len(),
+                });
+            }
+            let mut list = TopicPartitionList::new();
+            for (partition, offset) in &offsets {
+                s.check_partition(partition)?;
+                list.add_partition_offset(
+                    &partition.topic,
+                    partition.partition,
+                    Offset::Offset(*offset),
+                )
+                .map_err(Error::kafka("committing offsets"))?;
+            }
+            s.group_client(&group)?
+                .commit(&list, CommitMode::Sync)
+                .map_err(Error::kafka("committing offsets"))
+        })
+        .await
+    }
+
+    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
+        self.shared.check_open()?;
+        validate::topic_name(&spec.name)?;
+        let partitions = spec
+            .partitions
+            .unwrap_or(self.shared.topics_config.default_partitions);
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(Error::InvalidRequest(format!(
+                "a topic has 1 to {MAX_PARTITIONS} partitions, not {partitions}"
+            )));
+        }
+        let retention_ms = spec
+            .retention_ms
+            .unwrap_or(self.shared.topics_config.default_retention.as_millis() as i64);
+        let retention_bytes = spec
+            .retention_bytes
+            .unwrap_or(self.shared.topics_config.default_retention_bytes as i64);
+        if retention_ms < 0 || retention_bytes < 0 {
+            return Err(Error::InvalidRequest(
+                "retention may not be negative (0 keeps records forever)".into(),
+            ));
+        }
+        // Kafka spells "unlimited" as -1.
+        let kafka_ms = if retention_ms == 0 { -1 } else { retention_ms }.to_string();
+        let kafka_bytes = if retention_bytes == 0 {
+            -1
+        } else {
+            retention_bytes
+        }
+        .to_string();
+        let topic = NewTopic::new(
+            &spec.name,
+            partitions as i32,
+            TopicReplication::Fixed(self.shared.config.replication_factor),
+        )
+        .set("retention.ms", &kafka_ms)
+        .set("retention.bytes", &kafka_bytes);
+        let results = self
+            .shared
+            .admin
+            .create_topics([&topic], &self.shared.admin_options())
+            .await
+            .map_err(Error::kafka("creating a topic"))?;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    return Err(Error::TopicExists {
+                        topic: spec.name.clone(),
+                    });
+                }
+                Err((_, code)) => {
+                    return Err(Error::kafka("creating a topic")(KafkaError::AdminOp(code)));
+                }
+            }
+        }
+        // Topic creation reaches every broker's metadata a moment later; answer once it has.
+        let name = spec.name.clone();
+        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
+        loop {
+            self.shared.partition_counts.forget(&name);
+            let lookup = name.clone();
+            if blocking(&self.shared, move |s| s.partition_count(&lookup))
+                .await?
+                .is_some_and(|count| count == partitions)
+            {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::kafka(
+                    "waiting for a new topic to appear in metadata",
+                )(KafkaError::AdminOp(
+                    RDKafkaErrorCode::RequestTimedOut,
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(topic = %name, partitions, "topic created");
+        Ok(TopicDescription {
+            name,
+            partitions: (0..partitions as i32)
+                .map(|partition| PartitionWatermarks {
+                    partition,
+                    low: 0,
+                    high: 0,
+                })
+                .collect(),
+            retention_ms,
+            retention_bytes,
+        })
+    }
+
+    async fn delete_topic(&self, topic: &str) -> Result<()> {
+        self.shared.check_open()?;
+        validate::topic_name(topic)?;
+        let results = self
+            .shared
+            .admin
+            .delete_topics(&[topic], &self.shared.admin_options())
+            .await
+            .map_err(Error::kafka("deleting a topic"))?;
+        self.shared.partition_counts.forget(topic);
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                    return Err(Error::UnknownTopic {
+                        topic: topic.to_owned(),
+                    });
+                }
+                Err((_, code)) => {
+                    return Err(Error::kafka("deleting a topic")(KafkaError::AdminOp(code)));
+                }
+            }
+        }
+        // Deletion, like creation, reaches metadata a moment later.
+        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
+        loop {
+            let name = topic.to_owned();
+            let gone = blocking(&self.shared, move |s| {
+                metadata::read_partition_counts(
+                    s.producer.client(),
+                    Some(&name),
+                    s.config.request_timeout,
+                )
+            })
+            .await?
+            .is_empty();
+            if gone || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.shared.partition_counts.forget(topic);
+        tracing::info!(topic, "topic deleted");
+        Ok(())
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
+        self.shared.check_open()?;
+        let mut topics = blocking(&self.shared, |s| {
+            metadata::read_partition_counts(s.producer.client(), None, s.config.request_timeout)
+        })
+        .await?;
+        topics.sort();
+        Ok(topics
+            .into_iter()
+            .map(|(name, partitions)| TopicSummary { name, partitions })
+            .collect())
+    }
+
+    async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
+        self.shared.check_open()?;
+        validate::topic_name(topic)?;
+        let name = topic.to_owned();
+        let marks = blocking(&self.shared, move |s| {
+            s.partition_counts.forget(&name);
+            let count = s
+                .partition_count(&name)?
+                .ok_or_else(|| Error::UnknownTopic {
+                    topic: name.clone(),
+                })?;
+            let partitions: Vec<i32> = (0..count as i32).collect();
+            s.reader.watermarks(&name, &partitions)
+        })
+        .await?;
+        let configs = self
+            .shared
+            .admin
+            .describe_configs(
+                [&ResourceSpecifier::Topic(topic)],
+                &self.shared.admin_options(),
+            )
+            .await
+            .map_err(Error::kafka("reading topic configuration"))?;
+        let setting = |key: &str| -> i64 {
+            configs
+                .iter()
+                .flatten()
+                .find_map(|resource| resource.get(key)?.value.as_deref()?.parse::<i64>().ok())
+                // -1 is Kafka's "unlimited", 0 the Log's.
+                .map_or(0, |value| value.max(0))
+        };
+        Ok(TopicDescription {
+            name: topic.to_owned(),
+            partitions: marks
+                .iter()
+                .enumerate()
+                .map(|(partition, mark)| PartitionWatermarks {
+                    partition: partition as i32,
+                    low: mark.low,
+                    high: mark.high,
+                })
+                .collect(),
+            retention_ms: setting("retention.ms"),
+            retention_bytes: setting("retention.bytes"),
+        })
+    }
+
+    async fn list_groups(&self) -> Result<Vec<String>> {
+        self.shared.check_open()?;
+        blocking(&self.shared, |s| {
+            let groups = s
+                .producer
+                .client()
+                .fetch_group_list(None, s.config.request_timeout)
+                .map_err(Error::kafka("listing consumer groups"))?;
+            let mut names: Vec<String> = groups
+                .groups()
+                .iter()
+                .map(|g| g.name().to_owned())
+                .collect();
+            names.sort();
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        self.shared.check_open()?;
+        let group = group.to_owned();
+        blocking(&self.shared, move |s| {
+            let members = s.group_members(&group)?;
+            // Committed offsets of every partition of every topic; the broker answers for all at once.
+            let topics = metadata::read_partition_counts(
+                s.producer.client(),
+                None,
+                s.config.request_timeout,
+            )?;
+            let mut query = TopicPartitionList::new();
+            for (topic, count) in &topics {
+                query.add_partition_range(topic, 0, *count as i32 - 1);
+            }
+            let committed = s
+                .group_client(&group)?
+                .committed_offsets(query, s.config.request_timeout)
+                .map_err(Error::kafka("reading committed offsets"))?;
+            let mut touched: BTreeMap<TopicPartition, Option<i64>> = BTreeMap::new();
+            for element in committed.elements() {
+                if let Offset::Offset(offset) = element.offset() {
+                    touched.insert(
+                        TopicPartition::new(element.topic(), element.partition()),
+                        Some(offset),
+                    );
+                }
+            }
+            for partition in members.iter().flat_map(|m| &m.assigned) {
+                touched.entry(partition.clone()).or_insert(None);
+            }
+            let topic_names: BTreeSet<Arc<str>> = touched.keys().map(|p| p.topic.clone()).collect();
+            let mut offsets = Vec::with_capacity(touched.len());
+            for topic in topic_names {
+                let partitions: Vec<i32> = touched
+                    .keys()
+                    .filter(|p| p.topic == topic)
+                    .map(|p| p.partition)
+                    .collect();
+                let marks = s.reader.watermarks(&topic, &partitions)?;
+                for (partition, mark) in partitions.iter().zip(marks) {
+                    let partition = TopicPartition::new(topic.clone(), *partition);
+                    let committed = touched.get(&partition).copied().flatten();
+                    offsets.push(GroupOffset {
+                        lag: (mark.high - committed.unwrap_or(mark.low)).max(0),
+                        partition,
+                        committed,
+                        high_watermark: mark.high,
+                    });
+                }
+            }
+            Ok(GroupDescription {
+                group,
+                members,
+                offsets,
+            })
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.shared.closed.is_cancelled() {
+            return Ok(());
+        }
+        self.shared.closed.cancel();
+        self.shared.subscriptions.close();
+        self.shared.subscriptions.wait().await;
+        blocking(&self.shared, |s| {
+            s.producer
+                .flush(s.config.message_timeout)
+                .map_err(Error::kafka("flushing the producer"))
+        })
+        .await
+    }
+}

@@ -1,0 +1,715 @@
+//! One subscription on Kafka: a librdkafka consumer of its own, driven by one task.
+//!
+//! - Group members subscribe with `cooperative-sticky` assignment. On assignment each partition starts
+//!   at the group's committed offset, or where the subscriber asked (`start`) when the group has none;
+//!   on revocation the acknowledged prefix is committed synchronously *before* the partition is let
+//!   go, so the next owner starts right after it.
+//! - Plain readers (no group) assign themselves every partition of the matching topics.
+//! - Patterns are matched by the gateway (full-name regular expressions, as on the embedded log) against
+//!   metadata read every [`TOPIC_REFRESH`], so new topics are picked up.
+//! - At most `max_in_flight` records are outstanding. At the window the consumer pauses its partitions
+//!   and keeps polling (to stay in the group and see rebalances); records already fetched wait in a
+//!   local buffer and go out first when acks make room.
+//! - Offsets are committed over the contiguous acknowledged prefix only ([`AckTracker`]), every
+//!   `groups.commit_interval`, on request, on revocation and when the subscriber leaves.
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use rdkafka::{
+    ClientContext, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer},
+    error::KafkaResult,
+    producer::Producer as _,
+    types::RDKafkaRespErr,
+};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::{Shared, blocking, clients, codec, metadata};
+use crate::log::acks::AckTracker;
+use crate::{
+    Error, Result,
+    log::{
+        AckOutcome, Position, Record, SubscribeOptions, Subscription, SubscriptionControl,
+        SubscriptionEvent, TopicPartition, TopicSelector,
+    },
+};
+
+/// How often topic metadata is read to follow patterns and new partitions.
+const TOPIC_REFRESH: Duration = Duration::from_secs(1);
+/// Most records taken from librdkafka's queue in one go before they are handed on as one batch.
+const MAX_BATCH: usize = 500;
+
+type MemberConsumer = StreamConsumer<MemberContext>;
+
+/// A held partition's delivery state.
+#[derive(Debug)]
+struct Held {
+    tracker: AckTracker,
+    /// Last offset committed by this member, to skip commits that would change nothing.
+    committed: Option<i64>,
+}
+
+/// State shared by the consumer's callbacks, the member task and the control handle.
+struct MemberState {
+    shared: Arc<Shared>,
+    group: Option<String>,
+    start: Position,
+    window: usize,
+    held: Mutex<HashMap<TopicPartition, Held>>,
+    outstanding: AtomicUsize,
+    acked: Notify,
+    /// Partitions revoked inside a poll, for the task to purge from its buffer.
+    revoked: Mutex<Vec<TopicPartition>>,
+    paused: std::sync::atomic::AtomicBool,
+    events: mpsc::UnboundedSender<SubscriptionEvent>,
+}
+
+impl MemberState {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, Held>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Where each newly assigned partition starts: the group's committed offset, else `start`. Blocks.
+    fn starting_offsets(
+        &self,
+        consumer: &impl Consumer<MemberContext>,
+        partitions: &[TopicPartition],
+    ) -> Vec<(TopicPartition, Option<i64>)> {
+        let mut committed = HashMap::new();
+        if self.group.is_some() {
+            let mut query = TopicPartitionList::new();
+            for partition in partitions {
+                query.add_partition(&partition.topic, partition.partition);
+            }
+            match consumer.committed_offsets(query, self.shared.config.request_timeout) {
+                Ok(answer) => {
+                    for element in answer.elements() {
+                        if let Offset::Offset(offset) = element.offset() {
+                            committed
+                                .insert((element.topic().to_owned(), element.partition()), offset);
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "reading committed offsets on assignment"),
+            }
+        }
+        partitions
+            .iter()
+            .map(|partition| {
+                let key = (partition.topic.to_string(), partition.partition);
+                let offset = committed.get(&key).copied().or_else(|| {
+                    self.shared
+                        .resolve(partition, self.start)
+                        .inspect_err(|error| {
+                            tracing::warn!(%error, %partition, "resolving a start position")
+                        })
+                        .ok()
+                });
+                (partition.clone(), offset)
+            })
+            .collect()
+    }
+
+    /// Takes partitions on: assigns them at their starting offsets and tells the subscriber. Blocks.
+    fn assign(
+        &self,
+        consumer: &impl Consumer<MemberContext>,
+        starts: Vec<(TopicPartition, Option<i64>)>,
+    ) {
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in &starts {
+            // Without an offset (the lookup failed), librdkafka's reset policy (earliest) decides.
+            let offset = offset.map_or(Offset::Stored, Offset::Offset);
+            if let Err(error) =
+                list.add_partition_offset(&partition.topic, partition.partition, offset)
+            {
+                tracing::warn!(%error, %partition, "assigning a partition");
+            }
+        }
+        if let Err(error) = consumer.incremental_assign(&list) {
+            tracing::error!(%error, "assigning partitions");
+            return;
+        }
+        if self.paused.load(Ordering::Acquire)
+            && let Err(error) = consumer.pause(&list)
+        {
+            tracing::warn!(%error, "pausing newly assigned partitions");
+        }
+        let mut held = self.held();
+        for (partition, offset) in &starts {
+            if let Some(offset) = offset {
+                held.insert(
+                    partition.clone(),
+                    Held {
+                        tracker: AckTracker::starting_at(*offset),
+                        committed: None,
+                    },
+                );
+            }
+        }
+        drop(held);
+        let partitions = starts.into_iter().map(|(p, _)| p).collect();
+        let _ = self.events.send(SubscriptionEvent::Assigned(partitions));
+    }
+
+    /// Lets partitions go: commits their acknowledged prefix first (unless the group already gave
+    /// them to someone else), forgets their outstanding records and tells the subscriber. Blocks.
+    fn revoke(&self, consumer: &impl Consumer<MemberContext>, list: &TopicPartitionList) {
+        let partitions: Vec<TopicPartition> = list
+            .elements()
+            .iter()
+            .map(|e| TopicPartition::new(e.topic(), e.partition()))
+            .collect();
+        let mut released = Vec::new();
+        {
+            let mut held = self.held();
+            for partition in &partitions {
+                if let Some(state) = held.remove(partition) {
+                    released.push((partition.clone(), state));
+                }
+            }
+        }
+        let forgotten: usize = released.iter().map(|(_, s)| s.tracker.outstanding()).sum();
+        self.outstanding.fetch_sub(forgotten, Ordering::AcqRel);
+        if self.group.is_some() && !consumer.assignment_lost() {
+            let offsets: Vec<(TopicPartition, i64)> = released
+                .iter()
+                .filter(|(_, s)| s.committed != Some(s.tracker.committable()))
+                .map(|(p, s)| (p.clone(), s.tracker.committable()))
+                .collect();
+            if let Err(error) = commit(consumer, &offsets, CommitMode::Sync) {
+                tracing::warn!(%error, "committing revoked partitions");
+            }
+        }
+        if let Err(error) = consumer.incremental_unassign(list) {
+            tracing::warn!(%error, "releasing partitions");
+        }
+        self.revoked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(partitions.iter().cloned());
+        self.acked.notify_one();
+        let _ = self.events.send(SubscriptionEvent::Revoked(partitions));
+    }
+
+    /// The acknowledged prefix of every held partition that moved since the last commit.
+    fn commit_due(&self) -> Vec<(TopicPartition, i64)> {
+        self.held()
+            .iter()
+            .filter(|(_, s)| s.committed != Some(s.tracker.committable()))
+            .map(|(p, s)| (p.clone(), s.tracker.committable()))
+            .collect()
+    }
+
+    /// Records a successful commit.
+    fn committed(&self, offsets: &[(TopicPartition, i64)]) {
+        let mut held = self.held();
+        for (partition, offset) in offsets {
+            if let Some(state) = held.get_mut(partition) {
+                state.committed = Some(*offset);
+            }
+        }
+    }
+}
+
+fn commit(
+    consumer: &impl Consumer<MemberContext>,
+    offsets: &[(TopicPartition, i64)],
+    mode: CommitMode,
+) -> KafkaResult<()> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        list.add_partition_offset(
+            &partition.topic,
+            partition.partition,
+            Offset::Offset(*offset),
+        )?;
+    }
+    consumer.commit(&list, mode)
+}
+
+/// librdkafka's callbacks for one subscription. Rebalances are handled here, on the polling task, so
+/// the commit of revoked partitions happens before librdkafka lets them go.
+struct MemberContext {
+    state: Arc<MemberState>,
+}
+
+impl ClientContext for MemberContext {}
+
+impl ConsumerContext for MemberContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        error: RDKafkaRespErr,
+        list: &mut TopicPartitionList,
+    ) {
+        match error {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions: Vec<TopicPartition> = list
+                    .elements()
+                    .iter()
+                    .map(|e| TopicPartition::new(e.topic(), e.partition()))
+                    .collect();
+                let starts = self.state.starting_offsets(consumer, &partitions);
+                self.state.assign(consumer, starts);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.state.revoke(consumer, list);
+            }
+            other => tracing::warn!(error = ?other, "rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::warn!(%error, "offset commit failed; the next commit retries it");
+        }
+    }
+}
+
+/// Requests from the control handle to the member task.
+enum Command {
+    Seek {
+        partition: TopicPartition,
+        position: Position,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Commit {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The handle front ends ack with.
+struct MemberControl {
+    state: Arc<MemberState>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for MemberControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSubscription")
+            .field("group", &self.state.group)
+            .field("outstanding", &self.outstanding())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl SubscriptionControl for MemberControl {
+    fn ack(&self, partition: &TopicPartition, offset: i64) -> AckOutcome {
+        let acked = self
+            .state
+            .held()
+            .get_mut(partition)
+            .is_some_and(|held| held.tracker.ack(offset));
+        if !acked {
+            return AckOutcome::Ignored;
+        }
+        self.state.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.state.acked.notify_one();
+        AckOutcome::Acked
+    }
+
+    async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Seek {
+                partition: partition.clone(),
+                position,
+                reply,
+            })
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    fn outstanding(&self) -> usize {
+        self.state.outstanding.load(Ordering::Acquire)
+    }
+
+    async fn commit(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Commit { reply })
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    async fn close(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Close { reply }).is_ok() {
+            // The task is gone already when the reply is dropped: closed either way.
+            let _ = answer.await;
+        }
+        Ok(())
+    }
+}
+
+/// Starts a subscription: creates its consumer and spawns its task.
+pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Subscription> {
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let state = Arc::new(MemberState {
+        shared: shared.clone(),
+        group: options.group.clone(),
+        start: options.start,
+        window: options.max_in_flight,
+        held: Mutex::new(HashMap::new()),
+        outstanding: AtomicUsize::new(0),
+        acked: Notify::new(),
+        revoked: Mutex::new(Vec::new()),
+        paused: std::sync::atomic::AtomicBool::new(false),
+        events: events_tx,
+    });
+    let client_id = codec::subscriber_client_id(options.protocol, &options.client);
+    let consumer: MemberConsumer =
+        clients::consumer(&shared.config, options.group.as_deref(), &client_id)
+            .create_with_context(MemberContext {
+                state: state.clone(),
+            })
+            .map_err(Error::kafka("creating a consumer"))?;
+    if let TopicSelector::Names(names) = &options.topics
+        && options.group.is_some()
+    {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(Error::kafka("subscribing"))?;
+    }
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let task = MemberTask {
+        state: state.clone(),
+        consumer: Arc::new(consumer),
+        topics: options.topics,
+        commands,
+        buffer: VecDeque::new(),
+        subscribed: BTreeSet::new(),
+    };
+    shared.subscriptions.spawn(task.run());
+    Ok(Subscription {
+        events,
+        control: Arc::new(MemberControl {
+            state,
+            commands: commands_tx,
+        }),
+    })
+}
+
+/// The task that polls one consumer.
+struct MemberTask {
+    state: Arc<MemberState>,
+    consumer: Arc<MemberConsumer>,
+    topics: TopicSelector,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Records fetched while the window was full.
+    buffer: VecDeque<Record>,
+    /// Topics the group subscription names (patterns are matched here, then subscribed by name).
+    subscribed: BTreeSet<String>,
+}
+
+impl MemberTask {
+    async fn run(mut self) {
+        let shared = self.state.shared.clone();
+        let mut commit_tick = tokio::time::interval(shared.groups_config.commit_interval);
+        let mut topic_tick = tokio::time::interval(TOPIC_REFRESH);
+        let follows_metadata =
+            self.state.group.is_none() || matches!(self.topics, TopicSelector::Pattern(_));
+        let mut closing: Option<oneshot::Sender<()>> = None;
+        // A second handle, so received messages (which borrow the consumer) do not borrow `self`.
+        let consumer = self.consumer.clone();
+        loop {
+            self.deliver_buffered();
+            self.steer_window();
+            tokio::select! {
+                biased;
+                () = shared.closed.cancelled() => break,
+                () = self.state.events.closed() => break,
+                command = self.commands.recv() => match command {
+                    Some(Command::Close { reply }) => {
+                        closing = Some(reply);
+                        break;
+                    }
+                    Some(command) => self.handle(command).await,
+                    None => break,
+                },
+                () = self.state.acked.notified() => {}
+                _ = commit_tick.tick(), if self.state.group.is_some() => {
+                    if let Err(error) = self.commit(CommitMode::Async).await {
+                        tracing::warn!(%error, "periodic commit");
+                    }
+                }
+                _ = topic_tick.tick(), if follows_metadata => self.follow_topics().await,
+                message = consumer.recv() => {
+                    self.purge_revoked();
+                    match message {
+                        Ok(message) => {
+                            let mut records = vec![received(&message)];
+                            drop(message);
+                            // Take what is already queued without waiting, to hand on larger batches.
+                            while records.len() < MAX_BATCH {
+                                match consumer.recv().now_or_never() {
+                                    Some(Ok(message)) => records.push(received(&message)),
+                                    Some(Err(error)) => {
+                                        tracing::warn!(%error, "consumer error");
+                                        break;
+                                    }
+                                    None => break,
+                                }
+                            }
+                            self.purge_revoked();
+                            self.buffer.extend(records);
+                        }
+                        Err(error) => tracing::warn!(%error, "consumer error"),
+                    }
+                }
+            }
+        }
+        self.leave().await;
+        if let Some(reply) = closing {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Hands buffered records of held partitions to the subscriber while the window has room.
+    fn deliver_buffered(&mut self) {
+        let mut batch = Vec::new();
+        {
+            let mut held = self.state.held();
+            while self.state.outstanding.load(Ordering::Acquire) < self.state.window {
+                let Some(record) = self.buffer.pop_front() else {
+                    break;
+                };
+                let partition = record.topic_partition();
+                let state = match held.get_mut(&partition) {
+                    Some(state) => state,
+                    // Assigned without a known start (the lookup failed): start where librdkafka did.
+                    None if self.state.group.is_none() || self.consumer_holds(&partition) => {
+                        held.entry(partition).or_insert(Held {
+                            tracker: AckTracker::starting_at(record.offset),
+                            committed: None,
+                        })
+                    }
+                    None => continue,
+                };
+                // Older than the position: fetched before a seek moved it on.
+                if record.offset < state.tracker.position() {
+                    continue;
+                }
+                state.tracker.delivered(record.offset);
+                self.state.outstanding.fetch_add(1, Ordering::AcqRel);
+                batch.push(record);
+            }
+        }
+        if !batch.is_empty() {
+            let _ = self.state.events.send(SubscriptionEvent::Records(batch));
+        }
+    }
+
+    fn consumer_holds(&self, partition: &TopicPartition) -> bool {
+        self.consumer.assignment().is_ok_and(|list| {
+            list.find_partition(&partition.topic, partition.partition)
+                .is_some()
+        })
+    }
+
+    /// Pauses fetching at the window, resumes once acks made room and the buffer is empty.
+    fn steer_window(&mut self) {
+        let full = self.state.outstanding.load(Ordering::Acquire) >= self.state.window
+            || !self.buffer.is_empty();
+        let paused = self.state.paused.load(Ordering::Acquire);
+        if full == paused {
+            return;
+        }
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let result = if full {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => self.state.paused.store(full, Ordering::Release),
+            Err(error) => tracing::warn!(%error, "pausing or resuming partitions"),
+        }
+    }
+
+    /// Drops buffered records of partitions revoked since the last look.
+    fn purge_revoked(&mut self) {
+        let revoked = std::mem::take(
+            &mut *self
+                .state
+                .revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if !revoked.is_empty() {
+            self.buffer
+                .retain(|record| !revoked.contains(&record.topic_partition()));
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Seek {
+                partition,
+                position,
+                reply,
+            } => {
+                let _ = reply.send(self.seek(partition, position).await);
+            }
+            Command::Commit { reply } => {
+                let _ = reply.send(self.commit(CommitMode::Sync).await);
+            }
+            Command::Close { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    async fn seek(&mut self, partition: TopicPartition, position: Position) -> Result<()> {
+        if !self.state.held().contains_key(&partition) {
+            return Err(Error::InvalidRequest(format!(
+                "this subscriber does not hold {partition}; it can only seek in partitions assigned to it"
+            )));
+        }
+        let offset = {
+            let partition = partition.clone();
+            blocking(&self.state.shared, move |s| s.resolve(&partition, position)).await?
+        };
+        let consumer = self.consumer.clone();
+        let timeout = self.state.shared.config.request_timeout;
+        let target = partition.clone();
+        tokio::task::spawn_blocking(move || {
+            consumer.seek(
+                &target.topic,
+                target.partition,
+                Offset::Offset(offset),
+                timeout,
+            )
+        })
+        .await
+        .map_err(|_| Error::ShuttingDown)?
+        .map_err(Error::kafka("seeking"))?;
+        if let Some(state) = self.state.held().get_mut(&partition) {
+            let forgotten = state.tracker.seek(offset);
+            self.state
+                .outstanding
+                .fetch_sub(forgotten, Ordering::AcqRel);
+        }
+        self.buffer
+            .retain(|record| record.topic_partition() != partition);
+        self.state.acked.notify_one();
+        Ok(())
+    }
+
+    /// Commits the acknowledged prefix of held partitions (group members only).
+    async fn commit(&mut self, mode: CommitMode) -> Result<()> {
+        if self.state.group.is_none() {
+            return Ok(());
+        }
+        let offsets = self.state.commit_due();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        let committing = offsets.clone();
+        let result = match mode {
+            // Async commits only queue the request; no need for a blocking thread.
+            CommitMode::Async => commit(&*consumer, &committing, mode),
+            CommitMode::Sync => {
+                tokio::task::spawn_blocking(move || commit(&*consumer, &committing, mode))
+                    .await
+                    .map_err(|_| Error::ShuttingDown)?
+            }
+        };
+        result.map_err(Error::kafka("committing offsets"))?;
+        self.state.committed(&offsets);
+        Ok(())
+    }
+
+    /// Follows metadata: group members re-subscribe when the topics a pattern matches change; plain
+    /// readers assign themselves partitions they do not hold yet.
+    async fn follow_topics(&mut self) {
+        let topics = match blocking(&self.state.shared, |s| {
+            metadata::read_partition_counts(s.producer.client(), None, s.config.request_timeout)
+        })
+        .await
+        {
+            Ok(topics) => topics,
+            Err(error) => {
+                tracing::warn!(%error, "reading topics to follow");
+                return;
+            }
+        };
+        let matching: Vec<(String, u32)> = topics
+            .into_iter()
+            .filter(|(name, _)| self.topics.matches(name))
+            .collect();
+        if self.state.group.is_some() {
+            let names: BTreeSet<String> = matching.into_iter().map(|(name, _)| name).collect();
+            if names != self.subscribed {
+                let list: Vec<&str> = names.iter().map(String::as_str).collect();
+                let result = if list.is_empty() {
+                    self.consumer.unsubscribe();
+                    Ok(())
+                } else {
+                    self.consumer.subscribe(&list)
+                };
+                match result {
+                    Ok(()) => self.subscribed = names,
+                    Err(error) => tracing::warn!(%error, "subscribing to matched topics"),
+                }
+            }
+            return;
+        }
+        let assigned = self.consumer.assignment().unwrap_or_default();
+        let new: Vec<TopicPartition> = matching
+            .iter()
+            .flat_map(|(name, count)| {
+                (0..*count as i32)
+                    .map(move |partition| TopicPartition::new(name.as_str(), partition))
+            })
+            .filter(|p| assigned.find_partition(&p.topic, p.partition).is_none())
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let (state, consumer) = (self.state.clone(), self.consumer.clone());
+        let assigning = tokio::task::spawn_blocking(move || {
+            let starts = state.starting_offsets(&*consumer, &new);
+            state.assign(&*consumer, starts);
+        });
+        if assigning.await.is_err() {
+            tracing::warn!("assigning partitions to a reader failed");
+        }
+    }
+
+    /// Commits what was acknowledged and leaves the group; the event stream ends with this task.
+    async fn leave(mut self) {
+        if let Err(error) = self.commit(CommitMode::Sync).await {
+            tracing::warn!(%error, "committing on leave");
+        }
+        // Closing the consumer (on drop) runs the final revocation and sends LeaveGroup, so the
+        // partitions move at once rather than after the session timeout. It blocks until done.
+        let consumer = self.consumer;
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    }
+}
+
+fn received(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    codec::record_of(&Arc::from(message.topic()), message)
+}
