@@ -2,11 +2,20 @@
 //! storage) per test, on a free loopback port. The backend under test is the same `log::Kafka` that
 //! fronts Apache Kafka in production.
 //!
-//! Where tansu differs from Apache Kafka, the backend copes, and the tests say so:
-//! - ListOffsets(latest) can answer 1 for a partition holding hundreds of records. The backend never
-//!   trusts that answer alone: it confirms every high watermark with a fetch from it (see
-//!   `log/kafka/reader.rs`), which `plain_readers_start_where_asked`, `seek_and_commit` and
-//!   `fetch_limits_and_range` exercise.
+//! Where tansu 0.6.0 differs from Apache Kafka (seen with its memory storage), and what is done:
+//! - It keeps produced batches whole and indexes them by base offset: ListOffsets(latest) answers the
+//!   last batch's base offset + 1 (so 1 for a partition holding one batch of hundreds of records), and
+//!   a fetch from an offset inside a batch returns only later batches, silently skipping the rest of
+//!   that batch. Apache Kafka answers the true end and returns the batch holding the offset. A consumer
+//!   resuming from a committed offset inside a batch would lose records on tansu whatever client it is,
+//!   so these tests make the gateway's producer send one record per batch (`batch.num.messages = 1`);
+//!   then base offsets are offsets and tansu answers as Kafka does. Production keeps librdkafka's
+//!   batching.
+//! - ListOffsets by timestamp answers 0 for every timestamp. The backend checks such answers against
+//!   the record they name and reads forward (`log/kafka/reader.rs`); `records_round_trip` shows it.
+//! - DescribeGroups carries neither client ids nor member assignments. The backend recovers the client
+//!   id from the member id (`<client id>-<UUID>` on every broker) and shows its own subscribers'
+//!   partitions; `group_members_share_partitions` and `bad_requests_are_refused` rely on it.
 
 mod conformance;
 
@@ -22,6 +31,8 @@ use courier_testkit::Tansu;
 
 async fn connect(broker: &Tansu, topics: TopicsConfig) -> Result<Kafka, Error> {
     let config = KafkaConfig {
+        // One record per batch: see the module docs.
+        producer_properties: [("batch.num.messages".to_owned(), "1".to_owned())].into(),
         replication_factor: 1,
         session_timeout: Duration::from_secs(6),
         ..KafkaConfig::new(broker.bootstrap())

@@ -39,8 +39,34 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts a gateway on `data_dir` with extra `COURIER_*` settings.
+    /// Starts a gateway on the embedded log in `data_dir`, with extra `COURIER_*` settings.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Result<Self, String> {
+        let args = ["--data-dir".into(), data_dir.as_os_str().to_owned()];
+        Self::start_with(data_dir, &args, env)
+    }
+
+    /// Starts a gateway in front of the Kafka cluster at `bootstrap`; `work_dir` names its log file.
+    pub fn start_kafka(
+        work_dir: &Path,
+        bootstrap: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        let mut settings = vec![
+            ("COURIER_LOG__KIND", "kafka"),
+            ("COURIER_LOG__BOOTSTRAP_SERVERS", bootstrap),
+            // One broker: topics cannot have more replicas.
+            ("COURIER_LOG__REPLICATION_FACTOR", "1"),
+            ("COURIER_LOG__SESSION_TIMEOUT", "6s"),
+        ];
+        settings.extend_from_slice(env);
+        Self::start_with(work_dir, &[], &settings)
+    }
+
+    fn start_with(
+        data_dir: &Path,
+        args: &[std::ffi::OsString],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let log_file = data_dir.with_extension("log");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -49,8 +75,8 @@ impl Gateway {
             .map_err(|e| e.to_string())?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
         command
-            .args(["serve", "--grpc-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+            .args(["serve", "--grpc-listen", "127.0.0.1:0"])
+            .args(args)
             .env("RUST_LOG", "info,courier_gateway=debug")
             .env("COURIER_SHUTDOWN__GRACE", "10s")
             .stdin(Stdio::null())

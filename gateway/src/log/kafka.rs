@@ -71,6 +71,7 @@ struct Shared {
     admin: AdminClient<DefaultClientContext>,
     reader: Reader,
     partition_counts: PartitionCounts,
+    local_members: member::LocalMembers,
     round_robin: partitioner::RoundRobin,
     closed: CancellationToken,
     subscriptions: TaskTracker,
@@ -109,6 +110,7 @@ impl Kafka {
             producer,
             admin,
             partition_counts: PartitionCounts::default(),
+            local_members: member::LocalMembers::default(),
             round_robin: partitioner::RoundRobin::default(),
             closed: CancellationToken::new(),
             subscriptions: TaskTracker::new(),
@@ -217,16 +219,21 @@ impl Shared {
             .filter(|g| g.name() == group)
             .flat_map(|g| g.members())
             .map(|member| {
-                let (protocol, client) = codec::parse_subscriber_client_id(member.client_id())
+                let client_id = codec::member_client_id(member.client_id(), member.id());
+                let (protocol, client) = codec::parse_subscriber_client_id(client_id)
                     .unwrap_or(("kafka", member.client_host()));
+                let mut assigned = member
+                    .assignment()
+                    .and_then(codec::decode_assignment)
+                    .unwrap_or_default();
+                if assigned.is_empty() {
+                    assigned = self.local_members.assigned(client_id).unwrap_or_default();
+                }
                 GroupMember {
                     member_id: member.id().to_owned(),
                     client: client.to_owned(),
                     protocol: protocol.to_owned(),
-                    assigned: member
-                        .assignment()
-                        .and_then(codec::decode_assignment)
-                        .unwrap_or_default(),
+                    assigned,
                 }
             })
             .collect())
@@ -382,11 +389,22 @@ impl Log for Kafka {
             }
         }
         if let Some(group) = options.group.clone() {
-            let members = blocking(&self.shared, move |s| s.group_members(&group)).await?;
-            if let Some(other) = members.iter().find(|m| m.protocol != options.protocol) {
+            let local = self
+                .shared
+                .local_members
+                .other_protocol(&group, options.protocol);
+            let existing = match local {
+                Some(protocol) => Some(protocol.to_owned()),
+                None => blocking(&self.shared, move |s| s.group_members(&group))
+                    .await?
+                    .into_iter()
+                    .map(|member| member.protocol)
+                    .find(|protocol| protocol != options.protocol),
+            };
+            if let Some(existing) = existing {
                 return Err(Error::GroupProtocolConflict {
                     group: options.group.clone().unwrap_or_default(),
-                    existing: other.protocol.clone(),
+                    existing,
                     requested: options.protocol.to_owned(),
                 });
             }

@@ -67,14 +67,31 @@ pub(super) fn record_of(topic: &Arc<str>, message: &BorrowedMessage<'_>) -> Reco
 }
 
 /// The Kafka `client.id` of a subscriber: it carries the protocol and the peer, so describe-group
-/// (served from the broker's view of the group, not from any gateway's memory) can show both.
+/// (served from the broker's view of the group, not from any gateway's memory) can show both, and a
+/// unique suffix, so a gateway can tell its own subscribers apart.
 pub(super) fn subscriber_client_id(protocol: &str, client: &str) -> String {
-    format!("courier/{protocol}/{client}")
+    format!("courier/{protocol}/{client}/{}", ulid::Ulid::new())
 }
 
 /// The protocol and peer of a group member, if it is a Courier subscriber.
 pub(super) fn parse_subscriber_client_id(client_id: &str) -> Option<(&str, &str)> {
-    client_id.strip_prefix("courier/")?.split_once('/')
+    let (protocol, rest) = client_id.strip_prefix("courier/")?.split_once('/')?;
+    Some((protocol, rest.rsplit_once('/')?.0))
+}
+
+/// The client id of a group member as the broker describes it. Kafka fills the client id field; some
+/// brokers (tansu 0.6.0) leave it empty, but every broker builds member ids as
+/// `<client id>-<UUID>`, so the id is recovered from there.
+pub(super) fn member_client_id<'a>(client_id: &'a str, member_id: &'a str) -> &'a str {
+    const UUID_LEN: usize = 36;
+    if !client_id.is_empty() {
+        return client_id;
+    }
+    member_id
+        .len()
+        .checked_sub(UUID_LEN + 1)
+        .filter(|&cut| member_id.is_char_boundary(cut) && member_id[cut..].starts_with('-'))
+        .map_or(member_id, |cut| &member_id[..cut])
 }
 
 /// Decodes a consumer group member's assignment (Kafka's `ConsumerProtocolAssignment`: version,
@@ -138,5 +155,9 @@ mod tests {
             Some(("mqtt", "10.0.0.1:5000"))
         );
         assert_eq!(parse_subscriber_client_id("rdkafka"), None);
+        let member = format!("{id}-393a5ca6-074b-4666-bb9a-a9e7f4735e42");
+        assert_eq!(member_client_id("", &member), id);
+        assert_eq!(member_client_id("given", &member), "given");
+        assert_eq!(member_client_id("", "short"), "short");
     }
 }

@@ -50,6 +50,43 @@ const MAX_BATCH: usize = 500;
 
 type MemberConsumer = StreamConsumer<MemberContext>;
 
+/// This gateway's own subscribers by Kafka client id, so describe-group can show their partitions when
+/// the broker's DescribeGroups answer carries no member assignments (tansu 0.6.0 sends none; Apache
+/// Kafka does, and then its answer is used).
+#[derive(Debug, Default)]
+pub(super) struct LocalMembers {
+    members: Mutex<HashMap<String, std::sync::Weak<MemberState>>>,
+}
+
+impl LocalMembers {
+    fn register(&self, client_id: &str, state: &Arc<MemberState>) {
+        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        members.retain(|_, member| member.strong_count() > 0);
+        members.insert(client_id.to_owned(), Arc::downgrade(state));
+    }
+
+    /// The protocol of a live local subscriber of `group` other than `protocol`, if any. Covers
+    /// subscribers that have not finished joining, which the broker does not list yet.
+    pub(super) fn other_protocol(&self, group: &str, protocol: &str) -> Option<&'static str> {
+        let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        members
+            .values()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|state| state.group.as_deref() == Some(group) && !state.events.is_closed())
+            .map(|state| state.protocol)
+            .find(|other| *other != protocol)
+    }
+
+    /// Partitions a local subscriber holds; `None` if the client id is not one of ours.
+    pub(super) fn assigned(&self, client_id: &str) -> Option<Vec<TopicPartition>> {
+        let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = members.get(client_id)?.upgrade()?;
+        let mut held: Vec<TopicPartition> = state.held().keys().cloned().collect();
+        held.sort();
+        Some(held)
+    }
+}
+
 /// A held partition's delivery state.
 #[derive(Debug)]
 struct Held {
@@ -62,6 +99,7 @@ struct Held {
 struct MemberState {
     shared: Arc<Shared>,
     group: Option<String>,
+    protocol: &'static str,
     start: Position,
     window: usize,
     held: Mutex<HashMap<TopicPartition, Held>>,
@@ -365,6 +403,7 @@ pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Su
     let state = Arc::new(MemberState {
         shared: shared.clone(),
         group: options.group.clone(),
+        protocol: options.protocol,
         start: options.start,
         window: options.max_in_flight,
         held: Mutex::new(HashMap::new()),
@@ -389,6 +428,7 @@ pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Su
             .subscribe(&names)
             .map_err(Error::kafka("subscribing"))?;
     }
+    shared.local_members.register(&client_id, &state);
     let (commands_tx, commands) = mpsc::unbounded_channel();
     let task = MemberTask {
         state: state.clone(),

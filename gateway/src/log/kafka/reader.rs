@@ -1,20 +1,17 @@
 //! Reads that join no group: fetches, watermarks, offsets by time. One consumer serves them all, one
 //! request at a time; every call blocks, so callers run it on a blocking thread.
 //!
-//! Watermarks are not taken from ListOffsets alone. The high watermark is confirmed by fetching at it:
-//! a fetch answers with the partition's end (librdkafka reports "end of partition" there), and records
-//! found past the listed end move it. Against Apache Kafka the listed end is right and this costs one
-//! empty fetch; tansu 0.6.0 answers ListOffsets(latest) with 1 for partitions holding hundreds of
-//! records, and the fetch corrects that.
+//! An offset found by time is checked against the record it names: a broker that answers with an
+//! earlier record (tansu 0.6.0 answers 0 for every timestamp) is corrected by reading forward, so a
+//! "start at this time" never replays older records.
 
 use std::{
-    collections::BTreeMap,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use rdkafka::{
-    Message, Offset, TopicPartitionList,
+    Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
     error::KafkaError,
     types::RDKafkaErrorCode,
@@ -69,50 +66,15 @@ impl Reader {
         topic: &str,
         partitions: &[i32],
     ) -> Result<Vec<Watermarks>> {
-        let mut marks = BTreeMap::new();
-        for &partition in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, partition, self.timeout)
-                .map_err(Error::kafka("reading watermarks"))?;
-            marks.insert(partition, Watermarks { low, high });
-        }
-        // Confirm each end with a fetch from it (see the module docs).
-        let mut assignment = TopicPartitionList::new();
-        for (&partition, mark) in &marks {
-            assignment
-                .add_partition_offset(topic, partition, Offset::Offset(mark.high))
-                .map_err(Error::kafka("reading watermarks"))?;
-        }
-        consumer
-            .assign(&assignment)
-            .map_err(Error::kafka("reading watermarks"))?;
-        let mut open = marks.len();
-        let deadline = Instant::now() + self.timeout;
-        while open > 0 {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            match consumer.poll(left) {
-                Some(Ok(message)) => {
-                    if let Some(mark) = marks.get_mut(&message.partition()) {
-                        mark.high = mark.high.max(message.offset() + 1);
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => open -= 1,
-                Some(Err(error)) => {
-                    tracing::debug!(%error, topic, "confirming watermarks");
-                    break;
-                }
-                None => break,
-            }
-        }
-        consumer
-            .unassign()
-            .map_err(Error::kafka("reading watermarks"))?;
-        Ok(partitions
+        partitions
             .iter()
-            .filter_map(|partition| marks.get(partition).copied())
-            .collect())
+            .map(|&partition| {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, partition, self.timeout)
+                    .map_err(Error::kafka("reading watermarks"))?;
+                Ok(Watermarks { low, high })
+            })
+            .collect()
     }
 
     /// Records of one partition from `offset`, within `limits`.
@@ -123,8 +85,18 @@ impl Reader {
         limits: FetchLimits,
     ) -> Result<Fetched> {
         let consumer = self.consumer.lock().unwrap_or_else(PoisonError::into_inner);
+        self.fetch_locked(&consumer, partition, offset, limits)
+    }
+
+    fn fetch_locked(
+        &self,
+        consumer: &BaseConsumer,
+        partition: &TopicPartition,
+        offset: i64,
+        limits: FetchLimits,
+    ) -> Result<Fetched> {
         let Watermarks { low, high } = self
-            .watermarks_locked(&consumer, &partition.topic, &[partition.partition])?
+            .watermarks_locked(consumer, &partition.topic, &[partition.partition])?
             .first()
             .copied()
             .ok_or_else(|| Error::UnknownTopic {
@@ -221,11 +193,29 @@ impl Reader {
         let answer = consumer
             .offsets_for_times(query, self.timeout)
             .map_err(Error::kafka("looking up an offset by time"))?;
-        Ok(answer
+        let Some(mut offset) = answer
             .find_partition(&partition.topic, partition.partition)
             .and_then(|element| match element.offset() {
                 Offset::Offset(offset) => Some(offset),
                 _ => None,
-            }))
+            })
+        else {
+            return Ok(None);
+        };
+        // Check the answer: read forward while records are older than asked (see the module docs).
+        loop {
+            let page = self.fetch_locked(&consumer, partition, offset, FetchLimits::default())?;
+            match page
+                .records
+                .iter()
+                .find(|record| record.timestamp_ms >= timestamp_ms)
+            {
+                Some(record) => return Ok(Some(record.offset)),
+                None => match page.records.last() {
+                    Some(last) => offset = last.offset + 1,
+                    None => return Ok(None),
+                },
+            }
+        }
     }
 }
