@@ -64,7 +64,7 @@ impl Config {
         file: Option<&Path>,
         overrides: &Overrides,
     ) -> Result<Self, Box<figment::Error>> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut figment = Figment::from(Serialized::defaults(defaults()?));
         match file {
             Some(path) => {
                 if !path.exists() {
@@ -94,6 +94,18 @@ impl Config {
         }
         figment.extract().map_err(Box::new)
     }
+}
+
+/// The defaults layer. Of `[log]` it holds only `kind`: the other keys belong to the kind chosen, and
+/// each kind's own defaults fill them, so choosing `kind = "kafka"` does not inherit embedded keys.
+fn defaults() -> Result<figment::value::Value, Box<figment::Error>> {
+    use figment::value::{Dict, Value};
+    let mut defaults = Value::serialize(Config::default()).map_err(Box::new)?;
+    if let Value::Dict(_, sections) = &mut defaults {
+        let log = Dict::from([("kind".to_owned(), Value::from("embedded"))]);
+        sections.insert("log".to_owned(), Value::from(log));
+    }
+    Ok(defaults)
 }
 
 /// Read when no `--config` is given and it exists.

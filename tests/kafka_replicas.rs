@@ -58,25 +58,25 @@ async fn a_group_spreads_over_two_gateways_and_survives_one() -> TestResult {
         start_in_group(&topic, &group, 50),
     )
     .await?;
-    // The broker's view of the group: two members, two partitions each, whichever gateway asks.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let members = admin
-            .describe_group(pb::DescribeGroupRequest {
-                group: group.clone(),
-            })
-            .await?
-            .into_inner()
-            .members;
-        if members.len() == 2 && members.iter().all(|m| m.assigned.len() == 2) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the group did not spread over both gateways: {members:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Two members, two partitions each, one through each gateway. (Read from the streams: tansu's
+    // DescribeGroups carries no member assignments, so a gateway only knows its own members'.)
+    let (doomed_holds, survivor_holds) = tokio::try_join!(
+        on_doomed.wait_for_partitions(2),
+        on_survivor.wait_for_partitions(2)
+    )?;
+    assert!(doomed_holds.is_disjoint(&survivor_holds));
+    let members = admin
+        .describe_group(pb::DescribeGroupRequest {
+            group: group.clone(),
+        })
+        .await?
+        .into_inner()
+        .members;
+    assert_eq!(
+        members.len(),
+        2,
+        "the broker sees both members: {members:?}"
+    );
 
     // Produce through the survivor, keyed over all partitions; remember what was acknowledged.
     let (producer, mut responses) =
@@ -89,10 +89,10 @@ async fn a_group_spreads_over_two_gateways_and_survives_one() -> TestResult {
     let mut from_survivor = Vec::new();
     // Both members read about a third of the records, then the first gateway dies.
     while acked.len() < (RECORDS / 3) as usize {
-        if let Some(response) = responses.message().await? {
-            if response.error.is_none() {
-                acked.insert(format!("v{}", response.request_id));
-            }
+        if let Some(response) = responses.message().await?
+            && response.error.is_none()
+        {
+            acked.insert(format!("v{}", response.request_id));
         }
     }
     drain_into(&mut on_doomed, &mut from_doomed, |seen| seen.len() >= 20).await?;
