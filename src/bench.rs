@@ -1,10 +1,15 @@
-//! `courier bench`: the project's load tool. One run measures the same workload two ways, on fresh
-//! embedded logs in temporary directories, and prints them side by side with their ratio:
+//! `courier bench`: the project's load tool. One run measures the same workload two ways and prints
+//! them side by side with their ratio:
 //!
-//! - produce: `direct` submits batches straight into the embedded store in-process (the ceiling);
-//!   `grpc` sends the same batches over `ProduceStream` to a gateway serving on loopback;
+//! - produce: `direct` writes batches without the gateway (the ceiling); `grpc` sends the same batches
+//!   over `ProduceStream` to a gateway serving on loopback;
 //! - subscribe: a consumer group reads everything back, acknowledging each batch, directly and over
 //!   `Subscribe`.
+//!
+//! Against the embedded log (default), `direct` is the store in-process, each side on a fresh store in
+//! a temporary directory. With `--kafka BOOTSTRAP`, both sides use the same broker, each its own topic:
+//! `direct` is a plain rdkafka producer and consumer with the gateway's settings ([`kafka`]), `grpc` a
+//! gateway in front of that broker.
 //!
 //! Both sides use the same concurrency: `streams` producers, each keeping `pipeline` requests of
 //! `batch` records in flight. Latency is per request: from submit to durable ack.
@@ -22,8 +27,8 @@ use courier_gateway::{
     config::{EmbeddedConfig, FsyncPolicy, GroupsConfig, GrpcConfig, TopicsConfig},
     grpc::GrpcServer,
     log::{
-        Embedded, Log, NewRecord, Position, SubscribeOptions, SubscriptionEvent, TopicSelector,
-        TopicSpec,
+        Embedded, Kafka, Log, NewRecord, Position, SubscribeOptions, SubscriptionEvent,
+        TopicSelector, TopicSpec,
     },
     proto::v1::{
         self as pb, admin_client::AdminClient, streams_client::StreamsClient,
@@ -31,6 +36,8 @@ use courier_gateway::{
     },
 };
 use hdrhistogram::Histogram;
+
+mod kafka;
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, mpsc},
@@ -64,13 +71,25 @@ pub(crate) struct BenchArgs {
     /// fsync policy of the embedded logs: always or never.
     #[arg(long, default_value = "always", value_parser = ["always", "never"])]
     pub(crate) fsync: String,
+    /// Measure against this Kafka cluster (`host:port,...`) instead of the embedded log.
+    #[arg(long)]
+    pub(crate) kafka: Option<String>,
+    /// A librdkafka producer property (`KEY=VALUE`, repeatable), given to both sides alike.
+    #[arg(long = "producer-property", value_parser = parse_property)]
+    pub(crate) producer_properties: Vec<(String, String)>,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
 /// One measured side.
-struct Measurement {
-    records: usize,
-    elapsed: Duration,
-    latency: Option<Histogram<u64>>,
+pub(crate) struct Measurement {
+    pub(crate) records: usize,
+    pub(crate) elapsed: Duration,
+    pub(crate) latency: Option<Histogram<u64>>,
 }
 
 impl Measurement {
@@ -97,65 +116,87 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
         FsyncPolicy::Always
     };
     let value = Bytes::from(vec![b'x'; args.record_size]);
-    let topic = "bench";
-
-    // Direct: in-process into the embedded store.
-    let direct_dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let direct = open_log(direct_dir.path(), fsync).await?;
-    direct
-        .create_topic(TopicSpec::named(topic).partitions(args.partitions))
-        .await?;
-    let direct_produce = produce_direct(&direct, topic, &args, &value).await?;
-    let direct_subscribe = subscribe_direct(&direct, topic, args.records).await?;
-    direct.close().await?;
-
-    // gRPC: the same through a gateway on loopback, on its own fresh store.
-    let grpc_dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let grpc_log = open_log(grpc_dir.path(), fsync).await?;
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding a loopback port")?;
-    let address = listener.local_addr()?;
-    let drain = CancellationToken::new();
-    let server = GrpcServer {
-        log: grpc_log.clone(),
-        config: GrpcConfig::default(),
-        groups: GroupsConfig::default(),
+    let (direct_produce, direct_subscribe, grpc_produce, grpc_subscribe) = match &args.kafka {
+        None => {
+            // Direct: in-process into the embedded store.
+            let topic = "bench";
+            let direct_dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let direct = open_log(direct_dir.path(), fsync).await?;
+            direct
+                .create_topic(TopicSpec::named(topic).partitions(args.partitions))
+                .await?;
+            let direct_produce = produce_direct(&direct, topic, &args, &value).await?;
+            let direct_subscribe = subscribe_direct(&direct, topic, args.records).await?;
+            direct.close().await?;
+            // gRPC: the same through a gateway on loopback, on its own fresh store.
+            let grpc_dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let (grpc_produce, grpc_subscribe) = through_gateway(
+                open_log(grpc_dir.path(), fsync).await?,
+                topic,
+                &args,
+                &value,
+            )
+            .await?;
+            (
+                direct_produce,
+                direct_subscribe,
+                grpc_produce,
+                grpc_subscribe,
+            )
+        }
+        Some(bootstrap) => {
+            let run = ulid::Ulid::new().to_string().to_lowercase();
+            let config = kafka::config(bootstrap, &args.producer_properties);
+            let log: Arc<dyn Log> = Arc::new(
+                Kafka::connect(
+                    &config,
+                    TopicsConfig::default(),
+                    GroupsConfig::default(),
+                    "bench",
+                )
+                .await
+                .with_context(|| format!("connecting to Kafka at {bootstrap}"))?,
+            );
+            let direct_topic = format!("bench-direct-{run}");
+            log.create_topic(TopicSpec::named(&direct_topic).partitions(args.partitions))
+                .await?;
+            let direct_produce = kafka::produce(&config, &direct_topic, &args, &value).await?;
+            let direct_subscribe = kafka::subscribe(&config, &direct_topic, args.records).await?;
+            let (grpc_produce, grpc_subscribe) =
+                through_gateway(log, &format!("bench-grpc-{run}"), &args, &value).await?;
+            (
+                direct_produce,
+                direct_subscribe,
+                grpc_produce,
+                grpc_subscribe,
+            )
+        }
     };
-    let serving = tokio::spawn(server.serve(listener, drain.clone()));
-    let channel = courier_gateway::grpc::client_endpoint(format!("http://{address}"))?
-        .connect()
-        .await
-        .context("connecting to the gateway")?;
-    AdminClient::new(channel.clone())
-        .create_topic(pb::CreateTopicRequest {
-            name: topic.into(),
-            partitions: args.partitions,
-            ..Default::default()
-        })
-        .await?;
-    let grpc_produce = produce_grpc(&channel, topic, &args, &value).await?;
-    let grpc_subscribe = subscribe_grpc(&channel, topic, args.records).await?;
-    drain.cancel();
-    serving.await.context("the gateway task panicked")??;
-    grpc_log.close().await?;
 
     println!(
-        "records={} record_size={} streams={} batch={} pipeline={} partitions={} fsync={}",
+        "records={} record_size={} streams={} batch={} pipeline={} partitions={} backend={}",
         args.records,
         args.record_size,
         args.streams,
         args.batch,
         args.pipeline,
         args.partitions,
-        args.fsync
+        args.kafka.as_ref().map_or_else(
+            || format!("embedded fsync={}", args.fsync),
+            |b| format!("kafka {b}")
+        )
     );
+    let direct_side = if args.kafka.is_some() {
+        "direct (rdkafka)"
+    } else {
+        "direct (in-process)"
+    };
     println!("| workload | side | records/s | MiB/s | p50 ack ms | p99 ack ms |");
     println!("|---|---|---:|---:|---:|---:|");
     for (workload, side, m) in [
-        ("produce", "direct (in-process)", &direct_produce),
+        ("produce", direct_side, &direct_produce),
         ("produce", "gRPC ProduceStream", &grpc_produce),
-        ("subscribe", "direct (in-process)", &direct_subscribe),
+        ("subscribe", direct_side, &direct_subscribe),
         ("subscribe", "gRPC Subscribe", &grpc_subscribe),
     ] {
         println!(
@@ -174,7 +215,54 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
         "subscribe ratio gRPC/direct: {:.2}",
         grpc_subscribe.rate() / direct_subscribe.rate()
     );
+    if let (Some(direct), Some(grpc)) = (&direct_produce.latency, &grpc_produce.latency) {
+        let added = |q: f64| {
+            (grpc.value_at_quantile(q) as f64 - direct.value_at_quantile(q) as f64) / 1000.0
+        };
+        println!(
+            "ack latency added by the gateway: p50 {:.2} ms, p99 {:.2} ms",
+            added(0.5),
+            added(0.99)
+        );
+    }
     Ok(())
+}
+
+/// Serves `log` over gRPC on loopback, produces and subscribes through it, and closes it.
+async fn through_gateway(
+    log: Arc<dyn Log>,
+    topic: &str,
+    args: &BenchArgs,
+    value: &Bytes,
+) -> Result<(Measurement, Measurement)> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a loopback port")?;
+    let address = listener.local_addr()?;
+    let drain = CancellationToken::new();
+    let server = GrpcServer {
+        log: log.clone(),
+        config: GrpcConfig::default(),
+        groups: GroupsConfig::default(),
+    };
+    let serving = tokio::spawn(server.serve(listener, drain.clone()));
+    let channel = courier_gateway::grpc::client_endpoint(format!("http://{address}"))?
+        .connect()
+        .await
+        .context("connecting to the gateway")?;
+    AdminClient::new(channel.clone())
+        .create_topic(pb::CreateTopicRequest {
+            name: topic.into(),
+            partitions: args.partitions,
+            ..Default::default()
+        })
+        .await?;
+    let produced = produce_grpc(&channel, topic, args, value).await?;
+    let subscribed = subscribe_grpc(&channel, topic, args.records).await?;
+    drain.cancel();
+    serving.await.context("the gateway task panicked")??;
+    log.close().await?;
+    Ok((produced, subscribed))
 }
 
 async fn open_log(dir: &std::path::Path, fsync: FsyncPolicy) -> Result<Arc<dyn Log>> {
@@ -193,12 +281,12 @@ async fn open_log(dir: &std::path::Path, fsync: FsyncPolicy) -> Result<Arc<dyn L
     ))
 }
 
-fn histogram() -> Result<Histogram<u64>> {
+pub(crate) fn histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).context("creating a histogram")
 }
 
 /// Splits `records` into per-stream batch counts.
-fn batches_per_stream(args: &BenchArgs) -> Vec<Vec<usize>> {
+pub(crate) fn batches_per_stream(args: &BenchArgs) -> Vec<Vec<usize>> {
     let mut plan = vec![Vec::new(); args.streams];
     let mut left = args.records;
     let mut stream = 0;
@@ -410,7 +498,7 @@ async fn subscribe_grpc(channel: &Channel, topic: &str, records: usize) -> Resul
     })
 }
 
-async fn merge(mut streams: JoinSet<Result<Histogram<u64>>>) -> Result<Histogram<u64>> {
+pub(crate) async fn merge(mut streams: JoinSet<Result<Histogram<u64>>>) -> Result<Histogram<u64>> {
     let mut merged = histogram()?;
     while let Some(done) = streams.join_next().await {
         merged.add(done.context("a benchmark stream panicked")??)?;

@@ -67,7 +67,9 @@ pub(super) fn consumer(config: &KafkaConfig, group: Option<&str>, client_id: &st
         // When retention removed the committed offset, continue from the oldest record rather than
         // skipping to the end: at-least-once prefers redelivery to loss.
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // Prefetch per consumer; the default (64 MiB) is too much with one consumer per subscriber.
+        .set("queued.max.messages.kbytes", "8192");
     // librdkafka assigns partitions only in consumers with a group id, even without joining the
     // group; consumers outside any group get a private one that never commits.
     let private;

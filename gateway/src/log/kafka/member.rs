@@ -7,9 +7,9 @@
 //! - Plain readers (no group) assign themselves every partition of the matching topics.
 //! - Patterns are matched by the gateway (full-name regular expressions, as on the embedded log) against
 //!   metadata read every [`TOPIC_REFRESH`], so new topics are picked up.
-//! - At most `max_in_flight` records are outstanding. At the window the consumer pauses its partitions
-//!   and keeps polling (to stay in the group and see rebalances); records already fetched wait in a
-//!   local buffer and go out first when acks make room.
+//! - At most `max_in_flight` records are outstanding. Past the window, fetched records wait in a local
+//!   buffer and go out first when acks make room; when the buffer is full the consumer pauses its
+//!   partitions and keeps polling (to stay in the group and see rebalances).
 //! - Offsets are committed over the contiguous acknowledged prefix only ([`AckTracker`]), every
 //!   `groups.commit_interval`, on request, on revocation and when the subscriber leaves.
 
@@ -49,6 +49,12 @@ const TOPIC_REFRESH: Duration = Duration::from_secs(1);
 const MAX_BATCH: usize = 500;
 
 type MemberConsumer = StreamConsumer<MemberContext>;
+
+/// Most records held back in a subscription's buffer (fetched, waiting for room in the window) before
+/// fetching pauses: a few windows' worth, within bounds.
+fn buffer_limit(window: usize) -> usize {
+    (window * 4).clamp(MAX_BATCH, 20_000)
+}
 
 /// This gateway's own subscribers by Kafka client id, so describe-group can show their partitions when
 /// the broker's DescribeGroups answer carries no member assignments (tansu 0.6.0 sends none; Apache
@@ -565,24 +571,31 @@ impl MemberTask {
         })
     }
 
-    /// Pauses fetching at the window, resumes once acks made room and the buffer is empty.
+    /// Pauses fetching once the local buffer holds [`buffer_limit`] records; resumes when it is down to
+    /// half. The window itself is enforced on delivery, not by pausing: librdkafka drops what it
+    /// prefetched when a partition pauses and fetches it again on resume, so pausing at every full
+    /// window would re-read the same data over and over under load.
     fn steer_window(&mut self) {
-        let full = self.state.outstanding.load(Ordering::Acquire) >= self.state.window
-            || !self.buffer.is_empty();
+        let limit = buffer_limit(self.state.window);
         let paused = self.state.paused.load(Ordering::Acquire);
-        if full == paused {
+        let pause = if paused {
+            self.buffer.len() > limit / 2
+        } else {
+            self.buffer.len() >= limit
+        };
+        if pause == paused {
             return;
         }
         let Ok(assignment) = self.consumer.assignment() else {
             return;
         };
-        let result = if full {
+        let result = if pause {
             self.consumer.pause(&assignment)
         } else {
             self.consumer.resume(&assignment)
         };
         match result {
-            Ok(()) => self.state.paused.store(full, Ordering::Release),
+            Ok(()) => self.state.paused.store(pause, Ordering::Release),
             Err(error) => tracing::warn!(%error, "pausing or resuming partitions"),
         }
     }

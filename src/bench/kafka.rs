@@ -1,0 +1,133 @@
+//! The `direct` side against Kafka: a plain rdkafka producer and consumer, configured as the gateway
+//! configures its own (acks=all, idempotence, the same linger and batch size), so the comparison
+//! measures what the gateway adds and nothing else.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use courier_gateway::config::KafkaConfig;
+use rdkafka::{
+    ClientConfig,
+    consumer::{Consumer, StreamConsumer},
+    producer::{FutureProducer, FutureRecord},
+};
+use tokio::task::JoinSet;
+
+use super::{BenchArgs, Measurement, batches_per_stream, histogram, merge};
+
+/// The gateway's Kafka settings for a benchmark broker (one broker: one replica per topic).
+pub(super) fn config(bootstrap: &str, producer_properties: &[(String, String)]) -> KafkaConfig {
+    KafkaConfig {
+        replication_factor: 1,
+        producer_properties: producer_properties.iter().cloned().collect(),
+        ..KafkaConfig::new(bootstrap)
+    }
+}
+
+fn client(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.bootstrap_servers);
+    client
+}
+
+/// Produces the benchmark's batches with rdkafka, `pipeline` batches in flight per stream.
+pub(super) async fn produce(
+    config: &KafkaConfig,
+    topic: &str,
+    args: &BenchArgs,
+    value: &Bytes,
+) -> Result<Measurement> {
+    let mut settings = client(config);
+    for (key, value) in &config.producer_properties {
+        settings.set(key, value);
+    }
+    let producer: FutureProducer = settings
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", config.linger.as_millis().to_string())
+        .set("batch.size", config.batch_bytes.to_string())
+        .set("compression.codec", &config.compression)
+        .create()
+        .context("creating the rdkafka producer")?;
+    let started = Instant::now();
+    let mut streams = JoinSet::new();
+    for batches in batches_per_stream(args) {
+        let (producer, topic, value, pipeline) = (
+            producer.clone(),
+            topic.to_owned(),
+            value.clone(),
+            args.pipeline,
+        );
+        streams.spawn(async move {
+            let mut latency = histogram()?;
+            let mut pending = JoinSet::new();
+            for size in batches {
+                if pending.len() >= pipeline
+                    && let Some(done) = pending.join_next().await
+                {
+                    latency.record(done??)?;
+                }
+                let sent = Instant::now();
+                let mut deliveries = Vec::with_capacity(size);
+                for _ in 0..size {
+                    let record = FutureRecord::<(), [u8]>::to(&topic).payload(&value[..]);
+                    deliveries.push(
+                        producer
+                            .send_result(record)
+                            .map_err(|(error, _)| anyhow::anyhow!("queueing: {error}"))?,
+                    );
+                }
+                pending.spawn(async move {
+                    for delivery in deliveries {
+                        match delivery.await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err((error, _))) => bail!("delivery failed: {error}"),
+                            Err(_) => bail!("the producer went away"),
+                        }
+                    }
+                    anyhow::Ok(sent.elapsed().as_micros() as u64)
+                });
+            }
+            while let Some(done) = pending.join_next().await {
+                latency.record(done??)?;
+            }
+            anyhow::Ok(latency)
+        });
+    }
+    let latency = merge(streams).await?;
+    Ok(Measurement {
+        records: args.records,
+        elapsed: started.elapsed(),
+        latency: Some(latency),
+    })
+}
+
+/// Reads `records` back with an rdkafka consumer in a new group, committing as a native client does.
+pub(super) async fn subscribe(
+    config: &KafkaConfig,
+    topic: &str,
+    records: usize,
+) -> Result<Measurement> {
+    let consumer: StreamConsumer = client(config)
+        .set("group.id", format!("bench-direct-{}", ulid::Ulid::new()))
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()
+        .context("creating the rdkafka consumer")?;
+    let started = Instant::now();
+    consumer.subscribe(&[topic])?;
+    let mut seen = 0;
+    while seen < records {
+        match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+            Ok(Ok(_)) => seen += 1,
+            Ok(Err(error)) => bail!("consuming: {error}"),
+            Err(_) => bail!("direct consumer stopped after {seen} of {records} records"),
+        }
+    }
+    Ok(Measurement {
+        records,
+        elapsed: started.elapsed(),
+        latency: None,
+    })
+}
