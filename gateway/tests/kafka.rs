@@ -60,19 +60,4 @@ macro_rules! conformance {
     )*};
 }
 
-conformance!(
-    offsets_are_dense_per_partition,
-    keyed_records_keep_order,
-    fetch_limits_and_range,
-    plain_readers_start_where_asked,
-    group_members_share_partitions,
-    sparse_acks_and_redelivery,
-    dropped_member_records_are_redelivered,
-    in_flight_window_pauses_delivery,
-    seek_and_commit,
-    patterns_follow_new_topics,
-    bad_requests_are_refused,
-    records_round_trip,
-    delete_topic_removes_everything,
-    concurrent_appends_are_all_acknowledged,
-);
+every_behaviour!(conformance);

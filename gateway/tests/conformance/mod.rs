@@ -15,6 +15,30 @@ use courier_gateway::{
     },
 };
 
+/// Calls `$runner!` with the name of every behaviour of the suite: each backend's test file defines
+/// the runner (how to set its log up) and gets one test per behaviour, so none can be forgotten.
+#[macro_export]
+macro_rules! every_behaviour {
+    ($runner:ident) => {
+        $runner!(
+            offsets_are_dense_per_partition,
+            keyed_records_keep_order,
+            fetch_limits_and_range,
+            plain_readers_start_where_asked,
+            group_members_share_partitions,
+            sparse_acks_and_redelivery,
+            dropped_member_records_are_redelivered,
+            in_flight_window_pauses_delivery,
+            seek_and_commit,
+            patterns_follow_new_topics,
+            bad_requests_are_refused,
+            records_round_trip,
+            delete_topic_removes_everything,
+            concurrent_appends_are_all_acknowledged,
+        );
+    };
+}
+
 /// Longest any single wait in the suite may take; tests fail rather than hang.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 

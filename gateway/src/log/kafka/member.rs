@@ -316,9 +316,18 @@ impl ConsumerContext for MemberContext {
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Err(error) = result {
             tracing::warn!(%error, "offset commit failed; the next commit retries it");
+            // Forget what was marked committed, so the next commit (periodic, on revocation or on
+            // leaving) sends these offsets again.
+            let mut held = self.state.held();
+            for element in offsets.elements() {
+                let partition = TopicPartition::new(element.topic(), element.partition());
+                if let Some(state) = held.get_mut(&partition) {
+                    state.committed = None;
+                }
+            }
         }
     }
 }
