@@ -162,7 +162,14 @@ impl Reader {
                         high,
                     });
                 }
-                Some(Err(error)) => break Err(Error::kafka("fetching")(error)),
+                Some(Err(error)) => {
+                    let error = Error::kafka("fetching")(error);
+                    // librdkafka reports lost connections as events and reconnects by itself.
+                    if !error.is_retryable() {
+                        break Err(error);
+                    }
+                    tracing::debug!(%error, "transient error while fetching");
+                }
             }
         };
         consumer.unassign().map_err(Error::kafka("fetching"))?;
