@@ -31,6 +31,13 @@ pub use self::kafka::Kafka;
 pub use self::types::*;
 use crate::Result;
 
+/// Now, in ms since the epoch: the timestamp of records appended without one.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
 /// Resolves once submitted records are durable, with where each landed, in submission order.
 pub type AppendReceipt = Pin<Box<dyn Future<Output = Result<Vec<Appended>>> + Send + 'static>>;
 

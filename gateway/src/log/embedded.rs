@@ -44,9 +44,6 @@ use crate::{
     config::{EmbeddedConfig, GroupsConfig, TopicsConfig},
 };
 
-/// Most partitions a topic may have.
-const MAX_PARTITIONS: u32 = 10_000;
-
 /// The embedded log. Cheap to clone; clones share one store.
 #[derive(Debug, Clone)]
 pub struct Embedded {
@@ -182,17 +179,7 @@ impl Embedded {
     }
 
     async fn create(&self, spec: TopicSpec) -> Result<Arc<Topic>> {
-        validate::topic_name(&spec.name)?;
-        let defaults = &self.shared.topics_config;
-        let partitions = spec
-            .partitions
-            .filter(|&p| p > 0)
-            .unwrap_or(defaults.default_partitions);
-        if partitions == 0 || partitions > MAX_PARTITIONS {
-            return Err(Error::InvalidRequest(format!(
-                "a topic has 1 to {MAX_PARTITIONS} partitions, not {partitions}"
-            )));
-        }
+        let settings = validate::topic_spec(&spec, &self.shared.topics_config)?;
         let _serial = self.shared.topic_admin.lock().await;
         if self.shared.topics.get(&spec.name).is_some() {
             return Err(Error::TopicExists { topic: spec.name });
@@ -206,15 +193,9 @@ impl Embedded {
             .unwrap_or(1) as u64;
         let topic_meta = TopicMeta {
             id,
-            partitions,
-            retention_ms: spec
-                .retention_ms
-                .unwrap_or(defaults.default_retention.as_millis() as i64)
-                .max(0),
-            retention_bytes: spec
-                .retention_bytes
-                .unwrap_or(defaults.default_retention_bytes as i64)
-                .max(0),
+            partitions: settings.partitions,
+            retention_ms: settings.retention_ms,
+            retention_bytes: settings.retention_bytes,
         };
         let encoded = serde_json::to_vec(&topic_meta).map_err(|error| Error::Corrupt {
             what: "topic metadata",
@@ -236,33 +217,30 @@ impl Embedded {
 
         let topic = Arc::new(Topic::load(&spec.name, topic_meta, keyspace, Vec::new())?);
         self.shared.topics.insert(topic.clone());
-        tracing::info!(topic = %spec.name, partitions, "topic created");
+        tracing::info!(topic = %spec.name, partitions = settings.partitions, "topic created");
         // New topics may match subscribers' patterns.
         let coordinator = self.shared.coordinator.clone();
         tokio::spawn(async move { coordinator.rebalance_all().await });
         Ok(topic)
     }
 
-    /// Where each record goes: explicit partition, else Kafka's key hash, else one partition per batch.
+    /// Pairs each record with its partition (see [`partitioner::choose`]).
     fn choose_partitions(
         topic: &Topic,
         records: Vec<NewRecord>,
     ) -> Result<Vec<(usize, NewRecord)>> {
-        let partitions = topic.partition_count();
-        let unkeyed = topic.round_robin.next_partition(partitions) as usize;
-        records
+        let partitions = partitioner::choose(
+            &topic.name,
+            &records,
+            topic.partition_count(),
+            &topic.round_robin,
+        )?;
+        // Partition numbers are checked or computed below the count, so they are never negative.
+        Ok(partitions
             .into_iter()
-            .map(|record| {
-                let partition = match (record.partition, &record.key) {
-                    (Some(partition), _) => {
-                        validate::partition(&topic.name, partition, partitions)?
-                    }
-                    (None, Some(key)) => partitioner::partition_for_key(key, partitions) as usize,
-                    (None, None) => unkeyed,
-                };
-                Ok((partition, record))
-            })
-            .collect()
+            .map(|partition| partition as usize)
+            .zip(records)
+            .collect())
     }
 
     fn partition_of(&self, partition: &TopicPartition) -> Result<(Arc<Topic>, usize)> {

@@ -23,7 +23,7 @@ mod reader;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -51,9 +51,6 @@ use crate::{
     Error, Result,
     config::{GroupsConfig, KafkaConfig, TopicsConfig},
 };
-
-/// Most partitions a topic created through the gateway may have.
-const MAX_PARTITIONS: u32 = 10_000;
 
 /// The Kafka backend. Cheap to clone; clones share one producer.
 #[derive(Debug, Clone)]
@@ -251,9 +248,9 @@ impl Shared {
 }
 
 impl Kafka {
-    /// The partition count of a topic, creating the topic when the policy allows.
+    /// The partition count of a topic, creating the topic when the policy allows. Callers have checked
+    /// the name.
     async fn partitions_or_create(&self, topic: &str) -> Result<u32> {
-        validate::topic_name(topic)?;
         let name = topic.to_owned();
         if let Some(count) = blocking(&self.shared, move |s| s.partition_count(&name)).await? {
             return Ok(count);
@@ -278,31 +275,37 @@ impl Kafka {
         }
     }
 
-    /// Chooses each record's partition: explicit, by key, or one round-robin partition per batch.
+    /// Chooses each record's partition (see [`partitioner::choose`]).
     fn partition_records(
         &self,
         topic: &str,
         records: &[NewRecord],
         count: u32,
     ) -> Result<Vec<i32>> {
-        let batch_partition = self.shared.round_robin.next_partition(count);
-        records
-            .iter()
-            .map(|record| match (record.partition, &record.key) {
-                (Some(partition), _) => {
-                    validate::partition(topic, partition, count).map(|_| partition)
-                }
-                (None, Some(key)) => Ok(partitioner::partition_for_key(key, count)),
-                (None, None) => Ok(batch_partition),
-            })
-            .collect()
+        partitioner::choose(topic, records, count, &self.shared.round_robin)
     }
-}
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+    /// Reads a topic's partition count from metadata (not the cache) until `settled` holds or
+    /// `request_timeout` passes; says whether it settled. Topic creation and deletion reach every
+    /// broker's metadata a moment after the admin request answers.
+    async fn await_metadata(
+        &self,
+        topic: &str,
+        settled: impl Fn(Option<u32>) -> bool,
+    ) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
+        loop {
+            self.shared.partition_counts.forget(topic);
+            let name = topic.to_owned();
+            if settled(blocking(&self.shared, move |s| s.partition_count(&name)).await?) {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// How long to wait before offering a record again when librdkafka's queue is full.
@@ -331,7 +334,7 @@ impl Log for Kafka {
 
         let mut deliveries = Vec::with_capacity(records.len());
         for (record, partition) in records.into_iter().zip(partitions) {
-            let timestamp = record.timestamp_ms.unwrap_or_else(now_ms);
+            let timestamp = record.timestamp_ms.unwrap_or_else(super::now_ms);
             let headers = codec::headers_of(&record, &self.shared.origin);
             loop {
                 let mut message = FutureRecord::<[u8], [u8]>::to(topic)
@@ -450,16 +453,10 @@ impl Log for Kafka {
                     members: members.len(),
                 });
             }
-            let mut list = TopicPartitionList::new();
-            for (partition, offset) in &offsets {
+            for (partition, _) in &offsets {
                 s.check_partition(partition)?;
-                list.add_partition_offset(
-                    &partition.topic,
-                    partition.partition,
-                    Offset::Offset(*offset),
-                )
-                .map_err(Error::kafka("committing offsets"))?;
             }
+            let list = codec::offset_list(&offsets).map_err(Error::kafka("committing offsets"))?;
             s.group_client(&group)?
                 .commit(&list, CommitMode::Sync)
                 .map_err(Error::kafka("committing offsets"))
@@ -469,26 +466,11 @@ impl Log for Kafka {
 
     async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
         self.shared.check_open()?;
-        validate::topic_name(&spec.name)?;
-        let partitions = spec
-            .partitions
-            .unwrap_or(self.shared.topics_config.default_partitions);
-        if partitions == 0 || partitions > MAX_PARTITIONS {
-            return Err(Error::InvalidRequest(format!(
-                "a topic has 1 to {MAX_PARTITIONS} partitions, not {partitions}"
-            )));
-        }
-        let retention_ms = spec
-            .retention_ms
-            .unwrap_or(self.shared.topics_config.default_retention.as_millis() as i64);
-        let retention_bytes = spec
-            .retention_bytes
-            .unwrap_or(self.shared.topics_config.default_retention_bytes as i64);
-        if retention_ms < 0 || retention_bytes < 0 {
-            return Err(Error::InvalidRequest(
-                "retention may not be negative (0 keeps records forever)".into(),
-            ));
-        }
+        let validate::TopicSettings {
+            partitions,
+            retention_ms,
+            retention_bytes,
+        } = validate::topic_spec(&spec, &self.shared.topics_config)?;
         // Kafka spells "unlimited" as -1.
         let kafka_ms = if retention_ms == 0 { -1 } else { retention_ms }.to_string();
         let kafka_bytes = if retention_bytes == 0 {
@@ -523,27 +505,17 @@ impl Log for Kafka {
                 }
             }
         }
-        // Topic creation reaches every broker's metadata a moment later; answer once it has.
-        let name = spec.name.clone();
-        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
-        loop {
-            self.shared.partition_counts.forget(&name);
-            let lookup = name.clone();
-            if blocking(&self.shared, move |s| s.partition_count(&lookup))
-                .await?
-                .is_some_and(|count| count == partitions)
-            {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::kafka(
-                    "waiting for a new topic to appear in metadata",
-                )(KafkaError::AdminOp(
-                    RDKafkaErrorCode::RequestTimedOut,
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if !self
+            .await_metadata(&spec.name, |count| count == Some(partitions))
+            .await?
+        {
+            return Err(Error::kafka(
+                "waiting for a new topic to appear in metadata",
+            )(KafkaError::AdminOp(
+                RDKafkaErrorCode::RequestTimedOut,
+            )));
         }
+        let name = spec.name;
         tracing::info!(topic = %name, partitions, "topic created");
         Ok(TopicDescription {
             name,
@@ -582,24 +554,8 @@ impl Log for Kafka {
                 }
             }
         }
-        // Deletion, like creation, reaches metadata a moment later.
-        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
-        loop {
-            let name = topic.to_owned();
-            let gone = blocking(&self.shared, move |s| {
-                metadata::read_partition_counts(
-                    s.producer.client(),
-                    Some(&name),
-                    s.config.request_timeout,
-                )
-            })
-            .await?
-            .is_empty();
-            if gone || tokio::time::Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // Answer once metadata shows it; a broker slower than that still deletes it.
+        self.await_metadata(topic, |count| count.is_none()).await?;
         self.shared.partition_counts.forget(topic);
         tracing::info!(topic, "topic deleted");
         Ok(())

@@ -3,6 +3,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::{NewRecord, validate};
+use crate::Result;
+
 /// Seed of Kafka's `Utils.murmur2`.
 const KAFKA_MURMUR2_SEED: u32 = 0x9747_b28c;
 
@@ -32,6 +35,27 @@ impl RoundRobin {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         (turn % partitions.max(1) as usize) as i32
     }
+}
+
+/// The partition of each record of one batch: its explicit partition (checked against `partitions`),
+/// else its key's, else one round-robin partition shared by the batch's unkeyed records.
+pub fn choose(
+    topic: &str,
+    records: &[NewRecord],
+    partitions: u32,
+    round_robin: &RoundRobin,
+) -> Result<Vec<i32>> {
+    let unkeyed = round_robin.next_partition(partitions);
+    records
+        .iter()
+        .map(|record| match (record.partition, &record.key) {
+            (Some(partition), _) => {
+                validate::partition(topic, partition, partitions).map(|_| partition)
+            }
+            (None, Some(key)) => Ok(partition_for_key(key, partitions)),
+            (None, None) => Ok(unkeyed),
+        })
+        .collect()
 }
 
 #[cfg(test)]

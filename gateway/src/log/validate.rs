@@ -3,8 +3,8 @@
 
 use ulid::Ulid;
 
-use super::{NewRecord, SubscribeOptions, TopicSelector};
-use crate::{Error, Result};
+use super::{NewRecord, SubscribeOptions, TopicSelector, TopicSpec};
+use crate::{Error, Result, config::TopicsConfig};
 
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
@@ -112,6 +112,47 @@ pub fn subscription(options: &SubscribeOptions) -> Result<()> {
     }
 }
 
+/// Most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 10_000;
+
+/// What a topic is created with, defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicSettings {
+    /// 1 to [`MAX_PARTITIONS`].
+    pub partitions: u32,
+    /// Retention by age in ms; 0 keeps forever.
+    pub retention_ms: i64,
+    /// Retention by bytes per partition; 0 is unlimited.
+    pub retention_bytes: i64,
+}
+
+/// Checks a topic to create (name, partition count, retention) and fills in the defaults.
+pub fn topic_spec(spec: &TopicSpec, defaults: &TopicsConfig) -> Result<TopicSettings> {
+    topic_name(&spec.name)?;
+    let partitions = spec.partitions.unwrap_or(defaults.default_partitions);
+    if partitions == 0 || partitions > MAX_PARTITIONS {
+        return Err(Error::InvalidRequest(format!(
+            "a topic has 1 to {MAX_PARTITIONS} partitions, not {partitions}"
+        )));
+    }
+    let retention_ms = spec
+        .retention_ms
+        .unwrap_or(defaults.default_retention.as_millis() as i64);
+    let retention_bytes = spec
+        .retention_bytes
+        .unwrap_or(defaults.default_retention_bytes as i64);
+    if retention_ms < 0 || retention_bytes < 0 {
+        return Err(Error::InvalidRequest(
+            "retention may not be negative (0 keeps records forever)".into(),
+        ));
+    }
+    Ok(TopicSettings {
+        partitions,
+        retention_ms,
+        retention_bytes,
+    })
+}
+
 /// Checks an explicit partition number against the topic's partition count.
 pub fn partition(topic: &str, partition: i32, partitions: u32) -> Result<usize> {
     usize::try_from(partition)
@@ -174,6 +215,24 @@ mod tests {
             stamp_records("t", &mut [], 10),
             Err(Error::InvalidRequest(_))
         ));
+    }
+
+    #[test]
+    fn topic_specs_get_defaults_and_bounds() {
+        let defaults = TopicsConfig::default();
+        let settings = topic_spec(&TopicSpec::named("t"), &defaults).expect("defaults are valid");
+        assert_eq!(settings.partitions, defaults.default_partitions);
+        for bad in [
+            TopicSpec::named("t").partitions(0),
+            TopicSpec::named("t").partitions(MAX_PARTITIONS + 1),
+            TopicSpec {
+                retention_ms: Some(-1),
+                ..TopicSpec::named("t")
+            },
+            TopicSpec::named("bad name"),
+        ] {
+            assert!(topic_spec(&bad, &defaults).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

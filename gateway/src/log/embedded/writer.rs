@@ -10,13 +10,13 @@ use std::{
     collections::HashMap,
     sync::{Arc, atomic::Ordering},
     thread,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use fjall::{Database, Keyspace, PersistMode};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
+    super::now_ms,
     store::{self, StoredRecord},
     topics::{Topic, Topics},
 };
@@ -348,13 +348,6 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 /// One storage failure answers many appends; fjall errors are not `Clone`, so each gets a description.

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rdkafka::{
-    Message,
+    Message, Offset, TopicPartitionList,
+    error::KafkaResult,
     message::{BorrowedMessage, Header as KafkaHeader, Headers, OwnedHeaders},
 };
 
@@ -64,6 +65,27 @@ pub(super) fn record_of(topic: &Arc<str>, message: &BorrowedMessage<'_>) -> Reco
         }
     }
     record
+}
+
+/// The partitions of a librdkafka list (offsets left out).
+pub(super) fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements()
+        .iter()
+        .map(|element| TopicPartition::new(element.topic(), element.partition()))
+        .collect()
+}
+
+/// Offsets to commit, as librdkafka takes them.
+pub(super) fn offset_list(offsets: &[(TopicPartition, i64)]) -> KafkaResult<TopicPartitionList> {
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        list.add_partition_offset(
+            &partition.topic,
+            partition.partition,
+            Offset::Offset(*offset),
+        )?;
+    }
+    Ok(list)
 }
 
 /// The Kafka `client.id` of a subscriber: it carries the protocol and the peer, so describe-group

@@ -101,6 +101,14 @@ struct Held {
     committed: Option<i64>,
 }
 
+impl Held {
+    /// The acknowledged prefix, if it moved since this member last committed.
+    fn commit_due(&self) -> Option<i64> {
+        let offset = self.tracker.committable();
+        (self.committed != Some(offset)).then_some(offset)
+    }
+}
+
 /// State shared by the consumer's callbacks, the member task and the control handle.
 struct MemberState {
     shared: Arc<Shared>,
@@ -208,11 +216,7 @@ impl MemberState {
     /// Lets partitions go: commits their acknowledged prefix first (unless the group already gave
     /// them to someone else), forgets their outstanding records and tells the subscriber. Blocks.
     fn revoke(&self, consumer: &impl Consumer<MemberContext>, list: &TopicPartitionList) {
-        let partitions: Vec<TopicPartition> = list
-            .elements()
-            .iter()
-            .map(|e| TopicPartition::new(e.topic(), e.partition()))
-            .collect();
+        let partitions = codec::partitions_of(list);
         let mut released = Vec::new();
         {
             let mut held = self.held();
@@ -227,8 +231,7 @@ impl MemberState {
         if self.group.is_some() && !consumer.assignment_lost() {
             let offsets: Vec<(TopicPartition, i64)> = released
                 .iter()
-                .filter(|(_, s)| s.committed != Some(s.tracker.committable()))
-                .map(|(p, s)| (p.clone(), s.tracker.committable()))
+                .filter_map(|(p, s)| Some((p.clone(), s.commit_due()?)))
                 .collect();
             if let Err(error) = commit(consumer, &offsets, CommitMode::Sync) {
                 tracing::warn!(%error, "committing revoked partitions");
@@ -249,8 +252,7 @@ impl MemberState {
     fn commit_due(&self) -> Vec<(TopicPartition, i64)> {
         self.held()
             .iter()
-            .filter(|(_, s)| s.committed != Some(s.tracker.committable()))
-            .map(|(p, s)| (p.clone(), s.tracker.committable()))
+            .filter_map(|(p, s)| Some((p.clone(), s.commit_due()?)))
             .collect()
     }
 
@@ -273,15 +275,7 @@ fn commit(
     if offsets.is_empty() {
         return Ok(());
     }
-    let mut list = TopicPartitionList::new();
-    for (partition, offset) in offsets {
-        list.add_partition_offset(
-            &partition.topic,
-            partition.partition,
-            Offset::Offset(*offset),
-        )?;
-    }
-    consumer.commit(&list, mode)
+    consumer.commit(&codec::offset_list(offsets)?, mode)
 }
 
 /// librdkafka's callbacks for one subscription. Rebalances are handled here, on the polling task, so
@@ -301,11 +295,7 @@ impl ConsumerContext for MemberContext {
     ) {
         match error {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let partitions: Vec<TopicPartition> = list
-                    .elements()
-                    .iter()
-                    .map(|e| TopicPartition::new(e.topic(), e.partition()))
-                    .collect();
+                let partitions = codec::partitions_of(list);
                 let starts = self.state.starting_offsets(consumer, &partitions);
                 self.state.assign(consumer, starts);
             }
@@ -322,8 +312,7 @@ impl ConsumerContext for MemberContext {
             // Forget what was marked committed, so the next commit (periodic, on revocation or on
             // leaving) sends these offsets again.
             let mut held = self.state.held();
-            for element in offsets.elements() {
-                let partition = TopicPartition::new(element.topic(), element.partition());
+            for partition in codec::partitions_of(offsets) {
                 if let Some(state) = held.get_mut(&partition) {
                     state.committed = None;
                 }
@@ -362,6 +351,21 @@ impl std::fmt::Debug for MemberControl {
     }
 }
 
+impl MemberControl {
+    /// Sends a command to the member task and waits for its answer; a task that is gone means the
+    /// subscription is closing.
+    async fn request(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<()>>) -> Command,
+    ) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+}
+
 #[async_trait]
 impl SubscriptionControl for MemberControl {
     fn ack(&self, partition: &TopicPartition, offset: i64) -> AckOutcome {
@@ -379,15 +383,12 @@ impl SubscriptionControl for MemberControl {
     }
 
     async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Seek {
-                partition: partition.clone(),
-                position,
-                reply,
-            })
-            .map_err(|_| Error::ShuttingDown)?;
-        answer.await.map_err(|_| Error::ShuttingDown)?
+        self.request(|reply| Command::Seek {
+            partition: partition.clone(),
+            position,
+            reply,
+        })
+        .await
     }
 
     fn outstanding(&self) -> usize {
@@ -395,11 +396,7 @@ impl SubscriptionControl for MemberControl {
     }
 
     async fn commit(&self) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Commit { reply })
-            .map_err(|_| Error::ShuttingDown)?;
-        answer.await.map_err(|_| Error::ShuttingDown)?
+        self.request(|reply| Command::Commit { reply }).await
     }
 
     async fn close(&self) -> Result<()> {
@@ -497,7 +494,12 @@ impl MemberTask {
                         closing = Some(reply);
                         break;
                     }
-                    Some(command) => self.handle(command).await,
+                    Some(Command::Seek { partition, position, reply }) => {
+                        let _ = reply.send(self.seek(partition, position).await);
+                    }
+                    Some(Command::Commit { reply }) => {
+                        let _ = reply.send(self.commit(CommitMode::Sync).await);
+                    }
                     None => break,
                 },
                 () = self.state.acked.notified() => {}
@@ -621,24 +623,6 @@ impl MemberTask {
         if !revoked.is_empty() {
             self.buffer
                 .retain(|record| !revoked.contains(&record.topic_partition()));
-        }
-    }
-
-    async fn handle(&mut self, command: Command) {
-        match command {
-            Command::Seek {
-                partition,
-                position,
-                reply,
-            } => {
-                let _ = reply.send(self.seek(partition, position).await);
-            }
-            Command::Commit { reply } => {
-                let _ = reply.send(self.commit(CommitMode::Sync).await);
-            }
-            Command::Close { reply } => {
-                let _ = reply.send(());
-            }
         }
     }
 
