@@ -305,40 +305,24 @@ async fn produce_direct(
     args: &BenchArgs,
     value: &Bytes,
 ) -> Result<Measurement> {
-    let started = Instant::now();
-    let mut streams = JoinSet::new();
-    for batches in batches_per_stream(args) {
+    measure_producers(args, |batches| {
         let (log, topic, value, pipeline) =
             (log.clone(), topic.to_owned(), value.clone(), args.pipeline);
-        streams.spawn(async move {
-            let mut latency = histogram()?;
-            let mut pending = JoinSet::new();
-            for size in batches {
-                if pending.len() >= pipeline
-                    && let Some(done) = pending.join_next().await
-                {
-                    latency.record(done??)?;
-                }
+        async move {
+            pipelined(batches, pipeline, |size| {
                 let records = (0..size)
                     .map(|_| NewRecord::with_value(value.clone()))
                     .collect();
-                let sent = Instant::now();
-                let receipt = log.submit(&topic, records).await?;
-                pending
-                    .spawn(async move { receipt.await.map(|_| sent.elapsed().as_micros() as u64) });
-            }
-            while let Some(done) = pending.join_next().await {
-                latency.record(done??)?;
-            }
-            anyhow::Ok(latency)
-        });
-    }
-    let latency = merge(streams).await?;
-    Ok(Measurement {
-        records: args.records,
-        elapsed: started.elapsed(),
-        latency: Some(latency),
+                let (log, topic) = (log.clone(), topic.clone());
+                async move {
+                    let receipt = log.submit(&topic, records).await?;
+                    anyhow::Ok(async move { receipt.await.map(drop).map_err(Into::into) })
+                }
+            })
+            .await
+        }
     })
+    .await
 }
 
 async fn produce_grpc(
@@ -347,16 +331,14 @@ async fn produce_grpc(
     args: &BenchArgs,
     value: &Bytes,
 ) -> Result<Measurement> {
-    let started = Instant::now();
-    let mut streams = JoinSet::new();
-    for batches in batches_per_stream(args) {
+    measure_producers(args, |batches| {
         let (mut client, topic, value) = (
             StreamsClient::new(channel.clone()),
             topic.to_owned(),
             value.clone(),
         );
         let window = Arc::new(Semaphore::new(args.pipeline));
-        streams.spawn(async move {
+        async move {
             let (requests, outbound) = mpsc::channel(batches.len().max(1));
             let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
             let mut responses = client
@@ -406,14 +388,9 @@ async fn produce_grpc(
             }
             sender.await??;
             anyhow::Ok(latency)
-        });
-    }
-    let latency = merge(streams).await?;
-    Ok(Measurement {
-        records: args.records,
-        elapsed: started.elapsed(),
-        latency: Some(latency),
+        }
     })
+    .await
 }
 
 async fn subscribe_direct(log: &Arc<dyn Log>, topic: &str, records: usize) -> Result<Measurement> {
@@ -498,10 +475,56 @@ async fn subscribe_grpc(channel: &Channel, topic: &str, records: usize) -> Resul
     })
 }
 
-pub(crate) async fn merge(mut streams: JoinSet<Result<Histogram<u64>>>) -> Result<Histogram<u64>> {
-    let mut merged = histogram()?;
-    while let Some(done) = streams.join_next().await {
-        merged.add(done.context("a benchmark stream panicked")??)?;
+/// Runs one producer per stream (each given its share of [`batches_per_stream`]) at once; the
+/// measurement spans them all and merges their ack latencies.
+pub(crate) async fn measure_producers<Fut>(
+    args: &BenchArgs,
+    mut producer: impl FnMut(Vec<usize>) -> Fut,
+) -> Result<Measurement>
+where
+    Fut: Future<Output = Result<Histogram<u64>>> + Send + 'static,
+{
+    let started = Instant::now();
+    let mut streams = JoinSet::new();
+    for batches in batches_per_stream(args) {
+        streams.spawn(producer(batches));
     }
-    Ok(merged)
+    let mut latency = histogram()?;
+    while let Some(done) = streams.join_next().await {
+        latency.add(done.context("a benchmark stream panicked")??)?;
+    }
+    Ok(Measurement {
+        records: args.records,
+        elapsed: started.elapsed(),
+        latency: Some(latency),
+    })
+}
+
+/// One producer stream that keeps `pipeline` batches in flight: `send(size)` queues a batch and
+/// returns what completes when it is acknowledged. Latency runs from `send` to that completion.
+pub(crate) async fn pipelined<Sent, Done>(
+    batches: Vec<usize>,
+    pipeline: usize,
+    mut send: impl FnMut(usize) -> Sent,
+) -> Result<Histogram<u64>>
+where
+    Sent: Future<Output = Result<Done>>,
+    Done: Future<Output = Result<()>> + Send + 'static,
+{
+    let mut latency = histogram()?;
+    let mut pending = JoinSet::new();
+    for size in batches {
+        if pending.len() >= pipeline
+            && let Some(done) = pending.join_next().await
+        {
+            latency.record(done??)?;
+        }
+        let sent = Instant::now();
+        let done = send(size).await?;
+        pending.spawn(async move { done.await.map(|()| sent.elapsed().as_micros() as u64) });
+    }
+    while let Some(done) = pending.join_next().await {
+        latency.record(done??)?;
+    }
+    Ok(latency)
 }

@@ -12,9 +12,8 @@ use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     producer::{FutureProducer, FutureRecord},
 };
-use tokio::task::JoinSet;
 
-use super::{BenchArgs, Measurement, batches_per_stream, histogram, merge};
+use super::{BenchArgs, Measurement, measure_producers, pipelined};
 
 /// The gateway's Kafka settings for a benchmark broker (one broker: one replica per topic).
 pub(super) fn config(bootstrap: &str, producer_properties: &[(String, String)]) -> KafkaConfig {
@@ -50,35 +49,19 @@ pub(super) async fn produce(
         .set("compression.codec", &config.compression)
         .create()
         .context("creating the rdkafka producer")?;
-    let started = Instant::now();
-    let mut streams = JoinSet::new();
-    for batches in batches_per_stream(args) {
-        let (producer, topic, value, pipeline) = (
-            producer.clone(),
-            topic.to_owned(),
-            value.clone(),
-            args.pipeline,
-        );
-        streams.spawn(async move {
-            let mut latency = histogram()?;
-            let mut pending = JoinSet::new();
-            for size in batches {
-                if pending.len() >= pipeline
-                    && let Some(done) = pending.join_next().await
-                {
-                    latency.record(done??)?;
-                }
-                let sent = Instant::now();
-                let mut deliveries = Vec::with_capacity(size);
-                for _ in 0..size {
-                    let record = FutureRecord::<(), [u8]>::to(&topic).payload(&value[..]);
-                    deliveries.push(
-                        producer
-                            .send_result(record)
-                            .map_err(|(error, _)| anyhow::anyhow!("queueing: {error}"))?,
-                    );
-                }
-                pending.spawn(async move {
+    measure_producers(args, |batches| {
+        let (producer, topic, value) = (producer.clone(), topic.to_owned(), value.clone());
+        pipelined(batches, args.pipeline, move |size| {
+            let queued = (0..size)
+                .map(|_| {
+                    producer
+                        .send_result(FutureRecord::<(), [u8]>::to(&topic).payload(&value[..]))
+                        .map_err(|(error, _)| anyhow::anyhow!("queueing: {error}"))
+                })
+                .collect::<Result<Vec<_>>>();
+            async move {
+                let deliveries = queued?;
+                anyhow::Ok(async move {
                     for delivery in deliveries {
                         match delivery.await {
                             Ok(Ok(_)) => {}
@@ -86,21 +69,12 @@ pub(super) async fn produce(
                             Err(_) => bail!("the producer went away"),
                         }
                     }
-                    anyhow::Ok(sent.elapsed().as_micros() as u64)
-                });
+                    Ok(())
+                })
             }
-            while let Some(done) = pending.join_next().await {
-                latency.record(done??)?;
-            }
-            anyhow::Ok(latency)
-        });
-    }
-    let latency = merge(streams).await?;
-    Ok(Measurement {
-        records: args.records,
-        elapsed: started.elapsed(),
-        latency: Some(latency),
+        })
     })
+    .await
 }
 
 /// Reads `records` back with an rdkafka consumer in a new group, committing as a native client does.

@@ -30,6 +30,20 @@ def generate(proto_dir, out_dir):
     return {name: importlib.import_module(f"courier.v1.{name}") for name in ("records_pb2", "streams_pb2", "streams_pb2_grpc", "admin_pb2", "admin_pb2_grpc")}
 
 
+def connect(server):
+    """A ready channel to the gateway (fails after DEADLINE)."""
+    import grpc
+
+    channel = grpc.insecure_channel(server)
+    grpc.channel_ready_future(channel).result(timeout=DEADLINE)
+    return channel
+
+
+def stubs(pb, channel):
+    """The Streams and Admin stubs on a channel."""
+    return pb["streams_pb2_grpc"].StreamsStub(channel), pb["admin_pb2_grpc"].AdminStub(channel)
+
+
 class Member:
     """One Subscribe stream: records arrive on a queue; acks go out through a request queue."""
 
@@ -100,10 +114,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as out_dir:
         pb = generate(args.proto, out_dir)
-        channel = grpc.insecure_channel(args.server)
-        grpc.channel_ready_future(channel).result(timeout=DEADLINE)
-        streams = pb["streams_pb2_grpc"].StreamsStub(channel)
-        admin = pb["admin_pb2_grpc"].AdminStub(channel)
+        channel = connect(args.server)
+        streams, admin = stubs(pb, channel)
 
         # Server reflection lists the public services.
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)

@@ -15,10 +15,9 @@ import argparse
 import tempfile
 import uuid
 
-import grpc
 from confluent_kafka import Consumer, Producer
 
-from grpc_client_test import DEADLINE, Member, generate
+from grpc_client_test import DEADLINE, Member, connect, generate, stubs
 
 COUNT = 60
 
@@ -119,10 +118,7 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out_dir:
         pb = generate(args.proto, out_dir)
-        channel = grpc.insecure_channel(args.server)
-        grpc.channel_ready_future(channel).result(timeout=DEADLINE)
-        streams = pb["streams_pb2_grpc"].StreamsStub(channel)
-        admin = pb["admin_pb2_grpc"].AdminStub(channel)
+        streams, admin = stubs(pb, connect(args.server))
         into_kafka = grpc_to_kafka(pb, streams, admin, args.bootstrap, args.region)
         out_of_kafka = kafka_to_grpc(pb, streams, args.bootstrap)
         print(f"interop: {into_kafka} gRPC->Kafka and {out_of_kafka} Kafka->gRPC records intact")
