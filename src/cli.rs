@@ -36,6 +36,11 @@ pub(crate) enum Command {
     },
     /// Measure throughput and ack latency (see BENCHMARKS.md).
     Bench(crate::bench::BenchArgs),
+    /// Print a line for mqtt.auth.users_file (`name:argon2-hash`); the password is read from stdin.
+    Passwd {
+        /// User name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -46,6 +51,9 @@ pub(crate) struct ServeArgs {
     /// Override grpc.listen.
     #[arg(long)]
     pub(crate) grpc_listen: Option<SocketAddr>,
+    /// Override mqtt.listen.
+    #[arg(long)]
+    pub(crate) mqtt_listen: Option<SocketAddr>,
     /// Override log.data_dir (embedded log).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,

@@ -36,6 +36,9 @@ pub(crate) struct Config {
     /// `[groups]`: consumer group behaviour.
     #[serde(default)]
     pub(crate) groups: GroupsConfig,
+    /// `[mqtt]`: the MQTT endpoint.
+    #[serde(default)]
+    pub(crate) mqtt: courier_mqtt::Config,
     /// `[shutdown]`: draining on SIGTERM.
     #[serde(default)]
     pub(crate) shutdown: ShutdownConfig,
@@ -49,6 +52,7 @@ impl Default for Config {
             log: BackendConfig::default(),
             topics: TopicsConfig::default(),
             groups: GroupsConfig::default(),
+            mqtt: courier_mqtt::Config::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -89,6 +93,9 @@ impl Config {
         if let Some(listen) = overrides.grpc_listen {
             figment = figment.merge(Serialized::default("grpc.listen", listen));
         }
+        if let Some(listen) = overrides.mqtt_listen {
+            figment = figment.merge(Serialized::default("mqtt.listen", listen));
+        }
         if let Some(data_dir) = &overrides.data_dir {
             figment = figment.merge(Serialized::default("log.data_dir", data_dir));
         }
@@ -112,7 +119,9 @@ fn defaults() -> Result<figment::value::Value, Box<figment::Error>> {
 const DEFAULT_FILE: &str = "courier.toml";
 
 /// Top-level keys, for filtering the environment.
-const SECTIONS: [&str; 6] = ["region", "grpc", "log", "topics", "groups", "shutdown"];
+const SECTIONS: [&str; 7] = [
+    "region", "grpc", "log", "topics", "groups", "mqtt", "shutdown",
+];
 
 /// Whether an environment key (after `COURIER_` and `__` splitting) names a key of this config. Figment
 /// filters before it lowercases, so the comparison ignores case.
@@ -128,6 +137,8 @@ fn is_config_key(key: &str) -> bool {
 pub(crate) struct Overrides {
     /// `--grpc-listen`.
     pub(crate) grpc_listen: Option<SocketAddr>,
+    /// `--mqtt-listen`.
+    pub(crate) mqtt_listen: Option<SocketAddr>,
     /// `--data-dir`.
     pub(crate) data_dir: Option<PathBuf>,
 }
@@ -208,11 +219,13 @@ mod tests {
         )?;
         let overrides = Overrides {
             grpc_listen: Some("127.0.0.1:7001".parse()?),
+            mqtt_listen: Some("127.0.0.1:7002".parse()?),
             data_dir: Some("/tmp/x".into()),
         };
         let config = Config::load(Some(&file), &overrides)?;
         assert_eq!(config.region, "eu");
         assert_eq!(config.grpc.listen.port(), 7001);
+        assert_eq!(config.mqtt.listen.port(), 7002);
         assert_eq!(config.topics.default_partitions, 5);
         let BackendConfig::Embedded(embedded) = &config.log else {
             return Err("the embedded log is the default".into());

@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod client;
 mod config;
+mod passwd;
 mod serve;
 
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => {
             let overrides = config::Overrides {
                 grpc_listen: args.grpc_listen,
+                mqtt_listen: args.mqtt_listen,
                 data_dir: args.data_dir.clone(),
             };
             match config::Config::load(args.config.as_deref(), &overrides) {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
             Command::Topics { server, command } => client::topics(server, command).await,
             Command::Groups { server, command } => client::groups(server, command).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Passwd { name } => passwd::print_line(&name),
         }
     });
     match result {

@@ -71,6 +71,23 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         .local_addr()
         .context("reading the gRPC listener's address")?;
 
+    let mqtt = if config.mqtt.enabled {
+        let server = courier_mqtt::Server::bind(log.clone(), config.mqtt.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "starting the MQTT endpoint on {} (mqtt.listen)",
+                    config.mqtt.listen
+                )
+            })?;
+        let address = server
+            .local_addr()
+            .context("reading the MQTT listener's address")?;
+        Some((server, address))
+    } else {
+        None
+    };
+
     let drain = root.child_token();
     let grpc = GrpcServer {
         log: log.clone(),
@@ -88,17 +105,28 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             result
         }
     });
+    let mut addresses = format!("grpc={grpc_address}");
+    if let Some((server, address)) = mqtt {
+        addresses.push_str(&format!(" mqtt={address}"));
+        let (drain, root) = (drain.clone(), root.clone());
+        tracker.spawn(async move {
+            if let Err(error) = server.serve(drain).await {
+                tracing::error!(%error, "MQTT server failed; stopping the gateway");
+                root.cancel();
+            }
+        });
+    }
     tracker.close();
 
     // The ready line: tests and operators wait for it; it names the bound addresses.
     println!(
-        "courier ready grpc={grpc_address} log={log_description} region={}",
+        "courier ready {addresses} log={log_description} region={}",
         config.region
     );
     std::io::stdout()
         .flush()
         .context("writing the ready line")?;
-    tracing::info!(%grpc_address, log = %log_description, "courier is serving");
+    tracing::info!(%addresses, log = %log_description, "courier is serving");
 
     tokio::select! {
         signal = shutdown_signal() => tracing::info!(signal = signal?, "draining"),

@@ -35,6 +35,7 @@ impl Admin for AdminService {
             partitions: (request.partitions > 0).then_some(request.partitions),
             retention_ms: request.retention_ms,
             retention_bytes: request.retention_bytes,
+            compacted: false,
         };
         Ok(Response::new(topic_to_wire(
             self.log.create_topic(spec).await?,

@@ -485,7 +485,11 @@ impl Log for Kafka {
             TopicReplication::Fixed(self.shared.config.replication_factor),
         )
         .set("retention.ms", &kafka_ms)
-        .set("retention.bytes", &kafka_bytes);
+        .set("retention.bytes", &kafka_bytes)
+        .set(
+            "cleanup.policy",
+            if spec.compacted { "compact" } else { "delete" },
+        );
         let results = self
             .shared
             .admin

@@ -245,6 +245,9 @@ pub struct TopicSpec {
     pub retention_ms: Option<i64>,
     /// Retention by bytes per partition; `None` uses the default, `Some(0)` is unlimited.
     pub retention_bytes: Option<i64>,
+    /// Keep the latest record of each key (Kafka `cleanup.policy=compact`). Retention then defaults to
+    /// unlimited. The embedded log keeps every record of a compacted topic; readers take the latest.
+    pub compacted: bool,
 }
 
 impl TopicSpec {
@@ -255,7 +258,14 @@ impl TopicSpec {
             partitions: None,
             retention_ms: None,
             retention_bytes: None,
+            compacted: false,
         }
+    }
+
+    /// Makes the topic compacted (see [`TopicSpec::compacted`]).
+    pub fn compacted(mut self) -> Self {
+        self.compacted = true;
+        self
     }
 
     /// Sets the partition count.

@@ -135,12 +135,18 @@ pub fn topic_spec(spec: &TopicSpec, defaults: &TopicsConfig) -> Result<TopicSett
             "a topic has 1 to {MAX_PARTITIONS} partitions, not {partitions}"
         )));
     }
-    let retention_ms = spec
-        .retention_ms
-        .unwrap_or(defaults.default_retention.as_millis() as i64);
-    let retention_bytes = spec
-        .retention_bytes
-        .unwrap_or(defaults.default_retention_bytes as i64);
+    // A compacted topic keeps the latest record of every key: deleting by age or size by default would
+    // drop keys that were simply not rewritten lately (a retained message, a session).
+    let (default_ms, default_bytes) = if spec.compacted {
+        (0, 0)
+    } else {
+        (
+            defaults.default_retention.as_millis() as i64,
+            defaults.default_retention_bytes as i64,
+        )
+    };
+    let retention_ms = spec.retention_ms.unwrap_or(default_ms);
+    let retention_bytes = spec.retention_bytes.unwrap_or(default_bytes);
     if retention_ms < 0 || retention_bytes < 0 {
         return Err(Error::InvalidRequest(
             "retention may not be negative (0 keeps records forever)".into(),

@@ -1,0 +1,104 @@
+//! What every MQTT connection of this replica shares: the Log, config, routes, users, session and
+//! retained-message stores, and the registry of live connections.
+
+use std::sync::Arc;
+
+use courier_gateway::log::{Log, TopicSpec};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::Auth,
+    config::Config,
+    error::{Error, Result},
+    mapping::Routes,
+    registry::Registry,
+    retained::RetainedStore,
+    sessions::{self, SessionStore},
+    view::View,
+};
+
+/// Shared state of the MQTT endpoint.
+#[derive(Debug)]
+pub struct Bridge {
+    /// Where messages are stored.
+    pub log: Arc<dyn Log>,
+    /// The `[mqtt]` section.
+    pub config: Config,
+    /// MQTT topic → Kafka topic.
+    pub routes: Routes,
+    /// Credentials.
+    pub auth: Auth,
+    /// Session records.
+    pub sessions: SessionStore,
+    /// Retained messages.
+    pub retained: RetainedStore,
+    /// Live connections here, for takeover.
+    pub registry: Arc<Registry>,
+}
+
+impl Bridge {
+    /// Checks the config, creates the bridge's topics if missing, and starts following the session and
+    /// retained-message topics. Background readers stop when `cancel` fires.
+    pub async fn start(
+        log: Arc<dyn Log>,
+        config: Config,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Self>> {
+        let routes = Routes::new(config.routes.clone(), config.messages_topic.clone())
+            .map_err(Error::Config)?;
+        let auth = Auth::load(&config.auth)?;
+
+        let mut topics = vec![TopicSpec::named(&config.messages_topic)];
+        topics.extend(
+            config
+                .routes
+                .iter()
+                .map(|route| TopicSpec::named(&route.topic)),
+        );
+        topics.push(TopicSpec::named(&config.retained_topic).compacted());
+        topics.push(TopicSpec::named(&config.sessions_topic).compacted());
+        for spec in topics {
+            match log.create_topic(spec).await {
+                Ok(_) | Err(courier_gateway::Error::TopicExists { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+
+        let registry = Arc::new(Registry::default());
+        let session_view = View::start(
+            log.clone(),
+            &config.sessions_topic,
+            Box::new({
+                let registry = registry.clone();
+                move |client_id, record| {
+                    let Some(record) = record else { return };
+                    let Some(value) = &record.value else { return };
+                    match sessions::decode(client_id, value) {
+                        Ok(session) => {
+                            registry.on_record(client_id, &session.connection, record.offset)
+                        }
+                        Err(error) => tracing::warn!(%error, "skipping a session record"),
+                    }
+                }
+            }),
+            cancel.clone(),
+        )
+        .await?;
+        let retained_view = View::start(
+            log.clone(),
+            &config.retained_topic,
+            Box::new(|_, _| {}),
+            cancel,
+        )
+        .await?;
+        Ok(Arc::new(Self {
+            sessions: SessionStore::new(log.clone(), config.sessions_topic.clone(), session_view),
+            retained: RetainedStore::new(log.clone(), config.retained_topic.clone(), retained_view),
+            log,
+            routes,
+            auth,
+            registry,
+            config,
+        }))
+    }
+}

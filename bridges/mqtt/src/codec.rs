@@ -1,0 +1,338 @@
+//! Bytes <-> MQTT packets, with rumqttd's codecs (v4 = MQTT 3.1.1, v5 = MQTT 5). No I/O.
+//!
+//! The first packet decides the version: the codec reads the protocol level of CONNECT before handing
+//! the bytes to rumqttd. rumqttd keeps a PUBLISH's QoS, packet id and DUP flag private to its crate, so
+//! the codec reads them from the frame's header itself ([`PublishHeader`]) and builds outgoing
+//! PUBLISH packets through rumqttd's own byte form ([`outgoing_publish`]).
+
+use bytes::{BufMut, BytesMut};
+use rumqttd::protocol::{self as wire, Packet, Protocol, Publish, QoS, v4::V4, v5::V5};
+
+use crate::error::{Error, Result};
+
+/// The MQTT version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// MQTT 3.1.1 (protocol level 4).
+    V4,
+    /// MQTT 5.
+    V5,
+}
+
+/// A decoded packet. For PUBLISH, also the header fields rumqttd does not expose.
+#[derive(Debug)]
+pub struct Frame {
+    /// The packet.
+    pub packet: Packet,
+    /// QoS, packet id and DUP of a PUBLISH; `None` for other packets.
+    pub publish: Option<PublishHeader>,
+}
+
+/// The header fields of a PUBLISH that rumqttd keeps to itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishHeader {
+    /// Quality of service.
+    pub qos: QoS,
+    /// Packet identifier (0 for QoS 0).
+    pub pkid: u16,
+    /// Set on a retransmission.
+    pub dup: bool,
+}
+
+/// One connection's packet codec.
+#[derive(Debug)]
+pub struct Codec {
+    version: Option<Version>,
+    max_packet_size: usize,
+}
+
+const CONNECT: u8 = 1;
+const PUBLISH: u8 = 3;
+/// CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT.
+const CLIENT_PACKETS: [u8; 10] = [1, 3, 4, 5, 6, 7, 8, 10, 12, 14];
+
+impl Codec {
+    /// A codec that learns its version from the first packet (CONNECT).
+    pub fn new(max_packet_size: usize) -> Self {
+        Self {
+            version: None,
+            max_packet_size,
+        }
+    }
+
+    /// A codec of a known version (for tests and fuzzing past CONNECT).
+    pub fn with_version(version: Version, max_packet_size: usize) -> Self {
+        Self {
+            version: Some(version),
+            max_packet_size,
+        }
+    }
+
+    /// The version learnt from CONNECT, if any yet.
+    pub fn version(&self) -> Option<Version> {
+        self.version
+    }
+
+    /// Sets the largest packet accepted.
+    pub fn set_max_packet_size(&mut self, max_packet_size: usize) {
+        self.max_packet_size = max_packet_size;
+    }
+
+    /// Decodes the next packet from `buffer`, consuming its bytes. `Ok(None)`: more bytes are needed.
+    pub fn decode(&mut self, buffer: &mut BytesMut) -> Result<Option<Frame>> {
+        let Some((header_len, remaining)) = fixed_header(buffer)? else {
+            return Ok(None);
+        };
+        if remaining > self.max_packet_size {
+            return Err(Error::PacketTooLarge {
+                size: remaining,
+                limit: self.max_packet_size,
+            });
+        }
+        let frame_len = header_len + remaining;
+        if buffer.len() < frame_len {
+            buffer.reserve(frame_len - buffer.len());
+            return Ok(None);
+        }
+        let kind = buffer[0] >> 4;
+        // Only packets a client may send reach rumqttd: its v5 reader panics on CONNACK and UNSUBACK
+        // (found by the property test below), and a server never receives those anyway.
+        if !CLIENT_PACKETS.contains(&kind) {
+            return Err(Error::Protocol(format!(
+                "packet type {kind} is not one a client sends"
+            )));
+        }
+        let version = match self.version {
+            Some(version) => version,
+            None if kind != CONNECT => {
+                return Err(Error::Protocol(
+                    "the first packet of a connection must be CONNECT".into(),
+                ));
+            }
+            None => {
+                let version = match protocol_level(&buffer[header_len..frame_len])? {
+                    4 => Version::V4,
+                    5 => Version::V5,
+                    level => return Err(Error::UnsupportedProtocol(level)),
+                };
+                self.version = Some(version);
+                version
+            }
+        };
+        let publish = if kind == PUBLISH {
+            Some(publish_header(&buffer[..frame_len], header_len)?)
+        } else {
+            None
+        };
+        let packet = match version {
+            Version::V4 => V4.read_mut(buffer, self.max_packet_size),
+            Version::V5 => V5.read_mut(buffer, self.max_packet_size),
+        }
+        .map_err(Error::Malformed)?;
+        Ok(Some(Frame { packet, publish }))
+    }
+
+    /// Encodes a packet. Before CONNECT is known (refusing an unsupported version) 3.1.1 is used, whose
+    /// CONNACK older clients also read. MQTT 3.1.1 has no properties: they are dropped.
+    pub fn encode(&self, packet: Packet, out: &mut BytesMut) -> Result<()> {
+        match self.version.unwrap_or(Version::V4) {
+            Version::V4 => V4.write(without_properties(packet), out),
+            Version::V5 => V5.write(packet, out),
+        }
+        .map(drop)
+        .map_err(Error::Malformed)
+    }
+}
+
+/// Builds a PUBLISH to send. rumqttd only lets its own crate set QoS, packet id and DUP, so the packet
+/// is built from the byte form its `Publish::deserialize` reads: flags, packet id, topic, payload.
+pub fn outgoing_publish(topic: &str, payload: &[u8], qos: QoS, pkid: u16, retain: bool) -> Publish {
+    let mut raw = BytesMut::with_capacity(5 + topic.len() + payload.len());
+    raw.put_u8(0b0011_0000 | ((qos as u8) << 1) | u8::from(retain));
+    raw.put_u16(pkid);
+    // Callers pass MQTT topic names, which mapping limits to u16::MAX bytes.
+    raw.put_u16(u16::try_from(topic.len()).unwrap_or(u16::MAX));
+    raw.put_slice(topic.as_bytes());
+    raw.put_slice(payload);
+    Publish::deserialize(raw.freeze())
+}
+
+/// The fixed header's length and the remaining length, or `None` if more bytes are needed.
+fn fixed_header(buffer: &[u8]) -> Result<Option<(usize, usize)>> {
+    let mut remaining = 0usize;
+    for (index, byte) in buffer.iter().skip(1).take(4).enumerate() {
+        remaining |= usize::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            return Ok(Some((index + 2, remaining)));
+        }
+    }
+    if buffer.len() >= 5 {
+        return Err(Error::Malformed(wire::Error::MalformedRemainingLength));
+    }
+    Ok(None)
+}
+
+/// The protocol level in a CONNECT's variable header (after the protocol name).
+fn protocol_level(body: &[u8]) -> Result<u8> {
+    let malformed = || Error::Malformed(wire::Error::MalformedPacket);
+    let name_len = usize::from(u16::from_be_bytes([
+        *body.first().ok_or_else(malformed)?,
+        *body.get(1).ok_or_else(malformed)?,
+    ]));
+    body.get(2 + name_len).copied().ok_or_else(malformed)
+}
+
+/// QoS, DUP and packet id of a whole PUBLISH frame.
+fn publish_header(frame: &[u8], header_len: usize) -> Result<PublishHeader> {
+    let flags = frame[0];
+    let qos = wire::qos((flags >> 1) & 0b11).ok_or(Error::Malformed(wire::Error::InvalidQoS(3)))?;
+    let dup = flags & 0b1000 != 0;
+    let pkid = if qos == QoS::AtMostOnce {
+        0
+    } else {
+        let malformed = || Error::Malformed(wire::Error::MalformedPacket);
+        let topic_len = usize::from(u16::from_be_bytes([
+            *frame.get(header_len).ok_or_else(malformed)?,
+            *frame.get(header_len + 1).ok_or_else(malformed)?,
+        ]));
+        let at = header_len + 2 + topic_len;
+        u16::from_be_bytes([
+            *frame.get(at).ok_or_else(malformed)?,
+            *frame.get(at + 1).ok_or_else(malformed)?,
+        ])
+    };
+    Ok(PublishHeader { qos, pkid, dup })
+}
+
+/// The same packet without MQTT 5 properties, which rumqttd's v4 writer does not accept.
+fn without_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::Connect(connect, _, will, _, login) => {
+            Packet::Connect(connect, None, will, None, login)
+        }
+        Packet::ConnAck(connack, _) => Packet::ConnAck(connack, None),
+        Packet::Publish(publish, _) => Packet::Publish(publish, None),
+        Packet::PubAck(puback, _) => Packet::PubAck(puback, None),
+        Packet::Subscribe(subscribe, _) => Packet::Subscribe(subscribe, None),
+        Packet::SubAck(suback, _) => Packet::SubAck(suback, None),
+        Packet::PubRec(pubrec, _) => Packet::PubRec(pubrec, None),
+        Packet::PubRel(pubrel, _) => Packet::PubRel(pubrel, None),
+        Packet::PubComp(pubcomp, _) => Packet::PubComp(pubcomp, None),
+        Packet::Unsubscribe(unsubscribe, _) => Packet::Unsubscribe(unsubscribe, None),
+        Packet::UnsubAck(unsuback, _) => Packet::UnsubAck(unsuback, None),
+        Packet::Disconnect(disconnect, _) => Packet::Disconnect(disconnect, None),
+        other @ (Packet::PingReq(_) | Packet::PingResp(_)) => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use rumqttd::protocol::PublishProperties;
+
+    use super::*;
+
+    /// CONNECT of mosquitto_pub -V mqttv311 -i c1 (captured), then a QoS 1 PUBLISH.
+    const CONNECT_V4: &[u8] = b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c1";
+    const PUBLISH_QOS1: &[u8] = b"\x32\x0a\x00\x03a/b\x00\x07hey";
+
+    #[test]
+    fn reads_the_version_from_connect_then_publish_header() {
+        let mut codec = Codec::new(1024);
+        let mut buffer = BytesMut::from(&[CONNECT_V4, PUBLISH_QOS1].concat()[..]);
+        let connect = codec.decode(&mut buffer).unwrap().unwrap();
+        assert!(matches!(connect.packet, Packet::Connect(..)));
+        assert_eq!(codec.version(), Some(Version::V4));
+        let publish = codec.decode(&mut buffer).unwrap().unwrap();
+        assert_eq!(
+            publish.publish,
+            Some(PublishHeader {
+                qos: QoS::AtLeastOnce,
+                pkid: 7,
+                dup: false
+            })
+        );
+        let Packet::Publish(publish, _) = publish.packet else {
+            panic!("not a publish")
+        };
+        assert_eq!(&publish.topic[..], b"a/b");
+        assert_eq!(&publish.payload[..], b"hey");
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn partial_frames_need_more_bytes() {
+        let mut codec = Codec::new(1024);
+        for cut in 0..CONNECT_V4.len() {
+            let mut buffer = BytesMut::from(&CONNECT_V4[..cut]);
+            assert!(codec.decode(&mut buffer).unwrap().is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn refuses_publish_before_connect_oversize_and_old_versions() {
+        let mut codec = Codec::new(1024);
+        let mut buffer = BytesMut::from(PUBLISH_QOS1);
+        assert!(matches!(codec.decode(&mut buffer), Err(Error::Protocol(_))));
+        let mut codec = Codec::new(4);
+        let mut buffer = BytesMut::from(CONNECT_V4);
+        assert!(matches!(
+            codec.decode(&mut buffer),
+            Err(Error::PacketTooLarge { size: 14, limit: 4 })
+        ));
+        let mut codec = Codec::new(1024);
+        let mut buffer = BytesMut::from(&b"\x10\x10\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x02c1"[..]);
+        assert!(matches!(
+            codec.decode(&mut buffer),
+            Err(Error::UnsupportedProtocol(3))
+        ));
+    }
+
+    #[test]
+    fn outgoing_publish_round_trips_in_both_versions() {
+        for version in [Version::V4, Version::V5] {
+            let mut codec = Codec::with_version(version, 1024);
+            let publish = outgoing_publish("x/y", b"payload", QoS::ExactlyOnce, 513, true);
+            let properties = (version == Version::V5).then(|| PublishProperties {
+                user_properties: vec![("k".into(), "v".into())],
+                ..PublishProperties::default()
+            });
+            let mut buffer = BytesMut::new();
+            codec
+                .encode(Packet::Publish(publish, properties.clone()), &mut buffer)
+                .unwrap();
+            let frame = codec.decode(&mut buffer).unwrap().unwrap();
+            assert_eq!(
+                frame.publish,
+                Some(PublishHeader {
+                    qos: QoS::ExactlyOnce,
+                    pkid: 513,
+                    dup: false
+                })
+            );
+            let Packet::Publish(publish, decoded_properties) = frame.packet else {
+                panic!("not a publish")
+            };
+            assert!(publish.retain);
+            assert_eq!(publish.topic, Bytes::from_static(b"x/y"));
+            assert_eq!(publish.payload, Bytes::from_static(b"payload"));
+            assert_eq!(decoded_properties, properties);
+        }
+    }
+
+    proptest! {
+        /// Whatever arrives, decoding answers a packet, "need more bytes" or an error; it never panics
+        /// and never loops without consuming.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), v5 in any::<bool>()) {
+            let version = if v5 { Version::V5 } else { Version::V4 };
+            let mut codec = Codec::with_version(version, 256);
+            let mut buffer = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = codec.decode(&mut buffer) {}
+            let mut codec = Codec::new(256);
+            let mut buffer = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = codec.decode(&mut buffer) {}
+        }
+    }
+}

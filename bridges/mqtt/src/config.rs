@@ -1,0 +1,154 @@
+//! `[mqtt]`: the MQTT listener, its limits, topic routes and authentication.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// The MQTT endpoint's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Serve MQTT at all.
+    #[serde(default = "Config::default_enabled")]
+    pub enabled: bool,
+    /// Address of the MQTT-over-TCP listener (port 0 picks a free port; the ready line names it).
+    #[serde(default = "Config::default_listen")]
+    pub listen: SocketAddr,
+    /// Address of the MQTT-over-WebSocket listener (subprotocol `mqtt`); unset serves no WebSocket.
+    #[serde(default)]
+    pub websocket_listen: Option<SocketAddr>,
+    /// Largest MQTT packet accepted, in bytes (MQTT 5 clients are told in CONNACK).
+    #[serde(default = "Config::default_max_packet_size")]
+    pub max_packet_size: u32,
+    /// QoS 1 and 2 publishes a client may have unacknowledged at once (MQTT 5 receive maximum). The
+    /// gateway stops reading a connection that has this many appends in flight.
+    #[serde(default = "Config::default_receive_maximum")]
+    pub receive_maximum: u16,
+    /// Messages the gateway sends a client before it must acknowledge them, when the client names no
+    /// receive maximum of its own (MQTT 3.1.1 has none).
+    #[serde(default = "Config::default_max_inflight")]
+    pub max_inflight: u16,
+    /// Highest topic alias an MQTT 5 client may use; 0 turns aliases off.
+    #[serde(default = "Config::default_topic_alias_maximum")]
+    pub topic_alias_maximum: u16,
+    /// Longest a persistent session is kept after its client left; 0 keeps it forever. MQTT 5 clients
+    /// asking for more are told the shorter interval.
+    #[serde(
+        default = "Config::default_max_session_expiry",
+        with = "humantime_serde"
+    )]
+    pub max_session_expiry: Duration,
+    /// How long a connection may take to send CONNECT.
+    #[serde(default = "Config::default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Kafka topic of MQTT messages no route names.
+    #[serde(default = "Config::default_messages_topic")]
+    pub messages_topic: String,
+    /// Compacted Kafka topic of retained messages, keyed by MQTT topic.
+    #[serde(default = "Config::default_retained_topic")]
+    pub retained_topic: String,
+    /// Compacted Kafka topic of session records, keyed by client id.
+    #[serde(default = "Config::default_sessions_topic")]
+    pub sessions_topic: String,
+    /// Routes from MQTT topic filters to Kafka topics, first match wins (`[[mqtt.routes]]`).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// `[mqtt.auth]`: who may connect.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            enabled: Self::default_enabled(),
+            listen: Self::default_listen(),
+            websocket_listen: None,
+            max_packet_size: Self::default_max_packet_size(),
+            receive_maximum: Self::default_receive_maximum(),
+            max_inflight: Self::default_max_inflight(),
+            topic_alias_maximum: Self::default_topic_alias_maximum(),
+            max_session_expiry: Self::default_max_session_expiry(),
+            connect_timeout: Self::default_connect_timeout(),
+            messages_topic: Self::default_messages_topic(),
+            retained_topic: Self::default_retained_topic(),
+            sessions_topic: Self::default_sessions_topic(),
+            routes: Vec::new(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    fn default_enabled() -> bool {
+        true
+    }
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 1883))
+    }
+    fn default_max_packet_size() -> u32 {
+        1 << 20
+    }
+    fn default_receive_maximum() -> u16 {
+        256
+    }
+    fn default_max_inflight() -> u16 {
+        100
+    }
+    fn default_topic_alias_maximum() -> u16 {
+        64
+    }
+    fn default_max_session_expiry() -> Duration {
+        Duration::from_secs(7 * 24 * 3600)
+    }
+    fn default_connect_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_messages_topic() -> String {
+        "mqtt.messages".into()
+    }
+    fn default_retained_topic() -> String {
+        "mqtt.retained".into()
+    }
+    fn default_sessions_topic() -> String {
+        "mqtt.sessions".into()
+    }
+}
+
+/// One route: MQTT messages whose topic matches `filter` go to Kafka topic `topic`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// MQTT topic filter (`+` and `#` allowed), e.g. `sensors/+/temperature`.
+    pub filter: String,
+    /// Kafka topic the matching messages are written to and read from.
+    pub topic: String,
+}
+
+/// `[mqtt.auth]`: username/password checking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Let clients connect without a username.
+    #[serde(default = "AuthConfig::default_allow_anonymous")]
+    pub allow_anonymous: bool,
+    /// File of users, one `name:PHC-hash` per line (argon2; `courier passwd NAME` prints one). Unset: no
+    /// client may present a username.
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: Self::default_allow_anonymous(),
+            users_file: None,
+        }
+    }
+}
+
+impl AuthConfig {
+    fn default_allow_anonymous() -> bool {
+        true
+    }
+}

@@ -1,0 +1,83 @@
+//! Framed reading and writing of MQTT packets over a byte stream (TCP or a WebSocket adapted to one).
+
+use bytes::BytesMut;
+use rumqttd::protocol::Packet;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::{
+    codec::{Codec, Frame, Version},
+    error::Result,
+};
+
+/// Initial read buffer: most MQTT packets are small.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// One client's byte stream with its codec and buffers.
+#[derive(Debug)]
+pub struct Connection<S> {
+    stream: S,
+    codec: Codec,
+    read_buffer: BytesMut,
+    write_buffer: BytesMut,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Wraps a stream; packets may be up to `max_packet_size` bytes.
+    pub fn new(stream: S, max_packet_size: usize) -> Self {
+        Self {
+            stream,
+            codec: Codec::new(max_packet_size),
+            read_buffer: BytesMut::with_capacity(READ_BUFFER),
+            write_buffer: BytesMut::with_capacity(READ_BUFFER),
+        }
+    }
+
+    /// The version learnt from CONNECT.
+    pub fn version(&self) -> Option<Version> {
+        self.codec.version()
+    }
+
+    /// The next packet; `None` when the peer closed the stream between packets.
+    ///
+    /// Cancel-safe: bytes read so far stay buffered, so it can be a `select!` branch.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>> {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.read_buffer)? {
+                return Ok(Some(frame));
+            }
+            if self.stream.read_buf(&mut self.read_buffer).await? == 0 {
+                if self.read_buffer.is_empty() {
+                    return Ok(None);
+                }
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+    }
+
+    /// Encodes a packet into the write buffer; [`Connection::flush`] sends it.
+    pub fn queue(&mut self, packet: Packet) -> Result<()> {
+        self.codec.encode(packet, &mut self.write_buffer)
+    }
+
+    /// Bytes queued and not yet sent.
+    pub fn queued_bytes(&self) -> usize {
+        self.write_buffer.len()
+    }
+
+    /// Sends everything queued.
+    pub async fn flush(&mut self) -> Result<()> {
+        if !self.write_buffer.is_empty() {
+            self.stream.write_all(&self.write_buffer).await?;
+            self.write_buffer.clear();
+            self.stream.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is queued and closes the stream's write side.
+    pub async fn close(&mut self) -> Result<()> {
+        self.flush().await?;
+        self.stream.shutdown().await?;
+        Ok(())
+    }
+}

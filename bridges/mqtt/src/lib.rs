@@ -1,0 +1,33 @@
+//! Courier's MQTT endpoint: MQTT 3.1.1 and 5 clients publish into and subscribe out of the
+//! [`Log`](courier_gateway::log::Log), with MQTT's guarantees kept end to end.
+//!
+//! Architecture: the `courier` binary builds a [`Server`] over the shared Log. Every connection runs a
+//! [`session`] over a [`connection`] (framed bytes, [`codec`] from rumqttd's v4/v5 codecs). How MQTT
+//! concepts become Kafka topics, keys, headers and groups is in [`mapping`]. State that must survive a
+//! replica (sessions, retained messages) lives in compacted topics, read by every replica through a
+//! [`view`]; the [`registry`] fences one live connection per client id.
+//!
+//! Modules:
+//! - [`config`]: `[mqtt]`; [`error`]: the error type and reason codes;
+//! - [`codec`], [`connection`]: bytes ↔ packets ↔ socket;
+//! - [`server`]: listeners, accept loops, limits; [`session`]: one client's state machine;
+//! - [`mapping`]: MQTT ↔ Log; [`auth`]: users and passwords;
+//! - [`bridge`]: state shared by connections; [`sessions`], [`retained`], [`view`], [`registry`].
+
+pub mod auth;
+pub mod bridge;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod mapping;
+pub mod registry;
+pub mod retained;
+pub mod server;
+pub mod session;
+pub mod sessions;
+pub mod view;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use server::Server;

@@ -1,0 +1,178 @@
+//! Live connections by client id, and the fence that keeps one connection per client id.
+//!
+//! Every connect writes a session record before CONNACK; records of one client id share a partition of
+//! `mqtt.sessions`, so their offsets order the connections. A connection is taken over when a record
+//! with a higher offset names another connection, whether that connection is on this replica
+//! ([`Registry::register`]) or on another one (the session view calls [`Registry::on_record`]).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use tokio_util::sync::CancellationToken;
+
+/// The live connections of this replica.
+#[derive(Debug, Default)]
+pub struct Registry {
+    live: Mutex<HashMap<String, Live>>,
+    /// QoS 2 packet ids awaiting release, kept between connections of a persistent session here.
+    parked: Mutex<HashMap<String, Parked>>,
+}
+
+#[derive(Debug)]
+struct Live {
+    connection: String,
+    offset: i64,
+    taken_over: CancellationToken,
+    finished: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Parked {
+    session: String,
+    awaiting_release: Vec<u16>,
+}
+
+/// A connection's place in the registry; leaving it (drop) tells a waiting successor it is done.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<Registry>,
+    client_id: String,
+    connection: String,
+    /// Fires when a newer connection takes the client id.
+    pub taken_over: CancellationToken,
+    finished: CancellationToken,
+}
+
+impl Registry {
+    /// Registers a connection whose session record landed at `offset`. Returns its registration and,
+    /// when it takes over an older connection here, a token that fires once that one has finished.
+    pub fn register(
+        self: &Arc<Self>,
+        client_id: &str,
+        connection: &str,
+        offset: i64,
+    ) -> (Registration, Option<CancellationToken>) {
+        let registration = Registration {
+            registry: self.clone(),
+            client_id: client_id.to_owned(),
+            connection: connection.to_owned(),
+            taken_over: CancellationToken::new(),
+            finished: CancellationToken::new(),
+        };
+        let mut live = lock(&self.live);
+        let mut predecessor = None;
+        match live.get(client_id) {
+            Some(newer) if newer.offset > offset => {
+                // A newer connection registered first: this one lost the race already.
+                registration.taken_over.cancel();
+                return (registration, None);
+            }
+            Some(older) => {
+                older.taken_over.cancel();
+                predecessor = Some(older.finished.clone());
+            }
+            None => {}
+        }
+        live.insert(
+            client_id.to_owned(),
+            Live {
+                connection: connection.to_owned(),
+                offset,
+                taken_over: registration.taken_over.clone(),
+                finished: registration.finished.clone(),
+            },
+        );
+        (registration, predecessor)
+    }
+
+    /// A session record was read: takes the client id from a local connection the record supersedes.
+    pub fn on_record(&self, client_id: &str, connection: &str, offset: i64) {
+        if let Some(live) = lock(&self.live).get(client_id)
+            && live.connection != connection
+            && live.offset < offset
+        {
+            live.taken_over.cancel();
+        }
+    }
+
+    /// Is a connection with this client id live here?
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        lock(&self.live).contains_key(client_id)
+    }
+
+    /// Keeps a persistent session's QoS 2 state for the client's next connection to this replica.
+    pub fn park(&self, client_id: &str, session: &str, awaiting_release: Vec<u16>) {
+        lock(&self.parked).insert(
+            client_id.to_owned(),
+            Parked {
+                session: session.to_owned(),
+                awaiting_release,
+            },
+        );
+    }
+
+    /// Takes the parked QoS 2 state of a resumed session, if it was parked here.
+    pub fn take_parked(&self, client_id: &str, session: &str) -> Option<Vec<u16>> {
+        let mut parked = lock(&self.parked);
+        match parked.remove(client_id) {
+            Some(state) if state.session == session => Some(state.awaiting_release),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut live = lock(&self.registry.live);
+        if live
+            .get(&self.client_id)
+            .is_some_and(|entry| entry.connection == self.connection)
+        {
+            live.remove(&self.client_id);
+        }
+        self.finished.cancel();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain maps updated in one statement each; a panic elsewhere leaves them usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_record_wins_here_and_from_other_replicas() {
+        let registry = Arc::new(Registry::default());
+        let (first, predecessor) = registry.register("c", "conn-1", 10);
+        assert!(predecessor.is_none());
+        let (second, predecessor) = registry.register("c", "conn-2", 11);
+        assert!(first.taken_over.is_cancelled());
+        let predecessor = predecessor.unwrap();
+        assert!(!predecessor.is_cancelled());
+        drop(first);
+        assert!(predecessor.is_cancelled());
+        assert!(registry.is_connected("c"), "the newer one stays");
+
+        registry.on_record("c", "conn-2", 11);
+        registry.on_record("c", "elsewhere", 5);
+        assert!(
+            !second.taken_over.is_cancelled(),
+            "older records change nothing"
+        );
+        registry.on_record("c", "elsewhere", 12);
+        assert!(second.taken_over.is_cancelled());
+
+        let (late, _) = registry.register("c", "conn-0", 3);
+        assert!(
+            late.taken_over.is_cancelled(),
+            "a stale connect loses at once"
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! Retained messages in the compacted `mqtt.retained` topic, keyed by MQTT topic.
+
+use std::{sync::Arc, time::Duration};
+
+use courier_gateway::log::{AppendReceipt, Log};
+
+use crate::{
+    error::Result,
+    mapping::{self, Message, Stored},
+    view::View,
+};
+
+/// How long a subscribe waits for the retained view to catch up.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
+/// Stores and finds retained messages.
+#[derive(Debug, Clone)]
+pub struct RetainedStore {
+    log: Arc<dyn Log>,
+    topic: String,
+    view: View,
+}
+
+impl RetainedStore {
+    /// A store over `topic`, read through `view`.
+    pub fn new(log: Arc<dyn Log>, topic: String, view: View) -> Self {
+        Self { log, topic, view }
+    }
+
+    /// Queues a message as its topic's retained message (an empty payload deletes it).
+    pub async fn submit(
+        &self,
+        message: &Message,
+        client_id: &str,
+        now_ms: i64,
+    ) -> Result<Result<AppendReceipt, String>> {
+        let record = match mapping::to_retained_record(message, client_id, now_ms) {
+            Ok(record) => record,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        Ok(Ok(self.log.submit(&self.topic, vec![record]).await?))
+    }
+
+    /// The retained messages whose topics match `filter`, once everything retained before the call has
+    /// been read. Expired messages are left out.
+    pub async fn matching(&self, filter: &str, now_ms: i64) -> Result<Vec<Stored>> {
+        self.view.caught_up(CATCH_UP).await?;
+        Ok(self
+            .view
+            .matching(|topic| mapping::matches(filter, topic))
+            .iter()
+            .filter_map(|record| mapping::from_record(record, now_ms))
+            .collect())
+    }
+}

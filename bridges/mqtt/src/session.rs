@@ -1,0 +1,364 @@
+//! One client's connection, from CONNECT to the end: the MQTT state machine over a [`Connection`].
+//!
+//! - [`connect`]: the handshake (credentials, session lookup, takeover, CONNACK);
+//! - [`inbound`]: what the client publishes, acknowledged once the log has it;
+//! - [`outbound`]: subscriptions and deliveries, acknowledged to the log once the client has them.
+//!
+//! The loop waits on whichever comes first: a packet from the client (read only while the inbound
+//! window has room), a finished append, a record from a log reader (taken only while the outbound
+//! window has room), the keep-alive deadline, a takeover, or shutdown. A connection ends with a
+//! DISCONNECT carrying the reason (MQTT 5) or by closing the socket (3.1.1), then publishes the will
+//! when one is due and, for a persistent session, stores where the session stands.
+
+mod connect;
+mod inbound;
+mod outbound;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use rumqttd::protocol::{Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, PingResp};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Instant,
+};
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use self::{
+    connect::{Client, Established, Will, now_ms},
+    inbound::Inbound,
+    outbound::Outbound,
+};
+use crate::{
+    bridge::Bridge,
+    codec::{Frame, Version},
+    connection::Connection,
+    error::{Error, Refusal, RefusalCode, Result},
+    mapping,
+    registry::Registration,
+    sessions::SessionRecord,
+};
+
+/// Serves one client until it leaves, fails, is taken over, or `shutdown` fires.
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    bridge: Arc<Bridge>,
+    stream: S,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("mqtt.session", %peer, client_id = tracing::field::Empty);
+    async move {
+        let mut connection = Connection::new(stream, bridge.config.max_packet_size as usize);
+        let established = match connect::handshake(&bridge, &mut connection).await {
+            Ok(Some(established)) => established,
+            Ok(None) => return,
+            Err(error) => {
+                if !error.is_normal_close() {
+                    tracing::info!(%error, "connection refused");
+                }
+                return;
+            }
+        };
+        tracing::Span::current().record("client_id", established.client.client_id.as_str());
+        tracing::debug!(
+            version = ?established.client.version,
+            session_present = established.session_present,
+            "connected"
+        );
+        let mut session = Session::new(bridge, established);
+        let end = match session
+            .outbound
+            .resume(&session.bridge, &session.client, &session.record)
+            .await
+        {
+            Ok(()) => session.serve(&mut connection, &shutdown).await,
+            Err(error) => End::Failed(error),
+        };
+        session.finish(&mut connection, end).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+enum End {
+    /// DISCONNECT from the client; MQTT 5 may still ask for the will.
+    Disconnected { publish_will: bool },
+    /// The socket closed without DISCONNECT.
+    Gone,
+    /// The gateway closes it, for this reason.
+    Failed(Error),
+}
+
+struct Session {
+    bridge: Arc<Bridge>,
+    client: Client,
+    record: SessionRecord,
+    registration: Registration,
+    will: Option<Will>,
+    inbound: Inbound,
+    outbound: Outbound,
+}
+
+impl Session {
+    fn new(bridge: Arc<Bridge>, established: Established) -> Self {
+        let Established {
+            client,
+            session,
+            registration,
+            will,
+            awaiting_release,
+            ..
+        } = established;
+        Self {
+            bridge,
+            client,
+            record: session,
+            registration,
+            will,
+            inbound: Inbound::new(awaiting_release),
+            outbound: Outbound::default(),
+        }
+    }
+
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        connection: &mut Connection<S>,
+        shutdown: &CancellationToken,
+    ) -> End {
+        // MQTT: the server closes a connection silent for one and a half keep-alive periods.
+        let keep_alive = (self.client.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(self.client.keep_alive) * 1500));
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
+        let taken_over = self.registration.taken_over.clone();
+        let receive_maximum = self.bridge.config.receive_maximum;
+        loop {
+            if let Err(error) = self.outbound.fill(&self.client, connection) {
+                return End::Failed(error);
+            }
+            if let Err(error) = connection.flush().await {
+                return End::Failed(error);
+            }
+            let step = tokio::select! {
+                () = shutdown.cancelled() => Err(Error::ShuttingDown),
+                () = taken_over.cancelled() => Err(Error::SessionTakenOver),
+                frame = connection.read_frame(), if self.inbound.has_room(receive_maximum) => {
+                    deadline = Instant::now() + keep_alive.unwrap_or(far);
+                    match frame {
+                        Ok(Some(frame)) => self.on_frame(connection, frame).await,
+                        Ok(None) => return End::Gone,
+                        Err(error) => Err(error),
+                    }
+                }
+                Some(appended) = self.inbound.pending.next() => {
+                    self.inbound
+                        .on_appended(&self.client, appended)
+                        .and_then(|reply| reply.map_or(Ok(()), |reply| connection.queue(reply)))
+                        .map(|()| None)
+                }
+                Some((source, event)) = self.outbound.sources.next(), if self.outbound.wants_events(&self.client) => {
+                    self.outbound.on_event(source, event);
+                    Ok(None)
+                }
+                () = tokio::time::sleep_until(deadline), if keep_alive.is_some() => {
+                    Err(Error::KeepAliveTimeout(self.client.keep_alive))
+                }
+            };
+            match step {
+                Ok(None) => {}
+                Ok(Some(end)) => return end,
+                Err(error) => return End::Failed(error),
+            }
+        }
+    }
+
+    /// Handles one packet; `Some` when it ends the connection.
+    async fn on_frame<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        connection: &mut Connection<S>,
+        frame: Frame,
+    ) -> Result<Option<End>> {
+        let reply = match frame.packet {
+            Packet::Publish(publish, properties) => {
+                let header = frame
+                    .publish
+                    .ok_or_else(|| Error::Protocol("PUBLISH without its header".into()))?;
+                self.inbound
+                    .on_publish(&self.bridge, &self.client, header, publish, properties)
+                    .await?
+            }
+            Packet::PubRel(pubrel, _) => Some(self.inbound.on_pubrel(pubrel.pkid)),
+            Packet::PubAck(puback, _) => {
+                self.outbound.on_puback(puback.pkid);
+                None
+            }
+            Packet::PubRec(pubrec, _) => self.outbound.on_pubrec(pubrec.pkid, pubrec.reason),
+            Packet::PubComp(pubcomp, _) => {
+                self.outbound.on_pubcomp(pubcomp.pkid);
+                None
+            }
+            Packet::Subscribe(subscribe, properties) => Some(
+                self.outbound
+                    .subscribe(
+                        &self.bridge,
+                        &self.client,
+                        &mut self.record,
+                        subscribe.pkid,
+                        subscribe.filters,
+                        properties.and_then(|properties| properties.id),
+                    )
+                    .await?,
+            ),
+            Packet::Unsubscribe(unsubscribe, _) => Some(
+                self.outbound
+                    .unsubscribe(
+                        &self.bridge,
+                        &self.client,
+                        &mut self.record,
+                        unsubscribe.pkid,
+                        unsubscribe.filters,
+                    )
+                    .await?,
+            ),
+            Packet::PingReq(_) => Some(Packet::PingResp(PingResp)),
+            Packet::Disconnect(disconnect, properties) => {
+                if let Some(expiry) = properties.and_then(|p| p.session_expiry_interval) {
+                    if !self.record.persistent && expiry > 0 {
+                        return Err(Error::Protocol(
+                            "a session that ends with its connection cannot be given an expiry at DISCONNECT"
+                                .into(),
+                        ));
+                    }
+                    self.record.expiry_secs = Some(expiry);
+                    self.record.persistent = expiry > 0;
+                }
+                return Ok(Some(End::Disconnected {
+                    publish_will: disconnect.reason_code
+                        == DisconnectReasonCode::DisconnectWithWillMessage,
+                }));
+            }
+            Packet::Connect(..) => return Err(Error::Protocol("a second CONNECT".into())),
+            Packet::ConnAck(..)
+            | Packet::SubAck(..)
+            | Packet::UnsubAck(..)
+            | Packet::PingResp(..) => {
+                return Err(Error::Protocol(
+                    "a packet only servers send arrived from the client".into(),
+                ));
+            }
+        };
+        if let Some(reply) = reply {
+            connection.queue(reply)?;
+        }
+        Ok(None)
+    }
+
+    /// Says goodbye, publishes the will when due, and stores a persistent session's state.
+    async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
+        mut self,
+        connection: &mut Connection<S>,
+        end: End,
+    ) {
+        let taken_over = matches!(end, End::Failed(Error::SessionTakenOver));
+        let publish_will = match &end {
+            End::Disconnected { publish_will } => *publish_will,
+            End::Gone => true,
+            // Shutdown is not the client's failure: it reconnects to another replica.
+            End::Failed(Error::ShuttingDown) => false,
+            End::Failed(_) => true,
+        };
+        if let End::Failed(error) = &end {
+            if error.is_normal_close() {
+                tracing::debug!(%error, "connection closed");
+            } else {
+                tracing::info!(%error, "closing the connection");
+            }
+            if self.client.version == Version::V5 && !matches!(error, Error::Io(_)) {
+                let _ = connection.queue(Packet::Disconnect(
+                    Disconnect {
+                        reason_code: error.disconnect_reason(),
+                    },
+                    Some(DisconnectProperties {
+                        session_expiry_interval: None,
+                        reason_string: Some(error.to_string()),
+                        user_properties: Vec::new(),
+                        server_reference: None,
+                    }),
+                ));
+            }
+        }
+        let _ = connection.close().await;
+
+        // Readers commit what the client acknowledged; the rest is delivered again next time.
+        self.outbound.close().await;
+        let client_id = self.client.client_id.clone();
+        if !taken_over {
+            let stored = if self.record.persistent {
+                self.record.disconnected_at_ms = Some(now_ms());
+                self.record.awaiting_release = self.inbound.awaiting_release();
+                self.bridge.registry.park(
+                    &client_id,
+                    &self.record.session,
+                    self.record.awaiting_release.clone(),
+                );
+                self.bridge.sessions.save(&client_id, &self.record).await
+            } else {
+                self.bridge.sessions.delete(&client_id).await
+            };
+            if let Err(error) = stored {
+                tracing::warn!(%error, "could not store the session's state");
+            }
+        }
+        let connection_id = self.record.connection.clone();
+        drop(self.registration);
+        if let Some(will) = self.will.take().filter(|_| publish_will && !taken_over) {
+            let bridge = self.bridge.clone();
+            tokio::spawn(publish_will_later(bridge, client_id, connection_id, will));
+        }
+    }
+}
+
+/// Publishes a will after its delay, unless the client came back in the meantime (here or on
+/// another replica, which shows as a newer session record).
+async fn publish_will_later(
+    bridge: Arc<Bridge>,
+    client_id: String,
+    connection: String,
+    will: Will,
+) {
+    if !will.delay.is_zero() {
+        tokio::time::sleep(will.delay).await;
+        let returned = bridge.registry.is_connected(&client_id)
+            || matches!(
+                bridge.sessions.load(&client_id).await,
+                Ok(Some(record)) if record.connection != connection
+            );
+        if returned {
+            return;
+        }
+    }
+    let now = now_ms();
+    let published = async {
+        let record = mapping::to_record(&will.message, &client_id, now).map_err(|text| {
+            Error::Refused(Refusal::new(RefusalCode::ImplementationSpecific, text))
+        })?;
+        let topic = bridge.routes.topic_for(&will.message.topic);
+        bridge.log.append(topic, vec![record]).await?;
+        if will.message.retain
+            && let Ok(receipt) = bridge
+                .retained
+                .submit(&will.message, &client_id, now)
+                .await?
+        {
+            receipt.await?;
+        }
+        Ok::<(), Error>(())
+    };
+    match published.await {
+        Ok(()) => tracing::debug!(client_id, topic = will.message.topic, "will published"),
+        Err(error) => tracing::warn!(%error, client_id, "could not publish the will"),
+    }
+}

@@ -1,0 +1,324 @@
+//! The CONNECT handshake: version, client id, credentials, session lookup and takeover, CONNACK.
+
+use std::time::Duration;
+
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
+    LastWillProperties, Login, Packet, PublishProperties,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use ulid::Ulid;
+
+use crate::{
+    auth::Verdict,
+    bridge::Bridge,
+    codec::Version,
+    connection::Connection,
+    error::{Error, Result},
+    mapping::{self, Message},
+    registry::Registration,
+    sessions::SessionRecord,
+};
+
+/// How long a takeover waits for the previous connection here to finish.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// The facts of a connected client that do not change while it is connected.
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    pub(crate) client_id: String,
+    pub(crate) version: Version,
+    pub(crate) keep_alive: u16,
+    /// Most messages the client takes unacknowledged.
+    pub(crate) receive_maximum: u16,
+    /// Largest packet the client takes.
+    pub(crate) max_packet_size: Option<u32>,
+}
+
+/// A last will, published when the connection ends without a normal DISCONNECT.
+#[derive(Debug, Clone)]
+pub(crate) struct Will {
+    pub(crate) message: Message,
+    pub(crate) delay: Duration,
+}
+
+/// A connection past CONNACK.
+#[derive(Debug)]
+pub(crate) struct Established {
+    pub(crate) client: Client,
+    pub(crate) session: SessionRecord,
+    pub(crate) session_present: bool,
+    pub(crate) registration: Registration,
+    pub(crate) will: Option<Will>,
+    /// QoS 2 packet ids the client has yet to release (from the resumed session).
+    pub(crate) awaiting_release: Vec<u16>,
+}
+
+/// Reads CONNECT and answers it. `Ok(None)`: the client was refused with a CONNACK saying why.
+pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    bridge: &Bridge,
+    connection: &mut Connection<S>,
+) -> Result<Option<Established>> {
+    let frame =
+        match tokio::time::timeout(bridge.config.connect_timeout, connection.read_frame()).await {
+            Err(_) => {
+                return Err(Error::Protocol(format!(
+                    "no CONNECT within {:?} (mqtt.connect_timeout)",
+                    bridge.config.connect_timeout
+                )));
+            }
+            Ok(Err(Error::UnsupportedProtocol(level))) => {
+                refuse(connection, ConnectReturnCode::RefusedProtocolVersion, "").await?;
+                return Err(Error::UnsupportedProtocol(level));
+            }
+            Ok(frame) => frame?,
+        };
+    let Some(frame) = frame else {
+        return Ok(None);
+    };
+    let Packet::Connect(connect, properties, will, will_properties, login) = frame.packet else {
+        return Err(Error::Protocol("the first packet must be CONNECT".into()));
+    };
+    let version = connection.version().unwrap_or(Version::V4);
+    let Connect {
+        keep_alive,
+        client_id,
+        clean_session,
+    } = connect;
+    let properties = properties.unwrap_or(ConnectProperties {
+        session_expiry_interval: None,
+        receive_maximum: None,
+        max_packet_size: None,
+        topic_alias_max: None,
+        request_response_info: None,
+        request_problem_info: None,
+        user_properties: Vec::new(),
+        authentication_method: None,
+        authentication_data: None,
+    });
+
+    if properties.authentication_method.is_some() {
+        refuse(
+            connection,
+            ConnectReturnCode::BadAuthenticationMethod,
+            "enhanced authentication is not supported; use a username and password",
+        )
+        .await?;
+        return Ok(None);
+    }
+    let assigned_id = client_id
+        .is_empty()
+        .then(|| format!("courier-{}", Ulid::new()));
+    if assigned_id.is_some() && version == Version::V4 && !clean_session {
+        refuse(
+            connection,
+            ConnectReturnCode::ClientIdentifierNotValid,
+            "an empty client id needs a clean session",
+        )
+        .await?;
+        return Ok(None);
+    }
+    let client_id = assigned_id.clone().unwrap_or(client_id);
+
+    let login = login.map(|Login { username, password }| (username, password));
+    match bridge.auth.check(login).await {
+        Verdict::Allowed => {}
+        Verdict::AnonymousRefused => {
+            refuse(
+                connection,
+                ConnectReturnCode::NotAuthorized,
+                "anonymous clients are not allowed; connect with a username and password",
+            )
+            .await?;
+            return Ok(None);
+        }
+        Verdict::BadCredentials => {
+            refuse(
+                connection,
+                ConnectReturnCode::BadUserNamePassword,
+                "unknown user or wrong password",
+            )
+            .await?;
+            return Ok(None);
+        }
+    }
+
+    let will = match will.map(|will| to_will(will, will_properties)).transpose() {
+        Ok(will) => will,
+        Err(text) => {
+            refuse(connection, ConnectReturnCode::TopicNameInvalid, &text).await?;
+            return Ok(None);
+        }
+    };
+
+    // Session lifetime: MQTT 5 names an expiry; 3.1.1 keeps a non-clean session until it is cleaned.
+    let requested_expiry = match version {
+        Version::V5 => properties.session_expiry_interval.unwrap_or(0),
+        Version::V4 if clean_session => 0,
+        Version::V4 => u32::MAX,
+    };
+    let max_expiry = bridge.config.max_session_expiry.as_secs();
+    let expiry = if max_expiry > 0 {
+        requested_expiry.min(u32::try_from(max_expiry).unwrap_or(u32::MAX))
+    } else {
+        requested_expiry
+    };
+    let persistent = expiry > 0;
+    let now = now_ms();
+    let previous = bridge.sessions.load(&client_id).await?;
+    let resumed = previous.filter(|previous| !clean_session && previous.is_resumable(now));
+    let session_present = resumed.is_some();
+    let session = SessionRecord {
+        connection: Ulid::new().to_string(),
+        session: resumed.as_ref().map_or_else(
+            || Ulid::new().to_string(),
+            |previous| previous.session.clone(),
+        ),
+        persistent,
+        expiry_secs: (expiry != u32::MAX).then_some(expiry),
+        disconnected_at_ms: None,
+        subscriptions: resumed
+            .as_ref()
+            .map(|previous| previous.subscriptions.clone())
+            .unwrap_or_default(),
+        awaiting_release: resumed
+            .as_ref()
+            .map(|previous| previous.awaiting_release.clone())
+            .unwrap_or_default(),
+    };
+    // The record is the fence: once it is durable, every replica hands the client id to this connection.
+    let offset = bridge.sessions.save(&client_id, &session).await?;
+    let (registration, predecessor) =
+        bridge
+            .registry
+            .register(&client_id, &session.connection, offset);
+    if let Some(predecessor) = predecessor {
+        let _ = tokio::time::timeout(TAKEOVER_WAIT, predecessor.cancelled()).await;
+    }
+    let mut awaiting_release = session.awaiting_release.clone();
+    if session_present
+        && let Some(parked) = bridge.registry.take_parked(&client_id, &session.session)
+    {
+        awaiting_release = parked;
+    }
+
+    let connack_properties = (version == Version::V5).then(|| ConnAckProperties {
+        session_expiry_interval: (expiry != requested_expiry).then_some(expiry),
+        receive_max: Some(bridge.config.receive_maximum),
+        max_qos: None,
+        retain_available: Some(1),
+        max_packet_size: Some(bridge.config.max_packet_size),
+        assigned_client_identifier: assigned_id,
+        topic_alias_max: Some(bridge.config.topic_alias_maximum),
+        wildcard_subscription_available: Some(1),
+        subscription_identifiers_available: Some(1),
+        shared_subscription_available: Some(1),
+        ..ConnAckProperties::default()
+    });
+    connection.queue(Packet::ConnAck(
+        ConnAck {
+            session_present,
+            code: ConnectReturnCode::Success,
+        },
+        connack_properties,
+    ))?;
+    connection.flush().await?;
+
+    Ok(Some(Established {
+        client: Client {
+            client_id,
+            version,
+            keep_alive,
+            receive_maximum: properties
+                .receive_maximum
+                .filter(|&maximum| maximum > 0)
+                .unwrap_or(bridge.config.max_inflight),
+            max_packet_size: properties.max_packet_size,
+        },
+        session,
+        session_present,
+        registration,
+        will,
+        awaiting_release,
+    }))
+}
+
+/// Answers CONNECT with a refusal. MQTT 3.1.1 has six return codes; the others map onto them.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<S>,
+    code: ConnectReturnCode,
+    reason: &str,
+) -> Result<()> {
+    tracing::info!(?code, reason, "refusing a connection");
+    let v5 = connection.version() == Some(Version::V5);
+    let code = if v5 {
+        match code {
+            ConnectReturnCode::RefusedProtocolVersion => {
+                ConnectReturnCode::UnsupportedProtocolVersion
+            }
+            code => code,
+        }
+    } else {
+        match code {
+            ConnectReturnCode::RefusedProtocolVersion
+            | ConnectReturnCode::ClientIdentifierNotValid
+            | ConnectReturnCode::BadUserNamePassword
+            | ConnectReturnCode::NotAuthorized => code,
+            ConnectReturnCode::BadAuthenticationMethod => ConnectReturnCode::NotAuthorized,
+            _ => ConnectReturnCode::ServiceUnavailable,
+        }
+    };
+    let properties = (v5 && !reason.is_empty()).then(|| ConnAckProperties {
+        reason_string: Some(reason.to_owned()),
+        ..ConnAckProperties::default()
+    });
+    connection.queue(Packet::ConnAck(
+        ConnAck {
+            session_present: false,
+            code,
+        },
+        properties,
+    ))?;
+    connection.close().await
+}
+
+fn to_will(will: LastWill, properties: Option<LastWillProperties>) -> Result<Will, String> {
+    let topic = String::from_utf8(will.topic.to_vec())
+        .ok()
+        .filter(|topic| mapping::valid_topic_name(topic) && !topic.starts_with('$'))
+        .ok_or("the will topic is not a valid topic name")?;
+    let properties = properties.unwrap_or(LastWillProperties {
+        delay_interval: None,
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    });
+    Ok(Will {
+        message: Message {
+            topic,
+            payload: will.message,
+            qos: will.qos,
+            retain: will.retain,
+            properties: PublishProperties {
+                payload_format_indicator: properties.payload_format_indicator,
+                message_expiry_interval: properties.message_expiry_interval,
+                content_type: properties.content_type,
+                response_topic: properties.response_topic,
+                correlation_data: properties.correlation_data,
+                user_properties: properties.user_properties,
+                ..PublishProperties::default()
+            },
+        },
+        delay: Duration::from_secs(u64::from(properties.delay_interval.unwrap_or(0))),
+    })
+}
+
+/// Now, in ms since the epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}

@@ -1,0 +1,297 @@
+//! Messages the client publishes: into the log, acknowledged (PUBACK, PUBREC) only once durable.
+//!
+//! Appends are pipelined: each PUBLISH is queued to the log at once and its receipt awaited in order,
+//! so acks go out in the order the publishes came. A QoS 2 packet id is remembered from the moment its
+//! append starts until the client's PUBREL, so a retransmission never appends a second record.
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    pin::Pin,
+};
+
+use futures_util::stream::FuturesOrdered;
+use rumqttd::protocol::Packet;
+use rumqttd::protocol::{
+    PubAck, PubAckProperties, PubAckReason, PubComp, PubCompReason, PubRec, PubRecProperties,
+    PubRecReason, Publish, PublishProperties, QoS,
+};
+
+use super::connect::{Client, now_ms};
+use crate::{
+    bridge::Bridge,
+    codec::{PublishHeader, Version},
+    error::{Error, Refusal, RefusalCode, Result},
+    mapping::{self, Message},
+};
+
+/// The outcome of one publish's append.
+#[derive(Debug)]
+pub(crate) struct Appended {
+    qos: QoS,
+    pkid: u16,
+    outcome: Result<(), Refusal>,
+}
+
+type PendingAppend = Pin<Box<dyn Future<Output = Appended> + Send>>;
+
+/// The client's publishes in flight and its QoS 2 state.
+pub(crate) struct Inbound {
+    /// Appends in submission order.
+    pub(crate) pending: FuturesOrdered<PendingAppend>,
+    /// QoS 1 and 2 appends not acknowledged yet (the receive maximum counts these).
+    unacknowledged: usize,
+    /// QoS 2 packet ids being appended.
+    appending: HashSet<u16>,
+    /// QoS 2 packet ids acknowledged with PUBREC, until PUBREL.
+    awaiting_release: HashSet<u16>,
+    /// MQTT 5 topic aliases the client set.
+    aliases: HashMap<u16, String>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("pending", &self.pending.len())
+            .field("awaiting_release", &self.awaiting_release)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbound {
+    /// Starts with the QoS 2 packet ids a resumed session still waits to see released.
+    pub(crate) fn new(awaiting_release: Vec<u16>) -> Self {
+        Self {
+            pending: FuturesOrdered::new(),
+            unacknowledged: 0,
+            appending: HashSet::new(),
+            awaiting_release: awaiting_release.into_iter().collect(),
+            aliases: HashMap::new(),
+        }
+    }
+
+    /// May another packet be read? Reading stops while `limit` appends are in flight, so a client that
+    /// publishes faster than the log stores is slowed by TCP rather than buffered.
+    pub(crate) fn has_room(&self, limit: u16) -> bool {
+        self.pending.len() < usize::from(limit)
+    }
+
+    /// QoS 2 packet ids still to be released (kept with a persistent session).
+    pub(crate) fn awaiting_release(&self) -> Vec<u16> {
+        let mut ids: Vec<u16> = self
+            .awaiting_release
+            .iter()
+            .chain(&self.appending)
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Handles a PUBLISH: starts its append, or answers at once (a retransmitted QoS 2, a refusal).
+    pub(crate) async fn on_publish(
+        &mut self,
+        bridge: &Bridge,
+        client: &Client,
+        header: PublishHeader,
+        publish: Publish,
+        properties: Option<PublishProperties>,
+    ) -> Result<Option<Packet>> {
+        let PublishHeader { qos, pkid, .. } = header;
+        let mut properties = properties.unwrap_or_default();
+        let topic = self.resolve_topic(bridge, &publish, properties.topic_alias.take())?;
+        properties.subscription_identifiers.clear();
+
+        if qos == QoS::ExactlyOnce {
+            if self.awaiting_release.contains(&pkid) {
+                return Ok(Some(pubrec(pkid, PubRecReason::Success, None)));
+            }
+            if self.appending.contains(&pkid) {
+                // Answered when the first copy's append completes.
+                return Ok(None);
+            }
+        }
+        if qos != QoS::AtMostOnce
+            && self.unacknowledged >= usize::from(bridge.config.receive_maximum)
+        {
+            return Err(Error::ReceiveMaximumExceeded(bridge.config.receive_maximum));
+        }
+        if !mapping::valid_topic_name(&topic) || topic.starts_with('$') {
+            let refusal = Refusal::new(
+                RefusalCode::TopicNameInvalid,
+                format!("{topic:?} is not a topic name clients may publish to"),
+            );
+            return refuse(client, qos, pkid, refusal);
+        }
+
+        let message = Message {
+            topic,
+            payload: publish.payload,
+            qos,
+            retain: publish.retain,
+            properties,
+        };
+        let now = now_ms();
+        let record = match mapping::to_record(&message, &client.client_id, now) {
+            Ok(record) => record,
+            Err(text) => {
+                return refuse(
+                    client,
+                    qos,
+                    pkid,
+                    Refusal::new(RefusalCode::ImplementationSpecific, text),
+                );
+            }
+        };
+        let kafka_topic = bridge.routes.topic_for(&message.topic);
+        let receipt = match bridge.log.submit(kafka_topic, vec![record]).await {
+            Ok(receipt) => receipt,
+            Err(error) => return refuse(client, qos, pkid, Refusal::from(&error)),
+        };
+        // A retained message is stored twice: as a message (subscribers now) and as its topic's retained
+        // message (subscribers later). The client's ack waits for both.
+        let retained = if message.retain {
+            match bridge
+                .retained
+                .submit(&message, &client.client_id, now)
+                .await
+            {
+                Ok(Ok(receipt)) => Some(receipt),
+                Ok(Err(text)) => {
+                    return refuse(
+                        client,
+                        qos,
+                        pkid,
+                        Refusal::new(RefusalCode::ImplementationSpecific, text),
+                    );
+                }
+                Err(Error::Log(error)) => return refuse(client, qos, pkid, Refusal::from(&error)),
+                Err(error) => return Err(error),
+            }
+        } else {
+            None
+        };
+        self.pending.push_back(Box::pin(async move {
+            let mut outcome = receipt.await.map(drop);
+            if let (Ok(()), Some(retained)) = (&outcome, retained) {
+                outcome = retained.await.map(drop);
+            }
+            Appended {
+                qos,
+                pkid,
+                outcome: outcome.map_err(|error| Refusal::from(&error)),
+            }
+        }));
+        if qos != QoS::AtMostOnce {
+            self.unacknowledged += 1;
+        }
+        if qos == QoS::ExactlyOnce {
+            self.appending.insert(pkid);
+        }
+        Ok(None)
+    }
+
+    /// An append completed: the ack to send, if any.
+    pub(crate) fn on_appended(
+        &mut self,
+        client: &Client,
+        appended: Appended,
+    ) -> Result<Option<Packet>> {
+        let Appended { qos, pkid, outcome } = appended;
+        if qos != QoS::AtMostOnce {
+            self.unacknowledged = self.unacknowledged.saturating_sub(1);
+        }
+        if qos == QoS::ExactlyOnce {
+            self.appending.remove(&pkid);
+        }
+        match (qos, outcome) {
+            (QoS::AtMostOnce, Ok(())) => Ok(None),
+            (QoS::AtMostOnce, Err(refusal)) => {
+                tracing::warn!(reason = %refusal.text, "a QoS 0 message could not be stored");
+                Ok(None)
+            }
+            (QoS::AtLeastOnce, Ok(())) => Ok(Some(puback(pkid, PubAckReason::Success, None))),
+            (QoS::ExactlyOnce, Ok(())) => {
+                self.awaiting_release.insert(pkid);
+                Ok(Some(pubrec(pkid, PubRecReason::Success, None)))
+            }
+            (_, Err(refusal)) => refuse(client, qos, pkid, refusal),
+        }
+    }
+
+    /// PUBREL: the client will not send this QoS 2 packet id again.
+    pub(crate) fn on_pubrel(&mut self, pkid: u16) -> Packet {
+        let reason = if self.awaiting_release.remove(&pkid) {
+            PubCompReason::Success
+        } else {
+            PubCompReason::PacketIdentifierNotFound
+        };
+        Packet::PubComp(PubComp { pkid, reason }, None)
+    }
+
+    fn resolve_topic(
+        &mut self,
+        bridge: &Bridge,
+        publish: &Publish,
+        alias: Option<u16>,
+    ) -> Result<String> {
+        let topic = std::str::from_utf8(&publish.topic)
+            .map_err(|_| Error::Malformed(rumqttd::protocol::Error::TopicNotUtf8))?;
+        match alias {
+            None if topic.is_empty() => Err(Error::Protocol(
+                "PUBLISH with an empty topic and no topic alias".into(),
+            )),
+            None => Ok(topic.to_owned()),
+            Some(alias) if alias == 0 || alias > bridge.config.topic_alias_maximum => {
+                Err(Error::TopicAliasInvalid(alias))
+            }
+            Some(alias) if topic.is_empty() => self
+                .aliases
+                .get(&alias)
+                .cloned()
+                .ok_or(Error::TopicAliasInvalid(alias)),
+            Some(alias) => {
+                self.aliases.insert(alias, topic.to_owned());
+                Ok(topic.to_owned())
+            }
+        }
+    }
+}
+
+/// Answers a refused publish. MQTT 5 says why in PUBACK/PUBREC; QoS 0 and MQTT 3.1.1 have no such
+/// answer, so the connection closes (an unacknowledged 3.1.1 publish is sent again on reconnect).
+fn refuse(client: &Client, qos: QoS, pkid: u16, refusal: Refusal) -> Result<Option<Packet>> {
+    match (client.version, qos) {
+        (Version::V5, QoS::AtLeastOnce) => Ok(Some(puback(
+            pkid,
+            refusal.code.puback(),
+            Some(refusal.text),
+        ))),
+        (Version::V5, QoS::ExactlyOnce) => Ok(Some(pubrec(
+            pkid,
+            refusal.code.pubrec(),
+            Some(refusal.text),
+        ))),
+        _ => Err(Error::Refused(refusal)),
+    }
+}
+
+fn puback(pkid: u16, reason: PubAckReason, text: Option<String>) -> Packet {
+    Packet::PubAck(
+        PubAck { pkid, reason },
+        text.map(|text| PubAckProperties {
+            reason_string: Some(text),
+            user_properties: Vec::new(),
+        }),
+    )
+}
+
+fn pubrec(pkid: u16, reason: PubRecReason, text: Option<String>) -> Packet {
+    Packet::PubRec(
+        PubRec { pkid, reason },
+        text.map(|text| PubRecProperties {
+            reason_string: Some(text),
+            user_properties: Vec::new(),
+        }),
+    )
+}

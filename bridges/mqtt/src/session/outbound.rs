@@ -1,0 +1,573 @@
+//! Messages to the client: subscriptions, the log readers behind them, and acknowledgement.
+//!
+//! Each Kafka topic a subscription needs is read once per connection (a plain reader, or for a
+//! persistent session a consumer group of its own); a shared subscription reads through its shared
+//! group. Records are matched against the client's filters here. A record is acknowledged to the log
+//! when the client has acknowledged it (PUBACK, or PUBREC for QoS 2), at once when it is sent at QoS 0,
+//! and at once when no filter wants it. At most the client's receive maximum of messages are
+//! unacknowledged at any time; further records wait in the readers, whose windows bound them.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
+};
+
+use courier_gateway::log::{
+    Position, Record, SubscribeOptions, SubscriptionControl, SubscriptionEvent, TopicPartition,
+    TopicSelector,
+};
+use rumqttd::protocol::{
+    Filter, Packet, PubRecReason, PubRel, PubRelReason, QoS, RetainForwardRule, SubAck,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::{StreamMap, wrappers::UnboundedReceiverStream};
+
+use super::connect::{Client, now_ms};
+use crate::{
+    bridge::Bridge,
+    codec::{Version, outgoing_publish},
+    connection::Connection,
+    error::{Error, Result},
+    mapping::{self, Message},
+    sessions::{SessionRecord, StoredSubscription},
+};
+
+/// Most packets written between two flushes, so a busy subscription does not starve the connection.
+const BURST: usize = 64;
+
+/// Which log reader a record came from.
+type SourceId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SourceKey {
+    /// The connection's reader of one Kafka topic (non-shared subscriptions).
+    Topic(String),
+    /// A shared subscription's group.
+    Share(String),
+}
+
+#[derive(Debug)]
+struct Source {
+    key: SourceKey,
+    control: Arc<dyn SubscriptionControl>,
+}
+
+#[derive(Debug, Clone)]
+struct Subscription {
+    stored: StoredSubscription,
+    /// The filter without `$share/<group>/`.
+    filter: String,
+    /// The shared group's name, for `$share/...` filters.
+    share_group: Option<String>,
+    qos: QoS,
+    kafka_topics: Vec<String>,
+}
+
+#[derive(Debug)]
+enum Pending {
+    /// A record from a log reader.
+    Record(SourceId, Record),
+    /// A retained message for a new subscription: nothing to acknowledge in the log.
+    Retained(Message, Option<usize>),
+}
+
+#[derive(Debug)]
+struct Inflight {
+    /// The record to acknowledge in the log when the client acknowledges.
+    log_ack: Option<(SourceId, TopicPartition, i64)>,
+    /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
+    released: bool,
+}
+
+/// The client's subscriptions and what is in flight to it.
+#[derive(Debug, Default)]
+pub(crate) struct Outbound {
+    subscriptions: BTreeMap<String, Subscription>,
+    /// Events of every log reader, keyed by source.
+    pub(crate) sources: StreamMap<SourceId, UnboundedReceiverStream<SubscriptionEvent>>,
+    controls: HashMap<SourceId, Source>,
+    next_source: SourceId,
+    queue: VecDeque<Pending>,
+    inflight: HashMap<u16, Inflight>,
+    next_pkid: u16,
+}
+
+impl Outbound {
+    /// Should more reader events be taken? Not while records wait for in-flight room.
+    pub(crate) fn wants_events(&self, client: &Client) -> bool {
+        self.queue.len() < usize::from(client.receive_maximum)
+    }
+
+    /// Restores a resumed session's subscriptions (no retained messages: the session saw them).
+    pub(crate) async fn resume(
+        &mut self,
+        bridge: &Bridge,
+        client: &Client,
+        session: &SessionRecord,
+    ) -> Result<()> {
+        for stored in &session.subscriptions {
+            if let Err(code) = self.add(bridge, client, session, stored.clone()).await {
+                tracing::warn!(
+                    filter = stored.filter,
+                    ?code,
+                    "could not resume a subscription"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// SUBSCRIBE: adds each filter, stores a persistent session's new subscriptions, then answers.
+    pub(crate) async fn subscribe(
+        &mut self,
+        bridge: &Bridge,
+        client: &Client,
+        session: &mut SessionRecord,
+        pkid: u16,
+        filters: Vec<Filter>,
+        identifier: Option<usize>,
+    ) -> Result<Packet> {
+        let now = now_ms();
+        let mut codes = Vec::with_capacity(filters.len());
+        for filter in filters {
+            if client.version == Version::V5 && filter.nolocal && filter.path.starts_with("$share/")
+            {
+                return Err(Error::Protocol(
+                    "no-local may not be set on a shared subscription".into(),
+                ));
+            }
+            let existed = self.subscriptions.contains_key(&filter.path);
+            let stored = StoredSubscription {
+                filter: filter.path.clone(),
+                qos: filter.qos as u8,
+                no_local: filter.nolocal,
+                retain_as_published: filter.preserve_retain,
+                identifier,
+                since_ms: self
+                    .subscriptions
+                    .get(&filter.path)
+                    .map_or(now, |existing| existing.stored.since_ms),
+            };
+            match self.add(bridge, client, session, stored).await {
+                Ok(subscription) => {
+                    let send_retained = match filter.retain_forward_rule {
+                        RetainForwardRule::OnEverySubscribe => true,
+                        RetainForwardRule::OnNewSubscribe => !existed,
+                        RetainForwardRule::Never => false,
+                    };
+                    if send_retained && subscription.share_group.is_none() {
+                        for stored in bridge.retained.matching(&subscription.filter, now).await? {
+                            let mut message = stored.message;
+                            message.qos = mapping::min_qos(message.qos, subscription.qos);
+                            message.retain = true;
+                            self.queue.push_back(Pending::Retained(
+                                message,
+                                subscription.stored.identifier,
+                            ));
+                        }
+                    }
+                    codes.push(SubscribeReasonCode::Success(subscription.qos));
+                }
+                Err(code) => codes.push(code),
+            }
+        }
+        if session.persistent {
+            session.subscriptions = self.stored();
+            bridge.sessions.save(&client.client_id, session).await?;
+        }
+        let codes = codes
+            .into_iter()
+            .map(|code| match (client.version, code) {
+                (Version::V4, SubscribeReasonCode::Success(_)) => code,
+                (Version::V4, _) => SubscribeReasonCode::Failure,
+                (Version::V5, _) => code,
+            })
+            .collect();
+        Ok(Packet::SubAck(
+            SubAck {
+                pkid,
+                return_codes: codes,
+            },
+            None,
+        ))
+    }
+
+    /// UNSUBSCRIBE: removes filters, stops readers no filter needs, stores the session, answers.
+    pub(crate) async fn unsubscribe(
+        &mut self,
+        bridge: &Bridge,
+        client: &Client,
+        session: &mut SessionRecord,
+        pkid: u16,
+        filters: Vec<String>,
+    ) -> Result<Packet> {
+        let reasons = filters
+            .iter()
+            .map(|filter| match self.subscriptions.remove(filter) {
+                Some(_) => UnsubAckReason::Success,
+                None => UnsubAckReason::NoSubscriptionExisted,
+            })
+            .collect();
+        let needed: Vec<SourceKey> = self.subscriptions.values().flat_map(source_keys).collect();
+        let unneeded: Vec<SourceId> = self
+            .controls
+            .iter()
+            .filter(|(_, source)| !needed.contains(&source.key))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in unneeded {
+            self.close_source(id).await;
+        }
+        if session.persistent {
+            session.subscriptions = self.stored();
+            bridge.sessions.save(&client.client_id, session).await?;
+        }
+        Ok(Packet::UnsubAck(UnsubAck { pkid, reasons }, None))
+    }
+
+    /// A log reader's event.
+    pub(crate) fn on_event(&mut self, source: SourceId, event: SubscriptionEvent) {
+        match event {
+            SubscriptionEvent::Records(records) => self.queue.extend(
+                records
+                    .into_iter()
+                    .map(|record| Pending::Record(source, record)),
+            ),
+            SubscriptionEvent::Revoked(partitions) => {
+                // Their new owner reads them from the last commit; sending them here too would duplicate.
+                self.queue.retain(|pending| match pending {
+                    Pending::Record(id, record) => {
+                        *id != source || !partitions.contains(&record.topic_partition())
+                    }
+                    Pending::Retained(..) => true,
+                });
+            }
+            SubscriptionEvent::Assigned(_) => {}
+        }
+    }
+
+    /// Sends waiting messages while the client has room for them.
+    pub(crate) fn fill<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        client: &Client,
+        connection: &mut Connection<S>,
+    ) -> Result<()> {
+        let mut sent = 0;
+        while sent < BURST && self.inflight.len() < usize::from(client.receive_maximum) {
+            let Some(pending) = self.queue.pop_front() else {
+                break;
+            };
+            match pending {
+                Pending::Retained(message, identifier) => {
+                    self.send(
+                        client,
+                        connection,
+                        message,
+                        identifier.into_iter().collect(),
+                        None,
+                    )?;
+                }
+                Pending::Record(source, record) => {
+                    self.deliver(client, connection, source, record)?;
+                }
+            }
+            sent += 1;
+        }
+        Ok(())
+    }
+
+    /// PUBACK from the client.
+    pub(crate) fn on_puback(&mut self, pkid: u16) {
+        if let Some(inflight) = self.inflight.remove(&pkid) {
+            self.ack_log(inflight.log_ack);
+        }
+    }
+
+    /// PUBREC from the client: the message is theirs; the log may forget it. Answers PUBREL.
+    pub(crate) fn on_pubrec(&mut self, pkid: u16, reason: PubRecReason) -> Option<Packet> {
+        let Some(inflight) = self.inflight.get_mut(&pkid) else {
+            return Some(Packet::PubRel(
+                PubRel {
+                    pkid,
+                    reason: PubRelReason::PacketIdentifierNotFound,
+                },
+                None,
+            ));
+        };
+        let log_ack = inflight.log_ack.take();
+        inflight.released = true;
+        self.ack_log(log_ack);
+        if is_failure(reason) {
+            // The client refused the message: the exchange ends here.
+            self.inflight.remove(&pkid);
+            return None;
+        }
+        Some(Packet::PubRel(
+            PubRel {
+                pkid,
+                reason: PubRelReason::Success,
+            },
+            None,
+        ))
+    }
+
+    /// PUBCOMP from the client.
+    pub(crate) fn on_pubcomp(&mut self, pkid: u16) {
+        self.inflight.remove(&pkid);
+    }
+
+    /// Closes every reader; group members commit what the client acknowledged.
+    pub(crate) async fn close(&mut self) {
+        let ids: Vec<SourceId> = self.controls.keys().copied().collect();
+        for id in ids {
+            self.close_source(id).await;
+        }
+    }
+
+    async fn add(
+        &mut self,
+        bridge: &Bridge,
+        client: &Client,
+        session: &SessionRecord,
+        stored: StoredSubscription,
+    ) -> Result<Subscription, SubscribeReasonCode> {
+        let (share_group, filter) = match mapping::parse_share(&stored.filter) {
+            Some((group, filter)) if !group.is_empty() && !group.contains(['+', '#']) => {
+                (Some(mapping::share_group(group, filter)), filter.to_owned())
+            }
+            Some(_) => return Err(SubscribeReasonCode::TopicFilterInvalid),
+            None if stored.filter.starts_with("$share/") => {
+                return Err(SubscribeReasonCode::TopicFilterInvalid);
+            }
+            None => (None, stored.filter.clone()),
+        };
+        if !mapping::valid_filter(&filter) {
+            return Err(SubscribeReasonCode::TopicFilterInvalid);
+        }
+        let qos = rumqttd::protocol::qos(stored.qos).unwrap_or(QoS::AtMostOnce);
+        let subscription = Subscription {
+            kafka_topics: bridge.routes.topics_for_filter(&filter),
+            stored,
+            filter,
+            share_group,
+            qos,
+        };
+        for key in source_keys(&subscription) {
+            if self.controls.values().any(|source| source.key == key) {
+                continue;
+            }
+            let (topics, group) = match &key {
+                SourceKey::Topic(topic) => (
+                    vec![topic.clone()],
+                    session
+                        .persistent
+                        .then(|| mapping::session_group(&session.session, topic)),
+                ),
+                SourceKey::Share(group) => (subscription.kafka_topics.clone(), Some(group.clone())),
+            };
+            // Partitions without a committed offset start at the time of subscribing, so nothing
+            // published after SUBACK is missed, even before the reader has its partitions.
+            let options = SubscribeOptions {
+                topics: TopicSelector::Names(topics),
+                group,
+                start: Position::Timestamp(subscription.stored.since_ms),
+                max_in_flight: usize::from(client.receive_maximum),
+                client: client.client_id.clone(),
+                protocol: "mqtt",
+            };
+            let reader = bridge.log.subscribe(options).await.map_err(|error| {
+                tracing::warn!(%error, filter = subscription.stored.filter, "subscribe failed");
+                match error {
+                    courier_gateway::Error::UnknownTopic { .. }
+                    | courier_gateway::Error::InvalidTopicName { .. } => {
+                        SubscribeReasonCode::TopicFilterInvalid
+                    }
+                    _ => SubscribeReasonCode::Unspecified,
+                }
+            })?;
+            let id = self.next_source;
+            self.next_source += 1;
+            self.sources
+                .insert(id, UnboundedReceiverStream::new(reader.events));
+            self.controls.insert(
+                id,
+                Source {
+                    key,
+                    control: reader.control,
+                },
+            );
+        }
+        self.subscriptions
+            .insert(subscription.stored.filter.clone(), subscription.clone());
+        Ok(subscription)
+    }
+
+    fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        client: &Client,
+        connection: &mut Connection<S>,
+        source: SourceId,
+        record: Record,
+    ) -> Result<()> {
+        let Some(key) = self.controls.get(&source).map(|source| source.key.clone()) else {
+            return Ok(()); // its reader was closed
+        };
+        let log_ack = Some((source, record.topic_partition(), record.offset));
+        let Some(stored) = mapping::from_record(&record, now_ms()) else {
+            self.ack_log(log_ack);
+            return Ok(());
+        };
+        let topic = &stored.message.topic;
+        let own = stored.publisher.as_deref() == Some(client.client_id.as_str());
+        let matched: Vec<&Subscription> = self
+            .subscriptions
+            .values()
+            .filter(|subscription| match &key {
+                SourceKey::Share(group) => subscription.share_group.as_ref() == Some(group),
+                SourceKey::Topic(kafka_topic) => {
+                    subscription.share_group.is_none()
+                        && subscription.kafka_topics.contains(kafka_topic)
+                        && !(own && subscription.stored.no_local)
+                }
+            })
+            .filter(|subscription| mapping::matches(&subscription.filter, topic))
+            .collect();
+        if matched.is_empty() {
+            self.ack_log(log_ack);
+            return Ok(());
+        }
+        let granted =
+            matched
+                .iter()
+                .map(|subscription| subscription.qos)
+                .fold(
+                    QoS::AtMostOnce,
+                    |a, b| if (b as u8) > (a as u8) { b } else { a },
+                );
+        let retain_as_published = matched
+            .iter()
+            .any(|subscription| subscription.stored.retain_as_published);
+        let identifiers = matched
+            .iter()
+            .filter_map(|subscription| subscription.stored.identifier)
+            .collect();
+        let mut message = stored.message;
+        message.qos = mapping::min_qos(message.qos, granted);
+        message.retain = retain_as_published && message.retain;
+        self.send(client, connection, message, identifiers, log_ack)
+    }
+
+    fn send<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        client: &Client,
+        connection: &mut Connection<S>,
+        message: Message,
+        identifiers: Vec<usize>,
+        log_ack: Option<(SourceId, TopicPartition, i64)>,
+    ) -> Result<()> {
+        let Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            mut properties,
+        } = message;
+        if let Some(limit) = client.max_packet_size {
+            let user: usize = properties
+                .user_properties
+                .iter()
+                .map(|(key, value)| key.len() + value.len() + 5)
+                .sum();
+            let estimate = 16 + topic.len() + payload.len() + user;
+            if estimate > limit as usize {
+                // MQTT 5: a message larger than the client's maximum is not sent to it.
+                tracing::debug!(
+                    topic,
+                    size = estimate,
+                    limit,
+                    "message over the client's maximum packet size"
+                );
+                self.ack_log(log_ack);
+                return Ok(());
+            }
+        }
+        properties.subscription_identifiers = identifiers;
+        let pkid = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            self.allocate_pkid()
+        };
+        connection.queue(Packet::Publish(
+            outgoing_publish(&topic, &payload, qos, pkid, retain),
+            Some(properties),
+        ))?;
+        if qos == QoS::AtMostOnce {
+            self.ack_log(log_ack);
+        } else {
+            self.inflight.insert(
+                pkid,
+                Inflight {
+                    log_ack,
+                    released: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn allocate_pkid(&mut self) -> u16 {
+        // In flight is bounded by the receive maximum (a u16), so a free id always exists.
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            if !self.inflight.contains_key(&self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    fn ack_log(&self, log_ack: Option<(SourceId, TopicPartition, i64)>) {
+        if let Some((source, partition, offset)) = log_ack
+            && let Some(source) = self.controls.get(&source)
+        {
+            source.control.ack(&partition, offset);
+        }
+    }
+
+    async fn close_source(&mut self, id: SourceId) {
+        self.sources.remove(&id);
+        self.queue
+            .retain(|pending| !matches!(pending, Pending::Record(source, _) if *source == id));
+        if let Some(source) = self.controls.remove(&id)
+            && let Err(error) = source.control.close().await
+        {
+            tracing::warn!(%error, "closing a reader failed");
+        }
+    }
+
+    fn stored(&self) -> Vec<StoredSubscription> {
+        self.subscriptions
+            .values()
+            .map(|subscription| subscription.stored.clone())
+            .collect()
+    }
+}
+
+fn source_keys(subscription: &Subscription) -> Vec<SourceKey> {
+    match &subscription.share_group {
+        Some(group) => vec![SourceKey::Share(group.clone())],
+        None => subscription
+            .kafka_topics
+            .iter()
+            .cloned()
+            .map(SourceKey::Topic)
+            .collect(),
+    }
+}
+
+fn is_failure(reason: PubRecReason) -> bool {
+    !matches!(
+        reason,
+        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+    )
+}

@@ -1,0 +1,128 @@
+//! Session records in the compacted `mqtt.sessions` topic, keyed by client id.
+//!
+//! A record says which connection owns a client id (the newest record wins, on every replica: see
+//! [`crate::registry`]), whether the session outlives the connection, and, for one that does, its
+//! subscriptions and the QoS 2 packet ids the client still has to release. A persistent session's
+//! read positions are not here: they are the committed offsets of its consumer groups.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use courier_gateway::log::{Log, NewRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::{Error, Result},
+    view::View,
+};
+
+/// How long a connect waits for the session view to catch up.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
+/// What is stored of one client's session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The connection that owns the client id (a ULID per connection).
+    pub connection: String,
+    /// The session (a ULID per new session); its consumer groups are named after it.
+    pub session: String,
+    /// Does the session outlive the connection?
+    pub persistent: bool,
+    /// Seconds a persistent session is kept after its client left; `None` forever.
+    pub expiry_secs: Option<u32>,
+    /// When the client left (ms since the epoch); `None` while connected or after a crash.
+    pub disconnected_at_ms: Option<i64>,
+    /// The session's subscriptions.
+    pub subscriptions: Vec<StoredSubscription>,
+    /// QoS 2 packet ids received and recorded, waiting for the client's PUBREL.
+    #[serde(default)]
+    pub awaiting_release: Vec<u16>,
+}
+
+impl SessionRecord {
+    /// Is this a persistent session still within its expiry?
+    pub fn is_resumable(&self, now_ms: i64) -> bool {
+        if !self.persistent {
+            return false;
+        }
+        match (self.disconnected_at_ms, self.expiry_secs) {
+            (Some(left), Some(expiry)) => now_ms < left + i64::from(expiry) * 1000,
+            _ => true,
+        }
+    }
+}
+
+/// One subscription of a persistent session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSubscription {
+    /// The filter as the client sent it (`$share/...` included).
+    pub filter: String,
+    /// Maximum QoS granted.
+    pub qos: u8,
+    /// MQTT 5 no-local.
+    pub no_local: bool,
+    /// MQTT 5 retain-as-published.
+    pub retain_as_published: bool,
+    /// MQTT 5 subscription identifier.
+    pub identifier: Option<usize>,
+    /// When it was made (ms since the epoch): partitions without a committed offset start here.
+    pub since_ms: i64,
+}
+
+/// Reads and writes session records.
+#[derive(Debug, Clone)]
+pub struct SessionStore {
+    log: Arc<dyn Log>,
+    topic: String,
+    view: View,
+}
+
+impl SessionStore {
+    /// A store over `topic`, read through `view`.
+    pub fn new(log: Arc<dyn Log>, topic: String, view: View) -> Self {
+        Self { log, topic, view }
+    }
+
+    /// The latest record of a client, once everything written before the call has been read.
+    pub async fn load(&self, client_id: &str) -> Result<Option<SessionRecord>> {
+        self.view.caught_up(CATCH_UP).await?;
+        self.view
+            .get(client_id)
+            .and_then(|record| record.value)
+            .map(|value| decode(client_id, &value))
+            .transpose()
+    }
+
+    /// Writes a client's record durably and returns its offset (records of one client share a
+    /// partition, so offsets order them).
+    pub async fn save(&self, client_id: &str, record: &SessionRecord) -> Result<i64> {
+        let value = serde_json::to_vec(record).map_err(|error| Error::CorruptSession {
+            client_id: client_id.to_owned(),
+            detail: error.to_string(),
+        })?;
+        self.append(client_id, Some(Bytes::from(value))).await
+    }
+
+    /// Deletes a client's record (a tombstone, which compaction removes).
+    pub async fn delete(&self, client_id: &str) -> Result<i64> {
+        self.append(client_id, None).await
+    }
+
+    async fn append(&self, client_id: &str, value: Option<Bytes>) -> Result<i64> {
+        let record = NewRecord {
+            key: Some(Bytes::copy_from_slice(client_id.as_bytes())),
+            value,
+            ..NewRecord::default()
+        };
+        let appended = self.log.append(&self.topic, vec![record]).await?;
+        Ok(appended.first().map_or(-1, |appended| appended.offset))
+    }
+}
+
+/// Decodes a stored session record.
+pub fn decode(client_id: &str, value: &[u8]) -> Result<SessionRecord> {
+    serde_json::from_slice(value).map_err(|error| Error::CorruptSession {
+        client_id: client_id.to_owned(),
+        detail: error.to_string(),
+    })
+}

@@ -1,0 +1,169 @@
+//! The latest record of every key of a compacted topic, followed live.
+//!
+//! Retained messages and session records live in compacted Kafka topics. Each gateway replica reads
+//! such a topic from its start with a plain reader and keeps the newest record per key in memory, so a
+//! lookup is a map access and every replica sees what the others wrote. [`View::caught_up`] waits until
+//! the view holds everything written before the call: a client that reconnects to another replica sees
+//! its own session, and a subscriber sees a retained message published a moment earlier elsewhere.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use courier_gateway::log::{
+    Log, Position, Record, SubscribeOptions, SubscriptionEvent, TopicSelector,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+
+/// Called for every record the view applies: its key, and the record (`None` for a tombstone).
+pub type OnChange = Box<dyn Fn(&str, Option<&Record>) + Send + Sync>;
+
+/// Records a reader keeps at once before acknowledging: large, since the view acks as it applies.
+const WINDOW: usize = 10_000;
+
+/// A live key → latest record map over one topic.
+#[derive(Debug, Clone)]
+pub struct View {
+    topic: String,
+    log: Arc<dyn Log>,
+    state: Arc<Mutex<State>>,
+    progress: watch::Receiver<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<String, Record>,
+    /// Next offset to apply, per partition.
+    next_offsets: HashMap<i32, i64>,
+}
+
+impl View {
+    /// Starts following `topic` from its start; stops when `cancel` fires.
+    pub async fn start(
+        log: Arc<dyn Log>,
+        topic: &str,
+        on_change: OnChange,
+        cancel: CancellationToken,
+    ) -> Result<Self> {
+        let mut subscription = log
+            .subscribe(SubscribeOptions {
+                topics: TopicSelector::Names(vec![topic.to_owned()]),
+                group: None,
+                start: Position::Earliest,
+                max_in_flight: WINDOW,
+                client: format!("courier-mqtt view of {topic}"),
+                protocol: "mqtt",
+            })
+            .await?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let (progress_tx, progress) = watch::channel(0u64);
+        let task_state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    () = cancel.cancelled() => break,
+                    event = subscription.next_event() => event,
+                };
+                let Some(SubscriptionEvent::Records(records)) = event else {
+                    if event.is_none() {
+                        break;
+                    }
+                    continue;
+                };
+                {
+                    let mut state = lock(&task_state);
+                    for record in records {
+                        subscription
+                            .control
+                            .ack(&record.topic_partition(), record.offset);
+                        state
+                            .next_offsets
+                            .insert(record.partition, record.offset + 1);
+                        let Some(key) = record
+                            .key
+                            .as_deref()
+                            .and_then(|key| std::str::from_utf8(key).ok())
+                            .map(str::to_owned)
+                        else {
+                            continue;
+                        };
+                        if record.value.is_none() {
+                            on_change(&key, None);
+                            state.entries.remove(&key);
+                        } else {
+                            on_change(&key, Some(&record));
+                            state.entries.insert(key, record);
+                        }
+                    }
+                }
+                progress_tx.send_modify(|applied| *applied += 1);
+            }
+            let _ = subscription.close().await;
+        });
+        Ok(Self {
+            topic: topic.to_owned(),
+            log,
+            state,
+            progress,
+        })
+    }
+
+    /// Waits until every record written to the topic before this call has been applied.
+    pub async fn caught_up(&self, deadline: Duration) -> Result<()> {
+        let description = self.log.describe_topic(&self.topic).await?;
+        let mut progress = self.progress.clone();
+        let wait = async {
+            loop {
+                let behind = {
+                    let state = lock(&self.state);
+                    description.partitions.iter().any(|partition| {
+                        let applied = state
+                            .next_offsets
+                            .get(&partition.partition)
+                            .copied()
+                            .unwrap_or(partition.low);
+                        applied < partition.high
+                    })
+                };
+                if !behind {
+                    return Ok(());
+                }
+                if progress.changed().await.is_err() {
+                    return Err(Error::ShuttingDown);
+                }
+            }
+        };
+        tokio::time::timeout(deadline, wait)
+            .await
+            .map_err(|_| Error::Behind {
+                topic: self.topic.clone(),
+            })?
+    }
+
+    /// The latest record of a key.
+    pub fn get(&self, key: &str) -> Option<Record> {
+        lock(&self.state).entries.get(key).cloned()
+    }
+
+    /// Every latest record whose key passes `keep`.
+    pub fn matching(&self, keep: impl Fn(&str) -> bool) -> Vec<Record> {
+        lock(&self.state)
+            .entries
+            .iter()
+            .filter(|(key, _)| keep(key))
+            .map(|(_, record)| record.clone())
+            .collect()
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // The state is plain data updated in one place; a panic there leaves it usable.
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,21 @@
+//! `courier passwd NAME`: prints a users-file line for MQTT (and AMQP PLAIN) authentication.
+
+use std::io::BufRead;
+
+use anyhow::{Context, Result, bail};
+
+/// Reads the password from the first line of stdin, so it stays out of shell history and `ps`.
+pub(crate) fn print_line(name: &str) -> Result<()> {
+    let mut password = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut password)
+        .context("reading the password from stdin")?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        bail!("no password on stdin (echo 'secret' | courier passwd {name})");
+    }
+    let line = courier_mqtt::auth::users_file_line(name, password).map_err(anyhow::Error::msg)?;
+    println!("{line}");
+    Ok(())
+}
