@@ -6,63 +6,27 @@
 
 mod common;
 
-use std::{
-    path::PathBuf,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::path::PathBuf;
 
 use common::*;
 use courier_testkit::Tansu;
 
-fn python() -> Result<PathBuf, String> {
-    if let Ok(python) = std::env::var("COURIER_PYTHON") {
-        return Ok(python.into());
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.exists() {
-        return Ok(venv);
-    }
-    Err("no Python with grpcio: run scripts/test (it installs one into .venv) or set COURIER_PYTHON".into())
-}
-
-/// Runs `tests/python/<script>` with `args`; fails with its output (and the gateway's log) unless it
-/// exits 0 within two minutes. Returns its stdout.
-fn run_python(script: &str, args: &[&str], gateway: &Gateway) -> Result<String, BoxError> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(python()?)
-        .arg(root.join("tests/python").join(script))
-        .args(args)
-        .arg("--proto")
-        .arg(root.join("proto"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            child.kill()?;
-            return Err(format!("{script} did not finish in 120 s").into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output()?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    eprintln!("{stdout}");
-    if !output.status.success() {
-        return Err(format!(
-            "{script} failed:\n{stdout}\n{}\ngateway log:\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            gateway.log()
-        )
-        .into());
-    }
-    Ok(stdout)
+/// The `.proto` files, from which the Python scripts generate their stubs.
+fn proto_dir() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("proto")
+        .display()
+        .to_string()
 }
 
 fn grpcio_client_against(gateway: Gateway) -> TestResult {
     let server = gateway.grpc.to_string();
-    let stdout = run_python("grpc_client_test.py", &["--server", &server], &gateway)?;
+    let proto = proto_dir();
+    let stdout = run_python(
+        "grpc_client_test.py",
+        &["--server", &server, "--proto", &proto],
+        &gateway,
+    )?;
     assert!(stdout.contains("0 lost, 0 acknowledged twice"));
     assert!(gateway.terminate()?.success());
     Ok(())
@@ -110,6 +74,8 @@ fn grpc_and_native_kafka_clients_interoperate() -> TestResult {
             &bootstrap,
             "--region",
             "eu-test",
+            "--proto",
+            &proto_dir(),
         ],
         &gateway,
     )?;

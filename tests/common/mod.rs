@@ -32,6 +32,8 @@ pub struct Gateway {
     child: Option<Child>,
     /// The bound gRPC address.
     pub grpc: SocketAddr,
+    /// The bound MQTT address.
+    pub mqtt: SocketAddr,
     /// Its data directory.
     pub data_dir: PathBuf,
     /// Where its logs go (stderr), to read when a test fails.
@@ -79,7 +81,13 @@ impl Gateway {
             .map_err(|e| e.to_string())?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
         command
-            .args(["serve", "--grpc-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+            ])
             .args(args)
             .env("RUST_LOG", "info,courier_gateway=debug")
             .env("COURIER_SHUTDOWN__GRACE", "10s")
@@ -108,16 +116,18 @@ impl Gateway {
                     std::fs::read_to_string(&log_file).unwrap_or_default()
                 )
             })?;
-            if let Some(grpc) = line
-                .strip_prefix("courier ready grpc=")
-                .and_then(|rest| rest.split_whitespace().next())
-            {
-                let grpc = grpc
-                    .parse()
-                    .map_err(|e| format!("bad address in {line:?}: {e}"))?;
+            if line.starts_with("courier ready ") {
+                let address = |name: &str| -> Result<SocketAddr, String> {
+                    line.split_whitespace()
+                        .find_map(|field| field.strip_prefix(name))
+                        .ok_or_else(|| format!("no {name} in {line:?}"))?
+                        .parse()
+                        .map_err(|e| format!("bad {name} address in {line:?}: {e}"))
+                };
                 return Ok(Self {
                     child: Some(child),
-                    grpc,
+                    grpc: address("grpc=")?,
+                    mqtt: address("mqtt=")?,
                     data_dir: data_dir.to_owned(),
                     log_file,
                 });
@@ -380,4 +390,49 @@ pub fn start_in_group(topic: &str, group: &str, max_in_flight: u32) -> pb::Subsc
         max_in_flight,
         ..Default::default()
     }
+}
+
+/// The Python interpreter with the client libraries: `COURIER_PYTHON`, else `./.venv` (made by
+/// `scripts/test`).
+pub fn python() -> Result<PathBuf, String> {
+    if let Ok(python) = std::env::var("COURIER_PYTHON") {
+        return Ok(python.into());
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if venv.exists() {
+        return Ok(venv);
+    }
+    Err("no Python with the client libraries: run scripts/test (it installs them into .venv) or set COURIER_PYTHON".into())
+}
+
+/// Runs `tests/python/<script>` with `args`; fails with its output (and the gateway's log) unless it
+/// exits 0 within three minutes. Returns its stdout.
+pub fn run_python(script: &str, args: &[&str], gateway: &Gateway) -> Result<String, BoxError> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(python()?)
+        .arg(root.join("tests/python").join(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            child.kill()?;
+            return Err(format!("{script} did not finish in 180 s").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    eprintln!("{stdout}");
+    if !output.status.success() {
+        return Err(format!(
+            "{script} failed:\n{stdout}\n{}\ngateway log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            gateway.log()
+        )
+        .into());
+    }
+    Ok(stdout)
 }

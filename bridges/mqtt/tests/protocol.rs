@@ -1,0 +1,468 @@
+//! The MQTT endpoint at the packet level, in process over a real embedded log: what real client
+//! libraries do not let a test do on purpose (retransmit a QoS 2 packet id, send malformed bytes, break
+//! the protocol). Client packets are written with rumqttd's 3.1.1 codec; replies are read with it too.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use courier_gateway::{
+    config::{EmbeddedConfig, GroupsConfig, TopicsConfig},
+    log::{Embedded, FetchLimits, Log, TopicPartition},
+};
+use courier_mqtt::{Config, Server, codec::outgoing_publish, config::AuthConfig};
+use rumqttd::protocol::{
+    Connect, ConnectReturnCode, Filter, Login, Packet, Protocol, PubRel, PubRelReason, QoS,
+    RetainForwardRule, Subscribe, v4::V4,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_util::sync::CancellationToken;
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Longest any single wait in these tests.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Endpoint {
+    address: SocketAddr,
+    log: Arc<dyn Log>,
+    drain: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Endpoint {
+    async fn start(config: Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let dir = tempfile::tempdir()?;
+        let log: Arc<dyn Log> = Arc::new(
+            Embedded::open(
+                &EmbeddedConfig::in_dir(dir.path()),
+                TopicsConfig::default(),
+                GroupsConfig::default(),
+                "test",
+            )
+            .await?,
+        );
+        let server = Server::bind(
+            log.clone(),
+            Config {
+                listen: "127.0.0.1:0".parse()?,
+                ..config
+            },
+        )
+        .await?;
+        let address = server.local_addr()?;
+        let drain = CancellationToken::new();
+        tokio::spawn(server.serve(drain.clone()));
+        Ok(Self {
+            address,
+            log,
+            drain,
+            _dir: dir,
+        })
+    }
+
+    /// Every record of the default messages topic.
+    async fn stored_values(&self) -> Result<Vec<Bytes>, Box<dyn std::error::Error + Send + Sync>> {
+        let description = self.log.describe_topic("mqtt.messages").await?;
+        let mut values = Vec::new();
+        for partition in description.partitions {
+            let fetched = self
+                .log
+                .fetch(
+                    &TopicPartition::new("mqtt.messages", partition.partition),
+                    partition.low,
+                    FetchLimits::default(),
+                )
+                .await?;
+            values.extend(
+                fetched
+                    .records
+                    .into_iter()
+                    .filter_map(|record| record.value),
+            );
+        }
+        Ok(values)
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.drain.cancel();
+    }
+}
+
+/// A raw MQTT 3.1.1 client.
+struct RawClient {
+    stream: TcpStream,
+    buffer: BytesMut,
+}
+
+impl RawClient {
+    async fn open(address: SocketAddr) -> Result<Self, std::io::Error> {
+        Ok(Self {
+            stream: TcpStream::connect(address).await?,
+            buffer: BytesMut::new(),
+        })
+    }
+
+    async fn connect(
+        address: SocketAddr,
+        client_id: &str,
+        clean_session: bool,
+    ) -> Result<(Self, bool), Box<dyn std::error::Error + Send + Sync>> {
+        let mut client = Self::open(address).await?;
+        client
+            .send(connect_packet(client_id, clean_session, 30, None))
+            .await?;
+        match client.read().await? {
+            Some(Packet::ConnAck(connack, _)) if connack.code == ConnectReturnCode::Success => {
+                Ok((client, connack.session_present))
+            }
+            other => Err(format!("expected a CONNACK, got {other:?}").into()),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        packet: Packet,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut bytes = BytesMut::new();
+        V4.write(packet, &mut bytes)?;
+        self.send_bytes(&bytes).await
+    }
+
+    async fn send_bytes(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// The next packet, `None` once the server closed the connection.
+    async fn read(&mut self) -> Result<Option<Packet>, Box<dyn std::error::Error + Send + Sync>> {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                match V4.read_mut(&mut self.buffer, 1 << 20) {
+                    Ok(packet) => return Ok(Some(packet)),
+                    Err(rumqttd::protocol::Error::InsufficientBytes(_)) => {}
+                    Err(error) => return Err(error.into()),
+                }
+                match self.stream.read_buf(&mut self.buffer).await {
+                    Ok(0) => return Ok(None),
+                    Ok(_) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+                        return Ok(None);
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        })
+        .await?
+    }
+
+    /// Reads until the server closes the connection; fails if it does not within the deadline.
+    async fn expect_closed(&mut self) -> TestResult {
+        while self.read().await?.is_some() {}
+        Ok(())
+    }
+}
+
+fn connect_packet(
+    client_id: &str,
+    clean_session: bool,
+    keep_alive: u16,
+    login: Option<(&str, &str)>,
+) -> Packet {
+    Packet::Connect(
+        Connect {
+            keep_alive,
+            client_id: client_id.into(),
+            clean_session,
+        },
+        None,
+        None,
+        None,
+        login.map(|(username, password)| Login {
+            username: username.into(),
+            password: password.into(),
+        }),
+    )
+}
+
+fn publish_bytes(topic: &str, payload: &[u8], qos: QoS, pkid: u16, dup: bool) -> BytesMut {
+    let mut bytes = BytesMut::new();
+    let publish = outgoing_publish(topic, payload, qos, pkid, false);
+    V4.write(Packet::Publish(publish, None), &mut bytes)
+        .unwrap_or_default();
+    if dup {
+        bytes[0] |= 0b1000;
+    }
+    bytes
+}
+
+fn subscribe_packet(pkid: u16, filter: &str, qos: QoS) -> Packet {
+    Packet::Subscribe(
+        Subscribe {
+            pkid,
+            filters: vec![Filter {
+                path: filter.into(),
+                qos,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+            }],
+        },
+        None,
+    )
+}
+
+/// A QoS 2 packet id sent again (DUP), on the same connection and after a reconnect, is answered with
+/// PUBREC each time but stored once; PUBREL releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_retransmissions_store_one_record() -> TestResult {
+    let endpoint = Endpoint::start(Config::default()).await?;
+    let (mut client, _) = RawClient::connect(endpoint.address, "qos2-client", false).await?;
+    client
+        .send_bytes(&publish_bytes(
+            "q/2",
+            b"exactly-once",
+            QoS::ExactlyOnce,
+            7,
+            false,
+        ))
+        .await?;
+    assert!(matches!(client.read().await?, Some(Packet::PubRec(rec, _)) if rec.pkid == 7));
+    client
+        .send_bytes(&publish_bytes(
+            "q/2",
+            b"exactly-once",
+            QoS::ExactlyOnce,
+            7,
+            true,
+        ))
+        .await?;
+    assert!(matches!(client.read().await?, Some(Packet::PubRec(rec, _)) if rec.pkid == 7));
+    drop(client); // the connection drops before PUBREL
+
+    let (mut client, session_present) =
+        RawClient::connect(endpoint.address, "qos2-client", false).await?;
+    assert!(session_present);
+    client
+        .send_bytes(&publish_bytes(
+            "q/2",
+            b"exactly-once",
+            QoS::ExactlyOnce,
+            7,
+            true,
+        ))
+        .await?;
+    assert!(matches!(client.read().await?, Some(Packet::PubRec(rec, _)) if rec.pkid == 7));
+    client
+        .send(Packet::PubRel(
+            PubRel {
+                pkid: 7,
+                reason: PubRelReason::Success,
+            },
+            None,
+        ))
+        .await?;
+    assert!(matches!(client.read().await?, Some(Packet::PubComp(comp, _)) if comp.pkid == 7));
+
+    let stored = endpoint.stored_values().await?;
+    let copies = stored
+        .iter()
+        .filter(|value| &value[..] == b"exactly-once")
+        .count();
+    assert_eq!(copies, 1, "stored {copies} copies");
+    Ok(())
+}
+
+/// Each kind of bad input closes the offending connection; a well-behaved client on the same endpoint
+/// carries on and nothing it had acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_closes_only_the_offending_connection() -> TestResult {
+    let endpoint = Endpoint::start(Config {
+        max_packet_size: 1024,
+        ..Config::default()
+    })
+    .await?;
+    let (mut good, _) = RawClient::connect(endpoint.address, "good", true).await?;
+    good.send(subscribe_packet(1, "good/#", QoS::AtLeastOnce))
+        .await?;
+    assert!(matches!(good.read().await?, Some(Packet::SubAck(..))));
+    good.send_bytes(&publish_bytes(
+        "good/1",
+        b"before",
+        QoS::AtLeastOnce,
+        1,
+        false,
+    ))
+    .await?;
+
+    let connect = {
+        let mut bytes = BytesMut::new();
+        V4.write(connect_packet("bad", true, 30, None), &mut bytes)?;
+        bytes
+    };
+    let bad_inputs: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "publish before connect",
+            publish_bytes("a", b"x", QoS::AtMostOnce, 0, false).to_vec(),
+        ),
+        ("garbage", b"\xff\xff\xff\xff\xff\xff".to_vec()),
+        (
+            "QoS 3",
+            [&connect[..], b"\x36\x05\x00\x01a\x00\x01"].concat(),
+        ),
+        (
+            "oversized packet",
+            [
+                &connect[..],
+                &publish_bytes("a", &[0; 2048], QoS::AtMostOnce, 0, false)[..],
+            ]
+            .concat(),
+        ),
+        (
+            "wildcard topic",
+            [
+                &connect[..],
+                &publish_bytes("a/+", b"x", QoS::AtLeastOnce, 1, false)[..],
+            ]
+            .concat(),
+        ),
+        ("second connect", [&connect[..], &connect[..]].concat()),
+        (
+            "server-only packet",
+            [&connect[..], b"\x20\x02\x00\x00"].concat(),
+        ),
+    ];
+    for (what, bytes) in bad_inputs {
+        let mut bad = RawClient::open(endpoint.address).await?;
+        bad.send_bytes(&bytes).await?;
+        bad.expect_closed()
+            .await
+            .map_err(|error| format!("{what}: {error}"))?;
+    }
+
+    good.send_bytes(&publish_bytes(
+        "good/2",
+        b"after",
+        QoS::AtLeastOnce,
+        2,
+        false,
+    ))
+    .await?;
+    let mut acked = Vec::new();
+    let mut delivered = Vec::new();
+    while acked.len() < 2 || delivered.len() < 2 {
+        match good.read().await? {
+            Some(Packet::PubAck(ack, _)) => acked.push(ack.pkid),
+            Some(Packet::Publish(publish, _)) => {
+                delivered.push(publish.payload.clone());
+                // Delivered at QoS 1 with its own packet id: acknowledge it.
+                let raw = publish.serialize();
+                let pkid = u16::from_be_bytes([raw[1], raw[2]]);
+                good.send(Packet::PubAck(
+                    rumqttd::protocol::PubAck {
+                        pkid,
+                        reason: rumqttd::protocol::PubAckReason::Success,
+                    },
+                    None,
+                ))
+                .await?;
+            }
+            other => return Err(format!("unexpected {other:?}").into()),
+        }
+    }
+    assert_eq!(acked, [1, 2]);
+    assert_eq!(
+        delivered,
+        [Bytes::from_static(b"before"), Bytes::from_static(b"after")]
+    );
+    Ok(())
+}
+
+/// MQTT 3.1 (protocol level 3) is refused with return code 1, in a CONNACK it can read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_protocol_versions_are_refused_in_protocol() -> TestResult {
+    let endpoint = Endpoint::start(Config::default()).await?;
+    let mut client = RawClient::open(endpoint.address).await?;
+    client
+        .send_bytes(b"\x10\x10\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x02c1")
+        .await?;
+    match client.read().await? {
+        Some(Packet::ConnAck(connack, _)) => {
+            assert_eq!(connack.code, ConnectReturnCode::RefusedProtocolVersion)
+        }
+        other => return Err(format!("expected a refusal, got {other:?}").into()),
+    }
+    client.expect_closed().await
+}
+
+/// A second connection with the same client id takes the session; the first is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_takes_the_client_id_over() -> TestResult {
+    let endpoint = Endpoint::start(Config::default()).await?;
+    let (mut first, _) = RawClient::connect(endpoint.address, "twin", false).await?;
+    let (mut second, session_present) = RawClient::connect(endpoint.address, "twin", false).await?;
+    assert!(session_present);
+    first.expect_closed().await?;
+    second
+        .send(Packet::PingReq(rumqttd::protocol::PingReq))
+        .await?;
+    assert!(matches!(second.read().await?, Some(Packet::PingResp(_))));
+    Ok(())
+}
+
+/// A client silent past one and a half keep-alives is disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_disconnected_after_the_keep_alive() -> TestResult {
+    let endpoint = Endpoint::start(Config::default()).await?;
+    let mut client = RawClient::open(endpoint.address).await?;
+    client.send(connect_packet("sleepy", true, 1, None)).await?;
+    assert!(matches!(client.read().await?, Some(Packet::ConnAck(..))));
+    client.expect_closed().await
+}
+
+/// With a users file and no anonymous access: right password in, wrong password and no username out,
+/// each with its 3.1.1 return code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_are_checked_against_the_users_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let users = dir.path().join("users");
+    std::fs::write(
+        &users,
+        courier_mqtt::auth::users_file_line("device-1", "pa55")?,
+    )?;
+    let endpoint = Endpoint::start(Config {
+        auth: AuthConfig {
+            allow_anonymous: false,
+            users_file: Some(users),
+        },
+        ..Config::default()
+    })
+    .await?;
+    for (login, expected) in [
+        (Some(("device-1", "pa55")), ConnectReturnCode::Success),
+        (
+            Some(("device-1", "wrong")),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        (
+            Some(("nobody", "pa55")),
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        (None, ConnectReturnCode::NotAuthorized),
+    ] {
+        let mut client = RawClient::open(endpoint.address).await?;
+        client.send(connect_packet("auth", true, 30, login)).await?;
+        match client.read().await? {
+            Some(Packet::ConnAck(connack, _)) => assert_eq!(connack.code, expected, "{login:?}"),
+            other => return Err(format!("expected a CONNACK, got {other:?}").into()),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! The MQTT endpoint end to end, with the clients devices and applications use: the Mosquitto command
+//! line clients and paho-mqtt (Python), in MQTT 3.1.1 and 5, on the embedded log and in front of a
+//! Kafka-protocol broker (tansu); a native Kafka client (confluent-kafka) on the other side; and a
+//! persistent session that outlives the gateway it was made on.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    io::Write,
+    process::{Command, Stdio},
+};
+
+use common::*;
+use courier_testkit::Tansu;
+
+fn paho_both_versions(gateway: Gateway) -> TestResult {
+    let port = gateway.mqtt.port().to_string();
+    for version in ["3.1.1", "5"] {
+        let stdout = run_python(
+            "mqtt_client_test.py",
+            &["--port", &port, "--version", version],
+            &gateway,
+        )?;
+        assert!(stdout.contains("all checks passed"), "{stdout}");
+    }
+    assert!(gateway.terminate()?.success());
+    Ok(())
+}
+
+#[test]
+fn paho_mqtt_3_1_1_and_5_on_the_embedded_log() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    paho_both_versions(Gateway::start(&dir.path().join("data"), &[])?)
+}
+
+#[test]
+fn paho_mqtt_3_1_1_and_5_in_front_of_kafka() -> TestResult {
+    let broker = Tansu::start()?;
+    let dir = tempfile::tempdir()?;
+    paho_both_versions(Gateway::start_kafka(
+        &dir.path().join("gateway"),
+        &broker.bootstrap(),
+        &[],
+    )?)
+}
+
+#[test]
+fn mqtt_and_native_kafka_clients_interoperate() -> TestResult {
+    let broker = Tansu::start()?;
+    let dir = tempfile::tempdir()?;
+    let gateway = Gateway::start_kafka(&dir.path().join("gateway"), &broker.bootstrap(), &[])?;
+    let port = gateway.mqtt.port().to_string();
+    let stdout = run_python(
+        "mqtt_kafka_interop_test.py",
+        &["--port", &port, "--bootstrap", &broker.bootstrap()],
+        &gateway,
+    )?;
+    assert!(stdout.contains("messages intact both ways"), "{stdout}");
+    assert!(gateway.terminate()?.success());
+    Ok(())
+}
+
+/// Runs a Mosquitto client to completion (bounded by its own `-W` timeout or a kill), returning stdout.
+fn mosquitto(program: &str, args: &[&str], stdin: &str) -> Result<String, BoxError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{program} (apt-get install mosquitto-clients): {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(stdin.as_bytes())?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        return Err(format!(
+            "{program} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// mosquitto_sub subscribes with a persistent session and leaves; mosquitto_pub publishes (QoS 1 and 2,
+/// user properties, a retained message); mosquitto_sub comes back and gets everything, in both versions.
+fn mosquitto_clients_against(gateway: &Gateway) -> TestResult {
+    let port = gateway.mqtt.port().to_string();
+    for (version, flag) in [("mqttv311", "311"), ("mqttv5", "5")] {
+        let topic = unique(&format!("cli{flag}"));
+        let client_id = unique("mosquitto");
+        let common = ["-h", "127.0.0.1", "-p", &port, "-V", version];
+        let session = ["-c", "-i", &client_id, "-q", "1"];
+        let expiry: &[&str] = if flag == "5" { &["-x", "600"] } else { &[] };
+        let filter = format!("{topic}/#");
+        mosquitto(
+            "mosquitto_sub",
+            &[&common[..], &session, expiry, &["-t", &filter, "-E"]].concat(),
+            "",
+        )?;
+        let lines: String = (0..50).map(|i| format!("line-{i}\n")).collect();
+        let line_topic = format!("{topic}/lines");
+        mosquitto(
+            "mosquitto_pub",
+            &[&common[..], &["-q", "1", "-t", &line_topic, "-l"]].concat(),
+            &lines,
+        )?;
+        let exact_topic = format!("{topic}/exact");
+        let mut publish = vec!["-q", "2", "-t", &exact_topic, "-m", "exactly"];
+        if flag == "5" {
+            publish.extend(["-D", "publish", "user-property", "site", "lyon"]);
+        }
+        mosquitto("mosquitto_pub", &[&common[..], &publish].concat(), "")?;
+
+        let output = mosquitto(
+            "mosquitto_sub",
+            &[
+                &common[..],
+                &session,
+                expiry,
+                &["-t", &filter, "-C", "51", "-W", "30", "-F", "%t|%p|%q|%P"],
+            ]
+            .concat(),
+            "",
+        )?;
+        let received: Vec<&str> = output.lines().collect();
+        let lines_received: BTreeSet<&str> = received
+            .iter()
+            .filter(|line| line.starts_with(&line_topic))
+            .copied()
+            .collect();
+        assert_eq!(lines_received.len(), 50, "{output}");
+        let exact: Vec<&&str> = received
+            .iter()
+            .filter(|line| line.starts_with(&exact_topic))
+            .collect();
+        assert_eq!(exact.len(), 1, "{output}");
+        // Delivered at QoS 1 (the subscription's), with the user property and courier-id in MQTT 5.
+        assert!(
+            exact[0].starts_with(&format!("{exact_topic}|exactly|1|")),
+            "{output}"
+        );
+        if flag == "5" {
+            assert!(exact[0].contains("site:lyon"), "{output}");
+            assert!(exact[0].contains("courier-id:"), "{output}");
+        }
+
+        let retained_topic = format!("{topic}/retained");
+        mosquitto(
+            "mosquitto_pub",
+            &[
+                &common[..],
+                &["-q", "1", "-r", "-t", &retained_topic, "-m", "kept"],
+            ]
+            .concat(),
+            "",
+        )?;
+        let output = mosquitto(
+            "mosquitto_sub",
+            &[
+                &common[..],
+                &[
+                    "-t",
+                    &retained_topic,
+                    "-C",
+                    "1",
+                    "-W",
+                    "30",
+                    "-F",
+                    "%t|%p|%r",
+                ],
+            ]
+            .concat(),
+            "",
+        )?;
+        assert_eq!(output.trim(), format!("{retained_topic}|kept|1"));
+    }
+    Ok(())
+}
+
+#[test]
+fn mosquitto_clients_on_the_embedded_log() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = Gateway::start(&dir.path().join("data"), &[])?;
+    mosquitto_clients_against(&gateway)?;
+    assert!(gateway.terminate()?.success());
+    Ok(())
+}
+
+#[test]
+fn mosquitto_clients_in_front_of_kafka() -> TestResult {
+    let broker = Tansu::start()?;
+    let dir = tempfile::tempdir()?;
+    let gateway = Gateway::start_kafka(&dir.path().join("gateway"), &broker.bootstrap(), &[])?;
+    mosquitto_clients_against(&gateway)?;
+    assert!(gateway.terminate()?.success());
+    Ok(())
+}
+
+/// Subscribe with QoS 1 on gateway A and leave; 1,000 messages are published; A dies (kill -9); the
+/// client reconnects to gateway B on the same Kafka cluster and receives all 1,000.
+#[test]
+fn a_persistent_session_outlives_its_gateway() -> TestResult {
+    const COUNT: usize = 1000;
+    let broker = Tansu::start()?;
+    let dir = tempfile::tempdir()?;
+    let first = Gateway::start_kafka(&dir.path().join("a"), &broker.bootstrap(), &[])?;
+    let second = Gateway::start_kafka(&dir.path().join("b"), &broker.bootstrap(), &[])?;
+    let topic = unique("roaming");
+    let client_id = unique("roamer");
+    let filter = format!("{topic}/#");
+    let (first_port, second_port) = (
+        first.mqtt.port().to_string(),
+        second.mqtt.port().to_string(),
+    );
+    let session = [
+        "-V", "mqttv311", "-c", "-i", &client_id, "-q", "1", "-t", &filter,
+    ];
+    mosquitto(
+        "mosquitto_sub",
+        &[
+            &["-h", "127.0.0.1", "-p", &first_port][..],
+            &session,
+            &["-E"],
+        ]
+        .concat(),
+        "",
+    )?;
+    let lines: String = (0..COUNT).map(|i| format!("message-{i}\n")).collect();
+    let publish_topic = format!("{topic}/data");
+    mosquitto(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &first_port,
+            "-q",
+            "1",
+            "-t",
+            &publish_topic,
+            "-l",
+        ],
+        &lines,
+    )?;
+    first.kill9()?;
+
+    let count = COUNT.to_string();
+    let output = mosquitto(
+        "mosquitto_sub",
+        &[
+            &["-h", "127.0.0.1", "-p", &second_port][..],
+            &session,
+            &["-C", &count, "-W", "90"],
+        ]
+        .concat(),
+        "",
+    )
+    .map_err(|e| format!("{e}\ngateway B log:\n{}", second.log()))?;
+    let received: BTreeSet<&str> = output.lines().collect();
+    let missing: Vec<usize> = (0..COUNT)
+        .filter(|i| !received.contains(format!("message-{i}").as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} messages: {missing:?}",
+        missing.len()
+    );
+    assert!(second.terminate()?.success());
+    Ok(())
+}

@@ -1,0 +1,320 @@
+"""Courier's MQTT endpoint with paho-mqtt, the Eclipse Python client, in MQTT 3.1.1 or 5.
+
+Run by tests/mqtt.rs against a running gateway (embedded log or Kafka). Every check uses topics of its
+own, so the script can run twice against one gateway (once per protocol version). Exits non-zero on any
+failure; prints one line per check.
+"""
+
+import argparse
+import socket
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+DEADLINE = 20.0
+
+
+class Peer:
+    """One paho client with what it received, in order."""
+
+    def __init__(self, args, client_id="", clean=True, expiry=None, will=None):
+        self.args = args
+        self.v5 = args.version == "5"
+        self.clean = clean
+        self.expiry = expiry
+        self.messages = []
+        self.acks = {}
+        self.condition = threading.Condition()
+        self.connected = None
+        kwargs = {"client_id": client_id, "protocol": mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311}
+        if not self.v5:
+            kwargs["clean_session"] = clean
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        if will:
+            self.client.will_set(*will)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self.client.on_subscribe = self._on_subscribe
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        with self.condition:
+            self.connected = (reason_code, flags.session_present)
+            self.condition.notify_all()
+
+    def _on_message(self, client, userdata, message):
+        with self.condition:
+            self.messages.append(message)
+            self.condition.notify_all()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        with self.condition:
+            self.acks[mid] = reason_code
+            self.condition.notify_all()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        with self.condition:
+            self.acks[mid] = reason_codes
+            self.condition.notify_all()
+
+    def _wait(self, predicate, what):
+        with self.condition:
+            if not self.condition.wait_for(predicate, DEADLINE):
+                raise AssertionError(f"timed out waiting for {what}")
+
+    def connect(self):
+        """Connects and returns session_present."""
+        kwargs = {}
+        if self.v5:
+            kwargs["clean_start"] = self.clean
+            if self.expiry is not None:
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = self.expiry
+                kwargs["properties"] = properties
+        self.client.connect(self.args.host, self.args.port, keepalive=30, **kwargs)
+        self.client.loop_start()
+        self._wait(lambda: self.connected is not None, "CONNACK")
+        reason_code, session_present = self.connected
+        assert not reason_code.is_failure, f"refused: {reason_code}"
+        return session_present
+
+    def subscribe(self, topic, qos=1, options=None, properties=None):
+        if options is not None:
+            result, mid = self.client.subscribe(topic, options=options, properties=properties)
+        else:
+            result, mid = self.client.subscribe(topic, qos, properties=properties)
+        assert result == mqtt.MQTT_ERR_SUCCESS
+        self._wait(lambda: mid in self.acks, f"SUBACK for {topic}")
+        codes = self.acks[mid]
+        assert all(not code.is_failure for code in codes), f"subscription to {topic} refused: {codes}"
+        return codes
+
+    def publish(self, topic, payload, qos=1, retain=False, properties=None):
+        """Publishes and, for QoS 1 and 2, waits for the ack; returns the MQTT 5 reason code."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if qos == 0:
+            return None
+        self._wait(lambda: info.mid in self.acks, f"ack of {topic}")
+        return self.acks[info.mid]
+
+    def wait_for(self, count, what="messages"):
+        self._wait(lambda: len(self.messages) >= count, f"{count} {what} (have {len(self.messages)})")
+        return list(self.messages)
+
+    def disconnect(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def drop(self):
+        """Goes away without DISCONNECT, as a device losing power does."""
+        self.client.socket().shutdown(socket.SHUT_RDWR)
+        self.client.loop_stop()
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def check_qos_levels(args):
+    base = unique("qos")
+    subscriber = Peer(args)
+    subscriber.connect()
+    subscriber.subscribe(f"{base}/#", qos=2)
+    downgraded = Peer(args)
+    downgraded.connect()
+    downgraded.subscribe(f"{base}/+/x", qos=0)
+    publisher = Peer(args)
+    publisher.connect()
+    for qos in (0, 1, 2):
+        publisher.publish(f"{base}/{qos}/x", f"at-{qos}".encode(), qos=qos)
+    received = subscriber.wait_for(3)
+    assert sorted((m.topic, m.payload, m.qos) for m in received) == [
+        (f"{base}/{q}/x", f"at-{q}".encode(), q) for q in (0, 1, 2)
+    ], [(m.topic, m.payload, m.qos) for m in received]
+    assert [m.qos for m in downgraded.wait_for(3)] == [0, 0, 0]
+    time.sleep(0.5)  # a duplicate of the QoS 2 message would have arrived by now
+    assert len(subscriber.messages) == 3, "a message arrived twice"
+    for peer in (subscriber, downgraded, publisher):
+        peer.disconnect()
+    print("qos: 0, 1 and 2 delivered at min(publish, subscription) QoS, each once")
+
+
+def check_retained(args):
+    base = unique("retained")
+    publisher = Peer(args)
+    publisher.connect()
+    publisher.publish(f"{base}/state", b"on", qos=1, retain=True)
+    late = Peer(args)
+    late.connect()
+    late.subscribe(f"{base}/#", qos=1)
+    (message,) = late.wait_for(1)
+    assert (message.topic, message.payload, message.retain) == (f"{base}/state", b"on", True)
+    publisher.publish(f"{base}/state", b"", qos=1, retain=True)  # deletes it
+    after = Peer(args)
+    after.connect()
+    after.subscribe(f"{base}/#", qos=1)
+    publisher.publish(f"{base}/marker", b"live", qos=1)
+    first = after.wait_for(1)[0]
+    assert (first.topic, first.payload, first.retain) == (f"{base}/marker", b"live", False), first.payload
+    for peer in (publisher, late, after):
+        peer.disconnect()
+    print("retained: delivered to later subscribers with the retain flag; an empty payload deletes it")
+
+
+def check_persistent_session(args):
+    base = unique("session")
+    client_id = unique("device")
+    device = Peer(args, client_id=client_id, clean=False, expiry=300)
+    assert device.connect() is False
+    device.subscribe(f"{base}/#", qos=1)
+    device.disconnect()
+    publisher = Peer(args)
+    publisher.connect()
+    for i in range(10):
+        publisher.publish(f"{base}/{i}", f"queued-{i}".encode(), qos=1)
+    back = Peer(args, client_id=client_id, clean=False, expiry=300)
+    assert back.connect() is True, "session not present"
+    payloads = sorted(m.payload for m in back.wait_for(10))
+    assert payloads == sorted(f"queued-{i}".encode() for i in range(10)), payloads
+    back.disconnect()
+    fresh = Peer(args, client_id=client_id, clean=True)
+    assert fresh.connect() is False, "clean start kept the session"
+    fresh.disconnect()
+    publisher.disconnect()
+    print("sessions: messages queued while away arrive on reconnect; clean start discards the session")
+
+
+def check_will(args):
+    base = unique("will")
+    watcher = Peer(args)
+    watcher.connect()
+    watcher.subscribe(f"{base}/#", qos=1)
+    device = Peer(args, will=(f"{base}/status", b"offline", 1, False))
+    device.connect()
+    polite = Peer(args, will=(f"{base}/polite", b"never", 1, False))
+    polite.connect()
+    polite.disconnect()
+    device.drop()
+    (message,) = watcher.wait_for(1, "will")
+    assert (message.topic, message.payload) == (f"{base}/status", b"offline")
+    watcher.disconnect()
+    print("will: published when a client vanishes, not when it disconnects")
+
+
+def check_shared_subscription(args):
+    base = unique("shared")
+    group = unique("g")
+    members = [Peer(args), Peer(args)]
+    for member in members:
+        member.connect()
+        member.subscribe(f"$share/{group}/{base}/#", qos=1)
+    time.sleep(2)  # both members have joined the group and hold partitions
+    publisher = Peer(args)
+    publisher.connect()
+    sent = {f"{i}".encode() for i in range(40)}
+    for i in range(40):
+        publisher.publish(f"{base}/{i % 8}", f"{i}".encode(), qos=1)
+    deadline = time.time() + DEADLINE
+    while time.time() < deadline:
+        got = [m.payload for member in members for m in member.messages]
+        if set(got) >= sent:
+            break
+        time.sleep(0.05)
+    got = [m.payload for member in members for m in member.messages]
+    assert set(got) == sent, f"missing {sorted(sent - set(got))}"
+    shares = [len(member.messages) for member in members]
+    for peer in members + [publisher]:
+        peer.disconnect()
+    print(f"shared: 40 messages spread over the group's members {shares}, "
+          f"{len(got) - len(set(got))} delivered twice")
+
+
+def check_v5_properties(args):
+    base = unique("props")
+    subscriber = Peer(args)
+    subscriber.connect()
+    subscription = Properties(PacketTypes.SUBSCRIBE)
+    subscription.SubscriptionIdentifier = 42
+    subscriber.subscribe(f"{base}/#", options=SubscribeOptions(qos=1), properties=subscription)
+    publisher = Peer(args)
+    publisher.connect()
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.UserProperty = [("trace", "t-1"), ("trace", "t-2"), ("site", "lyon")]
+    properties.ContentType = "application/json"
+    properties.ResponseTopic = f"{base}/replies"
+    properties.CorrelationData = b"\x00\x01corr"
+    properties.MessageExpiryInterval = 3600
+    properties.PayloadFormatIndicator = 1
+    publisher.publish(f"{base}/a", b'{"t": 21.5}', qos=1, properties=properties)
+    (message,) = subscriber.wait_for(1)
+    got = message.properties
+    user = [(k, v) for k, v in got.UserProperty if k != "courier-id"]
+    assert user == [("trace", "t-1"), ("trace", "t-2"), ("site", "lyon")], got.UserProperty
+    assert any(k == "courier-id" and len(v) == 26 for k, v in got.UserProperty), got.UserProperty
+    assert got.ContentType == "application/json"
+    assert got.ResponseTopic == f"{base}/replies"
+    assert got.CorrelationData == b"\x00\x01corr"
+    assert 3590 <= got.MessageExpiryInterval <= 3600, got.MessageExpiryInterval
+    assert got.PayloadFormatIndicator == 1
+    assert got.SubscriptionIdentifier == [42], got.SubscriptionIdentifier
+
+    # Topic alias: the second publish names the topic only by alias.
+    aliased = Properties(PacketTypes.PUBLISH)
+    aliased.TopicAlias = 3
+    publisher.publish(f"{base}/aliased", b"first", qos=1, properties=aliased)
+    publisher.publish("", b"second", qos=1, properties=aliased)
+    received = subscriber.wait_for(3)
+    assert [(m.topic, m.payload) for m in received[1:]] == [
+        (f"{base}/aliased", b"first"), (f"{base}/aliased", b"second")]
+
+    # A refused publish gets its reason code, and the connection stays up.
+    code = publisher.publish("$reserved/x", b"no", qos=1)
+    assert code.value == 0x90, code
+    assert publisher.publish(f"{base}/still-up", b"yes", qos=1).value == 0
+    subscriber.disconnect()
+    publisher.disconnect()
+    print("v5: user properties, content type, response topic, correlation data, expiry, "
+          "subscription ids and topic aliases round-trip; refusals carry reason codes")
+
+
+def check_no_local_and_retain_as_published(args):
+    base = unique("nolocal")
+    chatty = Peer(args)
+    chatty.connect()
+    chatty.subscribe(f"{base}/#", options=SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True))
+    other = Peer(args)
+    other.connect()
+    chatty.publish(f"{base}/own", b"mine", qos=1)
+    other.publish(f"{base}/theirs", b"retained", qos=1, retain=True)
+    (message,) = chatty.wait_for(1)
+    assert (message.topic, message.retain) == (f"{base}/theirs", True), message.topic
+    time.sleep(0.3)
+    assert len(chatty.messages) == 1, "no-local delivered the client's own message"
+    chatty.disconnect()
+    other.disconnect()
+    print("v5: no-local and retain-as-published")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--version", choices=["3.1.1", "5"], required=True)
+    args = parser.parse_args()
+    checks = [check_qos_levels, check_retained, check_persistent_session, check_will,
+              check_shared_subscription]
+    if args.version == "5":
+        checks += [check_v5_properties, check_no_local_and_retain_as_published]
+    for check in checks:
+        check(args)
+    print(f"MQTT {args.version}: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
