@@ -83,7 +83,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         let address = server
             .local_addr()
             .context("reading the MQTT listener's address")?;
-        Some((server, address))
+        let websocket = server
+            .websocket_addr()
+            .context("reading the MQTT WebSocket listener's address")?;
+        Some((server, address, websocket))
     } else {
         None
     };
@@ -106,8 +109,11 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         }
     });
     let mut addresses = format!("grpc={grpc_address}");
-    if let Some((server, address)) = mqtt {
+    if let Some((server, address, websocket)) = mqtt {
         addresses.push_str(&format!(" mqtt={address}"));
+        if let Some(websocket) = websocket {
+            addresses.push_str(&format!(" mqtt-ws={websocket}"));
+        }
         let (drain, root) = (drain.clone(), root.clone());
         tracker.spawn(async move {
             if let Err(error) = server.serve(drain).await {

@@ -14,24 +14,39 @@ use std::{
 use common::*;
 use courier_testkit::Tansu;
 
+/// Runs the paho-mqtt checks in both versions over TCP, and over WebSocket when the gateway serves it.
 fn paho_both_versions(gateway: Gateway) -> TestResult {
-    let port = gateway.mqtt.port().to_string();
-    for version in ["3.1.1", "5"] {
-        let stdout = run_python(
-            "mqtt_client_test.py",
-            &["--port", &port, "--version", version],
-            &gateway,
-        )?;
-        assert!(stdout.contains("all checks passed"), "{stdout}");
+    let mut runs = vec![(gateway.mqtt, "tcp")];
+    runs.extend(gateway.mqtt_ws.map(|address| (address, "websockets")));
+    for (address, transport) in runs {
+        let port = address.port().to_string();
+        for version in ["3.1.1", "5"] {
+            let stdout = run_python(
+                "mqtt_client_test.py",
+                &[
+                    "--port",
+                    &port,
+                    "--version",
+                    version,
+                    "--transport",
+                    transport,
+                ],
+                &gateway,
+            )?;
+            assert!(stdout.contains("all checks passed"), "{stdout}");
+        }
     }
     assert!(gateway.terminate()?.success());
     Ok(())
 }
 
 #[test]
-fn paho_mqtt_3_1_1_and_5_on_the_embedded_log() -> TestResult {
+fn paho_mqtt_3_1_1_and_5_over_tcp_and_websocket_on_the_embedded_log() -> TestResult {
     let dir = tempfile::tempdir()?;
-    paho_both_versions(Gateway::start(&dir.path().join("data"), &[])?)
+    paho_both_versions(Gateway::start(
+        &dir.path().join("data"),
+        &[("COURIER_MQTT__WEBSOCKET_LISTEN", "127.0.0.1:0")],
+    )?)
 }
 
 #[test]

@@ -34,6 +34,8 @@ pub struct Gateway {
     pub grpc: SocketAddr,
     /// The bound MQTT address.
     pub mqtt: SocketAddr,
+    /// The bound MQTT-over-WebSocket address, when one was configured.
+    pub mqtt_ws: Option<SocketAddr>,
     /// Its data directory.
     pub data_dir: PathBuf,
     /// Where its logs go (stderr), to read when a test fails.
@@ -128,6 +130,7 @@ impl Gateway {
                     child: Some(child),
                     grpc: address("grpc=")?,
                     mqtt: address("mqtt=")?,
+                    mqtt_ws: address("mqtt-ws=").ok(),
                     data_dir: data_dir.to_owned(),
                     log_file,
                 });

@@ -32,7 +32,8 @@ class Peer:
         self.acks = {}
         self.condition = threading.Condition()
         self.connected = None
-        kwargs = {"client_id": client_id, "protocol": mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311}
+        kwargs = {"client_id": client_id, "protocol": mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+                  "transport": args.transport}
         if not self.v5:
             kwargs["clean_session"] = clean
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
@@ -113,7 +114,8 @@ class Peer:
 
     def drop(self):
         """Goes away without DISCONNECT, as a device losing power does."""
-        self.client.socket().shutdown(socket.SHUT_RDWR)
+        wrapped = self.client.socket()
+        getattr(wrapped, "_socket", wrapped).shutdown(socket.SHUT_RDWR)  # under a WebSocket wrapper
         self.client.loop_stop()
 
 
@@ -306,6 +308,7 @@ def main():
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--version", choices=["3.1.1", "5"], required=True)
+    parser.add_argument("--transport", choices=["tcp", "websockets"], default="tcp")
     args = parser.parse_args()
     checks = [check_qos_levels, check_retained, check_persistent_session, check_will,
               check_shared_subscription]
@@ -313,7 +316,7 @@ def main():
         checks += [check_v5_properties, check_no_local_and_retain_as_published]
     for check in checks:
         check(args)
-    print(f"MQTT {args.version}: all checks passed")
+    print(f"MQTT {args.version} over {args.transport}: all checks passed")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
-//! Listeners and accept loops: one task per connection, all stopped together on drain.
+//! Listeners and accept loops: MQTT over TCP and over WebSocket, one task per connection, all stopped
+//! together on drain.
 
 use std::{net::SocketAddr, sync::Arc};
 
+use async_tungstenite::tungstenite::{
+    handshake::server::{ErrorResponse, Request, Response},
+    http::HeaderValue,
+};
 use courier_gateway::log::Log;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use ws_stream_tungstenite::WsStream;
 
 use crate::{
     bridge::Bridge,
@@ -17,26 +23,48 @@ use crate::{
 #[derive(Debug)]
 pub struct Server {
     bridge: Arc<Bridge>,
-    listener: TcpListener,
+    tcp: TcpListener,
+    websocket: Option<TcpListener>,
     background: CancellationToken,
 }
 
+/// How a connection arrived.
+#[derive(Debug, Clone, Copy)]
+enum Transport {
+    Tcp,
+    WebSocket,
+}
+
 impl Server {
-    /// Starts the bridge (topics, session and retained views) and binds the listener.
+    /// Starts the bridge (topics, session and retained views) and binds the listeners.
     pub async fn bind(log: Arc<dyn Log>, config: Config) -> Result<Self> {
+        let tcp = TcpListener::bind(config.listen).await?;
+        let websocket = match config.websocket_listen {
+            Some(address) => Some(TcpListener::bind(address).await?),
+            None => None,
+        };
         let background = CancellationToken::new();
-        let listener = TcpListener::bind(config.listen).await?;
         let bridge = Bridge::start(log, config, background.clone()).await?;
         Ok(Self {
             bridge,
-            listener,
+            tcp,
+            websocket,
             background,
         })
     }
 
     /// The bound TCP address.
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.listener.local_addr()?)
+        Ok(self.tcp.local_addr()?)
+    }
+
+    /// The bound WebSocket address, if one is configured.
+    pub fn websocket_addr(&self) -> Result<Option<SocketAddr>> {
+        Ok(self
+            .websocket
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?)
     }
 
     /// Accepts connections until `drain` fires, then tells every client the server is shutting down
@@ -44,21 +72,25 @@ impl Server {
     pub async fn serve(self, drain: CancellationToken) -> Result<()> {
         let tracker = TaskTracker::new();
         let result = loop {
-            let accepted = tokio::select! {
+            let (accepted, transport) = tokio::select! {
                 () = drain.cancelled() => break Ok(()),
-                accepted = self.listener.accept() => accepted,
+                accepted = self.tcp.accept() => (accepted, Transport::Tcp),
+                accepted = accept(self.websocket.as_ref()) => (accepted, Transport::WebSocket),
             };
             match accepted {
                 Ok((stream, peer)) => {
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
                     }
-                    tracker.spawn(session::run(
-                        self.bridge.clone(),
-                        stream,
-                        peer,
-                        drain.clone(),
-                    ));
+                    let (bridge, drain) = (self.bridge.clone(), drain.clone());
+                    tracker.spawn(async move {
+                        match transport {
+                            Transport::Tcp => session::run(bridge, stream, peer, drain).await,
+                            Transport::WebSocket => {
+                                serve_websocket(bridge, stream, peer, drain).await
+                            }
+                        }
+                    });
                 }
                 // Out of file descriptors and the like: the listener itself is fine; back off briefly.
                 Err(error) if is_transient(&error) => {
@@ -68,7 +100,8 @@ impl Server {
                 Err(error) => break Err(Error::Io(error)),
             }
         };
-        drop(self.listener);
+        drop(self.tcp);
+        drop(self.websocket);
         tracker.close();
         tracker.wait().await;
         self.background.cancel();
@@ -76,8 +109,53 @@ impl Server {
     }
 }
 
+/// Accepts on a listener that may not exist (then never resolves).
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes the WebSocket handshake (answering subprotocol `mqtt` when asked), then serves MQTT over
+/// the WebSocket's binary messages as a byte stream.
+async fn serve_websocket(
+    bridge: Arc<Bridge>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    drain: CancellationToken,
+) {
+    let choose_mqtt =
+        |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
+            let asks_mqtt = request
+                .headers()
+                .get_all("sec-websocket-protocol")
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .any(|protocol| protocol.trim() == "mqtt");
+            if asks_mqtt {
+                response
+                    .headers_mut()
+                    .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+            }
+            Ok(response)
+        };
+    let handshake = tokio::time::timeout(
+        bridge.config.connect_timeout,
+        async_tungstenite::tokio::accept_hdr_async(stream, choose_mqtt),
+    )
+    .await;
+    match handshake {
+        Ok(Ok(websocket)) => session::run(bridge, WsStream::new(websocket), peer, drain).await,
+        Ok(Err(error)) => tracing::info!(%peer, %error, "WebSocket handshake failed"),
+        Err(_) => tracing::info!(%peer, "WebSocket handshake timed out"),
+    }
+}
+
 fn is_transient(error: &std::io::Error) -> bool {
     use std::io::ErrorKind;
+    // EMFILE and ENFILE: out of file descriptors, which frees up as connections close.
     matches!(
         error.kind(),
         ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
