@@ -125,25 +125,9 @@ async fn serve_websocket(
     peer: SocketAddr,
     drain: CancellationToken,
 ) {
-    let choose_mqtt =
-        |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
-            let asks_mqtt = request
-                .headers()
-                .get_all("sec-websocket-protocol")
-                .iter()
-                .filter_map(|value| value.to_str().ok())
-                .flat_map(|value| value.split(','))
-                .any(|protocol| protocol.trim() == "mqtt");
-            if asks_mqtt {
-                response
-                    .headers_mut()
-                    .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
-            }
-            Ok(response)
-        };
     let handshake = tokio::time::timeout(
         bridge.config.connect_timeout,
-        async_tungstenite::tokio::accept_hdr_async(stream, choose_mqtt),
+        async_tungstenite::tokio::accept_hdr_async(stream, choose_mqtt_subprotocol),
     )
     .await;
     match handshake {
@@ -151,6 +135,28 @@ async fn serve_websocket(
         Ok(Err(error)) => tracing::info!(%peer, %error, "WebSocket handshake failed"),
         Err(_) => tracing::info!(%peer, "WebSocket handshake timed out"),
     }
+}
+
+/// The handshake callback: answers subprotocol `mqtt` when the client offers it (browsers' MQTT
+/// clients insist on it). The signature is tungstenite's; its large error type is not ours to shrink.
+#[allow(clippy::result_large_err)]
+fn choose_mqtt_subprotocol(
+    request: &Request,
+    mut response: Response,
+) -> Result<Response, ErrorResponse> {
+    let asks_mqtt = request
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|protocol| protocol.trim() == "mqtt");
+    if asks_mqtt {
+        response
+            .headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+    }
+    Ok(response)
 }
 
 fn is_transient(error: &std::io::Error) -> bool {
