@@ -38,6 +38,7 @@ use courier_gateway::{
 use hdrhistogram::Histogram;
 
 mod kafka;
+mod mqtt;
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, mpsc},
@@ -77,6 +78,25 @@ pub(crate) struct BenchArgs {
     /// A librdkafka producer property (`KEY=VALUE`, repeatable), given to both sides alike.
     #[arg(long = "producer-property", value_parser = parse_property)]
     pub(crate) producer_properties: Vec<(String, String)>,
+    /// MQTT mode: Courier's MQTT endpoint (embedded) against Mosquitto; `records` messages of
+    /// `record_size` bytes from `streams` publishers (see src/bench/mqtt.rs).
+    #[arg(long)]
+    pub(crate) mqtt: bool,
+    /// MQTT mode: QoS 1 messages a publisher keeps unacknowledged.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) mqtt_inflight: u16,
+    /// MQTT mode: subscribers of the fan-out workload.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) subscribers: usize,
+    /// MQTT mode: messages published to the fan-out subscribers.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) fanout_messages: usize,
+    /// MQTT mode: idle clients held connected while memory is measured.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) connections: usize,
+    /// MQTT mode: the Mosquitto broker to compare with.
+    #[arg(long, default_value = "/usr/sbin/mosquitto")]
+    pub(crate) mosquitto: std::path::PathBuf,
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {
@@ -109,6 +129,9 @@ impl Measurement {
 pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     if args.records == 0 || args.streams == 0 || args.batch == 0 || args.pipeline == 0 {
         bail!("records, streams, batch and pipeline must be at least 1");
+    }
+    if args.mqtt {
+        return mqtt::run(&args).await;
     }
     let fsync = if args.fsync == "never" {
         FsyncPolicy::Never

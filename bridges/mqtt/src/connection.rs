@@ -9,8 +9,9 @@ use crate::{
     error::Result,
 };
 
-/// Initial read buffer: most MQTT packets are small.
-const READ_BUFFER: usize = 4 * 1024;
+/// Initial buffers: most MQTT packets are small, and an idle device should cost little (the buffers
+/// grow when a large packet comes).
+const READ_BUFFER: usize = 1024;
 
 /// One client's byte stream with its codec and buffers.
 #[derive(Debug)]
@@ -28,7 +29,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             stream,
             codec: Codec::new(max_packet_size),
             read_buffer: BytesMut::with_capacity(READ_BUFFER),
-            write_buffer: BytesMut::with_capacity(READ_BUFFER),
+            write_buffer: BytesMut::new(),
         }
     }
 
@@ -52,6 +53,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
             }
         }
+    }
+
+    /// The next packet among the bytes already read, without reading more.
+    pub fn decode_buffered(&mut self) -> Result<Option<Frame>> {
+        self.codec.decode(&mut self.read_buffer)
     }
 
     /// Encodes a packet into the write buffer; [`Connection::flush`] sends it.

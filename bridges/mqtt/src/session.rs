@@ -16,6 +16,7 @@ mod outbound;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use futures_util::FutureExt;
 use rumqttd::protocol::{Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, PingResp};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -39,6 +40,9 @@ use crate::{
     registry::Registration,
     sessions::SessionRecord,
 };
+
+/// Longest a closing connection waits for its pending appends.
+const FINISH_APPENDS: Duration = Duration::from_secs(5);
 
 /// Serves one client until it leaves, fails, is taken over, or `shutdown` fires.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
@@ -79,6 +83,19 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
     .instrument(span)
     .await;
+}
+
+/// Most pieces of ready work between two writes to the socket.
+const READY_BURST: usize = 256;
+
+/// What [`Session::step_ready`] did.
+enum Progress {
+    Idle,
+    /// Handled a packet from the client (which resets the keep-alive deadline).
+    Received,
+    /// Handled an append or a delivery.
+    Worked,
+    Ended(End),
 }
 
 /// How a connection ended.
@@ -136,8 +153,19 @@ impl Session {
         let taken_over = self.registration.taken_over.clone();
         let receive_maximum = self.bridge.config.receive_maximum;
         loop {
-            if let Err(error) = self.outbound.fill(&self.client, connection) {
-                return End::Failed(error);
+            // Work that is ready now is done before the socket is written, so one write carries many
+            // acks and deliveries: a write per packet was the publish path's largest cost.
+            for _ in 0..READY_BURST {
+                if let Err(error) = self.outbound.fill(&self.client, connection) {
+                    return End::Failed(error);
+                }
+                match self.step_ready(connection, receive_maximum).await {
+                    Ok(Progress::Idle) => break,
+                    Ok(Progress::Worked) => {}
+                    Ok(Progress::Received) => deadline = Instant::now() + keep_alive.unwrap_or(far),
+                    Ok(Progress::Ended(end)) => return end,
+                    Err(error) => return End::Failed(error),
+                }
             }
             if let Err(error) = connection.flush().await {
                 return End::Failed(error);
@@ -173,6 +201,36 @@ impl Session {
                 Err(error) => return End::Failed(error),
             }
         }
+    }
+
+    /// Does one piece of work that needs no waiting: a packet already read, a finished append, a
+    /// record already delivered by a reader.
+    async fn step_ready<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        connection: &mut Connection<S>,
+        receive_maximum: u16,
+    ) -> Result<Progress> {
+        if self.inbound.has_room(receive_maximum)
+            && let Some(frame) = connection.decode_buffered()?
+        {
+            return Ok(match self.on_frame(connection, frame).await? {
+                Some(end) => Progress::Ended(end),
+                None => Progress::Received,
+            });
+        }
+        if let Some(Some(appended)) = self.inbound.pending.next().now_or_never() {
+            if let Some(reply) = self.inbound.on_appended(&self.client, appended)? {
+                connection.queue(reply)?;
+            }
+            return Ok(Progress::Worked);
+        }
+        if self.outbound.wants_events(&self.client)
+            && let Some(Some((source, event))) = self.outbound.sources.next().now_or_never()
+        {
+            self.outbound.on_event(source, event);
+            return Ok(Progress::Worked);
+        }
+        Ok(Progress::Idle)
     }
 
     /// Handles one packet; `Some` when it ends the connection.
@@ -270,6 +328,21 @@ impl Session {
             End::Failed(Error::ShuttingDown) => false,
             End::Failed(_) => true,
         };
+        // Appends already handed to the log finish, and their acks go out if the socket still takes
+        // them: a client told "stored" is never wrong, and one not told sends again.
+        let finishing = async {
+            while let Some(appended) = self.inbound.pending.next().await {
+                if let Ok(Some(reply)) = self.inbound.on_appended(&self.client, appended) {
+                    let _ = connection.queue(reply);
+                }
+            }
+        };
+        if tokio::time::timeout(FINISH_APPENDS, finishing)
+            .await
+            .is_err()
+        {
+            tracing::warn!("appends still pending at close; their publishers will send them again");
+        }
         if let End::Failed(error) = &end {
             if error.is_normal_close() {
                 tracing::debug!(%error, "connection closed");

@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::Arc,
+    time::Duration,
 };
 
 use courier_gateway::log::{
@@ -35,6 +36,9 @@ use crate::{
 
 /// Most packets written between two flushes, so a busy subscription does not starve the connection.
 const BURST: usize = 64;
+
+/// Longest SUBSCRIBE waits for a new plain reader to hold its partitions.
+const ASSIGNMENT_WAIT: Duration = Duration::from_secs(10);
 
 /// Which log reader a record came from.
 type SourceId = u64;
@@ -366,12 +370,19 @@ impl Outbound {
                 ),
                 SourceKey::Share(group) => (subscription.kafka_topics.clone(), Some(group.clone())),
             };
-            // Partitions without a committed offset start at the time of subscribing, so nothing
-            // published after SUBACK is missed, even before the reader has its partitions.
+            // A group's partitions without a committed offset start at the time of subscribing, so a
+            // persistent session gets what was published while its client was away, even before
+            // anything was committed. A plain reader starts at the end, and SUBACK waits until it holds
+            // its partitions, so nothing published after SUBACK is missed.
+            let start = if group.is_some() {
+                Position::Timestamp(subscription.stored.since_ms)
+            } else {
+                Position::Latest
+            };
             let options = SubscribeOptions {
                 topics: TopicSelector::Names(topics),
-                group,
-                start: Position::Timestamp(subscription.stored.since_ms),
+                group: group.clone(),
+                start,
                 max_in_flight: usize::from(client.receive_maximum),
                 client: client.client_id.clone(),
                 protocol: "mqtt",
@@ -388,8 +399,27 @@ impl Outbound {
             })?;
             let id = self.next_source;
             self.next_source += 1;
+            let mut events = reader.events;
+            if group.is_none() {
+                let assigned = tokio::time::timeout(ASSIGNMENT_WAIT, async {
+                    while let Some(event) = events.recv().await {
+                        match event {
+                            SubscriptionEvent::Assigned(_) => return true,
+                            event => self.on_event(id, event),
+                        }
+                    }
+                    false
+                })
+                .await;
+                if !matches!(assigned, Ok(true)) {
+                    tracing::warn!(
+                        filter = subscription.stored.filter,
+                        "a reader had no partitions in time"
+                    );
+                }
+            }
             self.sources
-                .insert(id, UnboundedReceiverStream::new(reader.events));
+                .insert(id, UnboundedReceiverStream::new(events));
             self.controls.insert(
                 id,
                 Source {

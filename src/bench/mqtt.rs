@@ -1,0 +1,403 @@
+//! `courier bench --mqtt`: Courier's MQTT endpoint (embedded log) against Mosquitto (Debian's
+//! `mosquitto`, default config), each started by the benchmark as its own process, with the same MQTT
+//! client (rumqttc) and the same workloads:
+//!
+//! - publish: `streams` clients publish `records` messages of `record_size` bytes at QoS 1, each with up
+//!   to `mqtt_inflight` unacknowledged; latency is from the PUBLISH leaving the client to its PUBACK;
+//! - fan-out: `subscribers` clients subscribe at QoS 1 and one client publishes `fanout_messages`;
+//!   latency is from publish to delivery (the payload carries the send time);
+//! - connections (first, on the fresh broker): `connections` clients connect and stay; the broker's
+//!   resident memory (RSS) is read from /proc before and while they are connected.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use tokio::task::JoinSet;
+
+use super::{BenchArgs, Measurement, histogram};
+
+/// Longest any single phase may take before the benchmark gives up.
+const PHASE_DEADLINE: Duration = Duration::from_secs(300);
+
+/// A broker process under test.
+struct Broker {
+    name: &'static str,
+    child: Child,
+    address: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// `courier serve` on a fresh embedded log in a temporary directory.
+    fn courier(fsync: &str) -> Result<Self> {
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let mut child =
+            Command::new(std::env::current_exe().context("finding the courier binary")?)
+                .args([
+                    "serve",
+                    "--grpc-listen",
+                    "127.0.0.1:0",
+                    "--mqtt-listen",
+                    "127.0.0.1:0",
+                ])
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .env("COURIER_LOG__FSYNC", fsync)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("starting courier serve")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let line = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+            .map_while(Result::ok)
+            .find(|line| line.starts_with("courier ready"))
+            .context("courier exited before its ready line")?;
+        let address = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("mqtt="))
+            .context("no mqtt= in the ready line")?
+            .parse()?;
+        Ok(Self {
+            name: "Courier (embedded)",
+            child,
+            address,
+            _dir: dir,
+        })
+    }
+
+    /// Mosquitto with its default configuration on a free port.
+    fn mosquitto(program: &PathBuf) -> Result<Self> {
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(program)
+            .args(["-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!("starting {} (apt-get install mosquitto)", program.display())
+            })?;
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(address).is_err() {
+            if Instant::now() > deadline {
+                bail!("mosquitto did not listen on {address}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            name: "Mosquitto",
+            child,
+            address,
+            _dir: dir,
+        })
+    }
+
+    /// Resident memory of the broker process, in MiB.
+    fn rss_mib(&self) -> Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next())
+            .and_then(|value| value.parse().ok())
+            .context("no VmRSS in /proc status")?;
+        Ok(kib / 1024.0)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+struct Results {
+    publish: Measurement,
+    fanout: Measurement,
+    idle_rss: f64,
+    connected_rss: f64,
+}
+
+/// Runs every workload against both brokers and prints the table and ratios.
+pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
+    let mut results = Vec::new();
+    for broker in [
+        Broker::courier(&args.fsync)?,
+        Broker::mosquitto(&args.mosquitto)?,
+    ] {
+        // Connections first, on a fresh broker: what they cost, without stored messages in the figure.
+        let idle_rss = broker.rss_mib()?;
+        let clients = connect_many(broker.address, args.connections).await?;
+        let connected_rss = broker.rss_mib()?;
+        drop(clients);
+        let publish = publish(broker.address, args).await?;
+        let fanout = fanout(broker.address, args).await?;
+        results.push((
+            broker.name,
+            Results {
+                publish,
+                fanout,
+                idle_rss,
+                connected_rss,
+            },
+        ));
+    }
+    println!(
+        "messages={} payload={} publishers={} inflight={} subscribers={} fanout_messages={} connections={} courier fsync={}",
+        args.records,
+        args.record_size,
+        args.streams,
+        args.mqtt_inflight,
+        args.subscribers,
+        args.fanout_messages,
+        args.connections,
+        args.fsync
+    );
+    println!(
+        "| broker | QoS 1 publish msg/s | p50 ack ms | p99 ack ms | fan-out deliveries/s | fan-out p50 ms | fan-out p99 ms | RSS idle MiB | RSS with {} clients MiB |",
+        args.connections
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, r) in &results {
+        println!(
+            "| {name} | {:.0} | {} | {} | {:.0} | {} | {} | {:.1} | {:.1} |",
+            r.publish.rate(),
+            r.publish.percentile_ms(0.5),
+            r.publish.percentile_ms(0.99),
+            r.fanout.rate(),
+            r.fanout.percentile_ms(0.5),
+            r.fanout.percentile_ms(0.99),
+            r.idle_rss,
+            r.connected_rss
+        );
+    }
+    if let [(_, courier), (_, mosquitto)] = &results[..] {
+        println!(
+            "publish ratio Courier/Mosquitto: {:.2}",
+            courier.publish.rate() / mosquitto.publish.rate()
+        );
+        println!(
+            "fan-out ratio Courier/Mosquitto: {:.2}",
+            courier.fanout.rate() / mosquitto.fanout.rate()
+        );
+    }
+    Ok(())
+}
+
+fn options(id: String, address: SocketAddr, inflight: u16) -> MqttOptions {
+    let mut options = MqttOptions::new(id, address.ip().to_string(), address.port());
+    options.set_keep_alive(Duration::from_secs(60));
+    options.set_inflight(inflight);
+    options.set_max_packet_size(4 << 20, 4 << 20);
+    options
+}
+
+/// Polls an event loop until its CONNACK.
+async fn connected(eventloop: &mut EventLoop) -> Result<()> {
+    loop {
+        if let Event::Incoming(Packet::ConnAck(_)) = eventloop.poll().await? {
+            return Ok(());
+        }
+    }
+}
+
+/// `streams` publishers, QoS 1, each with `mqtt_inflight` in flight.
+async fn publish(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
+    let run = ulid::Ulid::new();
+    let payload = vec![b'x'; args.record_size];
+    let per_client = args.records / args.streams;
+    let mut connections = Vec::new();
+    for publisher in 0..args.streams {
+        let (client, mut eventloop) = AsyncClient::new(
+            options(
+                format!("bench-pub-{run}-{publisher}"),
+                address,
+                args.mqtt_inflight,
+            ),
+            usize::from(args.mqtt_inflight) * 2,
+        );
+        connected(&mut eventloop).await?;
+        connections.push((publisher, client, eventloop));
+    }
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (publisher, client, mut eventloop) in connections {
+        let payload = payload.clone();
+        tasks.spawn(async move {
+            let sender = tokio::spawn(async move {
+                for i in 0..per_client {
+                    let topic = format!("bench/{run}/{publisher}/{}", i % 16);
+                    client
+                        .publish(topic, QoS::AtLeastOnce, false, payload.clone())
+                        .await?;
+                }
+                Ok::<_, rumqttc::ClientError>(client)
+            });
+            let mut latency = histogram()?;
+            let mut sent_at = HashMap::new();
+            let mut acked = 0;
+            while acked < per_client {
+                match eventloop.poll().await? {
+                    Event::Outgoing(Outgoing::Publish(pkid)) => {
+                        sent_at.insert(pkid, Instant::now());
+                    }
+                    Event::Incoming(Packet::PubAck(ack)) => {
+                        if let Some(sent) = sent_at.remove(&ack.pkid) {
+                            latency.record(sent.elapsed().as_micros().max(1) as u64)?;
+                        }
+                        acked += 1;
+                    }
+                    _ => {}
+                }
+            }
+            let client = sender.await??;
+            client.disconnect().await?;
+            Ok::<_, anyhow::Error>(latency)
+        });
+    }
+    let mut latency = histogram()?;
+    while let Some(done) = tokio::time::timeout(PHASE_DEADLINE, tasks.join_next())
+        .await
+        .context("publish phase timed out")?
+    {
+        latency.add(done??)?;
+    }
+    Ok(Measurement {
+        records: per_client * args.streams,
+        elapsed: started.elapsed(),
+        latency: Some(latency),
+    })
+}
+
+/// `subscribers` QoS 1 subscribers; one publisher; latency from the send time in each payload.
+async fn fanout(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
+    let run = ulid::Ulid::new();
+    let topic = format!("fanout/{run}");
+    let mut tasks = JoinSet::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.subscribers.max(1));
+    for subscriber in 0..args.subscribers {
+        let (client, mut eventloop) = AsyncClient::new(
+            options(
+                format!("bench-sub-{run}-{subscriber}"),
+                address,
+                args.mqtt_inflight,
+            ),
+            64,
+        );
+        let (topic, ready, expected) = (topic.clone(), ready_tx.clone(), args.fanout_messages);
+        tasks.spawn(async move {
+            client.subscribe(&topic, QoS::AtLeastOnce).await?;
+            let mut latency = histogram()?;
+            let mut received = 0;
+            while received < expected {
+                match eventloop.poll().await? {
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        let _ = ready.send(()).await;
+                    }
+                    Event::Incoming(Packet::Publish(publish)) => {
+                        let sent = u128::from_be_bytes(
+                            publish.payload[..16].try_into().context("short payload")?,
+                        );
+                        let micros = (now_nanos() - sent) / 1000;
+                        latency.record((micros as u64).max(1))?;
+                        received += 1;
+                    }
+                    _ => {}
+                }
+            }
+            client.disconnect().await?;
+            Ok::<_, anyhow::Error>(latency)
+        });
+    }
+    drop(ready_tx);
+    for _ in 0..args.subscribers {
+        tokio::time::timeout(PHASE_DEADLINE, ready_rx.recv())
+            .await
+            .context("subscribers did not all subscribe")?;
+    }
+    let (client, mut eventloop) = AsyncClient::new(
+        options(format!("bench-fan-pub-{run}"), address, args.mqtt_inflight),
+        usize::from(args.mqtt_inflight) * 2,
+    );
+    let started = Instant::now();
+    let messages = args.fanout_messages;
+    let size = args.record_size.max(16);
+    tokio::spawn(async move {
+        for _ in 0..messages {
+            let mut payload = vec![b'x'; size];
+            payload[..16].copy_from_slice(&now_nanos().to_be_bytes());
+            client
+                .publish(&topic, QoS::AtLeastOnce, false, payload)
+                .await?;
+        }
+        Ok::<_, rumqttc::ClientError>(())
+    });
+    let publisher = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let mut latency = histogram()?;
+    while let Some(done) = tokio::time::timeout(PHASE_DEADLINE, tasks.join_next())
+        .await
+        .context("fan-out phase timed out")?
+    {
+        latency.add(done??)?;
+    }
+    let elapsed = started.elapsed();
+    publisher.abort();
+    Ok(Measurement {
+        records: messages * args.subscribers,
+        elapsed,
+        latency: Some(latency),
+    })
+}
+
+/// Opens `count` connections (500 at a time) and returns them, still connected.
+async fn connect_many(
+    address: SocketAddr,
+    count: usize,
+) -> Result<Vec<(AsyncClient, tokio::task::JoinHandle<()>)>> {
+    let run = ulid::Ulid::new();
+    let mut clients = Vec::with_capacity(count);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
+        let mut connecting = JoinSet::new();
+        for &i in chunk {
+            connecting.spawn(async move {
+                let (client, mut eventloop) =
+                    AsyncClient::new(options(format!("idle-{run}-{i}"), address, 10), 4);
+                connected(&mut eventloop).await?;
+                let keep = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+                Ok::<_, anyhow::Error>((client, keep))
+            });
+        }
+        while let Some(client) = tokio::time::timeout(PHASE_DEADLINE, connecting.join_next())
+            .await
+            .context("connecting timed out")?
+        {
+            clients.push(client??);
+        }
+    }
+    // Let the broker settle with every client connected before it is measured.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(clients)
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos())
+}
