@@ -289,3 +289,49 @@ fn a_persistent_session_outlives_its_gateway() -> TestResult {
     assert!(second.terminate()?.success());
     Ok(())
 }
+
+/// One live connection per client id across replicas: a client connected to gateway A is closed when a
+/// connection with its client id reaches gateway B. (Raw MQTT 3.1.1 bytes: the clients above reconnect
+/// on their own, which would hide the takeover.)
+#[test]
+fn a_connection_on_another_gateway_takes_the_client_id_over() -> TestResult {
+    use std::{io::Read, net::TcpStream};
+
+    let broker = Tansu::start()?;
+    let dir = tempfile::tempdir()?;
+    let first = Gateway::start_kafka(&dir.path().join("a"), &broker.bootstrap(), &[])?;
+    let second = Gateway::start_kafka(&dir.path().join("b"), &broker.bootstrap(), &[])?;
+    let client_id = unique("twin");
+    let connect = |address| -> Result<TcpStream, BoxError> {
+        let mut stream = TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        // CONNECT: protocol MQTT level 4, clean session, keep-alive 60 s, the client id.
+        let mut packet = vec![0x10, (12 + client_id.len()) as u8, 0, 4];
+        packet.extend_from_slice(b"MQTT\x04\x02\x00\x3c");
+        packet.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+        packet.extend_from_slice(client_id.as_bytes());
+        stream.write_all(&packet)?;
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack)?;
+        assert_eq!(
+            connack,
+            [0x20, 0x02, 0x00, 0x00],
+            "CONNACK accepting the client"
+        );
+        Ok(stream)
+    };
+    let mut on_first = connect(first.mqtt)?;
+    let _on_second = connect(second.mqtt)?;
+    // Gateway A closes its connection: read returns EOF (0) rather than timing out.
+    let mut byte = [0u8; 1];
+    let read = on_first.read(&mut byte);
+    assert!(
+        matches!(read, Ok(0))
+            || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the first connection is still open: {read:?}\ngateway A log:\n{}",
+        first.log()
+    );
+    assert!(first.terminate()?.success());
+    assert!(second.terminate()?.success());
+    Ok(())
+}
