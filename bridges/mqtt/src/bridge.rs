@@ -74,9 +74,11 @@ impl Bridge {
                     let Some(record) = record else { return };
                     let Some(value) = &record.value else { return };
                     match sessions::decode(client_id, value) {
-                        Ok(session) => {
+                        // Only a connect fences; the record a leaving connection writes does not.
+                        Ok(session) if session.disconnected_at_ms.is_none() => {
                             registry.on_record(client_id, &session.connection, record.offset)
                         }
+                        Ok(_) => {}
                         Err(error) => tracing::warn!(%error, "skipping a session record"),
                     }
                 }

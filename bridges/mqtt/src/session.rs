@@ -368,7 +368,18 @@ impl Session {
         // Readers commit what the client acknowledged; the rest is delivered again next time.
         self.outbound.close().await;
         let client_id = self.client.client_id.clone();
-        if !taken_over {
+        // The client may already be back on another replica (its connection dropped, it reconnected
+        // at once): then the newer record stands, and this one must not overwrite or delete it.
+        let still_owner = !taken_over
+            && match self.bridge.sessions.load(&client_id).await {
+                Ok(Some(latest)) => latest.connection == self.record.connection,
+                Ok(None) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "could not read the session record; leaving it as it is");
+                    false
+                }
+            };
+        if still_owner {
             let stored = if self.record.persistent {
                 self.record.disconnected_at_ms = Some(now_ms());
                 self.record.awaiting_release = self.inbound.awaiting_release();

@@ -219,47 +219,37 @@ fn subscribe_packet(pkid: u16, filter: &str, qos: QoS) -> Packet {
     )
 }
 
+/// Sends the QoS 2 message with packet id 7 (as a retransmission when `dup`) and expects PUBREC 7.
+async fn publish_expecting_pubrec(client: &mut RawClient, dup: bool) -> TestResult {
+    client
+        .send_bytes(&publish_bytes(
+            "q/2",
+            b"exactly-once",
+            QoS::ExactlyOnce,
+            7,
+            dup,
+        ))
+        .await?;
+    match client.read().await? {
+        Some(Packet::PubRec(rec, _)) if rec.pkid == 7 => Ok(()),
+        other => Err(format!("expected PUBREC 7, got {other:?}").into()),
+    }
+}
+
 /// A QoS 2 packet id sent again (DUP), on the same connection and after a reconnect, is answered with
 /// PUBREC each time but stored once; PUBREL releases it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos2_retransmissions_store_one_record() -> TestResult {
     let endpoint = Endpoint::start(Config::default()).await?;
     let (mut client, _) = RawClient::connect(endpoint.address, "qos2-client", false).await?;
-    client
-        .send_bytes(&publish_bytes(
-            "q/2",
-            b"exactly-once",
-            QoS::ExactlyOnce,
-            7,
-            false,
-        ))
-        .await?;
-    assert!(matches!(client.read().await?, Some(Packet::PubRec(rec, _)) if rec.pkid == 7));
-    client
-        .send_bytes(&publish_bytes(
-            "q/2",
-            b"exactly-once",
-            QoS::ExactlyOnce,
-            7,
-            true,
-        ))
-        .await?;
-    assert!(matches!(client.read().await?, Some(Packet::PubRec(rec, _)) if rec.pkid == 7));
+    publish_expecting_pubrec(&mut client, false).await?;
+    publish_expecting_pubrec(&mut client, true).await?;
     drop(client); // the connection drops before PUBREL
 
     let (mut client, session_present) =
         RawClient::connect(endpoint.address, "qos2-client", false).await?;
     assert!(session_present);
-    client
-        .send_bytes(&publish_bytes(
-            "q/2",
-            b"exactly-once",
-            QoS::ExactlyOnce,
-            7,
-            true,
-        ))
-        .await?;
-    assert!(matches!(client.read().await?, Some(Packet::PubRec(rec, _)) if rec.pkid == 7));
+    publish_expecting_pubrec(&mut client, true).await?;
     client
         .send(Packet::PubRel(
             PubRel {

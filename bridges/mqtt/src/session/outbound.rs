@@ -78,10 +78,9 @@ enum Pending {
 
 #[derive(Debug)]
 struct Inflight {
-    /// The record to acknowledge in the log when the client acknowledges.
+    /// The record to acknowledge in the log when the client acknowledges; `None` once acknowledged
+    /// (a QoS 2 message between PUBREC and PUBCOMP keeps its packet id) or for a retained message.
     log_ack: Option<(SourceId, TopicPartition, i64)>,
-    /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
-    released: bool,
 }
 
 /// The client's subscriptions and what is in flight to it.
@@ -300,7 +299,6 @@ impl Outbound {
             ));
         };
         let log_ack = inflight.log_ack.take();
-        inflight.released = true;
         self.ack_log(log_ack);
         if is_failure(reason) {
             // The client refused the message: the exchange ends here.
@@ -535,13 +533,7 @@ impl Outbound {
         if qos == QoS::AtMostOnce {
             self.ack_log(log_ack);
         } else {
-            self.inflight.insert(
-                pkid,
-                Inflight {
-                    log_ack,
-                    released: false,
-                },
-            );
+            self.inflight.insert(pkid, Inflight { log_ack });
         }
         Ok(())
     }
