@@ -14,9 +14,9 @@ use std::{
 use common::*;
 use courier_testkit::Tansu;
 
-/// The tests with a tansu broker run one at a time: each starts a broker and one or two gateways, and
-/// several at once on two cores slow consumer-group rebalances past the clients' deadlines (see the
-/// note on issue 4: a resumed session's group lookup can time out under such load).
+/// These tests run one at a time: each starts a gateway (and most a tansu broker), and several at once
+/// on two cores slow consumer-group rebalances past the clients' deadlines (see the note on issue 4: a
+/// resumed session's committed-offset lookup can time out under such load).
 static ONE_BROKER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_broker_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -53,6 +53,7 @@ fn paho_both_versions(gateway: Gateway) -> TestResult {
 
 #[test]
 fn paho_mqtt_3_1_1_and_5_over_tcp_and_websocket_on_the_embedded_log() -> TestResult {
+    let _serial = one_broker_at_a_time();
     let dir = tempfile::tempdir()?;
     paho_both_versions(Gateway::start(
         &dir.path().join("data"),
@@ -118,6 +119,11 @@ fn mosquitto(program: &str, args: &[&str], stdin: &str) -> Result<String, BoxErr
 /// mosquitto_sub subscribes with a persistent session and leaves; mosquitto_pub publishes (QoS 1 and 2,
 /// user properties, a retained message); mosquitto_sub comes back and gets everything, in both versions.
 fn mosquitto_clients_against(gateway: &Gateway) -> TestResult {
+    mosquitto_checks(gateway)
+        .map_err(|error| format!("{error}\ngateway log:\n{}", gateway.log()).into())
+}
+
+fn mosquitto_checks(gateway: &Gateway) -> TestResult {
     let port = gateway.mqtt.port().to_string();
     for (version, flag) in [("mqttv311", "311"), ("mqttv5", "5")] {
         let topic = unique(&format!("cli{flag}"));
@@ -213,6 +219,7 @@ fn mosquitto_clients_against(gateway: &Gateway) -> TestResult {
 
 #[test]
 fn mosquitto_clients_on_the_embedded_log() -> TestResult {
+    let _serial = one_broker_at_a_time();
     let dir = tempfile::tempdir()?;
     let gateway = Gateway::start(&dir.path().join("data"), &[])?;
     mosquitto_clients_against(&gateway)?;

@@ -142,7 +142,15 @@ impl MemberState {
             for partition in partitions {
                 query.add_partition(&partition.topic, partition.partition);
             }
-            match consumer.committed_offsets(query, self.shared.config.request_timeout) {
+            // This runs inside the rebalance callback: a lookup that outlasts the session timeout gets
+            // the member evicted while it waits (seen on tansu under load, where the lookup then
+            // failed anyway). Half the session timeout leaves time to fall back to the start position.
+            let timeout = self
+                .shared
+                .config
+                .request_timeout
+                .min(self.shared.config.session_timeout / 2);
+            match consumer.committed_offsets(query, timeout) {
                 Ok(answer) => {
                     for element in answer.elements() {
                         if let Offset::Offset(offset) = element.offset() {
