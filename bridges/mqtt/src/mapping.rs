@@ -21,7 +21,10 @@ use bytes::Bytes;
 use courier_gateway::log::{Header, NewRecord, Record};
 use rumqttd::protocol::{PublishProperties, QoS};
 
-use crate::config::Route;
+use crate::{
+    config::Route,
+    error::{Refusal, RefusalCode},
+};
 
 /// Header: the MQTT topic.
 pub const HEADER_TOPIC: &str = "mqtt-topic";
@@ -122,7 +125,7 @@ impl Routes {
 }
 
 /// Turns an MQTT message into the record written for it.
-pub fn to_record(message: &Message, client_id: &str, now_ms: i64) -> Result<NewRecord, String> {
+pub fn to_record(message: &Message, client_id: &str, now_ms: i64) -> Result<NewRecord, Refusal> {
     let mut headers = vec![
         header(HEADER_TOPIC, message.topic.as_bytes()),
         header(HEADER_QOS, qos_text(message.qos).as_bytes()),
@@ -153,8 +156,11 @@ pub fn to_record(message: &Message, client_id: &str, now_ms: i64) -> Result<NewR
     }
     for (key, value) in &properties.user_properties {
         if key.starts_with(RESERVED_PREFIX) || key.starts_with("courier-") {
-            return Err(format!(
-                "user property {key:?} uses a prefix reserved by the gateway (mqtt-, courier-)"
+            return Err(Refusal::new(
+                RefusalCode::ImplementationSpecific,
+                format!(
+                    "user property {key:?} uses a prefix reserved by the gateway (mqtt-, courier-)"
+                ),
             ));
         }
         headers.push(header(key, value.as_bytes()));
@@ -167,17 +173,13 @@ pub fn to_record(message: &Message, client_id: &str, now_ms: i64) -> Result<NewR
     })
 }
 
-/// The retained-message record for a message: keyed by MQTT topic; an empty payload deletes.
-pub fn to_retained_record(
-    message: &Message,
-    client_id: &str,
-    now_ms: i64,
-) -> Result<NewRecord, String> {
-    let mut record = to_record(message, client_id, now_ms)?;
-    if message.payload.is_empty() {
+/// A message's record as its topic's retained message (same key and headers): an empty payload
+/// becomes a tombstone, which deletes the retained message.
+pub fn as_retained(mut record: NewRecord) -> NewRecord {
+    if record.value.as_ref().is_some_and(Bytes::is_empty) {
         record.value = None;
     }
-    Ok(record)
+    record
 }
 
 /// Reads a stored record back as an MQTT message; `None` when it has expired or names no usable topic.

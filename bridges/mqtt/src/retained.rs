@@ -2,11 +2,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use courier_gateway::log::{AppendReceipt, Log};
+use courier_gateway::log::{AppendReceipt, Log, NewRecord};
 
 use crate::{
     error::Result,
-    mapping::{self, Message, Stored},
+    mapping::{self, Stored},
     view::View,
 };
 
@@ -27,18 +27,12 @@ impl RetainedStore {
         Self { log, topic, view }
     }
 
-    /// Queues a message as its topic's retained message (an empty payload deletes it).
-    pub async fn submit(
-        &self,
-        message: &Message,
-        client_id: &str,
-        now_ms: i64,
-    ) -> Result<Result<AppendReceipt, String>> {
-        let record = match mapping::to_retained_record(message, client_id, now_ms) {
-            Ok(record) => record,
-            Err(refusal) => return Ok(Err(refusal)),
-        };
-        Ok(Ok(self.log.submit(&self.topic, vec![record]).await?))
+    /// Queues a message's record (from [`mapping::to_record`]) as its topic's retained message; an
+    /// empty payload deletes it.
+    pub async fn submit(&self, record: NewRecord) -> courier_gateway::Result<AppendReceipt> {
+        self.log
+            .submit(&self.topic, vec![mapping::as_retained(record)])
+            .await
     }
 
     /// The retained messages whose topics match `filter`, once everything retained before the call has

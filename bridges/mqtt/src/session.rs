@@ -35,7 +35,7 @@ use crate::{
     bridge::Bridge,
     codec::{Frame, Version},
     connection::Connection,
-    error::{Error, Refusal, RefusalCode, Result},
+    error::{Error, Result},
     mapping,
     registry::Registration,
     sessions::SessionRecord,
@@ -71,14 +71,11 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
             "connected"
         );
         let mut session = Session::new(bridge, established);
-        let end = match session
+        session
             .outbound
             .resume(&session.bridge, &session.client, &session.record)
-            .await
-        {
-            Ok(()) => session.serve(&mut connection, &shutdown).await,
-            Err(error) => End::Failed(error),
-        };
+            .await;
+        let end = session.serve(&mut connection, &shutdown).await;
         session.finish(&mut connection, end).await;
     }
     .instrument(span)
@@ -424,20 +421,14 @@ async fn publish_will_later(
             return;
         }
     }
-    let now = now_ms();
     let published = async {
-        let record = mapping::to_record(&will.message, &client_id, now).map_err(|text| {
-            Error::Refused(Refusal::new(RefusalCode::ImplementationSpecific, text))
-        })?;
+        let record =
+            mapping::to_record(&will.message, &client_id, now_ms()).map_err(Error::Refused)?;
+        let retained_record = will.message.retain.then(|| record.clone());
         let topic = bridge.routes.topic_for(&will.message.topic);
         bridge.log.append(topic, vec![record]).await?;
-        if will.message.retain
-            && let Ok(receipt) = bridge
-                .retained
-                .submit(&will.message, &client_id, now)
-                .await?
-        {
-            receipt.await?;
+        if let Some(record) = retained_record {
+            bridge.retained.submit(record).await?.await?;
         }
         Ok::<(), Error>(())
     };

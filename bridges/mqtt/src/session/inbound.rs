@@ -131,45 +131,24 @@ impl Inbound {
             retain: publish.retain,
             properties,
         };
-        let now = now_ms();
-        let record = match mapping::to_record(&message, &client.client_id, now) {
+        let record = match mapping::to_record(&message, &client.client_id, now_ms()) {
             Ok(record) => record,
-            Err(text) => {
-                return refuse(
-                    client,
-                    qos,
-                    pkid,
-                    Refusal::new(RefusalCode::ImplementationSpecific, text),
-                );
-            }
+            Err(refusal) => return refuse(client, qos, pkid, refusal),
         };
+        // A retained message is stored twice: as a message (subscribers now) and as its topic's retained
+        // message (subscribers later). The client's ack waits for both.
+        let retained_record = message.retain.then(|| record.clone());
         let kafka_topic = bridge.routes.topic_for(&message.topic);
         let receipt = match bridge.log.submit(kafka_topic, vec![record]).await {
             Ok(receipt) => receipt,
             Err(error) => return refuse(client, qos, pkid, Refusal::from(&error)),
         };
-        // A retained message is stored twice: as a message (subscribers now) and as its topic's retained
-        // message (subscribers later). The client's ack waits for both.
-        let retained = if message.retain {
-            match bridge
-                .retained
-                .submit(&message, &client.client_id, now)
-                .await
-            {
-                Ok(Ok(receipt)) => Some(receipt),
-                Ok(Err(text)) => {
-                    return refuse(
-                        client,
-                        qos,
-                        pkid,
-                        Refusal::new(RefusalCode::ImplementationSpecific, text),
-                    );
-                }
-                Err(Error::Log(error)) => return refuse(client, qos, pkid, Refusal::from(&error)),
-                Err(error) => return Err(error),
-            }
-        } else {
-            None
+        let retained = match retained_record {
+            Some(record) => match bridge.retained.submit(record).await {
+                Ok(receipt) => Some(receipt),
+                Err(error) => return refuse(client, qos, pkid, Refusal::from(&error)),
+            },
+            None => None,
         };
         self.pending.push_back(Box::pin(async move {
             let mut outcome = receipt.await.map(drop);

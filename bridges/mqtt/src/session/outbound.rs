@@ -102,13 +102,14 @@ impl Outbound {
         self.queue.len() < usize::from(client.receive_maximum)
     }
 
-    /// Restores a resumed session's subscriptions (no retained messages: the session saw them).
+    /// Restores a resumed session's subscriptions (no retained messages: the session saw them). One
+    /// that cannot be restored is logged and skipped, as a refused SUBSCRIBE filter would be.
     pub(crate) async fn resume(
         &mut self,
         bridge: &Bridge,
         client: &Client,
         session: &SessionRecord,
-    ) -> Result<()> {
+    ) {
         for stored in &session.subscriptions {
             if let Err(code) = self.add(bridge, client, session, stored.clone()).await {
                 tracing::warn!(
@@ -118,7 +119,6 @@ impl Outbound {
                 );
             }
         }
-        Ok(())
     }
 
     /// SUBSCRIBE: adds each filter, stores a persistent session's new subscriptions, then answers.
