@@ -31,8 +31,9 @@ pub use self::kafka::Kafka;
 pub use self::types::*;
 use crate::Result;
 
-/// Now, in ms since the epoch: the timestamp of records appended without one.
-pub(crate) fn now_ms() -> i64 {
+/// Now, in ms since the epoch: the timestamp of records appended without one, and the clock front
+/// ends compare record timestamps with.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as i64)

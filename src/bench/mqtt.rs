@@ -31,7 +31,8 @@ struct Broker {
     name: &'static str,
     child: Child,
     address: SocketAddr,
-    _dir: tempfile::TempDir,
+    /// Courier's data directory, removed when the broker is dropped; Mosquitto keeps nothing on disk.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Broker {
@@ -70,13 +71,12 @@ impl Broker {
             name: "Courier (embedded)",
             child,
             address,
-            _dir: dir,
+            _data: Some(dir),
         })
     }
 
     /// Mosquitto with its default configuration on a free port.
     fn mosquitto(program: &PathBuf) -> Result<Self> {
-        let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -101,7 +101,7 @@ impl Broker {
             name: "Mosquitto",
             child,
             address,
-            _dir: dir,
+            _data: None,
         })
     }
 

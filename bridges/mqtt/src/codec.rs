@@ -73,11 +73,6 @@ impl Codec {
         self.version
     }
 
-    /// Sets the largest packet accepted.
-    pub fn set_max_packet_size(&mut self, max_packet_size: usize) {
-        self.max_packet_size = max_packet_size;
-    }
-
     /// Decodes the next packet from `buffer`, consuming its bytes. `Ok(None)`: more bytes are needed.
     pub fn decode(&mut self, buffer: &mut BytesMut) -> Result<Option<Frame>> {
         let Some((header_len, remaining)) = fixed_header(buffer)? else {

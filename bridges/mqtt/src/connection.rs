@@ -65,11 +65,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.codec.encode(packet, &mut self.write_buffer)
     }
 
-    /// Bytes queued and not yet sent.
-    pub fn queued_bytes(&self) -> usize {
-        self.write_buffer.len()
-    }
-
     /// Sends everything queued.
     pub async fn flush(&mut self) -> Result<()> {
         if !self.write_buffer.is_empty() {

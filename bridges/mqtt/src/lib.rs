@@ -26,6 +26,7 @@ pub mod retained;
 pub mod server;
 pub mod session;
 pub mod sessions;
+mod sync;
 pub mod view;
 
 pub use config::Config;

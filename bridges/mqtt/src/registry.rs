@@ -7,10 +7,12 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
 };
 
 use tokio_util::sync::CancellationToken;
+
+use crate::sync::lock;
 
 /// The live connections of this replica.
 #[derive(Debug, Default)]
@@ -134,13 +136,6 @@ impl Drop for Registration {
         }
         self.finished.cancel();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain maps updated in one statement each; a panic elsewhere leaves them usable.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

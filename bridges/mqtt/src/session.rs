@@ -16,6 +16,7 @@ mod outbound;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use courier_gateway::log::now_ms;
 use futures_util::FutureExt;
 use rumqttd::protocol::{Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, PingResp};
 use tokio::{
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::{
-    connect::{Client, Established, Will, now_ms},
+    connect::{Client, Established, Will},
     inbound::Inbound,
     outbound::Outbound,
 };

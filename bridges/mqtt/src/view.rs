@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -18,7 +18,10 @@ use courier_gateway::log::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    sync::lock,
+};
 
 /// Called for every record the view applies: its key, and the record (`None` for a tombstone).
 pub type OnChange = Box<dyn Fn(&str, Option<&Record>) + Send + Sync>;
@@ -159,11 +162,4 @@ impl View {
             .map(|(_, record)| record.clone())
             .collect()
     }
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    // The state is plain data updated in one place; a panic there leaves it usable.
-    state
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use courier_gateway::log::now_ms;
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
     LastWillProperties, Login, Packet, PublishProperties,
@@ -314,11 +315,4 @@ fn to_will(will: LastWill, properties: Option<LastWillProperties>) -> Result<Wil
         },
         delay: Duration::from_secs(u64::from(properties.delay_interval.unwrap_or(0))),
     })
-}
-
-/// Now, in ms since the epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }

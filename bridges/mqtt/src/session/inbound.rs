@@ -10,14 +10,14 @@ use std::{
     pin::Pin,
 };
 
+use courier_gateway::log::now_ms;
 use futures_util::stream::FuturesOrdered;
-use rumqttd::protocol::Packet;
 use rumqttd::protocol::{
-    PubAck, PubAckProperties, PubAckReason, PubComp, PubCompReason, PubRec, PubRecProperties,
-    PubRecReason, Publish, PublishProperties, QoS,
+    Packet, PubAck, PubAckProperties, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecProperties, PubRecReason, Publish, PublishProperties, QoS,
 };
 
-use super::connect::{Client, now_ms};
+use super::connect::Client;
 use crate::{
     bridge::Bridge,
     codec::{PublishHeader, Version},

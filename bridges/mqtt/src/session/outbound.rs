@@ -15,7 +15,7 @@ use std::{
 
 use courier_gateway::log::{
     Position, Record, SubscribeOptions, SubscriptionControl, SubscriptionEvent, TopicPartition,
-    TopicSelector,
+    TopicSelector, now_ms,
 };
 use rumqttd::protocol::{
     Filter, Packet, PubRecReason, PubRel, PubRelReason, QoS, RetainForwardRule, SubAck,
@@ -24,7 +24,7 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::{StreamMap, wrappers::UnboundedReceiverStream};
 
-use super::connect::{Client, now_ms};
+use super::connect::Client;
 use crate::{
     bridge::Bridge,
     codec::{Version, outgoing_publish},
