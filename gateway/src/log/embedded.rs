@@ -295,7 +295,6 @@ impl Shared {
 #[async_trait]
 impl Log for Embedded {
     async fn submit(&self, topic: &str, mut records: Vec<NewRecord>) -> Result<AppendReceipt> {
-        validate::topic_name(topic)?;
         validate::stamp_records(
             topic,
             &mut records,

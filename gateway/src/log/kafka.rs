@@ -315,7 +315,6 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 impl Log for Kafka {
     async fn submit(&self, topic: &str, mut records: Vec<NewRecord>) -> Result<AppendReceipt> {
         self.shared.check_open()?;
-        validate::topic_name(topic)?;
         validate::stamp_records(
             topic,
             &mut records,

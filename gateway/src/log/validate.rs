@@ -37,12 +37,14 @@ pub fn topic_name(name: &str) -> Result<()> {
     }
 }
 
-/// Checks a batch of records for one topic and gives each one without a `courier_id` a new ULID.
+/// Checks a batch of records for one topic (the topic's name first) and gives each one without a
+/// `courier_id` a new ULID.
 pub fn stamp_records(
     topic: &str,
     records: &mut [NewRecord],
     max_record_bytes: usize,
 ) -> Result<()> {
+    topic_name(topic)?;
     if records.is_empty() {
         return Err(Error::InvalidRequest(format!(
             "a produce request for topic {topic:?} has no records"
