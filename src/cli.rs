@@ -36,7 +36,8 @@ pub(crate) enum Command {
     },
     /// Measure throughput and ack latency (see BENCHMARKS.md).
     Bench(crate::bench::BenchArgs),
-    /// Print a line for mqtt.auth.users_file (`name:argon2-hash`); the password is read from stdin.
+    /// Print a line for a users file (mqtt.auth.users_file, amqp.auth.users_file): `name:argon2-hash`;
+    /// the password is read from stdin.
     Passwd {
         /// User name.
         name: String,
@@ -54,6 +55,9 @@ pub(crate) struct ServeArgs {
     /// Override mqtt.listen.
     #[arg(long)]
     pub(crate) mqtt_listen: Option<SocketAddr>,
+    /// Override amqp.listen.
+    #[arg(long)]
+    pub(crate) amqp_listen: Option<SocketAddr>,
     /// Override log.data_dir (embedded log).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,

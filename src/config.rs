@@ -39,6 +39,9 @@ pub(crate) struct Config {
     /// `[mqtt]`: the MQTT endpoint.
     #[serde(default)]
     pub(crate) mqtt: courier_mqtt::Config,
+    /// `[amqp]`: the AMQP 1.0 endpoint.
+    #[serde(default)]
+    pub(crate) amqp: courier_amqp::Config,
     /// `[shutdown]`: draining on SIGTERM.
     #[serde(default)]
     pub(crate) shutdown: ShutdownConfig,
@@ -53,6 +56,7 @@ impl Default for Config {
             topics: TopicsConfig::default(),
             groups: GroupsConfig::default(),
             mqtt: courier_mqtt::Config::default(),
+            amqp: courier_amqp::Config::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -96,6 +100,9 @@ impl Config {
         if let Some(listen) = overrides.mqtt_listen {
             figment = figment.merge(Serialized::default("mqtt.listen", listen));
         }
+        if let Some(listen) = overrides.amqp_listen {
+            figment = figment.merge(Serialized::default("amqp.listen", listen));
+        }
         if let Some(data_dir) = &overrides.data_dir {
             figment = figment.merge(Serialized::default("log.data_dir", data_dir));
         }
@@ -119,8 +126,8 @@ fn defaults() -> Result<figment::value::Value, Box<figment::Error>> {
 const DEFAULT_FILE: &str = "courier.toml";
 
 /// Top-level keys, for filtering the environment.
-const SECTIONS: [&str; 7] = [
-    "region", "grpc", "log", "topics", "groups", "mqtt", "shutdown",
+const SECTIONS: [&str; 8] = [
+    "region", "grpc", "log", "topics", "groups", "mqtt", "amqp", "shutdown",
 ];
 
 /// Whether an environment key (after `COURIER_` and `__` splitting) names a key of this config. Figment
@@ -139,6 +146,8 @@ pub(crate) struct Overrides {
     pub(crate) grpc_listen: Option<SocketAddr>,
     /// `--mqtt-listen`.
     pub(crate) mqtt_listen: Option<SocketAddr>,
+    /// `--amqp-listen`.
+    pub(crate) amqp_listen: Option<SocketAddr>,
     /// `--data-dir`.
     pub(crate) data_dir: Option<PathBuf>,
 }
@@ -220,12 +229,14 @@ mod tests {
         let overrides = Overrides {
             grpc_listen: Some("127.0.0.1:7001".parse()?),
             mqtt_listen: Some("127.0.0.1:7002".parse()?),
+            amqp_listen: Some("127.0.0.1:7003".parse()?),
             data_dir: Some("/tmp/x".into()),
         };
         let config = Config::load(Some(&file), &overrides)?;
         assert_eq!(config.region, "eu");
         assert_eq!(config.grpc.listen.port(), 7001);
         assert_eq!(config.mqtt.listen.port(), 7002);
+        assert_eq!(config.amqp.listen.port(), 7003);
         assert_eq!(config.topics.default_partitions, 5);
         let BackendConfig::Embedded(embedded) = &config.log else {
             return Err("the embedded log is the default".into());

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             let overrides = config::Overrides {
                 grpc_listen: args.grpc_listen,
                 mqtt_listen: args.mqtt_listen,
+                amqp_listen: args.amqp_listen,
                 data_dir: args.data_dir.clone(),
             };
             match config::Config::load(args.config.as_deref(), &overrides) {

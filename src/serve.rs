@@ -91,6 +91,27 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         None
     };
 
+    let amqp = if config.amqp.enabled {
+        let server = courier_amqp::Server::bind(
+            log.clone(),
+            config.amqp.clone(),
+            config.topics.auto_create,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "starting the AMQP endpoint on {} (amqp.listen)",
+                config.amqp.listen
+            )
+        })?;
+        let address = server
+            .local_addr()
+            .context("reading the AMQP listener's address")?;
+        Some((server, address))
+    } else {
+        None
+    };
+
     let drain = root.child_token();
     let grpc = GrpcServer {
         log: log.clone(),
@@ -118,6 +139,16 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         tracker.spawn(async move {
             if let Err(error) = server.serve(drain).await {
                 tracing::error!(%error, "MQTT server failed; stopping the gateway");
+                root.cancel();
+            }
+        });
+    }
+    if let Some((server, address)) = amqp {
+        addresses.push_str(&format!(" amqp={address}"));
+        let (drain, root) = (drain.clone(), root.clone());
+        tracker.spawn(async move {
+            if let Err(error) = server.serve(drain).await {
+                tracing::error!(%error, "AMQP server failed; stopping the gateway");
                 root.cancel();
             }
         });

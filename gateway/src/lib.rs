@@ -9,9 +9,11 @@
 //! - [`log`]: the trait, shared types and the embedded backend;
 //! - [`grpc`]: the tonic services of `proto/courier/v1` (Streams, Admin) with health and reflection;
 //! - [`proto`]: the generated protobuf types, servers and clients;
+//! - [`auth`]: users and passwords, shared by the front ends that ask for them;
 //! - [`config`]: the typed config sections this crate owns;
 //! - [`error`]: the crate's error type.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod grpc;

@@ -47,6 +47,8 @@ impl Broker {
                     "127.0.0.1:0",
                     "--mqtt-listen",
                     "127.0.0.1:0",
+                    "--amqp-listen",
+                    "127.0.0.1:0",
                 ])
                 .arg("--data-dir")
                 .arg(dir.path().join("data"))

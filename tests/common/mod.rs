@@ -36,6 +36,8 @@ pub struct Gateway {
     pub mqtt: SocketAddr,
     /// The bound MQTT-over-WebSocket address, when one was configured.
     pub mqtt_ws: Option<SocketAddr>,
+    /// The bound AMQP address.
+    pub amqp: SocketAddr,
     /// Its data directory.
     pub data_dir: PathBuf,
     /// Where its logs go (stderr), to read when a test fails.
@@ -89,6 +91,8 @@ impl Gateway {
                 "127.0.0.1:0",
                 "--mqtt-listen",
                 "127.0.0.1:0",
+                "--amqp-listen",
+                "127.0.0.1:0",
             ])
             .args(args)
             .env("RUST_LOG", "info,courier_gateway=debug")
@@ -131,6 +135,7 @@ impl Gateway {
                     grpc: address("grpc=")?,
                     mqtt: address("mqtt=")?,
                     mqtt_ws: address("mqtt-ws=").ok(),
+                    amqp: address("amqp=")?,
                     data_dir: data_dir.to_owned(),
                     log_file,
                 });

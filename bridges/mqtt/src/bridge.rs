@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use courier_gateway::log::{Log, TopicSpec};
+use courier_gateway::{
+    auth::Auth,
+    log::{Log, TopicSpec},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::Auth,
     config::Config,
     error::{Error, Result},
     mapping::Routes,

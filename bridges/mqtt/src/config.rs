@@ -1,7 +1,8 @@
 //! `[mqtt]`: the MQTT listener, its limits, topic routes and authentication.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
+use courier_gateway::auth::AuthConfig;
 use serde::{Deserialize, Serialize};
 
 /// The MQTT endpoint's configuration.
@@ -123,32 +124,4 @@ pub struct Route {
     pub filter: String,
     /// Kafka topic the matching messages are written to and read from.
     pub topic: String,
-}
-
-/// `[mqtt.auth]`: username/password checking.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Let clients connect without a username.
-    #[serde(default = "AuthConfig::default_allow_anonymous")]
-    pub allow_anonymous: bool,
-    /// File of users, one `name:PHC-hash` per line (argon2; `courier passwd NAME` prints one). Unset: no
-    /// client may present a username.
-    #[serde(default)]
-    pub users_file: Option<PathBuf>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            allow_anonymous: Self::default_allow_anonymous(),
-            users_file: None,
-        }
-    }
-}
-
-impl AuthConfig {
-    fn default_allow_anonymous() -> bool {
-        true
-    }
 }

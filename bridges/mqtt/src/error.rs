@@ -76,13 +76,8 @@ pub enum Error {
     Log(#[from] courier_gateway::Error),
 
     /// The users file could not be read.
-    #[error("cannot read the users file {path}: {detail}")]
-    UsersFile {
-        /// The file (mqtt.auth.users_file).
-        path: String,
-        /// What was wrong.
-        detail: String,
-    },
+    #[error(transparent)]
+    UsersFile(#[from] courier_gateway::auth::UsersFileError),
 
     /// A stored session record could not be decoded.
     #[error("corrupt session record for client {client_id:?}: {detail}")]
@@ -112,7 +107,7 @@ impl Error {
             Self::Io(_)
             | Self::WebSocket(_)
             | Self::Log(_)
-            | Self::UsersFile { .. }
+            | Self::UsersFile(_)
             | Self::Config(_)
             | Self::CorruptSession { .. } => DisconnectReasonCode::UnspecifiedError,
         }

@@ -11,10 +11,9 @@
 //! - [`config`]: `[mqtt]`; [`error`]: the error type and reason codes;
 //! - [`codec`], [`connection`]: bytes ↔ packets ↔ socket;
 //! - [`server`]: listeners, accept loops, limits; [`session`]: one client's state machine;
-//! - [`mapping`]: MQTT ↔ Log; [`auth`]: users and passwords;
+//! - [`mapping`]: MQTT ↔ Log (users and passwords: `courier_gateway::auth`);
 //! - [`bridge`]: state shared by connections; [`sessions`], [`retained`], [`view`], [`registry`].
 
-pub mod auth;
 pub mod bridge;
 pub mod codec;
 pub mod config;

@@ -9,7 +9,8 @@ use courier_gateway::{
     config::{EmbeddedConfig, GroupsConfig, TopicsConfig},
     log::{Embedded, FetchLimits, Log, TopicPartition},
 };
-use courier_mqtt::{Config, Server, codec::outgoing_publish, config::AuthConfig};
+use courier_gateway::auth::AuthConfig;
+use courier_mqtt::{Config, Server, codec::outgoing_publish};
 use rumqttd::protocol::{
     Connect, ConnectReturnCode, Filter, Login, Packet, Protocol, PubRel, PubRelReason, QoS,
     RetainForwardRule, Subscribe, v4::V4,
@@ -425,7 +426,7 @@ async fn passwords_are_checked_against_the_users_file() -> TestResult {
     let users = dir.path().join("users");
     std::fs::write(
         &users,
-        courier_mqtt::auth::users_file_line("device-1", "pa55")?,
+        courier_gateway::auth::users_file_line("device-1", "pa55")?,
     )?;
     let endpoint = Endpoint::start(Config {
         auth: AuthConfig {

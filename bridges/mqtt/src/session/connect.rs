@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use courier_gateway::log::now_ms;
+use courier_gateway::{auth::Verdict, log::now_ms};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
     LastWillProperties, Login, Packet, PublishProperties,
@@ -11,7 +11,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use ulid::Ulid;
 
 use crate::{
-    auth::Verdict,
     bridge::Bridge,
     codec::Version,
     connection::Connection,

@@ -1,16 +1,57 @@
 //! Who may connect: anonymous clients (when allowed) and the users of a file of argon2 password hashes.
+//! Shared by the front ends that take a username and password (MQTT CONNECT, AMQP SASL PLAIN), so one
+//! users file serves them all.
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use argon2::{
     Argon2,
     password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng},
 };
 
-use crate::{
-    config::AuthConfig,
-    error::{Error, Result},
-};
+use serde::{Deserialize, Serialize};
+
+/// `[<protocol>.auth]`: username/password checking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Let clients connect without a username.
+    #[serde(default = "AuthConfig::default_allow_anonymous")]
+    pub allow_anonymous: bool,
+    /// File of users, one `name:PHC-hash` per line (argon2; `courier passwd NAME` prints one). Unset: no
+    /// client may present a username.
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: Self::default_allow_anonymous(),
+            users_file: None,
+        }
+    }
+}
+
+impl AuthConfig {
+    fn default_allow_anonymous() -> bool {
+        true
+    }
+}
+
+/// The users file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the users file {path}: {detail}")]
+pub struct UsersFileError {
+    /// The file.
+    pub path: String,
+    /// What was wrong.
+    pub detail: String,
+}
 
 /// The answer to a CONNECT's credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +74,7 @@ pub struct Auth {
 
 impl Auth {
     /// Loads the users file, if one is configured. A malformed line names its number.
-    pub fn load(config: &AuthConfig) -> Result<Self> {
+    pub fn load(config: &AuthConfig) -> Result<Self, UsersFileError> {
         let users = match &config.users_file {
             Some(path) => read_users(path)?,
             None => HashMap::new(),
@@ -47,6 +88,16 @@ impl Auth {
     /// Checks a username and password. Hash verification is deliberately slow, so it runs on the
     /// blocking pool rather than on a connection's task.
     pub async fn check(&self, login: Option<(String, String)>) -> Verdict {
+        let auth = self.clone();
+        tokio::task::spawn_blocking(move || auth.check_blocking(login))
+            .await
+            .unwrap_or(Verdict::BadCredentials)
+    }
+
+    /// [`Auth::check`] on the calling thread, for callers that cannot await (a SASL exchange driven by
+    /// a library's synchronous callback). It takes as long as the hash takes; call it off the runtime's
+    /// worker threads or inside `tokio::task::block_in_place`.
+    pub fn check_blocking(&self, login: Option<(String, String)>) -> Verdict {
         let Some((username, password)) = login else {
             return if self.allow_anonymous {
                 Verdict::Allowed
@@ -54,23 +105,24 @@ impl Auth {
                 Verdict::AnonymousRefused
             };
         };
-        let Some(hash) = self.users.get(&username).cloned() else {
+        let Some(hash) = self.users.get(&username) else {
             return Verdict::BadCredentials;
         };
-        let verified = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|hash| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &hash)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false);
+        let verified = PasswordHash::new(hash).is_ok_and(|hash| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        });
         if verified {
             Verdict::Allowed
         } else {
             Verdict::BadCredentials
         }
+    }
+
+    /// Whether clients without credentials may connect.
+    pub fn allows_anonymous(&self) -> bool {
+        self.allow_anonymous
     }
 }
 
@@ -86,8 +138,8 @@ pub fn users_file_line(username: &str, password: &str) -> Result<String, String>
     Ok(format!("{username}:{hash}"))
 }
 
-fn read_users(path: &Path) -> Result<HashMap<String, String>> {
-    let error = |detail: String| Error::UsersFile {
+fn read_users(path: &Path) -> Result<HashMap<String, String>, UsersFileError> {
+    let error = |detail: String| UsersFileError {
         path: path.display().to_string(),
         detail,
     };

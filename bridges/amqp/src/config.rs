@@ -1,0 +1,103 @@
+//! `[amqp]`: the AMQP 1.0 listener, its limits, and authentication.
+
+use std::{net::SocketAddr, time::Duration};
+
+use courier_gateway::auth::AuthConfig;
+use serde::{Deserialize, Serialize};
+
+/// The `[amqp]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Serve AMQP at all.
+    #[serde(default = "Config::default_enabled")]
+    pub enabled: bool,
+    /// Address of the AMQP listener (port 0 picks a free port; the ready line names it).
+    #[serde(default = "Config::default_listen")]
+    pub listen: SocketAddr,
+    /// Largest frame the gateway accepts, in bytes (offered in OPEN; at least 512).
+    #[serde(default = "Config::default_max_frame_size")]
+    pub max_frame_size: u32,
+    /// Largest message accepted on a link, in bytes (offered in ATTACH); larger ones close that link
+    /// with `amqp:link:message-size-exceeded`.
+    #[serde(default = "Config::default_max_message_size")]
+    pub max_message_size: u64,
+    /// A connection that sends nothing (not even an empty frame) for this long is closed. Offered to
+    /// clients in OPEN as half this value, as the spec asks.
+    #[serde(default = "Config::default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Credit granted to a client's sender link: deliveries it may have in flight before the log has
+    /// acknowledged earlier ones. Credit is topped up only as the log acknowledges.
+    #[serde(default = "Config::default_link_credit")]
+    pub link_credit: u32,
+    /// Records a receiver link may hold sent but not settled; its subscription stops reading at this
+    /// many (the client's own credit limits it further).
+    #[serde(default = "Config::default_max_unsettled")]
+    pub max_unsettled: usize,
+    /// A rejected delivery from topic `T` is written to topic `T` + this suffix.
+    #[serde(default = "Config::default_dead_letter_suffix")]
+    pub dead_letter_suffix: String,
+    /// `[amqp.auth]`: who may connect (SASL ANONYMOUS and PLAIN).
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            enabled: Self::default_enabled(),
+            listen: Self::default_listen(),
+            max_frame_size: Self::default_max_frame_size(),
+            max_message_size: Self::default_max_message_size(),
+            idle_timeout: Self::default_idle_timeout(),
+            link_credit: Self::default_link_credit(),
+            max_unsettled: Self::default_max_unsettled(),
+            dead_letter_suffix: Self::default_dead_letter_suffix(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    fn default_enabled() -> bool {
+        true
+    }
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 5672))
+    }
+    fn default_max_frame_size() -> u32 {
+        64 * 1024
+    }
+    fn default_max_message_size() -> u64 {
+        1024 * 1024
+    }
+    fn default_idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    fn default_link_credit() -> u32 {
+        256
+    }
+    fn default_max_unsettled() -> usize {
+        256
+    }
+    fn default_dead_letter_suffix() -> String {
+        ".dlq".into()
+    }
+
+    /// Checks values serde cannot: sizes the protocol forbids, and zero windows that would stall.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_frame_size < 512 {
+            return Err("amqp.max_frame_size must be at least 512 (AMQP 1.0's minimum)".into());
+        }
+        if self.link_credit < 2 {
+            return Err("amqp.link_credit must be at least 2".into());
+        }
+        if self.max_unsettled == 0 {
+            return Err("amqp.max_unsettled must be at least 1".into());
+        }
+        if self.dead_letter_suffix.is_empty() {
+            return Err("amqp.dead_letter_suffix may not be empty".into());
+        }
+        Ok(())
+    }
+}

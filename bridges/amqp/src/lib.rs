@@ -1,0 +1,29 @@
+//! Courier's AMQP 1.0 endpoint: applications send into and receive from the
+//! [`Log`](courier_gateway::log::Log) over AMQP 1.0, with AMQP's settlement and credit kept end to end.
+//!
+//! Architecture: the `courier` binary builds a [`Server`] over the shared Log. fe2o3-amqp's acceptor
+//! runs the protocol engine (frames, SASL, sessions, links, flow); the [`server`] accepts connections,
+//! sessions and links and gives every link a task of its own: a client's sender link is an
+//! [`inbound`] link (its deliveries become records, settled once the log acknowledged), a client's
+//! receiver link an [`outbound`] one (records become deliveries; the client's outcome acknowledges,
+//! redelivers or dead-letters). [`address`] parses what a link names; [`mapping`] turns messages
+//! into records and back.
+//!
+//! Modules:
+//! - [`config`]: `[amqp]`; [`error`]: the error type and AMQP error conditions;
+//! - [`server`]: listener, connections, sessions, link dispatch; [`sasl`]: ANONYMOUS and PLAIN;
+//! - [`address`]: link addresses and source filters; [`mapping`]: AMQP message ↔ record;
+//! - [`inbound`], [`outbound`]: one link each way.
+
+pub mod address;
+pub mod config;
+pub mod error;
+pub mod inbound;
+pub mod mapping;
+pub mod outbound;
+pub mod sasl;
+pub mod server;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use server::Server;

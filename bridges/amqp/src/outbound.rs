@@ -1,0 +1,251 @@
+//! A client's receiver link: records of one topic become deliveries, and the client's outcome decides
+//! what happens to each record.
+//!
+//! | outcome            | effect                                                                   |
+//! |--------------------|--------------------------------------------------------------------------|
+//! | accepted           | acknowledged to the log (the group commits its contiguous acked prefix) |
+//! | released           | delivered again on this link                                             |
+//! | modified           | delivered again; `delivery-failed` counts in the header's delivery-count |
+//! | rejected           | written to `T.dlq` with the client's error in headers, then acknowledged |
+//! | pre-settled link   | acknowledged as sent (at-most-once, as the client asked)                 |
+//!
+//! Flow control: a delivery goes out only against the client's credit; a drain request is answered by
+//! fe2o3 at once, consuming the credit left, and records not yet sent wait for the next credit. The
+//! subscription stops reading at [`Config::max_unsettled`](crate::Config::max_unsettled) records sent or
+//! queued and not acknowledged. Records of a partition the group moves elsewhere are dropped from the
+//! queue; the new owner reads them from the committed offset.
+
+use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc};
+
+use courier_gateway::log::{
+    Log, Record, SubscribeOptions, Subscription, SubscriptionEvent, TopicSelector,
+};
+use fe2o3_amqp::{
+    Sender,
+    link::{SendError, delivery::Sendable},
+    types::{
+        definitions::{self, ConnectionError, LinkError},
+        messaging::{Body, Outcome},
+        primitives::Value,
+    },
+};
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use tokio_util::sync::CancellationToken;
+
+use crate::{address::Origin, error::Refusal, mapping};
+
+/// A record waiting to be sent, or sent again.
+#[derive(Debug)]
+struct Queued {
+    record: Record,
+    /// Deliveries of it on this link that the client modified with `delivery-failed`.
+    failed_deliveries: u32,
+}
+
+/// A sent delivery's outcome, once the client settles it.
+type Settled = Pin<Box<dyn Future<Output = (Queued, Result<Outcome, SendError>)> + Send>>;
+
+/// What one turn of the link's loop produced.
+enum Step {
+    Sent(Result<fe2o3_amqp::link::delivery::DeliveryFut<Result<Outcome, SendError>>, SendError>),
+    Detached,
+}
+
+/// The topics a receiver link's subscription reads, and where rejected records go.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// What the link names.
+    pub origin: Origin,
+    /// Topic for rejected records.
+    pub dead_letter_topic: String,
+    /// Most records sent or queued and not acknowledged.
+    pub max_unsettled: usize,
+    /// The client's address, for describe-group output.
+    pub client: String,
+}
+
+/// Serves one client receiver link until it detaches, fails, or the gateway drains.
+pub async fn run(log: Arc<dyn Log>, mut sender: Sender, plan: Plan, cancel: CancellationToken) {
+    let options = SubscribeOptions {
+        topics: TopicSelector::Names(vec![plan.origin.topic.clone()]),
+        group: plan.origin.group.clone(),
+        start: plan.origin.start,
+        max_in_flight: plan.max_unsettled,
+        client: plan.client.clone(),
+        protocol: "amqp",
+    };
+    let subscription = match log.subscribe(options).await {
+        Ok(subscription) => subscription,
+        Err(error) => {
+            let _ = sender
+                .close_with_error(definitions::Error::from(Refusal::from(&error)))
+                .await;
+            return;
+        }
+    };
+    let mut link = Link {
+        log,
+        plan,
+        queue: VecDeque::new(),
+        unsettled: FuturesUnordered::new(),
+    };
+    let closing = link.serve(&mut sender, subscription, cancel).await;
+    let _ = match closing {
+        Some(refusal) => sender.close_with_error(definitions::Error::from(refusal)).await,
+        None => sender.close().await,
+    };
+}
+
+struct Link {
+    log: Arc<dyn Log>,
+    plan: Plan,
+    queue: VecDeque<Queued>,
+    unsettled: FuturesUnordered<Settled>,
+}
+
+impl Link {
+    /// The link's loop. Returns the condition to detach with, `None` when the client went away.
+    async fn serve(
+        &mut self,
+        sender: &mut Sender,
+        mut subscription: Subscription,
+        cancel: CancellationToken,
+    ) -> Option<Refusal> {
+        // The next delivery, encoded once and kept while the client has no credit for it.
+        let mut next: Option<(Queued, Sendable<Body<Value>>)> = None;
+        let closing = loop {
+            if next.is_none() {
+                next = self.queue.pop_front().map(|queued| {
+                    let message = mapping::from_record(&queued.record, queued.failed_deliveries);
+                    let sendable = Sendable::builder().message(message).build();
+                    (queued, sendable)
+                });
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break Some(Refusal::new(
+                    ConnectionError::ConnectionForced,
+                    "the gateway is shutting down; reattach to another replica",
+                )),
+                Some((queued, outcome)) = self.unsettled.next(), if !self.unsettled.is_empty() => {
+                    if let Err(refusal) = self.settled(&subscription, queued, outcome).await {
+                        break refusal;
+                    }
+                }
+                event = subscription.next_event() => match event {
+                    Some(SubscriptionEvent::Records(records)) => {
+                        self.queue.extend(records.into_iter().map(|record| Queued { record, failed_deliveries: 0 }));
+                    }
+                    Some(SubscriptionEvent::Revoked(partitions)) => {
+                        self.queue.retain(|queued| !partitions.contains(&queued.record.topic_partition()));
+                        if next.as_ref().is_some_and(|(queued, _)| partitions.contains(&queued.record.topic_partition())) {
+                            next = None;
+                        }
+                    }
+                    Some(SubscriptionEvent::Assigned(_)) => {}
+                    None => break Some(Refusal::new(
+                        LinkError::DetachForced,
+                        "the gateway's subscription ended; reattach",
+                    )),
+                },
+                step = async {
+                    match &next {
+                        Some((_, sendable)) => Step::Sent(sender.send_batchable_ref(sendable).await),
+                        None => {
+                            sender.on_detach().await;
+                            Step::Detached
+                        }
+                    }
+                } => match step {
+                    Step::Sent(Ok(delivery)) => {
+                        if let Some((queued, _)) = next.take() {
+                            self.unsettled.push(Box::pin(async move { (queued, delivery.await) }));
+                        }
+                    }
+                    Step::Sent(Err(SendError::MessageSizeExceeded(exceeded))) => {
+                        let offset = next.as_ref().map(|(queued, _)| queued.record.offset);
+                        break Some(Refusal::new(
+                            LinkError::MessageSizeExceeded,
+                            format!(
+                                "record at offset {offset:?} is {} bytes, over this link's max-message-size of {}; attach with a larger one",
+                                exceeded.size, exceeded.max_size
+                            ),
+                        ));
+                    }
+                    Step::Sent(Err(_)) | Step::Detached => break None,
+                },
+            }
+        };
+        // Commit what was acknowledged and leave the group; what was not is delivered again, to this
+        // client when it reattaches or to another member.
+        if let Err(error) = subscription.close().await {
+            tracing::warn!(%error, topic = %self.plan.origin.topic, "closing an AMQP link's subscription");
+        }
+        closing
+    }
+
+    /// Acts on a delivery's outcome. An error ends the link.
+    async fn settled(
+        &mut self,
+        subscription: &Subscription,
+        mut queued: Queued,
+        outcome: Result<Outcome, SendError>,
+    ) -> Result<(), Option<Refusal>> {
+        let partition = queued.record.topic_partition();
+        match outcome {
+            Ok(Outcome::Accepted(_)) => {
+                subscription.control.ack(&partition, queued.record.offset);
+            }
+            Ok(Outcome::Released(_)) => self.queue.push_front(queued),
+            Ok(Outcome::Modified(modified)) => {
+                if modified.delivery_failed == Some(true) {
+                    queued.failed_deliveries += 1;
+                }
+                self.queue.push_front(queued);
+            }
+            Ok(Outcome::Rejected(rejected)) => {
+                let reason = rejected.error.map(|error| Refusal {
+                    condition: error.condition,
+                    description: error.description.unwrap_or_default(),
+                });
+                dead_letter(
+                    &self.log,
+                    &self.plan.dead_letter_topic,
+                    &queued.record,
+                    reason.as_ref(),
+                )
+                .await?;
+                subscription.control.ack(&partition, queued.record.offset);
+            }
+            // Settled with no outcome, or with a non-terminal one: deliver it again.
+            Err(SendError::IllegalDeliveryState | SendError::NonTerminalDeliveryState) => {
+                self.queue.push_front(queued)
+            }
+            Err(_) => return Err(None),
+        }
+        Ok(())
+    }
+}
+
+/// Writes a rejected record to the dead-letter topic. Until that is durable the record is not
+/// acknowledged; if it cannot be written, the link ends so the record is delivered again.
+async fn dead_letter(
+    log: &Arc<dyn Log>,
+    topic: &str,
+    record: &Record,
+    reason: Option<&Refusal>,
+) -> Result<(), Option<Refusal>> {
+    let letter = mapping::dead_letter(record, reason);
+    match log.append(topic, vec![letter]).await {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            tracing::error!(%error, partition = %record.topic_partition(), offset = record.offset, dead_letter_topic = %topic, "cannot dead-letter a rejected AMQP delivery; it will be delivered again");
+            let mut refusal = Refusal::from(&error);
+            refusal.description = format!(
+                "a rejected delivery could not be written to {topic}: {}",
+                refusal.description
+            );
+            Err(Some(refusal))
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The AMQP listener: accepts connections (SASL, then OPEN), their sessions, and their links, and gives
+//! every link a task of its own ([`inbound`](crate::inbound) or [`outbound`](crate::outbound)).
+//!
+//! A link is checked before it runs: its address must parse and its topic must exist (or be created,
+//! when `topics.auto_create` is on). A link that fails the check is attached and at once detached
+//! with the reason (AMQP has no other way to refuse one); its connection carries on.
+//!
+//! Drain: when the drain token fires the listener stops accepting, sender links stop taking deliveries
+//! and settle the ones the log has, receiver links commit and detach, and each connection closes with
+//! `amqp:connection:forced`.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use courier_gateway::{
+    Error as LogError,
+    auth::Auth,
+    log::{Log, TopicSpec},
+};
+use fe2o3_amqp::{
+    acceptor::{
+        ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle,
+        ListenerSessionHandle, SessionAcceptor,
+    },
+    types::{
+        definitions::{self, AmqpError, ConnectionError, Role},
+        performatives::Attach,
+    },
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    address,
+    config::Config,
+    error::{Error, Refusal, Result},
+    inbound, outbound,
+    outbound::Plan,
+    sasl::Mechanisms,
+};
+
+/// The fe2o3 acceptor type the server uses: plain TCP, the gateway's SASL mechanisms.
+type Acceptor = ConnectionAcceptor<(), Mechanisms>;
+
+/// What every connection of this replica shares.
+#[derive(Debug)]
+struct Shared {
+    log: Arc<dyn Log>,
+    config: Config,
+    auto_create: bool,
+    acceptor: Acceptor,
+}
+
+/// A bound AMQP listener.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Checks the config, loads the users file and binds the listener. `auto_create` is the
+    /// gateway's `topics.auto_create`: whether attaching to a missing topic creates it.
+    pub async fn bind(log: Arc<dyn Log>, config: Config, auto_create: bool) -> Result<Self> {
+        config.validate().map_err(Error::Config)?;
+        let auth = Auth::load(&config.auth)?;
+        let mechanisms = Mechanisms::new(auth, config.auth.users_file.is_some());
+        let idle_ms = u32::try_from(config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+        let acceptor = ConnectionAcceptor::builder()
+            .container_id(format!("courier-{}", std::process::id()))
+            .max_frame_size(config.max_frame_size)
+            .idle_time_out(idle_ms)
+            .sasl_acceptor(mechanisms)
+            .build();
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                log,
+                config,
+                auto_create,
+                acceptor,
+            }),
+        })
+    }
+
+    /// The bound address (to learn the port when configured with 0).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Accepts connections until `drain` fires, then lets every connection finish (see the module
+    /// documentation) and returns.
+    pub async fn serve(self, drain: CancellationToken) -> Result<()> {
+        let connections = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                () = drain.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(serve_connection(
+                        self.shared.clone(),
+                        stream,
+                        peer,
+                        drain.child_token(),
+                    ));
+                }
+                // Out of descriptors and the like: the listener itself is fine, so keep accepting.
+                Err(error) => {
+                    tracing::warn!(%error, "AMQP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+        connections.close();
+        connections.wait().await;
+        Ok(())
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    drain: CancellationToken,
+) {
+    let mut connection = match shared.acceptor.accept(stream).await {
+        Ok(connection) => connection,
+        Err(error) => {
+            tracing::info!(%peer, %error, "AMQP connection refused during open");
+            return;
+        }
+    };
+    tracing::debug!(%peer, "AMQP connection open");
+    let sessions = TaskTracker::new();
+    let shutting_down = loop {
+        tokio::select! {
+            () = drain.cancelled() => break true,
+            incoming = connection.next_incoming_session() => match incoming {
+                Some(incoming) => {
+                    match SessionAcceptor::new().accept_incoming_session(incoming, &mut connection).await {
+                        Ok(session) => {
+                            sessions.spawn(serve_session(shared.clone(), session, peer, drain.child_token()));
+                        }
+                        Err(error) => {
+                            tracing::info!(%peer, %error, "AMQP session refused");
+                        }
+                    }
+                }
+                None => break false,
+            },
+        }
+    };
+    sessions.close();
+    if shutting_down {
+        // Links settle what the log has and commit before the connection goes.
+        sessions.wait().await;
+        let _ = connection
+            .close_with_error(definitions::Error::new(
+                ConnectionError::ConnectionForced,
+                Some("the gateway is shutting down; reconnect to another replica".to_owned()),
+                None,
+            ))
+            .await;
+    } else {
+        // The client closed the connection (or it failed): links end on their own.
+        drain.cancel();
+        sessions.wait().await;
+        close_quietly(&mut connection).await;
+    }
+    tracing::debug!(%peer, "AMQP connection closed");
+}
+
+async fn close_quietly(connection: &mut ListenerConnectionHandle) {
+    if let Err(error) = connection.close().await {
+        tracing::debug!(%error, "AMQP connection ended with an error");
+    }
+}
+
+async fn serve_session(
+    shared: Arc<Shared>,
+    mut session: ListenerSessionHandle,
+    peer: SocketAddr,
+    drain: CancellationToken,
+) {
+    let links = TaskTracker::new();
+    let link_acceptor = LinkAcceptor::builder()
+        .max_message_size(shared.config.max_message_size)
+        .build();
+    loop {
+        let attach = tokio::select! {
+            () = drain.cancelled() => break,
+            attach = session.next_incoming_attach() => match attach {
+                Some(attach) => attach,
+                None => break,
+            },
+        };
+        let check = check_link(&shared, &attach).await;
+        let name = attach.name.clone();
+        let endpoint = match link_acceptor
+            .accept_incoming_attach(attach, &mut session)
+            .await
+        {
+            Ok(endpoint) => endpoint,
+            Err(error) => {
+                tracing::info!(%peer, link = %name, %error, "AMQP attach failed");
+                continue;
+            }
+        };
+        let route = match check {
+            Ok(route) => route,
+            Err(refusal) => {
+                tracing::info!(%peer, link = %name, reason = %refusal.description, "AMQP link refused");
+                let error = definitions::Error::from(refusal);
+                let _ = match endpoint {
+                    LinkEndpoint::Sender(sender) => sender.close_with_error(error).await,
+                    LinkEndpoint::Receiver(receiver) => receiver.close_with_error(error).await,
+                };
+                continue;
+            }
+        };
+        let log = shared.log.clone();
+        let cancel = drain.child_token();
+        match (route, endpoint) {
+            (Route::Inbound(destination), LinkEndpoint::Receiver(receiver)) => {
+                tracing::debug!(%peer, link = %name, topic = %destination.topic, "AMQP sender link attached");
+                links.spawn(inbound::run(
+                    log,
+                    receiver,
+                    destination,
+                    shared.config.link_credit,
+                    cancel,
+                ));
+            }
+            (Route::Outbound(plan), LinkEndpoint::Sender(sender)) => {
+                tracing::debug!(%peer, link = %name, topic = %plan.origin.topic, group = ?plan.origin.group, "AMQP receiver link attached");
+                links.spawn(outbound::run(log, sender, plan, cancel));
+            }
+            // check_link routes by the attach's role, which is what fe2o3 accepted it as.
+            (_, LinkEndpoint::Sender(sender)) => {
+                let _ = sender.close().await;
+            }
+            (_, LinkEndpoint::Receiver(receiver)) => {
+                let _ = receiver.close().await;
+            }
+        }
+    }
+    links.close();
+    if !drain.is_cancelled() {
+        // The client ended the session: its links are ending too.
+        drain.cancel();
+    }
+    links.wait().await;
+    let _ = session.end().await;
+}
+
+/// What a checked link does.
+enum Route {
+    /// The client sends; the gateway appends to this destination.
+    Inbound(address::Destination),
+    /// The client receives; the gateway reads by this plan.
+    Outbound(Plan),
+}
+
+/// Checks a link's address and topic before it runs.
+async fn check_link(shared: &Shared, attach: &Attach) -> Result<Route, Refusal> {
+    match attach.role {
+        // The client is the sender: the target names where its messages go.
+        Role::Sender => {
+            let address = attach.target.as_deref().and_then(|target| match target {
+                fe2o3_amqp::types::messaging::TargetArchetype::Target(target) => {
+                    target.address.as_deref()
+                }
+                #[allow(unreachable_patterns)]
+                _ => None,
+            });
+            let destination = address::destination(address)?;
+            let partitions = topic_partitions(shared, &destination.topic).await?;
+            if let Some(partition) = destination.partition
+                && partition as u32 >= partitions
+            {
+                return Err(Refusal::invalid(format!(
+                    "topic {} has {partitions} partitions; there is no partition {partition}",
+                    destination.topic
+                )));
+            }
+            Ok(Route::Inbound(destination))
+        }
+        Role::Receiver => {
+            let source = attach.source.as_deref();
+            let origin = address::origin(
+                source.and_then(|source| source.address.as_deref()),
+                source.and_then(|source| source.filter.as_ref()),
+            )?;
+            topic_partitions(shared, &origin.topic).await?;
+            let dead_letter_topic = format!("{}{}", origin.topic, shared.config.dead_letter_suffix);
+            Ok(Route::Outbound(Plan {
+                origin,
+                dead_letter_topic,
+                max_unsettled: shared.config.max_unsettled,
+                client: attach.name.clone(),
+            }))
+        }
+    }
+}
+
+/// The topic's partition count, creating the topic first when it is missing and auto-create is on.
+async fn topic_partitions(shared: &Shared, topic: &str) -> Result<u32, Refusal> {
+    match shared.log.describe_topic(topic).await {
+        Ok(description) => return Ok(description.partitions.len() as u32),
+        Err(LogError::UnknownTopic { .. }) if !shared.auto_create => {
+            return Err(Refusal::new(
+                AmqpError::NotFound,
+                format!("topic {topic:?} does not exist (and topics.auto_create is off)"),
+            ));
+        }
+        Err(LogError::UnknownTopic { .. }) => {}
+        Err(error) => return Err(Refusal::from(&error)),
+    }
+    match shared.log.create_topic(TopicSpec::named(topic)).await {
+        Ok(description) => Ok(description.partitions.len() as u32),
+        Err(LogError::TopicExists { .. }) => shared
+            .log
+            .describe_topic(topic)
+            .await
+            .map(|description| description.partitions.len() as u32)
+            .map_err(|error| Refusal::from(&error)),
+        Err(error) => Err(Refusal::from(&error)),
+    }
+}
