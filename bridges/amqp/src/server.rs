@@ -205,8 +205,20 @@ async fn serve_session(
         {
             Ok(endpoint) => endpoint,
             Err(error) => {
-                tracing::info!(%peer, link = %name, %error, "AMQP attach failed");
-                continue;
+                // fe2o3 leaves such an attach unanswered (a second link with a name already attached
+                // on this session, say); end the session with the reason rather than let the client
+                // wait. Other sessions of the connection carry on.
+                tracing::info!(%peer, link = %name, ?error, "AMQP attach failed; ending its session");
+                let reason = definitions::Error::new(
+                    AmqpError::NotAllowed,
+                    Some(format!("cannot attach link {name:?}: {error:?}")),
+                    None,
+                );
+                drain.cancel();
+                links.close();
+                links.wait().await;
+                let _ = session.end_with_error(reason).await;
+                return;
             }
         };
         let route = match check {
