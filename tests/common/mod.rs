@@ -160,6 +160,11 @@ impl Gateway {
         Ok(AdminClient::new(self.channel().await?))
     }
 
+    /// The process id, while it runs (for a client that kills the gateway mid-stream itself).
+    pub fn process_id(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     fn pid(&self) -> Option<Pid> {
         self.child
             .as_ref()
