@@ -16,6 +16,7 @@
 
 use std::{
     collections::HashMap,
+    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -37,6 +38,7 @@ use courier_gateway::{
 };
 use hdrhistogram::Histogram;
 
+mod amqp;
 mod kafka;
 mod mqtt;
 use tokio::{
@@ -97,6 +99,18 @@ pub(crate) struct BenchArgs {
     /// MQTT mode: the Mosquitto broker to compare with.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     pub(crate) mosquitto: std::path::PathBuf,
+    /// AMQP mode: Courier's AMQP 1.0 endpoint (embedded) against RabbitMQ's AMQP 1.0 plugin; `records`
+    /// messages of `record_size` bytes from `streams` senders, read back by one receiver (see
+    /// src/bench/amqp.rs).
+    #[arg(long)]
+    pub(crate) amqp: bool,
+    /// AMQP mode: unsettled messages a sender keeps in flight.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) amqp_window: usize,
+    /// AMQP mode: the RabbitMQ server to compare with (run as the current user, not through Debian's
+    /// wrapper, so it stops with the benchmark).
+    #[arg(long, default_value = "/usr/lib/rabbitmq/bin/rabbitmq-server")]
+    pub(crate) rabbitmq: std::path::PathBuf,
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {
@@ -132,6 +146,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     }
     if args.mqtt {
         return mqtt::run(&args).await;
+    }
+    if args.amqp {
+        return amqp::run(&args).await;
     }
     let fsync = if args.fsync == "never" {
         FsyncPolicy::Never
@@ -302,6 +319,47 @@ async fn open_log(dir: &std::path::Path, fsync: FsyncPolicy) -> Result<Arc<dyn L
         )
         .await?,
     ))
+}
+
+/// `courier serve` (this binary) on a fresh embedded log in a temporary directory, every listener on a
+/// free loopback port: the process, its ready line (naming the addresses) and the directory.
+pub(crate) fn start_courier(fsync: &str) -> Result<(Child, String, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut child = Command::new(std::env::current_exe().context("finding the courier binary")?)
+        .args(["serve", "--grpc-listen", "127.0.0.1:0"])
+        .args([
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--amqp-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("COURIER_LOG__FSYNC", fsync)
+        .env(
+            "RUST_LOG",
+            std::env::var("COURIER_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting courier serve")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let line = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .find(|line| line.starts_with("courier ready"))
+        .context("courier exited before its ready line")?;
+    Ok((child, line, dir))
+}
+
+/// Stops a broker process: SIGTERM, then waits for it.
+pub(crate) fn stop_process(child: &mut Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
 }
 
 pub(crate) fn histogram() -> Result<Histogram<u64>> {

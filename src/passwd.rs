@@ -15,7 +15,8 @@ pub(crate) fn print_line(name: &str) -> Result<()> {
     if password.is_empty() {
         bail!("no password on stdin (echo 'secret' | courier passwd {name})");
     }
-    let line = courier_gateway::auth::users_file_line(name, password).map_err(anyhow::Error::msg)?;
+    let line =
+        courier_gateway::auth::users_file_line(name, password).map_err(anyhow::Error::msg)?;
     println!("{line}");
     Ok(())
 }

@@ -38,11 +38,7 @@ fn proton_clients_on_the_embedded_log() -> TestResult {
         &dir.path().join("data"),
         &[("COURIER_AMQP__MAX_MESSAGE_SIZE", MAX_MESSAGE_SIZE)],
     )?;
-    proton(
-        "core",
-        &gateway,
-        &["--max-message-size", MAX_MESSAGE_SIZE],
-    )?;
+    proton("core", &gateway, &["--max-message-size", MAX_MESSAGE_SIZE])?;
     assert!(gateway.terminate()?.success());
     Ok(())
 }
@@ -114,7 +110,10 @@ fn a_receiver_moves_to_another_replica_when_its_gateway_dies() -> TestResult {
     let dir = tempfile::tempdir()?;
     let first = Gateway::start_kafka(&dir.path().join("a"), &broker.bootstrap(), &[])?;
     let second = Gateway::start_kafka(&dir.path().join("b"), &broker.bootstrap(), &[])?;
-    let first_pid = first.process_id().ok_or("gateway A is not running")?.to_string();
+    let first_pid = first
+        .process_id()
+        .ok_or("gateway A is not running")?
+        .to_string();
     let second_address = second.amqp.to_string();
     proton(
         "failover",

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::task::JoinSet;
 
-use super::{BenchArgs, Measurement, histogram};
+use super::{BenchArgs, Measurement, histogram, start_courier, stop_process};
 
 /// Longest any single phase may take before the benchmark gives up.
 const PHASE_DEADLINE: Duration = Duration::from_secs(300);
@@ -38,32 +38,7 @@ struct Broker {
 impl Broker {
     /// `courier serve` on a fresh embedded log in a temporary directory.
     fn courier(fsync: &str) -> Result<Self> {
-        let dir = tempfile::tempdir().context("creating a temporary directory")?;
-        let mut child =
-            Command::new(std::env::current_exe().context("finding the courier binary")?)
-                .args([
-                    "serve",
-                    "--grpc-listen",
-                    "127.0.0.1:0",
-                    "--mqtt-listen",
-                    "127.0.0.1:0",
-                    "--amqp-listen",
-                    "127.0.0.1:0",
-                ])
-                .arg("--data-dir")
-                .arg(dir.path().join("data"))
-                .env("COURIER_LOG__FSYNC", fsync)
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .context("starting courier serve")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let line = std::io::BufRead::lines(std::io::BufReader::new(stdout))
-            .map_while(Result::ok)
-            .find(|line| line.starts_with("courier ready"))
-            .context("courier exited before its ready line")?;
+        let (child, line, dir) = start_courier(fsync)?;
         let address = line
             .split_whitespace()
             .find_map(|field| field.strip_prefix("mqtt="))
@@ -122,11 +97,7 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
+        stop_process(&mut self.child);
     }
 }
 

@@ -181,7 +181,13 @@ mod tests {
             destination(Some("orders/partitions/3")).unwrap().partition,
             Some(3)
         );
-        for bad in ["", "orders/partitions/-1", "orders/partitions/x", "a/b", "a/groups/g"] {
+        for bad in [
+            "",
+            "orders/partitions/-1",
+            "orders/partitions/x",
+            "a/b",
+            "a/groups/g",
+        ] {
             assert!(destination(Some(bad)).is_err(), "{bad}");
         }
         assert!(destination(None).is_err());

@@ -79,9 +79,11 @@ pub async fn run(
         }
     }
     let _ = match closing {
-        Some(refusal) => receiver
-            .close_with_error(definitions::Error::from(refusal))
-            .await,
+        Some(refusal) => {
+            receiver
+                .close_with_error(definitions::Error::from(refusal))
+                .await
+        }
         None => receiver.close().await,
     };
 }

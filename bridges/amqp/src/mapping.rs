@@ -42,8 +42,8 @@ use bytes::Bytes;
 use courier_gateway::log::{Header as RecordHeader, NewRecord, Record};
 use fe2o3_amqp::types::{
     messaging::{
-        AmqpSequence, AmqpValue, ApplicationProperties, Batch, Body, Data, Header,
-        Message, MessageAnnotations, MessageId, Properties, annotations::OwnedKey,
+        AmqpSequence, AmqpValue, ApplicationProperties, Batch, Body, Data, Header, Message,
+        MessageAnnotations, MessageId, Properties, annotations::OwnedKey,
     },
     primitives::{Binary, OrderedMap, SimpleValue, Symbol, Timestamp, Value},
 };
@@ -97,7 +97,10 @@ pub fn to_record(message: AmqpMessage, partition: Option<i32>) -> Result<NewReco
     };
     let mut timestamp_ms = None;
     if let Some(properties) = message.properties {
-        timestamp_ms = properties.creation_time.as_ref().map(Timestamp::milliseconds);
+        timestamp_ms = properties
+            .creation_time
+            .as_ref()
+            .map(Timestamp::milliseconds);
         property_headers(properties, &mut headers);
     }
     if let Some(ApplicationProperties(properties)) = message.application_properties {
@@ -139,9 +142,7 @@ pub fn from_record(record: &Record, redeliveries: u32) -> AmqpMessage {
             }
             property_header::SUBJECT => properties.subject = Some(text()),
             property_header::CONTENT_TYPE => properties.content_type = Some(Symbol(text())),
-            property_header::CONTENT_ENCODING => {
-                properties.content_encoding = Some(Symbol(text()))
-            }
+            property_header::CONTENT_ENCODING => properties.content_encoding = Some(Symbol(text())),
             property_header::REPLY_TO => properties.reply_to = Some(text()),
             property_header::TO => properties.to = Some(text()),
             property_header::GROUP_ID => properties.group_id = Some(text()),
@@ -155,8 +156,14 @@ pub fn from_record(record: &Record, redeliveries: u32) -> AmqpMessage {
     }
 
     let mut annotations = MessageAnnotations::builder()
-        .insert(Symbol::from("x-opt-topic"), Value::String(record.topic.to_string()))
-        .insert(Symbol::from("x-opt-partition"), Value::Int(record.partition))
+        .insert(
+            Symbol::from("x-opt-topic"),
+            Value::String(record.topic.to_string()),
+        )
+        .insert(
+            Symbol::from("x-opt-partition"),
+            Value::Int(record.partition),
+        )
         .insert(Symbol::from("x-opt-offset"), Value::Long(record.offset))
         .insert(
             Symbol::from("x-opt-timestamp"),
@@ -199,7 +206,10 @@ pub fn from_record(record: &Record, redeliveries: u32) -> AmqpMessage {
 pub fn dead_letter(record: &Record, reason: Option<&Refusal>) -> NewRecord {
     let mut headers = record.headers.clone();
     headers.push(header(dead_letter::TOPIC, &record.topic));
-    headers.push(header(dead_letter::PARTITION, &record.partition.to_string()));
+    headers.push(header(
+        dead_letter::PARTITION,
+        &record.partition.to_string(),
+    ));
     headers.push(header(dead_letter::OFFSET, &record.offset.to_string()));
     if let Some(reason) = reason {
         headers.push(header(dead_letter::CONDITION, &reason.condition_symbol()));
@@ -243,13 +253,19 @@ fn property_headers(properties: Properties, headers: &mut Vec<RecordHeader>) {
         MessageId::Binary(_) => None,
     };
     let fields = [
-        (property_header::MESSAGE_ID, properties.message_id.and_then(text_id)),
+        (
+            property_header::MESSAGE_ID,
+            properties.message_id.and_then(text_id),
+        ),
         (
             property_header::CORRELATION_ID,
             properties.correlation_id.and_then(text_id),
         ),
         (property_header::SUBJECT, properties.subject),
-        (property_header::CONTENT_TYPE, properties.content_type.map(|s| s.0)),
+        (
+            property_header::CONTENT_TYPE,
+            properties.content_type.map(|s| s.0),
+        ),
         (
             property_header::CONTENT_ENCODING,
             properties.content_encoding.map(|s| s.0),
@@ -435,13 +451,19 @@ mod tests {
         properties.insert("count".to_owned(), SimpleValue::Long(7));
         properties.insert("flag".to_owned(), SimpleValue::Bool(true));
         properties.insert("kind".to_owned(), SimpleValue::Symbol(Symbol::from("k")));
-        properties.insert("raw".to_owned(), SimpleValue::Binary(Binary::from(vec![0, 255])));
+        properties.insert(
+            "raw".to_owned(),
+            SimpleValue::Binary(Binary::from(vec![0, 255])),
+        );
         Message {
             header: None,
             delivery_annotations: None,
             message_annotations: Some(
                 MessageAnnotations::builder()
-                    .insert(Symbol::from(PARTITION_KEY), Value::String("customer-9".into()))
+                    .insert(
+                        Symbol::from(PARTITION_KEY),
+                        Value::String("customer-9".into()),
+                    )
                     .build(),
             ),
             properties: Some(Properties {
@@ -467,7 +489,10 @@ mod tests {
             Body::Value(AmqpValue(Value::String("hello".into()))),
             Body::Value(AmqpValue(Value::Binary(Binary::from(vec![1, 2, 3])))),
             Body::Value(AmqpValue(Value::Long(42))),
-            Body::Value(AmqpValue(Value::List(vec![Value::Bool(true), Value::Uint(3)]))),
+            Body::Value(AmqpValue(Value::List(vec![
+                Value::Bool(true),
+                Value::Uint(3),
+            ]))),
             Body::Sequence(Batch::new(vec![AmqpSequence(vec![
                 Value::String("x".into()),
                 Value::Int(1),
@@ -500,10 +525,16 @@ mod tests {
         let record = to_record(message(Body::Empty), None).unwrap();
         let back = from_record(&stored(record), 2);
         let application = back.application_properties.unwrap().0;
-        assert_eq!(application.get("colour"), Some(&SimpleValue::String("red".into())));
+        assert_eq!(
+            application.get("colour"),
+            Some(&SimpleValue::String("red".into()))
+        );
         assert_eq!(application.get("count"), Some(&SimpleValue::Long(7)));
         assert_eq!(application.get("flag"), Some(&SimpleValue::Bool(true)));
-        assert_eq!(application.get("kind"), Some(&SimpleValue::Symbol(Symbol::from("k"))));
+        assert_eq!(
+            application.get("kind"),
+            Some(&SimpleValue::Symbol(Symbol::from("k")))
+        );
         assert_eq!(
             application.get("raw"),
             Some(&SimpleValue::Binary(Binary::from(vec![0, 255])))
@@ -516,12 +547,22 @@ mod tests {
             Some(MessageId::String("01JABCDEFGHJKMNPQRSTVWXYZ0".into()))
         );
         assert_eq!(properties.subject.as_deref(), Some("created"));
-        assert_eq!(properties.correlation_id, Some(MessageId::String("req-1".into())));
+        assert_eq!(
+            properties.correlation_id,
+            Some(MessageId::String("req-1".into()))
+        );
         assert_eq!(back.header.unwrap().delivery_count, 2);
         let annotations = back.message_annotations.unwrap().0;
-        let annotation = |name: &str| annotations.get(&OwnedKey::Symbol(Symbol::from(name))).cloned();
+        let annotation = |name: &str| {
+            annotations
+                .get(&OwnedKey::Symbol(Symbol::from(name)))
+                .cloned()
+        };
         assert_eq!(annotation("x-opt-offset"), Some(Value::Long(41)));
-        assert_eq!(annotation(PARTITION_KEY), Some(Value::String("customer-9".into())));
+        assert_eq!(
+            annotation(PARTITION_KEY),
+            Some(Value::String("customer-9".into()))
+        );
     }
 
     #[test]
@@ -534,10 +575,16 @@ mod tests {
         let message = from_record(&record, 0);
         assert_eq!(
             format!("{:?}", message.body),
-            format!("{:?}", Body::<Value>::Data(Batch::new(vec![Data(Binary::from(b"{\"n\":1}".to_vec()))])))
+            format!(
+                "{:?}",
+                Body::<Value>::Data(Batch::new(vec![Data(Binary::from(b"{\"n\":1}".to_vec()))]))
+            )
         );
         let application = message.application_properties.unwrap().0;
-        assert_eq!(application.get("trace"), Some(&SimpleValue::String("abc".into())));
+        assert_eq!(
+            application.get("trace"),
+            Some(&SimpleValue::String("abc".into()))
+        );
     }
 
     #[test]
@@ -572,7 +619,10 @@ mod tests {
         };
         assert_eq!(get(dead_letter::TOPIC).as_deref(), Some("orders"));
         assert_eq!(get(dead_letter::OFFSET).as_deref(), Some("41"));
-        assert_eq!(get(dead_letter::CONDITION).as_deref(), Some("amqp:invalid-field"));
+        assert_eq!(
+            get(dead_letter::CONDITION).as_deref(),
+            Some("amqp:invalid-field")
+        );
         assert_eq!(get(dead_letter::DESCRIPTION).as_deref(), Some("bad order"));
         assert_eq!(letter.courier_id, record.courier_id);
     }

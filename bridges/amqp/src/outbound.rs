@@ -91,7 +91,11 @@ pub async fn run(log: Arc<dyn Log>, mut sender: Sender, plan: Plan, cancel: Canc
     };
     let closing = link.serve(&mut sender, subscription, cancel).await;
     let _ = match closing {
-        Some(refusal) => sender.close_with_error(definitions::Error::from(refusal)).await,
+        Some(refusal) => {
+            sender
+                .close_with_error(definitions::Error::from(refusal))
+                .await
+        }
         None => sender.close().await,
     };
 }

@@ -30,7 +30,11 @@ impl Mechanisms {
         match init.mechanism.as_str() {
             ANONYMOUS => self.auth.check_blocking(None),
             PLAIN => {
-                let Some(login) = init.initial_response.as_deref().and_then(|response| plain_login(response)) else {
+                let Some(login) = init
+                    .initial_response
+                    .as_deref()
+                    .and_then(|response| plain_login(response))
+                else {
                     return Verdict::BadCredentials;
                 };
                 // Hash verification is slow on purpose; let the runtime move other tasks away.

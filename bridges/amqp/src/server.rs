@@ -38,8 +38,13 @@ use crate::{
     sasl::Mechanisms,
 };
 
-/// The fe2o3 acceptor type the server uses: plain TCP, the gateway's SASL mechanisms.
-type Acceptor = ConnectionAcceptor<(), Mechanisms>;
+/// The fe2o3 acceptor for connections that start with SASL: the gateway's mechanisms.
+type SaslAcceptor = ConnectionAcceptor<(), Mechanisms>;
+/// The fe2o3 acceptor for connections that skip SASL (allowed only when anonymous clients are).
+type PlainAcceptor = ConnectionAcceptor<(), ()>;
+
+/// The protocol header of a connection that starts with SASL (AMQP 1.0 §5.3.1).
+const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
 
 /// What every connection of this replica shares.
 #[derive(Debug)]
@@ -47,7 +52,9 @@ struct Shared {
     log: Arc<dyn Log>,
     config: Config,
     auto_create: bool,
-    acceptor: Acceptor,
+    sasl: SaslAcceptor,
+    /// `None` when anonymous clients are not allowed: then every connection must authenticate.
+    plain: Option<PlainAcceptor>,
 }
 
 /// A bound AMQP listener.
@@ -63,14 +70,17 @@ impl Server {
     pub async fn bind(log: Arc<dyn Log>, config: Config, auto_create: bool) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
         let auth = Auth::load(&config.auth)?;
+        let allow_anonymous = auth.allows_anonymous();
         let mechanisms = Mechanisms::new(auth, config.auth.users_file.is_some());
         let idle_ms = u32::try_from(config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
-        let acceptor = ConnectionAcceptor::builder()
-            .container_id(format!("courier-{}", std::process::id()))
-            .max_frame_size(config.max_frame_size)
-            .idle_time_out(idle_ms)
-            .sasl_acceptor(mechanisms)
-            .build();
+        let builder = || {
+            ConnectionAcceptor::builder()
+                .container_id(format!("courier-{}", std::process::id()))
+                .max_frame_size(config.max_frame_size)
+                .idle_time_out(idle_ms)
+        };
+        let sasl = builder().sasl_acceptor(mechanisms).build();
+        let plain = allow_anonymous.then(|| builder().build());
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self {
             listener,
@@ -78,7 +88,8 @@ impl Server {
                 log,
                 config,
                 auto_create,
-                acceptor,
+                sasl,
+                plain,
             }),
         })
     }
@@ -126,7 +137,16 @@ async fn serve_connection(
     peer: SocketAddr,
     drain: CancellationToken,
 ) {
-    let mut connection = match shared.acceptor.accept(stream).await {
+    // Clients that need no credentials may skip SASL and send the AMQP header at once (fe2o3's own
+    // client does); the first eight bytes tell which kind of connection this is.
+    let opened = match (
+        &shared.plain,
+        starts_with_sasl(&stream, shared.config.idle_timeout).await,
+    ) {
+        (Some(plain), false) => plain.accept(stream).await,
+        _ => shared.sasl.accept(stream).await,
+    };
+    let mut connection = match opened {
         Ok(connection) => connection,
         Err(error) => {
             tracing::info!(%peer, %error, "AMQP connection refused during open");
@@ -171,6 +191,24 @@ async fn serve_connection(
         close_quietly(&mut connection).await;
     }
     tracing::debug!(%peer, "AMQP connection closed");
+}
+
+/// Whether the connection's protocol header asks for SASL. A client that sends fewer than eight bytes
+/// within `wait` is treated as a SASL one, whose acceptor answers what it did send.
+async fn starts_with_sasl(stream: &TcpStream, wait: std::time::Duration) -> bool {
+    let mut header = [0u8; 8];
+    let peeked = tokio::time::timeout(wait, async {
+        loop {
+            match stream.peek(&mut header).await {
+                Ok(n) if n >= header.len() => return true,
+                Ok(0) | Err(_) => return false,
+                // Part of the header so far: peek again once more has arrived.
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            }
+        }
+    })
+    .await;
+    !matches!(peeked, Ok(true)) || header == SASL_HEADER
 }
 
 async fn close_quietly(connection: &mut ListenerConnectionHandle) {

@@ -5,11 +5,11 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
+use courier_gateway::auth::AuthConfig;
 use courier_gateway::{
     config::{EmbeddedConfig, GroupsConfig, TopicsConfig},
     log::{Embedded, FetchLimits, Log, TopicPartition},
 };
-use courier_gateway::auth::AuthConfig;
 use courier_mqtt::{Config, Server, codec::outgoing_publish};
 use rumqttd::protocol::{
     Connect, ConnectReturnCode, Filter, Login, Packet, Protocol, PubRel, PubRelReason, QoS,
