@@ -9,16 +9,6 @@ mod common;
 use common::*;
 use courier_testkit::Tansu;
 
-/// One broker (and gateway) at a time, as in tests/mqtt.rs: consumer-group rebalances of several at
-/// once on two cores outrun the clients' deadlines.
-static ONE_BROKER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_broker_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_BROKER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Small enough that the oversized-message check stays cheap.
 const MAX_MESSAGE_SIZE: &str = "65536";
 
@@ -53,7 +43,16 @@ fn proton_clients_in_front_of_kafka_and_next_to_a_native_kafka_client() -> TestR
         &broker.bootstrap(),
         &[("COURIER_AMQP__MAX_MESSAGE_SIZE", MAX_MESSAGE_SIZE)],
     )?;
-    proton("interop", &gateway, &["--bootstrap", &broker.bootstrap()])?;
+    proton(
+        "core+interop",
+        &gateway,
+        &[
+            "--bootstrap",
+            &broker.bootstrap(),
+            "--max-message-size",
+            MAX_MESSAGE_SIZE,
+        ],
+    )?;
     assert!(gateway.terminate()?.success());
     Ok(())
 }

@@ -14,17 +14,6 @@ use std::{
 use common::*;
 use courier_testkit::Tansu;
 
-/// These tests run one at a time: each starts a gateway (and most a tansu broker), and several at once
-/// on two cores slow consumer-group rebalances past the clients' deadlines (see the note on issue 4: a
-/// resumed session's committed-offset lookup can time out under such load).
-static ONE_BROKER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_broker_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_BROKER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Runs the paho-mqtt checks in both versions over TCP, and over WebSocket when the gateway serves it.
 fn paho_both_versions(gateway: Gateway) -> TestResult {
     let mut runs = vec![(gateway.mqtt, "tcp")];

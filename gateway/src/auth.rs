@@ -53,7 +53,7 @@ pub struct UsersFileError {
     pub detail: String,
 }
 
-/// The answer to a CONNECT's credentials.
+/// The answer to a client's credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Let the client in.
@@ -118,6 +118,11 @@ impl Auth {
         } else {
             Verdict::BadCredentials
         }
+    }
+
+    /// Whether the users file named anyone (so username/password logins can succeed).
+    pub fn has_users(&self) -> bool {
+        !self.users.is_empty()
     }
 
     /// Whether clients without credentials may connect.

@@ -449,3 +449,15 @@ pub fn run_python(script: &str, args: &[&str], gateway: &Gateway) -> Result<Stri
     }
     Ok(stdout)
 }
+
+/// End-to-end tests that start a broker or gateways run one at a time within their test binary: several
+/// at once on two cores slow consumer-group rebalances past the clients' deadlines (see the note on
+/// issue 4: a resumed session's committed-offset lookup can time out under such load).
+static ONE_BROKER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the one-at-a-time lock for the rest of the test.
+pub fn one_broker_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_BROKER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -17,13 +17,12 @@ const PLAIN: &str = "PLAIN";
 #[derive(Debug, Clone)]
 pub struct Mechanisms {
     auth: Auth,
-    has_users: bool,
 }
 
 impl Mechanisms {
     /// Mechanisms for `auth`: PLAIN when there are users to check, ANONYMOUS when allowed.
-    pub fn new(auth: Auth, has_users: bool) -> Self {
-        Self { auth, has_users }
+    pub fn new(auth: Auth) -> Self {
+        Self { auth }
     }
 
     fn verdict(&self, init: SaslInit) -> Verdict {
@@ -60,7 +59,7 @@ fn plain_login(response: &[u8]) -> Option<(String, String)> {
 impl SaslAcceptor for Mechanisms {
     fn mechanisms(&self) -> Array<Symbol> {
         let mut offered = Vec::new();
-        if self.has_users {
+        if self.auth.has_users() {
             offered.push(Symbol::from(PLAIN));
         }
         if self.auth.allows_anonymous() {

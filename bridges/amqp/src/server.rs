@@ -71,7 +71,7 @@ impl Server {
         config.validate().map_err(Error::Config)?;
         let auth = Auth::load(&config.auth)?;
         let allow_anonymous = auth.allows_anonymous();
-        let mechanisms = Mechanisms::new(auth, config.auth.users_file.is_some());
+        let mechanisms = Mechanisms::new(auth);
         let idle_ms = u32::try_from(config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
         let builder = || {
             ConnectionAcceptor::builder()
@@ -235,7 +235,7 @@ async fn serve_session(
                 None => break,
             },
         };
-        let check = check_link(&shared, &attach).await;
+        let check = check_link(&shared, &attach, peer).await;
         let name = attach.name.clone();
         let endpoint = match link_acceptor
             .accept_incoming_attach(attach, &mut session)
@@ -315,7 +315,7 @@ enum Route {
 }
 
 /// Checks a link's address and topic before it runs.
-async fn check_link(shared: &Shared, attach: &Attach) -> Result<Route, Refusal> {
+async fn check_link(shared: &Shared, attach: &Attach, peer: SocketAddr) -> Result<Route, Refusal> {
     match attach.role {
         // The client is the sender: the target names where its messages go.
         Role::Sender => {
@@ -350,7 +350,7 @@ async fn check_link(shared: &Shared, attach: &Attach) -> Result<Route, Refusal> 
                 origin,
                 dead_letter_topic,
                 max_unsettled: shared.config.max_unsettled,
-                client: attach.name.clone(),
+                client: format!("{peer} {}", attach.name),
             }))
         }
     }
