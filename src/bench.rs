@@ -322,7 +322,8 @@ async fn open_log(dir: &std::path::Path, fsync: FsyncPolicy) -> Result<Arc<dyn L
 }
 
 /// `courier serve` (this binary) on a fresh embedded log in a temporary directory, every listener on a
-/// free loopback port: the process, its ready line (naming the addresses) and the directory.
+/// free loopback port: the process, its ready line (naming the addresses) and the directory. Its log
+/// level is `warn`, or `COURIER_BENCH_LOG` (a `RUST_LOG` filter) when set, to see what it did.
 pub(crate) fn start_courier(fsync: &str) -> Result<(Child, String, tempfile::TempDir)> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let mut child = Command::new(std::env::current_exe().context("finding the courier binary")?)

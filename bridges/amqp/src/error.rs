@@ -1,7 +1,7 @@
 //! Errors of the AMQP endpoint, and the AMQP error conditions clients see for them.
 
 use fe2o3_amqp::types::{
-    definitions::{self, AmqpError, ErrorCondition, LinkError},
+    definitions::{self, AmqpError, ConnectionError, ErrorCondition, LinkError},
     primitives::Symbol,
 };
 
@@ -44,6 +44,14 @@ impl Refusal {
         }
     }
 
+    /// `amqp:connection:forced`: the gateway is draining; the link ends once what it holds is settled.
+    pub fn draining() -> Self {
+        Self::new(
+            ConnectionError::ConnectionForced,
+            "the gateway is shutting down; reattach to another replica",
+        )
+    }
+
     /// `amqp:invalid-field`: the client sent something the gateway cannot map.
     pub fn invalid(description: impl Into<String>) -> Self {
         Self::new(AmqpError::InvalidField, description)
@@ -83,7 +91,7 @@ impl From<&courier_gateway::Error> for Refusal {
             Log::GroupProtocolConflict { .. } | Log::GroupActive { .. } => {
                 AmqpError::PreconditionFailed.into()
             }
-            Log::ShuttingDown => AmqpError::ResourceLimitExceeded.into(),
+            // Shutting down, storage and broker hiccups: the client may send again.
             _ if error.is_retryable() => AmqpError::ResourceLimitExceeded.into(),
             _ => AmqpError::InternalError.into(),
         };

@@ -15,7 +15,7 @@ use fe2o3_amqp::{
     Receiver,
     link::{RecvError, delivery::DeliveryInfo, receiver::CreditMode},
     types::{
-        definitions::{self, AmqpError, ConnectionError, LinkError},
+        definitions::{self, AmqpError, LinkError},
         messaging::Body,
         primitives::Value,
     },
@@ -63,7 +63,7 @@ pub async fn run(
             }
             () = cancel.cancelled(), if reading => {
                 reading = false;
-                closing = Some(Refusal::new(ConnectionError::ConnectionForced, "the gateway is shutting down; reattach to another replica"));
+                closing = Some(Refusal::draining());
             }
             delivery = receiver.recv::<Body<Value>>(), if reading => match delivery {
                 Ok(delivery) => {

@@ -24,7 +24,7 @@ use fe2o3_amqp::{
     Sender,
     link::{SendError, delivery::Sendable},
     types::{
-        definitions::{self, ConnectionError, LinkError},
+        definitions::{self, LinkError},
         messaging::{Body, Outcome},
         primitives::Value,
     },
@@ -127,10 +127,7 @@ impl Link {
             }
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => break Some(Refusal::new(
-                    ConnectionError::ConnectionForced,
-                    "the gateway is shutting down; reattach to another replica",
-                )),
+                () = cancel.cancelled() => break Some(Refusal::draining()),
                 Some((queued, outcome)) = self.unsettled.next(), if !self.unsettled.is_empty() => {
                     if let Err(refusal) = self.settled(&subscription, queued, outcome).await {
                         break refusal;

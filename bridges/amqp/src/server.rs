@@ -227,6 +227,8 @@ async fn serve_session(
     let link_acceptor = LinkAcceptor::builder()
         .max_message_size(shared.config.max_message_size)
         .build();
+    // Why the session ends early, sent in END; `None` when the client ended it or the gateway drains.
+    let mut failure = None;
     loop {
         let attach = tokio::select! {
             () = drain.cancelled() => break,
@@ -247,16 +249,12 @@ async fn serve_session(
                 // on this session, say); end the session with the reason rather than let the client
                 // wait. Other sessions of the connection carry on.
                 tracing::info!(%peer, link = %name, ?error, "AMQP attach failed; ending its session");
-                let reason = definitions::Error::new(
+                failure = Some(definitions::Error::new(
                     AmqpError::NotAllowed,
                     Some(format!("cannot attach link {name:?}: {error:?}")),
                     None,
-                );
-                drain.cancel();
-                links.close();
-                links.wait().await;
-                let _ = session.end_with_error(reason).await;
-                return;
+                ));
+                break;
             }
         };
         let route = match check {
@@ -297,13 +295,15 @@ async fn serve_session(
             }
         }
     }
+    // The session is ending (the client ended it, an attach failed, or the gateway drains): its links
+    // end too, settling what the log has, before END goes out.
+    drain.cancel();
     links.close();
-    if !drain.is_cancelled() {
-        // The client ended the session: its links are ending too.
-        drain.cancel();
-    }
     links.wait().await;
-    let _ = session.end().await;
+    let _ = match failure {
+        Some(reason) => session.end_with_error(reason).await,
+        None => session.end().await,
+    };
 }
 
 /// What a checked link does.
