@@ -333,6 +333,8 @@ pub(crate) fn start_courier(fsync: &str) -> Result<(Child, String, tempfile::Tem
             "127.0.0.1:0",
             "--amqp-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))

@@ -58,6 +58,9 @@ pub(crate) struct ServeArgs {
     /// Override amqp.listen.
     #[arg(long)]
     pub(crate) amqp_listen: Option<SocketAddr>,
+    /// Override http.listen.
+    #[arg(long)]
+    pub(crate) http_listen: Option<SocketAddr>,
     /// Override log.data_dir (embedded log).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,

@@ -42,6 +42,9 @@ pub(crate) struct Config {
     /// `[amqp]`: the AMQP 1.0 endpoint.
     #[serde(default)]
     pub(crate) amqp: courier_amqp::Config,
+    /// `[http]`: health probes, Prometheus metrics and the status page.
+    #[serde(default)]
+    pub(crate) http: HttpConfig,
     /// `[shutdown]`: draining on SIGTERM.
     #[serde(default)]
     pub(crate) shutdown: ShutdownConfig,
@@ -57,6 +60,7 @@ impl Default for Config {
             groups: GroupsConfig::default(),
             mqtt: courier_mqtt::Config::default(),
             amqp: courier_amqp::Config::default(),
+            http: HttpConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -103,6 +107,9 @@ impl Config {
         if let Some(listen) = overrides.amqp_listen {
             figment = figment.merge(Serialized::default("amqp.listen", listen));
         }
+        if let Some(listen) = overrides.http_listen {
+            figment = figment.merge(Serialized::default("http.listen", listen));
+        }
         if let Some(data_dir) = &overrides.data_dir {
             figment = figment.merge(Serialized::default("log.data_dir", data_dir));
         }
@@ -126,8 +133,8 @@ fn defaults() -> Result<figment::value::Value, Box<figment::Error>> {
 const DEFAULT_FILE: &str = "courier.toml";
 
 /// Top-level keys, for filtering the environment.
-const SECTIONS: [&str; 8] = [
-    "region", "grpc", "log", "topics", "groups", "mqtt", "amqp", "shutdown",
+const SECTIONS: [&str; 9] = [
+    "region", "grpc", "log", "topics", "groups", "mqtt", "amqp", "http", "shutdown",
 ];
 
 /// Whether an environment key (after `COURIER_` and `__` splitting) names a key of this config. Figment
@@ -148,8 +155,52 @@ pub(crate) struct Overrides {
     pub(crate) mqtt_listen: Option<SocketAddr>,
     /// `--amqp-listen`.
     pub(crate) amqp_listen: Option<SocketAddr>,
+    /// `--http-listen`.
+    pub(crate) http_listen: Option<SocketAddr>,
     /// `--data-dir`.
     pub(crate) data_dir: Option<PathBuf>,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpConfig {
+    /// Serve the HTTP endpoint: `/healthz`, `/readyz`, `/metrics` and the status page at `/`.
+    #[serde(default = "HttpConfig::default_enabled")]
+    pub(crate) enabled: bool,
+    /// Address of the HTTP endpoint.
+    #[serde(default = "HttpConfig::default_listen")]
+    pub(crate) listen: SocketAddr,
+    /// How often the log is probed (readiness, region state) and consumer lag is read.
+    #[serde(
+        default = "HttpConfig::default_probe_interval",
+        with = "humantime_serde"
+    )]
+    pub(crate) probe_interval: Duration,
+}
+
+impl HttpConfig {
+    fn default_enabled() -> bool {
+        true
+    }
+
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8080))
+    }
+
+    fn default_probe_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: Self::default_enabled(),
+            listen: Self::default_listen(),
+            probe_interval: Self::default_probe_interval(),
+        }
+    }
 }
 
 /// `[shutdown]`.
@@ -230,6 +281,7 @@ mod tests {
             grpc_listen: Some("127.0.0.1:7001".parse()?),
             mqtt_listen: Some("127.0.0.1:7002".parse()?),
             amqp_listen: Some("127.0.0.1:7003".parse()?),
+            http_listen: Some("127.0.0.1:7004".parse()?),
             data_dir: Some("/tmp/x".into()),
         };
         let config = Config::load(Some(&file), &overrides)?;
@@ -237,6 +289,7 @@ mod tests {
         assert_eq!(config.grpc.listen.port(), 7001);
         assert_eq!(config.mqtt.listen.port(), 7002);
         assert_eq!(config.amqp.listen.port(), 7003);
+        assert_eq!(config.http.listen.port(), 7004);
         assert_eq!(config.topics.default_partitions, 5);
         let BackendConfig::Embedded(embedded) = &config.log else {
             return Err("the embedded log is the default".into());

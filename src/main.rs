@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod client;
 mod config;
+mod http;
 mod passwd;
 mod serve;
 
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
                 grpc_listen: args.grpc_listen,
                 mqtt_listen: args.mqtt_listen,
                 amqp_listen: args.amqp_listen,
+                http_listen: args.http_listen,
                 data_dir: args.data_dir.clone(),
             };
             match config::Config::load(args.config.as_deref(), &overrides) {

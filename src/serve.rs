@@ -3,7 +3,8 @@
 //! Lifecycle: the root token is cancelled by SIGTERM/SIGINT or by any component that fails (the process
 //! stops whole, never half). Drain order: front ends stop accepting and finish what they hold (gRPC
 //! streams answer in-flight requests, subscribers commit), bounded by `shutdown.grace`; then the log
-//! syncs and closes.
+//! syncs and closes. The HTTP endpoint says "not ready" from the first moment of the drain and
+//! answers until the log is closed.
 
 use std::{io::Write, sync::Arc};
 
@@ -19,12 +20,20 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::config::Config;
+use crate::{
+    config::Config,
+    http::{self, board, board::Board},
+};
+
+/// Longest the HTTP endpoint may take to answer its last requests once the log is closed.
+const HTTP_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the gateway until a signal, then drains. Returns once everything is closed.
 pub(crate) async fn run(config: Config) -> Result<()> {
     let root = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // Before anything counts: every metric from here on is exported.
+    let prometheus = http::install_recorder()?;
 
     let (log, log_description): (Arc<dyn Log>, String) = match &config.log {
         BackendConfig::Embedded(embedded) => {
@@ -109,6 +118,24 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         None
     };
 
+    let board = Arc::new(Board::new(&config.region, &log_description));
+    let http_listener = if config.http.enabled {
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the HTTP listener on {} (http.listen)",
+                    config.http.listen
+                )
+            })?;
+        let address = listener
+            .local_addr()
+            .context("reading the HTTP listener's address")?;
+        Some((listener, address))
+    } else {
+        None
+    };
+
     let drain = root.child_token();
     let grpc = GrpcServer {
         log: log.clone(),
@@ -152,6 +179,29 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     }
     tracker.close();
 
+    // The HTTP endpoint and the probes outlive the drain: readiness says "draining" until the end.
+    let http_stop = CancellationToken::new();
+    let probes = tokio::spawn(board::run_probes(
+        board.clone(),
+        log.clone(),
+        prometheus.clone(),
+        config.http.probe_interval,
+        http_stop.clone(),
+    ));
+    let http_task = http_listener.map(|(listener, address)| {
+        addresses.push_str(&format!(" http={address}"));
+        let (board, stop, root) = (board.clone(), http_stop.clone(), root.clone());
+        tokio::spawn(async move {
+            if let Err(error) = http::serve(listener, prometheus, board, stop).await {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "HTTP endpoint failed; stopping the gateway"
+                );
+                root.cancel();
+            }
+        })
+    });
+
     // The ready line: tests and operators wait for it; it names the bound addresses.
     println!(
         "courier ready {addresses} log={log_description} region={}",
@@ -166,13 +216,22 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         signal = shutdown_signal() => tracing::info!(signal = signal?, "draining"),
         () = root.cancelled() => tracing::warn!("a component stopped; draining"),
     }
+    // Load balancers see "not ready" first; then listeners stop and connections drain.
+    board.set_draining();
     drain.cancel();
 
     let drained = tokio::time::timeout(config.shutdown.grace, tracker.wait()).await;
     if drained.is_err() {
         tracing::warn!(grace = ?config.shutdown.grace, "drain deadline passed; closing with connections still open");
     }
-    log.close().await.context("closing the log")?;
+    let closed = log.close().await.context("closing the log");
+    http_stop.cancel();
+    let _ = probes.await;
+    if let Some(http_task) = http_task {
+        // Idle keep-alive connections (scrapers) must not hold the exit.
+        let _ = tokio::time::timeout(HTTP_CLOSE, http_task).await;
+    }
+    closed?;
     tracing::info!("courier stopped");
 
     if drained.is_ok() {

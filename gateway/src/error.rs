@@ -157,6 +157,24 @@ impl Error {
         move |source| Self::Kafka { context, source }
     }
 
+    /// A short, stable name of the error's kind: the `kind` label of the error metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidTopicName { .. } => "invalid_topic_name",
+            Self::UnknownTopic { .. } => "unknown_topic",
+            Self::TopicExists { .. } => "topic_exists",
+            Self::UnknownPartition { .. } => "unknown_partition",
+            Self::RecordTooLarge { .. } => "record_too_large",
+            Self::OffsetOutOfRange { .. } => "offset_out_of_range",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::GroupProtocolConflict { .. } => "group_protocol_conflict",
+            Self::GroupActive { .. } => "group_active",
+            Self::ShuttingDown => "shutting_down",
+            Self::Storage { .. } | Self::Io { .. } | Self::Corrupt { .. } => "storage",
+            Self::Kafka { .. } => "kafka",
+        }
+    }
+
     /// True when the same request may succeed later without change (transient conditions).
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -3,9 +3,11 @@
 //! - [`server`]: builds the tonic server (limits, keepalive, health, reflection) and drains it;
 //! - [`streams`], [`produce_stream`], [`subscribe`]: the data plane;
 //! - [`admin`]: topics and groups;
+//! - `connection`: accepted connections, counted while open;
 //! - `convert` and `status`: wire <-> log types, and the one error-to-status mapping.
 
 pub mod admin;
+mod connection;
 mod convert;
 pub mod produce_stream;
 pub mod server;

@@ -9,6 +9,7 @@
 //! - [`log`]: the trait, shared types and the embedded backend;
 //! - [`grpc`]: the tonic services of `proto/courier/v1` (Streams, Admin) with health and reflection;
 //! - [`proto`]: the generated protobuf types, servers and clients;
+//! - [`metrics`]: what the front ends count, named once;
 //! - [`auth`]: users and passwords, shared by the front ends that ask for them;
 //! - [`config`]: the typed config sections this crate owns;
 //! - [`error`]: the crate's error type.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod log;
+pub mod metrics;
 pub mod proto;
 
 pub use error::{Error, Result};

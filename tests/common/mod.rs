@@ -38,6 +38,8 @@ pub struct Gateway {
     pub mqtt_ws: Option<SocketAddr>,
     /// The bound AMQP address.
     pub amqp: SocketAddr,
+    /// The bound HTTP address (health, metrics, status page).
+    pub http: SocketAddr,
     /// Its data directory.
     pub data_dir: PathBuf,
     /// Where its logs go (stderr), to read when a test fails.
@@ -93,6 +95,8 @@ impl Gateway {
                 "127.0.0.1:0",
                 "--amqp-listen",
                 "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
             ])
             .args(args)
             .env("RUST_LOG", "info,courier_gateway=debug")
@@ -136,6 +140,7 @@ impl Gateway {
                     mqtt: address("mqtt=")?,
                     mqtt_ws: address("mqtt-ws=").ok(),
                     amqp: address("amqp=")?,
+                    http: address("http=")?,
                     data_dir: data_dir.to_owned(),
                     log_file,
                 });
@@ -175,6 +180,17 @@ impl Gateway {
     pub fn terminate(mut self) -> Result<ExitStatus, String> {
         let pid = self.pid().ok_or("already stopped")?;
         nix::sys::signal::kill(pid, Signal::SIGTERM).map_err(|e| e.to_string())?;
+        self.wait()
+    }
+
+    /// Sends SIGTERM and returns at once: the drain runs while the test watches.
+    pub fn send_sigterm(&self) -> Result<(), String> {
+        let pid = self.pid().ok_or("already stopped")?;
+        nix::sys::signal::kill(pid, Signal::SIGTERM).map_err(|e| e.to_string())
+    }
+
+    /// Waits for the process to exit within the deadline.
+    pub fn wait_for_exit(mut self) -> Result<ExitStatus, String> {
         self.wait()
     }
 

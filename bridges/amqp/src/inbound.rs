@@ -10,7 +10,10 @@
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
-use courier_gateway::log::Log;
+use courier_gateway::{
+    log::Log,
+    metrics::{self, ProduceTimer, Protocol},
+};
 use fe2o3_amqp::{
     Receiver,
     link::{RecvError, delivery::DeliveryInfo, receiver::CreditMode},
@@ -97,14 +100,21 @@ async fn append(
 ) -> Settlement {
     let record = match mapping::to_record(message, destination.partition) {
         Ok(record) => record,
-        Err(refusal) => return Box::pin(async move { (info, Err(refusal)) }),
+        Err(refusal) => {
+            metrics::error(Protocol::Amqp, "invalid_request");
+            return Box::pin(async move { (info, Err(refusal)) });
+        }
     };
+    let timer = ProduceTimer::start(Protocol::Amqp, std::slice::from_ref(&record));
     match log.submit(&destination.topic, vec![record]).await {
         Ok(receipt) => Box::pin(async move {
-            let result = receipt.await.map(drop).map_err(|e| Refusal::from(&e));
+            let outcome = receipt.await;
+            timer.finish(&outcome);
+            let result = outcome.map(drop).map_err(|e| Refusal::from(&e));
             (info, result)
         }),
         Err(error) => {
+            timer.failed(&error);
             let refusal = Refusal::from(&error);
             Box::pin(async move { (info, Err(refusal)) })
         }

@@ -17,8 +17,9 @@
 
 use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc};
 
-use courier_gateway::log::{
-    Log, Record, SubscribeOptions, Subscription, SubscriptionEvent, TopicSelector,
+use courier_gateway::{
+    log::{Log, Record, SubscribeOptions, Subscription, SubscriptionEvent, TopicSelector},
+    metrics::{self, Protocol},
 };
 use fe2o3_amqp::{
     Sender,
@@ -160,6 +161,7 @@ impl Link {
                 } => match step {
                     Step::Sent(Ok(delivery)) => {
                         if let Some((queued, _)) = next.take() {
+                            metrics::delivered_records(Protocol::Amqp, std::slice::from_ref(&queued.record));
                             self.unsettled.push(Box::pin(async move { (queued, delivery.await) }));
                         }
                     }
@@ -195,6 +197,7 @@ impl Link {
         let partition = queued.record.topic_partition();
         match outcome {
             Ok(Outcome::Accepted(_)) => {
+                metrics::acked(Protocol::Amqp, 1);
                 subscription.control.ack(&partition, queued.record.offset);
             }
             Ok(Outcome::Released(_)) => self.queue.push_front(queued),
@@ -216,6 +219,7 @@ impl Link {
                     reason.as_ref(),
                 )
                 .await?;
+                metrics::acked(Protocol::Amqp, 1);
                 subscription.control.ack(&partition, queued.record.offset);
             }
             // Settled with no outcome, or with a non-terminal one: deliver it again.

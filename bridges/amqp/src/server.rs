@@ -15,6 +15,7 @@ use courier_gateway::{
     Error as LogError,
     auth::Auth,
     log::{Log, TopicSpec},
+    metrics::{self, Protocol},
 };
 use fe2o3_amqp::{
     acceptor::{
@@ -137,6 +138,7 @@ async fn serve_connection(
     peer: SocketAddr,
     drain: CancellationToken,
 ) {
+    let _open = metrics::connection_opened(Protocol::Amqp);
     // Clients that need no credentials may skip SASL and send the AMQP header at once (fe2o3's own
     // client does); the first eight bytes tell which kind of connection this is.
     let opened = match (
@@ -150,6 +152,7 @@ async fn serve_connection(
         Ok(connection) => connection,
         Err(error) => {
             tracing::info!(%peer, %error, "AMQP connection refused during open");
+            metrics::error(Protocol::Amqp, "connection_refused");
             return;
         }
     };

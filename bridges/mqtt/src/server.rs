@@ -7,7 +7,10 @@ use async_tungstenite::tungstenite::{
     handshake::server::{ErrorResponse, Request, Response},
     http::HeaderValue,
 };
-use courier_gateway::log::Log;
+use courier_gateway::{
+    log::Log,
+    metrics::{self, Protocol},
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use ws_stream_tungstenite::WsStream;
@@ -84,6 +87,7 @@ impl Server {
                     }
                     let (bridge, drain) = (self.bridge.clone(), drain.clone());
                     tracker.spawn(async move {
+                        let _open = metrics::connection_opened(Protocol::Mqtt);
                         match transport {
                             Transport::Tcp => session::run(bridge, stream, peer, drain).await,
                             Transport::WebSocket => {

@@ -61,6 +61,10 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
             Err(error) => {
                 if !error.is_normal_close() {
                     tracing::info!(%error, "connection refused");
+                    courier_gateway::metrics::error(
+                        courier_gateway::metrics::Protocol::Mqtt,
+                        "connection_refused",
+                    );
                 }
                 return;
             }
@@ -346,6 +350,12 @@ impl Session {
                 tracing::debug!(%error, "connection closed");
             } else {
                 tracing::info!(%error, "closing the connection");
+                if !matches!(error, Error::ShuttingDown | Error::SessionTakenOver) {
+                    courier_gateway::metrics::error(
+                        courier_gateway::metrics::Protocol::Mqtt,
+                        "connection_failed",
+                    );
+                }
             }
             if self.client.version == Version::V5 && !matches!(error, Error::Io(_)) {
                 let _ = connection.queue(Packet::Disconnect(

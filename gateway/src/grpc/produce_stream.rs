@@ -18,7 +18,11 @@ use super::{
     convert::{acks_to_wire, record_from_wire},
     status::error_to_wire,
 };
-use crate::{log::Log, proto::v1 as pb};
+use crate::{
+    log::Log,
+    metrics::{ProduceTimer, Protocol},
+    proto::v1 as pb,
+};
 
 /// Requests of one stream awaiting durability at once.
 pub const MAX_PIPELINED: usize = 256;
@@ -65,17 +69,21 @@ async fn serve(
             request = requests.message(), if pending.len() < MAX_PIPELINED => match request {
                 Ok(Some(request)) => {
                     let request_id = request.request_id;
-                    let records = request.records.into_iter().map(record_from_wire).collect();
+                    let records: Vec<_> = request.records.into_iter().map(record_from_wire).collect();
+                    let timer = ProduceTimer::start(Protocol::Grpc, &records);
                     match log.submit(&request.topic, records).await {
                         Ok(receipt) => {
                             pending.spawn(async move {
-                                match receipt.await {
+                                let outcome = receipt.await;
+                                timer.finish(&outcome);
+                                match outcome {
                                     Ok(appended) => pb::ProduceResponse { request_id, acks: acks_to_wire(appended), error: None },
                                     Err(error) => failed(request_id, error),
                                 }
                             });
                         }
                         Err(error) => {
+                            timer.failed(&error);
                             if responses.send(Ok(failed(request_id, error))).await.is_err() {
                                 return;
                             }

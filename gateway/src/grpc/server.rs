@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-use super::{AdminService, StreamsService};
+use super::{AdminService, StreamsService, connection::CountedConnection};
 use crate::{
     config::{GroupsConfig, GrpcConfig},
     log::Log,
@@ -104,7 +104,11 @@ impl GrpcServer {
             .add_service(reflection_v1alpha)
             .add_service(streams)
             .add_service(admin)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener)
+                    .map(|accepted| accepted.map(CountedConnection::new)),
+                shutdown,
+            )
             .await?;
         Ok(())
     }

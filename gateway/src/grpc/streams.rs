@@ -13,6 +13,7 @@ use super::{
 use crate::{
     config::GroupsConfig,
     log::{FetchLimits, Log, TopicPartition},
+    metrics::{self, ProduceTimer, Protocol},
     proto::v1::{self as pb, streams_server::Streams},
 };
 
@@ -39,8 +40,11 @@ impl Streams for StreamsService {
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let request = request.into_inner();
-        let records = request.records.into_iter().map(record_from_wire).collect();
-        let appended = self.log.append(&request.topic, records).await?;
+        let records: Vec<_> = request.records.into_iter().map(record_from_wire).collect();
+        let timer = ProduceTimer::start(Protocol::Grpc, &records);
+        let outcome = self.log.append(&request.topic, records).await;
+        timer.finish(&outcome);
+        let appended = outcome?;
         Ok(Response::new(pb::ProduceResponse {
             request_id: request.request_id,
             acks: acks_to_wire(appended),
@@ -100,6 +104,7 @@ impl Streams for StreamsService {
         };
         let partition = partition_from_wire(request.topic, request.partition);
         let fetched = self.log.fetch(&partition, request.offset, limits).await?;
+        metrics::delivered_records(Protocol::Grpc, &fetched.records);
         Ok(Response::new(pb::FetchResponse {
             records: fetched.records.into_iter().map(record_to_wire).collect(),
             low_watermark: fetched.low_watermark,

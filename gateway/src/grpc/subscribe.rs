@@ -18,7 +18,8 @@ use tracing::Instrument;
 use super::convert::{self, assignment_to_wire, partition_from_wire, record_to_wire};
 use crate::{
     config::GroupsConfig,
-    log::{Log, Position, SubscribeOptions, Subscription, SubscriptionEvent},
+    log::{AckOutcome, Log, Position, SubscribeOptions, Subscription, SubscriptionEvent},
+    metrics::{self, Protocol},
     proto::v1::{
         self as pb, subscribe_request::Kind as RequestKind,
         subscribe_response::Kind as ResponseKind,
@@ -148,12 +149,15 @@ async fn handle_request(
 ) -> Result<(), Status> {
     match request.kind {
         Some(RequestKind::Ack(ack)) => {
+            let mut acked = 0;
             for record in ack.records {
-                subscription.control.ack(
+                let outcome = subscription.control.ack(
                     &partition_from_wire(record.topic, record.partition),
                     record.offset,
                 );
+                acked += usize::from(outcome == AckOutcome::Acked);
             }
+            metrics::acked(Protocol::Grpc, acked);
             Ok(())
         }
         Some(RequestKind::Seek(seek)) => {
@@ -181,9 +185,12 @@ fn event_to_wire(event: SubscriptionEvent) -> pb::SubscribeResponse {
         SubscriptionEvent::Revoked(partitions) => {
             ResponseKind::Revoked(assignment_to_wire(partitions))
         }
-        SubscriptionEvent::Records(records) => ResponseKind::Records(pb::RecordBatch {
-            records: records.into_iter().map(record_to_wire).collect(),
-        }),
+        SubscriptionEvent::Records(records) => {
+            metrics::delivered_records(Protocol::Grpc, &records);
+            ResponseKind::Records(pb::RecordBatch {
+                records: records.into_iter().map(record_to_wire).collect(),
+            })
+        }
     };
     pb::SubscribeResponse { kind: Some(kind) }
 }

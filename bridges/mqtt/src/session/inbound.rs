@@ -10,7 +10,10 @@ use std::{
     pin::Pin,
 };
 
-use courier_gateway::log::now_ms;
+use courier_gateway::{
+    log::now_ms,
+    metrics::{self, ProduceTimer, Protocol},
+};
 use futures_util::stream::FuturesOrdered;
 use rumqttd::protocol::{
     Packet, PubAck, PubAckProperties, PubAckReason, PubComp, PubCompReason, PubRec,
@@ -121,6 +124,7 @@ impl Inbound {
                 RefusalCode::TopicNameInvalid,
                 format!("{topic:?} is not a topic name clients may publish to"),
             );
+            metrics::error(Protocol::Mqtt, "invalid_topic_name");
             return refuse(client, qos, pkid, refusal);
         }
 
@@ -133,20 +137,30 @@ impl Inbound {
         };
         let record = match mapping::to_record(&message, &client.client_id, now_ms()) {
             Ok(record) => record,
-            Err(refusal) => return refuse(client, qos, pkid, refusal),
+            Err(refusal) => {
+                metrics::error(Protocol::Mqtt, "invalid_request");
+                return refuse(client, qos, pkid, refusal);
+            }
         };
+        let timer = ProduceTimer::start(Protocol::Mqtt, std::slice::from_ref(&record));
         // A retained message is stored twice: as a message (subscribers now) and as its topic's retained
         // message (subscribers later). The client's ack waits for both.
         let retained_record = message.retain.then(|| record.clone());
         let kafka_topic = bridge.routes.topic_for(&message.topic);
         let receipt = match bridge.log.submit(kafka_topic, vec![record]).await {
             Ok(receipt) => receipt,
-            Err(error) => return refuse(client, qos, pkid, Refusal::from(&error)),
+            Err(error) => {
+                timer.failed(&error);
+                return refuse(client, qos, pkid, Refusal::from(&error));
+            }
         };
         let retained = match retained_record {
             Some(record) => match bridge.retained.submit(record).await {
                 Ok(receipt) => Some(receipt),
-                Err(error) => return refuse(client, qos, pkid, Refusal::from(&error)),
+                Err(error) => {
+                    timer.failed(&error);
+                    return refuse(client, qos, pkid, Refusal::from(&error));
+                }
             },
             None => None,
         };
@@ -155,6 +169,7 @@ impl Inbound {
             if let (Ok(()), Some(retained)) = (&outcome, retained) {
                 outcome = retained.await.map(drop);
             }
+            timer.finish(&outcome);
             Appended {
                 qos,
                 pkid,

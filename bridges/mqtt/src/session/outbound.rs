@@ -13,9 +13,12 @@ use std::{
     time::Duration,
 };
 
-use courier_gateway::log::{
-    Position, Record, SubscribeOptions, SubscriptionControl, SubscriptionEvent, TopicPartition,
-    TopicSelector, now_ms,
+use courier_gateway::{
+    log::{
+        Position, Record, SubscribeOptions, SubscriptionControl, SubscriptionEvent, TopicPartition,
+        TopicSelector, now_ms,
+    },
+    metrics::{self, Protocol},
 };
 use rumqttd::protocol::{
     Filter, Packet, PubRecReason, PubRel, PubRelReason, QoS, RetainForwardRule, SubAck,
@@ -283,6 +286,7 @@ impl Outbound {
     /// PUBACK from the client.
     pub(crate) fn on_puback(&mut self, pkid: u16) {
         if let Some(inflight) = self.inflight.remove(&pkid) {
+            metrics::acked(Protocol::Mqtt, 1);
             self.ack_log(inflight.log_ack);
         }
     }
@@ -299,6 +303,9 @@ impl Outbound {
             ));
         };
         let log_ack = inflight.log_ack.take();
+        if log_ack.is_some() {
+            metrics::acked(Protocol::Mqtt, 1);
+        }
         self.ack_log(log_ack);
         if is_failure(reason) {
             // The client refused the message: the exchange ends here.
@@ -530,6 +537,7 @@ impl Outbound {
             outgoing_publish(&topic, &payload, qos, pkid, retain),
             Some(properties),
         ))?;
+        metrics::delivered(Protocol::Mqtt, 1, payload.len());
         if qos == QoS::AtMostOnce {
             self.ack_log(log_ack);
         } else {

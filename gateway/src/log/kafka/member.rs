@@ -47,6 +47,8 @@ use crate::{
 const TOPIC_REFRESH: Duration = Duration::from_secs(1);
 /// Most records taken from librdkafka's queue in one go before they are handed on as one batch.
 const MAX_BATCH: usize = 500;
+/// How long each poll waits while the final revocation is served before leaving a group.
+const RELEASE_POLL: Duration = Duration::from_millis(50);
 
 type MemberConsumer = StreamConsumer<MemberContext>;
 
@@ -542,6 +544,8 @@ impl MemberTask {
                 }
             }
         }
+        // The consumer must have one owner when it closes (see `leave`).
+        drop(consumer);
         self.leave().await;
         if let Some(reply) = closing {
             let _ = reply.send(());
@@ -757,10 +761,53 @@ impl MemberTask {
         if let Err(error) = self.commit(CommitMode::Sync).await {
             tracing::warn!(%error, "committing on leave");
         }
-        // Closing the consumer (on drop) runs the final revocation and sends LeaveGroup, so the
-        // partitions move at once rather than after the session timeout. It blocks until done.
+        if self.state.group.is_some() {
+            self.release_assignment().await;
+        }
+        // Closing the consumer (on drop) sends LeaveGroup, so partitions move at once rather than
+        // after the session timeout. It blocks, and librdkafka can block it for good
+        // (confluentinc/librdkafka#4884), so it runs on a thread of its own that nothing waits for
+        // past the deadline: a stuck close costs one parked thread, never a hung drain or shutdown
+        // (tokio's blocking pool would hold the runtime's shutdown on it).
         let consumer = self.consumer;
-        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        let (closed_tx, closed) = oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("courier-consumer-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = closed_tx.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                let deadline = self.state.shared.config.session_timeout;
+                if tokio::time::timeout(deadline, closed).await.is_err() {
+                    tracing::error!(
+                        ?deadline,
+                        "a Kafka consumer did not close in time; its partitions move after the \
+                         session timeout"
+                    );
+                }
+            }
+            Err(error) => tracing::error!(%error, "starting a thread to close a Kafka consumer"),
+        }
+    }
+
+    /// Unsubscribes and serves the final revocation while polling, before the consumer closes:
+    /// librdkafka can hang when that revocation's unassign happens inside its close
+    /// (confluentinc/librdkafka#4884). Bounded by the session timeout.
+    async fn release_assignment(&mut self) {
+        self.consumer.unsubscribe();
+        let deadline = tokio::time::Instant::now() + self.state.shared.config.session_timeout;
+        while tokio::time::Instant::now() < deadline {
+            match self.consumer.assignment() {
+                Ok(assigned) if assigned.count() > 0 => {}
+                _ => return,
+            }
+            // Polling is what runs the rebalance callback; records still fetched go unacknowledged
+            // and are redelivered to the partitions' next owners.
+            let _ = tokio::time::timeout(RELEASE_POLL, self.consumer.recv()).await;
+        }
+        tracing::warn!("partitions still assigned when leaving the group");
     }
 }
 

@@ -1,0 +1,110 @@
+//! The operators' HTTP endpoint (`[http]`, default port 8080):
+//! - `/healthz`: the process is alive and its runtime answers (liveness);
+//! - `/readyz`: the log answers, the listeners are up, and the gateway is not draining (readiness);
+//!   load balancers take a draining replica out before its listeners stop;
+//! - `/metrics`: every metric in Prometheus' text format (`courier_gateway::metrics` names them);
+//! - `/` and `/api/status`: the status page (one HTML file, no build step) and the JSON it polls.
+//!
+//! Modules: [`board`] keeps what the page shows and runs the probes that fill it.
+
+pub(crate) mod board;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use courier_gateway::metrics::names;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use self::board::Board;
+
+/// The status page: plain HTML with its script inline, served as is.
+const STATUS_PAGE: &str = include_str!("http/status.html");
+
+/// Buckets of the produce latency histogram, in seconds: sub-millisecond embedded appends up to
+/// Kafka's slowest acknowledgements.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
+
+/// Installs the process-wide Prometheus recorder; every `metrics` call from then on is exported.
+pub(crate) fn install_recorder() -> Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(names::PRODUCE_LATENCY.to_owned()),
+            &LATENCY_BUCKETS,
+        )
+        .context("configuring the latency histogram")?
+        .install_recorder()
+        .context("installing the metrics recorder")
+        .inspect(|_| courier_gateway::metrics::describe())
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    prometheus: PrometheusHandle,
+    board: Arc<Board>,
+}
+
+/// Serves the endpoint on `listener` until `stop` is cancelled. It outlives the drain on purpose:
+/// `/readyz` answers 503 and `/metrics` keeps answering while connections close.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    prometheus: PrometheusHandle,
+    board: Arc<Board>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let router = Router::new()
+        .route("/", get(status_page))
+        .route("/api/status", get(status))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Endpoint { prometheus, board });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+        .context("serving HTTP")
+}
+
+async fn status_page() -> Html<&'static str> {
+    Html(STATUS_PAGE)
+}
+
+async fn status(State(endpoint): State<Endpoint>) -> Json<board::Status> {
+    Json(endpoint.board.status())
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(endpoint): State<Endpoint>) -> Response {
+    match endpoint.board.not_ready_because() {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(endpoint): State<Endpoint>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        endpoint.prometheus.render(),
+    )
+        .into_response()
+}

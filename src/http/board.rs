@@ -1,0 +1,282 @@
+//! What the status page and the probes show: the log's (region's) state, traffic per protocol over the
+//! last minutes, and the consumer groups furthest behind. One probe task fills it every
+//! `http.probe_interval`; HTTP handlers only read it, so a scrape never waits on Kafka.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use courier_gateway::{
+    log::{Log, now_ms},
+    metrics::{names, snapshot},
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// Traffic samples kept: ten minutes at the default 5 s interval.
+const HISTORY: usize = 120;
+/// Groups the page lists.
+const TOP_GROUPS: usize = 10;
+
+/// The shared state behind `/readyz` and the status page.
+#[derive(Debug)]
+pub(crate) struct Board {
+    region: String,
+    log: String,
+    started: Instant,
+    draining: AtomicBool,
+    observed: Mutex<Observed>,
+}
+
+#[derive(Debug)]
+struct Observed {
+    region: RegionState,
+    history: VecDeque<Sample>,
+    groups: Vec<GroupLag>,
+}
+
+/// The log's state as the probes see it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RegionState {
+    name: String,
+    /// `healthy` while the log answers probes, `down` once one failed.
+    state: &'static str,
+    /// When the state last changed (ms since the epoch).
+    since_ms: i64,
+    /// Changes of state since start.
+    switches: u64,
+    /// Why the state last changed.
+    cause: String,
+}
+
+/// Running totals at one moment; the page derives rates from consecutive samples.
+#[derive(Debug, Clone, Serialize)]
+struct Sample {
+    at_ms: i64,
+    messages_in: BTreeMap<&'static str, u64>,
+    messages_out: BTreeMap<&'static str, u64>,
+}
+
+/// A consumer group and how far behind it is.
+#[derive(Debug, Clone, Serialize)]
+struct GroupLag {
+    group: String,
+    lag: i64,
+    members: usize,
+    topics: Vec<String>,
+}
+
+/// One protocol now.
+#[derive(Debug, Clone, Serialize)]
+struct ProtocolNow {
+    protocol: &'static str,
+    connections: u64,
+    messages_in: u64,
+    messages_out: u64,
+}
+
+/// What `/api/status` answers.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Status {
+    region: String,
+    log: String,
+    version: &'static str,
+    uptime_seconds: u64,
+    ready: bool,
+    not_ready_because: Option<String>,
+    draining: bool,
+    regions: Vec<RegionState>,
+    protocols: Vec<ProtocolNow>,
+    history: Vec<Sample>,
+    groups: Vec<GroupLag>,
+}
+
+impl Board {
+    /// A board for a gateway in `region` over the log described by `log`; the log opened, so it
+    /// starts healthy.
+    pub(crate) fn new(region: &str, log: &str) -> Self {
+        metrics::gauge!(names::REGION_UP, "region" => region.to_owned()).set(1.0);
+        Self {
+            region: region.to_owned(),
+            log: log.to_owned(),
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+            observed: Mutex::new(Observed {
+                region: RegionState {
+                    name: region.to_owned(),
+                    state: "healthy",
+                    since_ms: now_ms(),
+                    switches: 0,
+                    cause: "the log opened".to_owned(),
+                },
+                history: VecDeque::with_capacity(HISTORY),
+                groups: Vec::new(),
+            }),
+        }
+    }
+
+    fn observed(&self) -> std::sync::MutexGuard<'_, Observed> {
+        self.observed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The drain began: readiness goes false before any listener stops.
+    pub(crate) fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Why the gateway should get no new clients, or `None` when it should.
+    pub(crate) fn not_ready_because(&self) -> Option<String> {
+        if self.draining.load(Ordering::Acquire) {
+            return Some("draining".to_owned());
+        }
+        let observed = self.observed();
+        (observed.region.state != "healthy")
+            .then(|| format!("the log is not answering: {}", observed.region.cause))
+    }
+
+    /// Everything the status page shows.
+    pub(crate) fn status(&self) -> Status {
+        let not_ready_because = self.not_ready_because();
+        let observed = self.observed();
+        Status {
+            region: self.region.clone(),
+            log: self.log.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            ready: not_ready_because.is_none(),
+            not_ready_because,
+            draining: self.draining.load(Ordering::Acquire),
+            regions: vec![observed.region.clone()],
+            protocols: snapshot()
+                .into_iter()
+                .map(|now| ProtocolNow {
+                    protocol: now.protocol.name(),
+                    connections: now.connections,
+                    messages_in: now.messages_in,
+                    messages_out: now.messages_out,
+                })
+                .collect(),
+            history: observed.history.iter().cloned().collect(),
+            groups: observed.groups.clone(),
+        }
+    }
+
+    fn record_probe(&self, outcome: Result<(), String>) {
+        let mut observed = self.observed();
+        let (state, cause) = match outcome {
+            Ok(()) => ("healthy", "the log answered again".to_owned()),
+            Err(error) => ("down", error),
+        };
+        if observed.region.state == state {
+            return;
+        }
+        observed.region.state = state;
+        observed.region.since_ms = now_ms();
+        observed.region.switches += 1;
+        observed.region.cause = cause.clone();
+        let labels = [("region", self.region.clone())];
+        metrics::gauge!(names::REGION_UP, &labels).set(f64::from(u8::from(state == "healthy")));
+        metrics::counter!(names::REGION_SWITCHES, &labels).increment(1);
+        if state == "healthy" {
+            tracing::info!(region = %self.region, "the log answers again; ready");
+        } else {
+            tracing::warn!(region = %self.region, %cause, "the log does not answer; not ready");
+        }
+    }
+
+    fn record_sample(&self) {
+        let mut sample = Sample {
+            at_ms: now_ms(),
+            messages_in: BTreeMap::new(),
+            messages_out: BTreeMap::new(),
+        };
+        for now in snapshot() {
+            sample
+                .messages_in
+                .insert(now.protocol.name(), now.messages_in);
+            sample
+                .messages_out
+                .insert(now.protocol.name(), now.messages_out);
+        }
+        let mut observed = self.observed();
+        if observed.history.len() == HISTORY {
+            observed.history.pop_front();
+        }
+        observed.history.push_back(sample);
+    }
+
+    fn record_groups(&self, groups: Vec<GroupLag>) {
+        self.observed().groups = groups;
+    }
+}
+
+/// Probes the log, samples traffic and reads consumer lag every `interval` until `stop`; also does
+/// the Prometheus recorder's upkeep (histogram buckets are drained on it).
+pub(crate) async fn run_probes(
+    board: Arc<Board>,
+    log: Arc<dyn Log>,
+    prometheus: PrometheusHandle,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        board.record_sample();
+        prometheus.run_upkeep();
+        let probe = match tokio::time::timeout(interval, log.list_topics()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!(
+                "no answer to a metadata request within {interval:?}"
+            )),
+        };
+        let healthy = probe.is_ok();
+        board.record_probe(probe);
+        if healthy && let Ok(groups) = tokio::time::timeout(interval, lag(&*log)).await {
+            board.record_groups(groups);
+        }
+    }
+}
+
+/// Every group's lag (exported per group and topic), and the groups furthest behind.
+async fn lag(log: &dyn Log) -> Vec<GroupLag> {
+    let Ok(names) = log.list_groups().await else {
+        return Vec::new();
+    };
+    let mut groups = Vec::with_capacity(names.len());
+    for name in names {
+        let Ok(described) = log.describe_group(&name).await else {
+            continue;
+        };
+        let mut per_topic: BTreeMap<String, i64> = BTreeMap::new();
+        for offset in &described.offsets {
+            *per_topic
+                .entry(offset.partition.topic.to_string())
+                .or_default() += offset.lag.max(0);
+        }
+        for (topic, lag) in &per_topic {
+            metrics::gauge!(names::CONSUMER_LAG, "group" => name.clone(), "topic" => topic.clone())
+                .set(*lag as f64);
+        }
+        groups.push(GroupLag {
+            lag: per_topic.values().sum(),
+            members: described.members.len(),
+            topics: per_topic.into_keys().collect(),
+            group: name,
+        });
+    }
+    groups.sort_by(|a, b| b.lag.cmp(&a.lag).then_with(|| a.group.cmp(&b.group)));
+    groups.truncate(TOP_GROUPS);
+    groups
+}

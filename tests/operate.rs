@@ -1,0 +1,253 @@
+//! The operators' HTTP endpoint, read as Kubernetes probes and Prometheus would: after known traffic
+//! on every protocol `/metrics` shows exactly those counts, `/readyz` turns 503 "draining" as soon as
+//! SIGTERM arrives (while a subscriber still holds records), and the status page and its data answer.
+
+mod common;
+
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+use common::*;
+use fe2o3_amqp::{
+    Connection, Receiver, Sender, Session,
+    types::{messaging::Body, primitives::Value},
+};
+
+/// One GET, as a probe would: status and body, whatever the status.
+fn get(http: SocketAddr, path: &str) -> Result<(u16, String), BoxError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut response = agent.get(&format!("http://{http}{path}")).call()?;
+    let status = response.status().as_u16();
+    Ok((status, response.body_mut().read_to_string()?))
+}
+
+/// The value of one series in Prometheus' text format (`name{labels}` exactly as exported).
+fn series(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(name_and_labels)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Polls `/metrics` until every expected series has its value (counters settle as acks land).
+async fn await_series(http: SocketAddr, expected: &[(&str, f64)]) -> Result<String, BoxError> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = tokio::task::block_in_place(|| get(http, "/metrics"))?;
+        assert_eq!(status, 200);
+        let missing: Vec<String> = expected
+            .iter()
+            .filter(|(name, value)| series(&body, name) != Some(*value))
+            .map(|(name, value)| format!("{name} = {value} (got {:?})", series(&body, name)))
+            .collect();
+        if missing.is_empty() {
+            return Ok(body);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("metrics never showed {missing:?}:\n{body}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_protocols_traffic() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = Gateway::start(&dir.path().join("data"), &[])?;
+    let http = gateway.http;
+
+    // Every series exists before any traffic.
+    let (_, before) = tokio::task::block_in_place(|| get(http, "/metrics"))?;
+    for protocol in ["grpc", "mqtt", "amqp"] {
+        let name = format!("courier_messages_in_total{{protocol=\"{protocol}\"}}");
+        assert_eq!(series(&before, &name), Some(0.0), "{name} in:\n{before}");
+    }
+
+    // gRPC: 7 records in one request; a group member receives and acknowledges all 7.
+    let (_, grpc_topic) = create_topic(&gateway, "ops-grpc", 1).await?;
+    let mut client = gateway.streams().await?;
+    let records = (0..7).map(|i| record(None, &format!("g{i}"))).collect();
+    client
+        .produce(courier_gateway::proto::v1::ProduceRequest {
+            topic: grpc_topic.clone(),
+            records,
+            ..Default::default()
+        })
+        .await?;
+    let mut subscriber =
+        SubscribeStream::open(&mut client, start_in_group(&grpc_topic, &unique("g"), 100)).await?;
+    let mut received = 0;
+    while received < 7 {
+        let batch = subscriber
+            .next_records(DEADLINE)
+            .await?
+            .ok_or("the gRPC subscriber got too little")?;
+        subscriber.ack(&batch).await?;
+        received += batch.len();
+    }
+
+    // MQTT: 5 QoS 1 messages over one connection (each line of stdin is one message).
+    let mqtt_port = gateway.mqtt.port().to_string();
+    let mut publisher = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt_port,
+            "-q",
+            "1",
+            "-t",
+            "ops/mqtt",
+            "-l",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("mosquitto_pub (apt-get install mosquitto-clients): {e}"))?;
+    {
+        use std::io::Write;
+        let mut stdin = publisher.stdin.take().ok_or("no stdin")?;
+        stdin.write_all(b"m0\nm1\nm2\nm3\nm4\n")?;
+    }
+    assert!(publisher.wait()?.success(), "mosquitto_pub failed");
+
+    // AMQP: 3 unsettled sends, then a group receiver accepts all 3.
+    let amqp_topic = unique("ops-amqp");
+    let url = format!("amqp://{}", gateway.amqp);
+    let mut connection = Connection::open("ops-test", url.as_str()).await?;
+    let mut session = Session::begin(&mut connection).await?;
+    let mut sender = Sender::attach(&mut session, "ops-sender", amqp_topic.as_str()).await?;
+    for i in 0..3 {
+        sender
+            .send(format!("a{i}"))
+            .await?
+            .accepted_or("not accepted")?;
+    }
+    let source = format!("{amqp_topic}/groups/{}", unique("a"));
+    let mut receiver = Receiver::attach(&mut session, "ops-receiver", source.as_str()).await?;
+    for _ in 0..3 {
+        let delivery = tokio::time::timeout(DEADLINE, receiver.recv::<Body<Value>>()).await??;
+        receiver.accept(&delivery).await?;
+    }
+
+    let metrics = await_series(
+        http,
+        &[
+            ("courier_messages_in_total{protocol=\"grpc\"}", 7.0),
+            ("courier_bytes_in_total{protocol=\"grpc\"}", 14.0),
+            ("courier_messages_out_total{protocol=\"grpc\"}", 7.0),
+            ("courier_acks_total{protocol=\"grpc\"}", 7.0),
+            ("courier_messages_in_total{protocol=\"mqtt\"}", 5.0),
+            ("courier_bytes_in_total{protocol=\"mqtt\"}", 10.0),
+            ("courier_connections_accepted_total{protocol=\"mqtt\"}", 1.0),
+            ("courier_messages_in_total{protocol=\"amqp\"}", 3.0),
+            ("courier_messages_out_total{protocol=\"amqp\"}", 3.0),
+            ("courier_acks_total{protocol=\"amqp\"}", 3.0),
+            ("courier_connections{protocol=\"amqp\"}", 1.0),
+            (
+                "courier_produce_latency_seconds_count{protocol=\"grpc\"}",
+                1.0,
+            ),
+            (
+                "courier_produce_latency_seconds_count{protocol=\"mqtt\"}",
+                5.0,
+            ),
+            (
+                "courier_produce_latency_seconds_count{protocol=\"amqp\"}",
+                3.0,
+            ),
+            ("courier_region_up{region=\"local\"}", 1.0),
+        ],
+    )
+    .await?;
+    assert!(
+        series(&metrics, "courier_connections{protocol=\"grpc\"}").is_some_and(|open| open >= 1.0),
+        "the gRPC client's connection is open:\n{metrics}"
+    );
+
+    // A refused request is counted by kind: a produce to a topic name Kafka forbids.
+    let refused = client
+        .produce(courier_gateway::proto::v1::ProduceRequest {
+            topic: "not a topic".into(),
+            records: vec![record(None, "x")],
+            ..Default::default()
+        })
+        .await;
+    assert!(refused.is_err());
+    await_series(
+        http,
+        &[(
+            "courier_errors_total{protocol=\"grpc\",kind=\"invalid_topic_name\"}",
+            1.0,
+        )],
+    )
+    .await?;
+
+    receiver.close().await?;
+    sender.close().await?;
+    session.end().await?;
+    connection.close().await?;
+    assert!(gateway.terminate()?.success());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_off_first_when_draining() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = Gateway::start(&dir.path().join("data"), &[])?;
+    let http = gateway.http;
+    assert_eq!(
+        tokio::task::block_in_place(|| get(http, "/healthz"))?.0,
+        200
+    );
+    assert_eq!(
+        tokio::task::block_in_place(|| get(http, "/readyz"))?,
+        (200, "ready\n".to_owned())
+    );
+    let (status, page) = tokio::task::block_in_place(|| get(http, "/"))?;
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>Courier status</title>"));
+    let (status, json) = tokio::task::block_in_place(|| get(http, "/api/status"))?;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&json)?;
+    assert_eq!(json["ready"], true);
+    assert_eq!(json["regions"][0]["state"], "healthy");
+    assert_eq!(json["protocols"].as_array().map(Vec::len), Some(3));
+
+    // A subscriber that holds records unacknowledged keeps the drain open for its ack grace.
+    let (_, topic) = create_topic(&gateway, "ops-drain", 1).await?;
+    let mut client = gateway.streams().await?;
+    client
+        .produce(courier_gateway::proto::v1::ProduceRequest {
+            topic: topic.clone(),
+            records: vec![record(None, "held")],
+            ..Default::default()
+        })
+        .await?;
+    let mut subscriber =
+        SubscribeStream::open(&mut client, start_in_group(&topic, &unique("d"), 10)).await?;
+    subscriber
+        .next_records(DEADLINE)
+        .await?
+        .ok_or("no record to hold")?;
+
+    gateway.send_sigterm()?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let answer = loop {
+        match tokio::task::block_in_place(|| get(http, "/readyz")) {
+            Ok((200, _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => break other,
+        }
+    };
+    let (status, body) = answer.map_err(|e| format!("/readyz stopped answering first: {e}"))?;
+    assert_eq!((status, body.as_str()), (503, "not ready: draining\n"));
+    assert!(gateway.wait_for_exit()?.success());
+    Ok(())
+}
