@@ -82,15 +82,7 @@ async fn metrics_count_every_protocols_traffic() -> TestResult {
         .await?;
     let mut subscriber =
         SubscribeStream::open(&mut client, start_in_group(&grpc_topic, &unique("g"), 100)).await?;
-    let mut received = 0;
-    while received < 7 {
-        let batch = subscriber
-            .next_records(DEADLINE)
-            .await?
-            .ok_or("the gRPC subscriber got too little")?;
-        subscriber.ack(&batch).await?;
-        received += batch.len();
-    }
+    subscriber.ack_at_least(7, "the gRPC subscriber").await?;
 
     // MQTT: 5 QoS 1 messages over one connection (each line of stdin is one message).
     let mqtt_port = gateway.mqtt.port().to_string();

@@ -257,9 +257,9 @@ impl ProduceTimer {
         }
     }
 
-    /// Counts a refusal.
+    /// Counts a refusal, by the log error's kind.
     pub fn failed(self, error: &Error) {
-        log_error(self.protocol, error);
+        self::error(self.protocol, error.kind());
     }
 }
 
@@ -288,13 +288,8 @@ pub fn acked(protocol: Protocol, records: usize) {
     metrics::counter!(names::ACKS, "protocol" => protocol.name()).increment(records as u64);
 }
 
-/// A refused request or faulted connection, by kind (see [`Error::kind`] for the log's kinds; front
-/// ends add their own, such as `malformed` or `unauthorized`).
+/// A refused request or faulted connection, by kind: the log's kinds ([`Error::kind`]) and the front
+/// ends' own (`invalid_request`, `invalid_topic_name`, `connection_refused`, `connection_failed`).
 pub fn error(protocol: Protocol, kind: &'static str) {
     metrics::counter!(names::ERRORS, "protocol" => protocol.name(), "kind" => kind).increment(1);
-}
-
-/// A log error, by its kind.
-pub fn log_error(protocol: Protocol, error: &Error) {
-    self::error(protocol, error.kind());
 }

@@ -45,14 +45,21 @@ struct Observed {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RegionState {
     name: String,
-    /// `healthy` while the log answers probes, `down` once one failed.
-    state: &'static str,
+    state: Health,
     /// When the state last changed (ms since the epoch).
     since_ms: i64,
     /// Changes of state since start.
     switches: u64,
     /// Why the state last changed.
     cause: String,
+}
+
+/// Whether the log answers probes: `healthy` while it does, `down` once one failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Health {
+    Healthy,
+    Down,
 }
 
 /// Running totals at one moment; the page derives rates from consecutive samples.
@@ -110,7 +117,7 @@ impl Board {
             observed: Mutex::new(Observed {
                 region: RegionState {
                     name: region.to_owned(),
-                    state: "healthy",
+                    state: Health::Healthy,
                     since_ms: now_ms(),
                     switches: 0,
                     cause: "the log opened".to_owned(),
@@ -136,7 +143,7 @@ impl Board {
             return Some("draining".to_owned());
         }
         let observed = self.observed();
-        (observed.region.state != "healthy")
+        (observed.region.state == Health::Down)
             .then(|| format!("the log is not answering: {}", observed.region.cause))
     }
 
@@ -170,8 +177,8 @@ impl Board {
     fn record_probe(&self, outcome: Result<(), String>) {
         let mut observed = self.observed();
         let (state, cause) = match outcome {
-            Ok(()) => ("healthy", "the log answered again".to_owned()),
-            Err(error) => ("down", error),
+            Ok(()) => (Health::Healthy, "the log answered again".to_owned()),
+            Err(error) => (Health::Down, error),
         };
         if observed.region.state == state {
             return;
@@ -181,9 +188,10 @@ impl Board {
         observed.region.switches += 1;
         observed.region.cause = cause.clone();
         let labels = [("region", self.region.clone())];
-        metrics::gauge!(names::REGION_UP, &labels).set(f64::from(u8::from(state == "healthy")));
+        metrics::gauge!(names::REGION_UP, &labels)
+            .set(f64::from(u8::from(state == Health::Healthy)));
         metrics::counter!(names::REGION_SWITCHES, &labels).increment(1);
-        if state == "healthy" {
+        if state == Health::Healthy {
             tracing::info!(region = %self.region, "the log answers again; ready");
         } else {
             tracing::warn!(region = %self.region, %cause, "the log does not answer; not ready");

@@ -389,6 +389,21 @@ impl SubscribeStream {
         Ok(held)
     }
 
+    /// Receives and acknowledges batches until at least `count` records came; returns how many did.
+    /// `what` names the reader in the error when records stop coming.
+    pub async fn ack_at_least(&mut self, count: usize, what: &str) -> Result<usize, BoxError> {
+        let mut received = 0;
+        while received < count {
+            let batch = self
+                .next_records(DEADLINE)
+                .await?
+                .ok_or_else(|| format!("{what} got {received} of {count} records"))?;
+            self.ack(&batch).await?;
+            received += batch.len();
+        }
+        Ok(received)
+    }
+
     /// Acknowledges records.
     pub async fn ack(&self, records: &[pb::Record]) -> Result<(), String> {
         let acks = records

@@ -16,7 +16,10 @@ mod outbound;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use courier_gateway::log::now_ms;
+use courier_gateway::{
+    log::now_ms,
+    metrics::{self, Protocol},
+};
 use futures_util::FutureExt;
 use rumqttd::protocol::{Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, PingResp};
 use tokio::{
@@ -61,10 +64,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
             Err(error) => {
                 if !error.is_normal_close() {
                     tracing::info!(%error, "connection refused");
-                    courier_gateway::metrics::error(
-                        courier_gateway::metrics::Protocol::Mqtt,
-                        "connection_refused",
-                    );
+                    metrics::error(Protocol::Mqtt, "connection_refused");
                 }
                 return;
             }
@@ -351,10 +351,7 @@ impl Session {
             } else {
                 tracing::info!(%error, "closing the connection");
                 if !matches!(error, Error::ShuttingDown | Error::SessionTakenOver) {
-                    courier_gateway::metrics::error(
-                        courier_gateway::metrics::Protocol::Mqtt,
-                        "connection_failed",
-                    );
+                    metrics::error(Protocol::Mqtt, "connection_failed");
                 }
             }
             if self.client.version == Version::V5 && !matches!(error, Error::Io(_)) {
