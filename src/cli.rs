@@ -34,6 +34,14 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: GroupsCommand,
     },
+    /// See and steer region routing (log.kind = "regions"): each region's health, where writes and
+    /// reads go, the last switch; pin traffic to a region or hand it back to the health checks.
+    Regions {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: Option<RegionsCommand>,
+    },
     /// Measure throughput and ack latency (see BENCHMARKS.md).
     Bench(crate::bench::BenchArgs),
     /// Print a line for a users file (mqtt.auth.users_file, amqp.auth.users_file): `name:argon2-hash`;
@@ -159,6 +167,16 @@ pub(crate) enum GroupsCommand {
     List,
     /// Show a group's members, committed offsets and lag.
     Describe { group: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RegionsCommand {
+    /// Show each region's health, where traffic goes and the last switch (the default).
+    List,
+    /// Pin writes and reads to a region, whatever the health checks say.
+    Switch { region: String },
+    /// Hand routing back to the health checks (traffic fails back to the preferred region).
+    Auto,
 }
 
 fn parse_header(text: &str) -> Result<(String, String), String> {

@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::transport::Channel;
 
-use crate::cli::{ConsumeArgs, GroupsCommand, ProduceArgs, ServerArgs, TopicsCommand};
+use crate::cli::{
+    ConsumeArgs, GroupsCommand, ProduceArgs, RegionsCommand, ServerArgs, TopicsCommand,
+};
 
 /// Connects to a gateway.
 pub(crate) async fn connect(server: &ServerArgs) -> Result<Channel> {
@@ -312,6 +314,72 @@ fn print_topic(topic: &pb::TopicDescription) {
             partition.partition, partition.low_watermark, partition.high_watermark
         );
     }
+}
+
+/// `courier regions`.
+pub(crate) async fn regions(server: ServerArgs, command: Option<RegionsCommand>) -> Result<()> {
+    let mut client = AdminClient::new(connect(&server).await?);
+    let status = match command.unwrap_or(RegionsCommand::List) {
+        RegionsCommand::List => client.list_regions(pb::ListRegionsRequest {}).await?,
+        RegionsCommand::Switch { region } => {
+            client
+                .switch_region(pb::SwitchRegionRequest { region })
+                .await?
+        }
+        RegionsCommand::Auto => {
+            client
+                .switch_region(pb::SwitchRegionRequest {
+                    region: String::new(),
+                })
+                .await?
+        }
+    }
+    .into_inner();
+    let routing = if status.manual.is_empty() {
+        "automatic".to_owned()
+    } else {
+        format!("pinned to {}", status.manual)
+    };
+    println!(
+        "mode {}\trouting {routing}\tswitches {}",
+        status.mode, status.switches
+    );
+    for region in &status.regions {
+        let traffic: Vec<&str> = [("writes", region.writes), ("reads", region.reads)]
+            .into_iter()
+            .filter_map(|(name, goes)| goes.then_some(name))
+            .collect();
+        println!(
+            "{}{}\t{}\tsince {}\t{}\t{}",
+            region.name,
+            if region.preferred { " (preferred)" } else { "" },
+            region.health,
+            format_time(region.since_ms),
+            if traffic.is_empty() {
+                "standby".to_owned()
+            } else {
+                traffic.join("+")
+            },
+            region.cause
+        );
+    }
+    if let Some(switch) = &status.last_switch {
+        println!(
+            "last switch\t{} {} -> {} at {}: {}",
+            switch.traffic,
+            switch.from,
+            switch.to,
+            format_time(switch.at_ms),
+            switch.cause
+        );
+    }
+    Ok(())
+}
+
+/// A time in ms since the epoch, as RFC 3339 in UTC.
+fn format_time(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime_serde::re::humantime::format_rfc3339_seconds(time).to_string()
 }
 
 /// `courier groups`.

@@ -67,6 +67,7 @@ fn main() -> ExitCode {
             Command::Consume(args) => client::consume(args).await,
             Command::Topics { server, command } => client::topics(server, command).await,
             Command::Groups { server, command } => client::groups(server, command).await,
+            Command::Regions { server, command } => client::regions(server, command).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Passwd { name } => passwd::print_line(&name),
         }

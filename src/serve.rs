@@ -13,6 +13,7 @@ use courier_gateway::{
     config::BackendConfig,
     grpc::GrpcServer,
     log::{Embedded, Kafka, Log},
+    regions::Regions,
 };
 use tokio::{
     net::TcpListener,
@@ -66,6 +67,17 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             .with_context(|| format!("connecting to Kafka at {}", kafka.bootstrap_servers))?;
             (Arc::new(log), format!("kafka:{}", kafka.bootstrap_servers))
         }
+        BackendConfig::Regions(regions) => {
+            let log = Regions::open(
+                regions,
+                &config.region,
+                config.topics.clone(),
+                config.groups.clone(),
+            )
+            .context("opening the region router (log.kind = \"regions\")")?;
+            let names: Vec<&str> = regions.regions.keys().map(String::as_str).collect();
+            (Arc::new(log), format!("regions:{}", names.join(",")))
+        }
     };
 
     let listener = TcpListener::bind(config.grpc.listen)
@@ -118,7 +130,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         None
     };
 
-    let board = Arc::new(Board::new(&config.region, &log_description));
+    let board = Arc::new(Board::new(&config.region, &log_description, log.regions()));
     let http_listener = if config.http.enabled {
         let listener = TcpListener::bind(config.http.listen)
             .await

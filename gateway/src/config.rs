@@ -87,6 +87,8 @@ pub enum BackendConfig {
     Embedded(EmbeddedConfig),
     /// A Kafka cluster (any broker speaking the Kafka protocol).
     Kafka(KafkaConfig),
+    /// Several Kafka clusters, one per region, mirrored by MirrorMaker 2, with failover between them.
+    Regions(RegionsConfig),
 }
 
 impl Default for BackendConfig {
@@ -250,6 +252,128 @@ impl KafkaConfig {
             request_timeout: Self::default_request_timeout(),
             session_timeout: Self::default_session_timeout(),
             replication_factor: Self::default_replication_factor(),
+        }
+    }
+}
+
+/// Which region takes traffic while every region is healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegionMode {
+    /// Every gateway, wherever it runs, writes to and reads from the primary region.
+    #[default]
+    ActivePassive,
+    /// Every gateway writes to and reads from its own region (the top-level `region`).
+    ActiveActive,
+}
+
+/// How MirrorMaker 2 names a topic mirrored from another region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationPolicyKind {
+    /// `DefaultReplicationPolicy`: topic `T` of region `a` is `a.T` in the other regions.
+    #[default]
+    Default,
+    /// `IdentityReplicationPolicy`: the mirror keeps the name (one-way setups only).
+    Identity,
+}
+
+/// `[log]` with `kind = "regions"`: one Kafka cluster per region, MirrorMaker 2 between them, and the
+/// gateway moving traffic to another region when one is lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionsConfig {
+    /// `active-passive` (all traffic to the primary) or `active-active` (each gateway to its own region).
+    #[serde(default)]
+    pub mode: RegionMode,
+    /// The region that takes traffic in active-passive mode while it is healthy. Empty: the gateway's
+    /// own `region`.
+    #[serde(default)]
+    pub primary: String,
+    /// The order regions are failed over to after the preferred one; regions not named follow in
+    /// alphabetical order.
+    #[serde(default)]
+    pub failover_order: Vec<String>,
+    /// MirrorMaker 2's replication policy: `default` (remote topic `<region><separator><topic>`) or
+    /// `identity`.
+    #[serde(default)]
+    pub replication_policy: ReplicationPolicyKind,
+    /// Separator of the default replication policy (`replication.policy.separator`).
+    #[serde(default = "RegionsConfig::default_replication_separator")]
+    pub replication_separator: String,
+    /// How often each region is probed (metadata request, canary produce and read back).
+    #[serde(
+        default = "RegionsConfig::default_probe_interval",
+        with = "humantime_serde"
+    )]
+    pub probe_interval: Duration,
+    /// A probe slower than this fails.
+    #[serde(
+        default = "RegionsConfig::default_probe_timeout",
+        with = "humantime_serde"
+    )]
+    pub probe_timeout: Duration,
+    /// Failed probes (or produce failures) in a row that take a region from SUSPECT to DOWN. The
+    /// first failure only makes it SUSPECT, which moves no traffic.
+    #[serde(default = "RegionsConfig::default_down_after")]
+    pub down_after: u32,
+    /// How long a region that was DOWN must answer every probe (RECOVERING) before it is HEALTHY again
+    /// and traffic fails back to it. A failure meanwhile restarts the wait.
+    #[serde(default = "RegionsConfig::default_hold_down", with = "humantime_serde")]
+    pub hold_down: Duration,
+    /// On fail-back, how long after producers the consumer groups follow, so MirrorMaker 2 can copy
+    /// what was written meanwhile and checkpoint the groups' positions.
+    #[serde(
+        default = "RegionsConfig::default_fail_back_consumer_delay",
+        with = "humantime_serde"
+    )]
+    pub fail_back_consumer_delay: Duration,
+    /// Topic each region's canary records are written to and read back from.
+    #[serde(default = "RegionsConfig::default_canary_topic")]
+    pub canary_topic: String,
+    /// The regions: `[log.regions.<name>]` with the keys of `kind = "kafka"` (`bootstrap_servers`,
+    /// `properties`, ...).
+    pub regions: BTreeMap<String, KafkaConfig>,
+}
+
+impl RegionsConfig {
+    fn default_replication_separator() -> String {
+        ".".into()
+    }
+    fn default_probe_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_probe_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    fn default_down_after() -> u32 {
+        3
+    }
+    fn default_hold_down() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_fail_back_consumer_delay() -> Duration {
+        Duration::from_secs(5)
+    }
+    fn default_canary_topic() -> String {
+        "courier.canary".into()
+    }
+
+    /// The defaults, over these regions.
+    pub fn new(regions: BTreeMap<String, KafkaConfig>) -> Self {
+        Self {
+            mode: RegionMode::default(),
+            primary: String::new(),
+            failover_order: Vec::new(),
+            replication_policy: ReplicationPolicyKind::default(),
+            replication_separator: Self::default_replication_separator(),
+            probe_interval: Self::default_probe_interval(),
+            probe_timeout: Self::default_probe_timeout(),
+            down_after: Self::default_down_after(),
+            hold_down: Self::default_hold_down(),
+            fail_back_consumer_delay: Self::default_fail_back_consumer_delay(),
+            canary_topic: Self::default_canary_topic(),
+            regions,
         }
     }
 }

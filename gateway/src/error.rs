@@ -102,6 +102,24 @@ pub enum Error {
         members: usize,
     },
 
+    /// A region's Kafka cluster did not answer (a failed health probe, or no region is usable).
+    #[error("region {region} is not answering: {reason}")]
+    RegionUnavailable {
+        /// The region.
+        region: String,
+        /// What failed.
+        reason: String,
+    },
+
+    /// An operator named a region the configuration does not have.
+    #[error("there is no region {region:?}; configured regions: {known}")]
+    UnknownRegion {
+        /// The name given.
+        region: String,
+        /// The configured names, comma-separated.
+        known: String,
+    },
+
     /// The gateway is shutting down or the log is closed.
     #[error("the log is shutting down; retry against another gateway replica")]
     ShuttingDown,
@@ -170,6 +188,8 @@ impl Error {
             Self::GroupProtocolConflict { .. } => "group_protocol_conflict",
             Self::GroupActive { .. } => "group_active",
             Self::ShuttingDown => "shutting_down",
+            Self::RegionUnavailable { .. } => "region_unavailable",
+            Self::UnknownRegion { .. } => "unknown_region",
             Self::Storage { .. } | Self::Io { .. } | Self::Corrupt { .. } => "storage",
             Self::Kafka { .. } => "kafka",
         }
@@ -178,7 +198,10 @@ impl Error {
     /// True when the same request may succeed later without change (transient conditions).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::ShuttingDown | Self::Storage { .. } | Self::Io { .. } => true,
+            Self::ShuttingDown
+            | Self::RegionUnavailable { .. }
+            | Self::Storage { .. }
+            | Self::Io { .. } => true,
             Self::Kafka { source, .. } => kafka_is_retryable(source),
             _ => false,
         }
@@ -192,6 +215,7 @@ impl Error {
                 | Self::UnknownPartition { .. }
                 | Self::RecordTooLarge { .. }
                 | Self::InvalidRequest(_)
+                | Self::UnknownRegion { .. }
         )
     }
 }

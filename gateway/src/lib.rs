@@ -9,6 +9,7 @@
 //! - [`log`]: the trait, shared types and the embedded backend;
 //! - [`grpc`]: the tonic services of `proto/courier/v1` (Streams, Admin) with health and reflection;
 //! - [`proto`]: the generated protobuf types, servers and clients;
+//! - [`regions`]: the region router, a `Log` over one Kafka cluster per region with failover;
 //! - [`metrics`]: what the front ends count, named once;
 //! - [`auth`]: users and passwords, shared by the front ends that ask for them;
 //! - [`config`]: the typed config sections this crate owns;
@@ -21,5 +22,6 @@ pub mod grpc;
 pub mod log;
 pub mod metrics;
 pub mod proto;
+pub mod regions;
 
 pub use error::{Error, Result};

@@ -103,6 +103,11 @@ pub trait Log: Send + Sync + fmt::Debug + 'static {
     /// Makes everything acknowledged so far durable and stops background work. Later calls fail with
     /// [`Error::ShuttingDown`](crate::Error::ShuttingDown).
     async fn close(&self) -> Result<()>;
+
+    /// The region router, when this log is one: operators' region calls and the status page use it.
+    fn regions(&self) -> Option<crate::regions::Regions> {
+        None
+    }
 }
 
 /// How a front end acknowledges and steers a subscription. Held next to the event stream so acks can

@@ -44,6 +44,8 @@ pub mod names {
     pub const REGION_UP: &str = "courier_region_up";
     /// Counter: changes of a region's state, by `region`.
     pub const REGION_SWITCHES: &str = "courier_region_switches_total";
+    /// Counter: moves of traffic between regions, by `traffic` (writes, reads) and `to` (region).
+    pub const REGION_TRAFFIC_SWITCHES: &str = "courier_region_traffic_switches_total";
 }
 
 /// The client protocols the gateway speaks.
@@ -145,6 +147,10 @@ pub fn describe() {
     );
     describe_gauge!(names::REGION_UP, "1 while the region's log answers probes");
     describe_counter!(names::REGION_SWITCHES, "Changes of a region's state");
+    describe_counter!(
+        names::REGION_TRAFFIC_SWITCHES,
+        "Moves of writes or reads from one region to another"
+    );
     for protocol in Protocol::ALL {
         let label = protocol.name();
         metrics::gauge!(names::CONNECTIONS, "protocol" => label).increment(0.0);

@@ -14,6 +14,7 @@ use std::{
 use courier_gateway::{
     log::{Log, now_ms},
     metrics::{names, snapshot},
+    regions::{RegionHealth, Regions},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
@@ -32,6 +33,8 @@ pub(crate) struct Board {
     started: Instant,
     draining: AtomicBool,
     observed: Mutex<Observed>,
+    /// The region router, when the log is one: it probes the regions itself.
+    router: Option<Regions>,
 }
 
 #[derive(Debug)]
@@ -52,14 +55,30 @@ pub(crate) struct RegionState {
     switches: u64,
     /// Why the state last changed.
     cause: String,
+    /// What goes to it: `writes`, `reads`, both, or nothing (a region router's standby region).
+    traffic: Vec<&'static str>,
 }
 
-/// Whether the log answers probes: `healthy` while it does, `down` once one failed.
+/// Whether the log answers probes: `healthy` while it does, `down` once one failed. A region router's
+/// regions also pass through `suspect` and `recovering` (see `courier_gateway::regions::health`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Health {
     Healthy,
+    Suspect,
     Down,
+    Recovering,
+}
+
+impl From<RegionHealth> for Health {
+    fn from(health: RegionHealth) -> Self {
+        match health {
+            RegionHealth::Healthy => Self::Healthy,
+            RegionHealth::Suspect => Self::Suspect,
+            RegionHealth::Down => Self::Down,
+            RegionHealth::Recovering => Self::Recovering,
+        }
+    }
 }
 
 /// Running totals at one moment; the page derives rates from consecutive samples.
@@ -106,9 +125,11 @@ pub(crate) struct Status {
 
 impl Board {
     /// A board for a gateway in `region` over the log described by `log`; the log opened, so it
-    /// starts healthy.
-    pub(crate) fn new(region: &str, log: &str) -> Self {
-        metrics::gauge!(names::REGION_UP, "region" => region.to_owned()).set(1.0);
+    /// starts healthy. With a region router, the regions' states are the router's.
+    pub(crate) fn new(region: &str, log: &str, router: Option<Regions>) -> Self {
+        if router.is_none() {
+            metrics::gauge!(names::REGION_UP, "region" => region.to_owned()).set(1.0);
+        }
         Self {
             region: region.to_owned(),
             log: log.to_owned(),
@@ -121,10 +142,12 @@ impl Board {
                     since_ms: now_ms(),
                     switches: 0,
                     cause: "the log opened".to_owned(),
+                    traffic: vec!["writes", "reads"],
                 },
                 history: VecDeque::with_capacity(HISTORY),
                 groups: Vec::new(),
             }),
+            router,
         }
     }
 
@@ -142,9 +165,43 @@ impl Board {
         if self.draining.load(Ordering::Acquire) {
             return Some("draining".to_owned());
         }
+        if let Some(router) = &self.router {
+            let status = router.status();
+            return (!status.regions.iter().any(|region| region.health.usable())).then(|| {
+                let causes: Vec<String> = status
+                    .regions
+                    .iter()
+                    .map(|region| format!("{}: {}", region.name, region.cause))
+                    .collect();
+                format!("no region answers ({})", causes.join("; "))
+            });
+        }
         let observed = self.observed();
         (observed.region.state == Health::Down)
             .then(|| format!("the log is not answering: {}", observed.region.cause))
+    }
+
+    /// The regions' states: the router's, or the one log's as the probes saw it.
+    fn regions(&self, observed: &Observed) -> Vec<RegionState> {
+        let Some(router) = &self.router else {
+            return vec![observed.region.clone()];
+        };
+        router
+            .status()
+            .regions
+            .into_iter()
+            .map(|region| RegionState {
+                traffic: [("writes", region.writes), ("reads", region.reads)]
+                    .into_iter()
+                    .filter_map(|(name, goes)| goes.then_some(name))
+                    .collect(),
+                name: region.name,
+                state: region.health.into(),
+                since_ms: region.since_ms,
+                switches: region.changes,
+                cause: region.cause,
+            })
+            .collect()
     }
 
     /// Everything the status page shows.
@@ -159,7 +216,7 @@ impl Board {
             ready: not_ready_because.is_none(),
             not_ready_because,
             draining: self.draining.load(Ordering::Acquire),
-            regions: vec![observed.region.clone()],
+            regions: self.regions(&observed),
             protocols: snapshot()
                 .into_iter()
                 .map(|now| ProtocolNow {
@@ -175,6 +232,10 @@ impl Board {
     }
 
     fn record_probe(&self, outcome: Result<(), String>) {
+        if self.router.is_some() {
+            // The router probes its regions and exports their state itself.
+            return;
+        }
         let mut observed = self.observed();
         let (state, cause) = match outcome {
             Ok(()) => (Health::Healthy, "the log answered again".to_owned()),

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{group_to_wire, topic_to_wire};
+use super::convert::{group_to_wire, regions_to_wire, topic_to_wire};
 use crate::{
     log::{Log, TopicSpec},
     proto::v1::{self as pb, admin_server::Admin},
+    regions::Regions,
 };
 
 /// The Admin service over a Log.
@@ -20,6 +21,14 @@ impl AdminService {
     /// A service over `log`.
     pub fn new(log: Arc<dyn Log>) -> Self {
         Self { log }
+    }
+
+    fn regions(&self) -> Result<Regions, Status> {
+        self.log.regions().ok_or_else(|| {
+            Status::failed_precondition(
+                "this gateway runs on one log, not on regions (log.kind = \"regions\" configures them)",
+            )
+        })
     }
 }
 
@@ -95,5 +104,26 @@ impl Admin for AdminService {
         Ok(Response::new(group_to_wire(
             self.log.describe_group(&group).await?,
         )))
+    }
+
+    async fn list_regions(
+        &self,
+        _: Request<pb::ListRegionsRequest>,
+    ) -> Result<Response<pb::RegionsStatus>, Status> {
+        Ok(Response::new(regions_to_wire(self.regions()?.status())))
+    }
+
+    async fn switch_region(
+        &self,
+        request: Request<pb::SwitchRegionRequest>,
+    ) -> Result<Response<pb::RegionsStatus>, Status> {
+        let regions = self.regions()?;
+        let region = request.into_inner().region;
+        if region.is_empty() {
+            regions.automatic();
+        } else {
+            regions.switch_to(&region)?;
+        }
+        Ok(Response::new(regions_to_wire(regions.status())))
     }
 }

@@ -173,3 +173,32 @@ pub(crate) fn group_to_wire(group: log::GroupDescription) -> pb::GroupDescriptio
             .collect(),
     }
 }
+
+/// The region router's status on the wire.
+pub(crate) fn regions_to_wire(status: crate::regions::RoutingStatus) -> pb::RegionsStatus {
+    pb::RegionsStatus {
+        mode: status.mode.to_owned(),
+        regions: status
+            .regions
+            .into_iter()
+            .map(|region| pb::RegionState {
+                name: region.name,
+                health: region.health.as_str().to_owned(),
+                since_ms: region.since_ms,
+                cause: region.cause,
+                writes: region.writes,
+                reads: region.reads,
+                preferred: region.preferred,
+            })
+            .collect(),
+        manual: status.manual.unwrap_or_default(),
+        switches: status.switches,
+        last_switch: status.last_switch.map(|switch| pb::RegionSwitch {
+            at_ms: switch.at_ms,
+            traffic: switch.traffic.as_str().to_owned(),
+            from: switch.from,
+            to: switch.to,
+            cause: switch.cause,
+        }),
+    }
+}

@@ -12,11 +12,14 @@ pub(crate) fn code_of(error: &Error) -> Code {
         | Error::InvalidRequest(_)
         | Error::RecordTooLarge { .. }
         | Error::UnknownPartition { .. } => Code::InvalidArgument,
-        Error::UnknownTopic { .. } => Code::NotFound,
+        Error::UnknownTopic { .. } | Error::UnknownRegion { .. } => Code::NotFound,
         Error::TopicExists { .. } => Code::AlreadyExists,
         Error::OffsetOutOfRange { .. } => Code::OutOfRange,
         Error::GroupProtocolConflict { .. } | Error::GroupActive { .. } => Code::FailedPrecondition,
-        Error::ShuttingDown | Error::Storage { .. } | Error::Io { .. } => Code::Unavailable,
+        Error::ShuttingDown
+        | Error::RegionUnavailable { .. }
+        | Error::Storage { .. }
+        | Error::Io { .. } => Code::Unavailable,
         Error::Kafka { .. } if error.is_retryable() => Code::Unavailable,
         Error::Kafka { .. } => Code::FailedPrecondition,
         Error::Corrupt { .. } => Code::DataLoss,

@@ -18,6 +18,7 @@ mod clients;
 mod codec;
 mod member;
 mod metadata;
+mod probe;
 mod reader;
 
 use std::{
@@ -92,6 +93,31 @@ impl Kafka {
         groups_config: GroupsConfig,
         origin: &str,
     ) -> Result<Self> {
+        let kafka = Self::open(config, topics_config, groups_config, origin)?;
+        let topics = blocking(&kafka.shared, |shared| {
+            metadata::read_partition_counts(
+                shared.producer.client(),
+                None,
+                shared.config.request_timeout,
+            )
+        })
+        .await?;
+        tracing::info!(
+            bootstrap = %config.bootstrap_servers,
+            topics = topics.len(),
+            "connected to Kafka"
+        );
+        Ok(kafka)
+    }
+
+    /// Makes the clients without waiting for the cluster: a region's cluster may be down when the
+    /// gateway starts, and the region router's probes find out when it answers.
+    pub fn open(
+        config: &KafkaConfig,
+        topics_config: TopicsConfig,
+        groups_config: GroupsConfig,
+        origin: &str,
+    ) -> Result<Self> {
         let producer: FutureProducer = clients::producer(config)
             .create()
             .map_err(Error::kafka("creating the producer"))?;
@@ -112,19 +138,6 @@ impl Kafka {
             closed: CancellationToken::new(),
             subscriptions: TaskTracker::new(),
         });
-        let topics = blocking(&shared, |shared| {
-            metadata::read_partition_counts(
-                shared.producer.client(),
-                None,
-                shared.config.request_timeout,
-            )
-        })
-        .await?;
-        tracing::info!(
-            bootstrap = %config.bootstrap_servers,
-            topics = topics.len(),
-            "connected to Kafka"
-        );
         Ok(Self { shared })
     }
 }

@@ -40,6 +40,12 @@ impl PartitionCounts {
         counts.insert(topic.to_owned(), (count, Instant::now()));
     }
 
+    /// Drops every count: after a cluster was lost, its topics may come back different (or not at all).
+    pub(super) fn forget_all(&self) {
+        let mut counts = self.counts.write().unwrap_or_else(PoisonError::into_inner);
+        counts.clear();
+    }
+
     pub(super) fn forget(&self, topic: &str) {
         let mut counts = self.counts.write().unwrap_or_else(PoisonError::into_inner);
         counts.remove(topic);

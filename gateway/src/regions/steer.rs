@@ -1,0 +1,219 @@
+//! Probing the regions and steering traffic: one probe task per region feeds its health machine; one
+//! steering task decides where writes and reads go whenever a health changes (or an operator asks).
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use super::{RegionHealth, Shared, Switch, Traffic, lock};
+use crate::{log::now_ms, metrics::names};
+
+/// How often the steering task looks again without being woken (fail-back delays run out on it).
+const STEER_TICK: Duration = Duration::from_millis(200);
+
+/// Starts the probe tasks and the steering task.
+pub(super) fn start(shared: &Arc<Shared>) {
+    for index in 0..shared.regions.len() {
+        let shared_for_probe = shared.clone();
+        shared
+            .tasks
+            .spawn(async move { probe_region(shared_for_probe, index).await });
+    }
+    let shared_for_steer = shared.clone();
+    shared
+        .tasks
+        .spawn(async move { steer(shared_for_steer).await });
+}
+
+/// Probes one region every `probe_interval` until the router closes.
+async fn probe_region(shared: Arc<Shared>, index: usize) {
+    let region = &shared.regions[index];
+    let mut interval = tokio::time::interval(shared.config.probe_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.closed.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let outcome = region
+            .kafka
+            .probe(&shared.config.canary_topic, shared.config.probe_timeout)
+            .await;
+        let cause = match &outcome {
+            Ok(took) => format!("probes answer ({} ms)", took.as_millis()),
+            Err(error) => error.to_string(),
+        };
+        observe(&shared, index, outcome.is_ok(), cause);
+    }
+}
+
+/// Feeds one observation of region `index` to its health machine, and acts on a change.
+pub(super) fn observe(shared: &Shared, index: usize, answered: bool, cause: String) {
+    let region = &shared.regions[index];
+    let changed = {
+        let mut health = lock(&region.health);
+        let before = health.state();
+        health
+            .observe(answered, Instant::now())
+            .map(|after| (before, after))
+    };
+    let Some((before, after)) = changed else {
+        // A failure's reason is worth showing while the state stands; "probes answer" is not, so a
+        // DOWN or RECOVERING region's cause keeps saying what happened.
+        if !answered {
+            *lock(&region.cause) = cause;
+        }
+        return;
+    };
+    *lock(&region.cause) = cause.clone();
+    metrics::gauge!(names::REGION_UP, "region" => region.name.clone())
+        .set(f64::from(u8::from(after.usable())));
+    metrics::counter!(names::REGION_SWITCHES, "region" => region.name.clone()).increment(1);
+    if after == RegionHealth::Recovering {
+        // A cluster that was lost may come back with other topics (or none): read metadata afresh.
+        region.kafka.forget_cached_metadata();
+    }
+    if after.usable() {
+        tracing::info!(region = %region.name, from = %before, to = %after, %cause, "region health changed");
+    } else {
+        tracing::warn!(region = %region.name, from = %before, to = %after, %cause, "region health changed");
+    }
+    shared.steer.notify_one();
+}
+
+/// Counts a failed client request against the region (at most once per probe interval, so a burst of
+/// failures from one incident is one observation).
+pub(super) fn report_failure(shared: &Shared, index: usize, cause: String) {
+    let region = &shared.regions[index];
+    {
+        let mut last = lock(&region.last_reported_failure);
+        if last.is_some_and(|at| at.elapsed() < shared.config.probe_interval) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    observe(shared, index, false, cause);
+}
+
+/// Which region traffic should go to: the pinned one, else the first usable one in preference order,
+/// else (nothing usable) where it goes now.
+pub(super) fn choose(health: &[RegionHealth], manual: Option<usize>, current: usize) -> usize {
+    manual
+        .or_else(|| health.iter().position(|state| state.usable()))
+        .unwrap_or(current)
+}
+
+/// Moves writes, then reads, to the chosen region whenever health or the operator says so.
+async fn steer(shared: Arc<Shared>) {
+    // On fail-back, reads follow writes after `fail_back_consumer_delay`: (target, when).
+    let mut pending_reads: Option<(usize, Instant)> = None;
+    loop {
+        tokio::select! {
+            () = shared.closed.cancelled() => return,
+            () = shared.steer.notified() => {}
+            () = tokio::time::sleep(STEER_TICK) => {}
+        }
+        let health: Vec<RegionHealth> = (0..shared.regions.len())
+            .map(|index| shared.health(index))
+            .collect();
+        let manual = *lock(&shared.manual);
+        let writes = *shared.writes.borrow();
+        let target = choose(&health, manual, writes);
+        if target != writes {
+            switch(
+                &shared,
+                Traffic::Writes,
+                writes,
+                target,
+                cause(&shared, &health, manual, writes),
+            );
+        }
+        let reads = *shared.reads.borrow();
+        if reads == target {
+            pending_reads = None;
+            continue;
+        }
+        // Leaving a region that is lost (or an operator's order) cannot wait; failing back can, so
+        // MirrorMaker 2 copies what was written meanwhile and checkpoints the groups first.
+        let urgent = manual.is_some() || !health[reads].usable();
+        let due = match pending_reads {
+            Some((pending, due)) if pending == target => due,
+            _ => {
+                let due = Instant::now() + shared.config.fail_back_consumer_delay;
+                pending_reads = Some((target, due));
+                due
+            }
+        };
+        if urgent || Instant::now() >= due {
+            switch(
+                &shared,
+                Traffic::Reads,
+                reads,
+                target,
+                cause(&shared, &health, manual, reads),
+            );
+            pending_reads = None;
+        }
+    }
+}
+
+/// Why traffic leaves region `from`.
+fn cause(shared: &Shared, health: &[RegionHealth], manual: Option<usize>, from: usize) -> String {
+    let from_region = &shared.regions[from];
+    if let Some(index) = manual {
+        return format!(
+            "an operator pinned traffic to {}",
+            shared.regions[index].name
+        );
+    }
+    if health[from].usable() {
+        let preferred = &shared.regions[0];
+        format!(
+            "{} is HEALTHY again for the hold-down of {:?}",
+            preferred.name, shared.config.hold_down
+        )
+    } else {
+        format!(
+            "{} is {}: {}",
+            from_region.name,
+            health[from],
+            lock(&from_region.cause)
+        )
+    }
+}
+
+fn switch(shared: &Shared, traffic: Traffic, from: usize, to: usize, cause: String) {
+    let record = Switch {
+        at_ms: now_ms(),
+        traffic,
+        from: shared.regions[from].name.clone(),
+        to: shared.regions[to].name.clone(),
+        cause,
+    };
+    tracing::warn!(traffic = traffic.as_str(), from = %record.from, to = %record.to, cause = %record.cause, "region switch");
+    metrics::counter!(names::REGION_TRAFFIC_SWITCHES, "traffic" => traffic.as_str(), "to" => record.to.clone())
+        .increment(1);
+    shared.switches.fetch_add(1, Ordering::Relaxed);
+    *lock(&shared.last_switch) = Some(record);
+    match traffic {
+        Traffic::Writes => shared.writes.send_replace(to),
+        Traffic::Reads => shared.reads.send_replace(to),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RegionHealth::*;
+
+    #[test]
+    fn traffic_goes_to_the_first_usable_region() {
+        assert_eq!(choose(&[Healthy, Healthy], None, 1), 0);
+        assert_eq!(choose(&[Suspect, Healthy], None, 0), 0);
+        assert_eq!(choose(&[Down, Healthy], None, 0), 1);
+        assert_eq!(choose(&[Recovering, Suspect], None, 1), 1);
+        assert_eq!(choose(&[Down, Down], None, 1), 1);
+        assert_eq!(choose(&[Healthy, Down], Some(1), 0), 1);
+    }
+}

@@ -1,0 +1,404 @@
+//! Subscriptions through the router. A subscription reads, in the read region, the topics asked for
+//! and their mirrors from the other regions; a consumer group first takes the positions MirrorMaker
+//! 2's checkpoints translated. When reads move to another region, the subscription there replaces the
+//! one here: the front end sees its partitions revoked and new ones assigned, as in a rebalance.
+//!
+//! Acknowledgements are routed by delivery: a record delivered by one region's subscription is
+//! acknowledged to that one, even when a record of the same topic, partition and offset has been
+//! delivered since from another region (offsets of `T` in two clusters are unrelated).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{Shared, lock, translate};
+use crate::{
+    Result,
+    log::{
+        AckOutcome, Log, Position, SubscribeOptions, Subscription, SubscriptionControl,
+        SubscriptionEvent, TopicPartition, TopicSelector,
+    },
+};
+
+/// Pause before subscribing again after a region's subscription failed or ended on its own.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
+/// How long a replaced subscription may take to commit and leave (its region may be gone).
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Replaced subscriptions whose deliveries are still remembered for acks.
+const RETIRED_KEPT: usize = 8;
+
+/// Starts a subscription in the read region. Errors of the first attempt (a bad topic name, a missing
+/// topic without auto-creation) are the caller's.
+pub(super) async fn subscribe(
+    shared: &Arc<Shared>,
+    options: SubscribeOptions,
+) -> Result<Subscription> {
+    let mut reads = shared.reads.subscribe();
+    let region = *reads.borrow_and_update();
+    let first = open(shared, region, &options, false).await?;
+    let control = Arc::new(RoutedControl::new(first.control));
+    let (events, outer) = mpsc::unbounded_channel();
+    let forward = Forward {
+        shared: shared.clone(),
+        options,
+        region,
+        reads,
+        events,
+        control: control.clone(),
+        assigned: BTreeSet::new(),
+        last_timestamp: None,
+    };
+    shared.tasks.spawn(forward.run(first.events));
+    Ok(Subscription {
+        events: outer,
+        control,
+    })
+}
+
+/// Subscribes in `region`: the topics and their mirrors there, a group at its translated positions.
+async fn open(
+    shared: &Shared,
+    region: usize,
+    options: &SubscribeOptions,
+    after_switch: bool,
+) -> Result<Subscription> {
+    let kafka = &shared.regions[region].kafka;
+    let others: Vec<&str> = shared
+        .regions
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != region)
+        .map(|(_, other)| other.name.as_str())
+        .collect();
+    let existing: Vec<String> = match &options.topics {
+        TopicSelector::Names(_) => kafka
+            .list_topics()
+            .await?
+            .into_iter()
+            .map(|topic| topic.name)
+            .collect(),
+        TopicSelector::Pattern(_) => Vec::new(),
+    };
+    let topics = shared.policy.expand(&options.topics, &others, &existing);
+    if let Some(group) = &options.group {
+        let mut translated =
+            translate::checkpointed_offsets(kafka, &shared.policy, &others, group, &topics).await?;
+        if after_switch && let TopicSelector::Names(names) = &topics {
+            let mirrors: Vec<String> = names
+                .iter()
+                .filter(|name| !options.topics.matches(name))
+                .cloned()
+                .collect();
+            translate::start_mirrors_at_earliest(kafka, &mirrors, &mut translated).await?;
+        }
+        let moved = translate::apply(kafka, group, translated).await?;
+        if moved > 0 {
+            tracing::info!(group, region = %shared.regions[region].name, partitions = moved, "group positions translated from checkpoints");
+        }
+    }
+    kafka
+        .subscribe(SubscribeOptions {
+            topics,
+            ..options.clone()
+        })
+        .await
+}
+
+/// The task between one region's subscription and the front end.
+struct Forward {
+    shared: Arc<Shared>,
+    options: SubscribeOptions,
+    region: usize,
+    reads: watch::Receiver<usize>,
+    events: mpsc::UnboundedSender<SubscriptionEvent>,
+    control: Arc<RoutedControl>,
+    assigned: BTreeSet<TopicPartition>,
+    /// The newest record timestamp delivered: where a plain reader resumes in another region.
+    last_timestamp: Option<i64>,
+}
+
+impl Forward {
+    async fn run(mut self, mut inner: mpsc::UnboundedReceiver<SubscriptionEvent>) {
+        loop {
+            let resubscribe = tokio::select! {
+                () = self.control.closed.cancelled() => return,
+                changed = self.reads.changed() => match changed {
+                    Ok(()) => *self.reads.borrow_and_update() != self.region,
+                    Err(_) => return,
+                },
+                event = inner.recv() => match event {
+                    Some(event) => {
+                        if !self.forward(event) {
+                            self.control.close_current().await;
+                            return;
+                        }
+                        false
+                    }
+                    // The region's subscription ended on its own (its cluster failed it): start over.
+                    None => {
+                        tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+                        true
+                    }
+                },
+            };
+            if resubscribe {
+                match self.move_on().await {
+                    Some(next) => inner = next,
+                    None => return,
+                }
+            }
+        }
+    }
+
+    /// Passes one event on, noting what it says; false once the front end is gone.
+    fn forward(&mut self, event: SubscriptionEvent) -> bool {
+        match &event {
+            SubscriptionEvent::Assigned(partitions) => {
+                self.assigned.extend(partitions.iter().cloned());
+            }
+            SubscriptionEvent::Revoked(partitions) => {
+                for partition in partitions {
+                    self.assigned.remove(partition);
+                }
+            }
+            SubscriptionEvent::Records(records) => {
+                self.control
+                    .delivered(records.iter().map(|r| (r.topic_partition(), r.offset)));
+                if let Some(newest) = records.iter().map(|r| r.timestamp_ms).max() {
+                    self.last_timestamp =
+                        Some(self.last_timestamp.map_or(newest, |t| t.max(newest)));
+                }
+            }
+        }
+        self.events.send(event).is_ok()
+    }
+
+    /// Retires this region's subscription and subscribes in the read region, retrying until it works
+    /// or the subscription is closed.
+    async fn move_on(&mut self) -> Option<mpsc::UnboundedReceiver<SubscriptionEvent>> {
+        let revoked: Vec<TopicPartition> = std::mem::take(&mut self.assigned).into_iter().collect();
+        if !revoked.is_empty()
+            && self
+                .events
+                .send(SubscriptionEvent::Revoked(revoked))
+                .is_err()
+        {
+            self.control.close_current().await;
+            return None;
+        }
+        self.control.retire_current(&self.shared);
+        // A plain reader resumes at the time it had reached: records are copied between regions with
+        // their timestamps, offsets are not.
+        let mut options = self.options.clone();
+        if options.group.is_none()
+            && let Some(timestamp) = self.last_timestamp
+        {
+            options.start = Position::Timestamp(timestamp);
+        }
+        loop {
+            let region = *self.reads.borrow_and_update();
+            let name = &self.shared.regions[region].name;
+            match open(&self.shared, region, &options, true).await {
+                Ok(subscription) => {
+                    tracing::info!(region = %name, group = ?self.options.group, client = %self.options.client, "subscription moved to another region");
+                    self.region = region;
+                    if !self.control.install(subscription.control) {
+                        return None;
+                    }
+                    return Some(subscription.events);
+                }
+                Err(error) => {
+                    tracing::warn!(region = %name, %error, "subscribing in the read region failed; retrying");
+                    tokio::select! {
+                        () = self.control.closed.cancelled() => return None,
+                        _ = self.reads.changed() => {}
+                        () = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One region's subscription control and what it delivered that is not acknowledged yet.
+#[derive(Debug)]
+struct Generation {
+    control: Option<Arc<dyn SubscriptionControl>>,
+    delivered: HashMap<TopicPartition, BTreeSet<i64>>,
+}
+
+impl Generation {
+    fn new(control: Arc<dyn SubscriptionControl>) -> Self {
+        Self {
+            control: Some(control),
+            delivered: HashMap::new(),
+        }
+    }
+
+    /// Takes a delivery off the books; true when it was on them.
+    fn take(&mut self, partition: &TopicPartition, offset: i64) -> bool {
+        let Some(offsets) = self.delivered.get_mut(partition) else {
+            return false;
+        };
+        let taken = offsets.remove(&offset);
+        if offsets.is_empty() {
+            self.delivered.remove(partition);
+        }
+        taken
+    }
+}
+
+#[derive(Debug)]
+struct Generations {
+    current: Generation,
+    /// Replaced ones, oldest first.
+    retired: Vec<Generation>,
+}
+
+/// The control the front end holds: acks go to the region subscription that delivered the record.
+#[derive(Debug)]
+struct RoutedControl {
+    generations: Mutex<Generations>,
+    closed: CancellationToken,
+}
+
+impl RoutedControl {
+    fn new(control: Arc<dyn SubscriptionControl>) -> Self {
+        Self {
+            generations: Mutex::new(Generations {
+                current: Generation::new(control),
+                retired: Vec::new(),
+            }),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<dyn SubscriptionControl>> {
+        lock(&self.generations).current.control.clone()
+    }
+
+    fn delivered(&self, records: impl Iterator<Item = (TopicPartition, i64)>) {
+        let mut generations = lock(&self.generations);
+        for (partition, offset) in records {
+            generations
+                .current
+                .delivered
+                .entry(partition)
+                .or_default()
+                .insert(offset);
+        }
+    }
+
+    /// Moves the current subscription to the retired ones and closes it in the background (it commits
+    /// what was acknowledged, if its region still answers).
+    fn retire_current(&self, shared: &Shared) {
+        let control = {
+            let mut generations = lock(&self.generations);
+            let control = generations.current.control.take();
+            let delivered = std::mem::take(&mut generations.current.delivered);
+            generations.retired.push(Generation {
+                control: control.clone(),
+                delivered,
+            });
+            if generations.retired.len() > RETIRED_KEPT {
+                generations.retired.remove(0);
+            }
+            control
+        };
+        if let Some(control) = control {
+            shared.tasks.spawn(async move {
+                match tokio::time::timeout(RETIRE_TIMEOUT, control.close()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::warn!(%error, "closing a subscription in the region left behind failed; its unacknowledged records will be delivered again"),
+                    Err(_) => tracing::warn!("closing a subscription in the region left behind timed out"),
+                }
+            });
+        }
+    }
+
+    /// Makes `control` current; false (and closes it) when the subscription was closed meanwhile.
+    fn install(&self, control: Arc<dyn SubscriptionControl>) -> bool {
+        if self.closed.is_cancelled() {
+            tokio::spawn(async move { control.close().await });
+            return false;
+        }
+        lock(&self.generations).current = Generation::new(control);
+        true
+    }
+
+    async fn close_current(&self) {
+        if let Some(control) = self.current()
+            && let Err(error) = control.close().await
+        {
+            tracing::warn!(%error, "closing a region's subscription failed");
+        }
+    }
+}
+
+#[async_trait]
+impl SubscriptionControl for RoutedControl {
+    fn ack(&self, partition: &TopicPartition, offset: i64) -> AckOutcome {
+        let control = {
+            let mut generations = lock(&self.generations);
+            // The oldest delivery of this record first: clients ack in the order they received.
+            let retired = generations.retired.iter_mut().find_map(|generation| {
+                generation
+                    .take(partition, offset)
+                    .then(|| generation.control.clone())
+            });
+            generations
+                .retired
+                .retain(|generation| !generation.delivered.is_empty());
+            match retired {
+                Some(control) => control,
+                None if generations.current.take(partition, offset) => {
+                    generations.current.control.clone()
+                }
+                None => return AckOutcome::Ignored,
+            }
+        };
+        control.map_or(AckOutcome::Ignored, |control| {
+            control.ack(partition, offset)
+        })
+    }
+
+    async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()> {
+        let control = {
+            let mut generations = lock(&self.generations);
+            generations.current.delivered.remove(partition);
+            generations.current.control.clone()
+        };
+        match control {
+            Some(control) => control.seek(partition, position).await,
+            None => Err(crate::Error::RegionUnavailable {
+                region: "read".into(),
+                reason: "the subscription is moving to another region; seek again".into(),
+            }),
+        }
+    }
+
+    fn outstanding(&self) -> usize {
+        self.current().map_or(0, |control| control.outstanding())
+    }
+
+    async fn commit(&self) -> Result<()> {
+        match self.current() {
+            Some(control) => control.commit().await,
+            None => Ok(()),
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.cancel();
+        match self.current() {
+            Some(control) => control.close().await,
+            None => Ok(()),
+        }
+    }
+}
