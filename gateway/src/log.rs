@@ -129,6 +129,13 @@ pub trait SubscriptionControl: Send + Sync + fmt::Debug {
 
     /// Commits and leaves the group; the event stream ends. Idempotent.
     async fn close(&self) -> Result<()>;
+
+    /// Leaves without committing anything more: the region router gives up a subscription this way
+    /// when its cluster was lost, so a late commit cannot land in whatever cluster answers at that
+    /// address later (a rebuilt one would take positions that mean nothing there).
+    async fn abandon(&self) -> Result<()> {
+        self.close().await
+    }
 }
 
 /// A live subscription: events to forward to the client, and the control to ack with.

@@ -47,6 +47,9 @@ use crate::{
     },
 };
 
+/// Longest the old clients of a lost region may take to close (their cluster may not answer).
+const OLD_CLIENTS_CLOSE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The region router. Cheap to clone.
 #[derive(Clone)]
 pub struct Regions {
@@ -85,7 +88,11 @@ struct Shared {
 /// One region: its cluster and what the probes found.
 struct Region {
     name: String,
-    kafka: Kafka,
+    /// The clients of the region's cluster; rebuilt when the region is lost (see [`Region::rebuild`]).
+    clients: std::sync::RwLock<Kafka>,
+    config: crate::config::KafkaConfig,
+    topics: TopicsConfig,
+    groups: GroupsConfig,
     health: Mutex<HealthMachine>,
     /// Why the region is in its state (the failure, or the recovery).
     cause: Mutex<String>,
@@ -183,7 +190,15 @@ impl Regions {
                 continue;
             };
             regions.push(Region {
-                kafka: Kafka::open(kafka_config, topics.clone(), groups.clone(), &name)?,
+                clients: std::sync::RwLock::new(Kafka::open(
+                    kafka_config,
+                    topics.clone(),
+                    groups.clone(),
+                    &name,
+                )?),
+                config: kafka_config.clone(),
+                topics: topics.clone(),
+                groups: groups.clone(),
                 health: Mutex::new(HealthMachine::new(config.down_after, config.hold_down, now)),
                 cause: Mutex::new("not probed yet".into()),
                 last_reported_failure: Mutex::new(None),
@@ -285,6 +300,50 @@ fn preference_order(config: &RegionsConfig, local: &str) -> Result<Vec<String>> 
     Ok(seen)
 }
 
+impl Region {
+    /// The region's clients now.
+    fn kafka(&self) -> Kafka {
+        self.clients
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the clients of a lost region with new ones, and closes the old ones in the background.
+    /// A cluster that comes back may be a different one (rebuilt, restored): clients that carried its
+    /// old metadata (topic ids), producer ids and group generations into it could misbehave, and
+    /// librdkafka has crashed on such metadata. Unacknowledged records of the old producer fail and
+    /// are resent where writes went.
+    fn rebuild(&self, tasks: &TaskTracker) {
+        let fresh = match Kafka::open(
+            &self.config,
+            self.topics.clone(),
+            self.groups.clone(),
+            &self.name,
+        ) {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::error!(region = %self.name, %error, "could not make new clients for a lost region; keeping the old ones");
+                return;
+            }
+        };
+        let old = std::mem::replace(
+            &mut *self.clients.write().unwrap_or_else(PoisonError::into_inner),
+            fresh,
+        );
+        let name = self.name.clone();
+        tasks.spawn(async move {
+            match tokio::time::timeout(OLD_CLIENTS_CLOSE, old.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(region = %name, %error, "closing the clients of a lost region");
+                }
+                Err(_) => tracing::warn!(region = %name, "the clients of a lost region did not close in time"),
+            }
+        });
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -365,41 +424,44 @@ impl Log for Regions {
         limits: FetchLimits,
     ) -> Result<Fetched> {
         self.read_region()
-            .kafka
+            .kafka()
             .fetch(partition, offset, limits)
             .await
     }
 
     async fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
-        self.read_region().kafka.resolve(partition, position).await
+        self.read_region()
+            .kafka()
+            .resolve(partition, position)
+            .await
     }
 
     async fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
-        self.read_region().kafka.commit(group, offsets).await
+        self.read_region().kafka().commit(group, offsets).await
     }
 
     async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
-        self.write_region().kafka.create_topic(spec).await
+        self.write_region().kafka().create_topic(spec).await
     }
 
     async fn delete_topic(&self, topic: &str) -> Result<()> {
-        self.write_region().kafka.delete_topic(topic).await
+        self.write_region().kafka().delete_topic(topic).await
     }
 
     async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
-        self.read_region().kafka.list_topics().await
+        self.read_region().kafka().list_topics().await
     }
 
     async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
-        self.read_region().kafka.describe_topic(topic).await
+        self.read_region().kafka().describe_topic(topic).await
     }
 
     async fn list_groups(&self) -> Result<Vec<String>> {
-        self.read_region().kafka.list_groups().await
+        self.read_region().kafka().list_groups().await
     }
 
     async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
-        self.read_region().kafka.describe_group(group).await
+        self.read_region().kafka().describe_group(group).await
     }
 
     async fn close(&self) -> Result<()> {
@@ -408,7 +470,7 @@ impl Log for Regions {
         self.shared.tasks.wait().await;
         let mut first_error = None;
         for region in &self.shared.regions {
-            if let Err(error) = region.kafka.close().await {
+            if let Err(error) = region.kafka().close().await {
                 tracing::warn!(region = %region.name, %error, "closing a region's clients failed");
                 first_error.get_or_insert(error);
             }

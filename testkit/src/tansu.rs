@@ -40,12 +40,25 @@ pub struct Tansu {
 impl Tansu {
     /// Starts a broker and waits until it accepts connections.
     pub fn start() -> Result<Self, TansuError> {
-        let binary = find_binary()?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .map_err(|e| TansuError(format!("finding a free port: {e}")))?
             .port();
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Kills the broker and starts a new one on the same address: a region coming back. Storage is in
+    /// memory, so it comes back empty, as a cluster rebuilt from nothing would.
+    pub fn restart(&mut self) -> Result<(), TansuError> {
+        self.kill();
+        // The old process is dead already; dropping its handle only reaps it again.
+        *self = Self::start_on(self.address)?;
+        Ok(())
+    }
+
+    fn start_on(address: SocketAddr) -> Result<Self, TansuError> {
+        let binary = find_binary()?;
+        let port = address.port();
         let url = format!("tcp://{address}");
         let log_file = std::env::temp_dir().join(format!("courier-tansu-{port}.log"));
         let log = std::fs::File::create(&log_file)
@@ -105,8 +118,15 @@ impl Tansu {
         &self.log_file
     }
 
-    /// Kills the broker now (a "region" going away).
+    /// Kills the broker now (a "region" going away). `timeout` leads a process group of its own with
+    /// the broker in it; killing only `timeout` would leave the broker running, so the group goes.
     pub fn kill(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)] // each test file uses what it needs
 
+pub mod replicator;
+
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -72,6 +74,17 @@ impl Gateway {
         )
         .map_err(|e| format!("writing {}: {e}", config.display()))?;
         Self::start_with(work_dir, &["--config".into(), config.into_os_string()], env)
+    }
+
+    /// Starts a gateway with this config file text; `work_dir` names its config and log files.
+    pub fn start_with_config(
+        work_dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        let file = work_dir.with_extension("toml");
+        std::fs::write(&file, config).map_err(|e| format!("writing {}: {e}", file.display()))?;
+        Self::start_with(work_dir, &["--config".into(), file.into_os_string()], env)
     }
 
     fn start_with(

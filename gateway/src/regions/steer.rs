@@ -37,7 +37,7 @@ async fn probe_region(shared: Arc<Shared>, index: usize) {
             _ = interval.tick() => {}
         }
         let outcome = region
-            .kafka
+            .kafka()
             .probe(&shared.config.canary_topic, shared.config.probe_timeout)
             .await;
         let cause = match &outcome {
@@ -59,9 +59,9 @@ pub(super) fn observe(shared: &Shared, index: usize, answered: bool, cause: Stri
             .map(|after| (before, after))
     };
     let Some((before, after)) = changed else {
-        // A failure's reason is worth showing while the state stands; "probes answer" is not, so a
-        // DOWN or RECOVERING region's cause keeps saying what happened.
-        if !answered {
+        // A failure's reason is worth showing while the state stands, and so is a healthy region's
+        // latest answer; but a DOWN or RECOVERING region's cause keeps saying what happened.
+        if !answered || shared.health(index).usable() {
             *lock(&region.cause) = cause;
         }
         return;
@@ -70,9 +70,11 @@ pub(super) fn observe(shared: &Shared, index: usize, answered: bool, cause: Stri
     metrics::gauge!(names::REGION_UP, "region" => region.name.clone())
         .set(f64::from(u8::from(after.usable())));
     metrics::counter!(names::REGION_SWITCHES, "region" => region.name.clone()).increment(1);
-    if after == RegionHealth::Recovering {
+    match after {
+        RegionHealth::Down => region.rebuild(&shared.tasks),
         // A cluster that was lost may come back with other topics (or none): read metadata afresh.
-        region.kafka.forget_cached_metadata();
+        RegionHealth::Recovering => region.kafka().forget_cached_metadata(),
+        RegionHealth::Healthy | RegionHealth::Suspect => {}
     }
     if after.usable() {
         tracing::info!(region = %region.name, from = %before, to = %after, %cause, "region health changed");

@@ -68,7 +68,7 @@ async fn open(
     options: &SubscribeOptions,
     after_switch: bool,
 ) -> Result<Subscription> {
-    let kafka = &shared.regions[region].kafka;
+    let kafka = &shared.regions[region].kafka();
     let others: Vec<&str> = shared
         .regions
         .iter()
@@ -192,7 +192,8 @@ impl Forward {
             self.control.close_current().await;
             return None;
         }
-        self.control.retire_current(&self.shared);
+        let lost = !self.shared.health(self.region).usable();
+        self.control.retire_current(&self.shared, lost);
         // A plain reader resumes at the time it had reached: records are copied between regions with
         // their timestamps, offsets are not.
         let mut options = self.options.clone();
@@ -295,9 +296,10 @@ impl RoutedControl {
         }
     }
 
-    /// Moves the current subscription to the retired ones and closes it in the background (it commits
-    /// what was acknowledged, if its region still answers).
-    fn retire_current(&self, shared: &Shared) {
+    /// Moves the current subscription to the retired ones and closes it in the background: it commits
+    /// what was acknowledged when its region still answers, and is abandoned without a commit when its
+    /// region was `lost` (the groups' positions there come back through MirrorMaker 2's checkpoints).
+    fn retire_current(&self, shared: &Shared, lost: bool) {
         let control = {
             let mut generations = lock(&self.generations);
             let control = generations.current.control.take();
@@ -313,7 +315,14 @@ impl RoutedControl {
         };
         if let Some(control) = control {
             shared.tasks.spawn(async move {
-                match tokio::time::timeout(RETIRE_TIMEOUT, control.close()).await {
+                let leaving = async {
+                    if lost {
+                        control.abandon().await
+                    } else {
+                        control.close().await
+                    }
+                };
+                match tokio::time::timeout(RETIRE_TIMEOUT, leaving).await {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => tracing::warn!(%error, "closing a subscription in the region left behind failed; its unacknowledged records will be delivered again"),
                     Err(_) => tracing::warn!("closing a subscription in the region left behind timed out"),

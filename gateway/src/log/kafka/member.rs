@@ -124,6 +124,9 @@ struct MemberState {
     /// Partitions revoked inside a poll, for the task to purge from its buffer.
     revoked: Mutex<Vec<TopicPartition>>,
     paused: std::sync::atomic::AtomicBool,
+    /// Set when the subscriber gave the member up without committing (its cluster was lost): no
+    /// commit of this member may reach whatever cluster answers at that address later.
+    abandoned: std::sync::atomic::AtomicBool,
     events: mpsc::UnboundedSender<SubscriptionEvent>,
 }
 
@@ -187,6 +190,7 @@ impl MemberState {
         consumer: &impl Consumer<MemberContext>,
         starts: Vec<(TopicPartition, Option<i64>)>,
     ) {
+        tracing::debug!(group = ?self.group, ?starts, "partitions assigned");
         let mut list = TopicPartitionList::new();
         for (partition, offset) in &starts {
             // Without an offset (the lookup failed), librdkafka's reset policy (earliest) decides.
@@ -238,7 +242,10 @@ impl MemberState {
         }
         let forgotten: usize = released.iter().map(|(_, s)| s.tracker.outstanding()).sum();
         self.outstanding.fetch_sub(forgotten, Ordering::AcqRel);
-        if self.group.is_some() && !consumer.assignment_lost() {
+        if self.group.is_some()
+            && !consumer.assignment_lost()
+            && !self.abandoned.load(Ordering::Acquire)
+        {
             let offsets: Vec<(TopicPartition, i64)> = released
                 .iter()
                 .filter_map(|(p, s)| Some((p.clone(), s.commit_due()?)))
@@ -258,8 +265,12 @@ impl MemberState {
         let _ = self.events.send(SubscriptionEvent::Revoked(partitions));
     }
 
-    /// The acknowledged prefix of every held partition that moved since the last commit.
+    /// The acknowledged prefix of every held partition that moved since the last commit; nothing once
+    /// the member was abandoned.
     fn commit_due(&self) -> Vec<(TopicPartition, i64)> {
+        if self.abandoned.load(Ordering::Acquire) {
+            return Vec::new();
+        }
         self.held()
             .iter()
             .filter_map(|(p, s)| Some((p.clone(), s.commit_due()?)))
@@ -409,6 +420,11 @@ impl SubscriptionControl for MemberControl {
         self.request(|reply| Command::Commit { reply }).await
     }
 
+    async fn abandon(&self) -> Result<()> {
+        self.state.abandoned.store(true, Ordering::Release);
+        self.close().await
+    }
+
     async fn close(&self) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         if self.commands.send(Command::Close { reply }).is_ok() {
@@ -433,6 +449,7 @@ pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Su
         acked: Notify::new(),
         revoked: Mutex::new(Vec::new()),
         paused: std::sync::atomic::AtomicBool::new(false),
+        abandoned: std::sync::atomic::AtomicBool::new(false),
         events: events_tx,
     });
     let client_id = codec::subscriber_client_id(options.protocol, &options.client);

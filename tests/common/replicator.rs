@@ -1,0 +1,384 @@
+//! A test replicator standing in for MirrorMaker 2 between two regions (tansu processes): it copies
+//! topic `T` of the source region into `<source>.T` of the target region (same partition, key, value,
+//! headers and timestamp) and writes the source's consumer group positions, translated, to
+//! `<source>.checkpoints.internal` in the target region in MirrorMaker 2's exact binary format, so the
+//! gateway is tested against the records MirrorMaker 2 writes. Written from MirrorMaker 2's
+//! `Checkpoint` layout, independently of the gateway's decoder.
+//!
+//! It runs on a thread of its own, survives either region going away and coming back (a source that
+//! comes back empty is copied again from its start), and records the `courier-id` of every record it
+//! copied, so a test can tell "lost in the replication lag" from "lost by the gateway".
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    message::{Header, Headers, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord, Producer},
+};
+
+/// Each region's request timeout: short, so a dead region slows a round by this much only.
+const TIMEOUT: Duration = Duration::from_millis(500);
+/// Pause between rounds.
+const ROUND: Duration = Duration::from_millis(100);
+/// How often checkpoints are written (MirrorMaker 2's `emit.checkpoints.interval.seconds`).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// One direction of replication, running until dropped.
+pub struct Replicator {
+    stop: Arc<AtomicBool>,
+    copied: Arc<Mutex<HashSet<String>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Replicator {
+    /// Copies `topics` from `source` (region `source_name`) to `target`, and checkpoints `groups`.
+    pub fn start(
+        source_name: &str,
+        source: &str,
+        target: &str,
+        topics: &[&str],
+        groups: &[&str],
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let copied = Arc::new(Mutex::new(HashSet::new()));
+        let mut state = State {
+            source_name: source_name.to_owned(),
+            source: source.to_owned(),
+            target: target.to_owned(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            next: HashMap::new(),
+            offsets: HashMap::new(),
+            written_checkpoints: HashMap::new(),
+            copied: copied.clone(),
+        };
+        let stop_flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let Ok(mut clients) = Clients::new(&state.source, &state.target, &state.groups) else {
+                return;
+            };
+            let mut last_checkpoint = std::time::Instant::now();
+            while !stop_flag.load(Ordering::Relaxed) {
+                if !runtime.block_on(state.copy_round(&clients)) {
+                    // A region went away. New clients, so none carries the old cluster's metadata
+                    // (topic ids) into the one that comes back: librdkafka has crashed on that. The
+                    // old ones close on a thread of their own, as their brokers may not answer.
+                    if let Ok(fresh) = Clients::new(&state.source, &state.target, &state.groups) {
+                        let old = std::mem::replace(&mut clients, fresh);
+                        std::thread::spawn(move || drop(old));
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                    runtime.block_on(state.checkpoint_round(&clients));
+                    last_checkpoint = std::time::Instant::now();
+                }
+                std::thread::sleep(ROUND);
+            }
+        });
+        Self {
+            stop,
+            copied,
+            thread: Some(thread),
+        }
+    }
+
+    /// The `courier-id`s of every record copied so far.
+    pub fn copied_ids(&self) -> HashSet<String> {
+        self.copied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Clients {
+    reader: BaseConsumer,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// One client per group, on the source, only to read the group's committed offsets.
+    groups: Vec<(String, BaseConsumer)>,
+}
+
+impl Clients {
+    fn new(
+        source: &str,
+        target: &str,
+        groups: &[String],
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let consumer = |group: &str| {
+            ClientConfig::new()
+                .set("bootstrap.servers", source)
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .set("allow.auto.create.topics", "false")
+                .set("socket.timeout.ms", "1000")
+                .create::<BaseConsumer>()
+        };
+        let mut target_config = ClientConfig::new();
+        target_config
+            .set("bootstrap.servers", target)
+            .set("allow.auto.create.topics", "false")
+            .set("message.timeout.ms", "2000")
+            .set("socket.timeout.ms", "1000")
+            // tansu 0.6.0 reads a batch from its first record only (see gateway/tests/kafka.rs).
+            .set("batch.num.messages", "1");
+        Ok(Self {
+            reader: consumer("courier-test-replicator")?,
+            producer: target_config.create()?,
+            admin: target_config.create()?,
+            groups: groups
+                .iter()
+                .map(|group| Ok((group.clone(), consumer(group)?)))
+                .collect::<Result<_, rdkafka::error::KafkaError>>()?,
+        })
+    }
+}
+
+struct State {
+    source_name: String,
+    source: String,
+    target: String,
+    topics: Vec<String>,
+    groups: Vec<String>,
+    /// Next source offset to copy, by (topic, partition).
+    next: HashMap<(String, i32), i64>,
+    /// Source offset -> target offset of every copied record, by (topic, partition).
+    offsets: HashMap<(String, i32), BTreeMap<i64, i64>>,
+    /// The last checkpoint written, by (group, topic, partition).
+    written_checkpoints: HashMap<(String, String, i32), i64>,
+    copied: Arc<Mutex<HashSet<String>>>,
+}
+
+impl State {
+    fn remote(&self, topic: &str) -> String {
+        format!("{}.{topic}", self.source_name)
+    }
+
+    /// Copies what is new; false when either region did not answer.
+    async fn copy_round(&mut self, clients: &Clients) -> bool {
+        let mut answered = true;
+        for topic in self.topics.clone() {
+            let Some(partitions) = partition_count(&clients.reader, &topic) else {
+                answered &= source_answers(&clients.reader);
+                continue;
+            };
+            if !ensure_topic(clients, &self.remote(&topic), partitions).await {
+                answered = false;
+                continue;
+            }
+            for partition in 0..partitions {
+                self.copy_partition(clients, &topic, partition).await;
+            }
+        }
+        answered
+    }
+
+    async fn copy_partition(&mut self, clients: &Clients, topic: &str, partition: i32) {
+        let key = (topic.to_owned(), partition);
+        let Ok((_, high)) = clients.reader.fetch_watermarks(topic, partition, TIMEOUT) else {
+            return;
+        };
+        let mut next = self.next.get(&key).copied().unwrap_or(0);
+        if high < next {
+            // The source came back empty: a new log, copied from its start.
+            next = 0;
+            self.offsets.remove(&key);
+        }
+        if next >= high {
+            self.next.insert(key, next);
+            return;
+        }
+        let mut assignment = TopicPartitionList::new();
+        if assignment
+            .add_partition_offset(topic, partition, Offset::Offset(next))
+            .is_err()
+            || clients.reader.assign(&assignment).is_err()
+        {
+            return;
+        }
+        let remote = self.remote(topic);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while next < high && std::time::Instant::now() < deadline {
+            let Some(Ok(message)) = clients.reader.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            if message.offset() < next {
+                continue;
+            }
+            let mut headers = OwnedHeaders::new();
+            let mut courier_id = None;
+            if let Some(source_headers) = message.headers() {
+                for header in source_headers.iter() {
+                    if header.key == "courier-id" {
+                        courier_id = header
+                            .value
+                            .map(|v| String::from_utf8_lossy(v).into_owned());
+                    }
+                    headers = headers.insert(Header {
+                        key: header.key,
+                        value: header.value,
+                    });
+                }
+            }
+            let mut record = FutureRecord::<[u8], [u8]>::to(&remote)
+                .partition(partition)
+                .headers(headers);
+            if let Some(timestamp) = message.timestamp().to_millis() {
+                record = record.timestamp(timestamp);
+            }
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            if let Some(payload) = message.payload() {
+                record = record.payload(payload);
+            }
+            let Ok(delivered) = clients.producer.send(record, TIMEOUT).await else {
+                // The target is away: copy this record again next round.
+                break;
+            };
+            self.offsets
+                .entry(key.clone())
+                .or_default()
+                .insert(message.offset(), delivered.offset);
+            if let Some(id) = courier_id {
+                self.copied
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id);
+            }
+            next = message.offset() + 1;
+        }
+        self.next.insert(key, next);
+    }
+
+    async fn checkpoint_round(&mut self, clients: &Clients) {
+        let checkpoints_topic = format!("{}.checkpoints.internal", self.source_name);
+        if !ensure_topic(clients, &checkpoints_topic, 1).await {
+            return;
+        }
+        for (group, consumer) in &clients.groups {
+            let mut wanted = TopicPartitionList::new();
+            for (topic, partition) in self.offsets.keys() {
+                wanted.add_partition(topic, *partition);
+            }
+            let Ok(committed) = consumer.committed_offsets(wanted, TIMEOUT) else {
+                continue;
+            };
+            for element in committed.elements() {
+                let Offset::Offset(upstream) = element.offset() else {
+                    continue;
+                };
+                let key = (element.topic().to_owned(), element.partition());
+                let Some(downstream) = self.offsets.get(&key).and_then(|map| {
+                    map.range(..upstream)
+                        .next_back()
+                        .map(|(_, target)| target + 1)
+                }) else {
+                    continue;
+                };
+                let remote = self.remote(element.topic());
+                let written = (group.clone(), remote.clone(), element.partition());
+                if self.written_checkpoints.get(&written) == Some(&downstream) {
+                    continue;
+                }
+                let record_key = checkpoint_key(group, &remote, element.partition());
+                let record_value = checkpoint_value(upstream, downstream, "");
+                let record = FutureRecord::<[u8], [u8]>::to(&checkpoints_topic)
+                    .partition(0)
+                    .key(&record_key)
+                    .payload(&record_value);
+                if clients.producer.send(record, TIMEOUT).await.is_ok() {
+                    self.written_checkpoints.insert(written, downstream);
+                }
+            }
+        }
+    }
+}
+
+/// `Checkpoint.recordKey()`: group, topic (strings: int16 length, UTF-8), partition (int32).
+fn checkpoint_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for text in [group, topic] {
+        bytes.extend((text.len() as i16).to_be_bytes());
+        bytes.extend(text.as_bytes());
+    }
+    bytes.extend(partition.to_be_bytes());
+    bytes
+}
+
+/// `Checkpoint.recordValue()`: version header (int16 0), upstream offset, downstream offset (int64),
+/// metadata (string).
+fn checkpoint_value(upstream: i64, downstream: i64, metadata: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.extend(0_i16.to_be_bytes());
+    bytes.extend(upstream.to_be_bytes());
+    bytes.extend(downstream.to_be_bytes());
+    bytes.extend((metadata.len() as i16).to_be_bytes());
+    bytes.extend(metadata.as_bytes());
+    bytes
+}
+
+/// Whether the source answers a metadata request (a topic not created yet is no failure).
+fn source_answers(client: &BaseConsumer) -> bool {
+    client.fetch_metadata(None, TIMEOUT).is_ok()
+}
+
+fn partition_count(client: &BaseConsumer, topic: &str) -> Option<i32> {
+    let metadata = client.fetch_metadata(Some(topic), TIMEOUT).ok()?;
+    let topic = metadata.topics().first()?;
+    (topic.error().is_none() && !topic.partitions().is_empty())
+        .then(|| topic.partitions().len() as i32)
+}
+
+/// Creates `topic` in the target when missing; false when the target does not answer.
+async fn ensure_topic(clients: &Clients, topic: &str, partitions: i32) -> bool {
+    let Ok(metadata) = clients
+        .producer
+        .client()
+        .fetch_metadata(Some(topic), TIMEOUT)
+    else {
+        return false;
+    };
+    let exists = metadata
+        .topics()
+        .first()
+        .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty());
+    if exists {
+        return true;
+    }
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
+    clients
+        .admin
+        .create_topics([&new_topic], &options)
+        .await
+        .is_ok()
+}
