@@ -128,6 +128,11 @@ impl Forward {
         loop {
             let resubscribe = tokio::select! {
                 () = self.control.closed.cancelled() => return,
+                // The router is closing: commit what was acknowledged and end the front end's stream.
+                () = self.shared.closed.cancelled() => {
+                    self.control.close_current().await;
+                    return;
+                }
                 changed = self.reads.changed() => match changed {
                     Ok(()) => *self.reads.borrow_and_update() != self.region,
                     Err(_) => return,
@@ -218,6 +223,7 @@ impl Forward {
                     tracing::warn!(region = %name, %error, "subscribing in the read region failed; retrying");
                     tokio::select! {
                         () = self.control.closed.cancelled() => return None,
+                        () = self.shared.closed.cancelled() => return None,
                         _ = self.reads.changed() => {}
                         () = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
                     }
