@@ -68,7 +68,6 @@ impl fmt::Debug for Regions {
 struct Shared {
     /// In order of preference: the preferred region first, then the failover order.
     regions: Vec<Region>,
-    mode: RegionMode,
     config: RegionsConfig,
     policy: ReplicationPolicy,
     /// The region writes go to (an index into `regions`).
@@ -211,7 +210,6 @@ impl Regions {
         }
         let shared = Arc::new(Shared {
             regions,
-            mode: config.mode,
             policy: ReplicationPolicy::new(
                 config.replication_policy,
                 &config.replication_separator,
@@ -354,7 +352,7 @@ impl Shared {
     }
 
     fn mode_name(&self) -> &'static str {
-        match self.mode {
+        match self.config.mode {
             RegionMode::ActivePassive => "active-passive",
             RegionMode::ActiveActive => "active-active",
         }

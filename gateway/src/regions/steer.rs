@@ -51,17 +51,15 @@ async fn probe_region(shared: Arc<Shared>, index: usize) {
 /// Feeds one observation of region `index` to its health machine, and acts on a change.
 pub(super) fn observe(shared: &Shared, index: usize, answered: bool, cause: String) {
     let region = &shared.regions[index];
-    let changed = {
+    let (before, changed) = {
         let mut health = lock(&region.health);
         let before = health.state();
-        health
-            .observe(answered, Instant::now())
-            .map(|after| (before, after))
+        (before, health.observe(answered, Instant::now()))
     };
-    let Some((before, after)) = changed else {
+    let Some(after) = changed else {
         // A failure's reason is worth showing while the state stands, and so is a healthy region's
         // latest answer; but a DOWN or RECOVERING region's cause keeps saying what happened.
-        if !answered || shared.health(index).usable() {
+        if !answered || before.usable() {
             *lock(&region.cause) = cause;
         }
         return;

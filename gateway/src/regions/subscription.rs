@@ -86,7 +86,19 @@ async fn open(
         TopicSelector::Pattern(_) => Vec::new(),
     };
     let topics = shared.policy.expand(&options.topics, &others, &existing);
-    if let Some(group) = &options.group {
+    // A group with live members is left where they hold it (the first member to arrive translated
+    // its positions), so only a group without members reads the checkpoints.
+    let idle_group = match &options.group {
+        Some(group) => {
+            let description = kafka.describe_group(group).await?;
+            description
+                .members
+                .is_empty()
+                .then_some((group, description))
+        }
+        None => None,
+    };
+    if let Some((group, description)) = idle_group {
         let mut translated =
             translate::checkpointed_offsets(kafka, &shared.policy, &others, group, &topics).await?;
         if after_switch && let TopicSelector::Names(names) = &topics {
@@ -97,7 +109,7 @@ async fn open(
                 .collect();
             translate::start_mirrors_at_earliest(kafka, &mirrors, &mut translated).await?;
         }
-        let moved = translate::apply(kafka, group, translated).await?;
+        let moved = translate::apply(kafka, group, &description, translated).await?;
         if moved > 0 {
             tracing::info!(group, region = %shared.regions[region].name, partitions = moved, "group positions translated from checkpoints");
         }

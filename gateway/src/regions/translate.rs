@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::{checkpoint::Checkpoint, naming::ReplicationPolicy};
 use crate::{
     Error, Result,
-    log::{FetchLimits, Kafka, Log, TopicPartition, TopicSelector},
+    log::{FetchLimits, GroupDescription, Kafka, Log, TopicPartition, TopicSelector},
 };
 
 /// Checkpoint records read per fetch.
@@ -74,22 +74,15 @@ pub(super) async fn checkpointed_offsets(
     Ok(offsets)
 }
 
-/// Commits, for `group` in `region`, each translated offset that is ahead of what the group has
-/// committed there (a checkpoint never moves a group back over records it already consumed here).
-/// Returns how many partitions moved. A group with live members is left alone: they hold positions
-/// of their own, and the first member to arrive translated them.
+/// Commits, for `group` in `region` (described as `description`), each translated offset that is
+/// ahead of what the group has committed there (a checkpoint never moves a group back over records
+/// it already consumed here). Returns how many partitions moved.
 pub(super) async fn apply(
     region: &Kafka,
     group: &str,
+    description: &GroupDescription,
     translated: BTreeMap<TopicPartition, i64>,
 ) -> Result<usize> {
-    if translated.is_empty() {
-        return Ok(0);
-    }
-    let description = region.describe_group(group).await?;
-    if !description.members.is_empty() {
-        return Ok(0);
-    }
     let committed: BTreeMap<&TopicPartition, Option<i64>> = description
         .offsets
         .iter()
