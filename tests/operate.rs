@@ -243,3 +243,265 @@ async fn readiness_turns_off_first_when_draining() -> TestResult {
     assert!(gateway.wait_for_exit()?.success());
     Ok(())
 }
+
+/// Debian's Chromium (`apt-get install chromium`, done by `scripts/test`), or `COURIER_CHROMIUM`.
+fn chromium() -> Result<std::path::PathBuf, String> {
+    if let Some(path) = std::env::var_os("COURIER_CHROMIUM") {
+        return Ok(path.into());
+    }
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|path| path.exists())
+        .ok_or_else(|| {
+            "chromium is not installed: run ./scripts/test (it installs Debian's chromium), or set \
+             COURIER_CHROMIUM"
+                .to_owned()
+        })
+}
+
+/// Runs headless Chromium on `url` with `action` (`--dump-dom` or `--screenshot=...`), letting the
+/// page's script run for a few seconds of virtual time first. The flags keep Chromium off the
+/// network (this machine has none) and out of any profile but a fresh one.
+fn headless_chromium(url: &str, action: &str) -> Result<String, BoxError> {
+    let profile = tempfile::tempdir()?;
+    let output = Command::new(chromium()?)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1280,960",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(action)
+        .arg(url)
+        .output()?;
+    if !output.status.success() {
+        return Err(format!(
+            "chromium {action} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// The HTML of the status page's card for `protocol`, as the script filled it.
+fn protocol_card<'a>(dom: &'a str, protocol: &str) -> Option<&'a str> {
+    let start = dom.find(&format!("data-protocol=\"{protocol}\""))?;
+    let card = &dom[start..];
+    Some(&card[..card.find("</section>")?])
+}
+
+/// The status page, loaded by a real browser while all three protocols carry traffic: its script
+/// fetched `/api/status` and filled the cards, the regions and the groups (what a person sees), and
+/// a screenshot is taken (the README's, when `COURIER_STATUS_SCREENSHOT` names where to keep it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_renders_in_headless_chromium() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // Samples every 500 ms, so the chart has a line after a few seconds.
+    let gateway = Gateway::start(
+        &dir.path().join("data"),
+        &[("COURIER_HTTP__PROBE_INTERVAL", "500ms")],
+    )?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let group = unique("billing");
+
+    // gRPC: a producer of 10 records every 50 ms and a group member acknowledging them.
+    let (_, topic) = create_topic(&gateway, "ops-page", 2).await?;
+    let mut client = gateway.streams().await?;
+    let grpc = tokio::spawn({
+        let (stop, topic, mut client) = (stop.clone(), topic.clone(), client.clone());
+        async move {
+            while !stop.is_cancelled() {
+                let records = (0..10).map(|i| record(None, &format!("p{i}"))).collect();
+                let request = courier_gateway::proto::v1::ProduceRequest {
+                    topic: topic.clone(),
+                    records,
+                    ..Default::default()
+                };
+                client.produce(request).await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok::<_, tonic::Status>(())
+        }
+    });
+    let mut subscriber =
+        SubscribeStream::open(&mut client, start_in_group(&topic, &group, 100)).await?;
+    let grpc_reader = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            while !stop.is_cancelled() {
+                if let Some(records) = subscriber.next_records(Duration::from_millis(200)).await? {
+                    subscriber
+                        .ack(&records)
+                        .await
+                        .map_err(tonic::Status::internal)?;
+                }
+            }
+            Ok::<_, tonic::Status>(())
+        }
+    });
+
+    // MQTT: mosquitto_sub on the topic and mosquitto_pub sending a line every 50 ms.
+    let mqtt_port = gateway.mqtt.port().to_string();
+    let mqtt_args = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &mqtt_port,
+        "-q",
+        "1",
+        "-t",
+        "ops/page",
+    ];
+    let mut mqtt_subscriber = Command::new("mosquitto_sub")
+        .args(mqtt_args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("mosquitto_sub (apt-get install mosquitto-clients): {e}"))?;
+    let mut mqtt_publisher = Command::new("mosquitto_pub")
+        .args(mqtt_args)
+        .arg("-l")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("mosquitto_pub (apt-get install mosquitto-clients): {e}"))?;
+    let mut publisher_input = mqtt_publisher.stdin.take().ok_or("no stdin")?;
+    let mqtt = tokio::task::spawn_blocking({
+        let stop = stop.clone();
+        move || {
+            use std::io::Write;
+            let mut n = 0_u64;
+            while !stop.is_cancelled() {
+                n += 1;
+                writeln!(publisher_input, "m{n}")?;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok::<_, std::io::Error>(())
+        }
+    });
+
+    // AMQP: a sender every 50 ms and a group receiver accepting.
+    let amqp_topic = unique("ops-page-amqp");
+    let url = format!("amqp://{}", gateway.amqp);
+    let mut connection = Connection::open("ops-page", url.as_str()).await?;
+    let mut session = Session::begin(&mut connection).await?;
+    let mut sender = Sender::attach(&mut session, "page-sender", amqp_topic.as_str()).await?;
+    let source = format!("{amqp_topic}/groups/{}", unique("dispatch"));
+    let mut receiver = Receiver::attach(&mut session, "page-receiver", source.as_str()).await?;
+    let amqp = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut n = 0_u64;
+            while !stop.is_cancelled() {
+                n += 1;
+                sender
+                    .send(format!("a{n}"))
+                    .await?
+                    .accepted_or("not accepted")?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            sender.close().await?;
+            Ok::<_, BoxError>(())
+        }
+    });
+    let amqp_reader = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            while !stop.is_cancelled() {
+                let next = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    receiver.recv::<Body<Value>>(),
+                );
+                if let Ok(delivery) = next.await {
+                    receiver.accept(&delivery?).await?;
+                }
+            }
+            receiver.close().await?;
+            Ok::<_, BoxError>(())
+        }
+    });
+
+    // A few seconds of traffic, so the page has rates and a chart to draw.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let page = format!("http://{}/", gateway.http);
+    let dom = tokio::task::block_in_place(|| headless_chromium(&page, "--dump-dom"))?;
+    let shot = dir.path().join("status.png");
+    tokio::task::block_in_place(|| {
+        headless_chromium(&page, &format!("--screenshot={}", shot.display()))
+    })?;
+    stop.cancel();
+
+    assert!(
+        dom.contains("<body data-loaded=\"true\">"),
+        "the page's script never filled it:\n{dom}"
+    );
+    assert!(
+        dom.contains("class=\"badge ok\">ready<"),
+        "not shown ready:\n{dom}"
+    );
+    assert!(
+        dom.contains("<td>local</td><td class=\"state-healthy\">healthy</td>"),
+        "the region row:\n{dom}"
+    );
+    assert!(
+        dom.contains(&format!("data-group=\"{group}\"")),
+        "the group row:\n{dom}"
+    );
+    for (protocol, name, connections) in [
+        ("grpc", "gRPC", 1),
+        ("mqtt", "MQTT", 2),
+        ("amqp", "AMQP 1.0", 1),
+    ] {
+        let card =
+            protocol_card(&dom, protocol).ok_or_else(|| format!("no {protocol} card:\n{dom}"))?;
+        assert!(card.contains(name), "{protocol} card: {card}");
+        // The card shows the open connections and totals that grew with the traffic.
+        let shown = |field: &str| {
+            card.split(&format!("data-field=\"{field}\">"))
+                .nth(1)
+                .and_then(|rest| rest.split('<').next())
+                .map(str::to_owned)
+        };
+        let open: u64 = shown("connections")
+            .ok_or("no connections figure")?
+            .parse()?;
+        assert!(
+            open >= connections,
+            "{protocol} card shows {open} connections: {card}"
+        );
+        let totals = shown("totals").ok_or("no totals")?;
+        assert!(
+            totals.ends_with(" out since start") && !totals.starts_with("0 in"),
+            "{protocol} card shows no messages in: {card}"
+        );
+    }
+    let png = std::fs::read(&shot)?;
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "the screenshot is not a PNG"
+    );
+    if let Some(keep) = std::env::var_os("COURIER_STATUS_SCREENSHOT") {
+        std::fs::write(keep, &png)?;
+    }
+
+    grpc.await??;
+    grpc_reader.await??;
+    mqtt.await??;
+    amqp.await??;
+    amqp_reader.await??;
+    mqtt_publisher.wait()?;
+    mqtt_subscriber.kill()?;
+    session.end().await?;
+    connection.close().await?;
+    assert!(gateway.terminate()?.success());
+    Ok(())
+}
