@@ -1,19 +1,192 @@
-//! SIGTERM during live traffic: streams answer what they hold and end with UNAVAILABLE, subscribers
-//! commit what was acknowledged, the process exits 0; after a restart nothing acknowledged is missing and
-//! nothing acknowledged is delivered again.
+//! SIGTERM during live gRPC, MQTT and AMQP traffic, all on one gateway: gRPC streams answer what they
+//! hold and end with UNAVAILABLE, the MQTT 5 client gets DISCONNECT "server shutting down" (0x8B), the
+//! AMQP connection closes with `amqp:connection:forced`, subscribers commit what was acknowledged, and
+//! the process exits 0 within `shutdown.grace`. After a restart nothing any protocol acknowledged is
+//! missing and nothing acknowledged is delivered again.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use common::*;
+use courier_gateway::proto::v1 as pb;
+use fe2o3_amqp::{Connection, Sender, Session};
+use rumqttc::{
+    Outgoing,
+    v5::{
+        AsyncClient, ConnectionError, Event, MqttOptions, StateError,
+        mqttbytes::{
+            QoS,
+            v5::{Packet, PubAckReason},
+        },
+    },
+};
 use tonic::Code;
 
+/// The drain deadline the test gives the gateway; the process must have exited by then.
+const GRACE: Duration = Duration::from_secs(10);
+const MQTT_TOPIC: &str = "drain/mqtt";
+
+/// The payloads a publishing client had acknowledged, as they come.
+type Acked = Arc<Mutex<BTreeSet<String>>>;
+
+fn acked_so_far(acked: &Acked) -> BTreeSet<String> {
+    acked.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+/// An MQTT 5 client publishing `m1`, `m2`, ... at QoS 1 until the server disconnects it, adding the
+/// payloads PUBACKed with success to `acked`; returns the disconnect's reason.
+fn spawn_mqtt_publisher(
+    gateway: &Gateway,
+    acked: Acked,
+) -> tokio::task::JoinHandle<Result<String, String>> {
+    let mut options = MqttOptions::new(unique("drain"), "127.0.0.1", gateway.mqtt.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(options, 10);
+    tokio::spawn(async move {
+        // Payloads in the order they were handed to the client, waiting for their packet id.
+        let queued = Arc::new(Mutex::new(VecDeque::new()));
+        let publisher = tokio::spawn({
+            let queued = queued.clone();
+            async move {
+                for n in 1_u64.. {
+                    let payload = format!("m{n}");
+                    queued
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push_back(payload.clone());
+                    if client
+                        .publish(MQTT_TOPIC, QoS::AtLeastOnce, false, payload)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        let mut in_flight = HashMap::new();
+        let told = loop {
+            match events.poll().await {
+                Ok(Event::Outgoing(Outgoing::Publish(packet_id))) => {
+                    let payload = queued
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .pop_front()
+                        .ok_or("a publish went out that was never queued")?;
+                    in_flight.insert(packet_id, payload);
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    let payload = in_flight.remove(&ack.pkid);
+                    if ack.reason == PubAckReason::Success {
+                        acked
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .extend(payload);
+                    }
+                }
+                Ok(_) => {}
+                Err(ConnectionError::MqttState(StateError::ServerDisconnect {
+                    reason_code,
+                    reason_string,
+                })) => break format!("{reason_code:?} {reason_string:?}"),
+                Err(error) => break format!("connection error without DISCONNECT: {error}"),
+            }
+        };
+        publisher.abort();
+        Ok(told)
+    })
+}
+
+/// An AMQP sender sending `a1`, `a2`, ... unsettled until its link or connection ends, adding the
+/// messages the gateway accepted to `acked`; returns the error that ended the link and the connection.
+fn spawn_amqp_sender(
+    gateway: &Gateway,
+    topic: String,
+    acked: Acked,
+) -> tokio::task::JoinHandle<Result<String, String>> {
+    let url = format!("amqp://{}", gateway.amqp);
+    tokio::spawn(async move {
+        let mut connection = Connection::open("drain-test", url.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut session = Session::begin(&mut connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut sender = Sender::attach(&mut session, "drain-sender", topic.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let told = {
+            let mut n = 0_u64;
+            loop {
+                n += 1;
+                let body = format!("a{n}");
+                match sender.send(body.clone()).await {
+                    Ok(outcome) if outcome.is_accepted() => {
+                        acked
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(body);
+                    }
+                    Ok(outcome) => break format!("not accepted: {outcome:?}"),
+                    Err(error) => break format!("{error:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        // The connection's close (with its condition) is what the client is told; read it.
+        let closed = connection.on_close().await;
+        Ok(format!("{told}; connection: {closed:?}"))
+    })
+}
+
+/// Every value stored in `topic`, read from the start without a group.
+async fn stored_values(gateway: &Gateway, topic: &str) -> Result<BTreeSet<String>, BoxError> {
+    let mut client = gateway.streams().await?;
+    let start = pb::SubscribeStart {
+        topics: vec![topic.to_owned()],
+        start: Some(pb::Position {
+            kind: Some(pb::position::Kind::Earliest(true)),
+        }),
+        max_in_flight: 1000,
+        ..Default::default()
+    };
+    let mut reader = SubscribeStream::open(&mut client, start).await?;
+    let mut values = BTreeSet::new();
+    while let Some(batch) = reader.next_records(Duration::from_secs(2)).await? {
+        reader.ack(&batch).await?;
+        values.extend(batch.iter().map(value_of));
+    }
+    Ok(values)
+}
+
+fn assert_all_stored(what: &str, acked: &BTreeSet<String>, stored: &BTreeSet<String>) {
+    let missing: Vec<_> = acked.difference(stored).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} records {what} acknowledged are missing, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        missing.first()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_streams_and_commits() -> TestResult {
+async fn sigterm_drains_every_protocol_and_commits() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let gateway = Gateway::start(&data, &[("COURIER_GROUPS__COMMIT_INTERVAL", "1h")])?;
+    let gateway = Gateway::start(
+        &data,
+        &[
+            ("COURIER_GROUPS__COMMIT_INTERVAL", "1h"),
+            ("COURIER_SHUTDOWN__GRACE", "10s"),
+        ],
+    )?;
     let (_, topic) = create_topic(&gateway, "drain", 2).await?;
     let group = unique("drainers");
     let mut client = gateway.streams().await?;
@@ -45,8 +218,16 @@ async fn sigterm_drains_streams_and_commits() -> TestResult {
                 .collect()
         })
         .await?;
+    let amqp_topic = unique("drain-amqp");
+    let (mqtt_acked, amqp_acked) = (Acked::default(), Acked::default());
+    let mqtt = spawn_mqtt_publisher(&gateway, mqtt_acked.clone());
+    let amqp = spawn_amqp_sender(&gateway, amqp_topic.clone(), amqp_acked.clone());
     let mut produced = BTreeSet::new();
-    while produced.len() < 3_000 {
+    // Until every protocol has traffic acknowledged (gRPC's responses are read meanwhile).
+    while produced.len() < 3_000
+        || acked_so_far(&mqtt_acked).len() < 20
+        || acked_so_far(&amqp_acked).len() < 20
+    {
         let response = responses
             .message()
             .await?
@@ -54,6 +235,7 @@ async fn sigterm_drains_streams_and_commits() -> TestResult {
         produced.extend((0..response.acks.len()).map(|i| format!("{}/{i}", response.request_id)));
     }
 
+    let sigterm = Instant::now();
     let stopping = std::thread::spawn(move || gateway.terminate());
     // Like any client: once requests come back "not written, shutting down", stop sending.
     let mut refused = 0;
@@ -76,8 +258,13 @@ async fn sigterm_drains_streams_and_commits() -> TestResult {
     };
     producer.abort();
     let status = stopping.join().map_err(|_| "terminate panicked")??;
-    eprintln!("{refused} request(s) refused during the drain");
+    let stopped_after = sigterm.elapsed();
+    eprintln!("{refused} request(s) refused during the drain; exited after {stopped_after:?}");
     assert!(status.success(), "exit status {status:?}");
+    assert!(
+        stopped_after < GRACE,
+        "exited after {stopped_after:?}, past the {GRACE:?} grace"
+    );
     let ending = ending.ok_or("the produce stream ended without a status")?;
     assert_eq!(ending.code(), Code::Unavailable, "{ending:?}");
     assert!(
@@ -92,6 +279,19 @@ async fn sigterm_drains_streams_and_commits() -> TestResult {
         "the subscriber is told why"
     );
     assert!(!acked.is_empty());
+    let mqtt_told = mqtt.await??;
+    eprintln!("MQTT client told: {mqtt_told}");
+    assert!(
+        mqtt_told.starts_with("ServerShuttingDown"),
+        "the MQTT client is told why: {mqtt_told}"
+    );
+    let amqp_told = amqp.await??;
+    eprintln!("AMQP client told: {amqp_told}");
+    assert!(
+        amqp_told.contains("ConnectionForced") && amqp_told.contains("shutting down"),
+        "the AMQP client is told why: {amqp_told}"
+    );
+    let (mqtt_acked, amqp_acked) = (acked_so_far(&mqtt_acked), acked_so_far(&amqp_acked));
 
     // After a restart: every acknowledged produce is stored, and the group resumes exactly after what
     // its member acknowledged (drain committed it, though the periodic commit never ran).
@@ -103,6 +303,16 @@ async fn sigterm_drains_streams_and_commits() -> TestResult {
         next.ack(&batch).await?;
         redelivered.extend(batch.iter().map(value_of));
     }
+    assert_all_stored(
+        "MQTT",
+        &mqtt_acked,
+        &stored_values(&gateway, "mqtt.messages").await?,
+    );
+    assert_all_stored(
+        "AMQP",
+        &amqp_acked,
+        &stored_values(&gateway, &amqp_topic).await?,
+    );
     let again: Vec<_> = acked.intersection(&redelivered).collect();
     assert!(
         again.is_empty(),
@@ -119,10 +329,12 @@ async fn sigterm_drains_streams_and_commits() -> TestResult {
         missing.first()
     );
     eprintln!(
-        "produced {} acked, consumer acked {}, {} after restart",
+        "gRPC: produced {} acked, consumer acked {}, {} after restart; MQTT {} acked; AMQP {} acked",
         produced.len(),
         acked.len(),
-        redelivered.len()
+        redelivered.len(),
+        mqtt_acked.len(),
+        amqp_acked.len()
     );
     drop(next);
     assert!(gateway.terminate()?.success());
