@@ -7,143 +7,21 @@
 mod common;
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
-    sync::{Arc, Mutex, PoisonError},
+    collections::BTreeSet,
     time::{Duration, Instant},
 };
 
-use common::*;
-use courier_gateway::proto::v1 as pb;
-use fe2o3_amqp::{Connection, Sender, Session};
-use rumqttc::{
-    Outgoing,
-    v5::{
-        AsyncClient, ConnectionError, Event, MqttOptions, StateError,
-        mqttbytes::{
-            QoS,
-            v5::{Packet, PubAckReason},
-        },
-    },
+use common::{
+    clients::{Acked, OnDisconnect, acked_payloads, spawn_amqp_sender, spawn_mqtt_publisher},
+    *,
 };
+use courier_gateway::proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 /// The drain deadline the test gives the gateway; the process must have exited by then.
 const GRACE: Duration = Duration::from_secs(10);
 const MQTT_TOPIC: &str = "drain/mqtt";
-
-/// The payloads a publishing client had acknowledged, as they come.
-type Acked = Arc<Mutex<BTreeSet<String>>>;
-
-fn acked_so_far(acked: &Acked) -> BTreeSet<String> {
-    acked.lock().unwrap_or_else(PoisonError::into_inner).clone()
-}
-
-/// An MQTT 5 client publishing `m1`, `m2`, ... at QoS 1 until the server disconnects it, adding the
-/// payloads PUBACKed with success to `acked`; returns the disconnect's reason.
-fn spawn_mqtt_publisher(
-    gateway: &Gateway,
-    acked: Acked,
-) -> tokio::task::JoinHandle<Result<String, String>> {
-    let mut options = MqttOptions::new(unique("drain"), "127.0.0.1", gateway.mqtt.port());
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut events) = AsyncClient::new(options, 10);
-    tokio::spawn(async move {
-        // Payloads in the order they were handed to the client, waiting for their packet id.
-        let queued = Arc::new(Mutex::new(VecDeque::new()));
-        let publisher = tokio::spawn({
-            let queued = queued.clone();
-            async move {
-                for n in 1_u64.. {
-                    let payload = format!("m{n}");
-                    queued
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push_back(payload.clone());
-                    if client
-                        .publish(MQTT_TOPIC, QoS::AtLeastOnce, false, payload)
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        });
-        let mut in_flight = HashMap::new();
-        let told = loop {
-            match events.poll().await {
-                Ok(Event::Outgoing(Outgoing::Publish(packet_id))) => {
-                    let payload = queued
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .pop_front()
-                        .ok_or("a publish went out that was never queued")?;
-                    in_flight.insert(packet_id, payload);
-                }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    let payload = in_flight.remove(&ack.pkid);
-                    if ack.reason == PubAckReason::Success {
-                        acked
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .extend(payload);
-                    }
-                }
-                Ok(_) => {}
-                Err(ConnectionError::MqttState(StateError::ServerDisconnect {
-                    reason_code,
-                    reason_string,
-                })) => break format!("{reason_code:?} {reason_string:?}"),
-                Err(error) => break format!("connection error without DISCONNECT: {error}"),
-            }
-        };
-        publisher.abort();
-        Ok(told)
-    })
-}
-
-/// An AMQP sender sending `a1`, `a2`, ... unsettled until its link or connection ends, adding the
-/// messages the gateway accepted to `acked`; returns the error that ended the link and the connection.
-fn spawn_amqp_sender(
-    gateway: &Gateway,
-    topic: String,
-    acked: Acked,
-) -> tokio::task::JoinHandle<Result<String, String>> {
-    let url = format!("amqp://{}", gateway.amqp);
-    tokio::spawn(async move {
-        let mut connection = Connection::open("drain-test", url.as_str())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut session = Session::begin(&mut connection)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut sender = Sender::attach(&mut session, "drain-sender", topic.as_str())
-            .await
-            .map_err(|e| e.to_string())?;
-        let told = {
-            let mut n = 0_u64;
-            loop {
-                n += 1;
-                let body = format!("a{n}");
-                match sender.send(body.clone()).await {
-                    Ok(outcome) if outcome.is_accepted() => {
-                        acked
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(body);
-                    }
-                    Ok(outcome) => break format!("not accepted: {outcome:?}"),
-                    Err(error) => break format!("{error:?}"),
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        // The connection's close (with its condition) is what the client is told; read it.
-        let closed = connection.on_close().await;
-        Ok(format!("{told}; connection: {closed:?}"))
-    })
-}
 
 /// Every value stored in `topic`, read from the start without a group.
 async fn stored_values(gateway: &Gateway, topic: &str) -> Result<BTreeSet<String>, BoxError> {
@@ -220,13 +98,28 @@ async fn sigterm_drains_every_protocol_and_commits() -> TestResult {
         .await?;
     let amqp_topic = unique("drain-amqp");
     let (mqtt_acked, amqp_acked) = (Acked::default(), Acked::default());
-    let mqtt = spawn_mqtt_publisher(&gateway, mqtt_acked.clone());
-    let amqp = spawn_amqp_sender(&gateway, amqp_topic.clone(), amqp_acked.clone());
+    let never = CancellationToken::new();
+    let mqtt = spawn_mqtt_publisher(
+        gateway.mqtt,
+        MQTT_TOPIC,
+        "m",
+        mqtt_acked.clone(),
+        OnDisconnect::Stop,
+        never.clone(),
+    );
+    let amqp = spawn_amqp_sender(
+        gateway.amqp,
+        &amqp_topic,
+        "a",
+        amqp_acked.clone(),
+        OnDisconnect::Stop,
+        never,
+    );
     let mut produced = BTreeSet::new();
     // Until every protocol has traffic acknowledged (gRPC's responses are read meanwhile).
     while produced.len() < 3_000
-        || acked_so_far(&mqtt_acked).len() < 20
-        || acked_so_far(&amqp_acked).len() < 20
+        || mqtt_acked.lock().map_or(0, |a| a.len()) < 20
+        || amqp_acked.lock().map_or(0, |a| a.len()) < 20
     {
         let response = responses
             .message()
@@ -291,7 +184,8 @@ async fn sigterm_drains_every_protocol_and_commits() -> TestResult {
         amqp_told.contains("ConnectionForced") && amqp_told.contains("shutting down"),
         "the AMQP client is told why: {amqp_told}"
     );
-    let (mqtt_acked, amqp_acked) = (acked_so_far(&mqtt_acked), acked_so_far(&amqp_acked));
+    let mqtt_acked: BTreeSet<String> = acked_payloads(&mqtt_acked).into_iter().collect();
+    let amqp_acked: BTreeSet<String> = acked_payloads(&amqp_acked).into_iter().collect();
 
     // After a restart: every acknowledged produce is stored, and the group resumes exactly after what
     // its member acknowledged (drain committed it, though the periodic commit never ran).

@@ -13,7 +13,9 @@ use std::{
 };
 
 use common::{
-    BoxError, DEADLINE, Gateway, SubscribeStream, TestResult, replicator::Replicator,
+    BoxError, DEADLINE, Gateway, SubscribeStream, TestResult,
+    clients::{Acked, OnDisconnect, spawn_amqp_sender, spawn_mqtt_publisher},
+    replicator::Replicator,
     start_in_group,
 };
 use courier_gateway::proto::v1::{self as pb, admin_client::AdminClient};
@@ -44,8 +46,7 @@ fn regions_config(local: &str, mode: &str, a: &Tansu, b: &Tansu, hold_down: &str
     )
 }
 
-/// What the producer got acknowledged: courier-id, when it was sent, when it was acknowledged.
-type Acked = Arc<Mutex<Vec<(String, Instant, Instant)>>>;
+// What the gRPC producer got acknowledged: `clients::Acked`, keyed by courier-id.
 /// What the consumer got: courier-id, topic, origin, when.
 type Delivered = Arc<Mutex<Vec<(String, String, String, Instant)>>>;
 
@@ -198,6 +199,112 @@ async fn wait_for_traffic_on(
     Ok(())
 }
 
+/// What a failover did to one client's messages, judged by the test replicator's copies.
+struct Judged {
+    /// Acknowledged, outside the loss window, never delivered: the gateway lost them.
+    missing: Vec<String>,
+    /// Acknowledged by the killed region and not copied when it died, and never delivered.
+    lost_in_window: usize,
+    acked: usize,
+    acked_before_kill: usize,
+    copied_before_kill: usize,
+    duplicates: usize,
+}
+
+/// Waits (up to a minute) until everything acknowledged outside the loss window was delivered, then
+/// judges. `acked` holds (id, sent, acknowledged) and `delivered()` the ids delivered so far, in
+/// whichever terms the client knows its messages (courier-id or payload) and `copied` matches.
+///
+/// The loss window is what the killed region acknowledged and the replicator had not copied when it
+/// died (MirrorMaker 2's lag). An ack the killed region gave just before it died can reach the client
+/// a moment after `killed_at` (the kill itself takes a few ms), while the other region acknowledges
+/// nothing before the killed one is DOWN (three failed probes, 1 s apart): what arrived within
+/// `KILL_SETTLE` of the kill was the killed region's.
+async fn judge(
+    acked: &[(String, Instant, Instant)],
+    delivered: impl Fn() -> Vec<String>,
+    copied: &HashSet<String>,
+    killed_at: Instant,
+) -> Judged {
+    let acked_before_kill: HashSet<&str> = acked
+        .iter()
+        .filter(|(_, _, at)| *at <= killed_at + KILL_SETTLE)
+        .map(|(id, _, _)| id.as_str())
+        .collect();
+    let in_loss_window: HashSet<&str> = acked_before_kill
+        .iter()
+        .copied()
+        .filter(|id| !copied.contains(*id))
+        .collect();
+    let must_arrive: HashSet<&str> = acked
+        .iter()
+        .map(|(id, _, _)| id.as_str())
+        .filter(|id| !in_loss_window.contains(id))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut arrived: Vec<String> = delivered();
+    loop {
+        let seen: HashSet<&str> = arrived.iter().map(String::as_str).collect();
+        if must_arrive.iter().all(|id| seen.contains(id)) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        arrived = delivered();
+    }
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in &arrived {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    Judged {
+        missing: must_arrive
+            .iter()
+            .filter(|id| !counts.contains_key(**id))
+            .map(|id| (*id).to_owned())
+            .collect(),
+        lost_in_window: in_loss_window
+            .iter()
+            .filter(|id| !counts.contains_key(**id))
+            .count(),
+        acked: acked.len(),
+        acked_before_kill: acked_before_kill.len(),
+        copied_before_kill: acked_before_kill.len() - in_loss_window.len(),
+        duplicates: counts.values().map(|n| n - 1).sum(),
+    }
+}
+
+/// When `id` was acknowledged, in seconds after `killed_at` (negative: before).
+fn seconds_after(acked: &[(String, Instant, Instant)], id: &str, killed_at: Instant) -> f64 {
+    acked
+        .iter()
+        .find(|(acked_id, ..)| acked_id == id)
+        .map(|(_, _, at)| {
+            at.saturating_duration_since(killed_at).as_secs_f64()
+                - killed_at.saturating_duration_since(*at).as_secs_f64()
+        })
+        .unwrap_or_default()
+}
+
+/// When `acked` first holds a message sent after `killed_at` (so written in the other region): how
+/// long after the kill it was acknowledged.
+async fn first_ack_after(
+    what: &str,
+    acked: &Acked,
+    killed_at: Instant,
+    gateway: &Gateway,
+) -> Result<Duration, BoxError> {
+    let mut first = None;
+    wait_until(what, Duration::from_secs(60), || {
+        first = snapshot(acked)
+            .iter()
+            .find(|(_, sent, _)| *sent > killed_at)
+            .map(|(_, _, at)| at.duration_since(killed_at));
+        first.is_some()
+    })
+    .await
+    .map_err(|e| format!("{e}; gateway log:\n{}", gateway.log()))?;
+    Ok(first.unwrap_or_default())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_passive_fails_over_and_back_with_nothing_copied_lost() -> TestResult {
     let mut a = Tansu::start()?;
@@ -229,24 +336,13 @@ async fn active_passive_fails_over_and_back_with_nothing_copied_lost() -> TestRe
     // The primary region is lost.
     let killed_at = Instant::now();
     a.kill();
-    let first_write = {
-        let acked = acked.clone();
-        let mut first = None;
-        wait_until(
-            "a write acknowledged after the kill",
-            Duration::from_secs(60),
-            || {
-                first = snapshot(&acked)
-                    .iter()
-                    .find(|(_, sent, _)| *sent > killed_at)
-                    .map(|(_, _, at)| at.duration_since(killed_at));
-                first.is_some()
-            },
-        )
-        .await
-        .map_err(|e| format!("{e}; gateway log:\n{}", gateway.log()))?;
-        first.unwrap_or_default()
-    };
+    let first_write = first_ack_after(
+        "a write acknowledged after the kill",
+        &acked,
+        killed_at,
+        &gateway,
+    )
+    .await?;
     let first_delivery = {
         let mut first = None;
         wait_until("a delivery from region b", Duration::from_secs(60), || {
@@ -290,97 +386,59 @@ async fn active_passive_fails_over_and_back_with_nothing_copied_lost() -> TestRe
     stop.cancel();
     producer.await??;
 
-    // Everything acknowledged arrives, except what a acknowledged and the replicator had not copied
-    // when it was killed (the loss window MirrorMaker 2's lag leaves). An ack a gave just before it
-    // died can reach the client a moment after `killed_at` (the kill itself takes a few ms), while b
-    // acknowledges nothing before a is DOWN (three failed probes, 1 s apart): what arrived within
-    // KILL_SETTLE of the kill was a's.
+    // Everything acknowledged arrives, except what was in the loss window (see `judge`).
     assert!(
         first_write > KILL_SETTLE,
         "b acknowledged a write {first_write:?} after the kill, before a could be DOWN"
     );
     let acked = snapshot(&acked);
-    let acked_before_kill: HashSet<&str> = acked
-        .iter()
-        .filter(|(_, _, at)| *at <= killed_at + KILL_SETTLE)
-        .map(|(id, _, _)| id.as_str())
-        .collect();
-    let in_loss_window: HashSet<&str> = acked_before_kill
-        .iter()
-        .copied()
-        .filter(|id| !copied_before_kill.contains(*id))
-        .collect();
-    let must_arrive: HashSet<&str> = acked
-        .iter()
-        .map(|(id, _, _)| id.as_str())
-        .filter(|id| !in_loss_window.contains(id))
-        .collect();
-    let arrived = |delivered: &Delivered| -> HashSet<String> {
-        snapshot(delivered).into_iter().map(|(id, ..)| id).collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while must_arrive
-        .iter()
-        .any(|id| !arrived(&delivered).contains(*id))
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let judged = judge(
+        &acked,
+        || {
+            snapshot(&delivered)
+                .into_iter()
+                .map(|(id, ..)| id)
+                .collect()
+        },
+        &copied_before_kill,
+        killed_at,
+    )
+    .await;
     stop_consumer.cancel();
     consumer.await??;
-    let delivered = snapshot(&delivered);
-    let arrived: HashSet<&str> = delivered.iter().map(|(id, ..)| id.as_str()).collect();
-    let missing: Vec<&&str> = must_arrive
-        .iter()
-        .filter(|id| !arrived.contains(**id))
-        .collect();
-    let lost_in_window = in_loss_window
-        .iter()
-        .filter(|id| !arrived.contains(**id))
-        .count();
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for (id, ..) in &delivered {
-        *counts.entry(id.as_str()).or_default() += 1;
-    }
-    let duplicates: usize = counts.values().map(|n| n - 1).sum();
     eprintln!(
         "FAILOVER active-passive (gRPC): first write acknowledged in b {:.2} s after the kill; \
          first delivery from b {:.2} s after the kill; fail-back {:.2} s after the restart \
          (hold-down 10 s); acknowledged {} in all, {} before the kill, of which the replicator had \
-         copied {}; lost in the replication window: {lost_in_window}; duplicates delivered: \
-         {duplicates}",
+         copied {}; lost in the replication window: {}; duplicates delivered: {}",
         first_write.as_secs_f64(),
         first_delivery.as_secs_f64(),
         fail_back.as_secs_f64(),
-        acked.len(),
-        acked_before_kill.len(),
-        acked_before_kill.len() - in_loss_window.len(),
+        judged.acked,
+        judged.acked_before_kill,
+        judged.copied_before_kill,
+        judged.lost_in_window,
+        judged.duplicates,
     );
     let copied_back = b_to_a.copied_ids();
     let copied_over = a_to_b.copied_ids();
-    let explain: Vec<String> = missing
+    let explain: Vec<String> = judged
+        .missing
         .iter()
         .take(10)
         .map(|id| {
-            let acked_at = acked
-                .iter()
-                .find(|(acked_id, ..)| acked_id == **id)
-                .map(|(_, _, at)| {
-                    at.saturating_duration_since(killed_at).as_secs_f64()
-                        - killed_at.saturating_duration_since(*at).as_secs_f64()
-                })
-                .unwrap_or_default();
+            let acked_at = seconds_after(&acked, id, killed_at);
             format!(
                 "{id}: acked {acked_at:.2} s after the kill, copied a->b {}, b->a {}",
-                copied_over.contains(**id),
-                copied_back.contains(**id)
+                copied_over.contains(id),
+                copied_back.contains(id)
             )
         })
         .collect();
     assert!(
-        missing.is_empty(),
+        judged.missing.is_empty(),
         "{} acknowledged records outside the loss window never arrived: {explain:#?}; gateway log:\n{}",
-        missing.len(),
+        judged.missing.len(),
         gateway.log()
     );
     let status = regions_status(&mut admin).await?;
@@ -390,5 +448,312 @@ async fn active_passive_fails_over_and_back_with_nothing_copied_lost() -> TestRe
         status.switches >= 4,
         "writes and reads each moved twice: {status:?}"
     );
+    Ok(())
+}
+
+const AMQP_TOPIC: &str = "dispatches";
+const AMQP_GROUP: &str = "couriers";
+/// MQTT devices publish under `devices/`; the default route puts them in `mqtt.messages`.
+const MQTT_KAFKA_TOPIC: &str = "mqtt.messages";
+const MQTT_SHARE: &str = "$share/fleet/devices/#";
+/// The consumer group of `MQTT_SHARE` (`mapping::share_group`).
+const MQTT_GROUP: &str = "mqtt.share.fleet.devices/#";
+
+/// What a receiving client got: payload, when.
+type Received = Arc<Mutex<Vec<(String, Instant)>>>;
+
+/// An MQTT 5 subscriber in the shared subscription `MQTT_SHARE` (a consumer group) at QoS 1,
+/// acknowledging every message; it subscribes again whenever it (re)connects.
+fn spawn_mqtt_subscriber(
+    gateway: &Gateway,
+    received: Received,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), String>> {
+    use rumqttc::v5::{
+        AsyncClient, Event, MqttOptions,
+        mqttbytes::{QoS, v5::Packet},
+    };
+    let mut options = MqttOptions::new("fleet-subscriber", "127.0.0.1", gateway.mqtt.port());
+    options.set_keep_alive(std::time::Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(options, 100);
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                event = events.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => client
+                    .try_subscribe(MQTT_SHARE, QoS::AtLeastOnce)
+                    .map_err(|e| e.to_string())?,
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let payload = String::from_utf8_lossy(&publish.payload).into_owned();
+                    received
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((payload, Instant::now()));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    eprintln!("MQTT subscriber: {error}; reconnecting");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    })
+}
+
+/// An AMQP receiver in group `AMQP_GROUP`, accepting every message; it attaches again on a new
+/// connection when its link ends.
+fn spawn_amqp_receiver(
+    gateway: &Gateway,
+    received: Received,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), String>> {
+    use fe2o3_amqp::{
+        Connection, Receiver, Session,
+        types::{messaging::Body, primitives::Value},
+    };
+    let url = format!("amqp://{}", gateway.amqp);
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            let attached = async {
+                let mut connection = Connection::open("couriers", url.as_str()).await?;
+                let mut session = Session::begin(&mut connection).await?;
+                let source = format!("{AMQP_TOPIC}/groups/{AMQP_GROUP}");
+                let receiver =
+                    Receiver::attach(&mut session, "couriers-link", source.as_str()).await?;
+                Ok::<_, BoxError>((connection, session, receiver))
+            };
+            let Ok((mut connection, _session, mut receiver)) = attached.await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            loop {
+                let delivery = tokio::select! {
+                    () = stop.cancelled() => break,
+                    delivery = receiver.recv::<Body<Value>>() => delivery,
+                };
+                let Ok(delivery) = delivery else {
+                    eprintln!("AMQP receiver: link ended; attaching again");
+                    break;
+                };
+                let payload = match delivery.body() {
+                    Body::Value(value) => match &value.0 {
+                        Value::String(text) => text.clone(),
+                        other => format!("{other:?}"),
+                    },
+                    other => format!("{other:?}"),
+                };
+                received
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((payload, Instant::now()));
+                if receiver.accept(&delivery).await.is_err() {
+                    break;
+                }
+            }
+            let _ = receiver.close().await;
+            let _ = connection.close().await;
+        }
+        Ok(())
+    })
+}
+
+/// When `received` first holds a message sent after `killed_at`: how long after the kill.
+async fn first_receipt_after(
+    what: &str,
+    received: &Received,
+    acked: &Acked,
+    killed_at: Instant,
+) -> Result<Duration, BoxError> {
+    let mut first = None;
+    wait_until(what, Duration::from_secs(60), || {
+        let written_after: HashSet<String> = snapshot(acked)
+            .into_iter()
+            .filter(|(_, sent, _)| *sent > killed_at)
+            .map(|(payload, ..)| payload)
+            .collect();
+        first = snapshot(received)
+            .iter()
+            .find(|(payload, at)| *at > killed_at && written_after.contains(payload))
+            .map(|(_, at)| at.duration_since(killed_at));
+        first.is_some()
+    })
+    .await?;
+    Ok(first.unwrap_or_default())
+}
+
+/// MQTT and AMQP clients through the same failover and fail-back as the gRPC test: an MQTT publisher
+/// (QoS 1) and a shared-subscription subscriber, an AMQP sender (unsettled) and a group receiver,
+/// none of them told anything about regions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_and_amqp_clients_fail_over_and_back() -> TestResult {
+    let mut a = Tansu::start()?;
+    let b = Tansu::start()?;
+    let topics = [MQTT_KAFKA_TOPIC, AMQP_TOPIC];
+    let groups = [MQTT_GROUP, AMQP_GROUP];
+    let a_to_b = Replicator::start("a", &a.bootstrap(), &b.bootstrap(), &topics, &groups);
+    let _b_to_a = Replicator::start("b", &b.bootstrap(), &a.bootstrap(), &topics, &groups);
+    let dir = tempfile::tempdir()?;
+    let gateway = Gateway::start_with_config(
+        &dir.path().join("gateway"),
+        &regions_config("a", "active-passive", &a, &b, "10s"),
+        &[],
+    )?;
+    let mut admin = gateway.admin().await?;
+    wait_for_traffic_on(&mut admin, "a", DEADLINE).await?;
+
+    let (mqtt_acked, amqp_acked) = (Acked::default(), Acked::default());
+    let (mqtt_received, amqp_received) = (Received::default(), Received::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stop_receivers = tokio_util::sync::CancellationToken::new();
+    let mqtt_subscriber =
+        spawn_mqtt_subscriber(&gateway, mqtt_received.clone(), stop_receivers.clone());
+    let amqp_receiver =
+        spawn_amqp_receiver(&gateway, amqp_received.clone(), stop_receivers.clone());
+    let mqtt_publisher = spawn_mqtt_publisher(
+        gateway.mqtt,
+        "devices/truck-7",
+        "m",
+        mqtt_acked.clone(),
+        OnDisconnect::Reconnect,
+        stop.clone(),
+    );
+    let amqp_sender = spawn_amqp_sender(
+        gateway.amqp,
+        AMQP_TOPIC,
+        "a",
+        amqp_acked.clone(),
+        OnDisconnect::Reconnect,
+        stop.clone(),
+    );
+    wait_until(
+        "50 acknowledged and 20 received on each protocol in region a",
+        DEADLINE,
+        || {
+            snapshot(&mqtt_acked).len() >= 50
+                && snapshot(&amqp_acked).len() >= 50
+                && snapshot(&mqtt_received).len() >= 20
+                && snapshot(&amqp_received).len() >= 20
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}; gateway log:\n{}", gateway.log()))?;
+    // The replicator copies both topics and checkpoints both groups (once a second) before the kill.
+    wait_until("the replicator copying 20 of each", DEADLINE, || {
+        let copied = a_to_b.copied_values();
+        let count = |prefix: &str| copied.iter().filter(|v| v.starts_with(prefix)).count();
+        count("m") >= 20 && count("a") >= 20
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let killed_at = Instant::now();
+    a.kill();
+    let mqtt_write =
+        first_ack_after("an MQTT publish in b", &mqtt_acked, killed_at, &gateway).await?;
+    let amqp_write = first_ack_after("an AMQP send in b", &amqp_acked, killed_at, &gateway).await?;
+    let mqtt_delivery = first_receipt_after(
+        "an MQTT delivery from b",
+        &mqtt_received,
+        &mqtt_acked,
+        killed_at,
+    )
+    .await
+    .map_err(|e| format!("{e}; gateway log:\n{}", gateway.log()))?;
+    let amqp_delivery = first_receipt_after(
+        "an AMQP delivery from b",
+        &amqp_received,
+        &amqp_acked,
+        killed_at,
+    )
+    .await
+    .map_err(|e| format!("{e}; gateway log:\n{}", gateway.log()))?;
+    let copied_before_kill = a_to_b.copied_values();
+
+    tokio::time::sleep_until((killed_at + Duration::from_secs(15)).into()).await;
+    a.restart()?;
+    wait_for_traffic_on(&mut admin, "a", Duration::from_secs(90)).await?;
+    let (mqtt_before, amqp_before) = (snapshot(&mqtt_acked).len(), snapshot(&amqp_acked).len());
+    wait_until("20 more of each acknowledged in a again", DEADLINE, || {
+        snapshot(&mqtt_acked).len() >= mqtt_before + 20
+            && snapshot(&amqp_acked).len() >= amqp_before + 20
+    })
+    .await?;
+    stop.cancel();
+    mqtt_publisher.await??;
+    amqp_sender.await??;
+
+    for (protocol, acked, received, write, delivery) in [
+        (
+            "MQTT",
+            &mqtt_acked,
+            &mqtt_received,
+            mqtt_write,
+            mqtt_delivery,
+        ),
+        (
+            "AMQP",
+            &amqp_acked,
+            &amqp_received,
+            amqp_write,
+            amqp_delivery,
+        ),
+    ] {
+        let acked = &snapshot(acked);
+        assert!(
+            write > KILL_SETTLE,
+            "{protocol}: b acknowledged a write {write:?} after the kill, before a could be DOWN"
+        );
+        let judged = judge(
+            acked,
+            || {
+                snapshot(received)
+                    .into_iter()
+                    .map(|(payload, _)| payload)
+                    .collect()
+            },
+            &copied_before_kill,
+            killed_at,
+        )
+        .await;
+        eprintln!(
+            "FAILOVER active-passive ({protocol}): first write acknowledged in b {:.2} s after the \
+             kill; first delivery from b {:.2} s after the kill; acknowledged {} in all, {} before \
+             the kill, of which the replicator had copied {}; lost in the replication window: {}; \
+             duplicates delivered: {}",
+            write.as_secs_f64(),
+            delivery.as_secs_f64(),
+            judged.acked,
+            judged.acked_before_kill,
+            judged.copied_before_kill,
+            judged.lost_in_window,
+            judged.duplicates,
+        );
+        assert!(
+            judged.missing.is_empty(),
+            "{protocol}: {} acknowledged messages outside the loss window never arrived, e.g. \
+             {:?}; gateway log:\n{}",
+            judged.missing.len(),
+            judged
+                .missing
+                .iter()
+                .take(10)
+                .map(|id| format!(
+                    "{id}: acked {:.2} s after the kill, copied a->b {}",
+                    seconds_after(acked, id, killed_at),
+                    copied_before_kill.contains(id)
+                ))
+                .collect::<Vec<_>>(),
+            gateway.log()
+        );
+    }
+    stop_receivers.cancel();
+    mqtt_subscriber.await??;
+    amqp_receiver.await??;
+    let status = regions_status(&mut admin).await?;
+    let last = status.last_switch.as_ref().ok_or("no switch recorded")?;
+    assert_eq!((last.from.as_str(), last.to.as_str()), ("b", "a"));
     Ok(())
 }

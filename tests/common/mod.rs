@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)] // each test file uses what it needs
 
+pub mod clients;
 pub mod replicator;
 
 use std::{

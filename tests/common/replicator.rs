@@ -6,8 +6,9 @@
 //! `Checkpoint` layout, independently of the gateway's decoder.
 //!
 //! It runs on a thread of its own, survives either region going away and coming back (a source that
-//! comes back empty is copied again from its start), and records the `courier-id` of every record it
-//! copied, so a test can tell "lost in the replication lag" from "lost by the gateway".
+//! comes back empty is copied again from its start), and records the `courier-id` and the value of every
+//! record it copied, so a test can tell "lost in the replication lag" from "lost by the gateway" (MQTT
+//! and AMQP publishers know their payloads, not the ids the gateway gave them).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -38,7 +39,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// One direction of replication, running until dropped.
 pub struct Replicator {
     stop: Arc<AtomicBool>,
-    copied: Arc<Mutex<HashSet<String>>>,
+    copied: Arc<Mutex<Copied>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -52,7 +53,7 @@ impl Replicator {
         groups: &[&str],
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let copied = Arc::new(Mutex::new(HashSet::new()));
+        let copied = Arc::new(Mutex::new(Copied::default()));
         let mut state = State {
             source_name: source_name.to_owned(),
             source: source.to_owned(),
@@ -106,6 +107,16 @@ impl Replicator {
         self.copied
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .ids
+            .clone()
+    }
+
+    /// The values (as UTF-8) of every record copied so far.
+    pub fn copied_values(&self) -> HashSet<String> {
+        self.copied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values
             .clone()
     }
 }
@@ -174,7 +185,14 @@ struct State {
     offsets: HashMap<(String, i32), BTreeMap<i64, i64>>,
     /// The last checkpoint written, by (group, topic, partition).
     written_checkpoints: HashMap<(String, String, i32), i64>,
-    copied: Arc<Mutex<HashSet<String>>>,
+    copied: Arc<Mutex<Copied>>,
+}
+
+/// What was copied so far, by `courier-id` and by value.
+#[derive(Default)]
+struct Copied {
+    ids: HashSet<String>,
+    values: HashSet<String>,
 }
 
 impl State {
@@ -268,12 +286,14 @@ impl State {
                 .entry(key.clone())
                 .or_default()
                 .insert(message.offset(), delivered.offset);
-            if let Some(id) = courier_id {
-                self.copied
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(id);
+            let mut copied = self.copied.lock().unwrap_or_else(PoisonError::into_inner);
+            copied.ids.extend(courier_id);
+            if let Some(payload) = message.payload() {
+                copied
+                    .values
+                    .insert(String::from_utf8_lossy(payload).into_owned());
             }
+            drop(copied);
             next = message.offset() + 1;
         }
         self.next.insert(key, next);

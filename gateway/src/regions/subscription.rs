@@ -102,12 +102,7 @@ async fn open(
         let mut translated =
             translate::checkpointed_offsets(kafka, &shared.policy, &others, group, &topics).await?;
         if after_switch && let TopicSelector::Names(names) = &topics {
-            let mirrors: Vec<String> = names
-                .iter()
-                .filter(|name| !options.topics.matches(name))
-                .cloned()
-                .collect();
-            translate::start_mirrors_at_earliest(kafka, &mirrors, &mut translated).await?;
+            translate::start_uncommitted_at_earliest(kafka, names, &mut translated).await?;
         }
         let moved = translate::apply(kafka, group, &description, translated).await?;
         if moved > 0 {

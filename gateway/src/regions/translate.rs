@@ -109,24 +109,25 @@ pub(super) async fn apply(
     }
 }
 
-/// After a switch, a group starts the partitions of mirror topics it has neither a checkpoint nor a
-/// commit for at their oldest record: a reader that began at "latest" before the switch would
-/// otherwise skip what the lost region wrote and MirrorMaker 2 copied. At-least-once prefers
-/// redelivery to loss.
-pub(super) async fn start_mirrors_at_earliest(
+/// After a switch, a group starts every partition it has neither a checkpoint nor a commit for in
+/// this region at its oldest record: a reader that began at "latest" before the switch (an MQTT
+/// subscription, say) would otherwise skip what the lost region wrote and MirrorMaker 2 copied, and
+/// what clients wrote into this region's own topic while the group was joining here (writes move
+/// first). At-least-once prefers redelivery to loss.
+pub(super) async fn start_uncommitted_at_earliest(
     region: &Kafka,
-    mirrors: &[String],
+    topics: &[String],
     translated: &mut BTreeMap<TopicPartition, i64>,
 ) -> Result<()> {
-    for mirror in mirrors {
-        let description = match region.describe_topic(mirror).await {
+    for topic in topics {
+        let description = match region.describe_topic(topic).await {
             Ok(description) => description,
             Err(Error::UnknownTopic { .. }) => continue,
             Err(error) => return Err(error),
         };
         for watermarks in description.partitions {
             translated
-                .entry(TopicPartition::new(mirror.as_str(), watermarks.partition))
+                .entry(TopicPartition::new(topic.as_str(), watermarks.partition))
                 .or_insert(watermarks.low);
         }
     }
