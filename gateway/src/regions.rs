@@ -98,6 +98,9 @@ struct Region {
     /// When a client request's failure was last counted against the region; a burst of failures of
     /// one incident counts once per probe interval.
     last_reported_failure: Mutex<Option<Instant>>,
+    /// The region's topic names and when they were read: every subscription looks for new mirrors
+    /// in them, and one metadata request serves them all (see [`Region::topic_names`]).
+    topic_names: tokio::sync::Mutex<Option<(Instant, Arc<Vec<String>>)>>,
 }
 
 /// Which traffic a switch moved.
@@ -201,6 +204,7 @@ impl Regions {
                 health: Mutex::new(HealthMachine::new(config.down_after, config.hold_down, now)),
                 cause: Mutex::new("not probed yet".into()),
                 last_reported_failure: Mutex::new(None),
+                topic_names: tokio::sync::Mutex::new(None),
                 name,
             });
         }
@@ -299,6 +303,26 @@ fn preference_order(config: &RegionsConfig, local: &str) -> Result<Vec<String>> 
 }
 
 impl Region {
+    /// The names of the region's topics, read again when the last reading is older than `max_age`
+    /// (callers arriving meanwhile wait for that one reading).
+    async fn topic_names(&self, max_age: std::time::Duration) -> Result<Arc<Vec<String>>> {
+        let mut cached = self.topic_names.lock().await;
+        if let Some((at, names)) = &*cached
+            && at.elapsed() < max_age
+        {
+            return Ok(names.clone());
+        }
+        let topics = self.kafka().list_topics().await?;
+        let names = Arc::new(
+            topics
+                .into_iter()
+                .map(|topic| topic.name)
+                .collect::<Vec<_>>(),
+        );
+        *cached = Some((Instant::now(), names.clone()));
+        Ok(names)
+    }
+
     /// The region's clients now.
     fn kafka(&self) -> Kafka {
         self.clients

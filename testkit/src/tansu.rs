@@ -121,14 +121,30 @@ impl Tansu {
     /// Kills the broker now (a "region" going away). `timeout` leads a process group of its own with
     /// the broker in it; killing only `timeout` would leave the broker running, so the group goes.
     pub fn kill(&mut self) {
+        self.signal("-KILL");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Freezes the broker (SIGSTOP): it keeps its port and its data but answers nothing, as a
+    /// stalled or partitioned broker would, until [`Tansu::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused broker run again (SIGCONT): the same cluster comes back, with its data.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Sends `signal` to the broker's process group (`timeout` and tansu under it).
+    fn signal(&self, signal: &str) {
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill")
-            .args(["-KILL", "--", &group])
+            .args([signal, "--", &group])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

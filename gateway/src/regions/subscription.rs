@@ -3,6 +3,10 @@
 //! 2's checkpoints translated. When reads move to another region, the subscription there replaces the
 //! one here: the front end sees its partitions revoked and new ones assigned, as in a rebalance.
 //!
+//! MirrorMaker 2 makes a mirror when it first copies a topic, which can be long after a subscription
+//! started; the subscription looks for new mirrors of its topics every `MIRROR_CHECK` and, when one
+//! appeared, subscribes again in the same region so the group reads it too.
+//!
 //! Acknowledgements are routed by delivery: a record delivered by one region's subscription is
 //! acknowledged to that one, even when a record of the same topic, partition and offset has been
 //! delivered since from another region (offsets of `T` in two clusters are unrelated).
@@ -32,6 +36,8 @@ const RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
 const RETIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replaced subscriptions whose deliveries are still remembered for acks.
 const RETIRED_KEPT: usize = 8;
+/// How often a subscription looks for mirrors of its topics that appeared since it started.
+const MIRROR_CHECK: Duration = Duration::from_secs(5);
 
 /// Starts a subscription in the read region. Errors of the first attempt (a bad topic name, a missing
 /// topic without auto-creation) are the caller's.
@@ -41,13 +47,14 @@ pub(super) async fn subscribe(
 ) -> Result<Subscription> {
     let mut reads = shared.reads.subscribe();
     let region = *reads.borrow_and_update();
-    let first = open(shared, region, &options, false).await?;
+    let (first, reading) = open(shared, region, &options, false).await?;
     let control = Arc::new(RoutedControl::new(first.control));
     let (events, outer) = mpsc::unbounded_channel();
     let forward = Forward {
         shared: shared.clone(),
         options,
         region,
+        reading,
         reads,
         events,
         control: control.clone(),
@@ -61,31 +68,45 @@ pub(super) async fn subscribe(
     })
 }
 
-/// Subscribes in `region`: the topics and their mirrors there, a group at its translated positions.
-async fn open(
-    shared: &Shared,
-    region: usize,
-    options: &SubscribeOptions,
-    after_switch: bool,
-) -> Result<Subscription> {
-    let kafka = &shared.regions[region].kafka();
-    let others: Vec<&str> = shared
+/// The names of the other regions than `region`.
+fn others(shared: &Shared, region: usize) -> Vec<&str> {
+    shared
         .regions
         .iter()
         .enumerate()
         .filter(|(index, _)| *index != region)
         .map(|(_, other)| other.name.as_str())
-        .collect();
-    let existing: Vec<String> = match &options.topics {
-        TopicSelector::Names(_) => kafka
-            .list_topics()
-            .await?
-            .into_iter()
-            .map(|topic| topic.name)
-            .collect(),
-        TopicSelector::Pattern(_) => Vec::new(),
+        .collect()
+}
+
+/// What a subscription to `options.topics` reads in `region`: the topics and the mirrors of them
+/// that exist there, by a list of its topics at most `max_age` old.
+async fn expand(
+    shared: &Shared,
+    region: usize,
+    options: &SubscribeOptions,
+    max_age: Duration,
+) -> Result<TopicSelector> {
+    let existing = match &options.topics {
+        TopicSelector::Names(_) => shared.regions[region].topic_names(max_age).await?,
+        TopicSelector::Pattern(_) => Arc::default(),
     };
-    let topics = shared.policy.expand(&options.topics, &others, &existing);
+    Ok(shared
+        .policy
+        .expand(&options.topics, &others(shared, region), &existing))
+}
+
+/// Subscribes in `region`: the topics and their mirrors there, a group at its translated positions.
+/// Returns the subscription and what it reads.
+async fn open(
+    shared: &Shared,
+    region: usize,
+    options: &SubscribeOptions,
+    after_switch: bool,
+) -> Result<(Subscription, TopicSelector)> {
+    let kafka = &shared.regions[region].kafka();
+    let others = others(shared, region);
+    let topics = expand(shared, region, options, Duration::ZERO).await?;
     // A group with live members is left where they hold it (the first member to arrive translated
     // its positions), so only a group without members reads the checkpoints.
     let idle_group = match &options.group {
@@ -109,12 +130,13 @@ async fn open(
             tracing::info!(group, region = %shared.regions[region].name, partitions = moved, "group positions translated from checkpoints");
         }
     }
-    kafka
+    let subscription = kafka
         .subscribe(SubscribeOptions {
-            topics,
+            topics: topics.clone(),
             ..options.clone()
         })
-        .await
+        .await?;
+    Ok((subscription, topics))
 }
 
 /// The task between one region's subscription and the front end.
@@ -122,6 +144,8 @@ struct Forward {
     shared: Arc<Shared>,
     options: SubscribeOptions,
     region: usize,
+    /// What the region's subscription reads (the topics and their mirrors there).
+    reading: TopicSelector,
     reads: watch::Receiver<usize>,
     events: mpsc::UnboundedSender<SubscriptionEvent>,
     control: Arc<RoutedControl>,
@@ -132,6 +156,9 @@ struct Forward {
 
 impl Forward {
     async fn run(mut self, mut inner: mpsc::UnboundedReceiver<SubscriptionEvent>) {
+        let mut mirror_check = tokio::time::interval(MIRROR_CHECK);
+        mirror_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        mirror_check.reset();
         loop {
             let resubscribe = tokio::select! {
                 () = self.control.closed.cancelled() => return,
@@ -144,6 +171,7 @@ impl Forward {
                     Ok(()) => *self.reads.borrow_and_update() != self.region,
                     Err(_) => return,
                 },
+                _ = mirror_check.tick() => self.new_mirror().await,
                 event = inner.recv() => match event {
                     Some(event) => {
                         if !self.forward(event) {
@@ -165,6 +193,35 @@ impl Forward {
                     None => return,
                 }
             }
+        }
+    }
+
+    /// Whether a mirror of the subscribed topics appeared in this region since it subscribed.
+    async fn new_mirror(&self) -> bool {
+        let TopicSelector::Names(reading) = &self.reading else {
+            // A pattern already covers mirrors that appear later.
+            return false;
+        };
+        // Only in a healthy region, not one that may be failing: the question would wait for its timeout while a switch
+        // waits for this task. Bounded by the probe timeout for the same reason.
+        if self.shared.health(self.region) != super::RegionHealth::Healthy {
+            return false;
+        }
+        let expanded = tokio::time::timeout(
+            self.shared.config.probe_timeout,
+            expand(&self.shared, self.region, &self.options, MIRROR_CHECK),
+        );
+        match expanded.await {
+            Ok(Ok(TopicSelector::Names(now))) => {
+                let appeared: Vec<&String> =
+                    now.iter().filter(|name| !reading.contains(name)).collect();
+                if !appeared.is_empty() {
+                    tracing::info!(mirrors = ?appeared, group = ?self.options.group, "new mirrors to read; subscribing again");
+                }
+                !appeared.is_empty()
+            }
+            // The region does not answer now: its health decides about that.
+            Ok(Ok(TopicSelector::Pattern(_)) | Err(_)) | Err(_) => false,
         }
     }
 
@@ -205,7 +262,14 @@ impl Forward {
             return None;
         }
         let lost = !self.shared.health(self.region).usable();
-        self.control.retire_current(&self.shared, lost);
+        let leaving = self.control.retire_current(&self.shared, lost);
+        // Staying in this region (new mirrors, or its subscription ended on its own): the old member
+        // commits and leaves first, so the group is idle when the new one sets its start positions.
+        if *self.reads.borrow() == self.region
+            && let Some(leaving) = leaving
+        {
+            let _ = leaving.await;
+        }
         // A plain reader resumes at the time it had reached: records are copied between regions with
         // their timestamps, offsets are not.
         let mut options = self.options.clone();
@@ -218,9 +282,10 @@ impl Forward {
             let region = *self.reads.borrow_and_update();
             let name = &self.shared.regions[region].name;
             match open(&self.shared, region, &options, true).await {
-                Ok(subscription) => {
-                    tracing::info!(region = %name, group = ?self.options.group, client = %self.options.client, "subscription moved to another region");
+                Ok((subscription, reading)) => {
+                    tracing::info!(region = %name, group = ?self.options.group, client = %self.options.client, "subscribed in the read region again");
                     self.region = region;
+                    self.reading = reading;
                     if !self.control.install(subscription.control) {
                         return None;
                     }
@@ -312,7 +377,8 @@ impl RoutedControl {
     /// Moves the current subscription to the retired ones and closes it in the background: it commits
     /// what was acknowledged when its region still answers, and is abandoned without a commit when its
     /// region was `lost` (the groups' positions there come back through MirrorMaker 2's checkpoints).
-    fn retire_current(&self, shared: &Shared, lost: bool) {
+    /// Returns the closing task.
+    fn retire_current(&self, shared: &Shared, lost: bool) -> Option<tokio::task::JoinHandle<()>> {
         let control = {
             let mut generations = lock(&self.generations);
             let control = generations.current.control.take();
@@ -326,7 +392,7 @@ impl RoutedControl {
             }
             control
         };
-        if let Some(control) = control {
+        control.map(|control| {
             shared.tasks.spawn(async move {
                 let leaving = async {
                     if lost {
@@ -340,8 +406,8 @@ impl RoutedControl {
                     Ok(Err(error)) => tracing::warn!(%error, "closing a subscription in the region left behind failed; its unacknowledged records will be delivered again"),
                     Err(_) => tracing::warn!("closing a subscription in the region left behind timed out"),
                 }
-            });
-        }
+            })
+        })
     }
 
     /// Makes `control` current; false (and closes it) when the subscription was closed meanwhile.
