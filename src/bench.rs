@@ -9,7 +9,9 @@
 //! Against the embedded log (default), `direct` is the store in-process, each side on a fresh store in
 //! a temporary directory. With `--kafka BOOTSTRAP`, both sides use the same broker, each its own topic:
 //! `direct` is a plain rdkafka producer and consumer with the gateway's settings ([`kafka`]), `grpc` a
-//! gateway in front of that broker.
+//! gateway in front of that broker. With `--regions B` as well, both sides are gateways over `A`: one
+//! over the plain Kafka backend, one over the region router with `B` as its standby region
+//! ([`regions`]), measuring what the router costs while nothing fails.
 //!
 //! Both sides use the same concurrency: `streams` producers, each keeping `pipeline` requests of
 //! `batch` records in flight. Latency is per request: from submit to durable ack.
@@ -41,6 +43,7 @@ use hdrhistogram::Histogram;
 mod amqp;
 mod kafka;
 mod mqtt;
+mod regions;
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, mpsc},
@@ -77,6 +80,10 @@ pub(crate) struct BenchArgs {
     /// Measure against this Kafka cluster (`host:port,...`) instead of the embedded log.
     #[arg(long)]
     pub(crate) kafka: Option<String>,
+    /// With `--kafka`: compare a gateway over the plain Kafka backend with one over the region router,
+    /// whose standby region is the Kafka cluster here (see src/bench/regions.rs).
+    #[arg(long, requires = "kafka")]
+    pub(crate) regions: Option<String>,
     /// A librdkafka producer property (`KEY=VALUE`, repeatable), given to both sides alike.
     #[arg(long = "producer-property", value_parser = parse_property)]
     pub(crate) producer_properties: Vec<(String, String)>,
@@ -149,6 +156,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     }
     if args.amqp {
         return amqp::run(&args).await;
+    }
+    if let (Some(primary), Some(standby)) = (&args.kafka, &args.regions) {
+        return regions::run(&args, primary, standby).await;
     }
     let fsync = if args.fsync == "never" {
         FsyncPolicy::Never

@@ -79,21 +79,22 @@ fn others(shared: &Shared, region: usize) -> Vec<&str> {
         .collect()
 }
 
-/// What a subscription to `options.topics` reads in `region`: the topics and the mirrors of them
-/// that exist there, by a list of its topics at most `max_age` old.
-async fn expand(
+/// The topics of `region`, by a list at most `max_age` old.
+async fn existing(shared: &Shared, region: usize, max_age: Duration) -> Result<Arc<Vec<String>>> {
+    shared.regions[region].topic_names(max_age).await
+}
+
+/// What a subscription to `options.topics` reads in a region with the `existing` topics: the topics
+/// and the mirrors of them that exist there.
+fn expand(
     shared: &Shared,
     region: usize,
     options: &SubscribeOptions,
-    max_age: Duration,
-) -> Result<TopicSelector> {
-    let existing = match &options.topics {
-        TopicSelector::Names(_) => shared.regions[region].topic_names(max_age).await?,
-        TopicSelector::Pattern(_) => Arc::default(),
-    };
-    Ok(shared
+    existing: &[String],
+) -> TopicSelector {
+    shared
         .policy
-        .expand(&options.topics, &others(shared, region), &existing))
+        .expand(&options.topics, &others(shared, region), existing)
 }
 
 /// Subscribes in `region`: the topics and their mirrors there, a group at its translated positions.
@@ -106,22 +107,35 @@ async fn open(
 ) -> Result<(Subscription, TopicSelector)> {
     let kafka = &shared.regions[region].kafka();
     let others = others(shared, region);
-    let topics = expand(shared, region, options, Duration::ZERO).await?;
+    let existing = existing(shared, region, Duration::ZERO).await?;
+    let topics = expand(shared, region, options, &existing);
+    // Positions to set come from checkpoints, or after a switch from the oldest records; with
+    // neither, a group starts as it would on a plain cluster, without the cost of describing it.
+    let checkpointed = others
+        .iter()
+        .any(|source| existing.contains(&shared.policy.checkpoints_topic(source)));
     // A group with live members is left where they hold it (the first member to arrive translated
     // its positions), so only a group without members reads the checkpoints.
     let idle_group = match &options.group {
-        Some(group) => {
+        Some(group) if checkpointed || after_switch => {
             let description = kafka.describe_group(group).await?;
             description
                 .members
                 .is_empty()
                 .then_some((group, description))
         }
-        None => None,
+        Some(_) | None => None,
     };
     if let Some((group, description)) = idle_group {
-        let mut translated =
-            translate::checkpointed_offsets(kafka, &shared.policy, &others, group, &topics).await?;
+        let mut translated = translate::checkpointed_offsets(
+            kafka,
+            &shared.policy,
+            &others,
+            &existing,
+            group,
+            &topics,
+        )
+        .await?;
         if after_switch && let TopicSelector::Names(names) = &topics {
             translate::start_uncommitted_at_earliest(kafka, names, &mut translated).await?;
         }
@@ -202,17 +216,21 @@ impl Forward {
             // A pattern already covers mirrors that appear later.
             return false;
         };
-        // Only in a healthy region, not one that may be failing: the question would wait for its timeout while a switch
-        // waits for this task. Bounded by the probe timeout for the same reason.
+        // Only in a healthy region, not one that may be failing: the question would wait for its
+        // timeout while a switch waits for this task. Bounded by the probe timeout for the same reason.
         if self.shared.health(self.region) != super::RegionHealth::Healthy {
             return false;
         }
-        let expanded = tokio::time::timeout(
+        let listed = tokio::time::timeout(
             self.shared.config.probe_timeout,
-            expand(&self.shared, self.region, &self.options, MIRROR_CHECK),
+            existing(&self.shared, self.region, MIRROR_CHECK),
         );
-        match expanded.await {
-            Ok(Ok(TopicSelector::Names(now))) => {
+        let Ok(Ok(existing)) = listed.await else {
+            // The region does not answer now: its health decides about that.
+            return false;
+        };
+        match expand(&self.shared, self.region, &self.options, &existing) {
+            TopicSelector::Names(now) => {
                 let appeared: Vec<&String> =
                     now.iter().filter(|name| !reading.contains(name)).collect();
                 if !appeared.is_empty() {
@@ -220,8 +238,7 @@ impl Forward {
                 }
                 !appeared.is_empty()
             }
-            // The region does not answer now: its health decides about that.
-            Ok(Ok(TopicSelector::Pattern(_)) | Err(_)) | Err(_) => false,
+            TopicSelector::Pattern(_) => false,
         }
     }
 

@@ -13,17 +13,22 @@ use crate::{
 const CHECKPOINT_BATCH: usize = 500;
 
 /// The latest translated offset of `group` per partition of the topics `reads` takes, from every
-/// `<source>.checkpoints.internal` of `sources` in `region`.
+/// `<source>.checkpoints.internal` of `sources` in `region` (whose topics are `existing`).
 pub(super) async fn checkpointed_offsets(
     region: &Kafka,
     policy: &ReplicationPolicy,
     sources: &[&str],
+    existing: &[String],
     group: &str,
     reads: &TopicSelector,
 ) -> Result<BTreeMap<TopicPartition, i64>> {
     let mut offsets = BTreeMap::new();
     for source in sources {
         let topic = policy.checkpoints_topic(source);
+        // Asking for a topic that is not there costs a metadata wait: skip it by the topic list.
+        if !existing.contains(&topic) {
+            continue;
+        }
         let description = match region.describe_topic(&topic).await {
             Ok(description) => description,
             Err(Error::UnknownTopic { .. }) => continue,
