@@ -347,3 +347,90 @@ fn a_connection_on_another_gateway_takes_the_client_id_over() -> TestResult {
     assert!(second.terminate()?.success());
     Ok(())
 }
+
+/// A shared subscription across replicas: one member on each of two gateways over one Kafka
+/// cluster (`$share/<g>/...` is one consumer group); 200 messages from sixteen devices, published
+/// through gateway A, reach the group once each, spread over both members.
+#[test]
+fn a_shared_subscription_spreads_over_replicas() -> TestResult {
+    const COUNT: usize = 200;
+    let _serial = one_broker_at_a_time();
+    let broker = Tansu::start()?;
+    let dir = tempfile::tempdir()?;
+    let first = Gateway::start_kafka(&dir.path().join("a"), &broker.bootstrap(), &[])?;
+    let second = Gateway::start_kafka(&dir.path().join("b"), &broker.bootstrap(), &[])?;
+    let topic = unique("fleet");
+    let share = format!("$share/{}/{topic}/#", unique("dispatch"));
+    let member = |gateway: &Gateway| {
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &gateway.mqtt.port().to_string()])
+            .args(["-V", "mqttv5", "-q", "1", "-t", &share, "-W", "20"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("mosquitto_sub (apt-get install mosquitto-clients): {e}"))
+    };
+    let members = [member(&first)?, member(&second)?];
+    // Both members have joined the group and hold partitions before anything is published.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    // Sixteen trucks: the MQTT topic is the record key, so one truck's messages share a partition
+    // (and a member); sixteen keys land on more than one of the topic's partitions.
+    for truck in 0..16 {
+        let lines: String = (0..COUNT)
+            .filter(|i| i % 16 == truck)
+            .map(|i| format!("m{i}\n"))
+            .collect();
+        mosquitto(
+            "mosquitto_pub",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &first.mqtt.port().to_string(),
+                "-q",
+                "1",
+                "-t",
+                &format!("{topic}/truck-{truck}"),
+                "-l",
+            ],
+            &lines,
+        )?;
+    }
+    let mut received = Vec::new();
+    for member in members {
+        // `-W 20`: each member exits 20 s after it started, printing what it got.
+        let output = member.wait_with_output()?;
+        received.push(
+            String::from_utf8(output.stdout)?
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        );
+    }
+    let all: BTreeSet<&str> = received.iter().flatten().map(String::as_str).collect();
+    let missing: Vec<String> = (0..COUNT)
+        .map(|i| format!("m{i}"))
+        .filter(|m| !all.contains(m.as_str()))
+        .collect();
+    let duplicates = received.iter().map(Vec::len).sum::<usize>() - all.len();
+    eprintln!(
+        "shared subscription: members got {} and {} of {COUNT}, {duplicates} twice",
+        received[0].len(),
+        received[1].len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} messages reached no member, e.g. {:?}; gateway A log:\n{}",
+        missing.len(),
+        missing.first(),
+        first.log()
+    );
+    assert_eq!(duplicates, 0, "a message went to both members");
+    assert!(
+        received.iter().all(|got| !got.is_empty()),
+        "the group's messages were not spread over both replicas' members"
+    );
+    assert!(first.terminate()?.success());
+    assert!(second.terminate()?.success());
+    Ok(())
+}

@@ -23,11 +23,13 @@ DEADLINE = 45.0
 class Peer:
     """One paho client with what it received, in order."""
 
-    def __init__(self, args, client_id="", clean=True, expiry=None, will=None):
+    def __init__(self, args, client_id="", clean=True, expiry=None, will=None, receive_maximum=None,
+                 manual_ack=False):
         self.args = args
         self.v5 = args.version == "5"
         self.clean = clean
         self.expiry = expiry
+        self.receive_maximum = receive_maximum
         self.messages = []
         self.acks = {}
         self.condition = threading.Condition()
@@ -36,7 +38,7 @@ class Peer:
                   "transport": args.transport}
         if not self.v5:
             kwargs["clean_session"] = clean
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, manual_ack=manual_ack, **kwargs)
         if will:
             self.client.will_set(*will)
         self.client.on_connect = self._on_connect
@@ -74,10 +76,12 @@ class Peer:
         kwargs = {}
         if self.v5:
             kwargs["clean_start"] = self.clean
+            properties = Properties(PacketTypes.CONNECT)
             if self.expiry is not None:
-                properties = Properties(PacketTypes.CONNECT)
                 properties.SessionExpiryInterval = self.expiry
-                kwargs["properties"] = properties
+            if self.receive_maximum is not None:
+                properties.ReceiveMaximum = self.receive_maximum
+            kwargs["properties"] = properties
         self.client.connect(self.args.host, self.args.port, keepalive=30, **kwargs)
         self.client.loop_start()
         self._wait(lambda: self.connected is not None, "CONNACK")
@@ -303,6 +307,101 @@ def check_no_local_and_retain_as_published(args):
     print("v5: no-local and retain-as-published")
 
 
+def will_with_delay(topic, seconds):
+    properties = Properties(PacketTypes.WILLMESSAGE)
+    properties.WillDelayInterval = seconds
+    return (topic, b"offline", 1, False, properties)
+
+
+def check_will_delay(args):
+    """MQTT 5 will delay: the will waits for its delay, and a reconnect within it cancels it."""
+    base = unique("will-delay")
+    watcher = Peer(args)
+    watcher.connect()
+    watcher.subscribe(f"{base}/#", qos=1)
+    late = Peer(args, client_id=unique("late"), clean=False, expiry=60,
+                will=will_with_delay(f"{base}/late", 2))
+    late.connect()
+    back_id = unique("back")
+    back = Peer(args, client_id=back_id, clean=False, expiry=60,
+                will=will_with_delay(f"{base}/back", 2))
+    back.connect()
+    dropped_at = time.time()
+    late.drop()
+    back.drop()
+    returned = Peer(args, client_id=back_id, clean=False, expiry=60)
+    assert returned.connect() is True, "the session of a client back within its will delay was lost"
+    returned_at = time.time()
+    (message,) = watcher.wait_for(1, "the delayed will")
+    waited = time.time() - dropped_at
+    assert message.topic == f"{base}/late", f"unexpected will {message.topic}"
+    # Slowness can only make a will later, so this cannot fail by chance: it fails if the delay is ignored.
+    assert waited >= 1.5, f"the will came {waited:.2f} s after the drop, before its 2 s delay"
+    time.sleep(max(0.0, returned_at + 4 - time.time()))
+    topics = [m.topic for m in watcher.messages]
+    assert topics == [f"{base}/late"], f"a will was sent for a client that came back: {topics}"
+    returned.disconnect()
+    watcher.disconnect()
+    print(f"will delay: sent {waited:.1f} s after the drop (delay 2 s); cancelled by a reconnect within it")
+
+
+def check_session_expiry(args):
+    """MQTT 5 session expiry: a session is kept for its expiry interval after the client leaves, then
+    it is gone (no session present, nothing queued delivered)."""
+    base = unique("expiry")
+    short_id, long_id = unique("short"), unique("long")
+    for client_id, expiry in ((short_id, 1), (long_id, 60)):
+        device = Peer(args, client_id=client_id, clean=False, expiry=expiry)
+        device.connect()
+        device.subscribe(f"{base}/{client_id}/#", qos=1)
+        device.disconnect()
+    publisher = Peer(args)
+    publisher.connect()
+    for client_id in (short_id, long_id):
+        publisher.publish(f"{base}/{client_id}/x", b"queued", qos=1)
+    time.sleep(3)
+    expired = Peer(args, client_id=short_id, clean=False, expiry=60)
+    assert expired.connect() is False, "a session past its 1 s expiry was still present"
+    kept = Peer(args, client_id=long_id, clean=False, expiry=60)
+    assert kept.connect() is True, "a session within its 60 s expiry was gone"
+    assert [m.payload for m in kept.wait_for(1)] == [b"queued"]
+    time.sleep(1)
+    assert expired.messages == [], "an expired session's queued message was delivered"
+    for peer in (expired, kept, publisher):
+        peer.disconnect()
+    print("session expiry: a session past its expiry is gone; one within it keeps its queued message")
+
+
+def check_receive_maximum(args):
+    """MQTT 5 receive maximum: the gateway keeps at most that many QoS 1 deliveries unacknowledged."""
+    base = unique("receive-max")
+    reader = Peer(args, receive_maximum=2, manual_ack=True)
+    reader.connect()
+    reader.subscribe(f"{base}/#", qos=1)
+    publisher = Peer(args)
+    publisher.connect()
+    for i in range(6):
+        publisher.publish(f"{base}/t", f"{i}".encode(), qos=1)
+    reader.wait_for(2)
+    time.sleep(1.5)
+    held = len(reader.messages)
+    assert held == 2, f"{held} deliveries unacknowledged with a receive maximum of 2"
+    acked = 0
+    while acked < 6:
+        with reader.condition:
+            pending = reader.messages[acked:]
+        for message in pending:
+            reader.client.ack(message.mid, message.qos)
+        acked += len(pending)
+        if acked < 6:
+            reader.wait_for(acked + 1)
+    payloads = [m.payload for m in reader.messages]
+    assert payloads == [f"{i}".encode() for i in range(6)], payloads
+    reader.disconnect()
+    publisher.disconnect()
+    print("receive maximum: 2 deliveries unacknowledged at most; the rest follow the acks, in order")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
@@ -313,7 +412,8 @@ def main():
     checks = [check_qos_levels, check_retained, check_persistent_session, check_will,
               check_shared_subscription]
     if args.version == "5":
-        checks += [check_v5_properties, check_no_local_and_retain_as_published]
+        checks += [check_v5_properties, check_no_local_and_retain_as_published, check_will_delay,
+                   check_session_expiry, check_receive_maximum]
     for check in checks:
         check(args)
     print(f"MQTT {args.version} over {args.transport}: all checks passed")
