@@ -330,6 +330,38 @@ mod tests {
         Ok(())
     }
 
+    /// Each deploy/ overlay's `courier.toml` (the ConfigMap's block) loads with this loader as the
+    /// region router over both regions, its own among them: what the pods will run is a valid config.
+    #[test]
+    fn deploy_overlays_load() -> Result<(), Box<dyn std::error::Error>> {
+        let overlays = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/k8s/overlays");
+        let dir = tempfile::tempdir()?;
+        let mut loaded = 0;
+        for overlay in std::fs::read_dir(overlays)? {
+            let manifest = std::fs::read_to_string(overlay?.path().join("config.yaml"))?;
+            // The block scalar after `courier.toml: |`, indented four spaces.
+            let (_, block) = manifest
+                .split_once("courier.toml: |\n")
+                .ok_or("no courier.toml in the ConfigMap")?;
+            let toml: String = block
+                .lines()
+                .map(|line| line.strip_prefix("    ").unwrap_or(line.trim()))
+                .map(|line| format!("{line}\n"))
+                .collect();
+            let file = dir.path().join(format!("overlay-{loaded}.toml"));
+            std::fs::write(&file, toml)?;
+            let config = Config::load(Some(&file), &Overrides::default())?;
+            let BackendConfig::Regions(regions) = &config.log else {
+                return Err(format!("{} is not the region router", file.display()).into());
+            };
+            assert!(regions.regions.contains_key(&config.region));
+            assert_eq!(regions.regions.len(), 2);
+            loaded += 1;
+        }
+        assert_eq!(loaded, 2);
+        Ok(())
+    }
+
     /// Keys arrive upper-case (`COURIER_TOPICS__AUTO_CREATE` -> `TOPICS.AUTO_CREATE`); the client's
     /// `COURIER_SERVER` and `COURIER_CONFIG` are not config keys. The end-to-end tests configure the
     /// gateway through these variables, so a filter that dropped them fails there too.

@@ -1,7 +1,9 @@
 """Checks deploy/: every YAML document parses; core Kubernetes kinds validate against the Kubernetes
 API schema (kubernetes-validate, strict: unknown fields are errors); kustomizations name files that
 exist; each overlay's courier.toml parses and agrees with the manifests (ports, drain deadline) and
-with the Strimzi resources (bootstrap Service names, MirrorMaker 2 aliases, replication settings).
+with the Strimzi resources (the region router's regions are the Kafka clusters, by their bootstrap
+Service names and MirrorMaker 2 aliases; the replication policy and separator are MM2's; the probe
+topic is not mirrored).
 
 Usage: deploy_check.py DEPLOY_DIR. Prints one line per check; exits non-zero on the first failure."""
 
@@ -75,15 +77,23 @@ def main(deploy):
     overlays = sorted(p for p in deploy.glob("k8s/overlays/*") if p.is_dir())
     assert len(overlays) == 2, overlays
     regions = set()
+    separators = set()
     for overlay in overlays:
         config_map = yaml.safe_load((overlay / "config.yaml").read_text())
         config = tomllib.loads(config_map["data"]["courier.toml"])
         region = config["region"]
         regions.add(region)
-        bootstrap = config["log"]["bootstrap_servers"]
-        assert bootstrap == f"{region}-kafka-bootstrap.kafka.svc:9092", bootstrap
-        assert region in kafkas, f"no Kafka cluster named {region}"
-        assert config["log"]["replication_factor"] == 3
+        log = config["log"]
+        # The region router over every Kafka cluster here, named as MirrorMaker 2's aliases name them.
+        assert log["kind"] == "regions", "each gateway routes over both regions"
+        assert set(log["regions"]) == set(kafkas), f"router regions {sorted(log['regions'])}"
+        assert region in log["regions"], f"the gateway's own region {region} is one of its regions"
+        for name, cluster in log["regions"].items():
+            assert cluster["bootstrap_servers"] == f"{name}-kafka-bootstrap.kafka.svc:9092", name
+            assert cluster["replication_factor"] == 3, name
+        bootstrap = log["regions"][region]["bootstrap_servers"]
+        separators.add(log.get("replication_separator", "."))
+        assert log.get("replication_policy", "default") == "default"
         http_port = int(config["http"]["listen"].rsplit(":", 1)[1])
         assert http_port == ports["http"], "the probes use the HTTP port courier.toml sets"
         grace = duration_seconds(config["shutdown"]["grace"])
@@ -91,7 +101,9 @@ def main(deploy):
         assert pod["terminationGracePeriodSeconds"] > grace + pre_stop, "the drain finishes first"
         for mirror in mirrors:
             aliases = {c["alias"]: c["bootstrapServers"] for c in mirror["spec"]["clusters"]}
-            assert aliases.get(region) == bootstrap, f"{mirror['metadata']['name']}: alias {region}"
+            for name, cluster in log["regions"].items():
+                assert aliases.get(name) == cluster["bootstrap_servers"], \
+                    f"{mirror['metadata']['name']}: alias {name}"
         print(f"overlay {overlay.name}: region {region}, bootstrap {bootstrap}, grace {grace}s")
 
     directions = set()
@@ -103,7 +115,10 @@ def main(deploy):
             for connector in ("sourceConnector", "checkpointConnector"):
                 cfg = m[connector]["config"]
                 assert cfg["replication.policy.class"].endswith("DefaultReplicationPolicy")
-                assert cfg["replication.policy.separator"] == "."
+                assert {cfg["replication.policy.separator"]} == separators, "the gateways' separator"
+            # The probe topic stays in its region (the gateways write it in each).
+            assert re.match(f"(?:{m['topicsPattern']})$", "courier.canary") is None, m["topicsPattern"]
+            assert re.match(f"(?:{m['topicsPattern']})$", "orders"), m["topicsPattern"]
             directions.add((m["sourceCluster"], m["targetCluster"]))
     assert directions == {(a, b) for a in regions for b in regions if a != b}, directions
     print(f"MirrorMaker 2 mirrors {sorted(directions)} with checkpoints and the default policy")
