@@ -171,12 +171,16 @@ pub(crate) struct HttpConfig {
     /// Address of the HTTP endpoint.
     #[serde(default = "HttpConfig::default_listen")]
     pub(crate) listen: SocketAddr,
-    /// How often the log is probed (readiness, region state) and consumer lag is read.
+    /// How often the log is probed (readiness, region state) and traffic sampled.
     #[serde(
         default = "HttpConfig::default_probe_interval",
         with = "humantime_serde"
     )]
     pub(crate) probe_interval: Duration,
+    /// How often consumer lag is read: every group described, so on a clock of its own, slower than
+    /// the probes, and never holding them up.
+    #[serde(default = "HttpConfig::default_lag_interval", with = "humantime_serde")]
+    pub(crate) lag_interval: Duration,
 }
 
 impl HttpConfig {
@@ -191,6 +195,10 @@ impl HttpConfig {
     fn default_probe_interval() -> Duration {
         Duration::from_secs(5)
     }
+
+    fn default_lag_interval() -> Duration {
+        Duration::from_secs(30)
+    }
 }
 
 impl Default for HttpConfig {
@@ -199,6 +207,7 @@ impl Default for HttpConfig {
             enabled: Self::default_enabled(),
             listen: Self::default_listen(),
             probe_interval: Self::default_probe_interval(),
+            lag_interval: Self::default_lag_interval(),
         }
     }
 }

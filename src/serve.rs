@@ -198,6 +198,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         log.clone(),
         prometheus.clone(),
         config.http.probe_interval,
+        config.http.lag_interval,
         http_stop.clone(),
     ));
     let http_task = http_listener.map(|(listener, address)| {

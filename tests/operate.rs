@@ -307,10 +307,13 @@ fn protocol_card<'a>(dom: &'a str, protocol: &str) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_renders_in_headless_chromium() -> TestResult {
     let dir = tempfile::tempdir()?;
-    // Samples every 500 ms, so the chart has a line after a few seconds.
+    // Samples every 500 ms, so the chart has a line after a few seconds; lag every second.
     let gateway = Gateway::start(
         &dir.path().join("data"),
-        &[("COURIER_HTTP__PROBE_INTERVAL", "500ms")],
+        &[
+            ("COURIER_HTTP__PROBE_INTERVAL", "500ms"),
+            ("COURIER_HTTP__LAG_INTERVAL", "1s"),
+        ],
     )?;
     let stop = tokio_util::sync::CancellationToken::new();
     let group = unique("billing");

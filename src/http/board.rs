@@ -181,6 +181,18 @@ impl Board {
             .then(|| format!("the log is not answering: {}", observed.region.cause))
     }
 
+    /// Whether the log answers (a region of the router does), so reading lag is worth a try.
+    fn log_answers(&self) -> bool {
+        match &self.router {
+            Some(router) => router
+                .status()
+                .regions
+                .iter()
+                .any(|region| region.health.usable()),
+            None => self.observed().region.state != Health::Down,
+        }
+    }
+
     /// The regions' states: the router's, or the one log's as the probes saw it.
     fn regions(&self, observed: &Observed) -> Vec<RegionState> {
         let Some(router) = &self.router else {
@@ -285,20 +297,28 @@ impl Board {
     }
 }
 
-/// Probes the log, samples traffic and reads consumer lag every `interval` until `stop`; also does
-/// the Prometheus recorder's upkeep (histogram buckets are drained on it).
+/// Probes the log and samples traffic every `interval` until `stop`, and reads consumer lag every
+/// `lag_interval` on a task of its own (describing every group can take long; a probe must not wait
+/// for it); also does the Prometheus recorder's upkeep (histogram buckets are drained on it).
 pub(crate) async fn run_probes(
     board: Arc<Board>,
     log: Arc<dyn Log>,
     prometheus: PrometheusHandle,
     interval: Duration,
+    lag_interval: Duration,
     stop: CancellationToken,
 ) {
+    let lag_reader = tokio::spawn(read_lag(
+        board.clone(),
+        log.clone(),
+        lag_interval,
+        stop.clone(),
+    ));
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             _ = ticks.tick() => {}
         }
         board.record_sample();
@@ -310,9 +330,33 @@ pub(crate) async fn run_probes(
                 "no answer to a metadata request within {interval:?}"
             )),
         };
-        let healthy = probe.is_ok();
         board.record_probe(probe);
-        if healthy && let Ok(groups) = tokio::time::timeout(interval, lag(&*log)).await {
+    }
+    let _ = lag_reader.await;
+}
+
+/// Reads every group's lag every `interval` while the log answers its probes, until `stop`.
+async fn read_lag(
+    board: Arc<Board>,
+    log: Arc<dyn Log>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if !board.log_answers() {
+            continue;
+        }
+        let reading = tokio::select! {
+            () = stop.cancelled() => return,
+            reading = tokio::time::timeout(interval, lag(&*log)) => reading,
+        };
+        if let Ok(groups) = reading {
             board.record_groups(groups);
         }
     }
