@@ -215,6 +215,21 @@ struct Judged {
     duplicates: usize,
 }
 
+impl std::fmt::Display for Judged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "acknowledged {} in all, {} before the kill, of which the replicator had copied {}; lost \
+             in the replication window: {}; duplicates delivered: {}",
+            self.acked,
+            self.acked_before_kill,
+            self.copied_before_kill,
+            self.lost_in_window,
+            self.duplicates
+        )
+    }
+}
+
 /// Waits (up to a minute) until everything acknowledged outside the loss window was delivered, then
 /// judges. `acked` holds (id, sent, acknowledged) and `delivered()` the ids delivered so far, in
 /// whichever terms the client knows its messages (courier-id or payload) and `copied` matches.
@@ -428,16 +443,10 @@ async fn active_passive_fails_over_and_back_with_nothing_copied_lost() -> TestRe
     eprintln!(
         "FAILOVER active-passive (gRPC): first write acknowledged in b {:.2} s after the kill; \
          first delivery from b {:.2} s after the kill; fail-back {:.2} s after the restart \
-         (hold-down 10 s); acknowledged {} in all, {} before the kill, of which the replicator had \
-         copied {}; lost in the replication window: {}; duplicates delivered: {}",
+         (hold-down 10 s); {judged}",
         first_write.as_secs_f64(),
         first_delivery.as_secs_f64(),
         fail_back.as_secs_f64(),
-        judged.acked,
-        judged.acked_before_kill,
-        judged.copied_before_kill,
-        judged.lost_in_window,
-        judged.duplicates,
     );
     let copied_back = b_to_a.copied_ids();
     let copied_over = a_to_b.copied_ids();
@@ -749,16 +758,9 @@ async fn mqtt_and_amqp_clients_fail_over_and_back() -> TestResult {
         .await;
         eprintln!(
             "FAILOVER active-passive ({protocol}): first write acknowledged in b {:.2} s after the \
-             kill; first delivery from b {:.2} s after the kill; acknowledged {} in all, {} before \
-             the kill, of which the replicator had copied {}; lost in the replication window: {}; \
-             duplicates delivered: {}",
+             kill; first delivery from b {:.2} s after the kill; {judged}",
             write.as_secs_f64(),
             delivery.as_secs_f64(),
-            judged.acked,
-            judged.acked_before_kill,
-            judged.copied_before_kill,
-            judged.lost_in_window,
-            judged.duplicates,
         );
         assert!(
             judged.missing.is_empty(),
@@ -1001,14 +1003,8 @@ async fn active_active_writes_locally_and_survives_a_region() -> TestResult {
             )
             .await;
             eprintln!(
-                "FAILOVER active-active: group {group}, writes through the gateway in {writer}: \
-                 acknowledged {}, {} before the kill, of which in a or copied {}; lost in b's \
-                 replication window: {}; duplicates delivered: {}",
-                judged.acked,
-                judged.acked_before_kill,
-                judged.copied_before_kill,
-                judged.lost_in_window,
-                judged.duplicates
+                "FAILOVER active-active: group {group}, writes through the gateway in {writer} \
+                 (in a or copied count as copied): {judged}"
             );
             assert!(
                 judged.missing.is_empty(),

@@ -47,7 +47,7 @@ pub(super) async fn subscribe(
 ) -> Result<Subscription> {
     let mut reads = shared.reads.subscribe();
     let region = *reads.borrow_and_update();
-    let (first, reading) = open(shared, region, &options, false).await?;
+    let (first, reading) = open(shared, region, &options, Uncommitted::AsAsked).await?;
     let control = Arc::new(RoutedControl::new(first.control));
     let (events, outer) = mpsc::unbounded_channel();
     let forward = Forward {
@@ -97,27 +97,45 @@ fn expand(
         .expand(&options.topics, &others(shared, region), existing)
 }
 
+/// Where a group starts the partitions it has neither a checkpoint nor a commit for in a region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Uncommitted {
+    /// Where the subscription asked (its start position): its first subscription, or again in the
+    /// same region, where the member that left committed where it was.
+    AsAsked,
+    /// At their oldest record, all of them: after a switch, the group never read this region's copy
+    /// of its topics, and its old member could not commit.
+    Oldest,
+    /// At their oldest record, those of these topics: mirrors that appeared after it subscribed.
+    OldestIn(Vec<String>),
+}
+
 /// Subscribes in `region`: the topics and their mirrors there, a group at its translated positions.
 /// Returns the subscription and what it reads.
 async fn open(
     shared: &Shared,
     region: usize,
     options: &SubscribeOptions,
-    after_switch: bool,
+    uncommitted: Uncommitted,
 ) -> Result<(Subscription, TopicSelector)> {
     let kafka = &shared.regions[region].kafka();
     let others = others(shared, region);
     let existing = existing(shared, region, Duration::ZERO).await?;
     let topics = expand(shared, region, options, &existing);
-    // Positions to set come from checkpoints, or after a switch from the oldest records; with
-    // neither, a group starts as it would on a plain cluster, without the cost of describing it.
+    // Positions to set come from checkpoints, or from the oldest records; with neither, a group
+    // starts as it would on a plain cluster, without the cost of describing it.
+    let oldest: Vec<String> = match (uncommitted, &topics) {
+        (Uncommitted::Oldest, TopicSelector::Names(names)) => names.clone(),
+        (Uncommitted::OldestIn(names), _) => names,
+        (Uncommitted::AsAsked | Uncommitted::Oldest, _) => Vec::new(),
+    };
     let checkpointed = others
         .iter()
         .any(|source| existing.contains(&shared.policy.checkpoints_topic(source)));
     // A group with live members is left where they hold it (the first member to arrive translated
     // its positions), so only a group without members reads the checkpoints.
     let idle_group = match &options.group {
-        Some(group) if checkpointed || after_switch => {
+        Some(group) if checkpointed || !oldest.is_empty() => {
             let description = kafka.describe_group(group).await?;
             description
                 .members
@@ -136,9 +154,7 @@ async fn open(
             &topics,
         )
         .await?;
-        if after_switch && let TopicSelector::Names(names) = &topics {
-            translate::start_uncommitted_at_earliest(kafka, names, &mut translated).await?;
-        }
+        translate::start_uncommitted_at_earliest(kafka, &oldest, &mut translated).await?;
         let moved = translate::apply(kafka, group, &description, translated).await?;
         if moved > 0 {
             tracing::info!(group, region = %shared.regions[region].name, partitions = moved, "group positions translated from checkpoints");
@@ -182,27 +198,29 @@ impl Forward {
                     return;
                 }
                 changed = self.reads.changed() => match changed {
-                    Ok(()) => *self.reads.borrow_and_update() != self.region,
+                    Ok(()) => (*self.reads.borrow_and_update() != self.region)
+                        .then_some(Uncommitted::Oldest),
                     Err(_) => return,
                 },
-                _ = mirror_check.tick() => self.new_mirror().await,
+                _ = mirror_check.tick() => self.new_mirrors().await.map(Uncommitted::OldestIn),
                 event = inner.recv() => match event {
                     Some(event) => {
                         if !self.forward(event) {
                             self.control.close_current().await;
                             return;
                         }
-                        false
+                        None
                     }
-                    // The region's subscription ended on its own (its cluster failed it): start over.
+                    // The region's subscription ended on its own (its cluster failed it, perhaps
+                    // before it could commit): start over.
                     None => {
                         tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
-                        true
+                        Some(Uncommitted::Oldest)
                     }
                 },
             };
-            if resubscribe {
-                match self.move_on().await {
+            if let Some(uncommitted) = resubscribe {
+                match self.move_on(uncommitted).await {
                     Some(next) => inner = next,
                     None => return,
                 }
@@ -210,16 +228,16 @@ impl Forward {
         }
     }
 
-    /// Whether a mirror of the subscribed topics appeared in this region since it subscribed.
-    async fn new_mirror(&self) -> bool {
+    /// The mirrors of the subscribed topics that appeared in this region since it subscribed, if any.
+    async fn new_mirrors(&self) -> Option<Vec<String>> {
         let TopicSelector::Names(reading) = &self.reading else {
             // A pattern already covers mirrors that appear later.
-            return false;
+            return None;
         };
         // Only in a healthy region, not one that may be failing: the question would wait for its
         // timeout while a switch waits for this task. Bounded by the probe timeout for the same reason.
         if self.shared.health(self.region) != super::RegionHealth::Healthy {
-            return false;
+            return None;
         }
         let listed = tokio::time::timeout(
             self.shared.config.probe_timeout,
@@ -227,19 +245,21 @@ impl Forward {
         );
         let Ok(Ok(existing)) = listed.await else {
             // The region does not answer now: its health decides about that.
-            return false;
+            return None;
         };
-        match expand(&self.shared, self.region, &self.options, &existing) {
-            TopicSelector::Names(now) => {
-                let appeared: Vec<&String> =
-                    now.iter().filter(|name| !reading.contains(name)).collect();
-                if !appeared.is_empty() {
-                    tracing::info!(mirrors = ?appeared, group = ?self.options.group, "new mirrors to read; subscribing again");
-                }
-                !appeared.is_empty()
-            }
-            TopicSelector::Pattern(_) => false,
+        let TopicSelector::Names(now) = expand(&self.shared, self.region, &self.options, &existing)
+        else {
+            return None;
+        };
+        let appeared: Vec<String> = now
+            .into_iter()
+            .filter(|name| !reading.contains(name))
+            .collect();
+        if appeared.is_empty() {
+            return None;
         }
+        tracing::info!(mirrors = ?appeared, group = ?self.options.group, "new mirrors to read; subscribing again");
+        Some(appeared)
     }
 
     /// Passes one event on, noting what it says; false once the front end is gone.
@@ -267,7 +287,12 @@ impl Forward {
 
     /// Retires this region's subscription and subscribes in the read region, retrying until it works
     /// or the subscription is closed.
-    async fn move_on(&mut self) -> Option<mpsc::UnboundedReceiver<SubscriptionEvent>> {
+    /// Partitions without a checkpoint or commit start as `uncommitted` says if the subscription
+    /// stays in this region, and at their oldest record if it moves to another.
+    async fn move_on(
+        &mut self,
+        uncommitted: Uncommitted,
+    ) -> Option<mpsc::UnboundedReceiver<SubscriptionEvent>> {
         let revoked: Vec<TopicPartition> = std::mem::take(&mut self.assigned).into_iter().collect();
         if !revoked.is_empty()
             && self
@@ -298,7 +323,12 @@ impl Forward {
         loop {
             let region = *self.reads.borrow_and_update();
             let name = &self.shared.regions[region].name;
-            match open(&self.shared, region, &options, true).await {
+            let uncommitted = if region == self.region {
+                uncommitted.clone()
+            } else {
+                Uncommitted::Oldest
+            };
+            match open(&self.shared, region, &options, uncommitted).await {
                 Ok((subscription, reading)) => {
                     tracing::info!(region = %name, group = ?self.options.group, client = %self.options.client, "subscribed in the read region again");
                     self.region = region;
