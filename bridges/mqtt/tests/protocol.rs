@@ -457,3 +457,53 @@ async fn passwords_are_checked_against_the_users_file() -> TestResult {
     }
     Ok(())
 }
+
+/// A client that sends more QoS 1 publishes than the server's receive maximum without waiting for
+/// PUBACKs (all in one write) is slowed down, not cut off (the server reads no further while that
+/// many appends are unacknowledged): every publish is acknowledged and stored once, and the
+/// connection stays open, where a DISCONNECT 0x93 would fail the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_beyond_the_receive_maximum_wait_their_turn() -> TestResult {
+    const SENT: u16 = 50;
+    let endpoint = Endpoint::start(Config {
+        receive_maximum: 4,
+        ..Config::default()
+    })
+    .await?;
+    let (mut client, _) = RawClient::connect(endpoint.address, "eager-client", true).await?;
+    let mut burst = BytesMut::new();
+    for pkid in 1..=SENT {
+        burst.extend_from_slice(&publish_bytes(
+            "eager/t",
+            format!("e{pkid}").as_bytes(),
+            QoS::AtLeastOnce,
+            pkid,
+            false,
+        ));
+    }
+    client.send_bytes(&burst).await?;
+    let mut acked = std::collections::BTreeSet::new();
+    while acked.len() < usize::from(SENT) {
+        match client.read().await? {
+            Some(Packet::PubAck(ack, _)) => {
+                assert!(acked.insert(ack.pkid), "PUBACK {} twice", ack.pkid);
+            }
+            other => return Err(format!("after {} PUBACKs: {other:?}", acked.len()).into()),
+        }
+    }
+    let mut stored = endpoint.stored_values().await?;
+    stored.sort();
+    let mut expected: Vec<Bytes> = (1..=SENT)
+        .map(|pkid| Bytes::from(format!("e{pkid}")))
+        .collect();
+    expected.sort();
+    assert_eq!(stored, expected, "each publish stored once");
+    client
+        .send(Packet::PingReq(rumqttd::protocol::PingReq))
+        .await?;
+    assert!(
+        matches!(client.read().await?, Some(Packet::PingResp(_))),
+        "the connection is still open"
+    );
+    Ok(())
+}
