@@ -910,8 +910,6 @@ async fn active_active_writes_locally_and_survives_a_region() -> TestResult {
     let _a_to_b = Replicator::start("a", &a.bootstrap(), &b.bootstrap(), &[TOPIC], &groups);
     let b_to_a = Replicator::start("b", &b.bootstrap(), &a.bootstrap(), &[TOPIC], &groups);
     let dir = tempfile::tempdir()?;
-    eprintln!("DIR {}", dir.path().display());
-    let dir = Box::leak(Box::new(dir));
     let in_a = Gateway::start_with_config(
         &dir.path().join("gateway-a"),
         &regions_config("a", "active-active", &a, &b, "10s"),
