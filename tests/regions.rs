@@ -1,8 +1,10 @@
 //! Region failover end to end: two tansu processes are two regions, test replicators copy between
 //! them in MirrorMaker 2's formats (`tests/common/replicator.rs`), and the real `courier` binary
-//! routes over both (`log.kind = "regions"`). The primary broker process is killed mid-stream and
-//! started again; the tests measure what clients see and check nothing acknowledged is lost beyond the
-//! replication lag at the moment of the kill.
+//! routes over both (`log.kind = "regions"`). Active-passive with gRPC, and with MQTT and AMQP clients:
+//! the primary broker process is killed mid-stream and started again. Active-active: a gateway per
+//! region, one region killed. A flapping primary: its broker frozen and resumed. The tests measure what
+//! clients see (printed as `FAILOVER` and `FLAPPING` lines) and check nothing acknowledged is lost
+//! beyond the replication lag at the moment of the kill.
 
 mod common;
 
