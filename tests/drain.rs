@@ -58,11 +58,12 @@ fn assert_all_stored(what: &str, acked: &BTreeSet<String>, stored: &BTreeSet<Str
 async fn sigterm_drains_every_protocol_and_commits() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
+    let grace = format!("{}s", GRACE.as_secs());
     let gateway = Gateway::start(
         &data,
         &[
             ("COURIER_GROUPS__COMMIT_INTERVAL", "1h"),
-            ("COURIER_SHUTDOWN__GRACE", "10s"),
+            ("COURIER_SHUTDOWN__GRACE", &grace),
         ],
     )?;
     let (_, topic) = create_topic(&gateway, "drain", 2).await?;
@@ -118,8 +119,8 @@ async fn sigterm_drains_every_protocol_and_commits() -> TestResult {
     let mut produced = BTreeSet::new();
     // Until every protocol has traffic acknowledged (gRPC's responses are read meanwhile).
     while produced.len() < 3_000
-        || mqtt_acked.lock().map_or(0, |a| a.len()) < 20
-        || amqp_acked.lock().map_or(0, |a| a.len()) < 20
+        || acked_payloads(&mqtt_acked).len() < 20
+        || acked_payloads(&amqp_acked).len() < 20
     {
         let response = responses
             .message()
