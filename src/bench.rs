@@ -30,8 +30,8 @@ use courier_gateway::{
     config::{EmbeddedConfig, FsyncPolicy, GroupsConfig, GrpcConfig, TopicsConfig},
     grpc::GrpcServer,
     log::{
-        Embedded, Kafka, Log, NewRecord, Position, SubscribeOptions, SubscriptionEvent,
-        TopicSelector, TopicSpec,
+        Embedded, Log, NewRecord, Position, SubscribeOptions, SubscriptionEvent, TopicSelector,
+        TopicSpec,
     },
     proto::v1::{
         self as pb, admin_client::AdminClient, streams_client::StreamsClient,
@@ -197,16 +197,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
         Some(bootstrap) => {
             let run = ulid::Ulid::new().to_string().to_lowercase();
             let config = kafka::config(bootstrap, &args.producer_properties);
-            let log: Arc<dyn Log> = Arc::new(
-                Kafka::connect(
-                    &config,
-                    TopicsConfig::default(),
-                    GroupsConfig::default(),
-                    "bench",
-                )
-                .await
-                .with_context(|| format!("connecting to Kafka at {bootstrap}"))?,
-            );
+            let log = kafka::backend(&config, "bench").await?;
             let direct_topic = format!("bench-direct-{run}");
             log.create_topic(TopicSpec::named(&direct_topic).partitions(args.partitions))
                 .await?;

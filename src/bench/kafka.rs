@@ -2,11 +2,17 @@
 //! configures its own (acks=all, idempotence, the same linger and batch size), so the comparison
 //! measures what the gateway adds and nothing else.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use courier_gateway::config::KafkaConfig;
+use courier_gateway::{
+    config::{GroupsConfig, KafkaConfig, TopicsConfig},
+    log::{Kafka, Log},
+};
 use rdkafka::{
     ClientConfig,
     consumer::{Consumer, StreamConsumer},
@@ -22,6 +28,19 @@ pub(super) fn config(bootstrap: &str, producer_properties: &[(String, String)]) 
         producer_properties: producer_properties.iter().cloned().collect(),
         ..KafkaConfig::new(bootstrap)
     }
+}
+
+/// The gateway's Kafka backend on `config`'s cluster, writing `origin` into every record.
+pub(super) async fn backend(config: &KafkaConfig, origin: &str) -> Result<Arc<dyn Log>> {
+    let kafka = Kafka::connect(
+        config,
+        TopicsConfig::default(),
+        GroupsConfig::default(),
+        origin,
+    )
+    .await
+    .with_context(|| format!("connecting to Kafka at {}", config.bootstrap_servers))?;
+    Ok(Arc::new(kafka))
 }
 
 fn client(config: &KafkaConfig) -> ClientConfig {

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use courier_gateway::{
     config::{GroupsConfig, RegionsConfig, TopicsConfig},
-    log::{Kafka, Log},
+    log::Log,
     regions::Regions,
 };
 
@@ -56,30 +56,21 @@ pub(super) async fn run(args: &BenchArgs, primary: &str, standby: &str) -> Resul
     let mut totals = [[0.0_f64; 2]; 2]; // [plain, router][produce, subscribe] records/s
     for round in 1..=ROUNDS {
         // Odd rounds measure the plain side first, even rounds the router first.
-        let mut plain_side = None;
-        let mut routed_side = None;
-        for plain_turn in [round % 2 == 1, round % 2 == 0] {
-            if plain_turn {
-                let plain: Arc<dyn Log> = Arc::new(
-                    Kafka::connect(
-                        &kafka::config(primary, &args.producer_properties),
-                        TopicsConfig::default(),
-                        GroupsConfig::default(),
-                        "a",
-                    )
-                    .await
-                    .with_context(|| format!("connecting to Kafka at {primary}"))?,
-                );
-                let topic = format!("bench-plain-{run}-{round}");
-                plain_side = Some(through_gateway(plain, &topic, args, &value).await?);
-            } else {
-                let routed: Arc<dyn Log> = Arc::new(router(primary, standby, args)?);
-                let topic = format!("bench-router-{run}-{round}");
-                routed_side = Some(through_gateway(routed, &topic, args, &value).await?);
-            }
-        }
-        let (Some(plain_side), Some(routed_side)) = (plain_side, routed_side) else {
-            bail!("a side was not measured");
+        let plain = async {
+            let log =
+                kafka::backend(&kafka::config(primary, &args.producer_properties), "a").await?;
+            through_gateway(log, &format!("bench-plain-{run}-{round}"), args, &value).await
+        };
+        let routed = async {
+            let log: Arc<dyn Log> = Arc::new(router(primary, standby, args)?);
+            through_gateway(log, &format!("bench-router-{run}-{round}"), args, &value).await
+        };
+        let (plain_side, routed_side) = if round % 2 == 1 {
+            let plain_side = plain.await?;
+            (plain_side, routed.await?)
+        } else {
+            let routed_side = routed.await?;
+            (plain.await?, routed_side)
         };
         for (index, (side, (produced, subscribed))) in [
             ("gRPC over kafka", &plain_side),
