@@ -98,8 +98,8 @@ struct Region {
     /// When a client request's failure was last counted against the region; a burst of failures of
     /// one incident counts once per probe interval.
     last_reported_failure: Mutex<Option<Instant>>,
-    /// The region's topic names and when they were read: every subscription looks for new mirrors
-    /// in them, and one metadata request serves them all (see [`Region::topic_names`]).
+    /// The region's topic names and when that reading began: every subscription looks for new
+    /// mirrors in them, and one metadata request serves them all (see [`Region::topic_names`]).
     topic_names: tokio::sync::Mutex<Option<(Instant, Arc<Vec<String>>)>>,
 }
 
@@ -303,15 +303,19 @@ fn preference_order(config: &RegionsConfig, local: &str) -> Result<Vec<String>> 
 }
 
 impl Region {
-    /// The names of the region's topics, read again when the last reading is older than `max_age`
-    /// (callers arriving meanwhile wait for that one reading).
+    /// The names of the region's topics, by a reading younger than `max_age` or begun after this
+    /// call: callers that arrive while one reading is under way share the next, so a burst of
+    /// subscriptions (clients reconnecting after a switch) costs two metadata requests, not one each
+    /// in turn, and `max_age` zero still sees every topic that existed when the call was made.
     async fn topic_names(&self, max_age: std::time::Duration) -> Result<Arc<Vec<String>>> {
+        let asked = Instant::now();
         let mut cached = self.topic_names.lock().await;
-        if let Some((at, names)) = &*cached
-            && at.elapsed() < max_age
+        if let Some((began, names)) = &*cached
+            && (*began >= asked || began.elapsed() < max_age)
         {
             return Ok(names.clone());
         }
+        let began = Instant::now();
         let topics = self.kafka().list_topics().await?;
         let names = Arc::new(
             topics
@@ -319,7 +323,7 @@ impl Region {
                 .map(|topic| topic.name)
                 .collect::<Vec<_>>(),
         );
-        *cached = Some((Instant::now(), names.clone()));
+        *cached = Some((began, names.clone()));
         Ok(names)
     }
 
