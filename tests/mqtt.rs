@@ -79,32 +79,6 @@ fn mqtt_and_native_kafka_clients_interoperate() -> TestResult {
     Ok(())
 }
 
-/// Runs a Mosquitto client to completion (bounded by its own `-W` timeout or a kill), returning stdout.
-fn mosquitto(program: &str, args: &[&str], stdin: &str) -> Result<String, BoxError> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{program} (apt-get install mosquitto-clients): {e}"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(stdin.as_bytes())?;
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
-        return Err(format!(
-            "{program} {args:?} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 /// mosquitto_sub subscribes with a persistent session and leaves; mosquitto_pub publishes (QoS 1 and 2,
 /// user properties, a retained message); mosquitto_sub comes back and gets everything, in both versions.
 fn mosquitto_clients_against(gateway: &Gateway) -> TestResult {

@@ -86,8 +86,9 @@ async fn metrics_count_every_protocols_traffic() -> TestResult {
 
     // MQTT: 5 QoS 1 messages over one connection (each line of stdin is one message).
     let mqtt_port = gateway.mqtt.port().to_string();
-    let mut publisher = Command::new("mosquitto_pub")
-        .args([
+    mosquitto(
+        "mosquitto_pub",
+        &[
             "-h",
             "127.0.0.1",
             "-p",
@@ -97,16 +98,9 @@ async fn metrics_count_every_protocols_traffic() -> TestResult {
             "-t",
             "ops/mqtt",
             "-l",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("mosquitto_pub (apt-get install mosquitto-clients): {e}"))?;
-    {
-        use std::io::Write;
-        let mut stdin = publisher.stdin.take().ok_or("no stdin")?;
-        stdin.write_all(b"m0\nm1\nm2\nm3\nm4\n")?;
-    }
-    assert!(publisher.wait()?.success(), "mosquitto_pub failed");
+        ],
+        "m0\nm1\nm2\nm3\nm4\n",
+    )?;
 
     // AMQP: 3 unsettled sends, then a group receiver accepts all 3.
     let amqp_topic = unique("ops-amqp");

@@ -7,7 +7,7 @@ pub mod clients;
 pub mod replicator;
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -448,6 +448,33 @@ pub fn start_in_group(topic: &str, group: &str, max_in_flight: u32) -> pb::Subsc
         max_in_flight,
         ..Default::default()
     }
+}
+
+/// Runs a Mosquitto client (`mosquitto_pub`, `mosquitto_sub`) to completion with `stdin` as its input
+/// (bounded by its own `-W` timeout or a kill), returning stdout; fails if it does.
+pub fn mosquitto(program: &str, args: &[&str], stdin: &str) -> Result<String, BoxError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{program} (apt-get install mosquitto-clients): {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(stdin.as_bytes())?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        return Err(format!(
+            "{program} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// The Python interpreter with the client libraries: `COURIER_PYTHON`, else `./.venv` (made by
