@@ -1,8 +1,9 @@
 //! Faults inside one Kafka cluster, on librdkafka's mock cluster (3 brokers, replication 3): the
-//! partition leader's broker dies during a produce stream, brokers answer with injected errors, round
-//! trips slow down. What must hold every time: every acknowledged record is readable afterwards, where its
-//! acknowledgement said, exactly once; errors that do reach the client say what happened and whether a
-//! retry can help.
+//! partition leader's broker dies during a produce stream, brokers answer with injected errors
+//! (produces, and the group coordinator's offset lookup), round trips slow down. What must hold every
+//! time: every acknowledged record is readable afterwards, where its acknowledgement said, exactly
+//! once; a group resumes after its commit; errors that do reach the client say what happened and
+//! whether a retry can help.
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +18,10 @@ use bytes::Bytes;
 use courier_gateway::{
     Error,
     config::{GroupsConfig, KafkaConfig, TopicsConfig},
-    log::{Appended, FetchLimits, Kafka, Log, NewRecord, TopicPartition},
+    log::{
+        Appended, FetchLimits, Kafka, Log, NewRecord, Position, SubscribeOptions, Subscription,
+        SubscriptionEvent, TopicPartition, TopicSelector,
+    },
 };
 use rdkafka::{mocking::MockCluster, types::RDKafkaApiKey, types::RDKafkaRespErr};
 use tokio::task::JoinSet;
@@ -330,6 +334,84 @@ async fn slow_round_trips_delay_but_do_not_lose() -> TestResult {
     let stored = read_all(&log, topic).await?;
     assert_acked_records_stored(&slow, &stored);
     assert_acked_records_stored(&retried, &stored);
+    log.close().await?;
+    Ok(())
+}
+
+/// A group member subscribing at `start`.
+async fn member(
+    log: &Arc<dyn Log>,
+    topic: &str,
+    group: &str,
+    start: Position,
+) -> Result<Subscription, Error> {
+    log.subscribe(SubscribeOptions {
+        topics: TopicSelector::Names(vec![topic.to_owned()]),
+        group: Some(group.to_owned()),
+        start,
+        max_in_flight: 100,
+        client: "kafka-faults".into(),
+        protocol: "grpc",
+    })
+    .await
+}
+
+/// The offsets of the next `count` records delivered, acknowledging the first `ack` of them.
+async fn receive_offsets(
+    subscription: &mut Subscription,
+    count: usize,
+    ack: usize,
+) -> Result<Vec<i64>, String> {
+    let mut offsets = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while offsets.len() < count {
+        match tokio::time::timeout_at(deadline, subscription.next_event()).await {
+            Ok(Some(SubscriptionEvent::Records(records))) => {
+                for record in records {
+                    if offsets.len() < ack {
+                        subscription
+                            .control
+                            .ack(&record.topic_partition(), record.offset);
+                    }
+                    offsets.push(record.offset);
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return Err(format!("received {offsets:?} of {count}")),
+        }
+    }
+    Ok(offsets)
+}
+
+/// The group coordinator refuses the committed-offset lookup a member makes when it is given a
+/// partition. The member must not fall back to its start position (latest, as for a resumed MQTT
+/// session) and skip what the group has not read: it resumes right after the group's commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_offset_lookup_on_assignment_skips_nothing() -> TestResult {
+    let cluster = MockCluster::new(BROKERS)?;
+    let topic = "lookup";
+    cluster.create_topic(topic, 1, BROKERS)?;
+    let log = connect(cluster.bootstrap_servers(), Duration::from_secs(10)).await?;
+    let records = (0..10).map(|i| numbered("lookup", i)).collect();
+    log.append(topic, records).await?;
+
+    let mut first = member(&log, topic, "resumed", Position::Earliest).await?;
+    let delivered = receive_offsets(&mut first, 10, 4).await?;
+    assert_eq!(delivered, (0..10).collect::<Vec<i64>>());
+    first.close().await?;
+
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED],
+    );
+    let mut resumed = member(&log, topic, "resumed", Position::Latest).await?;
+    let redelivered = receive_offsets(&mut resumed, 6, 6).await?;
+    assert_eq!(
+        redelivered,
+        (4..10).collect::<Vec<i64>>(),
+        "the member resumes after the group's commit (4)"
+    );
+    resumed.close().await?;
     log.close().await?;
     Ok(())
 }

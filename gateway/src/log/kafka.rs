@@ -410,11 +410,23 @@ impl Log for Kafka {
                 .other_protocol(&group, options.protocol);
             let existing = match local {
                 Some(protocol) => Some(protocol.to_owned()),
-                None => blocking(&self.shared, move |s| s.group_members(&group))
-                    .await?
-                    .into_iter()
-                    .map(|member| member.protocol)
-                    .find(|protocol| protocol != options.protocol),
+                None => match blocking(&self.shared, move |s| s.group_members(&group)).await {
+                    Ok(members) => members
+                        .into_iter()
+                        .map(|member| member.protocol)
+                        .find(|protocol| protocol != options.protocol),
+                    // A broker that cannot describe groups (librdkafka's mock cluster, some
+                    // Kafka-compatible services) cannot show other gateways' members: only this
+                    // gateway's own subscribers were checked.
+                    Err(Error::Kafka {
+                        source: KafkaError::GroupListFetch(RDKafkaErrorCode::UnsupportedFeature),
+                        ..
+                    }) => {
+                        tracing::warn!(group = ?options.group, "the broker cannot describe groups; the group's protocol is checked among this gateway's subscribers only");
+                        None
+                    }
+                    Err(error) => return Err(error),
+                },
             };
             if let Some(existing) = existing {
                 return Err(Error::GroupProtocolConflict {

@@ -111,6 +111,14 @@ impl Held {
     }
 }
 
+/// What the group's committed-offset lookup said of a partition.
+#[derive(Debug, Clone, Copy)]
+enum Lookup {
+    Committed(i64),
+    NoneCommitted,
+    Failed,
+}
+
 /// State shared by the consumer's callbacks, the member task and the control handle.
 struct MemberState {
     shared: Arc<Shared>,
@@ -135,51 +143,82 @@ impl MemberState {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Where each newly assigned partition starts: the group's committed offset, else `start`. Blocks.
+    /// Where each newly assigned partition starts: the group's committed offset, else `start`; `None`
+    /// when the group's offset could not be read. Blocks.
     fn starting_offsets(
         &self,
         consumer: &impl Consumer<MemberContext>,
         partitions: &[TopicPartition],
     ) -> Vec<(TopicPartition, Option<i64>)> {
-        let mut committed = HashMap::new();
-        if self.group.is_some() {
-            let mut query = TopicPartitionList::new();
-            for partition in partitions {
-                query.add_partition(&partition.topic, partition.partition);
-            }
-            // This runs inside the rebalance callback: a lookup that outlasts the session timeout gets
-            // the member evicted while it waits (seen on tansu under load, where the lookup then
-            // failed anyway). Half the session timeout leaves time to fall back to the start position.
-            let timeout = self
-                .shared
-                .config
-                .request_timeout
-                .min(self.shared.config.session_timeout / 2);
-            match consumer.committed_offsets(query, timeout) {
-                Ok(answer) => {
-                    for element in answer.elements() {
-                        if let Offset::Offset(offset) = element.offset() {
-                            committed
-                                .insert((element.topic().to_owned(), element.partition()), offset);
-                        }
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "reading committed offsets on assignment"),
-            }
-        }
+        let committed = self
+            .group
+            .is_some()
+            .then(|| self.committed_offsets(consumer, partitions));
         partitions
             .iter()
             .map(|partition| {
-                let key = (partition.topic.to_string(), partition.partition);
-                let offset = committed.get(&key).copied().or_else(|| {
-                    self.shared
+                let offset = match committed.as_ref().map(|c| c.get(partition)) {
+                    Some(Some(Lookup::Committed(offset))) => Some(*offset),
+                    // Starting at `start` here could skip what the group has not read yet (a resumed
+                    // MQTT session starts at latest). `None` assigns at the stored offset instead:
+                    // librdkafka reads the group's offset itself, without holding up the rebalance,
+                    // and starts at the oldest record if there is none (redelivery, never loss).
+                    Some(Some(Lookup::Failed) | None) => None,
+                    None | Some(Some(Lookup::NoneCommitted)) => self
+                        .shared
                         .resolve(partition, self.start)
                         .inspect_err(|error| {
                             tracing::warn!(%error, %partition, "resolving a start position")
                         })
-                        .ok()
-                });
+                        .ok(),
+                };
                 (partition.clone(), offset)
+            })
+            .collect()
+    }
+
+    /// The group's committed offset of each partition. Blocks.
+    fn committed_offsets(
+        &self,
+        consumer: &impl Consumer<MemberContext>,
+        partitions: &[TopicPartition],
+    ) -> HashMap<TopicPartition, Lookup> {
+        let mut query = TopicPartitionList::new();
+        for partition in partitions {
+            query.add_partition(&partition.topic, partition.partition);
+        }
+        // This runs inside the rebalance callback: a lookup that outlasts the session timeout gets
+        // the member evicted while it waits (seen on tansu under load, where the lookup then failed
+        // anyway). Half the session timeout leaves time to assign at the stored offset instead.
+        let timeout = self
+            .shared
+            .config
+            .request_timeout
+            .min(self.shared.config.session_timeout / 2);
+        let answer = match consumer.committed_offsets(query, timeout) {
+            Ok(answer) => answer,
+            Err(error) => {
+                tracing::warn!(%error, group = ?self.group, "reading committed offsets on assignment; librdkafka reads them instead");
+                return partitions
+                    .iter()
+                    .map(|partition| (partition.clone(), Lookup::Failed))
+                    .collect();
+            }
+        };
+        answer
+            .elements()
+            .iter()
+            .map(|element| {
+                let partition = TopicPartition::new(element.topic(), element.partition());
+                let lookup = match (element.error(), element.offset()) {
+                    (Err(error), _) => {
+                        tracing::warn!(%error, %partition, "reading a committed offset on assignment");
+                        Lookup::Failed
+                    }
+                    (Ok(()), Offset::Offset(offset)) => Lookup::Committed(offset),
+                    (Ok(()), _) => Lookup::NoneCommitted,
+                };
+                (partition, lookup)
             })
             .collect()
     }
