@@ -94,6 +94,9 @@ pub(crate) struct BenchArgs {
     /// MQTT mode: QoS 1 messages a publisher keeps unacknowledged.
     #[arg(long, default_value_t = 100)]
     pub(crate) mqtt_inflight: u16,
+    /// MQTT mode: messages of the QoS 2 workload (persistent sessions), from `streams` publishers.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) qos2_messages: usize,
     /// MQTT mode: subscribers of the fan-out workload.
     #[arg(long, default_value_t = 100)]
     pub(crate) subscribers: usize,

@@ -4,6 +4,8 @@
 //!
 //! - publish: `streams` clients publish `records` messages of `record_size` bytes at QoS 1, each with up
 //!   to `mqtt_inflight` unacknowledged; latency is from the PUBLISH leaving the client to its PUBACK;
+//! - QoS 2: the same publishers, with persistent sessions (clean session off), publish
+//!   `qos2_messages` at QoS 2; latency is from the PUBLISH to its PUBCOMP (the whole exchange);
 //! - fan-out: `subscribers` clients subscribe at QoS 1 and one client publishes `fanout_messages`;
 //!   latency is from publish to delivery (the payload carries the send time);
 //! - connections (first, on the fresh broker): `connections` clients connect and stay; the broker's
@@ -103,6 +105,7 @@ impl Drop for Broker {
 
 struct Results {
     publish: Measurement,
+    qos2: Measurement,
     fanout: Measurement,
     idle_rss: f64,
     connected_rss: f64,
@@ -120,12 +123,14 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         let clients = connect_many(broker.address, args.connections).await?;
         let connected_rss = broker.rss_mib()?;
         drop(clients);
-        let publish = publish(broker.address, args).await?;
+        let qos1 = publish(broker.address, args, Workload::Qos1).await?;
+        let qos2 = publish(broker.address, args, Workload::Qos2Persistent).await?;
         let fanout = fanout(broker.address, args).await?;
         results.push((
             broker.name,
             Results {
-                publish,
+                publish: qos1,
+                qos2,
                 fanout,
                 idle_rss,
                 connected_rss,
@@ -133,8 +138,9 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         ));
     }
     println!(
-        "messages={} payload={} publishers={} inflight={} subscribers={} fanout_messages={} connections={} courier fsync={}",
+        "messages={} qos2_messages={} payload={} publishers={} inflight={} subscribers={} fanout_messages={} connections={} courier fsync={}",
         args.records,
+        args.qos2_messages,
         args.record_size,
         args.streams,
         args.mqtt_inflight,
@@ -144,16 +150,18 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         args.fsync
     );
     println!(
-        "| broker | QoS 1 publish msg/s | p50 ack ms | p99 ack ms | fan-out deliveries/s | fan-out p50 ms | fan-out p99 ms | RSS idle MiB | RSS with {} clients MiB |",
+        "| broker | QoS 1 publish msg/s | p50 ack ms | p99 ack ms | QoS 2 persistent msg/s | p50 PUBCOMP ms | fan-out deliveries/s | fan-out p50 ms | fan-out p99 ms | RSS idle MiB | RSS with {} clients MiB |",
         args.connections
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, r) in &results {
         println!(
-            "| {name} | {:.0} | {} | {} | {:.0} | {} | {} | {:.1} | {:.1} |",
+            "| {name} | {:.0} | {} | {} | {:.0} | {} | {:.0} | {} | {} | {:.1} | {:.1} |",
             r.publish.rate(),
             r.publish.percentile_ms(0.5),
             r.publish.percentile_ms(0.99),
+            r.qos2.rate(),
+            r.qos2.percentile_ms(0.5),
             r.fanout.rate(),
             r.fanout.percentile_ms(0.5),
             r.fanout.percentile_ms(0.99),
@@ -165,6 +173,10 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         println!(
             "publish ratio Courier/Mosquitto: {:.2}",
             courier.publish.rate() / mosquitto.publish.rate()
+        );
+        println!(
+            "QoS 2 (persistent) ratio Courier/Mosquitto: {:.2}",
+            courier.qos2.rate() / mosquitto.qos2.rate()
         );
         println!(
             "fan-out ratio Courier/Mosquitto: {:.2}",
@@ -191,21 +203,35 @@ async fn connected(eventloop: &mut EventLoop) -> Result<()> {
     }
 }
 
-/// `streams` publishers, QoS 1, each with `mqtt_inflight` in flight.
-async fn publish(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
+/// What the publishers of [`publish`] send.
+#[derive(Debug, Clone, Copy)]
+enum Workload {
+    /// `records` messages at QoS 1, clean sessions.
+    Qos1,
+    /// `qos2_messages` messages at QoS 2, persistent sessions.
+    Qos2Persistent,
+}
+
+/// `streams` publishers, each with `mqtt_inflight` in flight; latency to PUBACK (QoS 1) or PUBCOMP
+/// (QoS 2).
+async fn publish(address: SocketAddr, args: &BenchArgs, workload: Workload) -> Result<Measurement> {
     let run = ulid::Ulid::new();
     let payload = vec![b'x'; args.record_size];
-    let per_client = args.records / args.streams;
+    let (qos, messages) = match workload {
+        Workload::Qos1 => (QoS::AtLeastOnce, args.records),
+        Workload::Qos2Persistent => (QoS::ExactlyOnce, args.qos2_messages),
+    };
+    let per_client = messages / args.streams;
     let mut connections = Vec::new();
     for publisher in 0..args.streams {
-        let (client, mut eventloop) = AsyncClient::new(
-            options(
-                format!("bench-pub-{run}-{publisher}"),
-                address,
-                args.mqtt_inflight,
-            ),
-            usize::from(args.mqtt_inflight) * 2,
+        let mut options = options(
+            format!("bench-pub-{run}-{publisher}"),
+            address,
+            args.mqtt_inflight,
         );
+        options.set_clean_session(matches!(workload, Workload::Qos1));
+        let (client, mut eventloop) =
+            AsyncClient::new(options, usize::from(args.mqtt_inflight) * 2);
         connected(&mut eventloop).await?;
         connections.push((publisher, client, eventloop));
     }
@@ -217,9 +243,7 @@ async fn publish(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
             let sender = tokio::spawn(async move {
                 for i in 0..per_client {
                     let topic = format!("bench/{run}/{publisher}/{}", i % 16);
-                    client
-                        .publish(topic, QoS::AtLeastOnce, false, payload.clone())
-                        .await?;
+                    client.publish(topic, qos, false, payload.clone()).await?;
                 }
                 Ok::<_, rumqttc::ClientError>(client)
             });
@@ -231,8 +255,9 @@ async fn publish(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
                     Event::Outgoing(Outgoing::Publish(pkid)) => {
                         sent_at.insert(pkid, Instant::now());
                     }
-                    Event::Incoming(Packet::PubAck(ack)) => {
-                        if let Some(sent) = sent_at.remove(&ack.pkid) {
+                    Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid }))
+                    | Event::Incoming(Packet::PubComp(rumqttc::PubComp { pkid })) => {
+                        if let Some(sent) = sent_at.remove(&pkid) {
                             latency.record(sent.elapsed().as_micros().max(1) as u64)?;
                         }
                         acked += 1;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Config,
     error::{Error, Result},
+    exchanges::ExchangeStore,
     mapping::Routes,
     registry::Registry,
     retained::RetainedStore,
@@ -34,6 +35,8 @@ pub struct Bridge {
     pub sessions: SessionStore,
     /// Retained messages.
     pub retained: RetainedStore,
+    /// Unfinished QoS 2 exchanges of persistent sessions.
+    pub exchanges: ExchangeStore,
     /// Live connections here, for takeover.
     pub registry: Arc<Registry>,
 }
@@ -59,6 +62,7 @@ impl Bridge {
         );
         topics.push(TopicSpec::named(&config.retained_topic).compacted());
         topics.push(TopicSpec::named(&config.sessions_topic).compacted());
+        topics.push(TopicSpec::named(&config.qos2_topic).compacted());
         for spec in topics {
             match log.create_topic(spec).await {
                 Ok(_) | Err(courier_gateway::Error::TopicExists { .. }) => {}
@@ -92,12 +96,15 @@ impl Bridge {
             log.clone(),
             &config.retained_topic,
             Box::new(|_, _| {}),
-            cancel,
+            cancel.clone(),
         )
         .await?;
+        let exchange_view =
+            View::start(log.clone(), &config.qos2_topic, Box::new(|_, _| {}), cancel).await?;
         Ok(Arc::new(Self {
             sessions: SessionStore::new(log.clone(), config.sessions_topic.clone(), session_view),
             retained: RetainedStore::new(log.clone(), config.retained_topic.clone(), retained_view),
+            exchanges: ExchangeStore::new(log.clone(), config.qos2_topic.clone(), exchange_view),
             log,
             routes,
             auth,

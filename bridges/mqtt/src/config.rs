@@ -51,6 +51,9 @@ pub struct Config {
     /// Compacted Kafka topic of session records, keyed by client id.
     #[serde(default = "Config::default_sessions_topic")]
     pub sessions_topic: String,
+    /// Compacted Kafka topic of persistent sessions' unfinished QoS 2 exchanges (see `exchanges`).
+    #[serde(default = "Config::default_qos2_topic")]
+    pub qos2_topic: String,
     /// Routes from MQTT topic filters to Kafka topics, first match wins (`[[mqtt.routes]]`).
     #[serde(default)]
     pub routes: Vec<Route>,
@@ -74,6 +77,7 @@ impl Default for Config {
             messages_topic: Self::default_messages_topic(),
             retained_topic: Self::default_retained_topic(),
             sessions_topic: Self::default_sessions_topic(),
+            qos2_topic: Self::default_qos2_topic(),
             routes: Vec::new(),
             auth: AuthConfig::default(),
         }
@@ -113,6 +117,9 @@ impl Config {
     }
     fn default_sessions_topic() -> String {
         "mqtt.sessions".into()
+    }
+    fn default_qos2_topic() -> String {
+        "mqtt.qos2".into()
     }
 }
 

@@ -4,7 +4,7 @@
 //! Architecture: the `courier` binary builds a [`Server`] over the shared Log. Every connection runs a
 //! [`session`] over a [`connection`] (framed bytes, [`codec`] from rumqttd's v4/v5 codecs). How MQTT
 //! concepts become Kafka topics, keys, headers and groups is in [`mapping`]. State that must survive a
-//! replica (sessions, retained messages) lives in compacted topics, read by every replica through a
+//! replica (sessions, retained messages, unfinished QoS 2 exchanges) lives in compacted topics, read by every replica through a
 //! [`view`]; the [`registry`] fences one live connection per client id.
 //!
 //! Modules:
@@ -12,13 +12,15 @@
 //! - [`codec`], [`connection`]: bytes ↔ packets ↔ socket;
 //! - [`server`]: listeners, accept loops, limits; [`session`]: one client's state machine;
 //! - [`mapping`]: MQTT ↔ Log (users and passwords: `courier_gateway::auth`);
-//! - [`bridge`]: state shared by connections; [`sessions`], [`retained`], [`view`], [`registry`].
+//! - [`bridge`]: state shared by connections; [`sessions`], [`retained`], [`exchanges`], [`view`],
+//!   [`registry`].
 
 pub mod bridge;
 pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod exchanges;
 pub mod mapping;
 pub mod registry;
 pub mod retained;

@@ -129,16 +129,18 @@ impl Session {
             registration,
             will,
             awaiting_release,
+            awaiting_completion,
             ..
         } = established;
+        let durable_session = session.persistent.then(|| session.session.clone());
         Self {
             bridge,
             client,
+            inbound: Inbound::new(awaiting_release, durable_session.clone()),
+            outbound: Outbound::new(durable_session, awaiting_completion),
             record: session,
             registration,
             will,
-            inbound: Inbound::new(awaiting_release),
-            outbound: Outbound::default(),
         }
     }
 
@@ -154,6 +156,11 @@ impl Session {
         let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
         let taken_over = self.registration.taken_over.clone();
         let receive_maximum = self.bridge.config.receive_maximum;
+        for release in self.outbound.take_owed_releases() {
+            if let Err(error) = connection.queue(release) {
+                return End::Failed(error);
+            }
+        }
         loop {
             // Work that is ready now is done before the socket is written, so one write carries many
             // acks and deliveries: a write per packet was the publish path's largest cost.
@@ -250,14 +257,24 @@ impl Session {
                     .on_publish(&self.bridge, &self.client, header, publish, properties)
                     .await?
             }
-            Packet::PubRel(pubrel, _) => Some(self.inbound.on_pubrel(pubrel.pkid)),
+            Packet::PubRel(pubrel, _) => Some(
+                self.inbound
+                    .on_pubrel(&self.bridge, &self.client, pubrel.pkid)
+                    .await?,
+            ),
             Packet::PubAck(puback, _) => {
                 self.outbound.on_puback(puback.pkid);
                 None
             }
-            Packet::PubRec(pubrec, _) => self.outbound.on_pubrec(pubrec.pkid, pubrec.reason),
+            Packet::PubRec(pubrec, _) => {
+                self.outbound
+                    .on_pubrec(&self.bridge, &self.client, pubrec.pkid, pubrec.reason)
+                    .await?
+            }
             Packet::PubComp(pubcomp, _) => {
-                self.outbound.on_pubcomp(pubcomp.pkid);
+                self.outbound
+                    .on_pubcomp(&self.bridge, &self.client, pubcomp.pkid)
+                    .await;
                 None
             }
             Packet::Subscribe(subscribe, properties) => Some(

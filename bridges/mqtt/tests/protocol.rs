@@ -12,8 +12,8 @@ use courier_gateway::{
 };
 use courier_mqtt::{Config, Server, codec::outgoing_publish};
 use rumqttd::protocol::{
-    Connect, ConnectReturnCode, Filter, Login, Packet, Protocol, PubRel, PubRelReason, QoS,
-    RetainForwardRule, Subscribe, v4::V4,
+    Connect, ConnectReturnCode, Filter, Login, Packet, Protocol, PubComp, PubCompReason, PubRec,
+    PubRecReason, PubRel, PubRelReason, QoS, RetainForwardRule, Subscribe, v4::V4,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -64,6 +64,31 @@ impl Endpoint {
         })
     }
 
+    /// Another replica: a second MQTT server over the same log, as a second gateway over one Kafka
+    /// cluster. Stops with the endpoint.
+    async fn replica(&self) -> Result<SocketAddr, Box<dyn std::error::Error + Send + Sync>> {
+        let server = Server::bind(
+            self.log.clone(),
+            Config {
+                listen: "127.0.0.1:0".parse()?,
+                ..Config::default()
+            },
+        )
+        .await?;
+        let address = server.local_addr()?;
+        tokio::spawn(server.serve(self.drain.clone()));
+        Ok(address)
+    }
+
+    /// How many records of the default messages topic hold `value`.
+    async fn copies_of(
+        &self,
+        value: &[u8],
+    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        let stored = self.stored_values().await?;
+        Ok(stored.iter().filter(|stored| &stored[..] == value).count())
+    }
+
     /// Every record of the default messages topic.
     async fn stored_values(&self) -> Result<Vec<Bytes>, Box<dyn std::error::Error + Send + Sync>> {
         let description = self.log.describe_topic("mqtt.messages").await?;
@@ -98,6 +123,8 @@ impl Drop for Endpoint {
 struct RawClient {
     stream: TcpStream,
     buffer: BytesMut,
+    /// The packet id of the last PUBLISH read (rumqttd keeps it private).
+    last_publish_pkid: Option<u16>,
 }
 
 impl RawClient {
@@ -105,6 +132,7 @@ impl RawClient {
         Ok(Self {
             stream: TcpStream::connect(address).await?,
             buffer: BytesMut::new(),
+            last_publish_pkid: None,
         })
     }
 
@@ -146,7 +174,12 @@ impl RawClient {
     async fn read(&mut self) -> Result<Option<Packet>, Box<dyn std::error::Error + Send + Sync>> {
         tokio::time::timeout(DEADLINE, async {
             loop {
+                let pkid = publish_packet_id(&self.buffer);
                 match V4.read_mut(&mut self.buffer, 1 << 20) {
+                    Ok(packet @ Packet::Publish(..)) => {
+                        self.last_publish_pkid = pkid;
+                        return Ok(Some(packet));
+                    }
                     Ok(packet) => return Ok(Some(packet)),
                     Err(rumqttd::protocol::Error::InsufficientBytes(_)) => {}
                     Err(error) => return Err(error.into()),
@@ -169,6 +202,30 @@ impl RawClient {
         while self.read().await?.is_some() {}
         Ok(())
     }
+}
+
+/// The packet id of the QoS 1 or 2 PUBLISH at the start of `bytes`: after the fixed header and the
+/// topic name.
+fn publish_packet_id(bytes: &[u8]) -> Option<u16> {
+    let first = *bytes.first()?;
+    if first >> 4 != 3 || (first >> 1) & 0b11 == 0 {
+        return None;
+    }
+    let length_bytes = bytes[1..]
+        .iter()
+        .take(4)
+        .position(|byte| byte & 0x80 == 0)?
+        + 1;
+    let topic_at = 1 + length_bytes;
+    let topic_len = usize::from(u16::from_be_bytes([
+        *bytes.get(topic_at)?,
+        *bytes.get(topic_at + 1)?,
+    ]));
+    let pkid_at = topic_at + 2 + topic_len;
+    Some(u16::from_be_bytes([
+        *bytes.get(pkid_at)?,
+        *bytes.get(pkid_at + 1)?,
+    ]))
 }
 
 fn connect_packet(
@@ -269,6 +326,129 @@ async fn qos2_retransmissions_store_one_record() -> TestResult {
         .count();
     assert_eq!(copies, 1, "stored {copies} copies");
     Ok(())
+}
+
+/// The client moves to another replica (as after a gateway crash, the first one's memory is of no
+/// use) between PUBREC and PUBREL, and retransmits: the new replica finds the message it recorded and
+/// stores it once. The packet id, released, then carries a new message, which is stored too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_retransmissions_to_another_replica_store_one_record() -> TestResult {
+    let endpoint = Endpoint::start(Config::default()).await?;
+    let other = endpoint.replica().await?;
+    let (mut client, _) = RawClient::connect(endpoint.address, "mover", false).await?;
+    publish_expecting_pubrec(&mut client, false).await?;
+
+    let (mut moved, session_present) = RawClient::connect(other, "mover", false).await?;
+    assert!(session_present);
+    client.expect_closed().await?;
+    publish_expecting_pubrec(&mut moved, true).await?;
+    release(&mut moved, 7).await?;
+    assert_eq!(endpoint.copies_of(b"exactly-once").await?, 1);
+
+    moved
+        .send_bytes(&publish_bytes("q/2", b"next", QoS::ExactlyOnce, 7, false))
+        .await?;
+    assert!(matches!(moved.read().await?, Some(Packet::PubRec(rec, _)) if rec.pkid == 7));
+    release(&mut moved, 7).await?;
+    assert_eq!(
+        endpoint.copies_of(b"next").await?,
+        1,
+        "a reused packet id is a new message"
+    );
+    Ok(())
+}
+
+/// A QoS 2 subscriber acknowledged a message with PUBREC, got PUBREL and moved to another replica
+/// before PUBCOMP. MQTT clients such as paho hand the message to the application only at PUBREL,
+/// so the new replica sends that PUBREL again, first, and does not deliver the message a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_qos2_subscriber_gets_its_pubrel_again() -> TestResult {
+    let endpoint = Endpoint::start(Config::default()).await?;
+    let other = endpoint.replica().await?;
+    let (mut subscriber, _) = RawClient::connect(endpoint.address, "receiver", false).await?;
+    subscriber
+        .send(subscribe_packet(1, "q/out", QoS::ExactlyOnce))
+        .await?;
+    assert!(matches!(subscriber.read().await?, Some(Packet::SubAck(..))));
+    let (mut publisher, _) = RawClient::connect(endpoint.address, "sender", true).await?;
+    publisher
+        .send_bytes(&publish_bytes(
+            "q/out",
+            b"first",
+            QoS::AtLeastOnce,
+            1,
+            false,
+        ))
+        .await?;
+    assert!(matches!(publisher.read().await?, Some(Packet::PubAck(..))));
+
+    let pkid = match subscriber.read().await? {
+        Some(Packet::Publish(publish, _)) if &publish.payload[..] == b"first" => subscriber
+            .last_publish_pkid
+            .ok_or("a QoS 2 PUBLISH without a packet id")?,
+        other => return Err(format!("expected the first message, got {other:?}").into()),
+    };
+    subscriber
+        .send(Packet::PubRec(
+            PubRec {
+                pkid,
+                reason: PubRecReason::Success,
+            },
+            None,
+        ))
+        .await?;
+    assert!(matches!(subscriber.read().await?, Some(Packet::PubRel(rel, _)) if rel.pkid == pkid));
+
+    let (mut moved, session_present) = RawClient::connect(other, "receiver", false).await?;
+    assert!(session_present);
+    subscriber.expect_closed().await?;
+    match moved.read().await? {
+        Some(Packet::PubRel(rel, _)) if rel.pkid == pkid => {}
+        other => return Err(format!("expected PUBREL {pkid} first, got {other:?}").into()),
+    }
+    moved
+        .send(Packet::PubComp(
+            PubComp {
+                pkid,
+                reason: PubCompReason::Success,
+            },
+            None,
+        ))
+        .await?;
+    publisher
+        .send_bytes(&publish_bytes(
+            "q/out",
+            b"second",
+            QoS::AtLeastOnce,
+            2,
+            false,
+        ))
+        .await?;
+    assert!(matches!(publisher.read().await?, Some(Packet::PubAck(..))));
+    match moved.read().await? {
+        Some(Packet::Publish(publish, _)) if &publish.payload[..] == b"second" => Ok(()),
+        other => Err(format!(
+            "expected the second message and no repeat of the first, got {other:?}"
+        )
+        .into()),
+    }
+}
+
+/// Sends PUBREL and expects PUBCOMP.
+async fn release(client: &mut RawClient, pkid: u16) -> TestResult {
+    client
+        .send(Packet::PubRel(
+            PubRel {
+                pkid,
+                reason: PubRelReason::Success,
+            },
+            None,
+        ))
+        .await?;
+    match client.read().await? {
+        Some(Packet::PubComp(comp, _)) if comp.pkid == pkid => Ok(()),
+        other => Err(format!("expected PUBCOMP {pkid}, got {other:?}").into()),
+    }
 }
 
 /// Each kind of bad input closes the offending connection; a well-behaved client on the same endpoint

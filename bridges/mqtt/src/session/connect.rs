@@ -15,6 +15,7 @@ use crate::{
     codec::Version,
     connection::Connection,
     error::{Error, Result},
+    exchanges::Direction,
     mapping::{self, Message},
     registry::Registration,
     sessions::SessionRecord,
@@ -52,6 +53,9 @@ pub(crate) struct Established {
     pub(crate) will: Option<Will>,
     /// QoS 2 packet ids the client has yet to release (from the resumed session).
     pub(crate) awaiting_release: Vec<u16>,
+    /// QoS 2 packet ids delivered, acknowledged with PUBREC and not completed (from the resumed
+    /// session): PUBREL is sent again for each.
+    pub(crate) awaiting_completion: Vec<u16>,
 }
 
 /// Reads CONNECT and answers it. `Ok(None)`: the client was refused with a CONNACK saying why.
@@ -166,6 +170,10 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let persistent = expiry > 0;
     let now = now_ms();
     let previous = bridge.sessions.load(&client_id).await?;
+    // Only persistent sessions keep QoS 2 exchanges in the log (see `exchanges`).
+    let may_have_exchanges = previous
+        .as_ref()
+        .is_some_and(|previous| previous.persistent);
     let resumed = previous.filter(|previous| !clean_session && previous.is_resumable(now));
     let session_present = resumed.is_some();
     let session = SessionRecord {
@@ -200,6 +208,18 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         && let Some(parked) = bridge.registry.take_parked(&client_id, &session.session)
     {
         awaiting_release = parked;
+    }
+    let mut awaiting_completion = Vec::new();
+    if may_have_exchanges {
+        let resumed_session = session_present.then_some(session.session.as_str());
+        settle_exchanges(
+            bridge,
+            &client_id,
+            resumed_session,
+            &mut awaiting_release,
+            &mut awaiting_completion,
+        )
+        .await?;
     }
 
     let connack_properties = (version == Version::V5).then(|| ConnAckProperties {
@@ -240,7 +260,44 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         registration,
         will,
         awaiting_release,
+        awaiting_completion,
     }))
+}
+
+/// Takes on the QoS 2 exchanges a resumed session left unfinished on another replica or in a gateway
+/// that crashed, and deletes those of a session that is not resumed (a clean start, an expiry).
+async fn settle_exchanges(
+    bridge: &Bridge,
+    client_id: &str,
+    resumed_session: Option<&str>,
+    awaiting_release: &mut Vec<u16>,
+    awaiting_completion: &mut Vec<u16>,
+) -> Result<()> {
+    let store = &bridge.exchanges;
+    let unfinished = store.unfinished(client_id).await?;
+    for (pkid, received) in unfinished.received {
+        let keep = Some(received.session.as_str()) == resumed_session
+            && (awaiting_release.contains(&pkid) || store.was_appended(&received).await?);
+        if keep {
+            if !awaiting_release.contains(&pkid) {
+                tracing::debug!(
+                    pkid,
+                    "a QoS 2 message stored before the client came back awaits release"
+                );
+                awaiting_release.push(pkid);
+            }
+        } else {
+            store.finished(client_id, Direction::In, pkid).await?;
+        }
+    }
+    for (pkid, delivered) in unfinished.delivered {
+        if Some(delivered.session.as_str()) == resumed_session {
+            awaiting_completion.push(pkid);
+        } else {
+            store.finished(client_id, Direction::Out, pkid).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Answers CONNECT with a refusal. MQTT 3.1.1 has six return codes; the others map onto them.

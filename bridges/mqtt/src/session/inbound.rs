@@ -2,7 +2,9 @@
 //!
 //! Appends are pipelined: each PUBLISH is queued to the log at once and its receipt awaited in order,
 //! so acks go out in the order the publishes came. A QoS 2 packet id is remembered from the moment its
-//! append starts until the client's PUBREL, so a retransmission never appends a second record.
+//! append starts until the client's PUBREL, so a retransmission never appends a second record. A
+//! persistent session also records it in the log first (see [`crate::exchanges`]), so neither a crash
+//! nor a reconnect to another replica forgets it.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,12 +21,14 @@ use rumqttd::protocol::{
     Packet, PubAck, PubAckProperties, PubAckReason, PubComp, PubCompReason, PubRec,
     PubRecProperties, PubRecReason, Publish, PublishProperties, QoS,
 };
+use ulid::Ulid;
 
 use super::connect::Client;
 use crate::{
     bridge::Bridge,
     codec::{PublishHeader, Version},
     error::{Error, Refusal, RefusalCode, Result},
+    exchanges::{Direction, ExchangeStore, Received},
     mapping::{self, Message},
 };
 
@@ -50,6 +54,8 @@ pub(crate) struct Inbound {
     awaiting_release: HashSet<u16>,
     /// MQTT 5 topic aliases the client set.
     aliases: HashMap<u16, String>,
+    /// The session, when it is persistent: its QoS 2 exchanges are recorded in the log.
+    durable_session: Option<String>,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -63,13 +69,14 @@ impl std::fmt::Debug for Inbound {
 
 impl Inbound {
     /// Starts with the QoS 2 packet ids a resumed session still waits to see released.
-    pub(crate) fn new(awaiting_release: Vec<u16>) -> Self {
+    pub(crate) fn new(awaiting_release: Vec<u16>, durable_session: Option<String>) -> Self {
         Self {
             pending: FuturesOrdered::new(),
             unacknowledged: 0,
             appending: HashSet::new(),
             awaiting_release: awaiting_release.into_iter().collect(),
             aliases: HashMap::new(),
+            durable_session,
         }
     }
 
@@ -135,22 +142,58 @@ impl Inbound {
             retain: publish.retain,
             properties,
         };
-        let record = match mapping::to_record(&message, &client.client_id, now_ms()) {
+        let now = now_ms();
+        let mut record = match mapping::to_record(&message, &client.client_id, now) {
             Ok(record) => record,
             Err(refusal) => {
                 metrics::error(Protocol::Mqtt, "invalid_request");
                 return refuse(client, qos, pkid, refusal);
             }
         };
+        let kafka_topic = bridge.routes.topic_for(&message.topic);
+        let recorded = match (qos, &self.durable_session) {
+            (QoS::ExactlyOnce, Some(session)) => {
+                // Recorded before the append: a gateway that finds the entry after a crash looks for
+                // this record id from this timestamp on.
+                record.courier_id = Ulid::new().to_string();
+                record.timestamp_ms = Some(now);
+                let received = Received {
+                    session: session.clone(),
+                    courier_id: record.courier_id.clone(),
+                    timestamp_ms: now,
+                    kafka_topic: kafka_topic.to_owned(),
+                    key: message.topic.clone(),
+                };
+                if let Err(error) = bridge
+                    .exchanges
+                    .received(&client.client_id, pkid, received)
+                    .await
+                {
+                    let refusal = Refusal::new(
+                        RefusalCode::Unspecified,
+                        format!("could not record the QoS 2 exchange: {error}"),
+                    );
+                    return refuse(client, qos, pkid, refusal);
+                }
+                Some(RecordedExchange {
+                    exchanges: bridge.exchanges.clone(),
+                    client_id: client.client_id.clone(),
+                    pkid,
+                })
+            }
+            _ => None,
+        };
         let timer = ProduceTimer::start(Protocol::Mqtt, std::slice::from_ref(&record));
         // A retained message is stored twice: as a message (subscribers now) and as its topic's retained
         // message (subscribers later). The client's ack waits for both.
         let retained_record = message.retain.then(|| record.clone());
-        let kafka_topic = bridge.routes.topic_for(&message.topic);
         let receipt = match bridge.log.submit(kafka_topic, vec![record]).await {
             Ok(receipt) => receipt,
             Err(error) => {
                 timer.failed(&error);
+                if let Some(recorded) = &recorded {
+                    recorded.refused().await;
+                }
                 return refuse(client, qos, pkid, Refusal::from(&error));
             }
         };
@@ -159,6 +202,9 @@ impl Inbound {
                 Ok(receipt) => Some(receipt),
                 Err(error) => {
                     timer.failed(&error);
+                    if let Some(recorded) = &recorded {
+                        recorded.refused().await;
+                    }
                     return refuse(client, qos, pkid, Refusal::from(&error));
                 }
             },
@@ -170,6 +216,9 @@ impl Inbound {
                 outcome = retained.await.map(drop);
             }
             timer.finish(&outcome);
+            if let (Err(_), Some(recorded)) = (&outcome, recorded) {
+                recorded.refused().await;
+            }
             Appended {
                 qos,
                 pkid,
@@ -213,14 +262,27 @@ impl Inbound {
         }
     }
 
-    /// PUBREL: the client will not send this QoS 2 packet id again.
-    pub(crate) fn on_pubrel(&mut self, pkid: u16) -> Packet {
-        let reason = if self.awaiting_release.remove(&pkid) {
+    /// PUBREL: the client will not send this QoS 2 packet id again. A persistent session's entry is
+    /// deleted before PUBCOMP: once the client has PUBCOMP it may use the id for a new message.
+    pub(crate) async fn on_pubrel(
+        &mut self,
+        bridge: &Bridge,
+        client: &Client,
+        pkid: u16,
+    ) -> Result<Packet> {
+        let reason = if self.awaiting_release.contains(&pkid) {
+            if self.durable_session.is_some() {
+                bridge
+                    .exchanges
+                    .finished(&client.client_id, Direction::In, pkid)
+                    .await?;
+            }
+            self.awaiting_release.remove(&pkid);
             PubCompReason::Success
         } else {
             PubCompReason::PacketIdentifierNotFound
         };
-        Packet::PubComp(PubComp { pkid, reason }, None)
+        Ok(Packet::PubComp(PubComp { pkid, reason }, None))
     }
 
     fn resolve_topic(
@@ -248,6 +310,27 @@ impl Inbound {
                 self.aliases.insert(alias, topic.to_owned());
                 Ok(topic.to_owned())
             }
+        }
+    }
+}
+
+/// A persistent session's QoS 2 message whose exchange was recorded before its append.
+struct RecordedExchange {
+    exchanges: ExchangeStore,
+    client_id: String,
+    pkid: u16,
+}
+
+impl RecordedExchange {
+    /// The append was refused: the exchange ends with the refusal, and the client may use the packet
+    /// id for a new message, which the entry must not be mistaken for after a reconnect.
+    async fn refused(&self) {
+        if let Err(error) = self
+            .exchanges
+            .finished(&self.client_id, Direction::In, self.pkid)
+            .await
+        {
+            tracing::warn!(%error, pkid = self.pkid, "could not delete the entry of a refused QoS 2 message");
         }
     }
 }

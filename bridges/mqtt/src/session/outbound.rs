@@ -33,6 +33,7 @@ use crate::{
     codec::{Version, outgoing_publish},
     connection::Connection,
     error::{Error, Result},
+    exchanges::Direction,
     mapping::{self, Message},
     sessions::{SessionRecord, StoredSubscription},
 };
@@ -97,9 +98,43 @@ pub(crate) struct Outbound {
     queue: VecDeque<Pending>,
     inflight: HashMap<u16, Inflight>,
     next_pkid: u16,
+    /// The session, when it is persistent: its QoS 2 exchanges are recorded in the log.
+    durable_session: Option<String>,
+    /// PUBRELs a resumed session still owes the client, sent first.
+    owed_releases: Vec<u16>,
 }
 
 impl Outbound {
+    /// Starts with the QoS 2 packet ids a resumed session had delivered and seen PUBREC for, whose
+    /// PUBREL is sent again (MQTT requires it after a reconnect; the client may deliver only then).
+    pub(crate) fn new(durable_session: Option<String>, awaiting_completion: Vec<u16>) -> Self {
+        let mut outbound = Self {
+            durable_session,
+            ..Self::default()
+        };
+        for &pkid in &awaiting_completion {
+            outbound.inflight.insert(pkid, Inflight { log_ack: None });
+        }
+        outbound.owed_releases = awaiting_completion;
+        outbound
+    }
+
+    /// The PUBRELs owed from before the reconnect, once.
+    pub(crate) fn take_owed_releases(&mut self) -> Vec<Packet> {
+        std::mem::take(&mut self.owed_releases)
+            .into_iter()
+            .map(|pkid| {
+                Packet::PubRel(
+                    PubRel {
+                        pkid,
+                        reason: PubRelReason::Success,
+                    },
+                    None,
+                )
+            })
+            .collect()
+    }
+
     /// Should more reader events be taken? Not while records wait for in-flight room.
     pub(crate) fn wants_events(&self, client: &Client) -> bool {
         self.queue.len() < usize::from(client.receive_maximum)
@@ -291,39 +326,67 @@ impl Outbound {
         }
     }
 
-    /// PUBREC from the client: the message is theirs; the log may forget it. Answers PUBREL.
-    pub(crate) fn on_pubrec(&mut self, pkid: u16, reason: PubRecReason) -> Option<Packet> {
-        let Some(inflight) = self.inflight.get_mut(&pkid) else {
-            return Some(Packet::PubRel(
+    /// PUBREC from the client: the message is theirs; the log may forget it. Answers PUBREL. A
+    /// persistent session records the exchange first, so the PUBREL is owed even after a crash.
+    pub(crate) async fn on_pubrec(
+        &mut self,
+        bridge: &Bridge,
+        client: &Client,
+        pkid: u16,
+        reason: PubRecReason,
+    ) -> Result<Option<Packet>> {
+        let Some(inflight) = self.inflight.get(&pkid) else {
+            return Ok(Some(Packet::PubRel(
                 PubRel {
                     pkid,
                     reason: PubRelReason::PacketIdentifierNotFound,
                 },
                 None,
-            ));
+            )));
         };
-        let log_ack = inflight.log_ack.take();
-        if log_ack.is_some() {
-            metrics::acked(Protocol::Mqtt, 1);
-        }
-        self.ack_log(log_ack);
+        let first = inflight.log_ack.is_some();
         if is_failure(reason) {
             // The client refused the message: the exchange ends here.
-            self.inflight.remove(&pkid);
-            return None;
+            if let Some(log_ack) = self.inflight.remove(&pkid).and_then(|i| i.log_ack) {
+                metrics::acked(Protocol::Mqtt, 1);
+                self.ack_log(Some(log_ack));
+            }
+            return Ok(None);
         }
-        Some(Packet::PubRel(
+        if first && let Some(session) = &self.durable_session {
+            // Not acknowledged to the log until recorded: a failure here delivers the record again.
+            bridge
+                .exchanges
+                .delivered(&client.client_id, pkid, session)
+                .await?;
+        }
+        if let Some(inflight) = self.inflight.get_mut(&pkid)
+            && let Some(log_ack) = inflight.log_ack.take()
+        {
+            metrics::acked(Protocol::Mqtt, 1);
+            self.ack_log(Some(log_ack));
+        }
+        Ok(Some(Packet::PubRel(
             PubRel {
                 pkid,
                 reason: PubRelReason::Success,
             },
             None,
-        ))
+        )))
     }
 
-    /// PUBCOMP from the client.
-    pub(crate) fn on_pubcomp(&mut self, pkid: u16) {
-        self.inflight.remove(&pkid);
+    /// PUBCOMP from the client: the exchange is over.
+    pub(crate) async fn on_pubcomp(&mut self, bridge: &Bridge, client: &Client, pkid: u16) {
+        if self.inflight.remove(&pkid).is_some()
+            && self.durable_session.is_some()
+            && let Err(error) = bridge
+                .exchanges
+                .finished(&client.client_id, Direction::Out, pkid)
+                .await
+        {
+            // Harmless: the next resumed connection sends this PUBREL again, and the client answers.
+            tracing::warn!(%error, pkid, "could not delete a completed QoS 2 exchange");
+        }
     }
 
     /// Closes every reader; group members commit what the client acknowledged.
