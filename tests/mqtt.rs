@@ -7,7 +7,8 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    io::Write,
+    io::{Read, Write},
+    net::TcpStream,
     process::{Command, Stdio},
 };
 
@@ -275,39 +276,52 @@ fn a_persistent_session_outlives_its_gateway() -> TestResult {
     Ok(())
 }
 
+/// MQTT 3.1.1 CONNECT (keep-alive 60 s) as raw bytes, and the CONNACK accepting it; returns the
+/// stream and CONNACK's session-present flag.
+fn raw_connect(
+    address: std::net::SocketAddr,
+    client_id: &str,
+    clean_session: bool,
+) -> Result<(TcpStream, bool), BoxError> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    let flags = if clean_session { 0x02 } else { 0x00 };
+    let mut packet = vec![0x10, u8::try_from(12 + client_id.len())?, 0, 4];
+    packet.extend_from_slice(b"MQTT\x04");
+    packet.extend_from_slice(&[flags, 0x00, 0x3c]);
+    packet.extend_from_slice(&u16::try_from(client_id.len())?.to_be_bytes());
+    packet.extend_from_slice(client_id.as_bytes());
+    stream.write_all(&packet)?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack)?;
+    assert!(
+        connack[..2] == [0x20, 0x02] && connack[3] == 0,
+        "CONNACK accepting the client: {connack:?}"
+    );
+    Ok((stream, connack[2] == 1))
+}
+
+/// Reads the next `expected.len()` bytes and checks they are `expected` (`what` names the packet).
+fn expect_bytes(stream: &mut TcpStream, expected: &[u8], what: &str) -> TestResult {
+    let mut got = vec![0u8; expected.len()];
+    stream.read_exact(&mut got)?;
+    assert_eq!(got, expected, "expected {what}");
+    Ok(())
+}
+
 /// One live connection per client id across replicas: a client connected to gateway A is closed when a
 /// connection with its client id reaches gateway B. (Raw MQTT 3.1.1 bytes: the clients above reconnect
 /// on their own, which would hide the takeover.)
 #[test]
 fn a_connection_on_another_gateway_takes_the_client_id_over() -> TestResult {
-    use std::{io::Read, net::TcpStream};
-
     let _serial = one_broker_at_a_time();
     let broker = Tansu::start()?;
     let dir = tempfile::tempdir()?;
     let first = Gateway::start_kafka(&dir.path().join("a"), &broker.bootstrap(), &[])?;
     let second = Gateway::start_kafka(&dir.path().join("b"), &broker.bootstrap(), &[])?;
     let client_id = unique("twin");
-    let connect = |address| -> Result<TcpStream, BoxError> {
-        let mut stream = TcpStream::connect(address)?;
-        stream.set_read_timeout(Some(DEADLINE))?;
-        // CONNECT: protocol MQTT level 4, clean session, keep-alive 60 s, the client id.
-        let mut packet = vec![0x10, (12 + client_id.len()) as u8, 0, 4];
-        packet.extend_from_slice(b"MQTT\x04\x02\x00\x3c");
-        packet.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-        packet.extend_from_slice(client_id.as_bytes());
-        stream.write_all(&packet)?;
-        let mut connack = [0u8; 4];
-        stream.read_exact(&mut connack)?;
-        assert_eq!(
-            connack,
-            [0x20, 0x02, 0x00, 0x00],
-            "CONNACK accepting the client"
-        );
-        Ok(stream)
-    };
-    let mut on_first = connect(first.mqtt)?;
-    let _on_second = connect(second.mqtt)?;
+    let (mut on_first, _) = raw_connect(first.mqtt, &client_id, true)?;
+    let _on_second = raw_connect(second.mqtt, &client_id, true)?;
     // Gateway A closes its connection: read returns EOF (0) rather than timing out.
     let mut byte = [0u8; 1];
     let read = on_first.read(&mut byte);
@@ -319,6 +333,67 @@ fn a_connection_on_another_gateway_takes_the_client_id_over() -> TestResult {
     );
     assert!(first.terminate()?.success());
     assert!(second.terminate()?.success());
+    Ok(())
+}
+
+/// QoS 2 through a gateway crash (kill -9): the gateway stored the message and sent PUBREC, which is
+/// lost with it as far as the client knows. The client reconnects to the restarted gateway and sends
+/// the PUBLISH again with DUP, as MQTT asks; it gets PUBREC, PUBREL, PUBCOMP, and the message is stored
+/// once. The released packet id then carries a new message, which is stored too. (Raw MQTT 3.1.1
+/// bytes: a client library does not resend on cue.)
+#[test]
+fn a_qos2_message_sent_again_after_a_gateway_crash_is_stored_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let gateway = Gateway::start(&data, &[])?;
+    let client_id = unique("exact");
+    let (first, second) = (unique("once"), unique("next"));
+    let publish = |payload: &str, dup: bool| -> Result<Vec<u8>, BoxError> {
+        let topic = b"exact/once";
+        let mut packet = vec![0x34 | if dup { 0x08 } else { 0 }];
+        packet.push(u8::try_from(2 + topic.len() + 2 + payload.len())?);
+        packet.extend_from_slice(&u16::try_from(topic.len())?.to_be_bytes());
+        packet.extend_from_slice(topic);
+        packet.extend_from_slice(&7u16.to_be_bytes());
+        packet.extend_from_slice(payload.as_bytes());
+        Ok(packet)
+    };
+    const PUBREC: [u8; 4] = [0x50, 0x02, 0, 7];
+    const PUBREL: [u8; 4] = [0x62, 0x02, 0, 7];
+    const PUBCOMP: [u8; 4] = [0x70, 0x02, 0, 7];
+
+    let (mut stream, _) = raw_connect(gateway.mqtt, &client_id, false)?;
+    stream.write_all(&publish(&first, false)?)?;
+    expect_bytes(&mut stream, &PUBREC, "PUBREC before the crash")?;
+    gateway.kill9()?;
+
+    let gateway = Gateway::start(&data, &[])?;
+    let (mut stream, session_present) = raw_connect(gateway.mqtt, &client_id, false)?;
+    assert!(session_present, "the session outlived the crash");
+    stream.write_all(&publish(&first, true)?)?;
+    expect_bytes(&mut stream, &PUBREC, "PUBREC for the retransmission")?;
+    stream.write_all(&PUBREL)?;
+    expect_bytes(&mut stream, &PUBCOMP, "PUBCOMP")?;
+    stream.write_all(&publish(&second, false)?)?;
+    expect_bytes(
+        &mut stream,
+        &PUBREC,
+        "PUBREC for a new message with the same id",
+    )?;
+    stream.write_all(&PUBREL)?;
+    expect_bytes(&mut stream, &PUBCOMP, "PUBCOMP")?;
+
+    let stored =
+        tokio::runtime::Runtime::new()?.block_on(stored_values(&gateway, "mqtt.messages"))?;
+    let copies = |payload: &String| stored.iter().filter(|value| *value == payload).count();
+    assert_eq!(
+        copies(&first),
+        1,
+        "the retransmitted message is stored once\ngateway log:\n{}",
+        gateway.log()
+    );
+    assert_eq!(copies(&second), 1, "the new message is stored");
+    assert!(gateway.terminate()?.success());
     Ok(())
 }
 

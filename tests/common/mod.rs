@@ -437,6 +437,27 @@ impl SubscribeStream {
     }
 }
 
+/// Every value stored in `topic`, read from the start without a group, in delivery order (copies
+/// included).
+pub async fn stored_values(gateway: &Gateway, topic: &str) -> Result<Vec<String>, BoxError> {
+    let mut client = gateway.streams().await?;
+    let start = pb::SubscribeStart {
+        topics: vec![topic.to_owned()],
+        start: Some(pb::Position {
+            kind: Some(pb::position::Kind::Earliest(true)),
+        }),
+        max_in_flight: 1000,
+        ..Default::default()
+    };
+    let mut reader = SubscribeStream::open(&mut client, start).await?;
+    let mut values = Vec::new();
+    while let Some(batch) = reader.next_records(Duration::from_secs(2)).await? {
+        reader.ack(&batch).await?;
+        values.extend(batch.iter().map(value_of));
+    }
+    Ok(values)
+}
+
 /// A group subscription start message.
 pub fn start_in_group(topic: &str, group: &str, max_in_flight: u32) -> pb::SubscribeStart {
     pb::SubscribeStart {
@@ -523,8 +544,7 @@ pub fn run_python(script: &str, args: &[&str], gateway: &Gateway) -> Result<Stri
 }
 
 /// End-to-end tests that start a broker or gateways run one at a time within their test binary: several
-/// at once on two cores slow consumer-group rebalances past the clients' deadlines (see the note on
-/// issue 4: a resumed session's committed-offset lookup can time out under such load).
+/// at once on two cores slow consumer-group rebalances past the clients' deadlines.
 static ONE_BROKER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Holds the one-at-a-time lock for the rest of the test.
