@@ -7,8 +7,9 @@
 //! replica: a retransmitted PUBLISH is then stored a second time, and a subscriber that delivers at
 //! PUBREL (paho does) waits forever for a PUBREL nobody resends.
 //!
-//! - **Received** (client → gateway). Before the message is appended, an entry names the record id
-//!   (`courier_id`) and timestamp the record will carry. The entry is deleted at PUBREL, before PUBCOMP.
+//! - **Received** (client → gateway). Queued before the message's append, an entry names the record id
+//!   (`courier_id`) and timestamp the record will carry; PUBREC waits for both. The entry is deleted
+//!   at PUBREL, and PUBCOMP waits for the deletion: after PUBCOMP the client may use the id again.
 //!   A gateway that finds an entry it did not write (the client is back after a crash or on another
 //!   replica) looks for that record in its partition: found, the packet id awaits release (a
 //!   retransmission gets PUBREC and is not stored again); not found, the append never happened and the
@@ -23,7 +24,9 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use courier_gateway::log::{FetchLimits, Log, NewRecord, Position, TopicPartition, partitioner};
+use courier_gateway::log::{
+    AppendReceipt, FetchLimits, Log, NewRecord, Position, TopicPartition, partitioner,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -115,15 +118,18 @@ impl ExchangeStore {
         Self { log, topic, view }
     }
 
-    /// Records, durably, that the client's message `pkid` is about to be appended as `received`.
-    pub async fn received(&self, client_id: &str, pkid: u16, received: Received) -> Result<()> {
-        self.write(
-            client_id,
-            Direction::In,
-            pkid,
-            Some(&Entry::Received(received)),
-        )
-        .await
+    /// Queues the entry saying the client's message `pkid` is appended as `received`; the receipt
+    /// says when it is durable. Queued before the message's own append, it is normally durable first;
+    /// if a crash lands between the two, the message can be stored twice, never lost.
+    pub async fn received(
+        &self,
+        client_id: &str,
+        pkid: u16,
+        received: Received,
+    ) -> Result<AppendReceipt> {
+        let entry = Entry::Received(received);
+        let record = self.record(client_id, Direction::In, pkid, Some(&entry))?;
+        Ok(self.log.submit(&self.topic, vec![record]).await?)
     }
 
     /// Records, durably, that the client acknowledged delivered message `pkid` with PUBREC.
@@ -135,9 +141,20 @@ impl ExchangeStore {
             .await
     }
 
-    /// Deletes an entry: the exchange is over.
+    /// Deletes an entry, durably: the exchange is over.
     pub async fn finished(&self, client_id: &str, direction: Direction, pkid: u16) -> Result<()> {
         self.write(client_id, direction, pkid, None).await
+    }
+
+    /// Queues the deletion of an entry; the receipt says when it is durable.
+    pub async fn finish(
+        &self,
+        client_id: &str,
+        direction: Direction,
+        pkid: u16,
+    ) -> Result<AppendReceipt> {
+        let record = self.record(client_id, direction, pkid, None)?;
+        Ok(self.log.submit(&self.topic, vec![record]).await?)
     }
 
     /// Every entry of a client, once everything written before the call has been read.
@@ -212,6 +229,19 @@ impl ExchangeStore {
         pkid: u16,
         entry: Option<&Entry>,
     ) -> Result<()> {
+        let record = self.record(client_id, direction, pkid, entry)?;
+        self.log.append(&self.topic, vec![record]).await?;
+        Ok(())
+    }
+
+    /// The record of an entry (`None`: its deletion).
+    fn record(
+        &self,
+        client_id: &str,
+        direction: Direction,
+        pkid: u16,
+        entry: Option<&Entry>,
+    ) -> Result<NewRecord> {
         let value =
             entry
                 .map(serde_json::to_vec)
@@ -220,13 +250,11 @@ impl ExchangeStore {
                     client_id: client_id.to_owned(),
                     detail: error.to_string(),
                 })?;
-        let record = NewRecord {
+        Ok(NewRecord {
             key: Some(Bytes::from(key(client_id, direction, pkid))),
             value: value.map(Bytes::from),
             ..NewRecord::default()
-        };
-        self.log.append(&self.topic, vec![record]).await?;
-        Ok(())
+        })
     }
 }
 
@@ -333,8 +361,8 @@ mod tests {
     async fn unfinished_lists_a_clients_entries() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let (_log, store) = store(dir.path()).await?;
-        store.received("a/b", 9, received("x", 1)).await?;
-        store.received("a/b", 3, received("y", 2)).await?;
+        store.received("a/b", 9, received("x", 1)).await?.await?;
+        store.received("a/b", 3, received("y", 2)).await?.await?;
         store.delivered("a/b", 4, "s").await?;
         store.delivered("a", 5, "s").await?;
         store.finished("a/b", Direction::In, 9).await?;

@@ -190,9 +190,9 @@ impl Session {
                         Err(error) => Err(error),
                     }
                 }
-                Some(appended) = self.inbound.pending.next() => {
+                Some(completed) = self.inbound.pending.next() => {
                     self.inbound
-                        .on_appended(&self.client, appended)
+                        .on_completed(&self.client, completed)
                         .and_then(|reply| reply.map_or(Ok(()), |reply| connection.queue(reply)))
                         .map(|()| None)
                 }
@@ -227,8 +227,8 @@ impl Session {
                 None => Progress::Received,
             });
         }
-        if let Some(Some(appended)) = self.inbound.pending.next().now_or_never() {
-            if let Some(reply) = self.inbound.on_appended(&self.client, appended)? {
+        if let Some(Some(completed)) = self.inbound.pending.next().now_or_never() {
+            if let Some(reply) = self.inbound.on_completed(&self.client, completed)? {
                 connection.queue(reply)?;
             }
             return Ok(Progress::Worked);
@@ -257,11 +257,11 @@ impl Session {
                     .on_publish(&self.bridge, &self.client, header, publish, properties)
                     .await?
             }
-            Packet::PubRel(pubrel, _) => Some(
+            Packet::PubRel(pubrel, _) => {
                 self.inbound
                     .on_pubrel(&self.bridge, &self.client, pubrel.pkid)
-                    .await?,
-            ),
+                    .await?
+            }
             Packet::PubAck(puback, _) => {
                 self.outbound.on_puback(puback.pkid);
                 None
@@ -350,8 +350,8 @@ impl Session {
         // Appends already handed to the log finish, and their acks go out if the socket still takes
         // them: a client told "stored" is never wrong, and one not told sends again.
         let finishing = async {
-            while let Some(appended) = self.inbound.pending.next().await {
-                if let Ok(Some(reply)) = self.inbound.on_appended(&self.client, appended) {
+            while let Some(completed) = self.inbound.pending.next().await {
+                if let Ok(Some(reply)) = self.inbound.on_completed(&self.client, completed) {
                     let _ = connection.queue(reply);
                 }
             }

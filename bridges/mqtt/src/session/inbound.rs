@@ -13,7 +13,7 @@ use std::{
 };
 
 use courier_gateway::{
-    log::now_ms,
+    log::{AppendReceipt, now_ms},
     metrics::{self, ProduceTimer, Protocol},
 };
 use futures_util::stream::FuturesOrdered;
@@ -32,20 +32,28 @@ use crate::{
     mapping::{self, Message},
 };
 
-/// The outcome of one publish's append.
+/// Inbound work that was waiting for the log, done.
 #[derive(Debug)]
-pub(crate) struct Appended {
-    qos: QoS,
-    pkid: u16,
-    outcome: Result<(), Refusal>,
+pub(crate) enum Completed {
+    /// A publish's append.
+    Appended {
+        qos: QoS,
+        pkid: u16,
+        outcome: Result<(), Refusal>,
+    },
+    /// A PUBREL's deletion of a persistent session's QoS 2 entry.
+    Released {
+        pkid: u16,
+        outcome: courier_gateway::Result<()>,
+    },
 }
 
-type PendingAppend = Pin<Box<dyn Future<Output = Appended> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = Completed> + Send>>;
 
 /// The client's publishes in flight and its QoS 2 state.
 pub(crate) struct Inbound {
-    /// Appends in submission order.
-    pub(crate) pending: FuturesOrdered<PendingAppend>,
+    /// Appends and releases, in the order the client's packets came.
+    pub(crate) pending: FuturesOrdered<Pending>,
     /// QoS 1 and 2 appends not acknowledged yet (the receive maximum counts these).
     unacknowledged: usize,
     /// QoS 2 packet ids being appended.
@@ -153,7 +161,7 @@ impl Inbound {
         let kafka_topic = bridge.routes.topic_for(&message.topic);
         let recorded = match (qos, &self.durable_session) {
             (QoS::ExactlyOnce, Some(session)) => {
-                // Recorded before the append: a gateway that finds the entry after a crash looks for
+                // Queued before the append: a gateway that finds the entry after a crash looks for
                 // this record id from this timestamp on.
                 record.courier_id = Ulid::new().to_string();
                 record.timestamp_ms = Some(now);
@@ -164,21 +172,25 @@ impl Inbound {
                     kafka_topic: kafka_topic.to_owned(),
                     key: message.topic.clone(),
                 };
-                if let Err(error) = bridge
+                let entry = match bridge
                     .exchanges
                     .received(&client.client_id, pkid, received)
                     .await
                 {
-                    let refusal = Refusal::new(
-                        RefusalCode::Unspecified,
-                        format!("could not record the QoS 2 exchange: {error}"),
-                    );
-                    return refuse(client, qos, pkid, refusal);
-                }
+                    Ok(entry) => entry,
+                    Err(error) => {
+                        let refusal = Refusal::new(
+                            RefusalCode::Unspecified,
+                            format!("could not record the QoS 2 exchange: {error}"),
+                        );
+                        return refuse(client, qos, pkid, refusal);
+                    }
+                };
                 Some(RecordedExchange {
                     exchanges: bridge.exchanges.clone(),
                     client_id: client.client_id.clone(),
                     pkid,
+                    entry,
                 })
             }
             _ => None,
@@ -191,7 +203,7 @@ impl Inbound {
             Ok(receipt) => receipt,
             Err(error) => {
                 timer.failed(&error);
-                if let Some(recorded) = &recorded {
+                if let Some(recorded) = recorded {
                     recorded.refused().await;
                 }
                 return refuse(client, qos, pkid, Refusal::from(&error));
@@ -202,7 +214,7 @@ impl Inbound {
                 Ok(receipt) => Some(receipt),
                 Err(error) => {
                     timer.failed(&error);
-                    if let Some(recorded) = &recorded {
+                    if let Some(recorded) = recorded {
                         recorded.refused().await;
                     }
                     return refuse(client, qos, pkid, Refusal::from(&error));
@@ -216,10 +228,13 @@ impl Inbound {
                 outcome = retained.await.map(drop);
             }
             timer.finish(&outcome);
-            if let (Err(_), Some(recorded)) = (&outcome, recorded) {
-                recorded.refused().await;
+            if let Some(recorded) = recorded {
+                match &outcome {
+                    Ok(()) => recorded.stored().await,
+                    Err(_) => recorded.refused().await,
+                }
             }
-            Appended {
+            Completed::Appended {
                 qos,
                 pkid,
                 outcome: outcome.map_err(|error| Refusal::from(&error)),
@@ -234,13 +249,23 @@ impl Inbound {
         Ok(None)
     }
 
-    /// An append completed: the ack to send, if any.
-    pub(crate) fn on_appended(
+    /// Pending work completed: the answer to send, if any.
+    pub(crate) fn on_completed(
         &mut self,
         client: &Client,
-        appended: Appended,
+        completed: Completed,
     ) -> Result<Option<Packet>> {
-        let Appended { qos, pkid, outcome } = appended;
+        let (qos, pkid, outcome) = match completed {
+            Completed::Appended { qos, pkid, outcome } => (qos, pkid, outcome),
+            Completed::Released { pkid, outcome } => {
+                // Without the deletion, PUBCOMP would let the client use the id for a new message
+                // that a later connection takes for this one: the connection closes instead, and the
+                // client sends PUBREL again.
+                outcome.map_err(Error::from)?;
+                let reason = PubCompReason::Success;
+                return Ok(Some(Packet::PubComp(PubComp { pkid, reason }, None)));
+            }
+        };
         if qos != QoS::AtMostOnce {
             self.unacknowledged = self.unacknowledged.saturating_sub(1);
         }
@@ -263,26 +288,32 @@ impl Inbound {
     }
 
     /// PUBREL: the client will not send this QoS 2 packet id again. A persistent session's entry is
-    /// deleted before PUBCOMP: once the client has PUBCOMP it may use the id for a new message.
+    /// deleted first, and PUBCOMP goes out once that is durable (see [`Completed::Released`]).
     pub(crate) async fn on_pubrel(
         &mut self,
         bridge: &Bridge,
         client: &Client,
         pkid: u16,
-    ) -> Result<Packet> {
-        let reason = if self.awaiting_release.contains(&pkid) {
-            if self.durable_session.is_some() {
-                bridge
-                    .exchanges
-                    .finished(&client.client_id, Direction::In, pkid)
-                    .await?;
+    ) -> Result<Option<Packet>> {
+        if !self.awaiting_release.remove(&pkid) {
+            let reason = PubCompReason::PacketIdentifierNotFound;
+            return Ok(Some(Packet::PubComp(PubComp { pkid, reason }, None)));
+        }
+        if self.durable_session.is_none() {
+            let reason = PubCompReason::Success;
+            return Ok(Some(Packet::PubComp(PubComp { pkid, reason }, None)));
+        }
+        let deletion = bridge
+            .exchanges
+            .finish(&client.client_id, Direction::In, pkid)
+            .await?;
+        self.pending.push_back(Box::pin(async move {
+            Completed::Released {
+                pkid,
+                outcome: deletion.await.map(drop),
             }
-            self.awaiting_release.remove(&pkid);
-            PubCompReason::Success
-        } else {
-            PubCompReason::PacketIdentifierNotFound
-        };
-        Ok(Packet::PubComp(PubComp { pkid, reason }, None))
+        }));
+        Ok(None)
     }
 
     fn resolve_topic(
@@ -314,17 +345,29 @@ impl Inbound {
     }
 }
 
-/// A persistent session's QoS 2 message whose exchange was recorded before its append.
+/// A persistent session's QoS 2 message whose exchange entry was queued before its append.
 struct RecordedExchange {
     exchanges: ExchangeStore,
     client_id: String,
     pkid: u16,
+    /// The entry's receipt.
+    entry: AppendReceipt,
 }
 
 impl RecordedExchange {
+    /// The message is stored: PUBREC may go once the entry is durable too. An entry that failed
+    /// leaves the exchange to this connection's memory, as for a session that is not persistent.
+    async fn stored(self) {
+        if let Err(error) = self.entry.await {
+            tracing::warn!(%error, pkid = self.pkid, "the QoS 2 entry of a stored message was not recorded");
+        }
+    }
+
     /// The append was refused: the exchange ends with the refusal, and the client may use the packet
     /// id for a new message, which the entry must not be mistaken for after a reconnect.
-    async fn refused(&self) {
+    async fn refused(self) {
+        // Its outcome does not matter: the deletion is queued after it either way.
+        let _ = self.entry.await;
         if let Err(error) = self
             .exchanges
             .finished(&self.client_id, Direction::In, self.pkid)
