@@ -13,6 +13,7 @@ use crate::{
     config::Config,
     error::{Error, Result},
     exchanges::ExchangeStore,
+    fanout::{self, Fanout},
     mapping::Routes,
     registry::Registry,
     retained::RetainedStore,
@@ -37,6 +38,8 @@ pub struct Bridge {
     pub retained: RetainedStore,
     /// Unfinished QoS 2 exchanges of persistent sessions.
     pub exchanges: ExchangeStore,
+    /// Shared readers for clean-session subscriptions.
+    pub fanout: Fanout,
     /// Live connections here, for takeover.
     pub registry: Arc<Registry>,
 }
@@ -99,12 +102,18 @@ impl Bridge {
             cancel.clone(),
         )
         .await?;
-        let exchange_view =
-            View::start(log.clone(), &config.qos2_topic, Box::new(|_, _| {}), cancel).await?;
+        let exchange_view = View::start(
+            log.clone(),
+            &config.qos2_topic,
+            Box::new(|_, _| {}),
+            cancel.clone(),
+        )
+        .await?;
         Ok(Arc::new(Self {
             sessions: SessionStore::new(log.clone(), config.sessions_topic.clone(), session_view),
             retained: RetainedStore::new(log.clone(), config.retained_topic.clone(), retained_view),
             exchanges: ExchangeStore::new(log.clone(), config.qos2_topic.clone(), exchange_view),
+            fanout: Fanout::new(log.clone(), fanout::LAG_LIMIT, cancel),
             log,
             routes,
             auth,

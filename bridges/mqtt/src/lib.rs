@@ -13,7 +13,7 @@
 //! - [`server`]: listeners, accept loops, limits; [`session`]: one client's state machine;
 //! - [`mapping`]: MQTT ↔ Log (users and passwords: `courier_gateway::auth`);
 //! - [`bridge`]: state shared by connections; [`sessions`], [`retained`], [`exchanges`], [`view`],
-//!   [`registry`].
+//!   [`registry`]; [`fanout`]: one reader per Kafka topic for the clean-session subscribers.
 
 pub mod bridge;
 pub mod codec;
@@ -21,6 +21,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod exchanges;
+pub mod fanout;
 pub mod mapping;
 pub mod registry;
 pub mod retained;

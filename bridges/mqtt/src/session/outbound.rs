@@ -447,15 +447,22 @@ impl Outbound {
             } else {
                 Position::Latest
             };
-            let options = SubscribeOptions {
-                topics: TopicSelector::Names(topics),
-                group: group.clone(),
-                start,
-                max_in_flight: usize::from(client.receive_maximum),
-                client: client.client_id.clone(),
-                protocol: "mqtt",
+            let reader = match (&key, &group) {
+                // Clean-session readers of one Kafka topic are all alike: one per gateway serves them.
+                (SourceKey::Topic(topic), None) => bridge.fanout.subscribe(topic).await,
+                _ => {
+                    let options = SubscribeOptions {
+                        topics: TopicSelector::Names(topics),
+                        group: group.clone(),
+                        start,
+                        max_in_flight: usize::from(client.receive_maximum),
+                        client: client.client_id.clone(),
+                        protocol: "mqtt",
+                    };
+                    bridge.log.subscribe(options).await
+                }
             };
-            let reader = bridge.log.subscribe(options).await.map_err(|error| {
+            let reader = reader.map_err(|error| {
                 tracing::warn!(%error, filter = subscription.stored.filter, "subscribe failed");
                 match error {
                     courier_gateway::Error::UnknownTopic { .. }
