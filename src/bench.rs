@@ -103,7 +103,8 @@ pub(crate) struct BenchArgs {
     /// MQTT mode: messages published to the fan-out subscribers.
     #[arg(long, default_value_t = 1000)]
     pub(crate) fanout_messages: usize,
-    /// MQTT mode: idle clients held connected while memory is measured.
+    /// MQTT mode: clients held connected, each subscribed to a topic of its own, while memory is
+    /// measured.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) connections: usize,
     /// MQTT mode: the Mosquitto broker to compare with.

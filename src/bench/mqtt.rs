@@ -8,8 +8,9 @@
 //!   `qos2_messages` at QoS 2; latency is from the PUBLISH to its PUBCOMP (the whole exchange);
 //! - fan-out: `subscribers` clients subscribe at QoS 1 and one client publishes `fanout_messages`;
 //!   latency is from publish to delivery (the payload carries the send time);
-//! - connections (first, on the fresh broker): `connections` clients connect and stay; the broker's
-//!   resident memory (RSS) is read from /proc before and while they are connected.
+//! - connections (first, on the fresh broker): `connections` clients connect, each subscribes at
+//!   QoS 1 to a command topic of its own, and they stay; the broker's resident memory (RSS) is read
+//!   from /proc before and while they are connected.
 
 use std::{
     collections::HashMap,
@@ -122,7 +123,10 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         let idle_rss = broker.rss_mib()?;
         let clients = connect_many(broker.address, args.connections).await?;
         let connected_rss = broker.rss_mib()?;
-        drop(clients);
+        // Ending their event loops closes the connections; the workloads below run without them.
+        for (_, event_loop) in clients {
+            event_loop.abort();
+        }
         let qos1 = publish(broker.address, args, Workload::Qos1).await?;
         let qos2 = publish(broker.address, args, Workload::Qos2Persistent).await?;
         let fanout = fanout(broker.address, args).await?;
@@ -150,7 +154,7 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         args.fsync
     );
     println!(
-        "| broker | QoS 1 publish msg/s | p50 ack ms | p99 ack ms | QoS 2 persistent msg/s | p50 PUBCOMP ms | fan-out deliveries/s | fan-out p50 ms | fan-out p99 ms | RSS idle MiB | RSS with {} clients MiB |",
+        "| broker | QoS 1 publish msg/s | p50 ack ms | p99 ack ms | QoS 2 persistent msg/s | p50 PUBCOMP ms | fan-out deliveries/s | fan-out p50 ms | fan-out p99 ms | RSS idle MiB | RSS with {} subscribed clients MiB |",
         args.connections
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -376,8 +380,17 @@ async fn connect_many(
         for &i in chunk {
             connecting.spawn(async move {
                 let (client, mut eventloop) =
-                    AsyncClient::new(options(format!("idle-{run}-{i}"), address, 10), 4);
+                    AsyncClient::new(options(format!("device-{run}-{i}"), address, 10), 4);
                 connected(&mut eventloop).await?;
+                // Each device waits for commands on a topic of its own, as devices do.
+                client
+                    .subscribe(format!("devices/{run}/{i}/commands"), QoS::AtLeastOnce)
+                    .await?;
+                loop {
+                    if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await? {
+                        break;
+                    }
+                }
                 let keep = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
                 Ok::<_, anyhow::Error>((client, keep))
             });

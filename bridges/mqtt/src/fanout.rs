@@ -3,19 +3,22 @@
 //!
 //! A clean-session subscription reads from "now" and commits nothing, so all such subscribers of a
 //! Kafka topic read the same records. With a reader each, 10,000 devices subscribed to their command
-//! topics would be 10,000 Kafka consumers. A [`Hub`] reads the topic once and hands every batch to
-//! each member; the member's connection matches records against its filters as before.
+//! topics would be 10,000 Kafka consumers, each reading every record of the topic. A [`Hub`] reads the
+//! topic once and hands each record only to the members whose MQTT filters match its topic: filters
+//! without wildcards are looked up in a map, and only wildcard filters are tried one by one. The
+//! member's connection still applies the rest of MQTT's rules (no-local, QoS, expiry).
 //!
 //! A member holds at most `lag_limit` records it has not acknowledged. A member that goes past it (a
 //! slow client) is detached rather than allowed to slow the others, and it loses nothing. It catches
-//! up alone, fetching each partition from where it was as fast as it acknowledges, and rejoins the hub
-//! once it has caught up. The rejoin is checked under the hub's lock, so no batch falls between.
+//! up alone, fetching each partition from where the hub was when it left, as fast as it
+//! acknowledges, and rejoins the hub once it has caught up. The rejoin is checked under the hub's
+//! lock, so no batch falls between.
 //!
 //! Persistent sessions (a consumer group each, which commits) and shared subscriptions (one group)
 //! keep readers of their own.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -34,10 +37,10 @@ use courier_gateway::{
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::sync::lock;
+use crate::{mapping, sync::lock};
 
-/// Records a member may hold unacknowledged before it is detached. Batches share their payloads
-/// between members (reference-counted bytes), so this bounds little more than record headers.
+/// Records a member may hold unacknowledged before it is detached. Members share the records'
+/// payloads (reference-counted bytes), so this bounds little more than record headers.
 pub const LAG_LIMIT: usize = 10_000;
 
 /// The hub's own reader acknowledges as it dispatches; this only bounds its prefetch.
@@ -74,9 +77,10 @@ impl Fanout {
         }
     }
 
-    /// A subscription to every record appended to `topic` from now on, through this gateway's hub of
-    /// it. Its first event is `Assigned`: the hub holds the topic's partitions.
-    pub async fn subscribe(&self, topic: &str) -> Result<Subscription> {
+    /// A subscription to the records appended to `topic` from now on whose MQTT topics match one of
+    /// `filters`, through this gateway's hub of the topic. Its first event is `Assigned`: the hub
+    /// holds the topic's partitions.
+    pub async fn subscribe(&self, topic: &str, filters: Vec<String>) -> Result<Member> {
         let hub = {
             let mut hubs = self.hubs.lock().await;
             match hubs.get(topic) {
@@ -90,7 +94,34 @@ impl Fanout {
                 }
             }
         };
-        Ok(hub.join())
+        Ok(hub.join(filters))
+    }
+}
+
+/// A member of a hub: its subscription, and the handle that changes its filters.
+#[derive(Debug)]
+pub struct Member {
+    /// Events and control, as from [`Log::subscribe`].
+    pub subscription: Subscription,
+    handle: Arc<MemberControl>,
+}
+
+impl Member {
+    /// The handle that changes the member's filters.
+    pub fn filters(&self) -> MemberFilters {
+        MemberFilters(self.handle.clone())
+    }
+}
+
+/// Changes a member's filters.
+#[derive(Debug, Clone)]
+pub struct MemberFilters(Arc<MemberControl>);
+
+impl MemberFilters {
+    /// From now on, the member gets records whose MQTT topics match one of `filters`.
+    pub fn set(&self, filters: Vec<String>) {
+        let mut state = lock(&self.0.hub.state);
+        state.set_filters(self.0.id, filters);
     }
 }
 
@@ -112,18 +143,32 @@ struct HubState {
     next: HashMap<i32, i64>,
     /// Per partition, the first offset dispatched: where a member that never saw the partition starts.
     first: HashMap<i32, i64>,
-    members: HashMap<u64, Member>,
+    members: HashMap<u64, MemberState>,
+    /// Members by each of their filters without wildcards.
+    exact: HashMap<String, HashSet<u64>>,
+    /// Members with a wildcard filter.
+    wildcard: HashSet<u64>,
     next_member: u64,
 }
 
 #[derive(Debug)]
-struct Member {
+struct MemberState {
     events: mpsc::UnboundedSender<SubscriptionEvent>,
     flow: Arc<Flow>,
-    /// Per partition, the offset after the last record this member was given.
+    filters: Vec<String>,
+    /// While detached: per partition, the offset after the last record this member has seen. While
+    /// attached: offsets below which records were already given in catching up (usually none).
     next: HashMap<i32, i64>,
     /// Fed by the hub; `false` while it catches up alone.
     attached: bool,
+}
+
+impl MemberState {
+    fn wants(&self, topic: &str) -> bool {
+        self.filters
+            .iter()
+            .any(|filter| mapping::matches(filter, topic))
+    }
 }
 
 /// A member's unacknowledged records, counted by the hub and its acks.
@@ -131,6 +176,55 @@ struct Member {
 struct Flow {
     outstanding: AtomicUsize,
     acked: Notify,
+}
+
+fn has_wildcard(filter: &str) -> bool {
+    filter.contains(['+', '#'])
+}
+
+impl HubState {
+    fn set_filters(&mut self, id: u64, filters: Vec<String>) {
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut member.filters, filters.clone());
+        for filter in old.iter().filter(|filter| !has_wildcard(filter)) {
+            if let Some(ids) = self.exact.get_mut(filter) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.exact.remove(filter);
+                }
+            }
+        }
+        self.wildcard.remove(&id);
+        for filter in &filters {
+            if has_wildcard(filter) {
+                self.wildcard.insert(id);
+            } else {
+                self.exact.entry(filter.clone()).or_default().insert(id);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.set_filters(id, Vec::new());
+        self.members.remove(&id);
+    }
+
+    /// The members whose filters match `topic`.
+    fn recipients(&self, topic: &str) -> HashSet<u64> {
+        let mut recipients = self.exact.get(topic).cloned().unwrap_or_default();
+        for id in &self.wildcard {
+            if self
+                .members
+                .get(id)
+                .is_some_and(|member| member.wants(topic))
+            {
+                recipients.insert(*id);
+            }
+        }
+        recipients
+    }
 }
 
 impl Hub {
@@ -174,30 +268,35 @@ impl Hub {
     }
 
     /// A new member, fed from the hub's current position.
-    fn join(self: &Arc<Self>) -> Subscription {
+    fn join(self: &Arc<Self>, filters: Vec<String>) -> Member {
         let (events, receiver) = mpsc::unbounded_channel();
         let flow = Arc::new(Flow::default());
         let mut state = lock(&self.state);
         let id = state.next_member;
         state.next_member += 1;
         let _ = events.send(SubscriptionEvent::Assigned(state.partitions.clone()));
-        let next = state.next.clone();
         state.members.insert(
             id,
-            Member {
+            MemberState {
                 events,
                 flow: flow.clone(),
-                next,
+                filters: Vec::new(),
+                next: HashMap::new(),
                 attached: true,
             },
         );
-        Subscription {
-            events: receiver,
-            control: Arc::new(MemberControl {
-                hub: self.clone(),
-                id,
-                flow,
-            }),
+        state.set_filters(id, filters);
+        let handle = Arc::new(MemberControl {
+            hub: self.clone(),
+            id,
+            flow,
+        });
+        Member {
+            subscription: Subscription {
+                events: receiver,
+                control: handle.clone(),
+            },
+            handle,
         }
     }
 
@@ -212,7 +311,7 @@ impl Hub {
                     for record in &batch {
                         reader.control.ack(&record.topic_partition(), record.offset);
                     }
-                    self.dispatch(batch);
+                    self.dispatch(&batch);
                 }
                 Some(SubscriptionEvent::Assigned(partitions)) => {
                     let mut state = lock(&self.state);
@@ -235,38 +334,64 @@ impl Hub {
         }
     }
 
-    /// Hands a batch to every attached member, each the records past its own position; detaches a
-    /// member the batch would take past the lag limit.
-    fn dispatch(self: &Arc<Self>, batch: Vec<Record>) {
+    /// Hands each record of a batch to the attached members that want it; detaches a member the
+    /// batch would take past the lag limit.
+    fn dispatch(self: &Arc<Self>, batch: &[Record]) {
         let mut detached = Vec::new();
         {
             let mut guard = lock(&self.state);
             let state = &mut *guard;
-            for record in &batch {
+            let before = state.next.clone();
+            let mut given: HashMap<u64, Vec<Record>> = HashMap::new();
+            for record in batch {
                 state.first.entry(record.partition).or_insert(record.offset);
                 let next = state.next.entry(record.partition).or_insert(0);
                 *next = (*next).max(record.offset + 1);
-            }
-            state.members.retain(|id, member| {
-                if !member.attached {
-                    return true;
+                let Some(topic) = mapping::record_topic(record) else {
+                    continue;
+                };
+                for id in state.recipients(&topic) {
+                    given.entry(id).or_default().push(record.clone());
                 }
-                let records: Vec<Record> = batch
-                    .iter()
-                    .filter(|record| is_new(&member.next, record))
-                    .cloned()
-                    .collect();
+            }
+            for (id, records) in given {
+                let Some(member) = state.members.get_mut(&id) else {
+                    continue;
+                };
+                if !member.attached {
+                    continue;
+                }
+                let records: Vec<Record> = if member.next.is_empty() {
+                    records
+                } else {
+                    let records = records
+                        .into_iter()
+                        .filter(|record| is_new(&member.next, record))
+                        .collect();
+                    let hub_next = &state.next;
+                    member
+                        .next
+                        .retain(|partition, next| hub_next.get(partition) < Some(next));
+                    records
+                };
                 if records.is_empty() {
-                    return true;
+                    continue;
                 }
                 if member.flow.outstanding.load(Ordering::Acquire) + records.len() > self.lag_limit
                 {
+                    // It has seen everything before this batch; it catches up from there.
+                    for (partition, offset) in &before {
+                        let next = member.next.entry(*partition).or_insert(*offset);
+                        *next = (*next).max(*offset);
+                    }
                     member.attached = false;
-                    detached.push(*id);
-                    return true;
+                    detached.push(id);
+                    continue;
                 }
-                give(member, records)
-            });
+                if !give(member, records) {
+                    state.remove(id);
+                }
+            }
         }
         for id in detached {
             tracing::debug!(
@@ -318,6 +443,10 @@ impl Hub {
                 };
                 let behind = behind(&state.next, &state.first, &member.next);
                 if behind.is_empty() {
+                    let hub_next = &state.next;
+                    member
+                        .next
+                        .retain(|partition, next| hub_next.get(partition) < Some(next));
                     member.attached = true;
                     tracing::debug!(topic = self.topic, member = id, "a subscriber caught up");
                     return;
@@ -350,30 +479,19 @@ impl Hub {
             max_records: room,
             ..FetchLimits::default()
         };
-        let next = match self.log.fetch(&target, from, limits).await {
-            Ok(page) => {
-                let records: Vec<Record> = page
-                    .records
-                    .into_iter()
-                    .filter(|record| record.offset >= from)
-                    .collect();
-                if !records.is_empty() {
-                    let mut state = lock(&self.state);
-                    let Some(member) = state.members.get_mut(&id) else {
-                        return false;
-                    };
-                    return give(member, records);
-                }
+        let (records, next) = match self.log.fetch(&target, from, limits).await {
+            Ok(page) => match page.records.last().map(|last| last.offset + 1) {
+                Some(next) => (page.records, next),
                 // Nothing left below the hub's position (a gap: compaction, control records).
-                hub_next
-            }
+                None => (Vec::new(), hub_next),
+            },
             Err(Error::OffsetOutOfRange { .. }) => {
                 match self.log.resolve(&target, Position::Earliest).await {
                     Ok(oldest) if oldest > from => {
                         tracing::warn!(%target, from, oldest, "records a slow subscriber had not read were deleted");
-                        oldest
+                        (Vec::new(), oldest)
                     }
-                    _ => hub_next,
+                    _ => (Vec::new(), hub_next),
                 }
             }
             Err(error) => {
@@ -386,22 +504,30 @@ impl Hub {
         let Some(member) = state.members.get_mut(&id) else {
             return false;
         };
-        member.next.insert(partition, next);
-        true
+        let wanted: Vec<Record> = records
+            .into_iter()
+            .filter(|record| record.offset >= from)
+            .filter(|record| {
+                mapping::record_topic(record).is_some_and(|topic| member.wants(&topic))
+            })
+            .collect();
+        member.next.insert(partition, next.max(from));
+        if wanted.is_empty() || give(member, wanted) {
+            return true;
+        }
+        state.remove(id);
+        false
     }
 }
 
-/// Is `record` past what the member was given? Partitions it never saw are new to it.
+/// Is `record` past what the member was given? Partitions it has no position in are new to it.
 fn is_new(next: &HashMap<i32, i64>, record: &Record) -> bool {
     next.get(&record.partition)
         .is_none_or(|next| record.offset >= *next)
 }
 
 /// Hands records to a member; `false` when its connection is gone.
-fn give(member: &mut Member, records: Vec<Record>) -> bool {
-    for record in &records {
-        member.next.insert(record.partition, record.offset + 1);
-    }
+fn give(member: &mut MemberState, records: Vec<Record>) -> bool {
     member
         .flow
         .outstanding
@@ -413,7 +539,7 @@ fn give(member: &mut Member, records: Vec<Record>) -> bool {
 }
 
 /// The partitions where a member is behind the hub: (partition, its next offset, the hub's). A
-/// partition the member never saw starts at the first offset the hub dispatched there.
+/// partition the member has no position in starts at the first offset the hub dispatched there.
 fn behind(
     hub_next: &HashMap<i32, i64>,
     hub_first: &HashMap<i32, i64>,
@@ -433,7 +559,7 @@ fn behind(
     behind
 }
 
-/// A member's handle: acks free its window; closing leaves the hub.
+/// A member's control: acks free its window; closing leaves the hub.
 #[derive(Debug)]
 struct MemberControl {
     hub: Arc<Hub>,
@@ -470,7 +596,7 @@ impl SubscriptionControl for MemberControl {
     }
 
     async fn close(&self) -> Result<()> {
-        lock(&self.hub.state).members.remove(&self.id);
+        lock(&self.hub.state).remove(self.id);
         Ok(())
     }
 }
@@ -505,6 +631,15 @@ mod tests {
         log.create_topic(TopicSpec::named(TOPIC).partitions(3))
             .await?;
         Ok(log)
+    }
+
+    /// A member whose filter matches every record (records without `mqtt-topic` or key are on the
+    /// Kafka topic's name).
+    async fn everything(fanout: &Fanout) -> Result<Subscription> {
+        Ok(fanout
+            .subscribe(TOPIC, vec!["#".into()])
+            .await?
+            .subscription)
     }
 
     /// Appends records `range`, spread over the partitions, valued by their number.
@@ -575,8 +710,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let log = embedded(dir.path()).await?;
         let fanout = Fanout::new(log.clone(), 1000, CancellationToken::new());
-        let mut first = fanout.subscribe(TOPIC).await?;
-        let mut second = fanout.subscribe(TOPIC).await?;
+        let mut first = everything(&fanout).await?;
+        let mut second = everything(&fanout).await?;
         assert_eq!(fanout.hubs.lock().await.len(), 1, "one hub for the topic");
         append(&log, 0..90).await?;
         assert_eq!(receive(&mut first, 90).await?, expected(0..90));
@@ -584,6 +719,47 @@ mod tests {
         first.close().await?;
         append(&log, 90..120).await?;
         assert_eq!(receive(&mut second, 30).await?, expected(90..120));
+        Ok(())
+    }
+
+    /// Each member gets the records whose MQTT topics its filters match, exact or wildcard, and a
+    /// change of filters applies to what comes next.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_get_what_their_filters_match() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let log = embedded(dir.path()).await?;
+        let fanout = Fanout::new(log.clone(), 1000, CancellationToken::new());
+        let device = fanout
+            .subscribe(TOPIC, vec!["devices/7/commands".into()])
+            .await?;
+        let mut all_devices = fanout
+            .subscribe(TOPIC, vec!["devices/+/commands".into()])
+            .await?
+            .subscription;
+        let filters = device.filters();
+        let mut device = device.subscription;
+        let command = |device: usize| NewRecord {
+            key: Some(Bytes::from(format!("devices/{device}/commands"))),
+            ..NewRecord::with_value(Bytes::from(device.to_string()))
+        };
+        log.append(TOPIC, (0..10).map(command).collect()).await?;
+        let mine = next(&mut device, true, WAIT).await.ok_or("no command")?;
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].value.as_deref(), Some(&b"7"[..]));
+        let mut seen = 0;
+        while seen < 10 {
+            seen += next(&mut all_devices, true, WAIT)
+                .await
+                .ok_or("no commands")?
+                .len();
+        }
+        assert_eq!(seen, 10);
+
+        filters.set(vec!["devices/8/commands".into()]);
+        log.append(TOPIC, vec![command(7), command(8)]).await?;
+        let mine = next(&mut device, true, WAIT).await.ok_or("no command")?;
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].value.as_deref(), Some(&b"8"[..]));
         Ok(())
     }
 
@@ -595,8 +771,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let log = embedded(dir.path()).await?;
         let fanout = Fanout::new(log.clone(), LIMIT, CancellationToken::new());
-        let mut fast = fanout.subscribe(TOPIC).await?;
-        let mut slow = fanout.subscribe(TOPIC).await?;
+        let mut fast = everything(&fanout).await?;
+        let mut slow = everything(&fanout).await?;
         for start in (0..300).step_by(6) {
             append(&log, start..start + 6).await?;
         }

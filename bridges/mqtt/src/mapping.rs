@@ -182,6 +182,30 @@ pub fn as_retained(mut record: NewRecord) -> NewRecord {
     record
 }
 
+/// The MQTT topic a stored record is delivered on: its `mqtt-topic` header, else its key when that is
+/// a topic name, else its Kafka topic's name. `None` when that is not a valid topic name.
+pub fn record_topic(record: &Record) -> Option<String> {
+    let topic = record
+        .headers
+        .iter()
+        .find(|header| header.key == HEADER_TOPIC)
+        .map_or_else(
+            || topic_without_header(record),
+            |header| String::from_utf8_lossy(&header.value).into_owned(),
+        );
+    valid_topic_name(&topic).then_some(topic)
+}
+
+/// The topic of a record without `mqtt-topic` (written by a native Kafka client).
+fn topic_without_header(record: &Record) -> String {
+    record
+        .key
+        .as_deref()
+        .and_then(|key| std::str::from_utf8(key).ok())
+        .filter(|key| valid_topic_name(key))
+        .map_or_else(|| record.topic.to_string(), str::to_owned)
+}
+
 /// Reads a stored record back as an MQTT message; `None` when it has expired or names no usable topic.
 pub fn from_record(record: &Record, now_ms: i64) -> Option<Stored> {
     let mut topic = None;
@@ -218,12 +242,7 @@ pub fn from_record(record: &Record, now_ms: i64) -> Option<Stored> {
             .user_properties
             .push((COURIER_ID_PROPERTY.into(), record.courier_id.clone()));
     }
-    let topic = topic
-        .or_else(|| {
-            let key = std::str::from_utf8(record.key.as_deref()?).ok()?;
-            valid_topic_name(key).then(|| key.to_owned())
-        })
-        .unwrap_or_else(|| record.topic.to_string());
+    let topic = topic.unwrap_or_else(|| topic_without_header(record));
     if !valid_topic_name(&topic) {
         return None;
     }

@@ -34,6 +34,7 @@ use crate::{
     connection::Connection,
     error::{Error, Result},
     exchanges::Direction,
+    fanout::MemberFilters,
     mapping::{self, Message},
     sessions::{SessionRecord, StoredSubscription},
 };
@@ -59,6 +60,8 @@ enum SourceKey {
 struct Source {
     key: SourceKey,
     control: Arc<dyn SubscriptionControl>,
+    /// For a gateway's shared reader: the filters it matches for this connection.
+    filters: Option<MemberFilters>,
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +263,7 @@ impl Outbound {
         for id in unneeded {
             self.close_source(id).await;
         }
+        self.refresh_shared_filters();
         if session.persistent {
             session.subscriptions = self.stored();
             bridge.sessions.save(&client.client_id, session).await?;
@@ -449,7 +453,11 @@ impl Outbound {
             };
             let reader = match (&key, &group) {
                 // Clean-session readers of one Kafka topic are all alike: one per gateway serves them.
-                (SourceKey::Topic(topic), None) => bridge.fanout.subscribe(topic).await,
+                (SourceKey::Topic(topic), None) => bridge
+                    .fanout
+                    .subscribe(topic, vec![subscription.filter.clone()])
+                    .await
+                    .map(|member| (Some(member.filters()), member.subscription)),
                 _ => {
                     let options = SubscribeOptions {
                         topics: TopicSelector::Names(topics),
@@ -459,10 +467,14 @@ impl Outbound {
                         client: client.client_id.clone(),
                         protocol: "mqtt",
                     };
-                    bridge.log.subscribe(options).await
+                    bridge
+                        .log
+                        .subscribe(options)
+                        .await
+                        .map(|reader| (None, reader))
                 }
             };
-            let reader = reader.map_err(|error| {
+            let (filters, reader) = reader.map_err(|error| {
                 tracing::warn!(%error, filter = subscription.stored.filter, "subscribe failed");
                 match error {
                     courier_gateway::Error::UnknownTopic { .. }
@@ -500,12 +512,30 @@ impl Outbound {
                 Source {
                     key,
                     control: reader.control,
+                    filters,
                 },
             );
         }
         self.subscriptions
             .insert(subscription.stored.filter.clone(), subscription.clone());
+        self.refresh_shared_filters();
         Ok(subscription)
+    }
+
+    /// Tells each shared reader which filters of this connection read its Kafka topic.
+    fn refresh_shared_filters(&self) {
+        for source in self.controls.values() {
+            let (SourceKey::Topic(topic), Some(filters)) = (&source.key, &source.filters) else {
+                continue;
+            };
+            filters.set(
+                self.subscriptions
+                    .values()
+                    .filter(|s| s.share_group.is_none() && s.kafka_topics.contains(topic))
+                    .map(|s| s.filter.clone())
+                    .collect(),
+            );
+        }
     }
 
     fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
