@@ -26,6 +26,9 @@ use tokio::task::JoinSet;
 
 use super::{BenchArgs, Measurement, histogram, start_courier, stop_process};
 
+/// Longest a broker is left to go idle after the held clients went away.
+const SETTLE: Duration = Duration::from_secs(60);
+
 /// Longest any single phase may take before the benchmark gives up.
 const PHASE_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -86,6 +89,43 @@ impl Broker {
     }
 
     /// Resident memory of the broker process, in MiB.
+    /// CPU time the broker has used (user + system), in clock ticks, from `/proc/<pid>/stat`.
+    fn cpu_ticks(&self) -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name (which may hold spaces) start after its closing parenthesis;
+        // utime and stime are the 12th and 13th of them.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("no command name in /proc stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks = |index: usize| -> Result<u64> {
+            Ok(fields
+                .get(index)
+                .context("short /proc stat")?
+                .parse::<u64>()?)
+        };
+        Ok(ticks(11)? + ticks(12)?)
+    }
+
+    /// Waits until the broker is idle (under 5% of a core over half a second), at most `SETTLE`:
+    /// what it does after many clients leave is not charged to the next workload.
+    async fn settle(&self) -> Result<()> {
+        let deadline = Instant::now() + SETTLE;
+        let mut last = self.cpu_ticks()?;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = self.cpu_ticks()?;
+            // Clock ticks are 10 ms on Linux: 5% of 500 ms is 2.5 ticks.
+            if now.saturating_sub(last) <= 2 {
+                return Ok(());
+            }
+            last = now;
+        }
+        Ok(())
+    }
+
     fn rss_mib(&self) -> Result<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let kib: f64 = status
@@ -123,10 +163,12 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         let idle_rss = broker.rss_mib()?;
         let clients = connect_many(broker.address, args.connections).await?;
         let connected_rss = broker.rss_mib()?;
-        // Ending their event loops closes the connections; the workloads below run without them.
+        // Ending their event loops closes the connections. The broker is left to let them go, so the
+        // workloads below are not measured against 10,000 disconnects.
         for (_, event_loop) in clients {
             event_loop.abort();
         }
+        broker.settle().await?;
         let qos1 = publish(broker.address, args, Workload::Qos1).await?;
         let qos2 = publish(broker.address, args, Workload::Qos2Persistent).await?;
         let fanout = fanout(broker.address, args).await?;

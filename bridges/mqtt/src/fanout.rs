@@ -21,7 +21,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -56,8 +56,8 @@ const CATCH_UP_BATCH: usize = 500;
 /// a failed fetch.
 const CATCH_UP_PAUSE: Duration = Duration::from_millis(200);
 
-/// The hubs of one gateway, one per Kafka topic, made on first use and kept while the gateway runs
-/// (MQTT routes map onto a few Kafka topics).
+/// The hubs of one gateway, one per Kafka topic, made when a topic gets its first member and closed
+/// when it loses its last (a hub without members would still read every record).
 #[derive(Debug)]
 pub struct Fanout {
     log: Arc<dyn Log>,
@@ -81,20 +81,16 @@ impl Fanout {
     /// `filters`, through this gateway's hub of the topic. Its first event is `Assigned`: the hub
     /// holds the topic's partitions.
     pub async fn subscribe(&self, topic: &str, filters: Vec<String>) -> Result<Member> {
-        let hub = {
-            let mut hubs = self.hubs.lock().await;
-            match hubs.get(topic) {
-                Some(hub) if hub.alive.load(Ordering::Acquire) => hub.clone(),
-                _ => {
-                    let hub =
-                        Hub::start(self.log.clone(), topic, self.lag_limit, self.cancel.clone())
-                            .await?;
-                    hubs.insert(topic.to_owned(), hub.clone());
-                    hub
-                }
-            }
-        };
-        Ok(hub.join(filters))
+        let mut hubs = self.hubs.lock().await;
+        if let Some(member) = hubs.get(topic).and_then(|hub| hub.join(filters.clone())) {
+            return Ok(member);
+        }
+        // None yet, or the last one closed with its last member.
+        let stop = self.cancel.child_token();
+        let hub = Hub::start(self.log.clone(), topic, self.lag_limit, stop).await?;
+        hubs.insert(topic.to_owned(), hub.clone());
+        hub.join(filters)
+            .ok_or_else(|| Error::InvalidRequest(format!("the fan-out reader of {topic} stopped")))
     }
 }
 
@@ -131,7 +127,8 @@ struct Hub {
     log: Arc<dyn Log>,
     topic: String,
     lag_limit: usize,
-    alive: AtomicBool,
+    /// Stops the reader: fired when the last member leaves, or with the gateway.
+    stop: CancellationToken,
     state: Mutex<HubState>,
 }
 
@@ -144,6 +141,8 @@ struct HubState {
     /// Per partition, the first offset dispatched: where a member that never saw the partition starts.
     first: HashMap<i32, i64>,
     members: HashMap<u64, MemberState>,
+    /// No member joins any more: the last one left, or the reader ended.
+    closed: bool,
     /// Members by each of their filters without wildcards.
     exact: HashMap<String, HashSet<u64>>,
     /// Members with a wildcard filter.
@@ -206,9 +205,11 @@ impl HubState {
         }
     }
 
-    fn remove(&mut self, id: u64) {
+    /// Removes a member; `true` when it was the last.
+    fn remove(&mut self, id: u64) -> bool {
         self.set_filters(id, Vec::new());
         self.members.remove(&id);
+        self.members.is_empty()
     }
 
     /// The members whose filters match `topic`.
@@ -234,7 +235,7 @@ impl Hub {
         log: Arc<dyn Log>,
         topic: &str,
         lag_limit: usize,
-        cancel: CancellationToken,
+        stop: CancellationToken,
     ) -> Result<Arc<Self>> {
         let mut reader = log
             .subscribe(SubscribeOptions {
@@ -257,21 +258,24 @@ impl Hub {
             log,
             topic: topic.to_owned(),
             lag_limit,
-            alive: AtomicBool::new(true),
+            stop,
             state: Mutex::new(HubState {
                 partitions,
                 ..HubState::default()
             }),
         });
-        tokio::spawn(hub.clone().run(reader, cancel));
+        tokio::spawn(hub.clone().run(reader));
         Ok(hub)
     }
 
-    /// A new member, fed from the hub's current position.
-    fn join(self: &Arc<Self>, filters: Vec<String>) -> Member {
+    /// A new member, fed from the hub's current position; `None` once the hub has closed.
+    fn join(self: &Arc<Self>, filters: Vec<String>) -> Option<Member> {
         let (events, receiver) = mpsc::unbounded_channel();
         let flow = Arc::new(Flow::default());
         let mut state = lock(&self.state);
+        if state.closed {
+            return None;
+        }
         let id = state.next_member;
         state.next_member += 1;
         let _ = events.send(SubscriptionEvent::Assigned(state.partitions.clone()));
@@ -291,19 +295,28 @@ impl Hub {
             id,
             flow,
         });
-        Member {
+        Some(Member {
             subscription: Subscription {
                 events: receiver,
                 control: handle.clone(),
             },
             handle,
+        })
+    }
+
+    /// Removes a member, and closes the hub when it was the last.
+    fn leave(&self, id: u64) {
+        let mut state = lock(&self.state);
+        if state.remove(id) {
+            state.closed = true;
+            self.stop.cancel();
         }
     }
 
-    async fn run(self: Arc<Self>, mut reader: Subscription, cancel: CancellationToken) {
+    async fn run(self: Arc<Self>, mut reader: Subscription) {
         loop {
             let event = tokio::select! {
-                () = cancel.cancelled() => break,
+                () = self.stop.cancelled() => break,
                 event = reader.next_event() => event,
             };
             match event {
@@ -326,9 +339,12 @@ impl Hub {
                 None => break,
             }
         }
-        self.alive.store(false, Ordering::Release);
-        // Dropping the members' senders ends their event streams.
-        lock(&self.state).members.clear();
+        {
+            let mut state = lock(&self.state);
+            state.closed = true;
+            // Dropping the members' senders ends their event streams.
+            state.members.clear();
+        }
         if let Err(error) = reader.close().await {
             tracing::warn!(%error, topic = self.topic, "closing the fan-out reader");
         }
@@ -338,6 +354,7 @@ impl Hub {
     /// batch would take past the lag limit.
     fn dispatch(self: &Arc<Self>, batch: &[Record]) {
         let mut detached = Vec::new();
+        let mut gone = Vec::new();
         {
             let mut guard = lock(&self.state);
             let state = &mut *guard;
@@ -389,9 +406,12 @@ impl Hub {
                     continue;
                 }
                 if !give(member, records) {
-                    state.remove(id);
+                    gone.push(id);
                 }
             }
+        }
+        for id in gone {
+            self.leave(id);
         }
         for id in detached {
             tracing::debug!(
@@ -515,7 +535,8 @@ impl Hub {
         if wanted.is_empty() || give(member, wanted) {
             return true;
         }
-        state.remove(id);
+        drop(state);
+        self.leave(id);
         false
     }
 }
@@ -596,7 +617,7 @@ impl SubscriptionControl for MemberControl {
     }
 
     async fn close(&self) -> Result<()> {
-        lock(&self.hub.state).remove(self.id);
+        self.hub.leave(self.id);
         Ok(())
     }
 }
@@ -719,6 +740,20 @@ mod tests {
         first.close().await?;
         append(&log, 90..120).await?;
         assert_eq!(receive(&mut second, 30).await?, expected(90..120));
+
+        // The last member leaving closes the hub; the next member gets a new one.
+        second.close().await?;
+        let closed = fanout
+            .hubs
+            .lock()
+            .await
+            .get(TOPIC)
+            .cloned()
+            .ok_or("no hub")?;
+        assert!(lock(&closed.state).closed);
+        let mut third = everything(&fanout).await?;
+        append(&log, 120..150).await?;
+        assert_eq!(receive(&mut third, 30).await?, expected(120..150));
         Ok(())
     }
 
