@@ -293,19 +293,8 @@ mod tests {
 
     /// A store over an embedded log in `dir`, with a one-partition `messages` topic.
     async fn store(dir: &std::path::Path) -> Result<(Arc<dyn Log>, ExchangeStore)> {
-        use courier_gateway::{
-            config::{EmbeddedConfig, GroupsConfig, TopicsConfig},
-            log::{Embedded, TopicSpec},
-        };
-        let log: Arc<dyn Log> = Arc::new(
-            Embedded::open(
-                &EmbeddedConfig::in_dir(dir),
-                TopicsConfig::default(),
-                GroupsConfig::default(),
-                "test",
-            )
-            .await?,
-        );
+        use courier_gateway::log::TopicSpec;
+        let log = crate::test_log::embedded(dir).await?;
         log.create_topic(TopicSpec::named("exchanges").compacted())
             .await?;
         log.create_topic(TopicSpec::named("messages").partitions(3))

@@ -381,22 +381,17 @@ impl Hub {
                 let records: Vec<Record> = if member.next.is_empty() {
                     records
                 } else {
-                    let records = records
+                    records
                         .into_iter()
                         .filter(|record| is_new(&member.next, record))
-                        .collect();
-                    let hub_next = &state.next;
-                    member
-                        .next
-                        .retain(|partition, next| hub_next.get(partition) < Some(next));
-                    records
+                        .collect()
                 };
-                if records.is_empty() {
-                    continue;
-                }
-                if member.flow.outstanding.load(Ordering::Acquire) + records.len() > self.lag_limit
+                if !records.is_empty()
+                    && member.flow.outstanding.load(Ordering::Acquire) + records.len()
+                        > self.lag_limit
                 {
-                    // It has seen everything before this batch; it catches up from there.
+                    // It has seen everything before this batch (and what it was given past that
+                    // while catching up); it catches up from there.
                     for (partition, offset) in &before {
                         let next = member.next.entry(*partition).or_insert(*offset);
                         *next = (*next).max(*offset);
@@ -405,7 +400,12 @@ impl Hub {
                     detached.push(id);
                     continue;
                 }
-                if !give(member, records) {
+                // Positions the hub has passed need no more filtering.
+                let hub_next = &state.next;
+                member
+                    .next
+                    .retain(|partition, next| hub_next.get(partition) < Some(next));
+                if !records.is_empty() && !give(member, records) {
                     gone.push(id);
                 }
             }
@@ -627,10 +627,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use bytes::Bytes;
-    use courier_gateway::{
-        config::{EmbeddedConfig, GroupsConfig, TopicsConfig},
-        log::{Embedded, NewRecord, TopicSpec},
-    };
+    use courier_gateway::log::{NewRecord, TopicSpec};
 
     use super::*;
 
@@ -640,18 +637,15 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(10);
 
     async fn embedded(dir: &std::path::Path) -> Result<Arc<dyn Log>> {
-        let log: Arc<dyn Log> = Arc::new(
-            Embedded::open(
-                &EmbeddedConfig::in_dir(dir),
-                TopicsConfig::default(),
-                GroupsConfig::default(),
-                "test",
-            )
-            .await?,
-        );
+        let log = crate::test_log::embedded(dir).await?;
         log.create_topic(TopicSpec::named(TOPIC).partitions(3))
             .await?;
         Ok(log)
+    }
+
+    /// The hub of the test topic.
+    async fn hub(fanout: &Fanout) -> std::result::Result<Arc<Hub>, &'static str> {
+        fanout.hubs.lock().await.get(TOPIC).cloned().ok_or("no hub")
     }
 
     /// A member whose filter matches every record (records without `mqtt-topic` or key are on the
@@ -743,14 +737,7 @@ mod tests {
 
         // The last member leaving closes the hub; the next member gets a new one.
         second.close().await?;
-        let closed = fanout
-            .hubs
-            .lock()
-            .await
-            .get(TOPIC)
-            .cloned()
-            .ok_or("no hub")?;
-        assert!(lock(&closed.state).closed);
+        assert!(lock(&hub(&fanout).await?.state).closed);
         let mut third = everything(&fanout).await?;
         append(&log, 120..150).await?;
         assert_eq!(receive(&mut third, 30).await?, expected(120..150));
@@ -835,13 +822,7 @@ mod tests {
         }
         assert_eq!(got, expected(0..300));
 
-        let hub = fanout
-            .hubs
-            .lock()
-            .await
-            .get(TOPIC)
-            .cloned()
-            .ok_or("no hub")?;
+        let hub = hub(&fanout).await?;
         let deadline = tokio::time::Instant::now() + WAIT;
         while !lock(&hub.state)
             .members

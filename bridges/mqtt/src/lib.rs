@@ -29,6 +29,8 @@ pub mod server;
 pub mod session;
 pub mod sessions;
 mod sync;
+#[cfg(test)]
+mod test_log;
 pub mod view;
 
 pub use config::Config;
