@@ -13,6 +13,9 @@ use crate::{
 /// grow when a large packet comes).
 const READ_BUFFER: usize = 1024;
 
+/// Longest a closing connection waits for the client to close its side.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One client's byte stream with its codec and buffers.
 #[derive(Debug)]
 pub struct Connection<S> {
@@ -80,5 +83,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.flush().await?;
         self.stream.shutdown().await?;
         Ok(())
+    }
+
+    /// After [`Connection::close`]: reads what the client still sends until it closes too (at most
+    /// [`LINGER`]). Dropping a socket with unread bytes makes the kernel reset the connection, and a
+    /// reset can discard the final DISCONNECT before the client reads it: a client that was still
+    /// publishing would see a broken pipe, not the reason.
+    pub async fn linger(&mut self) {
+        let mut discard = [0u8; 4096];
+        let drained = tokio::time::timeout(LINGER, async {
+            while matches!(self.stream.read(&mut discard).await, Ok(read) if read > 0) {}
+        });
+        let _ = drained.await;
     }
 }

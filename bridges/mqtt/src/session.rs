@@ -424,6 +424,8 @@ impl Session {
             let bridge = self.bridge.clone();
             tokio::spawn(publish_will_later(bridge, client_id, connection_id, will));
         }
+        // Last, so a successor waiting for this connection to finish is not held up by it.
+        connection.linger().await;
     }
 }
 

@@ -336,7 +336,9 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
         },
         properties,
     ))?;
-    connection.close().await
+    connection.close().await?;
+    connection.linger().await;
+    Ok(())
 }
 
 fn to_will(will: LastWill, properties: Option<LastWillProperties>) -> Result<Will, String> {
