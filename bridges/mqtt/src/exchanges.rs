@@ -14,9 +14,10 @@
 //!   replica) looks for that record in its partition: found, the packet id awaits release (a
 //!   retransmission gets PUBREC and is not stored again); not found, the append never happened and the
 //!   entry is dropped (the retransmission is stored).
-//! - **Delivered** (gateway → client). At the client's PUBREC an entry is written before the record
-//!   is acknowledged to the log; it is deleted at PUBCOMP. A resumed session sends PUBREL again for
-//!   each.
+//! - **Delivered** (gateway → client). At the client's PUBREC an entry naming the record is written
+//!   before the record is acknowledged to the log; it is deleted at PUBCOMP. A resumed session sends
+//!   PUBREL again for each, and skips the record if its group reads it again (after a crash, the
+//!   group's last commit can be older than the PUBREC).
 //!
 //! Keys are `in/<packet id>/<client id>` and `out/<packet id>/<client id>`: one entry per packet id in
 //! use, overwritten when the id is used again.
@@ -85,6 +86,21 @@ pub struct Received {
 pub struct Delivered {
     /// The session (ULID) it belongs to.
     pub session: String,
+    /// The record it was. After a crash its group may not have committed past it yet; a resumed
+    /// session that reads it again does not deliver it again.
+    #[serde(default)]
+    pub record: Option<RecordAt>,
+}
+
+/// Where a record is: Kafka topic, partition, offset.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RecordAt {
+    /// Kafka topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
 }
 
 /// What is stored under one key.
@@ -133,9 +149,16 @@ impl ExchangeStore {
     }
 
     /// Records, durably, that the client acknowledged delivered message `pkid` with PUBREC.
-    pub async fn delivered(&self, client_id: &str, pkid: u16, session: &str) -> Result<()> {
+    pub async fn delivered(
+        &self,
+        client_id: &str,
+        pkid: u16,
+        session: &str,
+        record: Option<RecordAt>,
+    ) -> Result<()> {
         let entry = Entry::Delivered(Delivered {
             session: session.to_owned(),
+            record,
         });
         self.write(client_id, Direction::Out, pkid, Some(&entry))
             .await
@@ -352,8 +375,13 @@ mod tests {
         let (_log, store) = store(dir.path()).await?;
         store.received("a/b", 9, received("x", 1)).await?.await?;
         store.received("a/b", 3, received("y", 2)).await?.await?;
-        store.delivered("a/b", 4, "s").await?;
-        store.delivered("a", 5, "s").await?;
+        let at = RecordAt {
+            topic: "t".into(),
+            partition: 1,
+            offset: 7,
+        };
+        store.delivered("a/b", 4, "s", Some(at.clone())).await?;
+        store.delivered("a", 5, "s", None).await?;
         store.finished("a/b", Direction::In, 9).await?;
         let unfinished = store.unfinished("a/b").await?;
         assert_eq!(unfinished.received, vec![(3, received("y", 2))]);
@@ -362,7 +390,8 @@ mod tests {
             vec![(
                 4,
                 Delivered {
-                    session: "s".into()
+                    session: "s".into(),
+                    record: Some(at)
                 }
             )]
         );

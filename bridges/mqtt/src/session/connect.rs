@@ -15,7 +15,7 @@ use crate::{
     codec::Version,
     connection::Connection,
     error::{Error, Result},
-    exchanges::Direction,
+    exchanges::{Direction, RecordAt},
     mapping::{self, Message},
     registry::Registration,
     sessions::SessionRecord,
@@ -53,9 +53,9 @@ pub(crate) struct Established {
     pub(crate) will: Option<Will>,
     /// QoS 2 packet ids the client has yet to release (from the resumed session).
     pub(crate) awaiting_release: Vec<u16>,
-    /// QoS 2 packet ids delivered, acknowledged with PUBREC and not completed (from the resumed
-    /// session): PUBREL is sent again for each.
-    pub(crate) awaiting_completion: Vec<u16>,
+    /// QoS 2 messages delivered, acknowledged with PUBREC and not completed (from the resumed
+    /// session): PUBREL is sent again for each, and its record is not delivered again.
+    pub(crate) awaiting_completion: Vec<(u16, Option<RecordAt>)>,
 }
 
 /// Reads CONNECT and answers it. `Ok(None)`: the client was refused with a CONNACK saying why.
@@ -271,7 +271,7 @@ async fn settle_exchanges(
     client_id: &str,
     resumed_session: Option<&str>,
     awaiting_release: &mut Vec<u16>,
-    awaiting_completion: &mut Vec<u16>,
+    awaiting_completion: &mut Vec<(u16, Option<RecordAt>)>,
 ) -> Result<()> {
     let store = &bridge.exchanges;
     let unfinished = store.unfinished(client_id).await?;
@@ -292,7 +292,7 @@ async fn settle_exchanges(
     }
     for (pkid, delivered) in unfinished.delivered {
         if Some(delivered.session.as_str()) == resumed_session {
-            awaiting_completion.push(pkid);
+            awaiting_completion.push((pkid, delivered.record));
         } else {
             store.finished(client_id, Direction::Out, pkid).await?;
         }

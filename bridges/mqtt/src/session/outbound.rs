@@ -8,7 +8,7 @@
 //! unacknowledged at any time; further records wait in the readers, whose windows bound them.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::Arc,
     time::Duration,
 };
@@ -33,7 +33,7 @@ use crate::{
     codec::{Version, outgoing_publish},
     connection::Connection,
     error::{Error, Result},
-    exchanges::Direction,
+    exchanges::{Direction, RecordAt},
     fanout::MemberFilters,
     mapping::{self, Message},
     sessions::{SessionRecord, StoredSubscription},
@@ -105,20 +105,27 @@ pub(crate) struct Outbound {
     durable_session: Option<String>,
     /// PUBRELs a resumed session still owes the client, sent first.
     owed_releases: Vec<u16>,
+    /// Records a resumed session delivered and saw PUBREC for before a crash, which its groups may
+    /// read again: acknowledged, not delivered again.
+    already_delivered: HashSet<RecordAt>,
 }
 
 impl Outbound {
     /// Starts with the QoS 2 packet ids a resumed session had delivered and seen PUBREC for, whose
     /// PUBREL is sent again (MQTT requires it after a reconnect; the client may deliver only then).
-    pub(crate) fn new(durable_session: Option<String>, awaiting_completion: Vec<u16>) -> Self {
+    pub(crate) fn new(
+        durable_session: Option<String>,
+        awaiting_completion: Vec<(u16, Option<RecordAt>)>,
+    ) -> Self {
         let mut outbound = Self {
             durable_session,
             ..Self::default()
         };
-        for &pkid in &awaiting_completion {
+        for (pkid, record) in awaiting_completion {
             outbound.inflight.insert(pkid, Inflight { log_ack: None });
+            outbound.owed_releases.push(pkid);
+            outbound.already_delivered.extend(record);
         }
-        outbound.owed_releases = awaiting_completion;
         outbound
     }
 
@@ -359,9 +366,17 @@ impl Outbound {
         }
         if first && let Some(session) = &self.durable_session {
             // Not acknowledged to the log until recorded: a failure here delivers the record again.
+            let record = inflight
+                .log_ack
+                .as_ref()
+                .map(|(_, partition, offset)| RecordAt {
+                    topic: partition.topic.to_string(),
+                    partition: partition.partition,
+                    offset: *offset,
+                });
             bridge
                 .exchanges
-                .delivered(&client.client_id, pkid, session)
+                .delivered(&client.client_id, pkid, session, record)
                 .await?;
         }
         if let Some(inflight) = self.inflight.get_mut(&pkid)
@@ -549,6 +564,16 @@ impl Outbound {
             return Ok(()); // its reader was closed
         };
         let log_ack = Some((source, record.topic_partition(), record.offset));
+        if !self.already_delivered.is_empty()
+            && self.already_delivered.remove(&RecordAt {
+                topic: record.topic.to_string(),
+                partition: record.partition,
+                offset: record.offset,
+            })
+        {
+            self.ack_log(log_ack);
+            return Ok(());
+        }
         let Some(stored) = mapping::from_record(&record, now_ms()) else {
             self.ack_log(log_ack);
             return Ok(());
