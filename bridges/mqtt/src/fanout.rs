@@ -82,15 +82,32 @@ impl Fanout {
     /// holds the topic's partitions.
     pub async fn subscribe(&self, topic: &str, filters: Vec<String>) -> Result<Member> {
         let mut hubs = self.hubs.lock().await;
-        if let Some(member) = hubs.get(topic).and_then(|hub| hub.join(filters.clone())) {
-            return Ok(member);
+        // A hub can close (its last member left) between the look and the join: one more try.
+        for _ in 0..2 {
+            let hub = match hubs.get(topic) {
+                Some(hub) if !lock(&hub.state).closed => hub.clone(),
+                _ => {
+                    let stop = self.cancel.child_token();
+                    let hub = Hub::start(self.log.clone(), topic, self.lag_limit, stop).await?;
+                    hubs.insert(topic.to_owned(), hub.clone());
+                    hub
+                }
+            };
+            // The hub may not have handed out everything appended before now; that is not this
+            // member's (it subscribed after), so it starts at each partition's end.
+            let partitions = lock(&hub.state).partitions.clone();
+            let mut ends = HashMap::new();
+            for partition in &partitions {
+                let end = self.log.resolve(partition, Position::Latest).await?;
+                ends.insert(partition.partition, end);
+            }
+            if let Some(member) = hub.join(filters.clone(), ends) {
+                return Ok(member);
+            }
         }
-        // None yet, or the last one closed with its last member.
-        let stop = self.cancel.child_token();
-        let hub = Hub::start(self.log.clone(), topic, self.lag_limit, stop).await?;
-        hubs.insert(topic.to_owned(), hub.clone());
-        hub.join(filters)
-            .ok_or_else(|| Error::InvalidRequest(format!("the fan-out reader of {topic} stopped")))
+        Err(Error::InvalidRequest(format!(
+            "the fan-out reader of {topic} keeps closing"
+        )))
     }
 }
 
@@ -268,8 +285,9 @@ impl Hub {
         Ok(hub)
     }
 
-    /// A new member, fed from the hub's current position; `None` once the hub has closed.
-    fn join(self: &Arc<Self>, filters: Vec<String>) -> Option<Member> {
+    /// A new member, given what the hub dispatches from now on at or past `ends` (per partition);
+    /// `None` once the hub has closed.
+    fn join(self: &Arc<Self>, filters: Vec<String>, ends: HashMap<i32, i64>) -> Option<Member> {
         let (events, receiver) = mpsc::unbounded_channel();
         let flow = Arc::new(Flow::default());
         let mut state = lock(&self.state);
@@ -285,7 +303,7 @@ impl Hub {
                 events,
                 flow: flow.clone(),
                 filters: Vec::new(),
-                next: HashMap::new(),
+                next: ends,
                 attached: true,
             },
         );

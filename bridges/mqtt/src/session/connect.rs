@@ -15,7 +15,7 @@ use crate::{
     codec::Version,
     connection::Connection,
     error::{Error, Result},
-    exchanges::{Direction, RecordAt},
+    exchanges::{Direction, ExchangeStore, Received, RecordAt},
     mapping::{self, Message},
     registry::Registration,
     sessions::SessionRecord,
@@ -277,7 +277,7 @@ async fn settle_exchanges(
     let unfinished = store.unfinished(client_id).await?;
     for (pkid, received) in unfinished.received {
         let keep = Some(received.session.as_str()) == resumed_session
-            && (awaiting_release.contains(&pkid) || store.was_appended(&received).await?);
+            && (awaiting_release.contains(&pkid) || was_appended(store, &received).await);
         if keep {
             if !awaiting_release.contains(&pkid) {
                 tracing::debug!(
@@ -298,6 +298,16 @@ async fn settle_exchanges(
         }
     }
     Ok(())
+}
+
+/// Was an inherited QoS 2 message appended? When that cannot be told (its Kafka topic is gone, the
+/// log fails), the answer is no: a retransmission is then stored again, a duplicate at worst, and a
+/// client is not locked out by an entry nobody can check.
+async fn was_appended(store: &ExchangeStore, received: &Received) -> bool {
+    store.was_appended(received).await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "could not look for an inherited QoS 2 message; it counts as not stored");
+        false
+    })
 }
 
 /// Answers CONNECT with a refusal. MQTT 3.1.1 has six return codes; the others map onto them.
