@@ -90,9 +90,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// reset can discard the final DISCONNECT before the client reads it: a client that was still
     /// publishing would see a broken pipe, not the reason.
     pub async fn linger(&mut self) {
-        let mut discard = [0u8; 4096];
+        // Into the read buffer, which is no longer needed: a buffer of its own here would make every
+        // connection's task larger, whether it ever lingers or not.
         let drained = tokio::time::timeout(LINGER, async {
-            while matches!(self.stream.read(&mut discard).await, Ok(read) if read > 0) {}
+            loop {
+                self.read_buffer.clear();
+                if !matches!(self.stream.read_buf(&mut self.read_buffer).await, Ok(read) if read > 0)
+                {
+                    break;
+                }
+            }
         });
         let _ = drained.await;
     }
