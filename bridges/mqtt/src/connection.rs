@@ -86,7 +86,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// After [`Connection::close`]: reads what the client still sends until it closes too (at most
-    /// [`LINGER`]). Dropping a socket with unread bytes makes the kernel reset the connection, and a
+    /// `LINGER`). Dropping a socket with unread bytes makes the kernel reset the connection, and a
     /// reset can discard the final DISCONNECT before the client reads it: a client that was still
     /// publishing would see a broken pipe, not the reason.
     pub async fn linger(&mut self) {

@@ -3,7 +3,7 @@
 //!
 //! A clean-session subscription reads from "now" and commits nothing, so all such subscribers of a
 //! Kafka topic read the same records. With a reader each, 10,000 devices subscribed to their command
-//! topics would be 10,000 Kafka consumers, each reading every record of the topic. A [`Hub`] reads the
+//! topics would be 10,000 Kafka consumers, each reading every record of the topic. A hub reads the
 //! topic once and hands each record only to the members whose MQTT filters match its topic: filters
 //! without wildcards are looked up in a map, and only wildcard filters are tried one by one. The
 //! member's connection still applies the rest of MQTT's rules (no-local, QoS, expiry).

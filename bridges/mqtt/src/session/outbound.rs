@@ -1,11 +1,13 @@
 //! Messages to the client: subscriptions, the log readers behind them, and acknowledgement.
 //!
-//! Each Kafka topic a subscription needs is read once per connection (a plain reader, or for a
-//! persistent session a consumer group of its own); a shared subscription reads through its shared
-//! group. Records are matched against the client's filters here. A record is acknowledged to the log
-//! when the client has acknowledged it (PUBACK, or PUBREC for QoS 2), at once when it is sent at QoS 0,
-//! and at once when no filter wants it. At most the client's receive maximum of messages are
-//! unacknowledged at any time; further records wait in the readers, whose windows bound them.
+//! Each Kafka topic a subscription needs is one source per connection: for a clean session, a member
+//! of the gateway's shared reader of the topic ([`crate::fanout`]), which passes on only the records
+//! its filters match; for a persistent session, a consumer group of its own; a shared subscription
+//! reads through its shared group. Records are matched against the client's filters here. A record is
+//! acknowledged to the log when the client has acknowledged it (PUBACK, or PUBREC for QoS 2), at once
+//! when it is sent at QoS 0, and at once when no filter wants it. At most the client's receive maximum
+//! of messages are unacknowledged at any time; further records wait in the sources, whose windows
+//! bound them. A persistent session's QoS 2 deliveries are recorded at PUBREC ([`crate::exchanges`]).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
