@@ -492,10 +492,12 @@ const MQTT_GROUP: &str = "mqtt.share.fleet.devices/#";
 /// What a receiving client got: payload, when.
 type Received = Arc<Mutex<Vec<(String, Instant)>>>;
 
-/// An MQTT 5 subscriber in the shared subscription `MQTT_SHARE` (a consumer group) at QoS 1,
-/// acknowledging every message; it subscribes again whenever it (re)connects.
+/// An MQTT 5 subscriber to `filter` at QoS 1, acknowledging every message; it subscribes again
+/// whenever it (re)connects.
 fn spawn_mqtt_subscriber(
     gateway: &Gateway,
+    client_id: &str,
+    filter: &'static str,
     received: Received,
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
@@ -503,7 +505,7 @@ fn spawn_mqtt_subscriber(
         AsyncClient, Event, MqttOptions,
         mqttbytes::{QoS, v5::Packet},
     };
-    let mut options = MqttOptions::new("fleet-subscriber", "127.0.0.1", gateway.mqtt.port());
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", gateway.mqtt.port());
     options.set_keep_alive(std::time::Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(options, 100);
     tokio::spawn(async move {
@@ -514,7 +516,7 @@ fn spawn_mqtt_subscriber(
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => client
-                    .try_subscribe(MQTT_SHARE, QoS::AtLeastOnce)
+                    .try_subscribe(filter, QoS::AtLeastOnce)
                     .map_err(|e| e.to_string())?,
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let payload = String::from_utf8_lossy(&publish.payload).into_owned();
@@ -638,8 +640,22 @@ async fn mqtt_and_amqp_clients_fail_over_and_back() -> TestResult {
     let (mqtt_received, amqp_received) = (Received::default(), Received::default());
     let stop = tokio_util::sync::CancellationToken::new();
     let stop_receivers = tokio_util::sync::CancellationToken::new();
-    let mqtt_subscriber =
-        spawn_mqtt_subscriber(&gateway, mqtt_received.clone(), stop_receivers.clone());
+    let mqtt_subscriber = spawn_mqtt_subscriber(
+        &gateway,
+        "fleet-subscriber",
+        MQTT_SHARE,
+        mqtt_received.clone(),
+        stop_receivers.clone(),
+    );
+    // A clean-session subscriber without a group: the gateway's shared reader of the topic serves it.
+    let dashboard_received = Received::default();
+    let dashboard = spawn_mqtt_subscriber(
+        &gateway,
+        "fleet-dashboard",
+        "devices/#",
+        dashboard_received.clone(),
+        stop_receivers.clone(),
+    );
     let amqp_receiver =
         spawn_amqp_receiver(&gateway, amqp_received.clone(), stop_receivers.clone());
     let mqtt_publisher = spawn_mqtt_publisher(
@@ -716,6 +732,7 @@ async fn mqtt_and_amqp_clients_fail_over_and_back() -> TestResult {
     let copied_before_kill = a_to_b.copied_values();
 
     tokio::time::sleep_until((killed_at + Duration::from_secs(15)).into()).await;
+    let restarting_at = Instant::now();
     a.restart()?;
     wait_for_traffic_on(&mut admin, "a", Duration::from_secs(90)).await?;
     let (mqtt_before, amqp_before) = (snapshot(&mqtt_acked).len(), snapshot(&amqp_acked).len());
@@ -782,8 +799,30 @@ async fn mqtt_and_amqp_clients_fail_over_and_back() -> TestResult {
             gateway.log()
         );
     }
+    // The clean-session subscriber gets what was written in b while a was down: the shared reader
+    // followed the switch.
+    let written_in_b: Vec<String> = snapshot(&mqtt_acked)
+        .into_iter()
+        .filter(|(_, _, acked)| *acked >= killed_at + mqtt_write && *acked < restarting_at)
+        .map(|(payload, ..)| payload)
+        .collect();
+    assert!(!written_in_b.is_empty(), "nothing was written in b");
+    wait_until(
+        "the clean-session subscriber getting every message written in b",
+        DEADLINE,
+        || {
+            let got: HashSet<String> = snapshot(&dashboard_received)
+                .into_iter()
+                .map(|(payload, _)| payload)
+                .collect();
+            written_in_b.iter().all(|payload| got.contains(payload))
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}; gateway log:\n{}", gateway.log()))?;
     stop_receivers.cancel();
     mqtt_subscriber.await??;
+    dashboard.await??;
     amqp_receiver.await??;
     let status = regions_status(&mut admin).await?;
     let last = status.last_switch.as_ref().ok_or("no switch recorded")?;
