@@ -81,20 +81,13 @@ impl Fanout {
     /// `filters`, through this gateway's hub of the topic. Its first event is `Assigned`: the hub
     /// holds the topic's partitions.
     pub async fn subscribe(&self, topic: &str, filters: Vec<String>) -> Result<Member> {
-        let mut hubs = self.hubs.lock().await;
         // A hub can close (its last member left) between the look and the join: one more try.
         for _ in 0..2 {
-            let hub = match hubs.get(topic) {
-                Some(hub) if !lock(&hub.state).closed => hub.clone(),
-                _ => {
-                    let stop = self.cancel.child_token();
-                    let hub = Hub::start(self.log.clone(), topic, self.lag_limit, stop).await?;
-                    hubs.insert(topic.to_owned(), hub.clone());
-                    hub
-                }
-            };
+            let hub = self.hub(topic).await?;
             // The hub may not have handed out everything appended before now; that is not this
-            // member's (it subscribed after), so it starts at each partition's end.
+            // member's (it subscribed after), so it starts at each partition's end. Looked up
+            // outside the map's lock: a burst of connects must not queue behind each other's round
+            // trips.
             let partitions = lock(&hub.state).partitions.clone();
             let mut ends = HashMap::new();
             for partition in &partitions {
@@ -108,6 +101,18 @@ impl Fanout {
         Err(Error::InvalidRequest(format!(
             "the fan-out reader of {topic} keeps closing"
         )))
+    }
+
+    /// The open hub of `topic`, started if there is none.
+    async fn hub(&self, topic: &str) -> Result<Arc<Hub>> {
+        let mut hubs = self.hubs.lock().await;
+        if let Some(hub) = hubs.get(topic).filter(|hub| !lock(&hub.state).closed) {
+            return Ok(hub.clone());
+        }
+        let stop = self.cancel.child_token();
+        let hub = Hub::start(self.log.clone(), topic, self.lag_limit, stop).await?;
+        hubs.insert(topic.to_owned(), hub.clone());
+        Ok(hub)
     }
 }
 
@@ -180,6 +185,12 @@ struct MemberState {
 }
 
 impl MemberState {
+    /// Drops positions the hub has passed: an attached member needs no filtering there.
+    fn forget_passed(&mut self, hub_next: &HashMap<i32, i64>) {
+        self.next
+            .retain(|partition, next| hub_next.get(partition) < Some(next));
+    }
+
     fn wants(&self, topic: &str) -> bool {
         self.filters
             .iter()
@@ -229,19 +240,18 @@ impl HubState {
         self.members.is_empty()
     }
 
-    /// The members whose filters match `topic`.
-    fn recipients(&self, topic: &str) -> HashSet<u64> {
-        let mut recipients = self.exact.get(topic).cloned().unwrap_or_default();
-        for id in &self.wildcard {
-            if self
-                .members
-                .get(id)
-                .is_some_and(|member| member.wants(topic))
-            {
-                recipients.insert(*id);
-            }
-        }
-        recipients
+    /// The members whose filters match `topic`, each once (a member may match by an exact filter
+    /// and a wildcard). Runs per record: it borrows rather than copies the index.
+    fn recipients<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = u64> + 'a {
+        let exact = self.exact.get(topic);
+        let by_wildcard = self.wildcard.iter().filter(move |id| {
+            !exact.is_some_and(|ids| ids.contains(id))
+                && self
+                    .members
+                    .get(id)
+                    .is_some_and(|member| member.wants(topic))
+        });
+        exact.into_iter().flatten().chain(by_wildcard).copied()
     }
 }
 
@@ -418,11 +428,7 @@ impl Hub {
                     detached.push(id);
                     continue;
                 }
-                // Positions the hub has passed need no more filtering.
-                let hub_next = &state.next;
-                member
-                    .next
-                    .retain(|partition, next| hub_next.get(partition) < Some(next));
+                member.forget_passed(&state.next);
                 if !records.is_empty() && !give(member, records) {
                     gone.push(id);
                 }
@@ -481,10 +487,7 @@ impl Hub {
                 };
                 let behind = behind(&state.next, &state.first, &member.next);
                 if behind.is_empty() {
-                    let hub_next = &state.next;
-                    member
-                        .next
-                        .retain(|partition, next| hub_next.get(partition) < Some(next));
+                    member.forget_passed(&state.next);
                     member.attached = true;
                     tracing::debug!(topic = self.topic, member = id, "a subscriber caught up");
                     return;
