@@ -144,8 +144,8 @@ impl ExchangeStore {
         received: Received,
     ) -> Result<AppendReceipt> {
         let entry = Entry::Received(received);
-        let record = self.record(client_id, Direction::In, pkid, Some(&entry))?;
-        Ok(self.log.submit(&self.topic, vec![record]).await?)
+        self.queue(client_id, Direction::In, pkid, Some(&entry))
+            .await
     }
 
     /// Records, durably, that the client acknowledged delivered message `pkid` with PUBREC.
@@ -176,8 +176,7 @@ impl ExchangeStore {
         direction: Direction,
         pkid: u16,
     ) -> Result<AppendReceipt> {
-        let record = self.record(client_id, direction, pkid, None)?;
-        Ok(self.log.submit(&self.topic, vec![record]).await?)
+        self.queue(client_id, direction, pkid, None).await
     }
 
     /// Every entry of a client, once everything written before the call has been read.
@@ -252,9 +251,20 @@ impl ExchangeStore {
         pkid: u16,
         entry: Option<&Entry>,
     ) -> Result<()> {
-        let record = self.record(client_id, direction, pkid, entry)?;
-        self.log.append(&self.topic, vec![record]).await?;
+        self.queue(client_id, direction, pkid, entry).await?.await?;
         Ok(())
+    }
+
+    /// Queues an entry (`None`: its deletion); the receipt says when it is durable.
+    async fn queue(
+        &self,
+        client_id: &str,
+        direction: Direction,
+        pkid: u16,
+        entry: Option<&Entry>,
+    ) -> Result<AppendReceipt> {
+        let record = self.record(client_id, direction, pkid, entry)?;
+        Ok(self.log.submit(&self.topic, vec![record]).await?)
     }
 
     /// The record of an entry (`None`: its deletion).
