@@ -4,9 +4,9 @@
 //! A clean-session subscription reads from "now" and commits nothing, so all such subscribers of a
 //! Kafka topic read the same records. With a reader each, 10,000 devices subscribed to their command
 //! topics would be 10,000 Kafka consumers, each reading every record of the topic. A hub reads the
-//! topic once and hands each record only to the members whose MQTT filters match its topic: filters
-//! without wildcards are looked up in a map, and only wildcard filters are tried one by one. The
-//! member's connection still applies the rest of MQTT's rules (no-local, QoS, expiry).
+//! topic once and hands each record only to the members whose MQTT filters match its topic, found in a
+//! tree of the filters' levels ([`filters`]), so a record costs the same with ten members or ten
+//! thousand. The member's connection still applies the rest of MQTT's rules (no-local, QoS, expiry).
 //!
 //! A member holds at most `lag_limit` records it has not acknowledged. A member that goes past it (a
 //! slow client) is detached rather than allowed to slow the others, and it loses nothing. It catches
@@ -18,7 +18,7 @@
 //! keep readers of their own.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -38,6 +38,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{mapping, sync::lock};
+
+mod filters;
+
+use filters::FilterTree;
 
 /// Records a member may hold unacknowledged before it is detached. Members share the records'
 /// payloads (reference-counted bytes), so this bounds little more than record headers.
@@ -165,10 +169,8 @@ struct HubState {
     members: HashMap<u64, MemberState>,
     /// No member joins any more: the last one left, or the reader ended.
     closed: bool,
-    /// Members by each of their filters without wildcards.
-    exact: HashMap<String, HashSet<u64>>,
-    /// Members with a wildcard filter.
-    wildcard: HashSet<u64>,
+    /// Members by their filters.
+    filters: FilterTree,
     next_member: u64,
 }
 
@@ -205,32 +207,18 @@ struct Flow {
     acked: Notify,
 }
 
-fn has_wildcard(filter: &str) -> bool {
-    filter.contains(['+', '#'])
-}
-
 impl HubState {
     fn set_filters(&mut self, id: u64, filters: Vec<String>) {
         let Some(member) = self.members.get_mut(&id) else {
             return;
         };
-        let old = std::mem::replace(&mut member.filters, filters.clone());
-        for filter in old.iter().filter(|filter| !has_wildcard(filter)) {
-            if let Some(ids) = self.exact.get_mut(filter) {
-                ids.remove(&id);
-                if ids.is_empty() {
-                    self.exact.remove(filter);
-                }
-            }
+        for filter in &member.filters {
+            self.filters.remove(filter, id);
         }
-        self.wildcard.remove(&id);
         for filter in &filters {
-            if has_wildcard(filter) {
-                self.wildcard.insert(id);
-            } else {
-                self.exact.entry(filter.clone()).or_default().insert(id);
-            }
+            self.filters.insert(filter, id);
         }
+        member.filters = filters;
     }
 
     /// Removes a member; `true` when it was the last.
@@ -238,20 +226,6 @@ impl HubState {
         self.set_filters(id, Vec::new());
         self.members.remove(&id);
         self.members.is_empty()
-    }
-
-    /// The members whose filters match `topic`, each once (a member may match by an exact filter
-    /// and a wildcard). Runs per record: it borrows rather than copies the index.
-    fn recipients<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = u64> + 'a {
-        let exact = self.exact.get(topic);
-        let by_wildcard = self.wildcard.iter().filter(move |id| {
-            !exact.is_some_and(|ids| ids.contains(id))
-                && self
-                    .members
-                    .get(id)
-                    .is_some_and(|member| member.wants(topic))
-        });
-        exact.into_iter().flatten().chain(by_wildcard).copied()
     }
 }
 
@@ -388,6 +362,7 @@ impl Hub {
             let state = &mut *guard;
             let before = state.next.clone();
             let mut given: HashMap<u64, Vec<Record>> = HashMap::new();
+            let mut recipients = Vec::new();
             for record in batch {
                 state.first.entry(record.partition).or_insert(record.offset);
                 let next = state.next.entry(record.partition).or_insert(0);
@@ -395,8 +370,13 @@ impl Hub {
                 let Some(topic) = mapping::record_topic(record) else {
                     continue;
                 };
-                for id in state.recipients(&topic) {
-                    given.entry(id).or_default().push(record.clone());
+                recipients.clear();
+                state.filters.matching(&topic, &mut recipients);
+                // A member matching by several filters gets the record once.
+                recipients.sort_unstable();
+                recipients.dedup();
+                for id in &recipients {
+                    given.entry(*id).or_default().push(record.clone());
                 }
             }
             for (id, records) in given {

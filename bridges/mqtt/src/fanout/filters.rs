@@ -1,0 +1,197 @@
+//! The hub's index of its members' MQTT filters: a tree with one level of a filter per edge, so the
+//! members a record goes to are found by walking its topic's levels, whatever the number of filters.
+//!
+//! Devices commonly subscribe with wildcards of their own (`devices/<id>/commands/#`): tried one by
+//! one, 10,000 such filters cost 10,000 matches per record. Here a topic visits at most one literal,
+//! one `+` and one `#` child per level.
+
+use std::collections::HashMap;
+
+/// Member ids by filter, for finding the members whose filters match a topic.
+#[derive(Debug, Default)]
+pub(super) struct FilterTree {
+    root: Node,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    /// By the next level of the filter: a literal, `+` or `#`.
+    children: HashMap<String, Node>,
+    /// Members with a filter ending here (a handful at most, usually one).
+    members: Vec<u64>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.members.is_empty()
+    }
+}
+
+impl FilterTree {
+    /// Adds member `id`'s `filter` (once, however often it is added).
+    pub(super) fn insert(&mut self, filter: &str, id: u64) {
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            node = node.children.entry(level.to_owned()).or_default();
+        }
+        if !node.members.contains(&id) {
+            node.members.push(id);
+        }
+    }
+
+    /// Removes member `id`'s `filter`, and the branches it leaves empty.
+    pub(super) fn remove(&mut self, filter: &str, id: u64) {
+        let levels: Vec<&str> = filter.split('/').collect();
+        remove_from(&mut self.root, &levels, id);
+    }
+
+    /// Appends to `out` the members with a filter matching `topic`; a member matching by several
+    /// filters appears once for each (the caller deduplicates across the whole batch at once).
+    pub(super) fn matching(&self, topic: &str, out: &mut Vec<u64>) {
+        let levels: Vec<&str> = topic.split('/').collect();
+        // MQTT: a topic starting with `$` is matched by no filter starting with a wildcard.
+        let system = topic.starts_with('$');
+        collect(&self.root, &levels, !system, out);
+    }
+}
+
+fn remove_from(node: &mut Node, levels: &[&str], id: u64) {
+    let Some((level, rest)) = levels.split_first() else {
+        node.members.retain(|member| *member != id);
+        return;
+    };
+    if let Some(child) = node.children.get_mut(*level) {
+        remove_from(child, rest, id);
+        if child.is_empty() {
+            node.children.remove(*level);
+        }
+    }
+}
+
+fn collect(node: &Node, levels: &[&str], wildcards: bool, out: &mut Vec<u64>) {
+    // `#` matches the rest, including no level at all (`a/#` matches `a`).
+    if wildcards && let Some(rest) = node.children.get("#") {
+        out.extend_from_slice(&rest.members);
+    }
+    let Some((level, rest)) = levels.split_first() else {
+        out.extend_from_slice(&node.members);
+        return;
+    };
+    if let Some(child) = node.children.get(*level) {
+        collect(child, rest, true, out);
+    }
+    if wildcards && let Some(child) = node.children.get("+") {
+        collect(child, rest, true, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::FilterTree;
+    use crate::mapping;
+
+    fn matching(tree: &FilterTree, topic: &str) -> BTreeSet<u64> {
+        let mut out = Vec::new();
+        tree.matching(topic, &mut out);
+        out.into_iter().collect()
+    }
+
+    #[test]
+    fn wildcards_and_system_topics() {
+        let mut tree = FilterTree::default();
+        for (id, filter) in ["a/b", "a/+", "a/#", "#", "+/b", "$SYS/#", "a//b"]
+            .into_iter()
+            .enumerate()
+        {
+            tree.insert(filter, id as u64);
+        }
+        assert_eq!(matching(&tree, "a/b"), BTreeSet::from([0, 1, 2, 3, 4]));
+        assert_eq!(matching(&tree, "a"), BTreeSet::from([2, 3]));
+        assert_eq!(matching(&tree, "a//b"), BTreeSet::from([2, 3, 6]));
+        assert_eq!(matching(&tree, "$SYS/load"), BTreeSet::from([5]));
+        assert_eq!(matching(&tree, "$SYS"), BTreeSet::from([5]));
+        assert_eq!(matching(&tree, "x/b"), BTreeSet::from([3, 4]));
+    }
+
+    #[test]
+    fn removal_prunes_and_keeps_the_others() {
+        let mut tree = FilterTree::default();
+        tree.insert("devices/1/commands/#", 1);
+        tree.insert("devices/2/commands/#", 2);
+        tree.insert("devices/+/commands/#", 3);
+        tree.remove("devices/1/commands/#", 1);
+        assert_eq!(
+            matching(&tree, "devices/1/commands/reboot"),
+            BTreeSet::from([3])
+        );
+        tree.remove("devices/+/commands/#", 3);
+        tree.remove("devices/2/commands/#", 2);
+        assert!(tree.root.is_empty(), "{:?}", tree.root);
+        // Removing what is not there changes nothing.
+        tree.remove("devices/9", 9);
+        assert!(tree.root.is_empty());
+    }
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just(String::new()),
+            Just("$s".to_owned()),
+        ]
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        prop::collection::vec(level(), 1..5).prop_map(|levels| levels.join("/"))
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(prop_oneof![3 => level(), 1 => Just("+".to_owned())], 1..5),
+            any::<bool>(),
+        )
+            .prop_map(|(mut levels, hash)| {
+                if hash {
+                    levels.push("#".to_owned());
+                }
+                levels.join("/")
+            })
+    }
+
+    proptest! {
+        /// The tree finds exactly the filters that match a topic one by one, after any adds and
+        /// removes.
+        #[test]
+        fn agrees_with_matching_one_by_one(
+            filters in prop::collection::vec(filter(), 1..20),
+            removed in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+            topics in prop::collection::vec(topic(), 1..20),
+        ) {
+            let mut tree = FilterTree::default();
+            let mut kept: Vec<(u64, String)> = Vec::new();
+            for (id, filter) in filters.iter().enumerate() {
+                tree.insert(filter, id as u64);
+                kept.push((id as u64, filter.clone()));
+            }
+            for index in removed {
+                if kept.is_empty() {
+                    break;
+                }
+                let (id, filter) = kept.remove(index.index(kept.len()));
+                tree.remove(&filter, id);
+            }
+            for topic in &topics {
+                let expected: BTreeSet<u64> = kept
+                    .iter()
+                    .filter(|(_, filter)| mapping::matches(filter, topic))
+                    .map(|(id, _)| *id)
+                    .collect();
+                prop_assert_eq!(matching(&tree, topic), expected, "topic {}", topic);
+            }
+        }
+    }
+}
