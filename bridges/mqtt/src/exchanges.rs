@@ -148,19 +148,20 @@ impl ExchangeStore {
             .await
     }
 
-    /// Records, durably, that the client acknowledged delivered message `pkid` with PUBREC.
+    /// Queues the entry saying the client acknowledged delivered message `pkid` with PUBREC; the
+    /// receipt says when it is durable.
     pub async fn delivered(
         &self,
         client_id: &str,
         pkid: u16,
         session: &str,
         record: Option<RecordAt>,
-    ) -> Result<()> {
+    ) -> Result<AppendReceipt> {
         let entry = Entry::Delivered(Delivered {
             session: session.to_owned(),
             record,
         });
-        self.write(client_id, Direction::Out, pkid, Some(&entry))
+        self.queue(client_id, Direction::Out, pkid, Some(&entry))
             .await
     }
 
@@ -390,8 +391,11 @@ mod tests {
             partition: 1,
             offset: 7,
         };
-        store.delivered("a/b", 4, "s", Some(at.clone())).await?;
-        store.delivered("a", 5, "s", None).await?;
+        store
+            .delivered("a/b", 4, "s", Some(at.clone()))
+            .await?
+            .await?;
+        store.delivered("a", 5, "s", None).await?.await?;
         store.finished("a/b", Direction::In, 9).await?;
         let unfinished = store.unfinished("a/b").await?;
         assert_eq!(unfinished.received, vec![(3, received("y", 2))]);

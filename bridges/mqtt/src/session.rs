@@ -196,6 +196,12 @@ impl Session {
                         .and_then(|reply| reply.map_or(Ok(()), |reply| connection.queue(reply)))
                         .map(|()| None)
                 }
+                Some(recorded) = self.outbound.recordings.next() => {
+                    self.outbound
+                        .on_recorded(recorded)
+                        .and_then(|reply| reply.map_or(Ok(()), |reply| connection.queue(reply)))
+                        .map(|()| None)
+                }
                 Some((source, event)) = self.outbound.sources.next(), if self.outbound.wants_events(&self.client) => {
                     self.outbound.on_event(source, event);
                     Ok(None)
@@ -229,6 +235,12 @@ impl Session {
         }
         if let Some(Some(completed)) = self.inbound.pending.next().now_or_never() {
             if let Some(reply) = self.inbound.on_completed(&self.client, completed)? {
+                connection.queue(reply)?;
+            }
+            return Ok(Progress::Worked);
+        }
+        if let Some(Some(recorded)) = self.outbound.recordings.next().now_or_never() {
+            if let Some(reply) = self.outbound.on_recorded(recorded)? {
                 connection.queue(reply)?;
             }
             return Ok(Progress::Worked);
@@ -348,11 +360,21 @@ impl Session {
             End::Failed(_) => true,
         };
         // Appends already handed to the log finish, and their acks go out if the socket still takes
-        // them: a client told "stored" is never wrong, and one not told sends again.
+        // them: a client told "stored" is never wrong, and one not told sends again. Recorded QoS 2
+        // deliveries are acknowledged to the log before the readers commit below.
         let finishing = async {
             while let Some(completed) = self.inbound.pending.next().await {
                 if let Ok(Some(reply)) = self.inbound.on_completed(&self.client, completed) {
                     let _ = connection.queue(reply);
+                }
+            }
+            while let Some(recorded) = self.outbound.recordings.next().await {
+                match self.outbound.on_recorded(recorded) {
+                    Ok(Some(reply)) => {
+                        let _ = connection.queue(reply);
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::debug!(%error, "a QoS 2 delivery was not recorded"),
                 }
             }
         };

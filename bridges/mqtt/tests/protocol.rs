@@ -434,6 +434,103 @@ async fn a_moved_qos2_subscriber_gets_its_pubrel_again() -> TestResult {
     }
 }
 
+/// A persistent QoS 2 subscriber answers a burst of deliveries with PUBRECs back to back, while the
+/// gateway is still recording earlier ones: each PUBREC gets one PUBREL, each message is delivered
+/// once, and after PUBCOMPs and a move to another replica nothing is owed or delivered again (a lost
+/// or misordered deletion would show as a PUBREL sent again at the reconnect, a lost log
+/// acknowledgement as a message delivered again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_qos2_deliveries_are_released_once_and_not_repeated() -> TestResult {
+    const MESSAGES: usize = 60;
+    let endpoint = Endpoint::start(Config::default()).await?;
+    let other = endpoint.replica().await?;
+    let (mut subscriber, _) = RawClient::connect(endpoint.address, "burst", false).await?;
+    subscriber
+        .send(subscribe_packet(1, "q/burst", QoS::ExactlyOnce))
+        .await?;
+    assert!(matches!(subscriber.read().await?, Some(Packet::SubAck(..))));
+    let (mut publisher, _) = RawClient::connect(endpoint.address, "burst-sender", true).await?;
+    for i in 0..MESSAGES {
+        let pkid = u16::try_from(i + 1)?;
+        let payload = format!("m{i}");
+        publisher
+            .send_bytes(&publish_bytes(
+                "q/burst",
+                payload.as_bytes(),
+                QoS::AtLeastOnce,
+                pkid,
+                false,
+            ))
+            .await?;
+    }
+    for _ in 0..MESSAGES {
+        assert!(matches!(publisher.read().await?, Some(Packet::PubAck(..))));
+    }
+
+    let mut delivered = Vec::new();
+    let mut released = 0;
+    while released < MESSAGES {
+        match subscriber.read().await? {
+            Some(Packet::Publish(publish, _)) => {
+                delivered.push(String::from_utf8(publish.payload.to_vec())?);
+                let pkid = subscriber
+                    .last_publish_pkid
+                    .ok_or("a QoS 2 PUBLISH without a packet id")?;
+                subscriber
+                    .send(Packet::PubRec(
+                        PubRec {
+                            pkid,
+                            reason: PubRecReason::Success,
+                        },
+                        None,
+                    ))
+                    .await?;
+            }
+            Some(Packet::PubRel(rel, _)) => {
+                released += 1;
+                subscriber
+                    .send(Packet::PubComp(
+                        PubComp {
+                            pkid: rel.pkid,
+                            reason: PubCompReason::Success,
+                        },
+                        None,
+                    ))
+                    .await?;
+            }
+            other => return Err(format!("expected PUBLISH or PUBREL, got {other:?}").into()),
+        }
+    }
+    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();
+    assert_eq!(delivered, expected);
+    subscriber
+        .send(Packet::Disconnect(
+            rumqttd::protocol::Disconnect {
+                reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        ))
+        .await?;
+    subscriber.expect_closed().await?;
+
+    let (mut moved, session_present) = RawClient::connect(other, "burst", false).await?;
+    assert!(session_present);
+    publisher
+        .send_bytes(&publish_bytes(
+            "q/burst",
+            b"after",
+            QoS::AtLeastOnce,
+            1,
+            false,
+        ))
+        .await?;
+    assert!(matches!(publisher.read().await?, Some(Packet::PubAck(..))));
+    match moved.read().await? {
+        Some(Packet::Publish(publish, _)) if &publish.payload[..] == b"after" => Ok(()),
+        other => Err(format!("expected only the new message after the move, got {other:?}").into()),
+    }
+}
+
 /// Sends PUBREL and expects PUBCOMP.
 async fn release(client: &mut RawClient, pkid: u16) -> TestResult {
     client

@@ -7,10 +7,16 @@
 //! acknowledged to the log when the client has acknowledged it (PUBACK, or PUBREC for QoS 2), at once
 //! when it is sent at QoS 0, and at once when no filter wants it. At most the client's receive maximum
 //! of messages are unacknowledged at any time; further records wait in the sources, whose windows
-//! bound them. A persistent session's QoS 2 deliveries are recorded at PUBREC ([`crate::exchanges`]).
+//! bound them. A persistent session's QoS 2 deliveries are recorded at PUBREC ([`crate::exchanges`]):
+//! the entry is queued, and its PUBREL (and the record's acknowledgement to the log) go out when it is
+//! durable, while the connection goes on with other packets. Entries are written in the order the
+//! client's packets came, so a packet id's deletion at PUBCOMP lands before its next use's entry.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    fmt,
+    future::Future,
+    pin::Pin,
     sync::Arc,
     time::Duration,
 };
@@ -22,6 +28,7 @@ use courier_gateway::{
     },
     metrics::{self, Protocol},
 };
+use futures_util::{StreamExt, stream::FuturesOrdered};
 use rumqttd::protocol::{
     Filter, Packet, PubRecReason, PubRel, PubRelReason, QoS, RetainForwardRule, SubAck,
     SubscribeReasonCode, UnsubAck, UnsubAckReason,
@@ -90,6 +97,46 @@ struct Inflight {
     /// The record to acknowledge in the log when the client acknowledges; `None` once acknowledged
     /// (a QoS 2 message between PUBREC and PUBCOMP keeps its packet id) or for a retained message.
     log_ack: Option<(SourceId, TopicPartition, i64)>,
+    /// A persistent session's PUBREC is being recorded; its PUBREL waits for that.
+    recording: bool,
+}
+
+/// A persistent session's QoS 2 entry write that has finished.
+#[derive(Debug)]
+pub(crate) enum Recorded {
+    /// The entry written at PUBREC: the PUBREL may go and the record be acknowledged to the log.
+    Delivered {
+        pkid: u16,
+        outcome: courier_gateway::Result<()>,
+    },
+    /// The entry's deletion at PUBCOMP.
+    Finished {
+        pkid: u16,
+        outcome: courier_gateway::Result<()>,
+    },
+}
+
+type Recording = Pin<Box<dyn Future<Output = Recorded> + Send>>;
+
+/// QoS 2 entry writes under way, finishing in the order they were queued.
+#[derive(Default)]
+pub(crate) struct Recordings(FuturesOrdered<Recording>);
+
+impl Recordings {
+    /// The oldest write, once it has finished; `None` at once when there is none.
+    pub(crate) async fn next(&mut self) -> Option<Recorded> {
+        self.0.next().await
+    }
+
+    fn push(&mut self, recording: impl Future<Output = Recorded> + Send + 'static) {
+        self.0.push_back(Box::pin(recording));
+    }
+}
+
+impl fmt::Debug for Recordings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Recordings").field(&self.0.len()).finish()
+    }
 }
 
 /// The client's subscriptions and what is in flight to it.
@@ -105,6 +152,8 @@ pub(crate) struct Outbound {
     next_pkid: u16,
     /// The session, when it is persistent: its QoS 2 exchanges are recorded in the log.
     durable_session: Option<String>,
+    /// Its entry writes under way.
+    pub(crate) recordings: Recordings,
     /// PUBRELs a resumed session still owes the client, sent first.
     owed_releases: Vec<u16>,
     /// Records a resumed session delivered and saw PUBREC for before a crash, which its groups may
@@ -124,7 +173,13 @@ impl Outbound {
             ..Self::default()
         };
         for (pkid, record) in awaiting_completion {
-            outbound.inflight.insert(pkid, Inflight { log_ack: None });
+            outbound.inflight.insert(
+                pkid,
+                Inflight {
+                    log_ack: None,
+                    recording: false,
+                },
+            );
             outbound.owed_releases.push(pkid);
             outbound.already_delivered.extend(record);
         }
@@ -339,8 +394,9 @@ impl Outbound {
         }
     }
 
-    /// PUBREC from the client: the message is theirs; the log may forget it. Answers PUBREL. A
-    /// persistent session records the exchange first, so the PUBREL is owed even after a crash.
+    /// PUBREC from the client: the message is theirs; the log may forget it. Answers PUBREL, at once,
+    /// or for a persistent session once the exchange is recorded ([`Self::on_recorded`]), so the
+    /// PUBREL is owed even after a crash.
     pub(crate) async fn on_pubrec(
         &mut self,
         bridge: &Bridge,
@@ -348,16 +404,13 @@ impl Outbound {
         pkid: u16,
         reason: PubRecReason,
     ) -> Result<Option<Packet>> {
-        let Some(inflight) = self.inflight.get(&pkid) else {
-            return Ok(Some(Packet::PubRel(
-                PubRel {
-                    pkid,
-                    reason: PubRelReason::PacketIdentifierNotFound,
-                },
-                None,
-            )));
+        let Some(inflight) = self.inflight.get_mut(&pkid) else {
+            return Ok(Some(pubrel(pkid, PubRelReason::PacketIdentifierNotFound)));
         };
-        let first = inflight.log_ack.is_some();
+        if inflight.recording {
+            // A repeated PUBREC: the PUBREL follows when the first one is recorded.
+            return Ok(None);
+        }
         if is_failure(reason) {
             // The client refused the message: the exchange ends here.
             if let Some(log_ack) = self.inflight.remove(&pkid).and_then(|i| i.log_ack) {
@@ -366,47 +419,85 @@ impl Outbound {
             }
             return Ok(None);
         }
-        if first && let Some(session) = &self.durable_session {
-            // Not acknowledged to the log until recorded: a failure here delivers the record again.
-            let record = inflight
-                .log_ack
-                .as_ref()
-                .map(|(_, partition, offset)| RecordAt {
-                    topic: partition.topic.to_string(),
-                    partition: partition.partition,
-                    offset: *offset,
-                });
-            bridge
-                .exchanges
-                .delivered(&client.client_id, pkid, session, record)
-                .await?;
-        }
-        if let Some(inflight) = self.inflight.get_mut(&pkid)
-            && let Some(log_ack) = inflight.log_ack.take()
-        {
+        let Some(log_ack) = inflight.log_ack.take() else {
+            // Acknowledged already (a repeated PUBREC, or a retained message): PUBREL again.
+            return Ok(Some(pubrel(pkid, PubRelReason::Success)));
+        };
+        let Some(session) = &self.durable_session else {
             metrics::acked(Protocol::Mqtt, 1);
             self.ack_log(Some(log_ack));
-        }
-        Ok(Some(Packet::PubRel(
-            PubRel {
-                pkid,
-                reason: PubRelReason::Success,
-            },
-            None,
-        )))
+            return Ok(Some(pubrel(pkid, PubRelReason::Success)));
+        };
+        // Not acknowledged to the log until recorded: a failure delivers the record again.
+        let (_, partition, offset) = &log_ack;
+        let record = RecordAt {
+            topic: partition.topic.to_string(),
+            partition: partition.partition,
+            offset: *offset,
+        };
+        let receipt = bridge
+            .exchanges
+            .delivered(&client.client_id, pkid, session, Some(record))
+            .await?;
+        inflight.log_ack = Some(log_ack);
+        inflight.recording = true;
+        self.recordings.push(async move {
+            let outcome = receipt.await.map(drop);
+            Recorded::Delivered { pkid, outcome }
+        });
+        Ok(None)
     }
 
-    /// PUBCOMP from the client: the exchange is over.
+    /// PUBCOMP from the client: the exchange is over. A persistent session's entry is deleted
+    /// (queued: nothing waits for it).
     pub(crate) async fn on_pubcomp(&mut self, bridge: &Bridge, client: &Client, pkid: u16) {
-        if self.inflight.remove(&pkid).is_some()
-            && self.durable_session.is_some()
-            && let Err(error) = bridge
-                .exchanges
-                .finished(&client.client_id, Direction::Out, pkid)
-                .await
+        if self
+            .inflight
+            .get(&pkid)
+            .is_some_and(|inflight| inflight.recording)
         {
-            // Harmless: the next resumed connection sends this PUBREL again, and the client answers.
-            tracing::warn!(%error, pkid, "could not delete a completed QoS 2 exchange");
+            // No PUBREL was sent for it yet: the client is early, and the exchange goes on.
+            return;
+        }
+        if self.inflight.remove(&pkid).is_none() || self.durable_session.is_none() {
+            return;
+        }
+        match bridge
+            .exchanges
+            .finish(&client.client_id, Direction::Out, pkid)
+            .await
+        {
+            Ok(receipt) => self.recordings.push(async move {
+                let outcome = receipt.await.map(drop);
+                Recorded::Finished { pkid, outcome }
+            }),
+            Err(error) => warn_not_deleted(&error, pkid),
+        }
+    }
+
+    /// An entry write finished: the PUBREL to send, if any.
+    pub(crate) fn on_recorded(&mut self, recorded: Recorded) -> Result<Option<Packet>> {
+        match recorded {
+            Recorded::Delivered { pkid, outcome } => {
+                // Unrecorded, the PUBREL could be lost in a crash: the connection closes instead, the
+                // record is not acknowledged, and the resumed session delivers it again.
+                outcome.map_err(Error::from)?;
+                let Some(inflight) = self.inflight.get_mut(&pkid) else {
+                    return Ok(None);
+                };
+                inflight.recording = false;
+                if let Some(log_ack) = inflight.log_ack.take() {
+                    metrics::acked(Protocol::Mqtt, 1);
+                    self.ack_log(Some(log_ack));
+                }
+                Ok(Some(pubrel(pkid, PubRelReason::Success)))
+            }
+            Recorded::Finished { pkid, outcome } => {
+                if let Err(error) = outcome {
+                    warn_not_deleted(&error, pkid);
+                }
+                Ok(None)
+            }
         }
     }
 
@@ -668,7 +759,13 @@ impl Outbound {
         if qos == QoS::AtMostOnce {
             self.ack_log(log_ack);
         } else {
-            self.inflight.insert(pkid, Inflight { log_ack });
+            self.inflight.insert(
+                pkid,
+                Inflight {
+                    log_ack,
+                    recording: false,
+                },
+            );
         }
         Ok(())
     }
@@ -720,6 +817,15 @@ fn source_keys(subscription: &Subscription) -> Vec<SourceKey> {
             .map(SourceKey::Topic)
             .collect(),
     }
+}
+
+fn pubrel(pkid: u16, reason: PubRelReason) -> Packet {
+    Packet::PubRel(PubRel { pkid, reason }, None)
+}
+
+fn warn_not_deleted(error: &dyn std::fmt::Display, pkid: u16) {
+    // Harmless: the next resumed connection sends this PUBREL again, and the client answers.
+    tracing::warn!(%error, pkid, "could not delete a completed QoS 2 exchange");
 }
 
 fn is_failure(reason: PubRecReason) -> bool {
