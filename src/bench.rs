@@ -103,10 +103,13 @@ pub(crate) struct BenchArgs {
     /// MQTT mode: messages published to the fan-out subscribers.
     #[arg(long, default_value_t = 1000)]
     pub(crate) fanout_messages: usize,
-    /// MQTT mode: clients held connected, each subscribed to a topic of its own, while memory is
-    /// measured.
+    /// MQTT mode: clients held connected, each subscribed to command topics of its own, while memory
+    /// is measured and commands are sent to them.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) connections: usize,
+    /// MQTT mode: commands sent to the held clients, one client after another.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) commands: usize,
     /// MQTT mode: the Mosquitto broker to compare with.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     pub(crate) mosquitto: std::path::PathBuf,

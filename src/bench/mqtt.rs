@@ -8,9 +8,17 @@
 //!   `qos2_messages` at QoS 2; latency is from the PUBLISH to its PUBCOMP (the whole exchange);
 //! - fan-out: `subscribers` clients subscribe at QoS 1 and one client publishes `fanout_messages`;
 //!   latency is from publish to delivery (the payload carries the send time);
+//! - QoS 2 delivery: one subscriber with a persistent session subscribes at QoS 2 and one client
+//!   publishes `qos2_messages` at QoS 2; the subscriber's PUBRECs are recorded (Courier's
+//!   `mqtt.qos2`, Mosquitto's memory) while more messages flow;
 //! - connections (first, on the fresh broker): `connections` clients connect, each subscribes at
-//!   QoS 1 to a command topic of its own, and they stay; the broker's resident memory (RSS) is read
-//!   from /proc before and while they are connected.
+//!   QoS 1 to command topics of its own (`devices/<run>/<i>/commands/#`, a wildcard, as devices
+//!   do), and they stay; the broker's resident memory (RSS) is read from /proc before and while they
+//!   are connected;
+//! - commands, to those held clients: one client publishes `commands` messages at QoS 1, each to the
+//!   next device's `devices/<run>/<i>/commands/set`; latency is from publish to delivery. Every
+//!   record is matched against 10,000 wildcard filters: this is what the fan-out's filter index is
+//!   for.
 
 use std::{
     collections::HashMap,
@@ -22,7 +30,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
-use tokio::task::JoinSet;
+use tokio::{sync::mpsc, task::JoinSet};
 
 use super::{BenchArgs, Measurement, histogram, start_courier, stop_process};
 
@@ -148,6 +156,8 @@ struct Results {
     publish: Measurement,
     qos2: Measurement,
     fanout: Measurement,
+    qos2_delivery: Measurement,
+    commands: Measurement,
     idle_rss: f64,
     connected_rss: f64,
 }
@@ -161,30 +171,34 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
     ] {
         // Connections first, on a fresh broker: what they cost, without stored messages in the figure.
         let idle_rss = broker.rss_mib()?;
-        let clients = connect_many(broker.address, args.connections).await?;
+        let mut devices = connect_many(broker.address, args.connections).await?;
         let connected_rss = broker.rss_mib()?;
+        let commands = commands(broker.address, &mut devices, args).await?;
         // Ending their event loops closes the connections. The broker is left to let them go, so the
         // workloads below are not measured against 10,000 disconnects.
-        for (_, event_loop) in clients {
+        for (_, event_loop) in devices.clients {
             event_loop.abort();
         }
         broker.settle().await?;
         let qos1 = publish(broker.address, args, Workload::Qos1).await?;
         let qos2 = publish(broker.address, args, Workload::Qos2Persistent).await?;
-        let fanout = fanout(broker.address, args).await?;
+        let fanout = deliver(broker.address, args, Delivery::fanout(args)).await?;
+        let qos2_delivery = deliver(broker.address, args, Delivery::qos2_persistent(args)).await?;
         results.push((
             broker.name,
             Results {
                 publish: qos1,
                 qos2,
                 fanout,
+                qos2_delivery,
+                commands,
                 idle_rss,
                 connected_rss,
             },
         ));
     }
     println!(
-        "messages={} qos2_messages={} payload={} publishers={} inflight={} subscribers={} fanout_messages={} connections={} courier fsync={}",
+        "messages={} qos2_messages={} payload={} publishers={} inflight={} subscribers={} fanout_messages={} connections={} commands={} courier fsync={}",
         args.records,
         args.qos2_messages,
         args.record_size,
@@ -193,16 +207,17 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         args.subscribers,
         args.fanout_messages,
         args.connections,
+        args.commands,
         args.fsync
     );
     println!(
-        "| broker | QoS 1 publish msg/s | p50 ack ms | p99 ack ms | QoS 2 persistent msg/s | p50 PUBCOMP ms | fan-out deliveries/s | fan-out p50 ms | fan-out p99 ms | RSS idle MiB | RSS with {} subscribed clients MiB |",
-        args.connections
+        "| broker | QoS 1 publish msg/s | p50 ack ms | p99 ack ms | QoS 2 persistent msg/s | p50 PUBCOMP ms | fan-out deliveries/s | fan-out p50 ms | fan-out p99 ms | QoS 2 to a persistent subscriber msg/s | its p50 ms | commands to {} clients msg/s | command p50 ms | command p99 ms | RSS idle MiB | RSS with {} subscribed clients MiB |",
+        args.connections, args.connections
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, r) in &results {
         println!(
-            "| {name} | {:.0} | {} | {} | {:.0} | {} | {:.0} | {} | {} | {:.1} | {:.1} |",
+            "| {name} | {:.0} | {} | {} | {:.0} | {} | {:.0} | {} | {} | {:.0} | {} | {:.0} | {} | {} | {:.1} | {:.1} |",
             r.publish.rate(),
             r.publish.percentile_ms(0.5),
             r.publish.percentile_ms(0.99),
@@ -211,6 +226,11 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
             r.fanout.rate(),
             r.fanout.percentile_ms(0.5),
             r.fanout.percentile_ms(0.99),
+            r.qos2_delivery.rate(),
+            r.qos2_delivery.percentile_ms(0.5),
+            r.commands.rate(),
+            r.commands.percentile_ms(0.5),
+            r.commands.percentile_ms(0.99),
             r.idle_rss,
             r.connected_rss
         );
@@ -227,6 +247,14 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         println!(
             "fan-out ratio Courier/Mosquitto: {:.2}",
             courier.fanout.rate() / mosquitto.fanout.rate()
+        );
+        println!(
+            "QoS 2 delivery (persistent) ratio Courier/Mosquitto: {:.2}",
+            courier.qos2_delivery.rate() / mosquitto.qos2_delivery.rate()
+        );
+        println!(
+            "commands ratio Courier/Mosquitto: {:.2}",
+            courier.commands.rate() / mosquitto.commands.rate()
         );
     }
     Ok(())
@@ -330,24 +358,54 @@ async fn publish(address: SocketAddr, args: &BenchArgs, workload: Workload) -> R
     })
 }
 
-/// `subscribers` QoS 1 subscribers; one publisher; latency from the send time in each payload.
-async fn fanout(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
+/// Who receives in a delivery workload.
+struct Delivery {
+    subscribers: usize,
+    messages: usize,
+    /// Of the publishes and the subscriptions.
+    qos: QoS,
+    /// Subscribers keep their sessions (clean session off).
+    persistent: bool,
+}
+
+impl Delivery {
+    fn fanout(args: &BenchArgs) -> Self {
+        Self {
+            subscribers: args.subscribers,
+            messages: args.fanout_messages,
+            qos: QoS::AtLeastOnce,
+            persistent: false,
+        }
+    }
+
+    fn qos2_persistent(args: &BenchArgs) -> Self {
+        Self {
+            subscribers: 1,
+            messages: args.qos2_messages,
+            qos: QoS::ExactlyOnce,
+            persistent: true,
+        }
+    }
+}
+
+/// `subscribers` subscribers; one publisher; latency from the send time in each payload.
+async fn deliver(address: SocketAddr, args: &BenchArgs, delivery: Delivery) -> Result<Measurement> {
     let run = ulid::Ulid::new();
     let topic = format!("fanout/{run}");
     let mut tasks = JoinSet::new();
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.subscribers.max(1));
-    for subscriber in 0..args.subscribers {
-        let (client, mut eventloop) = AsyncClient::new(
-            options(
-                format!("bench-sub-{run}-{subscriber}"),
-                address,
-                args.mqtt_inflight,
-            ),
-            64,
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(delivery.subscribers.max(1));
+    for subscriber in 0..delivery.subscribers {
+        let mut options = options(
+            format!("bench-sub-{run}-{subscriber}"),
+            address,
+            args.mqtt_inflight,
         );
-        let (topic, ready, expected) = (topic.clone(), ready_tx.clone(), args.fanout_messages);
+        options.set_clean_session(!delivery.persistent);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (topic, ready, expected) = (topic.clone(), ready_tx.clone(), delivery.messages);
+        let qos = delivery.qos;
         tasks.spawn(async move {
-            client.subscribe(&topic, QoS::AtLeastOnce).await?;
+            client.subscribe(&topic, qos).await?;
             let mut latency = histogram()?;
             let mut received = 0;
             while received < expected {
@@ -356,11 +414,8 @@ async fn fanout(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
                         let _ = ready.send(()).await;
                     }
                     Event::Incoming(Packet::Publish(publish)) => {
-                        let sent = u128::from_be_bytes(
-                            publish.payload[..16].try_into().context("short payload")?,
-                        );
-                        let micros = (now_nanos() - sent) / 1000;
-                        latency.record((micros as u64).max(1))?;
+                        let micros = latency_micros(&publish.payload).context("short payload")?;
+                        latency.record(micros.max(1))?;
                         received += 1;
                     }
                     _ => {}
@@ -371,7 +426,7 @@ async fn fanout(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
         });
     }
     drop(ready_tx);
-    for _ in 0..args.subscribers {
+    for _ in 0..delivery.subscribers {
         tokio::time::timeout(PHASE_DEADLINE, ready_rx.recv())
             .await
             .context("subscribers did not all subscribe")?;
@@ -381,15 +436,13 @@ async fn fanout(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
         usize::from(args.mqtt_inflight) * 2,
     );
     let started = Instant::now();
-    let messages = args.fanout_messages;
+    let (messages, qos) = (delivery.messages, delivery.qos);
     let size = args.record_size.max(16);
     tokio::spawn(async move {
         for _ in 0..messages {
             let mut payload = vec![b'x'; size];
             payload[..16].copy_from_slice(&now_nanos().to_be_bytes());
-            client
-                .publish(&topic, QoS::AtLeastOnce, false, payload)
-                .await?;
+            client.publish(&topic, qos, false, payload).await?;
         }
         Ok::<_, rumqttc::ClientError>(())
     });
@@ -404,36 +457,50 @@ async fn fanout(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
     let elapsed = started.elapsed();
     publisher.abort();
     Ok(Measurement {
-        records: messages * args.subscribers,
+        records: messages * delivery.subscribers,
         elapsed,
         latency: Some(latency),
     })
 }
 
+/// Held device connections, and the latency (µs) of each command they receive.
+struct Devices {
+    run: ulid::Ulid,
+    clients: Vec<(AsyncClient, tokio::task::JoinHandle<()>)>,
+    deliveries: mpsc::UnboundedReceiver<u64>,
+}
+
 /// Opens `count` connections (500 at a time) and returns them, still connected.
-async fn connect_many(
-    address: SocketAddr,
-    count: usize,
-) -> Result<Vec<(AsyncClient, tokio::task::JoinHandle<()>)>> {
+async fn connect_many(address: SocketAddr, count: usize) -> Result<Devices> {
     let run = ulid::Ulid::new();
+    let (delivered, deliveries) = mpsc::unbounded_channel();
     let mut clients = Vec::with_capacity(count);
     for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
         let mut connecting = JoinSet::new();
         for &i in chunk {
+            let delivered = delivered.clone();
             connecting.spawn(async move {
                 let (client, mut eventloop) =
                     AsyncClient::new(options(format!("device-{run}-{i}"), address, 10), 4);
                 connected(&mut eventloop).await?;
-                // Each device waits for commands on a topic of its own, as devices do.
+                // Each device waits for commands on topics of its own, as devices do.
                 client
-                    .subscribe(format!("devices/{run}/{i}/commands"), QoS::AtLeastOnce)
+                    .subscribe(format!("devices/{run}/{i}/commands/#"), QoS::AtLeastOnce)
                     .await?;
                 loop {
                     if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await? {
                         break;
                     }
                 }
-                let keep = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+                let keep = tokio::spawn(async move {
+                    while let Ok(event) = eventloop.poll().await {
+                        if let Event::Incoming(Packet::Publish(publish)) = event
+                            && let Some(micros) = latency_micros(&publish.payload)
+                        {
+                            let _ = delivered.send(micros);
+                        }
+                    }
+                });
                 Ok::<_, anyhow::Error>((client, keep))
             });
         }
@@ -446,7 +513,67 @@ async fn connect_many(
     }
     // Let the broker settle with every client connected before it is measured.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    Ok(clients)
+    Ok(Devices {
+        run,
+        clients,
+        deliveries,
+    })
+}
+
+/// `args.commands` QoS 1 messages from one publisher, each to the next held device.
+async fn commands(
+    address: SocketAddr,
+    devices: &mut Devices,
+    args: &BenchArgs,
+) -> Result<Measurement> {
+    let count = devices.clients.len();
+    if count == 0 || args.commands == 0 {
+        bail!("commands need at least one connection and one command");
+    }
+    let (client, mut eventloop) = AsyncClient::new(
+        options(
+            format!("bench-commander-{}", devices.run),
+            address,
+            args.mqtt_inflight,
+        ),
+        usize::from(args.mqtt_inflight) * 2,
+    );
+    let (run, messages, size) = (devices.run, args.commands, args.record_size.max(16));
+    let started = Instant::now();
+    let sending = tokio::spawn(async move {
+        for k in 0..messages {
+            let mut payload = vec![b'x'; size];
+            payload[..16].copy_from_slice(&now_nanos().to_be_bytes());
+            let topic = format!("devices/{run}/{}/commands/set", k % count);
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await?;
+        }
+        Ok::<_, rumqttc::ClientError>(())
+    });
+    let publisher = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let mut latency = histogram()?;
+    for _ in 0..messages {
+        let micros = tokio::time::timeout(PHASE_DEADLINE, devices.deliveries.recv())
+            .await
+            .context("commands phase timed out")?
+            .context("every device connection ended")?;
+        latency.record(micros.max(1))?;
+    }
+    let elapsed = started.elapsed();
+    sending.abort();
+    publisher.abort();
+    Ok(Measurement {
+        records: messages,
+        elapsed,
+        latency: Some(latency),
+    })
+}
+
+/// Microseconds since the send time a benchmark payload starts with.
+fn latency_micros(payload: &[u8]) -> Option<u64> {
+    let sent = u128::from_be_bytes(payload.get(..16)?.try_into().ok()?);
+    u64::try_from(now_nanos().saturating_sub(sent) / 1000).ok()
 }
 
 fn now_nanos() -> u128 {
