@@ -29,6 +29,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::{sync::mpsc, task::JoinSet};
 
@@ -36,6 +37,10 @@ use super::{BenchArgs, Measurement, histogram, start_courier, stop_process};
 
 /// Longest a broker is left to go idle after the held clients went away.
 const SETTLE: Duration = Duration::from_secs(60);
+
+/// A delivery workload's subscribers stop counting after this long without a message (a broker that
+/// dropped messages sends no more); the time is measured to the last delivery.
+const QUIET: Duration = Duration::from_secs(10);
 
 /// Longest any single phase may take before the benchmark gives up.
 const PHASE_DEADLINE: Duration = Duration::from_secs(300);
@@ -155,9 +160,9 @@ impl Drop for Broker {
 struct Results {
     publish: Measurement,
     qos2: Measurement,
-    fanout: Measurement,
-    qos2_delivery: Measurement,
-    commands: Measurement,
+    fanout: Deliveries,
+    qos2_delivery: Deliveries,
+    commands: Deliveries,
     idle_rss: f64,
     connected_rss: f64,
 }
@@ -173,17 +178,42 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         let idle_rss = broker.rss_mib()?;
         let mut devices = connect_many(broker.address, args.connections).await?;
         let connected_rss = broker.rss_mib()?;
-        let commands = commands(broker.address, &mut devices, args).await?;
+        let commands = phase(
+            &broker,
+            "commands",
+            commands(broker.address, &mut devices, args),
+        )
+        .await?;
         // Ending their event loops closes the connections. The broker is left to let them go, so the
         // workloads below are not measured against 10,000 disconnects.
         for (_, event_loop) in devices.clients {
             event_loop.abort();
         }
         broker.settle().await?;
-        let qos1 = publish(broker.address, args, Workload::Qos1).await?;
-        let qos2 = publish(broker.address, args, Workload::Qos2Persistent).await?;
-        let fanout = deliver(broker.address, args, Delivery::fanout(args)).await?;
-        let qos2_delivery = deliver(broker.address, args, Delivery::qos2_persistent(args)).await?;
+        let qos1 = phase(
+            &broker,
+            "QoS 1 publish",
+            publish(broker.address, args, Workload::Qos1),
+        )
+        .await?;
+        let qos2 = phase(
+            &broker,
+            "QoS 2 publish",
+            publish(broker.address, args, Workload::Qos2Persistent),
+        )
+        .await?;
+        let fanout = phase(
+            &broker,
+            "fan-out",
+            deliver(broker.address, args, Delivery::fanout(args)),
+        )
+        .await?;
+        let qos2_delivery = phase(
+            &broker,
+            "QoS 2 delivery",
+            deliver(broker.address, args, Delivery::qos2_persistent(args)),
+        )
+        .await?;
         results.push((
             broker.name,
             Results {
@@ -211,29 +241,49 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         args.fsync
     );
     println!(
-        "| broker | QoS 1 publish msg/s | p50 ack ms | p99 ack ms | QoS 2 persistent msg/s | p50 PUBCOMP ms | fan-out deliveries/s | fan-out p50 ms | fan-out p99 ms | QoS 2 to a persistent subscriber msg/s | its p50 ms | commands to {} clients msg/s | command p50 ms | command p99 ms | RSS idle MiB | RSS with {} subscribed clients MiB |",
-        args.connections, args.connections
+        "| broker | QoS 1 publish msg/s | p50 ack ms | p99 ack ms | QoS 2 persistent publish msg/s | p50 PUBCOMP ms | RSS idle MiB | RSS with {} subscribed clients MiB |",
+        args.connections
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, r) in &results {
         println!(
-            "| {name} | {:.0} | {} | {} | {:.0} | {} | {:.0} | {} | {} | {:.0} | {} | {:.0} | {} | {} | {:.1} | {:.1} |",
+            "| {name} | {:.0} | {} | {} | {:.0} | {} | {:.1} | {:.1} |",
             r.publish.rate(),
             r.publish.percentile_ms(0.5),
             r.publish.percentile_ms(0.99),
             r.qos2.rate(),
             r.qos2.percentile_ms(0.5),
-            r.fanout.rate(),
-            r.fanout.percentile_ms(0.5),
-            r.fanout.percentile_ms(0.99),
-            r.qos2_delivery.rate(),
-            r.qos2_delivery.percentile_ms(0.5),
-            r.commands.rate(),
-            r.commands.percentile_ms(0.5),
-            r.commands.percentile_ms(0.99),
             r.idle_rss,
             r.connected_rss
         );
+    }
+    println!();
+    println!("| broker | delivery | msg/s | p50 ms | p99 ms | sent, never received |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (name, r) in &results {
+        for (workload, deliveries) in [
+            (
+                format!("fan-out to {} subscribers", args.subscribers),
+                &r.fanout,
+            ),
+            (
+                "QoS 2 to a persistent subscriber".to_owned(),
+                &r.qos2_delivery,
+            ),
+            (
+                format!("commands to {} clients", args.connections),
+                &r.commands,
+            ),
+        ] {
+            let measured = &deliveries.measurement;
+            println!(
+                "| {name} | {workload} | {:.0} | {} | {} | {} |",
+                measured.rate(),
+                measured.percentile_ms(0.5),
+                measured.percentile_ms(0.99),
+                deliveries.missing
+            );
+        }
     }
     if let [(_, courier), (_, mosquitto)] = &results[..] {
         println!(
@@ -246,15 +296,15 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         );
         println!(
             "fan-out ratio Courier/Mosquitto: {:.2}",
-            courier.fanout.rate() / mosquitto.fanout.rate()
+            courier.fanout.measurement.rate() / mosquitto.fanout.measurement.rate()
         );
         println!(
             "QoS 2 delivery (persistent) ratio Courier/Mosquitto: {:.2}",
-            courier.qos2_delivery.rate() / mosquitto.qos2_delivery.rate()
+            courier.qos2_delivery.measurement.rate() / mosquitto.qos2_delivery.measurement.rate()
         );
         println!(
             "commands ratio Courier/Mosquitto: {:.2}",
-            courier.commands.rate() / mosquitto.commands.rate()
+            courier.commands.measurement.rate() / mosquitto.commands.measurement.rate()
         );
     }
     Ok(())
@@ -358,6 +408,41 @@ async fn publish(address: SocketAddr, args: &BenchArgs, workload: Workload) -> R
     })
 }
 
+/// Runs one workload, says on stderr when it is done (a run takes minutes), and names it in an error.
+async fn phase<T>(
+    broker: &Broker,
+    name: &str,
+    workload: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let result = workload
+        .await
+        .with_context(|| format!("{}: {name}", broker.name))?;
+    eprintln!("{}: {name} done", broker.name);
+    Ok(result)
+}
+
+/// What subscribers received of what was sent to them.
+struct Deliveries {
+    measurement: Measurement,
+    /// Sent and never received (the broker dropped them).
+    missing: usize,
+}
+
+impl Deliveries {
+    /// From per-message latencies, the time from the start to the last delivery, and what was sent.
+    fn new(latency: Histogram<u64>, started: Instant, last: Option<Instant>, sent: usize) -> Self {
+        let received = usize::try_from(latency.len()).unwrap_or(usize::MAX);
+        Self {
+            measurement: Measurement {
+                records: received,
+                elapsed: last.map_or(Duration::ZERO, |last| last - started),
+                latency: Some(latency),
+            },
+            missing: sent.saturating_sub(received),
+        }
+    }
+}
+
 /// Who receives in a delivery workload.
 struct Delivery {
     subscribers: usize,
@@ -389,7 +474,7 @@ impl Delivery {
 }
 
 /// `subscribers` subscribers; one publisher; latency from the send time in each payload.
-async fn deliver(address: SocketAddr, args: &BenchArgs, delivery: Delivery) -> Result<Measurement> {
+async fn deliver(address: SocketAddr, args: &BenchArgs, delivery: Delivery) -> Result<Deliveries> {
     let run = ulid::Ulid::new();
     let topic = format!("fanout/{run}");
     let mut tasks = JoinSet::new();
@@ -407,22 +492,28 @@ async fn deliver(address: SocketAddr, args: &BenchArgs, delivery: Delivery) -> R
         tasks.spawn(async move {
             client.subscribe(&topic, qos).await?;
             let mut latency = histogram()?;
-            let mut received = 0;
-            while received < expected {
-                match eventloop.poll().await? {
+            let mut last = None;
+            while latency.len() < expected as u64 {
+                // A broker that dropped messages sends nothing more: a quiet spell ends the count.
+                let event = match tokio::time::timeout(QUIET, eventloop.poll()).await {
+                    Ok(event) => event?,
+                    Err(_) if last.is_some() => break,
+                    Err(_) => continue,
+                };
+                match event {
                     Event::Incoming(Packet::SubAck(_)) => {
                         let _ = ready.send(()).await;
                     }
                     Event::Incoming(Packet::Publish(publish)) => {
                         let micros = latency_micros(&publish.payload).context("short payload")?;
                         latency.record(micros.max(1))?;
-                        received += 1;
+                        last = Some(Instant::now());
                     }
                     _ => {}
                 }
             }
             client.disconnect().await?;
-            Ok::<_, anyhow::Error>(latency)
+            Ok::<_, anyhow::Error>((latency, last))
         });
     }
     drop(ready_tx);
@@ -448,19 +539,22 @@ async fn deliver(address: SocketAddr, args: &BenchArgs, delivery: Delivery) -> R
     });
     let publisher = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let mut latency = histogram()?;
+    let mut last = None;
     while let Some(done) = tokio::time::timeout(PHASE_DEADLINE, tasks.join_next())
         .await
-        .context("fan-out phase timed out")?
+        .context("timed out")?
     {
-        latency.add(done??)?;
+        let (received, received_last) = done??;
+        latency.add(received)?;
+        last = last.max(received_last);
     }
-    let elapsed = started.elapsed();
     publisher.abort();
-    Ok(Measurement {
-        records: messages * delivery.subscribers,
-        elapsed,
-        latency: Some(latency),
-    })
+    Ok(Deliveries::new(
+        latency,
+        started,
+        last,
+        messages * delivery.subscribers,
+    ))
 }
 
 /// Held device connections, and the latency (µs) of each command they receive.
@@ -525,7 +619,7 @@ async fn commands(
     address: SocketAddr,
     devices: &mut Devices,
     args: &BenchArgs,
-) -> Result<Measurement> {
+) -> Result<Deliveries> {
     let count = devices.clients.len();
     if count == 0 || args.commands == 0 {
         bail!("commands need at least one connection and one command");
@@ -553,21 +647,24 @@ async fn commands(
     });
     let publisher = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let mut latency = histogram()?;
-    for _ in 0..messages {
-        let micros = tokio::time::timeout(PHASE_DEADLINE, devices.deliveries.recv())
-            .await
-            .context("commands phase timed out")?
-            .context("every device connection ended")?;
+    let mut last = None;
+    while latency.len() < messages as u64 {
+        // The first command may take a while; after that, a quiet spell means the rest were dropped.
+        let wait = if last.is_some() {
+            QUIET
+        } else {
+            PHASE_DEADLINE
+        };
+        let Ok(delivered) = tokio::time::timeout(wait, devices.deliveries.recv()).await else {
+            break;
+        };
+        let micros = delivered.context("every device connection ended")?;
         latency.record(micros.max(1))?;
+        last = Some(Instant::now());
     }
-    let elapsed = started.elapsed();
     sending.abort();
     publisher.abort();
-    Ok(Measurement {
-        records: messages,
-        elapsed,
-        latency: Some(latency),
-    })
+    Ok(Deliveries::new(latency, started, last, messages))
 }
 
 /// Microseconds since the send time a benchmark payload starts with.

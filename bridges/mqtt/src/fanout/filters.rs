@@ -46,7 +46,7 @@ impl FilterTree {
     }
 
     /// Appends to `out` the members with a filter matching `topic`; a member matching by several
-    /// filters appears once for each (the caller deduplicates across the whole batch at once).
+    /// filters appears once for each, for the caller to deduplicate.
     pub(super) fn matching(&self, topic: &str, out: &mut Vec<u64>) {
         let levels: Vec<&str> = topic.split('/').collect();
         // MQTT: a topic starting with `$` is matched by no filter starting with a wildcard.

@@ -190,15 +190,7 @@ impl Outbound {
     pub(crate) fn take_owed_releases(&mut self) -> Vec<Packet> {
         std::mem::take(&mut self.owed_releases)
             .into_iter()
-            .map(|pkid| {
-                Packet::PubRel(
-                    PubRel {
-                        pkid,
-                        reason: PubRelReason::Success,
-                    },
-                    None,
-                )
-            })
+            .map(|pkid| pubrel(pkid, PubRelReason::Success))
             .collect()
     }
 
@@ -823,7 +815,7 @@ fn pubrel(pkid: u16, reason: PubRelReason) -> Packet {
     Packet::PubRel(PubRel { pkid, reason }, None)
 }
 
-fn warn_not_deleted(error: &dyn std::fmt::Display, pkid: u16) {
+fn warn_not_deleted(error: &dyn fmt::Display, pkid: u16) {
     // Harmless: the next resumed connection sends this PUBREL again, and the client answers.
     tracing::warn!(%error, pkid, "could not delete a completed QoS 2 exchange");
 }
