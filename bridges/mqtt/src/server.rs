@@ -90,8 +90,11 @@ impl Server {
                         let _open = metrics::connection_opened(Protocol::Mqtt);
                         match transport {
                             Transport::Tcp => session::run(bridge, stream, peer, drain).await,
+                            // Boxed: a task is as large as its largest state, and the
+                            // WebSocket's (handshake, framing) would make every TCP connection's
+                            // task ~2 KiB larger, 10,000 devices 30 MiB (jemalloc's size classes).
                             Transport::WebSocket => {
-                                serve_websocket(bridge, stream, peer, drain).await
+                                Box::pin(serve_websocket(bridge, stream, peer, drain)).await
                             }
                         }
                     });

@@ -58,8 +58,18 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let span = tracing::info_span!("mqtt.session", %peer, client_id = tracing::field::Empty);
     async move {
         let mut connection = Connection::new(stream, bridge.config.max_packet_size as usize);
-        let established = match connect::handshake(&bridge, &mut connection).await {
-            Ok(Some(established)) => established,
+        // `established` lives only inside the match: a local of this block, it would keep its
+        // half KiB in every connection's task for as long as the connection lasts.
+        let mut session = match connect::handshake(&bridge, &mut connection).await {
+            Ok(Some(established)) => {
+                tracing::Span::current().record("client_id", established.client.client_id.as_str());
+                tracing::debug!(
+                    version = ?established.client.version,
+                    session_present = established.session_present,
+                    "connected"
+                );
+                Session::new(bridge, established)
+            }
             Ok(None) => return,
             Err(error) => {
                 if !error.is_normal_close() {
@@ -69,13 +79,6 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 return;
             }
         };
-        tracing::Span::current().record("client_id", established.client.client_id.as_str());
-        tracing::debug!(
-            version = ?established.client.version,
-            session_present = established.session_present,
-            "connected"
-        );
-        let mut session = Session::new(bridge, established);
         session
             .outbound
             .resume(&session.bridge, &session.client, &session.record)
@@ -116,7 +119,8 @@ struct Session {
     client: Client,
     record: SessionRecord,
     registration: Registration,
-    will: Option<Will>,
+    /// Boxed: most clients have none, and every connection's task would carry its size.
+    will: Option<Box<Will>>,
     inbound: Inbound,
     outbound: Outbound,
 }
@@ -140,7 +144,7 @@ impl Session {
             outbound: Outbound::new(durable_session, awaiting_completion),
             record: session,
             registration,
-            will,
+            will: will.map(Box::new),
         }
     }
 
@@ -444,7 +448,7 @@ impl Session {
         drop(self.registration);
         if let Some(will) = self.will.take().filter(|_| publish_will && !taken_over) {
             let bridge = self.bridge.clone();
-            tokio::spawn(publish_will_later(bridge, client_id, connection_id, will));
+            tokio::spawn(publish_will_later(bridge, client_id, connection_id, *will));
         }
         // Last, so a successor waiting for this connection to finish is not held up by it.
         connection.linger().await;
