@@ -277,6 +277,28 @@ fn subscribe_packet(pkid: u16, filter: &str, qos: QoS) -> Packet {
     )
 }
 
+/// Publishes at QoS 1 and expects the PUBACK.
+async fn publish_acked(
+    client: &mut RawClient,
+    topic: &str,
+    payload: &[u8],
+    pkid: u16,
+) -> TestResult {
+    client
+        .send_bytes(&publish_bytes(
+            topic,
+            payload,
+            QoS::AtLeastOnce,
+            pkid,
+            false,
+        ))
+        .await?;
+    match client.read().await? {
+        Some(Packet::PubAck(ack, _)) if ack.pkid == pkid => Ok(()),
+        other => Err(format!("expected PUBACK {pkid}, got {other:?}").into()),
+    }
+}
+
 /// Sends the QoS 2 message with packet id 7 (as a retransmission when `dup`) and expects PUBREC 7.
 async fn publish_expecting_pubrec(client: &mut RawClient, dup: bool) -> TestResult {
     client
@@ -371,16 +393,7 @@ async fn a_moved_qos2_subscriber_gets_its_pubrel_again() -> TestResult {
         .await?;
     assert!(matches!(subscriber.read().await?, Some(Packet::SubAck(..))));
     let (mut publisher, _) = RawClient::connect(endpoint.address, "sender", true).await?;
-    publisher
-        .send_bytes(&publish_bytes(
-            "q/out",
-            b"first",
-            QoS::AtLeastOnce,
-            1,
-            false,
-        ))
-        .await?;
-    assert!(matches!(publisher.read().await?, Some(Packet::PubAck(..))));
+    publish_acked(&mut publisher, "q/out", b"first", 1).await?;
 
     let pkid = match subscriber.read().await? {
         Some(Packet::Publish(publish, _)) if &publish.payload[..] == b"first" => subscriber
@@ -415,16 +428,7 @@ async fn a_moved_qos2_subscriber_gets_its_pubrel_again() -> TestResult {
             None,
         ))
         .await?;
-    publisher
-        .send_bytes(&publish_bytes(
-            "q/out",
-            b"second",
-            QoS::AtLeastOnce,
-            2,
-            false,
-        ))
-        .await?;
-    assert!(matches!(publisher.read().await?, Some(Packet::PubAck(..))));
+    publish_acked(&mut publisher, "q/out", b"second", 2).await?;
     match moved.read().await? {
         Some(Packet::Publish(publish, _)) if &publish.payload[..] == b"second" => Ok(()),
         other => Err(format!(
@@ -515,16 +519,7 @@ async fn pipelined_qos2_deliveries_are_released_once_and_not_repeated() -> TestR
 
     let (mut moved, session_present) = RawClient::connect(other, "burst", false).await?;
     assert!(session_present);
-    publisher
-        .send_bytes(&publish_bytes(
-            "q/burst",
-            b"after",
-            QoS::AtLeastOnce,
-            1,
-            false,
-        ))
-        .await?;
-    assert!(matches!(publisher.read().await?, Some(Packet::PubAck(..))));
+    publish_acked(&mut publisher, "q/burst", b"after", 1).await?;
     match moved.read().await? {
         Some(Packet::Publish(publish, _)) if &publish.payload[..] == b"after" => Ok(()),
         other => Err(format!("expected only the new message after the move, got {other:?}").into()),
