@@ -329,12 +329,17 @@ async fn open_log(dir: &std::path::Path, fsync: FsyncPolicy) -> Result<Arc<dyn L
     ))
 }
 
-/// `courier serve` (this binary) on a fresh embedded log in a temporary directory, every listener on a
-/// free loopback port: the process, its ready line (naming the addresses) and the directory. Its log
-/// level is `warn`, or `COURIER_BENCH_LOG` (a `RUST_LOG` filter) when set, to see what it did.
+/// `courier serve` (this binary, or the one `COURIER_BENCH_SERVER` names, to tell a change in the
+/// gateway from one in the load tool) on a fresh embedded log in a temporary directory, every listener
+/// on a free loopback port: the process, its ready line (naming the addresses) and the directory. Its
+/// log level is `warn`, or `COURIER_BENCH_LOG` (a `RUST_LOG` filter) when set, to see what it did.
 pub(crate) fn start_courier(fsync: &str) -> Result<(Child, String, tempfile::TempDir)> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let mut child = Command::new(std::env::current_exe().context("finding the courier binary")?)
+    let server = match std::env::var_os("COURIER_BENCH_SERVER") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => std::env::current_exe().context("finding the courier binary")?,
+    };
+    let mut child = Command::new(server)
         .args(["serve", "--grpc-listen", "127.0.0.1:0"])
         .args([
             "--mqtt-listen",
