@@ -167,7 +167,8 @@ impl ExchangeStore {
 
     /// Deletes an entry, durably: the exchange is over.
     pub async fn finished(&self, client_id: &str, direction: Direction, pkid: u16) -> Result<()> {
-        self.write(client_id, direction, pkid, None).await
+        self.finish(client_id, direction, pkid).await?.await?;
+        Ok(())
     }
 
     /// Queues the deletion of an entry; the receipt says when it is durable.
@@ -243,17 +244,6 @@ impl ExchangeStore {
             "gave up looking for a QoS 2 record; it will be stored again if it is sent again"
         );
         Ok(false)
-    }
-
-    async fn write(
-        &self,
-        client_id: &str,
-        direction: Direction,
-        pkid: u16,
-        entry: Option<&Entry>,
-    ) -> Result<()> {
-        self.queue(client_id, direction, pkid, entry).await?.await?;
-        Ok(())
     }
 
     /// Queues an entry (`None`: its deletion); the receipt says when it is durable.

@@ -381,8 +381,7 @@ impl Outbound {
     /// PUBACK from the client.
     pub(crate) fn on_puback(&mut self, pkid: u16) {
         if let Some(inflight) = self.inflight.remove(&pkid) {
-            metrics::acked(Protocol::Mqtt, 1);
-            self.ack_log(inflight.log_ack);
+            self.client_acked(inflight.log_ack);
         }
     }
 
@@ -406,8 +405,7 @@ impl Outbound {
         if is_failure(reason) {
             // The client refused the message: the exchange ends here.
             if let Some(log_ack) = self.inflight.remove(&pkid).and_then(|i| i.log_ack) {
-                metrics::acked(Protocol::Mqtt, 1);
-                self.ack_log(Some(log_ack));
+                self.client_acked(Some(log_ack));
             }
             return Ok(None);
         }
@@ -416,8 +414,7 @@ impl Outbound {
             return Ok(Some(pubrel(pkid, PubRelReason::Success)));
         };
         let Some(session) = &self.durable_session else {
-            metrics::acked(Protocol::Mqtt, 1);
-            self.ack_log(Some(log_ack));
+            self.client_acked(Some(log_ack));
             return Ok(Some(pubrel(pkid, PubRelReason::Success)));
         };
         // Not acknowledged to the log until recorded: a failure delivers the record again.
@@ -479,8 +476,7 @@ impl Outbound {
                 };
                 inflight.recording = false;
                 if let Some(log_ack) = inflight.log_ack.take() {
-                    metrics::acked(Protocol::Mqtt, 1);
-                    self.ack_log(Some(log_ack));
+                    self.client_acked(Some(log_ack));
                 }
                 Ok(Some(pubrel(pkid, PubRelReason::Success)))
             }
@@ -770,6 +766,12 @@ impl Outbound {
                 return self.next_pkid;
             }
         }
+    }
+
+    /// The client acknowledged a delivery: counted, and its record (if any) acknowledged to the log.
+    fn client_acked(&self, log_ack: Option<(SourceId, TopicPartition, i64)>) {
+        metrics::acked(Protocol::Mqtt, 1);
+        self.ack_log(log_ack);
     }
 
     fn ack_log(&self, log_ack: Option<(SourceId, TopicPartition, i64)>) {
