@@ -348,16 +348,8 @@ fn a_qos2_message_sent_again_after_a_gateway_crash_is_stored_once() -> TestResul
     let gateway = Gateway::start(&data, &[])?;
     let client_id = unique("exact");
     let (first, second) = (unique("once"), unique("next"));
-    let publish = |payload: &str, dup: bool| -> Result<Vec<u8>, BoxError> {
-        let topic = b"exact/once";
-        let mut packet = vec![0x34 | if dup { 0x08 } else { 0 }];
-        packet.push(u8::try_from(2 + topic.len() + 2 + payload.len())?);
-        packet.extend_from_slice(&u16::try_from(topic.len())?.to_be_bytes());
-        packet.extend_from_slice(topic);
-        packet.extend_from_slice(&7u16.to_be_bytes());
-        packet.extend_from_slice(payload.as_bytes());
-        Ok(packet)
-    };
+    let publish =
+        |payload: &str, dup: bool| publish_packet(b"exact/once", 2, dup, 7, payload.as_bytes());
     const PUBREC: [u8; 4] = [0x50, 0x02, 0, 7];
     const PUBREL: [u8; 4] = [0x62, 0x02, 0, 7];
     const PUBCOMP: [u8; 4] = [0x70, 0x02, 0, 7];
@@ -395,6 +387,23 @@ fn a_qos2_message_sent_again_after_a_gateway_crash_is_stored_once() -> TestResul
     assert_eq!(copies(&second), 1, "the new message is stored");
     assert!(gateway.terminate()?.success());
     Ok(())
+}
+
+/// A raw MQTT 3.1.1 PUBLISH at QoS 1 or 2 (short enough for a one-byte length).
+fn publish_packet(
+    topic: &[u8],
+    qos: u8,
+    dup: bool,
+    pkid: u16,
+    payload: &[u8],
+) -> Result<Vec<u8>, BoxError> {
+    let mut packet = vec![0x30 | (qos << 1) | if dup { 0x08 } else { 0 }];
+    packet.push(u8::try_from(2 + topic.len() + 2 + payload.len())?);
+    packet.extend_from_slice(&u16::try_from(topic.len())?.to_be_bytes());
+    packet.extend_from_slice(topic);
+    packet.extend_from_slice(&pkid.to_be_bytes());
+    packet.extend_from_slice(payload);
+    Ok(packet)
 }
 
 /// Reads one PUBLISH the server sends (QoS 1 or 2, short enough for a one-byte length): its packet
@@ -437,17 +446,9 @@ fn a_qos2_delivery_survives_a_gateway_crash_exactly_once() -> TestResult {
         packet.push(2); // QoS 2
         packet
     };
-    let publish = |payload: &[u8], pkid: u16| -> Result<Vec<u8>, BoxError> {
-        let mut packet = vec![0x32, u8::try_from(2 + topic.len() + 2 + payload.len())?];
-        packet.extend_from_slice(&u16::try_from(topic.len())?.to_be_bytes());
-        packet.extend_from_slice(topic);
-        packet.extend_from_slice(&pkid.to_be_bytes());
-        packet.extend_from_slice(payload);
-        Ok(packet)
-    };
     let send_qos1 = |address, payload: &[u8], pkid: u16| -> TestResult {
         let (mut publisher, _) = raw_connect(address, &unique("sender"), true)?;
-        publisher.write_all(&publish(payload, pkid)?)?;
+        publisher.write_all(&publish_packet(topic, 1, false, pkid, payload)?)?;
         let [high, low] = pkid.to_be_bytes();
         expect_bytes(&mut publisher, &[0x40, 0x02, high, low], "PUBACK")
     };

@@ -330,16 +330,7 @@ async fn qos2_retransmissions_store_one_record() -> TestResult {
         RawClient::connect(endpoint.address, "qos2-client", false).await?;
     assert!(session_present);
     publish_expecting_pubrec(&mut client, true).await?;
-    client
-        .send(Packet::PubRel(
-            PubRel {
-                pkid: 7,
-                reason: PubRelReason::Success,
-            },
-            None,
-        ))
-        .await?;
-    assert!(matches!(client.read().await?, Some(Packet::PubComp(comp, _)) if comp.pkid == 7));
+    release(&mut client, 7).await?;
 
     let stored = endpoint.stored_values().await?;
     let copies = stored
@@ -401,15 +392,7 @@ async fn a_moved_qos2_subscriber_gets_its_pubrel_again() -> TestResult {
             .ok_or("a QoS 2 PUBLISH without a packet id")?,
         other => return Err(format!("expected the first message, got {other:?}").into()),
     };
-    subscriber
-        .send(Packet::PubRec(
-            PubRec {
-                pkid,
-                reason: PubRecReason::Success,
-            },
-            None,
-        ))
-        .await?;
+    subscriber.send(pubrec(pkid)).await?;
     assert!(matches!(subscriber.read().await?, Some(Packet::PubRel(rel, _)) if rel.pkid == pkid));
 
     let (mut moved, session_present) = RawClient::connect(other, "receiver", false).await?;
@@ -419,15 +402,7 @@ async fn a_moved_qos2_subscriber_gets_its_pubrel_again() -> TestResult {
         Some(Packet::PubRel(rel, _)) if rel.pkid == pkid => {}
         other => return Err(format!("expected PUBREL {pkid} first, got {other:?}").into()),
     }
-    moved
-        .send(Packet::PubComp(
-            PubComp {
-                pkid,
-                reason: PubCompReason::Success,
-            },
-            None,
-        ))
-        .await?;
+    moved.send(pubcomp(pkid)).await?;
     publish_acked(&mut publisher, "q/out", b"second", 2).await?;
     match moved.read().await? {
         Some(Packet::Publish(publish, _)) if &publish.payload[..] == b"second" => Ok(()),
@@ -480,27 +455,11 @@ async fn pipelined_qos2_deliveries_are_released_once_and_not_repeated() -> TestR
                 let pkid = subscriber
                     .last_publish_pkid
                     .ok_or("a QoS 2 PUBLISH without a packet id")?;
-                subscriber
-                    .send(Packet::PubRec(
-                        PubRec {
-                            pkid,
-                            reason: PubRecReason::Success,
-                        },
-                        None,
-                    ))
-                    .await?;
+                subscriber.send(pubrec(pkid)).await?;
             }
             Some(Packet::PubRel(rel, _)) => {
                 released += 1;
-                subscriber
-                    .send(Packet::PubComp(
-                        PubComp {
-                            pkid: rel.pkid,
-                            reason: PubCompReason::Success,
-                        },
-                        None,
-                    ))
-                    .await?;
+                subscriber.send(pubcomp(rel.pkid)).await?;
             }
             other => return Err(format!("expected PUBLISH or PUBREL, got {other:?}").into()),
         }
@@ -526,17 +485,39 @@ async fn pipelined_qos2_deliveries_are_released_once_and_not_repeated() -> TestR
     }
 }
 
+fn pubrec(pkid: u16) -> Packet {
+    Packet::PubRec(
+        PubRec {
+            pkid,
+            reason: PubRecReason::Success,
+        },
+        None,
+    )
+}
+
+fn pubrel(pkid: u16) -> Packet {
+    Packet::PubRel(
+        PubRel {
+            pkid,
+            reason: PubRelReason::Success,
+        },
+        None,
+    )
+}
+
+fn pubcomp(pkid: u16) -> Packet {
+    Packet::PubComp(
+        PubComp {
+            pkid,
+            reason: PubCompReason::Success,
+        },
+        None,
+    )
+}
+
 /// Sends PUBREL and expects PUBCOMP.
 async fn release(client: &mut RawClient, pkid: u16) -> TestResult {
-    client
-        .send(Packet::PubRel(
-            PubRel {
-                pkid,
-                reason: PubRelReason::Success,
-            },
-            None,
-        ))
-        .await?;
+    client.send(pubrel(pkid)).await?;
     match client.read().await? {
         Some(Packet::PubComp(comp, _)) if comp.pkid == pkid => Ok(()),
         other => Err(format!("expected PUBCOMP {pkid}, got {other:?}").into()),
