@@ -522,22 +522,16 @@ async fn deliver(address: SocketAddr, args: &BenchArgs, delivery: Delivery) -> R
             .await
             .context("subscribers did not all subscribe")?;
     }
-    let (client, mut eventloop) = AsyncClient::new(
-        options(format!("bench-fan-pub-{run}"), address, args.mqtt_inflight),
-        usize::from(args.mqtt_inflight) * 2,
-    );
     let started = Instant::now();
-    let (messages, qos) = (delivery.messages, delivery.qos);
-    let size = args.record_size.max(16);
-    tokio::spawn(async move {
-        for _ in 0..messages {
-            let mut payload = vec![b'x'; size];
-            payload[..16].copy_from_slice(&now_nanos().to_be_bytes());
-            client.publish(&topic, qos, false, payload).await?;
-        }
-        Ok::<_, rumqttc::ClientError>(())
-    });
-    let publisher = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let messages = delivery.messages;
+    let publisher = TimedPublisher::start(
+        address,
+        format!("bench-fan-pub-{run}"),
+        args,
+        messages,
+        delivery.qos,
+        move |_| topic.clone(),
+    );
     let mut latency = histogram()?;
     let mut last = None;
     while let Some(done) = tokio::time::timeout(PHASE_DEADLINE, tasks.join_next())
@@ -548,7 +542,7 @@ async fn deliver(address: SocketAddr, args: &BenchArgs, delivery: Delivery) -> R
         latency.add(received)?;
         last = last.max(received_last);
     }
-    publisher.abort();
+    drop(publisher);
     Ok(Deliveries::new(
         latency,
         started,
@@ -624,28 +618,16 @@ async fn commands(
     if count == 0 || args.commands == 0 {
         bail!("commands need at least one connection and one command");
     }
-    let (client, mut eventloop) = AsyncClient::new(
-        options(
-            format!("bench-commander-{}", devices.run),
-            address,
-            args.mqtt_inflight,
-        ),
-        usize::from(args.mqtt_inflight) * 2,
-    );
-    let (run, messages, size) = (devices.run, args.commands, args.record_size.max(16));
+    let (run, messages) = (devices.run, args.commands);
     let started = Instant::now();
-    let sending = tokio::spawn(async move {
-        for k in 0..messages {
-            let mut payload = vec![b'x'; size];
-            payload[..16].copy_from_slice(&now_nanos().to_be_bytes());
-            let topic = format!("devices/{run}/{}/commands/set", k % count);
-            client
-                .publish(topic, QoS::AtLeastOnce, false, payload)
-                .await?;
-        }
-        Ok::<_, rumqttc::ClientError>(())
-    });
-    let publisher = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let publisher = TimedPublisher::start(
+        address,
+        format!("bench-commander-{run}"),
+        args,
+        messages,
+        QoS::AtLeastOnce,
+        move |k| format!("devices/{run}/{}/commands/set", k % count),
+    );
     let mut latency = histogram()?;
     let mut last = None;
     while latency.len() < messages as u64 {
@@ -662,9 +644,49 @@ async fn commands(
         latency.record(micros.max(1))?;
         last = Some(Instant::now());
     }
-    sending.abort();
-    publisher.abort();
+    drop(publisher);
     Ok(Deliveries::new(latency, started, last, messages))
+}
+
+/// One client publishing payloads of `record_size` bytes that start with their send time, the k-th
+/// to `topic(k)`, as fast as its window allows; both its tasks end when it is dropped.
+struct TimedPublisher {
+    sending: tokio::task::JoinHandle<Result<(), rumqttc::ClientError>>,
+    polling: tokio::task::JoinHandle<()>,
+}
+
+impl TimedPublisher {
+    fn start(
+        address: SocketAddr,
+        id: String,
+        args: &BenchArgs,
+        messages: usize,
+        qos: QoS,
+        topic: impl Fn(usize) -> String + Send + 'static,
+    ) -> Self {
+        let (client, mut eventloop) = AsyncClient::new(
+            options(id, address, args.mqtt_inflight),
+            usize::from(args.mqtt_inflight) * 2,
+        );
+        let size = args.record_size.max(16);
+        let sending = tokio::spawn(async move {
+            for k in 0..messages {
+                let mut payload = vec![b'x'; size];
+                payload[..16].copy_from_slice(&now_nanos().to_be_bytes());
+                client.publish(topic(k), qos, false, payload).await?;
+            }
+            Ok(())
+        });
+        let polling = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        Self { sending, polling }
+    }
+}
+
+impl Drop for TimedPublisher {
+    fn drop(&mut self) {
+        self.sending.abort();
+        self.polling.abort();
+    }
 }
 
 /// Microseconds since the send time a benchmark payload starts with.
