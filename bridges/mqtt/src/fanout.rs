@@ -495,7 +495,12 @@ impl Hub {
         let room = self
             .lag_limit
             .saturating_sub(flow.outstanding.load(Ordering::Acquire))
-            .clamp(1, CATCH_UP_BATCH);
+            .min(CATCH_UP_BATCH);
+        if room == 0 {
+            // Full: an earlier partition of this round took the room. The next round waits for
+            // acks; fetching one record anyway would take the member past the lag limit.
+            return true;
+        }
         let limits = FetchLimits {
             max_records: room,
             ..FetchLimits::default()
