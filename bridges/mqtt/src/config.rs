@@ -39,6 +39,16 @@ pub struct Config {
         with = "humantime_serde"
     )]
     pub max_session_expiry: Duration,
+    /// Longest keep-alive a client may ask for. MQTT 5 clients asking for more, or for none (0), are
+    /// told this one in CONNACK (Server Keep Alive); MQTT 3.1.1 clients are held to it without being
+    /// told. 0 lets clients choose, none included.
+    #[serde(default = "Config::default_max_keep_alive", with = "humantime_serde")]
+    pub max_keep_alive: Duration,
+    /// Add the record's `courier-id` (a ULID) as a user property to every delivery that does not carry
+    /// one, so subscribers can deduplicate. Off by default: MQTT 5 requires user properties to reach
+    /// subscribers unaltered, and the property costs room in clients with a small maximum packet size.
+    #[serde(default)]
+    pub courier_id_property: bool,
     /// How long a connection may take to send CONNECT.
     #[serde(default = "Config::default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -73,6 +83,8 @@ impl Default for Config {
             max_inflight: Self::default_max_inflight(),
             topic_alias_maximum: Self::default_topic_alias_maximum(),
             max_session_expiry: Self::default_max_session_expiry(),
+            max_keep_alive: Self::default_max_keep_alive(),
+            courier_id_property: false,
             connect_timeout: Self::default_connect_timeout(),
             messages_topic: Self::default_messages_topic(),
             retained_topic: Self::default_retained_topic(),
@@ -105,6 +117,9 @@ impl Config {
     }
     fn default_max_session_expiry() -> Duration {
         Duration::from_secs(7 * 24 * 3600)
+    }
+    fn default_max_keep_alive() -> Duration {
+        Duration::from_secs(300)
     }
     fn default_connect_timeout() -> Duration {
         Duration::from_secs(10)

@@ -68,6 +68,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.codec.encode(packet, &mut self.write_buffer)
     }
 
+    /// Encodes a packet into the write buffer unless it comes to more than `limit` bytes (a client's
+    /// Maximum Packet Size, which counts the whole packet); `false` when it was left out.
+    pub fn queue_within(&mut self, packet: Packet, limit: Option<u32>) -> Result<bool> {
+        let start = self.write_buffer.len();
+        self.codec.encode(packet, &mut self.write_buffer)?;
+        let size = self.write_buffer.len() - start;
+        if limit.is_some_and(|limit| size > limit as usize) {
+            self.write_buffer.truncate(start);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// Sends everything queued.
     pub async fn flush(&mut self) -> Result<()> {
         if !self.write_buffer.is_empty() {

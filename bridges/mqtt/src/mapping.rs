@@ -7,7 +7,10 @@
 //!   MQTT 5 properties too (content type, response topic, correlation data, payload format, and message
 //!   expiry as an absolute time so it keeps counting down while the record waits in Kafka). User
 //!   properties become plain headers, and every header that is not `mqtt-*` comes back out as a user
-//!   property, `courier-id` included, so subscribers can deduplicate.
+//!   property, in order, unaltered [MQTT-3.3.2-17, 3.3.2-18]. A `courier-id` user property from the
+//!   publisher is the record's id (a ULID: the same id across the publisher's retries lets readers
+//!   deduplicate) and goes back out where it was among the others; the gateway adds `courier-id` to
+//!   messages that do not carry it only when `mqtt.courier_id_property` is on.
 //! - **Records from native Kafka clients.** Their MQTT topic is the `mqtt-topic` header, else the key
 //!   when it is a valid topic name, else the Kafka topic's name; they count as QoS 1 (Kafka's own
 //!   at-least-once).
@@ -44,6 +47,8 @@ pub const HEADER_RESPONSE_TOPIC: &str = "mqtt-response-topic";
 pub const HEADER_CORRELATION_DATA: &str = "mqtt-correlation-data";
 /// Header: when the message expires, in ms since the epoch (from MQTT 5 message expiry interval).
 pub const HEADER_EXPIRES_AT: &str = "mqtt-expires-at";
+/// Header: where the publisher's own `courier-id` user property stood among its user properties.
+pub const HEADER_COURIER_ID_AT: &str = "mqtt-courier-id-at";
 /// User properties may not use this prefix: it is the bridge's own.
 pub const RESERVED_PREFIX: &str = "mqtt-";
 /// The user property that carries a record's `courier-id` to MQTT 5 subscribers.
@@ -154,7 +159,21 @@ pub fn to_record(message: &Message, client_id: &str, now_ms: i64) -> Result<NewR
         let expires_at = now_ms + i64::from(seconds) * 1000;
         headers.push(header(HEADER_EXPIRES_AT, expires_at.to_string().as_bytes()));
     }
-    for (key, value) in &properties.user_properties {
+    let mut courier_id = String::new();
+    for (index, (key, value)) in properties.user_properties.iter().enumerate() {
+        if key == COURIER_ID_PROPERTY && courier_id.is_empty() {
+            if ulid::Ulid::from_string(value).is_err() {
+                return Err(Refusal::new(
+                    RefusalCode::ImplementationSpecific,
+                    format!(
+                        "user property courier-id {value:?} is not a ULID (26 Crockford base32 characters)"
+                    ),
+                ));
+            }
+            courier_id.clone_from(value);
+            headers.push(header(HEADER_COURIER_ID_AT, index.to_string().as_bytes()));
+            continue;
+        }
         if key.starts_with(RESERVED_PREFIX) || key.starts_with("courier-") {
             return Err(Refusal::new(
                 RefusalCode::ImplementationSpecific,
@@ -169,8 +188,28 @@ pub fn to_record(message: &Message, client_id: &str, now_ms: i64) -> Result<NewR
         key: Some(Bytes::copy_from_slice(message.topic.as_bytes())),
         value: Some(message.payload.clone()),
         headers,
+        courier_id,
         ..NewRecord::default()
     })
+}
+
+/// Adds the record's id as the `courier-id` user property, last, unless the message carries one
+/// (`mqtt.courier_id_property`).
+pub fn add_courier_id(message: &mut Message, courier_id: &str) {
+    let user = &mut message.properties.user_properties;
+    if !user.iter().any(|(key, _)| key == COURIER_ID_PROPERTY) {
+        user.push((COURIER_ID_PROPERTY.into(), courier_id.to_owned()));
+    }
+}
+
+/// Is this a topic clients may not publish to? `$SYS/...` is the server's own and `$share/...` names
+/// shared subscriptions; other `$` topics are accepted, as Mosquitto does (wildcards at the first
+/// level never match them [MQTT-4.7.2-1]).
+pub fn reserved_topic(topic: &str) -> bool {
+    topic == "$SYS"
+        || topic.starts_with("$SYS/")
+        || topic == "$share"
+        || topic.starts_with("$share/")
 }
 
 /// A message's record as its topic's retained message (same key and headers): an empty payload
@@ -213,6 +252,7 @@ pub fn from_record(record: &Record, now_ms: i64) -> Option<Stored> {
     let mut retain = false;
     let mut publisher = None;
     let mut properties = PublishProperties::default();
+    let mut courier_id_at = None;
     for Header { key, value } in &record.headers {
         let text = || String::from_utf8_lossy(value).into_owned();
         match key.as_str() {
@@ -233,14 +273,17 @@ pub fn from_record(record: &Record, now_ms: i64) -> Option<Stored> {
                 properties.message_expiry_interval =
                     Some(u32::try_from((left_ms + 999) / 1000).unwrap_or(u32::MAX));
             }
+            HEADER_COURIER_ID_AT => courier_id_at = text().parse::<usize>().ok(),
             other if other.starts_with(RESERVED_PREFIX) => {}
             other => properties.user_properties.push((other.to_owned(), text())),
         }
     }
-    if !record.courier_id.is_empty() {
-        properties
-            .user_properties
-            .push((COURIER_ID_PROPERTY.into(), record.courier_id.clone()));
+    if let Some(index) = courier_id_at.filter(|_| !record.courier_id.is_empty()) {
+        let index = index.min(properties.user_properties.len());
+        properties.user_properties.insert(
+            index,
+            (COURIER_ID_PROPERTY.into(), record.courier_id.clone()),
+        );
     }
     let topic = topic.unwrap_or_else(|| topic_without_header(record));
     if !valid_topic_name(&topic) {
@@ -431,12 +474,49 @@ mod tests {
         assert_eq!(back.publisher.as_deref(), Some("client-1"));
         let mut expected = message.clone();
         expected.properties.message_expiry_interval = Some(30);
-        expected
-            .properties
-            .user_properties
-            .push(("courier-id".into(), "01J".into()));
+        // Unaltered: the gateway's own id is not added (`mqtt.courier_id_property` does, in outbound).
         assert_eq!(back.message, expected);
         assert!(from_record(&stored, 61_000).is_none(), "expired");
+    }
+
+    #[test]
+    fn a_publishers_courier_id_is_the_records_id_and_goes_back_where_it_was() {
+        let id = "01JQ2Z3B4C5D6E7F8G9H0JKMNP";
+        let user_properties: Vec<(String, String)> = vec![
+            ("a".into(), "1".into()),
+            ("courier-id".into(), id.into()),
+            ("a".into(), "2".into()),
+        ];
+        let message = Message {
+            topic: "req/1".into(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: PublishProperties {
+                user_properties: user_properties.clone(),
+                ..PublishProperties::default()
+            },
+        };
+        let record = to_record(&message, "responder", 0).unwrap();
+        assert_eq!(record.courier_id, id);
+        let stored = Record {
+            topic: Arc::from("mqtt.messages"),
+            partition: 0,
+            offset: 0,
+            key: record.key.clone(),
+            value: record.value.clone(),
+            headers: record.headers.clone(),
+            timestamp_ms: 0,
+            courier_id: record.courier_id.clone(),
+            origin: String::new(),
+        };
+        let back = from_record(&stored, 0).unwrap();
+        assert_eq!(back.message.properties.user_properties, user_properties);
+
+        let mut not_a_ulid = message;
+        not_a_ulid.properties.user_properties = vec![("courier-id".into(), "nope".into())];
+        let refusal = to_record(&not_a_ulid, "c", 0).unwrap_err();
+        assert!(refusal.text.contains("not a ULID"), "{}", refusal.text);
     }
 
     #[test]

@@ -137,11 +137,12 @@ impl Session {
             ..
         } = established;
         let durable_session = session.persistent.then(|| session.session.clone());
+        let courier_id_property = bridge.config.courier_id_property;
         Self {
             bridge,
             client,
             inbound: Inbound::new(awaiting_release, durable_session.clone()),
-            outbound: Outbound::new(durable_session, awaiting_completion),
+            outbound: Outbound::new(durable_session, awaiting_completion, courier_id_property),
             record: session,
             registration,
             will: will.map(Box::new),
@@ -319,14 +320,14 @@ impl Session {
             Packet::PingReq(_) => Some(Packet::PingResp(PingResp)),
             Packet::Disconnect(disconnect, properties) => {
                 if let Some(expiry) = properties.and_then(|p| p.session_expiry_interval) {
-                    if !self.record.persistent && expiry > 0 {
+                    // CONNECT's expiry of 0 (or none) cannot be raised at DISCONNECT [MQTT-3.14.2-2].
+                    if !self.record.outlives_connection() && expiry > 0 {
                         return Err(Error::Protocol(
                             "a session that ends with its connection cannot be given an expiry at DISCONNECT"
                                 .into(),
                         ));
                     }
                     self.record.expiry_secs = Some(expiry);
-                    self.record.persistent = expiry > 0;
                 }
                 return Ok(Some(End::Disconnected {
                     publish_will: disconnect.reason_code
@@ -428,7 +429,7 @@ impl Session {
                 }
             };
         if still_owner {
-            let stored = if self.record.persistent {
+            let stored = if self.record.outlives_connection() {
                 self.record.disconnected_at_ms = Some(now_ms());
                 self.record.awaiting_release = self.inbound.awaiting_release();
                 self.bridge.registry.park(

@@ -26,9 +26,11 @@ pub struct SessionRecord {
     pub connection: String,
     /// The session (a ULID per new session); its consumer groups are named after it.
     pub session: String,
-    /// Does the session outlive the connection?
+    /// Is the session read through consumer groups of its own, so it can outlive the connection (see
+    /// [`SessionRecord::outlives_connection`])?
     pub persistent: bool,
-    /// Seconds a persistent session is kept after its client left; `None` forever.
+    /// Seconds a persistent session is kept after its client left; `None` forever; `Some(0)` when it
+    /// ends with its connection.
     pub expiry_secs: Option<u32>,
     /// When the client left (ms since the epoch); `None` while connected or after a crash.
     pub disconnected_at_ms: Option<i64>,
@@ -40,9 +42,15 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// Does the session outlive its connection? A resumed session read through its groups
+    /// (`persistent`) whose connection named an expiry of 0 ends with the connection.
+    pub fn outlives_connection(&self) -> bool {
+        self.persistent && self.expiry_secs != Some(0)
+    }
+
     /// Is this a persistent session still within its expiry?
     pub fn is_resumable(&self, now_ms: i64) -> bool {
-        if !self.persistent {
+        if !self.outlives_connection() {
             return false;
         }
         match (self.disconnected_at_ms, self.expiry_secs) {

@@ -85,7 +85,7 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let version = connection.version().unwrap_or(Version::V4);
     let Connect {
-        keep_alive,
+        keep_alive: requested_keep_alive,
         client_id,
         clean_session,
     } = connect;
@@ -167,7 +167,6 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         requested_expiry
     };
-    let persistent = expiry > 0;
     let now = now_ms();
     let previous = bridge.sessions.load(&client_id).await?;
     // Only persistent sessions keep QoS 2 exchanges in the log (see `exchanges`).
@@ -176,6 +175,10 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .is_some_and(|previous| previous.persistent);
     let resumed = previous.filter(|previous| !clean_session && previous.is_resumable(now));
     let session_present = resumed.is_some();
+    // A resumed session is read through its groups and delivers what it queued, whatever expiry this
+    // CONNECT names: the new one (0 when absent) decides only what happens once this connection
+    // ends [MQTT-3.1.2-4, 3.1.2-23]. An expiry of 0 ends it then (see `Session::finish`).
+    let persistent = expiry > 0 || session_present;
     let session = SessionRecord {
         connection: Ulid::new().to_string(),
         session: resumed.as_ref().map_or_else(
@@ -222,8 +225,10 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .await?;
     }
 
+    let keep_alive = served_keep_alive(version, requested_keep_alive, bridge.config.max_keep_alive);
     let connack_properties = (version == Version::V5).then(|| ConnAckProperties {
         session_expiry_interval: (expiry != requested_expiry).then_some(expiry),
+        server_keep_alive: (keep_alive != requested_keep_alive).then_some(keep_alive),
         receive_max: Some(bridge.config.receive_maximum),
         max_qos: None,
         retain_available: Some(1),
@@ -262,6 +267,22 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         awaiting_release,
         awaiting_completion,
     }))
+}
+
+/// The keep-alive the connection is held to: the client's, within `mqtt.max_keep_alive`. An MQTT 5
+/// client asking for more, or for none, is told the limit in CONNACK [MQTT-3.2.2-21]; an MQTT 3.1.1
+/// client cannot be told, so one asking for more is held to the limit and one asking for none is not
+/// checked (it would be dropped for a silence it was never asked to break).
+fn served_keep_alive(version: Version, requested: u16, limit: Duration) -> u16 {
+    let limit = u16::try_from(limit.as_secs()).unwrap_or(u16::MAX);
+    if limit == 0 {
+        return requested;
+    }
+    match version {
+        Version::V5 if requested == 0 || requested > limit => limit,
+        Version::V4 if requested > limit => limit,
+        _ => requested,
+    }
 }
 
 /// Takes on the QoS 2 exchanges a resumed session left unfinished on another replica or in a gateway
@@ -354,7 +375,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
 fn to_will(will: LastWill, properties: Option<LastWillProperties>) -> Result<Will, String> {
     let topic = String::from_utf8(will.topic.to_vec())
         .ok()
-        .filter(|topic| mapping::valid_topic_name(topic) && !topic.starts_with('$'))
+        .filter(|topic| mapping::valid_topic_name(topic) && !mapping::reserved_topic(topic))
         .ok_or("the will topic is not a valid topic name")?;
     let properties = properties.unwrap_or(LastWillProperties {
         delay_interval: None,
@@ -383,4 +404,20 @@ fn to_will(will: LastWill, properties: Option<LastWillProperties>) -> Result<Wil
         },
         delay: Duration::from_secs(u64::from(properties.delay_interval.unwrap_or(0))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_is_held_to_the_servers_limit() {
+        let limit = Duration::from_secs(300);
+        assert_eq!(served_keep_alive(Version::V5, 30, limit), 30);
+        assert_eq!(served_keep_alive(Version::V5, 0, limit), 300);
+        assert_eq!(served_keep_alive(Version::V5, 65535, limit), 300);
+        assert_eq!(served_keep_alive(Version::V4, 65535, limit), 300);
+        assert_eq!(served_keep_alive(Version::V4, 0, limit), 0);
+        assert_eq!(served_keep_alive(Version::V5, 0, Duration::ZERO), 0);
+    }
 }

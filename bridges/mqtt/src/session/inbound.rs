@@ -134,7 +134,7 @@ impl Inbound {
         {
             return Err(Error::ReceiveMaximumExceeded(bridge.config.receive_maximum));
         }
-        if !mapping::valid_topic_name(&topic) || topic.starts_with('$') {
+        if !mapping::valid_topic_name(&topic) || mapping::reserved_topic(&topic) {
             let refusal = Refusal::new(
                 RefusalCode::TopicNameInvalid,
                 format!("{topic:?} is not a topic name clients may publish to"),
@@ -163,7 +163,9 @@ impl Inbound {
             (QoS::ExactlyOnce, Some(session)) => {
                 // Queued before the append: a gateway that finds the entry after a crash looks for
                 // this record id from this timestamp on.
-                record.courier_id = Ulid::new().to_string();
+                if record.courier_id.is_empty() {
+                    record.courier_id = Ulid::new().to_string();
+                }
                 record.timestamp_ms = Some(now);
                 let received = Received {
                     session: session.clone(),

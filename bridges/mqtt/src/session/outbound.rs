@@ -159,6 +159,8 @@ pub(crate) struct Outbound {
     /// Records a resumed session delivered and saw PUBREC for before a crash, which its groups may
     /// read again: acknowledged, not delivered again.
     already_delivered: HashSet<RecordAt>,
+    /// `mqtt.courier_id_property`: deliveries carry their record's `courier-id`.
+    courier_id_property: bool,
 }
 
 impl Outbound {
@@ -167,9 +169,11 @@ impl Outbound {
     pub(crate) fn new(
         durable_session: Option<String>,
         awaiting_completion: Vec<(u16, Option<RecordAt>)>,
+        courier_id_property: bool,
     ) -> Self {
         let mut outbound = Self {
             durable_session,
+            courier_id_property,
             ..Self::default()
         };
         for (pkid, record) in awaiting_completion {
@@ -655,10 +659,13 @@ impl Outbound {
             self.ack_log(log_ack);
             return Ok(());
         }
-        let Some(stored) = mapping::from_record(&record, now_ms()) else {
+        let Some(mut stored) = mapping::from_record(&record, now_ms()) else {
             self.ack_log(log_ack);
             return Ok(());
         };
+        if self.courier_id_property && !record.courier_id.is_empty() {
+            mapping::add_courier_id(&mut stored.message, &record.courier_id);
+        }
         let topic = &stored.message.topic;
         let own = stored.publisher.as_deref() == Some(client.client_id.as_str());
         let matched: Vec<&Subscription> = self
@@ -714,35 +721,28 @@ impl Outbound {
             retain,
             mut properties,
         } = message;
-        if let Some(limit) = client.max_packet_size {
-            let user: usize = properties
-                .user_properties
-                .iter()
-                .map(|(key, value)| key.len() + value.len() + 5)
-                .sum();
-            let estimate = 16 + topic.len() + payload.len() + user;
-            if estimate > limit as usize {
-                // MQTT 5: a message larger than the client's maximum is not sent to it.
-                tracing::debug!(
-                    topic,
-                    size = estimate,
-                    limit,
-                    "message over the client's maximum packet size"
-                );
-                self.ack_log(log_ack);
-                return Ok(());
-            }
-        }
         properties.subscription_identifiers = identifiers;
         let pkid = if qos == QoS::AtMostOnce {
             0
         } else {
             self.allocate_pkid()
         };
-        connection.queue(Packet::Publish(
+        let packet = Packet::Publish(
             outgoing_publish(&topic, &payload, qos, pkid, retain),
             Some(properties),
-        ))?;
+        );
+        if !connection.queue_within(packet, client.max_packet_size)? {
+            // MQTT 5: a message larger than the client's maximum is not sent to it, and counts as
+            // delivered [MQTT-3.1.2-25]; counted as an error so an operator can tell.
+            tracing::debug!(
+                topic,
+                limit = client.max_packet_size,
+                "message over the client's maximum packet size; not sent to it"
+            );
+            metrics::error(Protocol::Mqtt, "over_client_max_packet_size");
+            self.ack_log(log_ack);
+            return Ok(());
+        }
         metrics::delivered(Protocol::Mqtt, 1, payload.len());
         if qos == QoS::AtMostOnce {
             self.ack_log(log_ack);

@@ -344,7 +344,17 @@ struct MemberContext {
     state: Arc<MemberState>,
 }
 
-impl ClientContext for MemberContext {}
+impl ClientContext for MemberContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // With `enable.partition.eof`, reaching a partition's end comes through here too: it is how a
+        // reader learns it is caught up, not a fault (rdkafka's default logs it at ERROR).
+        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::trace!(reason, "reached the end of a partition");
+        } else {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+}
 
 impl ConsumerContext for MemberContext {
     fn rebalance(
