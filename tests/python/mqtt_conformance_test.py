@@ -25,6 +25,20 @@ def payloads(peer):
         return [m.payload for m in peer.messages]
 
 
+def persistent_subscriber_away(args, prefix):
+    """A client with a persistent session subscribed to `<base>/#` at QoS 1 and gone; returns the
+    base topic, its client id, and a connected publisher."""
+    base = unique(prefix)
+    client_id = unique("device")
+    device = Peer(args, client_id=client_id, clean=True, expiry=300)
+    device.connect()
+    device.subscribe(f"{base}/#", qos=1)
+    device.disconnect()
+    publisher = Peer(args)
+    publisher.connect()
+    return base, client_id, publisher
+
+
 def check_resume_without_expiry(args):
     """A session made with an expiry, resumed with clean start 0 and no expiry (paho's default),
     delivers every queued QoS 1 and QoS 2 message exactly once; it then ends with that connection."""
@@ -98,14 +112,7 @@ def check_subscribe_then_leave_at_once(args):
 
 
 def check_message_expiry_offline(args):
-    base = unique("msg-expiry")
-    client_id = unique("device")
-    device = Peer(args, client_id=client_id, clean=True, expiry=300)
-    device.connect()
-    device.subscribe(f"{base}/#", qos=1)
-    device.disconnect()
-    publisher = Peer(args)
-    publisher.connect()
+    base, client_id, publisher = persistent_subscriber_away(args, "msg-expiry")
     for name, seconds in (("short", 1), ("medium", 6), ("long", 600)):
         properties = Properties(PacketTypes.PUBLISH)
         properties.MessageExpiryInterval = seconds
@@ -265,14 +272,7 @@ def check_v311_keep_alive_limit(args):
 
 def check_resume_latency(args):
     """How soon the first queued message follows CONNACK on a resume (printed, not asserted)."""
-    base = unique("latency")
-    client_id = unique("device")
-    device = Peer(args, client_id=client_id, clean=True, expiry=300)
-    device.connect()
-    device.subscribe(f"{base}/#", qos=1)
-    device.disconnect()
-    publisher = Peer(args)
-    publisher.connect()
+    base, client_id, publisher = persistent_subscriber_away(args, "latency")
     publisher.publish(f"{base}/x", b"queued", qos=1)
     back = Peer(args, client_id=client_id, clean=False, expiry=300)
     assert back.connect() is True

@@ -440,6 +440,21 @@ mod tests {
         assert!(Routes::new(vec![], "bad name!".into()).is_err());
     }
 
+    /// A new record as the log hands it back, at offset 0 of `mqtt.messages`.
+    fn as_stored(record: &NewRecord, timestamp_ms: i64, courier_id: &str) -> Record {
+        Record {
+            topic: Arc::from("mqtt.messages"),
+            partition: 0,
+            offset: 0,
+            key: record.key.clone(),
+            value: record.value.clone(),
+            headers: record.headers.clone(),
+            timestamp_ms,
+            courier_id: courier_id.into(),
+            origin: String::new(),
+        }
+    }
+
     #[test]
     fn a_message_round_trips_through_a_record() {
         let message = Message {
@@ -459,17 +474,7 @@ mod tests {
         };
         let record = to_record(&message, "client-1", 1_000).unwrap();
         assert_eq!(record.key.as_deref(), Some(&b"a/b"[..]));
-        let stored = Record {
-            topic: Arc::from("mqtt.messages"),
-            partition: 0,
-            offset: 0,
-            key: record.key.clone(),
-            value: record.value.clone(),
-            headers: record.headers.clone(),
-            timestamp_ms: 1_000,
-            courier_id: "01J".into(),
-            origin: String::new(),
-        };
+        let stored = as_stored(&record, 1_000, "01J");
         let back = from_record(&stored, 31_000).unwrap();
         assert_eq!(back.publisher.as_deref(), Some("client-1"));
         let mut expected = message.clone();
@@ -499,17 +504,7 @@ mod tests {
         };
         let record = to_record(&message, "responder", 0).unwrap();
         assert_eq!(record.courier_id, id);
-        let stored = Record {
-            topic: Arc::from("mqtt.messages"),
-            partition: 0,
-            offset: 0,
-            key: record.key.clone(),
-            value: record.value.clone(),
-            headers: record.headers.clone(),
-            timestamp_ms: 0,
-            courier_id: record.courier_id.clone(),
-            origin: String::new(),
-        };
+        let stored = as_stored(&record, 0, &record.courier_id);
         let back = from_record(&stored, 0).unwrap();
         assert_eq!(back.message.properties.user_properties, user_properties);
 
