@@ -31,7 +31,7 @@ use courier_gateway::{
     grpc::GrpcServer,
     log::{
         Embedded, Log, NewRecord, Position, SubscribeOptions, SubscriptionEvent, TopicSelector,
-        TopicSpec,
+        TopicSpec, layers,
     },
     proto::v1::{
         self as pb, admin_client::AdminClient, streams_client::StreamsClient,
@@ -290,6 +290,7 @@ async fn through_gateway(
     let drain = CancellationToken::new();
     let server = GrpcServer {
         log: log.clone(),
+        regions: None,
         config: GrpcConfig::default(),
         groups: GroupsConfig::default(),
     };
@@ -318,15 +319,10 @@ async fn open_log(dir: &std::path::Path, fsync: FsyncPolicy) -> Result<Arc<dyn L
         fsync,
         ..EmbeddedConfig::in_dir(dir)
     };
-    Ok(Arc::new(
-        Embedded::open(
-            &config,
-            TopicsConfig::default(),
-            GroupsConfig::default(),
-            "bench",
-        )
-        .await?,
-    ))
+    let topics = TopicsConfig::default();
+    let embedded =
+        Embedded::open(&config, topics.clone(), GroupsConfig::default(), "bench").await?;
+    Ok(Arc::new(layers::stack(embedded, &topics)))
 }
 
 /// `courier serve` (this binary, or the one `COURIER_BENCH_SERVER` names, to tell a change in the

@@ -12,7 +12,10 @@ use anyhow::{Context, Result};
 use courier_gateway::{
     config::BackendConfig,
     grpc::GrpcServer,
-    log::{Embedded, Kafka, Log},
+    log::{
+        Embedded, Kafka, Log,
+        layers::{self, Validated},
+    },
     regions::Regions,
 };
 use tokio::{
@@ -29,18 +32,24 @@ use crate::{
 /// Longest the HTTP endpoint may take to answer its last requests once the log is closed.
 const HTTP_CLOSE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Runs the gateway until a signal, then drains. Returns once everything is closed.
-pub(crate) async fn run(config: Config) -> Result<()> {
-    let root = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    // Before anything counts: every metric from here on is exported.
-    let prometheus = http::install_recorder()?;
+/// The log the front ends share, with its layers, and what the status page and Admin need of it.
+struct OpenedLog {
+    log: Arc<dyn Log>,
+    /// `kind:where`, for logs and the status page.
+    description: String,
+    /// The region router, when the log is one: handed to the Admin service and the status page by
+    /// name, since the Log trait has no way back to it.
+    router: Option<Regions>,
+}
 
-    let (log, log_description): (Arc<dyn Log>, String) = match &config.log {
+/// Opens the configured backend under the layers every backend shares (see `log::layers`).
+async fn open_log(config: &Config) -> Result<OpenedLog> {
+    let topics = &config.topics;
+    Ok(match &config.log {
         BackendConfig::Embedded(embedded) => {
             let log = Embedded::open(
                 embedded,
-                config.topics.clone(),
+                topics.clone(),
                 config.groups.clone(),
                 &config.region,
             )
@@ -51,34 +60,53 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                     embedded.data_dir.display()
                 )
             })?;
-            (
-                Arc::new(log),
-                format!("embedded:{}", embedded.data_dir.display()),
-            )
+            OpenedLog {
+                log: Arc::new(layers::stack(log, topics)),
+                description: format!("embedded:{}", embedded.data_dir.display()),
+                router: None,
+            }
         }
         BackendConfig::Kafka(kafka) => {
-            let log = Kafka::connect(
-                kafka,
-                config.topics.clone(),
-                config.groups.clone(),
-                &config.region,
-            )
-            .await
-            .with_context(|| format!("connecting to Kafka at {}", kafka.bootstrap_servers))?;
-            (Arc::new(log), format!("kafka:{}", kafka.bootstrap_servers))
+            let log = Kafka::connect(kafka, topics.clone(), config.groups.clone(), &config.region)
+                .await
+                .with_context(|| format!("connecting to Kafka at {}", kafka.bootstrap_servers))?;
+            OpenedLog {
+                log: Arc::new(layers::stack(log, topics)),
+                description: format!("kafka:{}", kafka.bootstrap_servers),
+                router: None,
+            }
         }
         BackendConfig::Regions(regions) => {
-            let log = Regions::open(
+            // The topic policy sits inside the router, per region; validation outside it.
+            let router = Regions::open(
                 regions,
                 &config.region,
-                config.topics.clone(),
+                topics.clone(),
                 config.groups.clone(),
             )
             .context("opening the region router (log.kind = \"regions\")")?;
             let names: Vec<&str> = regions.regions.keys().map(String::as_str).collect();
-            (Arc::new(log), format!("regions:{}", names.join(",")))
+            OpenedLog {
+                log: Arc::new(Validated::new(router.clone(), topics)),
+                description: format!("regions:{}", names.join(",")),
+                router: Some(router),
+            }
         }
-    };
+    })
+}
+
+/// Runs the gateway until a signal, then drains. Returns once everything is closed.
+pub(crate) async fn run(config: Config) -> Result<()> {
+    let root = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    // Before anything counts: every metric from here on is exported.
+    let prometheus = http::install_recorder()?;
+
+    let OpenedLog {
+        log,
+        description: log_description,
+        router,
+    } = open_log(&config).await?;
 
     let listener = TcpListener::bind(config.grpc.listen)
         .await
@@ -130,7 +158,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         None
     };
 
-    let board = Arc::new(Board::new(&config.region, &log_description, log.regions()));
+    let board = Arc::new(Board::new(&config.region, &log_description, router.clone()));
     let http_listener = if config.http.enabled {
         let listener = TcpListener::bind(config.http.listen)
             .await
@@ -151,6 +179,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     let drain = root.child_token();
     let grpc = GrpcServer {
         log: log.clone(),
+        regions: router,
         config: config.grpc.clone(),
         groups: config.groups.clone(),
     };

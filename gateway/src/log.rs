@@ -10,13 +10,15 @@
 //! - [`types`]: records, positions, options and descriptions that cross the boundary;
 //! - [`acks`]: the sparse-ack tracker (committed offset = contiguous acknowledged prefix);
 //! - [`partitioner`]: Kafka's default partitioner, so keys land where a Kafka client would put them;
-//! - [`validate`]: topic names and record checks shared by every backend;
+//! - [`validate`]: topic names and record checks, applied by the validation layer;
+//! - [`layers`]: what every backend shares (validation, the topic policy), as decorators;
 //! - [`embedded`]: the single-node on-disk backend;
 //! - [`kafka`]: the backend on a Kafka cluster.
 
 pub mod acks;
 pub mod embedded;
 pub mod kafka;
+pub mod layers;
 pub mod partitioner;
 pub mod types;
 pub mod validate;
@@ -103,10 +105,55 @@ pub trait Log: Send + Sync + fmt::Debug + 'static {
     /// Makes everything acknowledged so far durable and stops background work. Later calls fail with
     /// [`Error::ShuttingDown`](crate::Error::ShuttingDown).
     async fn close(&self) -> Result<()>;
+}
 
-    /// The region router, when this log is one: operators' region calls and the status page use it.
-    fn regions(&self) -> Option<crate::regions::Regions> {
-        None
+/// A shared log is a log: layers and the router hold their inner log as `Arc<dyn Log>` (or a
+/// regional one) as readily as a concrete backend.
+#[async_trait]
+impl<L: Log + ?Sized> Log for Arc<L> {
+    async fn submit(&self, topic: &str, records: Vec<NewRecord>) -> Result<AppendReceipt> {
+        (**self).submit(topic, records).await
+    }
+    async fn append(&self, topic: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>> {
+        (**self).append(topic, records).await
+    }
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
+        (**self).subscribe(options).await
+    }
+    async fn fetch(
+        &self,
+        partition: &TopicPartition,
+        offset: i64,
+        limits: FetchLimits,
+    ) -> Result<Fetched> {
+        (**self).fetch(partition, offset, limits).await
+    }
+    async fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
+        (**self).resolve(partition, position).await
+    }
+    async fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        (**self).commit(group, offsets).await
+    }
+    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
+        (**self).create_topic(spec).await
+    }
+    async fn delete_topic(&self, topic: &str) -> Result<()> {
+        (**self).delete_topic(topic).await
+    }
+    async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
+        (**self).list_topics().await
+    }
+    async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
+        (**self).describe_topic(topic).await
+    }
+    async fn list_groups(&self) -> Result<Vec<String>> {
+        (**self).list_groups().await
+    }
+    async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        (**self).describe_group(group).await
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
     }
 }
 

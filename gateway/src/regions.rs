@@ -1,5 +1,5 @@
-//! Region-aware routing: a [`Log`] over one Kafka cluster per region, which moves traffic to another
-//! region when one is lost and back when it returns.
+//! Region-aware routing: a [`Log`] over one log per region (a Kafka cluster each in production; any
+//! [`RegionalLog`]), which moves traffic to another region when one is lost and back when it returns.
 //!
 //! MirrorMaker 2 copies topic `T` of region `a` into every other region as `a.T` (default replication
 //! policy) and checkpoints `a`'s consumer groups there. The router:
@@ -20,30 +20,34 @@ pub mod checkpoint;
 pub mod health;
 mod naming;
 mod produce;
+pub mod regional;
 mod steer;
 mod subscription;
 mod translate;
 
 use std::{
+    collections::BTreeMap,
     fmt,
     sync::{Arc, Mutex, PoisonError},
-    time::Instant,
 };
 
 use async_trait::async_trait;
 use serde::Serialize;
-use tokio::sync::{Notify, watch};
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use self::health::RegionHealth;
 use self::{health::HealthMachine, naming::ReplicationPolicy};
+pub use self::{health::RegionHealth, regional::RegionalLog};
 use crate::{
     Error, Result,
     config::{GroupsConfig, RegionMode, RegionsConfig, TopicsConfig},
     log::{
         AppendReceipt, FetchLimits, Fetched, GroupDescription, Kafka, Log, NewRecord, Position,
         SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSpec, TopicSummary,
-        now_ms,
+        layers::TopicPolicy, now_ms,
     },
 };
 
@@ -84,14 +88,11 @@ struct Shared {
     tasks: TaskTracker,
 }
 
-/// One region: its cluster and what the probes found.
+/// One region: its log and what the probes found.
 struct Region {
     name: String,
-    /// The clients of the region's cluster; rebuilt when the region is lost (see [`Region::rebuild`]).
-    clients: std::sync::RwLock<Kafka>,
-    config: crate::config::KafkaConfig,
-    topics: TopicsConfig,
-    groups: GroupsConfig,
+    /// The clients of the region's log; rebuilt when the region is lost (see [`Region::rebuild`]).
+    clients: std::sync::RwLock<Arc<dyn RegionalLog>>,
     health: Mutex<HealthMachine>,
     /// Why the region is in its state (the failure, or the recovery).
     cause: Mutex<String>,
@@ -175,32 +176,44 @@ pub struct RoutingStatus {
 }
 
 impl Regions {
-    /// Makes a client per region and starts probing them. No region needs to answer yet: a region
-    /// that does not is found DOWN by its probes and traffic goes elsewhere. `local` is the region
-    /// this gateway runs in (the preferred one in active-active mode, and the default primary).
+    /// Makes a Kafka client per region, each under the topic policy, and starts probing them. The
+    /// router expects requests checked already: serve it under [`Validated`](crate::log::layers::Validated). No region needs to answer yet: a
+    /// region that does not is found DOWN by its probes and traffic goes elsewhere. `local` is the
+    /// region this gateway runs in (the preferred one in active-active mode, and the default primary).
     pub fn open(
         config: &RegionsConfig,
         local: &str,
         topics: TopicsConfig,
         groups: GroupsConfig,
     ) -> Result<Self> {
-        let order = preference_order(config, local)?;
+        let mut logs: BTreeMap<String, Arc<dyn RegionalLog>> = BTreeMap::new();
+        for (name, kafka_config) in &config.regions {
+            let kafka = Kafka::open(kafka_config, topics.clone(), groups.clone(), name)?;
+            // The topic policy per region: a write resent to another region creates its topic there.
+            let log = TopicPolicy::new(kafka, topics.auto_create);
+            logs.insert(name.clone(), Arc::new(log));
+        }
+        Self::over(config, local, logs)
+    }
+
+    /// The router over `logs`, one per region by name, and starts probing them; `config.regions`
+    /// (the Kafka settings) is not read. Any backend can be a region: tests route over embedded logs.
+    pub fn over(
+        config: &RegionsConfig,
+        local: &str,
+        logs: BTreeMap<String, Arc<dyn RegionalLog>>,
+    ) -> Result<Self> {
+        let names: Vec<String> = logs.keys().cloned().collect();
+        let order = preference_order(config, &names, local)?;
+        let mut logs = logs;
         let now = Instant::now();
         let mut regions = Vec::with_capacity(order.len());
         for name in order {
-            let Some(kafka_config) = config.regions.get(&name) else {
+            let Some(log) = logs.remove(&name) else {
                 continue;
             };
             regions.push(Region {
-                clients: std::sync::RwLock::new(Kafka::open(
-                    kafka_config,
-                    topics.clone(),
-                    groups.clone(),
-                    &name,
-                )?),
-                config: kafka_config.clone(),
-                topics: topics.clone(),
-                groups: groups.clone(),
+                clients: std::sync::RwLock::new(log),
                 health: Mutex::new(HealthMachine::new(config.down_after, config.hold_down, now)),
                 cause: Mutex::new("not probed yet".into()),
                 last_reported_failure: Mutex::new(None),
@@ -263,27 +276,20 @@ impl Regions {
     }
 }
 
-/// The regions in order of preference: the preferred one (primary, or local in active-active mode),
-/// then `failover_order`, then the rest by name.
-fn preference_order(config: &RegionsConfig, local: &str) -> Result<Vec<String>> {
-    let known = || {
-        config
-            .regions
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+/// The regions (`names`) in order of preference: the preferred one (primary, or local in
+/// active-active mode), then `failover_order`, then the rest by name.
+fn preference_order(config: &RegionsConfig, names: &[String], local: &str) -> Result<Vec<String>> {
+    let known = || names.join(", ");
     let preferred = match config.mode {
         RegionMode::ActivePassive if !config.primary.is_empty() => config.primary.as_str(),
         _ => local,
     };
     let mut order = vec![preferred.to_owned()];
     order.extend(config.failover_order.iter().cloned());
-    order.extend(config.regions.keys().cloned());
+    order.extend(names.iter().cloned());
     let mut seen = Vec::new();
     for name in order {
-        if !config.regions.contains_key(&name) {
+        if !names.contains(&name) {
             return Err(Error::UnknownRegion {
                 region: name,
                 known: known(),
@@ -316,7 +322,7 @@ impl Region {
             return Ok(names.clone());
         }
         let began = Instant::now();
-        let topics = self.kafka().list_topics().await?;
+        let topics = self.log().list_topics().await?;
         let names = Arc::new(
             topics
                 .into_iter()
@@ -328,7 +334,7 @@ impl Region {
     }
 
     /// The region's clients now.
-    fn kafka(&self) -> Kafka {
+    fn log(&self) -> Arc<dyn RegionalLog> {
         self.clients
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -341,13 +347,9 @@ impl Region {
     /// librdkafka has crashed on such metadata. Unacknowledged records of the old producer fail and
     /// are resent where writes went.
     fn rebuild(&self, tasks: &TaskTracker) {
-        let fresh = match Kafka::open(
-            &self.config,
-            self.topics.clone(),
-            self.groups.clone(),
-            &self.name,
-        ) {
-            Ok(fresh) => fresh,
+        let fresh = match self.log().reopen() {
+            Ok(Some(fresh)) => fresh,
+            Ok(None) => return,
             Err(error) => {
                 tracing::error!(region = %self.name, %error, "could not make new clients for a lost region; keeping the old ones");
                 return;
@@ -450,44 +452,41 @@ impl Log for Regions {
         limits: FetchLimits,
     ) -> Result<Fetched> {
         self.read_region()
-            .kafka()
+            .log()
             .fetch(partition, offset, limits)
             .await
     }
 
     async fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
-        self.read_region()
-            .kafka()
-            .resolve(partition, position)
-            .await
+        self.read_region().log().resolve(partition, position).await
     }
 
     async fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
-        self.read_region().kafka().commit(group, offsets).await
+        self.read_region().log().commit(group, offsets).await
     }
 
     async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
-        self.write_region().kafka().create_topic(spec).await
+        self.write_region().log().create_topic(spec).await
     }
 
     async fn delete_topic(&self, topic: &str) -> Result<()> {
-        self.write_region().kafka().delete_topic(topic).await
+        self.write_region().log().delete_topic(topic).await
     }
 
     async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
-        self.read_region().kafka().list_topics().await
+        self.read_region().log().list_topics().await
     }
 
     async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
-        self.read_region().kafka().describe_topic(topic).await
+        self.read_region().log().describe_topic(topic).await
     }
 
     async fn list_groups(&self) -> Result<Vec<String>> {
-        self.read_region().kafka().list_groups().await
+        self.read_region().log().list_groups().await
     }
 
     async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
-        self.read_region().kafka().describe_group(group).await
+        self.read_region().log().describe_group(group).await
     }
 
     async fn close(&self) -> Result<()> {
@@ -496,15 +495,11 @@ impl Log for Regions {
         self.shared.tasks.wait().await;
         let mut first_error = None;
         for region in &self.shared.regions {
-            if let Err(error) = region.kafka().close().await {
+            if let Err(error) = region.log().close().await {
                 tracing::warn!(region = %region.name, %error, "closing a region's clients failed");
                 first_error.get_or_insert(error);
             }
         }
         first_error.map_or(Ok(()), Err)
-    }
-
-    fn regions(&self) -> Option<Regions> {
-        Some(self.clone())
     }
 }

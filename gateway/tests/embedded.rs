@@ -9,15 +9,25 @@ use conformance::*;
 use courier_gateway::{
     Error,
     config::{EmbeddedConfig, FsyncPolicy, GroupsConfig, TopicsConfig},
-    log::{Embedded, FetchLimits, Log, Position, TopicPartition, TopicSpec},
+    log::{
+        Embedded, FetchLimits, Log, Position, TopicPartition, TopicSpec,
+        layers::{self, Stack},
+    },
 };
 
-async fn open(dir: &std::path::Path, topics: TopicsConfig) -> Result<Embedded, Error> {
+async fn open(dir: &std::path::Path, topics: TopicsConfig) -> Result<Stack<Embedded>, Error> {
     let groups = GroupsConfig {
         commit_interval: Duration::from_millis(100),
         ..GroupsConfig::default()
     };
-    Embedded::open(&EmbeddedConfig::in_dir(dir), topics, groups, "test-region").await
+    let embedded = Embedded::open(
+        &EmbeddedConfig::in_dir(dir),
+        topics.clone(),
+        groups,
+        "test-region",
+    )
+    .await?;
+    Ok(layers::stack(embedded, &topics))
 }
 
 macro_rules! conformance {
@@ -108,7 +118,7 @@ async fn retention_by_size_and_age() -> TestResult {
         (0..20).map(|i| value(format!("{i:0>200}"))).collect(),
     )
     .await?;
-    log.enforce_retention().await?;
+    log.inner().inner().enforce_retention().await?;
     let partition = TopicPartition::new(sized.as_str(), 0);
     let fetched = log
         .fetch(
@@ -149,7 +159,7 @@ async fn retention_by_size_and_age() -> TestResult {
     log.append(&aged, records).await?;
     log.append(&aged, vec![value("fresh")]).await?;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    log.enforce_retention().await?;
+    log.inner().inner().enforce_retention().await?;
     let aged_partition = TopicPartition::new(aged.as_str(), 0);
     assert_eq!(
         log.resolve(&aged_partition, Position::Earliest).await?,
@@ -218,13 +228,14 @@ async fn fsync_never_still_persists_on_close() -> TestResult {
         ..EmbeddedConfig::in_dir(dir.path())
     };
     let topic = unique_topic("nosync");
-    let log = Embedded::open(
+    let embedded = Embedded::open(
         &config,
         TopicsConfig::default(),
         GroupsConfig::default(),
         "r",
     )
     .await?;
+    let log = layers::stack(embedded, &TopicsConfig::default());
     log.append(&topic, (0..10).map(|i| value(format!("{i}"))).collect())
         .await?;
     log.close().await?;

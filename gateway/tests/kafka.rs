@@ -25,11 +25,14 @@ use conformance::*;
 use courier_gateway::{
     Error,
     config::{GroupsConfig, KafkaConfig, TopicsConfig},
-    log::{Kafka, Log},
+    log::{
+        Kafka, Log,
+        layers::{self, Stack},
+    },
 };
 use courier_testkit::Tansu;
 
-async fn connect(broker: &Tansu, topics: TopicsConfig) -> Result<Kafka, Error> {
+async fn connect(broker: &Tansu, topics: TopicsConfig) -> Result<Stack<Kafka>, Error> {
     let config = KafkaConfig {
         // One record per batch: see the module docs.
         producer_properties: [("batch.num.messages".to_owned(), "1".to_owned())].into(),
@@ -41,7 +44,8 @@ async fn connect(broker: &Tansu, topics: TopicsConfig) -> Result<Kafka, Error> {
         commit_interval: Duration::from_millis(100),
         ..GroupsConfig::default()
     };
-    Kafka::connect(&config, topics, groups, "test-region").await
+    let kafka = Kafka::connect(&config, topics.clone(), groups, "test-region").await?;
+    Ok(layers::stack(kafka, &topics))
 }
 
 macro_rules! conformance {

@@ -20,7 +20,7 @@ use courier_gateway::{
     config::{GroupsConfig, KafkaConfig, TopicsConfig},
     log::{
         Appended, FetchLimits, Kafka, Log, NewRecord, Position, SubscribeOptions, Subscription,
-        SubscriptionEvent, TopicPartition, TopicSelector,
+        SubscriptionEvent, TopicPartition, TopicSelector, layers,
     },
 };
 use rdkafka::{mocking::MockCluster, types::RDKafkaApiKey, types::RDKafkaRespErr};
@@ -42,9 +42,14 @@ async fn connect(bootstrap: String, message_timeout: Duration) -> Result<Arc<dyn
         auto_create: false,
         ..TopicsConfig::default()
     };
-    Ok(Arc::new(
-        Kafka::connect(&config, topics, GroupsConfig::default(), "test-region").await?,
-    ))
+    let kafka = Kafka::connect(
+        &config,
+        topics.clone(),
+        GroupsConfig::default(),
+        "test-region",
+    )
+    .await?;
+    Ok(Arc::new(layers::stack(kafka, &topics)))
 }
 
 /// Record `index` of a run; values are unique across runs of one test.

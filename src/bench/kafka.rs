@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use courier_gateway::{
     config::{GroupsConfig, KafkaConfig, TopicsConfig},
-    log::{Kafka, Log},
+    log::{Kafka, Log, layers},
 };
 use rdkafka::{
     ClientConfig,
@@ -32,15 +32,11 @@ pub(super) fn config(bootstrap: &str, producer_properties: &[(String, String)]) 
 
 /// The gateway's Kafka backend on `config`'s cluster, writing `origin` into every record.
 pub(super) async fn backend(config: &KafkaConfig, origin: &str) -> Result<Arc<dyn Log>> {
-    let kafka = Kafka::connect(
-        config,
-        TopicsConfig::default(),
-        GroupsConfig::default(),
-        origin,
-    )
-    .await
-    .with_context(|| format!("connecting to Kafka at {}", config.bootstrap_servers))?;
-    Ok(Arc::new(kafka))
+    let topics = TopicsConfig::default();
+    let kafka = Kafka::connect(config, topics.clone(), GroupsConfig::default(), origin)
+        .await
+        .with_context(|| format!("connecting to Kafka at {}", config.bootstrap_servers))?;
+    Ok(Arc::new(layers::stack(kafka, &topics)))
 }
 
 fn client(config: &KafkaConfig) -> ClientConfig {

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use courier_gateway::{
     config::{GroupsConfig, RegionsConfig, TopicsConfig},
-    log::Log,
+    log::{Log, layers::Validated},
     regions::Regions,
 };
 
@@ -62,7 +62,10 @@ pub(super) async fn run(args: &BenchArgs, primary: &str, standby: &str) -> Resul
             through_gateway(log, &format!("bench-plain-{run}-{round}"), args, &value).await
         };
         let routed = async {
-            let log: Arc<dyn Log> = Arc::new(router(primary, standby, args)?);
+            let log: Arc<dyn Log> = Arc::new(Validated::new(
+                router(primary, standby, args)?,
+                &TopicsConfig::default(),
+            ));
             through_gateway(log, &format!("bench-router-{run}-{round}"), args, &value).await
         };
         let (plain_side, routed_side) = if round % 2 == 1 {

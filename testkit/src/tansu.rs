@@ -126,17 +126,6 @@ impl Tansu {
         let _ = self.child.wait();
     }
 
-    /// Freezes the broker (SIGSTOP): it keeps its port and its data but answers nothing, as a
-    /// stalled or partitioned broker would, until [`Tansu::resume`].
-    pub fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    /// Lets a paused broker run again (SIGCONT): the same cluster comes back, with its data.
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
     /// Sends `signal` to the broker's process group (`timeout` and tansu under it).
     fn signal(&self, signal: &str) {
         let group = format!("-{}", self.child.id());

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use courier_gateway::auth::AuthConfig;
 use courier_gateway::{
     config::{EmbeddedConfig, GroupsConfig, TopicsConfig},
-    log::{Embedded, FetchLimits, Log, TopicPartition},
+    log::{Embedded, FetchLimits, Log, TopicPartition, layers},
 };
 use courier_mqtt::{Config, Server, codec::outgoing_publish};
 use rumqttd::protocol::{
@@ -36,15 +36,15 @@ struct Endpoint {
 impl Endpoint {
     async fn start(config: Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let dir = tempfile::tempdir()?;
-        let log: Arc<dyn Log> = Arc::new(
-            Embedded::open(
-                &EmbeddedConfig::in_dir(dir.path()),
-                TopicsConfig::default(),
-                GroupsConfig::default(),
-                "test",
-            )
-            .await?,
-        );
+        let topics = TopicsConfig::default();
+        let embedded = Embedded::open(
+            &EmbeddedConfig::in_dir(dir.path()),
+            topics.clone(),
+            GroupsConfig::default(),
+            "test",
+        )
+        .await?;
+        let log: Arc<dyn Log> = Arc::new(layers::stack(embedded, &topics));
         let server = Server::bind(
             log.clone(),
             Config {

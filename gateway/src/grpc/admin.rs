@@ -15,16 +15,18 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct AdminService {
     log: Arc<dyn Log>,
+    /// The region router, when `log` is one: the region calls steer it.
+    regions: Option<Regions>,
 }
 
 impl AdminService {
-    /// A service over `log`.
-    pub fn new(log: Arc<dyn Log>) -> Self {
-        Self { log }
+    /// A service over `log`, with the region calls answered by `regions` when the log is a router.
+    pub fn new(log: Arc<dyn Log>, regions: Option<Regions>) -> Self {
+        Self { log, regions }
     }
 
-    fn regions(&self) -> Result<Regions, Status> {
-        self.log.regions().ok_or_else(|| {
+    fn regions(&self) -> Result<&Regions, Status> {
+        self.regions.as_ref().ok_or_else(|| {
             Status::failed_precondition(
                 "this gateway runs on one log, not on regions (log.kind = \"regions\" configures them)",
             )

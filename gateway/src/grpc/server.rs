@@ -16,6 +16,7 @@ use crate::{
         FILE_DESCRIPTOR_SET,
         v1::{admin_server::AdminServer, streams_server::StreamsServer},
     },
+    regions::Regions,
 };
 
 /// Everything the gRPC front end needs.
@@ -23,6 +24,8 @@ use crate::{
 pub struct GrpcServer {
     /// The log behind the API.
     pub log: Arc<dyn Log>,
+    /// The region router, when `log` is one (the Admin service's region calls).
+    pub regions: Option<Regions>,
     /// `[grpc]` settings.
     pub config: GrpcConfig,
     /// `[groups]` settings (default window).
@@ -66,7 +69,7 @@ impl GrpcServer {
         ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-        let admin = AdminServer::new(AdminService::new(self.log.clone()))
+        let admin = AdminServer::new(AdminService::new(self.log.clone(), self.regions.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 

@@ -159,25 +159,6 @@ impl Embedded {
             })
     }
 
-    /// The topic, created with defaults if it is missing and auto-create is on.
-    async fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>> {
-        validate::topic_name(name)?;
-        if let Some(topic) = self.shared.topics.get(name) {
-            return Ok(topic);
-        }
-        if !self.shared.topics_config.auto_create {
-            return Err(Error::UnknownTopic {
-                topic: name.to_owned(),
-            });
-        }
-        match self.create(TopicSpec::named(name)).await {
-            Ok(topic) => Ok(topic),
-            // Someone else created it meanwhile.
-            Err(Error::TopicExists { .. }) => self.topic(name),
-            Err(error) => Err(error),
-        }
-    }
-
     async fn create(&self, spec: TopicSpec) -> Result<Arc<Topic>> {
         let settings = validate::topic_spec(&spec, &self.shared.topics_config)?;
         let _serial = self.shared.topic_admin.lock().await;
@@ -294,13 +275,8 @@ impl Shared {
 
 #[async_trait]
 impl Log for Embedded {
-    async fn submit(&self, topic: &str, mut records: Vec<NewRecord>) -> Result<AppendReceipt> {
-        validate::stamp_records(
-            topic,
-            &mut records,
-            self.shared.topics_config.max_record_bytes,
-        )?;
-        let topic = self.topic_or_create(topic).await?;
+    async fn submit(&self, topic: &str, records: Vec<NewRecord>) -> Result<AppendReceipt> {
+        let topic = self.topic(topic)?;
         let placed = Self::choose_partitions(&topic, records)?;
         self.shared.writer.submit(topic, placed).await
     }
@@ -309,10 +285,9 @@ impl Log for Embedded {
         if self.shared.closed.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        validate::subscription(&options)?;
         if let TopicSelector::Names(names) = &options.topics {
             for name in names {
-                self.topic_or_create(name).await?;
+                self.topic(name)?;
             }
         }
         let group = match &options.group {

@@ -261,31 +261,14 @@ impl Shared {
 }
 
 impl Kafka {
-    /// The partition count of a topic, creating the topic when the policy allows. Callers have checked
-    /// the name.
-    async fn partitions_or_create(&self, topic: &str) -> Result<u32> {
+    /// The partition count of a topic; `UnknownTopic` when it does not exist.
+    async fn partitions(&self, topic: &str) -> Result<u32> {
         let name = topic.to_owned();
-        if let Some(count) = blocking(&self.shared, move |s| s.partition_count(&name)).await? {
-            return Ok(count);
-        }
-        if !self.shared.topics_config.auto_create {
-            return Err(Error::UnknownTopic {
+        blocking(&self.shared, move |s| s.partition_count(&name))
+            .await?
+            .ok_or_else(|| Error::UnknownTopic {
                 topic: topic.to_owned(),
-            });
-        }
-        match self.create_topic(TopicSpec::named(topic)).await {
-            Ok(created) => Ok(created.partitions.len() as u32),
-            // Another replica (or client) created it first.
-            Err(Error::TopicExists { .. }) => {
-                let name = topic.to_owned();
-                blocking(&self.shared, move |s| s.partition_count(&name))
-                    .await?
-                    .ok_or_else(|| Error::UnknownTopic {
-                        topic: topic.to_owned(),
-                    })
-            }
-            Err(error) => Err(error),
-        }
+            })
     }
 
     /// Chooses each record's partition (see [`partitioner::choose`]).
@@ -326,19 +309,14 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
 #[async_trait]
 impl Log for Kafka {
-    async fn submit(&self, topic: &str, mut records: Vec<NewRecord>) -> Result<AppendReceipt> {
+    async fn submit(&self, topic: &str, records: Vec<NewRecord>) -> Result<AppendReceipt> {
         self.shared.check_open()?;
-        validate::stamp_records(
-            topic,
-            &mut records,
-            self.shared.topics_config.max_record_bytes,
-        )?;
-        let mut count = self.partitions_or_create(topic).await?;
+        let mut count = self.partitions(topic).await?;
         let partitions = match self.partition_records(topic, &records, count) {
             // The cached count may be stale when partitions were just added: read it once more.
             Err(Error::UnknownPartition { .. }) => {
                 self.shared.partition_counts.forget(topic);
-                count = self.partitions_or_create(topic).await?;
+                count = self.partitions(topic).await?;
                 self.partition_records(topic, &records, count)?
             }
             other => other?,
@@ -397,10 +375,9 @@ impl Log for Kafka {
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
         self.shared.check_open()?;
-        validate::subscription(&options)?;
         if let super::TopicSelector::Names(names) = &options.topics {
             for name in names {
-                self.partitions_or_create(name).await?;
+                self.partitions(name).await?;
             }
         }
         if let Some(group) = options.group.clone() {
@@ -561,7 +538,6 @@ impl Log for Kafka {
 
     async fn delete_topic(&self, topic: &str) -> Result<()> {
         self.shared.check_open()?;
-        validate::topic_name(topic)?;
         let results = self
             .shared
             .admin
@@ -604,7 +580,6 @@ impl Log for Kafka {
 
     async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
         self.shared.check_open()?;
-        validate::topic_name(topic)?;
         let name = topic.to_owned();
         let marks = blocking(&self.shared, move |s| {
             s.partition_counts.forget(&name);

@@ -3,10 +3,9 @@
 //! moves no traffic; `down_after` failures in a row make it DOWN; and a DOWN region must answer every
 //! probe for `hold_down` before it is HEALTHY again, so a flapping cluster does not flap traffic.
 
-use std::{
-    fmt,
-    time::{Duration, Instant},
-};
+use std::{fmt, time::Duration};
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 

@@ -27,7 +27,7 @@ pub(super) async fn submit(
     let mut writes = shared.writes.subscribe();
     let region = *writes.borrow_and_update();
     let receipt = shared.regions[region]
-        .kafka()
+        .log()
         .submit(topic, records.clone())
         .await?;
     let pending = Pending {
@@ -93,7 +93,7 @@ impl Pending {
         );
         self.region = to;
         self.shared.regions[to]
-            .kafka()
+            .log()
             .submit(&self.topic, self.records.clone())
             .await
     }

@@ -3,8 +3,10 @@
 
 use std::{
     sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 use super::{RegionHealth, Shared, Switch, Traffic, lock};
 use crate::{log::now_ms, metrics::names};
@@ -37,7 +39,7 @@ async fn probe_region(shared: Arc<Shared>, index: usize) {
             _ = interval.tick() => {}
         }
         let outcome = region
-            .kafka()
+            .log()
             .probe(&shared.config.canary_topic, shared.config.probe_timeout)
             .await;
         let cause = match &outcome {
@@ -71,7 +73,7 @@ pub(super) fn observe(shared: &Shared, index: usize, answered: bool, cause: Stri
     match after {
         RegionHealth::Down => region.rebuild(&shared.tasks),
         // A cluster that was lost may come back with other topics (or none): read metadata afresh.
-        RegionHealth::Recovering => region.kafka().forget_cached_metadata(),
+        RegionHealth::Recovering => region.log().forget_cached_metadata(),
         RegionHealth::Healthy | RegionHealth::Suspect => {}
     }
     if after.usable() {

@@ -25,7 +25,7 @@ use super::{Shared, lock, translate};
 use crate::{
     Result,
     log::{
-        AckOutcome, Log, Position, SubscribeOptions, Subscription, SubscriptionControl,
+        AckOutcome, Position, SubscribeOptions, Subscription, SubscriptionControl,
         SubscriptionEvent, TopicPartition, TopicSelector,
     },
 };
@@ -118,7 +118,7 @@ async fn open(
     options: &SubscribeOptions,
     uncommitted: Uncommitted,
 ) -> Result<(Subscription, TopicSelector)> {
-    let kafka = &shared.regions[region].kafka();
+    let log = shared.regions[region].log();
     let others = others(shared, region);
     let existing = existing(shared, region, Duration::ZERO).await?;
     let topics = expand(shared, region, options, &existing);
@@ -136,7 +136,7 @@ async fn open(
     // its positions), so only a group without members reads the checkpoints.
     let idle_group = match &options.group {
         Some(group) if checkpointed || !oldest.is_empty() => {
-            let description = kafka.describe_group(group).await?;
+            let description = log.describe_group(group).await?;
             description
                 .members
                 .is_empty()
@@ -146,7 +146,7 @@ async fn open(
     };
     if let Some((group, description)) = idle_group {
         let mut translated = translate::checkpointed_offsets(
-            kafka,
+            log.as_ref(),
             &shared.policy,
             &others,
             &existing,
@@ -154,13 +154,13 @@ async fn open(
             &topics,
         )
         .await?;
-        translate::start_uncommitted_at_earliest(kafka, &oldest, &mut translated).await?;
-        let moved = translate::apply(kafka, group, &description, translated).await?;
+        translate::start_uncommitted_at_earliest(log.as_ref(), &oldest, &mut translated).await?;
+        let moved = translate::apply(log.as_ref(), group, &description, translated).await?;
         if moved > 0 {
             tracing::info!(group, region = %shared.regions[region].name, partitions = moved, "group positions translated from checkpoints");
         }
     }
-    let subscription = kafka
+    let subscription = log
         .subscribe(SubscribeOptions {
             topics: topics.clone(),
             ..options.clone()
@@ -194,6 +194,12 @@ impl Forward {
                 () = self.control.closed.cancelled() => return,
                 // The router is closing: commit what was acknowledged and end the front end's stream.
                 () = self.shared.closed.cancelled() => {
+                    self.control.close_current().await;
+                    return;
+                }
+                // The front end dropped its subscription: leave the group now (as a backend's
+                // member does), not at the next event, which for an idle partition never comes.
+                () = self.events.closed() => {
                     self.control.close_current().await;
                     return;
                 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::{checkpoint::Checkpoint, naming::ReplicationPolicy};
 use crate::{
     Error, Result,
-    log::{FetchLimits, GroupDescription, Kafka, Log, TopicPartition, TopicSelector},
+    log::{FetchLimits, GroupDescription, Log, TopicPartition, TopicSelector},
 };
 
 /// Checkpoint records read per fetch.
@@ -15,7 +15,7 @@ const CHECKPOINT_BATCH: usize = 500;
 /// The latest translated offset of `group` per partition of the topics `reads` takes, from every
 /// `<source>.checkpoints.internal` of `sources` in `region` (whose topics are `existing`).
 pub(super) async fn checkpointed_offsets(
-    region: &Kafka,
+    region: &dyn Log,
     policy: &ReplicationPolicy,
     sources: &[&str],
     existing: &[String],
@@ -83,7 +83,7 @@ pub(super) async fn checkpointed_offsets(
 /// ahead of what the group has committed there (a checkpoint never moves a group back over records
 /// it already consumed here). Returns how many partitions moved.
 pub(super) async fn apply(
-    region: &Kafka,
+    region: &dyn Log,
     group: &str,
     description: &GroupDescription,
     translated: BTreeMap<TopicPartition, i64>,
@@ -120,7 +120,7 @@ pub(super) async fn apply(
 /// what clients wrote into this region's own topic while the group was joining here (writes move
 /// first). At-least-once prefers redelivery to loss.
 pub(super) async fn start_uncommitted_at_earliest(
-    region: &Kafka,
+    region: &dyn Log,
     topics: &[String],
     translated: &mut BTreeMap<TopicPartition, i64>,
 ) -> Result<()> {

@@ -1,0 +1,152 @@
+//! What the router needs of a region's log beyond [`Log`]: a health probe, a way to forget metadata
+//! a lost cluster may have invalidated, and fresh clients after a loss. Any backend can be a region:
+//! Kafka in production, the embedded log in process (tests run the conformance suite and the router's
+//! timing behaviours over embedded regions, on paused time).
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::{
+    Error, Result,
+    log::{Embedded, FetchLimits, Kafka, Log, NewRecord, TopicPartition, TopicSpec, now_ms},
+};
+
+/// How long the canary topic keeps its records: they only need to be read back once.
+const CANARY_RETENTION_MS: i64 = 3_600_000;
+
+/// A region's log, as the router uses it.
+#[async_trait]
+pub trait RegionalLog: Log {
+    /// Checks that the region answers a client's produce and read, within `timeout`; returns how
+    /// long that took.
+    async fn probe(&self, canary: &str, timeout: Duration) -> Result<Duration>;
+
+    /// Forgets cached metadata: called when a lost region answers again, whose topics may have been
+    /// recreated (or lost) meanwhile.
+    fn forget_cached_metadata(&self);
+
+    /// New clients for the same region, replacing these after it was lost (a cluster that comes
+    /// back may be a rebuilt one, which old clients' cached state would confuse); the router closes
+    /// the old ones itself. `None`: these hold no state of the remote side, keep them.
+    fn reopen(&self) -> Result<Option<Arc<dyn RegionalLog>>>;
+}
+
+#[async_trait]
+impl<L: RegionalLog + ?Sized> RegionalLog for Arc<L> {
+    async fn probe(&self, canary: &str, timeout: Duration) -> Result<Duration> {
+        (**self).probe(canary, timeout).await
+    }
+
+    fn forget_cached_metadata(&self) {
+        (**self).forget_cached_metadata();
+    }
+
+    fn reopen(&self) -> Result<Option<Arc<dyn RegionalLog>>> {
+        (**self).reopen()
+    }
+}
+
+#[async_trait]
+impl RegionalLog for Kafka {
+    async fn probe(&self, canary: &str, timeout: Duration) -> Result<Duration> {
+        Kafka::probe(self, canary, timeout).await
+    }
+
+    fn forget_cached_metadata(&self) {
+        Kafka::forget_cached_metadata(self);
+    }
+
+    fn reopen(&self) -> Result<Option<Arc<dyn RegionalLog>>> {
+        Ok(Some(Arc::new(Kafka::reopen(self)?)))
+    }
+}
+
+/// The embedded log as a region: one process's store, with no remote state to forget or rebuild.
+#[async_trait]
+impl RegionalLog for Embedded {
+    async fn probe(&self, canary: &str, timeout: Duration) -> Result<Duration> {
+        within(EMBEDDED, timeout, async {
+            match self.describe_topic(canary).await {
+                Ok(_) => {}
+                Err(Error::UnknownTopic { .. }) => create_canary(self, canary).await?,
+                Err(error) => return Err(error),
+            }
+            write_and_read_back(self, EMBEDDED, canary).await
+        })
+        .await
+    }
+
+    fn forget_cached_metadata(&self) {}
+
+    fn reopen(&self) -> Result<Option<Arc<dyn RegionalLog>>> {
+        Ok(None)
+    }
+}
+
+/// How the embedded log names itself in a failed probe.
+const EMBEDDED: &str = "embedded log";
+
+/// Runs a probe's `steps` within `timeout`; how long they took.
+pub(crate) async fn within(
+    region: &str,
+    timeout: Duration,
+    steps: impl Future<Output = Result<()>>,
+) -> Result<Duration> {
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, steps).await {
+        Ok(Ok(())) => Ok(started.elapsed()),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(unavailable(
+            region,
+            &format!("a probe took longer than {timeout:?}"),
+        )),
+    }
+}
+
+/// Makes the canary topic: one partition, short retention.
+pub(crate) async fn create_canary(log: &dyn Log, canary: &str) -> Result<()> {
+    let spec = TopicSpec {
+        retention_ms: Some(CANARY_RETENTION_MS),
+        ..TopicSpec::named(canary).partitions(1)
+    };
+    match log.create_topic(spec).await {
+        Ok(_) | Err(Error::TopicExists { .. }) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// What a client's produce and read do: one canary record appended and read back.
+pub(crate) async fn write_and_read_back(log: &dyn Log, region: &str, canary: &str) -> Result<()> {
+    // Below the validation layer: the record needs its id from here.
+    let sent = NewRecord {
+        courier_id: ulid::Ulid::new().to_string(),
+        ..NewRecord::with_value(Bytes::from(now_ms().to_string()))
+    };
+    let appended = log.append(canary, vec![sent]).await?;
+    let Some(appended) = appended.first() else {
+        return Err(unavailable(region, "the canary produce returned no offset"));
+    };
+    let limits = FetchLimits {
+        max_records: 1,
+        max_bytes: 1024,
+    };
+    let partition = TopicPartition::new(canary, appended.partition);
+    let fetched = log.fetch(&partition, appended.offset, limits).await?;
+    match fetched.records.first() {
+        Some(record) if record.courier_id == appended.courier_id => Ok(()),
+        _ => Err(unavailable(
+            region,
+            "the canary record could not be read back",
+        )),
+    }
+}
+
+fn unavailable(region: &str, reason: &str) -> Error {
+    Error::RegionUnavailable {
+        region: region.to_owned(),
+        reason: reason.to_owned(),
+    }
+}

@@ -1,0 +1,518 @@
+//! The region router in process: the conformance suite over a router of two embedded regions, and the
+//! router's own behaviours (failover of writes and subscriptions, fail-back, hysteresis, pinning) on
+//! regions a test takes down and brings back at will. The health and steering cases run on paused
+//! time, so a 30 s hold-down costs nothing; the end-to-end tests in `tests/regions.rs` keep the real
+//! brokers, replication and clients.
+
+mod conformance;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use conformance::*;
+use courier_gateway::{
+    Error, Result,
+    config::{EmbeddedConfig, GroupsConfig, RegionsConfig, TopicsConfig},
+    log::{
+        AppendReceipt, Embedded, FetchLimits, Fetched, GroupDescription, Log, NewRecord, Position,
+        SubscribeOptions, Subscription, SubscriptionEvent, TopicDescription, TopicPartition,
+        TopicSpec, TopicSummary,
+        layers::{TopicPolicy, Validated},
+    },
+    regions::{RegionHealth, RegionalLog, Regions, RoutingStatus},
+};
+
+/// A region a test can take down and bring back: an embedded log that, while down, refuses every
+/// call as an unreachable cluster would, and whose probes answer exactly while it is up. Probes do
+/// not touch the store, so on paused time they cost no I/O: health follows `up` and nothing else.
+#[derive(Debug, Clone)]
+struct Site {
+    name: &'static str,
+    log: Embedded,
+    up: Arc<AtomicBool>,
+}
+
+impl Site {
+    async fn open(name: &'static str, dir: &std::path::Path) -> Result<Self> {
+        let groups = GroupsConfig {
+            commit_interval: Duration::from_millis(100),
+            ..GroupsConfig::default()
+        };
+        let log = Embedded::open(
+            &EmbeddedConfig::in_dir(dir.join(name)),
+            TopicsConfig::default(),
+            groups,
+            name,
+        )
+        .await?;
+        Ok(Self {
+            name,
+            log,
+            up: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+
+    fn answer(&self) -> Result<()> {
+        if self.up.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(Error::RegionUnavailable {
+                region: self.name.to_owned(),
+                reason: "the test took it down".into(),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl Log for Site {
+    async fn submit(&self, topic: &str, records: Vec<NewRecord>) -> Result<AppendReceipt> {
+        self.answer()?;
+        self.log.submit(topic, records).await
+    }
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
+        self.answer()?;
+        self.log.subscribe(options).await
+    }
+    async fn fetch(&self, p: &TopicPartition, offset: i64, limits: FetchLimits) -> Result<Fetched> {
+        self.answer()?;
+        self.log.fetch(p, offset, limits).await
+    }
+    async fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
+        self.answer()?;
+        self.log.resolve(partition, position).await
+    }
+    async fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        self.answer()?;
+        self.log.commit(group, offsets).await
+    }
+    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
+        self.answer()?;
+        self.log.create_topic(spec).await
+    }
+    async fn delete_topic(&self, topic: &str) -> Result<()> {
+        self.answer()?;
+        self.log.delete_topic(topic).await
+    }
+    async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
+        self.answer()?;
+        self.log.list_topics().await
+    }
+    async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
+        self.answer()?;
+        self.log.describe_topic(topic).await
+    }
+    async fn list_groups(&self) -> Result<Vec<String>> {
+        self.answer()?;
+        self.log.list_groups().await
+    }
+    async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        self.answer()?;
+        self.log.describe_group(group).await
+    }
+    async fn close(&self) -> Result<()> {
+        self.log.close().await
+    }
+}
+
+#[async_trait]
+impl RegionalLog for Site {
+    async fn probe(&self, _canary: &str, _timeout: Duration) -> Result<Duration> {
+        self.answer().map(|()| Duration::from_millis(1))
+    }
+    fn forget_cached_metadata(&self) {}
+    fn reopen(&self) -> Result<Option<Arc<dyn RegionalLog>>> {
+        Ok(None)
+    }
+}
+
+/// Settings of the router tests: probes every second, DOWN after three failures, HEALTHY again after
+/// a 30 s hold-down, reads failing back 5 s after writes (the gateway's defaults).
+fn settings() -> RegionsConfig {
+    let mut config = RegionsConfig::new(BTreeMap::new());
+    config.primary = "a".into();
+    config
+}
+
+/// A router over sites `a` (primary) and `b`.
+fn route(config: &RegionsConfig, a: &Site, b: &Site) -> Result<Regions> {
+    // As `courier serve` composes it: the topic policy per region, validation over the router.
+    let regional =
+        |site: &Site| -> Arc<dyn RegionalLog> { Arc::new(TopicPolicy::new(site.clone(), true)) };
+    let logs: BTreeMap<String, Arc<dyn RegionalLog>> =
+        [("a".to_owned(), regional(a)), ("b".to_owned(), regional(b))].into();
+    Regions::over(config, "a", logs)
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    a: Site,
+    b: Site,
+    router: Regions,
+}
+
+impl Fixture {
+    async fn new(config: &RegionsConfig) -> std::result::Result<Self, BoxError> {
+        let dir = tempfile::tempdir()?;
+        let a = Site::open("a", dir.path()).await?;
+        let b = Site::open("b", dir.path()).await?;
+        let router = route(config, &a, &b)?;
+        Ok(Self {
+            _dir: dir,
+            a,
+            b,
+            router,
+        })
+    }
+
+    async fn close(self) -> TestResult {
+        self.router.close().await?;
+        Ok(())
+    }
+}
+
+/// Where writes and reads go, and region `a`'s health.
+fn traffic(status: &RoutingStatus) -> (&str, &str, RegionHealth) {
+    let to = |pick: fn(&courier_gateway::regions::RegionStatus) -> bool| {
+        status
+            .regions
+            .iter()
+            .find(|region| pick(region))
+            .map_or("none", |region| region.name.as_str())
+    };
+    let a = status
+        .regions
+        .iter()
+        .find(|region| region.name == "a")
+        .map_or(RegionHealth::Down, |region| region.health);
+    (to(|r| r.writes), to(|r| r.reads), a)
+}
+
+/// Lets paused time run for `span` in steps of 100 ms, recording each change of what `traffic`
+/// shows and the switch count.
+async fn watch(
+    router: &Regions,
+    span: Duration,
+    seen: &mut Vec<(String, String, RegionHealth, u64)>,
+) {
+    let steps = span.as_millis() / 100;
+    for _ in 0..steps {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = router.status();
+        let (writes, reads, health) = traffic(&status);
+        let now = (writes.to_owned(), reads.to_owned(), health, status.switches);
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+    }
+}
+
+// The conformance suite over the router: two embedded regions, traffic on the primary; every
+// behaviour a client relies on holds through the router as on one log.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() -> TestResult {
+            let dir = tempfile::tempdir()?;
+            let a = Site::open("a", dir.path()).await?;
+            let b = Site::open("b", dir.path()).await?;
+            let router = route(&settings(), &a, &b)?;
+            let log: Arc<dyn Log> = Arc::new(Validated::new(router, &TopicsConfig::default()));
+            conformance::$name(log.clone()).await?;
+            log.close().await?;
+            Ok(())
+        }
+    )*};
+}
+
+every_behaviour!(conformance);
+
+/// The primary is lost: writes and reads move to b once it is DOWN (three failed probes), not at its
+/// first failure. Back up, it is RECOVERING for the hold-down, then writes fail back, and reads after
+/// `fail_back_consumer_delay`. Each move counts one switch.
+#[tokio::test(start_paused = true)]
+async fn traffic_fails_over_when_down_and_back_after_the_hold_down() -> TestResult {
+    let fixture = Fixture::new(&settings()).await?;
+    let router = &fixture.router;
+    let mut seen = Vec::new();
+    watch(router, Duration::from_secs(3), &mut seen).await;
+    assert_eq!(traffic(&router.status()), ("a", "a", RegionHealth::Healthy));
+
+    fixture.a.set_up(false);
+    watch(router, Duration::from_millis(1500), &mut seen).await;
+    assert_eq!(
+        traffic(&router.status()),
+        ("a", "a", RegionHealth::Suspect),
+        "one or two failed probes move nothing: {seen:?}"
+    );
+    watch(router, Duration::from_secs(3), &mut seen).await;
+    assert_eq!(traffic(&router.status()), ("b", "b", RegionHealth::Down));
+    assert_eq!(router.status().switches, 2);
+
+    fixture.a.set_up(true);
+    watch(router, Duration::from_secs(29), &mut seen).await;
+    assert_eq!(
+        traffic(&router.status()),
+        ("b", "b", RegionHealth::Recovering),
+        "not back before the hold-down: {seen:?}"
+    );
+    watch(router, Duration::from_secs(3), &mut seen).await;
+    assert_eq!(
+        traffic(&router.status()),
+        ("a", "b", RegionHealth::Healthy),
+        "writes first: {seen:?}"
+    );
+    watch(router, Duration::from_secs(6), &mut seen).await;
+    assert_eq!(traffic(&router.status()), ("a", "a", RegionHealth::Healthy));
+    let status = router.status();
+    assert_eq!(status.switches, 4, "{seen:?}");
+    let last = status.last_switch.ok_or("a last switch")?;
+    assert_eq!((last.from.as_str(), last.to.as_str()), ("b", "a"));
+    fixture.close().await
+}
+
+/// A flapping primary (down 5 s, up 4 s, three times) moves traffic once and not back: each time it
+/// returns it is RECOVERING, which a failed probe ends before the hold-down. Writes go on in b
+/// throughout; once it stays up, traffic fails back once. (In process, on paused time: the same case
+/// end to end froze a broker for 27 s of wall clock.)
+#[tokio::test(start_paused = true)]
+async fn a_flapping_region_does_not_flap_traffic() -> TestResult {
+    let mut config = settings();
+    config.hold_down = Duration::from_secs(10);
+    let fixture = Fixture::new(&config).await?;
+    let router = &fixture.router;
+    let topic = unique_topic("flapping");
+    router
+        .create_topic(TopicSpec::named(&topic).partitions(1))
+        .await?;
+    fixture
+        .b
+        .log
+        .create_topic(TopicSpec::named(&topic).partitions(1))
+        .await?;
+    let mut seen = Vec::new();
+    let mut acked_in_b = 0;
+    for _ in 0..3 {
+        fixture.a.set_up(false);
+        watch(router, Duration::from_secs(5), &mut seen).await;
+        let appended = router
+            .append(&topic, vec![value("while a is away")])
+            .await?;
+        acked_in_b += appended.len();
+        fixture.a.set_up(true);
+        watch(router, Duration::from_secs(4), &mut seen).await;
+    }
+    let states: Vec<RegionHealth> = seen.iter().map(|(_, _, health, _)| *health).collect();
+    let recovering_then_down = states
+        .windows(2)
+        .filter(|pair| pair == &[RegionHealth::Recovering, RegionHealth::Down])
+        .count();
+    assert_eq!(
+        recovering_then_down, 2,
+        "a went DOWN again from RECOVERING: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(_, _, _, switches)| *switches <= 2),
+        "traffic moved once (writes and reads) and never back while a flapped: {seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .skip_while(|(writes, ..)| writes == "a")
+            .any(|(writes, ..)| writes == "a"),
+        "writes never went back to a while it flapped: {seen:?}"
+    );
+    let in_b = fixture.b.log.describe_topic(&topic).await?.partitions[0].high;
+    assert_eq!(
+        (acked_in_b, in_b),
+        (3, 3),
+        "writes went on in b while a flapped"
+    );
+
+    watch(router, Duration::from_secs(20), &mut seen).await;
+    let status = router.status();
+    assert_eq!(
+        traffic(&status),
+        ("a", "a", RegionHealth::Healthy),
+        "{seen:?}"
+    );
+    assert_eq!(
+        status.switches, 4,
+        "one failover and one fail-back: {seen:?}"
+    );
+    fixture.close().await
+}
+
+/// An operator pins traffic to b while a is healthy: both move at once, and stay while a is
+/// healthy; handed back to health, writes return to a at once and reads after their delay.
+#[tokio::test(start_paused = true)]
+async fn an_operator_pins_traffic_and_hands_it_back() -> TestResult {
+    let fixture = Fixture::new(&settings()).await?;
+    let router = &fixture.router;
+    let mut seen = Vec::new();
+    watch(router, Duration::from_secs(2), &mut seen).await;
+    assert!(matches!(
+        router.switch_to("c"),
+        Err(Error::UnknownRegion { .. })
+    ));
+    router.switch_to("b")?;
+    watch(router, Duration::from_millis(500), &mut seen).await;
+    assert_eq!(traffic(&router.status()), ("b", "b", RegionHealth::Healthy));
+    assert_eq!(router.status().manual.as_deref(), Some("b"));
+    watch(router, Duration::from_secs(60), &mut seen).await;
+    assert_eq!(
+        traffic(&router.status()),
+        ("b", "b", RegionHealth::Healthy),
+        "{seen:?}"
+    );
+
+    router.automatic();
+    watch(router, Duration::from_millis(500), &mut seen).await;
+    assert_eq!(traffic(&router.status()), ("a", "b", RegionHealth::Healthy));
+    watch(router, Duration::from_secs(6), &mut seen).await;
+    assert_eq!(traffic(&router.status()), ("a", "a", RegionHealth::Healthy));
+    assert_eq!(router.status().switches, 4, "{seen:?}");
+    fixture.close().await
+}
+
+/// Copies every record of `topic` in `from` into `to` as MirrorMaker 2 would (`<region>.<topic>`,
+/// same partitions, courier-ids kept). Returns how many.
+async fn mirror(from: &Site, to: &Site, topic: &str) -> Result<usize> {
+    let remote = format!("{}.{topic}", from.name);
+    let description = from.log.describe_topic(topic).await?;
+    let partitions = description.partitions.len() as u32;
+    to.log
+        .create_topic(TopicSpec::named(&remote).partitions(partitions))
+        .await?;
+    let mut copied = 0;
+    for marks in description.partitions {
+        let partition = TopicPartition::new(topic, marks.partition);
+        let limits = FetchLimits {
+            max_records: 10_000,
+            max_bytes: 64 << 20,
+        };
+        let records = from.log.fetch(&partition, marks.low, limits).await?.records;
+        let copies: Vec<NewRecord> = records
+            .into_iter()
+            .map(|record| NewRecord {
+                key: record.key,
+                value: record.value,
+                headers: record.headers,
+                partition: Some(record.partition),
+                timestamp_ms: Some(record.timestamp_ms),
+                courier_id: record.courier_id,
+            })
+            .collect();
+        copied += copies.len();
+        to.log.append(&remote, copies).await?;
+    }
+    Ok(copied)
+}
+
+/// A group member reading through the router when the primary is lost: its partitions are revoked,
+/// it is assigned b's topic and the mirror of a's, and every record acknowledged to a producer (in a
+/// and mirrored, or written in b after the switch) reaches it at least once. On real time with fast
+/// probes: delivery runs through the embedded store's own threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_follows_reads_and_loses_nothing_acknowledged() -> TestResult {
+    let mut config = settings();
+    config.probe_interval = Duration::from_millis(50);
+    config.hold_down = Duration::from_secs(3600);
+    let fixture = Fixture::new(&config).await?;
+    let router = &fixture.router;
+    let topic = unique_topic("orders");
+    let group = unique_topic("group");
+    for site in [&fixture.a, &fixture.b] {
+        site.log
+            .create_topic(TopicSpec::named(&topic).partitions(2))
+            .await?;
+    }
+    let mut acked = BTreeSet::new();
+    for appended in router
+        .append(
+            &topic,
+            (0..20)
+                .map(|i| keyed(&format!("k{i}"), format!("before-{i}")))
+                .collect(),
+        )
+        .await?
+    {
+        acked.insert(appended.courier_id);
+    }
+    let mut member = router
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, 100))
+        .await?;
+    let first = receive(&mut member, 20, true).await?;
+    assert_eq!(first.len(), 20);
+    member.control.commit().await?;
+
+    // MirrorMaker 2 has copied all of a (no replication lag at the moment of the loss).
+    assert_eq!(mirror(&fixture.a, &fixture.b, &topic).await?, 20);
+    fixture.a.set_up(false);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while traffic(&router.status()).1 != "b" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reads did not move to b"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for appended in router
+        .append(
+            &topic,
+            (0..10).map(|i| value(format!("after-{i}"))).collect(),
+        )
+        .await?
+    {
+        acked.insert(appended.courier_id);
+    }
+
+    let mut delivered: BTreeSet<String> = first.iter().map(|r| r.courier_id.clone()).collect();
+    let mut revoked = false;
+    let mut topics_after = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !acked.is_subset(&delivered) {
+        let event = tokio::time::timeout_at(deadline, member.next_event())
+            .await
+            .map_err(|_| {
+                format!(
+                    "missing {:?}",
+                    acked.difference(&delivered).collect::<Vec<_>>()
+                )
+            })?
+            .ok_or("the subscription ended")?;
+        match event {
+            SubscriptionEvent::Revoked(_) => revoked = true,
+            SubscriptionEvent::Assigned(partitions) => {
+                topics_after.extend(partitions.into_iter().map(|p| p.topic.to_string()));
+            }
+            SubscriptionEvent::Records(records) => {
+                for record in records {
+                    member.control.ack(&record.topic_partition(), record.offset);
+                    delivered.insert(record.courier_id);
+                }
+            }
+        }
+    }
+    assert!(revoked, "the member saw its a partitions revoked");
+    assert_eq!(
+        topics_after,
+        BTreeSet::from([topic.clone(), format!("a.{topic}")]),
+        "in b it reads the topic and a's mirror"
+    );
+    member.close().await?;
+    fixture.close().await
+}
