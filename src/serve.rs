@@ -141,15 +141,14 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     };
 
     let amqp = if config.amqp.enabled {
-        let server =
-            courier_amqp::Server::bind(log.clone(), config.amqp.clone(), config.topics.auto_create)
-                .await
-                .with_context(|| {
-                    format!(
-                        "starting the AMQP endpoint on {} (amqp.listen)",
-                        config.amqp.listen
-                    )
-                })?;
+        let server = courier_amqp::Server::bind(log.clone(), config.amqp.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "starting the AMQP endpoint on {} (amqp.listen)",
+                    config.amqp.listen
+                )
+            })?;
         let address = server
             .local_addr()
             .context("reading the AMQP listener's address")?;

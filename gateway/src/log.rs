@@ -96,6 +96,12 @@ pub trait Log: Send + Sync + fmt::Debug + 'static {
     /// One topic with watermarks.
     async fn describe_topic(&self, topic: &str) -> Result<TopicDescription>;
 
+    /// The topic a client is about to use (an AMQP link attaching to it), described, after creating
+    /// it first where the topic policy allows ([`layers::TopicPolicy`]); a backend only describes.
+    async fn open_topic(&self, topic: &str) -> Result<TopicDescription> {
+        self.describe_topic(topic).await
+    }
+
     /// Every group with committed offsets or live members.
     async fn list_groups(&self) -> Result<Vec<String>>;
 
@@ -145,6 +151,9 @@ impl<L: Log + ?Sized> Log for Arc<L> {
     }
     async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
         (**self).describe_topic(topic).await
+    }
+    async fn open_topic(&self, topic: &str) -> Result<TopicDescription> {
+        (**self).open_topic(topic).await
     }
     async fn list_groups(&self) -> Result<Vec<String>> {
         (**self).list_groups().await

@@ -481,6 +481,11 @@ impl Log for Regions {
         self.read_region().log().describe_topic(topic).await
     }
 
+    async fn open_topic(&self, topic: &str) -> Result<TopicDescription> {
+        // It may create the topic: a write, so in the region that takes writes.
+        self.write_region().log().open_topic(topic).await
+    }
+
     async fn list_groups(&self) -> Result<Vec<String>> {
         self.read_region().log().list_groups().await
     }

@@ -177,7 +177,8 @@ async fn retention_by_size_and_age() -> TestResult {
     Ok(())
 }
 
-/// With auto-create off, unknown topics are refused with a hint; with it on they appear with defaults.
+/// With auto-create off, unknown topics are refused with a hint; with it on they appear with defaults
+/// on first produce, subscribe or open (an AMQP attach), never on a describe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_create_policy() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -202,6 +203,14 @@ async fn auto_create_policy() -> TestResult {
             .await,
         Err(Error::UnknownTopic { .. })
     ));
+    assert!(matches!(
+        strict.open_topic(&topic).await,
+        Err(Error::UnknownTopic { .. })
+    ));
+    assert!(matches!(
+        strict.describe_topic(&topic).await,
+        Err(Error::UnknownTopic { .. })
+    ));
     strict.close().await?;
 
     let dir = tempfile::tempdir()?;
@@ -215,6 +224,15 @@ async fn auto_create_policy() -> TestResult {
     .await?;
     lenient.append(&topic, vec![value("x")]).await?;
     assert_eq!(lenient.describe_topic(&topic).await?.partitions.len(), 5);
+    // An AMQP link attaching to a missing topic opens it: created with the defaults, then described.
+    let attached = unique_topic("attach");
+    assert_eq!(lenient.open_topic(&attached).await?.partitions.len(), 5);
+    assert_eq!(lenient.open_topic(&attached).await?.partitions.len(), 5);
+    // Describing alone never creates.
+    assert!(matches!(
+        lenient.describe_topic(&unique_topic("described")).await,
+        Err(Error::UnknownTopic { .. })
+    ));
     lenient.close().await?;
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! The AMQP listener: accepts connections (SASL, then OPEN), their sessions, and their links, and gives
 //! every link a task of its own ([`inbound`](crate::inbound) or [`outbound`](crate::outbound)).
 //!
-//! A link is checked before it runs: its address must parse and its topic must exist (or be created,
-//! when `topics.auto_create` is on). A link that fails the check is attached and at once detached
+//! A link is checked before it runs: its address must parse and its topic must exist (or be created by
+//! the log's topic policy, when `topics.auto_create` is on). A link that fails the check is attached and at once detached
 //! with the reason (AMQP has no other way to refuse one); its connection carries on.
 //!
 //! Drain: when the drain token fires the listener stops accepting, sender links stop taking deliveries
@@ -14,7 +14,7 @@ use std::{net::SocketAddr, sync::Arc};
 use courier_gateway::{
     Error as LogError,
     auth::Auth,
-    log::{Log, TopicSpec},
+    log::Log,
     metrics::{self, Protocol},
 };
 use fe2o3_amqp::{
@@ -52,7 +52,6 @@ const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
 struct Shared {
     log: Arc<dyn Log>,
     config: Config,
-    auto_create: bool,
     sasl: SaslAcceptor,
     /// `None` when anonymous clients are not allowed: then every connection must authenticate.
     plain: Option<PlainAcceptor>,
@@ -66,9 +65,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Checks the config, loads the users file and binds the listener. `auto_create` is the
-    /// gateway's `topics.auto_create`: whether attaching to a missing topic creates it.
-    pub async fn bind(log: Arc<dyn Log>, config: Config, auto_create: bool) -> Result<Self> {
+    /// Checks the config, loads the users file and binds the listener.
+    pub async fn bind(log: Arc<dyn Log>, config: Config) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
         let auth = Auth::load(&config.auth)?;
         let allow_anonymous = auth.allows_anonymous();
@@ -88,7 +86,6 @@ impl Server {
             shared: Arc::new(Shared {
                 log,
                 config,
-                auto_create,
                 sasl,
                 plain,
             }),
@@ -359,27 +356,15 @@ async fn check_link(shared: &Shared, attach: &Attach, peer: SocketAddr) -> Resul
     }
 }
 
-/// The topic's partition count, creating the topic first when it is missing and auto-create is on.
+/// The topic's partition count. The log's topic policy creates a missing topic when
+/// `topics.auto_create` is on; when it is off the link is refused with `amqp:not-found`.
 async fn topic_partitions(shared: &Shared, topic: &str) -> Result<u32, Refusal> {
-    match shared.log.describe_topic(topic).await {
-        Ok(description) => return Ok(description.partitions.len() as u32),
-        Err(LogError::UnknownTopic { .. }) if !shared.auto_create => {
-            return Err(Refusal::new(
-                AmqpError::NotFound,
-                format!("topic {topic:?} does not exist (and topics.auto_create is off)"),
-            ));
-        }
-        Err(LogError::UnknownTopic { .. }) => {}
-        Err(error) => return Err(Refusal::from(&error)),
-    }
-    match shared.log.create_topic(TopicSpec::named(topic)).await {
+    match shared.log.open_topic(topic).await {
         Ok(description) => Ok(description.partitions.len() as u32),
-        Err(LogError::TopicExists { .. }) => shared
-            .log
-            .describe_topic(topic)
-            .await
-            .map(|description| description.partitions.len() as u32)
-            .map_err(|error| Refusal::from(&error)),
+        Err(LogError::UnknownTopic { .. }) => Err(Refusal::new(
+            AmqpError::NotFound,
+            format!("topic {topic:?} does not exist (topics.auto_create is off)"),
+        )),
         Err(error) => Err(Refusal::from(&error)),
     }
 }

@@ -21,6 +21,9 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+mod slow_joins;
+use slow_joins::SlowJoins;
+
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 /// Longest any single wait in these tests.
@@ -35,6 +38,14 @@ struct Endpoint {
 
 impl Endpoint {
     async fn start(config: Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Self::start_over(config, |log| log).await
+    }
+
+    /// An endpoint over the embedded log as `wrap` makes it look.
+    async fn start_over(
+        config: Config,
+        wrap: impl FnOnce(Arc<dyn Log>) -> Arc<dyn Log>,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let dir = tempfile::tempdir()?;
         let topics = TopicsConfig::default();
         let embedded = Embedded::open(
@@ -44,7 +55,7 @@ impl Endpoint {
             "test",
         )
         .await?;
-        let log: Arc<dyn Log> = Arc::new(layers::stack(embedded, &topics));
+        let log = wrap(Arc::new(layers::stack(embedded, &topics)));
         let server = Server::bind(
             log.clone(),
             Config {
@@ -757,6 +768,90 @@ async fn publishes_beyond_the_receive_maximum_wait_their_turn() -> TestResult {
     assert!(
         matches!(client.read().await?, Some(Packet::PingResp(_))),
         "the connection is still open"
+    );
+    Ok(())
+}
+
+/// A persistent subscription's start is durable before its SUBACK: the session's group already has
+/// an offset for every partition, at the end, though its member has not joined yet (held back as a
+/// slow Kafka group would be), so a client that leaves at once is sent everything published after the
+/// SUBACK when it comes back. Before, the start was decided only when the group first held the
+/// partitions (issue 16: on tansu under load, 0 of the queued messages arrived).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_subscription_starts_durably_before_its_suback() -> TestResult {
+    let mut joins = None;
+    let endpoint = Endpoint::start_over(Config::default(), |log| {
+        let slow = Arc::new(SlowJoins::new(log));
+        joins = Some(slow.clone());
+        slow
+    })
+    .await?;
+    let joins = joins.ok_or("the log was not wrapped")?;
+    let (mut publisher, _) = RawClient::connect(endpoint.address, "sender", true).await?;
+    for pkid in 1..=3 {
+        publish_acked(&mut publisher, "dev/before", b"before", pkid).await?;
+    }
+    // The device's group does not join until it has left, as on a slow Kafka.
+    joins.hold();
+    let (mut device, _) = RawClient::connect(endpoint.address, "leaves-at-once", false).await?;
+    device
+        .send(subscribe_packet(1, "dev/#", QoS::AtLeastOnce))
+        .await?;
+    assert!(matches!(device.read().await?, Some(Packet::SubAck(..))));
+
+    let groups = endpoint.log.list_groups().await?;
+    let group = groups
+        .iter()
+        .find(|group| group.starts_with("mqtt.session.") && group.ends_with(".mqtt.messages"))
+        .ok_or_else(|| format!("no session group among {groups:?}"))?;
+    let described = endpoint.log.describe_group(group).await?;
+    let topic = endpoint.log.describe_topic("mqtt.messages").await?;
+    assert_eq!(
+        described.offsets.len(),
+        topic.partitions.len(),
+        "{described:?}"
+    );
+    for offset in &described.offsets {
+        assert_eq!(
+            offset.committed,
+            Some(offset.high_watermark),
+            "every partition starts at its end: {described:?}"
+        );
+    }
+    drop(device);
+    joins.release();
+
+    let sent: Vec<String> = (0..5).map(|i| format!("queued-{i}")).collect();
+    for (pkid, payload) in (10..).zip(&sent) {
+        publish_acked(&mut publisher, "dev/queued", payload.as_bytes(), pkid).await?;
+    }
+    let (mut back, session_present) =
+        RawClient::connect(endpoint.address, "leaves-at-once", false).await?;
+    assert!(session_present);
+    let mut received = Vec::new();
+    while received.len() < sent.len() {
+        match back.read().await? {
+            Some(Packet::Publish(publish, _)) => {
+                received.push(String::from_utf8_lossy(&publish.payload).into_owned());
+                if let Some(pkid) = back.last_publish_pkid {
+                    back.send(Packet::PubAck(
+                        rumqttd::protocol::PubAck {
+                            pkid,
+                            reason: rumqttd::protocol::PubAckReason::Success,
+                        },
+                        None,
+                    ))
+                    .await?;
+                }
+            }
+            Some(_) => {}
+            None => return Err("the resumed session closed".into()),
+        }
+    }
+    received.sort();
+    assert_eq!(
+        received, sent,
+        "every message queued after the SUBACK, none from before"
     );
     Ok(())
 }

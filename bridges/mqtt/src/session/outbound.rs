@@ -23,8 +23,8 @@ use std::{
 
 use courier_gateway::{
     log::{
-        Position, Record, SubscribeOptions, SubscriptionControl, SubscriptionEvent, TopicPartition,
-        TopicSelector, now_ms,
+        Log, Position, Record, SubscribeOptions, SubscriptionControl, SubscriptionEvent,
+        TopicPartition, TopicSelector, now_ms,
     },
     metrics::{self, Protocol},
 };
@@ -56,6 +56,13 @@ const ASSIGNMENT_WAIT: Duration = Duration::from_secs(10);
 
 /// Which log reader a record came from.
 type SourceId = u64;
+
+/// Why a subscription is added: a SUBSCRIBE starts it now; a resumed session carries on where it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adding {
+    Subscribe,
+    Resume,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum SourceKey {
@@ -212,7 +219,10 @@ impl Outbound {
         session: &SessionRecord,
     ) {
         for stored in &session.subscriptions {
-            if let Err(code) = self.add(bridge, client, session, stored.clone()).await {
+            if let Err(code) = self
+                .add(bridge, client, session, stored.clone(), Adding::Resume)
+                .await
+            {
                 tracing::warn!(
                     filter = stored.filter,
                     ?code,
@@ -253,7 +263,10 @@ impl Outbound {
                     .get(&filter.path)
                     .map_or(now, |existing| existing.stored.since_ms),
             };
-            match self.add(bridge, client, session, stored).await {
+            match self
+                .add(bridge, client, session, stored, Adding::Subscribe)
+                .await
+            {
                 Ok(subscription) => {
                     let send_retained = match filter.retain_forward_rule {
                         RetainForwardRule::OnEverySubscribe => true,
@@ -507,6 +520,7 @@ impl Outbound {
         client: &Client,
         session: &SessionRecord,
         stored: StoredSubscription,
+        adding: Adding,
     ) -> Result<Subscription, SubscribeReasonCode> {
         let (share_group, filter) = match mapping::parse_share(&stored.filter) {
             Some((group, filter)) if !group.is_empty() && !group.contains(['+', '#']) => {
@@ -551,6 +565,11 @@ impl Outbound {
             } else {
                 Position::Latest
             };
+            if let (SourceKey::Topic(topic), Some(group), Adding::Subscribe) =
+                (&key, &group, adding)
+            {
+                pin_start(bridge.log.as_ref(), group, topic).await;
+            }
             let reader = match (&key, &group) {
                 // Clean-session readers of one Kafka topic are all alike: one per gateway serves them.
                 (SourceKey::Topic(topic), None) => bridge
@@ -798,6 +817,37 @@ impl Outbound {
             .values()
             .map(|subscription| subscription.stored.clone())
             .collect()
+    }
+}
+
+/// Makes a persistent session's new reader of `topic` start durably before its SUBACK: the group's
+/// offset of every partition is set to the partition's end. Without it the start was only the
+/// subscription's time, resolved when the group first held its partitions; a client that left at once
+/// left before that, and a resolve by timestamp that came later (on tansu under load) skipped what
+/// had been queued meanwhile. If the group cannot be set (a member of it is still leaving), the
+/// reader falls back to the subscription's time.
+async fn pin_start(log: &dyn Log, group: &str, topic: &str) {
+    let pinned = async {
+        // Opening rather than describing: a SUBSCRIBE to a topic not made yet creates it, as the
+        // subscribe after this would.
+        let description = log.open_topic(topic).await?;
+        let ends: Vec<(TopicPartition, i64)> = description
+            .partitions
+            .iter()
+            .map(|partition| {
+                (
+                    TopicPartition::new(topic, partition.partition),
+                    partition.high,
+                )
+            })
+            .collect();
+        log.commit(group, &ends).await
+    };
+    match pinned.await {
+        Ok(()) | Err(courier_gateway::Error::UnknownTopic { .. }) => {}
+        Err(error) => {
+            tracing::warn!(%error, group, "could not pin a new subscription's start; it starts at the subscription's time")
+        }
     }
 }
 

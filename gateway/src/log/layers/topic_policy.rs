@@ -1,6 +1,7 @@
-//! The topic policy layer: `topics.auto_create`. A produce or a subscription naming a topic that does
-//! not exist creates it with the defaults when the policy allows, and fails with `UnknownTopic` when
-//! it does not; backends only ever answer `UnknownTopic`.
+//! The topic policy layer: `topics.auto_create`. A produce, a subscription or an `open_topic` (an
+//! AMQP link attaching) naming a topic that does not exist creates it with the defaults when the
+//! policy allows, and fails with `UnknownTopic` when it does not; backends only ever answer
+//! `UnknownTopic`.
 
 use std::{
     collections::HashSet,
@@ -163,6 +164,15 @@ impl<L: Log> Log for TopicPolicy<L> {
     }
 
     async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
+        self.inner.describe_topic(topic).await
+    }
+
+    async fn open_topic(&self, topic: &str) -> Result<TopicDescription> {
+        let described = self.inner.describe_topic(topic).await;
+        if missing(&described).is_none() {
+            return described;
+        }
+        self.create_missing(topic).await?;
         self.inner.describe_topic(topic).await
     }
 

@@ -85,6 +85,11 @@ impl<L: Log> Log for Validated<L> {
         self.inner.describe_topic(topic).await
     }
 
+    async fn open_topic(&self, topic: &str) -> Result<TopicDescription> {
+        validate::topic_name(topic)?;
+        self.inner.open_topic(topic).await
+    }
+
     async fn list_groups(&self) -> Result<Vec<String>> {
         self.inner.list_groups().await
     }
