@@ -2,8 +2,9 @@
 //! every link a task of its own ([`inbound`](crate::inbound) or [`outbound`](crate::outbound)).
 //!
 //! A link is checked before it runs: its address must parse and its topic must exist (or be created by
-//! the log's topic policy, when `topics.auto_create` is on). A link that fails the check is attached and at once detached
-//! with the reason (AMQP has no other way to refuse one); its connection carries on.
+//! the log's topic policy, when `topics.auto_create` is on). A link that fails the check is attached
+//! and at once detached with the reason (AMQP has no other way to refuse one); its connection carries
+//! on.
 //!
 //! Drain: when the drain token fires the listener stops accepting, sender links stop taking deliveries
 //! and settle the ones the log has, receiver links commit and detach, and each connection closes with
