@@ -177,9 +177,10 @@ pub struct RoutingStatus {
 
 impl Regions {
     /// Makes a Kafka client per region, each under the topic policy, and starts probing them. The
-    /// router expects requests checked already: serve it under [`Validated`](crate::log::layers::Validated). No region needs to answer yet: a
-    /// region that does not is found DOWN by its probes and traffic goes elsewhere. `local` is the
-    /// region this gateway runs in (the preferred one in active-active mode, and the default primary).
+    /// router expects requests checked already: serve it under
+    /// [`Validated`](crate::log::layers::Validated). No region needs to answer yet: a region that
+    /// does not is found DOWN by its probes and traffic goes elsewhere. `local` is the region this
+    /// gateway runs in (the preferred one in active-active mode, and the default primary).
     pub fn open(
         config: &RegionsConfig,
         local: &str,
@@ -201,11 +202,10 @@ impl Regions {
     pub fn over(
         config: &RegionsConfig,
         local: &str,
-        logs: BTreeMap<String, Arc<dyn RegionalLog>>,
+        mut logs: BTreeMap<String, Arc<dyn RegionalLog>>,
     ) -> Result<Self> {
         let names: Vec<String> = logs.keys().cloned().collect();
         let order = preference_order(config, &names, local)?;
-        let mut logs = logs;
         let now = Instant::now();
         let mut regions = Vec::with_capacity(order.len());
         for name in order {
