@@ -95,9 +95,12 @@ fn mqtt5_conformance_in_front_of_kafka() -> TestResult {
     let dir = tempfile::tempdir()?;
     let gateway = Gateway::start_kafka(&dir.path().join("gateway"), &broker.bootstrap(), &[])?;
     run_checks(&gateway, &[], CHECKS)?;
+    // Under load, a session's reader can leave its group between its JoinGroup answer and its
+    // SyncGroup, which stalls the group on tansu 0.6.0 (see gateway/tests/kafka.rs): without the
+    // backend's `await_join`, 60 rounds failed by round 15 in 3 runs of 3.
     {
         let _load = CpuLoad::start()?;
-        run_checks(&gateway, &["--rounds", "10"], &["leave-at-once"])?;
+        run_checks(&gateway, &["--rounds", "20"], &["leave-at-once"])?;
     }
     assert!(gateway.terminate()?.success());
     Ok(())

@@ -28,6 +28,7 @@ macro_rules! every_behaviour {
             group_members_share_partitions,
             sparse_acks_and_redelivery,
             dropped_member_records_are_redelivered,
+            members_that_leave_at_once_leave_the_group_working,
             in_flight_window_pauses_delivery,
             seek_and_commit,
             patterns_follow_new_topics,
@@ -511,6 +512,42 @@ pub async fn dropped_member_records_are_redelivered(log: Arc<dyn Log>) -> TestRe
         redelivered.iter().map(|r| r.offset).collect::<Vec<_>>(),
         taken.iter().map(|r| r.offset).collect::<Vec<_>>()
     );
+    Ok(())
+}
+
+/// Members that leave right after subscribing, each round at a later moment of their join, leave their
+/// group working: the next member gets every record. (On tansu 0.6.0 a member leaving between its
+/// JoinGroup and SyncGroup stalled the group for good; see `await_join` in `log/kafka/member.rs`.)
+pub async fn members_that_leave_at_once_leave_the_group_working(log: Arc<dyn Log>) -> TestResult {
+    const ROUNDS: u64 = 12;
+    let topic = unique_topic("leave-at-once");
+    create(&log, &topic, 2).await?;
+    for round in 0..ROUNDS {
+        let group = unique_topic("group");
+        let leaves = log
+            .subscribe(options(&[&topic], Some(&group), Position::Earliest, 100))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(round * 3)).await;
+        leaves.control.close().await?;
+        drop(leaves);
+        log.append(
+            &topic,
+            vec![keyed(&format!("k{round}"), format!("r{round}"))],
+        )
+        .await?;
+        let mut next = log
+            .subscribe(options(&[&topic], Some(&group), Position::Earliest, 100))
+            .await?;
+        let received = receive(&mut next, round as usize + 1, true)
+            .await
+            .map_err(|e| format!("round {round}: {e}"))?;
+        let mut texts: Vec<String> = received.iter().map(text).collect();
+        texts.sort();
+        let mut expected: Vec<String> = (0..=round).map(|r| format!("r{r}")).collect();
+        expected.sort();
+        assert_eq!(texts, expected, "round {round}: every record once");
+        next.control.close().await?;
+    }
     Ok(())
 }
 

@@ -135,6 +135,10 @@ struct MemberState {
     /// Set when the subscriber gave the member up without committing (its cluster was lost): no
     /// commit of this member may reach whatever cluster answers at that address later.
     abandoned: std::sync::atomic::AtomicBool,
+    /// Set once the group's first assignment reached this member (librdkafka's cooperative protocol
+    /// serves one after every completed join, even when it adds nothing): until then the member is
+    /// between joining and syncing, the one moment it must not leave (see `MemberTask::await_join`).
+    joined: std::sync::atomic::AtomicBool,
     events: mpsc::UnboundedSender<SubscriptionEvent>,
 }
 
@@ -368,6 +372,7 @@ impl ConsumerContext for MemberContext {
                 let partitions = codec::partitions_of(list);
                 let starts = self.state.starting_offsets(consumer, &partitions);
                 self.state.assign(consumer, starts);
+                self.state.joined.store(true, Ordering::Release);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.state.revoke(consumer, list);
@@ -499,6 +504,7 @@ pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Su
         revoked: Mutex::new(Vec::new()),
         paused: std::sync::atomic::AtomicBool::new(false),
         abandoned: std::sync::atomic::AtomicBool::new(false),
+        joined: std::sync::atomic::AtomicBool::new(false),
         events: events_tx,
     });
     let client_id = codec::subscriber_client_id(options.protocol, &options.client);
@@ -828,6 +834,7 @@ impl MemberTask {
             tracing::warn!(%error, "committing on leave");
         }
         if self.state.group.is_some() {
+            self.await_join().await;
             self.release_assignment().await;
         }
         // Closing the consumer (on drop) sends LeaveGroup, so partitions move at once rather than
@@ -855,6 +862,33 @@ impl MemberTask {
                 }
             }
             Err(error) => tracing::error!(%error, "starting a thread to close a Kafka consumer"),
+        }
+    }
+
+    /// Lets a join in progress finish before the member leaves. A member that leaves between its
+    /// JoinGroup answer and its SyncGroup is a departed leader to tansu 0.6.0, which goes on naming
+    /// it leader to every later member: the group never assigns a partition again (a persistent MQTT
+    /// session that subscribed and left at once got nothing on its return). Kafka elects a new
+    /// leader; waiting costs it only the time of one join. Skipped when the cluster was given up or
+    /// the gateway is stopping (nothing would answer, or nobody reads the group again soon), and when
+    /// a pattern matched no topic yet (the member never joined). Bounded by the session timeout.
+    async fn await_join(&mut self) {
+        let subscribed =
+            matches!(self.topics, TopicSelector::Names(_)) || !self.subscribed.is_empty();
+        if !subscribed
+            || self.state.abandoned.load(Ordering::Acquire)
+            || self.state.shared.closed.is_cancelled()
+        {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.state.shared.config.session_timeout;
+        while !self.state.joined.load(Ordering::Acquire) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(group = ?self.state.group, "leaving a group before its first join completed");
+                return;
+            }
+            // Polling serves the assignment; what it fetches is never delivered, so never acked.
+            let _ = tokio::time::timeout(RELEASE_POLL, self.consumer.recv()).await;
         }
     }
 
