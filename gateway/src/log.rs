@@ -19,6 +19,7 @@ pub mod acks;
 pub mod embedded;
 pub mod kafka;
 pub mod layers;
+mod member;
 pub mod partitioner;
 pub mod types;
 pub mod validate;

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::{
     groups::{Coordinator, GroupId},
-    member::{AckWindow, MemberControl, MemberTask},
+    member::MemberTask,
     store::TopicMeta,
     topics::{Topic, Topics},
     writer::{Writer, WriterHandle},
@@ -37,7 +37,9 @@ use self::{
 use super::{
     AppendReceipt, FetchLimits, Fetched, GroupDescription, GroupOffset, Log, NewRecord, Position,
     SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSelector, TopicSpec,
-    TopicSummary, partitioner, validate,
+    TopicSummary,
+    member::{AckWindow, MemberControl},
+    partitioner, validate,
 };
 use crate::{
     Error, Result,
@@ -324,10 +326,7 @@ impl Log for Embedded {
         tokio::spawn(task.run());
         Ok(Subscription {
             events,
-            control: Arc::new(MemberControl {
-                window,
-                commands: control_tx,
-            }),
+            control: Arc::new(MemberControl::new(window, control_tx)),
         })
     }
 

@@ -45,6 +45,13 @@ pub(super) struct Topic {
     pub(super) round_robin: RoundRobin,
 }
 
+impl Topic {
+    /// Whether the topic is being deleted: nothing more is appended to it or committed for it.
+    pub(super) fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 impl std::fmt::Debug for Topic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Topic")

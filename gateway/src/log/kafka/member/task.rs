@@ -1,0 +1,304 @@
+//! The task that polls one consumer: it hands fetched records on within the window, serves the
+//! control handle's requests, commits on its interval and follows topic metadata.
+
+use std::{
+    collections::{BTreeSet, VecDeque},
+    sync::{Arc, PoisonError, atomic::Ordering},
+};
+
+use futures_util::FutureExt;
+use rdkafka::{
+    Message, Offset,
+    consumer::{CommitMode, Consumer},
+    producer::Producer as _,
+};
+use tokio::sync::mpsc;
+
+use super::{MAX_BATCH, MemberConsumer, MemberState, TOPIC_REFRESH, rebalance::commit};
+use crate::{
+    Error, Result,
+    log::{
+        Position, Record, SubscriptionEvent, TopicPartition, TopicSelector,
+        kafka::{blocking, codec, metadata},
+        member::{ControlCommand, Delivery},
+    },
+};
+
+/// Most records held back in a subscription's buffer (fetched, waiting for room in the window) before
+/// fetching pauses: a few windows' worth, within bounds.
+fn buffer_limit(window: usize) -> usize {
+    (window * 4).clamp(MAX_BATCH, 20_000)
+}
+
+pub(super) struct MemberTask {
+    pub(super) state: Arc<MemberState>,
+    pub(super) consumer: Arc<MemberConsumer>,
+    pub(super) topics: TopicSelector,
+    pub(super) commands: mpsc::UnboundedReceiver<ControlCommand>,
+    /// Records fetched while the window was full.
+    pub(super) buffer: VecDeque<Record>,
+    /// Topics the group subscription names (patterns are matched here, then subscribed by name).
+    pub(super) subscribed: BTreeSet<String>,
+}
+
+impl MemberTask {
+    pub(super) async fn run(mut self) {
+        let shared = self.state.shared.clone();
+        let mut commit_tick = tokio::time::interval(shared.groups_config.commit_interval);
+        let mut topic_tick = tokio::time::interval(TOPIC_REFRESH);
+        let follows_metadata =
+            self.state.group.is_none() || matches!(self.topics, TopicSelector::Pattern(_));
+        let mut closing = None;
+        // A second handle, so received messages (which borrow the consumer) do not borrow `self`.
+        let consumer = self.consumer.clone();
+        loop {
+            self.deliver_buffered();
+            self.steer_window();
+            tokio::select! {
+                biased;
+                () = shared.closed.cancelled() => break,
+                () = self.state.events.closed() => break,
+                command = self.commands.recv() => match command {
+                    Some(ControlCommand::Close { reply }) => {
+                        closing = Some(reply);
+                        break;
+                    }
+                    Some(ControlCommand::Seek { partition, position, reply }) => {
+                        let _ = reply.send(self.seek(partition, position).await);
+                    }
+                    Some(ControlCommand::Commit { reply }) => {
+                        let _ = reply.send(self.commit(CommitMode::Sync).await);
+                    }
+                    None => break,
+                },
+                () = self.state.window.acked() => {}
+                _ = commit_tick.tick(), if self.state.group.is_some() => {
+                    if let Err(error) = self.commit(CommitMode::Async).await {
+                        tracing::warn!(%error, "periodic commit");
+                    }
+                }
+                _ = topic_tick.tick(), if follows_metadata => self.follow_topics().await,
+                message = consumer.recv() => {
+                    self.purge_revoked();
+                    match message {
+                        Ok(message) => {
+                            let mut records = vec![received(&message)];
+                            drop(message);
+                            // Take what is already queued without waiting, to hand on larger batches.
+                            while records.len() < MAX_BATCH {
+                                match consumer.recv().now_or_never() {
+                                    Some(Ok(message)) => records.push(received(&message)),
+                                    Some(Err(error)) => {
+                                        tracing::warn!(%error, "consumer error");
+                                        break;
+                                    }
+                                    None => break,
+                                }
+                            }
+                            self.purge_revoked();
+                            self.buffer.extend(records);
+                        }
+                        Err(error) => tracing::warn!(%error, "consumer error"),
+                    }
+                }
+            }
+        }
+        // The consumer must have one owner when it closes (see `leave`).
+        drop(consumer);
+        let result = self.leave().await;
+        if let Some(reply) = closing {
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Hands buffered records of held partitions to the subscriber while the window has room.
+    fn deliver_buffered(&mut self) {
+        let window = &self.state.window;
+        let mut batch = Vec::new();
+        while window.space() > 0 {
+            let Some(record) = self.buffer.pop_front() else {
+                break;
+            };
+            let partition = record.topic_partition();
+            if !window.holds(&partition) {
+                // Assigned without a known start (the lookup failed): start where librdkafka did.
+                if self.state.group.is_none() || self.consumer_holds(&partition) {
+                    window.hold(partition.clone(), record.offset, None);
+                } else {
+                    continue;
+                }
+            }
+            // Anything else was fetched before a seek moved the position on, or after a revocation.
+            if window.deliver(&partition, record.offset) == Delivery::Delivered {
+                batch.push(record);
+            }
+        }
+        if !batch.is_empty() {
+            let _ = self.state.events.send(SubscriptionEvent::Records(batch));
+        }
+    }
+
+    fn consumer_holds(&self, partition: &TopicPartition) -> bool {
+        self.consumer.assignment().is_ok_and(|list| {
+            list.find_partition(&partition.topic, partition.partition)
+                .is_some()
+        })
+    }
+
+    /// Pauses fetching once the local buffer holds [`buffer_limit`] records; resumes when it is down to
+    /// half. The window itself is enforced on delivery, not by pausing: librdkafka drops what it
+    /// prefetched when a partition pauses and fetches it again on resume, so pausing at every full
+    /// window would re-read the same data over and over under load.
+    fn steer_window(&mut self) {
+        let limit = buffer_limit(self.state.window.max_in_flight());
+        let paused = self.state.paused.load(Ordering::Acquire);
+        let pause = if paused {
+            self.buffer.len() > limit / 2
+        } else {
+            self.buffer.len() >= limit
+        };
+        if pause == paused {
+            return;
+        }
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let result = if pause {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => self.state.paused.store(pause, Ordering::Release),
+            Err(error) => tracing::warn!(%error, "pausing or resuming partitions"),
+        }
+    }
+
+    /// Drops buffered records of partitions revoked since the last look.
+    fn purge_revoked(&mut self) {
+        let revoked = std::mem::take(
+            &mut *self
+                .state
+                .revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if !revoked.is_empty() {
+            self.buffer
+                .retain(|record| !revoked.contains(&record.topic_partition()));
+        }
+    }
+
+    async fn seek(&mut self, partition: TopicPartition, position: Position) -> Result<()> {
+        if !self.state.window.holds(&partition) {
+            return Err(Error::InvalidRequest(format!(
+                "this subscriber does not hold {partition}; it can only seek in partitions assigned to it"
+            )));
+        }
+        let offset = {
+            let partition = partition.clone();
+            blocking(&self.state.shared, move |s| s.resolve(&partition, position)).await?
+        };
+        let consumer = self.consumer.clone();
+        let timeout = self.state.shared.config.request_timeout;
+        let target = partition.clone();
+        tokio::task::spawn_blocking(move || {
+            consumer.seek(
+                &target.topic,
+                target.partition,
+                Offset::Offset(offset),
+                timeout,
+            )
+        })
+        .await
+        .map_err(|_| Error::ShuttingDown)?
+        .map_err(Error::kafka("seeking"))?;
+        self.state.window.seek(&partition, offset);
+        self.buffer
+            .retain(|record| record.topic_partition() != partition);
+        Ok(())
+    }
+
+    /// Commits the acknowledged prefix of held partitions (group members only).
+    pub(super) async fn commit(&mut self, mode: CommitMode) -> Result<()> {
+        if self.state.group.is_none() {
+            return Ok(());
+        }
+        let offsets = self.state.window.commit_due(|_| true);
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        let committing = offsets.clone();
+        let result = match mode {
+            // Async commits only queue the request; no need for a blocking thread.
+            CommitMode::Async => commit(&*consumer, &committing, mode),
+            CommitMode::Sync => {
+                tokio::task::spawn_blocking(move || commit(&*consumer, &committing, mode))
+                    .await
+                    .map_err(|_| Error::ShuttingDown)?
+            }
+        };
+        result.map_err(Error::kafka("committing offsets"))?;
+        self.state.window.committed(&offsets);
+        Ok(())
+    }
+
+    /// Follows metadata: group members re-subscribe when the topics a pattern matches change; plain
+    /// readers assign themselves partitions they do not hold yet.
+    async fn follow_topics(&mut self) {
+        let topics = match blocking(&self.state.shared, |s| {
+            metadata::read_partition_counts(s.producer.client(), None, s.config.request_timeout)
+        })
+        .await
+        {
+            Ok(topics) => topics,
+            Err(error) => {
+                tracing::warn!(%error, "reading topics to follow");
+                return;
+            }
+        };
+        let matching: Vec<(String, u32)> = topics
+            .into_iter()
+            .filter(|(name, _)| self.topics.matches(name))
+            .collect();
+        if self.state.group.is_some() {
+            let names: BTreeSet<String> = matching.into_iter().map(|(name, _)| name).collect();
+            if names != self.subscribed {
+                let list: Vec<&str> = names.iter().map(String::as_str).collect();
+                let result = if list.is_empty() {
+                    self.consumer.unsubscribe();
+                    Ok(())
+                } else {
+                    self.consumer.subscribe(&list)
+                };
+                match result {
+                    Ok(()) => self.subscribed = names,
+                    Err(error) => tracing::warn!(%error, "subscribing to matched topics"),
+                }
+            }
+            return;
+        }
+        let assigned = self.consumer.assignment().unwrap_or_default();
+        let new: Vec<TopicPartition> = matching
+            .iter()
+            .flat_map(|(name, count)| {
+                (0..*count as i32)
+                    .map(move |partition| TopicPartition::new(name.as_str(), partition))
+            })
+            .filter(|p| assigned.find_partition(&p.topic, p.partition).is_none())
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let (state, consumer) = (self.state.clone(), self.consumer.clone());
+        let assigning = tokio::task::spawn_blocking(move || state.take_on(&*consumer, &new));
+        if assigning.await.is_err() {
+            tracing::warn!("assigning partitions to a reader failed");
+        }
+    }
+}
+
+fn received(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    codec::record_of(&Arc::from(message.topic()), message)
+}
