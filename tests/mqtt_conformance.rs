@@ -1,9 +1,9 @@
 //! MQTT 5 conformance (issue 16), with paho-mqtt on the embedded log and in front of a Kafka-protocol
 //! broker (tansu): a resumed session delivers what it queued whatever expiry the reconnect names,
 //! message expiry counts down offline, user properties pass unaltered (with and without
-//! `mqtt.courier_id_property`), a client's Maximum Packet Size, `$` topics, and the server's
-//! keep-alive limit. The checks are in `tests/python/mqtt_conformance_test.py`; `bridges/mqtt/CONFORMANCE.md`
-//! lists the normative statements and the check that shows each.
+//! `mqtt.courier_id_property`), a client's Maximum Packet Size, `$` topics, the server's keep-alive
+//! limit, and when a will is published. The checks are in `tests/python/mqtt_conformance_test.py`;
+//! `bridges/mqtt/CONFORMANCE.md` lists the normative statements and the check that shows each.
 
 mod common;
 
@@ -22,6 +22,8 @@ const CHECKS: &[&str] = &[
     "dollar",
     "keep-alive",
     "resume-latency",
+    "will",
+    "refusals",
 ];
 
 fn run_checks(gateway: &Gateway, extra: &[&str], checks: &[&str]) -> TestResult {

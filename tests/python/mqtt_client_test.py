@@ -37,6 +37,7 @@ class Peer:
         self.acks = {}
         self.condition = threading.Condition()
         self.connected = None
+        self.disconnected = None  # the server's DISCONNECT reason code, or the loss of the connection
         kwargs = {"client_id": client_id, "protocol": mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
                   "transport": args.transport}
         if not self.v5:
@@ -48,11 +49,17 @@ class Peer:
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = self._on_disconnect
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         with self.condition:
             self.connected = (reason_code, flags.session_present)
             self.connack_properties = properties
+            self.condition.notify_all()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        with self.condition:
+            self.disconnected = reason_code
             self.condition.notify_all()
 
     def _on_message(self, client, userdata, message):

@@ -14,6 +14,7 @@ import time
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from mqtt_client_test import Peer, unique
 
@@ -246,6 +247,110 @@ def check_server_keep_alive(args):
     print("server keep alive: 0 and 1000 are told 300; 30 is kept")
 
 
+def will_of(topic, delay=None):
+    properties = Properties(PacketTypes.WILLMESSAGE)
+    if delay is not None:
+        properties.WillDelayInterval = delay
+    return (topic, b"gone", 1, False, properties)
+
+
+def check_will_rules(args):
+    """[MQTT-3.1.2-8]: only a normal DISCONNECT (0x00) deletes the will; a takeover publishes it; a
+    will whose delay outlasts the session goes out when the session ends."""
+    base = unique("will-rules")
+    watcher = Peer(args)
+    watcher.connect()
+    watcher.subscribe(f"{base}/#", qos=1)
+    for code in (0x00, 0x04, 0x80):
+        peer = Peer(args, will=will_of(f"{base}/code-{code:02x}"))
+        peer.connect()
+        peer.client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=code))
+        peer.client.loop_stop()
+    taken_id = unique("taken")
+    taken = Peer(args, client_id=taken_id, will=will_of(f"{base}/taken-over"))
+    taken.connect()
+    successor = Peer(args, client_id=taken_id)
+    successor.connect()
+    # A 600 s delay, but the session ends with the connection (no expiry): published at once.
+    short_lived = Peer(args, will=will_of(f"{base}/session-ended", delay=600))
+    short_lived.connect()
+    short_lived.drop()
+    expected = [f"{base}/code-04", f"{base}/code-80", f"{base}/taken-over", f"{base}/session-ended"]
+    watcher.wait_for(len(expected), "wills")
+    time.sleep(SETTLE)
+    topics = sorted(m.topic for m in watcher.messages)
+    assert topics == sorted(expected), f"expected wills {sorted(expected)}, got {topics}"
+    taken.client.loop_stop()
+    for peer in (successor, watcher):
+        peer.disconnect()
+    print("will: kept by DISCONNECT 0x04 and 0x80, deleted by 0x00; published on takeover; "
+          "a delay longer than the session ends with it")
+
+
+def varint(value):
+    out = bytearray()
+    while True:
+        byte, value = value % 128, value // 128
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def raw_v5_connack_code(args, properties=b"", client_id=b"raw"):
+    """The reason code of the CONNACK to an MQTT 5 CONNECT written by hand (paho will not send the
+    values these checks need)."""
+    variable = b"\x00\x04MQTT\x05\x02\x00\x3c" + varint(len(properties)) + properties
+    body = variable + struct.pack(">H", len(client_id)) + client_id
+    with socket.create_connection((args.host, args.port), timeout=30) as sock:
+        sock.sendall(b"\x10" + varint(len(body)) + body)
+        header = sock.recv(2)
+        assert header[:1] == b"\x20", f"expected CONNACK, got {header!r}"
+        rest = b""
+        while len(rest) < header[1]:
+            chunk = sock.recv(header[1] - len(rest))
+            assert chunk, "closed before the whole CONNACK"
+            rest += chunk
+        return rest[1]
+
+
+def check_refusals(args):
+    """CONNECT and PUBLISH fields the spec forbids are refused with the right reason; a client that
+    asks for no problem information gets no reason string on a refused publish [MQTT-3.1.2-29]."""
+    assert raw_v5_connack_code(args) == 0x00, "a plain CONNECT"
+    assert raw_v5_connack_code(args, b"\x21\x00\x00") == 0x82, "Receive Maximum 0"
+    assert raw_v5_connack_code(args, b"\x27\x00\x00\x00\x00") == 0x82, "Maximum Packet Size 0"
+    assert raw_v5_connack_code(args, client_id=b"nul\x00id") == 0x81, "U+0000 in the client id"
+
+    sender = Peer(args)
+    sender.connect()
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.UserProperty = [("key", "nul\0value")]
+    sender.client.publish(unique("nul"), b"x", qos=1, properties=properties)
+    sender._wait(lambda: sender.disconnected is not None, "the server to close the connection")
+    assert sender.disconnected.value == 0x81, f"U+0000 in a user property: {sender.disconnected}"
+    sender.client.loop_stop()
+
+    for asked, expect_text in ((None, True), (0, False)):
+        peer = Peer(args)
+        properties = Properties(PacketTypes.CONNECT)
+        if asked is not None:
+            properties.RequestProblemInformation = asked
+        answers = []
+        peer.client.on_publish = lambda c, u, mid, code, props: answers.append((code, props))
+        peer.client.connect(args.host, args.port, clean_start=True, properties=properties)
+        peer.client.loop_start()
+        peer._wait(lambda: peer.connected is not None, "CONNACK")
+        peer.client.publish("$SYS/x", b"no", qos=1)
+        peer._wait(lambda: answers, "PUBACK")
+        code, props = answers[0]
+        assert code.value == 0x90, code
+        has_text = bool(getattr(props, "ReasonString", None))
+        assert has_text == expect_text, f"problem information {asked}: reason string {has_text}"
+        peer.disconnect()
+    print("refusals: Receive Maximum 0 and Maximum Packet Size 0 get 0x82, U+0000 gets 0x81; "
+          "no reason string for a client that asks for no problem information")
+
+
 def raw_v311_connect(args, keep_alive):
     """A 3.1.1 CONNECT by hand (paho would ping on its own)."""
     client_id = unique("raw").encode()
@@ -296,6 +401,8 @@ CHECKS = {
     "keep-alive": check_server_keep_alive,
     "v311-keep-alive": check_v311_keep_alive_limit,
     "resume-latency": check_resume_latency,
+    "will": check_will_rules,
+    "refusals": check_refusals,
 }
 
 

@@ -48,6 +48,10 @@ pub struct Codec {
 
 const CONNECT: u8 = 1;
 const PUBLISH: u8 = 3;
+const PUBREL: u8 = 6;
+const SUBSCRIBE: u8 = 8;
+const UNSUBSCRIBE: u8 = 10;
+const DISCONNECT: u8 = 14;
 /// CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT.
 const CLIENT_PACKETS: [u8; 10] = [1, 3, 4, 5, 6, 7, 8, 10, 12, 14];
 
@@ -114,6 +118,24 @@ impl Codec {
                 version
             }
         };
+        check_reserved_flags(kind, buffer[0])?;
+        if kind == CONNECT {
+            check_connect_flags(&buffer[header_len..frame_len])?;
+        }
+        if version == Version::V5 && kind == DISCONNECT && remaining == 1 {
+            // A reason code without a property length means no properties [MQTT 5 §3.14.2.2.1];
+            // rumqttd's reader wants the length byte, so it is added.
+            let reason = buffer[header_len];
+            let _ = buffer.split_to(frame_len);
+            let mut whole = BytesMut::from(&[DISCONNECT << 4, 2, reason, 0][..]);
+            let packet = V5
+                .read_mut(&mut whole, self.max_packet_size)
+                .map_err(Error::Malformed)?;
+            return Ok(Some(Frame {
+                packet,
+                publish: None,
+            }));
+        }
         let publish = if kind == PUBLISH {
             Some(publish_header(&buffer[..frame_len], header_len)?)
         } else {
@@ -124,6 +146,12 @@ impl Codec {
             Version::V5 => V5.read_mut(buffer, self.max_packet_size),
         }
         .map_err(Error::Malformed)?;
+        if matches!(&packet, Packet::Unsubscribe(unsubscribe, _) if unsubscribe.filters.is_empty())
+        {
+            return Err(Error::Protocol(
+                "an UNSUBSCRIBE must name at least one filter [MQTT-3.10.3-2]".into(),
+            ));
+        }
         Ok(Some(Frame { packet, publish }))
     }
 
@@ -177,6 +205,38 @@ fn protocol_level(body: &[u8]) -> Result<u8> {
     body.get(2 + name_len).copied().ok_or_else(malformed)
 }
 
+/// The fixed header's reserved flag bits must be as the spec lists them, else the packet is malformed
+/// [MQTT-2.1.3-1; 3.1.1: MQTT-2.2.2-1]: 0b0010 for PUBREL, SUBSCRIBE and UNSUBSCRIBE, 0 for the other
+/// packets a client sends but PUBLISH (whose flags are its own).
+fn check_reserved_flags(kind: u8, byte1: u8) -> Result<()> {
+    let expected = match kind {
+        PUBLISH => return Ok(()),
+        PUBREL | SUBSCRIBE | UNSUBSCRIBE => 0b0010,
+        _ => 0,
+    };
+    if byte1 & 0x0F == expected {
+        Ok(())
+    } else {
+        Err(Error::Malformed(wire::Error::MalformedPacket))
+    }
+}
+
+/// CONNECT's reserved flag (bit 0 of the Connect Flags) must be 0 [MQTT-3.1.2-3; 3.1.1:
+/// MQTT-3.1.2-3].
+fn check_connect_flags(body: &[u8]) -> Result<()> {
+    let malformed = || Error::Malformed(wire::Error::MalformedPacket);
+    let name_len = usize::from(u16::from_be_bytes([
+        *body.first().ok_or_else(malformed)?,
+        *body.get(1).ok_or_else(malformed)?,
+    ]));
+    let flags = *body.get(3 + name_len).ok_or_else(malformed)?;
+    if flags & 1 == 0 {
+        Ok(())
+    } else {
+        Err(malformed())
+    }
+}
+
 /// QoS, DUP and packet id of a whole PUBLISH frame.
 fn publish_header(frame: &[u8], header_len: usize) -> Result<PublishHeader> {
     let flags = frame[0];
@@ -224,7 +284,7 @@ fn without_properties(packet: Packet) -> Packet {
 mod tests {
     use bytes::Bytes;
     use proptest::prelude::*;
-    use rumqttd::protocol::PublishProperties;
+    use rumqttd::protocol::{DisconnectReasonCode, PublishProperties};
 
     use super::*;
 
@@ -254,6 +314,86 @@ mod tests {
         assert_eq!(&publish.topic[..], b"a/b");
         assert_eq!(&publish.payload[..], b"hey");
         assert!(buffer.is_empty());
+    }
+
+    /// An MQTT 5 CONNECT (client id `c5`, no properties) with the given Connect Flags.
+    fn connect_v5(flags: u8) -> Vec<u8> {
+        let mut frame = b"\x10\x0f\x00\x04MQTT\x05".to_vec();
+        frame.extend([flags, 0x00, 0x3c, 0x00, 0x00, 0x02, b'c', b'5']);
+        frame
+    }
+
+    fn decoded_after_connect(packet: &[u8]) -> Result<Option<Frame>> {
+        let mut codec = Codec::new(1024);
+        let mut buffer = BytesMut::from(&[&connect_v5(0x02)[..], packet].concat()[..]);
+        codec.decode(&mut buffer)?;
+        codec.decode(&mut buffer)
+    }
+
+    #[test]
+    fn a_reserved_connect_flag_is_malformed() {
+        let mut codec = Codec::new(1024);
+        assert!(
+            codec
+                .decode(&mut BytesMut::from(&connect_v5(0x02)[..]))
+                .is_ok()
+        );
+        let mut codec = Codec::new(1024);
+        let refused = codec.decode(&mut BytesMut::from(&connect_v5(0x03)[..]));
+        assert!(matches!(refused, Err(Error::Malformed(_))), "{refused:?}");
+    }
+
+    #[test]
+    fn reserved_fixed_header_flags_are_checked() {
+        // PUBREL, SUBSCRIBE, UNSUBSCRIBE carry 0b0010; PUBACK, PINGREQ and DISCONNECT carry 0.
+        for good in [
+            &b"\x62\x02\x00\x01"[..],
+            b"\x82\x07\x00\x01\x00\x00\x01a\x01",
+            b"\xa2\x06\x00\x01\x00\x00\x01a",
+            b"\x40\x02\x00\x01",
+            b"\xc0\x00",
+            b"\xe0\x00",
+        ] {
+            assert!(decoded_after_connect(good).is_ok(), "{good:x?}");
+        }
+        for bad in [
+            &b"\x60\x02\x00\x01"[..],
+            b"\x80\x07\x00\x01\x00\x00\x01a\x01",
+            b"\xa0\x06\x00\x01\x00\x00\x01a",
+            b"\x41\x02\x00\x01",
+            b"\xc4\x00",
+            b"\xe1\x00",
+        ] {
+            let refused = decoded_after_connect(bad);
+            assert!(
+                matches!(refused, Err(Error::Malformed(_))),
+                "{bad:x?}: {refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_disconnect_with_a_reason_and_no_property_length_is_read() {
+        for (bytes, expected) in [
+            (
+                &b"\xe0\x01\x04"[..],
+                DisconnectReasonCode::DisconnectWithWillMessage,
+            ),
+            (b"\xe0\x01\x00", DisconnectReasonCode::NormalDisconnection),
+            (b"\xe0\x02\x80\x00", DisconnectReasonCode::UnspecifiedError),
+        ] {
+            let frame = decoded_after_connect(bytes).unwrap().unwrap();
+            let Packet::Disconnect(disconnect, None) = frame.packet else {
+                panic!("not a DISCONNECT without properties: {:?}", frame.packet)
+            };
+            assert_eq!(disconnect.reason_code, expected);
+        }
+    }
+
+    #[test]
+    fn an_unsubscribe_without_filters_is_a_protocol_error() {
+        let refused = decoded_after_connect(b"\xa2\x03\x00\x01\x00");
+        assert!(matches!(refused, Err(Error::Protocol(_))), "{refused:?}");
     }
 
     #[test]

@@ -323,6 +323,18 @@ pub fn valid_topic_name(topic: &str) -> bool {
     !topic.is_empty() && topic.len() <= usize::from(u16::MAX) && !topic.contains(['+', '#', '\0'])
 }
 
+/// Does a string property of a PUBLISH hold U+0000, which makes the packet malformed
+/// [MQTT-1.5.4-2]? (Topic names are checked by [`valid_topic_name`].)
+pub fn holds_nul(properties: &PublishProperties) -> bool {
+    let nul = |text: &str| text.contains('\0');
+    properties.content_type.as_deref().is_some_and(nul)
+        || properties.response_topic.as_deref().is_some_and(nul)
+        || properties
+            .user_properties
+            .iter()
+            .any(|(key, value)| nul(key) || nul(value))
+}
+
 /// Is this a valid MQTT topic filter (wildcards whole levels, `#` last only).
 pub fn valid_filter(filter: &str) -> bool {
     !filter.contains('\0')

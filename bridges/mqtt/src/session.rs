@@ -329,9 +329,11 @@ impl Session {
                     }
                     self.record.expiry_secs = Some(expiry);
                 }
+                // Only a normal disconnection deletes the will; any other reason (0x04 "with will
+                // message", or a client's error code) leaves it to be published [MQTT-3.1.2-8].
                 return Ok(Some(End::Disconnected {
                     publish_will: disconnect.reason_code
-                        == DisconnectReasonCode::DisconnectWithWillMessage,
+                        != DisconnectReasonCode::NormalDisconnection,
                 }));
             }
             Packet::Connect(..) => return Err(Error::Protocol("a second CONNECT".into())),
@@ -357,6 +359,8 @@ impl Session {
         end: End,
     ) {
         let taken_over = matches!(end, End::Failed(Error::SessionTakenOver));
+        // A takeover publishes the will too (the old connection closed without a normal
+        // DISCONNECT), unless it has a delay: the new connection came back within it.
         let publish_will = match &end {
             End::Disconnected { publish_will } => *publish_will,
             End::Gone => true,
@@ -405,7 +409,7 @@ impl Session {
                     },
                     Some(DisconnectProperties {
                         session_expiry_interval: None,
-                        reason_string: Some(error.to_string()),
+                        reason_string: self.client.fitting(error.to_string()),
                         user_properties: Vec::new(),
                         server_reference: None,
                     }),
@@ -446,13 +450,27 @@ impl Session {
             }
         }
         let connection_id = self.record.connection.clone();
+        let session_lifetime = self.session_lifetime();
         drop(self.registration);
-        if let Some(will) = self.will.take().filter(|_| publish_will && !taken_over) {
+        if let Some(mut will) = self.will.take().filter(|_| publish_will) {
+            // The will goes out when its delay has passed or the session ends, whichever is first
+            // [MQTT-3.1.2-8, 3.1.3-9].
+            will.delay = will.delay.min(session_lifetime);
             let bridge = self.bridge.clone();
             tokio::spawn(publish_will_later(bridge, client_id, connection_id, *will));
         }
         // Last, so a successor waiting for this connection to finish is not held up by it.
         connection.linger().await;
+    }
+
+    /// How long the session lives on once its connection is gone.
+    fn session_lifetime(&self) -> Duration {
+        if !self.record.outlives_connection() {
+            return Duration::ZERO;
+        }
+        self.record
+            .expiry_secs
+            .map_or(Duration::MAX, |secs| Duration::from_secs(secs.into()))
     }
 }
 

@@ -34,6 +34,29 @@ pub(crate) struct Client {
     pub(crate) receive_maximum: u16,
     /// Largest packet the client takes.
     pub(crate) max_packet_size: Option<u32>,
+    /// MQTT 5 Request Problem Information: 0 asks for no reason strings on acknowledgements.
+    pub(crate) problem_info: bool,
+}
+
+impl Client {
+    /// The reason string to put in a PUBACK or PUBREC: none when the client asked for no problem
+    /// information [MQTT-3.1.2-29], or when it would make the packet larger than the client takes.
+    pub(crate) fn ack_reason(&self, text: String) -> Option<String> {
+        self.problem_info
+            .then_some(text)
+            .and_then(|text| self.fitting(text))
+    }
+
+    /// `text` as a reason string, if a small packet carrying it stays within the client's Maximum
+    /// Packet Size [MQTT-3.1.2-24]: the packet goes out without it rather than not at all.
+    pub(crate) fn fitting(&self, text: String) -> Option<String> {
+        // Fixed header, packet id, reason code, property lengths and the reason string's header.
+        const OVERHEAD: usize = 16;
+        let fits = self
+            .max_packet_size
+            .is_none_or(|max| text.len() + OVERHEAD <= max as usize);
+        fits.then_some(text)
+    }
 }
 
 /// A last will, published when the connection ends without a normal DISCONNECT.
@@ -101,6 +124,10 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         authentication_data: None,
     });
 
+    if let Some((code, reason)) = connect_violation(&properties, &client_id, login.as_ref()) {
+        refuse(connection, code, reason).await?;
+        return Ok(None);
+    }
     if properties.authentication_method.is_some() {
         refuse(
             connection,
@@ -256,9 +283,9 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             keep_alive,
             receive_maximum: properties
                 .receive_maximum
-                .filter(|&maximum| maximum > 0)
                 .unwrap_or(bridge.config.max_inflight),
             max_packet_size: properties.max_packet_size,
+            problem_info: properties.request_problem_info != Some(0),
         },
         session,
         session_present,
@@ -267,6 +294,41 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         awaiting_release,
         awaiting_completion,
     }))
+}
+
+/// What the spec forbids in a CONNECT that the decoder reads without complaint: U+0000 in a string
+/// makes the packet malformed [MQTT-1.5.4-2]; a Receive Maximum or Maximum Packet Size of 0 is a
+/// Protocol Error [MQTT 5 §3.1.2.11.3, §3.1.2.11.4].
+fn connect_violation(
+    properties: &ConnectProperties,
+    client_id: &str,
+    login: Option<&Login>,
+) -> Option<(ConnectReturnCode, &'static str)> {
+    let user_properties = properties.user_properties.iter();
+    let has_nul = client_id.contains('\0')
+        || login.is_some_and(|login| login.username.contains('\0'))
+        || user_properties
+            .clone()
+            .any(|(key, value)| key.contains('\0') || value.contains('\0'));
+    if has_nul {
+        return Some((
+            ConnectReturnCode::MalformedPacket,
+            "a string in CONNECT holds U+0000",
+        ));
+    }
+    if properties.receive_maximum == Some(0) {
+        return Some((
+            ConnectReturnCode::ProtocolError,
+            "Receive Maximum must not be 0",
+        ));
+    }
+    if properties.max_packet_size == Some(0) {
+        return Some((
+            ConnectReturnCode::ProtocolError,
+            "Maximum Packet Size must not be 0",
+        ));
+    }
+    None
 }
 
 /// The keep-alive the connection is held to: the client's, within `mqtt.max_keep_alive`. An MQTT 5
@@ -419,5 +481,28 @@ mod tests {
         assert_eq!(served_keep_alive(Version::V4, 65535, limit), 300);
         assert_eq!(served_keep_alive(Version::V4, 0, limit), 0);
         assert_eq!(served_keep_alive(Version::V5, 0, Duration::ZERO), 0);
+    }
+
+    fn client(max_packet_size: Option<u32>, problem_info: bool) -> Client {
+        Client {
+            client_id: "c".into(),
+            version: Version::V5,
+            keep_alive: 30,
+            receive_maximum: 10,
+            max_packet_size,
+            problem_info,
+        }
+    }
+
+    #[test]
+    fn reason_strings_respect_problem_information_and_packet_size() {
+        let text = || "x".repeat(100);
+        assert_eq!(client(None, true).ack_reason(text()), Some(text()));
+        assert_eq!(client(None, false).ack_reason(text()), None);
+        assert_eq!(client(Some(64), true).ack_reason(text()), None);
+        assert_eq!(client(Some(200), true).ack_reason(text()), Some(text()));
+        // DISCONNECT may carry one whatever problem information says, if it fits.
+        assert_eq!(client(None, false).fitting(text()), Some(text()));
+        assert_eq!(client(Some(64), false).fitting(text()), None);
     }
 }

@@ -118,6 +118,9 @@ impl Inbound {
         let PublishHeader { qos, pkid, .. } = header;
         let mut properties = properties.unwrap_or_default();
         let topic = self.resolve_topic(bridge, &publish, properties.topic_alias.take())?;
+        if mapping::holds_nul(&properties) {
+            return Err(Error::Malformed(rumqttd::protocol::Error::MalformedPacket));
+        }
         properties.subscription_identifiers.clear();
 
         if qos == QoS::ExactlyOnce {
@@ -387,12 +390,12 @@ fn refuse(client: &Client, qos: QoS, pkid: u16, refusal: Refusal) -> Result<Opti
         (Version::V5, QoS::AtLeastOnce) => Ok(Some(puback(
             pkid,
             refusal.code.puback(),
-            Some(refusal.text),
+            client.ack_reason(refusal.text),
         ))),
         (Version::V5, QoS::ExactlyOnce) => Ok(Some(pubrec(
             pkid,
             refusal.code.pubrec(),
-            Some(refusal.text),
+            client.ack_reason(refusal.text),
         ))),
         _ => Err(Error::Refused(refusal)),
     }
