@@ -1,9 +1,7 @@
 //! The `courier` binary: parse the command line, set up tracing, and run the command. The gateway's
 //! behaviour lives in the library crates; this file only wires them.
 
-mod bench;
 mod cli;
-mod client;
 mod config;
 mod http;
 mod passwd;
@@ -12,6 +10,7 @@ mod serve;
 use std::process::ExitCode;
 
 use clap::Parser;
+use courier_tools::{bench, client};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};

@@ -1,5 +1,6 @@
-//! The client commands (`produce`, `consume`, `topics`, `groups`): thin users of the generated gRPC
-//! client, the same API any other language gets from `proto/`.
+//! The client commands (`produce`, `consume`, `topics`, `groups`, `regions`): thin users of the
+//! generated gRPC client, the same API any other language gets from `proto/`. Their clap arguments
+//! are types only (`client/args.rs`, re-exported here), so they depend on no command.
 
 use std::io::{BufRead, Write};
 
@@ -13,7 +14,9 @@ use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::transport::Channel;
 
-use crate::cli::{
+mod args;
+
+pub use args::{
     ConsumeArgs, GroupsCommand, ProduceArgs, RegionsCommand, ServerArgs, TopicsCommand,
 };
 
@@ -32,7 +35,7 @@ pub(crate) async fn connect(server: &ServerArgs) -> Result<Channel> {
 }
 
 /// `courier produce`.
-pub(crate) async fn produce(args: ProduceArgs) -> Result<()> {
+pub async fn produce(args: ProduceArgs) -> Result<()> {
     let mut client = StreamsClient::new(connect(&args.server).await?);
     let (key, headers, partition) = (args.key.clone(), args.headers.clone(), args.partition);
     let record = move |value: String| pb::ProduceRecord {
@@ -173,7 +176,7 @@ pub(crate) async fn open_subscription(
 }
 
 /// `courier consume`.
-pub(crate) async fn consume(args: ConsumeArgs) -> Result<()> {
+pub async fn consume(args: ConsumeArgs) -> Result<()> {
     let mut client = StreamsClient::new(connect(&args.server).await?);
     let start = pb::SubscribeStart {
         topics: args.topics.clone(),
@@ -261,7 +264,7 @@ fn print_record(out: &mut impl Write, record: &pb::Record, format: &str) -> Resu
 }
 
 /// `courier topics`.
-pub(crate) async fn topics(server: ServerArgs, command: TopicsCommand) -> Result<()> {
+pub async fn topics(server: ServerArgs, command: TopicsCommand) -> Result<()> {
     let mut client = AdminClient::new(connect(&server).await?);
     match command {
         TopicsCommand::List => {
@@ -317,7 +320,7 @@ fn print_topic(topic: &pb::TopicDescription) {
 }
 
 /// `courier regions`.
-pub(crate) async fn regions(server: ServerArgs, command: Option<RegionsCommand>) -> Result<()> {
+pub async fn regions(server: ServerArgs, command: Option<RegionsCommand>) -> Result<()> {
     let mut client = AdminClient::new(connect(&server).await?);
     let status = match command.unwrap_or(RegionsCommand::List) {
         RegionsCommand::List => client.list_regions(pb::ListRegionsRequest {}).await?,
@@ -383,7 +386,7 @@ fn format_time(ms: i64) -> String {
 }
 
 /// `courier groups`.
-pub(crate) async fn groups(server: ServerArgs, command: GroupsCommand) -> Result<()> {
+pub async fn groups(server: ServerArgs, command: GroupsCommand) -> Result<()> {
     let mut client = AdminClient::new(connect(&server).await?);
     match command {
         GroupsCommand::List => {

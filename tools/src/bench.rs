@@ -8,10 +8,10 @@
 //!
 //! Against the embedded log (default), `direct` is the store in-process, each side on a fresh store in
 //! a temporary directory. With `--kafka BOOTSTRAP`, both sides use the same broker, each its own topic:
-//! `direct` is a plain rdkafka producer and consumer with the gateway's settings ([`kafka`]), `grpc` a
+//! `direct` is a plain rdkafka producer and consumer with the gateway's settings (`kafka.rs`), `grpc` a
 //! gateway in front of that broker. With `--regions B` as well, both sides are gateways over `A`: one
 //! over the plain Kafka backend, one over the region router with `B` as its standby region
-//! ([`regions`]), measuring what the router costs while nothing fails.
+//! (`regions.rs`), measuring what the router costs while nothing fails.
 //!
 //! Both sides use the same concurrency: `streams` producers, each keeping `pipeline` requests of
 //! `batch` records in flight. Latency is per request: from submit to durable ack.
@@ -55,7 +55,7 @@ use tonic::transport::Channel;
 
 /// `courier bench` options.
 #[derive(Debug, Args, Clone)]
-pub(crate) struct BenchArgs {
+pub struct BenchArgs {
     /// Records to produce (and read back) per side.
     #[arg(long, default_value_t = 200_000)]
     pub(crate) records: usize,
@@ -81,14 +81,14 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     pub(crate) kafka: Option<String>,
     /// With `--kafka`: compare a gateway over the plain Kafka backend with one over the region router,
-    /// whose standby region is the Kafka cluster here (see src/bench/regions.rs).
+    /// whose standby region is the Kafka cluster here (see tools/src/bench/regions.rs).
     #[arg(long, requires = "kafka")]
     pub(crate) regions: Option<String>,
     /// A librdkafka producer property (`KEY=VALUE`, repeatable), given to both sides alike.
     #[arg(long = "producer-property", value_parser = parse_property)]
     pub(crate) producer_properties: Vec<(String, String)>,
     /// MQTT mode: Courier's MQTT endpoint (embedded) against Mosquitto; `records` messages of
-    /// `record_size` bytes from `streams` publishers (see src/bench/mqtt.rs).
+    /// `record_size` bytes from `streams` publishers (see tools/src/bench/mqtt.rs).
     #[arg(long)]
     pub(crate) mqtt: bool,
     /// MQTT mode: QoS 1 messages a publisher keeps unacknowledged.
@@ -115,7 +115,7 @@ pub(crate) struct BenchArgs {
     pub(crate) mosquitto: std::path::PathBuf,
     /// AMQP mode: Courier's AMQP 1.0 endpoint (embedded) against RabbitMQ's AMQP 1.0 plugin; `records`
     /// messages of `record_size` bytes from `streams` senders, read back by one receiver (see
-    /// src/bench/amqp.rs).
+    /// tools/src/bench/amqp.rs).
     #[arg(long)]
     pub(crate) amqp: bool,
     /// AMQP mode: unsettled messages a sender keeps in flight.
@@ -154,7 +154,7 @@ impl Measurement {
 }
 
 /// Runs the benchmark and prints a markdown table.
-pub(crate) async fn run(args: BenchArgs) -> Result<()> {
+pub async fn run(args: BenchArgs) -> Result<()> {
     if args.records == 0 || args.streams == 0 || args.batch == 0 || args.pipeline == 0 {
         bail!("records, streams, batch and pipeline must be at least 1");
     }
