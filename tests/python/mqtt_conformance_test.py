@@ -296,9 +296,9 @@ def varint(value):
             return bytes(out)
 
 
-def raw_v5_connack_code(args, properties=b"", client_id=b"raw"):
-    """The reason code of the CONNACK to an MQTT 5 CONNECT written by hand (paho will not send the
-    values these checks need)."""
+def raw_v5_connack(args, properties=b"", client_id=b"raw"):
+    """The CONNACK (after its fixed header) to an MQTT 5 CONNECT written by hand (paho will not send
+    the values these checks need)."""
     variable = b"\x00\x04MQTT\x05\x02\x00\x3c" + varint(len(properties)) + properties
     body = variable + struct.pack(">H", len(client_id)) + client_id
     with socket.create_connection((args.host, args.port), timeout=30) as sock:
@@ -310,7 +310,11 @@ def raw_v5_connack_code(args, properties=b"", client_id=b"raw"):
             chunk = sock.recv(header[1] - len(rest))
             assert chunk, "closed before the whole CONNACK"
             rest += chunk
-        return rest[1]
+        return rest
+
+
+def raw_v5_connack_code(args, properties=b"", client_id=b"raw"):
+    return raw_v5_connack(args, properties, client_id)[1]
 
 
 def check_refusals(args):
@@ -320,6 +324,9 @@ def check_refusals(args):
     assert raw_v5_connack_code(args, b"\x21\x00\x00") == 0x82, "Receive Maximum 0"
     assert raw_v5_connack_code(args, b"\x27\x00\x00\x00\x00") == 0x82, "Maximum Packet Size 0"
     assert raw_v5_connack_code(args, client_id=b"nul\x00id") == 0x81, "U+0000 in the client id"
+    # Refused for its authentication method; the reason string would pass its 24-byte limit.
+    connack = raw_v5_connack(args, b"\x27\x00\x00\x00\x18\x15\x00\x01x")
+    assert connack[1] == 0x8C and len(connack) <= 24 - 2, f"CONNACK past the client's limit: {connack!r}"
 
     sender = Peer(args)
     sender.connect()
@@ -348,7 +355,8 @@ def check_refusals(args):
         assert has_text == expect_text, f"problem information {asked}: reason string {has_text}"
         peer.disconnect()
     print("refusals: Receive Maximum 0 and Maximum Packet Size 0 get 0x82, U+0000 gets 0x81; "
-          "no reason string for a client that asks for no problem information")
+          "no reason string past the client's Maximum Packet Size, nor for a client that asks for no "
+          "problem information")
 
 
 def raw_v311_connect(args, keep_alive):

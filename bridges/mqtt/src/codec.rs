@@ -122,6 +122,9 @@ impl Codec {
         if kind == CONNECT {
             check_connect_flags(&buffer[header_len..frame_len])?;
         }
+        if kind == SUBSCRIBE {
+            check_subscription_options(version, &buffer[header_len..frame_len])?;
+        }
         if version == Version::V5 && kind == DISCONNECT && remaining == 1 {
             // A reason code without a property length means no properties [MQTT 5 §3.14.2.2.1];
             // rumqttd's reader wants the length byte, so it is added.
@@ -235,6 +238,47 @@ fn check_connect_flags(body: &[u8]) -> Result<()> {
     } else {
         Err(malformed())
     }
+}
+
+/// The reserved bits of every subscription options byte must be 0 [MQTT-3.8.3-5: bits 6 and 7;
+/// 3.1.1: MQTT-3.8.3-4, bits 2 to 7]. rumqttd reads the rest and ignores these.
+fn check_subscription_options(version: Version, body: &[u8]) -> Result<()> {
+    let malformed = || Error::Malformed(wire::Error::MalformedPacket);
+    let reserved = match version {
+        Version::V4 => 0b1111_1100,
+        Version::V5 => 0b1100_0000,
+    };
+    // Packet id, then (MQTT 5) the properties, whose length is a variable byte integer.
+    let mut at = 2;
+    if version == Version::V5 {
+        let mut length = 0usize;
+        for (index, byte) in body
+            .get(at..)
+            .ok_or_else(malformed)?
+            .iter()
+            .take(4)
+            .enumerate()
+        {
+            length |= usize::from(byte & 0x7F) << (7 * index);
+            if byte & 0x80 == 0 {
+                at += index + 1 + length;
+                break;
+            }
+        }
+    }
+    while at < body.len() {
+        let filter_len = usize::from(u16::from_be_bytes([
+            *body.get(at).ok_or_else(malformed)?,
+            *body.get(at + 1).ok_or_else(malformed)?,
+        ]));
+        at += 2 + filter_len;
+        let options = *body.get(at).ok_or_else(malformed)?;
+        if options & reserved != 0 {
+            return Err(malformed());
+        }
+        at += 1;
+    }
+    Ok(())
 }
 
 /// QoS, DUP and packet id of a whole PUBLISH frame.
@@ -388,6 +432,32 @@ mod tests {
             };
             assert_eq!(disconnect.reason_code, expected);
         }
+    }
+
+    #[test]
+    fn reserved_subscription_option_bits_are_malformed() {
+        // Two filters, `a` (options 0x01) and `b` (options as given), no properties.
+        let subscribe = |options: u8| {
+            [
+                &b"\x82\x0b\x00\x01\x00\x00\x01a\x01\x00\x01b"[..],
+                &[options],
+            ]
+            .concat()
+        };
+        assert!(decoded_after_connect(&subscribe(0x2e)).is_ok());
+        for options in [0x41, 0x81] {
+            let refused = decoded_after_connect(&subscribe(options));
+            assert!(
+                matches!(refused, Err(Error::Malformed(_))),
+                "{options:#x}: {refused:?}"
+            );
+        }
+        // With properties (a subscription identifier) before the filters.
+        let identified = b"\x82\x09\x00\x01\x02\x0b\x07\x00\x01a\x41";
+        assert!(matches!(
+            decoded_after_connect(identified),
+            Err(Error::Malformed(_))
+        ));
     }
 
     #[test]

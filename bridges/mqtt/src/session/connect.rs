@@ -21,6 +21,10 @@ use crate::{
     sessions::SessionRecord,
 };
 
+/// Bytes a small packet spends around its reason string: fixed header, packet id, reason code,
+/// property lengths and the string's own header.
+const REASON_OVERHEAD: usize = 16;
+
 /// How long a takeover waits for the previous connection here to finish.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -50,11 +54,9 @@ impl Client {
     /// `text` as a reason string, if a small packet carrying it stays within the client's Maximum
     /// Packet Size [MQTT-3.1.2-24]: the packet goes out without it rather than not at all.
     pub(crate) fn fitting(&self, text: String) -> Option<String> {
-        // Fixed header, packet id, reason code, property lengths and the reason string's header.
-        const OVERHEAD: usize = 16;
         let fits = self
             .max_packet_size
-            .is_none_or(|max| text.len() + OVERHEAD <= max as usize);
+            .is_none_or(|max| text.len() + REASON_OVERHEAD <= max as usize);
         fits.then_some(text)
     }
 }
@@ -95,7 +97,13 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 )));
             }
             Ok(Err(Error::UnsupportedProtocol(level))) => {
-                refuse(connection, ConnectReturnCode::RefusedProtocolVersion, "").await?;
+                refuse(
+                    connection,
+                    ConnectReturnCode::RefusedProtocolVersion,
+                    "",
+                    None,
+                )
+                .await?;
                 return Err(Error::UnsupportedProtocol(level));
             }
             Ok(frame) => frame?,
@@ -125,7 +133,7 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     });
 
     if let Some((code, reason)) = connect_violation(&properties, &client_id, login.as_ref()) {
-        refuse(connection, code, reason).await?;
+        refuse(connection, code, reason, properties.max_packet_size).await?;
         return Ok(None);
     }
     if properties.authentication_method.is_some() {
@@ -133,6 +141,7 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             connection,
             ConnectReturnCode::BadAuthenticationMethod,
             "enhanced authentication is not supported; use a username and password",
+            properties.max_packet_size,
         )
         .await?;
         return Ok(None);
@@ -145,6 +154,7 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             connection,
             ConnectReturnCode::ClientIdentifierNotValid,
             "an empty client id needs a clean session",
+            properties.max_packet_size,
         )
         .await?;
         return Ok(None);
@@ -159,6 +169,7 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 connection,
                 ConnectReturnCode::NotAuthorized,
                 "anonymous clients are not allowed; connect with a username and password",
+                properties.max_packet_size,
             )
             .await?;
             return Ok(None);
@@ -168,6 +179,7 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 connection,
                 ConnectReturnCode::BadUserNamePassword,
                 "unknown user or wrong password",
+                properties.max_packet_size,
             )
             .await?;
             return Ok(None);
@@ -177,7 +189,13 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let will = match will.map(|will| to_will(will, will_properties)).transpose() {
         Ok(will) => will,
         Err(text) => {
-            refuse(connection, ConnectReturnCode::TopicNameInvalid, &text).await?;
+            refuse(
+                connection,
+                ConnectReturnCode::TopicNameInvalid,
+                &text,
+                properties.max_packet_size,
+            )
+            .await?;
             return Ok(None);
         }
     };
@@ -398,6 +416,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<S>,
     code: ConnectReturnCode,
     reason: &str,
+    max_packet_size: Option<u32>,
 ) -> Result<()> {
     tracing::info!(?code, reason, "refusing a connection");
     let v5 = connection.version() == Some(Version::V5);
@@ -418,7 +437,9 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
             _ => ConnectReturnCode::ServiceUnavailable,
         }
     };
-    let properties = (v5 && !reason.is_empty()).then(|| ConnAckProperties {
+    // No reason string that would make the CONNACK larger than the client takes [MQTT-3.2.2-19].
+    let fits = max_packet_size.is_none_or(|max| reason.len() + REASON_OVERHEAD <= max as usize);
+    let properties = (v5 && !reason.is_empty() && fits).then(|| ConnAckProperties {
         reason_string: Some(reason.to_owned()),
         ..ConnAckProperties::default()
     });

@@ -535,7 +535,14 @@ impl Outbound {
         if !mapping::valid_filter(&filter) {
             return Err(SubscribeReasonCode::TopicFilterInvalid);
         }
-        let qos = rumqttd::protocol::qos(stored.qos).unwrap_or(QoS::AtMostOnce);
+        let mut qos = rumqttd::protocol::qos(stored.qos).unwrap_or(QoS::AtMostOnce);
+        if share_group.is_some() {
+            // A shared QoS 2 delivery cut off before PUBREC must be completed with the same client
+            // and go to no other [MQTT-4.8.2-4, 4.8.2-5], but the shared Kafka group hands an
+            // unacknowledged record to another member. QoS 1 allows that, so that is what is granted
+            // (a server may grant less than asked, [MQTT-3.8.4-6]).
+            qos = mapping::min_qos(qos, QoS::AtLeastOnce);
+        }
         let subscription = Subscription {
             kafka_topics: bridge.routes.topics_for_filter(&filter),
             stored,
