@@ -1,6 +1,7 @@
 //! One client's connection, from CONNECT to the end: the MQTT state machine over a [`Connection`].
 //!
-//! - [`connect`]: the handshake (credentials, session lookup, takeover, CONNACK);
+//! - [`admission`]: the CONNECT decision without I/O (refusals, client id, will, session, CONNACK);
+//! - [`connect`]: the handshake's I/O around it (credentials, session record, takeover);
 //! - [`inbound`]: what the client publishes, acknowledged once the log has it;
 //! - [`outbound`]: subscriptions and deliveries, acknowledged to the log once the client has them.
 //!
@@ -10,6 +11,7 @@
 //! DISCONNECT carrying the reason (MQTT 5) or by closing the socket (3.1.1), then publishes the will
 //! when one is due and, for a persistent session, stores where the session stands.
 
+mod admission;
 mod connect;
 mod inbound;
 mod outbound;
@@ -31,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::{
-    connect::{Client, Established, Will},
+    admission::{Client, Will},
+    connect::Established,
     inbound::Inbound,
     outbound::Outbound,
 };

@@ -23,7 +23,7 @@ use rumqttd::protocol::{
 };
 use ulid::Ulid;
 
-use super::connect::Client;
+use super::admission::Client;
 use crate::{
     bridge::Bridge,
     codec::{PublishHeader, Version},

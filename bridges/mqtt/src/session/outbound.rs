@@ -36,7 +36,7 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::{StreamMap, wrappers::UnboundedReceiverStream};
 
-use super::connect::Client;
+use super::admission::Client;
 use crate::{
     bridge::Bridge,
     codec::{Version, outgoing_publish},
