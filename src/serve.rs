@@ -6,7 +6,7 @@
 //! syncs and closes. The HTTP endpoint says "not ready" from the first moment of the drain and
 //! answers until the log is closed.
 
-use std::{io::Write, sync::Arc};
+use std::{io::Write, net::SocketAddr, sync::Arc};
 
 use anyhow::{Context, Result};
 use courier_gateway::{
@@ -107,73 +107,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         description: log_description,
         router,
     } = open_log(&config).await?;
-
-    let listener = TcpListener::bind(config.grpc.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the gRPC listener on {} (grpc.listen)",
-                config.grpc.listen
-            )
-        })?;
-    let grpc_address = listener
-        .local_addr()
-        .context("reading the gRPC listener's address")?;
-
-    let mqtt = if config.mqtt.enabled {
-        let server = courier_mqtt::Server::bind(log.clone(), config.mqtt.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "starting the MQTT endpoint on {} (mqtt.listen)",
-                    config.mqtt.listen
-                )
-            })?;
-        let address = server
-            .local_addr()
-            .context("reading the MQTT listener's address")?;
-        let websocket = server
-            .websocket_addr()
-            .context("reading the MQTT WebSocket listener's address")?;
-        Some((server, address, websocket))
-    } else {
-        None
-    };
-
-    let amqp = if config.amqp.enabled {
-        let server = courier_amqp::Server::bind(log.clone(), config.amqp.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "starting the AMQP endpoint on {} (amqp.listen)",
-                    config.amqp.listen
-                )
-            })?;
-        let address = server
-            .local_addr()
-            .context("reading the AMQP listener's address")?;
-        Some((server, address))
-    } else {
-        None
-    };
-
+    let listeners = Listeners::bind(&config, &log).await?;
+    let addresses = listeners.addresses();
     let board = Arc::new(Board::new(&config.region, &log_description, router.clone()));
-    let http_listener = if config.http.enabled {
-        let listener = TcpListener::bind(config.http.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "binding the HTTP listener on {} (http.listen)",
-                    config.http.listen
-                )
-            })?;
-        let address = listener
-            .local_addr()
-            .context("reading the HTTP listener's address")?;
-        Some((listener, address))
-    } else {
-        None
-    };
 
     let drain = root.child_token();
     let grpc = GrpcServer {
@@ -183,7 +119,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         groups: config.groups.clone(),
     };
     let grpc_task = tracker.spawn({
-        let (drain, root) = (drain.clone(), root.clone());
+        let (listener, drain, root) = (listeners.grpc.0, drain.clone(), root.clone());
         async move {
             let result = grpc.serve(listener, drain).await;
             if let Err(error) = &result {
@@ -193,12 +129,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             result
         }
     });
-    let mut addresses = format!("grpc={grpc_address}");
-    if let Some((server, address, websocket)) = mqtt {
-        addresses.push_str(&format!(" mqtt={address}"));
-        if let Some(websocket) = websocket {
-            addresses.push_str(&format!(" mqtt-ws={websocket}"));
-        }
+    if let Some((server, ..)) = listeners.mqtt {
         let (drain, root) = (drain.clone(), root.clone());
         tracker.spawn(async move {
             if let Err(error) = server.serve(drain).await {
@@ -207,8 +138,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             }
         });
     }
-    if let Some((server, address)) = amqp {
-        addresses.push_str(&format!(" amqp={address}"));
+    if let Some((server, _)) = listeners.amqp {
         let (drain, root) = (drain.clone(), root.clone());
         tracker.spawn(async move {
             if let Err(error) = server.serve(drain).await {
@@ -218,30 +148,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         });
     }
     tracker.close();
-
-    // The HTTP endpoint and the probes outlive the drain: readiness says "draining" until the end.
-    let http_stop = CancellationToken::new();
-    let probes = tokio::spawn(board::run_probes(
-        board.clone(),
-        log.clone(),
-        prometheus.clone(),
-        config.http.probe_interval,
-        config.http.lag_interval,
-        http_stop.clone(),
-    ));
-    let http_task = http_listener.map(|(listener, address)| {
-        addresses.push_str(&format!(" http={address}"));
-        let (board, stop, root) = (board.clone(), http_stop.clone(), root.clone());
-        tokio::spawn(async move {
-            if let Err(error) = http::serve(listener, prometheus, board, stop).await {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "HTTP endpoint failed; stopping the gateway"
-                );
-                root.cancel();
-            }
-        })
-    });
+    let operations = Operations::start(&config, &board, &log, prometheus, listeners.http, &root);
 
     // The ready line: tests and operators wait for it; it names the bound addresses.
     println!(
@@ -266,12 +173,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         tracing::warn!(grace = ?config.shutdown.grace, "drain deadline passed; closing with connections still open");
     }
     let closed = log.close().await.context("closing the log");
-    http_stop.cancel();
-    let _ = probes.await;
-    if let Some(http_task) = http_task {
-        // Idle keep-alive connections (scrapers) must not hold the exit.
-        let _ = tokio::time::timeout(HTTP_CLOSE, http_task).await;
-    }
+    operations.stop().await;
     closed?;
     tracing::info!("courier stopped");
 
@@ -282,6 +184,150 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             .context("the gRPC server failed")?;
     }
     Ok(())
+}
+
+/// Every listener, bound before anything serves: a port in use fails the start whole.
+struct Listeners {
+    grpc: (TcpListener, SocketAddr),
+    /// The endpoint, its TCP address and its WebSocket address.
+    mqtt: Option<(courier_mqtt::Server, SocketAddr, Option<SocketAddr>)>,
+    amqp: Option<(courier_amqp::Server, SocketAddr)>,
+    http: Option<(TcpListener, SocketAddr)>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config, log: &Arc<dyn Log>) -> Result<Self> {
+        let grpc = bind_tcp(config.grpc.listen, "gRPC", "grpc.listen").await?;
+        let mqtt = if config.mqtt.enabled {
+            let server = courier_mqtt::Server::bind(log.clone(), config.mqtt.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "starting the MQTT endpoint on {} (mqtt.listen)",
+                        config.mqtt.listen
+                    )
+                })?;
+            let address = server
+                .local_addr()
+                .context("reading the MQTT listener's address")?;
+            let websocket = server
+                .websocket_addr()
+                .context("reading the MQTT WebSocket listener's address")?;
+            Some((server, address, websocket))
+        } else {
+            None
+        };
+        let amqp = if config.amqp.enabled {
+            let server = courier_amqp::Server::bind(log.clone(), config.amqp.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "starting the AMQP endpoint on {} (amqp.listen)",
+                        config.amqp.listen
+                    )
+                })?;
+            let address = server
+                .local_addr()
+                .context("reading the AMQP listener's address")?;
+            Some((server, address))
+        } else {
+            None
+        };
+        let http = if config.http.enabled {
+            Some(bind_tcp(config.http.listen, "HTTP", "http.listen").await?)
+        } else {
+            None
+        };
+        Ok(Self {
+            grpc,
+            mqtt,
+            amqp,
+            http,
+        })
+    }
+
+    /// What the ready line names: `grpc=... mqtt=... mqtt-ws=... amqp=... http=...`.
+    fn addresses(&self) -> String {
+        let mut addresses = format!("grpc={}", self.grpc.1);
+        if let Some((_, address, websocket)) = &self.mqtt {
+            addresses.push_str(&format!(" mqtt={address}"));
+            if let Some(websocket) = websocket {
+                addresses.push_str(&format!(" mqtt-ws={websocket}"));
+            }
+        }
+        if let Some((_, address)) = &self.amqp {
+            addresses.push_str(&format!(" amqp={address}"));
+        }
+        if let Some((_, address)) = &self.http {
+            addresses.push_str(&format!(" http={address}"));
+        }
+        addresses
+    }
+}
+
+async fn bind_tcp(
+    address: SocketAddr,
+    name: &str,
+    setting: &str,
+) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the {name} listener on {address} ({setting})"))?;
+    let bound = listener
+        .local_addr()
+        .with_context(|| format!("reading the {name} listener's address"))?;
+    Ok((listener, bound))
+}
+
+/// The HTTP endpoint and the probes behind it. They outlive the drain, so readiness says "draining"
+/// until the log is closed.
+struct Operations {
+    stop: CancellationToken,
+    probes: tokio::task::JoinHandle<()>,
+    http: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Operations {
+    fn start(
+        config: &Config,
+        board: &Arc<Board>,
+        log: &Arc<dyn Log>,
+        prometheus: metrics_exporter_prometheus::PrometheusHandle,
+        listener: Option<(TcpListener, SocketAddr)>,
+        root: &CancellationToken,
+    ) -> Self {
+        let stop = CancellationToken::new();
+        let probes = tokio::spawn(board::run_probes(
+            board.clone(),
+            log.clone(),
+            prometheus.clone(),
+            config.http.probe_interval,
+            config.http.lag_interval,
+            stop.clone(),
+        ));
+        let http = listener.map(|(listener, _)| {
+            let (board, stop, root) = (board.clone(), stop.clone(), root.clone());
+            tokio::spawn(async move {
+                if let Err(error) = http::serve(listener, prometheus, board, stop).await {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "HTTP endpoint failed; stopping the gateway"
+                    );
+                    root.cancel();
+                }
+            })
+        });
+        Self { stop, probes, http }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.probes.await;
+        if let Some(http) = self.http {
+            // Idle keep-alive connections (scrapers) must not hold the exit.
+            let _ = tokio::time::timeout(HTTP_CLOSE, http).await;
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT with the signal's name.
