@@ -13,7 +13,7 @@ use std::{
 };
 
 use courier_gateway::{
-    log::{AppendReceipt, now_ms},
+    log::{AppendReceipt, NewRecord, now_ms},
     metrics::{self, ProduceTimer, Protocol},
 };
 use futures_util::stream::FuturesOrdered;
@@ -115,88 +115,32 @@ impl Inbound {
         publish: Publish,
         properties: Option<PublishProperties>,
     ) -> Result<Option<Packet>> {
-        let PublishHeader { qos, pkid, .. } = header;
-        let mut properties = properties.unwrap_or_default();
-        let topic = self.resolve_topic(bridge, &publish, properties.topic_alias.take())?;
-        if mapping::holds_nul(&properties) {
-            return Err(Error::Malformed(rumqttd::protocol::Error::MalformedPacket));
-        }
-        properties.subscription_identifiers.clear();
-
-        if qos == QoS::ExactlyOnce {
-            if self.awaiting_release.contains(&pkid) {
-                return Ok(Some(pubrec(pkid, PubRecReason::Success, None)));
-            }
-            if self.appending.contains(&pkid) {
-                // Answered when the first copy's append completes.
-                return Ok(None);
-            }
-        }
-        if qos != QoS::AtMostOnce
-            && self.unacknowledged >= usize::from(bridge.config.receive_maximum)
-        {
-            return Err(Error::ReceiveMaximumExceeded(bridge.config.receive_maximum));
-        }
-        if !mapping::valid_topic_name(&topic) || mapping::reserved_topic(&topic) {
-            let refusal = Refusal::new(
-                RefusalCode::TopicNameInvalid,
-                format!("{topic:?} is not a topic name clients may publish to"),
-            );
-            metrics::error(Protocol::Mqtt, "invalid_topic_name");
-            return refuse(client, qos, pkid, refusal);
-        }
-
-        let message = Message {
-            topic,
-            payload: publish.payload,
+        let Accepted {
             qos,
-            retain: publish.retain,
-            properties,
-        };
-        let now = now_ms();
-        let mut record = match mapping::to_record(&message, &client.client_id, now) {
-            Ok(record) => record,
-            Err(refusal) => {
-                metrics::error(Protocol::Mqtt, "invalid_request");
-                return refuse(client, qos, pkid, refusal);
-            }
+            pkid,
+            message,
+            mut record,
+        } = match self.check(bridge, client, header, publish, properties)? {
+            Checked::Answer(answer) => return Ok(answer),
+            Checked::Accepted(accepted) => accepted,
         };
         let kafka_topic = bridge.routes.topic_for(&message.topic);
         let recorded = match (qos, &self.durable_session) {
             (QoS::ExactlyOnce, Some(session)) => {
-                // Queued before the append: a gateway that finds the entry after a crash looks for
-                // this record id from this timestamp on.
-                if record.courier_id.is_empty() {
-                    record.courier_id = Ulid::new().to_string();
-                }
-                record.timestamp_ms = Some(now);
-                let received = Received {
-                    session: session.clone(),
-                    courier_id: record.courier_id.clone(),
-                    timestamp_ms: now,
-                    kafka_topic: kafka_topic.to_owned(),
-                    key: message.topic.clone(),
-                };
-                let entry = match bridge
-                    .exchanges
-                    .received(&client.client_id, pkid, received)
-                    .await
-                {
-                    Ok(entry) => entry,
-                    Err(error) => {
-                        let refusal = Refusal::new(
-                            RefusalCode::Unspecified,
-                            format!("could not record the QoS 2 exchange: {error}"),
-                        );
-                        return refuse(client, qos, pkid, refusal);
-                    }
-                };
-                Some(RecordedExchange {
-                    exchanges: bridge.exchanges.clone(),
-                    client_id: client.client_id.clone(),
+                match record_exchange(
+                    bridge,
+                    client,
+                    session,
                     pkid,
-                    entry,
-                })
+                    &mut record,
+                    kafka_topic,
+                    &message.topic,
+                )
+                .await
+                {
+                    Ok(recorded) => Some(recorded),
+                    Err(refusal) => return refuse(client, qos, pkid, refusal),
+                }
             }
             _ => None,
         };
@@ -204,8 +148,16 @@ impl Inbound {
         // A retained message is stored twice: as a message (subscribers now) and as its topic's retained
         // message (subscribers later). The client's ack waits for both.
         let retained_record = message.retain.then(|| record.clone());
-        let receipt = match bridge.log.submit(kafka_topic, vec![record]).await {
-            Ok(receipt) => receipt,
+        let receipts = async {
+            let receipt = bridge.log.submit(kafka_topic, vec![record]).await?;
+            let retained = match retained_record {
+                Some(record) => Some(bridge.retained.submit(record).await?),
+                None => None,
+            };
+            Ok::<_, courier_gateway::Error>((receipt, retained))
+        };
+        let (receipt, retained) = match receipts.await {
+            Ok(receipts) => receipts,
             Err(error) => {
                 timer.failed(&error);
                 if let Some(recorded) = recorded {
@@ -213,19 +165,6 @@ impl Inbound {
                 }
                 return refuse(client, qos, pkid, Refusal::from(&error));
             }
-        };
-        let retained = match retained_record {
-            Some(record) => match bridge.retained.submit(record).await {
-                Ok(receipt) => Some(receipt),
-                Err(error) => {
-                    timer.failed(&error);
-                    if let Some(recorded) = recorded {
-                        recorded.refused().await;
-                    }
-                    return refuse(client, qos, pkid, Refusal::from(&error));
-                }
-            },
-            None => None,
         };
         self.pending.push_back(Box::pin(async move {
             let mut outcome = receipt.await.map(drop);
@@ -252,6 +191,72 @@ impl Inbound {
             self.appending.insert(pkid);
         }
         Ok(None)
+    }
+
+    /// Decides, without I/O, what becomes of a PUBLISH: answered at once (a retransmitted QoS 2, a
+    /// refused topic or message) or accepted as a record to append. A protocol breach is an error
+    /// that closes the connection.
+    fn check(
+        &mut self,
+        bridge: &Bridge,
+        client: &Client,
+        header: PublishHeader,
+        publish: Publish,
+        properties: Option<PublishProperties>,
+    ) -> Result<Checked> {
+        let PublishHeader { qos, pkid, .. } = header;
+        let mut properties = properties.unwrap_or_default();
+        let topic = self.resolve_topic(bridge, &publish, properties.topic_alias.take())?;
+        if mapping::holds_nul(&properties) {
+            return Err(Error::Malformed(rumqttd::protocol::Error::MalformedPacket));
+        }
+        properties.subscription_identifiers.clear();
+
+        if qos == QoS::ExactlyOnce {
+            if self.awaiting_release.contains(&pkid) {
+                return Ok(Checked::Answer(Some(pubrec(
+                    pkid,
+                    PubRecReason::Success,
+                    None,
+                ))));
+            }
+            if self.appending.contains(&pkid) {
+                // Answered when the first copy's append completes.
+                return Ok(Checked::Answer(None));
+            }
+        }
+        if qos != QoS::AtMostOnce
+            && self.unacknowledged >= usize::from(bridge.config.receive_maximum)
+        {
+            return Err(Error::ReceiveMaximumExceeded(bridge.config.receive_maximum));
+        }
+        if !mapping::valid_topic_name(&topic) || mapping::reserved_topic(&topic) {
+            let refusal = Refusal::new(
+                RefusalCode::TopicNameInvalid,
+                format!("{topic:?} is not a topic name clients may publish to"),
+            );
+            metrics::error(Protocol::Mqtt, "invalid_topic_name");
+            return refuse(client, qos, pkid, refusal).map(Checked::Answer);
+        }
+        let message = Message {
+            topic,
+            payload: publish.payload,
+            qos,
+            retain: publish.retain,
+            properties,
+        };
+        match mapping::to_record(&message, &client.client_id, now_ms()) {
+            Ok(record) => Ok(Checked::Accepted(Accepted {
+                qos,
+                pkid,
+                message,
+                record,
+            })),
+            Err(refusal) => {
+                metrics::error(Protocol::Mqtt, "invalid_request");
+                refuse(client, qos, pkid, refusal).map(Checked::Answer)
+            }
+        }
     }
 
     /// Pending work completed: the answer to send, if any.
@@ -348,6 +353,62 @@ impl Inbound {
             }
         }
     }
+}
+
+/// What [`Inbound::check`] decided.
+enum Checked {
+    /// Answered at once (or, for a QoS 2 copy still appending, later): nothing to append.
+    Answer(Option<Packet>),
+    Accepted(Accepted),
+}
+
+/// A PUBLISH accepted for the log.
+struct Accepted {
+    qos: QoS,
+    pkid: u16,
+    message: Message,
+    record: NewRecord,
+}
+
+/// Records a persistent session's QoS 2 exchange before its append: a gateway that finds the entry
+/// after a crash looks for this record's id from its timestamp on, so the record gets both now.
+async fn record_exchange(
+    bridge: &Bridge,
+    client: &Client,
+    session: &str,
+    pkid: u16,
+    record: &mut NewRecord,
+    kafka_topic: &str,
+    mqtt_topic: &str,
+) -> std::result::Result<RecordedExchange, Refusal> {
+    let now = now_ms();
+    if record.courier_id.is_empty() {
+        record.courier_id = Ulid::new().to_string();
+    }
+    record.timestamp_ms = Some(now);
+    let received = Received {
+        session: session.to_owned(),
+        courier_id: record.courier_id.clone(),
+        timestamp_ms: now,
+        kafka_topic: kafka_topic.to_owned(),
+        key: mqtt_topic.to_owned(),
+    };
+    let entry = bridge
+        .exchanges
+        .received(&client.client_id, pkid, received)
+        .await
+        .map_err(|error| {
+            Refusal::new(
+                RefusalCode::Unspecified,
+                format!("could not record the QoS 2 exchange: {error}"),
+            )
+        })?;
+    Ok(RecordedExchange {
+        exchanges: bridge.exchanges.clone(),
+        client_id: client.client_id.clone(),
+        pkid,
+        entry,
+    })
 }
 
 /// A persistent session's QoS 2 message whose exchange entry was queued before its append.
