@@ -117,6 +117,20 @@ enum End {
     Failed(Error),
 }
 
+impl End {
+    /// Whether this end publishes the will. A takeover does (the old connection closed without a
+    /// normal DISCONNECT), unless it has a delay: the new connection came back within it.
+    fn publishes_will(&self) -> bool {
+        match self {
+            Self::Disconnected { publish_will } => *publish_will,
+            Self::Gone => true,
+            // Shutdown is not the client's failure: it reconnects to another replica.
+            Self::Failed(Error::ShuttingDown) => false,
+            Self::Failed(_) => true,
+        }
+    }
+}
+
 struct Session {
     bridge: Arc<Bridge>,
     client: Client,
@@ -362,18 +376,40 @@ impl Session {
         end: End,
     ) {
         let taken_over = matches!(end, End::Failed(Error::SessionTakenOver));
-        // A takeover publishes the will too (the old connection closed without a normal
-        // DISCONNECT), unless it has a delay: the new connection came back within it.
-        let publish_will = match &end {
-            End::Disconnected { publish_will } => *publish_will,
-            End::Gone => true,
-            // Shutdown is not the client's failure: it reconnects to another replica.
-            End::Failed(Error::ShuttingDown) => false,
-            End::Failed(_) => true,
-        };
-        // Appends already handed to the log finish, and their acks go out if the socket still takes
-        // them: a client told "stored" is never wrong, and one not told sends again. Recorded QoS 2
-        // deliveries are acknowledged to the log before the readers commit below.
+        let publish_will = end.publishes_will();
+        self.finish_pending(connection).await;
+        if let End::Failed(error) = &end {
+            self.say_why(connection, error);
+        }
+        let _ = connection.close().await;
+
+        // Readers commit what the client acknowledged; the rest is delivered again next time.
+        self.outbound.close().await;
+        if !taken_over {
+            self.store_session().await;
+        }
+        let client_id = self.client.client_id.clone();
+        let connection_id = self.record.connection.clone();
+        let session_lifetime = self.session_lifetime();
+        drop(self.registration);
+        if let Some(mut will) = self.will.take().filter(|_| publish_will) {
+            // The will goes out when its delay has passed or the session ends, whichever is first
+            // [MQTT-3.1.2-8, 3.1.3-9].
+            will.delay = will.delay.min(session_lifetime);
+            let bridge = self.bridge.clone();
+            tokio::spawn(publish_will_later(bridge, client_id, connection_id, *will));
+        }
+        // Last, so a successor waiting for this connection to finish is not held up by it.
+        connection.linger().await;
+    }
+
+    /// Appends already handed to the log finish, and their acks go out if the socket still takes
+    /// them: a client told "stored" is never wrong, and one not told sends again. Recorded QoS 2
+    /// deliveries are acknowledged to the log before the readers commit.
+    async fn finish_pending<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        connection: &mut Connection<S>,
+    ) {
         let finishing = async {
             while let Some(completed) = self.inbound.pending.next().await {
                 if let Ok(Some(reply)) = self.inbound.on_completed(&self.client, completed) {
@@ -396,74 +432,68 @@ impl Session {
         {
             tracing::warn!("appends still pending at close; their publishers will send them again");
         }
-        if let End::Failed(error) = &end {
-            if error.is_normal_close() {
-                tracing::debug!(%error, "connection closed");
-            } else {
-                tracing::info!(%error, "closing the connection");
-                if !matches!(error, Error::ShuttingDown | Error::SessionTakenOver) {
-                    metrics::error(Protocol::Mqtt, "connection_failed");
-                }
-            }
-            if self.client.version == Version::V5 && !matches!(error, Error::Io(_)) {
-                let _ = connection.queue(Packet::Disconnect(
-                    Disconnect {
-                        reason_code: error.disconnect_reason(),
-                    },
-                    Some(DisconnectProperties {
-                        session_expiry_interval: None,
-                        reason_string: self.client.fitting(error.to_string()),
-                        user_properties: Vec::new(),
-                        server_reference: None,
-                    }),
-                ));
-            }
-        }
-        let _ = connection.close().await;
+    }
 
-        // Readers commit what the client acknowledged; the rest is delivered again next time.
-        self.outbound.close().await;
-        let client_id = self.client.client_id.clone();
-        // The client may already be back on another replica (its connection dropped, it reconnected
-        // at once): then the newer record stands, and this one must not overwrite or delete it.
-        let still_owner = !taken_over
-            && match self.bridge.sessions.load(&client_id).await {
-                Ok(Some(latest)) => latest.connection == self.record.connection,
-                Ok(None) => true,
-                Err(error) => {
-                    tracing::warn!(%error, "could not read the session record; leaving it as it is");
-                    false
-                }
-            };
-        if still_owner {
-            let stored = if self.record.outlives_connection() {
-                self.record.disconnected_at_ms = Some(now_ms());
-                self.record.awaiting_release = self.inbound.awaiting_release();
-                self.bridge.registry.park(
-                    &client_id,
-                    &self.record.session,
-                    self.record.awaiting_release.clone(),
-                );
-                self.bridge.sessions.save(&client_id, &self.record).await
-            } else {
-                self.bridge.sessions.delete(&client_id).await
-            };
-            if let Err(error) = stored {
-                tracing::warn!(%error, "could not store the session's state");
+    /// Logs why the connection ends and tells an MQTT 5 client in DISCONNECT (when the socket works).
+    fn say_why<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        connection: &mut Connection<S>,
+        error: &Error,
+    ) {
+        if error.is_normal_close() {
+            tracing::debug!(%error, "connection closed");
+        } else {
+            tracing::info!(%error, "closing the connection");
+            if !matches!(error, Error::ShuttingDown | Error::SessionTakenOver) {
+                metrics::error(Protocol::Mqtt, "connection_failed");
             }
         }
-        let connection_id = self.record.connection.clone();
-        let session_lifetime = self.session_lifetime();
-        drop(self.registration);
-        if let Some(mut will) = self.will.take().filter(|_| publish_will) {
-            // The will goes out when its delay has passed or the session ends, whichever is first
-            // [MQTT-3.1.2-8, 3.1.3-9].
-            will.delay = will.delay.min(session_lifetime);
-            let bridge = self.bridge.clone();
-            tokio::spawn(publish_will_later(bridge, client_id, connection_id, *will));
+        if self.client.version == Version::V5 && !matches!(error, Error::Io(_)) {
+            let _ = connection.queue(Packet::Disconnect(
+                Disconnect {
+                    reason_code: error.disconnect_reason(),
+                },
+                Some(DisconnectProperties {
+                    session_expiry_interval: None,
+                    reason_string: self.client.fitting(error.to_string()),
+                    user_properties: Vec::new(),
+                    server_reference: None,
+                }),
+            ));
         }
-        // Last, so a successor waiting for this connection to finish is not held up by it.
-        connection.linger().await;
+    }
+
+    /// Stores where a persistent session stands, or deletes the record of one that ends here. The
+    /// client may already be back on another replica (its connection dropped, it reconnected at
+    /// once): then the newer record stands, and this one must not overwrite or delete it.
+    async fn store_session(&mut self) {
+        let client_id = self.client.client_id.clone();
+        let still_owner = match self.bridge.sessions.load(&client_id).await {
+            Ok(Some(latest)) => latest.connection == self.record.connection,
+            Ok(None) => true,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the session record; leaving it as it is");
+                false
+            }
+        };
+        if !still_owner {
+            return;
+        }
+        let stored = if self.record.outlives_connection() {
+            self.record.disconnected_at_ms = Some(now_ms());
+            self.record.awaiting_release = self.inbound.awaiting_release();
+            self.bridge.registry.park(
+                &client_id,
+                &self.record.session,
+                self.record.awaiting_release.clone(),
+            );
+            self.bridge.sessions.save(&client_id, &self.record).await
+        } else {
+            self.bridge.sessions.delete(&client_id).await
+        };
+        if let Err(error) = stored {
+            tracing::warn!(%error, "could not store the session's state");
+        }
     }
 
     /// How long the session lives on once its connection is gone.
