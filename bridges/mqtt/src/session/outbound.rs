@@ -522,130 +522,117 @@ impl Outbound {
         stored: StoredSubscription,
         adding: Adding,
     ) -> Result<Subscription, SubscribeReasonCode> {
-        let (share_group, filter) = match mapping::parse_share(&stored.filter) {
-            Some((group, filter)) if !group.is_empty() && !group.contains(['+', '#']) => {
-                (Some(mapping::share_group(group, filter)), filter.to_owned())
-            }
-            Some(_) => return Err(SubscribeReasonCode::TopicFilterInvalid),
-            None if stored.filter.starts_with("$share/") => {
-                return Err(SubscribeReasonCode::TopicFilterInvalid);
-            }
-            None => (None, stored.filter.clone()),
-        };
-        if !mapping::valid_filter(&filter) {
-            return Err(SubscribeReasonCode::TopicFilterInvalid);
-        }
-        let mut qos = rumqttd::protocol::qos(stored.qos).unwrap_or(QoS::AtMostOnce);
-        if share_group.is_some() {
-            // A shared QoS 2 delivery cut off before PUBREC must be completed with the same client
-            // and go to no other [MQTT-4.8.2-4, 4.8.2-5], but the shared Kafka group hands an
-            // unacknowledged record to another member. QoS 1 allows that, so that is what is granted
-            // (a server may grant less than asked, [MQTT-3.8.4-6]).
-            qos = mapping::min_qos(qos, QoS::AtLeastOnce);
-        }
-        let subscription = Subscription {
-            kafka_topics: bridge.routes.topics_for_filter(&filter),
-            stored,
-            filter,
-            share_group,
-            qos,
-        };
+        let subscription = subscription_of(bridge, stored)?;
         for key in source_keys(&subscription) {
             if self.controls.values().any(|source| source.key == key) {
                 continue;
             }
-            let (topics, group) = match &key {
-                SourceKey::Topic(topic) => (
-                    vec![topic.clone()],
-                    session
-                        .persistent
-                        .then(|| mapping::session_group(&session.session, topic)),
-                ),
-                SourceKey::Share(group) => (subscription.kafka_topics.clone(), Some(group.clone())),
-            };
-            // A group's partitions without a committed offset start at the time of subscribing, so a
-            // persistent session gets what was published while its client was away, even before
-            // anything was committed. A plain reader starts at the end, and SUBACK waits until it holds
-            // its partitions, so nothing published after SUBACK is missed.
-            let start = if group.is_some() {
-                Position::Timestamp(subscription.stored.since_ms)
-            } else {
-                Position::Latest
-            };
-            if let (SourceKey::Topic(topic), Some(group), Adding::Subscribe) =
-                (&key, &group, adding)
-            {
-                pin_start(bridge.log.as_ref(), group, topic).await;
-            }
-            let reader = match (&key, &group) {
-                // Clean-session readers of one Kafka topic are all alike: one per gateway serves them.
-                (SourceKey::Topic(topic), None) => bridge
-                    .fanout
-                    .subscribe(topic, vec![subscription.filter.clone()])
-                    .await
-                    .map(|member| (Some(member.filters()), member.subscription)),
-                _ => {
-                    let options = SubscribeOptions {
-                        topics: TopicSelector::Names(topics),
-                        group: group.clone(),
-                        start,
-                        max_in_flight: usize::from(client.receive_maximum),
-                        client: client.client_id.clone(),
-                        protocol: "mqtt",
-                    };
-                    bridge
-                        .log
-                        .subscribe(options)
-                        .await
-                        .map(|reader| (None, reader))
-                }
-            };
-            let (filters, reader) = reader.map_err(|error| {
-                tracing::warn!(%error, filter = subscription.stored.filter, "subscribe failed");
-                match error {
-                    courier_gateway::Error::UnknownTopic { .. }
-                    | courier_gateway::Error::InvalidTopicName { .. } => {
-                        SubscribeReasonCode::TopicFilterInvalid
-                    }
-                    _ => SubscribeReasonCode::Unspecified,
-                }
-            })?;
-            let id = self.next_source;
-            self.next_source += 1;
-            let mut events = reader.events;
-            if group.is_none() {
-                let assigned = tokio::time::timeout(ASSIGNMENT_WAIT, async {
-                    while let Some(event) = events.recv().await {
-                        match event {
-                            SubscriptionEvent::Assigned(_) => return true,
-                            event => self.on_event(id, event),
-                        }
-                    }
-                    false
-                })
-                .await;
-                if !matches!(assigned, Ok(true)) {
-                    tracing::warn!(
-                        filter = subscription.stored.filter,
-                        "a reader had no partitions in time"
-                    );
-                }
-            }
-            self.sources
-                .insert(id, UnboundedReceiverStream::new(events));
-            self.controls.insert(
-                id,
-                Source {
-                    key,
-                    control: reader.control,
-                    filters,
-                },
-            );
+            self.open_source(bridge, client, session, &subscription, key, adding)
+                .await?;
         }
         self.subscriptions
             .insert(subscription.stored.filter.clone(), subscription.clone());
         self.refresh_shared_filters();
         Ok(subscription)
+    }
+
+    /// Opens the reader behind one source of a subscription: the gateway's shared reader of a topic
+    /// for a clean session, else a member of the session's (or the share's) group.
+    async fn open_source(
+        &mut self,
+        bridge: &Bridge,
+        client: &Client,
+        session: &SessionRecord,
+        subscription: &Subscription,
+        key: SourceKey,
+        adding: Adding,
+    ) -> Result<(), SubscribeReasonCode> {
+        let (topics, group) = match &key {
+            SourceKey::Topic(topic) => (
+                vec![topic.clone()],
+                session
+                    .persistent
+                    .then(|| mapping::session_group(&session.session, topic)),
+            ),
+            SourceKey::Share(group) => (subscription.kafka_topics.clone(), Some(group.clone())),
+        };
+        // A group's partitions without a committed offset start at the time of subscribing, so a
+        // persistent session gets what was published while its client was away, even before
+        // anything was committed. A plain reader starts at the end, and SUBACK waits until it holds
+        // its partitions, so nothing published after SUBACK is missed.
+        let start = if group.is_some() {
+            Position::Timestamp(subscription.stored.since_ms)
+        } else {
+            Position::Latest
+        };
+        if let (SourceKey::Topic(topic), Some(group), Adding::Subscribe) = (&key, &group, adding) {
+            pin_start(bridge.log.as_ref(), group, topic).await;
+        }
+        let reader = match (&key, &group) {
+            // Clean-session readers of one Kafka topic are all alike: one per gateway serves them.
+            (SourceKey::Topic(topic), None) => bridge
+                .fanout
+                .subscribe(topic, vec![subscription.filter.clone()])
+                .await
+                .map(|member| (Some(member.filters()), member.subscription)),
+            _ => {
+                let options = SubscribeOptions {
+                    topics: TopicSelector::Names(topics),
+                    group: group.clone(),
+                    start,
+                    max_in_flight: usize::from(client.receive_maximum),
+                    client: client.client_id.clone(),
+                    protocol: "mqtt",
+                };
+                bridge
+                    .log
+                    .subscribe(options)
+                    .await
+                    .map(|reader| (None, reader))
+            }
+        };
+        let (filters, reader) = reader.map_err(|error| {
+            tracing::warn!(%error, filter = subscription.stored.filter, "subscribe failed");
+            match error {
+                courier_gateway::Error::UnknownTopic { .. }
+                | courier_gateway::Error::InvalidTopicName { .. } => {
+                    SubscribeReasonCode::TopicFilterInvalid
+                }
+                _ => SubscribeReasonCode::Unspecified,
+            }
+        })?;
+        let id = self.next_source;
+        self.next_source += 1;
+        let mut events = reader.events;
+        if group.is_none() {
+            let assigned = tokio::time::timeout(ASSIGNMENT_WAIT, async {
+                while let Some(event) = events.recv().await {
+                    match event {
+                        SubscriptionEvent::Assigned(_) => return true,
+                        event => self.on_event(id, event),
+                    }
+                }
+                false
+            })
+            .await;
+            if !matches!(assigned, Ok(true)) {
+                tracing::warn!(
+                    filter = subscription.stored.filter,
+                    "a reader had no partitions in time"
+                );
+            }
+        }
+        self.sources
+            .insert(id, UnboundedReceiverStream::new(events));
+        self.controls.insert(
+            id,
+            Source {
+                key,
+                control: reader.control,
+                filters,
+            },
+        );
+        Ok(())
     }
 
     /// Tells each shared reader which filters of this connection read its Kafka topic.
@@ -856,6 +843,42 @@ async fn pin_start(log: &dyn Log, group: &str, topic: &str) {
             tracing::warn!(%error, group, "could not pin a new subscription's start; it starts at the subscription's time")
         }
     }
+}
+
+/// What a stored subscription means: its filter without `$share/<group>/`, its shared group, the
+/// Kafka topics it reads and the QoS it is granted; refused if the filter is not valid.
+fn subscription_of(
+    bridge: &Bridge,
+    stored: StoredSubscription,
+) -> Result<Subscription, SubscribeReasonCode> {
+    let (share_group, filter) = match mapping::parse_share(&stored.filter) {
+        Some((group, filter)) if !group.is_empty() && !group.contains(['+', '#']) => {
+            (Some(mapping::share_group(group, filter)), filter.to_owned())
+        }
+        Some(_) => return Err(SubscribeReasonCode::TopicFilterInvalid),
+        None if stored.filter.starts_with("$share/") => {
+            return Err(SubscribeReasonCode::TopicFilterInvalid);
+        }
+        None => (None, stored.filter.clone()),
+    };
+    if !mapping::valid_filter(&filter) {
+        return Err(SubscribeReasonCode::TopicFilterInvalid);
+    }
+    let mut qos = rumqttd::protocol::qos(stored.qos).unwrap_or(QoS::AtMostOnce);
+    if share_group.is_some() {
+        // A shared QoS 2 delivery cut off before PUBREC must be completed with the same client and go
+        // to no other [MQTT-4.8.2-4, 4.8.2-5], but the shared Kafka group hands an unacknowledged
+        // record to another member. QoS 1 allows that, so that is what is granted (a server may grant
+        // less than asked, [MQTT-3.8.4-6]).
+        qos = mapping::min_qos(qos, QoS::AtLeastOnce);
+    }
+    Ok(Subscription {
+        kafka_topics: bridge.routes.topics_for_filter(&filter),
+        stored,
+        filter,
+        share_group,
+        qos,
+    })
 }
 
 fn source_keys(subscription: &Subscription) -> Vec<SourceKey> {
