@@ -19,9 +19,10 @@
 //! - A leader that leaves between its JoinGroup answer and its SyncGroup stays the group's leader for
 //!   every later member, whose SyncGroup then fails for ever: the group never assigns again. Kafka
 //!   elects a new leader. The backend lets a join finish before leaving (`await_join` in
-//!   `log/kafka/member.rs`); `members_that_leave_at_once_leave_the_group_working` leaves at moments
-//!   across the join, though on an idle machine the window is too short to hit reliably (the MQTT
-//!   conformance test's `leave-at-once` rounds under CPU load hit it: tests/mqtt_conformance.rs).
+//!   `log/kafka/member/leave.rs`); `members_that_leave_at_once_leave_the_group_working` checks that a
+//!   member closed at once was assigned before it left, and that the group still works (the stall
+//!   itself needs the window hit, which the MQTT conformance test's `leave-at-once` rounds under CPU
+//!   load do: tests/mqtt_conformance.rs).
 
 mod conformance;
 

@@ -24,7 +24,7 @@ class Peer:
     """One paho client with what it received, in order."""
 
     def __init__(self, args, client_id="", clean=True, expiry=None, will=None, receive_maximum=None,
-                 manual_ack=False, maximum_packet_size=None, keep_alive=30):
+                 manual_ack=False, maximum_packet_size=None, keep_alive=30, reconnect=True):
         self.args = args
         self.maximum_packet_size = maximum_packet_size
         self.keep_alive = keep_alive
@@ -42,7 +42,8 @@ class Peer:
                   "transport": args.transport}
         if not self.v5:
             kwargs["clean_session"] = clean
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, manual_ack=manual_ack, **kwargs)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, manual_ack=manual_ack,
+                                  reconnect_on_failure=reconnect, **kwargs)
         if will:
             self.client.will_set(*will)
         self.client.on_connect = self._on_connect

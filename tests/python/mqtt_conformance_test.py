@@ -267,24 +267,36 @@ def check_will_rules(args):
         peer.client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=code))
         peer.client.loop_stop()
     taken_id = unique("taken")
-    taken = Peer(args, client_id=taken_id, will=will_of(f"{base}/taken-over"))
+    # Not reconnecting once taken over: paho would take the id back, and each round would publish
+    # the will again.
+    taken = Peer(args, client_id=taken_id, will=will_of(f"{base}/taken-over"), reconnect=False)
     taken.connect()
     successor = Peer(args, client_id=taken_id)
     successor.connect()
+    # The successor starts a session of its own (Clean Start 1): the taken one ends, and its will
+    # goes out at once although it has a delay.
+    resumable_id = unique("ended")
+    ended = Peer(args, client_id=resumable_id, clean=True, expiry=600, reconnect=False,
+                 will=will_of(f"{base}/session-replaced", delay=600))
+    ended.connect()
+    replacing = Peer(args, client_id=resumable_id, clean=True, expiry=600)
+    replacing.connect()
     # A 600 s delay, but the session ends with the connection (no expiry): published at once.
     short_lived = Peer(args, will=will_of(f"{base}/session-ended", delay=600))
     short_lived.connect()
     short_lived.drop()
-    expected = [f"{base}/code-04", f"{base}/code-80", f"{base}/taken-over", f"{base}/session-ended"]
+    expected = [f"{base}/code-04", f"{base}/code-80", f"{base}/taken-over", f"{base}/session-ended",
+                f"{base}/session-replaced"]
     watcher.wait_for(len(expected), "wills")
     time.sleep(SETTLE)
     topics = sorted(m.topic for m in watcher.messages)
     assert topics == sorted(expected), f"expected wills {sorted(expected)}, got {topics}"
-    taken.client.loop_stop()
-    for peer in (successor, watcher):
+    for peer in (taken, ended):
+        peer.client.loop_stop()
+    for peer in (successor, replacing, watcher):
         peer.disconnect()
-    print("will: kept by DISCONNECT 0x04 and 0x80, deleted by 0x00; published on takeover; "
-          "a delay longer than the session ends with it")
+    print("will: kept by DISCONNECT 0x04 and 0x80, deleted by 0x00; published on takeover (at once "
+          "when the successor starts anew); a delay longer than the session ends with it")
 
 
 def varint(value):
@@ -303,7 +315,11 @@ def raw_v5_connack(args, properties=b"", client_id=b"raw"):
     body = variable + struct.pack(">H", len(client_id)) + client_id
     with socket.create_connection((args.host, args.port), timeout=30) as sock:
         sock.sendall(b"\x10" + varint(len(body)) + body)
-        header = sock.recv(2)
+        header = b""
+        while len(header) < 2:
+            chunk = sock.recv(2 - len(header))
+            assert chunk, "closed before a CONNACK"
+            header += chunk
         assert header[:1] == b"\x20", f"expected CONNACK, got {header!r}"
         rest = b""
         while len(rest) < header[1]:
@@ -328,14 +344,16 @@ def check_refusals(args):
     connack = raw_v5_connack(args, b"\x27\x00\x00\x00\x18\x15\x00\x01x")
     assert connack[1] == 0x8C and len(connack) <= 24 - 2, f"CONNACK past the client's limit: {connack!r}"
 
-    sender = Peer(args)
-    sender.connect()
     properties = Properties(PacketTypes.PUBLISH)
     properties.UserProperty = [("key", "nul\0value")]
-    sender.client.publish(unique("nul"), b"x", qos=1, properties=properties)
-    sender._wait(lambda: sender.disconnected is not None, "the server to close the connection")
-    assert sender.disconnected.value == 0x81, f"U+0000 in a user property: {sender.disconnected}"
-    sender.client.loop_stop()
+    for what, topic, props in (("a user property", unique("nul"), properties),
+                               ("the topic", unique("nul") + "\0x", None)):
+        sender = Peer(args, reconnect=False)
+        sender.connect()
+        sender.client.publish(topic, b"x", qos=1, properties=props)
+        sender._wait(lambda: sender.disconnected is not None, "the server to close the connection")
+        assert sender.disconnected.value == 0x81, f"U+0000 in {what}: {sender.disconnected}"
+        sender.client.loop_stop()
 
     for asked, expect_text in ((None, True), (0, False)):
         peer = Peer(args)

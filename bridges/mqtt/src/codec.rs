@@ -251,20 +251,8 @@ fn check_subscription_options(version: Version, body: &[u8]) -> Result<()> {
     // Packet id, then (MQTT 5) the properties, whose length is a variable byte integer.
     let mut at = 2;
     if version == Version::V5 {
-        let mut length = 0usize;
-        for (index, byte) in body
-            .get(at..)
-            .ok_or_else(malformed)?
-            .iter()
-            .take(4)
-            .enumerate()
-        {
-            length |= usize::from(byte & 0x7F) << (7 * index);
-            if byte & 0x80 == 0 {
-                at += index + 1 + length;
-                break;
-            }
-        }
+        let (length_len, length) = variable_byte_integer(body.get(at..).ok_or_else(malformed)?)?;
+        at += length_len + length;
     }
     while at < body.len() {
         let filter_len = usize::from(u16::from_be_bytes([
@@ -279,6 +267,19 @@ fn check_subscription_options(version: Version, body: &[u8]) -> Result<()> {
         at += 1;
     }
     Ok(())
+}
+
+/// A variable byte integer at the start of `bytes`: (its length in bytes, its value). More than
+/// four bytes, or bytes that end before it does, make the packet malformed [MQTT-1.5.5-1].
+fn variable_byte_integer(bytes: &[u8]) -> Result<(usize, usize)> {
+    let mut value = 0usize;
+    for (index, byte) in bytes.iter().take(4).enumerate() {
+        value |= usize::from(byte & 0x7F) << (7 * index);
+        if byte & 0x80 == 0 {
+            return Ok((index + 1, value));
+        }
+    }
+    Err(Error::Malformed(wire::Error::MalformedPacket))
 }
 
 /// QoS, DUP and packet id of a whole PUBLISH frame.
@@ -456,6 +457,24 @@ mod tests {
         let identified = b"\x82\x09\x00\x01\x02\x0b\x07\x00\x01a\x41";
         assert!(matches!(
             decoded_after_connect(identified),
+            Err(Error::Malformed(_))
+        ));
+        // A properties length of two bytes (130 bytes of user property), then a good filter.
+        let mut long = vec![
+            0x82, 0x8a, 0x01, 0x00, 0x01, 0x82, 0x01, 0x26, 0x00, 0x01, b'k',
+        ];
+        long.extend([0x00, 0x7c]);
+        long.extend([b'v'; 0x7c]);
+        long.extend([0x00, 0x01, b'a', 0x01]);
+        assert_eq!(long.len(), 3 + 0x8a);
+        assert!(decoded_after_connect(&long).is_ok());
+        // MQTT 3.1.1 keeps bits 2 to 7 reserved.
+        let mut codec = Codec::new(1024);
+        let frames = [CONNECT_V4, b"\x82\x06\x00\x01\x00\x01a\x04"].concat();
+        let mut buffer = BytesMut::from(&frames[..]);
+        codec.decode(&mut buffer).unwrap();
+        assert!(matches!(
+            codec.decode(&mut buffer),
             Err(Error::Malformed(_))
         ));
     }

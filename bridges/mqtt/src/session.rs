@@ -390,7 +390,13 @@ impl Session {
         }
         let client_id = self.client.client_id.clone();
         let connection_id = self.record.connection.clone();
-        let session_lifetime = self.session_lifetime();
+        let session_lifetime = if taken_over
+            && successor_started_anew(&self.bridge, &client_id, &self.record.session).await
+        {
+            Duration::ZERO
+        } else {
+            self.session_lifetime()
+        };
         drop(self.registration);
         if let Some(mut will) = self.will.take().filter(|_| publish_will) {
             // The will goes out when its delay has passed or the session ends, whichever is first
@@ -505,6 +511,15 @@ impl Session {
             .expiry_secs
             .map_or(Duration::MAX, |secs| Duration::from_secs(secs.into()))
     }
+}
+
+/// Whether the connection that took a client id over started a session of its own (Clean Start 1):
+/// then the old `session` has ended, and its will is due now [MQTT-3.1.2-8].
+async fn successor_started_anew(bridge: &Bridge, client_id: &str, session: &str) -> bool {
+    matches!(
+        bridge.sessions.load(client_id).await,
+        Ok(Some(latest)) if latest.session != session
+    )
 }
 
 /// Publishes a will after its delay, unless the client came back in the meantime (here or on

@@ -515,20 +515,35 @@ pub async fn dropped_member_records_are_redelivered(log: Arc<dyn Log>) -> TestRe
     Ok(())
 }
 
-/// Members that leave right after subscribing, each round at a later moment of their join, leave their
-/// group working: the next member gets every record. (On tansu 0.6.0 a member leaving between its
-/// JoinGroup and SyncGroup stalled the group for good; see `await_join` in `log/kafka/member.rs`.)
+/// Members that leave right after subscribing, each round at a later moment of their join, finish
+/// joining first and leave their group working: the next member gets every record. (On tansu 0.6.0 a
+/// member leaving between its JoinGroup and SyncGroup stalled the group for good; see `await_join` in
+/// `log/kafka/member/leave.rs`.)
 pub async fn members_that_leave_at_once_leave_the_group_working(log: Arc<dyn Log>) -> TestResult {
     const ROUNDS: u64 = 12;
     let topic = unique_topic("leave-at-once");
     create(&log, &topic, 2).await?;
     for round in 0..ROUNDS {
         let group = unique_topic("group");
-        let leaves = log
+        let mut leaves = log
             .subscribe(options(&[&topic], Some(&group), Position::Earliest, 100))
             .await?;
         tokio::time::sleep(Duration::from_millis(round * 3)).await;
         leaves.control.close().await?;
+        // It finished joining before it left: its assignment came, however soon it closed.
+        let joined = tokio::time::timeout(DEADLINE, async {
+            while let Some(event) = leaves.next_event().await {
+                if matches!(event, SubscriptionEvent::Assigned(_)) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            matches!(joined, Ok(true)),
+            "round {round}: the member left before its join completed"
+        );
         drop(leaves);
         log.append(
             &topic,

@@ -119,15 +119,24 @@ pub(crate) fn check_form(request: &ConnectRequest) -> Result<(), Refusal> {
 /// Protocol Error [MQTT 5 §3.1.2.11.3, §3.1.2.11.4].
 fn connect_violation(request: &ConnectRequest) -> Option<(ConnectReturnCode, &'static str)> {
     let properties = &request.properties;
-    let has_nul = request.connect.client_id.contains('\0')
+    let nul = |text: &str| text.contains('\0');
+    let pairs_nul = |pairs: &[(String, String)]| pairs.iter().any(|(k, v)| nul(k) || nul(v));
+    let will_nul = request
+        .will
+        .as_ref()
+        .is_some_and(|will| will.topic.contains(&0))
+        || request.will_properties.as_ref().is_some_and(|will| {
+            will.content_type.as_deref().is_some_and(nul)
+                || will.response_topic.as_deref().is_some_and(nul)
+                || pairs_nul(&will.user_properties)
+        });
+    let has_nul = nul(&request.connect.client_id)
         || request
             .login
             .as_ref()
-            .is_some_and(|login| login.username.contains('\0'))
-        || properties
-            .user_properties
-            .iter()
-            .any(|(key, value)| key.contains('\0') || value.contains('\0'));
+            .is_some_and(|login| nul(&login.username))
+        || pairs_nul(&properties.user_properties)
+        || will_nul;
     if has_nul {
         return Some((
             ConnectReturnCode::MalformedPacket,
@@ -279,7 +288,7 @@ pub(crate) fn plan_session(
     let present = resumed.is_some();
     // A resumed session is read through its groups and delivers what it queued, whatever expiry this
     // CONNECT names: the new one (0 when absent) decides only what happens once this connection
-    // ends [MQTT-3.1.2-4, 3.1.2-5]. An expiry of 0 ends it then (see `Session::finish`).
+    // ends [MQTT-3.1.2-4, 3.1.2-5, 3.1.2-23]. An expiry of 0 ends it then (see `Session::finish`).
     let persistent = admitted.expiry > 0 || present;
     let (session, subscriptions, awaiting_release) = match resumed {
         Some(previous) => (
@@ -366,15 +375,24 @@ fn served_keep_alive(version: Version, requested: u16, limit: Duration) -> u16 {
     }
 }
 
-/// The CONNACK refusing a CONNECT. MQTT 3.1.1 has six return codes; the others map onto them. A
-/// reason string is left out when it would make the CONNACK larger than the client takes
-/// [MQTT-3.2.2-19].
+/// The CONNACK refusing a CONNECT. MQTT 3.1.1 has six return codes; the others map onto them, but a
+/// malformed CONNECT or a protocol error gets none: 3.1.1 closes the connection without an answer
+/// [MQTT-4.8.0-1], where "server unavailable" would invite the client to retry. A reason string is
+/// left out when it would make the CONNACK larger than the client takes [MQTT-3.2.2-19].
 pub(crate) fn refusal_connack(
     version: Option<Version>,
     refusal: &Refusal,
     max_packet_size: Option<u32>,
-) -> Packet {
+) -> Option<Packet> {
     let v5 = version == Some(Version::V5);
+    if !v5
+        && matches!(
+            refusal.code,
+            ConnectReturnCode::MalformedPacket | ConnectReturnCode::ProtocolError
+        )
+    {
+        return None;
+    }
     let code = if v5 {
         match refusal.code {
             ConnectReturnCode::RefusedProtocolVersion => {
@@ -398,13 +416,13 @@ pub(crate) fn refusal_connack(
             reason_string: Some(reason.clone()),
             ..ConnAckProperties::default()
         });
-    Packet::ConnAck(
+    Some(Packet::ConnAck(
         ConnAck {
             session_present: false,
             code,
         },
         properties,
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -614,29 +632,28 @@ mod tests {
         ));
     }
 
+    fn connack_of(packet: Option<Packet>) -> (ConnectReturnCode, Option<ConnAckProperties>) {
+        match packet {
+            Some(Packet::ConnAck(ack, properties)) => (ack.code, properties),
+            other => panic!("not a CONNACK: {other:?}"),
+        }
+    }
+
     #[test]
     fn refusals_map_onto_what_the_version_has() {
         let refusal = Refusal::new(ConnectReturnCode::BadAuthenticationMethod, "x".repeat(100));
-        let Packet::ConnAck(ack, properties) = refusal_connack(Some(Version::V4), &refusal, None)
-        else {
-            panic!("not a CONNACK")
-        };
-        assert_eq!(
-            (ack.code, properties),
-            (ConnectReturnCode::NotAuthorized, None)
-        );
-        let Packet::ConnAck(ack, properties) = refusal_connack(Some(Version::V5), &refusal, None)
-        else {
-            panic!("not a CONNACK")
-        };
-        assert_eq!(ack.code, ConnectReturnCode::BadAuthenticationMethod);
+        let (code, properties) = connack_of(refusal_connack(Some(Version::V4), &refusal, None));
+        assert_eq!((code, properties), (ConnectReturnCode::NotAuthorized, None));
+        let (code, properties) = connack_of(refusal_connack(Some(Version::V5), &refusal, None));
+        assert_eq!(code, ConnectReturnCode::BadAuthenticationMethod);
         assert!(properties.is_some_and(|p| p.reason_string.is_some()));
         // Within a 64-byte limit the 100-byte reason is left out.
-        let Packet::ConnAck(_, properties) = refusal_connack(Some(Version::V5), &refusal, Some(64))
-        else {
-            panic!("not a CONNACK")
-        };
+        let (_, properties) = connack_of(refusal_connack(Some(Version::V5), &refusal, Some(64)));
         assert!(properties.is_none());
+        // 3.1.1 answers a malformed CONNECT by closing, not with "server unavailable".
+        let malformed = Refusal::new(ConnectReturnCode::MalformedPacket, "");
+        assert!(refusal_connack(Some(Version::V4), &malformed, None).is_none());
+        assert!(refusal_connack(Some(Version::V5), &malformed, None).is_some());
     }
 
     #[test]

@@ -221,11 +221,11 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     max_packet_size: Option<u32>,
 ) -> Result<()> {
     tracing::info!(code = ?refusal.code, reason = refusal.reason, "refusing a connection");
-    connection.queue(admission::refusal_connack(
-        connection.version(),
-        refusal,
-        max_packet_size,
-    ))?;
+    if let Some(connack) =
+        admission::refusal_connack(connection.version(), refusal, max_packet_size)
+    {
+        connection.queue(connack)?;
+    }
     connection.close().await?;
     connection.linger().await;
     Ok(())

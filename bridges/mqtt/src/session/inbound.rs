@@ -334,6 +334,10 @@ impl Inbound {
     ) -> Result<String> {
         let topic = std::str::from_utf8(&publish.topic)
             .map_err(|_| Error::Malformed(rumqttd::protocol::Error::TopicNotUtf8))?;
+        if topic.contains('\0') {
+            // Malformed [MQTT-1.5.4-2]: refused before it could become an alias.
+            return Err(Error::Malformed(rumqttd::protocol::Error::MalformedPacket));
+        }
         match alias {
             None if topic.is_empty() => Err(Error::Protocol(
                 "PUBLISH with an empty topic and no topic alias".into(),

@@ -57,6 +57,8 @@ struct MemberState {
     window: Arc<AckWindow>,
     /// Partitions revoked inside a poll, for the task to purge from its buffer.
     revoked: Mutex<Vec<TopicPartition>>,
+    /// The last revocation's commit outcome, for the answer to closing (see `leave.rs`).
+    revoke_commit: Mutex<Option<Result<()>>>,
     paused: AtomicBool,
     /// Set once the group's first assignment reached this member (librdkafka's cooperative protocol
     /// serves one after every completed join, even when it adds nothing): until then the member is
@@ -76,6 +78,7 @@ pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Su
         start: options.start,
         window: window.clone(),
         revoked: Mutex::new(Vec::new()),
+        revoke_commit: Mutex::new(None),
         paused: AtomicBool::new(false),
         joined: AtomicBool::new(false),
         events: events_tx,

@@ -31,10 +31,17 @@ pub(crate) enum ControlCommand {
 }
 
 /// What front ends hold: [`SubscriptionControl`] over a window and a read loop.
-#[derive(Debug)]
 pub(crate) struct MemberControl {
     window: Arc<AckWindow>,
     commands: mpsc::UnboundedSender<ControlCommand>,
+}
+
+impl std::fmt::Debug for MemberControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberControl")
+            .field("outstanding", &self.window.outstanding())
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemberControl {

@@ -218,7 +218,8 @@ impl AckWindow {
             .collect()
     }
 
-    /// Records a successful commit.
+    /// Records a commit made (or, for an asynchronous one, sent: a failure comes back through
+    /// [`AckWindow::commit_failed`]).
     pub(crate) fn committed(&self, offsets: &[(TopicPartition, i64)]) {
         let mut state = self.lock();
         for (partition, offset) in offsets {

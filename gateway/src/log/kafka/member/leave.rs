@@ -11,15 +11,21 @@ use crate::{Result, log::TopicSelector};
 
 impl MemberTask {
     /// Commits what was acknowledged and leaves the group; the event stream ends with this task.
-    /// Returns the final commit's outcome.
+    /// Returns whether what was acknowledged is committed: the outcome of the last commit, which is
+    /// the final revocation's when one came after the commit here (it retries what failed).
     pub(super) async fn leave(mut self) -> Result<()> {
-        let committed = self.commit(CommitMode::Sync).await;
+        let mut committed = self.commit(CommitMode::Sync).await;
         if let Err(error) = &committed {
             tracing::warn!(%error, "committing on leave");
         }
         if self.state.group.is_some() {
+            // Only the revocation that leaving causes counts; forget any before it.
+            let _ = self.state.take_revoke_commit();
             self.await_join().await;
             self.release_assignment().await;
+            if let Some(revoked) = self.state.take_revoke_commit() {
+                committed = revoked;
+            }
         }
         // Closing the consumer (on drop) sends LeaveGroup, so partitions move at once rather than
         // after the session timeout. It blocks, and librdkafka can block it for good
@@ -73,7 +79,11 @@ impl MemberTask {
                 return;
             }
             // Polling serves the assignment; what it fetches is never delivered, so never acked.
-            let _ = tokio::time::timeout(RELEASE_POLL, self.consumer.recv()).await;
+            tokio::select! {
+                // A drain that starts meanwhile does not wait for the join.
+                () = self.state.shared.closed.cancelled() => return,
+                _ = tokio::time::timeout(RELEASE_POLL, self.consumer.recv()) => {}
+            }
         }
     }
 

@@ -13,7 +13,10 @@ use rdkafka::{
 };
 
 use super::MemberState;
-use crate::log::{SubscriptionEvent, TopicPartition, kafka::codec};
+use crate::{
+    Error,
+    log::{SubscriptionEvent, TopicPartition, kafka::codec},
+};
 
 /// Where a newly assigned partition starts.
 #[derive(Debug, Clone, Copy)]
@@ -163,11 +166,16 @@ impl MemberState {
     fn revoke(&self, consumer: &impl Consumer<MemberContext>, list: &TopicPartitionList) {
         let partitions = codec::partitions_of(list);
         let due = self.window.release(&partitions);
-        if self.group.is_some()
-            && !consumer.assignment_lost()
-            && let Err(error) = commit(consumer, &due, CommitMode::Sync)
-        {
-            tracing::warn!(%error, "committing revoked partitions");
+        if self.group.is_some() && !consumer.assignment_lost() {
+            let committed = commit(consumer, &due, CommitMode::Sync);
+            if let Err(error) = &committed {
+                tracing::warn!(%error, "committing revoked partitions");
+            }
+            *self
+                .revoke_commit
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) =
+                Some(committed.map_err(Error::kafka("committing revoked partitions")));
         }
         if let Err(error) = consumer.incremental_unassign(list) {
             tracing::warn!(%error, "releasing partitions");
@@ -178,6 +186,16 @@ impl MemberState {
             .extend(partitions.iter().cloned());
         self.window.wake();
         let _ = self.events.send(SubscriptionEvent::Revoked(partitions));
+    }
+}
+
+impl MemberState {
+    /// The outcome of the last revocation's commit, if one happened since the last look.
+    pub(super) fn take_revoke_commit(&self) -> Option<crate::Result<()>> {
+        self.revoke_commit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 
