@@ -3,7 +3,7 @@
 //! task while the backend's read loop delivers; one lock keeps the count and the trackers in step.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -12,7 +12,7 @@ use std::{
 
 use tokio::sync::{Notify, futures::Notified};
 
-use crate::log::{AckOutcome, TopicPartition, acks::AckTracker};
+use crate::log::{AckOutcome, Record, TopicPartition, acks::AckTracker};
 
 /// What became of a record offered for delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +170,41 @@ impl AckWindow {
         Delivery::Delivered
     }
 
+    /// Takes records off the front of `buffer` for delivery while the window has room, under one
+    /// lock: those of held partitions at or past their position (others are dropped: fetched before
+    /// a seek, or after a revocation). A partition not held yet is taken on at its first record when
+    /// `adopt` says so (assigned without a known start). Returns what to hand to the subscriber.
+    pub(crate) fn deliver_from(
+        &self,
+        buffer: &mut VecDeque<Record>,
+        mut adopt: impl FnMut(&TopicPartition) -> bool,
+    ) -> Vec<Record> {
+        let mut batch = Vec::new();
+        let mut state = self.lock();
+        let WindowState { held, in_flight } = &mut *state;
+        while *in_flight < self.max_in_flight {
+            let Some(record) = buffer.pop_front() else {
+                break;
+            };
+            let partition = record.topic_partition();
+            let held = match held.get_mut(&partition) {
+                Some(held) => held,
+                None if adopt(&partition) => held.entry(partition).or_insert(Held {
+                    tracker: AckTracker::starting_at(record.offset),
+                    committed: None,
+                }),
+                None => continue,
+            };
+            if record.offset < held.tracker.position() {
+                continue;
+            }
+            held.tracker.delivered(record.offset);
+            *in_flight += 1;
+            batch.push(record);
+        }
+        batch
+    }
+
     /// Marks one delivered record acknowledged and wakes the read loop.
     pub(crate) fn ack(&self, partition: &TopicPartition, offset: i64) -> AckOutcome {
         let acked = {
@@ -304,6 +339,43 @@ mod tests {
         assert_eq!(window.release(&[partition(1)]), vec![(partition(1), 1)]);
         assert_eq!(window.outstanding(), 0);
         assert_eq!(window.ack(&partition(1), 1), AckOutcome::Ignored);
+    }
+
+    fn record(partition: i32, offset: i64) -> Record {
+        Record {
+            topic: std::sync::Arc::from("t"),
+            partition,
+            offset,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+            timestamp_ms: 0,
+            courier_id: String::new(),
+            origin: String::new(),
+        }
+    }
+
+    #[test]
+    fn buffered_records_are_delivered_within_the_window() {
+        let window = AckWindow::new(3);
+        window.hold(partition(0), 5, None);
+        // 4 is behind the position, partition 1 is adopted, partition 2 is not held.
+        let mut buffer: VecDeque<Record> = [
+            record(0, 4),
+            record(0, 5),
+            record(2, 0),
+            record(1, 9),
+            record(0, 6),
+            record(0, 7),
+        ]
+        .into_iter()
+        .collect();
+        let delivered = window.deliver_from(&mut buffer, |p| p.partition == 1);
+        let got: Vec<(i32, i64)> = delivered.iter().map(|r| (r.partition, r.offset)).collect();
+        assert_eq!(got, vec![(0, 5), (1, 9), (0, 6)]);
+        assert_eq!(buffer.len(), 1, "the window is full: the rest waits");
+        assert_eq!(window.outstanding(), 3);
+        assert_eq!(window.position(&partition(1)), Some(10));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::{
     log::{
         Position, Record, SubscriptionEvent, TopicPartition, TopicSelector,
         kafka::{blocking, codec, metadata},
-        member::{ControlCommand, Delivery},
+        member::ControlCommand,
     },
 };
 
@@ -113,36 +113,18 @@ impl MemberTask {
 
     /// Hands buffered records of held partitions to the subscriber while the window has room.
     fn deliver_buffered(&mut self) {
-        let window = &self.state.window;
-        let mut batch = Vec::new();
-        while window.space() > 0 {
-            let Some(record) = self.buffer.pop_front() else {
-                break;
-            };
-            let partition = record.topic_partition();
-            if !window.holds(&partition) {
-                // Assigned without a known start (the lookup failed): start where librdkafka did.
-                if self.state.group.is_none() || self.consumer_holds(&partition) {
-                    window.hold(partition.clone(), record.offset, None);
-                } else {
-                    continue;
-                }
-            }
-            // Anything else was fetched before a seek moved the position on, or after a revocation.
-            if window.deliver(&partition, record.offset) == Delivery::Delivered {
-                batch.push(record);
-            }
-        }
+        let plain_reader = self.state.group.is_none();
+        let consumer = self.consumer.clone();
+        // A partition assigned without a known start (the lookup failed) starts where librdkafka did.
+        let batch = self
+            .state
+            .window
+            .deliver_from(&mut self.buffer, |partition| {
+                plain_reader || consumer_holds(&consumer, partition)
+            });
         if !batch.is_empty() {
             let _ = self.state.events.send(SubscriptionEvent::Records(batch));
         }
-    }
-
-    fn consumer_holds(&self, partition: &TopicPartition) -> bool {
-        self.consumer.assignment().is_ok_and(|list| {
-            list.find_partition(&partition.topic, partition.partition)
-                .is_some()
-        })
     }
 
     /// Pauses fetching once the local buffer holds [`buffer_limit`] records; resumes when it is down to
@@ -297,6 +279,13 @@ impl MemberTask {
             tracing::warn!("assigning partitions to a reader failed");
         }
     }
+}
+
+fn consumer_holds(consumer: &MemberConsumer, partition: &TopicPartition) -> bool {
+    consumer.assignment().is_ok_and(|list| {
+        list.find_partition(&partition.topic, partition.partition)
+            .is_some()
+    })
 }
 
 fn received(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
