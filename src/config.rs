@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use courier_gateway::config::{BackendConfig, GroupsConfig, GrpcConfig, TopicsConfig};
+use courier_gateway::config::{BackendConfig, GroupsConfig, TopicsConfig};
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
@@ -26,7 +26,7 @@ pub(crate) struct Config {
     pub(crate) region: String,
     /// `[grpc]`: the gRPC listener.
     #[serde(default)]
-    pub(crate) grpc: GrpcConfig,
+    pub(crate) grpc: courier_grpc::Config,
     /// `[log]`: where records are stored (`kind = "embedded"`).
     #[serde(default)]
     pub(crate) log: BackendConfig,
@@ -54,7 +54,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             region: Self::default_region(),
-            grpc: GrpcConfig::default(),
+            grpc: courier_grpc::Config::default(),
             log: BackendConfig::default(),
             topics: TopicsConfig::default(),
             groups: GroupsConfig::default(),

@@ -11,13 +11,13 @@ use std::{io::Write, net::SocketAddr, sync::Arc};
 use anyhow::{Context, Result};
 use courier_gateway::{
     config::BackendConfig,
-    grpc::GrpcServer,
     log::{
         Embedded, Kafka, Log,
         layers::{self, Validated},
     },
     regions::Regions,
 };
+use courier_grpc::GrpcServer;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},

@@ -6,7 +6,7 @@ mod common;
 use std::{collections::BTreeMap, time::Duration};
 
 use common::*;
-use courier_gateway::proto::v1 as pb;
+use courier_grpc::proto::v1 as pb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_kill_9() -> TestResult {

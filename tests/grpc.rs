@@ -9,7 +9,7 @@ use std::{
 };
 
 use common::*;
-use courier_gateway::proto::v1 as pb;
+use courier_grpc::proto::v1 as pb;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 

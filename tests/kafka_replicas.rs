@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::*;
-use courier_gateway::proto::v1 as pb;
+use courier_grpc::proto::v1 as pb;
 use courier_testkit::Tansu;
 
 const RECORDS: u64 = 600;

@@ -74,7 +74,7 @@ async fn metrics_count_every_protocols_traffic() -> TestResult {
     let mut client = gateway.streams().await?;
     let records = (0..7).map(|i| record(None, &format!("g{i}"))).collect();
     client
-        .produce(courier_gateway::proto::v1::ProduceRequest {
+        .produce(courier_grpc::proto::v1::ProduceRequest {
             topic: grpc_topic.clone(),
             records,
             ..Default::default()
@@ -158,7 +158,7 @@ async fn metrics_count_every_protocols_traffic() -> TestResult {
 
     // A refused request is counted by kind: a produce to a topic name Kafka forbids.
     let refused = client
-        .produce(courier_gateway::proto::v1::ProduceRequest {
+        .produce(courier_grpc::proto::v1::ProduceRequest {
             topic: "not a topic".into(),
             records: vec![record(None, "x")],
             ..Default::default()
@@ -209,7 +209,7 @@ async fn readiness_turns_off_first_when_draining() -> TestResult {
     let (_, topic) = create_topic(&gateway, "ops-drain", 1).await?;
     let mut client = gateway.streams().await?;
     client
-        .produce(courier_gateway::proto::v1::ProduceRequest {
+        .produce(courier_grpc::proto::v1::ProduceRequest {
             topic: topic.clone(),
             records: vec![record(None, "held")],
             ..Default::default()
@@ -320,7 +320,7 @@ async fn status_page_renders_in_headless_chromium() -> TestResult {
         async move {
             while !stop.is_cancelled() {
                 let records = (0..10).map(|i| record(None, &format!("p{i}"))).collect();
-                let request = courier_gateway::proto::v1::ProduceRequest {
+                let request = courier_grpc::proto::v1::ProduceRequest {
                     topic: topic.clone(),
                     records,
                     ..Default::default()

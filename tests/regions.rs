@@ -21,7 +21,7 @@ use common::{
     replicator::Replicator,
     start_in_group,
 };
-use courier_gateway::proto::v1::{self as pb, admin_client::AdminClient};
+use courier_grpc::proto::v1::{self as pb, admin_client::AdminClient};
 use courier_testkit::Tansu;
 use tonic::transport::Channel;
 

@@ -1,14 +1,11 @@
-//! Courier's core: the [`Log`](log::Log) every front end writes to and reads from, its backends, and
-//! the public gRPC API.
+//! Courier's core: the [`Log`](log::Log) every front end writes to and reads from, and its backends.
 //!
-//! Architecture (see `DESIGN.md`): the `courier` binary wires front ends (gRPC here; MQTT and AMQP in
-//! their own bridge crates) to one `dyn Log`. Front ends never touch a storage engine; delivery
+//! Architecture (see `DESIGN.md`): the `courier` binary wires front ends (gRPC, MQTT and AMQP, each in
+//! its own bridge crate) to one `dyn Log`. Front ends never touch a storage engine; delivery
 //! semantics (durable before ack, at-least-once with sparse acks) are decided behind the trait.
 //!
 //! Modules:
 //! - [`log`]: the trait, shared types and the embedded backend;
-//! - [`grpc`]: the tonic services of `proto/courier/v1` (Streams, Admin) with health and reflection;
-//! - [`proto`]: the generated protobuf types, servers and clients;
 //! - [`regions`]: the region router, a `Log` over one Kafka cluster per region with failover;
 //! - [`metrics`]: what the front ends count, named once;
 //! - [`auth`]: users and passwords, shared by the front ends that ask for them;
@@ -18,10 +15,8 @@
 pub mod auth;
 pub mod config;
 pub mod error;
-pub mod grpc;
 pub mod log;
 pub mod metrics;
-pub mod proto;
 pub mod regions;
 
 pub use error::{Error, Result};

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use courier_gateway::proto::v1::{
+use courier_grpc::proto::v1::{
     self as pb, admin_client::AdminClient, streams_client::StreamsClient,
     subscribe_request::Kind as RequestKind,
 };
@@ -113,7 +113,7 @@ impl Gateway {
                 "127.0.0.1:0",
             ])
             .args(args)
-            .env("RUST_LOG", "info,courier_gateway=debug")
+            .env("RUST_LOG", "info,courier_gateway=debug,courier_grpc=debug")
             .env("COURIER_SHUTDOWN__GRACE", "10s")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -27,12 +27,14 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Args;
 use courier_gateway::{
-    config::{EmbeddedConfig, FsyncPolicy, GroupsConfig, GrpcConfig, TopicsConfig},
-    grpc::GrpcServer,
+    config::{EmbeddedConfig, FsyncPolicy, GroupsConfig, TopicsConfig},
     log::{
         Embedded, Log, NewRecord, Position, SubscribeOptions, SubscriptionEvent, TopicSelector,
         TopicSpec, layers,
     },
+};
+use courier_grpc::{
+    GrpcServer,
     proto::v1::{
         self as pb, admin_client::AdminClient, streams_client::StreamsClient,
         subscribe_request::Kind as RequestKind, subscribe_response::Kind as ResponseKind,
@@ -291,11 +293,11 @@ async fn through_gateway(
     let server = GrpcServer {
         log: log.clone(),
         regions: None,
-        config: GrpcConfig::default(),
+        config: courier_grpc::Config::default(),
         groups: GroupsConfig::default(),
     };
     let serving = tokio::spawn(server.serve(listener, drain.clone()));
-    let channel = courier_gateway::grpc::client_endpoint(format!("http://{address}"))?
+    let channel = courier_grpc::client_endpoint(format!("http://{address}"))?
         .connect()
         .await
         .context("connecting to the gateway")?;

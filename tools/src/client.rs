@@ -5,7 +5,7 @@
 use std::io::{BufRead, Write};
 
 use anyhow::{Context, Result, bail};
-use courier_gateway::proto::v1::{
+use courier_grpc::proto::v1::{
     self as pb, admin_client::AdminClient, position::Kind as PositionKind,
     streams_client::StreamsClient, subscribe_request::Kind as RequestKind,
     subscribe_response::Kind as ResponseKind,
@@ -22,7 +22,7 @@ pub use args::{
 
 /// Connects to a gateway.
 pub(crate) async fn connect(server: &ServerArgs) -> Result<Channel> {
-    courier_gateway::grpc::client_endpoint(server.server.clone())
+    courier_grpc::client_endpoint(server.server.clone())
         .with_context(|| {
             format!(
                 "{:?} is not a valid server address (use http://host:port)",

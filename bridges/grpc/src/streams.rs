@@ -1,20 +1,21 @@
 //! The `courier.v1.Streams` service: the data plane. Unary calls are here; the two long-lived streams
-//! have their own modules ([`super::produce_stream`], [`super::subscribe`]).
+//! have their own modules ([`crate::produce_stream`], [`crate::subscribe`]).
 
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
-
-use super::{
-    convert::{self, acks_to_wire, partition_from_wire, record_from_wire, record_to_wire},
-    produce_stream, subscribe,
-};
-use crate::{
+use courier_gateway::{
     config::GroupsConfig,
     log::{FetchLimits, Log, TopicPartition},
     metrics::{self, ProduceTimer, Protocol},
+};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    convert::{self, acks_to_wire, partition_from_wire, record_from_wire, record_to_wire},
+    produce_stream,
     proto::v1::{self as pb, streams_server::Streams},
+    subscribe, to_status,
 };
 
 /// The Streams service over a Log.
@@ -44,7 +45,7 @@ impl Streams for StreamsService {
         let timer = ProduceTimer::start(Protocol::Grpc, &records);
         let outcome = self.log.append(&request.topic, records).await;
         timer.finish(&outcome);
-        let appended = outcome?;
+        let appended = outcome.map_err(to_status)?;
         Ok(Response::new(pb::ProduceResponse {
             request_id: request.request_id,
             acks: acks_to_wire(appended),
@@ -103,7 +104,11 @@ impl Streams for StreamsService {
             },
         };
         let partition = partition_from_wire(request.topic, request.partition);
-        let fetched = self.log.fetch(&partition, request.offset, limits).await?;
+        let fetched = self
+            .log
+            .fetch(&partition, request.offset, limits)
+            .await
+            .map_err(to_status)?;
         metrics::delivered_records(Protocol::Grpc, &fetched.records);
         Ok(Response::new(pb::FetchResponse {
             records: fetched.records.into_iter().map(record_to_wire).collect(),
@@ -123,7 +128,10 @@ impl Streams for StreamsService {
             .into_iter()
             .map(|o| (partition_from_wire(o.topic, o.partition), o.offset))
             .collect();
-        self.log.commit(&request.group, &offsets).await?;
+        self.log
+            .commit(&request.group, &offsets)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::CommitResponse {}))
     }
 
@@ -137,17 +145,28 @@ impl Streams for StreamsService {
         let partitions: Vec<i32> = match request.partition {
             Some(partition) => vec![partition],
             None => {
-                let topic = self.log.describe_topic(&request.topic).await?;
+                let topic = self
+                    .log
+                    .describe_topic(&request.topic)
+                    .await
+                    .map_err(to_status)?;
                 topic.partitions.iter().map(|p| p.partition).collect()
             }
         };
         let mut offsets = Vec::with_capacity(partitions.len());
         for partition in partitions {
             let partition = TopicPartition::new(request.topic.as_str(), partition);
-            let offset = self.log.resolve(&partition, position).await?;
+            let offset = self
+                .log
+                .resolve(&partition, position)
+                .await
+                .map_err(to_status)?;
             offsets.push((partition, offset));
         }
-        self.log.commit(&request.group, &offsets).await?;
+        self.log
+            .commit(&request.group, &offsets)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::SeekResponse {
             offsets: offsets
                 .into_iter()

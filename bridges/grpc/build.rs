@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_root = PathBuf::from("../proto");
+    let proto_root = PathBuf::from("../../proto");
     let files = ["records.proto", "streams.proto", "admin.proto"]
         .map(|file| proto_root.join("courier/v1").join(file));
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

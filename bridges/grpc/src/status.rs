@@ -1,9 +1,8 @@
 //! The one place gateway errors become gRPC statuses. The message is the error's own text, written for
 //! the person reading it in a client.
 
+use courier_gateway::Error;
 use tonic::{Code, Status};
-
-use crate::Error;
 
 /// The gRPC code of an error.
 pub(crate) fn code_of(error: &Error) -> Code {
@@ -26,23 +25,23 @@ pub(crate) fn code_of(error: &Error) -> Code {
     }
 }
 
-impl From<Error> for Status {
-    fn from(error: Error) -> Self {
-        if !error.is_client_error()
-            && !matches!(
-                error,
-                Error::UnknownTopic { .. } | Error::TopicExists { .. }
-            )
-        {
-            tracing::warn!(%error, "request failed");
-        }
-        Status::new(code_of(&error), error.to_string())
+/// The gRPC status of an error (failures that are not the client's are logged). A function, not a
+/// `From` impl: neither type is this crate's. Calls write `.map_err(to_status)?`.
+pub fn to_status(error: Error) -> Status {
+    if !error.is_client_error()
+        && !matches!(
+            error,
+            Error::UnknownTopic { .. } | Error::TopicExists { .. }
+        )
+    {
+        tracing::warn!(%error, "request failed");
     }
+    Status::new(code_of(&error), error.to_string())
 }
 
 /// A per-request error inside a stream (ProduceStream answers failed requests without ending).
 pub(crate) fn error_to_wire(error: Error) -> crate::proto::v1::Error {
-    let status = Status::from(error);
+    let status = to_status(error);
     crate::proto::v1::Error {
         code: status.code() as i32,
         message: status.message().to_owned(),
@@ -55,7 +54,7 @@ mod tests {
 
     #[test]
     fn client_mistakes_are_invalid_argument_with_the_reason() {
-        let status = Status::from(Error::InvalidTopicName {
+        let status = to_status(Error::InvalidTopicName {
             name: "a b".into(),
             reason: "no spaces",
         });
@@ -65,7 +64,7 @@ mod tests {
 
     #[test]
     fn unknown_topic_tells_how_to_create_it() {
-        let status = Status::from(Error::UnknownTopic {
+        let status = to_status(Error::UnknownTopic {
             topic: "orders".into(),
         });
         assert_eq!(status.code(), Code::NotFound);
@@ -74,6 +73,6 @@ mod tests {
 
     #[test]
     fn shutting_down_is_unavailable() {
-        assert_eq!(Status::from(Error::ShuttingDown).code(), Code::Unavailable);
+        assert_eq!(to_status(Error::ShuttingDown).code(), Code::Unavailable);
     }
 }

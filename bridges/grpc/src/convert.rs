@@ -1,12 +1,13 @@
 //! Conversions between the wire types of `proto/courier/v1` and the Log's types. Requests are checked
 //! here, so a malformed message fails with INVALID_ARGUMENT before it reaches the log.
 
+use courier_gateway::{
+    log::{self, Position, TopicPartition, TopicSelector},
+    regions::RoutingStatus,
+};
 use tonic::Status;
 
-use crate::{
-    log::{self, Position, TopicPartition, TopicSelector},
-    proto::v1 as pb,
-};
+use crate::proto::v1 as pb;
 
 /// The wire form of a stored record.
 pub(crate) fn record_to_wire(record: log::Record) -> pb::Record {
@@ -175,7 +176,7 @@ pub(crate) fn group_to_wire(group: log::GroupDescription) -> pb::GroupDescriptio
 }
 
 /// The region router's status on the wire.
-pub(crate) fn regions_to_wire(status: crate::regions::RoutingStatus) -> pb::RegionsStatus {
+pub(crate) fn regions_to_wire(status: RoutingStatus) -> pb::RegionsStatus {
     pb::RegionsStatus {
         mode: status.mode.to_owned(),
         regions: status

@@ -8,20 +8,21 @@
 
 use std::{pin::Pin, sync::Arc};
 
+use courier_gateway::{
+    Error,
+    log::Log,
+    metrics::{ProduceTimer, Protocol},
+};
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
-use super::{
-    convert::{acks_to_wire, record_from_wire},
-    status::error_to_wire,
-};
 use crate::{
-    log::Log,
-    metrics::{ProduceTimer, Protocol},
+    convert::{acks_to_wire, record_from_wire},
     proto::v1 as pb,
+    status::error_to_wire,
 };
 
 /// Requests of one stream awaiting durability at once.
@@ -129,7 +130,7 @@ async fn refuse_until_client_stops(
             () = &mut linger => return,
             request = requests.message() => match request {
                 Ok(Some(request)) => {
-                    let refusal = failed(request.request_id, crate::Error::ShuttingDown);
+                    let refusal = failed(request.request_id, Error::ShuttingDown);
                     if responses.send(Ok(refusal)).await.is_err() {
                         return;
                     }
@@ -141,7 +142,7 @@ async fn refuse_until_client_stops(
 }
 
 /// The answer to a request none of whose records were acknowledged.
-fn failed(request_id: u64, error: crate::Error) -> pb::ProduceResponse {
+fn failed(request_id: u64, error: Error) -> pb::ProduceResponse {
     pb::ProduceResponse {
         request_id,
         acks: Vec::new(),

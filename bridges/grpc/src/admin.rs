@@ -2,13 +2,16 @@
 
 use std::sync::Arc;
 
+use courier_gateway::{
+    log::{Log, TopicSpec},
+    regions::Regions,
+};
 use tonic::{Request, Response, Status};
 
-use super::convert::{group_to_wire, regions_to_wire, topic_to_wire};
 use crate::{
-    log::{Log, TopicSpec},
+    convert::{group_to_wire, regions_to_wire, topic_to_wire},
     proto::v1::{self as pb, admin_server::Admin},
-    regions::Regions,
+    to_status,
 };
 
 /// The Admin service over a Log.
@@ -49,7 +52,7 @@ impl Admin for AdminService {
             compacted: false,
         };
         Ok(Response::new(topic_to_wire(
-            self.log.create_topic(spec).await?,
+            self.log.create_topic(spec).await.map_err(to_status)?,
         )))
     }
 
@@ -57,7 +60,7 @@ impl Admin for AdminService {
         &self,
         _: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
-        let topics = self.log.list_topics().await?;
+        let topics = self.log.list_topics().await.map_err(to_status)?;
         Ok(Response::new(pb::ListTopicsResponse {
             topics: topics
                 .into_iter()
@@ -74,7 +77,10 @@ impl Admin for AdminService {
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
         Ok(Response::new(topic_to_wire(
-            self.log.describe_topic(&request.into_inner().name).await?,
+            self.log
+                .describe_topic(&request.into_inner().name)
+                .await
+                .map_err(to_status)?,
         )))
     }
 
@@ -82,7 +88,10 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
-        self.log.delete_topic(&request.into_inner().name).await?;
+        self.log
+            .delete_topic(&request.into_inner().name)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::DeleteTopicResponse {}))
     }
 
@@ -91,7 +100,7 @@ impl Admin for AdminService {
         _: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         Ok(Response::new(pb::ListGroupsResponse {
-            groups: self.log.list_groups().await?,
+            groups: self.log.list_groups().await.map_err(to_status)?,
         }))
     }
 
@@ -104,7 +113,7 @@ impl Admin for AdminService {
             return Err(Status::invalid_argument("group is required"));
         }
         Ok(Response::new(group_to_wire(
-            self.log.describe_group(&group).await?,
+            self.log.describe_group(&group).await.map_err(to_status)?,
         )))
     }
 
@@ -124,7 +133,7 @@ impl Admin for AdminService {
         if region.is_empty() {
             regions.automatic();
         } else {
-            regions.switch_to(&region)?;
+            regions.switch_to(&region).map_err(to_status)?;
         }
         Ok(Response::new(regions_to_wire(regions.status())))
     }

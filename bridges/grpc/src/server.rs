@@ -3,20 +3,19 @@
 
 use std::sync::Arc;
 
+use courier_gateway::{config::GroupsConfig, log::Log, regions::Regions};
 use tokio::net::TcpListener;
 use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-use super::{AdminService, StreamsService, connection::CountedConnection};
 use crate::{
-    config::{GroupsConfig, GrpcConfig},
-    log::Log,
+    AdminService, Config, StreamsService,
+    connection::CountedConnection,
     proto::{
         FILE_DESCRIPTOR_SET,
         v1::{admin_server::AdminServer, streams_server::StreamsServer},
     },
-    regions::Regions,
 };
 
 /// Everything the gRPC front end needs.
@@ -27,7 +26,7 @@ pub struct GrpcServer {
     /// The region router, when `log` is one (the Admin service's region calls).
     pub regions: Option<Regions>,
     /// `[grpc]` settings.
-    pub config: GrpcConfig,
+    pub config: Config,
     /// `[groups]` settings (default window).
     pub groups: GroupsConfig,
 }

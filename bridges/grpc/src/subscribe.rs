@@ -9,21 +9,24 @@
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
+use courier_gateway::{
+    config::GroupsConfig,
+    log::{AckOutcome, Log, Position, SubscribeOptions, Subscription, SubscriptionEvent},
+    metrics::{self, Protocol},
+};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
-use super::convert::{self, assignment_to_wire, partition_from_wire, record_to_wire};
 use crate::{
-    config::GroupsConfig,
-    log::{AckOutcome, Log, Position, SubscribeOptions, Subscription, SubscriptionEvent},
-    metrics::{self, Protocol},
+    convert::{self, assignment_to_wire, partition_from_wire, record_to_wire},
     proto::v1::{
         self as pb, subscribe_request::Kind as RequestKind,
         subscribe_response::Kind as ResponseKind,
     },
+    to_status,
 };
 
 /// How long a draining stream waits for the client to ack what it holds.
@@ -66,7 +69,7 @@ pub(crate) async fn start(
         protocol: "grpc",
     };
     let span = tracing::info_span!("grpc.subscribe", peer = %options.client, group = options.group.as_deref().unwrap_or(""));
-    let subscription = log.subscribe(options).await?;
+    let subscription = log.subscribe(options).await.map_err(to_status)?;
     span.in_scope(|| tracing::debug!("subscription started"));
 
     let (responses, stream) = mpsc::channel(OUTBOUND_DEPTH);
@@ -165,7 +168,8 @@ async fn handle_request(
             subscription
                 .control
                 .seek(&partition_from_wire(seek.topic, seek.partition), position)
-                .await?;
+                .await
+                .map_err(to_status)?;
             Ok(())
         }
         Some(RequestKind::Start(_)) => Err(Status::invalid_argument(

@@ -6,13 +6,12 @@ use std::{
     task::{Context, Poll},
 };
 
+use courier_gateway::metrics::{self, ConnectionGuard, Protocol};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 use tonic::transport::server::{Connected, TcpConnectInfo};
-
-use crate::metrics::{self, ConnectionGuard, Protocol};
 
 /// An accepted TCP connection and its place in the connection gauge.
 #[derive(Debug)]
