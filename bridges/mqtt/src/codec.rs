@@ -109,7 +109,7 @@ impl Codec {
                 ));
             }
             None => {
-                let version = match protocol_level(&buffer[header_len..frame_len])? {
+                let version = match connect_header(&buffer[header_len..frame_len])?.0 {
                     4 => Version::V4,
                     5 => Version::V5,
                     level => return Err(Error::UnsupportedProtocol(level)),
@@ -198,14 +198,16 @@ fn fixed_header(buffer: &[u8]) -> Result<Option<(usize, usize)>> {
     Ok(None)
 }
 
-/// The protocol level in a CONNECT's variable header (after the protocol name).
-fn protocol_level(body: &[u8]) -> Result<u8> {
+/// The protocol level and, when present, the Connect Flags in a CONNECT's variable header (after
+/// the protocol name).
+fn connect_header(body: &[u8]) -> Result<(u8, Option<u8>)> {
     let malformed = || Error::Malformed(wire::Error::MalformedPacket);
     let name_len = usize::from(u16::from_be_bytes([
         *body.first().ok_or_else(malformed)?,
         *body.get(1).ok_or_else(malformed)?,
     ]));
-    body.get(2 + name_len).copied().ok_or_else(malformed)
+    let level = *body.get(2 + name_len).ok_or_else(malformed)?;
+    Ok((level, body.get(3 + name_len).copied()))
 }
 
 /// The fixed header's reserved flag bits must be as the spec lists them, else the packet is malformed
@@ -228,11 +230,7 @@ fn check_reserved_flags(kind: u8, byte1: u8) -> Result<()> {
 /// MQTT-3.1.2-3].
 fn check_connect_flags(body: &[u8]) -> Result<()> {
     let malformed = || Error::Malformed(wire::Error::MalformedPacket);
-    let name_len = usize::from(u16::from_be_bytes([
-        *body.first().ok_or_else(malformed)?,
-        *body.get(1).ok_or_else(malformed)?,
-    ]));
-    let flags = *body.get(3 + name_len).ok_or_else(malformed)?;
+    let flags = connect_header(body)?.1.ok_or_else(malformed)?;
     if flags & 1 == 0 {
         Ok(())
     } else {

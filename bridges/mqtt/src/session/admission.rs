@@ -33,6 +33,21 @@ pub(crate) struct ConnectRequest {
     pub(crate) login: Option<Login>,
 }
 
+/// The properties of a CONNECT that carries none (every MQTT 3.1.1 one).
+pub(crate) fn no_properties() -> ConnectProperties {
+    ConnectProperties {
+        session_expiry_interval: None,
+        receive_maximum: None,
+        max_packet_size: None,
+        topic_alias_max: None,
+        request_response_info: None,
+        request_problem_info: None,
+        user_properties: Vec::new(),
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
 /// A refused CONNECT: the CONNACK's code and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refusal {
@@ -438,17 +453,7 @@ mod tests {
                 client_id: client_id.into(),
                 clean_session: clean,
             },
-            properties: ConnectProperties {
-                session_expiry_interval: None,
-                receive_maximum: None,
-                max_packet_size: None,
-                topic_alias_max: None,
-                request_response_info: None,
-                request_problem_info: None,
-                user_properties: Vec::new(),
-                authentication_method: None,
-                authentication_data: None,
-            },
+            properties: no_properties(),
             will: None,
             will_properties: None,
             login: None,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use courier_gateway::log::now_ms;
-use rumqttd::protocol::{ConnectProperties, Login, Packet};
+use rumqttd::protocol::{Login, Packet};
 use tokio::io::{AsyncRead, AsyncWrite};
 use ulid::Ulid;
 
@@ -151,17 +151,7 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(Some(ConnectRequest {
         version: connection.version().unwrap_or(crate::codec::Version::V4),
         connect,
-        properties: properties.unwrap_or(ConnectProperties {
-            session_expiry_interval: None,
-            receive_maximum: None,
-            max_packet_size: None,
-            topic_alias_max: None,
-            request_response_info: None,
-            request_problem_info: None,
-            user_properties: Vec::new(),
-            authentication_method: None,
-            authentication_data: None,
-        }),
+        properties: properties.unwrap_or_else(admission::no_properties),
         will,
         will_properties,
         login,
