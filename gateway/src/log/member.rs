@@ -6,4 +6,4 @@ mod control;
 mod window;
 
 pub(crate) use control::{ControlCommand, MemberControl};
-pub(crate) use window::{AckWindow, Delivery};
+pub(crate) use window::AckWindow;

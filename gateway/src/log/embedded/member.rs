@@ -22,7 +22,7 @@ use crate::{
     Error, Result,
     log::{
         FetchLimits, Position, SubscriptionEvent, TopicPartition,
-        member::{AckWindow, ControlCommand, Delivery},
+        member::{AckWindow, ControlCommand},
     },
 };
 
@@ -149,9 +149,10 @@ impl MemberTask {
             max_records: self.window.space().min(MAX_BATCH_RECORDS),
             max_bytes: MAX_BATCH_BYTES,
         };
-        let mut records = topic.read(partition.partition as usize, position, limits)?;
-        records
-            .retain(|record| self.window.deliver(partition, record.offset) == Delivery::Delivered);
+        let mut read = topic
+            .read(partition.partition as usize, position, limits)?
+            .into();
+        let records = self.window.deliver_from(&mut read, |_| false);
         if records.is_empty() {
             return Ok(());
         }

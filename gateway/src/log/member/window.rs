@@ -14,17 +14,6 @@ use tokio::sync::{Notify, futures::Notified};
 
 use crate::log::{AckOutcome, Record, TopicPartition, acks::AckTracker};
 
-/// What became of a record offered for delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Delivery {
-    /// Counted in flight: hand it to the subscriber.
-    Delivered,
-    /// Older than the partition's position (read before a seek moved it): drop it.
-    Behind,
-    /// The subscriber does not hold the partition (revoked meanwhile): drop it.
-    NotHeld,
-}
-
 #[derive(Debug)]
 struct Held {
     tracker: AckTracker,
@@ -156,20 +145,6 @@ impl AckWindow {
         sought
     }
 
-    /// Offers one record for delivery; the caller checks [`AckWindow::space`] first.
-    pub(crate) fn deliver(&self, partition: &TopicPartition, offset: i64) -> Delivery {
-        let mut state = self.lock();
-        let Some(held) = state.held.get_mut(partition) else {
-            return Delivery::NotHeld;
-        };
-        if offset < held.tracker.position() {
-            return Delivery::Behind;
-        }
-        held.tracker.delivered(offset);
-        state.in_flight += 1;
-        Delivery::Delivered
-    }
-
     /// Takes records off the front of `buffer` for delivery while the window has room, under one
     /// lock: those of held partitions at or past their position (others are dropped: fetched before
     /// a seek, or after a revocation). A partition not held yet is taken on at its first record when
@@ -293,14 +268,20 @@ mod tests {
         TopicPartition::new("t", index)
     }
 
+    /// Offers one record; true when it was delivered.
+    fn offer(window: &AckWindow, partition: i32, offset: i64) -> bool {
+        let mut buffer = VecDeque::from([record(partition, offset)]);
+        !window.deliver_from(&mut buffer, |_| false).is_empty()
+    }
+
     #[test]
     fn the_window_counts_what_is_delivered_and_not_acked() {
         let window = AckWindow::new(2);
         window.hold(partition(0), 5, None);
-        assert_eq!(window.deliver(&partition(0), 5), Delivery::Delivered);
-        assert_eq!(window.deliver(&partition(0), 6), Delivery::Delivered);
+        assert!(offer(&window, 0, 5));
+        assert!(offer(&window, 0, 6));
         assert_eq!(window.space(), 0);
-        assert_eq!(window.deliver(&partition(1), 0), Delivery::NotHeld);
+        assert!(!offer(&window, 1, 0), "not held");
         assert_eq!(window.ack(&partition(0), 6), AckOutcome::Acked);
         assert_eq!(window.ack(&partition(0), 6), AckOutcome::Ignored);
         assert_eq!(window.space(), 1);
@@ -328,13 +309,12 @@ mod tests {
         window.hold(partition(0), 0, None);
         window.hold(partition(1), 0, None);
         for offset in 0..3 {
-            window.deliver(&partition(0), offset);
-            window.deliver(&partition(1), offset);
+            assert!(offer(&window, 0, offset) && offer(&window, 1, offset));
         }
         window.ack(&partition(1), 0);
         assert_eq!(window.outstanding(), 5);
         assert!(window.seek(&partition(0), 10));
-        assert_eq!(window.deliver(&partition(0), 2), Delivery::Behind);
+        assert!(!offer(&window, 0, 2), "behind the position");
         assert_eq!(window.outstanding(), 2);
         assert_eq!(window.release(&[partition(1)]), vec![(partition(1), 1)]);
         assert_eq!(window.outstanding(), 0);
