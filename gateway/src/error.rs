@@ -120,6 +120,13 @@ pub enum Error {
         known: String,
     },
 
+    /// A table of a compacted topic could not be read up to date in time (a slow or unreachable log).
+    #[error("the gateway could not read {topic} up to date in time; retry")]
+    Behind {
+        /// The topic.
+        topic: String,
+    },
+
     /// The gateway is shutting down or the log is closed.
     #[error("the log is shutting down; retry against another gateway replica")]
     ShuttingDown,
@@ -188,6 +195,7 @@ impl Error {
             Self::GroupProtocolConflict { .. } => "group_protocol_conflict",
             Self::GroupActive { .. } => "group_active",
             Self::ShuttingDown => "shutting_down",
+            Self::Behind { .. } => "behind",
             Self::RegionUnavailable { .. } => "region_unavailable",
             Self::UnknownRegion { .. } => "unknown_region",
             Self::Storage { .. } | Self::Io { .. } | Self::Corrupt { .. } => "storage",
@@ -199,6 +207,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::ShuttingDown
+            | Self::Behind { .. }
             | Self::RegionUnavailable { .. }
             | Self::Storage { .. }
             | Self::Io { .. } => true,

@@ -6,6 +6,7 @@
 //!
 //! Modules:
 //! - [`log`]: the trait, shared types and the embedded backend;
+//! - [`readers`]: readers shared by many subscriptions (the fan-out hub, the compacted-topic table);
 //! - [`regions`]: the region router, a `Log` over one Kafka cluster per region with failover;
 //! - [`metrics`]: what the front ends count, named once;
 //! - [`auth`]: users and passwords, shared by the front ends that ask for them;
@@ -17,6 +18,8 @@ pub mod config;
 pub mod error;
 pub mod log;
 pub mod metrics;
+pub mod readers;
 pub mod regions;
+mod sync;
 
 pub use error::{Error, Result};

@@ -49,6 +49,7 @@ use crate::{
         SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSpec, TopicSummary,
         layers::TopicPolicy, now_ms,
     },
+    sync::lock,
 };
 
 /// Longest the old clients of a lost region may take to close (their cluster may not answer).
@@ -370,10 +371,6 @@ impl Region {
             }
         });
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {

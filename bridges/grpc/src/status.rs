@@ -16,6 +16,7 @@ pub(crate) fn code_of(error: &Error) -> Code {
         Error::OffsetOutOfRange { .. } => Code::OutOfRange,
         Error::GroupProtocolConflict { .. } | Error::GroupActive { .. } => Code::FailedPrecondition,
         Error::ShuttingDown
+        | Error::Behind { .. }
         | Error::RegionUnavailable { .. }
         | Error::Storage { .. }
         | Error::Io { .. } => Code::Unavailable,

@@ -1,25 +1,33 @@
 //! What every MQTT connection of this replica shares: the Log, config, routes, users, session and
-//! retained-message stores, and the registry of live connections.
+//! retained-message stores, the fan-out hubs, and the fence of live connections.
 
 use std::sync::Arc;
 
 use courier_gateway::{
     auth::Auth,
     log::{Log, TopicSpec},
+    readers::{
+        fanout::{self, Fanout},
+        table::Table,
+    },
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    addressing::MqttTopics,
     config::Config,
     error::{Error, Result},
-    exchanges::ExchangeStore,
-    fanout::{self, Fanout},
     mapping::Routes,
-    registry::Registry,
-    retained::RetainedStore,
-    sessions::{self, SessionStore},
-    view::View,
+    store::{
+        exchanges::ExchangeStore,
+        retained::RetainedStore,
+        sessions::{self, SessionStore},
+    },
+    takeover::TakeoverFence,
 };
+
+/// The front end's name in the Log subscriptions of its shared readers.
+const PROTOCOL: &str = "mqtt";
 
 /// Shared state of the MQTT endpoint.
 #[derive(Debug)]
@@ -41,7 +49,7 @@ pub struct Bridge {
     /// Shared readers for clean-session subscriptions.
     pub fanout: Fanout,
     /// Live connections here, for takeover.
-    pub registry: Arc<Registry>,
+    pub takeover: Arc<TakeoverFence>,
 }
 
 impl Bridge {
@@ -73,19 +81,20 @@ impl Bridge {
             }
         }
 
-        let registry = Arc::new(Registry::default());
-        let session_view = View::start(
+        let takeover = Arc::new(TakeoverFence::default());
+        let session_table = Table::start(
             log.clone(),
+            PROTOCOL,
             &config.sessions_topic,
             Box::new({
-                let registry = registry.clone();
+                let takeover = takeover.clone();
                 move |client_id, record| {
                     let Some(record) = record else { return };
                     let Some(value) = &record.value else { return };
                     match sessions::decode(client_id, value) {
                         // Only a connect fences; the record a leaving connection writes does not.
                         Ok(session) if session.disconnected_at_ms.is_none() => {
-                            registry.on_record(client_id, &session.connection, record.offset)
+                            takeover.on_record(client_id, &session.connection, record.offset)
                         }
                         Ok(_) => {}
                         Err(error) => tracing::warn!(%error, "skipping a session record"),
@@ -95,29 +104,35 @@ impl Bridge {
             cancel.clone(),
         )
         .await?;
-        let retained_view = View::start(
+        let retained_table = Table::start(
             log.clone(),
+            PROTOCOL,
             &config.retained_topic,
             Box::new(|_, _| {}),
             cancel.clone(),
         )
         .await?;
-        let exchange_view = View::start(
+        let exchange_table = Table::start(
             log.clone(),
+            PROTOCOL,
             &config.qos2_topic,
             Box::new(|_, _| {}),
             cancel.clone(),
         )
         .await?;
         Ok(Arc::new(Self {
-            sessions: SessionStore::new(log.clone(), config.sessions_topic.clone(), session_view),
-            retained: RetainedStore::new(log.clone(), config.retained_topic.clone(), retained_view),
-            exchanges: ExchangeStore::new(log.clone(), config.qos2_topic.clone(), exchange_view),
-            fanout: Fanout::new(log.clone(), fanout::LAG_LIMIT, cancel),
+            sessions: SessionStore::new(log.clone(), config.sessions_topic.clone(), session_table),
+            retained: RetainedStore::new(
+                log.clone(),
+                config.retained_topic.clone(),
+                retained_table,
+            ),
+            exchanges: ExchangeStore::new(log.clone(), config.qos2_topic.clone(), exchange_table),
+            fanout: Fanout::new(log.clone(), Arc::new(MqttTopics), fanout::LAG_LIMIT, cancel),
             log,
             routes,
             auth,
-            registry,
+            takeover,
             config,
         }))
     }

@@ -52,13 +52,6 @@ pub enum Error {
     #[error("{}", .0.text)]
     Refused(Refusal),
 
-    /// The gateway could not read a topic of its own (sessions, retained messages) up to date.
-    #[error("the gateway could not read {topic} up to date in time; retry")]
-    Behind {
-        /// The topic.
-        topic: String,
-    },
-
     /// The configuration is invalid.
     #[error("invalid MQTT configuration: {0}")]
     Config(String),
@@ -102,7 +95,6 @@ impl Error {
             Self::SessionTakenOver => DisconnectReasonCode::SessionTakenOver,
             Self::ShuttingDown => DisconnectReasonCode::ServerShuttingDown,
             Self::Refused(refusal) => refusal.code.disconnect_reason(),
-            Self::Behind { .. } => DisconnectReasonCode::ServerBusy,
             Self::Log(error) if error.is_retryable() => DisconnectReasonCode::ServerBusy,
             Self::Io(_)
             | Self::WebSocket(_)

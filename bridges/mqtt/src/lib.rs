@@ -4,34 +4,32 @@
 //! Architecture: the `courier` binary builds a [`Server`] over the shared Log. Every connection runs a
 //! [`session`] over a [`connection`] (framed bytes, [`codec`] from rumqttd's v4/v5 codecs). How MQTT
 //! concepts become Kafka topics, keys, headers and groups is in [`mapping`]. State that must survive a
-//! replica (sessions, retained messages, unfinished QoS 2 exchanges) lives in compacted topics, read by every replica through a
-//! [`view`]; the [`registry`] fences one live connection per client id.
+//! replica (sessions, retained messages, unfinished QoS 2 exchanges) is in the [`store`], compacted
+//! topics read by every replica; the [`takeover`] fence keeps one live connection per client id.
+//! Clean-session subscribers share the gateway's fan-out hubs
+//! ([`courier_gateway::readers::fanout`]), which find them by their filters through [`addressing`].
 //!
 //! Modules:
 //! - [`config`]: `[mqtt]`; [`error`]: the error type and reason codes;
 //! - [`codec`], [`connection`]: bytes ↔ packets ↔ socket;
 //! - [`server`]: listeners, accept loops, limits; [`session`]: one client's state machine;
 //! - [`mapping`]: MQTT ↔ Log (users and passwords: `courier_gateway::auth`);
-//! - [`bridge`]: state shared by connections; [`sessions`], [`retained`], [`exchanges`], [`view`],
-//!   [`registry`]; [`fanout`]: one reader per Kafka topic for the clean-session subscribers.
+//! - [`bridge`]: state shared by connections; [`store`], [`takeover`], [`addressing`].
 
+pub mod addressing;
 pub mod bridge;
 pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod error;
-pub mod exchanges;
-pub mod fanout;
 pub mod mapping;
-pub mod registry;
-pub mod retained;
 pub mod server;
 pub mod session;
-pub mod sessions;
+pub mod store;
 mod sync;
+pub mod takeover;
 #[cfg(test)]
 mod test_log;
-pub mod view;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -44,8 +44,8 @@ use crate::{
     connection::Connection,
     error::{Error, Result},
     mapping,
-    registry::Registration,
-    sessions::SessionRecord,
+    store::sessions::SessionRecord,
+    takeover::Registration,
 };
 
 /// Longest a closing connection waits for its pending appends.
@@ -488,7 +488,7 @@ impl Session {
         let stored = if self.record.outlives_connection() {
             self.record.disconnected_at_ms = Some(now_ms());
             self.record.awaiting_release = self.inbound.awaiting_release();
-            self.bridge.registry.park(
+            self.bridge.takeover.park(
                 &client_id,
                 &self.record.session,
                 self.record.awaiting_release.clone(),
@@ -532,7 +532,7 @@ async fn publish_will_later(
 ) {
     if !will.delay.is_zero() {
         tokio::time::sleep(will.delay).await;
-        let returned = bridge.registry.is_connected(&client_id)
+        let returned = bridge.takeover.is_connected(&client_id)
             || matches!(
                 bridge.sessions.load(&client_id).await,
                 Ok(Some(record)) if record.connection != connection

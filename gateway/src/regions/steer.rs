@@ -8,7 +8,8 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{RegionHealth, Shared, Switch, Traffic, lock};
+use super::{RegionHealth, Shared, Switch, Traffic};
+use crate::sync::lock;
 use crate::{log::now_ms, metrics::names};
 
 /// How often the steering task looks again without being woken (fail-back delays run out on it).

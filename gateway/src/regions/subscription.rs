@@ -21,7 +21,8 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Shared, lock, translate};
+use super::{Shared, translate};
+use crate::sync::lock;
 use crate::{
     Result,
     log::{

@@ -4,7 +4,11 @@
 
 #![allow(dead_code, unreachable_pub)] // each backend's runner uses the functions it can
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use courier_gateway::{
@@ -13,7 +17,12 @@ use courier_gateway::{
         AckOutcome, FetchLimits, Log, NewRecord, Position, Record, SubscribeOptions, Subscription,
         SubscriptionEvent, TopicPartition, TopicSelector, TopicSpec,
     },
+    readers::{
+        fanout::{ByKey, Fanout},
+        table::Table,
+    },
 };
+use tokio_util::sync::CancellationToken;
 
 /// Calls `$runner!` with the name of every behaviour of the suite: each backend's test file defines
 /// the runner (how to set its log up) and gets one test per behaviour, so none can be forgotten.
@@ -36,6 +45,8 @@ macro_rules! every_behaviour {
             records_round_trip,
             delete_topic_removes_everything,
             concurrent_appends_are_all_acknowledged,
+            fanout_members_keep_the_subscription_contract,
+            tables_hold_the_latest_record_of_each_key,
         );
     };
 }
@@ -837,5 +848,189 @@ pub async fn concurrent_appends_are_all_acknowledged(log: Arc<dyn Log>) -> TestR
         }
     }
     assert_eq!(stored, expected);
+    Ok(())
+}
+
+/// The values of `records` per key, in the order received.
+fn values_by_key(records: &[Record]) -> BTreeMap<String, Vec<String>> {
+    let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for record in records {
+        let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
+        by_key.entry(key).or_default().push(text(record));
+    }
+    by_key
+}
+
+/// `count` values per key, numbered: what a subscriber of `keys` must get, each once and in order.
+fn numbered(keys: &[&str], count: usize) -> BTreeMap<String, Vec<String>> {
+    keys.iter()
+        .map(|key| {
+            (
+                (*key).to_owned(),
+                (0..count).map(|i| format!("{key}-{i}")).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Members of a fan-out hub get the records addressed to them, each once and in order, whatever
+/// the others do; and a member's control keeps the `SubscriptionControl` contract: an ack frees one
+/// outstanding record, a second ack of it or an ack of a record it was never given is ignored, seek
+/// is refused (a shared reader has no position of the member's own), and a member past its lag
+/// limit holds no one up and, once it acks, catches up losing nothing.
+pub async fn fanout_members_keep_the_subscription_contract(log: Arc<dyn Log>) -> TestResult {
+    const LAG_LIMIT: usize = 8;
+    const PER_KEY: usize = 30;
+    let topic = unique_topic("fanout");
+    create(&log, &topic, 2).await?;
+    let addressing = Arc::new(ByKey::for_protocol("grpc"));
+    let fanout = Fanout::new(log.clone(), addressing, LAG_LIMIT, CancellationToken::new());
+    let mut slow = fanout
+        .subscribe(&topic, vec!["sensor".into()])
+        .await?
+        .subscription;
+    let mut fast = fanout
+        .subscribe(&topic, vec!["sensor".into(), "valve".into()])
+        .await?
+        .subscription;
+    for i in 0..PER_KEY {
+        log.append(
+            &topic,
+            vec![
+                keyed("sensor", format!("sensor-{i}")),
+                keyed("valve", format!("valve-{i}")),
+            ],
+        )
+        .await?;
+    }
+    let everything = receive(&mut fast, 2 * PER_KEY, true).await?;
+    assert_eq!(
+        values_by_key(&everything),
+        numbered(&["sensor", "valve"], PER_KEY)
+    );
+    assert_eq!(fast.control.outstanding(), 0);
+
+    // The slow member acks nothing: it holds at most its lag limit, and only its key.
+    let mut held = Vec::new();
+    while let Some(batch) = next_records(&mut slow, Duration::from_millis(500)).await {
+        held.extend(batch);
+    }
+    assert!(
+        !held.is_empty() && held.len() <= LAG_LIMIT,
+        "{} records held unacknowledged (limit {LAG_LIMIT})",
+        held.len()
+    );
+    assert_eq!(slow.control.outstanding(), held.len());
+    let first = held[0].topic_partition();
+    assert_eq!(slow.control.ack(&first, held[0].offset), AckOutcome::Acked);
+    assert_eq!(
+        slow.control.ack(&first, held[0].offset),
+        AckOutcome::Ignored,
+        "a second ack is ignored"
+    );
+    let valve = everything
+        .iter()
+        .find(|record| record.key.as_deref() == Some(&b"valve"[..]))
+        .ok_or("no valve record")?;
+    assert_eq!(
+        slow.control.ack(&valve.topic_partition(), valve.offset),
+        AckOutcome::Ignored,
+        "an ack of a record the member was never given is ignored"
+    );
+    assert_eq!(slow.control.outstanding(), held.len() - 1);
+    assert!(matches!(
+        slow.control.seek(&first, Position::Earliest).await,
+        Err(Error::InvalidRequest(_))
+    ));
+
+    for record in &held[1..] {
+        assert_eq!(
+            slow.control.ack(&record.topic_partition(), record.offset),
+            AckOutcome::Acked
+        );
+    }
+    let rest = receive(&mut slow, PER_KEY - held.len(), true).await?;
+    held.extend(rest);
+    assert_eq!(values_by_key(&held), numbered(&["sensor"], PER_KEY));
+    assert!(
+        next_records(&mut slow, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing twice"
+    );
+    slow.control.commit().await?;
+    slow.close().await?;
+
+    // The member left; the other still gets what comes next.
+    log.append(&topic, vec![keyed("valve", "valve-after")])
+        .await?;
+    let after = receive(&mut fast, 1, true).await?;
+    assert_eq!(text(&after[0]), "valve-after");
+    fast.close().await?;
+    Ok(())
+}
+
+/// A table holds the latest record of each key, forgets a key at its tombstone, reports each
+/// change, and once `caught_up` returns holds everything written before the call.
+pub async fn tables_hold_the_latest_record_of_each_key(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("table");
+    log.create_topic(TopicSpec::named(&topic).partitions(2).compacted())
+        .await?;
+    log.append(&topic, vec![keyed("a", "a-1"), keyed("b", "b-1")])
+        .await?;
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let on_change = {
+        let changes = changes.clone();
+        Box::new(move |key: &str, record: Option<&Record>| {
+            let mut changes = changes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            changes.push((key.to_owned(), record.map(text)));
+        })
+    };
+    let cancel = CancellationToken::new();
+    let table = Table::start(log.clone(), "grpc", &topic, on_change, cancel.clone()).await?;
+    table.caught_up(DEADLINE).await?;
+    assert_eq!(
+        table.get("a").map(|record| text(&record)),
+        Some("a-1".into())
+    );
+
+    let tombstone = NewRecord {
+        key: Some(Bytes::from_static(b"b")),
+        value: None,
+        ..NewRecord::default()
+    };
+    log.append(
+        &topic,
+        vec![keyed("a", "a-2"), tombstone, keyed("c", "c-1")],
+    )
+    .await?;
+    table.caught_up(DEADLINE).await?;
+    assert_eq!(
+        table.get("a").map(|record| text(&record)),
+        Some("a-2".into())
+    );
+    assert!(table.get("b").is_none(), "a tombstone removes its key");
+    let mut kept: Vec<String> = table.matching(|_| true).iter().map(text).collect();
+    kept.sort();
+    assert_eq!(kept, ["a-2", "c-1"]);
+    let mut changed = changes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    // Keys on different partitions may be applied in either order; each key's changes are in order.
+    changed.sort_by(|left, right| left.0.cmp(&right.0));
+    assert_eq!(
+        changed,
+        [
+            ("a".to_owned(), Some("a-1".to_owned())),
+            ("a".to_owned(), Some("a-2".to_owned())),
+            ("b".to_owned(), Some("b-1".to_owned())),
+            ("b".to_owned(), None),
+            ("c".to_owned(), Some("c-1".to_owned())),
+        ]
+    );
+    cancel.cancel();
     Ok(())
 }

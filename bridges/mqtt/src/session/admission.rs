@@ -15,7 +15,7 @@ use crate::{
     codec::Version,
     config::Config,
     mapping::{self, Message},
-    sessions::SessionRecord,
+    store::sessions::SessionRecord,
 };
 
 /// Bytes a small packet spends around its reason string: fixed header, packet id, reason code,
@@ -443,7 +443,7 @@ pub(crate) fn refusal_connack(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::StoredSubscription;
+    use crate::store::sessions::StoredSubscription;
 
     fn request(version: Version, client_id: &str, clean: bool) -> ConnectRequest {
         ConnectRequest {

@@ -15,9 +15,11 @@ use crate::{
     bridge::Bridge,
     connection::Connection,
     error::{Error, Result},
-    exchanges::{Direction, ExchangeStore, Received, RecordAt},
-    registry::Registration,
-    sessions::SessionRecord,
+    store::{
+        exchanges::{Direction, ExchangeStore, Received, RecordAt},
+        sessions::SessionRecord,
+    },
+    takeover::Registration,
 };
 
 /// How long a takeover waits for the previous connection here to finish.
@@ -80,14 +82,14 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let offset = bridge.sessions.save(&client_id, &session).await?;
     let (registration, predecessor) =
         bridge
-            .registry
+            .takeover
             .register(&client_id, &session.connection, offset);
     if let Some(predecessor) = predecessor {
         let _ = tokio::time::timeout(TAKEOVER_WAIT, predecessor.cancelled()).await;
     }
     let mut awaiting_release = session.awaiting_release.clone();
     if plan.present
-        && let Some(parked) = bridge.registry.take_parked(&client_id, &session.session)
+        && let Some(parked) = bridge.takeover.take_parked(&client_id, &session.session)
     {
         awaiting_release = parked;
     }

@@ -3,7 +3,7 @@
 //! Appends are pipelined: each PUBLISH is queued to the log at once and its receipt awaited in order,
 //! so acks go out in the order the publishes came. A QoS 2 packet id is remembered from the moment its
 //! append starts until the client's PUBREL, so a retransmission never appends a second record. A
-//! persistent session also records it in the log first (see [`crate::exchanges`]), so neither a crash
+//! persistent session also records it in the log first (see [`crate::store::exchanges`]), so neither a crash
 //! nor a reconnect to another replica forgets it.
 
 use std::{
@@ -28,8 +28,8 @@ use crate::{
     bridge::Bridge,
     codec::{PublishHeader, Version},
     error::{Error, Refusal, RefusalCode, Result},
-    exchanges::{Direction, ExchangeStore, Received},
     mapping::{self, Message},
+    store::exchanges::{Direction, ExchangeStore, Received},
 };
 
 /// Inbound work that was waiting for the log, done.

@@ -1,13 +1,13 @@
 //! Messages to the client: subscriptions, the log readers behind them, and acknowledgement.
 //!
 //! Each Kafka topic a subscription needs is one source per connection: for a clean session, a member
-//! of the gateway's shared reader of the topic ([`crate::fanout`]), which passes on only the records
+//! of the gateway's shared reader of the topic ([`courier_gateway::readers::fanout`]), which passes on only the records
 //! its filters match; for a persistent session, a consumer group of its own; a shared subscription
 //! reads through its shared group. Records are matched against the client's filters here. A record is
 //! acknowledged to the log when the client has acknowledged it (PUBACK, or PUBREC for QoS 2), at once
 //! when it is sent at QoS 0, and at once when no filter wants it. At most the client's receive maximum
 //! of messages are unacknowledged at any time; further records wait in the sources, whose windows
-//! bound them. A persistent session's QoS 2 deliveries are recorded at PUBREC ([`crate::exchanges`]):
+//! bound them. A persistent session's QoS 2 deliveries are recorded at PUBREC ([`crate::store::exchanges`]):
 //! the entry is queued, and its PUBREL (and the record's acknowledgement to the log) go out when it is
 //! durable, while the connection goes on with other packets. Entries are written in the order the
 //! client's packets came, so a packet id's deletion at PUBCOMP lands before its next use's entry.
@@ -27,6 +27,7 @@ use courier_gateway::{
         TopicPartition, TopicSelector, now_ms,
     },
     metrics::{self, Protocol},
+    readers::fanout::MemberFilters,
 };
 use futures_util::{StreamExt, stream::FuturesOrdered};
 use rumqttd::protocol::{
@@ -42,10 +43,11 @@ use crate::{
     codec::{Version, outgoing_publish},
     connection::Connection,
     error::{Error, Result},
-    exchanges::{Direction, RecordAt},
-    fanout::MemberFilters,
     mapping::{self, Message},
-    sessions::{SessionRecord, StoredSubscription},
+    store::{
+        exchanges::{Direction, RecordAt},
+        sessions::{SessionRecord, StoredSubscription},
+    },
 };
 
 /// Most packets written between two flushes, so a busy subscription does not starve the connection.

@@ -25,17 +25,15 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use courier_gateway::log::{
-    AppendReceipt, FetchLimits, Log, NewRecord, Position, TopicPartition, partitioner,
+use courier_gateway::{
+    log::{AppendReceipt, FetchLimits, Log, NewRecord, Position, TopicPartition, partitioner},
+    readers::table::Table,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    error::{Error, Result},
-    view::View,
-};
+use crate::error::{Error, Result};
 
-/// How long a connect waits for the view to catch up.
+/// How long a connect waits for the table to catch up.
 const CATCH_UP: Duration = Duration::from_secs(10);
 
 /// How far past an entry's timestamp its record is looked for. An append that has not landed by then
@@ -125,13 +123,13 @@ pub struct Unfinished {
 pub struct ExchangeStore {
     log: Arc<dyn Log>,
     topic: String,
-    view: View,
+    table: Table,
 }
 
 impl ExchangeStore {
-    /// A store over `topic`, read through `view`.
-    pub fn new(log: Arc<dyn Log>, topic: String, view: View) -> Self {
-        Self { log, topic, view }
+    /// A store over `topic`, read through `table`.
+    pub fn new(log: Arc<dyn Log>, topic: String, table: Table) -> Self {
+        Self { log, topic, table }
     }
 
     /// Queues the entry saying the client's message `pkid` is appended as `received`; the receipt
@@ -183,9 +181,9 @@ impl ExchangeStore {
 
     /// Every entry of a client, once everything written before the call has been read.
     pub async fn unfinished(&self, client_id: &str) -> Result<Unfinished> {
-        self.view.caught_up(CATCH_UP).await?;
+        self.table.caught_up(CATCH_UP).await?;
         let mut unfinished = Unfinished::default();
-        for record in self.view.matching(|key| is_client_key(key, client_id)) {
+        for record in self.table.matching(|key| is_client_key(key, client_id)) {
             let (Some(key), Some(value)) = (&record.key, &record.value) else {
                 continue;
             };
@@ -324,10 +322,17 @@ mod tests {
         log.create_topic(TopicSpec::named("messages").partitions(3))
             .await?;
         let cancel = tokio_util::sync::CancellationToken::new();
-        let view = View::start(log.clone(), "exchanges", Box::new(|_, _| {}), cancel).await?;
+        let table = Table::start(
+            log.clone(),
+            "mqtt",
+            "exchanges",
+            Box::new(|_, _| {}),
+            cancel,
+        )
+        .await?;
         Ok((
             log.clone(),
-            ExchangeStore::new(log, "exchanges".into(), view),
+            ExchangeStore::new(log, "exchanges".into(), table),
         ))
     }
 

@@ -2,15 +2,17 @@
 
 use std::{sync::Arc, time::Duration};
 
-use courier_gateway::log::{AppendReceipt, Log, NewRecord};
+use courier_gateway::{
+    log::{AppendReceipt, Log, NewRecord},
+    readers::table::Table,
+};
 
 use crate::{
     error::Result,
     mapping::{self, Stored},
-    view::View,
 };
 
-/// How long a subscribe waits for the retained view to catch up.
+/// How long a subscribe waits for the retained table to catch up.
 const CATCH_UP: Duration = Duration::from_secs(10);
 
 /// Stores and finds retained messages.
@@ -18,13 +20,13 @@ const CATCH_UP: Duration = Duration::from_secs(10);
 pub struct RetainedStore {
     log: Arc<dyn Log>,
     topic: String,
-    view: View,
+    table: Table,
 }
 
 impl RetainedStore {
-    /// A store over `topic`, read through `view`.
-    pub fn new(log: Arc<dyn Log>, topic: String, view: View) -> Self {
-        Self { log, topic, view }
+    /// A store over `topic`, read through `table`.
+    pub fn new(log: Arc<dyn Log>, topic: String, table: Table) -> Self {
+        Self { log, topic, table }
     }
 
     /// Queues a message's record (from [`mapping::to_record`]) as its topic's retained message; an
@@ -38,9 +40,9 @@ impl RetainedStore {
     /// The retained messages whose topics match `filter`, once everything retained before the call has
     /// been read. Expired messages are left out.
     pub async fn matching(&self, filter: &str, now_ms: i64) -> Result<Vec<Stored>> {
-        self.view.caught_up(CATCH_UP).await?;
+        self.table.caught_up(CATCH_UP).await?;
         Ok(self
-            .view
+            .table
             .matching(|topic| mapping::matches(filter, topic))
             .iter()
             .filter_map(|record| mapping::from_record(record, now_ms))

@@ -1,5 +1,7 @@
-//! The hub's index of its members' MQTT filters: a tree with one level of a filter per edge, so the
-//! members a record goes to are found by walking its topic's levels, whatever the number of filters.
+//! How the fan-out hub ([`courier_gateway::readers::fanout`]) addresses records for MQTT: a record's
+//! address is its MQTT topic, and members' filters are MQTT topic filters, kept in a tree with one
+//! level of a filter per edge, so the members a record goes to are found by walking its topic's
+//! levels, whatever the number of filters.
 //!
 //! Devices commonly subscribe with wildcards of their own (`devices/<id>/commands/#`): tried one by
 //! one, 10,000 such filters cost 10,000 matches per record. Here a topic visits at most one literal,
@@ -7,9 +9,38 @@
 
 use std::collections::HashMap;
 
+use courier_gateway::{
+    log::Record,
+    readers::fanout::{Addressing, FilterIndex},
+};
+
+use crate::mapping;
+
+/// MQTT's addressing: records by MQTT topic ([`mapping::record_topic`]), filters by MQTT's rules.
+#[derive(Debug, Clone, Copy)]
+pub struct MqttTopics;
+
+impl Addressing for MqttTopics {
+    fn address(&self, record: &Record) -> Option<String> {
+        mapping::record_topic(record)
+    }
+
+    fn matches(&self, filter: &str, address: &str) -> bool {
+        mapping::matches(filter, address)
+    }
+
+    fn index(&self) -> Box<dyn FilterIndex> {
+        Box::<FilterTree>::default()
+    }
+
+    fn protocol(&self) -> &'static str {
+        "mqtt"
+    }
+}
+
 /// Member ids by filter, for finding the members whose filters match a topic.
 #[derive(Debug, Default)]
-pub(super) struct FilterTree {
+struct FilterTree {
     root: Node,
 }
 
@@ -27,9 +58,9 @@ impl Node {
     }
 }
 
-impl FilterTree {
+impl FilterIndex for FilterTree {
     /// Adds member `id`'s `filter` (once, however often it is added).
-    pub(super) fn insert(&mut self, filter: &str, id: u64) {
+    fn insert(&mut self, filter: &str, id: u64) {
         let mut node = &mut self.root;
         for level in filter.split('/') {
             node = node.children.entry(level.to_owned()).or_default();
@@ -40,14 +71,14 @@ impl FilterTree {
     }
 
     /// Removes member `id`'s `filter`, and the branches it leaves empty.
-    pub(super) fn remove(&mut self, filter: &str, id: u64) {
+    fn remove(&mut self, filter: &str, id: u64) {
         let levels: Vec<&str> = filter.split('/').collect();
         remove_from(&mut self.root, &levels, id);
     }
 
     /// Appends to `out` the members with a filter matching `topic`; a member matching by several
     /// filters appears once for each, for the caller to deduplicate.
-    pub(super) fn matching(&self, topic: &str, out: &mut Vec<u64>) {
+    fn matching(&self, topic: &str, out: &mut Vec<u64>) {
         let levels: Vec<&str> = topic.split('/').collect();
         // MQTT: a topic starting with `$` is matched by no filter starting with a wildcard.
         let system = topic.starts_with('$');
@@ -91,8 +122,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::FilterTree;
-    use crate::mapping;
+    use super::*;
 
     fn matching(tree: &FilterTree, topic: &str) -> BTreeSet<u64> {
         let mut out = Vec::new();

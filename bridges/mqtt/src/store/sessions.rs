@@ -1,22 +1,22 @@
 //! Session records in the compacted `mqtt.sessions` topic, keyed by client id.
 //!
 //! A record says which connection owns a client id (the newest record wins, on every replica: see
-//! [`crate::registry`]), whether the session outlives the connection, and, for one that does, its
+//! [`crate::takeover`]), whether the session outlives the connection, and, for one that does, its
 //! subscriptions and the QoS 2 packet ids the client still has to release. A persistent session's
 //! read positions are not here: they are the committed offsets of its consumer groups.
 
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use courier_gateway::log::{Log, NewRecord};
+use courier_gateway::{
+    log::{Log, NewRecord},
+    readers::table::Table,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    error::{Error, Result},
-    view::View,
-};
+use crate::error::{Error, Result};
 
-/// How long a connect waits for the session view to catch up.
+/// How long a connect waits for the session table to catch up.
 const CATCH_UP: Duration = Duration::from_secs(10);
 
 /// What is stored of one client's session.
@@ -82,19 +82,19 @@ pub struct StoredSubscription {
 pub struct SessionStore {
     log: Arc<dyn Log>,
     topic: String,
-    view: View,
+    table: Table,
 }
 
 impl SessionStore {
-    /// A store over `topic`, read through `view`.
-    pub fn new(log: Arc<dyn Log>, topic: String, view: View) -> Self {
-        Self { log, topic, view }
+    /// A store over `topic`, read through `table`.
+    pub fn new(log: Arc<dyn Log>, topic: String, table: Table) -> Self {
+        Self { log, topic, table }
     }
 
     /// The latest record of a client, once everything written before the call has been read.
     pub async fn load(&self, client_id: &str) -> Result<Option<SessionRecord>> {
-        self.view.caught_up(CATCH_UP).await?;
-        self.view
+        self.table.caught_up(CATCH_UP).await?;
+        self.table
             .get(client_id)
             .and_then(|record| record.value)
             .map(|value| decode(client_id, &value))

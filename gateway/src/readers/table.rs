@@ -1,10 +1,11 @@
 //! The latest record of every key of a compacted topic, followed live.
 //!
-//! Retained messages and session records live in compacted Kafka topics. Each gateway replica reads
-//! such a topic from its start with a plain reader and keeps the newest record per key in memory, so a
-//! lookup is a map access and every replica sees what the others wrote. [`View::caught_up`] waits until
-//! the view holds everything written before the call: a client that reconnects to another replica sees
-//! its own session, and a subscriber sees a retained message published a moment earlier elsewhere.
+//! A front end keeps state that must outlive a replica (MQTT: sessions, retained messages, unfinished
+//! QoS 2 exchanges) in compacted topics. Each gateway replica reads such a topic from its start with a
+//! plain reader and keeps the newest record per key in memory, so a lookup is a map access and every
+//! replica sees what the others wrote. [`Table::caught_up`] waits until the table holds everything
+//! written before the call: a client that reconnects to another replica sees its own session, and a
+//! subscriber sees a retained message published a moment earlier elsewhere.
 
 use std::{
     collections::HashMap,
@@ -12,26 +13,24 @@ use std::{
     time::Duration,
 };
 
-use courier_gateway::log::{
-    Log, Position, Record, SubscribeOptions, SubscriptionEvent, TopicSelector,
-};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    error::{Error, Result},
+    Error, Result,
+    log::{Log, Position, Record, SubscribeOptions, SubscriptionEvent, TopicSelector},
     sync::lock,
 };
 
-/// Called for every record the view applies: its key, and the record (`None` for a tombstone).
+/// Called for every record the table applies: its key, and the record (`None` for a tombstone).
 pub type OnChange = Box<dyn Fn(&str, Option<&Record>) + Send + Sync>;
 
-/// Records a reader keeps at once before acknowledging: large, since the view acks as it applies.
+/// Records a reader keeps at once before acknowledging: large, since the table acks as it applies.
 const WINDOW: usize = 10_000;
 
 /// A live key → latest record map over one topic.
 #[derive(Debug, Clone)]
-pub struct View {
+pub struct Table {
     topic: String,
     log: Arc<dyn Log>,
     state: Arc<Mutex<State>>,
@@ -45,10 +44,12 @@ struct State {
     next_offsets: HashMap<i32, i64>,
 }
 
-impl View {
-    /// Starts following `topic` from its start; stops when `cancel` fires.
+impl Table {
+    /// Starts following `topic` from its start for the front end named `protocol`; stops when
+    /// `cancel` fires.
     pub async fn start(
         log: Arc<dyn Log>,
+        protocol: &'static str,
         topic: &str,
         on_change: OnChange,
         cancel: CancellationToken,
@@ -59,8 +60,8 @@ impl View {
                 group: None,
                 start: Position::Earliest,
                 max_in_flight: WINDOW,
-                client: format!("courier-mqtt view of {topic}"),
-                protocol: "mqtt",
+                client: format!("courier-{protocol} table of {topic}"),
+                protocol,
             })
             .await?;
         let state = Arc::new(Mutex::new(State::default()));

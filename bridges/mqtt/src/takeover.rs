@@ -1,9 +1,9 @@
-//! Live connections by client id, and the fence that keeps one connection per client id.
+//! The takeover fence: live connections by client id, one per client id across replicas.
 //!
 //! Every connect writes a session record before CONNACK; records of one client id share a partition of
 //! `mqtt.sessions`, so their offsets order the connections. A connection is taken over when a record
 //! with a higher offset names another connection, whether that connection is on this replica
-//! ([`Registry::register`]) or on another one (the session view calls [`Registry::on_record`]).
+//! ([`TakeoverFence::register`]) or on another one (the session table calls [`TakeoverFence::on_record`]).
 
 use std::{
     collections::HashMap,
@@ -16,7 +16,7 @@ use crate::sync::lock;
 
 /// The live connections of this replica.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub struct TakeoverFence {
     live: Mutex<HashMap<String, Live>>,
     /// QoS 2 packet ids awaiting release, kept between connections of a persistent session here.
     parked: Mutex<HashMap<String, Parked>>,
@@ -36,10 +36,10 @@ struct Parked {
     awaiting_release: Vec<u16>,
 }
 
-/// A connection's place in the registry; leaving it (drop) tells a waiting successor it is done.
+/// A connection's place behind the fence; leaving it (drop) tells a waiting successor it is done.
 #[derive(Debug)]
 pub struct Registration {
-    registry: Arc<Registry>,
+    fence: Arc<TakeoverFence>,
     client_id: String,
     connection: String,
     /// Fires when a newer connection takes the client id.
@@ -47,7 +47,7 @@ pub struct Registration {
     finished: CancellationToken,
 }
 
-impl Registry {
+impl TakeoverFence {
     /// Registers a connection whose session record landed at `offset`. Returns its registration and,
     /// when it takes over an older connection here, a token that fires once that one has finished.
     pub fn register(
@@ -57,7 +57,7 @@ impl Registry {
         offset: i64,
     ) -> (Registration, Option<CancellationToken>) {
         let registration = Registration {
-            registry: self.clone(),
+            fence: self.clone(),
             client_id: client_id.to_owned(),
             connection: connection.to_owned(),
             taken_over: CancellationToken::new(),
@@ -127,7 +127,7 @@ impl Registry {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut live = lock(&self.registry.live);
+        let mut live = lock(&self.fence.live);
         if live
             .get(&self.client_id)
             .is_some_and(|entry| entry.connection == self.connection)
@@ -144,27 +144,27 @@ mod tests {
 
     #[test]
     fn the_newest_record_wins_here_and_from_other_replicas() {
-        let registry = Arc::new(Registry::default());
-        let (first, predecessor) = registry.register("c", "conn-1", 10);
+        let fence = Arc::new(TakeoverFence::default());
+        let (first, predecessor) = fence.register("c", "conn-1", 10);
         assert!(predecessor.is_none());
-        let (second, predecessor) = registry.register("c", "conn-2", 11);
+        let (second, predecessor) = fence.register("c", "conn-2", 11);
         assert!(first.taken_over.is_cancelled());
         let predecessor = predecessor.unwrap();
         assert!(!predecessor.is_cancelled());
         drop(first);
         assert!(predecessor.is_cancelled());
-        assert!(registry.is_connected("c"), "the newer one stays");
+        assert!(fence.is_connected("c"), "the newer one stays");
 
-        registry.on_record("c", "conn-2", 11);
-        registry.on_record("c", "elsewhere", 5);
+        fence.on_record("c", "conn-2", 11);
+        fence.on_record("c", "elsewhere", 5);
         assert!(
             !second.taken_over.is_cancelled(),
             "older records change nothing"
         );
-        registry.on_record("c", "elsewhere", 12);
+        fence.on_record("c", "elsewhere", 12);
         assert!(second.taken_over.is_cancelled());
 
-        let (late, _) = registry.register("c", "conn-0", 3);
+        let (late, _) = fence.register("c", "conn-0", 3);
         assert!(
             late.taken_over.is_cancelled(),
             "a stale connect loses at once"

@@ -1,12 +1,13 @@
-//! One reader per Kafka topic per gateway, shared by the clean-session subscriptions of all its
-//! connections.
+//! One reader per topic per gateway, shared by the subscribers that read it from "now" and commit
+//! nothing.
 //!
-//! A clean-session subscription reads from "now" and commits nothing, so all such subscribers of a
-//! Kafka topic read the same records. With a reader each, 10,000 devices subscribed to their command
-//! topics would be 10,000 Kafka consumers, each reading every record of the topic. A hub reads the
-//! topic once and hands each record only to the members whose MQTT filters match its topic, found in a
-//! tree of the filters' levels ([`filters`]), so a record costs the same with ten members or ten
-//! thousand. The member's connection still applies the rest of MQTT's rules (no-local, QoS, expiry).
+//! Such subscribers of a topic all read the same records. With a reader each, 10,000 devices
+//! subscribed to their command topics would be 10,000 Kafka consumers, each reading every record of
+//! the topic. A hub reads the topic once and hands each record only to the members whose filters
+//! match its address, found in the front end's index of filters ([`Addressing`]), so a record costs
+//! the same with ten members or ten thousand. What a filter and an address are is the front end's
+//! (MQTT: topic filters and the record's MQTT topic); the member's connection applies the rest of its
+//! protocol's rules.
 //!
 //! A member holds at most `lag_limit` records it has not acknowledged. A member that goes past it (a
 //! slow client) is detached rather than allowed to slow the others, and it loses nothing. It catches
@@ -14,34 +15,56 @@
 //! acknowledges, and rejoins the hub once it has caught up. The rejoin is checked under the hub's
 //! lock, so no batch falls between.
 //!
-//! Persistent sessions (a consumer group each, which commits) and shared subscriptions (one group)
-//! keep readers of their own.
+//! Subscribers that commit (a consumer group each, or one shared group) keep readers of their own.
+//! This sits beside the Log rather than in a layer: it is one reader shared by many subscriptions,
+//! not a decoration of one call.
 
 use std::{
-    collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    collections::{HashMap, HashSet},
+    fmt::Debug,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use async_trait::async_trait;
-use courier_gateway::{
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
     Error, Result,
     log::{
         AckOutcome, FetchLimits, Log, Position, Record, SubscribeOptions, Subscription,
         SubscriptionControl, SubscriptionEvent, TopicPartition, TopicSelector,
     },
+    sync::lock,
 };
-use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
 
-use crate::{mapping, sync::lock};
+mod by_key;
 
-mod filters;
+pub use by_key::ByKey;
 
-use filters::FilterTree;
+/// How a front end addresses records, and the index it finds members' filters in.
+pub trait Addressing: Send + Sync + Debug + 'static {
+    /// The address of a record (MQTT: its MQTT topic); `None` sends it to no member.
+    fn address(&self, record: &Record) -> Option<String>;
+    /// Does a member's `filter` match `address`?
+    fn matches(&self, filter: &str, address: &str) -> bool;
+    /// An empty index of members' filters.
+    fn index(&self) -> Box<dyn FilterIndex>;
+    /// The front end, named in the hub's subscription to the Log.
+    fn protocol(&self) -> &'static str;
+}
+
+/// Member ids by filter, for finding the members whose filters match an address.
+pub trait FilterIndex: Send + Debug {
+    /// Adds member `id`'s `filter` (once, however often it is added).
+    fn insert(&mut self, filter: &str, id: u64);
+    /// Removes member `id`'s `filter`.
+    fn remove(&mut self, filter: &str, id: u64);
+    /// Appends to `out` the members with a filter matching `address`; a member matching by several
+    /// filters may appear once for each (the hub deduplicates).
+    fn matching(&self, address: &str, out: &mut Vec<u64>);
+}
 
 /// Records a member may hold unacknowledged before it is detached. Members share the records'
 /// payloads (reference-counted bytes), so this bounds little more than record headers.
@@ -60,28 +83,36 @@ const CATCH_UP_BATCH: usize = 500;
 /// a failed fetch.
 const CATCH_UP_PAUSE: Duration = Duration::from_millis(200);
 
-/// The hubs of one gateway, one per Kafka topic, made when a topic gets its first member and closed
-/// when it loses its last (a hub without members would still read every record).
+/// The hubs of one gateway for one front end, one per topic, made when a topic gets its first member
+/// and closed when it loses its last (a hub without members would still read every record).
 #[derive(Debug)]
 pub struct Fanout {
     log: Arc<dyn Log>,
+    addressing: Arc<dyn Addressing>,
     lag_limit: usize,
     hubs: tokio::sync::Mutex<HashMap<String, Arc<Hub>>>,
     cancel: CancellationToken,
 }
 
 impl Fanout {
-    /// Hubs over `log`, whose readers stop when `cancel` fires.
-    pub fn new(log: Arc<dyn Log>, lag_limit: usize, cancel: CancellationToken) -> Self {
+    /// Hubs over `log` for members addressing records by `addressing`; their readers stop when
+    /// `cancel` fires.
+    pub fn new(
+        log: Arc<dyn Log>,
+        addressing: Arc<dyn Addressing>,
+        lag_limit: usize,
+        cancel: CancellationToken,
+    ) -> Self {
         Self {
             log,
+            addressing,
             lag_limit: lag_limit.max(1),
             hubs: tokio::sync::Mutex::new(HashMap::new()),
             cancel,
         }
     }
 
-    /// A subscription to the records appended to `topic` from now on whose MQTT topics match one of
+    /// A subscription to the records appended to `topic` from now on whose addresses match one of
     /// `filters`, through this gateway's hub of the topic. Its first event is `Assigned`: the hub
     /// holds the topic's partitions.
     pub async fn subscribe(&self, topic: &str, filters: Vec<String>) -> Result<Member> {
@@ -114,7 +145,14 @@ impl Fanout {
             return Ok(hub.clone());
         }
         let stop = self.cancel.child_token();
-        let hub = Hub::start(self.log.clone(), topic, self.lag_limit, stop).await?;
+        let hub = Hub::start(
+            self.log.clone(),
+            self.addressing.clone(),
+            topic,
+            self.lag_limit,
+            stop,
+        )
+        .await?;
         hubs.insert(topic.to_owned(), hub.clone());
         Ok(hub)
     }
@@ -140,17 +178,18 @@ impl Member {
 pub struct MemberFilters(Arc<MemberControl>);
 
 impl MemberFilters {
-    /// From now on, the member gets records whose MQTT topics match one of `filters`.
+    /// From now on, the member gets records whose addresses match one of `filters`.
     pub fn set(&self, filters: Vec<String>) {
         let mut state = lock(&self.0.hub.state);
         state.set_filters(self.0.id, filters);
     }
 }
 
-/// One Kafka topic's reader and its members.
+/// One topic's reader and its members.
 #[derive(Debug)]
 struct Hub {
     log: Arc<dyn Log>,
+    addressing: Arc<dyn Addressing>,
     topic: String,
     lag_limit: usize,
     /// Stops the reader: fired when the last member leaves, or with the gateway.
@@ -158,7 +197,7 @@ struct Hub {
     state: Mutex<HubState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct HubState {
     /// Partitions the reader holds.
     partitions: Vec<TopicPartition>,
@@ -170,7 +209,7 @@ struct HubState {
     /// No member joins any more: the last one left, or the reader ended.
     closed: bool,
     /// Members by their filters.
-    filters: FilterTree,
+    filters: Box<dyn FilterIndex>,
     next_member: u64,
 }
 
@@ -193,21 +232,40 @@ impl MemberState {
             .retain(|partition, next| hub_next.get(partition) < Some(next));
     }
 
-    fn wants(&self, topic: &str) -> bool {
+    fn wants(&self, addressing: &dyn Addressing, address: &str) -> bool {
         self.filters
             .iter()
-            .any(|filter| mapping::matches(filter, topic))
+            .any(|filter| addressing.matches(filter, address))
     }
 }
 
-/// A member's unacknowledged records, counted by the hub and its acks.
+/// A member's unacknowledged records, kept by the hub and its acks. Kept by offset rather than
+/// counted, so an ack of a record that is not outstanding (twice, or never given) frees nothing.
 #[derive(Debug, Default)]
 struct Flow {
-    outstanding: AtomicUsize,
+    outstanding: Mutex<HashSet<(i32, i64)>>,
     acked: Notify,
 }
 
+impl Flow {
+    fn outstanding(&self) -> usize {
+        lock(&self.outstanding).len()
+    }
+}
+
 impl HubState {
+    fn new(partitions: Vec<TopicPartition>, filters: Box<dyn FilterIndex>) -> Self {
+        Self {
+            partitions,
+            next: HashMap::new(),
+            first: HashMap::new(),
+            members: HashMap::new(),
+            closed: false,
+            filters,
+            next_member: 0,
+        }
+    }
+
     fn set_filters(&mut self, id: u64, filters: Vec<String>) {
         let Some(member) = self.members.get_mut(&id) else {
             return;
@@ -234,6 +292,7 @@ impl Hub {
     /// record appended after the first member joined reaches it.
     async fn start(
         log: Arc<dyn Log>,
+        addressing: Arc<dyn Addressing>,
         topic: &str,
         lag_limit: usize,
         stop: CancellationToken,
@@ -244,8 +303,8 @@ impl Hub {
                 group: None,
                 start: Position::Latest,
                 max_in_flight: HUB_WINDOW,
-                client: format!("courier-mqtt fan-out of {topic}"),
-                protocol: "mqtt",
+                client: format!("courier-{} fan-out of {topic}", addressing.protocol()),
+                protocol: addressing.protocol(),
             })
             .await?;
         let partitions = match tokio::time::timeout(ASSIGNMENT_WAIT, reader.next_event()).await {
@@ -255,15 +314,14 @@ impl Hub {
                 Vec::new()
             }
         };
+        let state = Mutex::new(HubState::new(partitions, addressing.index()));
         let hub = Arc::new(Self {
             log,
+            addressing,
             topic: topic.to_owned(),
             lag_limit,
             stop,
-            state: Mutex::new(HubState {
-                partitions,
-                ..HubState::default()
-            }),
+            state,
         });
         tokio::spawn(hub.clone().run(reader));
         Ok(hub)
@@ -367,11 +425,11 @@ impl Hub {
                 state.first.entry(record.partition).or_insert(record.offset);
                 let next = state.next.entry(record.partition).or_insert(0);
                 *next = (*next).max(record.offset + 1);
-                let Some(topic) = mapping::record_topic(record) else {
+                let Some(address) = self.addressing.address(record) else {
                     continue;
                 };
                 recipients.clear();
-                state.filters.matching(&topic, &mut recipients);
+                state.filters.matching(&address, &mut recipients);
                 // A member matching by several filters gets the record once.
                 recipients.sort_unstable();
                 recipients.dedup();
@@ -394,9 +452,7 @@ impl Hub {
                         .filter(|record| is_new(&member.next, record))
                         .collect()
                 };
-                if !records.is_empty()
-                    && member.flow.outstanding.load(Ordering::Acquire) + records.len()
-                        > self.lag_limit
+                if !records.is_empty() && member.flow.outstanding() + records.len() > self.lag_limit
                 {
                     // It has seen everything before this batch (and what it was given past that
                     // while catching up); it catches up from there.
@@ -442,7 +498,8 @@ impl Hub {
                 member.next.remove(&partition.partition);
             }
             // The member's connection drops queued records of revoked partitions without acking.
-            member.flow.outstanding.store(0, Ordering::Release);
+            lock(&member.flow.outstanding)
+                .retain(|(partition, _)| !partitions.iter().any(|p| p.partition == *partition));
             let _ = member
                 .events
                 .send(SubscriptionEvent::Revoked(partitions.to_vec()));
@@ -455,7 +512,7 @@ impl Hub {
             let Some(flow) = lock(&self.state).members.get(&id).map(|m| m.flow.clone()) else {
                 return;
             };
-            if flow.outstanding.load(Ordering::Acquire) > self.lag_limit / 2 {
+            if flow.outstanding() > self.lag_limit / 2 {
                 let _ = tokio::time::timeout(CATCH_UP_PAUSE, flow.acked.notified()).await;
                 continue;
             }
@@ -494,7 +551,7 @@ impl Hub {
         let target = TopicPartition::new(self.topic.as_str(), partition);
         let room = self
             .lag_limit
-            .saturating_sub(flow.outstanding.load(Ordering::Acquire))
+            .saturating_sub(flow.outstanding())
             .min(CATCH_UP_BATCH);
         if room == 0 {
             // Full: an earlier partition of this round took the room. The next round waits for
@@ -534,7 +591,9 @@ impl Hub {
             .into_iter()
             .filter(|record| record.offset >= from)
             .filter(|record| {
-                mapping::record_topic(record).is_some_and(|topic| member.wants(&topic))
+                self.addressing
+                    .address(record)
+                    .is_some_and(|address| member.wants(&*self.addressing, &address))
             })
             .collect();
         member.next.insert(partition, next.max(from));
@@ -555,10 +614,11 @@ fn is_new(next: &HashMap<i32, i64>, record: &Record) -> bool {
 
 /// Hands records to a member; `false` when its connection is gone.
 fn give(member: &mut MemberState, records: Vec<Record>) -> bool {
-    member
-        .flow
-        .outstanding
-        .fetch_add(records.len(), Ordering::AcqRel);
+    lock(&member.flow.outstanding).extend(
+        records
+            .iter()
+            .map(|record| (record.partition, record.offset)),
+    );
     member
         .events
         .send(SubscriptionEvent::Records(records))
@@ -596,16 +656,16 @@ struct MemberControl {
 
 #[async_trait]
 impl SubscriptionControl for MemberControl {
-    fn ack(&self, _partition: &TopicPartition, _offset: i64) -> AckOutcome {
-        let released =
-            self.flow
-                .outstanding
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        self.flow.acked.notify_one();
-        match released {
-            Ok(_) => AckOutcome::Acked,
-            Err(_) => AckOutcome::Ignored,
+    fn ack(&self, partition: &TopicPartition, offset: i64) -> AckOutcome {
+        if *partition.topic != *self.hub.topic {
+            return AckOutcome::Ignored;
         }
+        let released = lock(&self.flow.outstanding).remove(&(partition.partition, offset));
+        if !released {
+            return AckOutcome::Ignored;
+        }
+        self.flow.acked.notify_one();
+        AckOutcome::Acked
     }
 
     async fn seek(&self, partition: &TopicPartition, _position: Position) -> Result<()> {
@@ -615,7 +675,7 @@ impl SubscriptionControl for MemberControl {
     }
 
     fn outstanding(&self) -> usize {
-        self.flow.outstanding.load(Ordering::Acquire)
+        self.flow.outstanding()
     }
 
     async fn commit(&self) -> Result<()> {
@@ -632,10 +692,9 @@ impl SubscriptionControl for MemberControl {
 mod tests {
     use std::collections::BTreeMap;
 
-    use bytes::Bytes;
-    use courier_gateway::log::{NewRecord, TopicSpec};
-
     use super::*;
+    use crate::log::{NewRecord, TopicSpec};
+    use bytes::Bytes;
 
     type TestResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -643,7 +702,7 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(10);
 
     async fn embedded(dir: &std::path::Path) -> Result<Arc<dyn Log>> {
-        let log = crate::test_log::embedded(dir).await?;
+        let log = crate::readers::test_log::embedded(dir).await?;
         log.create_topic(TopicSpec::named(TOPIC).partitions(3))
             .await?;
         Ok(log)
@@ -654,19 +713,28 @@ mod tests {
         fanout.hubs.lock().await.get(TOPIC).cloned().ok_or("no hub")
     }
 
-    /// A member whose filter matches every record (records without `mqtt-topic` or key are on the
-    /// Kafka topic's name).
+    /// Hubs addressing records by key, each member holding at most `lag_limit`.
+    fn fanout(log: &Arc<dyn Log>, lag_limit: usize) -> Fanout {
+        let addressing = Arc::new(ByKey::for_protocol("grpc"));
+        Fanout::new(log.clone(), addressing, lag_limit, CancellationToken::new())
+    }
+
+    /// A member whose filter matches every record [`append`] writes.
     async fn everything(fanout: &Fanout) -> Result<Subscription> {
         Ok(fanout
-            .subscribe(TOPIC, vec!["#".into()])
+            .subscribe(TOPIC, vec![EVERY.into()])
             .await?
             .subscription)
     }
+
+    /// The key of every record [`append`] writes.
+    const EVERY: &str = "every";
 
     /// Appends records `range`, spread over the partitions, valued by their number.
     async fn append(log: &Arc<dyn Log>, range: std::ops::Range<usize>) -> Result<()> {
         let records = range
             .map(|i| NewRecord {
+                key: Some(Bytes::from_static(EVERY.as_bytes())),
                 partition: Some((i % 3) as i32),
                 ..NewRecord::with_value(Bytes::from(i.to_string()))
             })
@@ -730,7 +798,7 @@ mod tests {
     async fn every_member_gets_every_record() -> TestResult {
         let dir = tempfile::tempdir()?;
         let log = embedded(dir.path()).await?;
-        let fanout = Fanout::new(log.clone(), 1000, CancellationToken::new());
+        let fanout = fanout(&log, 1000);
         let mut first = everything(&fanout).await?;
         let mut second = everything(&fanout).await?;
         assert_eq!(fanout.hubs.lock().await.len(), 1, "one hub for the topic");
@@ -750,20 +818,21 @@ mod tests {
         Ok(())
     }
 
-    /// Each member gets the records whose MQTT topics its filters match, exact or wildcard, and a
-    /// change of filters applies to what comes next.
+    /// Each member gets the records its filters match, a record matched by several filters once,
+    /// and a change of filters applies to what comes next.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn members_get_what_their_filters_match() -> TestResult {
         let dir = tempfile::tempdir()?;
         let log = embedded(dir.path()).await?;
-        let fanout = Fanout::new(log.clone(), 1000, CancellationToken::new());
+        let fanout = fanout(&log, 1000);
         let device = fanout
             .subscribe(TOPIC, vec!["devices/7/commands".into()])
             .await?;
-        let mut all_devices = fanout
-            .subscribe(TOPIC, vec!["devices/+/commands".into()])
-            .await?
-            .subscription;
+        let every_device = (0..10)
+            .chain([7])
+            .map(|device| format!("devices/{device}/commands"))
+            .collect();
+        let mut all_devices = fanout.subscribe(TOPIC, every_device).await?.subscription;
         let filters = device.filters();
         let mut device = device.subscription;
         let command = |device: usize| NewRecord {
@@ -798,7 +867,7 @@ mod tests {
         const LIMIT: usize = 12;
         let dir = tempfile::tempdir()?;
         let log = embedded(dir.path()).await?;
-        let fanout = Fanout::new(log.clone(), LIMIT, CancellationToken::new());
+        let fanout = fanout(&log, LIMIT);
         let mut fast = everything(&fanout).await?;
         let mut slow = everything(&fanout).await?;
         for start in (0..300).step_by(6) {
