@@ -14,13 +14,19 @@
 //!   on the mirrors where MirrorMaker 2's checkpoints put it ([`translate`], [`checkpoint`]), and moves
 //!   subscriptions across regions without the front end noticing more than a revocation
 //!   ([`subscription`]);
-//! - answers operators: each region's state, the last switch and its cause, and a manual switch.
+//! - answers operators: each region's state, the last switch and its cause ([`status`]), and a manual
+//!   switch.
+//!
+//! The state the router's handle and its tasks share is in [`shared`], so each part depends on it
+//! rather than on this module.
 
 pub mod checkpoint;
 pub mod health;
 mod naming;
 mod produce;
 pub mod regional;
+mod shared;
+pub mod status;
 mod steer;
 mod subscription;
 mod translate;
@@ -28,32 +34,36 @@ mod translate;
 use std::{
     collections::BTreeMap,
     fmt,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
 };
 
 use async_trait::async_trait;
-use serde::Serialize;
 use tokio::{
     sync::{Notify, watch},
     time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use self::{health::HealthMachine, naming::ReplicationPolicy};
-pub use self::{health::RegionHealth, regional::RegionalLog};
+use self::{
+    health::HealthMachine,
+    naming::ReplicationPolicy,
+    shared::{Region, Shared},
+};
+pub use self::{
+    health::RegionHealth,
+    regional::RegionalLog,
+    status::{RegionStatus, RoutingStatus, Switch, Traffic},
+};
 use crate::{
     Error, Result,
     config::{GroupsConfig, RegionMode, RegionsConfig, TopicsConfig},
     log::{
         AppendReceipt, FetchLimits, Fetched, GroupDescription, Kafka, Log, NewRecord, Position,
         SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSpec, TopicSummary,
-        layers::TopicPolicy, now_ms,
+        layers::TopicPolicy,
     },
     sync::lock,
 };
-
-/// Longest the old clients of a lost region may take to close (their cluster may not answer).
-const OLD_CLIENTS_CLOSE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The region router. Cheap to clone.
 #[derive(Clone)]
@@ -67,113 +77,6 @@ impl fmt::Debug for Regions {
             .field("regions", &self.shared.names())
             .finish_non_exhaustive()
     }
-}
-
-/// What the router's tasks and handles share.
-struct Shared {
-    /// In order of preference: the preferred region first, then the failover order.
-    regions: Vec<Region>,
-    config: RegionsConfig,
-    policy: ReplicationPolicy,
-    /// The region writes go to (an index into `regions`).
-    writes: watch::Sender<usize>,
-    /// The region subscriptions and reads go to.
-    reads: watch::Sender<usize>,
-    /// A region an operator chose, overriding health.
-    manual: Mutex<Option<usize>>,
-    last_switch: Mutex<Option<Switch>>,
-    switches: std::sync::atomic::AtomicU64,
-    /// Woken when a region's health or the manual choice changes.
-    steer: Notify,
-    closed: CancellationToken,
-    tasks: TaskTracker,
-}
-
-/// One region: its log and what the probes found.
-struct Region {
-    name: String,
-    /// The clients of the region's log; rebuilt when the region is lost (see [`Region::rebuild`]).
-    clients: std::sync::RwLock<Arc<dyn RegionalLog>>,
-    health: Mutex<HealthMachine>,
-    /// Why the region is in its state (the failure, or the recovery).
-    cause: Mutex<String>,
-    /// When a client request's failure was last counted against the region; a burst of failures of
-    /// one incident counts once per probe interval.
-    last_reported_failure: Mutex<Option<Instant>>,
-    /// The region's topic names and when that reading began: every subscription looks for new
-    /// mirrors in them, and one metadata request serves them all (see [`Region::topic_names`]).
-    topic_names: tokio::sync::Mutex<Option<(Instant, Arc<Vec<String>>)>>,
-}
-
-/// Which traffic a switch moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Traffic {
-    /// Produced records.
-    Writes,
-    /// Subscriptions, fetches and admin reads.
-    Reads,
-}
-
-impl Traffic {
-    /// The name in logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Writes => "writes",
-            Self::Reads => "reads",
-        }
-    }
-}
-
-/// A change of the region traffic goes to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Switch {
-    /// When, in ms since the epoch.
-    pub at_ms: i64,
-    /// What moved.
-    pub traffic: Traffic,
-    /// The region traffic left.
-    pub from: String,
-    /// The region traffic went to.
-    pub to: String,
-    /// Why.
-    pub cause: String,
-}
-
-/// One region, as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RegionStatus {
-    /// The region's name.
-    pub name: String,
-    /// Its health.
-    pub health: RegionHealth,
-    /// Since when, in ms since the epoch.
-    pub since_ms: i64,
-    /// Why it is in that state.
-    pub cause: String,
-    /// Changes of its health since the gateway started.
-    pub changes: u64,
-    /// Whether writes go to it.
-    pub writes: bool,
-    /// Whether reads go to it.
-    pub reads: bool,
-    /// Whether it is the region traffic prefers.
-    pub preferred: bool,
-}
-
-/// The router as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RoutingStatus {
-    /// `active-passive` or `active-active`.
-    pub mode: &'static str,
-    /// Every region, preferred first.
-    pub regions: Vec<RegionStatus>,
-    /// The region an operator pinned traffic to, if any.
-    pub manual: Option<String>,
-    /// Switches of writes or reads since the gateway started.
-    pub switches: u64,
-    /// The last switch.
-    pub last_switch: Option<Switch>,
 }
 
 impl Regions {
@@ -307,129 +210,6 @@ fn preference_order(config: &RegionsConfig, names: &[String], local: &str) -> Re
         )));
     }
     Ok(seen)
-}
-
-impl Region {
-    /// The names of the region's topics, by a reading younger than `max_age` or begun after this
-    /// call: callers that arrive while one reading is under way share the next, so a burst of
-    /// subscriptions (clients reconnecting after a switch) costs two metadata requests, not one each
-    /// in turn, and `max_age` zero still sees every topic that existed when the call was made.
-    async fn topic_names(&self, max_age: std::time::Duration) -> Result<Arc<Vec<String>>> {
-        let asked = Instant::now();
-        let mut cached = self.topic_names.lock().await;
-        if let Some((began, names)) = &*cached
-            && (*began >= asked || began.elapsed() < max_age)
-        {
-            return Ok(names.clone());
-        }
-        let began = Instant::now();
-        let topics = self.log().list_topics().await?;
-        let names = Arc::new(
-            topics
-                .into_iter()
-                .map(|topic| topic.name)
-                .collect::<Vec<_>>(),
-        );
-        *cached = Some((began, names.clone()));
-        Ok(names)
-    }
-
-    /// The region's clients now.
-    fn log(&self) -> Arc<dyn RegionalLog> {
-        self.clients
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Replaces the clients of a lost region with new ones, and closes the old ones in the background.
-    /// A cluster that comes back may be a different one (rebuilt, restored): clients that carried its
-    /// old metadata (topic ids), producer ids and group generations into it could misbehave, and
-    /// librdkafka has crashed on such metadata. Unacknowledged records of the old producer fail and
-    /// are resent where writes went.
-    fn rebuild(&self, tasks: &TaskTracker) {
-        let fresh = match self.log().reopen() {
-            Ok(Some(fresh)) => fresh,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::error!(region = %self.name, %error, "could not make new clients for a lost region; keeping the old ones");
-                return;
-            }
-        };
-        let old = std::mem::replace(
-            &mut *self.clients.write().unwrap_or_else(PoisonError::into_inner),
-            fresh,
-        );
-        let name = self.name.clone();
-        tasks.spawn(async move {
-            match tokio::time::timeout(OLD_CLIENTS_CLOSE, old.close()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::debug!(region = %name, %error, "closing the clients of a lost region");
-                }
-                Err(_) => tracing::warn!(region = %name, "the clients of a lost region did not close in time"),
-            }
-        });
-    }
-}
-
-impl Shared {
-    fn names(&self) -> Vec<&str> {
-        self.regions.iter().map(|r| r.name.as_str()).collect()
-    }
-
-    fn mode_name(&self) -> &'static str {
-        match self.config.mode {
-            RegionMode::ActivePassive => "active-passive",
-            RegionMode::ActiveActive => "active-active",
-        }
-    }
-
-    fn index_of(&self, name: &str) -> Result<usize> {
-        self.regions
-            .iter()
-            .position(|r| r.name == name)
-            .ok_or_else(|| Error::UnknownRegion {
-                region: name.to_owned(),
-                known: self.names().join(", "),
-            })
-    }
-
-    fn health(&self, index: usize) -> RegionHealth {
-        lock(&self.regions[index].health).state()
-    }
-
-    fn status(&self) -> RoutingStatus {
-        let writes = *self.writes.borrow();
-        let reads = *self.reads.borrow();
-        let now = Instant::now();
-        let regions = self
-            .regions
-            .iter()
-            .enumerate()
-            .map(|(index, region)| {
-                let health = lock(&region.health);
-                let age = now.saturating_duration_since(health.since());
-                RegionStatus {
-                    name: region.name.clone(),
-                    health: health.state(),
-                    since_ms: now_ms() - age.as_millis() as i64,
-                    cause: lock(&region.cause).clone(),
-                    changes: health.changes(),
-                    writes: index == writes,
-                    reads: index == reads,
-                    preferred: index == 0,
-                }
-            })
-            .collect();
-        RoutingStatus {
-            mode: self.mode_name(),
-            regions,
-            manual: lock(&self.manual).map(|index| self.regions[index].name.clone()),
-            switches: self.switches.load(std::sync::atomic::Ordering::Relaxed),
-            last_switch: lock(&self.last_switch).clone(),
-        }
-    }
 }
 
 #[async_trait]

@@ -4,7 +4,8 @@
 //! - [`topics`]: the in-memory topic table and watermarks (readers stop at the durable high watermark);
 //! - [`writer`]: the single writer thread with group commit and retention;
 //! - [`groups`]: consumer groups, cooperative rebalancing;
-//! - [`member`]: one subscriber's delivery loop and ack window.
+//! - [`member`]: one subscriber's delivery loop and ack window;
+//! - [`shared`]: the state the log handle, the writer and the member tasks share.
 //!
 //! One process at a time may open a data directory (fjall locks it). After a crash, fjall replays its
 //! journal; everything acknowledged was in the journal (and synced, with `fsync = "always"`) before the
@@ -12,6 +13,7 @@
 
 mod groups;
 mod member;
+mod shared;
 mod store;
 mod topics;
 mod writer;
@@ -19,17 +21,17 @@ mod writer;
 use std::{
     collections::BTreeSet,
     sync::{Arc, Mutex, PoisonError, atomic::Ordering},
-    thread::JoinHandle,
 };
 
 use async_trait::async_trait;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::{
     groups::{Coordinator, GroupId},
     member::MemberTask,
+    shared::Shared,
     store::TopicMeta,
     topics::{Topic, Topics},
     writer::{Writer, WriterHandle},
@@ -50,22 +52,6 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Embedded {
     shared: Arc<Shared>,
-}
-
-/// State shared by the log handle, the writer and the member tasks.
-struct Shared {
-    db: Database,
-    meta: Keyspace,
-    topics: Arc<Topics>,
-    coordinator: Arc<Coordinator>,
-    writer: WriterHandle,
-    writer_thread: Mutex<Option<JoinHandle<()>>>,
-    appended: watch::Receiver<u64>,
-    /// Serializes topic creation and deletion.
-    topic_admin: tokio::sync::Mutex<()>,
-    topics_config: TopicsConfig,
-    groups_config: GroupsConfig,
-    closed: CancellationToken,
 }
 
 impl Embedded {
@@ -230,48 +216,6 @@ impl Embedded {
         let topic = self.topic(&partition.topic)?;
         let index = validate::partition(&topic.name, partition.partition, topic.partition_count())?;
         Ok((topic, index))
-    }
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("topics", &self.topics)
-            .field("closed", &self.closed.is_cancelled())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Shared {
-    /// A group's committed offset for a partition, if it ever committed one.
-    fn committed_offset(&self, group: &str, partition: &TopicPartition) -> Result<Option<i64>> {
-        self.meta
-            .get(store::offset_key(
-                group,
-                &partition.topic,
-                partition.partition,
-            ))
-            .map_err(Error::storage("reading a committed offset"))?
-            .map(|bytes| store::decode_i64(&bytes, "committed offset"))
-            .transpose()
-    }
-
-    /// Every (topic, partition, offset) a group committed.
-    fn group_offsets(&self, group: &str) -> Result<Vec<(String, i32, i64)>> {
-        let mut offsets = Vec::new();
-        for guard in self.meta.prefix(store::group_offsets_prefix(group)) {
-            let (key, value) = guard
-                .into_inner()
-                .map_err(Error::storage("reading group offsets"))?;
-            if let Some((_, topic, partition)) = store::parse_offset_key(&key) {
-                offsets.push((
-                    topic,
-                    partition,
-                    store::decode_i64(&value, "committed offset")?,
-                ));
-            }
-        }
-        Ok(offsets)
     }
 }
 

@@ -9,17 +9,20 @@
 //!   handed away;
 //! - [`reader`]: fetches and watermarks without a group;
 //! - [`metadata`]: partition counts;
-//! - [`clients`]: librdkafka settings; [`codec`]: records to messages and back.
+//! - [`clients`]: librdkafka settings; [`codec`]: records to messages and back;
+//! - [`shared`]: what the handle and the subscriptions share; [`local`]: this gateway's members.
 //!
 //! The gateway keeps no state of its own here: groups, offsets and records live in Kafka, so replicas
 //! behind one load balancer share consumer groups, and a replica's death only moves partitions.
 
 mod clients;
 mod codec;
+mod local;
 mod member;
 mod metadata;
 mod probe;
 mod reader;
+mod shared;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -30,9 +33,8 @@ use std::{
 use async_trait::async_trait;
 use rdkafka::{
     Offset, TopicPartitionList,
-    admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication},
-    client::DefaultClientContext,
-    consumer::{BaseConsumer, CommitMode, Consumer},
+    admin::{NewTopic, ResourceSpecifier, TopicReplication},
+    consumer::{CommitMode, Consumer},
     error::KafkaError,
     producer::{FutureProducer, FutureRecord, Producer},
     types::RDKafkaErrorCode,
@@ -40,12 +42,14 @@ use rdkafka::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use self::{
+    local::LocalMembers,
     metadata::PartitionCounts,
-    reader::{Reader, Watermarks},
+    reader::Reader,
+    shared::{Shared, blocking},
 };
 use super::{
-    AppendReceipt, Appended, FetchLimits, Fetched, GroupDescription, GroupMember, GroupOffset, Log,
-    NewRecord, PartitionWatermarks, Position, SubscribeOptions, Subscription, TopicDescription,
+    AppendReceipt, Appended, FetchLimits, Fetched, GroupDescription, GroupOffset, Log, NewRecord,
+    PartitionWatermarks, Position, SubscribeOptions, Subscription, TopicDescription,
     TopicPartition, TopicSpec, TopicSummary, partitioner, validate,
 };
 use crate::{
@@ -57,31 +61,6 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Kafka {
     shared: Arc<Shared>,
-}
-
-/// What the log handle and the subscriptions share.
-struct Shared {
-    config: KafkaConfig,
-    topics_config: TopicsConfig,
-    groups_config: GroupsConfig,
-    origin: String,
-    producer: FutureProducer,
-    admin: AdminClient<DefaultClientContext>,
-    reader: Reader,
-    partition_counts: PartitionCounts,
-    local_members: member::LocalMembers,
-    round_robin: partitioner::RoundRobin,
-    closed: CancellationToken,
-    subscriptions: TaskTracker,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kafka")
-            .field("bootstrap_servers", &self.config.bootstrap_servers)
-            .field("origin", &self.origin)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Kafka {
@@ -133,130 +112,12 @@ impl Kafka {
             producer,
             admin,
             partition_counts: PartitionCounts::default(),
-            local_members: member::LocalMembers::default(),
+            local_members: LocalMembers::default(),
             round_robin: partitioner::RoundRobin::default(),
             closed: CancellationToken::new(),
             subscriptions: TaskTracker::new(),
         });
         Ok(Self { shared })
-    }
-}
-
-/// Runs a blocking librdkafka call on a blocking thread.
-async fn blocking<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    call: impl FnOnce(&Shared) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let shared = shared.clone();
-    tokio::task::spawn_blocking(move || call(&shared))
-        .await
-        .map_err(|_| Error::ShuttingDown)?
-}
-
-impl Shared {
-    fn check_open(&self) -> Result<()> {
-        if self.closed.is_cancelled() {
-            Err(Error::ShuttingDown)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn admin_options(&self) -> AdminOptions {
-        AdminOptions::new()
-            .request_timeout(Some(self.config.request_timeout))
-            .operation_timeout(Some(self.config.request_timeout))
-    }
-
-    /// A consumer of `group` that never joins it: for commits and committed-offset lookups.
-    fn group_client(&self, group: &str) -> Result<BaseConsumer> {
-        clients::consumer(&self.config, Some(group), "courier-admin")
-            .create()
-            .map_err(Error::kafka("creating a group client"))
-    }
-
-    /// The partition count of a topic, reading metadata when the cache has none. Blocks.
-    fn partition_count(&self, topic: &str) -> Result<Option<u32>> {
-        if let Some(count) = self.partition_counts.cached(topic) {
-            return Ok(Some(count));
-        }
-        let count = metadata::read_partition_counts(
-            self.producer.client(),
-            Some(topic),
-            self.config.request_timeout,
-        )?
-        .into_iter()
-        .find(|(name, _)| name == topic)
-        .map(|(_, count)| count);
-        match count {
-            Some(count) => self.partition_counts.store(topic, count),
-            None => self.partition_counts.forget(topic),
-        }
-        Ok(count)
-    }
-
-    /// Where a position lands in a partition. Blocks.
-    fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
-        let Watermarks { low, high } = self
-            .reader
-            .watermarks(&partition.topic, &[partition.partition])?
-            .first()
-            .copied()
-            .ok_or_else(|| Error::UnknownTopic {
-                topic: partition.topic.to_string(),
-            })?;
-        Ok(match position {
-            Position::Earliest => low,
-            Position::Latest => high,
-            Position::Offset(offset) => offset.clamp(low, high),
-            Position::Timestamp(timestamp) => self
-                .reader
-                .offset_for_time(partition, timestamp)?
-                .map_or(high, |offset| offset.clamp(low, high)),
-        })
-    }
-
-    /// Live members of a group as the broker sees them (empty when the group is unknown). Blocks.
-    fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
-        let groups = self
-            .producer
-            .client()
-            .fetch_group_list(Some(group), self.config.request_timeout)
-            .map_err(Error::kafka("describing a consumer group"))?;
-        Ok(groups
-            .groups()
-            .iter()
-            .filter(|g| g.name() == group)
-            .flat_map(|g| g.members())
-            .map(|member| {
-                let client_id = codec::member_client_id(member.client_id(), member.id());
-                let (protocol, client) = codec::parse_subscriber_client_id(client_id)
-                    .unwrap_or(("kafka", member.client_host()));
-                let mut assigned = member
-                    .assignment()
-                    .and_then(codec::decode_assignment)
-                    .unwrap_or_default();
-                if assigned.is_empty() {
-                    assigned = self.local_members.assigned(client_id).unwrap_or_default();
-                }
-                GroupMember {
-                    member_id: member.id().to_owned(),
-                    client: client.to_owned(),
-                    protocol: protocol.to_owned(),
-                    assigned,
-                }
-            })
-            .collect())
-    }
-
-    /// Checks partitions exist. Blocks.
-    fn check_partition(&self, partition: &TopicPartition) -> Result<()> {
-        let count = self
-            .partition_count(&partition.topic)?
-            .ok_or_else(|| Error::UnknownTopic {
-                topic: partition.topic.to_string(),
-            })?;
-        validate::partition(&partition.topic, partition.partition, count).map(drop)
     }
 }
 

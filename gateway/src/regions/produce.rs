@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{Shared, steer};
+use super::{shared::Shared, steer};
 use crate::{
     Result,
     log::{AppendReceipt, Appended, Log, NewRecord},

@@ -8,9 +8,12 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{RegionHealth, Shared, Switch, Traffic};
-use crate::sync::lock;
-use crate::{log::now_ms, metrics::names};
+use super::{
+    health::RegionHealth,
+    shared::Shared,
+    status::{Switch, Traffic},
+};
+use crate::{log::now_ms, metrics::names, sync::lock};
 
 /// How often the steering task looks again without being woken (fail-back delays run out on it).
 const STEER_TICK: Duration = Duration::from_millis(200);

@@ -21,14 +21,14 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Shared, translate};
-use crate::sync::lock;
+use super::{shared::Shared, translate};
 use crate::{
     Result,
     log::{
         AckOutcome, Position, SubscribeOptions, Subscription, SubscriptionControl,
         SubscriptionEvent, TopicPartition, TopicSelector,
     },
+    sync::lock,
 };
 
 /// Pause before subscribing again after a region's subscription failed or ended on its own.

@@ -28,7 +28,11 @@ use fe2o3_amqp::{
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use tokio::task::JoinSet;
 
-use super::{BenchArgs, Measurement, histogram, start_courier, stop_process};
+use super::{
+    args::BenchArgs,
+    measure::{Measurement, histogram},
+    process::{start_courier, stop_process},
+};
 
 /// Longest any single phase may take before the benchmark gives up.
 const PHASE_DEADLINE: Duration = Duration::from_secs(300);

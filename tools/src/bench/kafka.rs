@@ -19,7 +19,10 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 
-use super::{BenchArgs, Measurement, measure_producers, pipelined};
+use super::{
+    args::BenchArgs,
+    measure::{Measurement, measure_producers, pipelined},
+};
 
 /// The gateway's Kafka settings for a benchmark broker (one broker: one replica per topic).
 pub(super) fn config(bootstrap: &str, producer_properties: &[(String, String)]) -> KafkaConfig {

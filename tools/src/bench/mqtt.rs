@@ -33,7 +33,11 @@ use hdrhistogram::Histogram;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::{sync::mpsc, task::JoinSet};
 
-use super::{BenchArgs, Measurement, histogram, start_courier, stop_process};
+use super::{
+    args::BenchArgs,
+    measure::{Measurement, histogram},
+    process::{start_courier, stop_process},
+};
 
 /// Longest a broker is left to go idle after the held clients went away.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -174,59 +178,68 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         Broker::courier(&args.fsync)?,
         Broker::mosquitto(&args.mosquitto)?,
     ] {
-        // Connections first, on a fresh broker: what they cost, without stored messages in the figure.
-        let idle_rss = broker.rss_mib()?;
-        let mut devices = connect_many(broker.address, args.connections).await?;
-        let connected_rss = broker.rss_mib()?;
-        let commands = phase(
-            &broker,
-            "commands",
-            commands(broker.address, &mut devices, args),
-        )
-        .await?;
-        // Ending their event loops closes the connections. The broker is left to let them go, so the
-        // workloads below are not measured against 10,000 disconnects.
-        for (_, event_loop) in devices.clients {
-            event_loop.abort();
-        }
-        broker.settle().await?;
-        let qos1 = phase(
-            &broker,
-            "QoS 1 publish",
-            publish(broker.address, args, Workload::Qos1),
-        )
-        .await?;
-        let qos2 = phase(
-            &broker,
-            "QoS 2 publish",
-            publish(broker.address, args, Workload::Qos2Persistent),
-        )
-        .await?;
-        let fanout = phase(
-            &broker,
-            "fan-out",
-            deliver(broker.address, args, Delivery::fanout(args)),
-        )
-        .await?;
-        let qos2_delivery = phase(
-            &broker,
-            "QoS 2 delivery",
-            deliver(broker.address, args, Delivery::qos2_persistent(args)),
-        )
-        .await?;
-        results.push((
-            broker.name,
-            Results {
-                publish: qos1,
-                qos2,
-                fanout,
-                qos2_delivery,
-                commands,
-                idle_rss,
-                connected_rss,
-            },
-        ));
+        let measured = measure(&broker, args).await?;
+        results.push((broker.name, measured));
     }
+    print_results(args, &results);
+    Ok(())
+}
+
+/// Every workload against one broker, one after the other.
+async fn measure(broker: &Broker, args: &BenchArgs) -> Result<Results> {
+    // Connections first, on a fresh broker: what they cost, without stored messages in the figure.
+    let idle_rss = broker.rss_mib()?;
+    let mut devices = connect_many(broker.address, args.connections).await?;
+    let connected_rss = broker.rss_mib()?;
+    let commands = phase(
+        broker,
+        "commands",
+        commands(broker.address, &mut devices, args),
+    )
+    .await?;
+    // Ending their event loops closes the connections. The broker is left to let them go, so the
+    // workloads below are not measured against 10,000 disconnects.
+    for (_, event_loop) in devices.clients {
+        event_loop.abort();
+    }
+    broker.settle().await?;
+    let qos1 = phase(
+        broker,
+        "QoS 1 publish",
+        publish(broker.address, args, Workload::Qos1),
+    )
+    .await?;
+    let qos2 = phase(
+        broker,
+        "QoS 2 publish",
+        publish(broker.address, args, Workload::Qos2Persistent),
+    )
+    .await?;
+    let fanout = phase(
+        broker,
+        "fan-out",
+        deliver(broker.address, args, Delivery::fanout(args)),
+    )
+    .await?;
+    let qos2_delivery = phase(
+        broker,
+        "QoS 2 delivery",
+        deliver(broker.address, args, Delivery::qos2_persistent(args)),
+    )
+    .await?;
+    Ok(Results {
+        publish: qos1,
+        qos2,
+        fanout,
+        qos2_delivery,
+        commands,
+        idle_rss,
+        connected_rss,
+    })
+}
+
+/// The tables and the ratios of Courier to Mosquitto.
+fn print_results(args: &BenchArgs, results: &[(&str, Results)]) {
     println!(
         "messages={} qos2_messages={} payload={} publishers={} inflight={} subscribers={} fanout_messages={} connections={} commands={} courier fsync={}",
         args.records,
@@ -245,7 +258,7 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         args.connections
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, r) in &results {
+    for (name, r) in results {
         println!(
             "| {name} | {:.0} | {} | {} | {:.0} | {} | {:.1} | {:.1} |",
             r.publish.rate(),
@@ -260,7 +273,7 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
     println!();
     println!("| broker | delivery | msg/s | p50 ms | p99 ms | sent, never received |");
     println!("|---|---|---:|---:|---:|---:|");
-    for (name, r) in &results {
+    for (name, r) in results {
         for (workload, deliveries) in [
             (
                 format!("fan-out to {} subscribers", args.subscribers),
@@ -285,7 +298,7 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
             );
         }
     }
-    if let [(_, courier), (_, mosquitto)] = &results[..] {
+    if let [(_, courier), (_, mosquitto)] = results {
         println!(
             "publish ratio Courier/Mosquitto: {:.2}",
             courier.publish.rate() / mosquitto.publish.rate()
@@ -307,7 +320,6 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
             courier.commands.measurement.rate() / mosquitto.commands.measurement.rate()
         );
     }
-    Ok(())
 }
 
 fn options(id: String, address: SocketAddr, inflight: u16) -> MqttOptions {

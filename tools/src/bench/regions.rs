@@ -14,7 +14,7 @@ use courier_gateway::{
     regions::Regions,
 };
 
-use super::{BenchArgs, Measurement, kafka, through_gateway};
+use super::{args::BenchArgs, grpc::through_gateway, kafka, measure::Measurement};
 
 const ROUNDS: usize = 2;
 

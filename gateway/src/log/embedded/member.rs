@@ -13,8 +13,8 @@ use tokio::{
 };
 
 use super::{
-    Shared,
     groups::{GroupCommand, GroupId},
+    shared::Shared,
     store,
     topics::Topic,
 };

@@ -16,14 +16,13 @@ use fjall::{Database, Keyspace, PersistMode};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    super::now_ms,
     store::{self, StoredRecord},
     topics::{Topic, Topics},
 };
 use crate::{
     Error, Result,
     config::FsyncPolicy,
-    log::{AppendReceipt, Appended, NewRecord},
+    log::{AppendReceipt, Appended, NewRecord, now_ms},
 };
 
 /// Appends that may queue for the writer before producers wait: bounds memory when the disk is slow.
@@ -181,10 +180,8 @@ impl Writer {
     fn commit_group(&self, appends: Vec<PendingAppend>) {
         let now = now_ms();
         let mut batch = self.db.batch();
-        // Next offset and byte count per (topic, partition) touched by this group.
-        let mut partitions: HashMap<(u64, usize), (Arc<Topic>, i64, u64)> = HashMap::new();
+        let mut partitions = Staged::new();
         let mut answers = Vec::with_capacity(appends.len());
-
         for PendingAppend {
             topic,
             records,
@@ -197,90 +194,30 @@ impl Writer {
                 }));
                 continue;
             }
-            let encoded: Result<Vec<_>> = records
-                .into_iter()
-                .map(|(partition, record)| {
-                    let stored = StoredRecord {
-                        timestamp_ms: record.timestamp_ms.unwrap_or(now),
-                        key: record.key,
-                        value: record.value,
-                        headers: record
-                            .headers
-                            .into_iter()
-                            .map(|h| (h.key, h.value))
-                            .collect(),
-                        courier_id: record.courier_id,
-                        origin: self.origin.clone(),
-                    };
-                    Ok((
-                        partition,
-                        stored.timestamp_ms,
-                        stored.encode()?,
-                        stored.courier_id,
-                    ))
-                })
-                .collect();
-            let encoded = match encoded {
-                Ok(encoded) => encoded,
+            match self.encode(records, now) {
+                Ok(encoded) => {
+                    let acks = partitions.stage(&mut batch, &topic, encoded);
+                    answers.push((reply, acks));
+                }
                 Err(error) => {
                     let _ = reply.send(Err(error));
-                    continue;
                 }
-            };
-            let mut acks = Vec::with_capacity(encoded.len());
-            for (partition, timestamp_ms, bytes, courier_id) in encoded {
-                let (_, next_offset, size) = partitions
-                    .entry((topic.meta.id, partition))
-                    .or_insert_with(|| {
-                        let state = &topic.partitions[partition];
-                        (
-                            topic.clone(),
-                            state.high.load(Ordering::Acquire),
-                            state.bytes.load(Ordering::Acquire),
-                        )
-                    });
-                let offset = *next_offset;
-                *next_offset += 1;
-                *size += bytes.len() as u64;
-                batch.insert(&topic.keyspace, store::record_key(partition, offset), bytes);
-                acks.push(Appended {
-                    partition: partition as i32,
-                    offset,
-                    timestamp_ms,
-                    courier_id,
-                });
             }
-            answers.push((reply, acks));
         }
         if answers.is_empty() {
             return;
         }
-        for ((topic_id, partition), (_, _, size)) in &partitions {
+        for ((topic_id, partition), (_, _, size)) in &partitions.0 {
             batch.insert(
                 &self.meta,
                 store::size_key(*topic_id, *partition),
                 size.to_be_bytes(),
             );
         }
-
-        let durable = batch
-            .commit()
-            .map_err(Error::storage("writing records"))
-            .and_then(|()| match self.fsync {
-                FsyncPolicy::Always => self
-                    .db
-                    .persist(PersistMode::SyncData)
-                    .map_err(Error::storage("syncing records")),
-                FsyncPolicy::Never => Ok(()),
-            });
-        match durable {
+        match self.make_durable(batch) {
             Ok(()) => {
                 // Only now may readers see the records: raise the watermarks, then wake them.
-                for ((_, partition), (topic, next_offset, size)) in partitions {
-                    let state = &topic.partitions[partition];
-                    state.bytes.store(size, Ordering::Release);
-                    state.high.store(next_offset, Ordering::Release);
-                }
+                partitions.publish();
                 self.appended
                     .send_modify(|sequence| *sequence = sequence.wrapping_add(1));
                 for (reply, acks) in answers {
@@ -296,8 +233,45 @@ impl Writer {
         }
     }
 
-    /// Removes, per partition, the oldest records past the age or size limit, never the newest record
-    /// (it carries the high watermark across restarts, as Kafka keeps its active segment).
+    /// One append's records as stored: the partition chosen, and the encoded record.
+    fn encode(&self, records: Vec<(usize, NewRecord)>, now: i64) -> Result<Vec<Encoded>> {
+        records
+            .into_iter()
+            .map(|(partition, record)| {
+                let stored = StoredRecord {
+                    timestamp_ms: record.timestamp_ms.unwrap_or(now),
+                    key: record.key,
+                    value: record.value,
+                    headers: record
+                        .headers
+                        .into_iter()
+                        .map(|h| (h.key, h.value))
+                        .collect(),
+                    courier_id: record.courier_id,
+                    origin: self.origin.clone(),
+                };
+                Ok(Encoded {
+                    partition,
+                    timestamp_ms: stored.timestamp_ms,
+                    bytes: stored.encode()?,
+                    courier_id: stored.courier_id,
+                })
+            })
+            .collect()
+    }
+
+    /// Commits a group's batch, synced to disk first when `fsync = "always"`.
+    fn make_durable(&self, batch: fjall::OwnedWriteBatch) -> Result<()> {
+        batch.commit().map_err(Error::storage("writing records"))?;
+        match self.fsync {
+            FsyncPolicy::Always => self
+                .db
+                .persist(PersistMode::SyncData)
+                .map_err(Error::storage("syncing records")),
+            FsyncPolicy::Never => Ok(()),
+        }
+    }
+
     fn enforce_retention(&self) -> Result<()> {
         let now = now_ms();
         for topic in self.topics.all() {
@@ -347,6 +321,72 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+/// A record ready for the batch.
+struct Encoded {
+    partition: usize,
+    timestamp_ms: i64,
+    bytes: Vec<u8>,
+    courier_id: String,
+}
+
+/// The partitions a group commit touches: per (topic id, partition), the topic, the next offset and
+/// the partition's size in bytes once the group is written. Offsets are given here, in the writer
+/// thread, so they are dense and in append order.
+struct Staged(HashMap<(u64, usize), (Arc<Topic>, i64, u64)>);
+
+impl Staged {
+    fn new() -> Self {
+        Self(HashMap::new())
+    }
+
+    /// Gives one append's records their offsets and adds them to `batch`; their acks.
+    fn stage(
+        &mut self,
+        batch: &mut fjall::OwnedWriteBatch,
+        topic: &Arc<Topic>,
+        encoded: Vec<Encoded>,
+    ) -> Vec<Appended> {
+        let mut acks = Vec::with_capacity(encoded.len());
+        for record in encoded {
+            let (_, next_offset, size) = self
+                .0
+                .entry((topic.meta.id, record.partition))
+                .or_insert_with(|| {
+                    let state = &topic.partitions[record.partition];
+                    (
+                        topic.clone(),
+                        state.high.load(Ordering::Acquire),
+                        state.bytes.load(Ordering::Acquire),
+                    )
+                });
+            let offset = *next_offset;
+            *next_offset += 1;
+            *size += record.bytes.len() as u64;
+            batch.insert(
+                &topic.keyspace,
+                store::record_key(record.partition, offset),
+                record.bytes,
+            );
+            acks.push(Appended {
+                partition: record.partition as i32,
+                offset,
+                timestamp_ms: record.timestamp_ms,
+                courier_id: record.courier_id,
+            });
+        }
+        acks
+    }
+
+    /// Raises each touched partition's size and high watermark: readers see the records from now.
+    fn publish(self) {
+        for ((_, partition), (topic, next_offset, size)) in self.0 {
+            let state = &topic.partitions[partition];
+            state.bytes.store(size, Ordering::Release);
+            state.high.store(next_offset, Ordering::Release);
+        }
     }
 }
 

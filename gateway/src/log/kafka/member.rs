@@ -6,7 +6,7 @@
 //!   go, so the next owner starts right after it (`rebalance.rs`).
 //! - Plain readers (no group) assign themselves every partition of the matching topics.
 //! - Patterns are matched by the gateway (full-name regular expressions, as on the embedded log) against
-//!   metadata read every [`TOPIC_REFRESH`], so new topics are picked up.
+//!   metadata read every second (`task.rs`), so new topics are picked up.
 //! - At most `max_in_flight` records are outstanding (the shared [`AckWindow`]). Past the window,
 //!   fetched records wait in a local buffer and go out first when acks make room; when the buffer is
 //!   full the consumer pauses its partitions and keeps polling (to stay in the group and see
@@ -15,57 +15,31 @@
 //!   `groups.commit_interval`, on request, on revocation and when the subscriber leaves (`leave.rs`).
 
 mod leave;
-mod local;
 mod rebalance;
+mod state;
 mod task;
 
 use std::{
     collections::{BTreeSet, VecDeque},
     sync::{Arc, Mutex, atomic::AtomicBool},
-    time::Duration,
 };
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use tokio::sync::mpsc;
 
-pub(super) use self::local::LocalMembers;
-use self::{rebalance::MemberContext, task::MemberTask};
-use super::{Shared, clients, codec};
+use self::{
+    rebalance::{MemberConsumer, MemberContext},
+    state::MemberState,
+    task::MemberTask,
+};
+use super::{clients, codec, local::LocalMember, shared::Shared};
 use crate::{
     Error, Result,
     log::{
-        Position, SubscribeOptions, Subscription, SubscriptionEvent, TopicPartition, TopicSelector,
+        SubscribeOptions, Subscription, TopicSelector,
         member::{AckWindow, MemberControl},
     },
 };
-
-/// How often topic metadata is read to follow patterns and new partitions.
-const TOPIC_REFRESH: Duration = Duration::from_secs(1);
-/// Most records taken from librdkafka's queue in one go before they are handed on as one batch.
-const MAX_BATCH: usize = 500;
-/// How long each poll waits while a member finishes joining or serves its final revocation.
-const RELEASE_POLL: Duration = Duration::from_millis(50);
-
-type MemberConsumer = StreamConsumer<MemberContext>;
-
-/// State shared by the consumer's callbacks, the member task and the control handle.
-struct MemberState {
-    shared: Arc<Shared>,
-    group: Option<String>,
-    protocol: &'static str,
-    start: Position,
-    window: Arc<AckWindow>,
-    /// Partitions revoked inside a poll, for the task to purge from its buffer.
-    revoked: Mutex<Vec<TopicPartition>>,
-    /// The last revocation's commit outcome, for the answer to closing (see `leave.rs`).
-    revoke_commit: Mutex<Option<Result<()>>>,
-    paused: AtomicBool,
-    /// Set once the group's first assignment reached this member (librdkafka's cooperative protocol
-    /// serves one after every completed join, even when it adds nothing): until then the member is
-    /// between joining and syncing, the one moment it must not leave (see `leave.rs`).
-    joined: AtomicBool,
-    events: mpsc::UnboundedSender<SubscriptionEvent>,
-}
 
 /// Starts a subscription: creates its consumer and spawns its task.
 pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Subscription> {
@@ -98,7 +72,15 @@ pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Su
             .subscribe(&names)
             .map_err(Error::kafka("subscribing"))?;
     }
-    shared.local_members.register(&client_id, &state);
+    shared.local_members.register(
+        &client_id,
+        LocalMember {
+            group: state.group.clone(),
+            protocol: state.protocol,
+            window: Arc::downgrade(&state.window),
+            events: state.events.downgrade(),
+        },
+    );
     let (commands_tx, commands) = mpsc::unbounded_channel();
     let task = MemberTask {
         state,

@@ -2,12 +2,15 @@
 //! final revocation while still polling, and only then closes its consumer (which sends LeaveGroup),
 //! on a thread of its own. Every step is bounded, so a stuck broker or client cannot hang a drain.
 
-use std::sync::atomic::Ordering;
+use std::{sync::atomic::Ordering, time::Duration};
 
 use rdkafka::consumer::{CommitMode, Consumer};
 
-use super::{RELEASE_POLL, task::MemberTask};
+use super::task::MemberTask;
 use crate::{Result, log::TopicSelector};
+
+/// How long each poll waits while a member finishes joining or serves its final revocation.
+const RELEASE_POLL: Duration = Duration::from_millis(50);
 
 impl MemberTask {
     /// Commits what was acknowledged and leaves the group; the event stream ends with this task.

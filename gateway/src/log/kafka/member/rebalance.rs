@@ -7,16 +7,19 @@ use std::{collections::HashMap, sync::PoisonError, sync::atomic::Ordering};
 
 use rdkafka::{
     ClientContext, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer},
     error::KafkaResult,
     types::RDKafkaRespErr,
 };
 
-use super::MemberState;
+use super::state::MemberState;
 use crate::{
     Error,
     log::{SubscriptionEvent, TopicPartition, kafka::codec},
 };
+
+/// A subscription's consumer, with its callbacks.
+pub(super) type MemberConsumer = StreamConsumer<MemberContext>;
 
 /// Where a newly assigned partition starts.
 #[derive(Debug, Clone, Copy)]

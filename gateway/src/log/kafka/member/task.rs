@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeSet, VecDeque},
     sync::{Arc, PoisonError, atomic::Ordering},
+    time::Duration,
 };
 
 use futures_util::FutureExt;
@@ -14,15 +15,23 @@ use rdkafka::{
 };
 use tokio::sync::mpsc;
 
-use super::{MAX_BATCH, MemberConsumer, MemberState, TOPIC_REFRESH, rebalance::commit};
+use super::{
+    rebalance::{MemberConsumer, commit},
+    state::MemberState,
+};
 use crate::{
     Error, Result,
     log::{
         Position, Record, SubscriptionEvent, TopicPartition, TopicSelector,
-        kafka::{blocking, codec, metadata},
+        kafka::{codec, metadata, shared::blocking},
         member::ControlCommand,
     },
 };
+
+/// How often topic metadata is read to follow patterns and new partitions.
+const TOPIC_REFRESH: Duration = Duration::from_secs(1);
+/// Most records taken from librdkafka's queue in one go before they are handed on as one batch.
+const MAX_BATCH: usize = 500;
 
 /// Most records held back in a subscription's buffer (fetched, waiting for room in the window) before
 /// fetching pauses: a few windows' worth, within bounds.

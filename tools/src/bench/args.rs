@@ -1,0 +1,83 @@
+//! `courier bench`'s options.
+
+use clap::Args;
+
+/// `courier bench` options.
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Records to produce (and read back) per side.
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) records: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) record_size: usize,
+    /// Concurrent producer streams.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) streams: usize,
+    /// Records per produce request.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch: usize,
+    /// Requests in flight per stream.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) pipeline: usize,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) partitions: u32,
+    /// fsync policy of the embedded logs: always or never.
+    #[arg(long, default_value = "always", value_parser = ["always", "never"])]
+    pub(crate) fsync: String,
+    /// Measure against this Kafka cluster (`host:port,...`) instead of the embedded log.
+    #[arg(long)]
+    pub(crate) kafka: Option<String>,
+    /// With `--kafka`: compare a gateway over the plain Kafka backend with one over the region router,
+    /// whose standby region is the Kafka cluster here (see tools/src/bench/regions.rs).
+    #[arg(long, requires = "kafka")]
+    pub(crate) regions: Option<String>,
+    /// A librdkafka producer property (`KEY=VALUE`, repeatable), given to both sides alike.
+    #[arg(long = "producer-property", value_parser = parse_property)]
+    pub(crate) producer_properties: Vec<(String, String)>,
+    /// MQTT mode: Courier's MQTT endpoint (embedded) against Mosquitto; `records` messages of
+    /// `record_size` bytes from `streams` publishers (see tools/src/bench/mqtt.rs).
+    #[arg(long)]
+    pub(crate) mqtt: bool,
+    /// MQTT mode: QoS 1 messages a publisher keeps unacknowledged.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) mqtt_inflight: u16,
+    /// MQTT mode: messages of the QoS 2 workload (persistent sessions), from `streams` publishers.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) qos2_messages: usize,
+    /// MQTT mode: subscribers of the fan-out workload.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) subscribers: usize,
+    /// MQTT mode: messages published to the fan-out subscribers.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) fanout_messages: usize,
+    /// MQTT mode: clients held connected, each subscribed to command topics of its own, while memory
+    /// is measured and commands are sent to them.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) connections: usize,
+    /// MQTT mode: commands sent to the held clients, one client after another.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) commands: usize,
+    /// MQTT mode: the Mosquitto broker to compare with.
+    #[arg(long, default_value = "/usr/sbin/mosquitto")]
+    pub(crate) mosquitto: std::path::PathBuf,
+    /// AMQP mode: Courier's AMQP 1.0 endpoint (embedded) against RabbitMQ's AMQP 1.0 plugin; `records`
+    /// messages of `record_size` bytes from `streams` senders, read back by one receiver (see
+    /// tools/src/bench/amqp.rs).
+    #[arg(long)]
+    pub(crate) amqp: bool,
+    /// AMQP mode: unsettled messages a sender keeps in flight.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) amqp_window: usize,
+    /// AMQP mode: the RabbitMQ server to compare with (run as the current user, not through Debian's
+    /// wrapper, so it stops with the benchmark).
+    #[arg(long, default_value = "/usr/lib/rabbitmq/bin/rabbitmq-server")]
+    pub(crate) rabbitmq: std::path::PathBuf,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}

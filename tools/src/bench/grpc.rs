@@ -1,0 +1,399 @@
+//! The default bench: the same workload written and read directly (the embedded store in-process, or
+//! rdkafka with `--kafka`) and through a gateway over gRPC on loopback.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use courier_gateway::{
+    config::{EmbeddedConfig, FsyncPolicy, GroupsConfig, TopicsConfig},
+    log::{
+        Embedded, Log, NewRecord, Position, SubscribeOptions, SubscriptionEvent, TopicSelector,
+        TopicSpec, layers,
+    },
+};
+use courier_grpc::{
+    GrpcServer,
+    proto::v1::{
+        self as pb, admin_client::AdminClient, streams_client::StreamsClient,
+        subscribe_request::Kind as RequestKind, subscribe_response::Kind as ResponseKind,
+    },
+};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, mpsc},
+};
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use super::{
+    args::BenchArgs,
+    kafka,
+    measure::{Measurement, histogram, measure_producers, pipelined},
+};
+
+/// The four measured sides: produce direct, subscribe direct, produce and subscribe over gRPC.
+struct Sides {
+    direct_produce: Measurement,
+    direct_subscribe: Measurement,
+    grpc_produce: Measurement,
+    grpc_subscribe: Measurement,
+}
+
+/// Direct against gRPC: produces and subscribes both ways, and prints the table.
+pub(super) async fn run(args: &BenchArgs) -> Result<()> {
+    let sides = measure(args).await?;
+    print_sides(args, &sides);
+    Ok(())
+}
+
+/// Runs the workloads, direct and over gRPC, each on a fresh store or topic.
+async fn measure(args: &BenchArgs) -> Result<Sides> {
+    let fsync = if args.fsync == "never" {
+        FsyncPolicy::Never
+    } else {
+        FsyncPolicy::Always
+    };
+    let value = Bytes::from(vec![b'x'; args.record_size]);
+    let (direct_produce, direct_subscribe, grpc_produce, grpc_subscribe) = match &args.kafka {
+        None => {
+            // Direct: in-process into the embedded store.
+            let topic = "bench";
+            let direct_dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let direct = open_log(direct_dir.path(), fsync).await?;
+            direct
+                .create_topic(TopicSpec::named(topic).partitions(args.partitions))
+                .await?;
+            let direct_produce = produce_direct(&direct, topic, args, &value).await?;
+            let direct_subscribe = subscribe_direct(&direct, topic, args.records).await?;
+            direct.close().await?;
+            // gRPC: the same through a gateway on loopback, on its own fresh store.
+            let grpc_dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let (grpc_produce, grpc_subscribe) =
+                through_gateway(open_log(grpc_dir.path(), fsync).await?, topic, args, &value)
+                    .await?;
+            (
+                direct_produce,
+                direct_subscribe,
+                grpc_produce,
+                grpc_subscribe,
+            )
+        }
+        Some(bootstrap) => {
+            let run = ulid::Ulid::new().to_string().to_lowercase();
+            let config = kafka::config(bootstrap, &args.producer_properties);
+            let log = kafka::backend(&config, "bench").await?;
+            let direct_topic = format!("bench-direct-{run}");
+            log.create_topic(TopicSpec::named(&direct_topic).partitions(args.partitions))
+                .await?;
+            let direct_produce = kafka::produce(&config, &direct_topic, args, &value).await?;
+            let direct_subscribe = kafka::subscribe(&config, &direct_topic, args.records).await?;
+            let (grpc_produce, grpc_subscribe) =
+                through_gateway(log, &format!("bench-grpc-{run}"), args, &value).await?;
+            (
+                direct_produce,
+                direct_subscribe,
+                grpc_produce,
+                grpc_subscribe,
+            )
+        }
+    };
+    Ok(Sides {
+        direct_produce,
+        direct_subscribe,
+        grpc_produce,
+        grpc_subscribe,
+    })
+}
+
+/// The table, the ratios, and the ack latency the gateway adds.
+fn print_sides(args: &BenchArgs, sides: &Sides) {
+    let Sides {
+        direct_produce,
+        direct_subscribe,
+        grpc_produce,
+        grpc_subscribe,
+    } = sides;
+    println!(
+        "records={} record_size={} streams={} batch={} pipeline={} partitions={} backend={}",
+        args.records,
+        args.record_size,
+        args.streams,
+        args.batch,
+        args.pipeline,
+        args.partitions,
+        args.kafka.as_ref().map_or_else(
+            || format!("embedded fsync={}", args.fsync),
+            |b| format!("kafka {b}")
+        )
+    );
+    let direct_side = if args.kafka.is_some() {
+        "direct (rdkafka)"
+    } else {
+        "direct (in-process)"
+    };
+    println!("| workload | side | records/s | MiB/s | p50 ack ms | p99 ack ms |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (workload, side, m) in [
+        ("produce", direct_side, direct_produce),
+        ("produce", "gRPC ProduceStream", grpc_produce),
+        ("subscribe", direct_side, direct_subscribe),
+        ("subscribe", "gRPC Subscribe", grpc_subscribe),
+    ] {
+        println!(
+            "| {workload} | {side} | {:.0} | {:.1} | {} | {} |",
+            m.rate(),
+            m.rate() * args.record_size as f64 / (1 << 20) as f64,
+            m.percentile_ms(0.5),
+            m.percentile_ms(0.99)
+        );
+    }
+    println!(
+        "produce ratio gRPC/direct: {:.2}",
+        grpc_produce.rate() / direct_produce.rate()
+    );
+    println!(
+        "subscribe ratio gRPC/direct: {:.2}",
+        grpc_subscribe.rate() / direct_subscribe.rate()
+    );
+    if let (Some(direct), Some(grpc)) = (&direct_produce.latency, &grpc_produce.latency) {
+        let added = |q: f64| {
+            (grpc.value_at_quantile(q) as f64 - direct.value_at_quantile(q) as f64) / 1000.0
+        };
+        println!(
+            "ack latency added by the gateway: p50 {:.2} ms, p99 {:.2} ms",
+            added(0.5),
+            added(0.99)
+        );
+    }
+}
+
+/// Serves `log` over gRPC on loopback, produces and subscribes through it, and closes it.
+pub(super) async fn through_gateway(
+    log: Arc<dyn Log>,
+    topic: &str,
+    args: &BenchArgs,
+    value: &Bytes,
+) -> Result<(Measurement, Measurement)> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a loopback port")?;
+    let address = listener.local_addr()?;
+    let drain = CancellationToken::new();
+    let server = GrpcServer {
+        log: log.clone(),
+        regions: None,
+        config: courier_grpc::Config::default(),
+        groups: GroupsConfig::default(),
+    };
+    let serving = tokio::spawn(server.serve(listener, drain.clone()));
+    let channel = courier_grpc::client_endpoint(format!("http://{address}"))?
+        .connect()
+        .await
+        .context("connecting to the gateway")?;
+    AdminClient::new(channel.clone())
+        .create_topic(pb::CreateTopicRequest {
+            name: topic.into(),
+            partitions: args.partitions,
+            ..Default::default()
+        })
+        .await?;
+    let produced = produce_grpc(&channel, topic, args, value).await?;
+    let subscribed = subscribe_grpc(&channel, topic, args.records).await?;
+    drain.cancel();
+    serving.await.context("the gateway task panicked")??;
+    log.close().await?;
+    Ok((produced, subscribed))
+}
+
+async fn open_log(dir: &std::path::Path, fsync: FsyncPolicy) -> Result<Arc<dyn Log>> {
+    let config = EmbeddedConfig {
+        fsync,
+        ..EmbeddedConfig::in_dir(dir)
+    };
+    let topics = TopicsConfig::default();
+    let embedded =
+        Embedded::open(&config, topics.clone(), GroupsConfig::default(), "bench").await?;
+    Ok(Arc::new(layers::stack(embedded, &topics)))
+}
+
+async fn produce_direct(
+    log: &Arc<dyn Log>,
+    topic: &str,
+    args: &BenchArgs,
+    value: &Bytes,
+) -> Result<Measurement> {
+    measure_producers(args, |batches| {
+        let (log, topic, value, pipeline) =
+            (log.clone(), topic.to_owned(), value.clone(), args.pipeline);
+        async move {
+            pipelined(batches, pipeline, |size| {
+                let records = (0..size)
+                    .map(|_| NewRecord::with_value(value.clone()))
+                    .collect();
+                let (log, topic) = (log.clone(), topic.clone());
+                async move {
+                    let receipt = log.submit(&topic, records).await?;
+                    anyhow::Ok(async move { receipt.await.map(drop).map_err(Into::into) })
+                }
+            })
+            .await
+        }
+    })
+    .await
+}
+
+async fn produce_grpc(
+    channel: &Channel,
+    topic: &str,
+    args: &BenchArgs,
+    value: &Bytes,
+) -> Result<Measurement> {
+    measure_producers(args, |batches| {
+        let (mut client, topic, value) = (
+            StreamsClient::new(channel.clone()),
+            topic.to_owned(),
+            value.clone(),
+        );
+        let window = Arc::new(Semaphore::new(args.pipeline));
+        async move {
+            let (requests, outbound) = mpsc::channel(batches.len().max(1));
+            let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+            let mut responses = client
+                .produce_stream(ReceiverStream::new(outbound))
+                .await?
+                .into_inner();
+            let sender = {
+                let (window, sent_at) = (window.clone(), sent_at.clone());
+                tokio::spawn(async move {
+                    for (request_id, size) in batches.into_iter().enumerate() {
+                        window.acquire().await?.forget();
+                        let records = (0..size)
+                            .map(|_| pb::ProduceRecord {
+                                value: Some(value.clone()),
+                                ..Default::default()
+                            })
+                            .collect();
+                        sent_at
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("poisoned"))?
+                            .insert(request_id as u64, Instant::now());
+                        requests
+                            .send(pb::ProduceRequest {
+                                topic: topic.clone(),
+                                records,
+                                request_id: request_id as u64,
+                            })
+                            .await?;
+                    }
+                    anyhow::Ok(())
+                })
+            };
+            let mut latency = histogram()?;
+            while let Some(response) = responses.next().await {
+                let response = response?;
+                if let Some(error) = response.error {
+                    bail!("produce failed: {}", error.message);
+                }
+                let sent = sent_at
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .remove(&response.request_id);
+                if let Some(sent) = sent {
+                    latency.record(sent.elapsed().as_micros() as u64)?;
+                }
+                window.add_permits(1);
+            }
+            sender.await??;
+            anyhow::Ok(latency)
+        }
+    })
+    .await
+}
+
+async fn subscribe_direct(log: &Arc<dyn Log>, topic: &str, records: usize) -> Result<Measurement> {
+    let started = Instant::now();
+    let mut subscription = log
+        .subscribe(SubscribeOptions {
+            topics: TopicSelector::Names(vec![topic.to_owned()]),
+            group: Some("bench-direct".into()),
+            start: Position::Earliest,
+            max_in_flight: 1000,
+            client: "bench".into(),
+            protocol: "bench",
+        })
+        .await?;
+    let mut seen = 0;
+    while seen < records {
+        match tokio::time::timeout(Duration::from_secs(30), subscription.next_event()).await {
+            Ok(Some(SubscriptionEvent::Records(batch))) => {
+                for record in &batch {
+                    subscription
+                        .control
+                        .ack(&record.topic_partition(), record.offset);
+                }
+                seen += batch.len();
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                bail!("direct subscription stopped after {seen} of {records} records")
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    subscription.close().await?;
+    Ok(Measurement {
+        records,
+        elapsed,
+        latency: None,
+    })
+}
+
+async fn subscribe_grpc(channel: &Channel, topic: &str, records: usize) -> Result<Measurement> {
+    let started = Instant::now();
+    let mut client = StreamsClient::new(channel.clone());
+    let start = pb::SubscribeStart {
+        topics: vec![topic.to_owned()],
+        group: "bench-grpc".into(),
+        start: Some(pb::Position {
+            kind: Some(pb::position::Kind::Earliest(true)),
+        }),
+        max_in_flight: 1000,
+        ..Default::default()
+    };
+    let (requests, mut responses) = crate::client::open_subscription(&mut client, start).await?;
+    let mut seen = 0;
+    while seen < records {
+        let next = tokio::time::timeout(Duration::from_secs(30), responses.next()).await;
+        let Ok(Some(response)) = next else {
+            bail!("gRPC subscription stopped after {seen} of {records} records")
+        };
+        if let Some(ResponseKind::Records(batch)) = response?.kind {
+            seen += batch.records.len();
+            let acks = batch
+                .records
+                .into_iter()
+                .map(|r| pb::PartitionOffset {
+                    topic: r.topic,
+                    partition: r.partition,
+                    offset: r.offset,
+                })
+                .collect();
+            requests
+                .send(pb::SubscribeRequest {
+                    kind: Some(RequestKind::Ack(pb::Ack { records: acks })),
+                })
+                .await?;
+        }
+    }
+    Ok(Measurement {
+        records,
+        elapsed: started.elapsed(),
+        latency: None,
+    })
+}

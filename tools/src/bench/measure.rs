@@ -1,0 +1,101 @@
+//! Timing a workload: records per second, and ack latency in a histogram.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use tokio::task::JoinSet;
+
+use super::args::BenchArgs;
+
+/// One measured side.
+pub(super) struct Measurement {
+    pub(super) records: usize,
+    pub(super) elapsed: Duration,
+    pub(super) latency: Option<Histogram<u64>>,
+}
+
+impl Measurement {
+    pub(super) fn rate(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub(super) fn percentile_ms(&self, quantile: f64) -> String {
+        self.latency.as_ref().map_or_else(
+            || "-".to_owned(),
+            |h| format!("{:.2}", h.value_at_quantile(quantile) as f64 / 1000.0),
+        )
+    }
+}
+
+pub(super) fn histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).context("creating a histogram")
+}
+
+/// Splits `records` into per-stream batch counts.
+pub(super) fn batches_per_stream(args: &BenchArgs) -> Vec<Vec<usize>> {
+    let mut plan = vec![Vec::new(); args.streams];
+    let mut left = args.records;
+    let mut stream = 0;
+    while left > 0 {
+        let size = left.min(args.batch);
+        plan[stream % args.streams].push(size);
+        left -= size;
+        stream += 1;
+    }
+    plan
+}
+
+/// Runs one producer per stream (each given its share of [`batches_per_stream`]) at once; the
+/// measurement spans them all and merges their ack latencies.
+pub(super) async fn measure_producers<Fut>(
+    args: &BenchArgs,
+    mut producer: impl FnMut(Vec<usize>) -> Fut,
+) -> Result<Measurement>
+where
+    Fut: Future<Output = Result<Histogram<u64>>> + Send + 'static,
+{
+    let started = Instant::now();
+    let mut streams = JoinSet::new();
+    for batches in batches_per_stream(args) {
+        streams.spawn(producer(batches));
+    }
+    let mut latency = histogram()?;
+    while let Some(done) = streams.join_next().await {
+        latency.add(done.context("a benchmark stream panicked")??)?;
+    }
+    Ok(Measurement {
+        records: args.records,
+        elapsed: started.elapsed(),
+        latency: Some(latency),
+    })
+}
+
+/// One producer stream that keeps `pipeline` batches in flight: `send(size)` queues a batch and
+/// returns what completes when it is acknowledged. Latency runs from `send` to that completion.
+pub(super) async fn pipelined<Sent, Done>(
+    batches: Vec<usize>,
+    pipeline: usize,
+    mut send: impl FnMut(usize) -> Sent,
+) -> Result<Histogram<u64>>
+where
+    Sent: Future<Output = Result<Done>>,
+    Done: Future<Output = Result<()>> + Send + 'static,
+{
+    let mut latency = histogram()?;
+    let mut pending = JoinSet::new();
+    for size in batches {
+        if pending.len() >= pipeline
+            && let Some(done) = pending.join_next().await
+        {
+            latency.record(done??)?;
+        }
+        let sent = Instant::now();
+        let done = send(size).await?;
+        pending.spawn(async move { done.await.map(|()| sent.elapsed().as_micros() as u64) });
+    }
+    while let Some(done) = pending.join_next().await {
+        latency.record(done??)?;
+    }
+    Ok(latency)
+}
