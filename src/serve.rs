@@ -11,10 +11,7 @@ use std::{io::Write, net::SocketAddr, sync::Arc};
 use anyhow::{Context, Result};
 use courier_gateway::{
     config::BackendConfig,
-    log::{
-        Embedded, Kafka, Log,
-        layers::{self, Validated},
-    },
+    log::{Embedded, Kafka, Log, layers},
     regions::Regions,
 };
 use courier_grpc::GrpcServer;
@@ -87,7 +84,7 @@ async fn open_log(config: &Config) -> Result<OpenedLog> {
             .context("opening the region router (log.kind = \"regions\")")?;
             let names: Vec<&str> = regions.regions.keys().map(String::as_str).collect();
             OpenedLog {
-                log: Arc::new(Validated::new(router.clone(), topics)),
+                log: Arc::new(layers::front(router.clone(), topics)),
                 description: format!("regions:{}", names.join(",")),
                 router: Some(router),
             }

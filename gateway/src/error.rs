@@ -216,6 +216,16 @@ impl Error {
         }
     }
 
+    /// True when the broker does not implement what was asked (librdkafka's mock cluster and some
+    /// Kafka-compatible services cannot describe groups): a feature to do without, not a fault.
+    pub fn is_unsupported_by_broker(&self) -> bool {
+        matches!(
+            self,
+            Self::Kafka { source, .. }
+                if source.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::UnsupportedFeature)
+        )
+    }
+
     /// True when the client's request is at fault and must be changed before retrying.
     pub fn is_client_error(&self) -> bool {
         matches!(

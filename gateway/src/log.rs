@@ -109,6 +109,13 @@ pub trait Log: Send + Sync + fmt::Debug + 'static {
     /// A group's members, committed offsets and lag.
     async fn describe_group(&self, group: &str) -> Result<GroupDescription>;
 
+    /// A group's live members, without offsets: what the group-protocol rule
+    /// ([`layers::GroupProtocols`]) asks on every group subscription, so a backend whose
+    /// [`describe_group`](Log::describe_group) reads offsets and watermarks answers it cheaper.
+    async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
+        Ok(self.describe_group(group).await?.members)
+    }
+
     /// Makes everything acknowledged so far durable and stops background work. Later calls fail with
     /// [`Error::ShuttingDown`](crate::Error::ShuttingDown).
     async fn close(&self) -> Result<()>;
@@ -161,6 +168,9 @@ impl<L: Log + ?Sized> Log for Arc<L> {
     }
     async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
         (**self).describe_group(group).await
+    }
+    async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
+        (**self).group_members(group).await
     }
     async fn close(&self) -> Result<()> {
         (**self).close().await

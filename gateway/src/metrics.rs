@@ -229,7 +229,7 @@ pub fn produced(protocol: Protocol, records: usize, bytes: usize, latency: Durat
 /// counts as records in (acknowledged) or as an error.
 #[derive(Debug)]
 #[must_use = "a produce counts only when finished"]
-pub struct ProduceTimer {
+pub(crate) struct ProduceTimer {
     protocol: Protocol,
     started: std::time::Instant,
     records: usize,
@@ -238,7 +238,7 @@ pub struct ProduceTimer {
 
 impl ProduceTimer {
     /// Starts timing `records` received from a client.
-    pub fn start(protocol: Protocol, records: &[NewRecord]) -> Self {
+    pub(crate) fn start(protocol: Protocol, records: &[NewRecord]) -> Self {
         Self {
             protocol,
             started: std::time::Instant::now(),
@@ -251,7 +251,7 @@ impl ProduceTimer {
     }
 
     /// Counts the log's answer (the receipt's, or the refusal of the submit).
-    pub fn finish<T>(self, outcome: &crate::Result<T>) {
+    pub(crate) fn finish<T>(self, outcome: &crate::Result<T>) {
         match outcome {
             Ok(_) => produced(
                 self.protocol,
@@ -264,7 +264,7 @@ impl ProduceTimer {
     }
 
     /// Counts a refusal, by the log error's kind.
-    pub fn failed(self, error: &Error) {
+    pub(crate) fn failed(self, error: &Error) {
         self::error(self.protocol, error.kind());
     }
 }

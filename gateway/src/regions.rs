@@ -58,9 +58,9 @@ use crate::{
     Error, Result,
     config::{GroupsConfig, RegionMode, RegionsConfig, TopicsConfig},
     log::{
-        AppendReceipt, FetchLimits, Fetched, GroupDescription, Kafka, Log, NewRecord, Position,
-        SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSpec, TopicSummary,
-        layers::TopicPolicy,
+        AppendReceipt, FetchLimits, Fetched, GroupDescription, GroupMember, Kafka, Log, NewRecord,
+        Position, SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSpec,
+        TopicSummary, layers::TopicPolicy,
     },
     sync::lock,
 };
@@ -269,6 +269,10 @@ impl Log for Regions {
 
     async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
         self.read_region().log().describe_group(group).await
+    }
+
+    async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
+        self.read_region().log().group_members(group).await
     }
 
     async fn close(&self) -> Result<()> {

@@ -118,7 +118,7 @@ async fn retention_by_size_and_age() -> TestResult {
         (0..20).map(|i| value(format!("{i:0>200}"))).collect(),
     )
     .await?;
-    log.inner().inner().enforce_retention().await?;
+    log.backend().enforce_retention().await?;
     let partition = TopicPartition::new(sized.as_str(), 0);
     let fetched = log
         .fetch(
@@ -159,7 +159,7 @@ async fn retention_by_size_and_age() -> TestResult {
     log.append(&aged, records).await?;
     log.append(&aged, vec![value("fresh")]).await?;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    log.inner().inner().enforce_retention().await?;
+    log.backend().enforce_retention().await?;
     let aged_partition = TopicPartition::new(aged.as_str(), 0);
     assert_eq!(
         log.resolve(&aged_partition, Position::Earliest).await?,

@@ -26,7 +26,7 @@ use courier_gateway::{
         AppendReceipt, Embedded, FetchLimits, Fetched, GroupDescription, Log, NewRecord, Position,
         SubscribeOptions, Subscription, SubscriptionEvent, TopicDescription, TopicPartition,
         TopicSpec, TopicSummary,
-        layers::{TopicPolicy, Validated},
+        layers::{self, TopicPolicy},
     },
     regions::{RegionHealth, RegionalLog, Regions, RoutingStatus},
 };
@@ -230,7 +230,7 @@ macro_rules! conformance {
             let a = Site::open("a", dir.path()).await?;
             let b = Site::open("b", dir.path()).await?;
             let router = route(&settings(), &a, &b)?;
-            let log: Arc<dyn Log> = Arc::new(Validated::new(router, &TopicsConfig::default()));
+            let log: Arc<dyn Log> = Arc::new(layers::front(router, &TopicsConfig::default()));
             conformance::$name(log.clone()).await?;
             log.close().await?;
             Ok(())

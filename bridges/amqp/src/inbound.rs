@@ -12,7 +12,7 @@ use std::{future::Future, pin::Pin, sync::Arc};
 
 use courier_gateway::{
     log::Log,
-    metrics::{self, ProduceTimer, Protocol},
+    metrics::{self, Protocol},
 };
 use fe2o3_amqp::{
     Receiver,
@@ -105,16 +105,12 @@ async fn append(
             return Box::pin(async move { (info, Err(refusal)) });
         }
     };
-    let timer = ProduceTimer::start(Protocol::Amqp, std::slice::from_ref(&record));
     match log.submit(&destination.topic, vec![record]).await {
         Ok(receipt) => Box::pin(async move {
-            let outcome = receipt.await;
-            timer.finish(&outcome);
-            let result = outcome.map(drop).map_err(|e| Refusal::from(&e));
+            let result = receipt.await.map(drop).map_err(|e| Refusal::from(&e));
             (info, result)
         }),
         Err(error) => {
-            timer.failed(&error);
             let refusal = Refusal::from(&error);
             Box::pin(async move { (info, Err(refusal)) })
         }

@@ -15,7 +15,7 @@ use std::{net::SocketAddr, sync::Arc};
 use courier_gateway::{
     Error as LogError,
     auth::Auth,
-    log::Log,
+    log::{Log, layers::Metered},
     metrics::{self, Protocol},
 };
 use fe2o3_amqp::{
@@ -52,6 +52,9 @@ const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
 #[derive(Debug)]
 struct Shared {
     log: Arc<dyn Log>,
+    /// The log behind what sender links produce, counted as AMQP's messages in. `log` serves the
+    /// rest: reads, topic checks and the gateway's own dead letters.
+    produce: Arc<dyn Log>,
     config: Config,
     sasl: SaslAcceptor,
     /// `None` when anonymous clients are not allowed: then every connection must authenticate.
@@ -85,6 +88,7 @@ impl Server {
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
+                produce: Arc::new(Metered::new(log.clone(), Protocol::Amqp)),
                 log,
                 config,
                 sasl,
@@ -270,13 +274,12 @@ async fn serve_session(
                 continue;
             }
         };
-        let log = shared.log.clone();
         let cancel = drain.child_token();
         match (route, endpoint) {
             (Route::Inbound(destination), LinkEndpoint::Receiver(receiver)) => {
                 tracing::debug!(%peer, link = %name, topic = %destination.topic, "AMQP sender link attached");
                 links.spawn(inbound::run(
-                    log,
+                    shared.produce.clone(),
                     receiver,
                     destination,
                     shared.config.link_credit,
@@ -285,7 +288,7 @@ async fn serve_session(
             }
             (Route::Outbound(plan), LinkEndpoint::Sender(sender)) => {
                 tracing::debug!(%peer, link = %name, topic = %plan.origin.topic, group = ?plan.origin.group, "AMQP receiver link attached");
-                links.spawn(outbound::run(log, sender, plan, cancel));
+                links.spawn(outbound::run(shared.log.clone(), sender, plan, cancel));
             }
             // check_link routes by the attach's role, which is what fe2o3 accepted it as.
             (_, LinkEndpoint::Sender(sender)) => {

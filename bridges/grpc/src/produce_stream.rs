@@ -8,11 +8,7 @@
 
 use std::{pin::Pin, sync::Arc};
 
-use courier_gateway::{
-    Error,
-    log::Log,
-    metrics::{ProduceTimer, Protocol},
-};
+use courier_gateway::{Error, log::Log};
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
@@ -71,20 +67,16 @@ async fn serve(
                 Ok(Some(request)) => {
                     let request_id = request.request_id;
                     let records: Vec<_> = request.records.into_iter().map(record_from_wire).collect();
-                    let timer = ProduceTimer::start(Protocol::Grpc, &records);
                     match log.submit(&request.topic, records).await {
                         Ok(receipt) => {
                             pending.spawn(async move {
-                                let outcome = receipt.await;
-                                timer.finish(&outcome);
-                                match outcome {
+                                match receipt.await {
                                     Ok(appended) => pb::ProduceResponse { request_id, acks: acks_to_wire(appended), error: None },
                                     Err(error) => failed(request_id, error),
                                 }
                             });
                         }
                         Err(error) => {
-                            timer.failed(&error);
                             if responses.send(Ok(failed(request_id, error))).await.is_err() {
                                 return;
                             }

@@ -3,7 +3,12 @@
 
 use std::sync::Arc;
 
-use courier_gateway::{config::GroupsConfig, log::Log, regions::Regions};
+use courier_gateway::{
+    config::GroupsConfig,
+    log::{Log, layers::Metered},
+    metrics::Protocol,
+    regions::Regions,
+};
 use tokio::net::TcpListener;
 use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tokio_util::sync::CancellationToken;
@@ -61,8 +66,9 @@ impl GrpcServer {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let limit = self.config.max_message_bytes;
+        // What clients produce is counted as gRPC's (the metrics layer); Admin produces nothing.
         let streams = StreamsServer::new(StreamsService::new(
-            self.log.clone(),
+            Arc::new(Metered::new(self.log.clone(), Protocol::Grpc)),
             self.groups.clone(),
             drain.clone(),
         ))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use courier_gateway::{
     config::GroupsConfig,
     log::{FetchLimits, Log, TopicPartition},
-    metrics::{self, ProduceTimer, Protocol},
+    metrics::{self, Protocol},
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -42,10 +42,11 @@ impl Streams for StreamsService {
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let request = request.into_inner();
         let records: Vec<_> = request.records.into_iter().map(record_from_wire).collect();
-        let timer = ProduceTimer::start(Protocol::Grpc, &records);
-        let outcome = self.log.append(&request.topic, records).await;
-        timer.finish(&outcome);
-        let appended = outcome.map_err(to_status)?;
+        let appended = self
+            .log
+            .append(&request.topic, records)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::ProduceResponse {
             request_id: request.request_id,
             acks: acks_to_wire(appended),

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use courier_gateway::{
     auth::Auth,
-    log::{Log, TopicSpec},
+    log::{Log, TopicSpec, layers::Metered},
+    metrics::Protocol,
     readers::{
         fanout::{self, Fanout},
         table::Table,
@@ -32,8 +33,11 @@ const PROTOCOL: &str = "mqtt";
 /// Shared state of the MQTT endpoint.
 #[derive(Debug)]
 pub struct Bridge {
-    /// Where messages are stored.
+    /// Where messages and the gateway's own records (sessions, retained messages, QoS 2
+    /// exchanges, wills) are stored, and subscriptions read.
     pub log: Arc<dyn Log>,
+    /// The same log for what clients publish, counted as MQTT's messages in (the metrics layer).
+    pub publish: Arc<dyn Log>,
     /// The `[mqtt]` section.
     pub config: Config,
     /// MQTT topic → Kafka topic.
@@ -129,6 +133,7 @@ impl Bridge {
             ),
             exchanges: ExchangeStore::new(log.clone(), config.qos2_topic.clone(), exchange_table),
             fanout: Fanout::new(log.clone(), Arc::new(MqttTopics), fanout::LAG_LIMIT, cancel),
+            publish: Arc::new(Metered::new(log.clone(), Protocol::Mqtt)),
             log,
             routes,
             auth,

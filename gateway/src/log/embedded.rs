@@ -251,7 +251,7 @@ impl Log for Embedded {
             options.client.clone(),
             options.protocol,
             options.topics.clone(),
-        )?;
+        );
         let window = Arc::new(AckWindow::new(options.max_in_flight));
         let (control_tx, control) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::unbounded_channel();

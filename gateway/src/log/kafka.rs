@@ -48,8 +48,8 @@ use self::{
     shared::{Shared, blocking},
 };
 use super::{
-    AppendReceipt, Appended, FetchLimits, Fetched, GroupDescription, GroupOffset, Log, NewRecord,
-    PartitionWatermarks, Position, SubscribeOptions, Subscription, TopicDescription,
+    AppendReceipt, Appended, FetchLimits, Fetched, GroupDescription, GroupMember, GroupOffset, Log,
+    NewRecord, PartitionWatermarks, Position, SubscribeOptions, Subscription, TopicDescription,
     TopicPartition, TopicSpec, TopicSummary, partitioner, validate,
 };
 use crate::{
@@ -239,39 +239,6 @@ impl Log for Kafka {
         if let super::TopicSelector::Names(names) = &options.topics {
             for name in names {
                 self.partitions(name).await?;
-            }
-        }
-        if let Some(group) = options.group.clone() {
-            let local = self
-                .shared
-                .local_members
-                .other_protocol(&group, options.protocol);
-            let existing = match local {
-                Some(protocol) => Some(protocol.to_owned()),
-                None => match blocking(&self.shared, move |s| s.group_members(&group)).await {
-                    Ok(members) => members
-                        .into_iter()
-                        .map(|member| member.protocol)
-                        .find(|protocol| protocol != options.protocol),
-                    // A broker that cannot describe groups (librdkafka's mock cluster, some
-                    // Kafka-compatible services) cannot show other gateways' members: only this
-                    // gateway's own subscribers were checked.
-                    Err(Error::Kafka {
-                        source: KafkaError::GroupListFetch(RDKafkaErrorCode::UnsupportedFeature),
-                        ..
-                    }) => {
-                        tracing::warn!(group = ?options.group, "the broker cannot describe groups; the group's protocol is checked among this gateway's subscribers only");
-                        None
-                    }
-                    Err(error) => return Err(error),
-                },
-            };
-            if let Some(existing) = existing {
-                return Err(Error::GroupProtocolConflict {
-                    group: options.group.clone().unwrap_or_default(),
-                    existing,
-                    requested: options.protocol.to_owned(),
-                });
             }
         }
         member::start(self.shared.clone(), options)
@@ -503,6 +470,12 @@ impl Log for Kafka {
             Ok(names)
         })
         .await
+    }
+
+    async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
+        self.shared.check_open()?;
+        let group = group.to_owned();
+        blocking(&self.shared, move |s| s.group_members(&group)).await
     }
 
     async fn describe_group(&self, group: &str) -> Result<GroupDescription> {

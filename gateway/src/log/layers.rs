@@ -7,24 +7,49 @@
 //!   queued. Outermost, so nothing behind it (the region router included) sees a request it would
 //!   refuse, and a record keeps one id however often the router resends it. Authorization and quotas
 //!   will sit next to it: they too decide on the request alone.
+//! - [`GroupProtocols`]: one protocol per consumer group. Behind validation (it trusts the group
+//!   name) and in front of the region router, so one table of this process's subscribers covers
+//!   every region and a subscription keeps its place in it when the router moves it.
 //! - [`TopicPolicy`]: `topics.auto_create`. Next to the storage, and inside the region router (one
 //!   per region), because "does this topic exist" is a question about one cluster: a write resent to
 //!   another region must be able to create the topic there.
 //!
-//! The region router is itself a `Log` between the two: `Validated<Regions>` over
-//! `TopicPolicy<Kafka>` per region.
+//! The region router is itself a `Log` between the two groups: [`front`] over `Regions`, over
+//! `TopicPolicy<Kafka>` per region. Front ends add their own outermost layer, [`Metered`], which
+//! labels what it counts with their protocol.
 
+mod group_protocol;
+mod metered;
 mod topic_policy;
 mod validation;
 
-pub use self::{topic_policy::TopicPolicy, validation::Validated};
+pub use self::{
+    group_protocol::GroupProtocols, metered::Metered, topic_policy::TopicPolicy,
+    validation::Validated,
+};
 use super::Log;
 use crate::config::TopicsConfig;
 
-/// One backend under its layers.
-pub type Stack<L> = Validated<TopicPolicy<L>>;
+/// The layers in front of a log that decides topic existence itself (a backend under its
+/// [`TopicPolicy`], or the region router, which has one per region).
+pub type Front<L> = Validated<GroupProtocols<L>>;
 
-/// The layers over one backend: `Validated<TopicPolicy<L>>`.
+/// One backend under its layers.
+pub type Stack<L> = Front<TopicPolicy<L>>;
+
+/// The front layers over `log`: `Validated<GroupProtocols<L>>`.
+pub fn front<L: Log>(log: L, topics: &TopicsConfig) -> Front<L> {
+    Validated::new(GroupProtocols::new(log), topics)
+}
+
+/// The layers over one backend: `Validated<GroupProtocols<TopicPolicy<L>>>`.
 pub fn stack<L: Log>(backend: L, topics: &TopicsConfig) -> Stack<L> {
-    Validated::new(TopicPolicy::new(backend, topics.auto_create), topics)
+    front(TopicPolicy::new(backend, topics.auto_create), topics)
+}
+
+impl<L> Stack<L> {
+    /// The backend under the layers.
+    pub fn backend(&self) -> &L {
+        self.inner().inner().inner()
+    }
 }

@@ -42,6 +42,7 @@ macro_rules! every_behaviour {
             seek_and_commit,
             patterns_follow_new_topics,
             bad_requests_are_refused,
+            a_group_changes_protocol_only_once_its_members_left,
             records_round_trip,
             delete_topic_removes_everything,
             concurrent_appends_are_all_acknowledged,
@@ -720,6 +721,62 @@ pub async fn bad_requests_are_refused(log: Arc<dyn Log>) -> TestResult {
         "nothing of a refused batch was written"
     );
     Ok(())
+}
+
+/// One protocol holds a consumer group while the group has members; a subscriber of another
+/// protocol is refused until the last of them left (closed or dropped), and may then take the group.
+pub async fn a_group_changes_protocol_only_once_its_members_left(log: Arc<dyn Log>) -> TestResult {
+    let topic = unique_topic("protocols");
+    create(&log, &topic, 2).await?;
+    let group = unique_topic("group");
+    let grpc = || options(&[&topic], Some(&group), Position::Earliest, 10);
+    let mqtt = || SubscribeOptions {
+        protocol: "mqtt",
+        ..grpc()
+    };
+    let first = log.subscribe(grpc()).await?;
+    let second = log.subscribe(grpc()).await?;
+    assert!(matches!(
+        log.subscribe(mqtt()).await,
+        Err(Error::GroupProtocolConflict { .. })
+    ));
+    second.close().await?;
+    assert!(
+        matches!(
+            log.subscribe(mqtt()).await,
+            Err(Error::GroupProtocolConflict { .. })
+        ),
+        "one member is left"
+    );
+    drop(first);
+    let mut taken = subscribe_once_free(&log, mqtt()).await?;
+    log.append(&topic, vec![value("after")]).await?;
+    let records = receive(&mut taken, 1, true).await?;
+    assert_eq!(
+        text(&records[0]),
+        "after",
+        "the new protocol's member reads"
+    );
+    taken.close().await?;
+    subscribe_once_free(&log, grpc()).await?.close().await?;
+    Ok(())
+}
+
+/// Subscribes as soon as the group is free for `options`' protocol: a broker may list a member that
+/// left (a dropped member leaves in the background) for a moment.
+async fn subscribe_once_free(
+    log: &Arc<dyn Log>,
+    options: SubscribeOptions,
+) -> Result<Subscription, Error> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match log.subscribe(options.clone()).await {
+            Err(Error::GroupProtocolConflict { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Headers, keys, null values and producer timestamps come back as written; courier ids are kept.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use courier_gateway::{
     config::{GroupsConfig, RegionsConfig, TopicsConfig},
-    log::{Log, layers::Validated},
+    log::{Log, layers},
     regions::Regions,
 };
 
@@ -62,7 +62,7 @@ pub(super) async fn run(args: &BenchArgs, primary: &str, standby: &str) -> Resul
             through_gateway(log, &format!("bench-plain-{run}-{round}"), args, &value).await
         };
         let routed = async {
-            let log: Arc<dyn Log> = Arc::new(Validated::new(
+            let log: Arc<dyn Log> = Arc::new(layers::front(
                 router(primary, standby, args)?,
                 &TopicsConfig::default(),
             ));

@@ -14,7 +14,7 @@ use std::{
 
 use courier_gateway::{
     log::{AppendReceipt, NewRecord, now_ms},
-    metrics::{self, ProduceTimer, Protocol},
+    metrics::{self, Protocol},
 };
 use futures_util::stream::FuturesOrdered;
 use rumqttd::protocol::{
@@ -144,12 +144,11 @@ impl Inbound {
             }
             _ => None,
         };
-        let timer = ProduceTimer::start(Protocol::Mqtt, std::slice::from_ref(&record));
         // A retained message is stored twice: as a message (subscribers now) and as its topic's retained
         // message (subscribers later). The client's ack waits for both.
         let retained_record = message.retain.then(|| record.clone());
         let receipts = async {
-            let receipt = bridge.log.submit(kafka_topic, vec![record]).await?;
+            let receipt = bridge.publish.submit(kafka_topic, vec![record]).await?;
             let retained = match retained_record {
                 Some(record) => Some(bridge.retained.submit(record).await?),
                 None => None,
@@ -159,7 +158,6 @@ impl Inbound {
         let (receipt, retained) = match receipts.await {
             Ok(receipts) => receipts,
             Err(error) => {
-                timer.failed(&error);
                 if let Some(recorded) = recorded {
                     recorded.refused().await;
                 }
@@ -171,7 +169,6 @@ impl Inbound {
             if let (Ok(()), Some(retained)) = (&outcome, retained) {
                 outcome = retained.await.map(drop);
             }
-            timer.finish(&outcome);
             if let Some(recorded) = recorded {
                 match &outcome {
                     Ok(()) => recorded.stored().await,

@@ -20,10 +20,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::topics::Topics;
-use crate::{
-    Error, Result,
-    log::{GroupMember, TopicPartition, TopicSelector},
-};
+use crate::log::{GroupMember, TopicPartition, TopicSelector};
 
 /// What the coordinator tells a member.
 #[derive(Debug)]
@@ -88,7 +85,7 @@ impl Coordinator {
         client: String,
         protocol: &'static str,
         selector: TopicSelector,
-    ) -> Result<(String, mpsc::UnboundedReceiver<GroupCommand>)> {
+    ) -> (String, mpsc::UnboundedReceiver<GroupCommand>) {
         let (commands, receiver) = mpsc::unbounded_channel();
         let member_id = format!(
             "{protocol}-{:010}",
@@ -97,17 +94,6 @@ impl Coordinator {
         {
             let mut groups = self.lock();
             let entry = groups.entry(group.clone()).or_default();
-            if let Some(existing) = entry
-                .members
-                .values()
-                .find(|member| member.protocol != protocol)
-            {
-                return Err(Error::GroupProtocolConflict {
-                    group: group.name.clone(),
-                    existing: existing.protocol.to_owned(),
-                    requested: protocol.to_owned(),
-                });
-            }
             entry.members.insert(
                 member_id.clone(),
                 Member {
@@ -120,7 +106,7 @@ impl Coordinator {
             );
         }
         self.spawn_rebalance(group.clone());
-        Ok((member_id, receiver))
+        (member_id, receiver)
     }
 
     /// Removes a member (which has committed already) and lets the others take over its partitions.

@@ -32,7 +32,7 @@ use self::{
     state::MemberState,
     task::MemberTask,
 };
-use super::{clients, codec, local::LocalMember, shared::Shared};
+use super::{clients, codec, shared::Shared};
 use crate::{
     Error, Result,
     log::{
@@ -48,7 +48,6 @@ pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Su
     let state = Arc::new(MemberState {
         shared: shared.clone(),
         group: options.group.clone(),
-        protocol: options.protocol,
         start: options.start,
         window: window.clone(),
         revoked: Mutex::new(Vec::new()),
@@ -72,15 +71,9 @@ pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Su
             .subscribe(&names)
             .map_err(Error::kafka("subscribing"))?;
     }
-    shared.local_members.register(
-        &client_id,
-        LocalMember {
-            group: state.group.clone(),
-            protocol: state.protocol,
-            window: Arc::downgrade(&state.window),
-            events: state.events.downgrade(),
-        },
-    );
+    shared
+        .local_members
+        .register(&client_id, Arc::downgrade(&state.window));
     let (commands_tx, commands) = mpsc::unbounded_channel();
     let task = MemberTask {
         state,

@@ -14,9 +14,9 @@ use async_trait::async_trait;
 use crate::{
     Error, Result,
     log::{
-        AppendReceipt, FetchLimits, Fetched, GroupDescription, Log, NewRecord, Position,
-        SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSelector, TopicSpec,
-        TopicSummary,
+        AppendReceipt, FetchLimits, Fetched, GroupDescription, GroupMember, Log, NewRecord,
+        Position, SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSelector,
+        TopicSpec, TopicSummary,
     },
     regions::RegionalLog,
 };
@@ -182,6 +182,10 @@ impl<L: Log> Log for TopicPolicy<L> {
 
     async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
         self.inner.describe_group(group).await
+    }
+
+    async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
+        self.inner.group_members(group).await
     }
 
     async fn close(&self) -> Result<()> {

@@ -7,9 +7,9 @@ use crate::{
     Result,
     config::TopicsConfig,
     log::{
-        AppendReceipt, FetchLimits, Fetched, GroupDescription, Log, NewRecord, Position,
-        SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSpec, TopicSummary,
-        validate,
+        AppendReceipt, FetchLimits, Fetched, GroupDescription, GroupMember, Log, NewRecord,
+        Position, SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSpec,
+        TopicSummary, validate,
     },
 };
 
@@ -96,6 +96,10 @@ impl<L: Log> Log for Validated<L> {
 
     async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
         self.inner.describe_group(group).await
+    }
+
+    async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
+        self.inner.group_members(group).await
     }
 
     async fn close(&self) -> Result<()> {

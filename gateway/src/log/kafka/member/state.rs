@@ -13,7 +13,6 @@ use crate::{
 pub(super) struct MemberState {
     pub(super) shared: Arc<Shared>,
     pub(super) group: Option<String>,
-    pub(super) protocol: &'static str,
     pub(super) start: Position,
     pub(super) window: Arc<AckWindow>,
     /// Partitions revoked inside a poll, for the task to purge from its buffer.
