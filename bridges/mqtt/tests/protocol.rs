@@ -781,9 +781,9 @@ async fn publishes_beyond_the_receive_maximum_wait_their_turn() -> TestResult {
 async fn a_persistent_subscription_starts_durably_before_its_suback() -> TestResult {
     let mut joins = None;
     let endpoint = Endpoint::start_over(Config::default(), |log| {
-        let slow = Arc::new(SlowJoins::new(log));
-        joins = Some(slow.clone());
-        slow
+        let (slow, wrapped) = SlowJoins::over(log);
+        joins = Some(slow);
+        wrapped
     })
     .await?;
     let joins = joins.ok_or("the log was not wrapped")?;

@@ -1,5 +1,7 @@
 //! Behaviour every backend shares, as [`Log`] decorators composed once at start-up ([`stack`]), so
 //! backends implement storage semantics only and a bad request fails the same way on each of them.
+//! Each is a [`Layer`] (what it changes of the calls through it) put in front of a log by
+//! [`Layered`], which passes every other call through.
 //!
 //! From the front end inwards:
 //! - [`Validated`]: checks requests (topic and group names, record sizes, reserved headers, the
@@ -19,13 +21,17 @@
 //! labels what it counts with their protocol.
 
 mod group_protocol;
+mod layer;
 mod metered;
 mod topic_policy;
 mod validation;
 
 pub use self::{
-    group_protocol::GroupProtocols, metered::Metered, topic_policy::TopicPolicy,
-    validation::Validated,
+    group_protocol::{GroupProtocols, GroupRule},
+    layer::{Layer, Layered},
+    metered::{Metered, Metering},
+    topic_policy::{TopicPolicy, TopicRule},
+    validation::{Validated, Validation},
 };
 use super::Log;
 use crate::config::TopicsConfig;

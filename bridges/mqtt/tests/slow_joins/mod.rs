@@ -9,27 +9,30 @@ use async_trait::async_trait;
 use courier_gateway::{
     Result,
     log::{
-        AckOutcome, AppendReceipt, FetchLimits, Fetched, GroupDescription, Log, NewRecord,
-        Position, SubscribeOptions, Subscription, SubscriptionControl, TopicDescription,
-        TopicPartition, TopicSpec, TopicSummary,
+        AckOutcome, Log, Position, SubscribeOptions, Subscription, SubscriptionControl,
+        TopicPartition,
+        layers::{Layer, Layered},
     },
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Holds group joins back while [`SlowJoins::hold`] is on.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct SlowJoins {
-    inner: Arc<dyn Log>,
-    held: watch::Sender<bool>,
+    /// The log under the layer, for the joins made after the subscribe call returned.
+    log: Arc<dyn Log>,
+    held: Arc<watch::Sender<bool>>,
 }
 
 impl SlowJoins {
-    pub(crate) fn new(inner: Arc<dyn Log>) -> Self {
-        Self {
-            inner,
-            held: watch::Sender::new(false),
-        }
+    /// `log` with its group joins held back when asked, and the switch that holds them.
+    pub(crate) fn over(log: Arc<dyn Log>) -> (Self, Arc<dyn Log>) {
+        let slow = Self {
+            log: log.clone(),
+            held: Arc::new(watch::Sender::new(false)),
+        };
+        (slow.clone(), Arc::new(Layered::over(slow, log)))
     }
 
     /// Group members subscribed from now on wait to join until [`SlowJoins::release`].
@@ -92,23 +95,20 @@ impl SubscriptionControl for LateControl {
 }
 
 #[async_trait]
-impl Log for SlowJoins {
-    async fn submit(&self, topic: &str, records: Vec<NewRecord>) -> Result<AppendReceipt> {
-        self.inner.submit(topic, records).await
-    }
-    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
+impl Layer for SlowJoins {
+    async fn subscribe(&self, inner: &dyn Log, options: SubscribeOptions) -> Result<Subscription> {
         if options.group.is_none() {
-            return self.inner.subscribe(options).await;
+            return inner.subscribe(options).await;
         }
         let (events_tx, events) = mpsc::unbounded_channel();
         let control = Arc::new(LateControl::default());
-        let (inner, late, mut held) = (self.inner.clone(), control.clone(), self.held.subscribe());
+        let (log, late, mut held) = (self.log.clone(), control.clone(), self.held.subscribe());
         tokio::spawn(async move {
             tokio::select! {
                 _ = held.wait_for(|held| !*held) => {}
                 () = late.left.cancelled() => return,
             }
-            let Ok(mut subscription) = inner.subscribe(options).await else {
+            let Ok(mut subscription) = log.subscribe(options).await else {
                 return;
             };
             *late.joined.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -131,43 +131,5 @@ impl Log for SlowJoins {
             let _ = subscription.control.close().await;
         });
         Ok(Subscription { events, control })
-    }
-    async fn fetch(
-        &self,
-        partition: &TopicPartition,
-        offset: i64,
-        limits: FetchLimits,
-    ) -> Result<Fetched> {
-        self.inner.fetch(partition, offset, limits).await
-    }
-    async fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
-        self.inner.resolve(partition, position).await
-    }
-    async fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
-        self.inner.commit(group, offsets).await
-    }
-    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
-        self.inner.create_topic(spec).await
-    }
-    async fn delete_topic(&self, topic: &str) -> Result<()> {
-        self.inner.delete_topic(topic).await
-    }
-    async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
-        self.inner.list_topics().await
-    }
-    async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
-        self.inner.describe_topic(topic).await
-    }
-    async fn open_topic(&self, topic: &str) -> Result<TopicDescription> {
-        self.inner.open_topic(topic).await
-    }
-    async fn list_groups(&self) -> Result<Vec<String>> {
-        self.inner.list_groups().await
-    }
-    async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
-        self.inner.describe_group(group).await
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
     }
 }

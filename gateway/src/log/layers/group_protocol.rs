@@ -18,34 +18,28 @@ use std::{
 
 use async_trait::async_trait;
 
+use super::{Layer, Layered};
 use crate::{
     Error, Result,
     log::{
-        AckOutcome, AppendReceipt, FetchLimits, Fetched, GroupDescription, GroupMember, Log,
-        NewRecord, Position, SubscribeOptions, Subscription, SubscriptionControl, TopicDescription,
-        TopicPartition, TopicSpec, TopicSummary,
+        AckOutcome, Log, Position, SubscribeOptions, Subscription, SubscriptionControl,
+        TopicPartition,
     },
 };
 
 /// Refuses a group subscriber whose protocol differs from the group's members'.
-#[derive(Debug, Clone)]
-pub struct GroupProtocols<L> {
-    inner: L,
+#[derive(Debug, Clone, Default)]
+pub struct GroupRule {
     local: Arc<LocalGroups>,
 }
+
+/// A log under the group-protocol rule.
+pub type GroupProtocols<L> = Layered<GroupRule, L>;
 
 impl<L> GroupProtocols<L> {
     /// `inner` under the rule.
     pub fn new(inner: L) -> Self {
-        Self {
-            inner,
-            local: Arc::default(),
-        }
-    }
-
-    /// The log under the rule.
-    pub fn inner(&self) -> &L {
-        &self.inner
+        Layered::over(GroupRule::default(), inner)
     }
 }
 
@@ -152,21 +146,17 @@ impl SubscriptionControl for Claimed {
 }
 
 #[async_trait]
-impl<L: Log> Log for GroupProtocols<L> {
-    async fn submit(&self, topic: &str, records: Vec<NewRecord>) -> Result<AppendReceipt> {
-        self.inner.submit(topic, records).await
-    }
-
-    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
+impl Layer for GroupRule {
+    async fn subscribe(&self, inner: &dyn Log, options: SubscribeOptions) -> Result<Subscription> {
         let Some(group) = options.group.clone() else {
-            return self.inner.subscribe(options).await;
+            return inner.subscribe(options).await;
         };
         let requested = options.protocol;
         let claim = self
             .local
             .claim(&group, requested)
             .map_err(|existing| conflict(&group, existing, requested))?;
-        match self.inner.group_members(&group).await {
+        match inner.group_members(&group).await {
             Ok(members) => {
                 if let Some(other) = members.iter().find(|member| member.protocol != requested) {
                     return Err(conflict(&group, &other.protocol, requested));
@@ -179,7 +169,7 @@ impl<L: Log> Log for GroupProtocols<L> {
             }
             Err(error) => return Err(error),
         }
-        let subscription = self.inner.subscribe(options).await?;
+        let subscription = inner.subscribe(options).await?;
         Ok(Subscription {
             events: subscription.events,
             control: Arc::new(Claimed {
@@ -187,59 +177,6 @@ impl<L: Log> Log for GroupProtocols<L> {
                 claim: Mutex::new(Some(claim)),
             }),
         })
-    }
-
-    async fn fetch(
-        &self,
-        partition: &TopicPartition,
-        offset: i64,
-        limits: FetchLimits,
-    ) -> Result<Fetched> {
-        self.inner.fetch(partition, offset, limits).await
-    }
-
-    async fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
-        self.inner.resolve(partition, position).await
-    }
-
-    async fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
-        self.inner.commit(group, offsets).await
-    }
-
-    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
-        self.inner.create_topic(spec).await
-    }
-
-    async fn delete_topic(&self, topic: &str) -> Result<()> {
-        self.inner.delete_topic(topic).await
-    }
-
-    async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
-        self.inner.list_topics().await
-    }
-
-    async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
-        self.inner.describe_topic(topic).await
-    }
-
-    async fn open_topic(&self, topic: &str) -> Result<TopicDescription> {
-        self.inner.open_topic(topic).await
-    }
-
-    async fn list_groups(&self) -> Result<Vec<String>> {
-        self.inner.list_groups().await
-    }
-
-    async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
-        self.inner.describe_group(group).await
-    }
-
-    async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
-        self.inner.group_members(group).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
     }
 }
 

@@ -13,35 +13,39 @@
 
 use async_trait::async_trait;
 
+use super::{Layer, Layered};
 use crate::{
     Result,
-    log::{
-        AppendReceipt, FetchLimits, Fetched, GroupDescription, GroupMember, Log, NewRecord,
-        Position, SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSpec,
-        TopicSummary,
-    },
+    log::{AppendReceipt, Log, NewRecord},
     metrics::{ProduceTimer, Protocol},
 };
 
-/// Counts produces through `inner` as `protocol`'s.
+/// Counts produces through the log under it as `protocol`'s.
 #[derive(Debug, Clone)]
-pub struct Metered<L> {
-    inner: L,
+pub struct Metering {
     protocol: Protocol,
 }
+
+/// A log whose produces are counted as one protocol's clients'.
+pub type Metered<L> = Layered<Metering, L>;
 
 impl<L> Metered<L> {
     /// `inner`, with what goes through it counted as `protocol`'s clients'.
     pub fn new(inner: L, protocol: Protocol) -> Self {
-        Self { inner, protocol }
+        Layered::over(Metering { protocol }, inner)
     }
 }
 
 #[async_trait]
-impl<L: Log> Log for Metered<L> {
-    async fn submit(&self, topic: &str, records: Vec<NewRecord>) -> Result<AppendReceipt> {
+impl Layer for Metering {
+    async fn submit(
+        &self,
+        inner: &dyn Log,
+        topic: &str,
+        records: Vec<NewRecord>,
+    ) -> Result<AppendReceipt> {
         let timer = ProduceTimer::start(self.protocol, &records);
-        match self.inner.submit(topic, records).await {
+        match inner.submit(topic, records).await {
             Ok(receipt) => Ok(Box::pin(async move {
                 let outcome = receipt.await;
                 timer.finish(&outcome);
@@ -52,62 +56,5 @@ impl<L: Log> Log for Metered<L> {
                 Err(error)
             }
         }
-    }
-
-    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
-        self.inner.subscribe(options).await
-    }
-
-    async fn fetch(
-        &self,
-        partition: &TopicPartition,
-        offset: i64,
-        limits: FetchLimits,
-    ) -> Result<Fetched> {
-        self.inner.fetch(partition, offset, limits).await
-    }
-
-    async fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
-        self.inner.resolve(partition, position).await
-    }
-
-    async fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
-        self.inner.commit(group, offsets).await
-    }
-
-    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
-        self.inner.create_topic(spec).await
-    }
-
-    async fn delete_topic(&self, topic: &str) -> Result<()> {
-        self.inner.delete_topic(topic).await
-    }
-
-    async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
-        self.inner.list_topics().await
-    }
-
-    async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
-        self.inner.describe_topic(topic).await
-    }
-
-    async fn open_topic(&self, topic: &str) -> Result<TopicDescription> {
-        self.inner.open_topic(topic).await
-    }
-
-    async fn list_groups(&self) -> Result<Vec<String>> {
-        self.inner.list_groups().await
-    }
-
-    async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
-        self.inner.describe_group(group).await
-    }
-
-    async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
-        self.inner.group_members(group).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
     }
 }

@@ -11,40 +11,42 @@ use std::{
 
 use async_trait::async_trait;
 
+use super::{Layer, Layered};
 use crate::{
     Error, Result,
     log::{
-        AppendReceipt, FetchLimits, Fetched, GroupDescription, GroupMember, Log, NewRecord,
-        Position, SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSelector,
-        TopicSpec, TopicSummary,
+        AppendReceipt, Log, NewRecord, SubscribeOptions, Subscription, TopicDescription,
+        TopicSelector, TopicSpec,
     },
     regions::RegionalLog,
 };
 
 /// Creates missing topics on first use when `auto_create` is on.
 #[derive(Debug, Clone)]
-pub struct TopicPolicy<L> {
-    inner: L,
+pub struct TopicRule {
     auto_create: bool,
-    /// Topics a produce went to: their records go to `inner` without a copy kept for a retry.
+    /// Topics a produce went to: their records go to the log without a copy kept for a retry.
     /// Only ever a cache: a topic deleted by someone else fails its next produce with
     /// `UnknownTopic` (as a Kafka producer's would) and leaves the set, so the one after creates it.
     known: Arc<RwLock<HashSet<String>>>,
 }
 
+/// A log under the topic policy.
+pub type TopicPolicy<L> = Layered<TopicRule, L>;
+
 impl<L> TopicPolicy<L> {
     /// `inner` under the policy.
     pub fn new(inner: L, auto_create: bool) -> Self {
+        Layered::over(TopicRule::new(auto_create), inner)
+    }
+}
+
+impl TopicRule {
+    fn new(auto_create: bool) -> Self {
         Self {
-            inner,
             auto_create,
             known: Arc::default(),
         }
-    }
-
-    /// The log under the policy.
-    pub fn inner(&self) -> &L {
-        &self.inner
     }
 
     fn is_known(&self, topic: &str) -> bool {
@@ -62,18 +64,16 @@ impl<L> TopicPolicy<L> {
             set.remove(topic);
         }
     }
-}
 
-impl<L: Log> TopicPolicy<L> {
     /// Creates `topic` with the defaults, or finds it made meanwhile (by another replica or client);
     /// the caller saw it missing. Refused with `UnknownTopic` when the policy is off.
-    async fn create_missing(&self, topic: &str) -> Result<()> {
+    async fn create_missing(&self, inner: &dyn Log, topic: &str) -> Result<()> {
         if !self.auto_create {
             return Err(Error::UnknownTopic {
                 topic: topic.to_owned(),
             });
         }
-        match self.inner.create_topic(TopicSpec::named(topic)).await {
+        match inner.create_topic(TopicSpec::named(topic)).await {
             Ok(_) | Err(Error::TopicExists { .. }) => Ok(()),
             Err(error) => Err(error),
         }
@@ -89,21 +89,26 @@ fn missing<T>(result: &Result<T>) -> Option<&str> {
 }
 
 #[async_trait]
-impl<L: Log> Log for TopicPolicy<L> {
-    async fn submit(&self, topic: &str, records: Vec<NewRecord>) -> Result<AppendReceipt> {
+impl Layer for TopicRule {
+    async fn submit(
+        &self,
+        inner: &dyn Log,
+        topic: &str,
+        records: Vec<NewRecord>,
+    ) -> Result<AppendReceipt> {
         if self.is_known(topic) {
-            let result = self.inner.submit(topic, records).await;
+            let result = inner.submit(topic, records).await;
             if missing(&result).is_some() {
                 self.remember(topic, false);
             }
             return result;
         }
         // First produce to this topic here: keep the records for the retry after creating it.
-        let first = self.inner.submit(topic, records.clone()).await;
+        let first = inner.submit(topic, records.clone()).await;
         let result = match missing(&first) {
             Some(_) => {
-                self.create_missing(topic).await?;
-                self.inner.submit(topic, records).await
+                self.create_missing(inner, topic).await?;
+                inner.submit(topic, records).await
             }
             None => first,
         };
@@ -113,7 +118,7 @@ impl<L: Log> Log for TopicPolicy<L> {
         result
     }
 
-    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
+    async fn subscribe(&self, inner: &dyn Log, options: SubscribeOptions) -> Result<Subscription> {
         // Each named topic can be missing once; patterns match what exists.
         let names = match &options.topics {
             TopicSelector::Names(names) => names.len(),
@@ -121,11 +126,11 @@ impl<L: Log> Log for TopicPolicy<L> {
         };
         let mut created = Vec::new();
         loop {
-            let result = self.inner.subscribe(options.clone()).await;
+            let result = inner.subscribe(options.clone()).await;
             match missing(&result) {
                 Some(topic) if created.len() < names && !created.iter().any(|t| t == topic) => {
                     let topic = topic.to_owned();
-                    self.create_missing(&topic).await?;
+                    self.create_missing(inner, &topic).await?;
                     created.push(topic);
                 }
                 _ => return result,
@@ -133,63 +138,18 @@ impl<L: Log> Log for TopicPolicy<L> {
         }
     }
 
-    async fn fetch(
-        &self,
-        partition: &TopicPartition,
-        offset: i64,
-        limits: FetchLimits,
-    ) -> Result<Fetched> {
-        self.inner.fetch(partition, offset, limits).await
-    }
-
-    async fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
-        self.inner.resolve(partition, position).await
-    }
-
-    async fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
-        self.inner.commit(group, offsets).await
-    }
-
-    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
-        self.inner.create_topic(spec).await
-    }
-
-    async fn delete_topic(&self, topic: &str) -> Result<()> {
+    async fn delete_topic(&self, inner: &dyn Log, topic: &str) -> Result<()> {
         self.remember(topic, false);
-        self.inner.delete_topic(topic).await
+        inner.delete_topic(topic).await
     }
 
-    async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
-        self.inner.list_topics().await
-    }
-
-    async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
-        self.inner.describe_topic(topic).await
-    }
-
-    async fn open_topic(&self, topic: &str) -> Result<TopicDescription> {
-        let described = self.inner.describe_topic(topic).await;
+    async fn open_topic(&self, inner: &dyn Log, topic: &str) -> Result<TopicDescription> {
+        let described = inner.describe_topic(topic).await;
         if missing(&described).is_none() {
             return described;
         }
-        self.create_missing(topic).await?;
-        self.inner.describe_topic(topic).await
-    }
-
-    async fn list_groups(&self) -> Result<Vec<String>> {
-        self.inner.list_groups().await
-    }
-
-    async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
-        self.inner.describe_group(group).await
-    }
-
-    async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
-        self.inner.group_members(group).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
+        self.create_missing(inner, topic).await?;
+        inner.describe_topic(topic).await
     }
 }
 
@@ -197,25 +157,25 @@ impl<L: Log> Log for TopicPolicy<L> {
 #[async_trait]
 impl<L: RegionalLog + Clone> RegionalLog for TopicPolicy<L> {
     async fn probe(&self, canary: &str, timeout: Duration) -> Result<Duration> {
-        self.inner.probe(canary, timeout).await
+        self.inner().probe(canary, timeout).await
     }
 
     fn forget_cached_metadata(&self) {
-        self.known
+        self.layer()
+            .known
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
-        self.inner.forget_cached_metadata();
+        self.inner().forget_cached_metadata();
     }
 
     fn reopen(&self) -> Result<Option<Arc<dyn RegionalLog>>> {
-        let Some(fresh) = self.inner.reopen()? else {
+        let Some(fresh) = self.inner().reopen()? else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(TopicPolicy {
-            inner: fresh,
-            auto_create: self.auto_create,
-            known: Arc::default(),
-        })))
+        Ok(Some(Arc::new(TopicPolicy::new(
+            fresh,
+            self.layer().auto_create,
+        ))))
     }
 }

@@ -1,0 +1,148 @@
+//! What a layer is: a [`Layer`] says what it changes of the calls through it, and [`Layered`] puts it
+//! in front of a log, making the two one [`Log`]. Every call a layer leaves alone goes to the log
+//! under it unchanged, written here once, so a layer holds only its own behaviour and a method the
+//! `Log` gains is passed through by every layer at once (a hand-written forwarder that forgot it would
+//! fall back to the trait's default and skip the backend's own answer).
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::{
+    Result,
+    log::{
+        AppendReceipt, FetchLimits, Fetched, GroupDescription, GroupMember, Log, NewRecord,
+        Position, SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSpec,
+        TopicSummary,
+    },
+};
+
+/// Behaviour in front of a log: each method gets the call and the log under the layer (`inner`),
+/// and by default passes the call on as it is.
+#[async_trait]
+pub trait Layer: Send + Sync + fmt::Debug + 'static {
+    /// See [`Log::submit`].
+    async fn submit(
+        &self,
+        inner: &dyn Log,
+        topic: &str,
+        records: Vec<NewRecord>,
+    ) -> Result<AppendReceipt> {
+        inner.submit(topic, records).await
+    }
+
+    /// See [`Log::subscribe`].
+    async fn subscribe(&self, inner: &dyn Log, options: SubscribeOptions) -> Result<Subscription> {
+        inner.subscribe(options).await
+    }
+
+    /// See [`Log::create_topic`].
+    async fn create_topic(&self, inner: &dyn Log, spec: TopicSpec) -> Result<TopicDescription> {
+        inner.create_topic(spec).await
+    }
+
+    /// See [`Log::delete_topic`].
+    async fn delete_topic(&self, inner: &dyn Log, topic: &str) -> Result<()> {
+        inner.delete_topic(topic).await
+    }
+
+    /// See [`Log::describe_topic`].
+    async fn describe_topic(&self, inner: &dyn Log, topic: &str) -> Result<TopicDescription> {
+        inner.describe_topic(topic).await
+    }
+
+    /// See [`Log::open_topic`].
+    async fn open_topic(&self, inner: &dyn Log, topic: &str) -> Result<TopicDescription> {
+        inner.open_topic(topic).await
+    }
+}
+
+/// A layer in front of a log: one [`Log`].
+#[derive(Debug, Clone)]
+pub struct Layered<Y, L> {
+    layer: Y,
+    inner: L,
+}
+
+impl<Y, L> Layered<Y, L> {
+    /// `layer` in front of `inner`.
+    pub fn over(layer: Y, inner: L) -> Self {
+        Self { layer, inner }
+    }
+
+    /// The log under the layer.
+    pub fn inner(&self) -> &L {
+        &self.inner
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &Y {
+        &self.layer
+    }
+}
+
+/// Calls the layers change go through [`Layer`]; the rest (reads, offsets, groups, closing) no layer
+/// changes today and go straight to the log under it.
+#[async_trait]
+impl<Y: Layer, L: Log> Log for Layered<Y, L> {
+    async fn submit(&self, topic: &str, records: Vec<NewRecord>) -> Result<AppendReceipt> {
+        self.layer.submit(&self.inner, topic, records).await
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
+        self.layer.subscribe(&self.inner, options).await
+    }
+
+    async fn fetch(
+        &self,
+        partition: &TopicPartition,
+        offset: i64,
+        limits: FetchLimits,
+    ) -> Result<Fetched> {
+        self.inner.fetch(partition, offset, limits).await
+    }
+
+    async fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
+        self.inner.resolve(partition, position).await
+    }
+
+    async fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        self.inner.commit(group, offsets).await
+    }
+
+    async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
+        self.layer.create_topic(&self.inner, spec).await
+    }
+
+    async fn delete_topic(&self, topic: &str) -> Result<()> {
+        self.layer.delete_topic(&self.inner, topic).await
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
+        self.inner.list_topics().await
+    }
+
+    async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
+        self.layer.describe_topic(&self.inner, topic).await
+    }
+
+    async fn open_topic(&self, topic: &str) -> Result<TopicDescription> {
+        self.layer.open_topic(&self.inner, topic).await
+    }
+
+    async fn list_groups(&self) -> Result<Vec<String>> {
+        self.inner.list_groups().await
+    }
+
+    async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        self.inner.describe_group(group).await
+    }
+
+    async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
+        self.inner.group_members(group).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
