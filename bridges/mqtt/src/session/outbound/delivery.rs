@@ -1,0 +1,166 @@
+//! Messages waiting for in-flight room, and what each becomes when its turn comes, without I/O: a
+//! record is matched against the client's filters and sent as the subscriptions it matches want
+//! it, or acknowledged to the log at once when none wants it (or the client had it before a
+//! crash). Sending is the caller's.
+
+use std::collections::{HashSet, VecDeque};
+
+use courier_gateway::log::{Record, SubscriptionEvent, now_ms};
+
+use super::{
+    sources::{LogAck, SourceId, Sources},
+    subscriptions::{self, Subscriptions},
+};
+use crate::{
+    mapping::{self, Message},
+    store::exchanges::RecordAt,
+};
+
+/// A message waiting for in-flight room.
+#[derive(Debug)]
+enum Pending {
+    /// A record from a log reader.
+    Record(SourceId, Record),
+    /// A retained message for a new subscription: nothing to acknowledge in the log.
+    Retained(Message, Option<usize>),
+}
+
+/// What the next waiting message becomes. Lives for one step of the caller's send loop: boxing the
+/// large variant would cost an allocation per message delivered, to save stack space only there.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Outgoing {
+    /// A message to send, with its subscription identifiers and the record to acknowledge in the
+    /// log once the client has it (`None` for a retained message).
+    Send {
+        message: Message,
+        identifiers: Vec<usize>,
+        log_ack: Option<LogAck>,
+    },
+    /// A record no one is sent: acknowledged to the log at once.
+    Ack(LogAck),
+    /// A record whose reader was closed meanwhile: nothing to do.
+    Nothing,
+}
+
+/// The messages waiting for in-flight room, oldest first.
+#[derive(Debug, Default)]
+pub(super) struct Queue {
+    pending: VecDeque<Pending>,
+    /// Records a resumed session delivered and saw PUBREC for before a crash, which its groups may
+    /// read again: acknowledged, not delivered again.
+    already_delivered: HashSet<RecordAt>,
+    /// `mqtt.courier_id_property`: deliveries carry their record's `courier-id`.
+    courier_id_property: bool,
+}
+
+impl Queue {
+    /// An empty queue. `already_delivered`: the records a resumed session delivered and saw PUBREC
+    /// for before a crash, acknowledged instead of delivered when its groups read them again.
+    pub(super) fn new(already_delivered: HashSet<RecordAt>, courier_id_property: bool) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            already_delivered,
+            courier_id_property,
+        }
+    }
+
+    /// How many messages wait.
+    pub(super) fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A log reader's event.
+    pub(super) fn on_event(&mut self, source: SourceId, event: SubscriptionEvent) {
+        match event {
+            SubscriptionEvent::Records(records) => self.pending.extend(
+                records
+                    .into_iter()
+                    .map(|record| Pending::Record(source, record)),
+            ),
+            SubscriptionEvent::Revoked(partitions) => {
+                // Their new owner reads them from the last commit; sending them here too would duplicate.
+                self.pending.retain(|pending| match pending {
+                    Pending::Record(id, record) => {
+                        *id != source || !partitions.contains(&record.topic_partition())
+                    }
+                    Pending::Retained(..) => true,
+                });
+            }
+            SubscriptionEvent::Assigned(_) => {}
+        }
+    }
+
+    /// Queues a retained message for a new subscription.
+    pub(super) fn push_retained(&mut self, message: Message, identifier: Option<usize>) {
+        self.pending
+            .push_back(Pending::Retained(message, identifier));
+    }
+
+    /// Drops the records of a reader that is closing.
+    pub(super) fn drop_source(&mut self, id: SourceId) {
+        self.pending
+            .retain(|pending| !matches!(pending, Pending::Record(source, _) if *source == id));
+    }
+
+    /// Takes the oldest waiting message and tells what it becomes for `client_id`; `None` when
+    /// nothing waits.
+    pub(super) fn next(
+        &mut self,
+        subscriptions: &Subscriptions,
+        sources: &Sources,
+        client_id: &str,
+    ) -> Option<Outgoing> {
+        Some(match self.pending.pop_front()? {
+            Pending::Retained(message, identifier) => Outgoing::Send {
+                message,
+                identifiers: identifier.into_iter().collect(),
+                log_ack: None,
+            },
+            Pending::Record(source, record) => {
+                self.record(subscriptions, sources, client_id, source, record)
+            }
+        })
+    }
+
+    /// What a record read through `source` becomes.
+    fn record(
+        &mut self,
+        subscriptions: &Subscriptions,
+        sources: &Sources,
+        client_id: &str,
+        source: SourceId,
+        record: Record,
+    ) -> Outgoing {
+        let Some(key) = sources.key_of(source) else {
+            return Outgoing::Nothing; // its reader was closed
+        };
+        let log_ack = (source, record.topic_partition(), record.offset);
+        if !self.already_delivered.is_empty()
+            && self.already_delivered.remove(&RecordAt {
+                topic: record.topic.to_string(),
+                partition: record.partition,
+                offset: record.offset,
+            })
+        {
+            return Outgoing::Ack(log_ack);
+        }
+        let Some(mut stored) = mapping::from_record(&record, now_ms()) else {
+            return Outgoing::Ack(log_ack);
+        };
+        if self.courier_id_property && !record.courier_id.is_empty() {
+            mapping::add_courier_id(&mut stored.message, &record.courier_id);
+        }
+        let own = stored.publisher.as_deref() == Some(client_id);
+        let matched = subscriptions.matching(key, &stored.message.topic, own);
+        if matched.is_empty() {
+            return Outgoing::Ack(log_ack);
+        }
+        let (message, identifiers) = subscriptions::delivered_to(&matched, stored.message);
+        Outgoing::Send {
+            message,
+            identifiers,
+            log_ack: Some(log_ack),
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The client's subscriptions and what follows from them without I/O: what a filter means (its
+//! shared group, the Kafka topics it reads, the QoS granted), which readers it needs, which
+//! subscriptions a record matches and how it is delivered to them, and how SUBACK answers.
+
+use std::collections::BTreeMap;
+
+use rumqttd::protocol::{Filter, QoS, RetainForwardRule, SubscribeReasonCode};
+
+use crate::{
+    codec::Version,
+    mapping::{self, Message, Routes},
+    store::sessions::StoredSubscription,
+};
+
+/// The log reader a subscription reads through.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum SourceKey {
+    /// The connection's reader of one Kafka topic (non-shared subscriptions).
+    Topic(String),
+    /// A shared subscription's group.
+    Share(String),
+}
+
+/// One subscription, as stored and as understood.
+#[derive(Debug, Clone)]
+pub(super) struct Subscription {
+    /// As the session record keeps it.
+    pub(super) stored: StoredSubscription,
+    /// The filter without `$share/<group>/`.
+    pub(super) filter: String,
+    /// The shared group's name, for `$share/...` filters.
+    pub(super) share_group: Option<String>,
+    /// The QoS granted.
+    pub(super) qos: QoS,
+    /// The Kafka topics the filter reads.
+    pub(super) kafka_topics: Vec<String>,
+}
+
+impl Subscription {
+    /// What a stored subscription means: its filter without `$share/<group>/`, its shared group, the
+    /// Kafka topics it reads and the QoS it is granted; refused if the filter is not valid.
+    pub(super) fn of(
+        routes: &Routes,
+        stored: StoredSubscription,
+    ) -> Result<Self, SubscribeReasonCode> {
+        let (share_group, filter) = match mapping::parse_share(&stored.filter) {
+            Some((group, filter)) if !group.is_empty() && !group.contains(['+', '#']) => {
+                (Some(mapping::share_group(group, filter)), filter.to_owned())
+            }
+            Some(_) => return Err(SubscribeReasonCode::TopicFilterInvalid),
+            None if stored.filter.starts_with("$share/") => {
+                return Err(SubscribeReasonCode::TopicFilterInvalid);
+            }
+            None => (None, stored.filter.clone()),
+        };
+        if !mapping::valid_filter(&filter) {
+            return Err(SubscribeReasonCode::TopicFilterInvalid);
+        }
+        let mut qos = rumqttd::protocol::qos(stored.qos).unwrap_or(QoS::AtMostOnce);
+        if share_group.is_some() {
+            // A shared QoS 2 delivery cut off before PUBREC must be completed with the same client
+            // and go to no other [MQTT-4.8.2-4, 4.8.2-5], but the shared Kafka group hands an
+            // unacknowledged record to another member. QoS 1 allows that, so that is what is
+            // granted (a server may grant less than asked, [MQTT-3.8.4-6]).
+            qos = mapping::min_qos(qos, QoS::AtLeastOnce);
+        }
+        Ok(Self {
+            kafka_topics: routes.topics_for_filter(&filter),
+            stored,
+            filter,
+            share_group,
+            qos,
+        })
+    }
+
+    /// Are the retained messages it matches sent on the SUBSCRIBE that made it? As the client's
+    /// retain handling asks (`existed`: the filter was subscribed to already); never for a shared
+    /// subscription.
+    pub(super) fn sends_retained(&self, rule: RetainForwardRule, existed: bool) -> bool {
+        let asked = match rule {
+            RetainForwardRule::OnEverySubscribe => true,
+            RetainForwardRule::OnNewSubscribe => !existed,
+            RetainForwardRule::Never => false,
+        };
+        asked && self.share_group.is_none()
+    }
+
+    /// A retained message as this subscription gets it: flagged retained, at no more than its QoS.
+    pub(super) fn retained(&self, mut message: Message) -> Message {
+        message.qos = mapping::min_qos(message.qos, self.qos);
+        message.retain = true;
+        message
+    }
+
+    /// The readers it needs: its shared group's, or one per Kafka topic it reads.
+    pub(super) fn source_keys(&self) -> Vec<SourceKey> {
+        match &self.share_group {
+            Some(group) => vec![SourceKey::Share(group.clone())],
+            None => self
+                .kafka_topics
+                .iter()
+                .cloned()
+                .map(SourceKey::Topic)
+                .collect(),
+        }
+    }
+}
+
+/// The client's subscriptions by filter (as the client sent it).
+#[derive(Debug, Default)]
+pub(super) struct Subscriptions(BTreeMap<String, Subscription>);
+
+impl Subscriptions {
+    /// Is there a subscription to `filter`?
+    pub(super) fn contains(&self, filter: &str) -> bool {
+        self.0.contains_key(filter)
+    }
+
+    /// What a SUBSCRIBE asks for `filter`, as stored. A subscription made again keeps the time it
+    /// was first made, where its readers start.
+    pub(super) fn requested(
+        &self,
+        filter: &Filter,
+        identifier: Option<usize>,
+        now_ms: i64,
+    ) -> StoredSubscription {
+        StoredSubscription {
+            filter: filter.path.clone(),
+            qos: filter.qos as u8,
+            no_local: filter.nolocal,
+            retain_as_published: filter.preserve_retain,
+            identifier,
+            since_ms: self
+                .0
+                .get(&filter.path)
+                .map_or(now_ms, |existing| existing.stored.since_ms),
+        }
+    }
+
+    /// Adds a subscription, or replaces the one to the same filter.
+    pub(super) fn insert(&mut self, subscription: Subscription) {
+        self.0
+            .insert(subscription.stored.filter.clone(), subscription);
+    }
+
+    /// Removes a filter; `false` if there was no such subscription.
+    pub(super) fn remove(&mut self, filter: &str) -> bool {
+        self.0.remove(filter).is_some()
+    }
+
+    /// Every reader some subscription needs.
+    pub(super) fn needed_sources(&self) -> Vec<SourceKey> {
+        self.0
+            .values()
+            .flat_map(Subscription::source_keys)
+            .collect()
+    }
+
+    /// The filters of the non-shared subscriptions that read `kafka_topic`: what the gateway's
+    /// shared reader of that topic matches for this connection.
+    pub(super) fn filters_reading(&self, kafka_topic: &str) -> Vec<String> {
+        self.0
+            .values()
+            .filter(|s| s.share_group.is_none() && s.kafka_topics.iter().any(|t| t == kafka_topic))
+            .map(|s| s.filter.clone())
+            .collect()
+    }
+
+    /// The subscriptions as the session record keeps them.
+    pub(super) fn stored(&self) -> Vec<StoredSubscription> {
+        self.0
+            .values()
+            .map(|subscription| subscription.stored.clone())
+            .collect()
+    }
+
+    /// The subscriptions a record read through `source` matches, by its MQTT `topic`; `own` when the
+    /// client published it itself (no-local subscriptions skip it).
+    pub(super) fn matching(
+        &self,
+        source: &SourceKey,
+        topic: &str,
+        own: bool,
+    ) -> Vec<&Subscription> {
+        self.0
+            .values()
+            .filter(|subscription| match source {
+                SourceKey::Share(group) => subscription.share_group.as_ref() == Some(group),
+                SourceKey::Topic(kafka_topic) => {
+                    subscription.share_group.is_none()
+                        && subscription.kafka_topics.contains(kafka_topic)
+                        && !(own && subscription.stored.no_local)
+                }
+            })
+            .filter(|subscription| mapping::matches(&subscription.filter, topic))
+            .collect()
+    }
+}
+
+/// A message as delivered to the subscriptions it matched (at least one): at the highest QoS they
+/// were granted, no higher than it was published with; retained only if one of them keeps the flag
+/// as published; with every subscription identifier.
+pub(super) fn delivered_to(
+    matched: &[&Subscription],
+    mut message: Message,
+) -> (Message, Vec<usize>) {
+    let granted =
+        matched
+            .iter()
+            .map(|subscription| subscription.qos)
+            .fold(
+                QoS::AtMostOnce,
+                |a, b| if (b as u8) > (a as u8) { b } else { a },
+            );
+    let retain_as_published = matched
+        .iter()
+        .any(|subscription| subscription.stored.retain_as_published);
+    let identifiers = matched
+        .iter()
+        .filter_map(|subscription| subscription.stored.identifier)
+        .collect();
+    message.qos = mapping::min_qos(message.qos, granted);
+    message.retain = retain_as_published && message.retain;
+    (message, identifiers)
+}
+
+/// SUBACK's reason codes as the client's version can say them: MQTT 3.1.1 knows only failure.
+pub(super) fn suback_codes(
+    version: Version,
+    codes: Vec<SubscribeReasonCode>,
+) -> Vec<SubscribeReasonCode> {
+    codes
+        .into_iter()
+        .map(|code| match (version, code) {
+            (Version::V4, SubscribeReasonCode::Success(_)) => code,
+            (Version::V4, _) => SubscribeReasonCode::Failure,
+            (Version::V5, _) => code,
+        })
+        .collect()
+}
