@@ -131,6 +131,17 @@ pub enum Error {
     #[error("the log is shutting down; retry against another gateway replica")]
     ShuttingDown,
 
+    /// TLS material did not load: a file missing or unreadable, not PEM, a key that does not match
+    /// its certificate, a CA bundle with no certificate.
+    #[error("TLS: {what}: {source}")]
+    Tls {
+        /// What was being done, naming the file.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The storage engine failed. The operation may be retried once the cause is fixed.
     #[error("storage error while {context}: {source}")]
     Storage {
@@ -200,6 +211,7 @@ impl Error {
             Self::UnknownRegion { .. } => "unknown_region",
             Self::Storage { .. } | Self::Io { .. } | Self::Corrupt { .. } => "storage",
             Self::Kafka { .. } => "kafka",
+            Self::Tls { .. } => "tls",
         }
     }
 

@@ -42,6 +42,13 @@ pub mod names {
     pub const CONSUMER_LAG: &str = "courier_consumer_lag";
     /// Gauge: 1 while the log answers, 0 when it does not, by `region`.
     pub const REGION_UP: &str = "courier_region_up";
+    /// Counter: TLS handshakes refused or failed, by `listener` and `reason` (`unknown_ca`,
+    /// `certificate_expired`, `certificate_revoked`, `certificate_required`, `protocol_version`,
+    /// `not_tls`, `timeout`, ...).
+    pub const TLS_HANDSHAKE_FAILURES: &str = "courier_tls_handshake_failures_total";
+    /// Counter: changes of a listener's TLS files, by `listener` and `outcome` (`loaded`, or
+    /// `failed`: the previous certificates stay in use).
+    pub const TLS_RELOADS: &str = "courier_tls_reloads_total";
     /// Counter: changes of a region's state, by `region`.
     pub const REGION_SWITCHES: &str = "courier_region_switches_total";
     /// Counter: moves of traffic between regions, by `traffic` (writes, reads) and `to` (region).
@@ -135,6 +142,14 @@ pub fn describe() {
     describe_counter!(
         names::ERRORS,
         "Refused requests and faulted connections, by kind"
+    );
+    describe_counter!(
+        names::TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes refused or failed, by listener and reason"
+    );
+    describe_counter!(
+        names::TLS_RELOADS,
+        "Changes of a listener's TLS files, loaded or failed (then the previous certificates stay)"
     );
     describe_histogram!(
         names::PRODUCE_LATENCY,
