@@ -186,8 +186,8 @@ pub(crate) async fn run(config: Config) -> Result<()> {
 /// Every listener, bound before anything serves: a port in use fails the start whole.
 struct Listeners {
     grpc: (TcpListener, SocketAddr),
-    /// The endpoint, its TCP address and its WebSocket address.
-    mqtt: Option<(courier_mqtt::Server, SocketAddr, Option<SocketAddr>)>,
+    /// The endpoint and its addresses by what they serve (`mqtt`, `mqtt-ws`, `mqtts`, `mqtt-wss`).
+    mqtt: Option<(courier_mqtt::Server, Vec<(&'static str, SocketAddr)>)>,
     amqp: Option<(courier_amqp::Server, SocketAddr)>,
     http: Option<(TcpListener, SocketAddr)>,
 }
@@ -204,13 +204,10 @@ impl Listeners {
                         config.mqtt.listen
                     )
                 })?;
-            let address = server
-                .local_addr()
-                .context("reading the MQTT listener's address")?;
-            let websocket = server
-                .websocket_addr()
-                .context("reading the MQTT WebSocket listener's address")?;
-            Some((server, address, websocket))
+            let addresses = server
+                .addresses()
+                .context("reading the MQTT listeners' addresses")?;
+            Some((server, addresses))
         } else {
             None
         };
@@ -243,13 +240,13 @@ impl Listeners {
         })
     }
 
-    /// What the ready line names: `grpc=... mqtt=... mqtt-ws=... amqp=... http=...`.
+    /// What the ready line names: `grpc=... mqtt=... mqtt-ws=... mqtts=... mqtt-wss=... amqp=...
+    /// http=...`.
     fn addresses(&self) -> String {
         let mut addresses = format!("grpc={}", self.grpc.1);
-        if let Some((_, address, websocket)) = &self.mqtt {
-            addresses.push_str(&format!(" mqtt={address}"));
-            if let Some(websocket) = websocket {
-                addresses.push_str(&format!(" mqtt-ws={websocket}"));
+        if let Some((_, bound)) = &self.mqtt {
+            for (name, address) in bound {
+                addresses.push_str(&format!(" {name}={address}"));
             }
         }
         if let Some((_, address)) = &self.amqp {

@@ -5,6 +5,7 @@
 
 pub mod clients;
 pub mod replicator;
+pub mod scrape;
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -47,6 +48,8 @@ pub struct Gateway {
     pub data_dir: PathBuf,
     /// Where its logs go (stderr), to read when a test fails.
     pub log_file: PathBuf,
+    /// Its ready line, naming every bound address (`mqtts=...`, `amqps=...`).
+    pub ready: String,
 }
 
 impl Gateway {
@@ -157,9 +160,21 @@ impl Gateway {
                     http: address("http=")?,
                     data_dir: data_dir.to_owned(),
                     log_file,
+                    ready: line,
                 });
             }
         }
+    }
+
+    /// The address its ready line names `name` (`mqtts`, `mqtt-wss`, `amqps`, `https`, ...).
+    pub fn listener(&self, name: &str) -> Result<SocketAddr, String> {
+        let prefix = format!("{name}=");
+        self.ready
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix(&prefix))
+            .ok_or_else(|| format!("no {name} in {:?}", self.ready))?
+            .parse()
+            .map_err(|e| format!("bad {name} address in {:?}: {e}", self.ready))
     }
 
     /// The gRPC URL.

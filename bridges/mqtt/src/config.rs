@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use courier_gateway::auth::AuthConfig;
+use courier_gateway::{auth::AuthConfig, tls::TlsConfig};
 use serde::{Deserialize, Serialize};
 
 /// The MQTT endpoint's configuration.
@@ -18,6 +18,11 @@ pub struct Config {
     /// Address of the MQTT-over-WebSocket listener (subprotocol `mqtt`); unset serves no WebSocket.
     #[serde(default)]
     pub websocket_listen: Option<SocketAddr>,
+    /// `[mqtt.tls]`: MQTT over TLS, on `tls.listen` (and secure WebSocket on
+    /// `tls.websocket_listen`) beside the plain listeners, or, with neither set, on the plain
+    /// listeners' addresses instead of plain text. Unset: plain text only.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Largest MQTT packet accepted, in bytes (MQTT 5 clients are told in CONNACK).
     #[serde(default = "Config::default_max_packet_size")]
     pub max_packet_size: u32,
@@ -78,6 +83,7 @@ impl Default for Config {
             enabled: Self::default_enabled(),
             listen: Self::default_listen(),
             websocket_listen: None,
+            tls: None,
             max_packet_size: Self::default_max_packet_size(),
             receive_maximum: Self::default_receive_maximum(),
             max_inflight: Self::default_max_inflight(),
@@ -97,6 +103,15 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Checks what the types cannot: the TLS table's own rules. Errors name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(tls) = &self.tls {
+            tls.validate()
+                .map_err(|error| format!("mqtt.tls: {error}"))?;
+        }
+        Ok(())
+    }
+
     fn default_enabled() -> bool {
         true
     }

@@ -1,5 +1,6 @@
-//! Listeners and accept loops: MQTT over TCP and over WebSocket, one task per connection, all stopped
-//! together on drain.
+//! Listeners and accept loops: MQTT over TCP and over WebSocket, each plain or over TLS, one task
+//! per connection (its TLS handshake included, so a slow handshake never holds up the accept loop),
+//! all stopped together on drain.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -10,8 +11,12 @@ use async_tungstenite::tungstenite::{
 use courier_gateway::{
     log::Log,
     metrics::{self, Protocol},
+    tls::{ClientIdentity, TlsAcceptor},
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use ws_stream_tungstenite::WsStream;
 
@@ -26,8 +31,11 @@ use crate::{
 #[derive(Debug)]
 pub struct Server {
     bridge: Arc<Bridge>,
-    tcp: TcpListener,
+    tcp: Option<TcpListener>,
     websocket: Option<TcpListener>,
+    tls_tcp: Option<TcpListener>,
+    tls_websocket: Option<TcpListener>,
+    tls: Option<TlsAcceptor>,
     background: CancellationToken,
 }
 
@@ -38,36 +46,72 @@ enum Transport {
     WebSocket,
 }
 
+async fn bind(address: Option<SocketAddr>) -> Result<Option<TcpListener>> {
+    Ok(match address {
+        Some(address) => Some(TcpListener::bind(address).await?),
+        None => None,
+    })
+}
+
 impl Server {
-    /// Starts the bridge (topics, session and retained views) and binds the listeners.
+    /// Starts the bridge (topics, session and retained views), loads the TLS certificates when
+    /// `[mqtt.tls]` is set, and binds the listeners.
     pub async fn bind(log: Arc<dyn Log>, config: Config) -> Result<Self> {
-        let tcp = TcpListener::bind(config.listen).await?;
-        let websocket = match config.websocket_listen {
-            Some(address) => Some(TcpListener::bind(address).await?),
+        config.validate().map_err(Error::Config)?;
+        let background = CancellationToken::new();
+        let tls = match &config.tls {
+            Some(tls) => Some(TlsAcceptor::start("mqtt", tls, &[], background.clone())?),
             None => None,
         };
-        let background = CancellationToken::new();
+        let plain = bind(Some(config.listen)).await?;
+        let plain_websocket = bind(config.websocket_listen).await?;
+        // With no TLS address of its own, the TLS table turns the plain addresses to TLS.
+        let (tcp, websocket, tls_tcp, tls_websocket) = match &config.tls {
+            Some(settings) if settings.replaces_plain() => (None, None, plain, plain_websocket),
+            Some(settings) => (
+                plain,
+                plain_websocket,
+                bind(settings.listen).await?,
+                bind(settings.websocket_listen).await?,
+            ),
+            None => (plain, plain_websocket, None, None),
+        };
         let bridge = Bridge::start(log, config, background.clone()).await?;
         Ok(Self {
             bridge,
             tcp,
             websocket,
+            tls_tcp,
+            tls_websocket,
+            tls,
             background,
         })
     }
 
-    /// The bound TCP address.
+    /// The address of MQTT over TCP: the plain listener's, or the TLS one's when TLS replaced it.
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.tcp.local_addr()?)
+        let listener = self.tcp.as_ref().or(self.tls_tcp.as_ref());
+        match listener {
+            Some(listener) => Ok(listener.local_addr()?),
+            None => Err(Error::Config("no MQTT TCP listener".into())),
+        }
     }
 
-    /// The bound WebSocket address, if one is configured.
-    pub fn websocket_addr(&self) -> Result<Option<SocketAddr>> {
-        Ok(self
-            .websocket
-            .as_ref()
-            .map(TcpListener::local_addr)
-            .transpose()?)
+    /// The bound addresses by what they serve: `mqtt` (TCP), `mqtt-ws` (WebSocket), `mqtts` (TCP
+    /// over TLS), `mqtt-wss` (WebSocket over TLS).
+    pub fn addresses(&self) -> Result<Vec<(&'static str, SocketAddr)>> {
+        let mut addresses = Vec::new();
+        for (name, listener) in [
+            ("mqtt", &self.tcp),
+            ("mqtt-ws", &self.websocket),
+            ("mqtts", &self.tls_tcp),
+            ("mqtt-wss", &self.tls_websocket),
+        ] {
+            if let Some(listener) = listener {
+                addresses.push((name, listener.local_addr()?));
+            }
+        }
+        Ok(addresses)
     }
 
     /// Accepts connections until `drain` fires, then tells every client the server is shutting down
@@ -75,10 +119,12 @@ impl Server {
     pub async fn serve(self, drain: CancellationToken) -> Result<()> {
         let tracker = TaskTracker::new();
         let result = loop {
-            let (accepted, transport) = tokio::select! {
+            let (accepted, transport, tls) = tokio::select! {
                 () = drain.cancelled() => break Ok(()),
-                accepted = self.tcp.accept() => (accepted, Transport::Tcp),
-                accepted = accept(self.websocket.as_ref()) => (accepted, Transport::WebSocket),
+                accepted = accept(self.tcp.as_ref()) => (accepted, Transport::Tcp, None),
+                accepted = accept(self.websocket.as_ref()) => (accepted, Transport::WebSocket, None),
+                accepted = accept(self.tls_tcp.as_ref()) => (accepted, Transport::Tcp, self.tls.clone()),
+                accepted = accept(self.tls_websocket.as_ref()) => (accepted, Transport::WebSocket, self.tls.clone()),
             };
             match accepted {
                 Ok((stream, peer)) => {
@@ -88,13 +134,20 @@ impl Server {
                     let (bridge, drain) = (self.bridge.clone(), drain.clone());
                     tracker.spawn(async move {
                         let _open = metrics::connection_opened(Protocol::Mqtt);
-                        match transport {
-                            Transport::Tcp => session::run(bridge, stream, peer, drain).await,
+                        match (tls, transport) {
+                            (None, Transport::Tcp) => {
+                                session::run(bridge, stream, peer, None, drain).await;
+                            }
                             // Boxed: a task is as large as its largest state, and the
-                            // WebSocket's (handshake, framing) would make every TCP connection's
-                            // task ~2 KiB larger, 10,000 devices 30 MiB (jemalloc's size classes).
-                            Transport::WebSocket => {
-                                Box::pin(serve_websocket(bridge, stream, peer, drain)).await
+                            // WebSocket's (handshake, framing) or TLS's would make every plain TCP
+                            // connection's task larger, 10,000 devices tens of MiB (jemalloc's
+                            // size classes).
+                            (None, Transport::WebSocket) => {
+                                Box::pin(serve_websocket(bridge, stream, peer, None, drain)).await;
+                            }
+                            (Some(tls), transport) => {
+                                Box::pin(serve_tls(bridge, tls, stream, peer, transport, drain))
+                                    .await;
                             }
                         }
                     });
@@ -107,8 +160,7 @@ impl Server {
                 Err(error) => break Err(Error::Io(error)),
             }
         };
-        drop(self.tcp);
-        drop(self.websocket);
+        drop((self.tcp, self.websocket, self.tls_tcp, self.tls_websocket));
         tracker.close();
         tracker.wait().await;
         self.background.cancel();
@@ -124,12 +176,33 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
     }
 }
 
-/// Completes the WebSocket handshake (answering subprotocol `mqtt` when asked), then serves MQTT over
-/// the WebSocket's binary messages as a byte stream.
-async fn serve_websocket(
+/// Completes the TLS handshake (refusals are logged and counted by the acceptor), then serves MQTT
+/// or MQTT over WebSocket on the TLS stream, with the client certificate's identity, if any.
+async fn serve_tls(
     bridge: Arc<Bridge>,
+    tls: TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
+    transport: Transport,
+    drain: CancellationToken,
+) {
+    let Some((stream, identity)) = tls.accept(stream, peer).await else {
+        return;
+    };
+    let identity = identity.map(Box::new);
+    match transport {
+        Transport::Tcp => session::run(bridge, stream, peer, identity, drain).await,
+        Transport::WebSocket => serve_websocket(bridge, stream, peer, identity, drain).await,
+    }
+}
+
+/// Completes the WebSocket handshake (answering subprotocol `mqtt` when asked), then serves MQTT over
+/// the WebSocket's binary messages as a byte stream.
+async fn serve_websocket<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    bridge: Arc<Bridge>,
+    stream: S,
+    peer: SocketAddr,
+    identity: Option<Box<ClientIdentity>>,
     drain: CancellationToken,
 ) {
     let handshake = tokio::time::timeout(
@@ -138,7 +211,9 @@ async fn serve_websocket(
     )
     .await;
     match handshake {
-        Ok(Ok(websocket)) => session::run(bridge, WsStream::new(websocket), peer, drain).await,
+        Ok(Ok(websocket)) => {
+            session::run(bridge, WsStream::new(websocket), peer, identity, drain).await;
+        }
         Ok(Err(error)) => tracing::info!(%peer, %error, "WebSocket handshake failed"),
         Err(_) => tracing::info!(%peer, "WebSocket handshake timed out"),
     }

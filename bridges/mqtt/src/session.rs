@@ -21,6 +21,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use courier_gateway::{
     log::now_ms,
     metrics::{self, Protocol},
+    tls::ClientIdentity,
 };
 use futures_util::FutureExt;
 use rumqttd::protocol::{Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, PingResp};
@@ -51,21 +52,32 @@ use crate::{
 /// Longest a closing connection waits for its pending appends.
 const FINISH_APPENDS: Duration = Duration::from_secs(5);
 
-/// Serves one client until it leaves, fails, is taken over, or `shutdown` fires.
+/// Serves one client until it leaves, fails, is taken over, or `shutdown` fires. `certificate` is
+/// the identity of the client certificate a TLS handshake verified, kept with the client.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     bridge: Arc<Bridge>,
     stream: S,
     peer: SocketAddr,
+    certificate: Option<Box<ClientIdentity>>,
     shutdown: CancellationToken,
 ) {
-    let span = tracing::info_span!("mqtt.session", %peer, client_id = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "mqtt.session",
+        %peer,
+        client_id = tracing::field::Empty,
+        certificate = tracing::field::Empty,
+    );
+    if let Some(certificate) = &certificate {
+        span.record("certificate", tracing::field::display(certificate));
+    }
     async move {
         let mut connection = Connection::new(stream, bridge.config.max_packet_size as usize);
         // `established` lives only inside the match: a local of this block, it would keep its
         // half KiB in every connection's task for as long as the connection lasts.
         let mut session = match connect::handshake(&bridge, &mut connection).await {
-            Ok(Some(established)) => {
+            Ok(Some(mut established)) => {
                 tracing::Span::current().record("client_id", established.client.client_id.as_str());
+                established.client.certificate = certificate;
                 tracing::debug!(
                     version = ?established.client.version,
                     session_present = established.session_present,

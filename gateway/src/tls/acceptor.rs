@@ -151,11 +151,15 @@ fn reason(error: &TlsError) -> &'static str {
             _ => "bad_certificate",
         },
         TlsError::NoCertificatesPresented => "certificate_required",
+        // A TLS 1.0 or 1.1 ClientHello has no signature algorithms extension (TLS 1.2 added it),
+        // and rustls misses that before it reads the version: such a client offered no version
+        // served here.
         TlsError::PeerIncompatible(
             PeerIncompatible::Tls12NotOffered
             | PeerIncompatible::Tls12NotOfferedOrEnabled
             | PeerIncompatible::Tls13RequiredForQuic
-            | PeerIncompatible::SupportedVersionsExtensionRequired,
+            | PeerIncompatible::SupportedVersionsExtensionRequired
+            | PeerIncompatible::SignatureAlgorithmsExtensionRequired,
         ) => "protocol_version",
         TlsError::PeerIncompatible(_) => "incompatible",
         // Bytes that are no TLS record: a plain-text client on a TLS port.

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use courier_gateway::auth::Verdict;
+use courier_gateway::{auth::Verdict, tls::ClientIdentity};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
     LastWillProperties, Login, Packet, PublishProperties,
@@ -76,6 +76,9 @@ pub(crate) struct Client {
     pub(crate) max_packet_size: Option<u32>,
     /// MQTT 5 Request Problem Information: 0 asks for no reason strings on acknowledgements.
     pub(crate) problem_info: bool,
+    /// The verified TLS client certificate's identity, when the client presented one: what
+    /// authentication can take as its principal.
+    pub(crate) certificate: Option<Box<ClientIdentity>>,
 }
 
 impl Client {
@@ -370,6 +373,8 @@ pub(crate) fn accept(
             .unwrap_or(config.max_inflight),
         max_packet_size: request.properties.max_packet_size,
         problem_info: request.properties.request_problem_info != Some(0),
+        // The TLS layer's, not CONNECT's: the session sets it.
+        certificate: None,
     };
     (connack, client)
 }
@@ -680,6 +685,7 @@ mod tests {
             receive_maximum: 10,
             max_packet_size,
             problem_info,
+            certificate: None,
         }
     }
 
