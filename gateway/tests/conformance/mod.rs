@@ -734,13 +734,20 @@ pub async fn a_group_changes_protocol_only_once_its_members_left(log: Arc<dyn Lo
         protocol: "mqtt",
         ..grpc()
     };
-    let first = log.subscribe(grpc()).await?;
+    // Each member holds partitions before it leaves, as a client's would: a member that leaves in
+    // the middle of its join stalls a tansu group (gateway/tests/kafka.rs), which is not what this
+    // checks.
+    let mut first = log.subscribe(grpc()).await?;
+    wait_for_assignment(&mut first, 2).await?;
     let second = log.subscribe(grpc()).await?;
+    wait_until_balanced(&log, &group, 1).await?;
     assert!(matches!(
         log.subscribe(mqtt()).await,
         Err(Error::GroupProtocolConflict { .. })
     ));
     second.close().await?;
+    // The one left takes both partitions back (its rejoin finished) before it goes too.
+    wait_until_balanced(&log, &group, 2).await?;
     assert!(
         matches!(
             log.subscribe(mqtt()).await,
@@ -750,6 +757,7 @@ pub async fn a_group_changes_protocol_only_once_its_members_left(log: Arc<dyn Lo
     );
     drop(first);
     let mut taken = subscribe_once_free(&log, mqtt()).await?;
+    wait_for_assignment(&mut taken, 2).await?;
     log.append(&topic, vec![value("after")]).await?;
     let records = receive(&mut taken, 1, true).await?;
     assert_eq!(
@@ -758,7 +766,9 @@ pub async fn a_group_changes_protocol_only_once_its_members_left(log: Arc<dyn Lo
         "the new protocol's member reads"
     );
     taken.close().await?;
-    subscribe_once_free(&log, grpc()).await?.close().await?;
+    let mut back = subscribe_once_free(&log, grpc()).await?;
+    wait_for_assignment(&mut back, 2).await?;
+    back.close().await?;
     Ok(())
 }
 
