@@ -188,7 +188,8 @@ struct Listeners {
     grpc: (TcpListener, SocketAddr),
     /// The endpoint and its addresses by what they serve (`mqtt`, `mqtt-ws`, `mqtts`, `mqtt-wss`).
     mqtt: Option<(courier_mqtt::Server, Vec<(&'static str, SocketAddr)>)>,
-    amqp: Option<(courier_amqp::Server, SocketAddr)>,
+    /// The endpoint and its addresses by what they serve (`amqp`, `amqps`).
+    amqp: Option<(courier_amqp::Server, Vec<(&'static str, SocketAddr)>)>,
     http: Option<(TcpListener, SocketAddr)>,
 }
 
@@ -220,10 +221,10 @@ impl Listeners {
                         config.amqp.listen
                     )
                 })?;
-            let address = server
-                .local_addr()
-                .context("reading the AMQP listener's address")?;
-            Some((server, address))
+            let addresses = server
+                .addresses()
+                .context("reading the AMQP listeners' addresses")?;
+            Some((server, addresses))
         } else {
             None
         };
@@ -249,8 +250,10 @@ impl Listeners {
                 addresses.push_str(&format!(" {name}={address}"));
             }
         }
-        if let Some((_, address)) = &self.amqp {
-            addresses.push_str(&format!(" amqp={address}"));
+        if let Some((_, bound)) = &self.amqp {
+            for (name, address) in bound {
+                addresses.push_str(&format!(" {name}={address}"));
+            }
         }
         if let Some((_, address)) = &self.http {
             addresses.push_str(&format!(" http={address}"));

@@ -102,6 +102,11 @@ impl Server {
         Ok(self.listener.local_addr()?)
     }
 
+    /// The bound addresses by what they serve: `amqp` (plain).
+    pub fn addresses(&self) -> Result<Vec<(&'static str, SocketAddr)>> {
+        Ok(vec![("amqp", self.local_addr()?)])
+    }
+
     /// Accepts connections until `drain` fires, then lets every connection finish (see the module
     /// documentation) and returns.
     pub async fn serve(self, drain: CancellationToken) -> Result<()> {
