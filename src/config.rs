@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use courier_gateway::config::{BackendConfig, GroupsConfig, TopicsConfig};
+use courier_gateway::{
+    config::{BackendConfig, GroupsConfig, TopicsConfig},
+    tls::TlsConfig,
+};
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
@@ -181,9 +184,25 @@ pub(crate) struct HttpConfig {
     /// the probes, and never holding them up.
     #[serde(default = "HttpConfig::default_lag_interval", with = "humantime_serde")]
     pub(crate) lag_interval: Duration,
+    /// `[http.tls]`: HTTPS on `tls.listen` beside the plain listener (probes can stay plain), or,
+    /// with no `tls.listen`, on `listen` instead. Unset: plain HTTP only.
+    #[serde(default)]
+    pub(crate) tls: Option<TlsConfig>,
 }
 
 impl HttpConfig {
+    /// Checks what the types cannot: the TLS table's own rules. Errors name the key.
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        if let Some(tls) = &self.tls {
+            if tls.websocket_listen.is_some() {
+                anyhow::bail!("http.tls.websocket_listen: WebSocket is MQTT's only");
+            }
+            tls.validate()
+                .map_err(|error| anyhow::anyhow!("http.tls: {error}"))?;
+        }
+        Ok(())
+    }
+
     fn default_enabled() -> bool {
         true
     }
@@ -208,6 +227,7 @@ impl Default for HttpConfig {
             listen: Self::default_listen(),
             probe_interval: Self::default_probe_interval(),
             lag_interval: Self::default_lag_interval(),
+            tls: None,
         }
     }
 }

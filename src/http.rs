@@ -9,7 +9,7 @@
 
 pub(crate) mod board;
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context, Result};
 use axum::{
@@ -19,9 +19,11 @@ use axum::{
     response::{Html, IntoResponse, Response},
     routing::get,
 };
-use courier_gateway::metrics::names;
+use courier_gateway::{
+    metrics::names,
+    tls::{Connection, Listeners, MaybeTls},
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::board::Board;
@@ -54,10 +56,12 @@ struct Endpoint {
     board: Arc<Board>,
 }
 
-/// Serves the endpoint on `listener` until `stop` is cancelled. It outlives the drain on purpose:
-/// `/readyz` answers 503 and `/metrics` keeps answering while connections close.
+/// Serves the endpoint on `listeners` (plain, TLS, or both) until `stop` is cancelled. It outlives
+/// the drain on purpose: `/readyz` answers 503 and `/metrics` keeps answering while connections
+/// close.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
+    addresses: &[(&'static str, SocketAddr)],
     prometheus: PrometheusHandle,
     board: Arc<Board>,
     stop: CancellationToken,
@@ -69,10 +73,41 @@ pub(crate) async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(Endpoint { prometheus, board });
+    let listener = Accepted {
+        incoming: listeners.incoming(stop.clone()),
+        local: addresses
+            .first()
+            .map(|(_, address)| *address)
+            .context("the HTTP endpoint has no listener")?,
+    };
     axum::serve(listener, router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
         .context("serving HTTP")
+}
+
+/// The connections [`Listeners`] accepted (their TLS handshakes done), as axum takes them.
+struct Accepted {
+    incoming: tokio::sync::mpsc::Receiver<Connection>,
+    /// The first bound address, for axum's logs.
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for Accepted {
+    type Io = MaybeTls;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.incoming.recv().await {
+            Some(connection) => (connection.stream, connection.peer),
+            // Accepting stopped with the endpoint: axum's graceful shutdown ends the serve.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }
 
 async fn status_page() -> Html<&'static str> {

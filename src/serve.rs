@@ -13,12 +13,10 @@ use courier_gateway::{
     config::BackendConfig,
     log::{Embedded, Kafka, Log, layers},
     regions::Regions,
+    tls::Listeners as TlsListeners,
 };
-use courier_grpc::GrpcServer;
-use tokio::{
-    net::TcpListener,
-    signal::unix::{SignalKind, signal},
-};
+use courier_grpc::{GrpcListeners, GrpcServer};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -185,17 +183,28 @@ pub(crate) async fn run(config: Config) -> Result<()> {
 
 /// Every listener, bound before anything serves: a port in use fails the start whole.
 struct Listeners {
-    grpc: (TcpListener, SocketAddr),
+    /// The gRPC listeners and their addresses by what they serve (`grpc`, `grpcs`).
+    grpc: (GrpcListeners, Vec<(&'static str, SocketAddr)>),
     /// The endpoint and its addresses by what they serve (`mqtt`, `mqtt-ws`, `mqtts`, `mqtt-wss`).
     mqtt: Option<(courier_mqtt::Server, Vec<(&'static str, SocketAddr)>)>,
     /// The endpoint and its addresses by what they serve (`amqp`, `amqps`).
     amqp: Option<(courier_amqp::Server, Vec<(&'static str, SocketAddr)>)>,
-    http: Option<(TcpListener, SocketAddr)>,
+    /// The HTTP listeners and their addresses by what they serve (`http`, `https`).
+    http: Option<(TlsListeners, Vec<(&'static str, SocketAddr)>)>,
 }
 
 impl Listeners {
     async fn bind(config: &Config, log: &Arc<dyn Log>) -> Result<Self> {
-        let grpc = bind_tcp(config.grpc.listen, "gRPC", "grpc.listen").await?;
+        let grpc = GrpcListeners::bind(&config.grpc).await.with_context(|| {
+            format!(
+                "starting the gRPC endpoint on {} (grpc.listen)",
+                config.grpc.listen
+            )
+        })?;
+        let grpc_addresses = grpc
+            .addresses()
+            .context("reading the gRPC listeners' addresses")?;
+        let grpc = (grpc, grpc_addresses);
         let mqtt = if config.mqtt.enabled {
             let server = courier_mqtt::Server::bind(log.clone(), config.mqtt.clone())
                 .await
@@ -229,7 +238,28 @@ impl Listeners {
             None
         };
         let http = if config.http.enabled {
-            Some(bind_tcp(config.http.listen, "HTTP", "http.listen").await?)
+            config.http.validate()?;
+            let listeners = TlsListeners::bind(
+                config.http.listen,
+                config.http.tls.as_ref(),
+                "http",
+                &[b"http/1.1"],
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "starting the HTTP endpoint on {} (http.listen)",
+                    config.http.listen
+                )
+            })?;
+            let (plain, tls) = listeners
+                .addresses()
+                .context("reading the HTTP listeners' addresses")?;
+            let addresses = [("http", plain), ("https", tls)]
+                .into_iter()
+                .filter_map(|(name, address)| Some((name, address?)))
+                .collect();
+            Some((listeners, addresses))
         } else {
             None
         };
@@ -244,7 +274,11 @@ impl Listeners {
     /// What the ready line names: `grpc=... mqtt=... mqtt-ws=... mqtts=... mqtt-wss=... amqp=...
     /// http=...`.
     fn addresses(&self) -> String {
-        let mut addresses = format!("grpc={}", self.grpc.1);
+        let mut addresses = String::new();
+        for (name, address) in &self.grpc.1 {
+            addresses.push_str(&format!("{name}={address} "));
+        }
+        let mut addresses = addresses.trim_end().to_owned();
         if let Some((_, bound)) = &self.mqtt {
             for (name, address) in bound {
                 addresses.push_str(&format!(" {name}={address}"));
@@ -255,25 +289,13 @@ impl Listeners {
                 addresses.push_str(&format!(" {name}={address}"));
             }
         }
-        if let Some((_, address)) = &self.http {
-            addresses.push_str(&format!(" http={address}"));
+        if let Some((_, bound)) = &self.http {
+            for (name, address) in bound {
+                addresses.push_str(&format!(" {name}={address}"));
+            }
         }
         addresses
     }
-}
-
-async fn bind_tcp(
-    address: SocketAddr,
-    name: &str,
-    setting: &str,
-) -> Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(address)
-        .await
-        .with_context(|| format!("binding the {name} listener on {address} ({setting})"))?;
-    let bound = listener
-        .local_addr()
-        .with_context(|| format!("reading the {name} listener's address"))?;
-    Ok((listener, bound))
 }
 
 /// The HTTP endpoint and the probes behind it. They outlive the drain, so readiness says "draining"
@@ -290,7 +312,7 @@ impl Operations {
         board: &Arc<Board>,
         log: &Arc<dyn Log>,
         prometheus: metrics_exporter_prometheus::PrometheusHandle,
-        listener: Option<(TcpListener, SocketAddr)>,
+        listener: Option<(TlsListeners, Vec<(&'static str, SocketAddr)>)>,
         root: &CancellationToken,
     ) -> Self {
         let stop = CancellationToken::new();
@@ -302,10 +324,12 @@ impl Operations {
             config.http.lag_interval,
             stop.clone(),
         ));
-        let http = listener.map(|(listener, _)| {
+        let http = listener.map(|(listeners, addresses)| {
             let (board, stop, root) = (board.clone(), stop.clone(), root.clone());
             tokio::spawn(async move {
-                if let Err(error) = http::serve(listener, prometheus, board, stop).await {
+                if let Err(error) =
+                    http::serve(listeners, &addresses, prometheus, board, stop).await
+                {
                     tracing::error!(
                         error = format!("{error:#}"),
                         "HTTP endpoint failed; stopping the gateway"

@@ -520,3 +520,92 @@ async fn certificates_rotate_under_live_connections() -> TestResult {
     assert!(gateway.terminate()?.success());
     Ok(())
 }
+
+/// gRPC and HTTP over TLS beside their plain listeners: grpcio with `ssl_channel_credentials`,
+/// without and with a client certificate (optional mode); `openssl s_client` negotiating ALPN `h2`;
+/// plain HTTP/2 on the gRPC TLS port refused; the status endpoint over HTTPS while the probes stay
+/// on plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_and_http_over_tls() -> TestResult {
+    let mut pki = Pki::new()?;
+    let app = pki.pki.client("app", "app-1", Validity::Now)?;
+    let (cert, key, ca) = (
+        display(&pki.server.cert),
+        display(&pki.server.key),
+        display(pki.pki.ca()),
+    );
+    let config = format!(
+        "[grpc.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\nclient_auth = \"optional\"\n\
+         [http.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"{key}\"\n"
+    );
+    let work = tempfile::tempdir()?;
+    let gateway = Gateway::start_with_config(
+        &work.path().join("gateway"),
+        &config,
+        &[("COURIER_LOG__DATA_DIR", &display(&work.path().join("data")))],
+    )?;
+    let grpcs = gateway.listener("grpcs")?;
+    let https = gateway.listener("https")?;
+    let proto = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("proto")
+        .display()
+        .to_string();
+    let target = format!("localhost:{}", grpcs.port());
+    tokio::task::block_in_place(|| -> TestResult {
+        let anonymous = run_python("tls_clients.py", &["grpc", &target, &ca, &proto], &gateway)?;
+        assert!(anonymous.contains("produced and fetched"), "{anonymous}");
+        let mutual = run_python(
+            "tls_clients.py",
+            &[
+                "grpc",
+                &target,
+                &ca,
+                &proto,
+                &display(&app.cert),
+                &display(&app.key),
+            ],
+            &gateway,
+        )?;
+        assert!(mutual.contains("produced and fetched"), "{mutual}");
+        let page = run_python(
+            "tls_clients.py",
+            &[
+                "https-get",
+                &format!("https://localhost:{}/healthz", https.port()),
+                &ca,
+            ],
+            &gateway,
+        )?;
+        assert!(page.starts_with("200 ok"), "{page}");
+        Ok(())
+    })?;
+    let (connected, text) = s_client(grpcs.port(), &["-alpn", "h2", "-CAfile", &ca])?;
+    assert!(
+        connected && text.contains("ALPN protocol: h2"),
+        "no h2 over TLS:\n{text}"
+    );
+    // Plain HTTP/2 (h2c) on the TLS port: its connection preface is no TLS record.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut plain = tokio::net::TcpStream::connect(grpcs).await?;
+        plain.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, plain.read_to_end(&mut answer)).await;
+    }
+    await_series(
+        gateway.http,
+        &[(
+            "courier_tls_handshake_failures_total{listener=\"grpc\",reason=\"not_tls\"}",
+            1.0,
+        )],
+    )
+    .await?;
+    let (status, body) = tokio::task::block_in_place(|| get(gateway.http, "/readyz"))?;
+    assert_eq!(
+        (status, body.trim()),
+        (200, "ready"),
+        "the probes stay on plain HTTP"
+    );
+    assert!(gateway.terminate()?.success());
+    Ok(())
+}

@@ -131,6 +131,16 @@ pub enum Error {
     #[error("the log is shutting down; retry against another gateway replica")]
     ShuttingDown,
 
+    /// A listener could not be bound (the address is in use, or not this host's).
+    #[error("binding {address}: {source}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+
     /// TLS material did not load: a file missing or unreadable, not PEM, a key that does not match
     /// its certificate, a CA bundle with no certificate.
     #[error("TLS: {what}: {source}")]
@@ -212,6 +222,7 @@ impl Error {
             Self::Storage { .. } | Self::Io { .. } | Self::Corrupt { .. } => "storage",
             Self::Kafka { .. } => "kafka",
             Self::Tls { .. } => "tls",
+            Self::Bind { .. } => "bind",
         }
     }
 

@@ -7,7 +7,9 @@
 //! - [`config`]: the `tls` table (files, client certificate mode, versions, SNI certificates);
 //! - `material`: the files to a rustls server config;
 //! - `acceptor`: the reloading acceptor and the handshake, its refusals logged and counted;
-//! - `identity`: a client certificate's names and fingerprint.
+//! - `identity`: a client certificate's names and fingerprint;
+//! - `listeners`: a plain and a TLS listener accepted as one, for request/response endpoints
+//!   (gRPC, HTTP).
 //!
 //! The crypto provider is *ring*: it builds with the C compiler alone, where aws-lc-rs compiles a
 //! large C library (slow on every clean build, and it wants more tools on some platforms).
@@ -16,11 +18,13 @@
 mod acceptor;
 pub mod config;
 mod identity;
+mod listeners;
 mod material;
 
 pub use self::{
     acceptor::{Accepted, Refusal, TlsAcceptor},
     config::{ClientAuth, SniCertificate, TlsConfig, TlsVersion},
     identity::ClientIdentity,
+    listeners::{Connection, Listeners, MaybeTls},
 };
 pub use tokio_rustls::server::TlsStream;

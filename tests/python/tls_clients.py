@@ -9,6 +9,11 @@ Commands (each exits non-zero with a message when what it checks does not hold):
       prints each acknowledged payload on its own line, then "disconnects=N".
   peer-names HOST PORT CA
       a fresh TLS connection (Python's ssl): prints the DNS names of the certificate served.
+  https-get URL CA
+      an HTTPS GET with Python's urllib: prints the status and the body.
+  grpc TARGET CA PROTO [CERT KEY]
+      grpcio with ssl_channel_credentials (stubs generated from PROTO): produces three records in
+      one request and fetches them back.
 """
 
 import ssl
@@ -102,6 +107,42 @@ def peer_names(host, port, ca):
             print(" ".join(names))
 
 
+def grpc_over_tls(target, ca, proto, cert=None, key=None):
+    import tempfile
+
+    import grpc
+
+    from grpc_client_test import generate
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        pb = generate(proto, out_dir)
+        read = lambda path: open(path, "rb").read() if path else None
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert)
+        )
+        with grpc.secure_channel(target, credentials) as channel:
+            grpc.channel_ready_future(channel).result(timeout=DEADLINE)
+            streams = pb["streams_pb2_grpc"].StreamsStub(channel)
+            topic = f"grpc-tls-{uuid.uuid4().hex[:8]}"
+            records = [pb["streams_pb2"].ProduceRecord(value=f"g{i}".encode(), partition=0) for i in range(3)]
+            answer = streams.Produce(pb["streams_pb2"].ProduceRequest(topic=topic, records=records), timeout=DEADLINE)
+            if len(answer.acks) != 3:
+                raise SystemExit(f"acks: {answer}")
+            fetched = streams.Fetch(pb["streams_pb2"].FetchRequest(topic=topic, partition=0, offset=0), timeout=DEADLINE)
+            values = [record.value.decode() for record in fetched.records]
+            if values != ["g0", "g1", "g2"]:
+                raise SystemExit(f"fetched {values}")
+            print(f"grpc over TLS: produced and fetched {values}")
+
+
+def https_get(url, ca):
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=ca)
+    with urllib.request.urlopen(url, context=context, timeout=DEADLINE) as response:
+        print(response.status, response.read().decode().strip())
+
+
 def main():
     command, args = sys.argv[1], sys.argv[2:]
     if command == "paho":
@@ -110,6 +151,10 @@ def main():
         publish_for(*args)
     elif command == "peer-names":
         peer_names(*args)
+    elif command == "https-get":
+        https_get(*args)
+    elif command == "grpc":
+        grpc_over_tls(*args)
     else:
         raise SystemExit(f"unknown command {command}")
 

@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use courier_gateway::tls::TlsConfig;
 use serde::{Deserialize, Serialize};
 
 /// `[grpc]`: the gRPC listener.
@@ -36,9 +37,25 @@ pub struct Config {
     /// HTTP/2 flow-control window per connection, shared by its streams, in bytes.
     #[serde(default = "Config::default_connection_window_bytes")]
     pub connection_window_bytes: u32,
+    /// `[grpc.tls]`: gRPC over TLS (ALPN `h2`), on `tls.listen` beside the plain listener, or, with
+    /// no `tls.listen`, on `listen` instead of plain text. Unset: plain text (h2c) only.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 impl Config {
+    /// Checks what the types cannot: the TLS table's own rules. Errors name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(tls) = &self.tls {
+            if tls.websocket_listen.is_some() {
+                return Err("grpc.tls.websocket_listen: WebSocket is MQTT's only".into());
+            }
+            tls.validate()
+                .map_err(|error| format!("grpc.tls: {error}"))?;
+        }
+        Ok(())
+    }
+
     fn default_listen() -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 50051))
     }
@@ -74,6 +91,7 @@ impl Default for Config {
             max_concurrent_streams: Self::default_max_concurrent_streams(),
             stream_window_bytes: Self::default_stream_window_bytes(),
             connection_window_bytes: Self::default_connection_window_bytes(),
+            tls: None,
         }
     }
 }

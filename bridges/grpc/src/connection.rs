@@ -1,44 +1,57 @@
-//! gRPC connections, counted as open while they live (tonic serves whatever stream type it is given).
+//! gRPC connections, plain or over TLS, counted as open while they live, with what a call may want
+//! to know of its peer (tonic serves whatever stream type it is given).
 
 use std::{
     io,
+    net::SocketAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
-use courier_gateway::metrics::{self, ConnectionGuard, Protocol};
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
+use courier_gateway::{
+    metrics::{self, ConnectionGuard, Protocol},
+    tls::{ClientIdentity, Connection, MaybeTls},
 };
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
 
-/// An accepted TCP connection and its place in the connection gauge.
+/// Who is at the other end of a call's connection: in every request's extensions.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub address: Option<SocketAddr>,
+    /// The verified TLS client certificate's identity, when the client presented one.
+    pub certificate: Option<Arc<ClientIdentity>>,
+}
+
+/// An accepted connection and its place in the connection gauge.
 #[derive(Debug)]
 pub(crate) struct CountedConnection {
-    stream: TcpStream,
+    stream: MaybeTls,
+    peer: Peer,
     _open: ConnectionGuard,
 }
 
 impl CountedConnection {
-    /// Counts `stream` as an open gRPC connection until it is dropped. Small responses (acks) go out
-    /// at once: Nagle's algorithm would hold them back waiting for more.
-    pub(crate) fn new(stream: TcpStream) -> Self {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "setting TCP_NODELAY on a gRPC connection");
-        }
+    /// Counts `connection` as an open gRPC connection until it is dropped.
+    pub(crate) fn new(connection: Connection) -> Self {
         Self {
-            stream,
+            stream: connection.stream,
+            peer: Peer {
+                address: Some(connection.peer),
+                certificate: connection.certificate.map(Arc::new),
+            },
             _open: metrics::connection_opened(Protocol::Grpc),
         }
     }
 }
 
 impl Connected for CountedConnection {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.peer.clone()
     }
 }
 

@@ -12,7 +12,7 @@
 
 pub mod admin;
 pub mod config;
-mod connection;
+pub mod connection;
 mod convert;
 pub mod produce_stream;
 pub mod proto;
@@ -22,7 +22,11 @@ pub mod streams;
 pub mod subscribe;
 
 pub use self::{
-    admin::AdminService, config::Config, server::GrpcServer, status::to_status,
+    admin::AdminService,
+    config::Config,
+    connection::Peer,
+    server::{GrpcListeners, GrpcServer},
+    status::to_status,
     streams::StreamsService,
 };
 

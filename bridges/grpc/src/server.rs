@@ -1,16 +1,17 @@
 //! The gRPC server: the Streams and Admin services with health, reflection, message limits and HTTP/2
-//! keepalive, served on a listener the caller bound (so the caller knows the port before it serves).
+//! keepalive, served on listeners the caller bound (so the caller knows the ports before it serves),
+//! plain (h2c) and over TLS (ALPN `h2`, [`Listeners`]: handshakes never hold up the accept loop).
 
-use std::sync::Arc;
+use std::{io, net::SocketAddr, sync::Arc};
 
 use courier_gateway::{
     config::GroupsConfig,
     log::{Log, layers::Metered},
     metrics::Protocol,
     regions::Regions,
+    tls::Listeners,
 };
-use tokio::net::TcpListener;
-use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
@@ -36,9 +37,39 @@ pub struct GrpcServer {
     pub groups: GroupsConfig,
 }
 
+/// The gRPC listeners, bound (and the TLS certificates loaded) before anything serves.
+#[derive(Debug)]
+pub struct GrpcListeners(Listeners);
+
+impl GrpcListeners {
+    /// Binds `listen`, and `tls.listen` when `[grpc.tls]` names one; with `[grpc.tls]` and no
+    /// address of its own, `listen` speaks TLS (ALPN `h2`). Loads the certificates.
+    pub async fn bind(config: &Config) -> Result<Self, ServeError> {
+        config.validate().map_err(ServeError::Config)?;
+        let listeners =
+            Listeners::bind(config.listen, config.tls.as_ref(), "grpc", &[b"h2"]).await?;
+        Ok(Self(listeners))
+    }
+
+    /// The bound addresses by what they serve: `grpc` (h2c), `grpcs` (TLS).
+    pub fn addresses(&self) -> io::Result<Vec<(&'static str, SocketAddr)>> {
+        let (plain, tls) = self.0.addresses()?;
+        Ok([("grpc", plain), ("grpcs", tls)]
+            .into_iter()
+            .filter_map(|(name, address)| Some((name, address?)))
+            .collect())
+    }
+}
+
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// `[grpc]` is wrong (the message names the key).
+    #[error("{0}")]
+    Config(String),
+    /// A listener could not be bound, or its TLS certificates did not load.
+    #[error("{0}")]
+    Listen(#[from] courier_gateway::Error),
     /// Reflection could not load the API's descriptors.
     #[error("building gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -52,7 +83,7 @@ impl GrpcServer {
     /// UNAVAILABLE after answering what they hold) and returns once every connection is done.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listeners: GrpcListeners,
         drain: CancellationToken,
     ) -> Result<(), ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -100,24 +131,25 @@ impl GrpcServer {
             }
         };
 
-        Server::builder()
+        // Its own token: accepting also stops when tonic fails, without draining anything else.
+        let stop_accepting = drain.child_token();
+        let incoming = ReceiverStream::new(listeners.0.incoming(stop_accepting.clone()))
+            .map(|connection| Ok::<_, io::Error>(CountedConnection::new(connection)));
+        let served = Server::builder()
             .http2_keepalive_interval(Some(self.config.keepalive_interval))
             .http2_keepalive_timeout(Some(self.config.keepalive_timeout))
             .max_concurrent_streams(self.config.max_concurrent_streams)
             .initial_stream_window_size(self.config.stream_window_bytes)
             .initial_connection_window_size(self.config.connection_window_bytes)
-            .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(streams)
             .add_service(admin)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener)
-                    .map(|accepted| accepted.map(CountedConnection::new)),
-                shutdown,
-            )
-            .await?;
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        stop_accepting.cancel();
+        served?;
         Ok(())
     }
 }

@@ -23,8 +23,8 @@ pub(crate) fn code_of(error: &Error) -> Code {
         Error::Kafka { .. } if error.is_retryable() => Code::Unavailable,
         Error::Kafka { .. } => Code::FailedPrecondition,
         Error::Corrupt { .. } => Code::DataLoss,
-        // Certificates are the listeners' business; no request meets this.
-        Error::Tls { .. } => Code::Internal,
+        // Listeners and their certificates are set up before serving; no request meets these.
+        Error::Tls { .. } | Error::Bind { .. } => Code::Internal,
     }
 }
 

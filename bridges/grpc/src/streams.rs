@@ -184,7 +184,9 @@ impl Streams for StreamsService {
 /// The client's address, for spans and group descriptions.
 fn peer_of<T>(request: &Request<T>) -> String {
     request
-        .remote_addr()
+        .extensions()
+        .get::<crate::Peer>()
+        .and_then(|peer| peer.address)
         .map_or_else(|| "unknown".to_owned(), |addr| addr.to_string())
 }
 

@@ -17,16 +17,13 @@ use courier_gateway::{
     },
 };
 use courier_grpc::{
-    GrpcServer,
+    GrpcListeners, GrpcServer,
     proto::v1::{
         self as pb, admin_client::AdminClient, streams_client::StreamsClient,
         subscribe_request::Kind as RequestKind, subscribe_response::Kind as ResponseKind,
     },
 };
-use tokio::{
-    net::TcpListener,
-    sync::{Semaphore, mpsc},
-};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -180,18 +177,26 @@ pub(super) async fn through_gateway(
     args: &BenchArgs,
     value: &Bytes,
 ) -> Result<(Measurement, Measurement)> {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    let config = courier_grpc::Config {
+        listen: "127.0.0.1:0".parse()?,
+        ..courier_grpc::Config::default()
+    };
+    let listeners = GrpcListeners::bind(&config)
         .await
         .context("binding a loopback port")?;
-    let address = listener.local_addr()?;
+    let address = listeners
+        .addresses()?
+        .first()
+        .map(|(_, address)| *address)
+        .context("no gRPC address")?;
     let drain = CancellationToken::new();
     let server = GrpcServer {
         log: log.clone(),
         regions: None,
-        config: courier_grpc::Config::default(),
+        config,
         groups: GroupsConfig::default(),
     };
-    let serving = tokio::spawn(server.serve(listener, drain.clone()));
+    let serving = tokio::spawn(server.serve(listeners, drain.clone()));
     let channel = courier_grpc::client_endpoint(format!("http://{address}"))?
         .connect()
         .await

@@ -1,0 +1,234 @@
+//! A request/response endpoint's listeners (gRPC, HTTP): one plain, one over TLS, or both, accepted
+//! by one task. TLS handshakes run in tasks of their own, so a slow client never holds up the
+//! others; finished connections arrive on a channel, plain or TLS alike ([`MaybeTls`]).
+
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{ClientIdentity, TlsAcceptor, TlsConfig, TlsStream};
+use crate::Result;
+
+/// The listeners of one endpoint, bound, with the TLS certificates loaded.
+#[derive(Debug)]
+pub struct Listeners {
+    plain: Option<TcpListener>,
+    tls: Option<(TcpListener, TlsAcceptor)>,
+    /// Stops the certificates' reloader when accepting stops.
+    stop: CancellationToken,
+}
+
+/// A connection, its TLS handshake done.
+#[derive(Debug)]
+pub struct Connection {
+    /// The stream.
+    pub stream: MaybeTls,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The verified client certificate's identity, when the client presented one.
+    pub certificate: Option<ClientIdentity>,
+}
+
+impl Listeners {
+    /// Binds `listen`, and `tls.listen` when the TLS table names one; with a TLS table and no
+    /// address of its own, `listen` speaks TLS. `name` labels the TLS listener in logs and metrics;
+    /// `alpn` is what it offers.
+    pub async fn bind(
+        listen: SocketAddr,
+        tls: Option<&TlsConfig>,
+        name: &'static str,
+        alpn: &[&[u8]],
+    ) -> Result<Self> {
+        let main = TcpListener::bind(listen)
+            .await
+            .map_err(bind_error(listen))?;
+        let stop = CancellationToken::new();
+        let Some(settings) = tls else {
+            return Ok(Self {
+                plain: Some(main),
+                tls: None,
+                stop,
+            });
+        };
+        let acceptor = TlsAcceptor::start(name, settings, alpn, stop.clone())?;
+        let (plain, tls) = match settings.listen {
+            Some(address) => {
+                let tls = TcpListener::bind(address)
+                    .await
+                    .map_err(bind_error(address))?;
+                (Some(main), tls)
+            }
+            None => (None, main),
+        };
+        Ok(Self {
+            plain,
+            tls: Some((tls, acceptor)),
+            stop,
+        })
+    }
+
+    /// The plain listener's address, then the TLS one's, if bound.
+    pub fn addresses(&self) -> io::Result<(Option<SocketAddr>, Option<SocketAddr>)> {
+        let plain = self
+            .plain
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr())
+            .transpose()?;
+        Ok((plain, tls))
+    }
+
+    /// Accepts until `stop` fires (or the receiver is dropped), sending each connection once its
+    /// handshake is done.
+    pub fn incoming(self, stop: CancellationToken) -> mpsc::Receiver<Connection> {
+        let (connections, incoming) = mpsc::channel(64);
+        tokio::spawn(self.accept(connections, stop));
+        incoming
+    }
+
+    async fn accept(self, connections: mpsc::Sender<Connection>, stop: CancellationToken) {
+        let handshakes = TaskTracker::new();
+        loop {
+            let (accepted, tls) = tokio::select! {
+                () = stop.cancelled() => break,
+                () = connections.closed() => break,
+                accepted = accept(self.plain.as_ref()) => (accepted, None),
+                accepted = accept(self.tls.as_ref().map(|(listener, _)| listener)) => {
+                    (accepted, self.tls.as_ref().map(|(_, acceptor)| acceptor.clone()))
+                }
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                // Out of descriptors and the like: the listener itself is fine, so keep accepting.
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            // Small answers (acks) go out at once: Nagle's algorithm would hold them back.
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
+            }
+            let Some(acceptor) = tls else {
+                let connection = Connection {
+                    stream: MaybeTls::Plain(stream),
+                    peer,
+                    certificate: None,
+                };
+                if connections.send(connection).await.is_err() {
+                    break;
+                }
+                continue;
+            };
+            let connections = connections.clone();
+            handshakes.spawn(async move {
+                if let Some((stream, certificate)) = acceptor.accept(stream, peer).await {
+                    let connection = Connection {
+                        stream: MaybeTls::Tls(Box::new(stream)),
+                        peer,
+                        certificate,
+                    };
+                    let _ = connections.send(connection).await;
+                }
+            });
+        }
+        handshakes.close();
+        handshakes.wait().await;
+        self.stop.cancel();
+    }
+}
+
+fn bind_error(address: SocketAddr) -> impl FnOnce(io::Error) -> crate::Error {
+    move |source| crate::Error::Bind { address, source }
+}
+
+/// Accepts on a listener that may not exist (then never resolves).
+async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A TCP stream, plain or under TLS.
+#[derive(Debug)]
+pub enum MaybeTls {
+    /// Plain text.
+    Plain(TcpStream),
+    /// TLS (boxed: a TLS stream is several hundred bytes, a plain one a few).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Forwards a poll to the stream under it.
+macro_rules! forward {
+    ($self:ident, $stream:ident => $call:expr) => {
+        match $self.get_mut() {
+            MaybeTls::Plain($stream) => {
+                let $stream = Pin::new($stream);
+                $call
+            }
+            MaybeTls::Tls($stream) => {
+                let $stream = Pin::new($stream.as_mut());
+                $call
+            }
+        }
+    };
+}
+
+impl AsyncRead for MaybeTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        forward!(self, stream => stream.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        forward!(self, stream => stream.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        forward!(self, stream => stream.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        forward!(self, stream => stream.poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        forward!(self, stream => stream.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(stream) => stream.is_write_vectored(),
+            MaybeTls::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+}
