@@ -11,7 +11,10 @@ use std::{
 };
 
 use common::{scrape::*, *};
-use courier_testkit::certs::{Issued, TestPki, Validity};
+use courier_testkit::{
+    Tansu,
+    certs::{Issued, TestPki, Validity},
+};
 
 /// The certificates of one test: a CA, the gateway's server certificate, and clients.
 struct Pki {
@@ -606,6 +609,46 @@ async fn grpc_and_http_over_tls() -> TestResult {
         (200, "ready"),
         "the probes stay on plain HTTP"
     );
+    assert!(gateway.terminate()?.success());
+    Ok(())
+}
+
+/// MQTT over TLS in front of Kafka (a tansu broker): paho-mqtt with `tls_set` publishes and receives
+/// through the gateway, and the messages are in the Kafka topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_tls_in_front_of_kafka() -> TestResult {
+    let broker = Tansu::start()?;
+    let pki = Pki::new()?;
+    // One record per produced batch and one replica: as tests/common's Gateway::start_kafka, for the
+    // same tansu reasons (gateway/tests/kafka.rs).
+    let config = format!(
+        "[log]\nkind = \"kafka\"\nbootstrap_servers = \"{}\"\nreplication_factor = 1\nsession_timeout = \"6s\"\n\
+         [log.producer_properties]\n\"batch.num.messages\" = \"1\"\n{}",
+        broker.bootstrap(),
+        tls_table(&pki, "")
+    );
+    let work = tempfile::tempdir()?;
+    let gateway = Gateway::start_with_config(&work.path().join("gateway"), &config, &[])?;
+    let mqtts = gateway.listener("mqtts")?;
+    let ca = display(pki.pki.ca());
+    let output = tokio::task::block_in_place(|| {
+        run_python(
+            "tls_clients.py",
+            &["paho", "localhost", &mqtts.port().to_string(), "tcp", &ca],
+            &gateway,
+        )
+    })?;
+    assert!(
+        output.contains("3 published and received over TLS"),
+        "{output}"
+    );
+    let stored = stored_values(&gateway, "mqtt.messages").await?;
+    for payload in ["m0", "m1", "m2"] {
+        assert!(
+            stored.iter().any(|value| value == payload),
+            "{payload} is not in Kafka: {stored:?}"
+        );
+    }
     assert!(gateway.terminate()?.success());
     Ok(())
 }
