@@ -1,8 +1,9 @@
 //! The AMQP 1.0 endpoint end to end with python-qpid-proton (the Qpid Proton client applications use):
 //! on the embedded log and in front of a Kafka-protocol broker (tansu), with SASL PLAIN, with topic
 //! auto-creation off, next to a native Kafka client (confluent-kafka), and a receiver that moves to
-//! another gateway replica when its gateway dies. The checks themselves are in
-//! `tests/python/amqp_client_test.py`.
+//! another gateway replica when its gateway dies; and over TLS (AMQPS, mutual TLS, AMQP's TLS
+//! upgrade). The checks themselves are in `tests/python/amqp_client_test.py` and
+//! `tests/python/amqp_tls_test.py`.
 
 mod common;
 
@@ -121,5 +122,124 @@ fn a_receiver_moves_to_another_replica_when_its_gateway_dies() -> TestResult {
     )
     .map_err(|e| format!("{e}\ngateway B log:\n{}", second.log()))?;
     assert!(second.terminate()?.success());
+    Ok(())
+}
+
+/// The certificates of a TLS test (a CA, the gateway's server certificate and a client's) and a
+/// gateway config with `[amqp.tls]` on a listener of its own beside the plain one.
+struct Tls {
+    // Holds the certificate files for the test.
+    _dir: tempfile::TempDir,
+    pki: courier_testkit::certs::TestPki,
+    server: courier_testkit::certs::Issued,
+}
+
+impl Tls {
+    fn new() -> Result<Self, BoxError> {
+        let dir = tempfile::tempdir()?;
+        let mut pki = courier_testkit::certs::TestPki::new(dir.path(), "amqp")?;
+        let server = pki.server("server", &["localhost", "127.0.0.1"])?;
+        Ok(Self {
+            _dir: dir,
+            pki,
+            server,
+        })
+    }
+
+    fn config(&self, extra: &str) -> String {
+        format!(
+            "[amqp.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
+            self.server.cert.display(),
+            self.server.key.display()
+        )
+    }
+
+    fn ca(&self) -> String {
+        self.pki.ca().display().to_string()
+    }
+}
+
+/// Runs `amqp_tls_test.py <mode> --address <address> <extra>`.
+fn proton_tls(mode: &str, address: &str, gateway: &Gateway, extra: &[&str]) -> TestResult {
+    let args = [&[mode, "--address", address][..], extra].concat();
+    let stdout = run_python("amqp_tls_test.py", &args, gateway)?;
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    Ok(())
+}
+
+/// AMQPS beside plain AMQP: Proton over TLS (the server certificate checked, host name included)
+/// sends and receives; a client asking for TLS AMQP's way (the TLS protocol header first) is answered
+/// and handshaken; the plain listener serves on.
+#[test]
+fn proton_over_tls_and_the_amqp_tls_upgrade() -> TestResult {
+    let _serial = one_broker_at_a_time();
+    let tls = Tls::new()?;
+    let work = tempfile::tempdir()?;
+    let data = work.path().join("data").display().to_string();
+    let gateway = Gateway::start_with_config(
+        &work.path().join("gateway"),
+        &tls.config(""),
+        &[("COURIER_LOG__DATA_DIR", &data)],
+    )?;
+    let amqps = format!("localhost:{}", gateway.listener("amqps")?.port());
+    let ca = tls.ca();
+    proton_tls("round-trip", &amqps, &gateway, &["--ca", &ca])?;
+    proton_tls("upgrade", &amqps, &gateway, &["--ca", &ca])?;
+    proton_tls("round-trip", &gateway.amqp.to_string(), &gateway, &[])?;
+    assert!(gateway.terminate()?.success());
+    Ok(())
+}
+
+/// Mutual TLS, required: Proton with a valid client certificate sends and receives (the connection's
+/// log lines name the certificate's subject); one without a certificate is refused at the handshake,
+/// logged and counted, while the plain listener serves on.
+#[test]
+fn proton_over_mutual_tls_refuses_a_client_without_a_certificate() -> TestResult {
+    let _serial = one_broker_at_a_time();
+    let mut tls = Tls::new()?;
+    let client = tls
+        .pki
+        .client("client", "app-1", courier_testkit::certs::Validity::Now)?;
+    let ca = tls.ca();
+    let work = tempfile::tempdir()?;
+    let data = work.path().join("data").display().to_string();
+    let gateway = Gateway::start_with_config(
+        &work.path().join("gateway"),
+        &tls.config(&format!(
+            "client_ca = \"{ca}\"\nclient_auth = \"required\"\n"
+        )),
+        &[
+            ("COURIER_LOG__DATA_DIR", &data),
+            // The connection's debug lines carry the client certificate's identity.
+            ("RUST_LOG", "info,courier_gateway=debug,courier_amqp=debug"),
+        ],
+    )?;
+    let amqps = format!("localhost:{}", gateway.listener("amqps")?.port());
+    let (cert, key) = (
+        client.cert.display().to_string(),
+        client.key.display().to_string(),
+    );
+    proton_tls(
+        "round-trip",
+        &amqps,
+        &gateway,
+        &["--ca", &ca, "--cert", &cert, "--key", &key],
+    )?;
+    proton_tls("refused", &amqps, &gateway, &["--ca", &ca])?;
+    tokio::runtime::Runtime::new()?.block_on(scrape::await_series(
+        gateway.http,
+        &[(
+            "courier_tls_handshake_failures_total{listener=\"amqp\",reason=\"certificate_required\"}",
+            1.0,
+        )],
+    ))?;
+    proton_tls("round-trip", &gateway.amqp.to_string(), &gateway, &[])?;
+    let log = gateway.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("amqp.connection") && line.contains("app-1")),
+        "no connection log line names the client certificate:\n{log}"
+    );
+    assert!(gateway.terminate()?.success());
     Ok(())
 }

@@ -1,8 +1,8 @@
-//! `[amqp]`: the AMQP 1.0 listener, its limits, and authentication.
+//! `[amqp]`: the AMQP 1.0 listener, its limits, TLS, and authentication.
 
 use std::{net::SocketAddr, time::Duration};
 
-use courier_gateway::auth::AuthConfig;
+use courier_gateway::{auth::AuthConfig, tls::TlsConfig};
 use serde::{Deserialize, Serialize};
 
 /// The `[amqp]` section.
@@ -15,6 +15,10 @@ pub struct Config {
     /// Address of the AMQP listener (port 0 picks a free port; the ready line names it).
     #[serde(default = "Config::default_listen")]
     pub listen: SocketAddr,
+    /// `[amqp.tls]`: AMQP over TLS (AMQPS), on `tls.listen` beside the plain listener, or, with no
+    /// `tls.listen`, on `listen` instead of plain text. Unset: plain text only.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Largest frame the gateway accepts, in bytes (offered in OPEN; at least 512).
     #[serde(default = "Config::default_max_frame_size")]
     pub max_frame_size: u32,
@@ -47,6 +51,7 @@ impl Default for Config {
         Self {
             enabled: Self::default_enabled(),
             listen: Self::default_listen(),
+            tls: None,
             max_frame_size: Self::default_max_frame_size(),
             max_message_size: Self::default_max_message_size(),
             idle_timeout: Self::default_idle_timeout(),
@@ -84,8 +89,20 @@ impl Config {
         ".dlq".into()
     }
 
-    /// Checks values serde cannot: sizes the protocol forbids, and zero windows that would stall.
+    /// Checks values serde cannot: sizes the protocol forbids, zero windows that would stall, and
+    /// the TLS table's own rules. Errors name the key.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(tls) = &self.tls {
+            tls.validate()
+                .map_err(|error| format!("amqp.tls: {error}"))?;
+            // AMQP has no WebSocket listener here; refusing the key beats silently serving nothing.
+            if tls.websocket_listen.is_some() {
+                return Err(
+                    "amqp.tls: websocket_listen is MQTT only; use listen for an AMQPS listener"
+                        .into(),
+                );
+            }
+        }
         if self.max_frame_size < 512 {
             return Err("amqp.max_frame_size must be at least 512 (AMQP 1.0's minimum)".into());
         }
@@ -99,5 +116,46 @@ impl Config {
             return Err("amqp.dead_letter_suffix may not be empty".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use courier_gateway::tls::{ClientAuth, TlsConfig};
+
+    use super::*;
+
+    fn with_tls(tls: TlsConfig) -> Config {
+        Config {
+            tls: Some(tls),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn tls_mistakes_name_the_amqp_tls_key() {
+        let valid = TlsConfig::new("tls.crt", "tls.key");
+        assert_eq!(with_tls(valid.clone()).validate(), Ok(()));
+
+        let mut no_ca = valid.clone();
+        no_ca.client_auth = ClientAuth::Required;
+        let error = with_tls(no_ca).validate().unwrap_err();
+        assert!(error.starts_with("amqp.tls: client_auth"), "{error}");
+
+        let mut websocket = valid;
+        websocket.websocket_listen = Some(SocketAddr::from(([127, 0, 0, 1], 8884)));
+        let error = with_tls(websocket).validate().unwrap_err();
+        assert!(error.starts_with("amqp.tls: websocket_listen"), "{error}");
+    }
+
+    #[test]
+    fn the_tls_table_parses() {
+        let config: Config = serde_json::from_str(
+            r#"{"tls": {"listen": "0.0.0.0:5671", "cert": "tls.crt", "key": "tls.key"}}"#,
+        )
+        .unwrap();
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.listen, Some(SocketAddr::from(([0, 0, 0, 0], 5671))));
+        assert!(!tls.replaces_plain());
     }
 }

@@ -14,6 +14,9 @@ pub enum Error {
     /// The listener could not be bound or accept.
     #[error("AMQP listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The `[amqp.tls]` certificates or keys did not load.
+    #[error("amqp.tls: {0}")]
+    Tls(#[source] courier_gateway::Error),
     /// The users file could not be read.
     #[error(transparent)]
     UsersFile(#[from] courier_gateway::auth::UsersFileError),

@@ -11,7 +11,9 @@
 //!
 //! Modules:
 //! - [`config`]: `[amqp]`; [`error`]: the error type and AMQP error conditions;
-//! - [`server`]: listener, connections, sessions, link dispatch; [`sasl`]: ANONYMOUS and PLAIN;
+//! - [`server`]: listeners (plain and TLS) and connections; `session`: a session's links, checked
+//!   and dispatched; `transport`: the protocol header before AMQP's frames, and AMQP's TLS upgrade;
+//! - [`sasl`]: ANONYMOUS and PLAIN;
 //! - [`address`]: link addresses and source filters; [`mapping`]: AMQP message ↔ record;
 //! - [`inbound`], [`outbound`]: one link each way.
 
@@ -23,6 +25,8 @@ pub mod mapping;
 pub mod outbound;
 pub mod sasl;
 pub mod server;
+mod session;
+mod transport;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -1,43 +1,44 @@
-//! The AMQP listener: accepts connections (SASL, then OPEN), their sessions, and their links, and gives
-//! every link a task of its own ([`inbound`](crate::inbound) or [`outbound`](crate::outbound)).
+//! The AMQP listeners: accepts connections (SASL, then OPEN) and their sessions, each served in a
+//! task of its own (`session`: its links, checked, each in a task of its own).
 //!
-//! A link is checked before it runs: its address must parse and its topic must exist (or be created by
-//! the log's topic policy, when `topics.auto_create` is on). A link that fails the check is attached
-//! and at once detached with the reason (AMQP has no other way to refuse one); its connection carries
-//! on.
+//! With `[amqp.tls]`, AMQPS: a TLS listener beside the plain one (`tls.listen`), or the plain address
+//! speaking TLS instead. The TLS handshake runs in the connection's task, never the accept loop, so a
+//! slow handshake holds up no one else; a client may start it at once (as `amqps://` clients do) or
+//! ask for it AMQP's way first, with the TLS protocol header. AMQP then runs on the TLS stream as on
+//! a plain one, and the verified client certificate's identity stays with the connection.
 //!
 //! Drain: when the drain token fires the listener stops accepting, sender links stop taking deliveries
 //! and settle the ones the log has, receiver links commit and detach, and each connection closes with
 //! `amqp:connection:forced`.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{fmt::Debug, net::SocketAddr, sync::Arc, time::Duration};
 
 use courier_gateway::{
-    Error as LogError,
     auth::Auth,
     log::{Log, layers::Metered},
     metrics::{self, Protocol},
+    tls::{ClientIdentity, TlsAcceptor},
 };
 use fe2o3_amqp::{
-    acceptor::{
-        ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle,
-        ListenerSessionHandle, SessionAcceptor,
-    },
-    types::{
-        definitions::{self, AmqpError, ConnectionError, Role},
-        performatives::Attach,
-    },
+    acceptor::{ConnectionAcceptor, ListenerConnectionHandle, SessionAcceptor},
+    connection::OpenError,
+    types::definitions::{self, ConnectionError},
 };
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
+use tokio_util::{
+    sync::{CancellationToken, DropGuard},
+    task::TaskTracker,
+};
+use tracing::{Instrument as _, field};
 
 use crate::{
-    address,
     config::Config,
-    error::{Error, Refusal, Result},
-    inbound, outbound,
-    outbound::Plan,
+    error::{Error, Result},
     sasl::Mechanisms,
+    session, transport,
 };
 
 /// The fe2o3 acceptor for connections that start with SASL: the gateway's mechanisms.
@@ -45,34 +46,55 @@ type SaslAcceptor = ConnectionAcceptor<(), Mechanisms>;
 /// The fe2o3 acceptor for connections that skip SASL (allowed only when anonymous clients are).
 type PlainAcceptor = ConnectionAcceptor<(), ()>;
 
-/// The protocol header of a connection that starts with SASL (AMQP 1.0 §5.3.1).
-const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
-
 /// What every connection of this replica shares.
 #[derive(Debug)]
-struct Shared {
-    log: Arc<dyn Log>,
+pub(crate) struct Shared {
+    pub(crate) log: Arc<dyn Log>,
     /// The log behind what sender links produce, counted as AMQP's messages in. `log` serves the
     /// rest: reads, topic checks and the gateway's own dead letters.
-    produce: Arc<dyn Log>,
-    config: Config,
+    pub(crate) produce: Arc<dyn Log>,
+    pub(crate) config: Config,
     sasl: SaslAcceptor,
     /// `None` when anonymous clients are not allowed: then every connection must authenticate.
     plain: Option<PlainAcceptor>,
 }
 
-/// A bound AMQP listener.
+/// The bound AMQP listeners.
 #[derive(Debug)]
 pub struct Server {
-    listener: TcpListener,
+    /// Plain AMQP on `listen`; `None` when `[amqp.tls]` turned `listen` to TLS.
+    plain: Option<TcpListener>,
+    /// AMQPS: on `tls.listen`, or on `listen` when TLS replaced plain text.
+    secure: Option<(TcpListener, Tls)>,
     shared: Arc<Shared>,
+    /// Stops the TLS acceptor's certificate watcher when the server goes (served or not).
+    _tls_watcher: DropGuard,
+}
+
+/// What a connection on the TLS listener is handshaken with.
+#[derive(Debug, Clone)]
+struct Tls {
+    acceptor: TlsAcceptor,
+    /// Also bounds the wait for a client to show whether it asks for TLS AMQP's way.
+    handshake_timeout: Duration,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+struct Client {
+    peer: SocketAddr,
+    /// The identity of the verified certificate the client presented on the TLS listener. It is
+    /// what SASL EXTERNAL would take its principal from.
+    identity: Option<Arc<ClientIdentity>>,
 }
 
 impl Server {
-    /// Checks the config, loads the users file and binds the listener.
+    /// Checks the config, loads the users file and the TLS certificates, and binds the listeners.
     pub async fn bind(log: Arc<dyn Log>, config: Config) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
         let auth = Auth::load(&config.auth)?;
+        let tls_watcher = CancellationToken::new();
+        let tls = start_tls(&config, &tls_watcher)?;
         let allow_anonymous = auth.allows_anonymous();
         let mechanisms = Mechanisms::new(auth);
         let idle_ms = u32::try_from(config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
@@ -84,9 +106,11 @@ impl Server {
         };
         let sasl = builder().sasl_acceptor(mechanisms).build();
         let plain = allow_anonymous.then(|| builder().build());
-        let listener = TcpListener::bind(config.listen).await?;
+        let (plain_listener, secure) = bind_listeners(&config, tls).await?;
         Ok(Self {
-            listener,
+            plain: plain_listener,
+            secure,
+            _tls_watcher: tls_watcher.drop_guard(),
             shared: Arc::new(Shared {
                 produce: Arc::new(Metered::new(log.clone(), Protocol::Amqp)),
                 log,
@@ -97,34 +121,61 @@ impl Server {
         })
     }
 
-    /// The bound address (to learn the port when configured with 0).
+    /// The bound address of `listen` (to learn the port when configured with 0), whether it speaks
+    /// plain AMQP or, when TLS replaced plain text, AMQPS.
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.listener.local_addr()?)
+        let listener = match (&self.plain, &self.secure) {
+            (Some(plain), _) => plain,
+            (None, Some((secure, _))) => secure,
+            (None, None) => return Err(Error::Config("no AMQP listener".into())),
+        };
+        Ok(listener.local_addr()?)
     }
 
-    /// The bound addresses by what they serve: `amqp` (plain).
+    /// The bound addresses by what they serve: `amqp` (plain) and `amqps` (TLS).
     pub fn addresses(&self) -> Result<Vec<(&'static str, SocketAddr)>> {
-        Ok(vec![("amqp", self.local_addr()?)])
+        let mut addresses = Vec::new();
+        if let Some(plain) = &self.plain {
+            addresses.push(("amqp", plain.local_addr()?));
+        }
+        if let Some((secure, _)) = &self.secure {
+            addresses.push(("amqps", secure.local_addr()?));
+        }
+        Ok(addresses)
     }
 
     /// Accepts connections until `drain` fires, then lets every connection finish (see the module
     /// documentation) and returns.
     pub async fn serve(self, drain: CancellationToken) -> Result<()> {
+        let Self {
+            plain,
+            secure,
+            shared,
+            _tls_watcher,
+        } = self;
         let connections = TaskTracker::new();
         loop {
-            let accepted = tokio::select! {
+            let (accepted, tls) = tokio::select! {
                 () = drain.cancelled() => break,
-                accepted = self.listener.accept() => accepted,
+                accepted = accept(plain.as_ref()) => (accepted, None),
+                accepted = accept(secure.as_ref().map(|(listener, _)| listener)) => {
+                    (accepted, secure.as_ref().map(|(_, tls)| tls.clone()))
+                }
             };
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(serve_connection(
-                        self.shared.clone(),
-                        stream,
-                        peer,
-                        drain.child_token(),
-                    ));
+                    let (shared, drain) = (shared.clone(), drain.child_token());
+                    match tls {
+                        None => {
+                            let client = Client {
+                                peer,
+                                identity: None,
+                            };
+                            connections.spawn(serve_connection(shared, stream, client, drain))
+                        }
+                        Some(tls) => connections.spawn(serve_tls(shared, tls, stream, peer, drain)),
+                    };
                 }
                 // Out of descriptors and the like: the listener itself is fine, so keep accepting.
                 Err(error) => {
@@ -133,29 +184,117 @@ impl Server {
                 }
             }
         }
+        // New clients are refused at once rather than left waiting while the others drain.
+        drop((plain, secure));
         connections.close();
         connections.wait().await;
         Ok(())
     }
 }
 
-async fn serve_connection(
+/// Loads `[amqp.tls]`'s certificates into an acceptor whose watcher runs until `stop`.
+fn start_tls(config: &Config, stop: &CancellationToken) -> Result<Option<Tls>> {
+    let Some(settings) = &config.tls else {
+        return Ok(None);
+    };
+    let acceptor = TlsAcceptor::start("amqp", settings, &[], stop.clone()).map_err(Error::Tls)?;
+    Ok(Some(Tls {
+        acceptor,
+        handshake_timeout: settings.handshake_timeout,
+    }))
+}
+
+/// Binds `listen` and, with TLS, `tls.listen`: the plain listener and the TLS one.
+async fn bind_listeners(
+    config: &Config,
+    tls: Option<Tls>,
+) -> Result<(Option<TcpListener>, Option<(TcpListener, Tls)>)> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let tls_listen = config.tls.as_ref().and_then(|settings| settings.listen);
+    Ok(match (tls, tls_listen) {
+        (None, _) => (Some(listener), None),
+        // No TLS address of its own: the TLS table turns the plain address to TLS.
+        (Some(tls), None) => (None, Some((listener, tls))),
+        (Some(tls), Some(address)) => (
+            Some(listener),
+            Some((TcpListener::bind(address).await?, tls)),
+        ),
+    })
+}
+
+/// Accepts on a listener that may not exist (then never resolves).
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A connection on the TLS listener: AMQP's TLS upgrade when the client asks for it, the handshake
+/// (the acceptor logs and counts refusals), then AMQP on the TLS stream.
+async fn serve_tls(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    tls: Tls,
+    mut stream: TcpStream,
     peer: SocketAddr,
     drain: CancellationToken,
 ) {
-    let _open = metrics::connection_opened(Protocol::Amqp);
+    if transport::asks_tls_upgrade(&stream, tls.handshake_timeout).await
+        && let Err(error) = transport::accept_tls_upgrade(&mut stream).await
+    {
+        tracing::debug!(%peer, %error, "AMQP TLS upgrade failed");
+        return;
+    }
+    let Some((stream, identity)) = tls.acceptor.accept(stream, peer).await else {
+        return;
+    };
+    let client = Client {
+        peer,
+        identity: identity.map(Arc::new),
+    };
+    serve_connection(shared, stream, client, drain).await;
+}
+
+/// Serves one connection, plain or TLS, in its own span (named by the client certificate, if any).
+async fn serve_connection<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    client: Client,
+    drain: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + Debug + 'static,
+{
+    let span =
+        tracing::info_span!("amqp.connection", peer = %client.peer, client_cert = field::Empty);
+    if let Some(identity) = &client.identity {
+        span.record("client_cert", field::display(identity));
+    }
+    run_connection(shared, stream, client, drain)
+        .instrument(span)
+        .await;
+}
+
+/// Opens the connection: SASL or not, as its protocol header asks.
+async fn open<S>(shared: &Shared, stream: S) -> Result<ListenerConnectionHandle, OpenError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + Debug + 'static,
+{
     // Clients that need no credentials may skip SASL and send the AMQP header at once (fe2o3's own
     // client does); the first eight bytes tell which kind of connection this is.
-    let opened = match (
-        &shared.plain,
-        starts_with_sasl(&stream, shared.config.idle_timeout).await,
-    ) {
+    let (stream, sasl) = transport::read_header(stream, shared.config.idle_timeout).await;
+    match (&shared.plain, sasl) {
         (Some(plain), false) => plain.accept(stream).await,
         _ => shared.sasl.accept(stream).await,
-    };
-    let mut connection = match opened {
+    }
+}
+
+async fn run_connection<S>(shared: Arc<Shared>, stream: S, client: Client, drain: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + Debug + 'static,
+{
+    let _open = metrics::connection_opened(Protocol::Amqp);
+    let peer = client.peer;
+    let mut connection = match open(&shared, stream).await {
         Ok(connection) => connection,
         Err(error) => {
             tracing::info!(%peer, %error, "AMQP connection refused during open");
@@ -172,7 +311,7 @@ async fn serve_connection(
                 Some(incoming) => {
                     match SessionAcceptor::new().accept_incoming_session(incoming, &mut connection).await {
                         Ok(session) => {
-                            sessions.spawn(serve_session(shared.clone(), session, peer, drain.child_token()));
+                            sessions.spawn(session::serve(shared.clone(), session, peer, drain.child_token()).in_current_span());
                         }
                         Err(error) => {
                             tracing::info!(%peer, %error, "AMQP session refused");
@@ -203,177 +342,8 @@ async fn serve_connection(
     tracing::debug!(%peer, "AMQP connection closed");
 }
 
-/// Whether the connection's protocol header asks for SASL. A client that sends fewer than eight bytes
-/// within `wait` is treated as a SASL one, whose acceptor answers what it did send.
-async fn starts_with_sasl(stream: &TcpStream, wait: std::time::Duration) -> bool {
-    let mut header = [0u8; 8];
-    let peeked = tokio::time::timeout(wait, async {
-        loop {
-            match stream.peek(&mut header).await {
-                Ok(n) if n >= header.len() => return true,
-                Ok(0) | Err(_) => return false,
-                // Part of the header so far: peek again once more has arrived.
-                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
-            }
-        }
-    })
-    .await;
-    !matches!(peeked, Ok(true)) || header == SASL_HEADER
-}
-
 async fn close_quietly(connection: &mut ListenerConnectionHandle) {
     if let Err(error) = connection.close().await {
         tracing::debug!(%error, "AMQP connection ended with an error");
-    }
-}
-
-async fn serve_session(
-    shared: Arc<Shared>,
-    mut session: ListenerSessionHandle,
-    peer: SocketAddr,
-    drain: CancellationToken,
-) {
-    let links = TaskTracker::new();
-    let link_acceptor = LinkAcceptor::builder()
-        .max_message_size(shared.config.max_message_size)
-        .build();
-    // Why the session ends early, sent in END; `None` when the client ended it or the gateway drains.
-    let mut failure = None;
-    loop {
-        let attach = tokio::select! {
-            () = drain.cancelled() => break,
-            attach = session.next_incoming_attach() => match attach {
-                Some(attach) => attach,
-                None => break,
-            },
-        };
-        let check = check_link(&shared, &attach, peer).await;
-        let name = attach.name.clone();
-        let endpoint = match link_acceptor
-            .accept_incoming_attach(attach, &mut session)
-            .await
-        {
-            Ok(endpoint) => endpoint,
-            Err(error) => {
-                // fe2o3 leaves such an attach unanswered (a second link with a name already attached
-                // on this session, say); end the session with the reason rather than let the client
-                // wait. Other sessions of the connection carry on.
-                tracing::info!(%peer, link = %name, ?error, "AMQP attach failed; ending its session");
-                failure = Some(definitions::Error::new(
-                    AmqpError::NotAllowed,
-                    Some(format!("cannot attach link {name:?}: {error:?}")),
-                    None,
-                ));
-                break;
-            }
-        };
-        let route = match check {
-            Ok(route) => route,
-            Err(refusal) => {
-                tracing::info!(%peer, link = %name, reason = %refusal.description, "AMQP link refused");
-                let error = definitions::Error::from(refusal);
-                let _ = match endpoint {
-                    LinkEndpoint::Sender(sender) => sender.close_with_error(error).await,
-                    LinkEndpoint::Receiver(receiver) => receiver.close_with_error(error).await,
-                };
-                continue;
-            }
-        };
-        let cancel = drain.child_token();
-        match (route, endpoint) {
-            (Route::Inbound(destination), LinkEndpoint::Receiver(receiver)) => {
-                tracing::debug!(%peer, link = %name, topic = %destination.topic, "AMQP sender link attached");
-                links.spawn(inbound::run(
-                    shared.produce.clone(),
-                    receiver,
-                    destination,
-                    shared.config.link_credit,
-                    cancel,
-                ));
-            }
-            (Route::Outbound(plan), LinkEndpoint::Sender(sender)) => {
-                tracing::debug!(%peer, link = %name, topic = %plan.origin.topic, group = ?plan.origin.group, "AMQP receiver link attached");
-                links.spawn(outbound::run(shared.log.clone(), sender, plan, cancel));
-            }
-            // check_link routes by the attach's role, which is what fe2o3 accepted it as.
-            (_, LinkEndpoint::Sender(sender)) => {
-                let _ = sender.close().await;
-            }
-            (_, LinkEndpoint::Receiver(receiver)) => {
-                let _ = receiver.close().await;
-            }
-        }
-    }
-    // The session is ending (the client ended it, an attach failed, or the gateway drains): its links
-    // end too, settling what the log has, before END goes out.
-    drain.cancel();
-    links.close();
-    links.wait().await;
-    let _ = match failure {
-        Some(reason) => session.end_with_error(reason).await,
-        None => session.end().await,
-    };
-}
-
-/// What a checked link does.
-enum Route {
-    /// The client sends; the gateway appends to this destination.
-    Inbound(address::Destination),
-    /// The client receives; the gateway reads by this plan.
-    Outbound(Plan),
-}
-
-/// Checks a link's address and topic before it runs.
-async fn check_link(shared: &Shared, attach: &Attach, peer: SocketAddr) -> Result<Route, Refusal> {
-    match attach.role {
-        // The client is the sender: the target names where its messages go.
-        Role::Sender => {
-            let address = attach.target.as_deref().and_then(|target| match target {
-                fe2o3_amqp::types::messaging::TargetArchetype::Target(target) => {
-                    target.address.as_deref()
-                }
-                #[allow(unreachable_patterns)]
-                _ => None,
-            });
-            let destination = address::destination(address)?;
-            let partitions = topic_partitions(shared, &destination.topic).await?;
-            if let Some(partition) = destination.partition
-                && partition as u32 >= partitions
-            {
-                return Err(Refusal::invalid(format!(
-                    "topic {} has {partitions} partitions; there is no partition {partition}",
-                    destination.topic
-                )));
-            }
-            Ok(Route::Inbound(destination))
-        }
-        Role::Receiver => {
-            let source = attach.source.as_deref();
-            let origin = address::origin(
-                source.and_then(|source| source.address.as_deref()),
-                source.and_then(|source| source.filter.as_ref()),
-            )?;
-            topic_partitions(shared, &origin.topic).await?;
-            let dead_letter_topic = format!("{}{}", origin.topic, shared.config.dead_letter_suffix);
-            Ok(Route::Outbound(Plan {
-                origin,
-                dead_letter_topic,
-                max_unsettled: shared.config.max_unsettled,
-                client: format!("{peer} {}", attach.name),
-            }))
-        }
-    }
-}
-
-/// The topic's partition count. The log's topic policy creates a missing topic when
-/// `topics.auto_create` is on; when it is off the link is refused with `amqp:not-found`.
-async fn topic_partitions(shared: &Shared, topic: &str) -> Result<u32, Refusal> {
-    match shared.log.open_topic(topic).await {
-        Ok(description) => Ok(description.partitions.len() as u32),
-        Err(LogError::UnknownTopic { .. }) => Err(Refusal::new(
-            AmqpError::NotFound,
-            format!("topic {topic:?} does not exist (topics.auto_create is off)"),
-        )),
-        Err(error) => Err(Refusal::from(&error)),
     }
 }
