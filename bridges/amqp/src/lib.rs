@@ -26,6 +26,7 @@ pub mod outbound;
 pub mod sasl;
 pub mod server;
 mod session;
+mod shared;
 mod transport;
 
 pub use config::Config;

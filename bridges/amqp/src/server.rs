@@ -38,26 +38,10 @@ use crate::{
     config::Config,
     error::{Error, Result},
     sasl::Mechanisms,
-    session, transport,
+    session,
+    shared::Shared,
+    transport,
 };
-
-/// The fe2o3 acceptor for connections that start with SASL: the gateway's mechanisms.
-type SaslAcceptor = ConnectionAcceptor<(), Mechanisms>;
-/// The fe2o3 acceptor for connections that skip SASL (allowed only when anonymous clients are).
-type PlainAcceptor = ConnectionAcceptor<(), ()>;
-
-/// What every connection of this replica shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) log: Arc<dyn Log>,
-    /// The log behind what sender links produce, counted as AMQP's messages in. `log` serves the
-    /// rest: reads, topic checks and the gateway's own dead letters.
-    pub(crate) produce: Arc<dyn Log>,
-    pub(crate) config: Config,
-    sasl: SaslAcceptor,
-    /// `None` when anonymous clients are not allowed: then every connection must authenticate.
-    plain: Option<PlainAcceptor>,
-}
 
 /// The bound AMQP listeners.
 #[derive(Debug)]

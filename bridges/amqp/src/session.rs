@@ -16,7 +16,7 @@ use fe2o3_amqp::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
-use crate::{address, error::Refusal, inbound, outbound, outbound::Plan, server::Shared};
+use crate::{address, error::Refusal, inbound, outbound, outbound::Plan, shared::Shared};
 
 /// Serves one session: accepts its links, checks each, and runs it in a task of its own until the
 /// session ends or the gateway drains.
