@@ -70,6 +70,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// What the types cannot check, section by section; the error names the key.
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        self.grpc.validate().map_err(anyhow::Error::msg)?;
+        self.mqtt.validate().map_err(anyhow::Error::msg)?;
+        self.amqp.validate().map_err(anyhow::Error::msg)?;
+        self.http.validate()
+    }
+
     fn default_region() -> String {
         "local".into()
     }
@@ -194,11 +202,8 @@ impl HttpConfig {
     /// Checks what the types cannot: the TLS table's own rules. Errors name the key.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
         if let Some(tls) = &self.tls {
-            if tls.websocket_listen.is_some() {
-                anyhow::bail!("http.tls.websocket_listen: WebSocket is MQTT's only");
-            }
-            tls.validate()
-                .map_err(|error| anyhow::anyhow!("http.tls: {error}"))?;
+            tls.validate_for("http", false)
+                .map_err(anyhow::Error::msg)?;
         }
         Ok(())
     }

@@ -92,6 +92,8 @@ async fn open_log(config: &Config) -> Result<OpenedLog> {
 
 /// Runs the gateway until a signal, then drains. Returns once everything is closed.
 pub(crate) async fn run(config: Config) -> Result<()> {
+    // What the types cannot check (the TLS tables' rules among them), before anything is opened.
+    config.validate()?;
     let root = CancellationToken::new();
     let tracker = TaskTracker::new();
     // Before anything counts: every metric from here on is exported.

@@ -1,7 +1,8 @@
 //! TLS for every listener, with rustls: a front end with a `[<front end>.tls]` table starts a
 //! [`TlsAcceptor`] per TLS listener and hands each accepted TCP stream to it. The handshake gives the
 //! stream and, when the client presented a verified certificate, its [`ClientIdentity`], which the
-//! connection keeps (authentication takes its principal from it).
+//! connection keeps (for logs, gRPC's request extensions, and the principal authentication will take
+//! from it; nothing authorizes by it yet).
 //!
 //! Modules:
 //! - [`config`]: the `tls` table (files, client certificate mode, versions, SNI certificates);

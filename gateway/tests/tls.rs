@@ -7,7 +7,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use courier_gateway::tls::{ClientAuth, ClientIdentity, TlsAcceptor, TlsConfig, TlsVersion};
 use courier_testkit::certs::{Issued, TestPki, Validity};
 use rustls::{
-    ClientConfig, RootCertStore, SupportedProtocolVersion,
+    ClientConfig, HandshakeKind, RootCertStore, SupportedProtocolVersion,
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
     version::TLS12,
 };
@@ -400,4 +400,99 @@ fn a_config_that_cannot_work_is_refused_before_loading() -> TestResult {
         "the error names the file: {error}"
     );
     Ok(())
+}
+
+/// A revocation list file that holds no PEM CRL (empty, half written, or DER) is refused: rustls
+/// would check no revocation at all with no list, and let revoked clients in.
+#[tokio::test]
+async fn a_crl_file_without_a_list_is_refused_rather_than_ignored() -> TestResult {
+    let mut fixture = Fixture::new()?;
+    let revoked = fixture.pki.client("revoked", "revoked", Validity::Now)?;
+    let good = fixture.pki.crl("good.crl", &[revoked.serial])?;
+    let mut config = fixture.config(ClientAuth::Required);
+    let dir = tempfile::tempdir()?;
+    let empty = dir.path().join("empty.crl");
+    std::fs::write(&empty, "")?;
+    config.crl = Some(empty.clone());
+    let refusal = start(&config)
+        .err()
+        .ok_or("an empty CRL file was taken")?
+        .to_string();
+    assert!(
+        refusal.contains("empty.crl") && refusal.contains("no PEM X509 CRL"),
+        "{refusal}"
+    );
+
+    // Reloaded: the last good list stays, and the revoked client stays out.
+    let live = dir.path().join("live.crl");
+    std::fs::copy(&good, &live)?;
+    config.crl = Some(live.clone());
+    config.reload_interval = Duration::from_millis(50);
+    let acceptor = start(&config)?;
+    std::fs::write(&live, "")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ca = fixture.pki.ca();
+    assert_eq!(
+        refused(&acceptor, &Client::trusting(ca).presenting(&revoked)).await?,
+        "certificate_revoked"
+    );
+    Ok(())
+}
+
+/// With client certificates every handshake is a full one: a resumed session would skip the client
+/// certificate's verification, so a certificate revoked meanwhile would keep working. Without them,
+/// the same client resumes (which shows the check can see a resumption).
+#[tokio::test]
+async fn client_certificate_listeners_never_resume_a_session() -> TestResult {
+    let mut fixture = Fixture::new()?;
+    let device = fixture.pki.client("device", "device", Validity::Now)?;
+    let ca = fixture.pki.ca().to_owned();
+    for (client_auth, second) in [
+        (ClientAuth::Required, HandshakeKind::Full),
+        (ClientAuth::None, HandshakeKind::Resumed),
+    ] {
+        let acceptor = start(&fixture.config(client_auth))?;
+        let client = Client::trusting(&ca).presenting(&device);
+        // One config for both connections: its session store is what would resume.
+        let config = Arc::new(client.config()?);
+        let first = exchange(&acceptor, config.clone()).await?;
+        assert_eq!(first, Some(HandshakeKind::Full));
+        let again = exchange(&acceptor, config).await?;
+        assert_eq!(again, Some(second), "client_auth {client_auth:?}");
+    }
+    Ok(())
+}
+
+/// A handshake and a byte each way (the client reads what the server sent after the handshake,
+/// session tickets included); the kind of handshake the client saw.
+async fn exchange(
+    acceptor: &TlsAcceptor,
+    config: Arc<ClientConfig>,
+) -> Result<Option<HandshakeKind>, Box<dyn std::error::Error + Send + Sync>> {
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let client_side = async move {
+        let mut stream = connector
+            .connect(ServerName::try_from("gateway.test")?, client_end)
+            .await?;
+        stream.write_all(b"x").await?;
+        stream.flush().await?;
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(stream.get_ref().1.handshake_kind())
+    };
+    let server_side = async {
+        let (mut stream, _) = acceptor
+            .handshake(server_end)
+            .await
+            .map_err(|refusal| refusal.detail)?;
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await?;
+        stream.write_all(b"y").await?;
+        stream.flush().await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    let (kind, served) = tokio::join!(client_side, server_side);
+    served?;
+    kind
 }

@@ -93,10 +93,11 @@ def publish_for(host, port, ca, seconds, topic, cert=None, key=None):
             i += 1
             time.sleep(0.02)
     finally:
+        # Counted before our own disconnect(), whose callback is not a lost connection.
+        lost = len(disconnects)
         c.disconnect()
         c.loop_stop()
-    # The one disconnect our own disconnect() causes is not counted.
-    print(f"disconnects={max(len(disconnects) - 1, 0)}")
+    print(f"disconnects={lost}")
 
 
 def peer_names(host, port, ca):

@@ -93,15 +93,7 @@ impl Config {
     /// the TLS table's own rules. Errors name the key.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(tls) = &self.tls {
-            tls.validate()
-                .map_err(|error| format!("amqp.tls: {error}"))?;
-            // AMQP has no WebSocket listener here; refusing the key beats silently serving nothing.
-            if tls.websocket_listen.is_some() {
-                return Err(
-                    "amqp.tls: websocket_listen is MQTT only; use listen for an AMQPS listener"
-                        .into(),
-                );
-            }
+            tls.validate_for("amqp", false)?;
         }
         if self.max_frame_size < 512 {
             return Err("amqp.max_frame_size must be at least 512 (AMQP 1.0's minimum)".into());
@@ -140,12 +132,12 @@ mod tests {
         let mut no_ca = valid.clone();
         no_ca.client_auth = ClientAuth::Required;
         let error = with_tls(no_ca).validate().unwrap_err();
-        assert!(error.starts_with("amqp.tls: client_auth"), "{error}");
+        assert!(error.starts_with("amqp.tls.client_auth"), "{error}");
 
         let mut websocket = valid;
         websocket.websocket_listen = Some(SocketAddr::from(([127, 0, 0, 1], 8884)));
         let error = with_tls(websocket).validate().unwrap_err();
-        assert!(error.starts_with("amqp.tls: websocket_listen"), "{error}");
+        assert!(error.starts_with("amqp.tls.websocket_listen"), "{error}");
     }
 
     #[test]

@@ -219,16 +219,17 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
 async fn serve_tls(
     shared: Arc<Shared>,
     tls: Tls,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     drain: CancellationToken,
 ) {
-    if transport::asks_tls_upgrade(&stream, tls.handshake_timeout).await
-        && let Err(error) = transport::accept_tls_upgrade(&mut stream).await
-    {
-        tracing::debug!(%peer, %error, "AMQP TLS upgrade failed");
-        return;
-    }
+    let stream = match transport::start_tls(stream, tls.handshake_timeout).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "AMQP TLS start failed");
+            return;
+        }
+    };
     let Some((stream, identity)) = tls.acceptor.accept(stream, peer).await else {
         return;
     };

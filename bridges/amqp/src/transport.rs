@@ -110,32 +110,40 @@ pub(crate) async fn read_header<S: AsyncRead + Unpin>(
     (rewound, sasl)
 }
 
-/// Whether a client on the TLS listener asks for TLS AMQP's way: the TLS protocol header in plain
-/// text before its ClientHello (which starts with byte 0x16, never `A`). Peeks only, so a client
-/// that starts the handshake at once loses nothing; `false` when nothing tells within `wait`.
-pub(crate) async fn asks_tls_upgrade(stream: &TcpStream, wait: Duration) -> bool {
+/// The start of a connection on the TLS listener: AMQP's own TLS upgrade when the client asks for it
+/// (the TLS protocol header in plain text, answered with the same), else a client that starts the
+/// handshake at once, whose first byte (0x16, never the header's `A`) is handed back in front of the
+/// stream. The header is read within `wait`; what follows is the TLS handshake's.
+pub(crate) async fn start_tls(
+    mut stream: TcpStream,
+    wait: Duration,
+) -> io::Result<Rewound<TcpStream>> {
     let mut head = [0u8; 8];
-    let peeked = tokio::time::timeout(wait, async {
-        loop {
-            match stream.peek(&mut head).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if head[..n] != TLS_HEADER[..n] => return false,
-                Ok(n) if n == head.len() => return true,
-                // Part of the header so far: peek again once more has arrived.
-                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
+    let len = tokio::time::timeout(wait, async {
+        if stream.read(&mut head[..1]).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
+        if head[0] != TLS_HEADER[0] {
+            return Ok(1);
+        }
+        stream.read_exact(&mut head[1..]).await?;
+        if head != TLS_HEADER {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "neither a TLS handshake nor AMQP's TLS protocol header",
+            ));
+        }
+        stream.write_all(&TLS_HEADER).await?;
+        Ok(0)
     })
-    .await;
-    peeked.unwrap_or(false)
-}
-
-/// Takes the client's TLS protocol header off the stream and answers with the same, as AMQP's TLS
-/// upgrade asks: the TLS handshake follows.
-pub(crate) async fn accept_tls_upgrade(stream: &mut TcpStream) -> io::Result<()> {
-    let mut head = [0u8; 8];
-    stream.read_exact(&mut head).await?;
-    stream.write_all(&TLS_HEADER).await
+    .await
+    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    Ok(Rewound {
+        head,
+        len,
+        given: 0,
+        inner: stream,
+    })
 }
 
 #[cfg(test)]
@@ -191,20 +199,34 @@ mod tests {
         let address = listener.local_addr().unwrap();
 
         let mut client = TcpStream::connect(address).await.unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
         client.write_all(&TLS_HEADER).await.unwrap();
-        assert!(asks_tls_upgrade(&server, Duration::from_secs(5)).await);
-        accept_tls_upgrade(&mut server).await.unwrap();
+        client.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+        let mut started = start_tls(server, Duration::from_secs(5)).await.unwrap();
         let mut answer = [0u8; 8];
         client.read_exact(&mut answer).await.unwrap();
         assert_eq!(answer, TLS_HEADER);
+        let mut first = [0u8; 3];
+        started.read_exact(&mut first).await.unwrap();
+        assert_eq!(
+            first,
+            [0x16, 0x03, 0x01],
+            "the handshake follows the answered header"
+        );
 
-        // A TLS record header: the handshake starts at once, nothing consumed.
+        // A TLS record header: the handshake starts at once; the byte read is given back.
         let mut client = TcpStream::connect(address).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         client.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
-        assert!(!asks_tls_upgrade(&server, Duration::from_secs(5)).await);
+        let mut started = start_tls(server, Duration::from_secs(5)).await.unwrap();
         let mut first = [0u8; 3];
-        assert_eq!(server.peek(&mut first).await.unwrap(), 3);
+        started.read_exact(&mut first).await.unwrap();
+        assert_eq!(first, [0x16, 0x03, 0x01]);
+
+        // Something else that starts like the header is refused.
+        let mut client = TcpStream::connect(address).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(b"AMQP\x00\x01\x00\x00").await.unwrap();
+        assert!(start_tls(server, Duration::from_secs(5)).await.is_err());
     }
 }

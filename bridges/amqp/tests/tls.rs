@@ -109,6 +109,10 @@ async fn certificates_that_do_not_load_are_refused_at_bind_naming_the_key() -> T
         .await
         .err()
         .ok_or("bound with missing certificates")?;
-    assert!(error.to_string().starts_with("amqp.tls: "), "{error}");
+    let error = error.to_string();
+    assert!(
+        error.starts_with("amqp.tls: ") && error.contains("missing.crt"),
+        "{error}"
+    );
     Ok(())
 }

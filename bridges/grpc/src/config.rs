@@ -47,11 +47,7 @@ impl Config {
     /// Checks what the types cannot: the TLS table's own rules. Errors name the key.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(tls) = &self.tls {
-            if tls.websocket_listen.is_some() {
-                return Err("grpc.tls.websocket_listen: WebSocket is MQTT's only".into());
-            }
-            tls.validate()
-                .map_err(|error| format!("grpc.tls: {error}"))?;
+            tls.validate_for("grpc", false)?;
         }
         Ok(())
     }

@@ -106,8 +106,7 @@ impl Config {
     /// Checks what the types cannot: the TLS table's own rules. Errors name the key.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(tls) = &self.tls {
-            tls.validate()
-                .map_err(|error| format!("mqtt.tls: {error}"))?;
+            tls.validate_for("mqtt", true)?;
         }
         Ok(())
     }

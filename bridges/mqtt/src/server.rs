@@ -17,7 +17,10 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::{CancellationToken, DropGuard},
+    task::TaskTracker,
+};
 use ws_stream_tungstenite::WsStream;
 
 use crate::{
@@ -36,7 +39,9 @@ pub struct Server {
     tls_tcp: Option<TcpListener>,
     tls_websocket: Option<TcpListener>,
     tls: Option<TlsAcceptor>,
-    background: CancellationToken,
+    /// Stops the bridge's background readers and the certificates' reloader when the server goes,
+    /// served or not.
+    background: DropGuard,
 }
 
 /// How a connection arrived.
@@ -59,6 +64,8 @@ impl Server {
     pub async fn bind(log: Arc<dyn Log>, config: Config) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
         let background = CancellationToken::new();
+        // Armed first: a bind or start that fails below stops what was started before it.
+        let guard = background.clone().drop_guard();
         let tls = match &config.tls {
             Some(tls) => Some(TlsAcceptor::start("mqtt", tls, &[], background.clone())?),
             None => None,
@@ -84,7 +91,7 @@ impl Server {
             tls_tcp,
             tls_websocket,
             tls,
-            background,
+            background: guard,
         })
     }
 
@@ -163,7 +170,7 @@ impl Server {
         drop((self.tcp, self.websocket, self.tls_tcp, self.tls_websocket));
         tracker.close();
         tracker.wait().await;
-        self.background.cancel();
+        drop(self.background);
         result
     }
 }

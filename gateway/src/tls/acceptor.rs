@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     ClientIdentity,
     config::TlsConfig,
-    material::{self, Digest},
+    material::{self, Digest, Files},
 };
 use crate::{Result, metrics::names};
 
@@ -32,21 +32,22 @@ pub type Accepted<S> = (TlsStream<S>, Option<ClientIdentity>);
 impl TlsAcceptor {
     /// Loads what `config` names (an error names the file and what was wrong with it) and checks
     /// the files every `reload_interval` until `stop`. `listener` names it in logs and metrics
-    /// (`mqtt`, `mqtt-websocket`, `amqp`, `grpc`, `http`); `alpn` is what it offers (`h2` for gRPC).
+    /// (`mqtt` for MQTT over TLS and secure WebSocket alike, `amqp`, `grpc`, `http`); `alpn` is
+    /// what it offers (`h2` for gRPC).
     pub fn start(
         listener: &'static str,
         config: &TlsConfig,
         alpn: &[&[u8]],
         stop: CancellationToken,
     ) -> Result<Self> {
-        let loaded = material::load(config, alpn)?;
-        let current = Arc::new(ArcSwap::new(loaded.server));
+        let files = Files::read(config)?;
+        let current = Arc::new(ArcSwap::new(material::build(config, &files, alpn)?));
         let watcher = Watcher {
             listener,
             config: config.clone(),
             alpn: alpn.iter().map(|protocol| protocol.to_vec()).collect(),
             current: current.clone(),
-            seen: loaded.digest,
+            seen: files.digest,
         };
         tokio::spawn(watcher.run(stop));
         Ok(Self {
@@ -194,23 +195,24 @@ impl Watcher {
     }
 
     fn check(&mut self) {
-        let digest = match material::digest(&self.config) {
-            Ok(digest) => digest,
+        let files = match Files::read(&self.config) {
+            Ok(files) => files,
             Err(error) => {
                 // A file missing for a moment (a secret's files are swapped one by one): try again.
                 tracing::debug!(listener = self.listener, %error, "TLS files not readable now");
                 return;
             }
         };
-        if digest == self.seen {
+        if files.digest == self.seen {
             return;
         }
-        self.seen = digest;
+        // Built from the very bytes just compared, so a failure is reported once per change and
+        // the next change is tried however it went.
+        self.seen = files.digest.clone();
         let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-        match material::load(&self.config, &alpn) {
-            Ok(loaded) => {
-                self.seen = loaded.digest;
-                self.current.store(loaded.server);
+        match material::build(&self.config, &files, &alpn) {
+            Ok(server) => {
+                self.current.store(server);
                 metrics::counter!(names::TLS_RELOADS, "listener" => self.listener, "outcome" => "loaded").increment(1);
                 tracing::info!(listener = self.listener, "TLS certificates reloaded");
             }

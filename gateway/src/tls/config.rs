@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// Address of a TLS listener beside the plain one (MQTT, AMQP). Unset (and no
-    /// `websocket_listen`): the front end's own listeners speak TLS instead of plain text.
+    /// Address of a TLS listener beside the plain one. Unset (and no `websocket_listen`): the
+    /// front end's own listeners speak TLS instead of plain text.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
     /// MQTT only: address of an MQTT-over-secure-WebSocket listener beside the plain ones.
@@ -81,6 +81,19 @@ impl TlsConfig {
     /// Whether the front end's own listeners speak TLS (no separate TLS address is named).
     pub fn replaces_plain(&self) -> bool {
         self.listen.is_none() && self.websocket_listen.is_none()
+    }
+
+    /// The `[<front_end>.tls]` table's mistakes, the error naming the key (`mqtt.tls.client_ca`):
+    /// those of [`validate`](Self::validate), and a `websocket_listen` where the front end serves
+    /// no WebSocket (refused rather than silently serving nothing).
+    pub fn validate_for(&self, front_end: &str, websocket: bool) -> Result<(), String> {
+        if self.websocket_listen.is_some() && !websocket {
+            return Err(format!(
+                "{front_end}.tls.websocket_listen: only MQTT serves WebSocket; use listen"
+            ));
+        }
+        self.validate()
+            .map_err(|error| format!("{front_end}.tls.{error}"))
     }
 
     /// The mistakes a config can make on its own: a client CA without asking for certificates (or

@@ -14,7 +14,10 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::mpsc,
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::{CancellationToken, DropGuard},
+    task::TaskTracker,
+};
 
 use super::{ClientIdentity, TlsAcceptor, TlsConfig, TlsStream};
 use crate::Result;
@@ -24,8 +27,8 @@ use crate::Result;
 pub struct Listeners {
     plain: Option<TcpListener>,
     tls: Option<(TcpListener, TlsAcceptor)>,
-    /// Stops the certificates' reloader when accepting stops.
-    stop: CancellationToken,
+    /// Stops the certificates' reloader when these listeners go, served or not.
+    _reloader: DropGuard,
 }
 
 /// A connection, its TLS handshake done.
@@ -52,15 +55,17 @@ impl Listeners {
         let main = TcpListener::bind(listen)
             .await
             .map_err(bind_error(listen))?;
-        let stop = CancellationToken::new();
+        let reloader = CancellationToken::new();
+        // Armed before the reloader starts: a bind that fails below stops it too.
+        let guard = reloader.clone().drop_guard();
         let Some(settings) = tls else {
             return Ok(Self {
                 plain: Some(main),
                 tls: None,
-                stop,
+                _reloader: guard,
             });
         };
-        let acceptor = TlsAcceptor::start(name, settings, alpn, stop.clone())?;
+        let acceptor = TlsAcceptor::start(name, settings, alpn, reloader)?;
         let (plain, tls) = match settings.listen {
             Some(address) => {
                 let tls = TcpListener::bind(address)
@@ -73,7 +78,7 @@ impl Listeners {
         Ok(Self {
             plain,
             tls: Some((tls, acceptor)),
-            stop,
+            _reloader: guard,
         })
     }
 
@@ -135,9 +140,13 @@ impl Listeners {
                 }
                 continue;
             };
-            let connections = connections.clone();
+            let (connections, stop) = (connections.clone(), stop.clone());
             handshakes.spawn(async move {
-                if let Some((stream, certificate)) = acceptor.accept(stream, peer).await {
+                let accepted = tokio::select! {
+                    accepted = acceptor.accept(stream, peer) => accepted,
+                    () = stop.cancelled() => None,
+                };
+                if let Some((stream, certificate)) = accepted {
                     let connection = Connection {
                         stream: MaybeTls::Tls(Box::new(stream)),
                         peer,
@@ -147,9 +156,11 @@ impl Listeners {
                 }
             });
         }
+        // The ports close at once (new clients are refused, not left in the backlog) while the
+        // handshakes under way give up.
+        drop((self.plain, self.tls));
         handshakes.close();
         handshakes.wait().await;
-        self.stop.cancel();
     }
 }
 

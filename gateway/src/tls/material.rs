@@ -1,7 +1,7 @@
 //! From the files a `[<front end>.tls]` table names to a rustls `ServerConfig`: certificates and keys
 //! (one default, more by SNI name), the client certificate verifier with its CA and revocation
-//! lists, the versions and the ALPN protocols. The files are read once per load and their digest
-//! kept, so the reloader can tell when they changed.
+//! lists, the versions and the ALPN protocols. The files are read once ([`Files`]) and both their
+//! digest (has anything changed?) and the config are made from what was read.
 
 use std::{
     collections::HashMap,
@@ -24,26 +24,29 @@ use rustls_pki_types::{
 use super::config::{ClientAuth, TlsConfig, TlsVersion};
 use crate::{Error, Result};
 
-/// A loaded config, and the digest of the files it came from.
-#[derive(Debug)]
-pub(super) struct Material {
-    pub(super) server: Arc<ServerConfig>,
-    pub(super) digest: Digest,
-}
-
 /// SHA-256 over every file a config names, in a fixed order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Digest(Vec<u8>);
 
 /// The files a config names, read, and their digest.
-struct Files {
+pub(super) struct Files {
     contents: HashMap<PathBuf, Vec<u8>>,
-    digest: Digest,
+    /// What the reloader compares: a config is built again only when this changed.
+    pub(super) digest: Digest,
+}
+
+impl fmt::Debug for Files {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the contents: a private key is among them.
+        f.debug_struct("Files")
+            .field("paths", &self.contents.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Files {
     /// Reads every file `config` names, in a fixed order.
-    fn read(config: &TlsConfig) -> Result<Self> {
+    pub(super) fn read(config: &TlsConfig) -> Result<Self> {
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         let mut contents = HashMap::new();
         for path in paths(config) {
@@ -76,11 +79,6 @@ fn tls_error(
     }
 }
 
-/// The digest of the files `config` names as they are now: what the reloader compares.
-pub(super) fn digest(config: &TlsConfig) -> Result<Digest> {
-    Ok(Files::read(config)?.digest)
-}
-
 fn paths(config: &TlsConfig) -> impl Iterator<Item = &Path> {
     [config.cert.as_path(), config.key.as_path()]
         .into_iter()
@@ -94,14 +92,17 @@ fn paths(config: &TlsConfig) -> impl Iterator<Item = &Path> {
         )
 }
 
-/// Loads everything `config` names into a server config offering `alpn`.
-pub(super) fn load(config: &TlsConfig, alpn: &[&[u8]]) -> Result<Material> {
+/// A server config offering `alpn` from the files `config` names, as `files` holds them.
+pub(super) fn build(
+    config: &TlsConfig,
+    files: &Files,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let files = Files::read(config)?;
-    let default = certified_key(&files, &config.cert, &config.key, &provider)?;
+    let default = certified_key(files, &config.cert, &config.key, &provider)?;
     let mut by_name = HashMap::new();
     for sni in &config.sni {
-        let key = certified_key(&files, &sni.cert, &sni.key, &provider)?;
+        let key = certified_key(files, &sni.cert, &sni.key, &provider)?;
         for name in &sni.names {
             by_name.insert(name.to_ascii_lowercase(), key.clone());
         }
@@ -129,6 +130,11 @@ pub(super) fn load(config: &TlsConfig, alpn: &[&[u8]]) -> Result<Material> {
                 let lists = CertificateRevocationListDer::pem_slice_iter(files.get(crl))
                     .collect::<std::result::Result<Vec<_>, _>>()
                     .map_err(|error| tls_error(crl, "reading revocation lists in", error))?;
+                // rustls checks no revocation at all when given no list: a DER, empty or half
+                // written file must not switch revocation off.
+                if lists.is_empty() {
+                    return Err(tls_error(crl, "reading", "no PEM X509 CRL in the file"));
+                }
                 verifier = verifier.with_crls(lists);
             }
             if config.client_auth == ClientAuth::Optional {
@@ -149,10 +155,7 @@ pub(super) fn load(config: &TlsConfig, alpn: &[&[u8]]) -> Result<Material> {
         server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
     }
-    Ok(Material {
-        server: Arc::new(server),
-        digest: files.digest,
-    })
+    Ok(Arc::new(server))
 }
 
 fn certified_key(

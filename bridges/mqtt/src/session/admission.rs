@@ -76,8 +76,8 @@ pub(crate) struct Client {
     pub(crate) max_packet_size: Option<u32>,
     /// MQTT 5 Request Problem Information: 0 asks for no reason strings on acknowledgements.
     pub(crate) problem_info: bool,
-    /// The verified TLS client certificate's identity, when the client presented one: what
-    /// authentication can take as its principal.
+    /// The verified TLS client certificate's identity, when the client presented one: logged with
+    /// the connection, and what authentication can take as its principal (nothing does yet).
     pub(crate) certificate: Option<Box<ClientIdentity>>,
 }
 
