@@ -29,6 +29,7 @@ mod measure;
 mod mqtt;
 mod process;
 mod regions;
+mod tls;
 
 pub use args::BenchArgs;
 

@@ -50,7 +50,7 @@ struct Broker {
 
 impl Broker {
     fn courier(fsync: &str) -> Result<Self> {
-        let (child, ready, dir) = start_courier(fsync)?;
+        let (child, ready, dir) = start_courier(fsync, &[])?;
         let address: SocketAddr = ready
             .split_whitespace()
             .find_map(|field| field.strip_prefix("amqp="))

@@ -59,6 +59,14 @@ pub struct BenchArgs {
     /// MQTT mode: commands sent to the held clients, one client after another.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) commands: usize,
+    /// MQTT mode: every load client connects over TLS, and both brokers serve TLS with a
+    /// certificate made for the run (Courier's `[mqtt.tls]`, a Mosquitto TLS listener).
+    #[arg(long)]
+    pub(crate) tls: bool,
+    /// MQTT mode: connections of the new-connections workload (each connects, gets its CONNACK and
+    /// disconnects; `streams` at a time).
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) new_connections: usize,
     /// MQTT mode: the Mosquitto broker to compare with.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     pub(crate) mosquitto: std::path::PathBuf,

@@ -15,28 +15,38 @@
 //!   QoS 1 to command topics of its own (`devices/<run>/<i>/commands/#`, a wildcard, as devices
 //!   do), and they stay; the broker's resident memory (RSS) is read from /proc before and while they
 //!   are connected;
+//! - new connections: `new_connections` clients, `streams` at a time, connect, get their CONNACK and
+//!   disconnect (with `--tls`, each a full TLS handshake);
 //! - commands, to those held clients: one client publishes `commands` messages at QoS 1, each to the
 //!   next device's `devices/<run>/<i>/commands/set`; latency is from publish to delivery. Every
 //!   record is matched against 10,000 wildcard filters: this is what the fan-out's filter index is
 //!   for.
+//!
+//! With `--tls` every client connects over TLS to both brokers, which serve a certificate made for
+//! the run: Courier's `[mqtt.tls]`, a Mosquitto TLS listener. Compare a run with and one without to
+//! see what TLS costs each broker.
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
 use tokio::{sync::mpsc, task::JoinSet};
 
 use super::{
     args::BenchArgs,
     measure::{Measurement, histogram},
     process::{start_courier, stop_process},
+    tls::BenchTls,
 };
 
 /// Longest a broker is left to go idle after the held clients went away.
@@ -53,35 +63,64 @@ const PHASE_DEADLINE: Duration = Duration::from_secs(300);
 struct Broker {
     name: &'static str,
     child: Child,
-    address: SocketAddr,
-    /// Courier's data directory, removed when the broker is dropped; Mosquitto keeps nothing on disk.
+    target: Target,
+    /// Courier's data directory or Mosquitto's config file, removed when the broker is dropped.
     _data: Option<tempfile::TempDir>,
 }
 
 impl Broker {
-    /// `courier serve` on a fresh embedded log in a temporary directory.
-    fn courier(fsync: &str) -> Result<Self> {
-        let (child, line, dir) = start_courier(fsync)?;
+    /// `courier serve` on a fresh embedded log in a temporary directory; with `tls`, its MQTT
+    /// listener speaks TLS (`[mqtt.tls]` without an address of its own).
+    fn courier(fsync: &str, tls: Option<&BenchTls>) -> Result<Self> {
+        let env = match tls {
+            Some(tls) => vec![
+                ("COURIER_MQTT__TLS__CERT", tls.cert.display().to_string()),
+                ("COURIER_MQTT__TLS__KEY", tls.key.display().to_string()),
+            ],
+            None => Vec::new(),
+        };
+        let (child, line, dir) = start_courier(fsync, &env)?;
+        let key = if tls.is_some() { "mqtts=" } else { "mqtt=" };
         let address = line
             .split_whitespace()
-            .find_map(|field| field.strip_prefix("mqtt="))
-            .context("no mqtt= in the ready line")?
+            .find_map(|field| field.strip_prefix(key))
+            .with_context(|| format!("no {key} in the ready line"))?
             .parse()?;
         Ok(Self {
             name: "Courier (embedded)",
             child,
-            address,
+            target: Target::new(address, tls),
             _data: Some(dir),
         })
     }
 
-    /// Mosquitto with its default configuration on a free port.
-    fn mosquitto(program: &PathBuf) -> Result<Self> {
+    /// Mosquitto with its default configuration on a free port; with `tls`, one TLS listener with
+    /// the same certificate (and anonymous clients allowed, as they are without a config file).
+    fn mosquitto(program: &PathBuf, tls: Option<&BenchTls>) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = Command::new(program)
-            .args(["-p", &port.to_string()])
+        let config = tempfile::tempdir()?;
+        let mut command = Command::new(program);
+        match tls {
+            Some(tls) => {
+                let file = config.path().join("mosquitto.conf");
+                std::fs::write(
+                    &file,
+                    format!(
+                        "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\n",
+                        tls.ca.display(),
+                        tls.cert.display(),
+                        tls.key.display()
+                    ),
+                )?;
+                command.arg("-c").arg(file);
+            }
+            None => {
+                command.args(["-p", &port.to_string()]);
+            }
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -100,8 +139,8 @@ impl Broker {
         Ok(Self {
             name: "Mosquitto",
             child,
-            address,
-            _data: None,
+            target: Target::new(address, tls),
+            _data: Some(config),
         })
     }
 
@@ -162,6 +201,7 @@ impl Drop for Broker {
 }
 
 struct Results {
+    new_connections: Measurement,
     publish: Measurement,
     qos2: Measurement,
     fanout: Deliveries,
@@ -173,10 +213,11 @@ struct Results {
 
 /// Runs every workload against both brokers and prints the table and ratios.
 pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
+    let tls = args.tls.then(BenchTls::new).transpose()?;
     let mut results = Vec::new();
     for broker in [
-        Broker::courier(&args.fsync)?,
-        Broker::mosquitto(&args.mosquitto)?,
+        Broker::courier(&args.fsync, tls.as_ref())?,
+        Broker::mosquitto(&args.mosquitto, tls.as_ref())?,
     ] {
         let measured = measure(&broker, args).await?;
         results.push((broker.name, measured));
@@ -189,12 +230,12 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
 async fn measure(broker: &Broker, args: &BenchArgs) -> Result<Results> {
     // Connections first, on a fresh broker: what they cost, without stored messages in the figure.
     let idle_rss = broker.rss_mib()?;
-    let mut devices = connect_many(broker.address, args.connections).await?;
+    let mut devices = connect_many(&broker.target, args.connections).await?;
     let connected_rss = broker.rss_mib()?;
     let commands = phase(
         broker,
         "commands",
-        commands(broker.address, &mut devices, args),
+        commands(&broker.target, &mut devices, args),
     )
     .await?;
     // Ending their event loops closes the connections. The broker is left to let them go, so the
@@ -203,31 +244,39 @@ async fn measure(broker: &Broker, args: &BenchArgs) -> Result<Results> {
         event_loop.abort();
     }
     broker.settle().await?;
+    let new = phase(
+        broker,
+        "new connections",
+        new_connections(&broker.target, args),
+    )
+    .await?;
+    broker.settle().await?;
     let qos1 = phase(
         broker,
         "QoS 1 publish",
-        publish(broker.address, args, Workload::Qos1),
+        publish(&broker.target, args, Workload::Qos1),
     )
     .await?;
     let qos2 = phase(
         broker,
         "QoS 2 publish",
-        publish(broker.address, args, Workload::Qos2Persistent),
+        publish(&broker.target, args, Workload::Qos2Persistent),
     )
     .await?;
     let fanout = phase(
         broker,
         "fan-out",
-        deliver(broker.address, args, Delivery::fanout(args)),
+        deliver(&broker.target, args, Delivery::fanout(args)),
     )
     .await?;
     let qos2_delivery = phase(
         broker,
         "QoS 2 delivery",
-        deliver(broker.address, args, Delivery::qos2_persistent(args)),
+        deliver(&broker.target, args, Delivery::qos2_persistent(args)),
     )
     .await?;
     Ok(Results {
+        new_connections: new,
         publish: qos1,
         qos2,
         fanout,
@@ -241,7 +290,8 @@ async fn measure(broker: &Broker, args: &BenchArgs) -> Result<Results> {
 /// The tables and the ratios of Courier to Mosquitto.
 fn print_results(args: &BenchArgs, results: &[(&str, Results)]) {
     println!(
-        "messages={} qos2_messages={} payload={} publishers={} inflight={} subscribers={} fanout_messages={} connections={} commands={} courier fsync={}",
+        "transport={} messages={} qos2_messages={} payload={} publishers={} inflight={} subscribers={} fanout_messages={} connections={} commands={} new_connections={} courier fsync={}",
+        if args.tls { "TLS" } else { "TCP" },
         args.records,
         args.qos2_messages,
         args.record_size,
@@ -251,23 +301,26 @@ fn print_results(args: &BenchArgs, results: &[(&str, Results)]) {
         args.fanout_messages,
         args.connections,
         args.commands,
+        args.new_connections,
         args.fsync
     );
     println!(
-        "| broker | QoS 1 publish msg/s | p50 ack ms | p99 ack ms | QoS 2 persistent publish msg/s | p50 PUBCOMP ms | RSS idle MiB | RSS with {} subscribed clients MiB |",
+        "| broker | QoS 1 publish msg/s | p50 ack ms | p99 ack ms | QoS 2 persistent publish msg/s | p50 PUBCOMP ms | RSS idle MiB | RSS with {} subscribed clients MiB | new connections/s | p99 CONNACK ms |",
         args.connections
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, r) in results {
         println!(
-            "| {name} | {:.0} | {} | {} | {:.0} | {} | {:.1} | {:.1} |",
+            "| {name} | {:.0} | {} | {} | {:.0} | {} | {:.1} | {:.1} | {:.0} | {} |",
             r.publish.rate(),
             r.publish.percentile_ms(0.5),
             r.publish.percentile_ms(0.99),
             r.qos2.rate(),
             r.qos2.percentile_ms(0.5),
             r.idle_rss,
-            r.connected_rss
+            r.connected_rss,
+            r.new_connections.rate(),
+            r.new_connections.percentile_ms(0.99)
         );
     }
     println!();
@@ -304,6 +357,10 @@ fn print_results(args: &BenchArgs, results: &[(&str, Results)]) {
             courier.publish.rate() / mosquitto.publish.rate()
         );
         println!(
+            "new connections ratio Courier/Mosquitto: {:.2}",
+            courier.new_connections.rate() / mosquitto.new_connections.rate()
+        );
+        println!(
             "QoS 2 (persistent) ratio Courier/Mosquitto: {:.2}",
             courier.qos2.rate() / mosquitto.qos2.rate()
         );
@@ -322,8 +379,29 @@ fn print_results(args: &BenchArgs, results: &[(&str, Results)]) {
     }
 }
 
-fn options(id: String, address: SocketAddr, inflight: u16) -> MqttOptions {
-    let mut options = MqttOptions::new(id, address.ip().to_string(), address.port());
+/// Where the load clients connect, and whether over TLS.
+#[derive(Clone)]
+struct Target {
+    address: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Target {
+    fn new(address: SocketAddr, tls: Option<&BenchTls>) -> Self {
+        Self {
+            address,
+            tls: tls.map(|tls| tls.client.clone()),
+        }
+    }
+}
+
+fn options(id: String, target: &Target, inflight: u16) -> MqttOptions {
+    let mut options = MqttOptions::new(id, target.address.ip().to_string(), target.address.port());
+    if let Some(tls) = &target.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
     options.set_keep_alive(Duration::from_secs(60));
     options.set_inflight(inflight);
     options.set_max_packet_size(4 << 20, 4 << 20);
@@ -350,7 +428,7 @@ enum Workload {
 
 /// `streams` publishers, each with `mqtt_inflight` in flight; latency to PUBACK (QoS 1) or PUBCOMP
 /// (QoS 2).
-async fn publish(address: SocketAddr, args: &BenchArgs, workload: Workload) -> Result<Measurement> {
+async fn publish(target: &Target, args: &BenchArgs, workload: Workload) -> Result<Measurement> {
     let run = ulid::Ulid::new();
     let payload = vec![b'x'; args.record_size];
     let (qos, messages) = match workload {
@@ -362,7 +440,7 @@ async fn publish(address: SocketAddr, args: &BenchArgs, workload: Workload) -> R
     for publisher in 0..args.streams {
         let mut options = options(
             format!("bench-pub-{run}-{publisher}"),
-            address,
+            target,
             args.mqtt_inflight,
         );
         options.set_clean_session(matches!(workload, Workload::Qos1));
@@ -486,7 +564,7 @@ impl Delivery {
 }
 
 /// `subscribers` subscribers; one publisher; latency from the send time in each payload.
-async fn deliver(address: SocketAddr, args: &BenchArgs, delivery: Delivery) -> Result<Deliveries> {
+async fn deliver(target: &Target, args: &BenchArgs, delivery: Delivery) -> Result<Deliveries> {
     let run = ulid::Ulid::new();
     let topic = format!("fanout/{run}");
     let mut tasks = JoinSet::new();
@@ -494,7 +572,7 @@ async fn deliver(address: SocketAddr, args: &BenchArgs, delivery: Delivery) -> R
     for subscriber in 0..delivery.subscribers {
         let mut options = options(
             format!("bench-sub-{run}-{subscriber}"),
-            address,
+            target,
             args.mqtt_inflight,
         );
         options.set_clean_session(!delivery.persistent);
@@ -537,7 +615,7 @@ async fn deliver(address: SocketAddr, args: &BenchArgs, delivery: Delivery) -> R
     let started = Instant::now();
     let messages = delivery.messages;
     let publisher = TimedPublisher::start(
-        address,
+        target,
         format!("bench-fan-pub-{run}"),
         args,
         messages,
@@ -570,18 +648,56 @@ struct Devices {
     deliveries: mpsc::UnboundedReceiver<u64>,
 }
 
+/// `args.new_connections` connections, `args.streams` at a time, each connecting (over TLS: a full
+/// handshake), waiting for its CONNACK and disconnecting: connections per second, latency to
+/// CONNACK.
+async fn new_connections(target: &Target, args: &BenchArgs) -> Result<Measurement> {
+    let run = ulid::Ulid::new();
+    let started = Instant::now();
+    let mut connectors = JoinSet::new();
+    for connector in 0..args.streams {
+        let (target, count) = (target.clone(), args.new_connections / args.streams);
+        connectors.spawn(async move {
+            let mut latency = histogram()?;
+            for i in 0..count {
+                let began = Instant::now();
+                let id = format!("bench-new-{run}-{connector}-{i}");
+                let (client, mut eventloop) = AsyncClient::new(options(id, &target, 10), 4);
+                connected(&mut eventloop).await?;
+                latency.record((began.elapsed().as_micros() as u64).max(1))?;
+                client.disconnect().await?;
+                while let Ok(event) = eventloop.poll().await {
+                    if let Event::Outgoing(Outgoing::Disconnect) = event {
+                        break;
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(latency)
+        });
+    }
+    let mut latency = histogram()?;
+    while let Some(done) = connectors.join_next().await {
+        latency.add(done.context("a connector panicked")??)?;
+    }
+    Ok(Measurement {
+        records: args.new_connections / args.streams * args.streams,
+        elapsed: started.elapsed(),
+        latency: Some(latency),
+    })
+}
+
 /// Opens `count` connections (500 at a time) and returns them, still connected.
-async fn connect_many(address: SocketAddr, count: usize) -> Result<Devices> {
+async fn connect_many(target: &Target, count: usize) -> Result<Devices> {
     let run = ulid::Ulid::new();
     let (delivered, deliveries) = mpsc::unbounded_channel();
     let mut clients = Vec::with_capacity(count);
     for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
         let mut connecting = JoinSet::new();
         for &i in chunk {
-            let delivered = delivered.clone();
+            let (delivered, target) = (delivered.clone(), target.clone());
             connecting.spawn(async move {
                 let (client, mut eventloop) =
-                    AsyncClient::new(options(format!("device-{run}-{i}"), address, 10), 4);
+                    AsyncClient::new(options(format!("device-{run}-{i}"), &target, 10), 4);
                 connected(&mut eventloop).await?;
                 // Each device waits for commands on topics of its own, as devices do.
                 client
@@ -621,11 +737,7 @@ async fn connect_many(address: SocketAddr, count: usize) -> Result<Devices> {
 }
 
 /// `args.commands` QoS 1 messages from one publisher, each to the next held device.
-async fn commands(
-    address: SocketAddr,
-    devices: &mut Devices,
-    args: &BenchArgs,
-) -> Result<Deliveries> {
+async fn commands(target: &Target, devices: &mut Devices, args: &BenchArgs) -> Result<Deliveries> {
     let count = devices.clients.len();
     if count == 0 || args.commands == 0 {
         bail!("commands need at least one connection and one command");
@@ -633,7 +745,7 @@ async fn commands(
     let (run, messages) = (devices.run, args.commands);
     let started = Instant::now();
     let publisher = TimedPublisher::start(
-        address,
+        target,
         format!("bench-commander-{run}"),
         args,
         messages,
@@ -669,7 +781,7 @@ struct TimedPublisher {
 
 impl TimedPublisher {
     fn start(
-        address: SocketAddr,
+        target: &Target,
         id: String,
         args: &BenchArgs,
         messages: usize,
@@ -677,7 +789,7 @@ impl TimedPublisher {
         topic: impl Fn(usize) -> String + Send + 'static,
     ) -> Self {
         let (client, mut eventloop) = AsyncClient::new(
-            options(id, address, args.mqtt_inflight),
+            options(id, target, args.mqtt_inflight),
             usize::from(args.mqtt_inflight) * 2,
         );
         let size = args.record_size.max(16);

@@ -8,7 +8,11 @@ use anyhow::{Context, Result};
 /// gateway from one in the load tool) on a fresh embedded log in a temporary directory, every listener
 /// on a free loopback port: the process, its ready line (naming the addresses) and the directory. Its
 /// log level is `warn`, or `COURIER_BENCH_LOG` (a `RUST_LOG` filter) when set, to see what it did.
-pub(super) fn start_courier(fsync: &str) -> Result<(Child, String, tempfile::TempDir)> {
+/// `env` adds `COURIER_*` settings (TLS, say).
+pub(super) fn start_courier(
+    fsync: &str,
+    env: &[(&str, String)],
+) -> Result<(Child, String, tempfile::TempDir)> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let server = match std::env::var_os("COURIER_BENCH_SERVER") {
         Some(path) => std::path::PathBuf::from(path),
@@ -27,6 +31,7 @@ pub(super) fn start_courier(fsync: &str) -> Result<(Child, String, tempfile::Tem
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .env("COURIER_LOG__FSYNC", fsync)
+        .envs(env.iter().map(|(key, value)| (*key, value)))
         .env(
             "RUST_LOG",
             std::env::var("COURIER_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
