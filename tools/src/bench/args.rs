@@ -59,8 +59,9 @@ pub struct BenchArgs {
     /// MQTT mode: commands sent to the held clients, one client after another.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) commands: usize,
-    /// MQTT mode: every load client connects over TLS, and both brokers serve TLS with a
-    /// certificate made for the run (Courier's `[mqtt.tls]`, a Mosquitto TLS listener).
+    /// Over TLS, with a certificate made for the run. gRPC mode: the gateway's gRPC port and its
+    /// client (the in-process side stays as it is). MQTT mode: every load client, and both brokers
+    /// (Courier's `[mqtt.tls]`, a Mosquitto TLS listener).
     #[arg(long)]
     pub(crate) tls: bool,
     /// MQTT mode: connections of the new-connections workload (each connects, gets its CONNACK and

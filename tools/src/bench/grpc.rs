@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -15,6 +16,7 @@ use courier_gateway::{
         Embedded, Log, NewRecord, Position, SubscribeOptions, SubscriptionEvent, TopicSelector,
         TopicSpec, layers,
     },
+    tls::TlsConfig,
 };
 use courier_grpc::{
     GrpcListeners, GrpcServer,
@@ -32,6 +34,7 @@ use super::{
     args::BenchArgs,
     kafka,
     measure::{Measurement, histogram, measure_producers, pipelined},
+    tls::BenchTls,
 };
 
 /// The four measured sides: produce direct, subscribe direct, produce and subscribe over gRPC.
@@ -117,13 +120,14 @@ fn print_sides(args: &BenchArgs, sides: &Sides) {
         grpc_subscribe,
     } = sides;
     println!(
-        "records={} record_size={} streams={} batch={} pipeline={} partitions={} backend={}",
+        "records={} record_size={} streams={} batch={} pipeline={} partitions={} grpc={} backend={}",
         args.records,
         args.record_size,
         args.streams,
         args.batch,
         args.pipeline,
         args.partitions,
+        if args.tls { "TLS" } else { "h2c" },
         args.kafka.as_ref().map_or_else(
             || format!("embedded fsync={}", args.fsync),
             |b| format!("kafka {b}")
@@ -177,8 +181,11 @@ pub(super) async fn through_gateway(
     args: &BenchArgs,
     value: &Bytes,
 ) -> Result<(Measurement, Measurement)> {
+    // With --tls, the gRPC port speaks TLS (a certificate made for the run) and so does the client.
+    let tls = args.tls.then(BenchTls::new).transpose()?;
     let config = courier_grpc::Config {
         listen: "127.0.0.1:0".parse()?,
+        tls: tls.as_ref().map(|tls| TlsConfig::new(&tls.cert, &tls.key)),
         ..courier_grpc::Config::default()
     };
     let listeners = GrpcListeners::bind(&config)
@@ -197,8 +204,7 @@ pub(super) async fn through_gateway(
         groups: GroupsConfig::default(),
     };
     let serving = tokio::spawn(server.serve(listeners, drain.clone()));
-    let channel = courier_grpc::client_endpoint(format!("http://{address}"))?
-        .connect()
+    let channel = connect(address, tls.as_ref())
         .await
         .context("connecting to the gateway")?;
     AdminClient::new(channel.clone())
@@ -214,6 +220,27 @@ pub(super) async fn through_gateway(
     serving.await.context("the gateway task panicked")??;
     log.close().await?;
     Ok((produced, subscribed))
+}
+
+/// A channel to the gateway at `address`, over TLS when `tls` is given (the TLS is the client's
+/// own, through tonic's connector: hyper sees a stream, HTTP/2 over it as over TCP).
+async fn connect(address: SocketAddr, tls: Option<&BenchTls>) -> Result<Channel> {
+    let endpoint = courier_grpc::client_endpoint(format!("http://{address}"))?;
+    let Some(tls) = tls else {
+        return Ok(endpoint.connect().await?);
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+    let connecting = tower::service_fn(move |_: tonic::transport::Uri| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(address).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
+            let stream = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    Ok(endpoint.connect_with_connector(connecting).await?)
 }
 
 async fn open_log(dir: &std::path::Path, fsync: FsyncPolicy) -> Result<Arc<dyn Log>> {
