@@ -328,21 +328,25 @@ async fn mutual_tls_refuses_each_bad_certificate_and_spares_the_others() -> Test
         mosquitto_sub_tls(mqtts.port(), &ca, Some(&device), &checked)?,
         "mutual"
     );
-    tokio::task::block_in_place(|| {
-        run_python(
-            "tls_clients.py",
-            &[
-                "paho",
-                "localhost",
-                &mqtts.port().to_string(),
-                "tcp",
-                &display(&ca),
-                &display(&device.cert),
-                &display(&device.key),
-            ],
-            &gateway,
-        )
-    })?;
+    // paho with its client certificate, over TLS and over secure WebSocket.
+    let wss = gateway.listener("mqtt-wss")?;
+    for (port, transport) in [(mqtts.port(), "tcp"), (wss.port(), "websockets")] {
+        tokio::task::block_in_place(|| {
+            run_python(
+                "tls_clients.py",
+                &[
+                    "paho",
+                    "localhost",
+                    &port.to_string(),
+                    transport,
+                    &display(&ca),
+                    &display(&device.cert),
+                    &display(&device.key),
+                ],
+                &gateway,
+            )
+        })?;
+    }
 
     let refused = [
         (None, "certificate_required"),
