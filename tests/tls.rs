@@ -134,6 +134,66 @@ fn s_client(port: u16, args: &[&str]) -> Result<(bool, String), BoxError> {
     Ok((connected, text))
 }
 
+/// paho-mqtt publishing QoS 1 over TLS for `seconds` on one connection, in the background
+/// (`tls_clients.py publish-for`).
+struct Publisher(std::thread::JoinHandle<std::io::Result<std::process::Output>>);
+
+impl Publisher {
+    fn start(
+        port: u16,
+        ca: &Path,
+        seconds: &str,
+        topic: &str,
+        certificate: Option<&Issued>,
+    ) -> Result<Self, BoxError> {
+        let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/python/tls_clients.py");
+        let mut command = Command::new(python()?);
+        command.arg(script).args([
+            "publish-for",
+            "localhost",
+            &port.to_string(),
+            &display(ca),
+            seconds,
+            topic,
+        ]);
+        if let Some(certificate) = certificate {
+            command.arg(&certificate.cert).arg(&certificate.key);
+        }
+        Ok(Self(std::thread::spawn(move || command.output())))
+    }
+
+    /// Waits for it; fails unless it ended well and was never disconnected. What it published and
+    /// saw acknowledged.
+    fn finish(self) -> Result<Vec<String>, BoxError> {
+        let output = self.0.join().map_err(|_| "the publisher panicked")??;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "the publisher failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains("disconnects=0"),
+            "the publisher's connection was dropped: {stdout}"
+        );
+        Ok(stdout
+            .lines()
+            .filter(|line| line.starts_with('r'))
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+/// Fails unless every acknowledged payload is in the MQTT messages topic.
+async fn all_stored(gateway: &Gateway, acked: &[String]) -> TestResult {
+    let stored = stored_values(gateway, "mqtt.messages").await?;
+    for payload in acked {
+        assert!(stored.contains(payload), "acknowledged {payload} was lost");
+    }
+    Ok(())
+}
+
 fn tls_table(pki: &Pki, extra: &str) -> String {
     format!(
         "[mqtt.tls]\nlisten = \"127.0.0.1:0\"\nwebsocket_listen = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
@@ -294,33 +354,7 @@ async fn mutual_tls_refuses_each_bad_certificate_and_spares_the_others() -> Test
 
     // A client publishing through the refusals below.
     let topic = unique("mtls/steady");
-    let steady = {
-        let (port, ca, cert, key, topic) = (
-            mqtts.port().to_string(),
-            display(&ca),
-            display(&device.cert),
-            display(&device.key),
-            topic.clone(),
-        );
-        let python = python()?;
-        let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/python/tls_clients.py");
-        std::thread::spawn(move || {
-            Command::new(python)
-                .arg(script)
-                .args([
-                    "publish-for",
-                    "localhost",
-                    &port,
-                    &ca,
-                    "6",
-                    &topic,
-                    &cert,
-                    &key,
-                ])
-                .output()
-        })
-    };
+    let steady = Publisher::start(mqtts.port(), &ca, "6", &topic, Some(&device))?;
 
     let checked = unique("mtls/checked");
     mosquitto_pub_tls(mqtts.port(), &ca, Some(&device), &checked, "mutual")?;
@@ -390,34 +424,12 @@ async fn mutual_tls_refuses_each_bad_certificate_and_spares_the_others() -> Test
         "the client certificate's identity is kept with its connection:\n{log}"
     );
 
-    let output = steady
-        .join()
-        .map_err(|_| "the steady publisher panicked")??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the steady publisher failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("disconnects=0"),
-        "the steady publisher was disconnected: {stdout}"
-    );
-    let acked: Vec<&str> = stdout
-        .lines()
-        .filter(|line| line.starts_with('r'))
-        .collect();
+    let acked = steady.finish()?;
     assert!(
         acked.len() > 10,
-        "the steady publisher hardly published: {stdout}"
+        "the publisher hardly published: {acked:?}"
     );
-    let stored = stored_values(&gateway, "mqtt.messages").await?;
-    for payload in &acked {
-        assert!(
-            stored.iter().any(|value| value == payload),
-            "acknowledged {payload} was lost"
-        );
-    }
+    all_stored(&gateway, &acked).await?;
     assert!(gateway.terminate()?.success());
     Ok(())
 }
@@ -458,17 +470,7 @@ async fn certificates_rotate_under_live_connections() -> TestResult {
     assert_eq!(names()?, "localhost");
 
     let topic = unique("rotation");
-    let publisher = {
-        let (python, port, ca, topic) = (python()?, port.clone(), ca.clone(), topic.clone());
-        let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/python/tls_clients.py");
-        std::thread::spawn(move || {
-            Command::new(python)
-                .arg(script)
-                .args(["publish-for", "localhost", &port, &ca, "5", &topic])
-                .output()
-        })
-    };
+    let publisher = Publisher::start(mqtts.port(), pki.pki.ca(), "5", &topic, None)?;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     std::fs::copy(&rotated.cert, &cert)?;
     std::fs::copy(&rotated.key, &key)?;
@@ -480,28 +482,8 @@ async fn certificates_rotate_under_live_connections() -> TestResult {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let output = publisher.join().map_err(|_| "the publisher panicked")??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the publisher failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("disconnects=0"),
-        "the live connection was dropped: {stdout}"
-    );
-    let acked: Vec<&str> = stdout
-        .lines()
-        .filter(|line| line.starts_with('r'))
-        .collect();
-    let stored = stored_values(&gateway, "mqtt.messages").await?;
-    for payload in &acked {
-        assert!(
-            stored.iter().any(|value| value == payload),
-            "acknowledged {payload} was lost"
-        );
-    }
+    let acked = publisher.finish()?;
+    all_stored(&gateway, &acked).await?;
 
     // A broken key: reported, and the rotated certificate keeps serving. (The rotation above wrote
     // the certificate and then the key, so a check between the two may have counted a failure
