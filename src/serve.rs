@@ -254,13 +254,9 @@ impl Listeners {
                     config.http.listen
                 )
             })?;
-            let (plain, tls) = listeners
-                .addresses()
+            let addresses = listeners
+                .addresses("http", "https")
                 .context("reading the HTTP listeners' addresses")?;
-            let addresses = [("http", plain), ("https", tls)]
-                .into_iter()
-                .filter_map(|(name, address)| Some((name, address?)))
-                .collect();
             Some((listeners, addresses))
         } else {
             None

@@ -10,6 +10,7 @@
 //! - [`regions`]: the region router, a `Log` over one Kafka cluster per region with failover;
 //! - [`metrics`]: what the front ends count, named once;
 //! - [`auth`]: users and passwords, shared by the front ends that ask for them;
+//! - `testing` (tests and feature `test-util` only): an embedded log behind the layers, for test suites;
 //! - [`tls`]: TLS acceptors for the front ends' listeners, reloaded when their files change;
 //! - [`config`]: the typed config sections this crate owns;
 //! - [`error`]: the crate's error type.
@@ -22,6 +23,8 @@ pub mod metrics;
 pub mod readers;
 pub mod regions;
 mod sync;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod tls;
 
 pub use error::{Error, Result};

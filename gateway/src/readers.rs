@@ -10,26 +10,3 @@
 
 pub mod fanout;
 pub mod table;
-
-#[cfg(test)]
-pub(crate) mod test_log {
-    use std::{path::Path, sync::Arc};
-
-    use crate::{
-        config::{EmbeddedConfig, GroupsConfig, TopicsConfig},
-        log::{Embedded, Log, layers},
-    };
-
-    /// A fresh embedded log in `dir`, behind the layers the binary composes.
-    pub(crate) async fn embedded(dir: &Path) -> crate::Result<Arc<dyn Log>> {
-        let topics = TopicsConfig::default();
-        let log = Embedded::open(
-            &EmbeddedConfig::in_dir(dir),
-            topics.clone(),
-            GroupsConfig::default(),
-            "test",
-        )
-        .await?;
-        Ok(Arc::new(layers::stack(log, &topics)))
-    }
-}

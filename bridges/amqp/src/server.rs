@@ -17,7 +17,7 @@ use courier_gateway::{
     auth::Auth,
     log::{Log, layers::Metered},
     metrics::{self, Protocol},
-    tls::{ClientIdentity, TlsAcceptor},
+    tls::{ClientIdentity, TlsAcceptor, accept_on},
 };
 use fe2o3_amqp::{
     acceptor::{ConnectionAcceptor, ListenerConnectionHandle, SessionAcceptor},
@@ -141,8 +141,8 @@ impl Server {
         loop {
             let (accepted, tls) = tokio::select! {
                 () = drain.cancelled() => break,
-                accepted = accept(plain.as_ref()) => (accepted, None),
-                accepted = accept(secure.as_ref().map(|(listener, _)| listener)) => {
+                accepted = accept_on(plain.as_ref()) => (accepted, None),
+                accepted = accept_on(secure.as_ref().map(|(listener, _)| listener)) => {
                     (accepted, secure.as_ref().map(|(_, tls)| tls.clone()))
                 }
             };
@@ -204,14 +204,6 @@ async fn bind_listeners(
             Some((TcpListener::bind(address).await?, tls)),
         ),
     })
-}
-
-/// Accepts on a listener that may not exist (then never resolves).
-async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(listener) => listener.accept().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// A connection on the TLS listener: AMQP's TLS upgrade when the client asks for it, the handshake

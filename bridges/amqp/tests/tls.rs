@@ -6,11 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use courier_amqp::{Config, Server};
-use courier_gateway::{
-    config::{EmbeddedConfig, GroupsConfig, TopicsConfig},
-    log::{Embedded, Log, layers},
-    tls::TlsConfig,
-};
+use courier_gateway::tls::TlsConfig;
 use courier_testkit::certs::TestPki;
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
 use rustls::{
@@ -20,18 +16,6 @@ use rustls::{
 use tokio_util::sync::CancellationToken;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-async fn embedded(dir: &std::path::Path) -> courier_gateway::Result<Arc<dyn Log>> {
-    let topics = TopicsConfig::default();
-    let log = Embedded::open(
-        &EmbeddedConfig::in_dir(dir),
-        topics.clone(),
-        GroupsConfig::default(),
-        "test",
-    )
-    .await?;
-    Ok(Arc::new(layers::stack(log, &topics)))
-}
 
 fn client_config(
     ca: &std::path::Path,
@@ -58,7 +42,11 @@ async fn tls_replaces_the_plain_address_when_it_names_no_listener() -> TestResul
         tls: Some(TlsConfig::new(&server_cert.cert, &server_cert.key)),
         ..Config::default()
     };
-    let server = Server::bind(embedded(&dir.path().join("data")).await?, config).await?;
+    let server = Server::bind(
+        courier_gateway::testing::embedded(&dir.path().join("data")).await?,
+        config,
+    )
+    .await?;
     let address = server.local_addr()?;
     assert_eq!(server.addresses()?, vec![("amqps", address)]);
     let drain = CancellationToken::new();
@@ -105,10 +93,13 @@ async fn certificates_that_do_not_load_are_refused_at_bind_naming_the_key() -> T
         )),
         ..Config::default()
     };
-    let error = Server::bind(embedded(&dir.path().join("data")).await?, config)
-        .await
-        .err()
-        .ok_or("bound with missing certificates")?;
+    let error = Server::bind(
+        courier_gateway::testing::embedded(&dir.path().join("data")).await?,
+        config,
+    )
+    .await
+    .err()
+    .ok_or("bound with missing certificates")?;
     let error = error.to_string();
     assert!(
         error.starts_with("amqp.tls: ") && error.contains("missing.crt"),

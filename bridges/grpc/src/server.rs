@@ -53,11 +53,7 @@ impl GrpcListeners {
 
     /// The bound addresses by what they serve: `grpc` (h2c), `grpcs` (TLS).
     pub fn addresses(&self) -> io::Result<Vec<(&'static str, SocketAddr)>> {
-        let (plain, tls) = self.0.addresses()?;
-        Ok([("grpc", plain), ("grpcs", tls)]
-            .into_iter()
-            .filter_map(|(name, address)| Some((name, address?)))
-            .collect())
+        self.0.addresses("grpc", "grpcs")
     }
 }
 

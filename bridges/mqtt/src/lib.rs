@@ -28,8 +28,6 @@ pub mod session;
 pub mod store;
 mod sync;
 pub mod takeover;
-#[cfg(test)]
-mod test_log;
 
 pub use config::Config;
 pub use error::{Error, Result};

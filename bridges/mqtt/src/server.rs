@@ -11,7 +11,7 @@ use async_tungstenite::tungstenite::{
 use courier_gateway::{
     log::Log,
     metrics::{self, Protocol},
-    tls::{ClientIdentity, TlsAcceptor},
+    tls::{ClientIdentity, TlsAcceptor, accept_on},
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -128,10 +128,10 @@ impl Server {
         let result = loop {
             let (accepted, transport, tls) = tokio::select! {
                 () = drain.cancelled() => break Ok(()),
-                accepted = accept(self.tcp.as_ref()) => (accepted, Transport::Tcp, None),
-                accepted = accept(self.websocket.as_ref()) => (accepted, Transport::WebSocket, None),
-                accepted = accept(self.tls_tcp.as_ref()) => (accepted, Transport::Tcp, self.tls.clone()),
-                accepted = accept(self.tls_websocket.as_ref()) => (accepted, Transport::WebSocket, self.tls.clone()),
+                accepted = accept_on(self.tcp.as_ref()) => (accepted, Transport::Tcp, None),
+                accepted = accept_on(self.websocket.as_ref()) => (accepted, Transport::WebSocket, None),
+                accepted = accept_on(self.tls_tcp.as_ref()) => (accepted, Transport::Tcp, self.tls.clone()),
+                accepted = accept_on(self.tls_websocket.as_ref()) => (accepted, Transport::WebSocket, self.tls.clone()),
             };
             match accepted {
                 Ok((stream, peer)) => {
@@ -172,14 +172,6 @@ impl Server {
         tracker.wait().await;
         drop(self.background);
         result
-    }
-}
-
-/// Accepts on a listener that may not exist (then never resolves).
-async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(listener) => listener.accept().await,
-        None => std::future::pending().await,
     }
 }
 

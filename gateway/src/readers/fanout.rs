@@ -702,7 +702,7 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(10);
 
     async fn embedded(dir: &std::path::Path) -> Result<Arc<dyn Log>> {
-        let log = crate::readers::test_log::embedded(dir).await?;
+        let log = crate::testing::embedded(dir).await?;
         log.create_topic(TopicSpec::named(TOPIC).partitions(3))
             .await?;
         Ok(log)

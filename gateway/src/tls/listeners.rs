@@ -82,19 +82,21 @@ impl Listeners {
         })
     }
 
-    /// The plain listener's address, then the TLS one's, if bound.
-    pub fn addresses(&self) -> io::Result<(Option<SocketAddr>, Option<SocketAddr>)> {
-        let plain = self
-            .plain
-            .as_ref()
-            .map(TcpListener::local_addr)
-            .transpose()?;
-        let tls = self
-            .tls
-            .as_ref()
-            .map(|(listener, _)| listener.local_addr())
-            .transpose()?;
-        Ok((plain, tls))
+    /// The bound addresses, named as the ready line names them: `plain` (`grpc`, `http`) for the
+    /// plain listener, `tls` (`grpcs`, `https`) for the TLS one.
+    pub fn addresses(
+        &self,
+        plain: &'static str,
+        tls: &'static str,
+    ) -> io::Result<Vec<(&'static str, SocketAddr)>> {
+        let mut addresses = Vec::new();
+        if let Some(listener) = &self.plain {
+            addresses.push((plain, listener.local_addr()?));
+        }
+        if let Some((listener, _)) = &self.tls {
+            addresses.push((tls, listener.local_addr()?));
+        }
+        Ok(addresses)
     }
 
     /// Accepts until `stop` fires (or the receiver is dropped), sending each connection once its
@@ -111,8 +113,8 @@ impl Listeners {
             let (accepted, tls) = tokio::select! {
                 () = stop.cancelled() => break,
                 () = connections.closed() => break,
-                accepted = accept(self.plain.as_ref()) => (accepted, None),
-                accepted = accept(self.tls.as_ref().map(|(listener, _)| listener)) => {
+                accepted = accept_on(self.plain.as_ref()) => (accepted, None),
+                accepted = accept_on(self.tls.as_ref().map(|(listener, _)| listener)) => {
                     (accepted, self.tls.as_ref().map(|(_, acceptor)| acceptor.clone()))
                 }
             };
@@ -168,8 +170,9 @@ fn bind_error(address: SocketAddr) -> impl FnOnce(io::Error) -> crate::Error {
     move |source| crate::Error::Bind { address, source }
 }
 
-/// Accepts on a listener that may not exist (then never resolves).
-async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+/// Accepts on a listener that may not be bound (then never resolves): one `select!` branch per
+/// listener an endpoint may have, plain or TLS.
+pub async fn accept_on(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
     match listener {
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,

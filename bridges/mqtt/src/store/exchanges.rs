@@ -316,7 +316,7 @@ mod tests {
     /// A store over an embedded log in `dir`, with a one-partition `messages` topic.
     async fn store(dir: &std::path::Path) -> Result<(Arc<dyn Log>, ExchangeStore)> {
         use courier_gateway::log::TopicSpec;
-        let log = crate::test_log::embedded(dir).await?;
+        let log = courier_gateway::testing::embedded(dir).await?;
         log.create_topic(TopicSpec::named("exchanges").compacted())
             .await?;
         log.create_topic(TopicSpec::named("messages").partitions(3))

@@ -1,14 +1,16 @@
-//! An embedded log in a temporary directory, for the crate's unit tests.
+//! For the test suites of this crate and the front ends (feature `test-util`): a fresh embedded log
+//! behind the layers the binary composes, so every suite tests the stack users run.
 
 use std::{path::Path, sync::Arc};
 
-use courier_gateway::{
+use crate::{
+    Result,
     config::{EmbeddedConfig, GroupsConfig, TopicsConfig},
     log::{Embedded, Log, layers},
 };
 
-/// A fresh embedded log in `dir`.
-pub(crate) async fn embedded(dir: &Path) -> courier_gateway::Result<Arc<dyn Log>> {
+/// A fresh embedded log in `dir`, behind [`layers::stack`].
+pub async fn embedded(dir: &Path) -> Result<Arc<dyn Log>> {
     let topics = TopicsConfig::default();
     let log = Embedded::open(
         &EmbeddedConfig::in_dir(dir),
