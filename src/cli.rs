@@ -49,11 +49,15 @@ pub(crate) enum Command {
     },
     /// Measure throughput and ack latency (see BENCHMARKS.md).
     Bench(BenchArgs),
-    /// Print a line for a users file (mqtt.auth.users_file, amqp.auth.users_file): `name:argon2-hash`;
-    /// the password is read from stdin.
+    /// Print a line for the users file (`[auth] users_file`): `name:argon2-hash[:roles]`; the
+    /// password is read from stdin.
     Passwd {
         /// User name.
         name: String,
+        /// A role to give the user (repeat for more): `admin` may use the Admin service and
+        /// reach internal topics; policy rules can name any role.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
     },
 }
 

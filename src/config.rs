@@ -11,6 +11,7 @@ use std::{
 };
 
 use courier_gateway::{
+    auth::AuthConfig,
     config::{BackendConfig, GroupsConfig, TopicsConfig},
     tls::TlsConfig,
 };
@@ -27,6 +28,9 @@ pub(crate) struct Config {
     /// Name of the region this gateway runs in, written into every record as `courier-origin`.
     #[serde(default = "Config::default_region")]
     pub(crate) region: String,
+    /// `[auth]`: who may connect and what they may do, for every protocol.
+    #[serde(default)]
+    pub(crate) auth: AuthConfig,
     /// `[grpc]`: the gRPC listener.
     #[serde(default)]
     pub(crate) grpc: courier_grpc::Config,
@@ -57,6 +61,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             region: Self::default_region(),
+            auth: AuthConfig::default(),
             grpc: courier_grpc::Config::default(),
             log: BackendConfig::default(),
             topics: TopicsConfig::default(),
@@ -72,6 +77,7 @@ impl Default for Config {
 impl Config {
     /// What the types cannot check, section by section; the error names the key.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        self.auth.validate().map_err(anyhow::Error::msg)?;
         self.grpc.validate().map_err(anyhow::Error::msg)?;
         self.mqtt.validate().map_err(anyhow::Error::msg)?;
         self.amqp.validate().map_err(anyhow::Error::msg)?;
@@ -143,9 +149,9 @@ fn defaults() -> Result<figment::value::Value, Box<figment::Error>> {
 /// Read when no `--config` is given and it exists.
 const DEFAULT_FILE: &str = "courier.toml";
 
-/// Top-level keys, for filtering the environment.
-const SECTIONS: [&str; 9] = [
-    "region", "grpc", "log", "topics", "groups", "mqtt", "amqp", "http", "shutdown",
+/// Top-level keys, for filtering the environment (a test checks it names every key of [`Config`]).
+const SECTIONS: [&str; 10] = [
+    "region", "auth", "grpc", "log", "topics", "groups", "mqtt", "amqp", "http", "shutdown",
 ];
 
 /// Whether an environment key (after `COURIER_` and `__` splitting) names a key of this config. Figment
@@ -265,6 +271,21 @@ impl Default for ShutdownConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_section_can_be_set_from_the_environment() {
+        let serde_json::Value::Object(sections) = serde_json::to_value(Config::default()).unwrap()
+        else {
+            panic!("the config is a table");
+        };
+        for section in sections.keys() {
+            assert!(
+                SECTIONS.contains(&section.as_str()),
+                "COURIER_{}__* would be ignored: add {section:?} to SECTIONS",
+                section.to_uppercase()
+            );
+        }
+    }
 
     /// Every key of the config is documented in the README's reference.
     #[test]

@@ -3,7 +3,10 @@
 //! - `/readyz`: the log answers, the listeners are up, and the gateway is not draining (readiness);
 //!   load balancers take a draining replica out before its listeners stop;
 //! - `/metrics`: every metric in Prometheus' text format (`courier_gateway::metrics` names them);
-//! - `/` and `/api/status`: the status page (one HTML file, no build step) and the JSON it polls.
+//! - `/` and `/api/status`: the status page (one HTML file, no build step) and the JSON it polls;
+//!   once authentication is configured, only for a principal with the admin role (HTTP Basic with
+//!   a user of the users file, or `authorization: Bearer` with a token). Probes and `/metrics` stay
+//!   open: kubelets and scrapers carry no credentials, and they tell nothing a client could abuse.
 //!
 //! Modules: [`board`] keeps what the page shows and runs the probes that fill it.
 
@@ -14,12 +17,14 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::{Context, Result};
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{ConnectInfo, Request, State},
     http::{StatusCode, header},
+    middleware::{self, Next},
     response::{Html, IntoResponse, Response},
     routing::get,
 };
 use courier_gateway::{
+    auth::{Access, Attempt, Credentials, Failure},
     metrics::names,
     tls::{Connection, Listeners, MaybeTls},
 };
@@ -54,6 +59,7 @@ pub(crate) fn install_recorder() -> Result<PrometheusHandle> {
 struct Endpoint {
     prometheus: PrometheusHandle,
     board: Arc<Board>,
+    access: Access,
 }
 
 /// Serves the endpoint on `listeners` (plain, TLS, or both) until `stop` is cancelled. It outlives
@@ -64,15 +70,27 @@ pub(crate) async fn serve(
     addresses: &[(&'static str, SocketAddr)],
     prometheus: PrometheusHandle,
     board: Arc<Board>,
+    access: Access,
     stop: CancellationToken,
 ) -> Result<()> {
-    let router = Router::new()
+    let endpoint = Endpoint {
+        prometheus,
+        board,
+        access,
+    };
+    let operators = Router::new()
         .route("/", get(status_page))
         .route("/api/status", get(status))
+        .route_layer(middleware::from_fn_with_state(
+            endpoint.clone(),
+            operators_only,
+        ));
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(Endpoint { prometheus, board });
+        .merge(operators)
+        .with_state(endpoint);
     let listener = Accepted {
         incoming: listeners.incoming(stop.clone()),
         local: addresses
@@ -80,10 +98,81 @@ pub(crate) async fn serve(
             .map(|(_, address)| *address)
             .context("the HTTP endpoint has no listener")?,
     };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-        .context("serving HTTP")
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await
+    .context("serving HTTP")
+}
+
+/// Lets a request through to the status page only for a principal that may administer (anyone
+/// served, while no authentication is configured). A browser asked with `WWW-Authenticate: Basic`
+/// prompts for a user of the users file.
+async fn operators_only(
+    State(endpoint): State<Endpoint>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|value| value.as_bytes());
+    let Ok(credentials) = Credentials::from_authorization(header) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the authorization header is neither Basic nor Bearer\n",
+        )
+            .into_response();
+    };
+    let attempt = Attempt {
+        peer,
+        credentials: &credentials,
+        certificate: None,
+    };
+    match endpoint.access.authenticator.authenticate(attempt).await {
+        Ok(principal) if endpoint.access.authorizer.may_administer(&principal) => {
+            next.run(request).await
+        }
+        Ok(principal) => (
+            StatusCode::FORBIDDEN,
+            format!("{} does not have the admin role\n", principal.name),
+        )
+            .into_response(),
+        Err(failure @ Failure::Busy) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            format!("{failure}\n"),
+        )
+            .into_response(),
+        Err(failure @ Failure::Throttled) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "5")],
+            format!("{failure}\n"),
+        )
+            .into_response(),
+        Err(failure) => (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                "Basic realm=\"courier\", charset=\"UTF-8\"",
+            )],
+            format!("{failure}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// The client's address, for authentication (its throttle and its audit events).
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Accepted>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Accepted>) -> Self {
+        Self(*stream.remote_addr())
+    }
 }
 
 /// The connections [`Listeners`] accepted (their TLS handshakes done), as axum takes them.

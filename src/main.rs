@@ -73,7 +73,7 @@ fn main() -> ExitCode {
             Command::Groups { server, command } => client::groups(server, command).await,
             Command::Regions { server, command } => client::regions(server, command).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Passwd { name } => passwd::print_line(&name),
+            Command::Passwd { name, roles } => passwd::print_line(&name, &roles),
         }
     });
     match result {

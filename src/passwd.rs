@@ -1,11 +1,12 @@
-//! `courier passwd NAME`: prints a users-file line for MQTT (and AMQP PLAIN) authentication.
+//! `courier passwd NAME [--role ROLE]...`: prints a users-file line (`[auth] users_file`), for every
+//! protocol's password logins (MQTT CONNECT, AMQP SASL PLAIN, gRPC and HTTP Basic).
 
 use std::io::BufRead;
 
 use anyhow::{Context, Result, bail};
 
 /// Reads the password from the first line of stdin, so it stays out of shell history and `ps`.
-pub(crate) fn print_line(name: &str) -> Result<()> {
+pub(crate) fn print_line(name: &str, roles: &[String]) -> Result<()> {
     let mut password = String::new();
     std::io::stdin()
         .lock()
@@ -15,8 +16,8 @@ pub(crate) fn print_line(name: &str) -> Result<()> {
     if password.is_empty() {
         bail!("no password on stdin (echo 'secret' | courier passwd {name})");
     }
-    let line =
-        courier_gateway::auth::users_file_line(name, password).map_err(anyhow::Error::msg)?;
+    let line = courier_gateway::auth::users_file_line(name, password, roles)
+        .map_err(anyhow::Error::msg)?;
     println!("{line}");
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::{io::Write, net::SocketAddr, sync::Arc};
 
 use anyhow::{Context, Result};
 use courier_gateway::{
+    auth::{Anonymous, Auth, Protected},
     config::BackendConfig,
     log::{Embedded, Kafka, Log, layers},
     regions::Regions,
@@ -104,13 +105,15 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         description: log_description,
         router,
     } = open_log(&config).await?;
-    let listeners = Listeners::bind(&config, &log).await?;
+    let auth = start_auth(&config, root.child_token()).await?;
+    let listeners = Listeners::bind(&config, &log, &auth).await?;
     let addresses = listeners.addresses();
     let board = Arc::new(Board::new(&config.region, &log_description, router.clone()));
 
     let drain = root.child_token();
     let grpc = GrpcServer {
         log: log.clone(),
+        access: auth.access("grpc", None),
         regions: router,
         config: config.grpc.clone(),
         groups: config.groups.clone(),
@@ -145,17 +148,32 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         });
     }
     tracker.close();
-    let operations = Operations::start(&config, &board, &log, prometheus, listeners.http, &root);
+    let operations = Operations::start(
+        &config,
+        &board,
+        &log,
+        prometheus,
+        listeners.http,
+        auth.access("http", None),
+        &root,
+    );
 
-    // The ready line: tests and operators wait for it; it names the bound addresses.
+    // The ready line: tests and operators wait for it; it names the bound addresses, and who may
+    // connect without credentials.
+    let anonymous = anonymous_clients(&auth, &config);
     println!(
-        "courier ready {addresses} log={log_description} region={}",
+        "courier ready {addresses} log={log_description} region={} anonymous={anonymous}",
         config.region
     );
     std::io::stdout()
         .flush()
         .context("writing the ready line")?;
     tracing::info!(%addresses, log = %log_description, "courier is serving");
+    if anonymous == "loopback" {
+        tracing::warn!(
+            "no authentication is configured: clients without credentials are served only from loopback addresses (and there they may administer); configure [auth] (users_file, jwt) or set auth.allow_anonymous = true"
+        );
+    }
 
     tokio::select! {
         signal = shutdown_signal() => tracing::info!(signal = signal?, "draining"),
@@ -196,7 +214,7 @@ struct Listeners {
 }
 
 impl Listeners {
-    async fn bind(config: &Config, log: &Arc<dyn Log>) -> Result<Self> {
+    async fn bind(config: &Config, log: &Arc<dyn Log>, auth: &Auth) -> Result<Self> {
         let grpc = GrpcListeners::bind(&config.grpc).await.with_context(|| {
             format!(
                 "starting the gRPC endpoint on {} (grpc.listen)",
@@ -208,14 +226,18 @@ impl Listeners {
             .context("reading the gRPC listeners' addresses")?;
         let grpc = (grpc, grpc_addresses);
         let mqtt = if config.mqtt.enabled {
-            let server = courier_mqtt::Server::bind(log.clone(), config.mqtt.clone())
-                .await
-                .with_context(|| {
-                    format!(
-                        "starting the MQTT endpoint on {} (mqtt.listen)",
-                        config.mqtt.listen
-                    )
-                })?;
+            let server = courier_mqtt::Server::bind(
+                log.clone(),
+                config.mqtt.clone(),
+                auth.access("mqtt", config.mqtt.auth.as_ref()),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "starting the MQTT endpoint on {} (mqtt.listen)",
+                    config.mqtt.listen
+                )
+            })?;
             let addresses = server
                 .addresses()
                 .context("reading the MQTT listeners' addresses")?;
@@ -224,14 +246,18 @@ impl Listeners {
             None
         };
         let amqp = if config.amqp.enabled {
-            let server = courier_amqp::Server::bind(log.clone(), config.amqp.clone())
-                .await
-                .with_context(|| {
-                    format!(
-                        "starting the AMQP endpoint on {} (amqp.listen)",
-                        config.amqp.listen
-                    )
-                })?;
+            let server = courier_amqp::Server::bind(
+                log.clone(),
+                config.amqp.clone(),
+                auth.access("amqp", config.amqp.auth.as_ref()),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "starting the AMQP endpoint on {} (amqp.listen)",
+                    config.amqp.listen
+                )
+            })?;
             let addresses = server
                 .addresses()
                 .context("reading the AMQP listeners' addresses")?;
@@ -311,6 +337,7 @@ impl Operations {
         log: &Arc<dyn Log>,
         prometheus: metrics_exporter_prometheus::PrometheusHandle,
         listener: Option<(TlsListeners, Vec<(&'static str, SocketAddr)>)>,
+        access: courier_gateway::auth::Access,
         root: &CancellationToken,
     ) -> Self {
         let stop = CancellationToken::new();
@@ -326,7 +353,7 @@ impl Operations {
             let (board, stop, root) = (board.clone(), stop.clone(), root.clone());
             tokio::spawn(async move {
                 if let Err(error) =
-                    http::serve(listeners, &addresses, prometheus, board, stop).await
+                    http::serve(listeners, &addresses, prometheus, board, access, stop).await
                 {
                     tracing::error!(
                         error = format!("{error:#}"),
@@ -346,6 +373,52 @@ impl Operations {
             // Idle keep-alive connections (scrapers) must not hold the exit.
             let _ = tokio::time::timeout(HTTP_CLOSE, http).await;
         }
+    }
+}
+
+/// Reads `[auth]` (users, policy, JWKS) and starts watching its files. What clients must not reach
+/// is the gateway's own state: the MQTT tables and the region canary.
+async fn start_auth(config: &Config, stop: CancellationToken) -> Result<Auth> {
+    let mut own = vec![
+        config.mqtt.sessions_topic.clone(),
+        config.mqtt.retained_topic.clone(),
+        config.mqtt.qos2_topic.clone(),
+    ];
+    if let BackendConfig::Regions(regions) = &config.log {
+        own.push(regions.canary_topic.clone());
+    }
+    let auth = Auth::start(
+        &config.auth,
+        Protected::new(own),
+        &[config.mqtt.auth.as_ref(), config.amqp.auth.as_ref()],
+        stop,
+    )
+    .await
+    .context("starting authentication ([auth])")?;
+    tracing::info!(
+        hashing_threads = auth.hashing_pool().threads(),
+        policy = auth.authorizer().has_policy(),
+        "authentication ready"
+    );
+    Ok(auth)
+}
+
+/// Who is served without credentials, for the ready line: `loopback` (nothing configured: the
+/// secure default), `anywhere` (`allow_anonymous = true` somewhere), or `no`.
+fn anonymous_clients(auth: &Auth, config: &Config) -> &'static str {
+    let modes = [
+        auth.authenticator("grpc", None).anonymous(),
+        auth.authenticator("mqtt", config.mqtt.auth.as_ref())
+            .anonymous(),
+        auth.authenticator("amqp", config.amqp.auth.as_ref())
+            .anonymous(),
+    ];
+    if modes.contains(&Anonymous::Everywhere) {
+        "anywhere"
+    } else if modes.contains(&Anonymous::LoopbackOnly) {
+        "loopback"
+    } else {
+        "no"
     }
 }
 

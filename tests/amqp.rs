@@ -80,7 +80,7 @@ fn sasl_plain_checks_the_users_file() -> TestResult {
         &users,
         format!(
             "{}\n",
-            courier_gateway::auth::users_file_line("app-1", "s3cret")?
+            courier_gateway::auth::users_file_line("app-1", "s3cret", &[])?
         ),
     )?;
     let users_file = users.display().to_string();

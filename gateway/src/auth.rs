@@ -1,207 +1,239 @@
-//! Who may connect: anonymous clients (when allowed) and the users of a file of argon2 password hashes.
-//! Shared by the front ends that take a username and password (MQTT CONNECT, AMQP SASL PLAIN), so one
-//! users file serves them all.
+//! Who may connect and what they may do, the same for every protocol.
+//!
+//! - Authentication turns what a client presented (a password, a bearer token or a JWT as
+//!   password, a verified client certificate, or nothing) into one [`Principal`]:
+//!   [`Authenticator`], one per protocol over the shared parts (`users` file, `jwt` verifier,
+//!   `throttle` of failed logins, `hashing` pool).
+//! - Authorization decides each request of that principal: [`Authorizer`], over the `policy` file
+//!   and the `protected` state of the gateway. The log layer
+//!   ([`Authorized`](crate::log::layers::Authorized)) applies it to every request in Kafka's terms;
+//!   MQTT asks it in MQTT's.
+//! - The users and policy files are re-read when they change (`reloading`).
+//!
+//! [`Auth`] is built once at start from `[auth]` and hands each front end its parts.
+
+mod authenticator;
+mod authorizer;
+pub mod config;
+mod hashing;
+pub mod jwt;
+pub mod policy;
+mod principal;
+mod protected;
+mod reloading;
+mod throttle;
+mod users;
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
-use argon2::{
-    Argon2,
-    password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng},
+use tokio_util::sync::CancellationToken;
+
+use self::{
+    authenticator::Shared,
+    jwt::{JwtError, JwtVerifier},
+    policy::{Policy, PolicyError},
+    reloading::Reloading,
 };
+// One `pub use` a module: what each name is re-exported from stays plain to readers and tools.
+pub use self::authenticator::{
+    Anonymous, Attempt, Authenticator, Credentials, Failure, MalformedAuthorization,
+};
+pub use self::authorizer::Authorizer;
+pub use self::config::{AuthConfig, ProtocolAuth};
+pub use self::hashing::{Busy, HashingPool};
+pub use self::principal::{ANONYMOUS, Principal, Source};
+pub use self::protected::Protected;
+pub use self::throttle::Throttle;
+pub use self::users::{Users, UsersFileError, users_file_line};
 
-use serde::{Deserialize, Serialize};
-
-/// `[<protocol>.auth]`: username/password checking.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Let clients connect without a username.
-    #[serde(default = "AuthConfig::default_allow_anonymous")]
-    pub allow_anonymous: bool,
-    /// File of users, one `name:PHC-hash` per line (argon2; `courier passwd NAME` prints one). Unset: no
-    /// client may present a username.
-    #[serde(default)]
-    pub users_file: Option<PathBuf>,
+/// `[auth]` could not be put to use.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The users file.
+    #[error(transparent)]
+    Users(#[from] UsersFileError),
+    /// The policy file.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The JWKS.
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
 }
 
-impl Default for AuthConfig {
-    fn default() -> Self {
+impl reloading::FileError for UsersFileError {
+    fn unreadable(path: &Path, error: std::io::Error) -> Self {
         Self {
-            allow_anonymous: Self::default_allow_anonymous(),
-            users_file: None,
+            path: path.display().to_string(),
+            detail: error.to_string(),
         }
     }
 }
 
-impl AuthConfig {
-    fn default_allow_anonymous() -> bool {
-        true
+impl reloading::FileError for PolicyError {
+    fn unreadable(path: &Path, source: std::io::Error) -> Self {
+        Self::Read {
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
-/// The users file could not be used.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot read the users file {path}: {detail}")]
-pub struct UsersFileError {
-    /// The file.
-    pub path: String,
-    /// What was wrong.
-    pub detail: String,
+/// A front end's part of [`Auth`]: who may connect, and what they may do.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// This protocol's authentication.
+    pub authenticator: Authenticator,
+    /// The gateway's authorization.
+    pub authorizer: Authorizer,
 }
 
-/// The answer to a client's credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Let the client in.
-    Allowed,
-    /// No username, and anonymous clients are not allowed.
-    AnonymousRefused,
-    /// Unknown user or wrong password.
-    BadCredentials,
+impl Access {
+    /// Loopback clients only, anonymous, no policy, only the given protected topics (tests, and
+    /// tools that serve one process's own clients).
+    pub fn loopback(protocol: &'static str, protected: Protected) -> Self {
+        let shared = Shared {
+            jwt: None,
+            throttle: Default::default(),
+            pool: HashingPool::new(1),
+            certificates: true,
+        };
+        Self {
+            authenticator: Authenticator::new(protocol, Anonymous::LoopbackOnly, None, shared),
+            authorizer: Authorizer::open(protected),
+        }
+    }
 }
 
-/// Checks credentials against the configured users.
+/// Authentication and authorization as configured, shared by every front end.
 #[derive(Debug, Clone)]
 pub struct Auth {
-    allow_anonymous: bool,
-    /// User name → PHC hash string.
-    users: Arc<HashMap<String, String>>,
+    config: AuthConfig,
+    shared: Shared,
+    /// Users files by path, each read (and watched) once however many protocols name it.
+    users: HashMap<PathBuf, Reloading<Users>>,
+    authorizer: Authorizer,
+    stop: CancellationToken,
 }
 
 impl Auth {
-    /// Loads the users file, if one is configured. A malformed line names its number.
-    pub fn load(config: &AuthConfig) -> Result<Self, UsersFileError> {
-        let users = match &config.users_file {
-            Some(path) => read_users(path)?,
-            None => HashMap::new(),
+    /// Reads what `config` names (users, policy, JWKS) and starts watching it until `stop`.
+    /// `protected` is the gateway's own state ([`Protected`]); `overrides` are the protocols'
+    /// older `[<protocol>.auth]` tables, whose users files are read here too.
+    pub async fn start(
+        config: &AuthConfig,
+        protected: Protected,
+        overrides: &[Option<&ProtocolAuth>],
+        stop: CancellationToken,
+    ) -> Result<Self, AuthError> {
+        let jwt = match &config.jwt {
+            Some(jwt) => Some(JwtVerifier::start(jwt, stop.child_token()).await?),
+            None => None,
         };
+        let policy = match &config.policy_file {
+            Some(path) => Some(Reloading::start(
+                "policy",
+                path.clone(),
+                parse_policy,
+                config.reload_interval,
+                stop.child_token(),
+            )?),
+            None => None,
+        };
+        let mut users = HashMap::new();
+        let files = std::iter::once(config.users_file.as_ref()).chain(
+            overrides
+                .iter()
+                .map(|o| o.and_then(|o| o.users_file.as_ref())),
+        );
+        for path in files.flatten() {
+            if users.contains_key(path) {
+                continue;
+            }
+            let file = Reloading::start(
+                "users",
+                path.clone(),
+                parse_users,
+                config.reload_interval,
+                stop.child_token(),
+            )?;
+            users.insert(path.clone(), file);
+        }
+        // Nothing configured: clients without credentials are loopback clients, and may
+        // administer (the Admin service and the status page need someone).
+        let anonymous_admin = !config.has_authenticator()
+            && config.allow_anonymous.is_none()
+            && !overrides
+                .iter()
+                .any(|o| o.is_some_and(|o| o.users_file.is_some()));
         Ok(Self {
-            allow_anonymous: config.allow_anonymous,
-            users: Arc::new(users),
+            config: config.clone(),
+            shared: Shared {
+                jwt,
+                throttle: Default::default(),
+                pool: HashingPool::new(config.hashing_threads),
+                certificates: config.certificates,
+            },
+            users,
+            authorizer: Authorizer::new(policy, protected, &config.admin_role, anonymous_admin),
+            stop,
         })
     }
 
-    /// Checks a username and password. Hash verification is deliberately slow, so it runs on the
-    /// blocking pool rather than on a connection's task.
-    pub async fn check(&self, login: Option<(String, String)>) -> Verdict {
-        let auth = self.clone();
-        tokio::task::spawn_blocking(move || auth.check_blocking(login))
-            .await
-            .unwrap_or(Verdict::BadCredentials)
-    }
-
-    /// [`Auth::check`] on the calling thread, for callers that cannot await (a SASL exchange driven by
-    /// a library's synchronous callback). It takes as long as the hash takes; call it off the runtime's
-    /// worker threads or inside `tokio::task::block_in_place`.
-    pub fn check_blocking(&self, login: Option<(String, String)>) -> Verdict {
-        let Some((username, password)) = login else {
-            return if self.allow_anonymous {
-                Verdict::Allowed
-            } else {
-                Verdict::AnonymousRefused
-            };
-        };
-        let Some(hash) = self.users.get(&username) else {
-            return Verdict::BadCredentials;
-        };
-        let verified = PasswordHash::new(hash).is_ok_and(|hash| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &hash)
-                .is_ok()
-        });
-        if verified {
-            Verdict::Allowed
-        } else {
-            Verdict::BadCredentials
+    /// What `protocol`'s front end needs: its authenticator and the one authorizer.
+    pub fn access(&self, protocol: &'static str, override_: Option<&ProtocolAuth>) -> Access {
+        Access {
+            authenticator: self.authenticator(protocol, override_),
+            authorizer: self.authorizer.clone(),
         }
     }
 
-    /// Whether the users file named anyone (so username/password logins can succeed).
-    pub fn has_users(&self) -> bool {
-        !self.users.is_empty()
+    /// `protocol`'s authenticator: `[auth]` with the protocol's older `[<protocol>.auth]` keys
+    /// over it.
+    pub fn authenticator(
+        &self,
+        protocol: &'static str,
+        override_: Option<&ProtocolAuth>,
+    ) -> Authenticator {
+        let config = self.config.with_override(override_);
+        let anonymous = match config.allow_anonymous {
+            Some(true) => Anonymous::Everywhere,
+            Some(false) => Anonymous::Never,
+            None if config.has_authenticator() => Anonymous::Never,
+            None => Anonymous::LoopbackOnly,
+        };
+        let users = config
+            .users_file
+            .as_ref()
+            .and_then(|path| self.users.get(path).cloned());
+        Authenticator::new(protocol, anonymous, users, self.shared.clone())
     }
 
-    /// Whether clients without credentials may connect.
-    pub fn allows_anonymous(&self) -> bool {
-        self.allow_anonymous
+    /// The one authorizer.
+    pub fn authorizer(&self) -> &Authorizer {
+        &self.authorizer
+    }
+
+    /// The password-hashing pool (its bound is reported at start).
+    pub fn hashing_pool(&self) -> &HashingPool {
+        &self.shared.pool
+    }
+
+    /// Stops the watchers.
+    pub fn stop(&self) {
+        self.stop.cancel();
     }
 }
 
-/// A users-file line for `username` with an argon2id hash of `password`.
-pub fn users_file_line(username: &str, password: &str) -> Result<String, String> {
-    if username.is_empty() || username.contains(':') {
-        return Err("a user name may not be empty or contain ':'".into());
-    }
-    let salt = SaltString::generate(&mut OsRng);
-    let hash = Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(|error| error.to_string())?;
-    Ok(format!("{username}:{hash}"))
+fn parse_users(path: &str, text: &str) -> Result<Users, UsersFileError> {
+    Users::parse(path, text)
 }
 
-fn read_users(path: &Path) -> Result<HashMap<String, String>, UsersFileError> {
-    let error = |detail: String| UsersFileError {
-        path: path.display().to_string(),
-        detail,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-    let mut users = HashMap::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (name, hash) = line
-            .split_once(':')
-            .ok_or_else(|| error(format!("line {} is not `name:hash`", number + 1)))?;
-        PasswordHash::new(hash).map_err(|e| {
-            error(format!(
-                "line {}: not a PHC password hash ({e}); make one with `courier passwd {name}`",
-                number + 1
-            ))
-        })?;
-        users.insert(name.to_owned(), hash.to_owned());
-    }
-    Ok(users)
+fn parse_policy(path: &str, text: &str) -> Result<Policy, PolicyError> {
+    Policy::parse(text).map_err(|error| error.in_file(path))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn users_from_a_file_are_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users");
-        let line = users_file_line("alice", "s3cret").unwrap();
-        std::fs::write(&path, format!("# users\n{line}\n")).unwrap();
-        let auth = Auth::load(&AuthConfig {
-            allow_anonymous: false,
-            users_file: Some(path.clone()),
-        })
-        .unwrap();
-        let login = |user: &str, password: &str| Some((user.to_owned(), password.to_owned()));
-        assert_eq!(auth.check(login("alice", "s3cret")).await, Verdict::Allowed);
-        assert_eq!(
-            auth.check(login("alice", "nope")).await,
-            Verdict::BadCredentials
-        );
-        assert_eq!(
-            auth.check(login("bob", "s3cret")).await,
-            Verdict::BadCredentials
-        );
-        assert_eq!(auth.check(None).await, Verdict::AnonymousRefused);
-
-        std::fs::write(&path, "alice:plaintext\n").unwrap();
-        let error = Auth::load(&AuthConfig {
-            allow_anonymous: false,
-            users_file: Some(path),
-        })
-        .unwrap_err();
-        assert!(error.to_string().contains("line 1"), "{error}");
-    }
-}
+mod tests;

@@ -91,6 +91,19 @@ pub enum Error {
         requested: String,
     },
 
+    /// Authorization refused the request: the policy, or the gateway's protection of its own state.
+    #[error("{principal} may not {action} {resource}: {reason}")]
+    Forbidden {
+        /// Who asked (the principal's name).
+        principal: String,
+        /// What they asked to do (`produce`, `consume`, ...).
+        action: &'static str,
+        /// On what (`topic "orders"`, `group "g"`).
+        resource: String,
+        /// Why: the deciding rule, or the protection.
+        reason: String,
+    },
+
     /// The operation needs a group with no live members.
     #[error(
         "consumer group {group:?} has {members} live subscriber(s); stop them before changing its offsets, or seek inside the subscription"
@@ -215,6 +228,7 @@ impl Error {
             Self::InvalidRequest(_) => "invalid_request",
             Self::GroupProtocolConflict { .. } => "group_protocol_conflict",
             Self::GroupActive { .. } => "group_active",
+            Self::Forbidden { .. } => "forbidden",
             Self::ShuttingDown => "shutting_down",
             Self::Behind { .. } => "behind",
             Self::RegionUnavailable { .. } => "region_unavailable",
@@ -258,6 +272,7 @@ impl Error {
                 | Self::RecordTooLarge { .. }
                 | Self::InvalidRequest(_)
                 | Self::UnknownRegion { .. }
+                | Self::Forbidden { .. }
         )
     }
 }

@@ -49,6 +49,16 @@ pub mod names {
     /// Counter: changes of a listener's TLS files, by `listener` and `outcome` (`loaded`, or
     /// `failed`: the previous certificates stay in use).
     pub const TLS_RELOADS: &str = "courier_tls_reloads_total";
+    /// Counter: clients refused at authentication, by `protocol` and `reason` (`bad_credentials`,
+    /// `anonymous_refused`, `not_loopback`, `expired`, `wrong_audience`, `busy`, ...).
+    pub const AUTH_FAILURES: &str = "courier_auth_failures_total";
+    /// Counter: requests authorization refused, by `protocol` and `action`.
+    pub const AUTH_DENIED: &str = "courier_auth_denied_total";
+    /// Counter: changes of the users or policy file or the JWKS (`jwks`: refreshes that failed or
+    /// brought a changed set), by `file` and `outcome` (`loaded`;
+    /// `failed`: the previous version stays in use; `unreadable`: the file has been missing or
+    /// unreadable for several checks, and the previous version stays in use).
+    pub const AUTH_RELOADS: &str = "courier_auth_reloads_total";
     /// Counter: changes of a region's state, by `region`.
     pub const REGION_SWITCHES: &str = "courier_region_switches_total";
     /// Counter: moves of traffic between regions, by `traffic` (writes, reads) and `to` (region).
@@ -150,6 +160,18 @@ pub fn describe() {
     describe_counter!(
         names::TLS_RELOADS,
         "Changes of a listener's TLS files, loaded or failed (then the previous certificates stay)"
+    );
+    describe_counter!(
+        names::AUTH_FAILURES,
+        "Clients refused at authentication, by protocol and reason"
+    );
+    describe_counter!(
+        names::AUTH_DENIED,
+        "Requests refused by authorization, by protocol and action"
+    );
+    describe_counter!(
+        names::AUTH_RELOADS,
+        "Changes of the users or policy file or the JWKS: loaded, failed or unreadable (then the previous version stays)"
     );
     describe_histogram!(
         names::PRODUCE_LATENCY,

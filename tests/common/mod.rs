@@ -249,6 +249,19 @@ impl Gateway {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
+
+    /// The log once a line satisfies `wanted`, or as it is after [`DEADLINE`]: lines reach the
+    /// file a moment after what they tell of (the ready line, an answer) is seen.
+    pub fn log_once(&self, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let log = self.log();
+            if log.lines().any(&wanted) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Gateway {

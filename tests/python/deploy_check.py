@@ -277,6 +277,30 @@ def check_tls(overlay, resources, config, known_keys):
     return tls_listeners, sorted(mounted)
 
 
+def check_auth(overlay, pod, config):
+    """Authentication is on: [auth] names a users file and a policy, on a read-only directory mount
+    of a Secret (no subPath, so an edited Secret is reloaded), and anonymous clients are not let in
+    from beyond loopback."""
+    auth = config.get("auth")
+    assert auth, f"{overlay}: courier.toml has no [auth]: only loopback clients would be served"
+    assert auth.get("allow_anonymous") is not True, f"{overlay}: anonymous clients allowed"
+    container = pod["containers"][0]
+    files = [auth[k] for k in ("users_file", "policy_file") if k in auth]
+    assert "users_file" in auth or "jwt" in auth, f"{overlay}: [auth] configures no authenticator"
+    assert "policy_file" in auth, f"{overlay}: no policy: every client may do anything"
+    for file in files:
+        mounts = [m for m in container["volumeMounts"]
+                  if posixpath.dirname(file) == m["mountPath"].rstrip("/")]
+        assert len(mounts) == 1, f"{overlay}: auth file {file} is on no volume mount"
+        mount = mounts[0]
+        assert "subPath" not in mount, f"{overlay}: {mount['mountPath']} uses subPath (never reloaded)"
+        assert mount.get("readOnly"), f"{overlay}: {mount['mountPath']} is not read-only"
+        volume = [v for v in pod["volumes"] if v["name"] == mount["name"]][0]
+        assert "secret" in volume, f"{overlay}: {file} is not from a Secret"
+        assert not volume["secret"].get("optional"), f"{overlay}: the auth Secret must be there to start"
+    return files
+
+
 def main(deploy):
     repo = deploy.parent
     documents = {}
@@ -364,6 +388,8 @@ def main(deploy):
         config_map = [r for r in resources if r["kind"] == "ConfigMap"][0]
         config = tomllib.loads(config_map["data"]["courier.toml"])
         tls_listeners, secrets = check_tls(overlay, resources, config, known_keys)
+        auth_files = check_auth(overlay.name, rendered_pod, config)
+        print(f"overlay {overlay.name}: authentication on, {', '.join(auth_files)} on a read-only Secret mount")
         print(f"overlay {overlay.name}: TLS on {', '.join(tls_listeners) or 'nothing'}; Secret "
               f"{', '.join(secrets) or '(none)'} (cert-manager) on a read-only Secret mount without subPath; every "
               f"listened port a container port behind a Service, probes on plain HTTP")

@@ -12,7 +12,9 @@
 //! gateway in front of that broker. With `--regions B` as well, both sides are gateways over `A`: one
 //! over the plain Kafka backend, one over the region router with `B` as its standby region
 //! (`regions.rs`), measuring what the router costs while nothing fails. `--mqtt` and `--amqp` run
-//! Courier against Mosquitto and RabbitMQ (`mqtt.rs`, `amqp.rs`).
+//! Courier against Mosquitto and RabbitMQ (`mqtt.rs`, `amqp.rs`). `--auth-rules N` compares a gateway
+//! without authentication to one with users and a policy of `N` rules (`auth.rs`; with `--mqtt`,
+//! Courier's MQTT endpoint, `mqtt/auth.rs`).
 //!
 //! Both sides use the same concurrency: `streams` producers, each keeping `pipeline` requests of
 //! `batch` records in flight. Latency is per request: from submit to durable ack. The parts:
@@ -23,6 +25,7 @@ use anyhow::{Result, bail};
 
 mod amqp;
 mod args;
+mod auth;
 mod grpc;
 mod kafka;
 mod measure;
@@ -39,10 +42,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         bail!("records, streams, batch and pipeline must be at least 1");
     }
     if args.mqtt {
-        return mqtt::run(&args).await;
+        return match args.auth_rules {
+            Some(rules) => mqtt::auth::run(&args, rules).await,
+            None => mqtt::run(&args).await,
+        };
     }
     if args.amqp {
         return amqp::run(&args).await;
+    }
+    if let Some(rules) = args.auth_rules {
+        return auth::run(&args, rules).await;
     }
     if let (Some(primary), Some(standby)) = (&args.kafka, &args.regions) {
         return regions::run(&args, primary, standby).await;

@@ -1,6 +1,7 @@
 //! The client commands (`produce`, `consume`, `topics`, `groups`, `regions`): thin users of the
 //! generated gRPC client, the same API any other language gets from `proto/`. Their clap arguments
-//! are types only (`client/args.rs`, re-exported here), so they depend on no command.
+//! are types only (`client/args.rs`, re-exported here), so they depend on no command. Every call
+//! carries the credentials the command was given (`client/credentials.rs`).
 
 use std::io::{BufRead, Write};
 
@@ -12,17 +13,20 @@ use courier_grpc::proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
-use tonic::transport::Channel;
 
 mod args;
+mod credentials;
 
 pub use args::{
     ConsumeArgs, GroupsCommand, ProduceArgs, RegionsCommand, ServerArgs, TopicsCommand,
 };
+pub use credentials::PASSWORD_ENV;
+pub(crate) use credentials::{Api, Credentials, refused};
 
-/// Connects to a gateway.
-pub(crate) async fn connect(server: &ServerArgs) -> Result<Channel> {
-    courier_grpc::client_endpoint(server.server.clone())
+/// Connects to a gateway, with the credentials `server` names on every call.
+pub(crate) async fn connect(server: &ServerArgs) -> Result<Api> {
+    let credentials = Credentials::from_args(server)?;
+    let channel = courier_grpc::client_endpoint(server.server.clone())
         .with_context(|| {
             format!(
                 "{:?} is not a valid server address (use http://host:port)",
@@ -31,7 +35,8 @@ pub(crate) async fn connect(server: &ServerArgs) -> Result<Channel> {
         })?
         .connect()
         .await
-        .with_context(|| format!("connecting to the gateway at {}", server.server))
+        .with_context(|| format!("connecting to the gateway at {}", server.server))?;
+    Ok(credentials.on(channel))
 }
 
 /// `courier produce`.
@@ -103,17 +108,22 @@ pub async fn produce(args: ProduceArgs) -> Result<()> {
     let mut responses = client
         .produce_stream(ReceiverStream::new(outbound))
         .await
+        .map_err(refused)
         .context("starting ProduceStream")?
         .into_inner();
     let mut stdout = std::io::stdout().lock();
     let mut total = 0u64;
     let mut failed = 0u64;
     while let Some(response) = responses.next().await {
-        let response = response.context("the produce stream failed")?;
+        let response = response
+            .map_err(refused)
+            .context("the produce stream failed")?;
         if let Some(error) = response.error {
             eprintln!(
-                "request {} failed: {} (code {})",
-                response.request_id, error.message, error.code
+                "request {} failed: {} ({:?})",
+                response.request_id,
+                error.message,
+                tonic::Code::from_i32(error.code)
             );
             failed += 1;
             continue;
@@ -154,7 +164,7 @@ fn start_position(from: &str) -> Result<pb::Position> {
 
 /// Opens a Subscribe stream: sends `start`, and returns the sender for acks and the response stream.
 pub(crate) async fn open_subscription(
-    client: &mut StreamsClient<Channel>,
+    client: &mut StreamsClient<Api>,
     start: pb::SubscribeStart,
 ) -> Result<(
     mpsc::Sender<pb::SubscribeRequest>,
@@ -170,6 +180,7 @@ pub(crate) async fn open_subscription(
     let responses = client
         .subscribe(ReceiverStream::new(outbound))
         .await
+        .map_err(refused)
         .context("starting Subscribe")?
         .into_inner();
     Ok((requests, responses))
@@ -198,7 +209,10 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
             None => responses.next().await,
         };
         let Some(response) = next else { break };
-        let Some(ResponseKind::Records(batch)) = response.context("the subscription failed")?.kind
+        let Some(ResponseKind::Records(batch)) = response
+            .map_err(refused)
+            .context("the subscription failed")?
+            .kind
         else {
             continue;
         };
@@ -270,7 +284,8 @@ pub async fn topics(server: ServerArgs, command: TopicsCommand) -> Result<()> {
         TopicsCommand::List => {
             for topic in client
                 .list_topics(pb::ListTopicsRequest {})
-                .await?
+                .await
+                .map_err(refused)?
                 .into_inner()
                 .topics
             {
@@ -288,18 +303,26 @@ pub async fn topics(server: ServerArgs, command: TopicsCommand) -> Result<()> {
                 retention_ms: retention.map(|r| r.as_millis() as i64),
                 retention_bytes: None,
             };
-            print_topic(&client.create_topic(request).await?.into_inner());
+            print_topic(
+                &client
+                    .create_topic(request)
+                    .await
+                    .map_err(refused)?
+                    .into_inner(),
+            );
         }
         TopicsCommand::Describe { name } => print_topic(
             &client
                 .describe_topic(pb::DescribeTopicRequest { name })
-                .await?
+                .await
+                .map_err(refused)?
                 .into_inner(),
         ),
         TopicsCommand::Delete { name } => {
             client
                 .delete_topic(pb::DeleteTopicRequest { name: name.clone() })
-                .await?;
+                .await
+                .map_err(refused)?;
             println!("deleted {name}");
         }
     }
@@ -323,20 +346,21 @@ fn print_topic(topic: &pb::TopicDescription) {
 pub async fn regions(server: ServerArgs, command: Option<RegionsCommand>) -> Result<()> {
     let mut client = AdminClient::new(connect(&server).await?);
     let status = match command.unwrap_or(RegionsCommand::List) {
-        RegionsCommand::List => client.list_regions(pb::ListRegionsRequest {}).await?,
+        RegionsCommand::List => client.list_regions(pb::ListRegionsRequest {}).await,
         RegionsCommand::Switch { region } => {
             client
                 .switch_region(pb::SwitchRegionRequest { region })
-                .await?
+                .await
         }
         RegionsCommand::Auto => {
             client
                 .switch_region(pb::SwitchRegionRequest {
                     region: String::new(),
                 })
-                .await?
+                .await
         }
     }
+    .map_err(refused)?
     .into_inner();
     let routing = if status.manual.is_empty() {
         "automatic".to_owned()
@@ -392,7 +416,8 @@ pub async fn groups(server: ServerArgs, command: GroupsCommand) -> Result<()> {
         GroupsCommand::List => {
             for group in client
                 .list_groups(pb::ListGroupsRequest {})
-                .await?
+                .await
+                .map_err(refused)?
                 .into_inner()
                 .groups
             {
@@ -402,7 +427,8 @@ pub async fn groups(server: ServerArgs, command: GroupsCommand) -> Result<()> {
         GroupsCommand::Describe { group } => {
             let group = client
                 .describe_group(pb::DescribeGroupRequest { group })
-                .await?
+                .await
+                .map_err(refused)?
                 .into_inner();
             println!("{}\t{} member(s)", group.group, group.members.len());
             for member in &group.members {

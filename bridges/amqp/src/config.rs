@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use courier_gateway::{auth::AuthConfig, tls::TlsConfig};
+use courier_gateway::{auth::ProtocolAuth, tls::TlsConfig};
 use serde::{Deserialize, Serialize};
 
 /// The `[amqp]` section.
@@ -41,9 +41,10 @@ pub struct Config {
     /// A rejected delivery from topic `T` is written to topic `T` + this suffix.
     #[serde(default = "Config::default_dead_letter_suffix")]
     pub dead_letter_suffix: String,
-    /// `[amqp.auth]`: who may connect (SASL ANONYMOUS and PLAIN).
+    /// `[amqp.auth]`: the older spelling of `[auth]`'s `allow_anonymous` and `users_file`, for
+    /// AMQP only; a key set here wins over `[auth]`'s.
     #[serde(default)]
-    pub auth: AuthConfig,
+    pub auth: Option<ProtocolAuth>,
 }
 
 impl Default for Config {
@@ -58,7 +59,7 @@ impl Default for Config {
             link_credit: Self::default_link_credit(),
             max_unsettled: Self::default_max_unsettled(),
             dead_letter_suffix: Self::default_dead_letter_suffix(),
-            auth: AuthConfig::default(),
+            auth: None,
         }
     }
 }

@@ -17,9 +17,6 @@ pub enum Error {
     /// The `[amqp.tls]` certificates or keys did not load.
     #[error("amqp.tls: {0}")]
     Tls(#[source] courier_gateway::Error),
-    /// The users file could not be read.
-    #[error(transparent)]
-    UsersFile(#[from] courier_gateway::auth::UsersFileError),
     /// The log failed.
     #[error(transparent)]
     Log(#[from] courier_gateway::Error),
@@ -91,6 +88,7 @@ impl From<&courier_gateway::Error> for Refusal {
             | Log::UnknownPartition { .. }
             | Log::InvalidRequest(_)
             | Log::OffsetOutOfRange { .. } => AmqpError::InvalidField.into(),
+            Log::Forbidden { .. } => AmqpError::UnauthorizedAccess.into(),
             Log::GroupProtocolConflict { .. } | Log::GroupActive { .. } => {
                 AmqpError::PreconditionFailed.into()
             }

@@ -13,11 +13,13 @@
 //! - [`config`]: `[amqp]`; [`error`]: the error type and AMQP error conditions;
 //! - [`server`]: listeners (plain and TLS) and connections; `session`: a session's links, checked
 //!   and dispatched; `transport`: the protocol header before AMQP's frames, and AMQP's TLS upgrade;
-//! - [`sasl`]: ANONYMOUS and PLAIN;
+//! - [`sasl`]: EXTERNAL, PLAIN and ANONYMOUS, to a principal; `client`: a connection's principal,
+//!   the log as it sees it, and what its links may do;
 //! - [`address`]: link addresses and source filters; [`mapping`]: AMQP message ↔ record;
 //! - [`inbound`], [`outbound`]: one link each way.
 
 pub mod address;
+mod client;
 pub mod config;
 pub mod error;
 pub mod inbound;

@@ -19,8 +19,8 @@
 //! - **headers**: each application property is a header of the same name. Strings are UTF-8; symbols
 //!   UTF-8 and binaries raw; other types (numbers, booleans, timestamps, ...) their AMQP encoding. The
 //!   non-string ones are listed in header `amqp-property-types` (a JSON object, name → `symbol`,
-//!   `binary`, `null` or `amqp`) so they come back with their type. Names starting with `amqp-` or
-//!   `courier-` are reserved.
+//!   `binary`, `null` or `amqp`) so they come back with their type. Names starting with `amqp-`,
+//!   `dlq-` (the dead-letter headers) or `courier-` are reserved.
 //! - **properties section**: `subject`, `content-type`, `content-encoding`, `reply-to`, `to`,
 //!   `group-id` and string `correlation-id`/`message-id` travel as headers `amqp-<field>`;
 //!   `creation-time` is the record's timestamp.
@@ -64,6 +64,8 @@ pub const PARTITION_KEY: &str = "x-opt-partition-key";
 
 /// Headers of a dead-lettered record: where it came from and why the client rejected it.
 pub mod dead_letter {
+    /// The dead-letter headers start with this; clients may not set such headers.
+    pub const PREFIX: &str = "dlq-";
     /// Topic the rejected record was read from.
     pub const TOPIC: &str = "dlq-topic";
     /// Its partition.
@@ -288,10 +290,11 @@ fn application_headers(
     let mut types = BTreeMap::new();
     for (name, value) in properties.into_inner() {
         if name.starts_with(AMQP_HEADER_PREFIX)
+            || name.starts_with(dead_letter::PREFIX)
             || name.starts_with(courier_gateway::log::validate::RESERVED_HEADER_PREFIX)
         {
             return Err(Refusal::invalid(format!(
-                "application property {name:?}: names starting with amqp- or courier- are reserved"
+                "application property {name:?}: names starting with amqp-, dlq- or courier- are reserved"
             )));
         }
         let (kind, bytes) = match value {
@@ -589,11 +592,13 @@ mod tests {
 
     #[test]
     fn reserved_property_names_and_bad_keys_are_refused() {
-        let mut bad = message(Body::Empty);
-        if let Some(ApplicationProperties(properties)) = &mut bad.application_properties {
-            properties.insert("courier-id".into(), SimpleValue::String("x".into()));
+        for name in ["courier-id", "amqp-subject", dead_letter::TOPIC] {
+            let mut bad = message(Body::Empty);
+            if let Some(ApplicationProperties(properties)) = &mut bad.application_properties {
+                properties.insert(name.into(), SimpleValue::String("x".into()));
+            }
+            assert!(to_record(bad, None).is_err(), "{name}");
         }
-        assert!(to_record(bad, None).is_err());
 
         let mut bad_key = message(Body::Empty);
         bad_key.message_annotations = Some(

@@ -65,8 +65,18 @@ pub struct Plan {
     pub client: String,
 }
 
-/// Serves one client receiver link until it detaches, fails, or the gateway drains.
-pub async fn run(log: Arc<dyn Log>, mut sender: Sender, plan: Plan, cancel: CancellationToken) {
+/// Serves one client receiver link until it detaches, fails, or the gateway drains. `log` is the
+/// client's (its subscription is the client's principal's); `dead_letters` the gateway's own, to
+/// which rejected records are written. A client can dead-letter only to the dead-letter topic of
+/// the topic it was allowed to consume ([`Plan::dead_letter_topic`]), and only records it was
+/// delivered.
+pub async fn run(
+    log: Arc<dyn Log>,
+    dead_letters: Arc<dyn Log>,
+    mut sender: Sender,
+    plan: Plan,
+    cancel: CancellationToken,
+) {
     let options = SubscribeOptions {
         topics: TopicSelector::Names(vec![plan.origin.topic.clone()]),
         group: plan.origin.group.clone(),
@@ -85,7 +95,7 @@ pub async fn run(log: Arc<dyn Log>, mut sender: Sender, plan: Plan, cancel: Canc
         }
     };
     let mut link = Link {
-        log,
+        dead_letters,
         plan,
         queue: VecDeque::new(),
         unsettled: FuturesUnordered::new(),
@@ -102,7 +112,8 @@ pub async fn run(log: Arc<dyn Log>, mut sender: Sender, plan: Plan, cancel: Canc
 }
 
 struct Link {
-    log: Arc<dyn Log>,
+    /// The gateway's own log, for dead letters.
+    dead_letters: Arc<dyn Log>,
     plan: Plan,
     queue: VecDeque<Queued>,
     unsettled: FuturesUnordered<Settled>,
@@ -213,7 +224,7 @@ impl Link {
                     description: error.description.unwrap_or_default(),
                 });
                 dead_letter(
-                    &self.log,
+                    &self.dead_letters,
                     &self.plan.dead_letter_topic,
                     &queued.record,
                     reason.as_ref(),

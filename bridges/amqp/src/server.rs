@@ -7,6 +7,12 @@
 //! ask for it AMQP's way first, with the TLS protocol header. AMQP then runs on the TLS stream as on
 //! a plain one, and the verified client certificate's identity stays with the connection.
 //!
+//! Who the client is comes from SASL ([`sasl`](crate::sasl)), run by the connection's task before
+//! fe2o3 opens the connection; a client that skips SASL is served only where it could have been
+//! anonymous (or as its certificate's name), and is otherwise closed at once with
+//! `amqp:unauthorized-access`. Each connection then sees the log as its principal
+//! ([`Client`](crate::client::Client)).
+//!
 //! Drain: when the drain token fires the listener stops accepting, sender links stop taking deliveries
 //! and settle the ones the log has, receiver links commit and detach, and each connection closes with
 //! `amqp:connection:forced`.
@@ -14,7 +20,7 @@
 use std::{fmt::Debug, net::SocketAddr, sync::Arc, time::Duration};
 
 use courier_gateway::{
-    auth::Auth,
+    auth::{Access, Attempt, Credentials, Principal},
     log::{Log, layers::Metered},
     metrics::{self, Protocol},
     tls::{ClientIdentity, TlsAcceptor, accept_on},
@@ -22,7 +28,7 @@ use courier_gateway::{
 use fe2o3_amqp::{
     acceptor::{ConnectionAcceptor, ListenerConnectionHandle, SessionAcceptor},
     connection::OpenError,
-    types::definitions::{self, ConnectionError},
+    types::definitions::{self, AmqpError, ConnectionError},
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -35,9 +41,10 @@ use tokio_util::{
 use tracing::{Instrument as _, field};
 
 use crate::{
+    client::Client,
     config::Config,
     error::{Error, Result},
-    sasl::Mechanisms,
+    sasl::{self, Peer},
     session,
     shared::Shared,
     transport,
@@ -63,44 +70,39 @@ struct Tls {
     handshake_timeout: Duration,
 }
 
-/// Who is on the other end of a connection.
+/// Who is on the other end of a connection, before it has authenticated.
 #[derive(Debug, Clone)]
-struct Client {
+struct Connecting {
     peer: SocketAddr,
-    /// The identity of the verified certificate the client presented on the TLS listener. It is
-    /// what SASL EXTERNAL would take its principal from.
+    /// The identity of the verified certificate the client presented on the TLS listener: what
+    /// SASL EXTERNAL takes its principal from.
     identity: Option<Arc<ClientIdentity>>,
 }
 
 impl Server {
-    /// Checks the config, loads the users file and the TLS certificates, and binds the listeners.
-    pub async fn bind(log: Arc<dyn Log>, config: Config) -> Result<Self> {
+    /// Checks the config, loads the TLS certificates, and binds the listeners. `access` decides
+    /// who may connect (SASL) and what each client may do.
+    pub async fn bind(log: Arc<dyn Log>, config: Config, access: Access) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
-        let auth = Auth::load(&config.auth)?;
         let tls_watcher = CancellationToken::new();
         let tls = start_tls(&config, &tls_watcher)?;
-        let allow_anonymous = auth.allows_anonymous();
-        let mechanisms = Mechanisms::new(auth);
         let idle_ms = u32::try_from(config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
-        let builder = || {
-            ConnectionAcceptor::builder()
-                .container_id(format!("courier-{}", std::process::id()))
-                .max_frame_size(config.max_frame_size)
-                .idle_time_out(idle_ms)
-        };
-        let sasl = builder().sasl_acceptor(mechanisms).build();
-        let plain = allow_anonymous.then(|| builder().build());
+        let acceptor = ConnectionAcceptor::builder()
+            .container_id(format!("courier-{}", std::process::id()))
+            .max_frame_size(config.max_frame_size)
+            .idle_time_out(idle_ms)
+            .build();
         let (plain_listener, secure) = bind_listeners(&config, tls).await?;
         Ok(Self {
             plain: plain_listener,
             secure,
             _tls_watcher: tls_watcher.drop_guard(),
             shared: Arc::new(Shared {
-                produce: Arc::new(Metered::new(log.clone(), Protocol::Amqp)),
+                metered: Arc::new(Metered::new(log.clone(), Protocol::Amqp)),
                 log,
                 config,
-                sasl,
-                plain,
+                access,
+                acceptor,
             }),
         })
     }
@@ -152,7 +154,7 @@ impl Server {
                     let (shared, drain) = (shared.clone(), drain.child_token());
                     match tls {
                         None => {
-                            let client = Client {
+                            let client = Connecting {
                                 peer,
                                 identity: None,
                             };
@@ -225,7 +227,7 @@ async fn serve_tls(
     let Some((stream, identity)) = tls.acceptor.accept(stream, peer).await else {
         return;
     };
-    let client = Client {
+    let client = Connecting {
         peer,
         identity: identity.map(Arc::new),
     };
@@ -236,13 +238,17 @@ async fn serve_tls(
 async fn serve_connection<S>(
     shared: Arc<Shared>,
     stream: S,
-    client: Client,
+    client: Connecting,
     drain: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + Debug + 'static,
 {
-    let span =
-        tracing::info_span!("amqp.connection", peer = %client.peer, client_cert = field::Empty);
+    let span = tracing::info_span!(
+        "amqp.connection",
+        peer = %client.peer,
+        client_cert = field::Empty,
+        principal = field::Empty
+    );
     if let Some(identity) = &client.identity {
         span.record("client_cert", field::display(identity));
     }
@@ -251,34 +257,111 @@ async fn serve_connection<S>(
         .await;
 }
 
-/// Opens the connection: SASL or not, as its protocol header asks.
-async fn open<S>(shared: &Shared, stream: S) -> Result<ListenerConnectionHandle, OpenError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + Debug + 'static,
-{
-    // Clients that need no credentials may skip SASL and send the AMQP header at once (fe2o3's own
-    // client does); the first eight bytes tell which kind of connection this is.
-    let (stream, sasl) = transport::read_header(stream, shared.config.idle_timeout).await;
-    match (&shared.plain, sasl) {
-        (Some(plain), false) => plain.accept(stream).await,
-        _ => shared.sasl.accept(stream).await,
+/// Why a connection did not open.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error(transparent)]
+    Sasl(#[from] sasl::SaslError),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// It skipped SASL where it may not connect without credentials; it was told so in CLOSE.
+    #[error("no SASL: {0}")]
+    Unauthenticated(courier_gateway::auth::Failure),
+}
+
+impl Refused {
+    /// The `courier_errors_total` kind.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Sasl(sasl::SaslError::Refused { .. }) | Self::Unauthenticated(_) => {
+                "unauthenticated"
+            }
+            Self::Sasl(sasl::SaslError::Io(_)) | Self::Open(_) => "connection_refused",
+        }
     }
 }
 
-async fn run_connection<S>(shared: Arc<Shared>, stream: S, client: Client, drain: CancellationToken)
+/// Authenticates and opens the connection: SASL or not, as its protocol header asks.
+async fn open<S>(
+    shared: &Shared,
+    stream: S,
+    client: &Connecting,
+) -> Result<(ListenerConnectionHandle, Principal), Refused>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + Debug + 'static,
 {
+    let authenticator = &shared.access.authenticator;
+    let peer = Peer {
+        address: client.peer,
+        certificate: client.identity.as_deref(),
+    };
+    // The first eight bytes tell a SASL connection from one that skips SASL (fe2o3's own client
+    // does when it has no credentials).
+    let (mut stream, sasl) = transport::read_header(stream, shared.config.idle_timeout).await;
+    if sasl {
+        let principal = sasl::negotiate(
+            &mut stream,
+            authenticator,
+            peer,
+            shared.config.max_frame_size,
+            shared.config.idle_timeout,
+        )
+        .await?;
+        let connection = shared.acceptor.accept(stream).await?;
+        return Ok((connection, principal));
+    }
+    // No SASL is no credentials: served as the certificate's name, or anonymously where this peer
+    // may be. The refusal is said in AMQP (an OPEN, then CLOSE with the reason), as a client that
+    // skipped SASL expects to hear it; so the connection opens first (which also keeps a client
+    // that sent no AMQP header at all from counting as a failed login).
+    let mut connection = shared.acceptor.accept(stream).await?;
+    let attempt = Attempt {
+        peer: client.peer,
+        credentials: &Credentials::None,
+        certificate: peer.certificate,
+    };
+    match authenticator.authenticate(attempt).await {
+        Ok(principal) => Ok((connection, principal)),
+        Err(failure) => {
+            let _ = connection
+                .close_with_error(definitions::Error::new(
+                    AmqpError::UnauthorizedAccess,
+                    Some(format!(
+                        "{failure}; authenticate with SASL (PLAIN or EXTERNAL)"
+                    )),
+                    None,
+                ))
+                .await;
+            Err(Refused::Unauthenticated(failure))
+        }
+    }
+}
+
+async fn run_connection<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    connecting: Connecting,
+    drain: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + Debug + 'static,
+{
     let _open = metrics::connection_opened(Protocol::Amqp);
-    let peer = client.peer;
-    let mut connection = match open(&shared, stream).await {
-        Ok(connection) => connection,
+    let peer = connecting.peer;
+    let (mut connection, principal) = match open(&shared, stream, &connecting).await {
+        Ok(opened) => opened,
         Err(error) => {
             tracing::info!(%peer, %error, "AMQP connection refused during open");
-            metrics::error(Protocol::Amqp, "connection_refused");
+            metrics::error(Protocol::Amqp, error.kind());
             return;
         }
     };
+    tracing::Span::current().record("principal", field::display(&principal));
+    let client = Arc::new(Client::new(
+        peer,
+        principal,
+        shared.metered.clone(),
+        shared.access.authorizer.clone(),
+    ));
     tracing::debug!(%peer, "AMQP connection open");
     let sessions = TaskTracker::new();
     let shutting_down = loop {
@@ -288,7 +371,7 @@ where
                 Some(incoming) => {
                     match SessionAcceptor::new().accept_incoming_session(incoming, &mut connection).await {
                         Ok(session) => {
-                            sessions.spawn(session::serve(shared.clone(), session, peer, drain.child_token()).in_current_span());
+                            sessions.spawn(session::serve(shared.clone(), client.clone(), session, drain.child_token()).in_current_span());
                         }
                         Err(error) => {
                             tracing::info!(%peer, %error, "AMQP session refused");

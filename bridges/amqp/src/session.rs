@@ -1,9 +1,10 @@
 //! One AMQP session: its links accepted, checked before they run, and each given a task of its own
 //! ([`inbound`](crate::inbound) or [`outbound`](crate::outbound)). A link that fails the check is
 //! attached and at once detached with the reason (AMQP has no other way to refuse one); the session
-//! carries on.
+//! carries on. A link the client's principal may not use is refused the same way, with
+//! `amqp:unauthorized-access`, before anything is read or written for it.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use courier_gateway::Error as LogError;
 use fe2o3_amqp::{
@@ -16,16 +17,19 @@ use fe2o3_amqp::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
-use crate::{address, error::Refusal, inbound, outbound, outbound::Plan, shared::Shared};
+use crate::{
+    address, client::Client, error::Refusal, inbound, outbound, outbound::Plan, shared::Shared,
+};
 
 /// Serves one session: accepts its links, checks each, and runs it in a task of its own until the
 /// session ends or the gateway drains.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
+    client: Arc<Client>,
     mut session: ListenerSessionHandle,
-    peer: SocketAddr,
     drain: CancellationToken,
 ) {
+    let peer = client.peer;
     let links = TaskTracker::new();
     let link_acceptor = LinkAcceptor::builder()
         .max_message_size(shared.config.max_message_size)
@@ -40,7 +44,7 @@ pub(crate) async fn serve(
                 None => break,
             },
         };
-        let check = check_link(&shared, &attach, peer).await;
+        let check = check_link(&shared, &client, &attach).await;
         let name = attach.name.clone();
         let endpoint = match link_acceptor
             .accept_incoming_attach(attach, &mut session)
@@ -78,7 +82,7 @@ pub(crate) async fn serve(
                 tracing::debug!(%peer, link = %name, topic = %destination.topic, "AMQP sender link attached");
                 links.spawn(
                     inbound::run(
-                        shared.produce.clone(),
+                        client.log.clone(),
                         receiver,
                         destination,
                         shared.config.link_credit,
@@ -90,7 +94,8 @@ pub(crate) async fn serve(
             (Route::Outbound(plan), LinkEndpoint::Sender(sender)) => {
                 tracing::debug!(%peer, link = %name, topic = %plan.origin.topic, group = ?plan.origin.group, "AMQP receiver link attached");
                 links.spawn(
-                    outbound::run(shared.log.clone(), sender, plan, cancel).in_current_span(),
+                    outbound::run(client.log.clone(), shared.log.clone(), sender, plan, cancel)
+                        .in_current_span(),
                 );
             }
             // check_link routes by the attach's role, which is what fe2o3 accepted it as.
@@ -121,8 +126,10 @@ enum Route {
     Outbound(Plan),
 }
 
-/// Checks a link's address and topic before it runs.
-async fn check_link(shared: &Shared, attach: &Attach, peer: SocketAddr) -> Result<Route, Refusal> {
+/// Checks a link before it runs: its address, whether the client's principal may use it (the
+/// policy here; the gateway's own topics when the topic is opened through the client's log), and
+/// its topic.
+async fn check_link(shared: &Shared, client: &Client, attach: &Attach) -> Result<Route, Refusal> {
     match attach.role {
         // The client is the sender: the target names where its messages go.
         Role::Sender => {
@@ -134,7 +141,8 @@ async fn check_link(shared: &Shared, attach: &Attach, peer: SocketAddr) -> Resul
                 _ => None,
             });
             let destination = address::destination(address)?;
-            let partitions = topic_partitions(shared, &destination.topic).await?;
+            client.may_send(&destination.topic)?;
+            let partitions = topic_partitions(client, &destination.topic).await?;
             if let Some(partition) = destination.partition
                 && partition as u32 >= partitions
             {
@@ -151,22 +159,25 @@ async fn check_link(shared: &Shared, attach: &Attach, peer: SocketAddr) -> Resul
                 source.and_then(|source| source.address.as_deref()),
                 source.and_then(|source| source.filter.as_ref()),
             )?;
-            topic_partitions(shared, &origin.topic).await?;
+            client.may_receive(&origin.topic, origin.group.as_deref())?;
+            topic_partitions(client, &origin.topic).await?;
             let dead_letter_topic = format!("{}{}", origin.topic, shared.config.dead_letter_suffix);
             Ok(Route::Outbound(Plan {
                 origin,
                 dead_letter_topic,
                 max_unsettled: shared.config.max_unsettled,
-                client: format!("{peer} {}", attach.name),
+                client: format!("{} {}", client.peer, attach.name),
             }))
         }
     }
 }
 
 /// The topic's partition count. The log's topic policy creates a missing topic when
-/// `topics.auto_create` is on; when it is off the link is refused with `amqp:not-found`.
-async fn topic_partitions(shared: &Shared, topic: &str) -> Result<u32, Refusal> {
-    match shared.log.open_topic(topic).await {
+/// `topics.auto_create` is on; when it is off the link is refused with `amqp:not-found`. Opened
+/// through the client's log, so that the gateway's own topics are refused
+/// (`amqp:unauthorized-access`).
+async fn topic_partitions(client: &Client, topic: &str) -> Result<u32, Refusal> {
+    match client.log.open_topic(topic).await {
         Ok(description) => Ok(description.partitions.len() as u32),
         Err(LogError::UnknownTopic { .. }) => Err(Refusal::new(
             AmqpError::NotFound,

@@ -1,27 +1,29 @@
-//! What every AMQP connection of this replica shares: the log, the config and the acceptors. Its own
-//! module, so the server (which builds it) and the sessions (which read it) do not import each other.
+//! What every AMQP connection of this replica shares: the logs, the config, authentication and the
+//! acceptor. Its own module, so the server (which builds it) and the sessions (which read it) do
+//! not import each other.
 
 use std::sync::Arc;
 
-use courier_gateway::log::Log;
+use courier_gateway::{auth::Access, log::Log};
 use fe2o3_amqp::acceptor::ConnectionAcceptor;
 
-use crate::{config::Config, sasl::Mechanisms};
+use crate::config::Config;
 
-/// The fe2o3 acceptor for connections that start with SASL: the gateway's mechanisms.
-pub(crate) type SaslAcceptor = ConnectionAcceptor<(), Mechanisms>;
-/// The fe2o3 acceptor for connections that skip SASL (allowed only when anonymous clients are).
-pub(crate) type PlainAcceptor = ConnectionAcceptor<(), ()>;
+/// The fe2o3 acceptor that opens a connection once SASL (ours, see [`sasl`](crate::sasl)) is done
+/// or was skipped: it starts at the AMQP protocol header.
+pub(crate) type AmqpAcceptor = ConnectionAcceptor<(), ()>;
 
-/// What every connection of this replica shares.
+/// What every connection shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// The unwrapped log: the gateway's own records (dead letters).
     pub(crate) log: Arc<dyn Log>,
-    /// The log behind what sender links produce, counted as AMQP's messages in. `log` serves the
-    /// rest: reads, topic checks and the gateway's own dead letters.
-    pub(crate) produce: Arc<dyn Log>,
+    /// The log behind every client's requests, counting what they produce as AMQP's messages in.
+    /// Each connection sees it through its principal's authorization
+    /// ([`Client::log`](crate::client::Client)).
+    pub(crate) metered: Arc<dyn Log>,
     pub(crate) config: Config,
-    pub(crate) sasl: SaslAcceptor,
-    /// `None` when anonymous clients are not allowed: then every connection must authenticate.
-    pub(crate) plain: Option<PlainAcceptor>,
+    /// Who may connect, and what they may do.
+    pub(crate) access: Access,
+    pub(crate) acceptor: AmqpAcceptor,
 }

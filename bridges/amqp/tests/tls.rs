@@ -6,7 +6,10 @@
 use std::{sync::Arc, time::Duration};
 
 use courier_amqp::{Config, Server};
-use courier_gateway::tls::TlsConfig;
+use courier_gateway::{
+    auth::{Access, Protected},
+    tls::TlsConfig,
+};
 use courier_testkit::certs::TestPki;
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
 use rustls::{
@@ -45,6 +48,7 @@ async fn tls_replaces_the_plain_address_when_it_names_no_listener() -> TestResul
     let server = Server::bind(
         courier_gateway::testing::embedded(&dir.path().join("data")).await?,
         config,
+        Access::loopback("amqp", Protected::new([])),
     )
     .await?;
     let address = server.local_addr()?;
@@ -96,6 +100,7 @@ async fn certificates_that_do_not_load_are_refused_at_bind_naming_the_key() -> T
     let error = Server::bind(
         courier_gateway::testing::embedded(&dir.path().join("data")).await?,
         config,
+        Access::loopback("amqp", Protected::new([])),
     )
     .await
     .err()

@@ -6,11 +6,15 @@
 //! - [`server`]: builds the tonic server (limits, keepalive, health, reflection) and drains it;
 //!   `connection`: accepted connections, counted while open;
 //! - [`streams`], [`produce_stream`], [`subscribe`]: the data plane;
-//! - [`admin`]: topics, groups and regions;
+//! - [`admin`]: topics, groups and regions; `admin_role`: Admin and reflection for administrators;
+//! - `authentication`: every call's principal, from its `authorization` metadata, address and
+//!   client certificate (a tower layer in front of every service);
 //! - `convert`: wire <-> log types;
 //! - [`proto`]: the generated protobuf types, servers and clients.
 
 pub mod admin;
+mod admin_role;
+mod authentication;
 pub mod config;
 pub mod connection;
 mod convert;

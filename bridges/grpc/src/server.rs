@@ -1,10 +1,12 @@
 //! The gRPC server: the Streams and Admin services with health, reflection, message limits and HTTP/2
 //! keepalive, served on listeners the caller bound (so the caller knows the ports before it serves),
 //! plain (h2c) and over TLS (ALPN `h2`, [`Listeners`]: handshakes never hold up the accept loop).
+//! Every call but health checks is authenticated first; reflection and Admin are for administrators.
 
 use std::{io, net::SocketAddr, sync::Arc};
 
 use courier_gateway::{
+    auth::Access,
     config::GroupsConfig,
     log::{Log, layers::Metered},
     metrics::Protocol,
@@ -13,10 +15,12 @@ use courier_gateway::{
 };
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::{service::interceptor::InterceptedService, transport::Server};
 
 use crate::{
     AdminService, Config, StreamsService,
+    admin_role::AdminOnly,
+    authentication::AuthenticationLayer,
     connection::CountedConnection,
     proto::{
         FILE_DESCRIPTOR_SET,
@@ -29,6 +33,8 @@ use crate::{
 pub struct GrpcServer {
     /// The log behind the API.
     pub log: Arc<dyn Log>,
+    /// Who may call, and what each caller may do.
+    pub access: Access,
     /// The region router, when `log` is one (the Admin service's region calls).
     pub regions: Option<Regions>,
     /// `[grpc]` settings.
@@ -89,21 +95,28 @@ impl GrpcServer {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
         // Both versions: grpcurl and Postman speak v1, many language runtimes still only v1alpha.
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        // Both for administrators only: they map the whole API.
+        let admin_only = AdminOnly::new(self.access.authorizer.clone(), "reflection");
+        let reflection_v1 = InterceptedService::new(reflection().build_v1()?, admin_only.clone());
+        let reflection_v1alpha = InterceptedService::new(reflection().build_v1alpha()?, admin_only);
 
         let limit = self.config.max_message_bytes;
         // What clients produce is counted as gRPC's (the metrics layer); Admin produces nothing.
         let streams = StreamsServer::new(StreamsService::new(
             Arc::new(Metered::new(self.log.clone(), Protocol::Grpc)),
+            self.access.authorizer.clone(),
             self.groups.clone(),
             drain.clone(),
         ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-        let admin = AdminServer::new(AdminService::new(self.log.clone(), self.regions.clone()))
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
+        let admin = AdminServer::new(AdminService::new(
+            self.log.clone(),
+            self.regions.clone(),
+            self.access.authorizer.clone(),
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
 
         // The Log was opened before the server was built, so the API is ready the moment it serves.
         health.set_serving::<StreamsServer<StreamsService>>().await;
@@ -137,6 +150,9 @@ impl GrpcServer {
             .max_concurrent_streams(self.config.max_concurrent_streams)
             .initial_stream_window_size(self.config.stream_window_bytes)
             .initial_connection_window_size(self.config.connection_window_bytes)
+            // Outside every service, so none runs for a caller that is not authenticated; inside
+            // the connection, whose `Peer` (address, client certificate) it reads.
+            .layer(AuthenticationLayer::new(self.access.authenticator.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -15,6 +15,7 @@ pub(crate) fn code_of(error: &Error) -> Code {
         Error::TopicExists { .. } => Code::AlreadyExists,
         Error::OffsetOutOfRange { .. } => Code::OutOfRange,
         Error::GroupProtocolConflict { .. } | Error::GroupActive { .. } => Code::FailedPrecondition,
+        Error::Forbidden { .. } => Code::PermissionDenied,
         Error::ShuttingDown
         | Error::Behind { .. }
         | Error::RegionUnavailable { .. }

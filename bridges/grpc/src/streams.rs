@@ -1,17 +1,26 @@
 //! The `courier.v1.Streams` service: the data plane. Unary calls are here; the two long-lived streams
 //! have their own modules ([`crate::produce_stream`], [`crate::subscribe`]).
+//!
+//! Each call sees the log as its caller: wrapped in its own [`Authorized`], which decides every
+//! request by the principal's policy and keeps it off the gateway's internal state. For the two
+//! streams that wrapper lives as long as the stream.
 
 use std::sync::Arc;
 
 use courier_gateway::{
+    auth::Authorizer,
     config::GroupsConfig,
-    log::{FetchLimits, Log, TopicPartition},
+    log::{
+        FetchLimits, Log, TopicPartition,
+        layers::{Authorized, Scope},
+    },
     metrics::{self, Protocol},
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    authentication::principal_of,
     convert::{self, acks_to_wire, partition_from_wire, record_from_wire, record_to_wire},
     produce_stream,
     proto::v1::{self as pb, streams_server::Streams},
@@ -21,16 +30,42 @@ use crate::{
 /// The Streams service over a Log.
 #[derive(Debug, Clone)]
 pub struct StreamsService {
+    /// The log as every client sees it (metered); each call wraps it for its caller.
     log: Arc<dyn Log>,
+    authorizer: Authorizer,
     groups: GroupsConfig,
     /// Cancelled when the gateway drains: streams finish what they hold and end with UNAVAILABLE.
     drain: CancellationToken,
 }
 
 impl StreamsService {
-    /// A service over `log`; `drain` ends its streams gracefully.
-    pub fn new(log: Arc<dyn Log>, groups: GroupsConfig, drain: CancellationToken) -> Self {
-        Self { log, groups, drain }
+    /// A service over `log`, each call's requests decided by `authorizer`; `drain` ends its
+    /// streams gracefully.
+    pub fn new(
+        log: Arc<dyn Log>,
+        authorizer: Authorizer,
+        groups: GroupsConfig,
+        drain: CancellationToken,
+    ) -> Self {
+        Self {
+            log,
+            authorizer,
+            groups,
+            drain,
+        }
+    }
+
+    /// The log as the caller of `request` may use it.
+    fn log_for<T>(&self, request: &Request<T>) -> Result<Arc<dyn Log>, Status> {
+        let principal = principal_of(request)?.clone();
+        Ok(Arc::new(Authorized::new(
+            self.log.clone(),
+            self.authorizer.clone(),
+            principal,
+            None,
+            "grpc",
+            Scope::KafkaNames,
+        )))
     }
 }
 
@@ -40,10 +75,10 @@ impl Streams for StreamsService {
         &self,
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
+        let log = self.log_for(&request)?;
         let request = request.into_inner();
         let records: Vec<_> = request.records.into_iter().map(record_from_wire).collect();
-        let appended = self
-            .log
+        let appended = log
             .append(&request.topic, records)
             .await
             .map_err(to_status)?;
@@ -62,7 +97,7 @@ impl Streams for StreamsService {
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         Ok(Response::new(produce_stream::start(
             peer_of(&request),
-            self.log.clone(),
+            self.log_for(&request)?,
             request.into_inner(),
             self.drain.clone(),
         )))
@@ -75,8 +110,9 @@ impl Streams for StreamsService {
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = peer_of(&request);
+        let log = self.log_for(&request)?;
         let stream = subscribe::start(
-            self.log.clone(),
+            log,
             request.into_inner(),
             peer,
             &self.groups,
@@ -90,6 +126,7 @@ impl Streams for StreamsService {
         &self,
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
+        let log = self.log_for(&request)?;
         let request = request.into_inner();
         let defaults = FetchLimits::default();
         let limits = FetchLimits {
@@ -105,8 +142,7 @@ impl Streams for StreamsService {
             },
         };
         let partition = partition_from_wire(request.topic, request.partition);
-        let fetched = self
-            .log
+        let fetched = log
             .fetch(&partition, request.offset, limits)
             .await
             .map_err(to_status)?;
@@ -122,6 +158,7 @@ impl Streams for StreamsService {
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
+        let log = self.log_for(&request)?;
         let request = request.into_inner();
         require_group(&request.group)?;
         let offsets: Vec<(TopicPartition, i64)> = request
@@ -129,8 +166,7 @@ impl Streams for StreamsService {
             .into_iter()
             .map(|o| (partition_from_wire(o.topic, o.partition), o.offset))
             .collect();
-        self.log
-            .commit(&request.group, &offsets)
+        log.commit(&request.group, &offsets)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::CommitResponse {}))
@@ -140,14 +176,14 @@ impl Streams for StreamsService {
         &self,
         request: Request<pb::SeekRequest>,
     ) -> Result<Response<pb::SeekResponse>, Status> {
+        let log = self.log_for(&request)?;
         let request = request.into_inner();
         require_group(&request.group)?;
         let position = convert::required_position(request.position, "position")?;
         let partitions: Vec<i32> = match request.partition {
             Some(partition) => vec![partition],
             None => {
-                let topic = self
-                    .log
+                let topic = log
                     .describe_topic(&request.topic)
                     .await
                     .map_err(to_status)?;
@@ -157,15 +193,10 @@ impl Streams for StreamsService {
         let mut offsets = Vec::with_capacity(partitions.len());
         for partition in partitions {
             let partition = TopicPartition::new(request.topic.as_str(), partition);
-            let offset = self
-                .log
-                .resolve(&partition, position)
-                .await
-                .map_err(to_status)?;
+            let offset = log.resolve(&partition, position).await.map_err(to_status)?;
             offsets.push((partition, offset));
         }
-        self.log
-            .commit(&request.group, &offsets)
+        log.commit(&request.group, &offsets)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::SeekResponse {
@@ -182,7 +213,7 @@ impl Streams for StreamsService {
 }
 
 /// The client's address, for spans and group descriptions.
-fn peer_of<T>(request: &Request<T>) -> String {
+pub(crate) fn peer_of<T>(request: &Request<T>) -> String {
     request
         .extensions()
         .get::<crate::Peer>()

@@ -1,10 +1,11 @@
-//! What every MQTT connection of this replica shares: the Log, config, routes, users, session and
-//! retained-message stores, the fan-out hubs, and the fence of live connections.
+//! What every MQTT connection of this replica shares: the Log, config, routes, who may connect and
+//! what they may do, session and retained-message stores, the fan-out hubs, and the fence of live
+//! connections.
 
 use std::sync::Arc;
 
 use courier_gateway::{
-    auth::Auth,
+    auth::Access,
     log::{Log, TopicSpec, layers::Metered},
     metrics::Protocol,
     readers::{
@@ -34,16 +35,18 @@ const PROTOCOL: &str = "mqtt";
 #[derive(Debug)]
 pub struct Bridge {
     /// Where messages and the gateway's own records (sessions, retained messages, QoS 2
-    /// exchanges, wills) are stored, and subscriptions read.
+    /// exchanges) are stored, and subscriptions read.
     pub log: Arc<dyn Log>,
-    /// The same log for what clients publish, counted as MQTT's messages in (the metrics layer).
+    /// The same log for what clients publish (wills included), counted as MQTT's messages in
+    /// (the metrics layer). Each connection reaches it through its own authorization layer (see
+    /// `session`).
     pub publish: Arc<dyn Log>,
     /// The `[mqtt]` section.
     pub config: Config,
     /// MQTT topic → Kafka topic.
     pub routes: Routes,
-    /// Credentials.
-    pub auth: Auth,
+    /// Authentication of MQTT clients, and the gateway's authorization.
+    pub access: Access,
     /// Session records.
     pub sessions: SessionStore,
     /// Retained messages.
@@ -58,15 +61,16 @@ pub struct Bridge {
 
 impl Bridge {
     /// Checks the config, creates the bridge's topics if missing, and starts following the session and
-    /// retained-message topics. Background readers stop when `cancel` fires.
+    /// retained-message topics. Background readers stop when `cancel` fires. `access` decides who
+    /// connects and what they may do.
     pub async fn start(
         log: Arc<dyn Log>,
         config: Config,
+        access: Access,
         cancel: CancellationToken,
     ) -> Result<Arc<Self>> {
         let routes = Routes::new(config.routes.clone(), config.messages_topic.clone())
             .map_err(Error::Config)?;
-        let auth = Auth::load(&config.auth)?;
 
         let mut topics = vec![TopicSpec::named(&config.messages_topic)];
         topics.extend(
@@ -136,7 +140,7 @@ impl Bridge {
             publish: Arc::new(Metered::new(log.clone(), Protocol::Mqtt)),
             log,
             routes,
-            auth,
+            access,
             takeover,
             config,
         }))

@@ -1,8 +1,8 @@
-//! `[mqtt]`: the MQTT listener, its limits, topic routes and authentication.
+//! `[mqtt]`: the MQTT listener, its limits, topic routes, and the older `[mqtt.auth]` spelling.
 
 use std::{net::SocketAddr, time::Duration};
 
-use courier_gateway::{auth::AuthConfig, tls::TlsConfig};
+use courier_gateway::{auth::ProtocolAuth, tls::TlsConfig};
 use serde::{Deserialize, Serialize};
 
 /// The MQTT endpoint's configuration.
@@ -72,9 +72,10 @@ pub struct Config {
     /// Routes from MQTT topic filters to Kafka topics, first match wins (`[[mqtt.routes]]`).
     #[serde(default)]
     pub routes: Vec<Route>,
-    /// `[mqtt.auth]`: who may connect.
+    /// `[mqtt.auth]`: the older spelling of `[auth]`'s `allow_anonymous` and `users_file` for MQTT
+    /// clients only, still honoured (a key set here wins over `[auth]` for MQTT).
     #[serde(default)]
-    pub auth: AuthConfig,
+    pub auth: Option<ProtocolAuth>,
 }
 
 impl Default for Config {
@@ -97,7 +98,7 @@ impl Default for Config {
             sessions_topic: Self::default_sessions_topic(),
             qos2_topic: Self::default_qos2_topic(),
             routes: Vec::new(),
-            auth: AuthConfig::default(),
+            auth: None,
         }
     }
 }

@@ -68,10 +68,6 @@ pub enum Error {
     #[error("log error: {0}")]
     Log(#[from] courier_gateway::Error),
 
-    /// The users file could not be read.
-    #[error(transparent)]
-    UsersFile(#[from] courier_gateway::auth::UsersFileError),
-
     /// A stored session record could not be decoded.
     #[error("corrupt session record for client {client_id:?}: {detail}")]
     CorruptSession {
@@ -99,7 +95,6 @@ impl Error {
             Self::Io(_)
             | Self::WebSocket(_)
             | Self::Log(_)
-            | Self::UsersFile(_)
             | Self::Config(_)
             | Self::CorruptSession { .. } => DisconnectReasonCode::UnspecifiedError,
         }
@@ -134,7 +129,8 @@ pub struct Refusal {
 pub enum RefusalCode {
     /// The topic name is invalid, reserved, or its Kafka topic cannot be used.
     TopicNameInvalid,
-    /// Kafka refused the gateway's rights.
+    /// The policy does not allow the client to publish there, or Kafka refused the gateway's
+    /// rights.
     NotAuthorized,
     /// The message is over a size limit.
     QuotaExceeded,
@@ -197,6 +193,7 @@ impl From<&courier_gateway::Error> for Refusal {
                 RefusalCode::TopicNameInvalid
             }
             Log::RecordTooLarge { .. } => RefusalCode::QuotaExceeded,
+            Log::Forbidden { .. } => RefusalCode::NotAuthorized,
             error if error.is_client_error() => RefusalCode::ImplementationSpecific,
             error if !error.is_retryable() => RefusalCode::NotAuthorized,
             _ => RefusalCode::Unspecified,

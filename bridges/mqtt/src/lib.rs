@@ -13,7 +13,10 @@
 //! - [`config`]: `[mqtt]`; [`error`]: the error type and reason codes;
 //! - [`codec`], [`connection`]: bytes ↔ packets ↔ socket;
 //! - [`server`]: listeners, accept loops, limits; [`session`]: one client's state machine;
-//! - [`mapping`]: MQTT ↔ Log (users and passwords: `courier_gateway::auth`);
+//! - [`mapping`]: MQTT ↔ Log;
+//! - who may connect and what they may do: `courier_gateway::auth` decides, the [`session`] asks it
+//!   at CONNECT (credentials or the client certificate, the will, whose session a client id is)
+//!   and for each PUBLISH and SUBSCRIBE, on MQTT topic names and filters;
 //! - [`bridge`]: state shared by connections; [`store`], [`takeover`], [`addressing`].
 
 pub mod addressing;

@@ -17,7 +17,8 @@
 //! - **Subscriptions.** A filter reads every Kafka topic a matching message could be in (the routes
 //!   whose filters overlap it, and `mqtt.messages`), and the gateway filters by MQTT topic. A
 //!   persistent session reads through consumer groups of its own (`mqtt.session.<session>.<topic>`);
-//!   `$share/<g>/<filter>` is the group `mqtt.share.<g>.<filter>`, shared with every replica.
+//!   `$share/<g>/<filter>` is the group `mqtt.share.<g>.<filter>` (`.` and `%` in `<g>` written
+//!   `%2E` and `%25`), shared with every replica.
 //! - **Retained messages and sessions** live in compacted topics keyed by MQTT topic and client id.
 
 use bytes::Bytes;
@@ -306,9 +307,13 @@ pub fn session_group(session_id: &str, kafka_topic: &str) -> String {
     format!("mqtt.session.{session_id}.{kafka_topic}")
 }
 
-/// The consumer group of a shared subscription (`$share/<group>/<filter>`).
+/// The consumer group of a shared subscription (`$share/<group>/<filter>`). A `.` or `%` in the
+/// share name is written `%2E` or `%25`, so the first `.` after the prefix ends the name: else
+/// `$share/a/b.c` and `$share/a.b/c` would be one group, and a client allowed share `a` would take
+/// share `a.b`'s messages (and acknowledge those its filter does not match).
 pub fn share_group(group: &str, filter: &str) -> String {
-    format!("mqtt.share.{group}.{filter}")
+    let name = group.replace('%', "%25").replace('.', "%2E");
+    format!("mqtt.share.{name}.{filter}")
 }
 
 /// Splits `$share/<group>/<filter>` into its group and filter.
@@ -408,6 +413,17 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[test]
+    fn share_groups_of_different_shares_never_meet() {
+        assert_eq!(
+            share_group("fleet", "devices/#"),
+            "mqtt.share.fleet.devices/#"
+        );
+        assert_ne!(share_group("a", "b.c"), share_group("a.b", "c"));
+        assert_ne!(share_group("a%2Eb", "c"), share_group("a.b", "c"));
+        assert_eq!(share_group("a.b", "c"), "mqtt.share.a%2Eb.c");
+    }
 
     #[test]
     fn filters_match_like_the_spec() {

@@ -9,6 +9,7 @@ use async_tungstenite::tungstenite::{
     http::HeaderValue,
 };
 use courier_gateway::{
+    auth::Access,
     log::Log,
     metrics::{self, Protocol},
     tls::{ClientIdentity, TlsAcceptor, accept_on},
@@ -60,8 +61,9 @@ async fn bind(address: Option<SocketAddr>) -> Result<Option<TcpListener>> {
 
 impl Server {
     /// Starts the bridge (topics, session and retained views), loads the TLS certificates when
-    /// `[mqtt.tls]` is set, and binds the listeners.
-    pub async fn bind(log: Arc<dyn Log>, config: Config) -> Result<Self> {
+    /// `[mqtt.tls]` is set, and binds the listeners. `access` authenticates MQTT clients and
+    /// authorizes what they do.
+    pub async fn bind(log: Arc<dyn Log>, config: Config, access: Access) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
         let background = CancellationToken::new();
         // Armed first: a bind or start that fails below stops what was started before it.
@@ -83,7 +85,7 @@ impl Server {
             ),
             None => (plain, plain_websocket, None, None),
         };
-        let bridge = Bridge::start(log, config, background.clone()).await?;
+        let bridge = Bridge::start(log, config, access, background.clone()).await?;
         Ok(Self {
             bridge,
             tcp,

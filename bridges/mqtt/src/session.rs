@@ -15,11 +15,17 @@ mod admission;
 mod connect;
 mod inbound;
 mod outbound;
+mod will;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use courier_gateway::{
-    log::now_ms,
+    auth::Principal,
+    log::{
+        Log,
+        layers::{Authorized, Scope},
+        now_ms,
+    },
     metrics::{self, Protocol},
     tls::ClientIdentity,
 };
@@ -38,13 +44,13 @@ use self::{
     connect::Established,
     inbound::Inbound,
     outbound::Outbound,
+    will::DueWill,
 };
 use crate::{
     bridge::Bridge,
     codec::{Frame, Version},
     connection::Connection,
     error::{Error, Result},
-    mapping,
     store::sessions::SessionRecord,
     takeover::Registration,
 };
@@ -53,7 +59,8 @@ use crate::{
 const FINISH_APPENDS: Duration = Duration::from_secs(5);
 
 /// Serves one client until it leaves, fails, is taken over, or `shutdown` fires. `certificate` is
-/// the identity of the client certificate a TLS handshake verified, kept with the client.
+/// the identity of the client certificate a TLS handshake verified: the principal of a client
+/// whose CONNECT carries no credentials, and named in the connection's span.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     bridge: Arc<Bridge>,
     stream: S,
@@ -65,6 +72,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         "mqtt.session",
         %peer,
         client_id = tracing::field::Empty,
+        principal = tracing::field::Empty,
         certificate = tracing::field::Empty,
     );
     if let Some(certificate) = &certificate {
@@ -74,10 +82,15 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         let mut connection = Connection::new(stream, bridge.config.max_packet_size as usize);
         // `established` lives only inside the match: a local of this block, it would keep its
         // half KiB in every connection's task for as long as the connection lasts.
-        let mut session = match connect::handshake(&bridge, &mut connection).await {
-            Ok(Some(mut established)) => {
+        let mut session = match connect::handshake(&bridge, &mut connection, peer, certificate)
+            .await
+        {
+            Ok(Some(established)) => {
                 tracing::Span::current().record("client_id", established.client.client_id.as_str());
-                established.client.certificate = certificate;
+                tracing::Span::current().record(
+                    "principal",
+                    tracing::field::display(&established.client.principal),
+                );
                 tracing::debug!(
                     version = ?established.client.version,
                     session_present = established.session_present,
@@ -150,6 +163,9 @@ struct Session {
     registration: Registration,
     /// Boxed: most clients have none, and every connection's task would carry its size.
     will: Option<Box<Will>>,
+    /// The client's own view of the log (see [`Session::new`]), which its will is published
+    /// through as well.
+    log: Arc<dyn Log>,
     inbound: Inbound,
     outbound: Outbound,
 }
@@ -167,11 +183,30 @@ impl Session {
         } = established;
         let durable_session = session.persistent.then(|| session.session.clone());
         let courier_id_property = bridge.config.courier_id_property;
+        // The client's own view of the log: what it publishes and its session's group readers.
+        // MQTT names are authorized by the session itself; the layer keeps the client off the
+        // gateway's internal state (a route to `mqtt.sessions`, say). The gateway's own records
+        // (sessions, retained messages, QoS 2 exchanges) go to the bridge's log. The will is the
+        // client's publish too, and goes through this log.
+        let log: Arc<dyn Log> = Arc::new(Authorized::new(
+            bridge.publish.clone(),
+            bridge.access.authorizer.clone(),
+            Principal::clone(&client.principal),
+            Some(client.client_id.clone()),
+            "mqtt",
+            Scope::ProtectionOnly,
+        ));
         Self {
             bridge,
             client,
-            inbound: Inbound::new(awaiting_release, durable_session.clone()),
-            outbound: Outbound::new(durable_session, awaiting_completion, courier_id_property),
+            inbound: Inbound::new(awaiting_release, durable_session.clone(), log.clone()),
+            outbound: Outbound::new(
+                durable_session,
+                awaiting_completion,
+                courier_id_property,
+                log.clone(),
+            ),
+            log,
             record: session,
             registration,
             will: will.map(Box::new),
@@ -414,8 +449,14 @@ impl Session {
             // The will goes out when its delay has passed or the session ends, whichever is first
             // [MQTT-3.1.2-8, 3.1.3-9].
             will.delay = will.delay.min(session_lifetime);
-            let bridge = self.bridge.clone();
-            tokio::spawn(publish_will_later(bridge, client_id, connection_id, *will));
+            let due = DueWill {
+                will: *will,
+                client_id,
+                connection: connection_id,
+                principal: self.client.principal.clone(),
+                log: self.log.clone(),
+            };
+            tokio::spawn(due.publish_later(self.bridge.clone()));
         }
         // Last, so a successor waiting for this connection to finish is not held up by it.
         connection.linger().await;
@@ -532,40 +573,4 @@ async fn successor_started_anew(bridge: &Bridge, client_id: &str, session: &str)
         bridge.sessions.load(client_id).await,
         Ok(Some(latest)) if latest.session != session
     )
-}
-
-/// Publishes a will after its delay, unless the client came back in the meantime (here or on
-/// another replica, which shows as a newer session record).
-async fn publish_will_later(
-    bridge: Arc<Bridge>,
-    client_id: String,
-    connection: String,
-    will: Will,
-) {
-    if !will.delay.is_zero() {
-        tokio::time::sleep(will.delay).await;
-        let returned = bridge.takeover.is_connected(&client_id)
-            || matches!(
-                bridge.sessions.load(&client_id).await,
-                Ok(Some(record)) if record.connection != connection
-            );
-        if returned {
-            return;
-        }
-    }
-    let published = async {
-        let record =
-            mapping::to_record(&will.message, &client_id, now_ms()).map_err(Error::Refused)?;
-        let retained_record = will.message.retain.then(|| record.clone());
-        let topic = bridge.routes.topic_for(&will.message.topic);
-        bridge.log.append(topic, vec![record]).await?;
-        if let Some(record) = retained_record {
-            bridge.retained.submit(record).await?.await?;
-        }
-        Ok::<(), Error>(())
-    };
-    match published.await {
-        Ok(()) => tracing::debug!(client_id, topic = will.message.topic, "will published"),
-        Err(error) => tracing::warn!(%error, client_id, "could not publish the will"),
-    }
 }

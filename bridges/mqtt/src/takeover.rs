@@ -4,6 +4,10 @@
 //! `mqtt.sessions`, so their offsets order the connections. A connection is taken over when a record
 //! with a higher offset names another connection, whether that connection is on this replica
 //! ([`TakeoverFence::register`]) or on another one (the session table calls [`TakeoverFence::on_record`]).
+//!
+//! Before its record is written, a connect checks that the client id is not another principal's.
+//! Handshakes of one client id take turns on this replica ([`TakeoverFence::handshake`], in
+//! `handshakes`), so two principals connecting at once cannot both pass that check here.
 
 use std::{
     collections::HashMap,
@@ -14,12 +18,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::sync::lock;
 
+mod handshakes;
+
+pub use self::handshakes::HandshakeTurn;
+
 /// The live connections of this replica.
 #[derive(Debug, Default)]
 pub struct TakeoverFence {
     live: Mutex<HashMap<String, Live>>,
     /// QoS 2 packet ids awaiting release, kept between connections of a persistent session here.
     parked: Mutex<HashMap<String, Parked>>,
+    /// The CONNECT handshakes under way here, one at a time per client id.
+    handshakes: handshakes::Handshakes,
 }
 
 #[derive(Debug)]
@@ -87,6 +97,13 @@ impl TakeoverFence {
             },
         );
         (registration, predecessor)
+    }
+
+    /// Waits for `client_id`'s turn to connect: from reading its session record until this
+    /// connection's record is written and registered, no other handshake of the client id runs
+    /// here. The turn ends when the returned value is dropped.
+    pub async fn handshake(&self, client_id: &str) -> HandshakeTurn {
+        self.handshakes.turn(client_id).await
     }
 
     /// A session record was read: takes the client id from a local connection the record supersedes.

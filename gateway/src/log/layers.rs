@@ -4,11 +4,14 @@
 //! [`Layered`], which passes every other call through.
 //!
 //! From the front end inwards:
+//! - [`Authorized`] (per connection or call, added by the front end with its principal): the
+//!   policy and the protection of the gateway's own state. Outermost, in front of the front end's
+//!   `Metered`, so nothing it refuses is queued or reaches the router.
 //! - [`Validated`]: checks requests (topic and group names, record sizes, reserved headers, the
 //!   in-flight window) and gives records without a `courier_id` a fresh one, before anything is
-//!   queued. Outermost, so nothing behind it (the region router included) sees a request it would
-//!   refuse, and a record keeps one id however often the router resends it. Authorization and quotas
-//!   will sit next to it: they too decide on the request alone.
+//!   queued. Outermost of the shared stack, so nothing behind it (the region router included) sees
+//!   a request it would refuse, and a record keeps one id however often the router resends it.
+//!   Quotas will sit next to it: they too decide on the request alone.
 //! - [`GroupProtocols`]: one protocol per consumer group. Behind validation (it trusts the group
 //!   name) and in front of the region router, so one table of this process's subscribers covers
 //!   every region and a subscription keeps its place in it when the router moves it.
@@ -17,9 +20,10 @@
 //!   another region must be able to create the topic there.
 //!
 //! The region router is itself a `Log` between the two groups: [`front`] over `Regions`, over
-//! `TopicPolicy<Kafka>` per region. Front ends add their own outermost layer, [`Metered`], which
-//! labels what it counts with their protocol.
+//! `TopicPolicy<Kafka>` per region. Front ends add their own layers in front: [`Metered`], which
+//! labels what it counts with their protocol, and per connection [`Authorized`] in front of that.
 
+mod authorization;
 mod group_protocol;
 mod layer;
 mod metered;
@@ -27,6 +31,7 @@ mod topic_policy;
 mod validation;
 
 pub use self::{
+    authorization::{Authorization, Authorized, Scope},
     group_protocol::{GroupProtocols, GroupRule},
     layer::{Layer, Layered},
     metered::{Metered, Metering},

@@ -151,6 +151,15 @@ pub enum TopicSelector {
     Names(Vec<String>),
     /// Every topic whose whole name matches, including topics created later.
     Pattern(Regex),
+    /// Every topic whose whole name matches and that `allowed` accepts: a pattern with what its
+    /// subscriber may not read left out (authorization makes these from a client's pattern, since
+    /// which topics a regex can match is only known when the backend lists them).
+    Restricted {
+        /// The pattern.
+        pattern: Regex,
+        /// Whether the subscriber may read a topic the pattern matches.
+        allowed: TopicFilter,
+    },
 }
 
 impl TopicSelector {
@@ -159,12 +168,42 @@ impl TopicSelector {
         match self {
             Self::Names(names) => names.iter().any(|name| name == topic),
             Self::Pattern(pattern) => pattern.is_match(topic),
+            Self::Restricted { pattern, allowed } => {
+                pattern.is_match(topic) && allowed.accepts(topic)
+            }
         }
+    }
+
+    /// Whether the selector follows the topics that exist (a pattern) rather than naming them.
+    pub fn is_pattern(&self) -> bool {
+        !matches!(self, Self::Names(_))
     }
 
     /// Builds a pattern selector that must match a topic name as a whole.
     pub fn pattern(pattern: &str) -> Result<Self, regex::Error> {
         Regex::new(&format!("^(?:{pattern})$")).map(Self::Pattern)
+    }
+}
+
+/// A test of topic names that travels with a subscription (see [`TopicSelector::Restricted`]).
+#[derive(Clone)]
+pub struct TopicFilter(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl TopicFilter {
+    /// A filter accepting what `accepts` accepts.
+    pub fn new(accepts: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(accepts))
+    }
+
+    /// Whether `topic` passes.
+    pub fn accepts(&self, topic: &str) -> bool {
+        (self.0)(topic)
+    }
+}
+
+impl fmt::Debug for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TopicFilter")
     }
 }
 

@@ -1,7 +1,10 @@
 //! MirrorMaker 2's names: where topic `T` of region `a` appears in another region, and where that
 //! region's checkpoints of `a`'s consumer groups are.
 
-use crate::{config::ReplicationPolicyKind, log::TopicSelector};
+use crate::{
+    config::ReplicationPolicyKind,
+    log::{TopicFilter, TopicSelector},
+};
 
 /// The replication policy MirrorMaker 2 runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,22 +57,48 @@ impl ReplicationPolicy {
                 }
                 TopicSelector::Names(expanded)
             }
-            TopicSelector::Pattern(pattern) if self.kind == ReplicationPolicyKind::Default => {
+            TopicSelector::Pattern(pattern) if self.kind == ReplicationPolicyKind::Default => self
+                .expand_pattern(pattern, others)
+                .map(TopicSelector::Pattern)
+                .unwrap_or_else(|| selector.clone()),
+            TopicSelector::Restricted { pattern, allowed }
+                if self.kind == ReplicationPolicyKind::Default =>
+            {
+                let Some(pattern) = self.expand_pattern(pattern, others) else {
+                    return selector.clone();
+                };
+                // A mirror is read as its source is: `a.orders` when `orders` may be read.
                 let prefixes: Vec<String> = others
                     .iter()
-                    .map(|source| regex::escape(&format!("{source}{}", self.separator)))
+                    .map(|source| format!("{source}{}", self.separator))
                     .collect();
-                let inner = pattern
-                    .as_str()
-                    .trim_start_matches('^')
-                    .trim_end_matches('$');
-                let expanded = format!("^(?:{})?{inner}$", prefixes.join("|"));
-                regex::Regex::new(&expanded)
-                    .map(TopicSelector::Pattern)
-                    .unwrap_or_else(|_| selector.clone())
+                let source_allowed = allowed.clone();
+                let allowed = TopicFilter::new(move |topic| {
+                    source_allowed.accepts(topic)
+                        || prefixes.iter().any(|prefix| {
+                            topic
+                                .strip_prefix(prefix.as_str())
+                                .is_some_and(|source| source_allowed.accepts(source))
+                        })
+                });
+                TopicSelector::Restricted { pattern, allowed }
             }
-            TopicSelector::Pattern(_) => selector.clone(),
+            TopicSelector::Pattern(_) | TopicSelector::Restricted { .. } => selector.clone(),
         }
+    }
+
+    /// `pattern` widened to the mirrors of its topics from each of `others` (`^(?:a\.|b\.)?...$`);
+    /// `None` if the widened pattern does not compile.
+    fn expand_pattern(&self, pattern: &regex::Regex, others: &[&str]) -> Option<regex::Regex> {
+        let prefixes: Vec<String> = others
+            .iter()
+            .map(|source| regex::escape(&format!("{source}{}", self.separator)))
+            .collect();
+        let inner = pattern
+            .as_str()
+            .trim_start_matches('^')
+            .trim_end_matches('$');
+        regex::Regex::new(&format!("^(?:{})?{inner}$", prefixes.join("|"))).ok()
     }
 }
 

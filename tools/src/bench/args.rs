@@ -33,6 +33,17 @@ pub struct BenchArgs {
     /// whose standby region is the Kafka cluster here (see tools/src/bench/regions.rs).
     #[arg(long, requires = "kafka")]
     pub(crate) regions: Option<String>,
+    /// gRPC mode: compare a gateway without authentication to one with a users file and a policy
+    /// of this many rules for made-up users plus one for the bench's user, which sends its
+    /// password (Basic) on every call (see tools/src/bench/auth.rs). MQTT mode: compare an open
+    /// Courier to one with a users file and a policy of this many rules, the bench user's grant
+    /// last, at QoS 1 publish and new connections (see tools/src/bench/mqtt/auth.rs).
+    #[arg(long, conflicts_with_all = ["kafka", "amqp"])]
+    pub(crate) auth_rules: Option<usize>,
+    /// MQTT mode with `--auth-rules`: the authenticated Courier's `[auth] hashing_threads`, the
+    /// argon2 checks it runs at once (0: one per core).
+    #[arg(long, default_value_t = 2, requires = "auth_rules")]
+    pub(crate) hashing_threads: usize,
     /// A librdkafka producer property (`KEY=VALUE`, repeatable), given to both sides alike.
     #[arg(long = "producer-property", value_parser = parse_property)]
     pub(crate) producer_properties: Vec<(String, String)>,

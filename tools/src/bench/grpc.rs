@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use courier_gateway::{
+    auth::{Access, Protected},
     config::{EmbeddedConfig, FsyncPolicy, GroupsConfig, TopicsConfig},
     log::{
         Embedded, Log, NewRecord, Position, SubscribeOptions, SubscriptionEvent, TopicSelector,
@@ -29,6 +30,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+
+use crate::client::{Api, Credentials};
 
 use super::{
     args::BenchArgs,
@@ -181,6 +184,20 @@ pub(super) async fn through_gateway(
     args: &BenchArgs,
     value: &Bytes,
 ) -> Result<(Measurement, Measurement)> {
+    let open = Access::loopback("grpc", Protected::new([]));
+    through_gateway_as(log, topic, args, value, open, Credentials::default()).await
+}
+
+/// [`through_gateway`], the gateway deciding calls with `access` and the client presenting
+/// `credentials`.
+pub(super) async fn through_gateway_as(
+    log: Arc<dyn Log>,
+    topic: &str,
+    args: &BenchArgs,
+    value: &Bytes,
+    access: Access,
+    credentials: Credentials,
+) -> Result<(Measurement, Measurement)> {
     // With --tls, the gRPC port speaks TLS (a certificate made for the run) and so does the client.
     let tls = args.tls.then(BenchTls::new).transpose()?;
     let config = courier_grpc::Config {
@@ -199,18 +216,32 @@ pub(super) async fn through_gateway(
     let drain = CancellationToken::new();
     let server = GrpcServer {
         log: log.clone(),
+        access,
         regions: None,
         config,
         groups: GroupsConfig::default(),
     };
     let serving = tokio::spawn(server.serve(listeners, drain.clone()));
-    let channel = connect(address, tls.as_ref())
+    let channel = credentials.on(connect(address, tls.as_ref())
         .await
-        .context("connecting to the gateway")?;
-    AdminClient::new(channel.clone())
-        .create_topic(pb::CreateTopicRequest {
-            name: topic.into(),
-            partitions: args.partitions,
+        .context("connecting to the gateway")?);
+    // Created over gRPC (as a client would), unless it exists: the authenticated bench's user
+    // may not use Admin, so its topic is made beforehand.
+    if log.describe_topic(topic).await.is_err() {
+        AdminClient::new(channel.clone())
+            .create_topic(pb::CreateTopicRequest {
+                name: topic.into(),
+                partitions: args.partitions,
+                ..Default::default()
+            })
+            .await?;
+    }
+    // One call before measuring, as a long-running client has made: with Basic credentials the
+    // password is checked on the first call and remembered, not on every stream.
+    StreamsClient::new(channel.clone())
+        .fetch(pb::FetchRequest {
+            topic: topic.into(),
+            max_records: 1,
             ..Default::default()
         })
         .await?;
@@ -243,7 +274,7 @@ async fn connect(address: SocketAddr, tls: Option<&BenchTls>) -> Result<Channel>
     Ok(endpoint.connect_with_connector(connecting).await?)
 }
 
-async fn open_log(dir: &std::path::Path, fsync: FsyncPolicy) -> Result<Arc<dyn Log>> {
+pub(super) async fn open_log(dir: &std::path::Path, fsync: FsyncPolicy) -> Result<Arc<dyn Log>> {
     let config = EmbeddedConfig {
         fsync,
         ..EmbeddedConfig::in_dir(dir)
@@ -281,7 +312,7 @@ async fn produce_direct(
 }
 
 async fn produce_grpc(
-    channel: &Channel,
+    channel: &Api,
     topic: &str,
     args: &BenchArgs,
     value: &Bytes,
@@ -386,7 +417,7 @@ async fn subscribe_direct(log: &Arc<dyn Log>, topic: &str, records: usize) -> Re
     })
 }
 
-async fn subscribe_grpc(channel: &Channel, topic: &str, records: usize) -> Result<Measurement> {
+async fn subscribe_grpc(channel: &Api, topic: &str, records: usize) -> Result<Measurement> {
     let started = Instant::now();
     let mut client = StreamsClient::new(channel.clone());
     let start = pb::SubscribeStart {

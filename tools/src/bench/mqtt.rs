@@ -25,11 +25,13 @@
 //! With `--tls` every client connects over TLS to both brokers, which serve a certificate made for
 //! the run: Courier's `[mqtt.tls]`, a Mosquitto TLS listener. Compare a run with and one without to
 //! see what TLS costs each broker.
+//!
+//! With `--auth-rules N` the run is another: what authentication and a policy cost (see [`auth`]).
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::PathBuf,
+    path::Path,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -49,6 +51,8 @@ use super::{
     tls::BenchTls,
 };
 
+pub(crate) mod auth;
+
 /// Longest a broker is left to go idle after the held clients went away.
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -64,6 +68,8 @@ struct Broker {
     name: &'static str,
     child: Child,
     target: Target,
+    /// Courier's HTTP endpoint (`/metrics`); Mosquitto has none.
+    http: Option<SocketAddr>,
     /// Courier's data directory or Mosquitto's config file, removed when the broker is dropped.
     _data: Option<tempfile::TempDir>,
 }
@@ -72,53 +78,80 @@ impl Broker {
     /// `courier serve` on a fresh embedded log in a temporary directory; with `tls`, its MQTT
     /// listener speaks TLS (`[mqtt.tls]` without an address of its own).
     fn courier(fsync: &str, tls: Option<&BenchTls>) -> Result<Self> {
-        let env = match tls {
-            Some(tls) => vec![
-                ("COURIER_MQTT__TLS__CERT", tls.cert.display().to_string()),
-                ("COURIER_MQTT__TLS__KEY", tls.key.display().to_string()),
-            ],
-            None => Vec::new(),
-        };
+        Self::courier_with("Courier (embedded)", fsync, tls, Vec::new())
+    }
+
+    /// [`Broker::courier`] named `name`, with more `COURIER_*` settings in `env`.
+    fn courier_with(
+        name: &'static str,
+        fsync: &str,
+        tls: Option<&BenchTls>,
+        mut env: Vec<(&str, String)>,
+    ) -> Result<Self> {
+        if let Some(tls) = tls {
+            env.push(("COURIER_MQTT__TLS__CERT", tls.cert.display().to_string()));
+            env.push(("COURIER_MQTT__TLS__KEY", tls.key.display().to_string()));
+        }
         let (child, line, dir) = start_courier(fsync, &env)?;
-        let key = if tls.is_some() { "mqtts=" } else { "mqtt=" };
-        let address = line
-            .split_whitespace()
-            .find_map(|field| field.strip_prefix(key))
-            .with_context(|| format!("no {key} in the ready line"))?
-            .parse()?;
+        let field = |key: &str| -> Result<SocketAddr> {
+            Ok(line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix(key))
+                .with_context(|| format!("no {key} in the ready line"))?
+                .parse()?)
+        };
+        let address = field(if tls.is_some() { "mqtts=" } else { "mqtt=" })?;
+        let http = field("http=")?;
         Ok(Self {
-            name: "Courier (embedded)",
+            name,
             child,
             target: Target::new(address, tls),
+            http: Some(http),
             _data: Some(dir),
         })
     }
 
     /// Mosquitto with its default configuration on a free port; with `tls`, one TLS listener with
     /// the same certificate (and anonymous clients allowed, as they are without a config file).
-    fn mosquitto(program: &PathBuf, tls: Option<&BenchTls>) -> Result<Self> {
+    fn mosquitto(program: &Path, tls: Option<&BenchTls>) -> Result<Self> {
+        Self::mosquitto_with("Mosquitto", program, tls, None)
+    }
+
+    /// [`Broker::mosquitto`] named `name`; with `password_file` (made by `mosquitto_passwd`), only
+    /// the clients it names are let in.
+    fn mosquitto_with(
+        name: &'static str,
+        program: &Path,
+        tls: Option<&BenchTls>,
+        password_file: Option<&Path>,
+    ) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let config = tempfile::tempdir()?;
         let mut command = Command::new(program);
-        match tls {
-            Some(tls) => {
-                let file = config.path().join("mosquitto.conf");
-                std::fs::write(
-                    &file,
-                    format!(
-                        "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\n",
-                        tls.ca.display(),
-                        tls.cert.display(),
-                        tls.key.display()
-                    ),
-                )?;
-                command.arg("-c").arg(file);
+        if tls.is_none() && password_file.is_none() {
+            command.args(["-p", &port.to_string()]);
+        } else {
+            let mut lines = format!("listener {port} 127.0.0.1\n");
+            match password_file {
+                Some(file) => lines.push_str(&format!(
+                    "allow_anonymous false\npassword_file {}\n",
+                    file.display()
+                )),
+                None => lines.push_str("allow_anonymous true\n"),
             }
-            None => {
-                command.args(["-p", &port.to_string()]);
+            if let Some(tls) = tls {
+                lines.push_str(&format!(
+                    "cafile {}\ncertfile {}\nkeyfile {}\n",
+                    tls.ca.display(),
+                    tls.cert.display(),
+                    tls.key.display()
+                ));
             }
+            let file = config.path().join("mosquitto.conf");
+            std::fs::write(&file, lines)?;
+            command.arg("-c").arg(file);
         }
         let child = command
             .stdin(Stdio::null())
@@ -137,14 +170,14 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Self {
-            name: "Mosquitto",
+            name,
             child,
             target: Target::new(address, tls),
+            http: None,
             _data: Some(config),
         })
     }
 
-    /// Resident memory of the broker process, in MiB.
     /// CPU time the broker has used (user + system), in clock ticks, from `/proc/<pid>/stat`.
     fn cpu_ticks(&self) -> Result<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
@@ -182,6 +215,7 @@ impl Broker {
         Ok(())
     }
 
+    /// Resident memory of the broker process, in MiB.
     fn rss_mib(&self) -> Result<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let kib: f64 = status
@@ -379,11 +413,13 @@ fn print_results(args: &BenchArgs, results: &[(&str, Results)]) {
     }
 }
 
-/// Where the load clients connect, and whether over TLS.
+/// Where the load clients connect, whether over TLS, and who they say they are.
 #[derive(Clone)]
 struct Target {
     address: SocketAddr,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// User name and password every client sends in its CONNECT; none: anonymous.
+    credentials: Option<(String, String)>,
 }
 
 impl Target {
@@ -391,6 +427,15 @@ impl Target {
         Self {
             address,
             tls: tls.map(|tls| tls.client.clone()),
+            credentials: None,
+        }
+    }
+
+    /// This target, with every client logging in as `user`.
+    fn as_user(&self, user: &str, password: &str) -> Self {
+        Self {
+            credentials: Some((user.to_owned(), password.to_owned())),
+            ..self.clone()
         }
     }
 }
@@ -401,6 +446,9 @@ fn options(id: String, target: &Target, inflight: u16) -> MqttOptions {
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             tls.clone(),
         )));
+    }
+    if let Some((user, password)) = &target.credentials {
+        options.set_credentials(user, password);
     }
     options.set_keep_alive(Duration::from_secs(60));
     options.set_inflight(inflight);

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-/// The gateway a client command talks to: `--server`, or `COURIER_SERVER`.
-#[derive(Debug, Args, Clone)]
+/// The gateway a client command talks to (`--server`, or `COURIER_SERVER`), and the credentials it
+/// presents (`COURIER_TOKEN` or `--token`, or `--user` with `COURIER_PASSWORD`). Its `Debug` does
+/// not show the token.
+#[derive(Args, Clone)]
 pub struct ServerArgs {
     /// The gateway's gRPC address.
     #[arg(
@@ -16,6 +18,30 @@ pub struct ServerArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub(crate) server: String,
+    /// A JWT to present as `authorization: Bearer` on every call. Prefer setting COURIER_TOKEN:
+    /// a flag's value shows in `ps` to every user of the host.
+    #[arg(
+        long,
+        global = true,
+        env = "COURIER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "user"
+    )]
+    pub(crate) token: Option<String>,
+    /// A user of the gateway's users file, sent as `authorization: Basic` on every call; the
+    /// password is read from COURIER_PASSWORD (never a flag: flags show in `ps`).
+    #[arg(long, global = true)]
+    pub(crate) user: Option<String>,
+}
+
+impl std::fmt::Debug for ServerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerArgs")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("user", &self.user)
+            .finish()
+    }
 }
 
 /// `courier produce` arguments.
@@ -120,4 +146,28 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .ok_or_else(|| format!("header {text:?} must be name=value"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args as _, Command};
+
+    use super::*;
+
+    #[test]
+    fn the_token_is_kept_out_of_debug_output_and_its_flag_points_to_the_environment() {
+        let args = ServerArgs {
+            server: "http://127.0.0.1:50051".into(),
+            token: Some("eyJhbGciOi.secret.sig".into()),
+            user: None,
+        };
+        let shown = format!("{args:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+
+        let mut command = ServerArgs::augment_args(Command::new("courier"));
+        let help = command.render_long_help().to_string();
+        assert!(help.contains("Prefer setting COURIER_TOKEN"), "{help}");
+        assert!(help.contains("`ps`"), "{help}");
+    }
 }

@@ -2,10 +2,20 @@
 //! which will, which session it runs (resumed or new) and what CONNACK says. `connect.rs` reads the
 //! packet, checks the credentials, loads and stores the session record and writes the answer around
 //! these functions.
+//!
+//! Refusals of who the client is (MQTT 5 code, MQTT 3.1.1 code):
+//! - credentials that do not verify (wrong password, unknown user, a bad or expired token, a token
+//!   where none are accepted): 0x86 Bad User Name or Password, 0x04;
+//! - no credentials where they are required, or from a host anonymous clients are not served from;
+//!   a will the policy does not let the client publish; a client id whose session or live
+//!   connection is another principal's: 0x87 Not authorized, 0x05;
+//! - too many password checks waiting: 0x89 Server busy, 0x03 Server unavailable;
+//! - too many failed logins from the address or for the user still being waited out: 0x9F
+//!   Connection rate exceeded, 0x03 Server unavailable.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use courier_gateway::{auth::Verdict, tls::ClientIdentity};
+use courier_gateway::auth::{Credentials, Failure, Principal, policy::Subject};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
     LastWillProperties, Login, Packet, PublishProperties,
@@ -22,8 +32,7 @@ use crate::{
 /// property lengths and the string's own header.
 pub(crate) const REASON_OVERHEAD: usize = 16;
 
-/// A decoded CONNECT.
-#[derive(Debug)]
+/// A decoded CONNECT. Its `Debug` leaves the password out.
 pub(crate) struct ConnectRequest {
     pub(crate) version: Version,
     pub(crate) connect: Connect,
@@ -31,6 +40,22 @@ pub(crate) struct ConnectRequest {
     pub(crate) will: Option<LastWill>,
     pub(crate) will_properties: Option<LastWillProperties>,
     pub(crate) login: Option<Login>,
+}
+
+impl std::fmt::Debug for ConnectRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectRequest")
+            .field("version", &self.version)
+            .field("client_id", &self.connect.client_id)
+            .field("keep_alive", &self.connect.keep_alive)
+            .field("clean_session", &self.connect.clean_session)
+            .field("will", &self.will.as_ref().map(|will| &will.topic))
+            .field(
+                "username",
+                &self.login.as_ref().map(|login| &login.username),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// The properties of a CONNECT that carries none (every MQTT 3.1.1 one).
@@ -76,12 +101,21 @@ pub(crate) struct Client {
     pub(crate) max_packet_size: Option<u32>,
     /// MQTT 5 Request Problem Information: 0 asks for no reason strings on acknowledgements.
     pub(crate) problem_info: bool,
-    /// The verified TLS client certificate's identity, when the client presented one: logged with
-    /// the connection, and what authentication can take as its principal (nothing does yet).
-    pub(crate) certificate: Option<Box<ClientIdentity>>,
+    /// Who the client authenticated as (by CONNECT's credentials, or by the verified TLS client
+    /// certificate, which the connection's span names): the policy decides its publishes and
+    /// subscriptions, and its persistent session is this principal's.
+    pub(crate) principal: Arc<Principal>,
 }
 
 impl Client {
+    /// The client as the policy sees it: its principal, and its client id for `%c`.
+    pub(crate) fn subject(&self) -> Subject<'_> {
+        Subject {
+            principal: &self.principal,
+            client_id: Some(&self.client_id),
+        }
+    }
+
     /// The reason string to put in a PUBACK or PUBREC: none when the client asked for no problem
     /// information [MQTT-3.1.2-29], or when it would make the packet larger than the client takes.
     pub(crate) fn ack_reason(&self, text: String) -> Option<String> {
@@ -99,6 +133,69 @@ impl Client {
 
 fn fits(max_packet_size: Option<u32>, reason: &str) -> bool {
     max_packet_size.is_none_or(|max| reason.len() + REASON_OVERHEAD <= max as usize)
+}
+
+/// What CONNECT's user name and password present: a password (which may be a JWT, verified as a
+/// token where tokens are accepted), as sent; MQTT 5 allows a password without a user name. No
+/// login is no credentials (a client certificate, if any, is looked at then).
+pub(crate) fn credentials(login: Option<Login>) -> Credentials {
+    match login {
+        None => Credentials::None,
+        Some(Login { username, password }) => Credentials::Password {
+            username: (!username.is_empty()).then_some(username),
+            password: password.into_bytes(),
+        },
+    }
+}
+
+/// The refusal of a client whose credentials did not let it in.
+pub(crate) fn authentication_refusal(failure: Failure) -> Refusal {
+    let code = match failure {
+        Failure::BadCredentials | Failure::TokensNotAccepted | Failure::Token(_) => {
+            ConnectReturnCode::BadUserNamePassword
+        }
+        Failure::AnonymousRefused | Failure::NotLoopback => ConnectReturnCode::NotAuthorized,
+        Failure::Busy => ConnectReturnCode::ServerBusy,
+        Failure::Throttled => ConnectReturnCode::ConnectionRateExceeded,
+    };
+    Refusal::new(code, failure.to_string())
+}
+
+/// The refusal of a client whose will the policy does not let it publish: it could otherwise
+/// publish there by connecting and dropping the connection.
+pub(crate) fn will_refusal(denial: &courier_gateway::Error) -> Refusal {
+    Refusal::new(
+        ConnectReturnCode::NotAuthorized,
+        format!("the will may not be published: {denial}"),
+    )
+}
+
+/// Whether `principal` may have `client_id`'s session: not when the session record says another
+/// principal's connection is live (a record with no disconnection time) or its persistent session
+/// is still within its expiry. Such a client is refused before its own record is written (the
+/// fence), so the owner's connection is not taken over and its session is not handed out. Records
+/// written before sessions had owners name none: such a session is owned by whoever connects
+/// next. Admins may take any client id.
+pub(crate) fn check_owner(
+    principal: &Principal,
+    is_admin: bool,
+    previous: Option<&SessionRecord>,
+    now_ms: i64,
+) -> Result<(), Refusal> {
+    let Some(previous) = previous else {
+        return Ok(());
+    };
+    let Some(owner) = previous.owner.as_deref() else {
+        return Ok(());
+    };
+    let held = previous.disconnected_at_ms.is_none() || previous.is_resumable(now_ms);
+    if !held || owner == principal.name || is_admin {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        ConnectReturnCode::NotAuthorized,
+        "the client id is in use by another user's session",
+    ))
 }
 
 /// A last will, published when the connection ends without a normal DISCONNECT.
@@ -189,29 +286,13 @@ pub(crate) struct Admitted {
     pub(crate) expiry: u32,
 }
 
-/// Lets the client in, given what its credentials were found to be, or says why not. `fresh_id`
-/// names a client that sent no id.
+/// Lets an authenticated client in, or says why not: its client id, will and session expiry.
+/// `fresh_id` names a client that sent no id.
 pub(crate) fn admit(
     request: &ConnectRequest,
-    verdict: Verdict,
     config: &Config,
     fresh_id: impl FnOnce() -> String,
 ) -> Result<Admitted, Refusal> {
-    match verdict {
-        Verdict::Allowed => {}
-        Verdict::AnonymousRefused => {
-            return Err(Refusal::new(
-                ConnectReturnCode::NotAuthorized,
-                "anonymous clients are not allowed; connect with a username and password",
-            ));
-        }
-        Verdict::BadCredentials => {
-            return Err(Refusal::new(
-                ConnectReturnCode::BadUserNamePassword,
-                "unknown user or wrong password",
-            ));
-        }
-    }
     let will = request
         .will
         .clone()
@@ -289,13 +370,15 @@ pub(crate) struct SessionPlan {
 }
 
 /// Resumes the previous session when the client asked to keep it and it has not expired, else starts
-/// a new one (`new_session` names it). `connection` names this connection.
+/// a new one (`new_session` names it). `connection` names this connection; `owner` is the principal
+/// whose session it is (checked beforehand with [`check_owner`]).
 pub(crate) fn plan_session(
     request: &ConnectRequest,
     admitted: &Admitted,
     previous: Option<SessionRecord>,
     now_ms: i64,
     connection: String,
+    owner: &str,
     new_session: impl FnOnce() -> String,
 ) -> SessionPlan {
     let may_have_exchanges = previous
@@ -319,6 +402,7 @@ pub(crate) fn plan_session(
     SessionPlan {
         record: SessionRecord {
             connection,
+            owner: Some(owner.to_owned()),
             session,
             persistent,
             expiry_secs: (admitted.expiry != u32::MAX).then_some(admitted.expiry),
@@ -331,12 +415,13 @@ pub(crate) fn plan_session(
     }
 }
 
-/// The accepting CONNACK, and the client as the connection serves it.
+/// The accepting CONNACK, and the client as the connection serves it, as `principal`.
 pub(crate) fn accept(
     request: &ConnectRequest,
     admitted: &Admitted,
     session_present: bool,
     config: &Config,
+    principal: Arc<Principal>,
 ) -> (Packet, Client) {
     let requested_keep_alive = request.connect.keep_alive;
     let keep_alive =
@@ -373,8 +458,7 @@ pub(crate) fn accept(
             .unwrap_or(config.max_inflight),
         max_packet_size: request.properties.max_packet_size,
         problem_info: request.properties.request_problem_info != Some(0),
-        // The TLS layer's, not CONNECT's: the session sets it.
-        certificate: None,
+        principal,
     };
     (connack, client)
 }
@@ -466,10 +550,8 @@ mod tests {
     }
 
     fn admitted(request: &ConnectRequest) -> Admitted {
-        admit(request, Verdict::Allowed, &Config::default(), || {
-            "fresh".into()
-        })
-        .unwrap_or_else(|refusal| panic!("refused: {refusal:?}"))
+        admit(request, &Config::default(), || "fresh".into())
+            .unwrap_or_else(|refusal| panic!("refused: {refusal:?}"))
     }
 
     fn code_of(result: Result<impl std::fmt::Debug, Refusal>) -> ConnectReturnCode {
@@ -507,14 +589,147 @@ mod tests {
     }
 
     #[test]
-    fn credentials_and_the_will_topic_decide_admission() {
+    fn authentication_failures_have_their_connack_codes() {
+        use courier_gateway::auth::jwt::JwtRefusal;
+        let cases = [
+            (
+                Failure::BadCredentials,
+                ConnectReturnCode::BadUserNamePassword,
+                ConnectReturnCode::BadUserNamePassword,
+            ),
+            (
+                Failure::TokensNotAccepted,
+                ConnectReturnCode::BadUserNamePassword,
+                ConnectReturnCode::BadUserNamePassword,
+            ),
+            (
+                Failure::Token(JwtRefusal::Expired),
+                ConnectReturnCode::BadUserNamePassword,
+                ConnectReturnCode::BadUserNamePassword,
+            ),
+            (
+                Failure::AnonymousRefused,
+                ConnectReturnCode::NotAuthorized,
+                ConnectReturnCode::NotAuthorized,
+            ),
+            (
+                Failure::NotLoopback,
+                ConnectReturnCode::NotAuthorized,
+                ConnectReturnCode::NotAuthorized,
+            ),
+            (
+                Failure::Busy,
+                ConnectReturnCode::ServerBusy,
+                ConnectReturnCode::ServiceUnavailable,
+            ),
+            (
+                Failure::Throttled,
+                ConnectReturnCode::ConnectionRateExceeded,
+                ConnectReturnCode::ServiceUnavailable,
+            ),
+        ];
+        for (failure, v5, v311) in cases {
+            let refusal = authentication_refusal(failure);
+            let (code, properties) = connack_of(refusal_connack(Some(Version::V5), &refusal, None));
+            assert_eq!(code, v5, "{failure:?}");
+            assert!(properties.is_some_and(|p| p.reason_string.is_some()));
+            let (code, _) = connack_of(refusal_connack(Some(Version::V4), &refusal, None));
+            assert_eq!(code, v311, "{failure:?}");
+        }
+        let denial = courier_gateway::Error::Forbidden {
+            principal: "alice".into(),
+            action: "produce",
+            resource: "MQTT topic \"x\"".into(),
+            reason: "no rule of the policy allows it".into(),
+        };
+        let refusal = will_refusal(&denial);
+        for version in [Version::V5, Version::V4] {
+            let (code, _) = connack_of(refusal_connack(Some(version), &refusal, None));
+            assert_eq!(code, ConnectReturnCode::NotAuthorized);
+        }
+    }
+
+    #[test]
+    fn connects_login_becomes_credentials() {
+        assert_eq!(credentials(None), Credentials::None);
+        let login = |username: &str, password: &str| Login {
+            username: username.into(),
+            password: password.into(),
+        };
+        assert_eq!(
+            credentials(Some(login("alice", "pa55"))),
+            Credentials::Password {
+                username: Some("alice".into()),
+                password: b"pa55".to_vec()
+            }
+        );
+        // MQTT 5: a password (a token, say) without a user name.
+        assert_eq!(
+            credentials(Some(login("", "a.b.c"))),
+            Credentials::Password {
+                username: None,
+                password: b"a.b.c".to_vec()
+            }
+        );
+    }
+
+    #[test]
+    fn a_session_held_by_another_principal_is_refused() {
+        let alice = Principal::new("alice", Vec::new(), courier_gateway::auth::Source::Password);
+        let bob = Principal::new("bob", Vec::new(), courier_gateway::auth::Source::Password);
+        let owned = |disconnected_at_ms, persistent| SessionRecord {
+            owner: Some("alice".into()),
+            ..previous(persistent, disconnected_at_ms)
+        };
+        let code = |principal, admin, record: Option<&SessionRecord>| {
+            code_of(check_owner(principal, admin, record, 2_000))
+        };
+        // Live (connected, here or on another replica), or kept within its expiry: alice's.
+        for record in [
+            owned(None, false),
+            owned(None, true),
+            owned(Some(1_000), true),
+        ] {
+            assert_eq!(
+                code(&bob, false, Some(&record)),
+                ConnectReturnCode::NotAuthorized
+            );
+            assert_eq!(
+                code(&alice, false, Some(&record)),
+                ConnectReturnCode::Success
+            );
+            assert_eq!(
+                code(&bob, true, Some(&record)),
+                ConnectReturnCode::Success,
+                "admin"
+            );
+        }
+        // Gone: a clean session that ended, an expired one; and records from before owners.
+        let expired = owned(Some(1_000), true);
+        assert_eq!(
+            code_of(check_owner(&bob, false, Some(&expired), 61_001)),
+            ConnectReturnCode::Success
+        );
+        assert_eq!(
+            code(&bob, false, Some(&owned(Some(1_000), false))),
+            ConnectReturnCode::Success
+        );
+        assert_eq!(
+            code(&bob, false, Some(&previous(true, None))),
+            ConnectReturnCode::Success
+        );
+        assert_eq!(code(&bob, false, None), ConnectReturnCode::Success);
+        let refusal = check_owner(&bob, false, Some(&owned(None, false)), 0)
+            .err()
+            .unwrap_or_else(|| panic!("refused"));
+        let (v311, _) = connack_of(refusal_connack(Some(Version::V4), &refusal, None));
+        assert_eq!(v311, ConnectReturnCode::NotAuthorized);
+    }
+
+    #[test]
+    fn the_will_topic_and_client_id_decide_admission() {
         let config = Config::default();
-        let plain = request(Version::V5, "c", true);
         let fresh = || String::from("fresh");
-        let anonymous = admit(&plain, Verdict::AnonymousRefused, &config, fresh);
-        assert_eq!(code_of(anonymous), ConnectReturnCode::NotAuthorized);
-        let wrong = admit(&plain, Verdict::BadCredentials, &config, fresh);
-        assert_eq!(code_of(wrong), ConnectReturnCode::BadUserNamePassword);
         let mut bad_will = request(Version::V5, "c", true);
         bad_will.will = Some(LastWill {
             topic: "a/+".into(),
@@ -522,7 +737,7 @@ mod tests {
             qos: rumqttd::protocol::QoS::AtLeastOnce,
             retain: false,
         });
-        let refused = admit(&bad_will, Verdict::Allowed, &config, fresh);
+        let refused = admit(&bad_will, &config, fresh);
         assert_eq!(code_of(refused), ConnectReturnCode::TopicNameInvalid);
         let unnamed = admitted(&request(Version::V5, "", true));
         assert_eq!(
@@ -548,6 +763,7 @@ mod tests {
     fn previous(persistent: bool, disconnected_at_ms: Option<i64>) -> SessionRecord {
         SessionRecord {
             connection: "old-connection".into(),
+            owner: None,
             session: "old-session".into(),
             persistent,
             expiry_secs: Some(60),
@@ -571,6 +787,7 @@ mod tests {
             previous,
             now_ms,
             "new-connection".into(),
+            "alice",
             || "new-session".into(),
         )
     }
@@ -583,6 +800,7 @@ mod tests {
         assert!(plan.present && plan.may_have_exchanges);
         assert_eq!(plan.record.session, "old-session");
         assert_eq!(plan.record.connection, "new-connection");
+        assert_eq!(plan.record.owner.as_deref(), Some("alice"));
         assert_eq!(plan.record.subscriptions.len(), 1);
         assert_eq!(plan.record.awaiting_release, vec![7]);
         assert!(plan.record.persistent && !plan.record.outlives_connection());
@@ -615,7 +833,13 @@ mod tests {
         asking.properties.session_expiry_interval = Some(u32::MAX);
         asking.properties.request_problem_info = Some(0);
         let let_in = admitted(&asking);
-        let (connack, client) = accept(&asking, &let_in, false, &config);
+        let (connack, client) = accept(
+            &asking,
+            &let_in,
+            false,
+            &config,
+            Arc::new(Principal::anonymous()),
+        );
         let Packet::ConnAck(ack, Some(properties)) = connack else {
             panic!("an MQTT 5 CONNACK has properties")
         };
@@ -629,7 +853,13 @@ mod tests {
         assert_eq!(client.receive_maximum, config.max_inflight);
         assert!(!client.problem_info);
         let v311 = request(Version::V4, "c", true);
-        let (connack, _) = accept(&v311, &admitted(&v311), true, &config);
+        let (connack, _) = accept(
+            &v311,
+            &admitted(&v311),
+            true,
+            &config,
+            Arc::new(Principal::anonymous()),
+        );
         assert!(matches!(
             connack,
             Packet::ConnAck(
@@ -685,7 +915,7 @@ mod tests {
             receive_maximum: 10,
             max_packet_size,
             problem_info,
-            certificate: None,
+            principal: Arc::new(Principal::anonymous()),
         }
     }
 

@@ -1,12 +1,20 @@
-//! The CONNECT handshake's I/O: reads CONNECT, checks the credentials, loads the previous session,
-//! makes the new session record the client id's fence, takes over from a previous connection, settles
-//! unfinished QoS 2 exchanges and answers. What is decided (refusals, client id, will, session,
+//! The CONNECT handshake's I/O: reads CONNECT, authenticates the client (its credentials, or the
+//! TLS client certificate), checks its will against the policy, loads the previous session and
+//! checks whose it is, makes the new session record the client id's fence, takes over from a
+//! previous connection, settles unfinished QoS 2 exchanges and answers. What is decided (refusals, client id, will, session,
 //! CONNACK) is in `admission.rs`, without I/O.
 
-use std::time::Duration;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use courier_gateway::log::now_ms;
-use rumqttd::protocol::{Login, Packet};
+use courier_gateway::{
+    auth::{
+        Attempt,
+        policy::{Action, Resource, Subject},
+    },
+    log::now_ms,
+    tls::ClientIdentity,
+};
+use rumqttd::protocol::Packet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use ulid::Ulid;
 
@@ -41,9 +49,13 @@ pub(crate) struct Established {
 }
 
 /// Reads CONNECT and answers it. `Ok(None)`: the client was refused with a CONNACK saying why.
+/// `certificate` is the verified TLS client certificate's identity, if any: the principal of a
+/// client whose CONNECT carries no credentials.
 pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     bridge: &Bridge,
     connection: &mut Connection<S>,
+    peer: SocketAddr,
+    certificate: Option<Box<ClientIdentity>>,
 ) -> Result<Option<Established>> {
     let Some(mut request) = read_connect(bridge, connection).await? else {
         return Ok(None);
@@ -53,12 +65,22 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         refuse(connection, &refusal, max_packet_size).await?;
         return Ok(None);
     }
-    let login = request
-        .login
-        .take()
-        .map(|Login { username, password }| (username, password));
-    let verdict = bridge.auth.check(login).await;
-    let admitted = match admission::admit(&request, verdict, &bridge.config, || {
+    let credentials = admission::credentials(request.login.take());
+    let attempt = Attempt {
+        peer,
+        credentials: &credentials,
+        certificate: certificate.as_deref(),
+    };
+    // A failure is counted and logged as an audit event by the authenticator.
+    let principal = match bridge.access.authenticator.authenticate(attempt).await {
+        Ok(principal) => principal,
+        Err(failure) => {
+            let refusal = admission::authentication_refusal(failure);
+            refuse(connection, &refusal, max_packet_size).await?;
+            return Ok(None);
+        }
+    };
+    let admitted = match admission::admit(&request, &bridge.config, || {
         format!("courier-{}", Ulid::new())
     }) {
         Ok(admitted) => admitted,
@@ -68,13 +90,60 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let client_id = admitted.client_id.clone();
+    let authorizer = &bridge.access.authorizer;
+    if let Some(will) = &admitted.will {
+        let subject = Subject {
+            principal: &principal,
+            client_id: Some(&client_id),
+        };
+        let topic = Resource::MqttTopic(&will.message.topic);
+        // A denial is counted and logged as an audit event by the authorizer.
+        if let Err(denial) = authorizer.check("mqtt", subject, Action::Produce, topic) {
+            refuse(
+                connection,
+                &admission::will_refusal(&denial),
+                max_packet_size,
+            )
+            .await?;
+            return Ok(None);
+        }
+    }
+    // From reading the previous record until this connection's is written and registered, no
+    // other handshake of this client id runs here: two principals connecting under one id at once
+    // would otherwise both pass the owner check below. Across replicas nothing serialises them:
+    // each reads the record it has, and if two connect within the session table's lag (the time
+    // a record takes to reach the other replica) both may pass; the later record then takes the
+    // client id from the earlier connection (the fence), so a principal could take over another's
+    // live connection, or a session it did not own, in that window only.
+    let turn = bridge.takeover.handshake(&client_id).await;
     let previous = bridge.sessions.load(&client_id).await?;
+    let now = now_ms();
+    // Before this connection's record is written: that record is the fence, which would take the
+    // client id (and its live connection) from its owner.
+    let is_admin = authorizer.is_admin(&principal);
+    if let Err(refusal) = admission::check_owner(&principal, is_admin, previous.as_ref(), now) {
+        tracing::warn!(
+            target: "courier::audit",
+            event = "session_ownership",
+            outcome = "refused",
+            protocol = "mqtt",
+            principal = %principal.name,
+            client_id,
+            owner = previous.as_ref().and_then(|p| p.owner.as_deref()).unwrap_or("-"),
+            "{}",
+            refusal.reason
+        );
+        drop(turn);
+        refuse(connection, &refusal, max_packet_size).await?;
+        return Ok(None);
+    }
     let plan = admission::plan_session(
         &request,
         &admitted,
         previous,
-        now_ms(),
+        now,
         Ulid::new().to_string(),
+        &principal.name,
         || Ulid::new().to_string(),
     );
     let session = plan.record;
@@ -84,6 +153,7 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         bridge
             .takeover
             .register(&client_id, &session.connection, offset);
+    drop(turn);
     if let Some(predecessor) = predecessor {
         let _ = tokio::time::timeout(TAKEOVER_WAIT, predecessor.cancelled()).await;
     }
@@ -106,7 +176,13 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .await?;
     }
 
-    let (connack, client) = admission::accept(&request, &admitted, plan.present, &bridge.config);
+    let (connack, client) = admission::accept(
+        &request,
+        &admitted,
+        plan.present,
+        &bridge.config,
+        Arc::new(principal),
+    );
     connection.queue(connack)?;
     connection.flush().await?;
     Ok(Some(Established {

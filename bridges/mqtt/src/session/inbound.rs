@@ -5,15 +5,24 @@
 //! append starts until the client's PUBREL, so a retransmission never appends a second record. A
 //! persistent session also records it in the log first (see [`crate::store::exchanges`]), so neither a crash
 //! nor a reconnect to another replica forgets it.
+//!
+//! Each PUBLISH is authorized on its MQTT topic before anything is stored, by the policy as it is
+//! now (a reloaded policy decides the next publish). A denied one stores nothing: MQTT 5 answers
+//! PUBACK or PUBREC 0x87 Not authorized; QoS 0 and MQTT 3.1.1, which cannot say so, are answered as
+//! usual and the message is dropped (as Mosquitto does: closing the connection would only make
+//! the client send it again). The client's messages go through the connection's own log, whose
+//! authorization layer keeps them off the gateway's internal topics whatever a route says.
 
 use std::{
     collections::{HashMap, HashSet},
     future::Future,
     pin::Pin,
+    sync::Arc,
 };
 
 use courier_gateway::{
-    log::{AppendReceipt, NewRecord, now_ms},
+    auth::policy::{Action, Resource},
+    log::{AppendReceipt, Log, NewRecord, now_ms},
     metrics::{self, Protocol},
 };
 use futures_util::stream::FuturesOrdered;
@@ -64,6 +73,9 @@ pub(crate) struct Inbound {
     aliases: HashMap<u16, String>,
     /// The session, when it is persistent: its QoS 2 exchanges are recorded in the log.
     durable_session: Option<String>,
+    /// Where the client's messages go: the bridge's metered log behind this connection's
+    /// authorization layer.
+    log: Arc<dyn Log>,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -76,8 +88,13 @@ impl std::fmt::Debug for Inbound {
 }
 
 impl Inbound {
-    /// Starts with the QoS 2 packet ids a resumed session still waits to see released.
-    pub(crate) fn new(awaiting_release: Vec<u16>, durable_session: Option<String>) -> Self {
+    /// Starts with the QoS 2 packet ids a resumed session still waits to see released; the
+    /// client's messages go to `log`.
+    pub(crate) fn new(
+        awaiting_release: Vec<u16>,
+        durable_session: Option<String>,
+        log: Arc<dyn Log>,
+    ) -> Self {
         Self {
             pending: FuturesOrdered::new(),
             unacknowledged: 0,
@@ -85,6 +102,7 @@ impl Inbound {
             awaiting_release: awaiting_release.into_iter().collect(),
             aliases: HashMap::new(),
             durable_session,
+            log,
         }
     }
 
@@ -147,8 +165,9 @@ impl Inbound {
         // A retained message is stored twice: as a message (subscribers now) and as its topic's retained
         // message (subscribers later). The client's ack waits for both.
         let retained_record = message.retain.then(|| record.clone());
+        let log = &self.log;
         let receipts = async {
-            let receipt = bridge.publish.submit(kafka_topic, vec![record]).await?;
+            let receipt = log.submit(kafka_topic, vec![record]).await?;
             let retained = match retained_record {
                 Some(record) => Some(bridge.retained.submit(record).await?),
                 None => None,
@@ -234,6 +253,11 @@ impl Inbound {
             );
             metrics::error(Protocol::Mqtt, "invalid_topic_name");
             return refuse(client, qos, pkid, refusal).map(Checked::Answer);
+        }
+        let authorizer = &bridge.access.authorizer;
+        let resource = Resource::MqttTopic(&topic);
+        if let Err(denial) = authorizer.check("mqtt", client.subject(), Action::Produce, resource) {
+            return Ok(Checked::Answer(denied(client, qos, pkid, &denial)));
         }
         let message = Message {
             topic,
@@ -463,6 +487,26 @@ fn refuse(client: &Client, qos: QoS, pkid: u16, refusal: Refusal) -> Result<Opti
     }
 }
 
+/// Answers a publish the policy does not allow (the authorizer counted and logged it); nothing is
+/// stored. MQTT 5 says so with 0x87, which ends a QoS 2 exchange at PUBREC. QoS 0 has no answer,
+/// and MQTT 3.1.1 no code to say it with: acknowledged as usual, the message is dropped.
+fn denied(client: &Client, qos: QoS, pkid: u16, denial: &courier_gateway::Error) -> Option<Packet> {
+    let reason = || client.ack_reason(denial.to_string());
+    match (client.version, qos) {
+        (_, QoS::AtMostOnce) => None,
+        (Version::V5, QoS::AtLeastOnce) => {
+            Some(puback(pkid, PubAckReason::NotAuthorized, reason()))
+        }
+        (Version::V5, QoS::ExactlyOnce) => {
+            Some(pubrec(pkid, PubRecReason::NotAuthorized, reason()))
+        }
+        (Version::V4, QoS::AtLeastOnce) => Some(puback(pkid, PubAckReason::Success, None)),
+        // Not remembered as awaiting release: the PUBREL that follows is answered with PUBCOMP
+        // all the same (3.1.1's has no reason code), and a retransmission is decided again.
+        (Version::V4, QoS::ExactlyOnce) => Some(pubrec(pkid, PubRecReason::Success, None)),
+    }
+}
+
 fn puback(pkid: u16, reason: PubAckReason, text: Option<String>) -> Packet {
     Packet::PubAck(
         PubAck { pkid, reason },
@@ -481,4 +525,77 @@ fn pubrec(pkid: u16, reason: PubRecReason, text: Option<String>) -> Packet {
             user_properties: Vec::new(),
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use courier_gateway::auth::Principal;
+
+    use super::*;
+
+    fn client(version: Version) -> Client {
+        Client {
+            client_id: "c".into(),
+            version,
+            keep_alive: 30,
+            receive_maximum: 10,
+            max_packet_size: None,
+            problem_info: true,
+            principal: Arc::new(Principal::anonymous()),
+        }
+    }
+
+    #[test]
+    fn a_denied_publish_is_answered_as_each_version_can() {
+        let denial = courier_gateway::Error::Forbidden {
+            principal: "anonymous".into(),
+            action: "produce",
+            resource: "MQTT topic \"x\"".into(),
+            reason: "no rule of the policy allows it".into(),
+        };
+        let v5 = client(Version::V5);
+        match denied(&v5, QoS::AtLeastOnce, 1, &denial) {
+            Some(Packet::PubAck(ack, Some(properties))) => {
+                assert_eq!(ack.reason, PubAckReason::NotAuthorized);
+                assert!(properties.reason_string.is_some());
+            }
+            other => panic!("expected PUBACK 0x87, got {other:?}"),
+        }
+        assert!(matches!(
+            denied(&v5, QoS::ExactlyOnce, 2, &denial),
+            Some(Packet::PubRec(
+                PubRec {
+                    pkid: 2,
+                    reason: PubRecReason::NotAuthorized
+                },
+                _
+            ))
+        ));
+        assert!(denied(&v5, QoS::AtMostOnce, 0, &denial).is_none());
+        // 3.1.1: acknowledged as usual (the message is not stored).
+        let v311 = client(Version::V4);
+        assert!(matches!(
+            denied(&v311, QoS::AtLeastOnce, 3, &denial),
+            Some(Packet::PubAck(
+                PubAck {
+                    pkid: 3,
+                    reason: PubAckReason::Success
+                },
+                None
+            ))
+        ));
+        assert!(matches!(
+            denied(&v311, QoS::ExactlyOnce, 4, &denial),
+            Some(Packet::PubRec(
+                PubRec {
+                    pkid: 4,
+                    reason: PubRecReason::Success
+                },
+                None
+            ))
+        ));
+        assert!(denied(&v311, QoS::AtMostOnce, 0, &denial).is_none());
+    }
 }

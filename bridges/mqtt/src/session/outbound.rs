@@ -14,14 +14,25 @@
 //! - [`sources`]: opening, acknowledging through and closing the log readers;
 //! - [`delivery`]: the messages waiting for in-flight room and what each becomes, without I/O;
 //! - [`inflight`]: packet ids in flight and the QoS 1 and 2 acknowledgements that settle them.
+//!
+//! Each subscription is authorized on its filter (a shared one's without `$share/<name>/`), and a
+//! shared one also on joining the group `<name>`, when it is made or a resumed session restores
+//! it, by the policy as it is then: a denied filter gets SUBACK 0x87 (MQTT 5) or 0x80 (3.1.1), no
+//! reader and no retained messages. A filter subscribed to already and denied when subscribed to
+//! again loses its subscription, as UNSUBSCRIBE would remove it. A session's group
+//! readers go through the connection's own log, whose authorization layer keeps them off the
+//! gateway's internal topics.
 
 mod delivery;
 mod inflight;
 mod sources;
 mod subscriptions;
 
+use std::sync::Arc;
+
 use courier_gateway::{
-    log::{SubscriptionEvent, now_ms},
+    auth::policy::{Action, Resource},
+    log::{Log, SubscriptionEvent, now_ms},
     metrics::{self, Protocol},
 };
 use rumqttd::protocol::{
@@ -53,7 +64,7 @@ use crate::{
 const BURST: usize = 64;
 
 /// The client's subscriptions and what is in flight to it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Outbound {
     subscriptions: Subscriptions,
     /// The log readers, whose events the session takes while [`Self::wants_events`].
@@ -62,22 +73,30 @@ pub(crate) struct Outbound {
     inflight: Inflight,
     /// A persistent session's QoS 2 entry writes under way.
     pub(crate) recordings: Recordings,
+    /// The connection's own log (the bridge's behind its authorization layer), which its group
+    /// readers read.
+    log: Arc<dyn Log>,
 }
 
 impl Outbound {
     /// Starts with the QoS 2 packet ids a resumed session had delivered and seen PUBREC for, whose
     /// PUBREL is sent again (MQTT requires it after a reconnect; the client may deliver only then).
+    /// Group readers read `log`.
     pub(crate) fn new(
         durable_session: Option<String>,
         awaiting_completion: Vec<(u16, Option<RecordAt>)>,
         courier_id_property: bool,
+        log: Arc<dyn Log>,
     ) -> Self {
         let (pkids, records): (Vec<u16>, Vec<Option<RecordAt>>) =
             awaiting_completion.into_iter().unzip();
         Self {
+            subscriptions: Subscriptions::default(),
+            sources: Sources::default(),
             inflight: Inflight::new(durable_session, pkids),
             queue: Queue::new(records.into_iter().flatten().collect(), courier_id_property),
-            ..Self::default()
+            recordings: Recordings::default(),
+            log,
         }
     }
 
@@ -92,7 +111,8 @@ impl Outbound {
     }
 
     /// Restores a resumed session's subscriptions (no retained messages: the session saw them). One
-    /// that cannot be restored is logged and skipped, as a refused SUBSCRIBE filter would be.
+    /// that cannot be restored (the policy no longer allows it, say) is logged and skipped, as a
+    /// refused SUBSCRIBE filter would be.
     pub(crate) async fn resume(
         &mut self,
         bridge: &Bridge,
@@ -144,7 +164,15 @@ impl Outbound {
                     }
                     codes.push(SubscribeReasonCode::Success(subscription.qos));
                 }
-                Err(code) => codes.push(code),
+                Err(code) => {
+                    if existed && code == SubscribeReasonCode::NotAuthorized {
+                        // Refused now (the policy changed since it was made): the subscription it
+                        // would have replaced ends too, as UNSUBSCRIBE would end it, or the client
+                        // would keep getting what it was just refused.
+                        self.remove(std::slice::from_ref(&filter.path)).await;
+                    }
+                    codes.push(code);
+                }
             }
         }
         save(bridge, client, session, &self.subscriptions).await?;
@@ -166,23 +194,35 @@ impl Outbound {
         pkid: u16,
         filters: Vec<String>,
     ) -> Result<Packet> {
-        let reasons = filters
-            .iter()
-            .map(|filter| {
-                if self.subscriptions.remove(filter) {
+        let reasons = self
+            .remove(&filters)
+            .await
+            .into_iter()
+            .map(|existed| {
+                if existed {
                     UnsubAckReason::Success
                 } else {
                     UnsubAckReason::NoSubscriptionExisted
                 }
             })
             .collect();
+        save(bridge, client, session, &self.subscriptions).await?;
+        Ok(Packet::UnsubAck(UnsubAck { pkid, reasons }, None))
+    }
+
+    /// Removes the subscriptions to `filters` and closes the readers no remaining one needs
+    /// (dropping their records still waiting); which filters had a subscription.
+    async fn remove(&mut self, filters: &[String]) -> Vec<bool> {
+        let existed = filters
+            .iter()
+            .map(|filter| self.subscriptions.remove(filter))
+            .collect();
         let unneeded = self.sources.unneeded(&self.subscriptions.needed_sources());
         for id in unneeded {
             self.close_source(id).await;
         }
         self.sources.refresh_shared_filters(&self.subscriptions);
-        save(bridge, client, session, &self.subscriptions).await?;
-        Ok(Packet::UnsubAck(UnsubAck { pkid, reasons }, None))
+        existed
     }
 
     /// A log reader's event.
@@ -265,7 +305,7 @@ impl Outbound {
         }
     }
 
-    /// Adds one subscription, opening the readers it needs that are not open yet.
+    /// Adds one subscription the policy allows, opening the readers it needs that are not open yet.
     async fn add(
         &mut self,
         bridge: &Bridge,
@@ -275,6 +315,24 @@ impl Outbound {
         adding: Adding,
     ) -> Result<Subscription, SubscribeReasonCode> {
         let subscription = Subscription::of(&bridge.routes, stored)?;
+        // The authorizer counts and logs a denial.
+        let authorizer = &bridge.access.authorizer;
+        let resource = Resource::MqttFilter(&subscription.filter);
+        authorizer
+            .check("mqtt", client.subject(), Action::Consume, resource)
+            .map_err(|_| SubscribeReasonCode::NotAuthorized)?;
+        // A share takes part of its group's messages from the other members: joining one is
+        // decided on its name as well, not only on the filter every member reads.
+        if let Some(name) = &subscription.share_name {
+            authorizer
+                .check(
+                    "mqtt",
+                    client.subject(),
+                    Action::JoinGroup,
+                    Resource::Group(name),
+                )
+                .map_err(|_| SubscribeReasonCode::NotAuthorized)?;
+        }
         for key in subscription.source_keys() {
             if self.sources.has(&key) {
                 continue;
@@ -298,7 +356,16 @@ impl Outbound {
         key: SourceKey,
         adding: Adding,
     ) -> Result<(), SubscribeReasonCode> {
-        let opened = sources::open(bridge, client, session, subscription, &key, adding).await?;
+        let opened = sources::open(
+            bridge,
+            &self.log,
+            client,
+            session,
+            subscription,
+            &key,
+            adding,
+        )
+        .await?;
         let (id, early) = self.sources.insert(key, opened);
         for event in early {
             self.queue.on_event(id, event);

@@ -2,7 +2,8 @@
 //!
 //! A record says which connection owns a client id (the newest record wins, on every replica: see
 //! [`crate::takeover`]), whether the session outlives the connection, and, for one that does, its
-//! subscriptions and the QoS 2 packet ids the client still has to release. A persistent session's
+//! subscriptions and the QoS 2 packet ids the client still has to release, and which principal the
+//! session belongs to. A persistent session's
 //! read positions are not here: they are the committed offsets of its consumer groups.
 
 use std::{sync::Arc, time::Duration};
@@ -24,6 +25,11 @@ const CATCH_UP: Duration = Duration::from_secs(10);
 pub struct SessionRecord {
     /// The connection that owns the client id (a ULID per connection).
     pub connection: String,
+    /// The principal whose session this is: a client id whose live connection or unexpired
+    /// session is another principal's is refused. Records written before sessions had owners
+    /// have none, and are owned by whoever connects next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The session (a ULID per new session); its consumer groups are named after it.
     pub session: String,
     /// Is the session read through consumer groups of its own, so it can outlive the connection (see

@@ -55,6 +55,57 @@ pub trait Layer: Send + Sync + fmt::Debug + 'static {
     async fn open_topic(&self, inner: &dyn Log, topic: &str) -> Result<TopicDescription> {
         inner.open_topic(topic).await
     }
+
+    /// See [`Log::fetch`].
+    async fn fetch(
+        &self,
+        inner: &dyn Log,
+        partition: &TopicPartition,
+        offset: i64,
+        limits: FetchLimits,
+    ) -> Result<Fetched> {
+        inner.fetch(partition, offset, limits).await
+    }
+
+    /// See [`Log::resolve`].
+    async fn resolve(
+        &self,
+        inner: &dyn Log,
+        partition: &TopicPartition,
+        position: Position,
+    ) -> Result<i64> {
+        inner.resolve(partition, position).await
+    }
+
+    /// See [`Log::commit`].
+    async fn commit(
+        &self,
+        inner: &dyn Log,
+        group: &str,
+        offsets: &[(TopicPartition, i64)],
+    ) -> Result<()> {
+        inner.commit(group, offsets).await
+    }
+
+    /// See [`Log::list_topics`].
+    async fn list_topics(&self, inner: &dyn Log) -> Result<Vec<TopicSummary>> {
+        inner.list_topics().await
+    }
+
+    /// See [`Log::list_groups`].
+    async fn list_groups(&self, inner: &dyn Log) -> Result<Vec<String>> {
+        inner.list_groups().await
+    }
+
+    /// See [`Log::describe_group`].
+    async fn describe_group(&self, inner: &dyn Log, group: &str) -> Result<GroupDescription> {
+        inner.describe_group(group).await
+    }
+
+    /// See [`Log::group_members`].
+    async fn group_members(&self, inner: &dyn Log, group: &str) -> Result<Vec<GroupMember>> {
+        inner.group_members(group).await
+    }
 }
 
 /// A layer in front of a log: one [`Log`].
@@ -81,8 +132,7 @@ impl<Y, L> Layered<Y, L> {
     }
 }
 
-/// Calls the layers change go through [`Layer`]; the rest (reads, offsets, groups, closing) no layer
-/// changes today and go straight to the log under it.
+/// Every call but `close` goes through [`Layer`], whose defaults pass it on.
 #[async_trait]
 impl<Y: Layer, L: Log> Log for Layered<Y, L> {
     async fn submit(&self, topic: &str, records: Vec<NewRecord>) -> Result<AppendReceipt> {
@@ -99,15 +149,17 @@ impl<Y: Layer, L: Log> Log for Layered<Y, L> {
         offset: i64,
         limits: FetchLimits,
     ) -> Result<Fetched> {
-        self.inner.fetch(partition, offset, limits).await
+        self.layer
+            .fetch(&self.inner, partition, offset, limits)
+            .await
     }
 
     async fn resolve(&self, partition: &TopicPartition, position: Position) -> Result<i64> {
-        self.inner.resolve(partition, position).await
+        self.layer.resolve(&self.inner, partition, position).await
     }
 
     async fn commit(&self, group: &str, offsets: &[(TopicPartition, i64)]) -> Result<()> {
-        self.inner.commit(group, offsets).await
+        self.layer.commit(&self.inner, group, offsets).await
     }
 
     async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
@@ -119,7 +171,7 @@ impl<Y: Layer, L: Log> Log for Layered<Y, L> {
     }
 
     async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
-        self.inner.list_topics().await
+        self.layer.list_topics(&self.inner).await
     }
 
     async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
@@ -131,15 +183,15 @@ impl<Y: Layer, L: Log> Log for Layered<Y, L> {
     }
 
     async fn list_groups(&self) -> Result<Vec<String>> {
-        self.inner.list_groups().await
+        self.layer.list_groups(&self.inner).await
     }
 
     async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
-        self.inner.describe_group(group).await
+        self.layer.describe_group(&self.inner, group).await
     }
 
     async fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
-        self.inner.group_members(group).await
+        self.layer.group_members(&self.inner, group).await
     }
 
     async fn close(&self) -> Result<()> {

@@ -122,7 +122,7 @@ impl Layer for TopicRule {
         // Each named topic can be missing once; patterns match what exists.
         let names = match &options.topics {
             TopicSelector::Names(names) => names.len(),
-            TopicSelector::Pattern(_) => 0,
+            TopicSelector::Pattern(_) | TopicSelector::Restricted { .. } => 0,
         };
         let mut created = Vec::new();
         loop {

@@ -6,6 +6,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use courier_gateway::{
+    auth::policy::Action,
     log::{
         Log, Position, SubscribeOptions, Subscription as Reader, SubscriptionControl,
         SubscriptionEvent, TopicPartition, TopicSelector,
@@ -147,11 +148,13 @@ impl Sources {
 }
 
 /// Opens the reader behind one source of a subscription: the gateway's shared reader of a topic
-/// for a clean session, else a member of the session's (or the share's) group. A plain reader is
-/// waited for until it holds its partitions, so nothing published after SUBACK is missed. A
-/// refusal is logged here and answered with its SUBACK code.
+/// for a clean session, else a member of the session's (or the share's) group, read through `log`
+/// (the connection's, behind its authorization layer). A plain reader is waited for until it holds
+/// its partitions, so nothing published after SUBACK is missed. A refusal is logged here and
+/// answered with its SUBACK code.
 pub(super) async fn open(
     bridge: &Bridge,
+    log: &Arc<dyn Log>,
     client: &Client,
     session: &SessionRecord,
     subscription: &Subscription,
@@ -176,8 +179,13 @@ pub(super) async fn open(
     } else {
         Position::Latest
     };
+    if let (SourceKey::Topic(topic), None) = (key, &group) {
+        // The gateway's shared readers read the unwrapped log: what the authorization layer
+        // would refuse a client's own reader is refused here.
+        refuse_protected(bridge, client, topic)?;
+    }
     if let (SourceKey::Topic(topic), Some(group), Adding::Subscribe) = (key, &group, adding) {
-        pin_start(bridge.log.as_ref(), group, topic).await;
+        pin_start(log.as_ref(), group, topic).await;
     }
     let plain = group.is_none();
     let reader = match (key, &group) {
@@ -196,11 +204,7 @@ pub(super) async fn open(
                 client: client.client_id.clone(),
                 protocol: "mqtt",
             };
-            bridge
-                .log
-                .subscribe(options)
-                .await
-                .map(|reader| (None, reader))
+            log.subscribe(options).await.map(|reader| (None, reader))
         }
     };
     let (filters, mut reader): (Option<MemberFilters>, Reader) = reader.map_err(|error| {
@@ -210,6 +214,7 @@ pub(super) async fn open(
             | courier_gateway::Error::InvalidTopicName { .. } => {
                 SubscribeReasonCode::TopicFilterInvalid
             }
+            courier_gateway::Error::Forbidden { .. } => SubscribeReasonCode::NotAuthorized,
             _ => SubscribeReasonCode::Unspecified,
         }
     })?;
@@ -223,6 +228,21 @@ pub(super) async fn open(
         filters,
         early,
     })
+}
+
+/// Refuses a clean session's reader of a Kafka topic that holds the gateway's internal state (a
+/// route may name one), unless the client is an admin: as the authorization layer refuses it. The
+/// authorizer counts and audits the refusal.
+fn refuse_protected(
+    bridge: &Bridge,
+    client: &Client,
+    topic: &str,
+) -> Result<(), SubscribeReasonCode> {
+    bridge
+        .access
+        .authorizer
+        .protect_topic("mqtt", &client.principal, Action::Consume, topic)
+        .map_err(|_| SubscribeReasonCode::NotAuthorized)
 }
 
 /// Reads a new plain reader's events until it holds its partitions (at most [`ASSIGNMENT_WAIT`]);

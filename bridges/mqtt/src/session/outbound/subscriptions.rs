@@ -28,6 +28,9 @@ pub(super) struct Subscription {
     pub(super) stored: StoredSubscription,
     /// The filter without `$share/<group>/`.
     pub(super) filter: String,
+    /// The share's name as the client wrote it (`<name>` in `$share/<name>/<filter>`), which the
+    /// policy's `groups` decide.
+    pub(super) share_name: Option<String>,
     /// The shared group's name, for `$share/...` filters.
     pub(super) share_group: Option<String>,
     /// The QoS granted.
@@ -43,9 +46,9 @@ impl Subscription {
         routes: &Routes,
         stored: StoredSubscription,
     ) -> Result<Self, SubscribeReasonCode> {
-        let (share_group, filter) = match mapping::parse_share(&stored.filter) {
-            Some((group, filter)) if !group.is_empty() && !group.contains(['+', '#']) => {
-                (Some(mapping::share_group(group, filter)), filter.to_owned())
+        let (share_name, filter) = match mapping::parse_share(&stored.filter) {
+            Some((name, filter)) if !name.is_empty() && !name.contains(['+', '#']) => {
+                (Some(name.to_owned()), filter.to_owned())
             }
             Some(_) => return Err(SubscribeReasonCode::TopicFilterInvalid),
             None if stored.filter.starts_with("$share/") => {
@@ -56,6 +59,9 @@ impl Subscription {
         if !mapping::valid_filter(&filter) {
             return Err(SubscribeReasonCode::TopicFilterInvalid);
         }
+        let share_group = share_name
+            .as_deref()
+            .map(|name| mapping::share_group(name, &filter));
         let mut qos = rumqttd::protocol::qos(stored.qos).unwrap_or(QoS::AtMostOnce);
         if share_group.is_some() {
             // A shared QoS 2 delivery cut off before PUBREC must be completed with the same client
@@ -68,6 +74,7 @@ impl Subscription {
             kafka_topics: routes.topics_for_filter(&filter),
             stored,
             filter,
+            share_name,
             share_group,
             qos,
         })

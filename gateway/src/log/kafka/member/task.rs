@@ -55,8 +55,7 @@ impl MemberTask {
         let shared = self.state.shared.clone();
         let mut commit_tick = tokio::time::interval(shared.groups_config.commit_interval);
         let mut topic_tick = tokio::time::interval(TOPIC_REFRESH);
-        let follows_metadata =
-            self.state.group.is_none() || matches!(self.topics, TopicSelector::Pattern(_));
+        let follows_metadata = self.state.group.is_none() || self.topics.is_pattern();
         let mut closing = None;
         // A second handle, so received messages (which borrow the consumer) do not borrow `self`.
         let consumer = self.consumer.clone();

@@ -1,0 +1,185 @@
+//! Authentication of every call, as a tower layer in front of every service: the `authorization`
+//! metadata (`Basic` or `Bearer`), the peer's address and its TLS client certificate (the
+//! connection's [`Peer`]) go to the [`Authenticator`]; the call goes on with the [`Principal`] in
+//! its extensions, or is answered UNAUTHENTICATED with the reason.
+//!
+//! Health checks (`grpc.health.v1.Health`) pass without credentials: probes carry none, and they
+//! reveal nothing but whether the gateway serves.
+//!
+//! Basic credentials are checked once and then trusted for 30 s ([`basic_cache`]): a changed or
+//! removed password takes effect for Basic callers within 30 s (at once when the users file's new
+//! version is loaded). Bearer tokens are checked on every call; that is cheap.
+
+mod basic_cache;
+
+use std::{
+    future::Future,
+    net::{Ipv4Addr, SocketAddr},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use courier_gateway::auth::{Attempt, Authenticator, Credentials, Failure, Principal, Source};
+use tonic::{Request, Status, codegen::http};
+
+use self::basic_cache::BasicCache;
+use crate::Peer;
+
+/// The path prefix of the health service, served to anyone.
+const HEALTH: &str = "/grpc.health.v1.Health/";
+
+/// Where a call came from when its connection did not say: not loopback, so it is treated as a
+/// remote client (anonymous access, if only loopback has it, is refused).
+const UNKNOWN_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+/// Authenticates every call but health checks.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthenticationLayer {
+    gate: Arc<Gate>,
+}
+
+impl AuthenticationLayer {
+    pub(crate) fn new(authenticator: Authenticator) -> Self {
+        Self {
+            gate: Arc::new(Gate {
+                authenticator,
+                basic: BasicCache::new(),
+            }),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthenticationLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            inner,
+            gate: self.gate.clone(),
+        }
+    }
+}
+
+/// The service [`AuthenticationLayer`] puts in front of the services.
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticate<S> {
+    inner: S,
+    gate: Arc<Gate>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for Authenticate<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    R: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The service that was made ready is the one that serves this call (tower's contract);
+        // its clone waits for the next one.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            if request.uri().path().starts_with(HEALTH) {
+                return inner.call(request).await;
+            }
+            // The parts only: the body need not be `Sync` to be held across the check.
+            let peer = request.extensions().get::<Peer>().cloned();
+            match gate.admit(request.headers(), peer.as_ref()).await {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+/// The authenticator, and what it verified recently.
+#[derive(Debug)]
+struct Gate {
+    authenticator: Authenticator,
+    basic: BasicCache,
+}
+
+impl Gate {
+    /// Who the caller with `headers` on `peer`'s connection is, or the status that refuses it.
+    async fn admit(
+        &self,
+        headers: &http::HeaderMap,
+        peer: Option<&Peer>,
+    ) -> Result<Principal, Status> {
+        let address = peer.and_then(|peer| peer.address).unwrap_or(UNKNOWN_PEER);
+        let certificate = peer.and_then(|peer| peer.certificate.as_deref());
+        let header = headers
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes);
+        let credentials = Credentials::from_authorization(header).map_err(|malformed| {
+            tracing::debug!(peer = %address, "malformed authorization metadata");
+            Status::unauthenticated(malformed.to_string())
+        })?;
+
+        let basic = match (&credentials, header) {
+            (Credentials::Password { .. }, Some(header)) => self.basic.key_of(header),
+            _ => None,
+        };
+        // Read before checking: if the file changes meanwhile, the entry is void at once.
+        let users = self.authenticator.current_users();
+        if let Some(key) = &basic
+            && let Some(principal) = self.basic.get(key, users.as_ref())
+        {
+            return Ok(principal);
+        }
+        let attempt = Attempt {
+            peer: address,
+            credentials: &credentials,
+            certificate,
+        };
+        let principal = self
+            .authenticator
+            .authenticate(attempt)
+            .await
+            .map_err(refusal)?;
+        // Only passwords: a JWT sent as a Basic password is checked every time, so it is never
+        // trusted past its expiry.
+        if let Some(key) = basic
+            && principal.source == Source::Password
+        {
+            self.basic.insert(key, principal.clone(), users);
+        }
+        Ok(principal)
+    }
+}
+
+/// The status of a failed authentication.
+fn refusal(failure: Failure) -> Status {
+    match failure {
+        // Not the client's credentials: it should retry, not give up or ask for a new password.
+        Failure::Busy => Status::unavailable(failure.to_string()),
+        // Too many failures from this address or user: a limit, not the credentials' fault.
+        Failure::Throttled => Status::resource_exhausted(failure.to_string()),
+        _ => Status::unauthenticated(failure.to_string()),
+    }
+}
+
+/// The principal the [`AuthenticationLayer`] established for `request`.
+pub(crate) fn principal_of<T>(request: &Request<T>) -> Result<&Principal, Status> {
+    request.extensions().get::<Principal>().ok_or_else(|| {
+        // Only a server built without the layer gets here; refusing is the safe answer.
+        Status::unauthenticated("the call was not authenticated")
+    })
+}
+
+#[cfg(test)]
+mod tests;

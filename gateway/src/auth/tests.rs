@@ -1,0 +1,239 @@
+//! [`Auth`] as the front ends use it: every authenticator combined, from a real users file and a
+//! JWKS file, with the anonymous rules and the throttle.
+
+use std::{net::SocketAddr, time::Duration};
+
+use courier_testkit::identity::{AUDIENCE, Claims, ISSUER, TokenIssuer};
+
+use super::*;
+use crate::tls::ClientIdentity;
+
+const LOOPBACK: &str = "127.0.0.1:40000";
+const REMOTE: &str = "192.0.2.7:40000";
+/// Another remote client.
+const ELSEWHERE: &str = "198.51.100.9:40000";
+
+fn peer(address: &str) -> SocketAddr {
+    address.parse().unwrap()
+}
+
+fn password(user: &str, password: &str) -> Credentials {
+    Credentials::Password {
+        username: Some(user.to_owned()),
+        password: password.as_bytes().to_vec(),
+    }
+}
+
+async fn check(
+    authenticator: &Authenticator,
+    from: &str,
+    credentials: &Credentials,
+) -> Result<Principal, Failure> {
+    authenticator
+        .authenticate(Attempt {
+            peer: peer(from),
+            credentials,
+            certificate: None,
+        })
+        .await
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    auth: Auth,
+    issuer: TokenIssuer,
+}
+
+async fn fixture(allow_anonymous: Option<bool>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let lines = [
+        users_file_line("alice", "s3cret", &[]).unwrap(),
+        users_file_line("ops", "root", &["admin".to_owned()]).unwrap(),
+    ];
+    std::fs::write(&users, lines.join("\n")).unwrap();
+    let issuer = TokenIssuer::new("k1").unwrap();
+    let jwks = TokenIssuer::write_jwks(dir.path(), "jwks.json", &[&issuer]).unwrap();
+    let mut jwt = jwt::JwtConfig::with_file(jwks);
+    jwt.issuer = Some(ISSUER.into());
+    jwt.audience = Some(AUDIENCE.into());
+    let config = AuthConfig {
+        allow_anonymous,
+        users_file: Some(users),
+        jwt: Some(jwt),
+        ..AuthConfig::default()
+    };
+    let auth = Auth::start(&config, Protected::new([]), &[], CancellationToken::new())
+        .await
+        .unwrap();
+    Fixture {
+        _dir: dir,
+        auth,
+        issuer,
+    }
+}
+
+#[tokio::test]
+async fn passwords_tokens_and_certificates_name_one_principal() {
+    let fixture = fixture(None).await;
+    let authenticator = fixture.auth.authenticator("grpc", None);
+
+    let alice = check(&authenticator, REMOTE, &password("alice", "s3cret"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (alice.name.as_str(), alice.source),
+        ("alice", Source::Password)
+    );
+    let ops = check(&authenticator, REMOTE, &password("ops", "root"))
+        .await
+        .unwrap();
+    assert!(fixture.auth.authorizer().may_administer(&ops));
+    assert!(!fixture.auth.authorizer().may_administer(&alice));
+    assert_eq!(
+        check(&authenticator, REMOTE, &password("alice", "nope")).await,
+        Err(Failure::BadCredentials)
+    );
+
+    let token = fixture
+        .issuer
+        .token(&Claims::for_subject("device-9").with_roles(&["devices"]))
+        .unwrap();
+    let by_token = check(&authenticator, REMOTE, &Credentials::Bearer(token.clone()))
+        .await
+        .unwrap();
+    assert_eq!(by_token.name, "device-9");
+    assert!(by_token.has_role("devices"));
+    // A JWT in a password field, as MQTT clients send one: the user name is not used.
+    let in_password = check(&authenticator, REMOTE, &password("whoever", &token)).await;
+    assert_eq!(in_password.unwrap().name, "device-9");
+    let expired = Claims {
+        expires_in: -3600,
+        ..Claims::for_subject("device-9")
+    };
+    let expired = fixture.issuer.token(&expired).unwrap();
+    assert!(matches!(
+        check(&authenticator, REMOTE, &Credentials::Bearer(expired)).await,
+        Err(Failure::Token(_))
+    ));
+
+    let identity = ClientIdentity {
+        common_name: Some("sensor-1".into()),
+        fingerprint: "ab".into(),
+        ..ClientIdentity::default()
+    };
+    let by_certificate = authenticator
+        .authenticate(Attempt {
+            peer: peer(REMOTE),
+            credentials: &Credentials::None,
+            certificate: Some(&identity),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (by_certificate.name.as_str(), by_certificate.source),
+        ("sensor-1", Source::Certificate)
+    );
+
+    // Authentication is configured: nobody is anonymous, loopback included.
+    assert_eq!(authenticator.anonymous(), Anonymous::Never);
+    assert_eq!(
+        check(&authenticator, LOOPBACK, &Credentials::None).await,
+        Err(Failure::AnonymousRefused)
+    );
+}
+
+#[tokio::test]
+async fn anonymous_clients_are_served_on_loopback_only_until_allowed() {
+    let access = Access::loopback("mqtt", Protected::new([]));
+    let none = Credentials::None;
+    assert!(
+        check(&access.authenticator, LOOPBACK, &none)
+            .await
+            .unwrap()
+            .is_anonymous()
+    );
+    assert!(check(&access.authenticator, "[::1]:1", &none).await.is_ok());
+    assert!(
+        check(&access.authenticator, "[::ffff:127.0.0.1]:1", &none)
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        check(&access.authenticator, REMOTE, &none).await,
+        Err(Failure::NotLoopback)
+    );
+    // Nothing configured: the Admin service is for whoever is served (loopback).
+    assert!(access.authorizer.may_administer(&Principal::anonymous()));
+
+    let allowed = fixture(Some(true)).await;
+    let authenticator = allowed.auth.authenticator("mqtt", None);
+    assert!(check(&authenticator, REMOTE, &none).await.is_ok());
+    // The older per-protocol spelling overrides [auth] for its protocol only.
+    let closed = allowed.auth.authenticator(
+        "amqp",
+        Some(&ProtocolAuth {
+            allow_anonymous: Some(false),
+            users_file: None,
+        }),
+    );
+    assert_eq!(
+        check(&closed, REMOTE, &none).await,
+        Err(Failure::AnonymousRefused)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_logins_slow_down() {
+    let fixture = fixture(None).await;
+    let authenticator = fixture.auth.authenticator("mqtt", None);
+    let wrong = password("alice", "guess");
+    for _ in 0..4 {
+        assert!(check(&authenticator, REMOTE, &wrong).await.is_err());
+    }
+    // The fifth attempt waits out the throttle (paused time: the wait is measured, not slept).
+    let started = tokio::time::Instant::now();
+    let right = check(&authenticator, REMOTE, &password("alice", "s3cret")).await;
+    assert!(right.is_ok());
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    // The success cleared the user (another address logs in at once) but not the address.
+    let started = tokio::time::Instant::now();
+    assert!(
+        check(&authenticator, ELSEWHERE, &password("alice", "s3cret"))
+            .await
+            .is_ok()
+    );
+    assert!(started.elapsed() < Duration::from_millis(100));
+    let started = tokio::time::Instant::now();
+    assert!(
+        check(&authenticator, REMOTE, &password("bob", "x"))
+            .await
+            .is_err()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(800));
+}
+
+#[tokio::test(start_paused = true)]
+async fn guesses_sent_at_once_are_refused_once_their_queue_is_long() {
+    let fixture = fixture(None).await;
+    let authenticator = fixture.auth.authenticator("mqtt", None);
+    let wrong = password("alice", "guess");
+    for _ in 0..6 {
+        assert!(check(&authenticator, REMOTE, &wrong).await.is_err());
+    }
+    // 3.2 s between checks now: of many guesses sent at once, those that would wait longer than
+    // the queue's bound are refused straight away, and none is checked early.
+    let started = tokio::time::Instant::now();
+    let attempts = (0..8).map(|_| check(&authenticator, REMOTE, &wrong));
+    let outcomes = futures_util::future::join_all(attempts).await;
+    let throttled = outcomes
+        .iter()
+        .filter(|outcome| **outcome == Err(Failure::Throttled))
+        .count();
+    assert!((4..8).contains(&throttled), "{outcomes:?}");
+    assert!(started.elapsed() >= Duration::from_millis(3_200));
+}
