@@ -1,8 +1,8 @@
 //! Who may call the gRPC API and what they may do, on the real binary: Basic and Bearer
 //! credentials, refusals with their reasons, a policy that keeps clients to their topics (and
 //! nothing refused reaches Kafka), the admin role for Admin and reflection, the gateway's own state
-//! out of reach, a JWKS rotated behind a URL, the `courier` CLI's credentials, and users and policy
-//! files changed under an open channel.
+//! out of reach, a JWKS rotated behind a URL, the `courier` CLI's credentials, users and policy
+//! files changed under an open channel, and a stream ended when its token expires.
 
 mod common;
 
@@ -351,10 +351,11 @@ impl Policed {
         std::fs::write(&policy, POLICY)?;
         let issuer = TokenIssuer::new("k1")?;
         let jwks = TokenIssuer::write_jwks(dir.path(), "jwks.json", &[&issuer])?;
+        // No leeway: a token's streams end at its `exp` exactly.
         let config = auth_config(
             &users,
             &policy,
-            &format!("jwks_file = {}\n", toml_path(&jwks)),
+            &format!("jwks_file = {}\nleeway = \"0s\"\n", toml_path(&jwks)),
         );
         let data = dir.path().join("data").display().to_string();
         let gateway = Gateway::start_with_config(
@@ -370,6 +371,96 @@ impl Policed {
             gateway,
         })
     }
+}
+
+/// A Subscribe stream opened with a token ends with UNAUTHENTICATED when the token expires (the
+/// client opens a new one with a fresh token); a stream opened with a password goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tokens_stream_ends_when_the_token_expires() -> TestResult {
+    let Policed {
+        dir: _dir,
+        issuer,
+        gateway,
+        ..
+    } = Policed::start()?;
+    let topic = unique("expiry");
+    let mut admin = gateway.admin().await?;
+    let create = pb::CreateTopicRequest {
+        name: topic.clone(),
+        partitions: 1,
+        ..Default::default()
+    };
+    admin
+        .create_topic(with_auth(create, &basic("root", "root-pw"))?)
+        .await?;
+    let short = bearer(&issuer.token(&Claims {
+        expires_in: 3,
+        ..Claims::for_subject("svc")
+    })?);
+    let mut client = gateway.streams().await?;
+    let (_requests, mut with_token) = subscribe_as(&mut client, &topic, &short).await?;
+    let alice = basic("alice", "alice-pw");
+    let (_held, mut with_password) = subscribe_as(&mut client, &topic, &alice).await?;
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match with_token.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await?
+    .ok_or("the stream ended without a status")?;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("expired"), "{ended:?}");
+    // The password's stream is still open: a record produced now reaches it.
+    assert_eq!(produce_code(&mut client, &topic, &alice).await?, Code::Ok);
+    let delivered = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match with_password.message().await? {
+                Some(pb::SubscribeResponse {
+                    kind: Some(pb::subscribe_response::Kind::Records(batch)),
+                }) if !batch.records.is_empty() => return Ok::<_, tonic::Status>(true),
+                Some(_) => {}
+                None => return Ok(false),
+            }
+        }
+    })
+    .await??;
+    assert!(delivered, "the password's stream ended");
+    assert!(gateway.terminate()?.success());
+    Ok(())
+}
+
+/// A Subscribe stream of `topic` (from its end) opened with `authorization`: the sender that keeps
+/// the client's side open, and the responses.
+async fn subscribe_as(
+    client: &mut pb::streams_client::StreamsClient<tonic::transport::Channel>,
+    topic: &str,
+    authorization: &str,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+        tonic::Streaming<pb::SubscribeResponse>,
+    ),
+    BoxError,
+> {
+    let (requests, outbound) = tokio::sync::mpsc::channel(4);
+    requests
+        .send(pb::SubscribeRequest {
+            kind: Some(pb::subscribe_request::Kind::Start(pb::SubscribeStart {
+                topics: vec![topic.to_owned()],
+                ..Default::default()
+            })),
+        })
+        .await?;
+    let request = with_auth(
+        tokio_stream::wrappers::ReceiverStream::new(outbound),
+        authorization,
+    )?;
+    let stream = client.subscribe(request).await?.into_inner();
+    Ok((requests, stream))
 }
 
 /// The users file and the policy rewritten while a client holds its channel: its next calls

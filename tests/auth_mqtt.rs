@@ -51,7 +51,8 @@ fn start(broker: &Tansu, dir: &Path) -> Result<(Gateway, String, String, TokenIs
         "[log]\nkind = \"kafka\"\nbootstrap_servers = \"{bootstrap}\"\nreplication_factor = 1\n\
          session_timeout = \"6s\"\n[log.producer_properties]\n\"batch.num.messages\" = \"1\"\n\
          [auth]\nusers_file = {users:?}\npolicy_file = {policy:?}\nreload_interval = \"200ms\"\n\
-         [auth.jwt]\njwks_file = {jwks:?}\nissuer = {ISSUER:?}\naudience = {AUDIENCE:?}\n",
+         [auth.jwt]\njwks_file = {jwks:?}\nissuer = {ISSUER:?}\naudience = {AUDIENCE:?}\n\
+         leeway = \"0s\"\n",
         bootstrap = broker.bootstrap(),
         users = path(&users),
         policy = path(&policy),
@@ -76,6 +77,11 @@ fn paho_clients_meet_authentication_and_the_policy() -> TestResult {
         expires_in: -3600,
         ..Claims::for_subject("carol")
     })?;
+    // Connected first by the script, and awaited last: 20 s is its checks' time with room to spare.
+    let expiring = issuer.token(&Claims {
+        expires_in: 20,
+        ..Claims::for_subject("svc-expiring")
+    })?;
     let new_user = users_file_line("dave", "evad", &[])?;
     let port = gateway.mqtt.port().to_string();
     let bootstrap = broker.bootstrap();
@@ -91,6 +97,8 @@ fn paho_clients_meet_authentication_and_the_policy() -> TestResult {
             &token,
             "--expired-token",
             &expired,
+            "--expiring-token",
+            &expiring,
             "--users-file",
             &users,
             "--policy-file",

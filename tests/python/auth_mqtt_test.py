@@ -13,7 +13,9 @@ produce and consume, users/%u/# for consume) and the JWKS, and mints the tokens.
 - SUBSCRIBE to `#`: MQTT 5 0x87, 3.1.1 0x80; nothing is delivered through it;
 - a client id another user holds: refused (0x87, 5), and the holder stays connected;
 - the policy rewritten while a client is connected: its next SUBSCRIBE follows the new rules;
-- a user added to the users file: accepted without a restart.
+- a user added to the users file: accepted without a restart;
+- a client connected with a token that expires (in 20 s) is disconnected then with MQTT 5's 0xA0
+  Maximum connect time (connected first, its disconnection awaited after the other checks).
 Waits are on what shows (a message, a reload counted on /metrics), each with a deadline.
 Exits non-zero on any failure.
 """
@@ -36,6 +38,7 @@ from paho.mqtt.properties import Properties
 
 DEADLINE = 20.0
 SUCCESS, NOT_AUTHORIZED, BAD_CREDENTIALS, UNSPECIFIED, PACKET_ID_NOT_FOUND = 0, 0x87, 0x86, 0x80, 0x92
+MAXIMUM_CONNECT_TIME = 0xA0
 
 
 class Client:
@@ -48,6 +51,7 @@ class Client:
         self.subacks = {}
         self.messages = []
         self.disconnected = False
+        self.disconnect_reason = None
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
         if username is not None or password is not None:
             self.client.username_pw_set(username, password)
@@ -84,6 +88,9 @@ class Client:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         with self.condition:
             self.disconnected = True
+            # The first: paho's loop reconnects on its own, and a later refusal must not hide it.
+            if self.disconnect_reason is None:
+                self.disconnect_reason = reason_code.value
             self.condition.notify_all()
 
     def wait(self, predicate, what):
@@ -318,6 +325,25 @@ def check_new_user(args):
     print("users: a user added to the users file is accepted without a restart")
 
 
+def start_expiry(args):
+    """Connects with the token that expires soon; `check_expiry` awaits the end."""
+    client = connect_v5(args, "expiring", "ignored", args.expiring_token)
+    assert client.connack == SUCCESS, f"the expiring token was refused: {client.connack:#x}"
+    assert client.subscribe("users/svc-expiring/#") == 1, "the expiring client's own filter"
+    return client
+
+
+def check_expiry(client):
+    deadline = time.monotonic() + 20 + DEADLINE
+    with client.condition:
+        ended = client.condition.wait_for(lambda: client.disconnected, deadline - time.monotonic())
+    assert ended, "a client whose token expired is still connected"
+    assert client.disconnect_reason == MAXIMUM_CONNECT_TIME, \
+        f"expected DISCONNECT 0xA0, got {client.disconnect_reason:#x}"
+    client.client.loop_stop()
+    print("expiry: a token's connection ends with 0xA0 when the token expires")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
@@ -325,16 +351,19 @@ def main():
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--expired-token", required=True)
+    parser.add_argument("--expiring-token", required=True)
     parser.add_argument("--users-file", required=True)
     parser.add_argument("--policy-file", required=True)
     parser.add_argument("--new-user-line", required=True)
     parser.add_argument("--metrics-url", required=True)
     args = parser.parse_args()
+    expiring = start_expiry(args)
     check_connect(args)
     check_policy(args)
     check_ownership(args)
     check_policy_reload(args)
     check_new_user(args)
+    check_expiry(expiring)
     print("auth: all checks passed")
 
 

@@ -356,6 +356,10 @@ async fn run_connection<S>(
         }
     };
     tracing::Span::current().record("principal", field::display(&principal));
+    // A token's connection ends when the token does (as Kafka's re-authentication and EMQX do):
+    // the client connects again with a fresh one, and its rights are decided anew.
+    let expiry = principal.remaining();
+    let expires_at = tokio::time::Instant::now() + expiry.map_or(FAR, |left| left.min(FAR));
     let client = Arc::new(Client::new(
         peer,
         principal,
@@ -364,9 +368,10 @@ async fn run_connection<S>(
     ));
     tracing::debug!(%peer, "AMQP connection open");
     let sessions = TaskTracker::new();
-    let shutting_down = loop {
+    let ending = loop {
         tokio::select! {
-            () = drain.cancelled() => break true,
+            () = drain.cancelled() => break Ending::Drain,
+            () = tokio::time::sleep_until(expires_at), if expiry.is_some() => break Ending::Expired,
             incoming = connection.next_incoming_session() => match incoming {
                 Some(incoming) => {
                     match SessionAcceptor::new().accept_incoming_session(incoming, &mut connection).await {
@@ -378,28 +383,54 @@ async fn run_connection<S>(
                         }
                     }
                 }
-                None => break false,
+                None => break Ending::Client,
             },
         }
     };
     sessions.close();
-    if shutting_down {
-        // Links settle what the log has and commit before the connection goes.
-        sessions.wait().await;
-        let _ = connection
-            .close_with_error(definitions::Error::new(
-                ConnectionError::ConnectionForced,
-                Some("the gateway is shutting down; reconnect to another replica".to_owned()),
+    // Links settle what the log has and commit before the connection goes (or, when the client
+    // closed the connection or it failed, end on their own).
+    drain.cancel();
+    sessions.wait().await;
+    let error = match ending {
+        Ending::Drain => Some(definitions::Error::new(
+            ConnectionError::ConnectionForced,
+            Some("the gateway is shutting down; reconnect to another replica".to_owned()),
+            None,
+        )),
+        Ending::Expired => {
+            tracing::info!(%peer, "closing the connection: its token has expired");
+            Some(definitions::Error::new(
+                AmqpError::UnauthorizedAccess,
+                Some(
+                    "the token this connection was authenticated with has expired; reconnect with a fresh one"
+                        .to_owned(),
+                ),
                 None,
             ))
-            .await;
-    } else {
-        // The client closed the connection (or it failed): links end on their own.
-        drain.cancel();
-        sessions.wait().await;
-        close_quietly(&mut connection).await;
+        }
+        Ending::Client => None,
+    };
+    match error {
+        Some(error) => {
+            let _ = connection.close_with_error(error).await;
+        }
+        None => close_quietly(&mut connection).await,
     }
     tracing::debug!(%peer, "AMQP connection closed");
+}
+
+/// A deadline that never comes, for a connection whose credentials do not expire.
+const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Why a connection's session loop ended.
+enum Ending {
+    /// The gateway drains.
+    Drain,
+    /// The token the client authenticated with expired.
+    Expired,
+    /// The client closed the connection, or it failed.
+    Client,
 }
 
 async fn close_quietly(connection: &mut ListenerConnectionHandle) {

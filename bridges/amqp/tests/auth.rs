@@ -1,7 +1,8 @@
 //! Who may connect and what they may do, with fe2o3's client against the server on an embedded log:
 //! SASL PLAIN against the users file, EXTERNAL from a client certificate, a client that skips SASL
 //! where it may not, and links the policy or the gateway's own state refuse at attach, with
-//! `amqp:unauthorized-access` and nothing stored or delivered.
+//! `amqp:unauthorized-access` and nothing stored or delivered; a connection made with a token closed
+//! (`amqp:unauthorized-access`) when the token expires.
 
 use std::{fmt::Debug, path::Path, sync::Arc, time::Duration};
 
@@ -11,7 +12,10 @@ use courier_gateway::{
     log::{Log, TopicPartition},
     tls::{ClientAuth, TlsConfig},
 };
-use courier_testkit::certs::{TestPki, Validity};
+use courier_testkit::{
+    certs::{TestPki, Validity},
+    identity::{Claims, TokenIssuer},
+};
 use fe2o3_amqp::{
     Connection, Receiver, Sender, Session, connection::ConnectionHandle, sasl_profile::SaslProfile,
 };
@@ -239,6 +243,31 @@ async fn plain_checks_the_users_file_and_anonymous_is_refused() -> TestResult {
     let mut skipped = gateway.connect(None).await?;
     let closed = tokio::time::timeout(WAIT, skipped.on_close()).await?;
     assert_unauthorized(closed, "credentials are required");
+    assert_eq!(gateway.stored("orders").await?, 1);
+    gateway.stop().await
+}
+
+/// A connection authenticated with a token (SASL PLAIN, the token as password) works until the
+/// token expires, and is then closed with `amqp:unauthorized-access`; what it sent stays stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokens_connection_ends_when_the_token_expires() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let issuer = TokenIssuer::new("k1")?;
+    let jwks = TokenIssuer::write_jwks(dir.path(), "jwks.json", &[&issuer])?;
+    let auth = serde_json::json!({ "jwt": { "jwks_file": jwks, "leeway": "0s" } });
+    let gateway = Gateway::start(dir.path(), auth, None).await?;
+    let token = issuer.token(&Claims {
+        expires_in: 3,
+        ..Claims::for_subject("svc")
+    })?;
+    let mut connection = gateway.connect(Some(plain("svc", &token))).await?;
+    let mut session = Session::begin(&mut connection).await?;
+    assert_eq!(
+        send_one(&mut session, "s", "orders").await,
+        "Accepted(Accepted)"
+    );
+    let closed = tokio::time::timeout(WAIT, connection.on_close()).await?;
+    assert_unauthorized(closed, "expired");
     assert_eq!(gateway.stored("orders").await?, 1);
     gateway.stop().await
 }

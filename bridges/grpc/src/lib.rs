@@ -22,6 +22,7 @@ pub mod produce_stream;
 pub mod proto;
 pub mod server;
 mod status;
+mod stream_end;
 pub mod streams;
 pub mod subscribe;
 

@@ -4,14 +4,15 @@
 //! flow control pushes back on the client: nothing buffers without bound.
 //!
 //! On drain the stream stops submitting, answers everything it submitted, answers later requests with
-//! UNAVAILABLE "not written" until the client closes its side, and ends with UNAVAILABLE.
+//! UNAVAILABLE "not written" until the client closes its side, and ends with UNAVAILABLE. When the
+//! caller's token expires it stops submitting, answers everything it submitted, and ends with
+//! UNAUTHENTICATED: what it did not answer was not written.
 
 use std::{pin::Pin, sync::Arc};
 
 use courier_gateway::{Error, log::Log};
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
@@ -19,6 +20,7 @@ use crate::{
     convert::{acks_to_wire, record_from_wire},
     proto::v1 as pb,
     status::error_to_wire,
+    stream_end::{self, Cutoff, StreamEnds},
 };
 
 /// Requests of one stream awaiting durability at once.
@@ -35,11 +37,11 @@ pub(crate) fn start(
     peer: String,
     log: Arc<dyn Log>,
     requests: Streaming<pb::ProduceRequest>,
-    drain: CancellationToken,
+    ends: StreamEnds,
 ) -> ResponseStream {
     let (responses, stream) = mpsc::channel(MAX_PIPELINED);
     let span = tracing::info_span!("grpc.produce_stream", %peer);
-    tokio::spawn(serve(log, requests, responses, drain).instrument(span));
+    tokio::spawn(serve(log, requests, responses, ends).instrument(span));
     Box::pin(ReceiverStream::new(stream))
 }
 
@@ -47,10 +49,10 @@ async fn serve(
     log: Arc<dyn Log>,
     mut requests: Streaming<pb::ProduceRequest>,
     responses: mpsc::Sender<Result<pb::ProduceResponse, Status>>,
-    drain: CancellationToken,
+    ends: StreamEnds,
 ) {
     let mut pending: JoinSet<pb::ProduceResponse> = JoinSet::new();
-    let mut drained = false;
+    let mut cutoff = None;
     loop {
         tokio::select! {
             biased;
@@ -59,8 +61,8 @@ async fn serve(
                     return; // the client is gone; its unanswered requests were still written
                 }
             }
-            () = drain.cancelled() => {
-                drained = true;
+            reached = ends.reached() => {
+                cutoff = Some(reached);
                 break;
             }
             request = requests.message(), if pending.len() < MAX_PIPELINED => match request {
@@ -97,13 +99,19 @@ async fn serve(
             let _ = responses.send(Ok(response)).await;
         }
     }
-    if drained {
-        refuse_until_client_stops(&mut requests, &responses).await;
-        let _ = responses
-            .send(Err(Status::unavailable(
-                "the gateway is shutting down; every request it accepted was answered; reconnect to continue",
-            )))
-            .await;
+    match cutoff {
+        Some(Cutoff::Drain) => {
+            refuse_until_client_stops(&mut requests, &responses).await;
+            let _ = responses
+                .send(Err(Status::unavailable(
+                    "the gateway is shutting down; every request it accepted was answered; reconnect to continue",
+                )))
+                .await;
+        }
+        Some(Cutoff::Expired) => {
+            let _ = responses.send(Err(stream_end::expired())).await;
+        }
+        None => {}
     }
 }
 

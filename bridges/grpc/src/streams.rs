@@ -3,7 +3,8 @@
 //!
 //! Each call sees the log as its caller: wrapped in its own [`Authorized`], which decides every
 //! request by the principal's policy and keeps it off the gateway's internal state. For the two
-//! streams that wrapper lives as long as the stream.
+//! streams that wrapper lives as long as the stream, which ends when the gateway drains or the
+//! caller's token expires ([`crate::stream_end`]).
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use crate::{
     convert::{self, acks_to_wire, partition_from_wire, record_from_wire, record_to_wire},
     produce_stream,
     proto::v1::{self as pb, streams_server::Streams},
+    stream_end::StreamEnds,
     subscribe, to_status,
 };
 
@@ -67,6 +69,11 @@ impl StreamsService {
             Scope::KafkaNames,
         )))
     }
+
+    /// What ends a stream the caller of `request` opens.
+    fn ends_for<T>(&self, request: &Request<T>) -> Result<StreamEnds, Status> {
+        Ok(StreamEnds::new(self.drain.clone(), principal_of(request)?))
+    }
 }
 
 #[tonic::async_trait]
@@ -95,11 +102,13 @@ impl Streams for StreamsService {
         &self,
         request: Request<Streaming<pb::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let (peer, log) = (peer_of(&request), self.log_for(&request)?);
+        let ends = self.ends_for(&request)?;
         Ok(Response::new(produce_stream::start(
-            peer_of(&request),
-            self.log_for(&request)?,
+            peer,
+            log,
             request.into_inner(),
-            self.drain.clone(),
+            ends,
         )))
     }
 
@@ -111,14 +120,8 @@ impl Streams for StreamsService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = peer_of(&request);
         let log = self.log_for(&request)?;
-        let stream = subscribe::start(
-            log,
-            request.into_inner(),
-            peer,
-            &self.groups,
-            self.drain.clone(),
-        )
-        .await?;
+        let ends = self.ends_for(&request)?;
+        let stream = subscribe::start(log, request.into_inner(), peer, &self.groups, ends).await?;
         Ok(Response::new(stream))
     }
 

@@ -6,6 +6,7 @@
 //!
 //! On drain (SIGTERM) the stream stops delivering, waits up to [`DRAIN_ACK_GRACE`] for the client to
 //! ack what it holds, commits, and ends with UNAVAILABLE. Whatever stays unacknowledged is redelivered.
+//! When the caller's token expires it does the same and ends with UNAUTHENTICATED.
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
@@ -16,7 +17,6 @@ use courier_gateway::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
@@ -26,6 +26,7 @@ use crate::{
         self as pb, subscribe_request::Kind as RequestKind,
         subscribe_response::Kind as ResponseKind,
     },
+    stream_end::{self, Cutoff, StreamEnds},
     to_status,
 };
 
@@ -44,7 +45,7 @@ pub(crate) async fn start(
     mut requests: Streaming<pb::SubscribeRequest>,
     peer: String,
     groups: &GroupsConfig,
-    drain: CancellationToken,
+    ends: StreamEnds,
 ) -> Result<ResponseStream, Status> {
     let first = requests
         .message()
@@ -73,7 +74,7 @@ pub(crate) async fn start(
     span.in_scope(|| tracing::debug!("subscription started"));
 
     let (responses, stream) = mpsc::channel(OUTBOUND_DEPTH);
-    tokio::spawn(serve(subscription, requests, responses, drain).instrument(span));
+    tokio::spawn(serve(subscription, requests, responses, ends).instrument(span));
     Ok(Box::pin(ReceiverStream::new(stream)))
 }
 
@@ -83,8 +84,8 @@ enum End {
     Client,
     /// The client broke the protocol; it is told why.
     Invalid(Status),
-    /// The gateway is draining.
-    Drain,
+    /// The gateway is draining, or the caller's token expired.
+    Cut(Cutoff),
     /// The log ended the subscription.
     Log,
 }
@@ -93,13 +94,13 @@ async fn serve(
     mut subscription: Subscription,
     mut requests: Streaming<pb::SubscribeRequest>,
     responses: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
-    drain: CancellationToken,
+    ends: StreamEnds,
 ) {
     let mut next: Option<pb::SubscribeResponse> = None;
     let end = loop {
         tokio::select! {
             biased;
-            () = drain.cancelled() => break End::Drain,
+            cutoff = ends.reached() => break End::Cut(cutoff),
             request = requests.message() => match request {
                 Ok(Some(request)) => if let Err(status) = handle_request(&subscription, request).await {
                     break End::Invalid(status);
@@ -117,7 +118,7 @@ async fn serve(
         }
     };
 
-    if matches!(end, End::Drain) {
+    if matches!(end, End::Cut(_)) {
         // Let the client ack what it holds, so it is not delivered twice after the restart.
         let grace = tokio::time::sleep(DRAIN_ACK_GRACE);
         tokio::pin!(grace);
@@ -137,9 +138,10 @@ async fn serve(
     let status = match end {
         End::Client => return,
         End::Invalid(status) => status,
-        End::Drain => Status::unavailable(
+        End::Cut(Cutoff::Drain) => Status::unavailable(
             "the gateway is shutting down; acknowledged records are committed; resubscribe to continue",
         ),
+        End::Cut(Cutoff::Expired) => stream_end::expired(),
         End::Log => Status::unavailable("the log ended this subscription; resubscribe to continue"),
     };
     let _ = responses.send(Err(status)).await;

@@ -40,6 +40,10 @@ pub enum Error {
     #[error("no packet within 1.5 times the keep-alive of {0} s")]
     KeepAliveTimeout(u16),
 
+    /// The token the client connected with has expired: it must connect again with a new one.
+    #[error("the token this connection was authenticated with has expired")]
+    CredentialsExpired,
+
     /// A second connection with the same client id took this one's session.
     #[error("session taken over by a newer connection with the same client id")]
     SessionTakenOver,
@@ -88,6 +92,8 @@ impl Error {
             Self::TopicAliasInvalid(_) => DisconnectReasonCode::TopicAliasInvalid,
             Self::ReceiveMaximumExceeded(_) => DisconnectReasonCode::ReceiveMaximumExceeded,
             Self::KeepAliveTimeout(_) => DisconnectReasonCode::KeepAliveTimeout,
+            // "The maximum connection time authorized for this connection has been exceeded."
+            Self::CredentialsExpired => DisconnectReasonCode::MaximumConnectTime,
             Self::SessionTakenOver => DisconnectReasonCode::SessionTakenOver,
             Self::ShuttingDown => DisconnectReasonCode::ServerShuttingDown,
             Self::Refused(refusal) => refusal.code.disconnect_reason(),
@@ -204,3 +210,17 @@ impl From<&courier_gateway::Error> for Refusal {
 
 /// Result alias for the MQTT bridge.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_token_is_maximum_connect_time() {
+        // 0xA0: "the maximum connection time authorized for this connection has been exceeded".
+        assert!(matches!(
+            Error::CredentialsExpired.disconnect_reason(),
+            DisconnectReasonCode::MaximumConnectTime
+        ));
+    }
+}

@@ -224,6 +224,10 @@ impl Session {
         let far = Duration::from_secs(365 * 24 * 3600);
         let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
         let taken_over = self.registration.taken_over.clone();
+        // A token's connection ends when the token does (as EMQX's and Kafka's re-authentication
+        // do): the client connects again with a fresh one, and its rights are decided anew.
+        let expiry = self.client.principal.remaining();
+        let expires_at = Instant::now() + expiry.map_or(far, |left| left.min(far));
         let receive_maximum = self.bridge.config.receive_maximum;
         for release in self.outbound.take_owed_releases() {
             if let Err(error) = connection.queue(release) {
@@ -277,6 +281,9 @@ impl Session {
                 }
                 () = tokio::time::sleep_until(deadline), if keep_alive.is_some() => {
                     Err(Error::KeepAliveTimeout(self.client.keep_alive))
+                }
+                () = tokio::time::sleep_until(expires_at), if expiry.is_some() => {
+                    Err(Error::CredentialsExpired)
                 }
             };
             match step {
@@ -503,7 +510,10 @@ impl Session {
             tracing::debug!(%error, "connection closed");
         } else {
             tracing::info!(%error, "closing the connection");
-            if !matches!(error, Error::ShuttingDown | Error::SessionTakenOver) {
+            if !matches!(
+                error,
+                Error::ShuttingDown | Error::SessionTakenOver | Error::CredentialsExpired
+            ) {
                 metrics::error(Protocol::Mqtt, "connection_failed");
             }
         }

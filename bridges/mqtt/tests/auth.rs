@@ -1,15 +1,17 @@
 //! Who may connect and what they may do, at the packet level (MQTT 3.1.1) over the embedded log:
 //! CONNACK codes for credentials, the policy on publishes (accepted but not stored: 3.1.1 has no
 //! code to refuse one with) and subscriptions (SUBACK 0x80), client ids owned by their principal,
-//! and a policy reloaded while a client is connected. MQTT 5's codes are tested with real clients
+//! a policy reloaded while a client is connected, and a token's connection ended when the token
+//! expires. MQTT 5's codes are tested with real clients
 //! in the root crate's `tests/auth_mqtt.rs`.
 
 mod support;
 
 use std::{path::Path, time::Duration};
 
-use courier_gateway::auth::{Access, Auth, AuthConfig, users_file_line};
+use courier_gateway::auth::{Access, Auth, AuthConfig, jwt::JwtConfig, users_file_line};
 use courier_mqtt::Config;
+use courier_testkit::identity::{Claims, TokenIssuer};
 use rumqttd::protocol::{ConnectReturnCode, Packet, PingReq, QoS, SubscribeReasonCode};
 use support::*;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -129,6 +131,51 @@ async fn passwords_are_checked_against_the_users_file() -> TestResult {
             other => return Err(format!("expected a CONNACK, got {other:?}").into()),
         }
     }
+    Ok(())
+}
+
+/// A client that connected with a token is disconnected when the token expires (3.1.1 has no
+/// reason code: the connection is closed; MQTT 5 is told 0xA0 Maximum connect time), and not
+/// before: it works until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokens_connection_ends_when_the_token_expires() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let issuer = TokenIssuer::new("k1")?;
+    let jwks = TokenIssuer::write_jwks(dir.path(), "jwks.json", &[&issuer])?;
+    let config = AuthConfig {
+        allow_anonymous: Some(false),
+        jwt: Some(JwtConfig {
+            leeway: Duration::ZERO,
+            ..JwtConfig::with_file(jwks)
+        }),
+        ..AuthConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let auth = Auth::start(&config, protected(), &[], stop).await?;
+    let endpoint =
+        Endpoint::start_with_access(Config::default(), auth.access("mqtt", None)).await?;
+    let token = issuer.token(&Claims {
+        expires_in: 3,
+        ..Claims::for_subject("device-1")
+    })?;
+    let mut client = RawClient::open(endpoint.address).await?;
+    client
+        .send(connect_packet(
+            "device-1",
+            true,
+            0,
+            Some(("device-1", &token)),
+        ))
+        .await?;
+    match client.read().await? {
+        Some(Packet::ConnAck(connack, _)) => assert_eq!(connack.code, ConnectReturnCode::Success),
+        other => return Err(format!("expected a CONNACK, got {other:?}").into()),
+    }
+    client.send(Packet::PingReq(PingReq)).await?;
+    assert!(matches!(client.read().await?, Some(Packet::PingResp(_))));
+    // Keep-alive 0: nothing but the token's expiry ends this connection.
+    client.expect_closed().await?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Who a connection or call is: the one [`Principal`] every front end hands to authorization,
 //! whichever authenticator accepted the client.
 
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, time::SystemTime};
 
 /// How a principal was established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,6 +44,10 @@ pub struct Principal {
     pub attributes: BTreeMap<String, String>,
     /// Which authenticator accepted it.
     pub source: Source,
+    /// When the credentials that established it stop holding (a token's `exp`, with the leeway
+    /// it was checked with): a connection or stream it opened ends then. `None`: they do not
+    /// expire (a password, a certificate, which is checked at the handshake).
+    pub valid_until: Option<SystemTime>,
 }
 
 impl Principal {
@@ -54,6 +58,7 @@ impl Principal {
             roles: Vec::new(),
             attributes: BTreeMap::new(),
             source: Source::Anonymous,
+            valid_until: None,
         }
     }
 
@@ -64,12 +69,19 @@ impl Principal {
             roles,
             attributes: BTreeMap::new(),
             source,
+            valid_until: None,
         }
     }
 
     /// Whether the client presented no credentials.
     pub fn is_anonymous(&self) -> bool {
         self.source == Source::Anonymous
+    }
+
+    /// How long from now its credentials hold, if they expire (zero once they have).
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        self.valid_until
+            .map(|until| until.duration_since(SystemTime::now()).unwrap_or_default())
     }
 
     /// Whether the principal has `role`.

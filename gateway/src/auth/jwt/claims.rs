@@ -102,6 +102,11 @@ impl Rules {
         if let Ok(Some(expires)) = numeric_date(claims, "exp") {
             // Whole seconds: NumericDate may carry a fraction, the attribute need not.
             attributes.insert("expires".into(), (expires.floor() as i64).to_string());
+            // Accepted until `exp` plus the leeway, as `check` does.
+            principal.valid_until = std::time::Duration::try_from_secs_f64(expires)
+                .ok()
+                .and_then(|since_epoch| since_epoch.checked_add(self.leeway))
+                .and_then(|since_epoch| UNIX_EPOCH.checked_add(since_epoch));
         }
         if let Some(key_id) = key_id {
             attributes.insert("key_id".into(), key_id.into());

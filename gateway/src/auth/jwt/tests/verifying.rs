@@ -71,7 +71,13 @@ async fn refuses_expired_tokens_beyond_the_leeway() {
     let expired = key.sign(&claims(json!({"exp": now() - 120})));
     assert_eq!(fixture.verifier.verify(&expired), Err(JwtRefusal::Expired));
     let within_leeway = key.sign(&claims(json!({"exp": now() - 10})));
-    assert!(fixture.verifier.verify(&within_leeway).is_ok());
+    let principal = fixture.verifier.verify(&within_leeway).unwrap();
+    // What it opens ends when the leeway does, 20 s from now (less the time this test took).
+    let left = principal.remaining().unwrap();
+    assert!(
+        (Duration::from_secs(10)..=Duration::from_secs(20)).contains(&left),
+        "{left:?}"
+    );
 }
 
 #[tokio::test]
