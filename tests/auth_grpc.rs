@@ -276,14 +276,7 @@ async fn a_rotated_jwks_url_is_followed_and_outlived() -> TestResult {
         &[("COURIER_LOG__DATA_DIR", &data)],
     )?;
     let topic = unique("rotate");
-    let mut admin = gateway.admin().await?;
-    let root = basic("root", "root-pw");
-    let create = pb::CreateTopicRequest {
-        name: topic.clone(),
-        partitions: 1,
-        ..Default::default()
-    };
-    admin.create_topic(with_auth(create, &root)?).await?;
+    create_as_root(&gateway, &topic).await?;
 
     let mut client = gateway.streams().await?;
     let old_token = bearer(&old.token(&Claims::for_subject("svc"))?);
@@ -331,6 +324,20 @@ async fn a_rotated_jwks_url_is_followed_and_outlived() -> TestResult {
         "the endpoint gone, the last good keys stay"
     );
     assert!(gateway.terminate()?.success());
+    Ok(())
+}
+
+/// Creates `topic` (one partition) as the admin user `root`.
+async fn create_as_root(gateway: &Gateway, topic: &str) -> TestResult {
+    let mut admin = gateway.admin().await?;
+    let create = pb::CreateTopicRequest {
+        name: topic.to_owned(),
+        partitions: 1,
+        ..Default::default()
+    };
+    admin
+        .create_topic(with_auth(create, &basic("root", "root-pw"))?)
+        .await?;
     Ok(())
 }
 
@@ -384,15 +391,7 @@ async fn a_tokens_stream_ends_when_the_token_expires() -> TestResult {
         ..
     } = Policed::start()?;
     let topic = unique("expiry");
-    let mut admin = gateway.admin().await?;
-    let create = pb::CreateTopicRequest {
-        name: topic.clone(),
-        partitions: 1,
-        ..Default::default()
-    };
-    admin
-        .create_topic(with_auth(create, &basic("root", "root-pw"))?)
-        .await?;
+    create_as_root(&gateway, &topic).await?;
     let short = bearer(&issuer.token(&Claims {
         expires_in: 3,
         ..Claims::for_subject("svc")
@@ -476,15 +475,7 @@ async fn rewritten_users_and_policy_apply_to_an_open_channel() -> TestResult {
         ..
     } = Policed::start()?;
     let topic = unique("reload");
-    let mut admin = gateway.admin().await?;
-    let create = pb::CreateTopicRequest {
-        name: topic.clone(),
-        partitions: 1,
-        ..Default::default()
-    };
-    admin
-        .create_topic(with_auth(create, &basic("root", "root-pw"))?)
-        .await?;
+    create_as_root(&gateway, &topic).await?;
 
     let mut client = gateway.streams().await?;
     let alice = basic("alice", "alice-pw");
