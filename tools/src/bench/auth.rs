@@ -2,7 +2,9 @@
 //! same workload (ProduceStream, then Subscribe) runs through two gateways on loopback, each on a
 //! fresh embedded store: one open, one with a users file and a policy of `N` rules, one per made-up
 //! user, and a last one granting the bench's own user, which presents its password (Basic) on
-//! every call. Both are printed with their ratio.
+//! every call. The two sides take turns, [`ROUNDS`] times, each round on fresh stores, and each
+//! side reports its median round, so neither pays for the other's leftovers (an embedded store
+//! still flushing) or for a drift of the machine. Both are printed with their ratio.
 
 use std::sync::Arc;
 
@@ -18,12 +20,15 @@ use tokio_util::sync::CancellationToken;
 use super::{
     args::BenchArgs,
     grpc::{open_log, through_gateway, through_gateway_as},
-    measure::Measurement,
+    measure::{Measurement, median},
 };
 use crate::client::Credentials;
 
 /// The bench's own user.
 const USER: &str = "bench";
+
+/// Rounds of each side.
+const ROUNDS: usize = 5;
 
 /// Runs both sides and prints the table.
 pub(super) async fn run(args: &BenchArgs, rules: usize) -> Result<()> {
@@ -35,10 +40,6 @@ pub(super) async fn run(args: &BenchArgs, rules: usize) -> Result<()> {
     let value = Bytes::from(vec![b'x'; args.record_size]);
     let topic = "bench";
 
-    let open_dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let open = fresh_log(open_dir.path(), fsync, topic, args).await?;
-    let (open_produce, open_subscribe) = through_gateway(open, topic, args, &value).await?;
-
     let files = tempfile::tempdir().context("creating a temporary directory")?;
     let password = ulid::Ulid::new().to_string();
     let config = write_files(files.path(), rules, &password)?;
@@ -46,22 +47,24 @@ pub(super) async fn run(args: &BenchArgs, rules: usize) -> Result<()> {
     let auth = Auth::start(&config, Protected::new([]), &[], stop.clone())
         .await
         .context("starting authentication")?;
-    let authed_dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let authed = fresh_log(authed_dir.path(), fsync, topic, args).await?;
-    let measured = through_gateway_as(
-        authed,
-        topic,
-        args,
-        &value,
-        auth.access("grpc", None),
-        Credentials::basic(USER, &password)?,
-    )
+    let mut rounds = Rounds::default();
+    let measured = async {
+        for _ in 0..ROUNDS {
+            (rounds.measure(fsync, topic, args, &value, &auth, &password)).await?;
+        }
+        anyhow::Ok(())
+    }
     .await;
+    // Stopped whether or not a round failed: the users and policy watchers end with it.
     stop.cancel();
-    let (authed_produce, authed_subscribe) = measured?;
+    measured?;
+    let open_produce = median(&rounds.open_produce)?;
+    let authed_produce = median(&rounds.authed_produce)?;
+    let open_subscribe = median(&rounds.open_subscribe)?;
+    let authed_subscribe = median(&rounds.authed_subscribe)?;
 
     println!(
-        "records={} record_size={} streams={} batch={} pipeline={} partitions={} policy_rules={}",
+        "records={} record_size={} streams={} batch={} pipeline={} partitions={} policy_rules={} rounds={ROUNDS} (median)",
         args.records,
         args.record_size,
         args.streams,
@@ -70,14 +73,34 @@ pub(super) async fn run(args: &BenchArgs, rules: usize) -> Result<()> {
         args.partitions,
         rules + 1
     );
+    for (what, open, authed) in [
+        ("produce", &rounds.open_produce, &rounds.authed_produce),
+        (
+            "subscribe",
+            &rounds.open_subscribe,
+            &rounds.authed_subscribe,
+        ),
+    ] {
+        let rates = |side: &[Measurement]| {
+            side.iter()
+                .map(|m| format!("{:.0}", m.rate()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "{what} records/s per round: open {}; with authentication {}",
+            rates(open),
+            rates(authed)
+        );
+    }
     println!("| workload | gateway | records/s | MiB/s | p50 ack ms | p99 ack ms |");
     println!("|---|---|---:|---:|---:|---:|");
     let with = format!("users + {} policy rules (Basic)", rules + 1);
     for (workload, side, m) in [
-        ("produce", "open", &open_produce),
-        ("produce", with.as_str(), &authed_produce),
-        ("subscribe", "open", &open_subscribe),
-        ("subscribe", with.as_str(), &authed_subscribe),
+        ("produce", "open", open_produce),
+        ("produce", with.as_str(), authed_produce),
+        ("subscribe", "open", open_subscribe),
+        ("subscribe", with.as_str(), authed_subscribe),
     ] {
         row(workload, side, m, args.record_size);
     }
@@ -90,6 +113,50 @@ pub(super) async fn run(args: &BenchArgs, rules: usize) -> Result<()> {
         authed_subscribe.rate() / open_subscribe.rate()
     );
     Ok(())
+}
+
+/// Each side's measurements, a round at a time.
+#[derive(Default)]
+struct Rounds {
+    open_produce: Vec<Measurement>,
+    open_subscribe: Vec<Measurement>,
+    authed_produce: Vec<Measurement>,
+    authed_subscribe: Vec<Measurement>,
+}
+
+impl Rounds {
+    /// One round: the open side, then the authenticated one, each through a gateway on a fresh
+    /// store (removed after it).
+    async fn measure(
+        &mut self,
+        fsync: FsyncPolicy,
+        topic: &str,
+        args: &BenchArgs,
+        value: &Bytes,
+        auth: &Auth,
+        password: &str,
+    ) -> Result<()> {
+        let open_dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let open = fresh_log(open_dir.path(), fsync, topic, args).await?;
+        let (produce, subscribe) = through_gateway(open, topic, args, value).await?;
+        self.open_produce.push(produce);
+        self.open_subscribe.push(subscribe);
+
+        let authed_dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let authed = fresh_log(authed_dir.path(), fsync, topic, args).await?;
+        let (produce, subscribe) = through_gateway_as(
+            authed,
+            topic,
+            args,
+            value,
+            auth.access("grpc", None),
+            Credentials::basic(USER, password)?,
+        )
+        .await?;
+        self.authed_produce.push(produce);
+        self.authed_subscribe.push(subscribe);
+        Ok(())
+    }
 }
 
 fn row(workload: &str, side: &str, m: &Measurement, record_size: usize) {

@@ -28,6 +28,16 @@ impl Measurement {
     }
 }
 
+/// The round with the median rate (the upper one of an even count).
+pub(super) fn median(rounds: &[Measurement]) -> Result<&Measurement> {
+    let mut sorted: Vec<&Measurement> = rounds.iter().collect();
+    sorted.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    sorted
+        .get(sorted.len() / 2)
+        .copied()
+        .context("no rounds were measured")
+}
+
 pub(super) fn histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).context("creating a histogram")
 }

@@ -25,7 +25,7 @@ use courier_gateway::auth::users_file_line;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Broker, Measurement, Workload, new_connections, phase, publish};
-use crate::bench::{args::BenchArgs, tls::BenchTls};
+use crate::bench::{args::BenchArgs, measure::median, tls::BenchTls};
 
 /// The bench's own user.
 const USER: &str = "bench";
@@ -233,16 +233,6 @@ fn counter(metrics: &str, name: &str) -> f64 {
         })
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
-}
-
-/// The round with the median rate (the upper one of an even count).
-fn median(rounds: &[Measurement]) -> Result<&Measurement> {
-    let mut sorted: Vec<&Measurement> = rounds.iter().collect();
-    sorted.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-    sorted
-        .get(sorted.len() / 2)
-        .copied()
-        .context("no publish rounds were measured")
 }
 
 /// The parameters, the publish table (each side's median round), the connections table and the
