@@ -393,14 +393,14 @@ async fn a_tokens_stream_ends_when_the_token_expires() -> TestResult {
     let topic = unique("expiry");
     create_as_root(&gateway, &topic).await?;
     let short = bearer(&issuer.token(&Claims {
-        expires_in: 3,
+        expires_in: 8,
         ..Claims::for_subject("svc")
     })?);
     let mut client = gateway.streams().await?;
     let (_requests, mut with_token) = subscribe_as(&mut client, &topic, &short).await?;
     let alice = basic("alice", "alice-pw");
     let (_held, mut with_password) = subscribe_as(&mut client, &topic, &alice).await?;
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match with_token.message().await {
                 Ok(Some(_)) => {}
@@ -428,6 +428,78 @@ async fn a_tokens_stream_ends_when_the_token_expires() -> TestResult {
     })
     .await??;
     assert!(delivered, "the password's stream ended");
+    assert!(gateway.terminate()?.success());
+    Ok(())
+}
+
+/// A ProduceStream opened with a token, sending all along, ends with UNAUTHENTICATED when the token
+/// expires; every request it answered with acks is stored, and nothing else is: what it did not
+/// answer was not written (the client sends that again on a new stream).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tokens_produce_stream_answers_what_it_took_and_ends_when_the_token_expires() -> TestResult
+{
+    let Policed {
+        dir: _dir,
+        issuer,
+        gateway,
+        ..
+    } = Policed::start()?;
+    let topic = unique("expiry-produce");
+    create_as_root(&gateway, &topic).await?;
+    let token = bearer(&issuer.token(&Claims {
+        expires_in: 8,
+        ..Claims::for_subject("svc")
+    })?);
+    let mut client = gateway.streams().await?;
+    let (requests, outbound) = tokio::sync::mpsc::channel(16);
+    let request = with_auth(
+        tokio_stream::wrappers::ReceiverStream::new(outbound),
+        &token,
+    )?;
+    let mut responses = client.produce_stream(request).await?.into_inner();
+    let sending = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            for request_id in 0.. {
+                let request = pb::ProduceRequest {
+                    topic: topic.clone(),
+                    records: vec![record(None, &request_id.to_string())],
+                    request_id,
+                };
+                if requests.send(request).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let mut acked = 0_i64;
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match responses.message().await {
+                Ok(Some(response)) if response.error.is_none() => acked += 1,
+                Ok(Some(response)) => return Err(format!("a request failed: {response:?}")),
+                Ok(None) => return Err("the stream ended without a status".to_owned()),
+                Err(status) => return Ok(status),
+            }
+        }
+    })
+    .await??;
+    sending.abort();
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(acked > 0, "nothing was answered before the token expired");
+    let fetch = pb::FetchRequest {
+        topic: topic.clone(),
+        partition: 0,
+        offset: 0,
+        ..Default::default()
+    };
+    let stored = client
+        .fetch(with_auth(fetch, &basic("root", "root-pw"))?)
+        .await?
+        .into_inner()
+        .high_watermark;
+    assert_eq!(stored, acked, "stored records against answered requests");
     assert!(gateway.terminate()?.success());
     Ok(())
 }

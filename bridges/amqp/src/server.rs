@@ -359,7 +359,7 @@ async fn run_connection<S>(
     // A token's connection ends when the token does (as Kafka's re-authentication and EMQX do):
     // the client connects again with a fresh one, and its rights are decided anew.
     let expiry = principal.remaining();
-    let expires_at = tokio::time::Instant::now() + expiry.map_or(FAR, |left| left.min(FAR));
+    let expires_at = tokio::time::Instant::now() + expiry.unwrap_or(FAR);
     let client = Arc::new(Client::new(
         peer,
         principal,
@@ -388,34 +388,43 @@ async fn run_connection<S>(
         }
     };
     sessions.close();
-    // Links settle what the log has and commit before the connection goes (or, when the client
-    // closed the connection or it failed, end on their own).
-    drain.cancel();
-    sessions.wait().await;
-    let error = match ending {
-        Ending::Drain => Some(definitions::Error::new(
-            ConnectionError::ConnectionForced,
-            Some("the gateway is shutting down; reconnect to another replica".to_owned()),
-            None,
-        )),
+    match ending {
+        Ending::Drain => {
+            // Links settle what the log has and commit, and detach saying why, before the
+            // connection goes.
+            sessions.wait().await;
+            let _ = connection
+                .close_with_error(definitions::Error::new(
+                    ConnectionError::ConnectionForced,
+                    Some("the gateway is shutting down; reconnect to another replica".to_owned()),
+                    None,
+                ))
+                .await;
+        }
         Ending::Expired => {
+            // Closed first, so the client hears why (not the drain's "reattach elsewhere" from
+            // each link); its links then end as if it had gone: what they took is settled or
+            // sent again, what their client accepted is committed.
             tracing::info!(%peer, "closing the connection: its token has expired");
-            Some(definitions::Error::new(
-                AmqpError::UnauthorizedAccess,
-                Some(
-                    "the token this connection was authenticated with has expired; reconnect with a fresh one"
-                        .to_owned(),
-                ),
-                None,
-            ))
+            let _ = connection
+                .close_with_error(definitions::Error::new(
+                    AmqpError::UnauthorizedAccess,
+                    Some(
+                        "the token this connection was authenticated with has expired; reconnect with a fresh one"
+                            .to_owned(),
+                    ),
+                    None,
+                ))
+                .await;
+            drain.cancel();
+            sessions.wait().await;
         }
-        Ending::Client => None,
-    };
-    match error {
-        Some(error) => {
-            let _ = connection.close_with_error(error).await;
+        Ending::Client => {
+            // The client closed the connection (or it failed): links end on their own.
+            drain.cancel();
+            sessions.wait().await;
+            close_quietly(&mut connection).await;
         }
-        None => close_quietly(&mut connection).await,
     }
     tracing::debug!(%peer, "AMQP connection closed");
 }

@@ -257,7 +257,7 @@ async fn a_tokens_connection_ends_when_the_token_expires() -> TestResult {
     let auth = serde_json::json!({ "jwt": { "jwks_file": jwks, "leeway": "0s" } });
     let gateway = Gateway::start(dir.path(), auth, None).await?;
     let token = issuer.token(&Claims {
-        expires_in: 3,
+        expires_in: 8,
         ..Claims::for_subject("svc")
     })?;
     let mut connection = gateway.connect(Some(plain("svc", &token))).await?;

@@ -53,6 +53,9 @@ async fn serve(
 ) {
     let mut pending: JoinSet<pb::ProduceResponse> = JoinSet::new();
     let mut cutoff = None;
+    // One wait for the whole stream, not a timer made and dropped per request.
+    let ends = ends.reached();
+    tokio::pin!(ends);
     loop {
         tokio::select! {
             biased;
@@ -61,7 +64,7 @@ async fn serve(
                     return; // the client is gone; its unanswered requests were still written
                 }
             }
-            reached = ends.reached() => {
+            reached = &mut ends => {
                 cutoff = Some(reached);
                 break;
             }

@@ -4,8 +4,6 @@
 //! vouching for, so it ends at the token's `exp` (with the leeway) and the client opens a new one
 //! with a fresh token, as Kafka's re-authentication (KIP-368) and EMQX do for their connections.
 
-use std::time::Duration;
-
 use courier_gateway::auth::Principal;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,10 +30,7 @@ impl StreamEnds {
     pub(crate) fn new(drain: CancellationToken, principal: &Principal) -> Self {
         Self {
             drain,
-            // At most a year ahead: an `exp` far in the future must not overflow the clock.
-            expires: principal
-                .remaining()
-                .map(|left| Instant::now() + left.min(Duration::from_secs(365 * 24 * 3600))),
+            expires: principal.remaining().map(|left| Instant::now() + left),
         }
     }
 
@@ -63,7 +58,7 @@ pub(crate) fn expired() -> Status {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
+    use std::time::{Duration, SystemTime};
 
     use courier_gateway::auth::Source;
 

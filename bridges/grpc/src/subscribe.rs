@@ -97,10 +97,13 @@ async fn serve(
     ends: StreamEnds,
 ) {
     let mut next: Option<pb::SubscribeResponse> = None;
+    // One wait for the whole stream, not a timer made and dropped per event.
+    let ends = ends.reached();
+    tokio::pin!(ends);
     let end = loop {
         tokio::select! {
             biased;
-            cutoff = ends.reached() => break End::Cut(cutoff),
+            cutoff = &mut ends => break End::Cut(cutoff),
             request = requests.message() => match request {
                 Ok(Some(request)) => if let Err(status) = handle_request(&subscription, request).await {
                     break End::Invalid(status);

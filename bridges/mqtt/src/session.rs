@@ -227,7 +227,7 @@ impl Session {
         // A token's connection ends when the token does (as EMQX's and Kafka's re-authentication
         // do): the client connects again with a fresh one, and its rights are decided anew.
         let expiry = self.client.principal.remaining();
-        let expires_at = Instant::now() + expiry.map_or(far, |left| left.min(far));
+        let expires_at = Instant::now() + expiry.unwrap_or(far);
         let receive_maximum = self.bridge.config.receive_maximum;
         for release in self.outbound.take_owed_releases() {
             if let Err(error) = connection.queue(release) {

@@ -156,7 +156,7 @@ async fn a_tokens_connection_ends_when_the_token_expires() -> TestResult {
     let endpoint =
         Endpoint::start_with_access(Config::default(), auth.access("mqtt", None)).await?;
     let token = issuer.token(&Claims {
-        expires_in: 3,
+        expires_in: 6,
         ..Claims::for_subject("device-1")
     })?;
     let mut client = RawClient::open(endpoint.address).await?;

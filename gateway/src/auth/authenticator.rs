@@ -79,8 +79,8 @@ pub enum Failure {
     /// Too many password checks are waiting.
     #[error("the server is busy checking passwords; retry later")]
     Busy,
-    /// Too many failed logins from this address or for this user are still being waited out.
-    #[error("too many failed logins from this address or for this user; retry later")]
+    /// Too many failed logins from this address are still being waited out.
+    #[error("too many failed logins from this address; retry later")]
     Throttled,
 }
 
@@ -247,7 +247,7 @@ impl Authenticator {
             .map_err(|_| Failure::Busy)?;
         match roles {
             Some(roles) => {
-                self.shared.throttle.succeeded(Some(username));
+                self.shared.throttle.succeeded(address, Some(username));
                 Ok(Principal::new(username, roles, Source::Password))
             }
             None => {

@@ -1,7 +1,14 @@
 //! Who a connection or call is: the one [`Principal`] every front end hands to authorization,
 //! whichever authenticator accepted the client.
 
-use std::{collections::BTreeMap, fmt, time::SystemTime};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    time::{Duration, SystemTime},
+};
+
+/// The longest [`Principal::remaining`] says.
+const MAX_REMAINING: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How a principal was established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,10 +85,16 @@ impl Principal {
         self.source == Source::Anonymous
     }
 
-    /// How long from now its credentials hold, if they expire (zero once they have).
-    pub fn remaining(&self) -> Option<std::time::Duration> {
-        self.valid_until
-            .map(|until| until.duration_since(SystemTime::now()).unwrap_or_default())
+    /// How long from now its credentials hold, if they expire: zero once they have, and at most
+    /// a year (a token valid for longer is one whose connections a timer can count down to; an
+    /// `exp` centuries away must not overflow the clock of whoever waits for it).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.valid_until.map(|until| {
+            until
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .min(MAX_REMAINING)
+        })
     }
 
     /// Whether the principal has `role`.

@@ -3,11 +3,13 @@
 //! wait, twice as long per failure up to a cap, so guessing passwords from one address, or one
 //! user's password from many, gets slow fast, while a client that mistyped once barely notices.
 //!
-//! Attempts that arrive during a wait queue behind each other: each reserves the next slot, one
-//! wait after the one before, so opening many connections at once buys an attacker nothing. An
-//! attempt that would have to queue longer than [`MAX_QUEUE`] is refused at once rather than
-//! held. A success clears the user's failures but not the address's: an attacker who knows one
-//! account's password must not wash the address clean between guesses at the others.
+//! From one address, attempts that arrive during a wait queue behind each other: each reserves
+//! the next slot, one wait after the one before, so opening many connections at once buys an
+//! attacker nothing, and one that would queue longer than [`MAX_QUEUE`] is refused at once rather
+//! than held. A user's failures only delay its next attempt (by at most [`MAX_DELAY`]) and never
+//! refuse it: else anyone who knows a user's name could lock it out from anywhere. A success
+//! clears the user's failures and takes one off the address's: a host behind which most logins
+//! succeed recovers, while an attacker must spend a good login (itself queued) per guess.
 
 use std::{
     collections::HashMap,
@@ -43,7 +45,7 @@ enum Key {
 struct Failures {
     count: u32,
     last: Instant,
-    /// When the next attempt of this key may be checked.
+    /// When the next attempt of this key may be checked (for an address, the next free slot).
     next: Instant,
 }
 
@@ -66,29 +68,32 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// How long an attempt from `address` for `user` waits before it is checked; the slot is
-    /// reserved, so the next attempt of the same address or user waits longer still.
+    /// How long an attempt from `address` for `user` waits before it is checked; the address's
+    /// slot is reserved, so the next attempt from the same address waits longer still.
     pub fn admit(&self, address: IpAddr, user: Option<&str>) -> Result<Duration, Throttled> {
         let Ok(mut failures) = self.failures.lock() else {
             return Ok(Duration::ZERO);
         };
         let now = Instant::now();
-        let keys: Vec<Key> = self.keys(address, user).collect();
-        let start = keys
-            .iter()
-            .filter_map(|key| failures.get(key).filter(|entry| entry.current(now)))
-            .map(|entry| entry.next)
-            .fold(now, Instant::max);
-        let wait = start.duration_since(now);
-        if wait > MAX_QUEUE {
+        let address = Key::Address(host(address));
+        let slot = failures
+            .get(&address)
+            .filter(|entry| entry.current(now))
+            .map_or(now, |entry| entry.next.max(now));
+        if slot.duration_since(now) > MAX_QUEUE {
             return Err(Throttled);
         }
-        for key in &keys {
-            if let Some(entry) = failures.get_mut(key).filter(|entry| entry.current(now)) {
-                entry.next = start + delay_after(entry.count);
-            }
+        if let Some(entry) = failures
+            .get_mut(&address)
+            .filter(|entry| entry.current(now))
+        {
+            entry.next = slot + delay_after(entry.count);
         }
-        Ok(wait)
+        let user_ready = user
+            .and_then(|user| failures.get(&self.user(user)))
+            .filter(|entry| entry.current(now))
+            .map_or(now, |entry| entry.next);
+        Ok(slot.max(user_ready).duration_since(now))
     }
 
     /// Records a failed attempt.
@@ -119,17 +124,31 @@ impl Throttle {
             }
             entry.count = entry.count.saturating_add(1);
             entry.last = now;
-            entry.next = entry.next.max(now + delay_after(entry.count));
+            entry.next = match key {
+                // Slots already reserved stay reserved.
+                Key::Address(_) => entry.next.max(now + delay_after(entry.count)),
+                Key::User(_) => now + delay_after(entry.count),
+            };
         }
     }
 
-    /// Records a successful attempt: the user starts afresh (the address does not, see above).
-    pub fn succeeded(&self, user: Option<&str>) {
-        let (Ok(mut failures), Some(user)) = (self.failures.lock(), user) else {
+    /// Records a successful attempt: the user starts afresh, the address has one failure fewer.
+    pub fn succeeded(&self, address: IpAddr, user: Option<&str>) {
+        let Ok(mut failures) = self.failures.lock() else {
             return;
         };
-        if !failures.is_empty() {
+        if failures.is_empty() {
+            return;
+        }
+        if let Some(user) = user {
             failures.remove(&self.user(user));
+        }
+        let address = Key::Address(host(address));
+        if let Some(entry) = failures.get_mut(&address) {
+            entry.count = entry.count.saturating_sub(1);
+            if entry.count == 0 {
+                failures.remove(&address);
+            }
         }
     }
 
@@ -204,19 +223,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_success_clears_the_user_but_not_the_address() {
+    async fn a_success_clears_the_user_and_one_failure_of_the_address() {
         let throttle = Throttle::default();
         let here: IpAddr = [10, 0, 0, 1].into();
         let there: IpAddr = [10, 0, 0, 2].into();
         throttle.failed(here, Some("alice"));
         throttle.failed(here, Some("alice"));
         tokio::time::advance(MAX_DELAY).await;
-        throttle.succeeded(Some("alice"));
+        throttle.succeeded(here, Some("alice"));
         assert_eq!(wait(&throttle, there, "alice"), Duration::ZERO);
         assert_eq!(wait(&throttle, here, "bob"), Duration::ZERO);
-        // The address's count stayed: its next failure waits twice as long as a first one.
+        // One of the address's two failures stayed: its next failure counts as the second.
         throttle.failed(here, Some("bob"));
-        assert_eq!(throttle.admit(here, None), Ok(FIRST_DELAY * 4));
+        assert_eq!(throttle.admit(here, None), Ok(FIRST_DELAY * 2));
+        // A success for each failure and the address is clean.
+        throttle.succeeded(here, None);
+        throttle.succeeded(here, None);
+        tokio::time::advance(MAX_DELAY).await;
+        assert_eq!(throttle.admit(here, None), Ok(Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nobody_locks_a_user_out_by_guessing_its_password() {
+        let throttle = Throttle::default();
+        let attacker: IpAddr = [192, 0, 2, 66].into();
+        let alice_at_home: IpAddr = [10, 0, 0, 1].into();
+        // A guess every few seconds, for long enough to reach the longest wait.
+        for _ in 0..30 {
+            if let Ok(wait) = throttle.admit(attacker, Some("alice")) {
+                tokio::time::advance(wait).await;
+                throttle.failed(attacker, Some("alice"));
+            }
+            tokio::time::advance(Duration::from_secs(2)).await;
+        }
+        // Alice, elsewhere, waits at most the longest delay, and is never refused.
+        let waited = throttle.admit(alice_at_home, Some("alice"));
+        assert!(waited.is_ok_and(|wait| wait <= MAX_DELAY), "{waited:?}");
+        // The attacker's own address is refused once its queue is long.
+        let refused = (0..10).any(|_| throttle.admit(attacker, Some("bob")).is_err());
+        assert!(refused);
     }
 
     #[test]

@@ -35,7 +35,9 @@ struct User {
 pub struct Users {
     by_name: HashMap<String, User>,
     /// The hash checked for unknown users: the file's costliest, so that no user's check takes
-    /// longer than a stranger's and the time of an answer does not tell who exists.
+    /// longer than a stranger's and the time of an answer does not tell who exists (as long as
+    /// the file's hashes share their parameters, as `courier passwd` writes them; a cheaper one
+    /// answers faster).
     decoy: Option<String>,
 }
 
@@ -72,6 +74,14 @@ impl Users {
                     "line {number}: not a PHC password hash ({e}); make one with `courier passwd {name}`"
                 ))
             })?;
+            // Only argon2 is checked: another algorithm's hash could never match, and its user
+            // would be refused without anyone knowing why.
+            if argon2::Algorithm::try_from(parsed.algorithm).is_err() {
+                return Err(error(format!(
+                    "line {number}: {} is not an argon2 hash; make one with `courier passwd {name}`",
+                    parsed.algorithm
+                )));
+            }
             let cost = cost(&parsed);
             if decoy.as_ref().is_none_or(|(most, _)| cost > *most) {
                 decoy = Some((cost, hash.to_owned()));
@@ -213,6 +223,9 @@ mod tests {
         assert!(error.to_string().contains("line 1"), "{error}");
         let error = Users::parse("users", "alice\n").unwrap_err();
         assert!(error.to_string().contains("line 1"), "{error}");
+        let scrypt = "alice:$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E";
+        let error = Users::parse("users", scrypt).unwrap_err();
+        assert!(error.to_string().contains("not an argon2 hash"), "{error}");
         let line = users_file_line("alice", "a", &[]).unwrap();
         let error = Users::parse("users", &format!("{line}\n{line}\n")).unwrap_err();
         assert!(error.to_string().contains("twice"), "{error}");

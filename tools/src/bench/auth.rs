@@ -2,9 +2,10 @@
 //! same workload (ProduceStream, then Subscribe) runs through two gateways on loopback, each on a
 //! fresh embedded store: one open, one with a users file and a policy of `N` rules, one per made-up
 //! user, and a last one granting the bench's own user, which presents its password (Basic) on
-//! every call. The two sides take turns, [`ROUNDS`] times, each round on fresh stores, and each
-//! side reports its median round, so neither pays for the other's leftovers (an embedded store
-//! still flushing) or for a drift of the machine. Both are printed with their ratio.
+//! every call. The two sides take turns, [`ROUNDS`] times, each on a fresh store removed before
+//! the other starts, which of them goes first alternating, and each side reports its median
+//! round, so neither pays for the other's leftovers (a store still flushing) or for a drift of the
+//! machine. Both are printed with their ratio.
 
 use std::sync::Arc;
 
@@ -48,9 +49,17 @@ pub(super) async fn run(args: &BenchArgs, rules: usize) -> Result<()> {
         .await
         .context("starting authentication")?;
     let mut rounds = Rounds::default();
+    let bench = Bench {
+        fsync,
+        topic,
+        args,
+        value: &value,
+        auth: &auth,
+        password: &password,
+    };
     let measured = async {
-        for _ in 0..ROUNDS {
-            (rounds.measure(fsync, topic, args, &value, &auth, &password)).await?;
+        for round in 0..ROUNDS {
+            rounds.measure(round, &bench).await?;
         }
         anyhow::Ok(())
     }
@@ -115,6 +124,17 @@ pub(super) async fn run(args: &BenchArgs, rules: usize) -> Result<()> {
     Ok(())
 }
 
+/// What every round runs with.
+#[derive(Clone, Copy)]
+struct Bench<'a> {
+    fsync: FsyncPolicy,
+    topic: &'a str,
+    args: &'a BenchArgs,
+    value: &'a Bytes,
+    auth: &'a Auth,
+    password: &'a str,
+}
+
 /// Each side's measurements, a round at a time.
 #[derive(Default)]
 struct Rounds {
@@ -125,36 +145,39 @@ struct Rounds {
 }
 
 impl Rounds {
-    /// One round: the open side, then the authenticated one, each through a gateway on a fresh
-    /// store (removed after it).
-    async fn measure(
-        &mut self,
-        fsync: FsyncPolicy,
-        topic: &str,
-        args: &BenchArgs,
-        value: &Bytes,
-        auth: &Auth,
-        password: &str,
-    ) -> Result<()> {
-        let open_dir = tempfile::tempdir().context("creating a temporary directory")?;
-        let open = fresh_log(open_dir.path(), fsync, topic, args).await?;
-        let (produce, subscribe) = through_gateway(open, topic, args, value).await?;
-        self.open_produce.push(produce);
-        self.open_subscribe.push(subscribe);
-
-        let authed_dir = tempfile::tempdir().context("creating a temporary directory")?;
-        let authed = fresh_log(authed_dir.path(), fsync, topic, args).await?;
-        let (produce, subscribe) = through_gateway_as(
-            authed,
+    /// One round: each side through a gateway on a fresh store, removed before the other side
+    /// starts; the open side first in even rounds, the authenticated one in odd rounds.
+    async fn measure(&mut self, round: usize, bench: &Bench<'_>) -> Result<()> {
+        let Bench {
+            fsync,
             topic,
             args,
             value,
-            auth.access("grpc", None),
-            Credentials::basic(USER, password)?,
-        )
-        .await?;
-        self.authed_produce.push(produce);
-        self.authed_subscribe.push(subscribe);
+            auth,
+            password,
+        } = *bench;
+        let open_first = round.is_multiple_of(2);
+        for authenticated in [!open_first, open_first] {
+            let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let log = fresh_log(dir.path(), fsync, topic, args).await?;
+            if authenticated {
+                let (produce, subscribe) = through_gateway_as(
+                    log,
+                    topic,
+                    args,
+                    value,
+                    auth.access("grpc", None),
+                    Credentials::basic(USER, password)?,
+                )
+                .await?;
+                self.authed_produce.push(produce);
+                self.authed_subscribe.push(subscribe);
+            } else {
+                let (produce, subscribe) = through_gateway(log, topic, args, value).await?;
+                self.open_produce.push(produce);
+                self.open_subscribe.push(subscribe);
+            }
+        }
         Ok(())
     }
 }

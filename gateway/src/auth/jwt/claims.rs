@@ -102,11 +102,15 @@ impl Rules {
         if let Ok(Some(expires)) = numeric_date(claims, "exp") {
             // Whole seconds: NumericDate may carry a fraction, the attribute need not.
             attributes.insert("expires".into(), (expires.floor() as i64).to_string());
-            // Accepted until `exp` plus the leeway, as `check` does.
-            principal.valid_until = std::time::Duration::try_from_secs_f64(expires)
+            // Accepted until `exp` plus the leeway, as `check` does. An `exp` beyond what the
+            // clock holds (`check` passed, so it is not in the past) is as good as never: a year,
+            // the longest `Principal::remaining` counts down.
+            let far = || SystemTime::now().checked_add(Duration::from_secs(365 * 24 * 3600));
+            principal.valid_until = Duration::try_from_secs_f64(expires)
                 .ok()
                 .and_then(|since_epoch| since_epoch.checked_add(self.leeway))
-                .and_then(|since_epoch| UNIX_EPOCH.checked_add(since_epoch));
+                .and_then(|since_epoch| UNIX_EPOCH.checked_add(since_epoch))
+                .or_else(far);
         }
         if let Some(key_id) = key_id {
             attributes.insert("key_id".into(), key_id.into());
