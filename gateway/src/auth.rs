@@ -136,7 +136,7 @@ impl Auth {
             Some(path) => Some(Reloading::start(
                 "policy",
                 path.clone(),
-                parse_policy,
+                Policy::parse_file,
                 config.reload_interval,
                 stop.child_token(),
             )?),
@@ -155,7 +155,7 @@ impl Auth {
             let file = Reloading::start(
                 "users",
                 path.clone(),
-                parse_users,
+                Users::parse,
                 config.reload_interval,
                 stop.child_token(),
             )?;
@@ -225,14 +225,6 @@ impl Auth {
     pub fn stop(&self) {
         self.stop.cancel();
     }
-}
-
-fn parse_users(path: &str, text: &str) -> Result<Users, UsersFileError> {
-    Users::parse(path, text)
-}
-
-fn parse_policy(path: &str, text: &str) -> Result<Policy, PolicyError> {
-    Policy::parse(text).map_err(|error| error.in_file(path))
 }
 
 #[cfg(test)]

@@ -70,7 +70,13 @@ impl Policy {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|error| error.in_file(path))
+        Self::parse_file(&path.display().to_string(), &text)
+    }
+
+    /// Parses `text`, the policy file at `path`: an error names the file. (The reloading watcher
+    /// reads the file itself and hands its text here.)
+    pub fn parse_file(path: &str, text: &str) -> Result<Self, PolicyError> {
+        Self::parse(text).map_err(|error| error.in_file(path))
     }
 
     /// Whether `subject` may do `action` to `resource`: the first rule that applies decides, and no

@@ -165,8 +165,7 @@ fn write_courier_files(
     ));
     let policy_file = dir.join("policy.toml");
     std::fs::write(&policy_file, policy).context("writing the policy")?;
-    // A config file rather than `COURIER_AUTH__*` variables: `courier serve` takes only the
-    // sections it lists from the environment, and `auth` is not among them.
+    // A config file, as an operator writes one (`COURIER_AUTH__*` variables would serve too).
     let mut auth = toml::Table::new();
     auth.insert("users_file".into(), users.display().to_string().into());
     auth.insert(
