@@ -9,6 +9,8 @@ use courier_tools::{
     client::{ConsumeArgs, GroupsCommand, ProduceArgs, RegionsCommand, ServerArgs, TopicsCommand},
 };
 
+use crate::config::LogFormat;
+
 /// Courier: a stateless gRPC gateway in front of Kafka (or its own embedded log).
 #[derive(Debug, Parser)]
 #[command(name = "courier", version, about)]
@@ -47,6 +49,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: Option<RegionsCommand>,
     },
+    /// Check a config file without running the gateway.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Measure throughput and ack latency (see BENCHMARKS.md).
     Bench(BenchArgs),
     /// Print a line for the users file (`[auth] users_file`): `name:argon2-hash[:roles]`; the
@@ -81,4 +88,33 @@ pub(crate) struct ServeArgs {
     /// Override log.data_dir (embedded log).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Override telemetry.log_format: `text`, or `json` for log pipelines.
+    #[arg(long, value_enum)]
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+/// `courier config` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Load a config as `courier serve` would (defaults, the file, COURIER_* variables) and check
+    /// it as serve does before opening anything, then print what it sets up: the log, the
+    /// listeners (named as in the ready line) and the files it reads. Binds and opens nothing;
+    /// exits non-zero with the reason (naming the key) if serve would refuse the config.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// Config file (TOML). Without it, ./courier.toml is read if present.
+    #[arg(long, short, env = "COURIER_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Also load the files the config names (users, policy, JWKS, TLS certificates and keys) with
+    /// the gateway's own loaders, so a missing or bad one fails the check. Without it they are
+    /// only listed: a config can be checked away from the Secrets its files come from.
+    #[arg(long)]
+    pub(crate) files: bool,
+    /// Output: `text`, or `json` (the summary and the whole config with every default filled in;
+    /// it holds what the file holds, passwords in `log.properties` included).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub(crate) format: String,
 }

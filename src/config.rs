@@ -13,6 +13,8 @@ use std::{
 use courier_gateway::{
     auth::AuthConfig,
     config::{BackendConfig, GroupsConfig, TopicsConfig},
+    limits::LimitsConfig,
+    telemetry::TracingConfig,
     tls::TlsConfig,
 };
 use figment::{
@@ -20,6 +22,8 @@ use figment::{
     providers::{Env, Format, Serialized, Toml},
 };
 use serde::{Deserialize, Serialize};
+
+pub(crate) mod check;
 
 /// The whole configuration of `courier serve`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,9 +56,15 @@ pub(crate) struct Config {
     /// `[http]`: health probes, Prometheus metrics and the status page.
     #[serde(default)]
     pub(crate) http: HttpConfig,
+    /// `[limits]`: connection limits and quotas, for every protocol.
+    #[serde(default)]
+    pub(crate) limits: LimitsConfig,
     /// `[shutdown]`: draining on SIGTERM.
     #[serde(default)]
     pub(crate) shutdown: ShutdownConfig,
+    /// `[telemetry]`: the log lines' format, and message tracing.
+    #[serde(default)]
+    pub(crate) telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -69,7 +79,9 @@ impl Default for Config {
             mqtt: courier_mqtt::Config::default(),
             amqp: courier_amqp::Config::default(),
             http: HttpConfig::default(),
+            limits: LimitsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -79,13 +91,34 @@ impl Config {
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
         self.auth.validate().map_err(anyhow::Error::msg)?;
         self.grpc.validate().map_err(anyhow::Error::msg)?;
+        self.groups.validate().map_err(anyhow::Error::msg)?;
         self.mqtt.validate().map_err(anyhow::Error::msg)?;
         self.amqp.validate().map_err(anyhow::Error::msg)?;
+        self.limits.validate().map_err(anyhow::Error::msg)?;
+        self.telemetry
+            .tracing
+            .validate()
+            .map_err(anyhow::Error::msg)?;
         self.http.validate()
     }
 
     fn default_region() -> String {
         "local".into()
+    }
+
+    /// The log as the ready line and the status page name it: `embedded:<dir>`,
+    /// `kafka:<bootstrap servers>`, `regions:<name>,<name>`.
+    pub(crate) fn log_description(&self) -> String {
+        match &self.log {
+            BackendConfig::Embedded(embedded) => {
+                format!("embedded:{}", embedded.data_dir.display())
+            }
+            BackendConfig::Kafka(kafka) => format!("kafka:{}", kafka.bootstrap_servers),
+            BackendConfig::Regions(regions) => {
+                let names: Vec<&str> = regions.regions.keys().map(String::as_str).collect();
+                format!("regions:{}", names.join(","))
+            }
+        }
     }
 
     /// Loads the layers. A missing file is an error only when it was named explicitly.
@@ -150,8 +183,19 @@ fn defaults() -> Result<figment::value::Value, Box<figment::Error>> {
 const DEFAULT_FILE: &str = "courier.toml";
 
 /// Top-level keys, for filtering the environment (a test checks it names every key of [`Config`]).
-const SECTIONS: [&str; 10] = [
-    "region", "auth", "grpc", "log", "topics", "groups", "mqtt", "amqp", "http", "shutdown",
+const SECTIONS: [&str; 12] = [
+    "region",
+    "auth",
+    "grpc",
+    "log",
+    "topics",
+    "groups",
+    "mqtt",
+    "amqp",
+    "http",
+    "limits",
+    "shutdown",
+    "telemetry",
 ];
 
 /// Whether an environment key (after `COURIER_` and `__` splitting) names a key of this config. Figment
@@ -178,6 +222,30 @@ pub(crate) struct Overrides {
     pub(crate) data_dir: Option<PathBuf>,
 }
 
+/// `[telemetry]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TelemetryConfig {
+    /// How log lines are written to stderr: `text` for people, `json` (one object a line, with the
+    /// trace id of the message being handled) for log pipelines. `--log-format` overrides it.
+    #[serde(default)]
+    pub(crate) log_format: LogFormat,
+    /// `[telemetry.tracing]`: message spans over OTLP (off by default).
+    #[serde(default)]
+    pub(crate) tracing: TracingConfig,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
 /// `[http]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +266,11 @@ pub(crate) struct HttpConfig {
     /// the probes, and never holding them up.
     #[serde(default = "HttpConfig::default_lag_interval", with = "humantime_serde")]
     pub(crate) lag_interval: Duration,
+    /// Consumer groups exported one by one in `courier_consumer_lag`: the ones furthest behind.
+    /// The lag of every other group is summed per topic into one series, `group="(other)"`, so
+    /// the series stay few however many groups clients make.
+    #[serde(default = "HttpConfig::default_lag_groups")]
+    pub(crate) lag_groups: usize,
     /// `[http.tls]`: HTTPS on `tls.listen` beside the plain listener (probes can stay plain), or,
     /// with no `tls.listen`, on `listen` instead. Unset: plain HTTP only.
     #[serde(default)]
@@ -229,6 +302,10 @@ impl HttpConfig {
     fn default_lag_interval() -> Duration {
         Duration::from_secs(30)
     }
+
+    fn default_lag_groups() -> usize {
+        50
+    }
 }
 
 impl Default for HttpConfig {
@@ -238,6 +315,7 @@ impl Default for HttpConfig {
             listen: Self::default_listen(),
             probe_interval: Self::default_probe_interval(),
             lag_interval: Self::default_lag_interval(),
+            lag_groups: Self::default_lag_groups(),
             tls: None,
         }
     }

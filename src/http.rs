@@ -8,9 +8,11 @@
 //!   a user of the users file, or `authorization: Bearer` with a token). Probes and `/metrics` stay
 //!   open: kubelets and scrapers carry no credentials, and they tell nothing a client could abuse.
 //!
-//! Modules: [`board`] keeps what the page shows and runs the probes that fill it.
+//! Modules: [`board`] keeps what the page shows and runs the probes that fill it; [`lag`] reads
+//! consumer lag and exports it with bounded series.
 
 pub(crate) mod board;
+pub(crate) mod lag;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -223,12 +225,15 @@ async fn readyz(State(endpoint): State<Endpoint>) -> Response {
 }
 
 async fn metrics(State(endpoint): State<Endpoint>) -> Response {
+    // Consumer lag comes from the last reading's own recorder (`lag.rs` says why).
+    let mut body = endpoint.prometheus.render();
+    body.push_str(&endpoint.board.lag_metrics());
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        endpoint.prometheus.render(),
+        body,
     )
         .into_response()
 }

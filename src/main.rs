@@ -6,14 +6,14 @@ mod config;
 mod http;
 mod passwd;
 mod serve;
+mod telemetry;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use courier_tools::{bench, client};
-use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ConfigCommand};
 
 /// jemalloc rather than glibc's malloc: the publish paths allocate a record, its headers and its
 /// futures per message across threads, where glibc spent about a tenth of the gateway's CPU time.
@@ -22,15 +22,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 
-    // Config errors are reported before a runtime (or a listener) exists.
+    // Config errors are reported before a runtime (or a listener) exists, and before logging is
+    // set up, since the config says how to log.
     let serve_config = match &cli.command {
         Command::Serve(args) => {
             let overrides = config::Overrides {
@@ -50,6 +44,13 @@ fn main() -> ExitCode {
         }
         _ => None,
     };
+    let log_format = match (&cli.command, &serve_config) {
+        (Command::Serve(args), Some(config)) => {
+            args.log_format.unwrap_or(config.telemetry.log_format)
+        }
+        _ => config::LogFormat::Text,
+    };
+    telemetry::init_logging(log_format);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -72,6 +73,9 @@ fn main() -> ExitCode {
             Command::Topics { server, command } => client::topics(server, command).await,
             Command::Groups { server, command } => client::groups(server, command).await,
             Command::Regions { server, command } => client::regions(server, command).await,
+            Command::Config {
+                command: ConfigCommand::Check(args),
+            } => config::check::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Passwd { name, roles } => passwd::print_line(&name, &roles),
         }

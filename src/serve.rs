@@ -10,10 +10,12 @@ use std::{io::Write, net::SocketAddr, sync::Arc};
 
 use anyhow::{Context, Result};
 use courier_gateway::{
-    auth::{Anonymous, Auth, Protected},
+    auth::{Access, Anonymous, Auth, Protected, ProtocolAuth},
     config::BackendConfig,
+    limits::ClientLimits,
     log::{Embedded, Kafka, Log, layers},
     regions::Regions,
+    telemetry::Tracing,
     tls::Listeners as TlsListeners,
 };
 use courier_grpc::{GrpcListeners, GrpcServer};
@@ -23,6 +25,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     config::Config,
     http::{self, board, board::Board},
+    telemetry,
 };
 
 /// Longest the HTTP endpoint may take to answer its last requests once the log is closed.
@@ -58,7 +61,7 @@ async fn open_log(config: &Config) -> Result<OpenedLog> {
             })?;
             OpenedLog {
                 log: Arc::new(layers::stack(log, topics)),
-                description: format!("embedded:{}", embedded.data_dir.display()),
+                description: config.log_description(),
                 router: None,
             }
         }
@@ -68,7 +71,7 @@ async fn open_log(config: &Config) -> Result<OpenedLog> {
                 .with_context(|| format!("connecting to Kafka at {}", kafka.bootstrap_servers))?;
             OpenedLog {
                 log: Arc::new(layers::stack(log, topics)),
-                description: format!("kafka:{}", kafka.bootstrap_servers),
+                description: config.log_description(),
                 router: None,
             }
         }
@@ -81,10 +84,9 @@ async fn open_log(config: &Config) -> Result<OpenedLog> {
                 config.groups.clone(),
             )
             .context("opening the region router (log.kind = \"regions\")")?;
-            let names: Vec<&str> = regions.regions.keys().map(String::as_str).collect();
             OpenedLog {
                 log: Arc::new(layers::front(router.clone(), topics)),
-                description: format!("regions:{}", names.join(",")),
+                description: config.log_description(),
                 router: Some(router),
             }
         }
@@ -95,6 +97,7 @@ async fn open_log(config: &Config) -> Result<OpenedLog> {
 pub(crate) async fn run(config: Config) -> Result<()> {
     // What the types cannot check (the TLS tables' rules among them), before anything is opened.
     config.validate()?;
+    raise_open_files_limit();
     let root = CancellationToken::new();
     let tracker = TaskTracker::new();
     // Before anything counts: every metric from here on is exported.
@@ -106,14 +109,22 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         router,
     } = open_log(&config).await?;
     let auth = start_auth(&config, root.child_token()).await?;
-    let listeners = Listeners::bind(&config, &log, &auth).await?;
+    // One set for every front end: a principal's quota covers its connections in every protocol.
+    let limits = ClientLimits::new(&config.limits);
+    let (tracing, exporting) = telemetry::start_tracing(&config.telemetry.tracing)?.unzip();
+    let front_ends = FrontEnds {
+        auth: &auth,
+        limits: &limits,
+        tracing: &tracing,
+    };
+    let listeners = Listeners::bind(&config, &log, &front_ends).await?;
     let addresses = listeners.addresses();
     let board = Arc::new(Board::new(&config.region, &log_description, router.clone()));
 
     let drain = root.child_token();
     let grpc = GrpcServer {
         log: log.clone(),
-        access: auth.access("grpc", None),
+        access: front_ends.access("grpc", None),
         regions: router,
         config: config.grpc.clone(),
         groups: config.groups.clone(),
@@ -189,6 +200,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     }
     let closed = log.close().await.context("closing the log");
     operations.stop().await;
+    if let Some(exporting) = exporting {
+        exporting.stop().await;
+    }
     closed?;
     tracing::info!("courier stopped");
 
@@ -199,6 +213,25 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             .context("the gRPC server failed")?;
     }
     Ok(())
+}
+
+/// What every front end is handed beside the log.
+struct FrontEnds<'a> {
+    auth: &'a Auth,
+    /// One set for every front end: a principal's quota covers its connections in every protocol.
+    limits: &'a ClientLimits,
+    tracing: &'a Option<Tracing>,
+}
+
+impl FrontEnds<'_> {
+    /// `protocol`'s access: its authentication (with its older `[<protocol>.auth]` table over
+    /// `[auth]`), the one authorizer, the limits and quotas, and tracing while it is on.
+    fn access(&self, protocol: &'static str, override_: Option<&ProtocolAuth>) -> Access {
+        self.auth
+            .access(protocol, override_)
+            .with_limits(self.limits.clone())
+            .with_tracing(self.tracing.clone())
+    }
 }
 
 /// Every listener, bound before anything serves: a port in use fails the start whole.
@@ -214,7 +247,7 @@ struct Listeners {
 }
 
 impl Listeners {
-    async fn bind(config: &Config, log: &Arc<dyn Log>, auth: &Auth) -> Result<Self> {
+    async fn bind(config: &Config, log: &Arc<dyn Log>, front_ends: &FrontEnds<'_>) -> Result<Self> {
         let grpc = GrpcListeners::bind(&config.grpc).await.with_context(|| {
             format!(
                 "starting the gRPC endpoint on {} (grpc.listen)",
@@ -229,7 +262,7 @@ impl Listeners {
             let server = courier_mqtt::Server::bind(
                 log.clone(),
                 config.mqtt.clone(),
-                auth.access("mqtt", config.mqtt.auth.as_ref()),
+                front_ends.access("mqtt", config.mqtt.auth.as_ref()),
             )
             .await
             .with_context(|| {
@@ -249,7 +282,7 @@ impl Listeners {
             let server = courier_amqp::Server::bind(
                 log.clone(),
                 config.amqp.clone(),
-                auth.access("amqp", config.amqp.auth.as_ref()),
+                front_ends.access("amqp", config.amqp.auth.as_ref()),
             )
             .await
             .with_context(|| {
@@ -337,7 +370,7 @@ impl Operations {
         log: &Arc<dyn Log>,
         prometheus: metrics_exporter_prometheus::PrometheusHandle,
         listener: Option<(TlsListeners, Vec<(&'static str, SocketAddr)>)>,
-        access: courier_gateway::auth::Access,
+        access: Access,
         root: &CancellationToken,
     ) -> Self {
         let stop = CancellationToken::new();
@@ -346,7 +379,10 @@ impl Operations {
             log.clone(),
             prometheus.clone(),
             config.http.probe_interval,
-            config.http.lag_interval,
+            board::LagReading {
+                interval: config.http.lag_interval,
+                groups: config.http.lag_groups,
+            },
             stop.clone(),
         ));
         let http = listener.map(|(listeners, addresses)| {
@@ -431,4 +467,22 @@ async fn shutdown_signal() -> Result<&'static str> {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
     })
+}
+
+/// Raises the soft open-files limit to the hard one, as servers that hold many connections do
+/// (Go's runtime does it for every program): the soft default is often 1,024, which would cap the
+/// gateway's connections (`limits.max_connections` defaults to 90% of it) far below what the host
+/// allows.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-files limit"),
+            Err(error) => {
+                tracing::warn!(%error, soft, hard, "could not raise the open-files limit")
+            }
+        },
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not read the open-files limit"),
+    }
 }

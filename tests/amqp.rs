@@ -3,7 +3,8 @@
 //! auto-creation off, next to a native Kafka client (confluent-kafka), and a receiver that moves to
 //! another gateway replica when its gateway dies; and over TLS (AMQPS, mutual TLS, AMQP's TLS
 //! upgrade). The checks themselves are in `tests/python/amqp_client_test.py` and
-//! `tests/python/amqp_tls_test.py`.
+//! `tests/python/amqp_tls_test.py`. And a client that dribbles its handshake, cut off at
+//! `amqp.handshake_timeout` and counted in `courier_limit_refusals_total`.
 
 mod common;
 
@@ -96,6 +97,54 @@ fn sasl_plain_checks_the_users_file() -> TestResult {
         &gateway,
         &["--user", "app-1", "--password", "s3cret"],
     )?;
+    assert!(gateway.terminate()?.success());
+    Ok(())
+}
+
+/// A client that sends its handshake a byte at a time is cut off at `amqp.handshake_timeout`, and
+/// the cut counted.
+#[test]
+fn a_dribbled_handshake_is_cut_off_and_counted() -> TestResult {
+    use std::io::{Read as _, Write as _};
+    let _serial = one_broker_at_a_time();
+    let dir = tempfile::tempdir()?;
+    let gateway = Gateway::start(
+        &dir.path().join("data"),
+        &[("COURIER_AMQP__HANDSHAKE_TIMEOUT", "1s")],
+    )?;
+    let mut slow = std::net::TcpStream::connect(gateway.amqp)?;
+    slow.set_read_timeout(Some(std::time::Duration::from_millis(300)))?;
+    // The SASL header, then a frame that announces 1 KiB and never gets it all.
+    let mut dribble = b"AMQP\x03\x01\x00\x00\x00\x00\x04\x00".to_vec();
+    dribble.resize(70, 0x40);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut bytes = dribble.iter();
+    let mut buf = [0u8; 256];
+    loop {
+        assert!(std::time::Instant::now() < deadline, "never cut off");
+        if let Some(byte) = bytes.next()
+            && slow.write_all(&[*byte]).is_err()
+        {
+            break;
+        }
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    tokio::runtime::Runtime::new()?.block_on(scrape::await_series(
+        gateway.http,
+        &[(
+            "courier_limit_refusals_total{protocol=\"amqp\",limit=\"handshake_timeout\"}",
+            1.0,
+        )],
+    ))?;
     assert!(gateway.terminate()?.success());
     Ok(())
 }

@@ -343,14 +343,8 @@ async fn bad_input_is_refused_and_isolated() -> TestResult {
             .map(|s| s.code()),
         Some(Code::InvalidArgument)
     );
-    let huge_window = start_in_group(&topic, "g", 1_000_000);
-    assert_eq!(
-        SubscribeStream::open(&mut client, huge_window)
-            .await
-            .err()
-            .map(|s| s.code()),
-        Some(Code::InvalidArgument)
-    );
+    // A window over `groups.max_in_flight` is lowered, not refused
+    // (`client_chosen_sizes_are_held_to_the_caps`).
     let mut twice =
         SubscribeStream::open(&mut client, start_in_group(&topic, &unique("g"), 10)).await?;
     twice
@@ -533,5 +527,117 @@ async fn health_fetch_commit_and_seek() -> TestResult {
     assert!(listed.contains(&group));
     drop(member);
     assert!(gateway.terminate()?.success());
+    Ok(())
+}
+
+/// What a client chooses is held to the gateway's caps, lowered rather than refused: a Fetch asking
+/// for ten million records gets `grpc.max_fetch_records`, and a Subscribe asking for a window of a
+/// million gets `groups.max_in_flight` (told in its response metadata), and never has more in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_chosen_sizes_are_held_to_the_caps() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = Gateway::start(
+        &dir.path().join("data"),
+        &[
+            ("COURIER_GRPC__MAX_FETCH_RECORDS", "10"),
+            ("COURIER_GROUPS__MAX_IN_FLIGHT", "10"),
+        ],
+    )?;
+    let (_, topic) = create_topic(&gateway, "capped", 1).await?;
+    let mut client = gateway.streams().await?;
+    client
+        .produce(pb::ProduceRequest {
+            topic: topic.clone(),
+            records: (0..50).map(|i| record(None, &format!("c{i}"))).collect(),
+            request_id: 1,
+        })
+        .await?;
+    let fetch = |max_records| pb::FetchRequest {
+        topic: topic.clone(),
+        partition: 0,
+        offset: 0,
+        max_records,
+        max_bytes: 0,
+    };
+    let page = client.fetch(fetch(10_000_000)).await?.into_inner();
+    assert_eq!(page.records.len(), 10);
+    assert_eq!(page.high_watermark, 50, "the rest is there to fetch on");
+    assert_eq!(client.fetch(fetch(3)).await?.into_inner().records.len(), 3);
+
+    let (requests, outbound) = tokio::sync::mpsc::channel(16);
+    let start = start_in_group(&topic, &unique("capped"), 1_000_000);
+    requests
+        .send(pb::SubscribeRequest {
+            kind: Some(pb::subscribe_request::Kind::Start(start)),
+        })
+        .await?;
+    let response = client.subscribe(ReceiverStream::new(outbound)).await?;
+    let window = response
+        .metadata()
+        .get("courier-max-in-flight")
+        .ok_or("no courier-max-in-flight in the response metadata")?;
+    assert_eq!(window.to_str()?, "10");
+    let mut subscriber = SubscribeStream {
+        requests,
+        responses: response.into_inner(),
+    };
+    let mut held = Vec::new();
+    while held.len() < 10 {
+        let batch = subscriber
+            .next_records(DEADLINE)
+            .await?
+            .ok_or("the first window never came")?;
+        held.extend(batch);
+    }
+    assert_eq!(held.len(), 10, "at most the window at once");
+    assert!(
+        subscriber
+            .next_records(Duration::from_millis(500))
+            .await?
+            .is_none(),
+        "nothing past the window before an ack"
+    );
+    subscriber.ack(&held).await?;
+    assert_eq!(subscriber.ack_at_least(10, "the subscriber").await?, 10);
+    Ok(())
+}
+
+/// Streams past `grpc.max_streaming_calls` are refused at once with RESOURCE_EXHAUSTED, counted in
+/// `courier_limit_refusals_total`, while unary calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_limit_are_refused_and_counted() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = Gateway::start(
+        &dir.path().join("data"),
+        &[("COURIER_GRPC__MAX_STREAMING_CALLS", "1")],
+    )?;
+    let (_, topic) = create_topic(&gateway, "one-stream", 1).await?;
+    let mut client = gateway.streams().await?;
+    let _open =
+        SubscribeStream::open(&mut client, start_in_group(&topic, &unique("a"), 10)).await?;
+    let refused = SubscribeStream::open(&mut client, start_in_group(&topic, &unique("b"), 10))
+        .await
+        .err()
+        .ok_or("a second stream was admitted")?;
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("grpc.max_streaming_calls"),
+        "{refused:?}"
+    );
+    client
+        .produce(pb::ProduceRequest {
+            topic,
+            records: vec![record(None, "unary calls go on")],
+            request_id: 1,
+        })
+        .await?;
+    scrape::await_series(
+        gateway.http,
+        &[(
+            "courier_limit_refusals_total{protocol=\"grpc\",limit=\"max_streaming_calls\"}",
+            1.0,
+        )],
+    )
+    .await?;
     Ok(())
 }

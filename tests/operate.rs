@@ -458,3 +458,75 @@ async fn status_page_renders_in_headless_chromium() -> TestResult {
     assert!(gateway.terminate()?.success());
     Ok(())
 }
+
+/// `courier_consumer_lag` has series of their own for the `http.lag_groups` groups furthest behind,
+/// and one per topic summing the others under `group="(other)"`; a group that catches up leaves the
+/// top and is no longer exported at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_exports_only_the_groups_furthest_behind() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = Gateway::start(
+        &dir.path().join("data"),
+        &[
+            ("COURIER_HTTP__LAG_GROUPS", "2"),
+            ("COURIER_HTTP__LAG_INTERVAL", "200ms"),
+        ],
+    )?;
+    let (_, topic) = create_topic(&gateway, "lagging", 1).await?;
+    let mut client = gateway.streams().await?;
+    client
+        .produce(courier_grpc::proto::v1::ProduceRequest {
+            topic: topic.clone(),
+            records: (0..10).map(|i| record(None, &format!("l{i}"))).collect(),
+            ..Default::default()
+        })
+        .await?;
+    // Four groups, 9, 8, 7 and 6 records behind.
+    let groups: Vec<String> = (0..4).map(|i| unique(&format!("lag{i}"))).collect();
+    let commit = |group: &str, offset: i64| courier_grpc::proto::v1::CommitRequest {
+        group: group.to_owned(),
+        offsets: vec![courier_grpc::proto::v1::PartitionOffset {
+            topic: topic.clone(),
+            partition: 0,
+            offset,
+        }],
+    };
+    for (i, group) in groups.iter().enumerate() {
+        client.commit(commit(group, i as i64 + 1)).await?;
+    }
+    let lag = |group: &str| format!("courier_consumer_lag{{group=\"{group}\",topic=\"{topic}\"}}");
+    let metrics = await_series(
+        gateway.http,
+        &[
+            (&lag(&groups[0]), 9.0),
+            (&lag(&groups[1]), 8.0),
+            (&lag("(other)"), 13.0),
+        ],
+    )
+    .await?;
+    for group in &groups[2..] {
+        assert_eq!(
+            series(&metrics, &lag(group)),
+            None,
+            "{group} in:\n{metrics}"
+        );
+    }
+
+    // The furthest behind catches up: the third takes its place, and it is summed with the fourth.
+    client.commit(commit(&groups[0], 10)).await?;
+    let metrics = await_series(
+        gateway.http,
+        &[
+            (&lag(&groups[1]), 8.0),
+            (&lag(&groups[2]), 7.0),
+            (&lag("(other)"), 6.0),
+        ],
+    )
+    .await?;
+    assert_eq!(
+        series(&metrics, &lag(&groups[0])),
+        None,
+        "a group out of the top lingers:\n{metrics}"
+    );
+    Ok(())
+}

@@ -27,8 +27,6 @@ use tonic::transport::Channel;
 
 const TOPIC: &str = "orders";
 const GROUP: &str = "billing";
-/// Acks reaching the client this soon after the kill were given by the killed region (see `judge`).
-const KILL_SETTLE: Duration = Duration::from_secs(1);
 /// The killed region's last acks reach the client within this of the kill; after it, no ack comes
 /// until the other region takes the writes (see `assert_silent_after_kill`).
 const STRAGGLERS: Duration = Duration::from_millis(500);
@@ -206,6 +204,40 @@ async fn wait_for_traffic_on(
     Ok(())
 }
 
+/// A region killed at `at` (`at_ms` on the wall clock, as the gateway's Admin API dates switches).
+#[derive(Debug, Clone, Copy)]
+struct Kill {
+    at: Instant,
+    at_ms: i64,
+}
+
+impl Kill {
+    fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            at_ms: courier_gateway::log::now_ms(),
+        }
+    }
+}
+
+/// How long after `kill` the gateway behind `admin` moved writes to `to` (waiting for it): acks
+/// before then (and the stragglers within `STRAGGLERS` of the kill) were the killed region's, acks
+/// after it the other region's. A killed region is DOWN at its first probe, so this is well under
+/// a probe interval at times, and no fixed window tells the two apart.
+async fn writes_moved(
+    admin: &mut AdminClient<Channel>,
+    to: &str,
+    kill: Kill,
+) -> Result<Duration, BoxError> {
+    wait_for_traffic_on(admin, to, DEADLINE).await?;
+    let status = regions_status(admin).await?;
+    let switch = status
+        .last_switch
+        .ok_or("traffic moved but no switch is reported")?;
+    let after = u64::try_from(switch.at_ms - kill.at_ms).unwrap_or(0);
+    Ok(Duration::from_millis(after).max(STRAGGLERS))
+}
+
 /// What a failover did to one client's messages, judged by the test replicator's copies.
 struct Judged {
     /// Acknowledged, outside the loss window, never delivered: the gateway lost them.
@@ -240,17 +272,18 @@ impl std::fmt::Display for Judged {
 /// The loss window is what the killed region acknowledged and the replicator had not copied when it
 /// died (MirrorMaker 2's lag). An ack the killed region gave just before it died can reach the client
 /// a moment after `killed_at` (the kill itself takes a few ms), while the other region acknowledges
-/// nothing before the killed one is DOWN (three failed probes, 1 s apart): what arrived within
-/// `KILL_SETTLE` of the kill was the killed region's.
+/// nothing before writes moved to it (`moved`, from [`writes_moved`]): what arrived before then was
+/// the killed region's.
 async fn judge(
     acked: &[(String, Instant, Instant)],
     delivered: impl Fn() -> Vec<String>,
     copied: &HashSet<String>,
     killed_at: Instant,
+    moved: Duration,
 ) -> Judged {
     let acked_before_kill: HashSet<&str> = acked
         .iter()
-        .filter(|(_, _, at)| *at <= killed_at + KILL_SETTLE)
+        .filter(|(_, _, at)| *at <= killed_at + moved)
         .map(|(id, _, _)| id.as_str())
         .collect();
     let in_loss_window: HashSet<&str> = acked_before_kill
@@ -306,14 +339,19 @@ fn seconds_after(acked: &[(String, Instant, Instant)], id: &str, killed_at: Inst
         .unwrap_or_default()
 }
 
-/// Checks the premise of `KILL_SETTLE`: after the killed region's last acks (within `STRAGGLERS`),
-/// nothing is acknowledged until the other region takes the writes, which needs the killed one DOWN
-/// (three failed probes, 1 s apart). So an ack within `KILL_SETTLE` came from the killed region.
-fn assert_silent_after_kill(what: &str, acked: &[(String, Instant, Instant)], killed_at: Instant) {
+/// Checks the premise of `judge`: after the killed region's last acks (within `STRAGGLERS`),
+/// nothing is acknowledged until writes moved to the other region (`moved` after the kill), so an
+/// ack before then came from the killed region.
+fn assert_silent_after_kill(
+    what: &str,
+    acked: &[(String, Instant, Instant)],
+    killed_at: Instant,
+    moved: Duration,
+) {
     let early: Vec<Duration> = acked
         .iter()
         .map(|(_, _, at)| at.saturating_duration_since(killed_at))
-        .filter(|after| *after > STRAGGLERS && *after <= KILL_SETTLE)
+        .filter(|after| *after > STRAGGLERS && *after < moved)
         .collect();
     assert!(
         early.is_empty(),
@@ -322,8 +360,8 @@ fn assert_silent_after_kill(what: &str, acked: &[(String, Instant, Instant)], ki
 }
 
 /// When `acked` first holds a message sent after `killed_at` and acknowledged at least `not_before`
-/// after it: how long after the kill. With `KILL_SETTLE`, the first write the other region took (the
-/// killed one can still acknowledge what reached it an instant before it died).
+/// after it: how long after the kill. With the time writes moved, the first write the other region
+/// took (the killed one can still acknowledge what reached it an instant before it died).
 async fn first_ack_after(
     what: &str,
     acked: &Acked,
@@ -373,13 +411,15 @@ async fn active_passive_fails_over_and_back_with_nothing_copied_lost() -> TestRe
     .await?;
 
     // The primary region is lost.
-    let killed_at = Instant::now();
+    let kill = Kill::now();
+    let killed_at = kill.at;
     a.kill();
+    let moved = writes_moved(&mut admin, "b", kill).await?;
     let first_write = first_ack_after(
         "a write acknowledged in b",
         &acked,
         killed_at,
-        KILL_SETTLE,
+        moved,
         &gateway,
     )
     .await?;
@@ -428,7 +468,7 @@ async fn active_passive_fails_over_and_back_with_nothing_copied_lost() -> TestRe
 
     // Everything acknowledged arrives, except what was in the loss window (see `judge`).
     let acked = snapshot(&acked);
-    assert_silent_after_kill("gRPC", &acked, killed_at);
+    assert_silent_after_kill("gRPC", &acked, killed_at, moved);
     let judged = judge(
         &acked,
         || {
@@ -439,6 +479,7 @@ async fn active_passive_fails_over_and_back_with_nothing_copied_lost() -> TestRe
         },
         &copied_before_kill,
         killed_at,
+        moved,
     )
     .await;
     stop_consumer.cancel();
@@ -696,24 +737,20 @@ async fn mqtt_and_amqp_clients_fail_over_and_back() -> TestResult {
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let killed_at = Instant::now();
+    let kill = Kill::now();
+    let killed_at = kill.at;
     a.kill();
+    let moved = writes_moved(&mut admin, "b", kill).await?;
     let mqtt_write = first_ack_after(
         "an MQTT publish in b",
         &mqtt_acked,
         killed_at,
-        KILL_SETTLE,
+        moved,
         &gateway,
     )
     .await?;
-    let amqp_write = first_ack_after(
-        "an AMQP send in b",
-        &amqp_acked,
-        killed_at,
-        KILL_SETTLE,
-        &gateway,
-    )
-    .await?;
+    let amqp_write =
+        first_ack_after("an AMQP send in b", &amqp_acked, killed_at, moved, &gateway).await?;
     let mqtt_delivery = first_receipt_after(
         "an MQTT delivery from b",
         &mqtt_received,
@@ -763,7 +800,7 @@ async fn mqtt_and_amqp_clients_fail_over_and_back() -> TestResult {
         ),
     ] {
         let acked = &snapshot(acked);
-        assert_silent_after_kill(protocol, acked, killed_at);
+        assert_silent_after_kill(protocol, acked, killed_at, moved);
         let judged = judge(
             acked,
             || {
@@ -774,6 +811,7 @@ async fn mqtt_and_amqp_clients_fail_over_and_back() -> TestResult {
             },
             &copied_before_kill,
             killed_at,
+            moved,
         )
         .await;
         eprintln!(
@@ -888,7 +926,8 @@ async fn active_active_writes_locally_and_survives_a_region() -> TestResult {
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let killed_at = Instant::now();
+    let kill = Kill::now();
+    let killed_at = kill.at;
     b.kill();
     // The gateway in a writes on as before; the one in b writes in a once b is DOWN.
     let local_write = first_ack_after(
@@ -899,16 +938,16 @@ async fn active_active_writes_locally_and_survives_a_region() -> TestResult {
         &in_a,
     )
     .await?;
+    let mut admin_b = in_b.admin().await?;
+    let moved = writes_moved(&mut admin_b, "a", kill).await?;
     let moved_write = first_ack_after(
         "a write from b's gateway in a",
         &acked_b,
         killed_at,
-        KILL_SETTLE,
+        moved,
         &in_b,
     )
     .await?;
-    let mut admin_b = in_b.admin().await?;
-    wait_for_traffic_on(&mut admin_b, "a", DEADLINE).await?;
     let copied_before_kill = b_to_a.copied_ids();
     let (a_before, b_before) = (snapshot(&acked_a).len(), snapshot(&acked_b).len());
     wait_until("50 more writes through each gateway", DEADLINE, || {
@@ -920,7 +959,12 @@ async fn active_active_writes_locally_and_survives_a_region() -> TestResult {
         producer.await??;
     }
 
-    assert_silent_after_kill("gRPC through b's gateway", &snapshot(&acked_b), killed_at);
+    assert_silent_after_kill(
+        "gRPC through b's gateway",
+        &snapshot(&acked_b),
+        killed_at,
+        moved,
+    );
     // What the gateway in a wrote lives in a, which survived: it all counts as copied.
     let written_in_a: HashSet<String> = snapshot(&acked_a).into_iter().map(|(id, ..)| id).collect();
     for (group, delivered) in [(GROUP_A, &delivered_a), (GROUP_B, &delivered_b)] {
@@ -933,6 +977,7 @@ async fn active_active_writes_locally_and_survives_a_region() -> TestResult {
                 || snapshot(delivered).into_iter().map(|(id, ..)| id).collect(),
                 copied,
                 killed_at,
+                moved,
             )
             .await;
             eprintln!(

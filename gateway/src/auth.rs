@@ -26,10 +26,19 @@ mod users;
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use tokio_util::sync::CancellationToken;
+
+use crate::{
+    limits::{ClientLimits, QuotaKey, Usage},
+    log::{Log, layers::Traced},
+    metrics::Protocol,
+    telemetry::{Tracing, Who},
+};
 
 use self::{
     authenticator::Shared,
@@ -81,13 +90,17 @@ impl reloading::FileError for PolicyError {
     }
 }
 
-/// A front end's part of [`Auth`]: who may connect, and what they may do.
+/// A front end's part of [`Auth`]: who may connect, what they may do, and how much they may take.
 #[derive(Debug, Clone)]
 pub struct Access {
     /// This protocol's authentication.
     pub authenticator: Authenticator,
     /// The gateway's authorization.
     pub authorizer: Authorizer,
+    /// Connection limits and quotas (`[limits]`).
+    pub limits: ClientLimits,
+    /// Message tracing, while `[telemetry.tracing]` is on.
+    pub tracing: Option<Tracing>,
 }
 
 impl Access {
@@ -103,7 +116,46 @@ impl Access {
         Self {
             authenticator: Authenticator::new(protocol, Anonymous::LoopbackOnly, None, shared),
             authorizer: Authorizer::open(protected),
+            limits: ClientLimits::unlimited(),
+            tracing: None,
         }
+    }
+
+    /// This access with `limits` (`[limits]`) in place of none.
+    pub fn with_limits(self, limits: ClientLimits) -> Self {
+        Self { limits, ..self }
+    }
+
+    /// This access with messages traced by `tracing` (`None`: not traced).
+    pub fn with_tracing(self, tracing: Option<Tracing>) -> Self {
+        Self { tracing, ..self }
+    }
+
+    /// `log` as `who` uses it: traced while tracing is on, else `log` itself.
+    pub fn traced(&self, log: Arc<dyn Log>, who: impl FnOnce() -> Who) -> Arc<dyn Log> {
+        match &self.tracing {
+            Some(tracing) => Arc::new(Traced::new(log, tracing.clone(), who())),
+            None => log,
+        }
+    }
+
+    /// The quotas a connection (or call) of `principal` through `protocol` is held to: the
+    /// policy's `[[quotas]]` for it over `[limits.quotas]`, drawn from the account of the principal
+    /// (an anonymous one's by `client_id`, else its address); `None` when none applies.
+    pub fn quota(
+        &self,
+        principal: &Principal,
+        client_id: Option<&str>,
+        peer: Option<SocketAddr>,
+        protocol: Protocol,
+    ) -> Option<Usage> {
+        let key = if principal.is_anonymous() {
+            QuotaKey::anonymous(client_id, peer)
+        } else {
+            QuotaKey::Principal(principal.name.clone())
+        };
+        let rules = self.authorizer.quota_rules(principal, protocol.name());
+        self.limits.quotas.usage(key, protocol, &rules)
     }
 }
 
@@ -187,6 +239,8 @@ impl Auth {
         Access {
             authenticator: self.authenticator(protocol, override_),
             authorizer: self.authorizer.clone(),
+            limits: ClientLimits::unlimited(),
+            tracing: None,
         }
     }
 

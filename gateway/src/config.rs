@@ -354,6 +354,10 @@ impl Default for TopicsConfig {
     }
 }
 
+/// Most records a subscriber may hold unacknowledged, whatever the config says (the hard bound
+/// `groups.max_in_flight` is checked against, and the log checks every subscription against).
+pub const MAX_IN_FLIGHT: usize = 100_000;
+
 /// `[groups]`: consumer group behaviour.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -365,17 +369,50 @@ pub struct GroupsConfig {
         with = "humantime_serde"
     )]
     pub commit_interval: Duration,
-    /// `max_in_flight` of a subscription that does not set one.
-    #[serde(default = "GroupsConfig::default_max_in_flight")]
+    /// `max_in_flight` of a subscription that does not set one (lowered to `max_in_flight` too).
+    #[serde(default = "GroupsConfig::default_default_max_in_flight")]
     pub default_max_in_flight: usize,
+    /// Most `max_in_flight` a subscription may have: a larger request is lowered to this (not
+    /// refused). Each record in flight is held in the gateway's memory until acknowledged.
+    #[serde(default = "GroupsConfig::default_max_in_flight")]
+    pub max_in_flight: usize,
 }
 
 impl GroupsConfig {
     fn default_commit_interval() -> Duration {
         Duration::from_secs(1)
     }
-    fn default_max_in_flight() -> usize {
+    fn default_default_max_in_flight() -> usize {
         1000
+    }
+    fn default_max_in_flight() -> usize {
+        10_000
+    }
+
+    /// Checks what the types cannot: both windows 1 to
+    /// [`MAX_IN_FLIGHT`]. Errors name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("max_in_flight", self.max_in_flight),
+            ("default_max_in_flight", self.default_max_in_flight),
+        ] {
+            if value == 0 || value > MAX_IN_FLIGHT {
+                return Err(format!(
+                    "groups.{key} must be 1 to {MAX_IN_FLIGHT}, not {value}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The window a subscriber gets when it asks for `requested` records in flight (0: not
+    /// said): what it asked for, or the default, lowered to `max_in_flight`.
+    pub fn window(&self, requested: usize) -> usize {
+        match requested {
+            0 => self.default_max_in_flight,
+            asked => asked,
+        }
+        .min(self.max_in_flight)
     }
 }
 
@@ -383,7 +420,43 @@ impl Default for GroupsConfig {
     fn default() -> Self {
         Self {
             commit_interval: Self::default_commit_interval(),
-            default_max_in_flight: Self::default_max_in_flight(),
+            default_max_in_flight: Self::default_default_max_in_flight(),
+            max_in_flight: Self::default_max_in_flight(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscribers_window_is_lowered_to_the_cap_never_refused() {
+        let groups = GroupsConfig {
+            default_max_in_flight: 1000,
+            max_in_flight: 10,
+            ..GroupsConfig::default()
+        };
+        assert_eq!(groups.window(1_000_000), 10);
+        assert_eq!(groups.window(7), 7);
+        assert_eq!(groups.window(0), 10, "the default is held to the cap too");
+        assert_eq!(GroupsConfig::default().window(0), 1000);
+        assert!(groups.validate().is_ok());
+    }
+
+    #[test]
+    fn windows_past_the_logs_bound_are_refused_naming_the_key() {
+        let groups = GroupsConfig {
+            max_in_flight: MAX_IN_FLIGHT + 1,
+            ..GroupsConfig::default()
+        };
+        let error = groups.validate().err().unwrap_or_default();
+        assert!(error.contains("groups.max_in_flight"), "{error}");
+        let groups = GroupsConfig {
+            default_max_in_flight: 0,
+            ..GroupsConfig::default()
+        };
+        let error = groups.validate().err().unwrap_or_default();
+        assert!(error.contains("groups.default_max_in_flight"), "{error}");
     }
 }

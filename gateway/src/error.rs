@@ -104,6 +104,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// The client sends faster than its quota (`[limits.quotas]`) allows, and the gateway is set to
+    /// refuse rather than slow it down.
+    #[error("{who} is over its quota of {what} per second ([limits.quotas]){}", if *.at_once { "; this request alone is more than a second's worth and is never taken at once" } else { "; slow down" })]
+    QuotaExceeded {
+        /// Whose quota: the principal, or the anonymous client.
+        who: String,
+        /// Which rate: `messages` or `bytes`.
+        what: &'static str,
+        /// The request alone is more than the quota allows in a second.
+        at_once: bool,
+    },
+
     /// The operation needs a group with no live members.
     #[error(
         "consumer group {group:?} has {members} live subscriber(s); stop them before changing its offsets, or seek inside the subscription"
@@ -229,6 +241,7 @@ impl Error {
             Self::GroupProtocolConflict { .. } => "group_protocol_conflict",
             Self::GroupActive { .. } => "group_active",
             Self::Forbidden { .. } => "forbidden",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::ShuttingDown => "shutting_down",
             Self::Behind { .. } => "behind",
             Self::RegionUnavailable { .. } => "region_unavailable",
@@ -244,6 +257,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::ShuttingDown
+            | Self::QuotaExceeded { .. }
             | Self::Behind { .. }
             | Self::RegionUnavailable { .. }
             | Self::Storage { .. }

@@ -10,7 +10,9 @@
 //! - [`regions`]: the region router, a `Log` over one Kafka cluster per region with failover;
 //! - [`metrics`]: what the front ends count, named once;
 //! - [`auth`]: users and passwords, shared by the front ends that ask for them;
+//! - [`limits`]: connection limits and quotas, so one client cannot starve the others;
 //! - `testing` (tests and feature `test-util` only): an embedded log behind the layers, for test suites;
+//! - [`telemetry`]: tracing messages with OpenTelemetry (their spans and W3C trace context);
 //! - [`tls`]: TLS acceptors for the front ends' listeners, reloaded when their files change;
 //! - [`config`]: the typed config sections this crate owns;
 //! - [`error`]: the crate's error type.
@@ -18,11 +20,13 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod readers;
 pub mod regions;
 mod sync;
+pub mod telemetry;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod tls;

@@ -8,6 +8,7 @@
 //!
 //! Modules:
 //! - [`types`]: records, positions, options and descriptions that cross the boundary;
+//! - [`events`]: a subscription's queue of events, bounded in records;
 //! - [`acks`]: the sparse-ack tracker (committed offset = contiguous acknowledged prefix);
 //! - [`partitioner`]: Kafka's default partitioner, so keys land where a Kafka client would put them;
 //! - [`validate`]: topic names and record checks, applied by the validation layer;
@@ -17,6 +18,7 @@
 
 pub mod acks;
 pub mod embedded;
+pub mod events;
 pub mod kafka;
 pub mod layers;
 mod member;
@@ -27,9 +29,9 @@ pub mod validate;
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 
 pub use self::embedded::Embedded;
+pub use self::events::Events;
 pub use self::kafka::Kafka;
 pub use self::types::*;
 use crate::Result;
@@ -207,12 +209,12 @@ pub trait SubscriptionControl: Send + Sync + fmt::Debug {
 
 /// A live subscription: events to forward to the client, and the control to ack with.
 ///
-/// The event queue is unbounded by type but bounded in fact: the backend delivers at most
-/// `max_in_flight` unacknowledged records, and assignment events are few.
+/// The event queue holds at most `max_in_flight` records whatever the client acknowledges or seeks
+/// ([`events`] says how), and assignment changes, which are few.
 #[derive(Debug)]
 pub struct Subscription {
     /// Assignment changes and records, in order.
-    pub events: mpsc::UnboundedReceiver<SubscriptionEvent>,
+    pub events: Events,
     /// Acks, seeks, commits.
     pub control: Arc<dyn SubscriptionControl>,
 }

@@ -38,7 +38,9 @@ pub mod names {
     pub const ERRORS: &str = "courier_errors_total";
     /// Histogram: seconds from a record's receipt to the log's acknowledgement, by `protocol`.
     pub const PRODUCE_LATENCY: &str = "courier_produce_latency_seconds";
-    /// Gauge: records a consumer group has yet to commit, by `group` and `topic`.
+    /// Gauge: records a consumer group has yet to commit, by `group` and `topic`. The binary
+    /// exports it from each lag reading (`src/http/lag.rs`): the groups furthest behind one by one,
+    /// the others summed per topic under `group="(other)"`.
     pub const CONSUMER_LAG: &str = "courier_consumer_lag";
     /// Gauge: 1 while the log answers, 0 when it does not, by `region`.
     pub const REGION_UP: &str = "courier_region_up";
@@ -63,6 +65,11 @@ pub mod names {
     pub const REGION_SWITCHES: &str = "courier_region_switches_total";
     /// Counter: moves of traffic between regions, by `traffic` (writes, reads) and `to` (region).
     pub const REGION_TRAFFIC_SWITCHES: &str = "courier_region_traffic_switches_total";
+    /// Counter: requests, calls or connections refused (or ended) because a configured limit was
+    /// reached, by `protocol` and `limit` (the limit's name: `max_connections`,
+    /// `max_connections_per_address`, `connect_rate_per_address`, `handshake_timeout`,
+    /// `write_timeout`, `max_unary_calls`, `max_streaming_calls`, `unary_timeout`, ...). See [`limit_refused`](super::limit_refused).
+    pub const LIMIT_REFUSALS: &str = "courier_limit_refusals_total";
 }
 
 /// The client protocols the gateway speaks.
@@ -178,12 +185,12 @@ pub fn describe() {
         Unit::Seconds,
         "From a record's receipt to the log's acknowledgement"
     );
-    describe_gauge!(
-        names::CONSUMER_LAG,
-        "Records a consumer group has yet to commit"
-    );
     describe_gauge!(names::REGION_UP, "1 while the region's log answers probes");
     describe_counter!(names::REGION_SWITCHES, "Changes of a region's state");
+    describe_counter!(
+        names::LIMIT_REFUSALS,
+        "Requests, calls or connections refused because a configured limit was reached, by protocol and limit"
+    );
     describe_counter!(
         names::REGION_TRAFFIC_SWITCHES,
         "Moves of writes or reads from one region to another"
@@ -335,4 +342,12 @@ pub fn acked(protocol: Protocol, records: usize) {
 /// ends' own (`invalid_request`, `invalid_topic_name`, `connection_refused`, `connection_failed`).
 pub fn error(protocol: Protocol, kind: &'static str) {
     metrics::counter!(names::ERRORS, "protocol" => protocol.name(), "kind" => kind).increment(1);
+}
+
+/// A request, call or connection of `protocol` refused (or ended) because the configured limit
+/// `limit` was reached: one more in `courier_limit_refusals_total{protocol, limit}`. `limit` is a
+/// fixed name chosen by the code (never a client's words), so the series stay few.
+pub fn limit_refused(protocol: Protocol, limit: &'static str) {
+    metrics::counter!(names::LIMIT_REFUSALS, "protocol" => protocol.name(), "limit" => limit)
+        .increment(1);
 }

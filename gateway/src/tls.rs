@@ -26,6 +26,6 @@ pub use self::{
     acceptor::{Accepted, Refusal, TlsAcceptor},
     config::{ClientAuth, SniCertificate, TlsConfig, TlsVersion},
     identity::ClientIdentity,
-    listeners::{Connection, Listeners, MaybeTls, accept_on},
+    listeners::{Connection, Gates, Listeners, MaybeTls, accept_on},
 };
 pub use tokio_rustls::server::TlsStream;

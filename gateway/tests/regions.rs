@@ -34,11 +34,14 @@ use courier_gateway::{
 /// A region a test can take down and bring back: an embedded log that, while down, refuses every
 /// call as an unreachable cluster would, and whose probes answer exactly while it is up. Probes do
 /// not touch the store, so on paused time they cost no I/O: health follows `up` and nothing else.
+/// Down, it is silent (requests fail, as a cluster behind a cut network's would) or, killed, its
+/// brokers refuse connections.
 #[derive(Debug, Clone)]
 struct Site {
     name: &'static str,
     log: Embedded,
     up: Arc<AtomicBool>,
+    refusing: Arc<AtomicBool>,
 }
 
 impl Site {
@@ -58,11 +61,19 @@ impl Site {
             name,
             log,
             up: Arc::new(AtomicBool::new(true)),
+            refusing: Arc::new(AtomicBool::new(false)),
         })
     }
 
     fn set_up(&self, up: bool) {
+        self.refusing.store(false, Ordering::SeqCst);
         self.up.store(up, Ordering::SeqCst);
+    }
+
+    /// Down as a killed cluster is: nothing listens where its brokers were.
+    fn kill(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.refusing.store(true, Ordering::SeqCst);
     }
 
     fn answer(&self) -> Result<()> {
@@ -132,6 +143,9 @@ impl Log for Site {
 impl RegionalLog for Site {
     async fn probe(&self, _canary: &str, _timeout: Duration) -> Result<Duration> {
         self.answer().map(|()| Duration::from_millis(1))
+    }
+    async fn refuses_connections(&self, _timeout: Duration) -> bool {
+        self.refusing.load(Ordering::SeqCst)
     }
     fn forget_cached_metadata(&self) {}
     fn reopen(&self) -> Result<Option<Arc<dyn RegionalLog>>> {
@@ -281,6 +295,46 @@ async fn traffic_fails_over_when_down_and_back_after_the_hold_down() -> TestResu
     assert_eq!(status.switches, 4, "{seen:?}");
     let last = status.last_switch.ok_or("a last switch")?;
     assert_eq!((last.from.as_str(), last.to.as_str()), ("b", "a"));
+    fixture.close().await
+}
+
+/// A primary killed (its brokers refuse connections) is DOWN at its first failed probe, not its
+/// third: writes and reads are on b within one probe interval. The hold-down still holds: killed
+/// again while RECOVERING it is DOWN again, and traffic fails back only after a whole hold-down.
+#[tokio::test(start_paused = true)]
+async fn a_killed_region_is_down_at_its_first_probe_and_still_held_down() -> TestResult {
+    let fixture = Fixture::new(&settings()).await?;
+    let router = &fixture.router;
+    let mut seen = Vec::new();
+    watch(router, Duration::from_secs(3), &mut seen).await;
+    assert_eq!(traffic(&router.status()), ("a", "a", RegionHealth::Healthy));
+
+    fixture.a.kill();
+    watch(router, Duration::from_millis(1200), &mut seen).await;
+    assert_eq!(
+        traffic(&router.status()),
+        ("b", "b", RegionHealth::Down),
+        "a killed region moves traffic at its first probe: {seen:?}"
+    );
+    fixture.a.set_up(true);
+    watch(router, Duration::from_secs(10), &mut seen).await;
+    assert_eq!(
+        traffic(&router.status()),
+        ("b", "b", RegionHealth::Recovering)
+    );
+    fixture.a.kill();
+    watch(router, Duration::from_millis(1200), &mut seen).await;
+    assert_eq!(traffic(&router.status()), ("b", "b", RegionHealth::Down));
+    fixture.a.set_up(true);
+    watch(router, Duration::from_secs(29), &mut seen).await;
+    assert_eq!(
+        traffic(&router.status()),
+        ("b", "b", RegionHealth::Recovering),
+        "not back before a whole hold-down: {seen:?}"
+    );
+    watch(router, Duration::from_secs(9), &mut seen).await;
+    assert_eq!(traffic(&router.status()), ("a", "a", RegionHealth::Healthy));
+    assert_eq!(router.status().switches, 4, "{seen:?}");
     fixture.close().await
 }
 

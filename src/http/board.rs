@@ -20,10 +20,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::lag::{self, GroupLag};
+
 /// Traffic samples kept: ten minutes at the default 5 s interval.
 const HISTORY: usize = 120;
-/// Groups the page lists.
-const TOP_GROUPS: usize = 10;
 
 /// The shared state behind `/readyz` and the status page.
 #[derive(Debug)]
@@ -41,7 +41,8 @@ pub(crate) struct Board {
 struct Observed {
     region: RegionState,
     history: VecDeque<Sample>,
-    groups: Vec<GroupLag>,
+    /// The last reading of consumer lag.
+    lag: lag::Reading,
 }
 
 /// The log's state as the probes see it.
@@ -87,15 +88,6 @@ struct Sample {
     at_ms: i64,
     messages_in: BTreeMap<&'static str, u64>,
     messages_out: BTreeMap<&'static str, u64>,
-}
-
-/// A consumer group and how far behind it is.
-#[derive(Debug, Clone, Serialize)]
-struct GroupLag {
-    group: String,
-    lag: i64,
-    members: usize,
-    topics: Vec<String>,
 }
 
 /// One protocol now.
@@ -145,7 +137,7 @@ impl Board {
                     traffic: vec!["writes", "reads"],
                 },
                 history: VecDeque::with_capacity(HISTORY),
-                groups: Vec::new(),
+                lag: lag::Reading::default(),
             }),
             router,
         }
@@ -239,7 +231,7 @@ impl Board {
                 })
                 .collect(),
             history: observed.history.iter().cloned().collect(),
-            groups: observed.groups.clone(),
+            groups: observed.lag.top.clone(),
         }
     }
 
@@ -292,28 +284,37 @@ impl Board {
         observed.history.push_back(sample);
     }
 
-    fn record_groups(&self, groups: Vec<GroupLag>) {
-        self.observed().groups = groups;
+    fn record_lag(&self, reading: lag::Reading) {
+        self.observed().lag = reading;
+    }
+
+    /// `courier_consumer_lag` as the last reading left it, in Prometheus' text format.
+    pub(crate) fn lag_metrics(&self) -> String {
+        self.observed().lag.metrics.clone()
     }
 }
 
-/// Probes the log and samples traffic every `interval` until `stop`, and reads consumer lag every
-/// `lag_interval` on a task of its own (describing every group can take long; a probe must not wait
+/// How often consumer lag is read, and how many groups are exported one by one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LagReading {
+    /// `http.lag_interval`.
+    pub(crate) interval: Duration,
+    /// `http.lag_groups`.
+    pub(crate) groups: usize,
+}
+
+/// Probes the log and samples traffic every `interval` until `stop`, and reads consumer lag as
+/// `lag` says on a task of its own (describing every group can take long; a probe must not wait
 /// for it); also does the Prometheus recorder's upkeep (histogram buckets are drained on it).
 pub(crate) async fn run_probes(
     board: Arc<Board>,
     log: Arc<dyn Log>,
     prometheus: PrometheusHandle,
     interval: Duration,
-    lag_interval: Duration,
+    lag: LagReading,
     stop: CancellationToken,
 ) {
-    let lag_reader = tokio::spawn(read_lag(
-        board.clone(),
-        log.clone(),
-        lag_interval,
-        stop.clone(),
-    ));
+    let lag_reader = tokio::spawn(read_lag(board.clone(), log.clone(), lag, stop.clone()));
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -339,9 +340,10 @@ pub(crate) async fn run_probes(
 async fn read_lag(
     board: Arc<Board>,
     log: Arc<dyn Log>,
-    interval: Duration,
+    every: LagReading,
     stop: CancellationToken,
 ) {
+    let interval = every.interval;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -354,42 +356,11 @@ async fn read_lag(
         }
         let reading = tokio::select! {
             () = stop.cancelled() => return,
-            reading = tokio::time::timeout(interval, lag(&*log)) => reading,
+            reading = tokio::time::timeout(interval, lag::read(&*log, every.groups)) => reading,
         };
-        if let Ok(groups) = reading {
-            board.record_groups(groups);
+        // A reading that failed or took too long keeps the last one.
+        if let Ok(Some(reading)) = reading {
+            board.record_lag(reading);
         }
     }
-}
-
-/// Every group's lag (exported per group and topic), and the groups furthest behind.
-async fn lag(log: &dyn Log) -> Vec<GroupLag> {
-    let Ok(names) = log.list_groups().await else {
-        return Vec::new();
-    };
-    let mut groups = Vec::with_capacity(names.len());
-    for name in names {
-        let Ok(described) = log.describe_group(&name).await else {
-            continue;
-        };
-        let mut per_topic: BTreeMap<String, i64> = BTreeMap::new();
-        for offset in &described.offsets {
-            *per_topic
-                .entry(offset.partition.topic.to_string())
-                .or_default() += offset.lag.max(0);
-        }
-        for (topic, lag) in &per_topic {
-            metrics::gauge!(names::CONSUMER_LAG, "group" => name.clone(), "topic" => topic.clone())
-                .set(*lag as f64);
-        }
-        groups.push(GroupLag {
-            lag: per_topic.values().sum(),
-            members: described.members.len(),
-            topics: per_topic.into_keys().collect(),
-            group: name,
-        });
-    }
-    groups.sort_by(|a, b| b.lag.cmp(&a.lag).then_with(|| a.group.cmp(&b.group)));
-    groups.truncate(TOP_GROUPS);
-    groups
 }

@@ -14,7 +14,10 @@
 //! (`regions.rs`), measuring what the router costs while nothing fails. `--mqtt` and `--amqp` run
 //! Courier against Mosquitto and RabbitMQ (`mqtt.rs`, `amqp.rs`). `--auth-rules N` compares a gateway
 //! without authentication to one with users and a policy of `N` rules (`auth.rs`; with `--mqtt`,
-//! Courier's MQTT endpoint, `mqtt/auth.rs`).
+//! Courier's MQTT endpoint, `mqtt/auth.rs`). `--tracing` compares `courier serve` with message
+//! tracing on (every message sampled, exported to an OTLP receiver in the bench) and off, at gRPC
+//! ProduceStream or, with `--mqtt`, QoS 1 publish; `--baseline BINARY` adds another build as a
+//! third side (`tracing.rs`).
 //!
 //! Both sides use the same concurrency: `streams` producers, each keeping `pipeline` requests of
 //! `batch` records in flight. Latency is per request: from submit to durable ack. The parts:
@@ -33,6 +36,7 @@ mod mqtt;
 mod process;
 mod regions;
 mod tls;
+mod tracing;
 
 pub use args::BenchArgs;
 
@@ -40,6 +44,9 @@ pub use args::BenchArgs;
 pub async fn run(args: BenchArgs) -> Result<()> {
     if args.records == 0 || args.streams == 0 || args.batch == 0 || args.pipeline == 0 {
         bail!("records, streams, batch and pipeline must be at least 1");
+    }
+    if args.tracing {
+        return tracing::run(&args).await;
     }
     if args.mqtt {
         return match args.auth_rules {

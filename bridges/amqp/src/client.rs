@@ -9,9 +9,10 @@ use courier_gateway::{
         Authorizer, Principal,
         policy::{Action, Resource, Subject},
     },
+    limits::Usage,
     log::{
         Log,
-        layers::{Authorized, Scope},
+        layers::{Authorized, Quoted, Scope},
     },
 };
 
@@ -32,13 +33,19 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// `principal`'s view of `log` (the metered, client-facing one).
+    /// `principal`'s view of `log` (the metered, client-facing one), held to its quotas when any
+    /// apply (`quota`).
     pub(crate) fn new(
         peer: SocketAddr,
         principal: Principal,
         log: Arc<dyn Log>,
         authorizer: Authorizer,
+        quota: Option<Usage>,
     ) -> Self {
+        let log = match quota {
+            Some(quota) => Arc::new(Quoted::new(log, quota)),
+            None => log,
+        };
         let log = Arc::new(Authorized::new(
             log,
             authorizer.clone(),

@@ -41,6 +41,30 @@ pub struct Config {
     /// A rejected delivery from topic `T` is written to topic `T` + this suffix.
     #[serde(default = "Config::default_dead_letter_suffix")]
     pub dead_letter_suffix: String,
+    /// Times a receiver link delivers one record: a record released or modified this many times is
+    /// written to the dead-letter topic (as a rejected one is) and acknowledged, so that no record
+    /// comes back forever. Every redelivery counts, `released` too.
+    #[serde(default = "Config::default_max_delivery_count")]
+    pub max_delivery_count: u32,
+    /// The whole AMQP handshake (protocol headers, SASL, and OPEN; after the TLS handshake when there
+    /// is one) must be done this long after the connection was accepted, or it is closed.
+    #[serde(
+        default = "Config::default_handshake_timeout",
+        with = "humantime_serde"
+    )]
+    pub handshake_timeout: Duration,
+    /// A connection whose writes make no progress for this long (its client stopped reading) is
+    /// closed; what its receiver links held unsettled goes to the next member of their group.
+    #[serde(default = "Config::default_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Sessions a connection may have open at once (offered in OPEN as `channel-max`, one less); a
+    /// frame on a channel beyond it closes the connection with `amqp:connection:framing-error`.
+    #[serde(default = "Config::default_max_sessions")]
+    pub max_sessions: u32,
+    /// Links a session may have attached at once (offered in BEGIN as `handle-max`, one less); a
+    /// frame naming a handle beyond it closes the connection with `amqp:connection:framing-error`.
+    #[serde(default = "Config::default_max_links_per_session")]
+    pub max_links_per_session: u32,
     /// `[amqp.auth]`: the older spelling of `[auth]`'s `allow_anonymous` and `users_file`, for
     /// AMQP only; a key set here wins over `[auth]`'s.
     #[serde(default)]
@@ -59,6 +83,11 @@ impl Default for Config {
             link_credit: Self::default_link_credit(),
             max_unsettled: Self::default_max_unsettled(),
             dead_letter_suffix: Self::default_dead_letter_suffix(),
+            max_delivery_count: Self::default_max_delivery_count(),
+            handshake_timeout: Self::default_handshake_timeout(),
+            write_timeout: Self::default_write_timeout(),
+            max_sessions: Self::default_max_sessions(),
+            max_links_per_session: Self::default_max_links_per_session(),
             auth: None,
         }
     }
@@ -89,6 +118,31 @@ impl Config {
     fn default_dead_letter_suffix() -> String {
         ".dlq".into()
     }
+    fn default_max_delivery_count() -> u32 {
+        10
+    }
+    fn default_handshake_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_write_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_max_sessions() -> u32 {
+        16
+    }
+    fn default_max_links_per_session() -> u32 {
+        64
+    }
+
+    /// The highest channel number a client may use: `channel-max` in OPEN.
+    pub fn channel_max(&self) -> u16 {
+        u16::try_from(self.max_sessions.saturating_sub(1)).unwrap_or(u16::MAX)
+    }
+
+    /// The highest link handle a client may use in a session: `handle-max` in BEGIN.
+    pub fn handle_max(&self) -> u32 {
+        self.max_links_per_session.saturating_sub(1)
+    }
 
     /// Checks values serde cannot: sizes the protocol forbids, zero windows that would stall, and
     /// the TLS table's own rules. Errors name the key.
@@ -107,6 +161,23 @@ impl Config {
         }
         if self.dead_letter_suffix.is_empty() {
             return Err("amqp.dead_letter_suffix may not be empty".into());
+        }
+        if self.max_delivery_count == 0 {
+            return Err("amqp.max_delivery_count must be at least 1".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err("amqp.handshake_timeout must be more than 0".into());
+        }
+        if self.write_timeout.is_zero() {
+            return Err("amqp.write_timeout must be more than 0".into());
+        }
+        if !(1..=65536).contains(&self.max_sessions) {
+            return Err(
+                "amqp.max_sessions must be from 1 to 65536 (AMQP's channel numbers)".into(),
+            );
+        }
+        if self.max_links_per_session == 0 {
+            return Err("amqp.max_links_per_session must be at least 1".into());
         }
         Ok(())
     }
@@ -139,6 +210,73 @@ mod tests {
         websocket.websocket_listen = Some(SocketAddr::from(([127, 0, 0, 1], 8884)));
         let error = with_tls(websocket).validate().unwrap_err();
         assert!(error.starts_with("amqp.tls.websocket_listen"), "{error}");
+    }
+
+    #[test]
+    fn limits_parse_and_their_mistakes_name_the_key() {
+        let config: Config = serde_json::from_str(
+            r#"{"handshake_timeout": "2s", "write_timeout": "1m", "max_sessions": 4,
+                "max_links_per_session": 8, "max_delivery_count": 3}"#,
+        )
+        .unwrap();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(config.write_timeout, Duration::from_secs(60));
+        assert_eq!((config.channel_max(), config.handle_max()), (3, 7));
+        // Every channel number there is.
+        let all = Config {
+            max_sessions: 65536,
+            ..Config::default()
+        };
+        assert_eq!((all.validate(), all.channel_max()), (Ok(()), u16::MAX));
+
+        for (config, key) in [
+            (
+                Config {
+                    max_sessions: 0,
+                    ..Config::default()
+                },
+                "amqp.max_sessions",
+            ),
+            (
+                Config {
+                    max_sessions: 65537,
+                    ..Config::default()
+                },
+                "amqp.max_sessions",
+            ),
+            (
+                Config {
+                    max_links_per_session: 0,
+                    ..Config::default()
+                },
+                "amqp.max_links_per_session",
+            ),
+            (
+                Config {
+                    max_delivery_count: 0,
+                    ..Config::default()
+                },
+                "amqp.max_delivery_count",
+            ),
+            (
+                Config {
+                    handshake_timeout: Duration::ZERO,
+                    ..Config::default()
+                },
+                "amqp.handshake_timeout",
+            ),
+            (
+                Config {
+                    write_timeout: Duration::ZERO,
+                    ..Config::default()
+                },
+                "amqp.write_timeout",
+            ),
+        ] {
+            let error = config.validate().unwrap_err();
+            assert!(error.starts_with(key), "{error}");
+        }
     }
 
     #[test]

@@ -11,8 +11,12 @@
 //!
 //! Modules:
 //! - [`config`]: `[amqp]`; [`error`]: the error type and AMQP error conditions;
-//! - [`server`]: listeners (plain and TLS) and connections; `session`: a session's links, checked
-//!   and dispatched; `transport`: the protocol header before AMQP's frames, and AMQP's TLS upgrade;
+//! - [`server`]: listeners (plain and TLS), connections and the handshake deadline; `session`: a
+//!   session's links, checked and dispatched; `transport`: the protocol header before AMQP's frames,
+//!   and AMQP's TLS upgrade; `refusal`: a connection turned away, answered in AMQP;
+//! - `frame_guard`: every frame a client sends, checked before fe2o3 decodes it (`nesting`: how deep
+//!   values nest, found without recursion); `write_deadline`: a client that stops reading is cut
+//!   off; `wire`: the OPEN and CLOSE the gateway writes itself;
 //! - [`sasl`]: EXTERNAL, PLAIN and ANONYMOUS, to a principal; `client`: a connection's principal,
 //!   the log as it sees it, and what its links may do;
 //! - [`address`]: link addresses and source filters; [`mapping`]: AMQP message ↔ record;
@@ -22,14 +26,19 @@ pub mod address;
 mod client;
 pub mod config;
 pub mod error;
+mod frame_guard;
 pub mod inbound;
 pub mod mapping;
+mod nesting;
 pub mod outbound;
+mod refusal;
 pub mod sasl;
 pub mod server;
 mod session;
 mod shared;
 mod transport;
+mod wire;
+mod write_deadline;
 
 pub use config::Config;
 pub use error::{Error, Result};

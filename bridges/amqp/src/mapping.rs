@@ -76,6 +76,9 @@ pub mod dead_letter {
     pub const CONDITION: &str = "dlq-condition";
     /// The rejecting client's error description, when it gave one.
     pub const DESCRIPTION: &str = "dlq-description";
+    /// The `dlq-condition` of a record dead-lettered because it was delivered
+    /// `amqp.max_delivery_count` times without being accepted or rejected.
+    pub const DELIVERY_LIMIT_CONDITION: &str = "courier:delivery-limit-exceeded";
 }
 
 /// The properties-section fields that travel as `amqp-<field>` headers.

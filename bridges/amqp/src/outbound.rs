@@ -9,6 +9,13 @@
 //! | rejected           | written to `T.dlq` with the client's error in headers, then acknowledged |
 //! | pre-settled link   | acknowledged as sent (at-most-once, as the client asked)                 |
 //!
+//! A record is delivered at most [`Config::max_delivery_count`](crate::Config::max_delivery_count)
+//! times on one link: released or modified that many times (or settled with no outcome), it is
+//! dead-lettered as a rejected one is, with condition `courier:delivery-limit-exceeded`, and
+//! acknowledged. Every redelivery counts, `released` too, though the spec does not count a release
+//! as a failed attempt (it does not reach the header's delivery-count): a client that releases
+//! whatever it gets would otherwise have it back forever.
+//!
 //! Flow control: a delivery goes out only against the client's credit; a drain request is answered by
 //! fe2o3 at once, consuming the credit left, and records not yet sent wait for the next credit. The
 //! subscription stops reading at [`Config::max_unsettled`](crate::Config::max_unsettled) records sent or
@@ -25,9 +32,9 @@ use fe2o3_amqp::{
     Sender,
     link::{SendError, delivery::Sendable},
     types::{
-        definitions::{self, LinkError},
+        definitions::{self, ErrorCondition, LinkError},
         messaging::{Body, Outcome},
-        primitives::Value,
+        primitives::{Symbol, Value},
     },
 };
 use futures_util::{StreamExt, stream::FuturesUnordered};
@@ -41,6 +48,8 @@ struct Queued {
     record: Record,
     /// Deliveries of it on this link that the client modified with `delivery-failed`.
     failed_deliveries: u32,
+    /// Deliveries of it on this link, whatever their outcome.
+    deliveries: u32,
 }
 
 /// A sent delivery's outcome, once the client settles it.
@@ -61,6 +70,8 @@ pub struct Plan {
     pub dead_letter_topic: String,
     /// Most records sent or queued and not acknowledged.
     pub max_unsettled: usize,
+    /// Most deliveries of one record on the link before it is dead-lettered.
+    pub max_delivery_count: u32,
     /// The client's address, for describe-group output.
     pub client: String,
 }
@@ -147,7 +158,7 @@ impl Link {
                 }
                 event = subscription.next_event() => match event {
                     Some(SubscriptionEvent::Records(records)) => {
-                        self.queue.extend(records.into_iter().map(|record| Queued { record, failed_deliveries: 0 }));
+                        self.queue.extend(records.into_iter().map(|record| Queued { record, failed_deliveries: 0, deliveries: 0 }));
                     }
                     Some(SubscriptionEvent::Revoked(partitions)) => {
                         self.queue.retain(|queued| !partitions.contains(&queued.record.topic_partition()));
@@ -171,7 +182,8 @@ impl Link {
                     }
                 } => match step {
                     Step::Sent(Ok(delivery)) => {
-                        if let Some((queued, _)) = next.take() {
+                        if let Some((mut queued, _)) = next.take() {
+                            queued.deliveries += 1;
                             metrics::delivered_records(Protocol::Amqp, std::slice::from_ref(&queued.record));
                             self.unsettled.push(Box::pin(async move { (queued, delivery.await) }));
                         }
@@ -211,12 +223,12 @@ impl Link {
                 metrics::acked(Protocol::Amqp, 1);
                 subscription.control.ack(&partition, queued.record.offset);
             }
-            Ok(Outcome::Released(_)) => self.queue.push_front(queued),
+            Ok(Outcome::Released(_)) => self.again(subscription, queued, "released").await?,
             Ok(Outcome::Modified(modified)) => {
                 if modified.delivery_failed == Some(true) {
                     queued.failed_deliveries += 1;
                 }
-                self.queue.push_front(queued);
+                self.again(subscription, queued, "modified").await?;
             }
             Ok(Outcome::Rejected(rejected)) => {
                 let reason = rejected.error.map(|error| Refusal {
@@ -235,10 +247,45 @@ impl Link {
             }
             // Settled with no outcome, or with a non-terminal one: deliver it again.
             Err(SendError::IllegalDeliveryState | SendError::NonTerminalDeliveryState) => {
-                self.queue.push_front(queued)
+                self.again(subscription, queued, "settled with no outcome")
+                    .await?
             }
             Err(_) => return Err(None),
         }
+        Ok(())
+    }
+
+    /// Delivers a record again, unless it has been delivered as often as a record may be: then it
+    /// is dead-lettered and acknowledged.
+    async fn again(
+        &mut self,
+        subscription: &Subscription,
+        queued: Queued,
+        outcome: &str,
+    ) -> Result<(), Option<Refusal>> {
+        if queued.deliveries < self.plan.max_delivery_count {
+            self.queue.push_front(queued);
+            return Ok(());
+        }
+        let reason = Refusal::new(
+            ErrorCondition::Custom(Symbol::from(mapping::dead_letter::DELIVERY_LIMIT_CONDITION)),
+            format!(
+                "delivered {} times without being accepted or rejected (amqp.max_delivery_count); the last delivery was {outcome}",
+                queued.deliveries
+            ),
+        );
+        tracing::info!(partition = %queued.record.topic_partition(), offset = queued.record.offset, dead_letter_topic = %self.plan.dead_letter_topic, reason = %reason.description, "AMQP record dead-lettered");
+        dead_letter(
+            &self.dead_letters,
+            &self.plan.dead_letter_topic,
+            &queued.record,
+            Some(&reason),
+        )
+        .await?;
+        metrics::acked(Protocol::Amqp, 1);
+        subscription
+            .control
+            .ack(&queued.record.topic_partition(), queued.record.offset);
         Ok(())
     }
 }

@@ -17,7 +17,7 @@
 //! client's AMQP header starts, and fe2o3's acceptor opens the connection from there as for a
 //! client that skipped SASL.
 
-mod frame;
+pub(crate) mod frame;
 
 use std::{io, net::SocketAddr, time::Duration};
 

@@ -13,6 +13,14 @@
 //! `amqp:unauthorized-access`. Each connection then sees the log as its principal
 //! ([`Client`](crate::client::Client)).
 //!
+//! Limits: the whole handshake (TLS if any, protocol headers, SASL and OPEN) must be done within
+//! `amqp.handshake_timeout` of the accept, or the connection is closed and counted
+//! (`courier_limit_refusals_total{limit="handshake_timeout"}`). fe2o3 reads the client's frames
+//! through a [`FrameGuard`](crate::frame_guard) (sizes, channels, link handles and nesting checked
+//! before anything is decoded) and writes through a [`WriteDeadline`](crate::write_deadline) (a
+//! client that stops reading is cut off after `amqp.write_timeout`). A connection the accept loop's
+//! [`Admission`] turns away is answered in AMQP ([`refusal`](crate::refusal)) in its own task.
+//!
 //! Drain: when the drain token fires the listener stops accepting, sender links stop taking deliveries
 //! and settle the ones the log has, receiver links commit and detach, and each connection closes with
 //! `amqp:connection:forced`.
@@ -23,6 +31,7 @@ use courier_gateway::{
     auth::{Access, Attempt, Credentials, Principal},
     log::{Log, layers::Metered},
     metrics::{self, Protocol},
+    telemetry::Who,
     tls::{ClientIdentity, TlsAcceptor, accept_on},
 };
 use fe2o3_amqp::{
@@ -33,6 +42,8 @@ use fe2o3_amqp::{
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
+    time::Instant,
 };
 use tokio_util::{
     sync::{CancellationToken, DropGuard},
@@ -43,11 +54,14 @@ use tracing::{Instrument as _, field};
 use crate::{
     client::Client,
     config::Config,
-    error::{Error, Result},
+    error::{Error, Refusal, Result},
+    frame_guard::{FrameGuard, Limits},
+    refusal::{self, Admission},
     sasl::{self, Peer},
     session,
     shared::Shared,
-    transport,
+    transport, wire,
+    write_deadline::WriteDeadline,
 };
 
 /// The bound AMQP listeners.
@@ -60,6 +74,18 @@ pub struct Server {
     shared: Arc<Shared>,
     /// Stops the TLS acceptor's certificate watcher when the server goes (served or not).
     _tls_watcher: DropGuard,
+}
+
+/// Refused connections answered in AMQP at once (each for at most `amqp.handshake_timeout`);
+/// past it a refused connection is closed at accept.
+const REFUSING_AT_ONCE: usize = 64;
+
+/// A connection just accepted.
+#[derive(Debug)]
+struct Accepted {
+    /// When its handshake must be done by.
+    deadline: Instant,
+    admission: Admission,
 }
 
 /// What a connection on the TLS listener is handshaken with.
@@ -87,10 +113,17 @@ impl Server {
         let tls_watcher = CancellationToken::new();
         let tls = start_tls(&config, &tls_watcher)?;
         let idle_ms = u32::try_from(config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+        // fe2o3 offers channel-max and handle-max, and refuses sessions past channel-max itself
+        // (with `amqp:not-implemented`); the frame guard refuses channels and handles past either
+        // with the spec's `amqp:connection:framing-error` before fe2o3 sees them.
         let acceptor = ConnectionAcceptor::builder()
-            .container_id(format!("courier-{}", std::process::id()))
+            .container_id(wire::container_id())
             .max_frame_size(config.max_frame_size)
+            .channel_max(config.channel_max())
             .idle_time_out(idle_ms)
+            .build();
+        let sessions = SessionAcceptor::builder()
+            .handle_max(config.handle_max())
             .build();
         let (plain_listener, secure) = bind_listeners(&config, tls).await?;
         Ok(Self {
@@ -103,6 +136,7 @@ impl Server {
                 config,
                 access,
                 acceptor,
+                sessions,
             }),
         })
     }
@@ -139,17 +173,46 @@ impl Server {
             shared,
             _tls_watcher,
         } = self;
+        let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
         let connections = TaskTracker::new();
+        let limits = &shared.access.limits.connections;
+        let (plain_gate, tls_gate) = (
+            limits.gate(Protocol::Amqp, "amqp"),
+            limits.gate(Protocol::Amqp, "amqps"),
+        );
         loop {
-            let (accepted, tls) = tokio::select! {
+            let (accepted, tls, gate) = tokio::select! {
                 () = drain.cancelled() => break,
-                accepted = accept_on(plain.as_ref()) => (accepted, None),
+                accepted = accept_on(plain.as_ref()) => (accepted, None, &plain_gate),
                 accepted = accept_on(secure.as_ref().map(|(listener, _)| listener)) => {
-                    (accepted, secure.as_ref().map(|(_, tls)| tls.clone()))
+                    (accepted, secure.as_ref().map(|(_, tls)| tls.clone()), &tls_gate)
                 }
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let admission = match gate.admit(peer) {
+                        Ok(permit) => Admission::Serve(permit),
+                        // Answered in AMQP on plain text only, a few at a time: on the TLS
+                        // listener the answer would cost a handshake, which is what a flood
+                        // wants spent. Counted by the gate; dropping the stream closes it.
+                        Err(limit) => {
+                            let answerable = tls.is_none();
+                            match (answerable, refusing.clone().try_acquire_owned()) {
+                                (true, Ok(turn)) => Admission::Refuse(
+                                    Refusal::new(
+                                        AmqpError::ResourceLimitExceeded,
+                                        limit.to_string(),
+                                    ),
+                                    turn,
+                                ),
+                                _ => continue,
+                            }
+                        }
+                    };
+                    let accepted = Accepted {
+                        deadline: Instant::now() + shared.config.handshake_timeout,
+                        admission,
+                    };
                     let _ = stream.set_nodelay(true);
                     let (shared, drain) = (shared.clone(), drain.child_token());
                     match tls {
@@ -158,9 +221,12 @@ impl Server {
                                 peer,
                                 identity: None,
                             };
-                            connections.spawn(serve_connection(shared, stream, client, drain))
+                            connections
+                                .spawn(serve_connection(shared, stream, client, accepted, drain))
                         }
-                        Some(tls) => connections.spawn(serve_tls(shared, tls, stream, peer, drain)),
+                        Some(tls) => {
+                            connections.spawn(serve_tls(shared, tls, stream, peer, accepted, drain))
+                        }
                     };
                 }
                 // Out of descriptors and the like: the listener itself is fine, so keep accepting.
@@ -209,40 +275,65 @@ async fn bind_listeners(
 }
 
 /// A connection on the TLS listener: AMQP's TLS upgrade when the client asks for it, the handshake
-/// (the acceptor logs and counts refusals), then AMQP on the TLS stream.
+/// (the acceptor logs and counts refusals, and bounds it by `tls.handshake_timeout`), then AMQP on
+/// the TLS stream, all of it within the connection's handshake deadline.
 async fn serve_tls(
     shared: Arc<Shared>,
     tls: Tls,
     stream: TcpStream,
     peer: SocketAddr,
+    accepted: Accepted,
     drain: CancellationToken,
 ) {
-    let stream = match transport::start_tls(stream, tls.handshake_timeout).await {
-        Ok(stream) => stream,
-        Err(error) => {
-            tracing::debug!(%peer, %error, "AMQP TLS start failed");
-            return;
-        }
+    let handshake = async {
+        let stream = match transport::start_tls(stream, tls.handshake_timeout).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "AMQP TLS start failed");
+                return None;
+            }
+        };
+        tls.acceptor.accept(stream, peer).await
     };
-    let Some((stream, identity)) = tls.acceptor.accept(stream, peer).await else {
+    let Ok(handshaken) = tokio::time::timeout_at(accepted.deadline, handshake).await else {
+        handshake_timed_out(peer);
+        return;
+    };
+    let Some((stream, identity)) = handshaken else {
         return;
     };
     let client = Connecting {
         peer,
         identity: identity.map(Arc::new),
     };
-    serve_connection(shared, stream, client, drain).await;
+    serve_connection(shared, stream, client, accepted, drain).await;
 }
 
-/// Serves one connection, plain or TLS, in its own span (named by the client certificate, if any).
+/// Serves one connection, plain or TLS, in its own span (named by the client certificate, if any),
+/// or turns it away as its admission says.
 async fn serve_connection<S>(
     shared: Arc<Shared>,
     stream: S,
     client: Connecting,
+    accepted: Accepted,
     drain: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + Debug + 'static,
 {
+    // Its place under the limits, given back when the connection ends.
+    let _admitted = match accepted.admission {
+        Admission::Serve(permit) => permit,
+        Admission::Refuse(refusal, _turn) => {
+            let left = accepted.deadline.saturating_duration_since(Instant::now());
+            let peer = client.peer;
+            if let Err(error) =
+                refusal::refuse(stream, refusal.condition, refusal.description, left).await
+            {
+                tracing::debug!(%peer, %error, "AMQP refusal cut short");
+            }
+            return;
+        }
+    };
     let span = tracing::info_span!(
         "amqp.connection",
         peer = %client.peer,
@@ -252,9 +343,15 @@ async fn serve_connection<S>(
     if let Some(identity) = &client.identity {
         span.record("client_cert", field::display(identity));
     }
-    run_connection(shared, stream, client, drain)
+    run_connection(shared, stream, client, accepted.deadline, drain)
         .instrument(span)
         .await;
+}
+
+/// A client that did not finish its handshake in time: its connection is closed.
+fn handshake_timed_out(peer: SocketAddr) {
+    tracing::info!(%peer, "AMQP handshake not done within amqp.handshake_timeout; closing");
+    metrics::limit_refused(Protocol::Amqp, "handshake_timeout");
 }
 
 /// Why a connection did not open.
@@ -307,14 +404,20 @@ where
             shared.config.idle_timeout,
         )
         .await?;
-        let connection = shared.acceptor.accept(stream).await?;
+        let connection = shared
+            .acceptor
+            .accept(guarded(shared, stream, client))
+            .await?;
         return Ok((connection, principal));
     }
     // No SASL is no credentials: served as the certificate's name, or anonymously where this peer
     // may be. The refusal is said in AMQP (an OPEN, then CLOSE with the reason), as a client that
     // skipped SASL expects to hear it; so the connection opens first (which also keeps a client
     // that sent no AMQP header at all from counting as a failed login).
-    let mut connection = shared.acceptor.accept(stream).await?;
+    let mut connection = shared
+        .acceptor
+        .accept(guarded(shared, stream, client))
+        .await?;
     let attempt = Attempt {
         peer: client.peer,
         credentials: &Credentials::None,
@@ -337,17 +440,29 @@ where
     }
 }
 
+/// The stream fe2o3 reads the client's frames from: each checked before it is decoded.
+fn guarded<S>(shared: &Shared, stream: S, client: &Connecting) -> FrameGuard<S> {
+    FrameGuard::new(stream, Limits::from(&shared.config), client.peer)
+}
+
 async fn run_connection<S>(
     shared: Arc<Shared>,
     stream: S,
     connecting: Connecting,
+    deadline: Instant,
     drain: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + Debug + 'static,
 {
     let _open = metrics::connection_opened(Protocol::Amqp);
     let peer = connecting.peer;
-    let (mut connection, principal) = match open(&shared, stream, &connecting).await {
+    let stream = WriteDeadline::new(stream, shared.config.write_timeout);
+    let Ok(opened) = tokio::time::timeout_at(deadline, open(&shared, stream, &connecting)).await
+    else {
+        handshake_timed_out(peer);
+        return;
+    };
+    let (mut connection, principal) = match opened {
         Ok(opened) => opened,
         Err(error) => {
             tracing::info!(%peer, %error, "AMQP connection refused during open");
@@ -360,11 +475,20 @@ async fn run_connection<S>(
     // the client connects again with a fresh one, and its rights are decided anew.
     let expiry = principal.remaining();
     let expires_at = tokio::time::Instant::now() + expiry.unwrap_or(FAR);
+    let quota = shared
+        .access
+        .quota(&principal, None, Some(peer), Protocol::Amqp);
+    // AMQP names no client the way MQTT does (the container id is the process's): spans name
+    // the protocol only.
+    let log = shared
+        .access
+        .traced(shared.metered.clone(), || Who::new(Protocol::Amqp, None));
     let client = Arc::new(Client::new(
         peer,
         principal,
-        shared.metered.clone(),
+        log,
         shared.access.authorizer.clone(),
+        quota,
     ));
     tracing::debug!(%peer, "AMQP connection open");
     let sessions = TaskTracker::new();
@@ -374,7 +498,7 @@ async fn run_connection<S>(
             () = tokio::time::sleep_until(expires_at), if expiry.is_some() => break Ending::Expired,
             incoming = connection.next_incoming_session() => match incoming {
                 Some(incoming) => {
-                    match SessionAcceptor::new().accept_incoming_session(incoming, &mut connection).await {
+                    match shared.sessions.accept_incoming_session(incoming, &mut connection).await {
                         Ok(session) => {
                             sessions.spawn(session::serve(shared.clone(), client.clone(), session, drain.child_token()).in_current_span());
                         }

@@ -166,6 +166,7 @@ async fn check_link(shared: &Shared, client: &Client, attach: &Attach) -> Result
                 origin,
                 dead_letter_topic,
                 max_unsettled: shared.config.max_unsettled,
+                max_delivery_count: shared.config.max_delivery_count,
                 client: format!("{} {}", client.peer, attach.name),
             }))
         }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use courier_gateway::{auth::Access, log::Log};
-use fe2o3_amqp::acceptor::ConnectionAcceptor;
+use fe2o3_amqp::acceptor::{ConnectionAcceptor, SessionAcceptor};
 
 use crate::config::Config;
 
@@ -26,4 +26,6 @@ pub(crate) struct Shared {
     /// Who may connect, and what they may do.
     pub(crate) access: Access,
     pub(crate) acceptor: AmqpAcceptor,
+    /// Accepts a connection's sessions, offering `amqp.max_links_per_session` as handle-max.
+    pub(crate) sessions: SessionAcceptor,
 }

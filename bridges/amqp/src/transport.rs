@@ -19,6 +19,9 @@ use tokio::{
 
 /// The protocol header of a connection that starts with SASL (AMQP 1.0 §5.3.1).
 pub(crate) const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
+/// The protocol header of plain AMQP: what follows SASL, or what a client that skips SASL sends
+/// first (AMQP 1.0 §2.2).
+pub(crate) const AMQP_HEADER: [u8; 8] = *b"AMQP\x00\x01\x00\x00";
 /// The protocol header of a client that asks for TLS before anything else (AMQP 1.0 §5.2.1).
 pub(crate) const TLS_HEADER: [u8; 8] = *b"AMQP\x02\x01\x00\x00";
 

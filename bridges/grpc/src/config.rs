@@ -1,4 +1,6 @@
-//! `[grpc]`: the gRPC listener, its message limit, HTTP/2 keepalive and flow-control windows.
+//! `[grpc]`: the gRPC listener, its message limit, HTTP/2 keepalive and flow-control windows, and the
+//! limits that keep one client's load from the others: calls at once, how long a unary call may run,
+//! how much one Fetch may read.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -27,9 +29,37 @@ pub struct Config {
         with = "humantime_serde"
     )]
     pub keepalive_timeout: Duration,
+    /// How long a new connection may take to send HTTP/2's preface (after its TLS handshake, which
+    /// `tls.handshake_timeout` bounds): a client dripping bytes is closed after it.
+    #[serde(
+        default = "Config::default_handshake_timeout",
+        with = "humantime_serde"
+    )]
+    pub handshake_timeout: Duration,
     /// Most concurrent streams (calls) per HTTP/2 connection.
     #[serde(default = "Config::default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// Most unary calls (Produce, Fetch, Commit, Seek, the Admin calls) served at once by the whole
+    /// gateway, every connection together. One more is refused at once with RESOURCE_EXHAUSTED, never
+    /// queued; the client retries with backoff.
+    #[serde(default = "Config::default_max_unary_calls")]
+    pub max_unary_calls: usize,
+    /// Most streaming calls (ProduceStream, Subscribe, reflection) open at once in the whole gateway.
+    /// Counted apart from unary calls, so open streams never take the slots of unary calls, nor a
+    /// burst of unary calls keep a subscriber out. One more is refused at once with RESOURCE_EXHAUSTED.
+    #[serde(default = "Config::default_max_streaming_calls")]
+    pub max_streaming_calls: usize,
+    /// Longest a unary call may run; then it ends with DEADLINE_EXCEEDED (a client's shorter
+    /// `grpc-timeout` ends it sooner, the same way). Streams are not bound by it.
+    #[serde(default = "Config::default_unary_timeout", with = "humantime_serde")]
+    pub unary_timeout: Duration,
+    /// Most records one Fetch returns, whatever it asks for.
+    #[serde(default = "Config::default_max_fetch_records")]
+    pub max_fetch_records: usize,
+    /// Most key and value bytes one Fetch reads, whatever it asks for (one record is returned even if
+    /// larger). The response is also kept within `max_message_bytes`.
+    #[serde(default = "Config::default_max_fetch_bytes")]
+    pub max_fetch_bytes: usize,
     /// HTTP/2 flow-control window per stream, in bytes: how much one call may send before the gateway
     /// acknowledges it. HTTP/2's 64 KiB default holds a pipelining producer to one batch per round trip.
     #[serde(default = "Config::default_stream_window_bytes")]
@@ -46,6 +76,19 @@ pub struct Config {
 impl Config {
     /// Checks what the types cannot: the TLS table's own rules. Errors name the key.
     pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("max_unary_calls", self.max_unary_calls),
+            ("max_streaming_calls", self.max_streaming_calls),
+            ("max_fetch_records", self.max_fetch_records),
+            ("max_fetch_bytes", self.max_fetch_bytes),
+        ] {
+            if value == 0 {
+                return Err(format!("grpc.{key} must be at least 1"));
+            }
+        }
+        if self.unary_timeout.is_zero() {
+            return Err("grpc.unary_timeout must be longer than 0s".to_owned());
+        }
         if let Some(tls) = &self.tls {
             tls.validate_for("grpc", false)?;
         }
@@ -64,8 +107,28 @@ impl Config {
     fn default_keepalive_timeout() -> Duration {
         Duration::from_secs(10)
     }
+    fn default_handshake_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
     fn default_max_concurrent_streams() -> u32 {
         1024
+    }
+    fn default_max_unary_calls() -> usize {
+        1024
+    }
+    fn default_max_streaming_calls() -> usize {
+        1024
+    }
+    /// Longer than the Kafka producer's default `log.message_timeout` (30 s), so a produce the broker
+    /// cannot take ends with the log's own UNAVAILABLE, which says why, before this cut.
+    fn default_unary_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    fn default_max_fetch_records() -> usize {
+        10_000
+    }
+    fn default_max_fetch_bytes() -> usize {
+        8 << 20
     }
     /// Default HTTP/2 window per stream; clients use it too ([`crate::client_endpoint`]).
     pub const fn default_stream_window_bytes() -> u32 {
@@ -84,7 +147,13 @@ impl Default for Config {
             max_message_bytes: Self::default_max_message_bytes(),
             keepalive_interval: Self::default_keepalive_interval(),
             keepalive_timeout: Self::default_keepalive_timeout(),
+            handshake_timeout: Self::default_handshake_timeout(),
             max_concurrent_streams: Self::default_max_concurrent_streams(),
+            max_unary_calls: Self::default_max_unary_calls(),
+            max_streaming_calls: Self::default_max_streaming_calls(),
+            unary_timeout: Self::default_unary_timeout(),
+            max_fetch_records: Self::default_max_fetch_records(),
+            max_fetch_bytes: Self::default_max_fetch_bytes(),
             stream_window_bytes: Self::default_stream_window_bytes(),
             connection_window_bytes: Self::default_connection_window_bytes(),
             tls: None,

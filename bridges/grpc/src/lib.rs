@@ -5,7 +5,10 @@
 //! - [`config`]: `[grpc]`; `status`: the one error-to-status mapping ([`to_status`]);
 //! - [`server`]: builds the tonic server (limits, keepalive, health, reflection) and drains it;
 //!   `connection`: accepted connections, counted while open;
-//! - [`streams`], [`produce_stream`], [`subscribe`]: the data plane;
+//! - `limits`: calls at once (unary and streaming apart) and the deadline of unary calls, as tower
+//!   layers in front of every service;
+//! - [`streams`], [`produce_stream`], [`subscribe`]: the data plane; `fetch`: what one Fetch may
+//!   read and return;
 //! - [`admin`]: topics, groups and regions; `admin_role`: Admin and reflection for administrators;
 //! - `authentication`: every call's principal, from its `authorization` metadata, address and
 //!   client certificate (a tower layer in front of every service);
@@ -18,6 +21,8 @@ mod authentication;
 pub mod config;
 pub mod connection;
 mod convert;
+mod fetch;
+mod limits;
 pub mod produce_stream;
 pub mod proto;
 pub mod server;

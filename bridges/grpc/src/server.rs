@@ -2,6 +2,7 @@
 //! keepalive, served on listeners the caller bound (so the caller knows the ports before it serves),
 //! plain (h2c) and over TLS (ALPN `h2`, [`Listeners`]: handshakes never hold up the accept loop).
 //! Every call but health checks is authenticated first; reflection and Admin are for administrators.
+//! Calls at once and the time a unary call may take are limited ([`crate::limits`]).
 
 use std::{io, net::SocketAddr, sync::Arc};
 
@@ -11,7 +12,7 @@ use courier_gateway::{
     log::{Log, layers::Metered},
     metrics::Protocol,
     regions::Regions,
-    tls::Listeners,
+    tls::{Gates, Listeners},
 };
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,8 @@ use crate::{
     admin_role::AdminOnly,
     authentication::AuthenticationLayer,
     connection::CountedConnection,
+    fetch::FetchCaps,
+    limits::{AdmissionLayer, CallKinds, UnaryDeadlineLayer},
     proto::{
         FILE_DESCRIPTOR_SET,
         v1::{admin_server::AdminServer, streams_server::StreamsServer},
@@ -75,6 +78,9 @@ pub enum ServeError {
     /// Reflection could not load the API's descriptors.
     #[error("building gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The API's descriptors, read to tell streaming calls from unary ones, did not decode.
+    #[error("reading the API's descriptors: {0}")]
+    Descriptors(#[from] prost::DecodeError),
     /// The transport failed.
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -100,12 +106,21 @@ impl GrpcServer {
         let reflection_v1 = InterceptedService::new(reflection().build_v1()?, admin_only.clone());
         let reflection_v1alpha = InterceptedService::new(reflection().build_v1alpha()?, admin_only);
 
+        // Which calls stream, from the descriptors of every service served below.
+        let kinds = CallKinds::from_descriptor_sets(&[
+            FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ])?;
+
         let limit = self.config.max_message_bytes;
         // What clients produce is counted as gRPC's (the metrics layer); Admin produces nothing.
         let streams = StreamsServer::new(StreamsService::new(
             Arc::new(Metered::new(self.log.clone(), Protocol::Grpc)),
-            self.access.authorizer.clone(),
+            self.access.clone(),
             self.groups.clone(),
+            FetchCaps::of(&self.config),
             drain.clone(),
         ))
         .max_decoding_message_size(limit)
@@ -142,17 +157,42 @@ impl GrpcServer {
 
         // Its own token: accepting also stops when tonic fails, without draining anything else.
         let stop_accepting = drain.child_token();
-        let incoming = ReceiverStream::new(listeners.0.incoming(stop_accepting.clone()))
-            .map(|connection| Ok::<_, io::Error>(CountedConnection::new(connection)));
+        let handshake_timeout = self.config.handshake_timeout;
+        let limits = &self.access.limits.connections;
+        let gates = Gates {
+            plain: limits.gate(Protocol::Grpc, "grpc"),
+            tls: limits.gate(Protocol::Grpc, "grpcs"),
+        };
+        let incoming = ReceiverStream::new(
+            listeners.0.incoming_through(gates, stop_accepting.clone()),
+        )
+        .map(move |connection| {
+            Ok::<_, io::Error>(CountedConnection::new(connection, handshake_timeout))
+        });
         let served = Server::builder()
             .http2_keepalive_interval(Some(self.config.keepalive_interval))
             .http2_keepalive_timeout(Some(self.config.keepalive_timeout))
             .max_concurrent_streams(self.config.max_concurrent_streams)
             .initial_stream_window_size(self.config.stream_window_bytes)
             .initial_connection_window_size(self.config.connection_window_bytes)
+            // tonic's own `concurrency_limit_per_connection`, `load_shed` and `timeout` stay off:
+            // the layers below do their jobs for the whole gateway and answer with the right status
+            // (`limits.rs` says why tonic's do not).
+            //
+            // Outermost, so a unary call's time counts from its arrival (authentication included),
+            // and its deadline is armed before tonic's own for the client's `grpc-timeout`.
+            .layer(UnaryDeadlineLayer::new(
+                kinds.clone(),
+                self.config.unary_timeout,
+            ))
             // Outside every service, so none runs for a caller that is not authenticated; inside
             // the connection, whose `Peer` (address, client certificate) it reads.
             .layer(AuthenticationLayer::new(self.access.authenticator.clone()))
+            // Behind authentication, so only callers who authenticated take a place: a flood of bad
+            // credentials is the authenticator's to refuse (its bounded hashing pool and throttle)
+            // and cannot take the places of clients that log in. In front of every service, so a
+            // refused call costs nothing more.
+            .layer(AdmissionLayer::new(kinds, &self.config))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -2,27 +2,30 @@
 //! have their own modules ([`crate::produce_stream`], [`crate::subscribe`]).
 //!
 //! Each call sees the log as its caller: wrapped in its own [`Authorized`], which decides every
-//! request by the principal's policy and keeps it off the gateway's internal state. For the two
+//! request by the principal's policy and keeps it off the gateway's internal state, and behind
+//! it the principal's quotas ([`Quoted`], where `[limits.quotas]` sets any). For the two
 //! streams that wrapper lives as long as the stream, which ends when the gateway drains or the
 //! caller's token expires ([`crate::stream_end`]).
 
 use std::sync::Arc;
 
 use courier_gateway::{
-    auth::Authorizer,
+    auth::Access,
     config::GroupsConfig,
     log::{
-        FetchLimits, Log, TopicPartition,
-        layers::{Authorized, Scope},
+        Log, TopicPartition,
+        layers::{Authorized, Quoted, Scope},
     },
     metrics::{self, Protocol},
+    telemetry::{TRACEPARENT, Who, context_of_call},
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     authentication::principal_of,
-    convert::{self, acks_to_wire, partition_from_wire, record_from_wire, record_to_wire},
+    convert::{self, acks_to_wire, partition_from_wire, record_from_wire},
+    fetch::FetchCaps,
     produce_stream,
     proto::v1::{self as pb, streams_server::Streams},
     stream_end::StreamEnds,
@@ -34,25 +37,31 @@ use crate::{
 pub struct StreamsService {
     /// The log as every client sees it (metered); each call wraps it for its caller.
     log: Arc<dyn Log>,
-    authorizer: Authorizer,
     groups: GroupsConfig,
+    /// What one Fetch may read and return.
+    fetch_caps: FetchCaps,
     /// Cancelled when the gateway drains: streams finish what they hold and end with UNAVAILABLE.
     drain: CancellationToken,
+    /// Who may call (the authorizer decides each call's requests), and every principal's quotas:
+    /// a call draws from its caller's.
+    access: Access,
 }
 
 impl StreamsService {
-    /// A service over `log`, each call's requests decided by `authorizer`; `drain` ends its
-    /// streams gracefully.
-    pub fn new(
+    /// A service over `log`, each call's requests decided by `access`'s authorizer and held to
+    /// its caller's quotas, Fetch within `fetch_caps`; `drain` ends its streams gracefully.
+    pub(crate) fn new(
         log: Arc<dyn Log>,
-        authorizer: Authorizer,
+        access: Access,
         groups: GroupsConfig,
+        fetch_caps: FetchCaps,
         drain: CancellationToken,
     ) -> Self {
         Self {
             log,
-            authorizer,
+            access,
             groups,
+            fetch_caps,
             drain,
         }
     }
@@ -60,9 +69,24 @@ impl StreamsService {
     /// The log as the caller of `request` may use it.
     fn log_for<T>(&self, request: &Request<T>) -> Result<Arc<dyn Log>, Status> {
         let principal = principal_of(request)?.clone();
+        let address = request
+            .extensions()
+            .get::<crate::Peer>()
+            .and_then(|peer| peer.address);
+        let quota = self.access.quota(&principal, None, address, Protocol::Grpc);
+        let log = self.access.traced(self.log.clone(), || {
+            let metadata = request.metadata();
+            let text = |key: &str| metadata.get(key).and_then(|value| value.to_str().ok());
+            Who::new(Protocol::Grpc, None)
+                .in_call(context_of_call(text(TRACEPARENT), text("tracestate")))
+        });
+        let log = match quota {
+            Some(quota) => Arc::new(Quoted::new(log, quota)),
+            None => log,
+        };
         Ok(Arc::new(Authorized::new(
-            self.log.clone(),
-            self.authorizer.clone(),
+            log,
+            self.access.authorizer.clone(),
             principal,
             None,
             "grpc",
@@ -121,8 +145,7 @@ impl Streams for StreamsService {
         let peer = peer_of(&request);
         let log = self.log_for(&request)?;
         let ends = self.ends_for(&request)?;
-        let stream = subscribe::start(log, request.into_inner(), peer, &self.groups, ends).await?;
-        Ok(Response::new(stream))
+        subscribe::start(log, request.into_inner(), peer, &self.groups, ends).await
     }
 
     async fn fetch(
@@ -131,27 +154,25 @@ impl Streams for StreamsService {
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let log = self.log_for(&request)?;
         let request = request.into_inner();
-        let defaults = FetchLimits::default();
-        let limits = FetchLimits {
-            max_records: if request.max_records == 0 {
-                defaults.max_records
-            } else {
-                request.max_records as usize
-            },
-            max_bytes: if request.max_bytes == 0 {
-                defaults.max_bytes
-            } else {
-                request.max_bytes as usize
-            },
-        };
+        let limits = self
+            .fetch_caps
+            .limits(request.max_records, request.max_bytes);
         let partition = partition_from_wire(request.topic, request.partition);
         let fetched = log
             .fetch(&partition, request.offset, limits)
             .await
             .map_err(to_status)?;
-        metrics::delivered_records(Protocol::Grpc, &fetched.records);
+        let records = self.fetch_caps.fit(fetched.records);
+        metrics::delivered(
+            Protocol::Grpc,
+            records.len(),
+            records
+                .iter()
+                .map(|r| r.value.as_ref().map_or(0, |v| v.len()))
+                .sum(),
+        );
         Ok(Response::new(pb::FetchResponse {
-            records: fetched.records.into_iter().map(record_to_wire).collect(),
+            records,
             low_watermark: fetched.low_watermark,
             high_watermark: fetched.high_watermark,
         }))

@@ -4,6 +4,10 @@
 //! when it has room to send it, so a client that is slow to read never stops its own acks from being
 //! seen. The log stops delivering at `max_in_flight` unacknowledged records.
 //!
+//! The window is the client's `max_in_flight`, lowered to `groups.max_in_flight` (not refused), or
+//! `groups.default_max_in_flight` when it sets none; the response's initial metadata says which
+//! ([`MAX_IN_FLIGHT_HEADER`]).
+//!
 //! On drain (SIGTERM) the stream stops delivering, waits up to [`DRAIN_ACK_GRACE`] for the client to
 //! ack what it holds, commits, and ends with UNAVAILABLE. Whatever stays unacknowledged is redelivered.
 //! When the caller's token expires it does the same and ends with UNAUTHENTICATED.
@@ -17,7 +21,7 @@ use courier_gateway::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::{Status, Streaming};
+use tonic::{Response, Status, Streaming, metadata::MetadataValue};
 use tracing::Instrument;
 
 use crate::{
@@ -36,8 +40,15 @@ pub const DRAIN_ACK_GRACE: Duration = Duration::from_secs(2);
 /// Events queued towards the client. Small: the log's window is the real bound.
 const OUTBOUND_DEPTH: usize = 16;
 
+/// Initial metadata of a Subscribe response: the `max_in_flight` in effect, which is lower than the
+/// client asked for when it asked for more than `groups.max_in_flight`.
+pub const MAX_IN_FLIGHT_HEADER: &str = "courier-max-in-flight";
+
 /// The response stream type.
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+/// Longest a Subscribe stream may take to send its `start` message.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads the `start` message, subscribes, and starts serving the stream.
 pub(crate) async fn start(
@@ -46,21 +57,23 @@ pub(crate) async fn start(
     peer: String,
     groups: &GroupsConfig,
     ends: StreamEnds,
-) -> Result<ResponseStream, Status> {
-    let first = requests
-        .message()
-        .await?
+) -> Result<Response<ResponseStream>, Status> {
+    // Until it says what to read, a stream holds a streaming place for nothing: bounded.
+    let first = tokio::time::timeout(START_TIMEOUT, requests.message())
+        .await
+        .map_err(|_| {
+            metrics::limit_refused(Protocol::Grpc, "subscribe_start_timeout");
+            Status::deadline_exceeded(format!(
+                "no start message within {START_TIMEOUT:?} of opening Subscribe"
+            ))
+        })??
         .ok_or_else(|| Status::invalid_argument("the stream ended before its start message"))?;
     let Some(RequestKind::Start(start)) = first.kind else {
         return Err(Status::invalid_argument(
             "the first message of Subscribe must be `start`",
         ));
     };
-    let max_in_flight = if start.max_in_flight == 0 {
-        groups.default_max_in_flight
-    } else {
-        start.max_in_flight as usize
-    };
+    let max_in_flight = groups.window(start.max_in_flight as usize);
     let options = SubscribeOptions {
         topics: convert::selector_from_wire(start.topics, start.topic_pattern)?,
         group: (!start.group.is_empty()).then_some(start.group),
@@ -71,11 +84,24 @@ pub(crate) async fn start(
     };
     let span = tracing::info_span!("grpc.subscribe", peer = %options.client, group = options.group.as_deref().unwrap_or(""));
     let subscription = log.subscribe(options).await.map_err(to_status)?;
-    span.in_scope(|| tracing::debug!("subscription started"));
+    span.in_scope(|| {
+        if max_in_flight < start.max_in_flight as usize {
+            tracing::debug!(
+                asked = start.max_in_flight,
+                max_in_flight,
+                "max_in_flight lowered to groups.max_in_flight"
+            );
+        }
+        tracing::debug!(max_in_flight, "subscription started");
+    });
 
     let (responses, stream) = mpsc::channel(OUTBOUND_DEPTH);
     tokio::spawn(serve(subscription, requests, responses, ends).instrument(span));
-    Ok(Box::pin(ReceiverStream::new(stream)))
+    let mut response = Response::new(Box::pin(ReceiverStream::new(stream)) as ResponseStream);
+    response
+        .metadata_mut()
+        .insert(MAX_IN_FLIGHT_HEADER, MetadataValue::from(max_in_flight));
+    Ok(response)
 }
 
 /// Why a stream ended.

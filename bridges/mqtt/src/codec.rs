@@ -6,7 +6,10 @@
 //! PUBLISH packets through rumqttd's own byte form ([`outgoing_publish`]).
 
 use bytes::{BufMut, BytesMut};
-use rumqttd::protocol::{self as wire, Packet, Protocol, Publish, QoS, v4::V4, v5::V5};
+use rumqttd::protocol::{
+    self as wire, Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, Protocol,
+    Publish, QoS, v4::V4, v5::V5,
+};
 
 use crate::error::{Error, Result};
 
@@ -161,13 +164,65 @@ impl Codec {
     /// Encodes a packet. Before CONNECT is known (refusing an unsupported version) 3.1.1 is used, whose
     /// CONNACK older clients also read. MQTT 3.1.1 has no properties: they are dropped.
     pub fn encode(&self, packet: Packet, out: &mut BytesMut) -> Result<()> {
-        match self.version.unwrap_or(Version::V4) {
-            Version::V4 => V4.write(without_properties(packet), out),
-            Version::V5 => V5.write(packet, out),
+        match (self.version.unwrap_or(Version::V4), packet) {
+            (Version::V4, packet) => V4.write(without_properties(packet), out),
+            (Version::V5, Packet::Disconnect(disconnect, properties))
+                if properties.as_ref().is_none_or(is_empty) =>
+            {
+                return bare_disconnect(disconnect, out);
+            }
+            (Version::V5, packet) => V5.write(packet, out),
         }
         .map(drop)
         .map_err(Error::Malformed)
     }
+}
+
+/// Writes an MQTT 5 DISCONNECT that has no properties to send as its reason code and a Property
+/// Length of 0 (the Property Length may be left out too [MQTT-3.14.2.2.1], but not every client
+/// reads that: rumqttc does not), or as no reason code at all for a normal disconnection.
+/// rumqttd (0.20) writes such a DISCONNECT wrongly: with properties that are all empty (a reason
+/// string too long for the client's maximum packet size was left out) as a normal disconnection,
+/// its reason code dropped; without properties with a Remaining Length one byte short. rumqttd
+/// keeps its reason codes' numbers to itself, so the code is taken from a DISCONNECT it writes
+/// with an empty reason string, which it writes correctly.
+fn bare_disconnect(disconnect: Disconnect, out: &mut BytesMut) -> Result<()> {
+    if disconnect.reason_code == DisconnectReasonCode::NormalDisconnection {
+        out.put_slice(&[DISCONNECT << 4, 0]);
+        return Ok(());
+    }
+    let mut written = BytesMut::new();
+    let with_reason_string = DisconnectProperties {
+        session_expiry_interval: None,
+        reason_string: Some(String::new()),
+        user_properties: Vec::new(),
+        server_reference: None,
+    };
+    V5.write(
+        Packet::Disconnect(disconnect, Some(with_reason_string)),
+        &mut written,
+    )
+    .map_err(Error::Malformed)?;
+    // The fixed header's two bytes (the packet is short), then the reason code.
+    let code = *written
+        .get(2)
+        .ok_or(Error::Malformed(wire::Error::MalformedPacket))?;
+    out.put_slice(&[DISCONNECT << 4, 2, code, 0]);
+    Ok(())
+}
+
+/// Whether a DISCONNECT's properties have nothing to send.
+fn is_empty(properties: &DisconnectProperties) -> bool {
+    let DisconnectProperties {
+        session_expiry_interval,
+        reason_string,
+        user_properties,
+        server_reference,
+    } = properties;
+    session_expiry_interval.is_none()
+        && reason_string.is_none()
+        && user_properties.is_empty()
+        && server_reference.is_none()
 }
 
 /// Builds a PUBLISH to send. rumqttd only lets its own crate set QoS, packet id and DUP, so the packet
@@ -327,7 +382,7 @@ fn without_properties(packet: Packet) -> Packet {
 mod tests {
     use bytes::Bytes;
     use proptest::prelude::*;
-    use rumqttd::protocol::{DisconnectReasonCode, PublishProperties};
+    use rumqttd::protocol::PublishProperties;
 
     use super::*;
 
@@ -413,6 +468,63 @@ mod tests {
                 "{bad:x?}: {refused:?}"
             );
         }
+    }
+
+    /// Found by the `session` fuzz target: a DISCONNECT to an MQTT 5 client whose maximum packet
+    /// size leaves no room for the reason string went out as a normal disconnection.
+    #[test]
+    fn a_disconnect_without_properties_to_send_keeps_its_reason_code() {
+        let mut codec = Codec::new(1024);
+        codec
+            .decode(&mut BytesMut::from(
+                &b"\x10\x0d\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x00"[..],
+            ))
+            .unwrap();
+        assert_eq!(codec.version(), Some(Version::V5));
+        let empty = DisconnectProperties {
+            session_expiry_interval: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            server_reference: None,
+        };
+        for (reason, expected) in [
+            (
+                DisconnectReasonCode::ProtocolError,
+                &b"\xe0\x02\x82\x00"[..],
+            ),
+            (DisconnectReasonCode::PacketTooLarge, b"\xe0\x02\x95\x00"),
+            (
+                DisconnectReasonCode::ServerShuttingDown,
+                b"\xe0\x02\x8b\x00",
+            ),
+            (DisconnectReasonCode::NormalDisconnection, b"\xe0\x00"),
+        ] {
+            for properties in [None, Some(empty.clone())] {
+                let mut out = BytesMut::new();
+                let packet = Packet::Disconnect(
+                    Disconnect {
+                        reason_code: reason,
+                    },
+                    properties,
+                );
+                codec.encode(packet, &mut out).unwrap();
+                assert_eq!(&out[..], expected, "{reason:?}");
+            }
+        }
+        // With properties to send, rumqttd writes it.
+        let mut out = BytesMut::new();
+        let properties = DisconnectProperties {
+            reason_string: Some("why".into()),
+            ..empty
+        };
+        let packet = Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::ProtocolError,
+            },
+            Some(properties),
+        );
+        codec.encode(packet, &mut out).unwrap();
+        assert_eq!(&out[..], b"\xe0\x08\x82\x06\x1f\x00\x03why");
     }
 
     #[test]

@@ -34,6 +34,27 @@ pub struct Config {
     /// receive maximum of its own (MQTT 3.1.1 has none).
     #[serde(default = "Config::default_max_inflight")]
     pub max_inflight: u16,
+    /// Most messages in flight to one client however large a receive maximum it names (MQTT 5
+    /// allows 65,535): what the gateway holds for a client that stops acknowledging.
+    #[serde(default = "Config::default_max_outbound_inflight")]
+    pub max_outbound_inflight: u16,
+    /// Most subscriptions one client may hold; a SUBSCRIBE past it is refused filter by filter
+    /// (MQTT 5 0x97 Quota exceeded, 3.1.1 0x80).
+    #[serde(default = "Config::default_max_subscriptions")]
+    pub max_subscriptions: usize,
+    /// Most retained messages waiting to go to one client: a new subscription's matching retained
+    /// messages past it are not sent (and counted). A SUBSCRIBE made again while its previous one's
+    /// retained messages still wait adds none, so `SUBSCRIBE #` repeated queues them once.
+    #[serde(default = "Config::default_max_queued_retained")]
+    pub max_queued_retained: usize,
+    /// Longest will delay a client may ask for; longer ones are shortened to it.
+    #[serde(default = "Config::default_max_will_delay", with = "humantime_serde")]
+    pub max_will_delay: Duration,
+    /// Longest a write to a client may make no progress: a client that stops reading its socket is
+    /// disconnected after it, and what it had not acknowledged is delivered again (to its next
+    /// connection, or to another member of its shared subscription).
+    #[serde(default = "Config::default_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Highest topic alias an MQTT 5 client may use; 0 turns aliases off.
     #[serde(default = "Config::default_topic_alias_maximum")]
     pub topic_alias_maximum: u16,
@@ -89,6 +110,11 @@ impl Default for Config {
             receive_maximum: Self::default_receive_maximum(),
             max_inflight: Self::default_max_inflight(),
             topic_alias_maximum: Self::default_topic_alias_maximum(),
+            max_outbound_inflight: Self::default_max_outbound_inflight(),
+            max_subscriptions: Self::default_max_subscriptions(),
+            max_queued_retained: Self::default_max_queued_retained(),
+            max_will_delay: Self::default_max_will_delay(),
+            write_timeout: Self::default_write_timeout(),
             max_session_expiry: Self::default_max_session_expiry(),
             max_keep_alive: Self::default_max_keep_alive(),
             courier_id_property: false,
@@ -108,6 +134,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(tls) = &self.tls {
             tls.validate_for("mqtt", true)?;
+        }
+        // Each of these at 0 would serve nobody: no delivery, no subscription, no write.
+        if self.max_outbound_inflight == 0 {
+            return Err("mqtt.max_outbound_inflight must be at least 1".into());
+        }
+        if self.max_subscriptions == 0 {
+            return Err("mqtt.max_subscriptions must be at least 1".into());
+        }
+        if self.write_timeout.is_zero() {
+            return Err("mqtt.write_timeout must be more than 0s".into());
         }
         Ok(())
     }
@@ -129,6 +165,21 @@ impl Config {
     }
     fn default_topic_alias_maximum() -> u16 {
         64
+    }
+    fn default_max_outbound_inflight() -> u16 {
+        1024
+    }
+    fn default_max_subscriptions() -> usize {
+        1000
+    }
+    fn default_max_queued_retained() -> usize {
+        100_000
+    }
+    fn default_max_will_delay() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+    fn default_write_timeout() -> Duration {
+        Duration::from_secs(30)
     }
     fn default_max_session_expiry() -> Duration {
         Duration::from_secs(7 * 24 * 3600)

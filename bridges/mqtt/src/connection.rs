@@ -6,7 +6,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{
     codec::{Codec, Frame, Version},
-    error::Result,
+    error::{Error, Result},
 };
 
 /// Initial buffers: most MQTT packets are small, and an idle device should cost little (the buffers
@@ -16,6 +16,9 @@ const READ_BUFFER: usize = 1024;
 /// Longest a closing connection waits for the client to close its side.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A write deadline far enough away to be none.
+const NO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
 /// One client's byte stream with its codec and buffers.
 #[derive(Debug)]
 pub struct Connection<S> {
@@ -23,6 +26,11 @@ pub struct Connection<S> {
     codec: Codec,
     read_buffer: BytesMut,
     write_buffer: BytesMut,
+    /// Longest a write may make no progress before the connection is given up.
+    write_timeout: std::time::Duration,
+    /// A write timed out: the client is not reading, so nothing more is written (a goodbye or a
+    /// TLS close would wait for it again), and the socket is only dropped.
+    stuck: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -33,7 +41,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             codec: Codec::new(max_packet_size),
             read_buffer: BytesMut::with_capacity(READ_BUFFER),
             write_buffer: BytesMut::new(),
+            write_timeout: NO_DEADLINE,
+            stuck: false,
         }
+    }
+
+    /// The same connection, whose writes may make no progress for at most `timeout`
+    /// (`mqtt.write_timeout`); past it, [`Connection::flush`] fails with
+    /// [`Error::WriteTimeout`] and the connection writes nothing more.
+    pub fn with_write_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.write_timeout = timeout;
+        self
     }
 
     /// The version learnt from CONNECT.
@@ -81,20 +99,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(true)
     }
 
-    /// Sends everything queued.
+    /// Sends everything queued, each write within the write deadline: a client that stops reading
+    /// fills the socket's buffers, and a write then makes no progress; past the deadline the
+    /// connection is given up rather than left holding its task and its deliveries. A slow reader
+    /// that keeps taking bytes is not cut off, however long a large burst takes it.
     pub async fn flush(&mut self) -> Result<()> {
-        if !self.write_buffer.is_empty() {
-            self.stream.write_all(&self.write_buffer).await?;
-            self.write_buffer.clear();
-            self.stream.flush().await?;
+        if self.stuck {
+            return Err(Error::WriteTimeout(self.write_timeout));
         }
-        Ok(())
+        if self.write_buffer.is_empty() {
+            return Ok(());
+        }
+        let mut written = 0;
+        while written < self.write_buffer.len() {
+            let wrote = tokio::time::timeout(
+                self.write_timeout,
+                self.stream.write(&self.write_buffer[written..]),
+            )
+            .await;
+            match wrote {
+                Ok(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+                Ok(Ok(bytes)) => written += bytes,
+                Ok(Err(error)) => return Err(error.into()),
+                Err(_) => return Err(self.give_up()),
+            }
+        }
+        self.write_buffer.clear();
+        match tokio::time::timeout(self.write_timeout, self.stream.flush()).await {
+            Ok(flushed) => Ok(flushed?),
+            Err(_) => Err(self.give_up()),
+        }
     }
 
-    /// Sends what is queued and closes the stream's write side.
+    fn give_up(&mut self) -> Error {
+        self.stuck = true;
+        Error::WriteTimeout(self.write_timeout)
+    }
+
+    /// Sends what is queued and closes the stream's write side (nothing, once a write timed out).
+    /// A goodbye waits at most [`LINGER`] for the client to take it: the connection is ending, and
+    /// a drain must not wait out a full write deadline per client that stopped reading.
     pub async fn close(&mut self) -> Result<()> {
+        if self.stuck {
+            return Ok(());
+        }
+        self.write_timeout = self.write_timeout.min(LINGER);
         self.flush().await?;
-        self.stream.shutdown().await?;
+        tokio::time::timeout(self.write_timeout, self.stream.shutdown())
+            .await
+            .map_err(|_| self.give_up())??;
         Ok(())
     }
 
@@ -103,6 +156,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// reset can discard the final DISCONNECT before the client reads it: a client that was still
     /// publishing would see a broken pipe, not the reason.
     pub async fn linger(&mut self) {
+        if self.stuck {
+            return;
+        }
         // Into the read buffer, which is no longer needed: a buffer of its own here would make every
         // connection's task larger, whether it ever lingers or not.
         let drained = tokio::time::timeout(LINGER, async {

@@ -44,6 +44,10 @@ pub enum Error {
     #[error("the token this connection was authenticated with has expired")]
     CredentialsExpired,
 
+    /// The client did not read what the gateway wrote for this long (`mqtt.write_timeout`).
+    #[error("the client read nothing the gateway wrote for {0:?} (mqtt.write_timeout)")]
+    WriteTimeout(std::time::Duration),
+
     /// A second connection with the same client id took this one's session.
     #[error("session taken over by a newer connection with the same client id")]
     SessionTakenOver,
@@ -92,6 +96,8 @@ impl Error {
             Self::TopicAliasInvalid(_) => DisconnectReasonCode::TopicAliasInvalid,
             Self::ReceiveMaximumExceeded(_) => DisconnectReasonCode::ReceiveMaximumExceeded,
             Self::KeepAliveTimeout(_) => DisconnectReasonCode::KeepAliveTimeout,
+            // Never sent (the client is not reading); named for the log.
+            Self::WriteTimeout(_) => DisconnectReasonCode::UnspecifiedError,
             // "The maximum connection time authorized for this connection has been exceeded."
             Self::CredentialsExpired => DisconnectReasonCode::MaximumConnectTime,
             Self::SessionTakenOver => DisconnectReasonCode::SessionTakenOver,
@@ -200,6 +206,7 @@ impl From<&courier_gateway::Error> for Refusal {
             }
             Log::RecordTooLarge { .. } => RefusalCode::QuotaExceeded,
             Log::Forbidden { .. } => RefusalCode::NotAuthorized,
+            Log::QuotaExceeded { .. } => RefusalCode::QuotaExceeded,
             error if error.is_client_error() => RefusalCode::ImplementationSpecific,
             error if !error.is_retryable() => RefusalCode::NotAuthorized,
             _ => RefusalCode::Unspecified,

@@ -7,6 +7,7 @@ use std::{net::SocketAddr, sync::Arc};
 use async_tungstenite::tungstenite::{
     handshake::server::{ErrorResponse, Request, Response},
     http::HeaderValue,
+    protocol::WebSocketConfig,
 };
 use courier_gateway::{
     auth::Access,
@@ -17,6 +18,7 @@ use courier_gateway::{
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
 };
 use tokio_util::{
     sync::{CancellationToken, DropGuard},
@@ -125,23 +127,53 @@ impl Server {
 
     /// Accepts connections until `drain` fires, then tells every client the server is shutting down
     /// (MQTT 5 DISCONNECT 0x8B), lets each finish its appends and commits, and returns.
+    ///
+    /// Each connection is admitted by its listener's gate (`[limits]`) first. A refused one on
+    /// plain TCP is answered in MQTT (CONNACK 0x97 or 0x9F) by a task of its own, at most
+    /// [`REFUSING_AT_ONCE`] at a time; past that, and on TLS and WebSocket listeners (where the
+    /// answer would cost a handshake, which is what a flood wants spent), it is closed at once.
     pub async fn serve(self, drain: CancellationToken) -> Result<()> {
         let tracker = TaskTracker::new();
+        let limits = &self.bridge.access.limits.connections;
+        let gates = [
+            limits.gate(Protocol::Mqtt, "mqtt"),
+            limits.gate(Protocol::Mqtt, "mqtt-ws"),
+            limits.gate(Protocol::Mqtt, "mqtts"),
+            limits.gate(Protocol::Mqtt, "mqtt-wss"),
+        ];
+        let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
         let result = loop {
-            let (accepted, transport, tls) = tokio::select! {
+            let (accepted, transport, tls, gate) = tokio::select! {
                 () = drain.cancelled() => break Ok(()),
-                accepted = accept_on(self.tcp.as_ref()) => (accepted, Transport::Tcp, None),
-                accepted = accept_on(self.websocket.as_ref()) => (accepted, Transport::WebSocket, None),
-                accepted = accept_on(self.tls_tcp.as_ref()) => (accepted, Transport::Tcp, self.tls.clone()),
-                accepted = accept_on(self.tls_websocket.as_ref()) => (accepted, Transport::WebSocket, self.tls.clone()),
+                accepted = accept_on(self.tcp.as_ref()) => (accepted, Transport::Tcp, None, &gates[0]),
+                accepted = accept_on(self.websocket.as_ref()) => (accepted, Transport::WebSocket, None, &gates[1]),
+                accepted = accept_on(self.tls_tcp.as_ref()) => (accepted, Transport::Tcp, self.tls.clone(), &gates[2]),
+                accepted = accept_on(self.tls_websocket.as_ref()) => (accepted, Transport::WebSocket, self.tls.clone(), &gates[3]),
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let permit = match gate.admit(peer) {
+                        Ok(permit) => permit,
+                        Err(refusal) => {
+                            let answerable = tls.is_none() && matches!(transport, Transport::Tcp);
+                            if let (true, Ok(turn)) =
+                                (answerable, refusing.clone().try_acquire_owned())
+                            {
+                                let bridge = self.bridge.clone();
+                                tracker.spawn(async move {
+                                    session::turn_away(bridge, stream, peer, refusal).await;
+                                    drop(turn);
+                                });
+                            }
+                            continue;
+                        }
+                    };
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
                     }
                     let (bridge, drain) = (self.bridge.clone(), drain.clone());
                     tracker.spawn(async move {
+                        let _admitted = permit;
                         let _open = metrics::connection_opened(Protocol::Mqtt);
                         match (tls, transport) {
                             (None, Transport::Tcp) => {
@@ -177,6 +209,9 @@ impl Server {
     }
 }
 
+/// Refused connections answered in MQTT at once (each for at most `mqtt.connect_timeout`).
+const REFUSING_AT_ONCE: usize = 64;
+
 /// Completes the TLS handshake (refusals are logged and counted by the acceptor), then serves MQTT
 /// or MQTT over WebSocket on the TLS stream, with the client certificate's identity, if any.
 async fn serve_tls(
@@ -206,9 +241,19 @@ async fn serve_websocket<S: AsyncRead + AsyncWrite + Unpin + Send>(
     identity: Option<Box<ClientIdentity>>,
     drain: CancellationToken,
 ) {
+    // A WebSocket message carries MQTT bytes: none needs to be larger than an MQTT packet may be
+    // (tungstenite's default would buffer 64 MiB for a client that never finishes a message).
+    let max_message = bridge.config.max_packet_size as usize;
+    let websocket_limits = WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
     let handshake = tokio::time::timeout(
         bridge.config.connect_timeout,
-        async_tungstenite::tokio::accept_hdr_async(stream, choose_mqtt_subprotocol),
+        async_tungstenite::tokio::accept_hdr_async_with_config(
+            stream,
+            choose_mqtt_subprotocol,
+            Some(websocket_limits),
+        ),
     )
     .await;
     match handshake {

@@ -23,10 +23,11 @@ use courier_gateway::{
     auth::Principal,
     log::{
         Log,
-        layers::{Authorized, Scope},
+        layers::{Authorized, Quoted, Scope},
         now_ms,
     },
     metrics::{self, Protocol},
+    telemetry::Who,
     tls::ClientIdentity,
 };
 use futures_util::FutureExt;
@@ -79,7 +80,8 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         span.record("certificate", tracing::field::display(certificate));
     }
     async move {
-        let mut connection = Connection::new(stream, bridge.config.max_packet_size as usize);
+        let mut connection = Connection::new(stream, bridge.config.max_packet_size as usize)
+            .with_write_timeout(bridge.config.write_timeout);
         // `established` lives only inside the match: a local of this block, it would keep its
         // half KiB in every connection's task for as long as the connection lasts.
         let mut session = match connect::handshake(&bridge, &mut connection, peer, certificate)
@@ -96,7 +98,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     session_present = established.session_present,
                     "connected"
                 );
-                Session::new(bridge, established)
+                Session::new(bridge, established, peer)
             }
             Ok(None) => return,
             Err(error) => {
@@ -116,6 +118,27 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
     .instrument(span)
     .await;
+}
+
+/// Refuses a connection the limits did not admit, in MQTT's way (see [`connect::turn_away`]),
+/// all within `mqtt.connect_timeout`.
+pub async fn turn_away<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    bridge: Arc<Bridge>,
+    stream: S,
+    peer: SocketAddr,
+    refusal: courier_gateway::limits::Refusal,
+) {
+    let deadline = bridge.config.connect_timeout;
+    let mut connection = Connection::new(stream, bridge.config.max_packet_size as usize)
+        .with_write_timeout(deadline);
+    let refused = tokio::time::timeout(
+        deadline,
+        connect::turn_away(&bridge, &mut connection, refusal),
+    )
+    .await;
+    if let Ok(Err(error)) = refused {
+        tracing::debug!(%peer, %error, "refusing a connection over the limits failed");
+    }
 }
 
 /// Most pieces of ready work between two writes to the socket.
@@ -171,7 +194,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(bridge: Arc<Bridge>, established: Established) -> Self {
+    fn new(bridge: Arc<Bridge>, established: Established, peer: SocketAddr) -> Self {
         let Established {
             client,
             session,
@@ -187,9 +210,28 @@ impl Session {
         // MQTT names are authorized by the session itself; the layer keeps the client off the
         // gateway's internal state (a route to `mqtt.sessions`, say). The gateway's own records
         // (sessions, retained messages, QoS 2 exchanges) go to the bridge's log. The will is the
-        // client's publish too, and goes through this log.
+        // client's publish too, and goes through this log. Behind the authorization, the
+        // principal's quota (`[limits.quotas]`), when one applies.
+        let quota = bridge.access.quota(
+            &client.principal,
+            Some(&client.client_id),
+            Some(peer),
+            Protocol::Mqtt,
+        );
+        let traced = bridge.access.traced(bridge.publish.clone(), || {
+            Who::new(Protocol::Mqtt, Some(client.client_id.clone()))
+        });
+        let publish = match quota {
+            // MQTT 3.1.1 has no way to refuse a publish but closing the connection: its clients
+            // are only ever slowed.
+            Some(quota) if client.version == Version::V4 => {
+                Arc::new(Quoted::new(traced, quota.slowed()))
+            }
+            Some(quota) => Arc::new(Quoted::new(traced, quota)),
+            None => traced,
+        };
         let log: Arc<dyn Log> = Arc::new(Authorized::new(
-            bridge.publish.clone(),
+            publish,
             bridge.access.authorizer.clone(),
             Principal::clone(&client.principal),
             Some(client.client_id.clone()),
@@ -506,6 +548,9 @@ impl Session {
         connection: &mut Connection<S>,
         error: &Error,
     ) {
+        if let Error::WriteTimeout(_) = error {
+            metrics::limit_refused(Protocol::Mqtt, "write_timeout");
+        }
         if error.is_normal_close() {
             tracing::debug!(%error, "connection closed");
         } else {
@@ -517,7 +562,9 @@ impl Session {
                 metrics::error(Protocol::Mqtt, "connection_failed");
             }
         }
-        if self.client.version == Version::V5 && !matches!(error, Error::Io(_)) {
+        if self.client.version == Version::V5
+            && !matches!(error, Error::Io(_) | Error::WriteTimeout(_))
+        {
             let _ = connection.queue(Packet::Disconnect(
                 Disconnect {
                     reason_code: error.disconnect_reason(),

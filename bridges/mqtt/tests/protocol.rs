@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 use courier_gateway::log::Log;
 use courier_mqtt::Config;
 use rumqttd::protocol::{ConnectReturnCode, Packet, Protocol, QoS, v4::V4};
+use tokio::io::AsyncReadExt as _;
 
 mod slow_joins;
 mod support;
@@ -302,6 +303,28 @@ async fn old_protocol_versions_are_refused_in_protocol() -> TestResult {
         other => return Err(format!("expected a refusal, got {other:?}").into()),
     }
     client.expect_closed().await
+}
+
+/// An MQTT 5 client whose maximum packet size leaves no room for a reason string is still told why
+/// it is disconnected: the DISCONNECT keeps its reason code. Found by the `session` fuzz target:
+/// it went out as a normal disconnection (rumqttd writes a DISCONNECT of empty properties so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_too_small_for_its_reason_string_keeps_its_reason_code() -> TestResult {
+    let endpoint = Endpoint::start(Config::default()).await?;
+    let mut client = RawClient::open(endpoint.address).await?;
+    // MQTT 5 CONNECT of client "tiny" with Maximum Packet Size 48, then a QoS 1 PUBLISH with
+    // packet id 0, which is malformed.
+    client
+        .send_bytes(b"\x10\x16\x00\x04MQTT\x05\x02\x00\x3c\x05\x27\x00\x00\x00\x30\x00\x04tiny")
+        .await?;
+    client.send_bytes(b"\x32\x07\x00\x01a\x00\x00\x00x").await?;
+    let mut received = Vec::new();
+    tokio::time::timeout(DEADLINE, client.stream.read_to_end(&mut received)).await??;
+    assert!(
+        received.starts_with(b"\x20") && received.ends_with(b"\xe0\x02\x81\x00"),
+        "expected CONNACK, then DISCONNECT 0x81 (malformed packet): {received:x?}"
+    );
+    Ok(())
 }
 
 /// A second connection with the same client id takes the session; the first is closed.

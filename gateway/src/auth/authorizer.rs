@@ -12,7 +12,7 @@ use super::{
     protected::Protected,
     reloading::Reloading,
 };
-use crate::{Error, metrics::names};
+use crate::{Error, limits::QuotaRules, metrics::names};
 
 /// Decides requests. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -49,6 +49,15 @@ impl Authorizer {
     /// With a fixed policy, and authentication on (tests).
     pub fn with_policy(policy: Policy, protected: Protected, admin_role: &str) -> Self {
         Self::new(Some(Reloading::fixed(policy)), protected, admin_role, false)
+    }
+
+    /// What the policy's `[[quotas]]` say of `principal` through `protocol` (nothing without a
+    /// policy: the config's defaults apply).
+    pub fn quota_rules(&self, principal: &Principal, protocol: &str) -> QuotaRules {
+        self.policy
+            .as_ref()
+            .map(|policy| policy.current().quota_rules(principal, protocol))
+            .unwrap_or_default()
     }
 
     /// Whether `principal` holds the admin role: it may do anything, the gateway's own state

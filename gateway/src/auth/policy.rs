@@ -12,6 +12,8 @@
 //! groups = ["orders-*", "%u-*"]                    # consumer groups (glob)
 //! ```
 //!
+//! `[[quotas]]` tables beside the rules give principals their rates (see `quotas`).
+//!
 //! The first rule that applies decides; when none does, the answer is no. A rule applies when its
 //! `who` or `roles` match the subject, its list holds the action, and the resource matches its list of
 //! the resource's kind (a rule with no such list never applies to it; [`Resource::Cluster`] is decided by the
@@ -22,15 +24,20 @@
 //! Modules: `actions` (the action names), `request` (what is asked: subject, resource, and the
 //! decision), `error` (a policy that does not load), `rules` (the file's model and its checks), `patterns`
 //! (globs and MQTT filters with `%u`/`%c`), `mqtt_filters` (matching, covering and overlapping MQTT
-//! filters), `index` (rules by who they name, so a decision reads only the subject's rules).
+//! filters), `index` (rules by who they name, so a decision reads only the subject's rules),
+//! `quotas` (the `[[quotas]]` entries).
 
 use std::path::Path;
+
+use crate::auth::principal::Principal;
+use crate::limits::QuotaRules;
 
 mod actions;
 mod error;
 mod index;
 mod mqtt_filters;
 mod patterns;
+mod quotas;
 mod request;
 mod rules;
 #[cfg(test)]
@@ -49,19 +56,25 @@ use rules::{Effect, Rule};
 pub struct Policy {
     rules: Vec<Rule>,
     index: WhoIndex,
+    quotas: Vec<quotas::QuotaRule>,
 }
 
 impl Policy {
     /// Parses a policy from TOML text. An error names the rule (1-based) and what is wrong with it.
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
-        let parsed = rules::parse(text)?;
+        let (parsed, quota_tables) = rules::parse(text)?;
+        let quotas = quotas::parse(quota_tables)?;
         let mut index = WhoIndex::default();
         let mut rules = Vec::with_capacity(parsed.len());
         for (number, rule) in parsed.into_iter().enumerate() {
             index.insert(number, &rule.who, &rule.roles);
             rules.push(rule.rule);
         }
-        Ok(Self { rules, index })
+        Ok(Self {
+            rules,
+            index,
+            quotas,
+        })
     }
 
     /// Reads and parses the policy file at `path`. An error names the file.
@@ -102,6 +115,12 @@ impl Policy {
                 .is_some_and(|rule| rule.effect == Effect::Allow),
             rule: Some(number + 1),
         }
+    }
+
+    /// What the policy's `[[quotas]]` say of `principal` through `protocol` (`grpc`, `mqtt`,
+    /// `amqp`): the first entry naming it for every protocol together, and for this protocol.
+    pub fn quota_rules(&self, principal: &Principal, protocol: &str) -> QuotaRules {
+        quotas::rules_for(&self.quotas, principal, protocol)
     }
 
     /// How many rules the policy has.

@@ -39,7 +39,7 @@ use self::{
 use super::{
     AppendReceipt, FetchLimits, Fetched, GroupDescription, GroupOffset, Log, NewRecord, Position,
     SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSelector, TopicSpec,
-    TopicSummary,
+    TopicSummary, events,
     member::{AckWindow, MemberControl},
     partitioner, validate,
 };
@@ -253,8 +253,10 @@ impl Log for Embedded {
             options.topics.clone(),
         );
         let window = Arc::new(AckWindow::new(options.max_in_flight));
+        // Unbounded but bounded in fact: every command carries a reply its sender awaits, and a
+        // front end awaits the answer before it reads its client's next request.
         let (control_tx, control) = mpsc::unbounded_channel();
-        let (events_tx, events) = mpsc::unbounded_channel();
+        let (events_tx, events) = events::channel(options.max_in_flight);
         let task = MemberTask {
             shared: self.shared.clone(),
             group,

@@ -7,11 +7,17 @@
 //! - [`Authorized`] (per connection or call, added by the front end with its principal): the
 //!   policy and the protection of the gateway's own state. Outermost, in front of the front end's
 //!   `Metered`, so nothing it refuses is queued or reaches the router.
+//! - [`Quoted`] (per connection or call, where a quota applies): the principal's quotas on what
+//!   it sends (waited for or refused) and is delivered (paced). Behind `Authorized`, so a refused
+//!   request takes nothing from the quota; in front of `Metered`, so a quota's wait is not counted
+//!   as the log's produce latency.
+//! - [`Traced`] (per connection or call, only while tracing is on): publish and deliver spans, and
+//!   the trace context carried on in each record. Behind `Quoted`, so a publish span does not
+//!   include the quota's wait.
 //! - [`Validated`]: checks requests (topic and group names, record sizes, reserved headers, the
 //!   in-flight window) and gives records without a `courier_id` a fresh one, before anything is
 //!   queued. Outermost of the shared stack, so nothing behind it (the region router included) sees
 //!   a request it would refuse, and a record keeps one id however often the router resends it.
-//!   Quotas will sit next to it: they too decide on the request alone.
 //! - [`GroupProtocols`]: one protocol per consumer group. Behind validation (it trusts the group
 //!   name) and in front of the region router, so one table of this process's subscribers covers
 //!   every region and a subscription keeps its place in it when the router moves it.
@@ -27,7 +33,9 @@ mod authorization;
 mod group_protocol;
 mod layer;
 mod metered;
+mod quota;
 mod topic_policy;
+mod traced;
 mod validation;
 
 pub use self::{
@@ -35,7 +43,9 @@ pub use self::{
     group_protocol::{GroupProtocols, GroupRule},
     layer::{Layer, Layered},
     metered::{Metered, Metering},
+    quota::{Quota, Quoted},
     topic_policy::{TopicPolicy, TopicRule},
+    traced::{Traced, Tracer},
     validation::{Validated, Validation},
 };
 use super::Log;

@@ -82,8 +82,7 @@ pub fn stamp_records(
     Ok(())
 }
 
-/// Most records a subscriber may hold unacknowledged.
-pub const MAX_IN_FLIGHT: usize = 100_000;
+pub use crate::config::MAX_IN_FLIGHT;
 
 /// Checks what a subscriber asks for: a window of 1 to [`MAX_IN_FLIGHT`], at least one topic, and a
 /// group name Kafka accepts.

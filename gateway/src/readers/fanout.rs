@@ -27,7 +27,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -35,6 +35,7 @@ use crate::{
     log::{
         AckOutcome, FetchLimits, Log, Position, Record, SubscribeOptions, Subscription,
         SubscriptionControl, SubscriptionEvent, TopicPartition, TopicSelector,
+        events::{self, EventSender},
     },
     sync::lock,
 };
@@ -215,7 +216,7 @@ struct HubState {
 
 #[derive(Debug)]
 struct MemberState {
-    events: mpsc::UnboundedSender<SubscriptionEvent>,
+    events: EventSender,
     flow: Arc<Flow>,
     filters: Vec<String>,
     /// While detached: per partition, the offset after the last record this member has seen. While
@@ -330,7 +331,9 @@ impl Hub {
     /// A new member, given what the hub dispatches from now on at or past `ends` (per partition);
     /// `None` once the hub has closed.
     fn join(self: &Arc<Self>, filters: Vec<String>, ends: HashMap<i32, i64>) -> Option<Member> {
-        let (events, receiver) = mpsc::unbounded_channel();
+        // The queue's room is not asked: the hub bounds a member by its own rule, detaching one
+        // that holds `lag_limit` records (queued or sent) unacknowledged.
+        let (events, receiver) = events::channel(self.lag_limit);
         let flow = Arc::new(Flow::default());
         let mut state = lock(&self.state);
         if state.closed {

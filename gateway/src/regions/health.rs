@@ -2,6 +2,11 @@
 //! (and produce failures), with hysteresis both ways: one failure only makes a region SUSPECT, which
 //! moves no traffic; `down_after` failures in a row make it DOWN; and a DOWN region must answer every
 //! probe for `hold_down` before it is HEALTHY again, so a flapping cluster does not flap traffic.
+//!
+//! A cluster whose every broker refuses connections is DOWN at once: nothing listens where its
+//! brokers were (a killed process, a lost node), which one observation shows as surely as many. Only
+//! a silent cluster (requests that hang, packets that vanish) needs `down_after` failures, since a
+//! slow answer and a lost cluster look alike once or twice.
 
 use std::{fmt, time::Duration};
 
@@ -46,6 +51,17 @@ impl fmt::Display for RegionHealth {
     }
 }
 
+/// What one probe (or client request) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Observation {
+    /// The region answered.
+    Answered,
+    /// It failed, or did not answer in time.
+    Failed,
+    /// Every broker refused the connection: nothing listens there.
+    Refused,
+}
+
 /// The state machine of one region. Pure: the caller says what was observed and when.
 #[derive(Debug, Clone)]
 pub(crate) struct HealthMachine {
@@ -85,20 +101,21 @@ impl HealthMachine {
     }
 
     /// Takes in one observation; returns the new state when it changed.
-    pub(crate) fn observe(&mut self, answered: bool, now: Instant) -> Option<RegionHealth> {
+    pub(crate) fn observe(&mut self, seen: Observation, now: Instant) -> Option<RegionHealth> {
+        use Observation::{Answered, Failed, Refused};
         use RegionHealth::{Down, Healthy, Recovering, Suspect};
-        self.failures_in_a_row = if answered {
-            0
-        } else {
-            self.failures_in_a_row.saturating_add(1)
+        self.failures_in_a_row = match seen {
+            Answered => 0,
+            Failed | Refused => self.failures_in_a_row.saturating_add(1),
         };
-        let next = match (self.state, answered) {
-            (Healthy | Suspect, false) if self.failures_in_a_row >= self.down_after => Down,
-            (Healthy, false) => Suspect,
-            (Suspect, true) => Healthy,
-            (Down, true) => Recovering,
-            (Recovering, false) => Down,
-            (Recovering, true) if now.duration_since(self.since) >= self.hold_down => Healthy,
+        let next = match (self.state, seen) {
+            (Healthy | Suspect, Refused) => Down,
+            (Healthy | Suspect, Failed) if self.failures_in_a_row >= self.down_after => Down,
+            (Healthy, Failed) => Suspect,
+            (Suspect, Answered) => Healthy,
+            (Down, Answered) => Recovering,
+            (Recovering, Failed | Refused) => Down,
+            (Recovering, Answered) if now.duration_since(self.since) >= self.hold_down => Healthy,
             (state, _) => state,
         };
         (next != self.state).then(|| {
@@ -121,12 +138,47 @@ mod tests {
         start: Instant,
         steps: &[(u64, bool)],
     ) -> Vec<RegionHealth> {
+        let seen = |answered| {
+            if answered {
+                Observation::Answered
+            } else {
+                Observation::Failed
+            }
+        };
         steps
             .iter()
             .filter_map(|&(at, answered)| {
-                machine.observe(answered, start + Duration::from_secs(at))
+                machine.observe(seen(answered), start + Duration::from_secs(at))
             })
             .collect()
+    }
+
+    #[test]
+    fn a_cluster_that_refuses_connections_is_down_at_once_and_still_held_down() {
+        let start = Instant::now();
+        let mut machine = HealthMachine::new(3, HOLD, start);
+        use RegionHealth::*;
+        let at = |seconds| start + Duration::from_secs(seconds);
+        assert_eq!(machine.observe(Observation::Refused, at(1)), Some(Down));
+        // Back, then refusing again within the hold-down: down again, and healthy only after a
+        // whole hold-down of answers.
+        assert_eq!(
+            machine.observe(Observation::Answered, at(2)),
+            Some(Recovering)
+        );
+        assert_eq!(machine.observe(Observation::Refused, at(3)), Some(Down));
+        assert_eq!(
+            machine.observe(Observation::Answered, at(4)),
+            Some(Recovering)
+        );
+        assert_eq!(machine.observe(Observation::Answered, at(10)), None);
+        assert_eq!(
+            machine.observe(Observation::Answered, at(14)),
+            Some(Healthy)
+        );
+        // From SUSPECT too.
+        assert_eq!(machine.observe(Observation::Failed, at(15)), Some(Suspect));
+        assert_eq!(machine.observe(Observation::Refused, at(16)), Some(Down));
     }
 
     #[test]

@@ -24,6 +24,12 @@ pub trait RegionalLog: Log {
     /// long that took.
     async fn probe(&self, canary: &str, timeout: Duration) -> Result<Duration>;
 
+    /// Whether every broker of the region refuses connections now (each answered within `timeout`
+    /// with a refusal): a hard failure, which makes the region DOWN at once. `false` when any broker
+    /// accepts, is silent, or the question means nothing (a log in this process). No default: a
+    /// wrapper that forgot to pass it on would hide every hard failure.
+    async fn refuses_connections(&self, timeout: Duration) -> bool;
+
     /// Forgets cached metadata: called when a lost region answers again, whose topics may have been
     /// recreated (or lost) meanwhile.
     fn forget_cached_metadata(&self);
@@ -40,6 +46,10 @@ impl<L: RegionalLog + ?Sized> RegionalLog for Arc<L> {
         (**self).probe(canary, timeout).await
     }
 
+    async fn refuses_connections(&self, timeout: Duration) -> bool {
+        (**self).refuses_connections(timeout).await
+    }
+
     fn forget_cached_metadata(&self) {
         (**self).forget_cached_metadata();
     }
@@ -53,6 +63,10 @@ impl<L: RegionalLog + ?Sized> RegionalLog for Arc<L> {
 impl RegionalLog for Kafka {
     async fn probe(&self, canary: &str, timeout: Duration) -> Result<Duration> {
         Kafka::probe(self, canary, timeout).await
+    }
+
+    async fn refuses_connections(&self, timeout: Duration) -> bool {
+        Kafka::refuses_connections(self, timeout).await
     }
 
     fn forget_cached_metadata(&self) {
@@ -77,6 +91,11 @@ impl RegionalLog for Embedded {
             write_and_read_back(self, EMBEDDED, canary).await
         })
         .await
+    }
+
+    /// A log in this process has no brokers to refuse anything.
+    async fn refuses_connections(&self, _timeout: Duration) -> bool {
+        false
     }
 
     fn forget_cached_metadata(&self) {}

@@ -9,7 +9,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::{
-    health::RegionHealth,
+    health::{Observation, RegionHealth},
     shared::Shared,
     status::{Switch, Traffic},
 };
@@ -17,6 +17,15 @@ use crate::{log::now_ms, metrics::names, sync::lock};
 
 /// How often the steering task looks again without being woken (fail-back delays run out on it).
 const STEER_TICK: Duration = Duration::from_millis(200);
+
+/// A probe still running after this long makes the router ask whether the region's brokers refuse
+/// connections: an answering cluster has answered by then, and a killed one is then found DOWN
+/// without waiting for the probe's timeout (or `down_after` of them).
+const REFUSAL_CHECK_AFTER: Duration = Duration::from_millis(250);
+
+/// How long the refusal check waits for each broker's connection: a refusal comes back at once,
+/// and a connection that takes longer is not a refusal.
+const REFUSAL_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Starts the probe tasks and the steering task.
 pub(super) fn start(shared: &Arc<Shared>) {
@@ -34,7 +43,6 @@ pub(super) fn start(shared: &Arc<Shared>) {
 
 /// Probes one region every `probe_interval` until the router closes.
 async fn probe_region(shared: Arc<Shared>, index: usize) {
-    let region = &shared.regions[index];
     let mut interval = tokio::time::interval(shared.config.probe_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -42,30 +50,54 @@ async fn probe_region(shared: Arc<Shared>, index: usize) {
             () = shared.closed.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let outcome = region
-            .log()
-            .probe(&shared.config.canary_topic, shared.config.probe_timeout)
-            .await;
-        let cause = match &outcome {
-            Ok(took) => format!("probes answer ({} ms)", took.as_millis()),
-            Err(error) => error.to_string(),
-        };
-        observe(&shared, index, outcome.is_ok(), cause);
+        let (seen, cause) = probe_once(&shared, index).await;
+        observe(&shared, index, seen, cause);
+    }
+}
+
+/// One probe of region `index`, cut short when its brokers refuse connections.
+async fn probe_once(shared: &Shared, index: usize) -> (Observation, String) {
+    let log = shared.regions[index].log();
+    let probe = log.probe(&shared.config.canary_topic, shared.config.probe_timeout);
+    tokio::pin!(probe);
+    let refused = || {
+        (
+            Observation::Refused,
+            "every broker refuses connections".into(),
+        )
+    };
+    let outcome = tokio::select! {
+        outcome = &mut probe => outcome,
+        () = tokio::time::sleep(REFUSAL_CHECK_AFTER.min(shared.config.probe_timeout)) => {
+            if log.refuses_connections(REFUSAL_CHECK_TIMEOUT).await {
+                return refused();
+            }
+            probe.await
+        }
+    };
+    match outcome {
+        Ok(took) => (
+            Observation::Answered,
+            format!("probes answer ({} ms)", took.as_millis()),
+        ),
+        // A probe that failed quickly (the client knew its brokers were gone) is asked too.
+        Err(_) if log.refuses_connections(REFUSAL_CHECK_TIMEOUT).await => refused(),
+        Err(error) => (Observation::Failed, error.to_string()),
     }
 }
 
 /// Feeds one observation of region `index` to its health machine, and acts on a change.
-pub(super) fn observe(shared: &Shared, index: usize, answered: bool, cause: String) {
+pub(super) fn observe(shared: &Shared, index: usize, seen: Observation, cause: String) {
     let region = &shared.regions[index];
     let (before, changed) = {
         let mut health = lock(&region.health);
         let before = health.state();
-        (before, health.observe(answered, Instant::now()))
+        (before, health.observe(seen, Instant::now()))
     };
     let Some(after) = changed else {
         // A failure's reason is worth showing while the state stands, and so is a healthy region's
         // latest answer; but a DOWN or RECOVERING region's cause keeps saying what happened.
-        if !answered || before.usable() {
+        if seen != Observation::Answered || before.usable() {
             *lock(&region.cause) = cause;
         }
         return;
@@ -99,7 +131,7 @@ pub(super) fn report_failure(shared: &Shared, index: usize, cause: String) {
         }
         *last = Some(Instant::now());
     }
-    observe(shared, index, false, cause);
+    observe(shared, index, Observation::Failed, cause);
 }
 
 /// Which region traffic should go to: the pinned one, else the first usable one in preference order,

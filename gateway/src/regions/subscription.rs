@@ -18,15 +18,16 @@ use std::{
 };
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{shared::Shared, translate};
 use crate::{
     Result,
     log::{
-        AckOutcome, Position, SubscribeOptions, Subscription, SubscriptionControl,
+        AckOutcome, Events, Position, SubscribeOptions, Subscription, SubscriptionControl,
         SubscriptionEvent, TopicPartition, TopicSelector,
+        events::{self, EventSender},
     },
     sync::lock,
 };
@@ -50,7 +51,7 @@ pub(super) async fn subscribe(
     let region = *reads.borrow_and_update();
     let (first, reading) = open(shared, region, &options, Uncommitted::AsAsked).await?;
     let control = Arc::new(RoutedControl::new(first.control));
-    let (events, outer) = mpsc::unbounded_channel();
+    let (events, outer) = events::channel(options.max_in_flight);
     let forward = Forward {
         shared: shared.clone(),
         options,
@@ -178,7 +179,9 @@ struct Forward {
     /// What the region's subscription reads (the topics and their mirrors there).
     reading: TopicSelector,
     reads: watch::Receiver<usize>,
-    events: mpsc::UnboundedSender<SubscriptionEvent>,
+    /// The front end's queue: the task takes an event from the region's subscription only while
+    /// it has room, so the region's window is not freed into this queue (see [`events`]).
+    events: EventSender,
     control: Arc<RoutedControl>,
     assigned: BTreeSet<TopicPartition>,
     /// The newest record timestamp delivered: where a plain reader resumes in another region.
@@ -186,7 +189,7 @@ struct Forward {
 }
 
 impl Forward {
-    async fn run(mut self, mut inner: mpsc::UnboundedReceiver<SubscriptionEvent>) {
+    async fn run(mut self, mut inner: Events) {
         let mut mirror_check = tokio::time::interval(MIRROR_CHECK);
         mirror_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         mirror_check.reset();
@@ -210,7 +213,8 @@ impl Forward {
                     Err(_) => return,
                 },
                 _ = mirror_check.tick() => self.new_mirrors().await.map(Uncommitted::OldestIn),
-                event = inner.recv() => match event {
+                () = self.events.taken(), if self.events.room() == 0 => None,
+                event = inner.recv(), if self.events.room() > 0 => match event {
                     Some(event) => {
                         if !self.forward(event) {
                             self.control.close_current().await;
@@ -296,10 +300,7 @@ impl Forward {
     /// or the subscription is closed.
     /// Partitions without a checkpoint or commit start as `uncommitted` says if the subscription
     /// stays in this region, and at their oldest record if it moves to another.
-    async fn move_on(
-        &mut self,
-        uncommitted: Uncommitted,
-    ) -> Option<mpsc::UnboundedReceiver<SubscriptionEvent>> {
+    async fn move_on(&mut self, uncommitted: Uncommitted) -> Option<Events> {
         let revoked: Vec<TopicPartition> = std::mem::take(&mut self.assigned).into_iter().collect();
         if !revoked.is_empty()
             && self

@@ -20,7 +20,10 @@ use tokio_util::{
 };
 
 use super::{ClientIdentity, TlsAcceptor, TlsConfig, TlsStream};
-use crate::Result;
+use crate::{
+    Result,
+    limits::{ListenerGate, Permit},
+};
 
 /// The listeners of one endpoint, bound, with the TLS certificates loaded.
 #[derive(Debug)]
@@ -40,6 +43,18 @@ pub struct Connection {
     pub peer: SocketAddr,
     /// The verified client certificate's identity, when the client presented one.
     pub certificate: Option<ClientIdentity>,
+    /// Its place under the connection limits, when its listener has a gate: keep it as long as
+    /// the connection.
+    pub permit: Option<Permit>,
+}
+
+/// The connection limits of an endpoint's two listeners ([`Listeners::incoming_through`]).
+#[derive(Debug, Clone)]
+pub struct Gates {
+    /// The plain listener's.
+    pub plain: ListenerGate,
+    /// The TLS listener's.
+    pub tls: ListenerGate,
 }
 
 impl Listeners {
@@ -103,11 +118,30 @@ impl Listeners {
     /// handshake is done.
     pub fn incoming(self, stop: CancellationToken) -> mpsc::Receiver<Connection> {
         let (connections, incoming) = mpsc::channel(64);
-        tokio::spawn(self.accept(connections, stop));
+        tokio::spawn(self.accept(connections, None, stop));
         incoming
     }
 
-    async fn accept(self, connections: mpsc::Sender<Connection>, stop: CancellationToken) {
+    /// As [`Listeners::incoming`], admitting each connection through its listener's gate first:
+    /// one the limits refuse is closed at accept, before any TLS handshake (a request/response
+    /// protocol has no answer to give before one, and the handshake is what a flood would have
+    /// the gateway spend).
+    pub fn incoming_through(
+        self,
+        gates: Gates,
+        stop: CancellationToken,
+    ) -> mpsc::Receiver<Connection> {
+        let (connections, incoming) = mpsc::channel(64);
+        tokio::spawn(self.accept(connections, Some(gates), stop));
+        incoming
+    }
+
+    async fn accept(
+        self,
+        connections: mpsc::Sender<Connection>,
+        gates: Option<Gates>,
+        stop: CancellationToken,
+    ) {
         let handshakes = TaskTracker::new();
         loop {
             let (accepted, tls) = tokio::select! {
@@ -127,6 +161,15 @@ impl Listeners {
                     continue;
                 }
             };
+            let gate = gates.as_ref().map(|gates| match tls {
+                Some(_) => &gates.tls,
+                None => &gates.plain,
+            });
+            let permit = match gate.map(|gate| gate.admit(peer)).transpose() {
+                Ok(permit) => permit,
+                // Counted by the gate; dropping the stream closes it.
+                Err(_) => continue,
+            };
             // Small answers (acks) go out at once: Nagle's algorithm would hold them back.
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
@@ -136,6 +179,7 @@ impl Listeners {
                     stream: MaybeTls::Plain(stream),
                     peer,
                     certificate: None,
+                    permit,
                 };
                 if connections.send(connection).await.is_err() {
                     break;
@@ -153,6 +197,7 @@ impl Listeners {
                         stream: MaybeTls::Tls(Box::new(stream)),
                         peer,
                         certificate,
+                        permit,
                     };
                     let _ = connections.send(connection).await;
                 }

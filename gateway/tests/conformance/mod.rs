@@ -39,6 +39,7 @@ macro_rules! every_behaviour {
             dropped_member_records_are_redelivered,
             members_that_leave_at_once_leave_the_group_working,
             in_flight_window_pauses_delivery,
+            unread_records_stay_within_the_window,
             seek_and_commit,
             patterns_follow_new_topics,
             bad_requests_are_refused,
@@ -606,6 +607,49 @@ pub async fn in_flight_window_pauses_delivery(log: Arc<dyn Log>) -> TestResult {
             .is_none(),
         "one ack frees one slot"
     );
+    Ok(())
+}
+
+/// A subscriber that reads nothing has at most its window queued, whatever it acknowledges or seeks:
+/// acknowledging records it was never handed (offsets are easy to guess) or seeking frees the window,
+/// but not the queue, so a client cannot make the gateway hold ever more records for it.
+pub async fn unread_records_stay_within_the_window(log: Arc<dyn Log>) -> TestResult {
+    const WINDOW: usize = 5;
+    let topic = unique_topic("unread");
+    create(&log, &topic, 1).await?;
+    log.append(&topic, (0..200).map(|i| value(format!("u{i}"))).collect())
+        .await?;
+    let partition = TopicPartition::new(topic.as_str(), 0);
+    let group = unique_topic("unread-group");
+    let mut member = log
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, WINDOW))
+        .await?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while member.events.queued_records() < WINDOW {
+        if tokio::time::Instant::now() > deadline {
+            return Err("the first window was never queued".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for round in 0..5 {
+        for offset in 0..200 {
+            member.control.ack(&partition, offset);
+        }
+        member.control.seek(&partition, Position::Earliest).await?;
+        // Long enough for a read loop to queue another window if it would.
+        for _ in 0..10 {
+            let queued = member.events.queued_records();
+            assert!(
+                queued <= WINDOW,
+                "round {round}: {queued} records queued for a window of {WINDOW}"
+            );
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+    // Reading again, the subscription goes on from where it was sought to.
+    let records = receive(&mut member, WINDOW, true).await?;
+    assert!(records.iter().all(|record| record.partition == 0));
+    member.close().await?;
     Ok(())
 }
 

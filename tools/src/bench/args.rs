@@ -40,6 +40,19 @@ pub struct BenchArgs {
     /// last, at QoS 1 publish and new connections (see tools/src/bench/mqtt/auth.rs).
     #[arg(long, conflicts_with_all = ["kafka", "amqp"])]
     pub(crate) auth_rules: Option<usize>,
+    /// What tracing messages costs: `courier serve` with `[telemetry.tracing]` on (every message
+    /// sampled unless `--sampling-ratio` says less, spans exported to an OTLP receiver in the
+    /// bench) against the same with tracing off, at gRPC ProduceStream, or with `--mqtt` at QoS 1
+    /// publish (see tools/src/bench/tracing.rs).
+    #[arg(long, conflicts_with_all = ["kafka", "amqp", "auth_rules", "tls"])]
+    pub(crate) tracing: bool,
+    /// With `--tracing`: the traced side's `sampling_ratio` (share of new traces recorded).
+    #[arg(long, default_value_t = 1.0, requires = "tracing")]
+    pub(crate) sampling_ratio: f64,
+    /// With `--tracing`: another `courier` binary (a build from before tracing, say) run as a third
+    /// side with its default config, to compare tracing off with it.
+    #[arg(long, requires = "tracing")]
+    pub(crate) baseline: Option<std::path::PathBuf>,
     /// MQTT mode with `--auth-rules`: the authenticated Courier's `[auth] hashing_threads`, the
     /// argon2 checks it runs at once (0: one per core).
     #[arg(long, default_value_t = 2, requires = "auth_rules")]

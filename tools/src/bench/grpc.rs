@@ -255,7 +255,7 @@ pub(super) async fn through_gateway_as(
 
 /// A channel to the gateway at `address`, over TLS when `tls` is given (the TLS is the client's
 /// own, through tonic's connector: hyper sees a stream, HTTP/2 over it as over TCP).
-async fn connect(address: SocketAddr, tls: Option<&BenchTls>) -> Result<Channel> {
+pub(super) async fn connect(address: SocketAddr, tls: Option<&BenchTls>) -> Result<Channel> {
     let endpoint = courier_grpc::client_endpoint(format!("http://{address}"))?;
     let Some(tls) = tls else {
         return Ok(endpoint.connect().await?);
@@ -311,7 +311,9 @@ async fn produce_direct(
     .await
 }
 
-async fn produce_grpc(
+/// `streams` ProduceStream calls over `channel`, each keeping `pipeline` requests of `batch`
+/// records in flight; latency from a request's send to its response.
+pub(super) async fn produce_grpc(
     channel: &Api,
     topic: &str,
     args: &BenchArgs,

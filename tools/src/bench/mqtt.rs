@@ -47,7 +47,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 use super::{
     args::BenchArgs,
     measure::{Measurement, histogram},
-    process::{start_courier, stop_process},
+    process::{cpu_ticks, start_courier, stop_process},
     tls::BenchTls,
 };
 
@@ -178,24 +178,9 @@ impl Broker {
         })
     }
 
-    /// CPU time the broker has used (user + system), in clock ticks, from `/proc/<pid>/stat`.
+    /// CPU time the broker has used (user + system), in clock ticks.
     fn cpu_ticks(&self) -> Result<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the command name (which may hold spaces) start after its closing parenthesis;
-        // utime and stime are the 12th and 13th of them.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("no command name in /proc stat")?
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks = |index: usize| -> Result<u64> {
-            Ok(fields
-                .get(index)
-                .context("short /proc stat")?
-                .parse::<u64>()?)
-        };
-        Ok(ticks(11)? + ticks(12)?)
+        cpu_ticks(&self.child)
     }
 
     /// Waits until the broker is idle (under 5% of a core over half a second), at most `SETTLE`:
@@ -544,6 +529,12 @@ async fn publish(target: &Target, args: &BenchArgs, workload: Workload) -> Resul
         elapsed: started.elapsed(),
         latency: Some(latency),
     })
+}
+
+/// The QoS 1 publish workload of [`publish`] against the plain MQTT listener at `address`, for
+/// benches that start their brokers themselves (`--tracing`).
+pub(super) async fn publish_qos1(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
+    publish(&Target::new(address, None), args, Workload::Qos1).await
 }
 
 /// Runs one workload, says on stderr when it is done (a run takes minutes), and names it in an error.

@@ -1,6 +1,9 @@
 //! The brokers a bench compares, each a process of its own.
 
-use std::process::{Child, Command, Stdio};
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+};
 
 use anyhow::{Context, Result};
 
@@ -13,11 +16,20 @@ pub(super) fn start_courier(
     fsync: &str,
     env: &[(&str, String)],
 ) -> Result<(Child, String, tempfile::TempDir)> {
-    let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let server = match std::env::var_os("COURIER_BENCH_SERVER") {
         Some(path) => std::path::PathBuf::from(path),
         None => std::env::current_exe().context("finding the courier binary")?,
     };
+    start_server(&server, fsync, env)
+}
+
+/// [`start_courier`] with the `courier` binary at `server`.
+pub(super) fn start_server(
+    server: &Path,
+    fsync: &str,
+    env: &[(&str, String)],
+) -> Result<(Child, String, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let mut child = Command::new(server)
         .args(["serve", "--grpc-listen", "127.0.0.1:0"])
         .args([
@@ -40,7 +52,7 @@ pub(super) fn start_courier(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .context("starting courier serve")?;
+        .with_context(|| format!("starting {} serve", server.display()))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let line = std::io::BufRead::lines(std::io::BufReader::new(stdout))
         .map_while(Result::ok)
@@ -56,4 +68,25 @@ pub(super) fn stop_process(child: &mut Child) {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = child.wait();
+}
+
+/// CPU time a process has used (user + system), in clock ticks (10 ms on Linux), from
+/// `/proc/<pid>/stat`.
+pub(super) fn cpu_ticks(child: &Child) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))?;
+    // Fields after the command name (which may hold spaces) start after its closing parenthesis;
+    // utime and stime are the 12th and 13th of them.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("no command name in /proc stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |index: usize| -> Result<u64> {
+        Ok(fields
+            .get(index)
+            .context("short /proc stat")?
+            .parse::<u64>()?)
+    };
+    Ok(ticks(11)? + ticks(12)?)
 }

@@ -10,6 +10,8 @@ use fe2o3_amqp::frames::sasl::{Frame, FrameCodec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder as _, Encoder as _};
 
+use crate::nesting::{MAX_NESTING, Scanner};
+
 /// The frame header: size (4), data offset (1), type (1), ignored (2).
 const HEADER_LEN: u32 = 8;
 
@@ -48,6 +50,7 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
     // `size` fits a u32 and was bounded above, so the buffer is at most `max_size` bytes.
     let mut rest = BytesMut::zeroed((size - 4) as usize);
     stream.read_exact(&mut rest).await?;
+    well_formed(&rest)?;
     let mut codec = FrameCodec {};
     match codec.decode(&mut rest) {
         Ok(Some(frame)) => Ok(frame),
@@ -62,6 +65,32 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
     }
 }
 
+/// Checks the performative after the rest of a frame header (`rest`: data offset, type, two
+/// ignored bytes, the body) without decoding it: serde_amqp allocates what a string's or binary's
+/// length says before reading it, so a 13-byte frame claiming a 4 GiB string would have the gateway
+/// commit 4 GiB before the client is even authenticated; and it recurses once per nesting level.
+fn well_formed(rest: &[u8]) -> io::Result<()> {
+    let body_at = rest
+        .first()
+        .map(|&doff| usize::from(doff) * 4)
+        .filter(|&at| at >= HEADER_LEN as usize)
+        .map(|at| at - 4)
+        .filter(|&at| at <= rest.len())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a SASL frame's data offset is outside it",
+            )
+        })?;
+    Scanner::first_value(&rest[body_at..], MAX_NESTING).map_err(|fault| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a SASL frame that is not well-formed AMQP: {fault:?}"),
+        )
+    })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use fe2o3_amqp::types::{
@@ -70,6 +99,23 @@ mod tests {
     };
 
     use super::*;
+
+    /// A str32 claiming 4 GiB in a 13-byte frame (bridges/amqp/fuzz/artifacts/frames/
+    /// repro-sasl-str32-length-commits-4gib) is refused before serde_amqp allocates it.
+    #[tokio::test]
+    async fn a_value_longer_than_its_frame_is_refused_before_it_is_decoded() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client
+            .write_all(&[0, 0, 0, 13, 2, 1, 0, 0, 0xb1, 0xff, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        let error = read_frame(&mut server, 512).await.unwrap_err();
+        // Refused by the check, not by serde_amqp once it has allocated (it fails too, after).
+        assert!(
+            error.to_string().contains("not well-formed AMQP"),
+            "{error}"
+        );
+    }
 
     #[tokio::test]
     async fn frames_round_trip_and_nothing_after_them_is_read() {

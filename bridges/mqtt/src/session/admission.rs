@@ -15,10 +15,11 @@
 
 use std::{sync::Arc, time::Duration};
 
+use bytes::BytesMut;
 use courier_gateway::auth::{Credentials, Failure, Principal, policy::Subject};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
-    LastWillProperties, Login, Packet, PublishProperties,
+    LastWillProperties, Login, Packet, Protocol as _, PublishProperties, v5::V5,
 };
 
 use crate::{
@@ -296,7 +297,7 @@ pub(crate) fn admit(
     let will = request
         .will
         .clone()
-        .map(|will| to_will(will, request.will_properties.clone()))
+        .map(|will| to_will(will, request.will_properties.clone(), config.max_will_delay))
         .transpose()
         .map_err(|reason| Refusal::new(ConnectReturnCode::TopicNameInvalid, reason))?;
     let assigned_id = request.connect.client_id.is_empty().then(fresh_id);
@@ -324,7 +325,13 @@ pub(crate) fn admit(
     })
 }
 
-fn to_will(will: LastWill, properties: Option<LastWillProperties>) -> Result<Will, String> {
+/// The will as the gateway keeps it: its delay shortened to `max_delay` (`mqtt.max_will_delay`),
+/// so a client cannot leave a will pending for its full 136 years.
+fn to_will(
+    will: LastWill,
+    properties: Option<LastWillProperties>,
+    max_delay: Duration,
+) -> Result<Will, String> {
     let topic = String::from_utf8(will.topic.to_vec())
         .ok()
         .filter(|topic| mapping::valid_topic_name(topic) && !mapping::reserved_topic(topic))
@@ -354,7 +361,8 @@ fn to_will(will: LastWill, properties: Option<LastWillProperties>) -> Result<Wil
                 ..PublishProperties::default()
             },
         },
-        delay: Duration::from_secs(u64::from(properties.delay_interval.unwrap_or(0))),
+        delay: Duration::from_secs(u64::from(properties.delay_interval.unwrap_or(0)))
+            .min(max_delay),
     })
 }
 
@@ -441,13 +449,13 @@ pub(crate) fn accept(
         shared_subscription_available: Some(1),
         ..ConnAckProperties::default()
     });
-    let connack = Packet::ConnAck(
-        ConnAck {
-            session_present,
-            code: ConnectReturnCode::Success,
-        },
-        properties,
-    );
+    let ack = ConnAck {
+        session_present,
+        code: ConnectReturnCode::Success,
+    };
+    let properties = properties
+        .map(|properties| within_packet_size(&ack, properties, request.properties.max_packet_size));
+    let connack = Packet::ConnAck(ack, properties);
     let client = Client {
         client_id: admitted.client_id.clone(),
         version: request.version,
@@ -455,12 +463,53 @@ pub(crate) fn accept(
         receive_maximum: request
             .properties
             .receive_maximum
-            .unwrap_or(config.max_inflight),
+            .unwrap_or(config.max_inflight)
+            .min(config.max_outbound_inflight),
         max_packet_size: request.properties.max_packet_size,
         problem_info: request.properties.request_problem_info != Some(0),
         principal,
     };
     (connack, client)
+}
+
+/// CONNACK's properties, left out one by one until the packet fits the client's Maximum Packet
+/// Size [MQTT-3.1.2-24]: first those whose absence says the same (features available), then the
+/// gateway's limits, which it holds the client to whether or not the client knows them (topic
+/// aliases, receive maximum, maximum packet size). What the client must know stays however small it
+/// is (its assigned client id, a session expiry or keep-alive other than it asked for): no client
+/// library sets a maximum that low.
+fn within_packet_size(
+    ack: &ConnAck,
+    mut properties: ConnAckProperties,
+    max_packet_size: Option<u32>,
+) -> ConnAckProperties {
+    let Some(max_packet_size) = max_packet_size else {
+        return properties;
+    };
+    let fits = |properties: &ConnAckProperties| {
+        let mut packet = BytesMut::new();
+        V5.write(
+            Packet::ConnAck(ack.clone(), Some(properties.clone())),
+            &mut packet,
+        )
+        .is_ok_and(|size| size <= max_packet_size as usize)
+    };
+    let optional: [fn(&mut ConnAckProperties); 7] = [
+        |properties| properties.retain_available = None,
+        |properties| properties.wildcard_subscription_available = None,
+        |properties| properties.subscription_identifiers_available = None,
+        |properties| properties.shared_subscription_available = None,
+        |properties| properties.topic_alias_max = None,
+        |properties| properties.receive_max = None,
+        |properties| properties.max_packet_size = None,
+    ];
+    for leave_out in optional {
+        if fits(&properties) {
+            break;
+        }
+        leave_out(&mut properties);
+    }
+    properties
 }
 
 /// The keep-alive the connection is held to: the client's, within `mqtt.max_keep_alive`. An MQTT 5
@@ -559,6 +608,43 @@ mod tests {
             .err()
             .map(|refusal| refusal.code)
             .unwrap_or(ConnectReturnCode::Success)
+    }
+
+    /// What a client chooses is held to the gateway's caps: its receive maximum (the messages the
+    /// gateway holds in flight for it) and its will delay.
+    #[test]
+    fn a_clients_receive_maximum_and_will_delay_are_capped() {
+        let config = Config::default();
+        let mut asking = request(Version::V5, "c", true);
+        asking.properties.receive_maximum = Some(u16::MAX);
+        asking.will = Some(LastWill {
+            topic: "gone/c".into(),
+            message: "bye".into(),
+            qos: rumqttd::protocol::QoS::AtLeastOnce,
+            retain: false,
+        });
+        asking.will_properties = Some(LastWillProperties {
+            delay_interval: Some(u32::MAX),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        });
+        let let_in = admitted(&asking);
+        assert_eq!(
+            let_in.will.as_ref().map(|will| will.delay),
+            Some(config.max_will_delay)
+        );
+        let (_, client) = accept(
+            &asking,
+            &let_in,
+            false,
+            &config,
+            Arc::new(Principal::anonymous()),
+        );
+        assert_eq!(client.receive_maximum, config.max_outbound_inflight);
     }
 
     #[test]
@@ -870,6 +956,49 @@ mod tests {
                 None
             )
         ));
+    }
+
+    /// Found by the `session` fuzz target: the CONNACK assigning a client id was larger than a
+    /// client with a small Maximum Packet Size takes [MQTT-3.1.2-24].
+    #[test]
+    fn connack_fits_the_clients_maximum_packet_size() {
+        let config = Config::default();
+        let mut asking = request(Version::V5, "", true);
+        let let_in = admit(&asking, &config, || {
+            "courier-01M920SP07BBF26V98WZ1NQY2Y".into()
+        })
+        .unwrap_or_else(|refusal| panic!("refused: {refusal:?}"));
+        let size = |connack: &Packet| {
+            let mut bytes = BytesMut::new();
+            V5.write(connack.clone(), &mut bytes).unwrap()
+        };
+        let accepted = |asking: &ConnectRequest| {
+            accept(
+                asking,
+                &let_in,
+                false,
+                &config,
+                Arc::new(Principal::anonymous()),
+            )
+            .0
+        };
+
+        let everything = accepted(&asking);
+        assert!(size(&everything) > 48, "{}", size(&everything));
+        asking.properties.max_packet_size = Some(48);
+        let trimmed = accepted(&asking);
+        assert!(size(&trimmed) <= 48, "{}: {trimmed:?}", size(&trimmed));
+        let Packet::ConnAck(_, Some(properties)) = trimmed else {
+            panic!("no properties: {trimmed:?}")
+        };
+        assert_eq!(
+            properties.assigned_client_identifier, let_in.assigned_id,
+            "the assigned id stays"
+        );
+        assert_eq!(properties.wildcard_subscription_available, None);
+        // Room for everything: nothing left out.
+        asking.properties.max_packet_size = Some(1024);
+        assert_eq!(accepted(&asking), everything);
     }
 
     fn connack_of(packet: Option<Packet>) -> (ConnectReturnCode, Option<ConnAckProperties>) {

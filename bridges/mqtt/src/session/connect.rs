@@ -236,6 +236,37 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
     }))
 }
 
+/// Answers the CONNECT of a connection the limits refused (`[limits]`): CONNACK 0x9F Connection
+/// rate exceeded or 0x97 Quota exceeded (MQTT 3.1.1: 3, server unavailable), then closes. Nothing
+/// of the CONNECT is looked at but its version, so a refusal costs no password check.
+pub(crate) async fn turn_away<S: AsyncRead + AsyncWrite + Unpin>(
+    bridge: &Bridge,
+    connection: &mut Connection<S>,
+    limit: courier_gateway::limits::Refusal,
+) -> Result<()> {
+    let Some(request) = read_connect(bridge, connection).await? else {
+        return Ok(());
+    };
+    let code = if limit.is_rate() {
+        rumqttd::protocol::ConnectReturnCode::ConnectionRateExceeded
+    } else {
+        rumqttd::protocol::ConnectReturnCode::QuotaExceeded
+    };
+    let refusal = Refusal {
+        code,
+        reason: limit.to_string(),
+    };
+    let max_packet_size = request.properties.max_packet_size;
+    if let Some(connack) =
+        admission::refusal_connack(connection.version(), &refusal, max_packet_size)
+    {
+        connection.queue(connack)?;
+    }
+    connection.close().await?;
+    connection.linger().await;
+    Ok(())
+}
+
 /// Takes on the QoS 2 exchanges a resumed session left unfinished on another replica or in a gateway
 /// that crashed, and deletes those of a session that is not resumed (a clean start, an expiry).
 async fn settle_exchanges(

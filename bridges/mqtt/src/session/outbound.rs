@@ -153,6 +153,11 @@ impl Outbound {
                 ));
             }
             let existed = self.subscriptions.contains(&filter.path);
+            if !existed && self.subscriptions.len() >= bridge.config.max_subscriptions {
+                metrics::limit_refused(Protocol::Mqtt, "max_subscriptions");
+                codes.push(SubscribeReasonCode::QuotaExceeded);
+                continue;
+            }
             let stored = self.subscriptions.requested(&filter, identifier, now);
             match self
                 .add(bridge, client, session, stored, Adding::Subscribe)
@@ -374,16 +379,50 @@ impl Outbound {
     }
 
     /// Queues the retained messages a new subscription gets, at no more than its QoS.
+    ///
+    /// A SUBSCRIBE made again while its previous one's retained messages still wait to be sent
+    /// adds nothing: those are the retained messages it asks for, not yet sent (what was retained
+    /// since reaches the subscription as it is published). And no more than
+    /// `mqtt.max_queued_retained` wait in all. So a client repeating `SUBSCRIBE #` over a large
+    /// retained set without reading holds one bounded queue, and costs one scan of the set, not
+    /// one per SUBSCRIBE.
     async fn queue_retained(
         &mut self,
         bridge: &Bridge,
         subscription: &Subscription,
         now: i64,
     ) -> Result<()> {
-        for stored in bridge.retained.matching(&subscription.filter, now).await? {
+        if self.queue.has_retained_of(&subscription.filter) {
+            return Ok(());
+        }
+        let room = bridge
+            .config
+            .max_queued_retained
+            .saturating_sub(self.queue.retained_len());
+        if room == 0 {
+            metrics::limit_refused(Protocol::Mqtt, "max_queued_retained");
+            tracing::info!(
+                filter = subscription.filter,
+                "retained messages not sent: the client has mqtt.max_queued_retained waiting"
+            );
+            return Ok(());
+        }
+        let matching = bridge.retained.matching(&subscription.filter, now).await?;
+        let left_out = matching.len().saturating_sub(room);
+        let filter: Arc<str> = subscription.filter.as_str().into();
+        for stored in matching.into_iter().take(room) {
             self.queue.push_retained(
                 subscription.retained(stored.message),
+                &filter,
                 subscription.stored.identifier,
+            );
+        }
+        if left_out > 0 {
+            metrics::limit_refused(Protocol::Mqtt, "max_queued_retained");
+            tracing::info!(
+                filter = subscription.filter,
+                left_out,
+                "retained messages not sent: the client has mqtt.max_queued_retained waiting"
             );
         }
         Ok(())

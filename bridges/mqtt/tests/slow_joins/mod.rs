@@ -10,11 +10,11 @@ use courier_gateway::{
     Result,
     log::{
         AckOutcome, Log, Position, SubscribeOptions, Subscription, SubscriptionControl,
-        TopicPartition,
+        TopicPartition, events,
         layers::{Layer, Layered},
     },
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Holds group joins back while [`SlowJoins::hold`] is on.
@@ -100,7 +100,7 @@ impl Layer for SlowJoins {
         if options.group.is_none() {
             return inner.subscribe(options).await;
         }
-        let (events_tx, events) = mpsc::unbounded_channel();
+        let (events_tx, events) = events::channel(options.max_in_flight);
         let control = Arc::new(LateControl::default());
         let (log, late, mut held) = (self.log.clone(), control.clone(), self.held.subscribe());
         tokio::spawn(async move {

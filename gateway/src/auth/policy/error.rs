@@ -28,6 +28,14 @@ pub enum PolicyError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A `[[quotas]]` entry is malformed.
+    #[error("policy quota {quota}: {problem}")]
+    Quota {
+        /// The entry's 1-based number among the `[[quotas]]`.
+        quota: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The policy file at `path` is invalid.
     #[error("policy file {}: {source}", path.display())]
     InFile {
@@ -45,7 +53,7 @@ impl PolicyError {
     pub fn in_file(self, path: impl Into<PathBuf>) -> Self {
         match self {
             Self::Read { .. } | Self::InFile { .. } => self,
-            Self::Toml(_) | Self::Rule { .. } => Self::InFile {
+            Self::Toml(_) | Self::Rule { .. } | Self::Quota { .. } => Self::InFile {
                 path: path.into(),
                 source: Box::new(self),
             },
@@ -57,7 +65,7 @@ impl PolicyError {
         match self {
             Self::Rule { rule, .. } => Some(*rule),
             Self::InFile { source, .. } => source.rule(),
-            Self::Read { .. } | Self::Toml(_) => None,
+            Self::Read { .. } | Self::Toml(_) | Self::Quota { .. } => None,
         }
     }
 
@@ -65,7 +73,7 @@ impl PolicyError {
     pub fn path(&self) -> Option<&Path> {
         match self {
             Self::Read { path, .. } | Self::InFile { path, .. } => Some(path),
-            Self::Toml(_) | Self::Rule { .. } => None,
+            Self::Toml(_) | Self::Rule { .. } | Self::Quota { .. } => None,
         }
     }
 }

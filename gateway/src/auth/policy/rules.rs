@@ -19,6 +19,8 @@ use super::{
 struct PolicyFile {
     #[serde(default)]
     rules: Vec<toml::Table>,
+    #[serde(default)]
+    quotas: Vec<toml::Table>,
 }
 
 /// One `[[rules]]` table as written. See the parent module for what each key means.
@@ -71,10 +73,11 @@ pub(super) struct ParsedRule {
     pub(super) roles: Vec<String>,
 }
 
-/// Parses a policy's text into its rules, in order.
-pub(super) fn parse(text: &str) -> Result<Vec<ParsedRule>, PolicyError> {
+/// Parses a policy's text into its rules and its `[[quotas]]` tables (left to `quotas`), in order.
+pub(super) fn parse(text: &str) -> Result<(Vec<ParsedRule>, Vec<toml::Table>), PolicyError> {
     let file: PolicyFile = toml::from_str(text).map_err(PolicyError::Toml)?;
-    file.rules
+    let rules = file
+        .rules
         .into_iter()
         .enumerate()
         .map(|(index, table)| {
@@ -88,7 +91,8 @@ pub(super) fn parse(text: &str) -> Result<Vec<ParsedRule>, PolicyError> {
                 .map_err(|error: toml::de::Error| problem(error.message().to_owned()))?;
             entry.check().map_err(problem)
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((rules, file.quotas))
 }
 
 impl RuleEntry {
@@ -158,7 +162,7 @@ fn non_empty(key: &str, list: Option<Vec<String>>) -> Result<Vec<String>, String
     }
 }
 
-fn parse_who(name: &str) -> Result<Who, String> {
+pub(super) fn parse_who(name: &str) -> Result<Who, String> {
     match name {
         "*" => Ok(Who::Anyone),
         crate::auth::principal::ANONYMOUS => Ok(Who::Anonymous),
@@ -232,7 +236,8 @@ mod tests {
             groups = ["orders-*", "%u-*"]
             "##,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(parsed.len(), 1);
         let rule = &parsed[0];
         assert_eq!(
@@ -253,7 +258,8 @@ mod tests {
 
     #[test]
     fn an_empty_file_has_no_rules() {
-        assert!(parse("").unwrap().is_empty());
+        let (rules, quotas) = parse("").unwrap();
+        assert!(rules.is_empty() && quotas.is_empty());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! One subscriber of the embedded log: the task that reads its partitions and delivers records, and the
 //! control handle the front end acks through.
 //!
-//! Backpressure: the task delivers only while fewer than `max_in_flight` records are unacknowledged.
-//! When the window is full it stops reading (the partitions are paused) until an ack frees a slot, so
-//! the event queue never holds more than the window, whatever the client does.
+//! Backpressure: the task delivers only while fewer than `max_in_flight` records are unacknowledged
+//! and fewer than that wait in the subscriber's queue ([`crate::log::events`]). When either is full
+//! it stops reading (the partitions are paused) until an ack or the front end taking records frees a
+//! place, so the queue never holds more than the window, whatever the client acks or seeks.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -22,6 +23,7 @@ use crate::{
     Error, Result,
     log::{
         FetchLimits, Position, SubscriptionEvent, TopicPartition,
+        events::EventSender,
         member::{AckWindow, ControlCommand},
     },
 };
@@ -41,7 +43,7 @@ pub(super) struct MemberTask {
     pub(super) window: Arc<AckWindow>,
     pub(super) control: mpsc::UnboundedReceiver<ControlCommand>,
     pub(super) group_commands: mpsc::UnboundedReceiver<GroupCommand>,
-    pub(super) events: mpsc::UnboundedSender<SubscriptionEvent>,
+    pub(super) events: EventSender,
     pub(super) appended: watch::Receiver<u64>,
     pub(super) commit_interval: Duration,
 }
@@ -58,7 +60,8 @@ impl MemberTask {
             // Mark appends seen before looking, so an append after the look wakes the wait below.
             self.appended.borrow_and_update();
             let window_full = self.window.space() == 0;
-            let readable = if window_full {
+            let queue_full = self.events.room() == 0;
+            let readable = if window_full || queue_full {
                 None
             } else {
                 self.next_readable(&held, &mut rotation)
@@ -93,7 +96,8 @@ impl MemberTask {
                     }
                 }
                 () = self.window.acked(), if window_full => {}
-                changed = self.appended.changed(), if !window_full && readable.is_none() => {
+                () = self.events.taken(), if queue_full => {}
+                changed = self.appended.changed(), if !window_full && !queue_full && readable.is_none() => {
                     if changed.is_err() {
                         break; // the log closed
                     }
@@ -145,14 +149,15 @@ impl MemberTask {
         let Some(position) = self.window.position(partition) else {
             return Ok(());
         };
+        let room = self.events.room();
         let limits = FetchLimits {
-            max_records: self.window.space().min(MAX_BATCH_RECORDS),
+            max_records: self.window.space().min(room).min(MAX_BATCH_RECORDS),
             max_bytes: MAX_BATCH_BYTES,
         };
         let mut read = topic
             .read(partition.partition as usize, position, limits)?
             .into();
-        let records = self.window.deliver_from(&mut read, |_| false);
+        let records = self.window.deliver_from(&mut read, room, |_| false);
         if records.is_empty() {
             return Ok(());
         }

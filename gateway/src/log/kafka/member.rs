@@ -7,10 +7,11 @@
 //! - Plain readers (no group) assign themselves every partition of the matching topics.
 //! - Patterns are matched by the gateway (full-name regular expressions, as on the embedded log) against
 //!   metadata read every second (`task.rs`), so new topics are picked up.
-//! - At most `max_in_flight` records are outstanding (the shared [`AckWindow`]). Past the window,
-//!   fetched records wait in a local buffer and go out first when acks make room; when the buffer is
-//!   full the consumer pauses its partitions and keeps polling (to stay in the group and see
-//!   rebalances) (`task.rs`).
+//! - At most `max_in_flight` records are outstanding (the shared [`AckWindow`]), and at most as many
+//!   wait in the subscriber's queue untaken ([`events`]). Past either, fetched records wait in a
+//!   local buffer (at most `buffer_limit`) and go out first when acks or the front end make room;
+//!   when the buffer is full the consumer pauses its partitions and keeps polling (to stay in the
+//!   group and see rebalances) (`task.rs`).
 //! - Offsets are committed over the contiguous acknowledged prefix only, every
 //!   `groups.commit_interval`, on request, on revocation and when the subscriber leaves (`leave.rs`).
 
@@ -36,14 +37,14 @@ use super::{clients, codec, shared::Shared};
 use crate::{
     Error, Result,
     log::{
-        SubscribeOptions, Subscription, TopicSelector,
+        SubscribeOptions, Subscription, TopicSelector, events,
         member::{AckWindow, MemberControl},
     },
 };
 
 /// Starts a subscription: creates its consumer and spawns its task.
 pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Subscription> {
-    let (events_tx, events) = mpsc::unbounded_channel();
+    let (events_tx, events) = events::channel(options.max_in_flight);
     let window = Arc::new(AckWindow::new(options.max_in_flight));
     let state = Arc::new(MemberState {
         shared: shared.clone(),
@@ -74,6 +75,8 @@ pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Su
     shared
         .local_members
         .register(&client_id, Arc::downgrade(&state.window));
+    // Unbounded but bounded in fact: every command carries a reply its sender awaits, and a front
+    // end awaits the answer before it reads its client's next request, so each has at most one here.
     let (commands_tx, commands) = mpsc::unbounded_channel();
     let task = MemberTask {
         state,

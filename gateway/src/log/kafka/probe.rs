@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use rdkafka::producer::Producer;
+use tokio::net::TcpStream;
 
 use super::{Kafka, blocking, metadata};
 use crate::{
@@ -33,6 +35,14 @@ impl Kafka {
         .await
     }
 
+    /// Whether every bootstrap broker refuses a connection, each within `timeout`: nothing listens
+    /// where the cluster was. The bootstrap list is the brokers an operator names for the cluster
+    /// (a broker missing from it is not asked), and a refusal is the only answer that counts: a
+    /// timeout or an unresolvable name is a silent cluster, left to the probes' count.
+    pub async fn refuses_connections(&self, timeout: Duration) -> bool {
+        refused_everywhere(&self.shared.config.bootstrap_servers, timeout).await
+    }
+
     /// Forgets cached metadata. The region router calls it when a lost cluster answers again, whose
     /// topics may have been recreated (or lost) meanwhile.
     pub fn forget_cached_metadata(&self) {
@@ -47,5 +57,52 @@ impl Kafka {
             self.shared.groups_config.clone(),
             &self.shared.origin,
         )
+    }
+}
+
+/// Whether each of `servers` (librdkafka's `bootstrap.servers`: `host:port` or
+/// `protocol://host:port`, comma-separated) refuses a TCP connection within `timeout`.
+async fn refused_everywhere(servers: &str, timeout: Duration) -> bool {
+    let addresses: Vec<&str> = servers
+        .split(',')
+        .map(|server| {
+            let server = server.trim();
+            server
+                .split_once("://")
+                .map_or(server, |(_, address)| address)
+        })
+        .filter(|server| !server.is_empty())
+        .collect();
+    if addresses.is_empty() {
+        return false;
+    }
+    let refusals = join_all(addresses.into_iter().map(|address| async move {
+        match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+            Ok(Err(error)) => error.kind() == std::io::ErrorKind::ConnectionRefused,
+            Ok(Ok(_)) | Err(_) => false,
+        }
+    }))
+    .await;
+    refusals.into_iter().all(|refused| refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_refusal_by_every_server_counts() {
+        let listening = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listening.local_addr().unwrap();
+        let closed = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap()
+        };
+        let timeout = Duration::from_secs(1);
+        assert!(refused_everywhere(&format!("{closed}"), timeout).await);
+        assert!(refused_everywhere(&format!("PLAINTEXT://{closed}, {closed}"), timeout).await);
+        assert!(!refused_everywhere(&format!("{closed},{open}"), timeout).await);
+        assert!(!refused_everywhere(&format!("{open}"), timeout).await);
+        assert!(!refused_everywhere("", timeout).await);
     }
 }

@@ -160,6 +160,10 @@ impl<L: RegionalLog + Clone> RegionalLog for TopicPolicy<L> {
         self.inner().probe(canary, timeout).await
     }
 
+    async fn refuses_connections(&self, timeout: Duration) -> bool {
+        self.inner().refuses_connections(timeout).await
+    }
+
     fn forget_cached_metadata(&self) {
         self.layer()
             .known

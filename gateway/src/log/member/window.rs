@@ -145,19 +145,21 @@ impl AckWindow {
         sought
     }
 
-    /// Takes records off the front of `buffer` for delivery while the window has room, under one
-    /// lock: those of held partitions at or past their position (others are dropped: fetched before
-    /// a seek, or after a revocation). A partition not held yet is taken on at its first record when
-    /// `adopt` says so (assigned without a known start). Returns what to hand to the subscriber.
+    /// Takes records off the front of `buffer` for delivery while the window has room, at most
+    /// `room` (what the subscriber's queue can take, [`crate::log::events`]), under one lock: those
+    /// of held partitions at or past their position (others are dropped: fetched before a seek, or
+    /// after a revocation). A partition not held yet is taken on at its first record when `adopt`
+    /// says so (assigned without a known start). Returns what to hand to the subscriber.
     pub(crate) fn deliver_from(
         &self,
         buffer: &mut VecDeque<Record>,
+        room: usize,
         mut adopt: impl FnMut(&TopicPartition) -> bool,
     ) -> Vec<Record> {
         let mut batch = Vec::new();
         let mut state = self.lock();
         let WindowState { held, in_flight } = &mut *state;
-        while *in_flight < self.max_in_flight {
+        while *in_flight < self.max_in_flight && batch.len() < room {
             let Some(record) = buffer.pop_front() else {
                 break;
             };
@@ -271,7 +273,9 @@ mod tests {
     /// Offers one record; true when it was delivered.
     fn offer(window: &AckWindow, partition: i32, offset: i64) -> bool {
         let mut buffer = VecDeque::from([record(partition, offset)]);
-        !window.deliver_from(&mut buffer, |_| false).is_empty()
+        !window
+            .deliver_from(&mut buffer, usize::MAX, |_| false)
+            .is_empty()
     }
 
     #[test]
@@ -350,7 +354,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let delivered = window.deliver_from(&mut buffer, |p| p.partition == 1);
+        let delivered = window.deliver_from(&mut buffer, usize::MAX, |p| p.partition == 1);
         let got: Vec<(i32, i64)> = delivered.iter().map(|r| (r.partition, r.offset)).collect();
         assert_eq!(got, vec![(0, 5), (1, 9), (0, 6)]);
         assert_eq!(buffer.len(), 1, "the window is full: the rest waits");

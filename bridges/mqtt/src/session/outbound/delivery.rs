@@ -3,7 +3,10 @@
 //! it, or acknowledged to the log at once when none wants it (or the client had it before a
 //! crash). Sending is the caller's.
 
-use std::collections::{HashSet, VecDeque};
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+};
 
 use courier_gateway::log::{Record, SubscriptionEvent, now_ms};
 
@@ -21,8 +24,9 @@ use crate::{
 enum Pending {
     /// A record from a log reader.
     Record(SourceId, Record),
-    /// A retained message for a new subscription: nothing to acknowledge in the log.
-    Retained(Message, Option<usize>),
+    /// A retained message for a new subscription (to the filter it carries): nothing to
+    /// acknowledge in the log.
+    Retained(Message, Arc<str>, Option<usize>),
 }
 
 /// What the next waiting message becomes. Lives for one step of the caller's send loop: boxing the
@@ -52,6 +56,8 @@ pub(super) struct Queue {
     already_delivered: HashSet<RecordAt>,
     /// `mqtt.courier_id_property`: deliveries carry their record's `courier-id`.
     courier_id_property: bool,
+    /// How many of `pending` are retained messages.
+    retained: usize,
 }
 
 impl Queue {
@@ -62,6 +68,7 @@ impl Queue {
             pending: VecDeque::new(),
             already_delivered,
             courier_id_property,
+            retained: 0,
         }
     }
 
@@ -91,10 +98,29 @@ impl Queue {
         }
     }
 
-    /// Queues a retained message for a new subscription.
-    pub(super) fn push_retained(&mut self, message: Message, identifier: Option<usize>) {
+    /// Queues a retained message for a new subscription to `filter`.
+    pub(super) fn push_retained(
+        &mut self,
+        message: Message,
+        filter: &Arc<str>,
+        identifier: Option<usize>,
+    ) {
+        self.retained += 1;
         self.pending
-            .push_back(Pending::Retained(message, identifier));
+            .push_back(Pending::Retained(message, filter.clone(), identifier));
+    }
+
+    /// How many retained messages wait.
+    pub(super) fn retained_len(&self) -> usize {
+        self.retained
+    }
+
+    /// Whether retained messages for a subscription to `filter` still wait.
+    pub(super) fn has_retained_of(&self, filter: &str) -> bool {
+        self.retained > 0
+            && self.pending.iter().any(
+                |pending| matches!(pending, Pending::Retained(_, of, _) if of.as_ref() == filter),
+            )
     }
 
     /// Drops the records of a reader that is closing.
@@ -112,11 +138,14 @@ impl Queue {
         client_id: &str,
     ) -> Option<Outgoing> {
         Some(match self.pending.pop_front()? {
-            Pending::Retained(message, identifier) => Outgoing::Send {
-                message,
-                identifiers: identifier.into_iter().collect(),
-                log_ack: None,
-            },
+            Pending::Retained(message, _, identifier) => {
+                self.retained -= 1;
+                Outgoing::Send {
+                    message,
+                    identifiers: identifier.into_iter().collect(),
+                    log_ack: None,
+                }
+            }
             Pending::Record(source, record) => {
                 self.record(subscriptions, sources, client_id, source, record)
             }

@@ -8,13 +8,15 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use courier_gateway::{
     auth::policy::Action,
     log::{
-        Log, Position, SubscribeOptions, Subscription as Reader, SubscriptionControl,
+        Events, Log, Position, SubscribeOptions, Subscription as Reader, SubscriptionControl,
         SubscriptionEvent, TopicPartition, TopicSelector,
     },
+    metrics::Protocol,
     readers::fanout::MemberFilters,
+    telemetry::{self, Who},
 };
 use rumqttd::protocol::SubscribeReasonCode;
-use tokio_stream::{StreamExt, StreamMap, wrappers::UnboundedReceiverStream};
+use tokio_stream::{StreamExt, StreamMap};
 
 use super::subscriptions::{SourceKey, Subscription, Subscriptions};
 use crate::session::admission::Client;
@@ -59,7 +61,7 @@ pub(super) struct Opened {
 #[derive(Debug, Default)]
 pub(crate) struct Sources {
     /// Events of every reader, keyed by source.
-    events: StreamMap<SourceId, UnboundedReceiverStream<SubscriptionEvent>>,
+    events: StreamMap<SourceId, Events>,
     controls: HashMap<SourceId, Source>,
     next: SourceId,
 }
@@ -85,8 +87,7 @@ impl Sources {
     ) -> (SourceId, Vec<SubscriptionEvent>) {
         let id = self.next;
         self.next += 1;
-        self.events
-            .insert(id, UnboundedReceiverStream::new(opened.reader.events));
+        self.events.insert(id, opened.reader.events);
         self.controls.insert(
             id,
             Source {
@@ -190,11 +191,22 @@ pub(super) async fn open(
     let plain = group.is_none();
     let reader = match (key, &group) {
         // Clean-session readers of one Kafka topic are all alike: one per gateway serves them.
+        // The hub reads the unwrapped log, so its members' deliveries are traced here.
         (SourceKey::Topic(topic), None) => bridge
             .fanout
             .subscribe(topic, vec![subscription.filter.clone()])
             .await
-            .map(|member| (Some(member.filters()), member.subscription)),
+            .map(|member| {
+                let filters = member.filters();
+                let reader = match &bridge.access.tracing {
+                    Some(tracing) => {
+                        let who = Who::new(Protocol::Mqtt, Some(client.client_id.clone()));
+                        telemetry::traced_deliveries(member.subscription, tracing, &who)
+                    }
+                    None => member.subscription,
+                };
+                (Some(filters), reader)
+            }),
         _ => {
             let options = SubscribeOptions {
                 topics: TopicSelector::Names(topics),

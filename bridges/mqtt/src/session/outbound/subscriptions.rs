@@ -123,6 +123,11 @@ impl Subscriptions {
         self.0.contains_key(filter)
     }
 
+    /// How many subscriptions there are.
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// What a SUBSCRIBE asks for `filter`, as stored. A subscription made again keeps the time it
     /// was first made, where its readers start.
     pub(super) fn requested(

@@ -2,11 +2,11 @@
 
 use std::sync::{Arc, Mutex, atomic::AtomicBool};
 
-use tokio::sync::mpsc;
-
 use crate::{
     Result,
-    log::{Position, SubscriptionEvent, TopicPartition, kafka::shared::Shared, member::AckWindow},
+    log::{
+        Position, TopicPartition, events::EventSender, kafka::shared::Shared, member::AckWindow,
+    },
 };
 
 /// State shared by the consumer's callbacks, the member task and the control handle.
@@ -24,5 +24,6 @@ pub(super) struct MemberState {
     /// serves one after every completed join, even when it adds nothing): until then the member is
     /// between joining and syncing, the one moment it must not leave (see `leave.rs`).
     pub(super) joined: AtomicBool,
-    pub(super) events: mpsc::UnboundedSender<SubscriptionEvent>,
+    /// The subscriber's queue: the task queues records only within its room.
+    pub(super) events: EventSender,
 }

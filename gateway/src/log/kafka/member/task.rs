@@ -80,6 +80,7 @@ impl MemberTask {
                     None => break,
                 },
                 () = self.state.window.acked() => {}
+                () = self.state.events.taken() => {}
                 _ = commit_tick.tick(), if self.state.group.is_some() => {
                     if let Err(error) = self.commit(CommitMode::Async).await {
                         tracing::warn!(%error, "periodic commit");
@@ -119,17 +120,17 @@ impl MemberTask {
         }
     }
 
-    /// Hands buffered records of held partitions to the subscriber while the window has room.
+    /// Hands buffered records of held partitions to the subscriber while the window and its queue
+    /// have room.
     fn deliver_buffered(&mut self) {
         let plain_reader = self.state.group.is_none();
         let consumer = self.consumer.clone();
         // A partition assigned without a known start (the lookup failed) starts where librdkafka did.
-        let batch = self
-            .state
-            .window
-            .deliver_from(&mut self.buffer, |partition| {
-                plain_reader || consumer_holds(&consumer, partition)
-            });
+        let batch = self.state.window.deliver_from(
+            &mut self.buffer,
+            self.state.events.room(),
+            |partition| plain_reader || consumer_holds(&consumer, partition),
+        );
         if !batch.is_empty() {
             let _ = self.state.events.send(SubscriptionEvent::Records(batch));
         }

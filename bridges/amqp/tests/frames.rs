@@ -1,0 +1,194 @@
+//! Frames no client library sends, written by hand to a gateway served in process: values nested
+//! past what the gateway decodes (in a message, and in a performative), garbage, oversized frames,
+//! channels and link handles past what the gateway offered. Each closes its own connection with
+//! the spec's condition in CLOSE (and the gateway does not fall over: a stack overflow would abort
+//! this test binary); a good client on another connection carries on.
+
+mod support;
+
+use courier_amqp::Config;
+use fe2o3_amqp::types::{
+    definitions::{AmqpError, ConnectionError, Handle},
+    performatives::{Performative, Transfer},
+    primitives::Binary,
+};
+use support::*;
+
+fn transfer(delivery_id: Option<u32>, more: bool) -> Performative {
+    Performative::Transfer(Transfer {
+        handle: Handle(0),
+        delivery_id,
+        delivery_tag: delivery_id.map(|id| Binary::from(id.to_be_bytes().to_vec())),
+        message_format: Some(0),
+        settled: None,
+        more,
+        rcv_settle_mode: None,
+        state: None,
+        resume: false,
+        aborted: false,
+        batchable: false,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_nested_past_the_limit_closes_only_its_connection() -> TestResult {
+    let gateway = Gateway::start(Config::default()).await?;
+    let (mut raw, _) = Raw::sender(gateway.address, "nested").await?;
+    // An amqp-value section holding 100,000 nested lists: 900 KB, within max-message-size, sent
+    // over transfers that each fit max-frame-size. The gateway may close before the last.
+    let message = [vec![0x00, 0x53, 0x77], nested_lists(100_000)].concat();
+    let pieces: Vec<&[u8]> = message.chunks(60_000).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let more = i + 1 < pieces.len();
+        if raw
+            .send(0, &transfer((i == 0).then_some(0), more), piece)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let error = raw.closed_with().await?;
+    assert_eq!(error.condition, AmqpError::DecodeError.into());
+    let description = error.description.unwrap_or_default();
+    assert!(description.contains("deeper than 64"), "{description}");
+    assert!(gateway.records("nested").await?.is_empty());
+
+    a_good_client_works(&gateway, "after-nested", 3).await?;
+    gateway.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_performative_nested_past_the_limit_closes_its_connection() -> TestResult {
+    // Frames as large as a megabyte, so a performative can nest 100,000 deep.
+    let gateway = Gateway::start(Config {
+        max_frame_size: 1 << 20,
+        ..Config::default()
+    })
+    .await?;
+    let (mut raw, _) = Raw::open(gateway.address).await?;
+    // A BEGIN whose properties (its eighth field) hold the nesting.
+    let mut fields = vec![
+        0x40, 0x43, 0x70, 0, 0, 0, 10, 0x70, 0, 0, 0, 10, 0x40, 0x40, 0x40,
+    ];
+    fields.extend(nested_lists(100_000));
+    let mut body = vec![0x00, 0x53, 0x11, 0xd0];
+    body.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+    body.extend_from_slice(&8u32.to_be_bytes());
+    body.extend(fields);
+    raw.send_frame(0, &body).await?;
+    let error = raw.closed_with().await?;
+    assert_eq!(error.condition, AmqpError::DecodeError.into());
+    assert!(
+        error
+            .description
+            .unwrap_or_default()
+            .contains("deeper than 64"),
+        "a performative nested too deep"
+    );
+
+    a_good_client_works(&gateway, "after-deep-begin", 1).await?;
+    gateway.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_frames_close_their_connection_with_the_specs_condition()
+-> TestResult {
+    let gateway = Gateway::start(Config::default()).await?;
+
+    // Garbage after the protocol header, before any OPEN: the gateway opens, to close.
+    let mut raw = Raw::connect(gateway.address).await?;
+    let garbage: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(97) | 0x80).collect();
+    raw.stream
+        .write_all(&[&AMQP_HEADER[..], &garbage].concat())
+        .await?;
+    let mut header = [0u8; 8];
+    raw.stream.read_exact(&mut header).await?;
+    let error = raw.closed_with().await?;
+    assert_eq!(error.condition, ConnectionError::FramingError.into());
+
+    // After OPEN: a frame whose body is not a performative, a frame over max-frame-size (refused
+    // from its size alone), a SASL frame.
+    let cases: [(&str, Vec<u8>, _); 3] = [
+        (
+            "garbage body",
+            frame(0, 0, &[0xa1, 0x03, b'a', b'b', b'c']),
+            AmqpError::DecodeError.into(),
+        ),
+        (
+            "oversized",
+            {
+                let mut header = (64 * 1024 + 1u32).to_be_bytes().to_vec();
+                header.extend_from_slice(&[2, 0, 0, 0]);
+                header
+            },
+            ConnectionError::FramingError.into(),
+        ),
+        (
+            "SASL frame type",
+            frame(0, 1, &[0x40]),
+            ConnectionError::FramingError.into(),
+        ),
+    ];
+    for (what, bytes, condition) in cases {
+        let (mut raw, _) = Raw::open(gateway.address).await?;
+        raw.stream.write_all(&bytes).await?;
+        let error = raw.closed_with().await?;
+        let expected: fe2o3_amqp::types::definitions::ErrorCondition = condition;
+        assert_eq!(error.condition, expected, "{what}: {error:?}");
+    }
+
+    a_good_client_works(&gateway, "after-garbage", 1).await?;
+    gateway.stop().await
+}
+
+/// A frame of type `kind` on `channel` with this body.
+fn frame(channel: u16, kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut frame = ((8 + body.len()) as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&[2, kind]);
+    frame.extend_from_slice(&channel.to_be_bytes());
+    frame.extend_from_slice(body);
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_links_past_what_was_offered_are_framing_errors() -> TestResult {
+    let gateway = Gateway::start(Config {
+        max_sessions: 2,
+        max_links_per_session: 2,
+        ..Config::default()
+    })
+    .await?;
+
+    let (mut raw, open) = Raw::open(gateway.address).await?;
+    assert_eq!(open.channel_max.0, 1, "channel-max offered");
+    for channel in [0, 1] {
+        raw.send(channel, &begin_performative(), &[]).await?;
+        match raw.next().await? {
+            Some((_, Performative::Begin(begin), _)) => {
+                assert_eq!(begin.handle_max.0, 1, "handle-max offered")
+            }
+            other => return Err(format!("expected BEGIN, got {other:?}").into()),
+        }
+    }
+    raw.send(2, &begin_performative(), &[]).await?;
+    let error = raw.closed_with().await?;
+    assert_eq!(error.condition, ConnectionError::FramingError.into());
+    assert!(error.description.unwrap_or_default().contains("channel 2"));
+
+    let (mut raw, _) = Raw::open(gateway.address).await?;
+    raw.send(0, &begin_performative(), &[]).await?;
+    assert!(matches!(
+        raw.next().await?,
+        Some((_, Performative::Begin(_), _))
+    ));
+    raw.send(0, &sender_attach(2, "capped"), &[]).await?;
+    let error = raw.closed_with().await?;
+    assert_eq!(error.condition, ConnectionError::FramingError.into());
+    assert!(error.description.unwrap_or_default().contains("handle 2"));
+
+    a_good_client_works(&gateway, "after-caps", 1).await?;
+    gateway.stop().await
+}
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

@@ -1,0 +1,238 @@
+//! The attacks, each from its own loopback address (127.0.0.2) where the gateway counts clients by
+//! address, so the good clients (from 127.0.0.1) are other clients to it, as they would be.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::BoxError;
+
+/// The attacker's address.
+pub(crate) const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+/// A TCP connection to `target` from the attacker's address.
+pub(crate) async fn connect_from_attacker(target: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(ATTACKER, 0))?;
+    tokio::time::timeout(Duration::from_secs(10), socket.connect(target))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// Opens `total` connections round-robin over `targets`, 256 at a time, and keeps those the
+/// gateway accepted: the flood is held for as long as the returned streams live.
+pub(crate) async fn flood(targets: &[SocketAddr], total: usize) -> Vec<TcpStream> {
+    let mut opening = JoinSet::new();
+    let mut held = Vec::with_capacity(total);
+    for n in 0..total {
+        if opening.len() >= 256
+            && let Some(Ok(Ok(stream))) = opening.join_next().await
+        {
+            held.push(stream);
+        }
+        opening.spawn(connect_from_attacker(targets[n % targets.len()]));
+    }
+    while let Some(opened) = opening.join_next().await {
+        if let Ok(Ok(stream)) = opened {
+            held.push(stream);
+        }
+    }
+    held
+}
+
+/// What a slowloris connection saw.
+#[derive(Debug)]
+pub(crate) enum Dripped {
+    /// The gateway closed it after this long.
+    Closed(Duration),
+    /// Still open when the attack stopped.
+    Open,
+    /// It never connected.
+    Refused,
+}
+
+/// `connections` connections to `target`, each sending `handshake` one byte every `every`, until
+/// the gateway closes it or `stop` fires.
+pub(crate) fn slowloris(
+    target: SocketAddr,
+    handshake: &'static [u8],
+    connections: usize,
+    every: Duration,
+    stop: CancellationToken,
+) -> JoinSet<Dripped> {
+    let mut dripping = JoinSet::new();
+    for _ in 0..connections {
+        let stop = stop.clone();
+        dripping.spawn(async move {
+            let Ok(mut stream) = connect_from_attacker(target).await else {
+                return Dripped::Refused;
+            };
+            let opened = Instant::now();
+            let mut buffer = [0_u8; 256];
+            for byte in handshake.iter().cycle() {
+                tokio::select! {
+                    () = stop.cancelled() => return Dripped::Open,
+                    read = stream.read(&mut buffer) => match read {
+                        Ok(0) | Err(_) => return Dripped::Closed(opened.elapsed()),
+                        // An answer (a refusal): keep reading until the gateway closes.
+                        Ok(_) => continue,
+                    },
+                    () = tokio::time::sleep(every) => {
+                        if stream.write_all(&[*byte]).await.is_err() {
+                            return Dripped::Closed(opened.elapsed());
+                        }
+                    }
+                }
+            }
+            Dripped::Open
+        });
+    }
+    dripping
+}
+
+/// Sends `bytes` on `connections` fresh connections to `target` (the attacker's), then waits until
+/// the gateway closes each; how many it closed within `deadline`.
+pub(crate) async fn garbage(
+    target: SocketAddr,
+    bytes: Vec<u8>,
+    connections: usize,
+    deadline: Duration,
+) -> Result<usize, BoxError> {
+    let bytes = Arc::new(bytes);
+    let closed = Arc::new(AtomicUsize::new(0));
+    let mut sending = JoinSet::new();
+    for _ in 0..connections {
+        let (bytes, closed) = (bytes.clone(), closed.clone());
+        sending.spawn(async move {
+            let Ok(mut stream) = connect_from_attacker(target).await else {
+                return;
+            };
+            // The gateway may close before it has read it all: a failed write is a close too.
+            let _ = stream.write_all(&bytes).await;
+            let mut buffer = vec![0_u8; 64 * 1024];
+            let until_closed = async {
+                loop {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            };
+            if tokio::time::timeout(deadline, until_closed).await.is_ok() {
+                closed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    while sending.join_next().await.is_some() {}
+    Ok(closed.load(Ordering::Relaxed))
+}
+
+/// An MQTT 3.1.1 CONNECT for `client_id` with `username`/`password`.
+pub(crate) fn mqtt_connect(client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, text: &[u8]) {
+        out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+        out.extend_from_slice(text);
+    }
+    let mut body = Vec::new();
+    string(&mut body, b"MQTT");
+    body.push(4);
+    body.push(0x02 | if login.is_some() { 0xC0 } else { 0 });
+    body.extend_from_slice(&60_u16.to_be_bytes());
+    string(&mut body, client_id.as_bytes());
+    if let Some((user, password)) = login {
+        string(&mut body, user.as_bytes());
+        string(&mut body, password.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    let mut length = body.len();
+    loop {
+        let mut byte = (length % 128) as u8;
+        length /= 128;
+        if length > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if length == 0 {
+            break;
+        }
+    }
+    packet.extend(body);
+    packet
+}
+
+/// A stream that stops reading when told: what a client that stops reading its socket looks like
+/// to the gateway, under a client library that would otherwise read on in the background.
+pub(crate) struct Stalling<S> {
+    inner: S,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<S> Stalling<S> {
+    /// `inner`, and the switch that stops its reading for good.
+    pub(crate) fn new(inner: S) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (
+            Self {
+                inner,
+                stalled: stalled.clone(),
+            },
+            stalled,
+        )
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stalling<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.stalled.load(Ordering::Relaxed) {
+            // Never woken: the socket is not read again.
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stalling<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S> std::fmt::Debug for Stalling<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stalling")
+    }
+}
