@@ -2,6 +2,8 @@
 //! `[telemetry.tracing]` on, message spans exported over OTLP/gRPC. The spans themselves are made
 //! by the gateway's layers (`courier_gateway::telemetry`); this sets up where they go.
 
+mod span_queue;
+
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -10,7 +12,7 @@ use opentelemetry::{KeyValue, trace::TracerProvider as _};
 use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithTonicConfig, tonic_types};
 use opentelemetry_sdk::{
     Resource,
-    trace::{Sampler, SdkTracerProvider},
+    trace::{BatchConfigBuilder, Sampler, SdkTracerProvider},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -66,7 +68,11 @@ pub(crate) fn start_tracing(config: &TracingConfig) -> Result<Option<(Tracing, E
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
     let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(span_queue::counted(
+            exporter,
+            config.queue_size,
+            BatchConfigBuilder::default(),
+        ))
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
             config.sampling_ratio,
         ))))

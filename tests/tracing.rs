@@ -98,6 +98,19 @@ fn traced_run(tracing: &str) -> TestResult {
         ],
         &gateway,
     )?;
+    // What became of the spans, on /metrics: the test waited for spans at the receiver, so some
+    // were exported; none was dropped at these rates.
+    let (_, metrics) = scrape::get(gateway.http, "/metrics")?;
+    let spans_counted = |outcome: &str| {
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with(&format!(
+                    "courier_tracing_spans_total{{outcome=\"{outcome}\"}}"
+                ))
+            })
+            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+    };
     let log = gateway.log();
     assert!(gateway.terminate()?.success());
     let exported = std::fs::read_to_string(&spans)?;
@@ -108,6 +121,11 @@ fn traced_run(tracing: &str) -> TestResult {
         .map_err(|error| format!("a log line that is not JSON ({error}):\n{log}"))?;
     if tracing == "on" {
         assert!(stdout.contains("tracing on: one trace"), "{stdout}");
+        assert!(
+            spans_counted("exported").is_some_and(|exported| exported > 0.0),
+            "{metrics}"
+        );
+        assert_eq!(spans_counted("dropped"), Some(0.0), "{metrics}");
         // The log line the publish wrote carries its trace's id, for pipelines that join the two.
         let trace_id = stdout
             .lines()
@@ -123,6 +141,7 @@ fn traced_run(tracing: &str) -> TestResult {
         assert!(stdout.contains("tracing off:"), "{stdout}");
         // Stopping flushes an exporter's queue: with tracing off there is none.
         assert!(exported.is_empty(), "exported with tracing off: {exported}");
+        assert_eq!(spans_counted("exported"), None, "{metrics}");
     }
     Ok(())
 }

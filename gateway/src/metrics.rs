@@ -70,6 +70,10 @@ pub mod names {
     /// `max_connections_per_address`, `connect_rate_per_address`, `handshake_timeout`,
     /// `write_timeout`, `max_unary_calls`, `max_streaming_calls`, `unary_timeout`, ...). See [`limit_refused`](super::limit_refused).
     pub const LIMIT_REFUSALS: &str = "courier_limit_refusals_total";
+    /// Counter: message spans, while tracing is on, by `outcome`: `exported` (the collector took
+    /// them), `export_failed` (it did not answer or refused), `dropped` (the export queue,
+    /// `telemetry.tracing.queue_size`, was full: the collector is slower than the messages).
+    pub const TRACING_SPANS: &str = "courier_tracing_spans_total";
 }
 
 /// The client protocols the gateway speaks.
@@ -190,6 +194,10 @@ pub fn describe() {
     describe_counter!(
         names::LIMIT_REFUSALS,
         "Requests, calls or connections refused because a configured limit was reached, by protocol and limit"
+    );
+    describe_counter!(
+        names::TRACING_SPANS,
+        "Message spans exported, failed to export, or dropped with the export queue full"
     );
     describe_counter!(
         names::REGION_TRAFFIC_SWITCHES,

@@ -8,8 +8,8 @@
 //! the record's `traceparent`, and on the way out a *deliver* span per record (taken from the log →
 //! acknowledged by the client) whose context replaces it again in what the client gets. A message
 //! that came without a trace context is not given one (an MQTT 5 subscriber sees exactly the user
-//! properties its publisher sent); its publish is still recorded, as one root span per request,
-//! sampled at `sampling_ratio`.
+//! properties its publisher sent); its publish is still recorded, in a root span that the client's
+//! requests in a row to one topic share ([`RootSpans`]), sampled at `sampling_ratio`.
 //!
 //! Nothing of this runs while tracing is off: the [`Traced`](crate::log::layers::Traced) layer is
 //! only put into a front end's stack when [`Access::tracing`](crate::auth::Access) holds a
@@ -20,6 +20,7 @@ mod config;
 mod context;
 mod deliveries;
 mod publish;
+mod roots;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub use self::{
     context::{TRACEPARENT, context_of_call},
     deliveries::{fetched as trace_fetched, traced_deliveries},
     publish::Publishes,
+    roots::RootSpans,
 };
 use crate::metrics::Protocol;
 

@@ -15,6 +15,9 @@ pub struct TracingConfig {
     pub sampling_ratio: f64,
     /// `service.name` of the spans.
     pub service_name: String,
+    /// Spans waiting for the collector at most; one that finds the queue full is dropped and
+    /// counted (`courier_tracing_spans_total{outcome="dropped"}`).
+    pub queue_size: usize,
 }
 
 /// `validate` refuses a NaN ratio, so the config compares as a whole with `Eq`.
@@ -27,6 +30,7 @@ impl Default for TracingConfig {
             endpoint: "http://127.0.0.1:4317".into(),
             sampling_ratio: 1.0,
             service_name: "courier".into(),
+            queue_size: 2048,
         }
     }
 }
@@ -39,6 +43,9 @@ impl TracingConfig {
                 "telemetry.tracing.sampling_ratio: {} is not between 0 and 1",
                 self.sampling_ratio
             ));
+        }
+        if self.queue_size == 0 {
+            return Err("telemetry.tracing.queue_size: must be at least 1".into());
         }
         if self.enabled
             && !self.endpoint.starts_with("http://")

@@ -1,7 +1,9 @@
 //! Publish spans: from a request reaching the gateway's log to the log's acknowledgement.
 
+use std::sync::Arc;
+
 use opentelemetry::{
-    Context, KeyValue,
+    KeyValue,
     trace::{Span as _, SpanKind, Status, TraceId, Tracer as _},
 };
 use opentelemetry_sdk::trace::Span;
@@ -10,6 +12,7 @@ use super::{
     Tracing, Who,
     attributes::{self, Operation},
     context,
+    roots::{RootSpan, RootSpans},
 };
 use crate::{
     Error, Result,
@@ -17,22 +20,30 @@ use crate::{
 };
 
 /// The spans of one produce request: one per record that carries a trace context (its own, or
-/// the call's), each a child of it and written back as the record's `traceparent`; and one root
-/// span for the records that carry none, which are left as they are.
+/// the call's), each a child of it and written back as the record's `traceparent`; and for the
+/// records that carry none, which are left as they are, the client's root span they joined
+/// ([`RootSpans`]).
 #[derive(Debug)]
 pub struct Publishes {
     /// Index-aligned with the request's records; empty when no record has a context.
     carried: Vec<Option<Span>>,
     /// For the records without a context, when there are any.
-    root: Option<Span>,
+    root: Option<Arc<RootSpan>>,
+    /// Whether the request is of one record (the root span names where it was placed).
+    single: bool,
 }
 
 impl Publishes {
     /// Starts the spans of `records`, published by `who` to `topic`, and writes each child span's
-    /// context into its record.
-    pub fn start(tracing: &Tracing, who: &Who, topic: &str, records: &mut [NewRecord]) -> Self {
+    /// context into its record; the records without one join a root span of `roots`.
+    pub fn start(
+        tracing: &Tracing,
+        who: &Who,
+        roots: &RootSpans,
+        topic: &str,
+        records: &mut [NewRecord],
+    ) -> Self {
         let tracer = tracing.tracer();
-        let name = format!("{} {topic}", Operation::Publish.name());
         let mut carried = Vec::new();
         let mut uncarried = 0;
         for (index, record) in records.iter_mut().enumerate() {
@@ -44,7 +55,7 @@ impl Publishes {
             let mut attributes = attributes::common(Operation::Publish, who, topic);
             attributes.push(body_size(record));
             let span = tracer
-                .span_builder(name.clone())
+                .span_builder(format!("{} {topic}", Operation::Publish.name()))
                 .with_kind(SpanKind::Producer)
                 .with_attributes(attributes)
                 .start_with_context(tracer, &parent);
@@ -53,19 +64,19 @@ impl Publishes {
             carried.resize_with(index, || None);
             carried.push(Some(span));
         }
+        let single = records.len() == 1;
         let root = (uncarried > 0).then(|| {
-            let mut attributes = attributes::common(Operation::Publish, who, topic);
-            attributes.push(KeyValue::new(attributes::BATCH_COUNT, uncarried as i64));
-            if let [record] = records {
-                attributes.push(body_size(record));
-            }
-            tracer
-                .span_builder(name)
-                .with_kind(SpanKind::Producer)
-                .with_attributes(attributes)
-                .start_with_context(tracer, &Context::new())
+            let size = match records {
+                [record] => Some(record.value.as_ref().map_or(0, |value| value.len())),
+                _ => None,
+            };
+            roots.join(tracing, who, topic, uncarried, size)
         });
-        Self { carried, root }
+        Self {
+            carried,
+            root,
+            single,
+        }
     }
 
     /// The trace the request's first span belongs to, for the log lines written while it runs.
@@ -73,9 +84,9 @@ impl Publishes {
         self.carried
             .iter()
             .flatten()
-            .chain(&self.root)
-            .next()
             .map(|span| span.span_context().trace_id())
+            .chain(self.root.as_ref().map(|root| root.trace_id()))
+            .next()
     }
 
     /// Ends the spans with what the log made of the request.
@@ -88,9 +99,12 @@ impl Publishes {
 
     /// Ends the spans of a request the log refused.
     pub fn failed(self, error: &Error) {
-        for mut span in self.carried.into_iter().flatten().chain(self.root) {
+        for mut span in self.carried.into_iter().flatten() {
             span.set_status(Status::error(error.to_string()));
             span.end();
+        }
+        if let Some(root) = self.root {
+            root.failed(error);
         }
     }
 
@@ -101,11 +115,8 @@ impl Publishes {
                 span.end();
             }
         }
-        if let Some(mut span) = self.root {
-            if let [appended] = appended {
-                span.set_attributes(placed(appended));
-            }
-            span.end();
+        if let (Some(root), true, [appended]) = (self.root, self.single, appended) {
+            root.placed(placed(appended));
         }
     }
 }

@@ -14,10 +14,11 @@
 //! and another build is compared by the same harness.
 //!
 //! A traced round's spans are counted once its process stopped (stopping exports what is still
-//! queued). The bench's messages carry no trace context, so the gateway makes one root span per
-//! request: one per gRPC request of `batch` records, one per MQTT PUBLISH (at `--sampling-ratio`
-//! below 1, that share of them). Fewer spans than that means the exporter's queue overflowed and
-//! dropped some: the SDK drops them silently.
+//! queued). The bench's messages carry no trace context, so the gateway records their publishes in
+//! root spans that each stand for a batch (`messaging.batch.message_count`: a gRPC request's
+//! records, or a client's requests in flight together): the receiver adds those counts up, and at
+//! `--sampling-ratio` 1 they must come to every message of the round. Fewer means spans were
+//! dropped (the gateway counts them in `courier_tracing_spans_total{outcome="dropped"}`).
 
 mod receiver;
 
@@ -93,6 +94,8 @@ struct Turn {
     measurement: Measurement,
     /// Spans the receiver got from it.
     spans: u64,
+    /// Messages those spans stand for.
+    messages_in_spans: u64,
     /// CPU time the server used from the workload's start until its spans were exported.
     cpu: Duration,
     /// From the last acknowledgement to the last export before stopping (traced side only).
@@ -175,7 +178,7 @@ async fn measure_round(
         (Side::Baseline, Some(binary)) => start_server(binary, &args.fsync, &env)?,
         _ => start_courier(&args.fsync, &env)?,
     };
-    let spans = receiver.spans();
+    let (spans, messages) = (receiver.spans(), receiver.messages());
     let measured = async {
         let ticks = cpu_ticks(&child)?;
         let measurement = match workload {
@@ -198,6 +201,7 @@ async fn measure_round(
     Ok(Turn {
         measurement,
         spans: receiver.spans() - spans,
+        messages_in_spans: receiver.messages() - messages,
         cpu,
         export_lag,
     })
@@ -243,8 +247,8 @@ fn address(line: &str, key: &str) -> Result<SocketAddr> {
     Ok(field.parse()?)
 }
 
-/// The parameters; returns the workload's name, its unit and the spans a traced round should
-/// export: one root span per request (gRPC requests of up to `batch` records, MQTT PUBLISHes).
+/// The parameters; returns the workload's name, its unit and the messages a traced round's spans
+/// should stand for at sampling ratio 1.
 fn print_parameters(args: &BenchArgs, workload: Workload) -> (&'static str, &'static str, usize) {
     let parameters = match workload {
         Workload::Produce => {
@@ -259,8 +263,8 @@ fn print_parameters(args: &BenchArgs, workload: Workload) -> (&'static str, &'st
                 args.fsync,
                 args.sampling_ratio
             );
-            let requests = batches_per_stream(args).iter().map(Vec::len).sum();
-            ("ProduceStream", "records/s", requests)
+            let records = batches_per_stream(args).iter().flatten().sum();
+            ("ProduceStream", "records/s", records)
         }
         Workload::Publish => {
             println!(
@@ -284,16 +288,17 @@ fn print_parameters(args: &BenchArgs, workload: Workload) -> (&'static str, &'st
 
 /// The parameters, each side's rounds, the table of median rounds and the ratios.
 fn print_results(args: &BenchArgs, workload: Workload, sides: &[Rounds]) -> Result<()> {
-    let (name, unit, spans_expected) = print_parameters(args, workload);
+    let (name, unit, messages) = print_parameters(args, workload);
     let each = |turns: &[Turn], show: &dyn Fn(&Turn) -> String| {
         turns.iter().map(show).collect::<Vec<_>>().join(", ")
     };
     for Rounds { side, turns } in sides {
         println!(
-            "{}: {unit} per round {}; spans received {}; server CPU µs/message {}",
+            "{}: {unit} per round {}; spans received {} (standing for {} messages); server CPU µs/message {}",
             side.name(),
             each(turns, &|t| format!("{:.0}", t.measurement.rate())),
             each(turns, &|t| t.spans.to_string()),
+            each(turns, &|t| t.messages_in_spans.to_string()),
             each(turns, &|t| format!("{:.2}", t.cpu_micros())),
         );
         if *side == Side::Traced {
@@ -305,8 +310,8 @@ fn print_results(args: &BenchArgs, workload: Workload, sides: &[Rounds]) -> Resu
         }
     }
     println!(
-        "spans expected per traced round: {spans_expected} (one root span per request) at sampling_ratio 1.0, about {:.0} at {}",
-        spans_expected as f64 * args.sampling_ratio,
+        "messages the spans of a traced round should stand for: {messages} at sampling_ratio 1.0, about {:.0} at {}",
+        messages as f64 * args.sampling_ratio,
         args.sampling_ratio
     );
     println!();

@@ -6,6 +6,8 @@
 //! in front of [`Metered`](super::Metered). Its publish spans end when the log acknowledged; the log
 //! lines written meanwhile carry the trace's id (`trace_id`), for log pipelines that join them.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use tracing::Instrument;
 
@@ -16,7 +18,7 @@ use crate::{
         AppendReceipt, FetchLimits, Fetched, Log, NewRecord, SubscribeOptions, Subscription,
         TopicPartition,
     },
-    telemetry::{self, Publishes, Tracing, Who},
+    telemetry::{self, Publishes, RootSpans, Tracing, Who},
 };
 
 /// Traces one client's requests.
@@ -24,6 +26,8 @@ use crate::{
 pub struct Tracer {
     tracing: Tracing,
     who: Who,
+    /// The client's requests of records without a trace context share root spans.
+    roots: Arc<RootSpans>,
 }
 
 /// A log whose produces and deliveries are traced as one client's.
@@ -32,7 +36,14 @@ pub type Traced<L> = Layered<Tracer, L>;
 impl<L> Traced<L> {
     /// `inner`, with what goes through it traced as `who`'s.
     pub fn new(inner: L, tracing: Tracing, who: Who) -> Self {
-        Layered::over(Tracer { tracing, who }, inner)
+        Layered::over(
+            Tracer {
+                tracing,
+                who,
+                roots: Arc::default(),
+            },
+            inner,
+        )
     }
 }
 
@@ -44,7 +55,8 @@ impl Layer for Tracer {
         topic: &str,
         mut records: Vec<NewRecord>,
     ) -> Result<AppendReceipt> {
-        let publishes = Publishes::start(&self.tracing, &self.who, topic, &mut records);
+        let publishes =
+            Publishes::start(&self.tracing, &self.who, &self.roots, topic, &mut records);
         let logs = match publishes.trace_id() {
             Some(trace_id) => tracing::info_span!("publish", %trace_id, topic),
             None => tracing::Span::none(),
@@ -225,5 +237,55 @@ mod tests {
             )
         );
         reader.close().await.unwrap();
+    }
+
+    /// An MQTT client's PUBLISHes in flight together, none with a trace context, are recorded
+    /// as one root span; once they are durable, the next starts another.
+    #[tokio::test]
+    async fn requests_in_flight_together_are_one_root_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = testing::embedded(dir.path()).await.unwrap();
+        let (tracing, exporter, _provider) = tracing();
+        let traced = Traced::new(log, tracing, Who::new(Protocol::Mqtt, Some("d".into())));
+
+        let mut receipts = Vec::new();
+        for body in ["a", "b", "c"] {
+            receipts.push(
+                traced
+                    .submit("t", vec![NewRecord::with_value(body)])
+                    .await
+                    .unwrap(),
+            );
+        }
+        for receipt in receipts {
+            receipt.await.unwrap();
+        }
+        traced
+            .submit("t", vec![NewRecord::with_value("d")])
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+
+        let spans = exporter.get_finished_spans().unwrap();
+        let publishes = named(&spans, "publish t");
+        let count = |span: &SpanData| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "messaging.batch.message_count")
+                .map(|kv| kv.value.clone())
+        };
+        assert_eq!(publishes.len(), 2, "{spans:#?}");
+        assert_eq!(count(publishes[0]), Some(3.into()));
+        assert_eq!(count(publishes[1]), Some(1.into()));
+        // The span of one record says where it went; the batch's does not.
+        let offset = |span: &SpanData| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "messaging.kafka.offset")
+                .map(|kv| kv.value.clone())
+        };
+        assert_eq!(offset(publishes[0]), None);
+        assert!(offset(publishes[1]).is_some());
     }
 }

@@ -1,5 +1,6 @@
 //! An OTLP/gRPC trace receiver in the bench's process: the collector the traced gateway exports to,
-//! which counts the spans it is sent and keeps nothing else. Built from the official protos
+//! which counts the spans it is sent, and the messages they stand for (a root publish span's
+//! `messaging.batch.message_count`, else one), and keeps nothing else. Built from the official protos
 //! (`opentelemetry-proto`'s generated `TraceService`), so the exporter talks to it as to any
 //! collector.
 
@@ -12,9 +13,13 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::any_value,
+    trace::v1::Span,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +28,7 @@ use tonic::{Request, Response, Status, transport::server::TcpIncoming};
 /// The receiver, serving on a loopback port until [`Receiver::stop`].
 pub(super) struct Receiver {
     address: SocketAddr,
-    spans: Arc<AtomicU64>,
+    counts: Arc<Counts>,
     stop: CancellationToken,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -35,9 +40,9 @@ impl Receiver {
             .await
             .context("binding the OTLP receiver")?;
         let address = listener.local_addr()?;
-        let spans = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(Counts::default());
         let stop = CancellationToken::new();
-        let service = TraceServiceServer::new(Counting(spans.clone()));
+        let service = TraceServiceServer::new(Counting(counts.clone()));
         // No Nagle delay on the replies, as collectors answer (TCP_NODELAY): with it a reply could
         // wait up to 40 ms for the exporter's delayed ACK, and the exporter, one export at a time,
         // fell behind (the last of 500,000 MQTT messages' spans came 10 to 31 s after the last
@@ -50,7 +55,7 @@ impl Receiver {
         );
         Ok(Self {
             address,
-            spans,
+            counts,
             stop,
             serving,
         })
@@ -63,7 +68,12 @@ impl Receiver {
 
     /// Spans received so far.
     pub(super) fn spans(&self) -> u64 {
-        self.spans.load(Ordering::Relaxed)
+        self.counts.spans.load(Ordering::Relaxed)
+    }
+
+    /// Messages the spans received so far stand for.
+    pub(super) fn messages(&self) -> u64 {
+        self.counts.messages.load(Ordering::Relaxed)
     }
 
     /// Stops serving.
@@ -76,8 +86,28 @@ impl Receiver {
     }
 }
 
+#[derive(Default)]
+struct Counts {
+    spans: AtomicU64,
+    messages: AtomicU64,
+}
+
 /// The trace service: adds up the spans of every export.
-struct Counting(Arc<AtomicU64>);
+struct Counting(Arc<Counts>);
+
+/// What `messaging.batch.message_count` says a span stands for, else one message.
+fn messages_of(span: &Span) -> u64 {
+    span.attributes
+        .iter()
+        .find(|attribute| attribute.key == "messaging.batch.message_count")
+        .and_then(
+            |attribute| match attribute.value.as_ref()?.value.as_ref()? {
+                any_value::Value::IntValue(count) => u64::try_from(*count).ok(),
+                _ => None,
+            },
+        )
+        .unwrap_or(1)
+}
 
 #[tonic::async_trait]
 impl TraceService for Counting {
@@ -85,14 +115,17 @@ impl TraceService for Counting {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let spans: usize = request
+        let spans = request
             .get_ref()
             .resource_spans
             .iter()
             .flat_map(|resource| &resource.scope_spans)
-            .map(|scope| scope.spans.len())
-            .sum();
-        self.0.fetch_add(spans as u64, Ordering::Relaxed);
+            .flat_map(|scope| &scope.spans);
+        let (count, messages) = spans.fold((0, 0), |(count, messages), span| {
+            (count + 1, messages + messages_of(span))
+        });
+        self.0.spans.fetch_add(count, Ordering::Relaxed);
+        self.0.messages.fetch_add(messages, Ordering::Relaxed);
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -103,7 +136,8 @@ impl TraceService for Counting {
 mod tests {
     use opentelemetry_proto::tonic::{
         collector::trace::v1::trace_service_client::TraceServiceClient,
-        trace::v1::{ResourceSpans, ScopeSpans, Span},
+        common::v1::{AnyValue, KeyValue},
+        trace::v1::{ResourceSpans, ScopeSpans},
     };
 
     use super::*;
@@ -111,6 +145,19 @@ mod tests {
     fn scope(spans: usize) -> ScopeSpans {
         ScopeSpans {
             spans: vec![Span::default(); spans],
+            ..Default::default()
+        }
+    }
+
+    fn batch_of(messages: i64) -> Span {
+        Span {
+            attributes: vec![KeyValue {
+                key: "messaging.batch.message_count".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::IntValue(messages)),
+                }),
+                ..Default::default()
+            }],
             ..Default::default()
         }
     }
@@ -128,15 +175,21 @@ mod tests {
                     ..Default::default()
                 },
                 ResourceSpans {
-                    scope_spans: vec![scope(1)],
+                    scope_spans: vec![
+                        scope(1),
+                        ScopeSpans {
+                            spans: vec![batch_of(64)],
+                            ..Default::default()
+                        },
+                    ],
                     ..Default::default()
                 },
             ],
         };
         client.export(request.clone()).await.unwrap();
-        assert_eq!(receiver.spans(), 6);
+        assert_eq!((receiver.spans(), receiver.messages()), (7, 70));
         client.export(request).await.unwrap();
-        assert_eq!(receiver.spans(), 12);
+        assert_eq!((receiver.spans(), receiver.messages()), (14, 140));
         drop(client);
         receiver.stop().await.unwrap();
     }
