@@ -1,7 +1,8 @@
 //! The operators' HTTP endpoint (`[http]`, default port 8080):
 //! - `/healthz`: the process is alive and its runtime answers (liveness);
 //! - `/readyz`: the log answers, the listeners are up, and the gateway is not draining (readiness);
-//!   load balancers take a draining replica out before its listeners stop;
+//!   load balancers take a draining replica out before its listeners stop. A ready region router
+//!   names a stale standby region on the lines after `ready` (it does not fail readiness);
 //! - `/metrics`: every metric in Prometheus' text format (`courier_gateway::metrics` names them);
 //! - `/` and `/api/status`: the status page (one HTML file, no build step) and the JSON it polls;
 //!   once authentication is configured, only for a principal with the admin role (HTTP Basic with
@@ -215,7 +216,14 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(endpoint): State<Endpoint>) -> Response {
     match endpoint.board.not_ready_because() {
-        None => (StatusCode::OK, "ready\n").into_response(),
+        None => {
+            let mut body = "ready\n".to_owned();
+            for warning in endpoint.board.ready_but() {
+                body.push_str(&warning);
+                body.push('\n');
+            }
+            (StatusCode::OK, body).into_response()
+        }
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),

@@ -1009,3 +1009,112 @@ async fn active_active_writes_locally_and_survives_a_region() -> TestResult {
     );
     Ok(())
 }
+
+/// The lag the gateway reports for copies of `from` in `to`, from `/metrics`, in seconds.
+fn reported_lag(gateway: &Gateway, from: &str, to: &str) -> Result<Option<f64>, BoxError> {
+    let (_, body) = common::scrape::get(gateway.http, "/metrics")?;
+    let series = format!("courier_region_replication_lag_seconds{{from=\"{from}\",to=\"{to}\"}} ");
+    Ok(body
+        .lines()
+        .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok()))
+}
+
+/// Region `region`'s copies of `from`, as `ListRegions` shows them.
+async fn replication_of(
+    admin: &mut AdminClient<Channel>,
+    region: &str,
+    from: &str,
+) -> Result<pb::ReplicationLag, BoxError> {
+    regions_status(admin)
+        .await?
+        .regions
+        .into_iter()
+        .find(|r| r.name == region)
+        .and_then(|r| r.replication.into_iter().find(|lag| lag.from == from))
+        .ok_or_else(|| format!("no replication of {from} in {region}").into())
+}
+
+/// The replication lag follows the replicator: the canary is mirrored like any topic, the lag the
+/// gateway reports matches the age of the last canary the replicator says it copied, it grows while
+/// the replicator is paused (the standby turns stale: `ListRegions` says so and `/readyz`, still
+/// ready, names it) and falls back once it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_lag_follows_a_paused_and_resumed_replicator() -> TestResult {
+    const CANARY: &str = "courier.canary";
+    let a = Tansu::start()?;
+    let b = Tansu::start()?;
+    let a_to_b = Replicator::start("a", &a.bootstrap(), &b.bootstrap(), &[CANARY], &[]);
+    let dir = tempfile::tempdir()?;
+    let config = regions_config("a", "active-passive", &a, &b, "10s").replacen(
+        "[log]\n",
+        "[log]\nreplication_stale_after = \"5s\"\n",
+        1,
+    );
+    let gateway = Gateway::start_with_config(&dir.path().join("gateway"), &config, &[])?;
+    let mut admin = gateway.admin().await?;
+    wait_for_traffic_on(&mut admin, "a", DEADLINE).await?;
+    let lag_now = || reported_lag(&gateway, "a", "b").ok().flatten();
+    let readyz = || common::scrape::get(gateway.http, "/readyz").map(|(_, body)| body);
+
+    // Copied as it is written: a lag of a probe interval or so.
+    wait_until("a's canary copied into b and measured", DEADLINE, || {
+        lag_now().is_some_and(|lag| lag < 5.0)
+    })
+    .await?;
+    let copies = replication_of(&mut admin, "b", "a").await?;
+    assert!(!copies.stale && copies.lag_ms.is_some(), "{copies:?}");
+    let body = readyz()?;
+    assert!(!body.contains("stale standby"), "{body}");
+
+    // What the gateway reports against the replicator's own record: the age of the last canary it
+    // copied. The gateway measured up to a probe (1 s) and its read before the scrape.
+    let against_the_replicator = || -> Result<(f64, f64), BoxError> {
+        let last_copied: i64 = a_to_b
+            .last_copied_value(CANARY)
+            .ok_or("the replicator copied no canary")?
+            .parse()?;
+        let reported = lag_now().ok_or("no lag reported")?;
+        let truth = (courier_gateway::log::now_ms() - last_copied) as f64 / 1e3;
+        assert!(
+            reported <= truth + 0.1 && reported >= truth - 3.0,
+            "reported {reported:.1} s, the last copy is {truth:.1} s old"
+        );
+        Ok((reported, truth))
+    };
+
+    // Slowed: the replicator keeps 4 s behind, and so does the lag.
+    a_to_b.set_delay(Duration::from_secs(4));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (slowed, slowed_truth) = against_the_replicator()?;
+    assert!(slowed >= 3.0, "reported {slowed:.1} s 4 s behind");
+    a_to_b.set_delay(Duration::ZERO);
+
+    // Paused: nothing more is copied, and the lag is the age of what the replicator copied last.
+    a_to_b.pause();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (reported, truth) = against_the_replicator()?;
+    assert!(reported >= 5.0, "reported {reported:.1} s after 8 s paused");
+    let copies = replication_of(&mut admin, "b", "a").await?;
+    assert!(copies.stale, "{copies:?}");
+    let body = readyz()?;
+    assert!(
+        body.starts_with("ready\n") && body.contains("stale standby: b is"),
+        "{body}"
+    );
+
+    // Resumed: the backlog is copied and the lag falls back.
+    a_to_b.resume();
+    wait_until("the lag back under 3 s", DEADLINE, || {
+        lag_now().is_some_and(|lag| lag < 3.0)
+    })
+    .await?;
+    let copies = replication_of(&mut admin, "b", "a").await?;
+    assert!(!copies.stale, "{copies:?}");
+    let body = readyz()?;
+    assert!(!body.contains("stale standby"), "{body}");
+    println!(
+        "REPLICATION 4 s behind: reported {slowed:.1} s, last copy {slowed_truth:.1} s old; \
+         paused 8 s: reported {reported:.1} s, last copy {truth:.1} s old"
+    );
+    Ok(())
+}

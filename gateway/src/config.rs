@@ -255,9 +255,17 @@ pub struct RegionsConfig {
         with = "humantime_serde"
     )]
     pub fail_back_consumer_delay: Duration,
-    /// Topic each region's canary records are written to and read back from.
+    /// Topic each region's canary records are written to and read back from. MirrorMaker 2 mirrors
+    /// it like any topic: the copies say how far behind each region the others are.
     #[serde(default = "RegionsConfig::default_canary_topic")]
     pub canary_topic: String,
+    /// A region whose newest copy of another region's canary is older than this (or that has none)
+    /// is stale in the status, and a stale standby is named in `/readyz`'s answer.
+    #[serde(
+        default = "RegionsConfig::default_replication_stale_after",
+        with = "humantime_serde"
+    )]
+    pub replication_stale_after: Duration,
     /// The regions: `[log.regions.<name>]` with the keys of `kind = "kafka"` (`bootstrap_servers`,
     /// `properties`, ...).
     pub regions: BTreeMap<String, KafkaConfig>,
@@ -285,6 +293,9 @@ impl RegionsConfig {
     fn default_canary_topic() -> String {
         "courier.canary".into()
     }
+    fn default_replication_stale_after() -> Duration {
+        Duration::from_secs(30)
+    }
 
     /// The defaults, over these regions.
     pub fn new(regions: BTreeMap<String, KafkaConfig>) -> Self {
@@ -300,6 +311,7 @@ impl RegionsConfig {
             hold_down: Self::default_hold_down(),
             fail_back_consumer_delay: Self::default_fail_back_consumer_delay(),
             canary_topic: Self::default_canary_topic(),
+            replication_stale_after: Self::default_replication_stale_after(),
             regions,
         }
     }

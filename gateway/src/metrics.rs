@@ -63,6 +63,9 @@ pub mod names {
     pub const AUTH_RELOADS: &str = "courier_auth_reloads_total";
     /// Counter: changes of a region's state, by `region`.
     pub const REGION_SWITCHES: &str = "courier_region_switches_total";
+    /// Gauge: how old the newest canary record copied from region `from` into region `to` is, in
+    /// seconds: the writes `to` would lack if `from` were lost now.
+    pub const REGION_REPLICATION_LAG: &str = "courier_region_replication_lag_seconds";
     /// Counter: moves of traffic between regions, by `traffic` (writes, reads) and `to` (region).
     pub const REGION_TRAFFIC_SWITCHES: &str = "courier_region_traffic_switches_total";
     /// Counter: requests, calls or connections refused (or ended) because a configured limit was
@@ -191,6 +194,11 @@ pub fn describe() {
     );
     describe_gauge!(names::REGION_UP, "1 while the region's log answers probes");
     describe_counter!(names::REGION_SWITCHES, "Changes of a region's state");
+    describe_gauge!(
+        names::REGION_REPLICATION_LAG,
+        Unit::Seconds,
+        "Age of the newest canary record copied from region `from` into region `to`"
+    );
     describe_counter!(
         names::LIMIT_REFUSALS,
         "Requests, calls or connections refused because a configured limit was reached, by protocol and limit"

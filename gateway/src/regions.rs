@@ -14,8 +14,10 @@
 //!   on the mirrors where MirrorMaker 2's checkpoints put it ([`translate`], [`checkpoint`]), and moves
 //!   subscriptions across regions without the front end noticing more than a revocation
 //!   ([`subscription`]);
-//! - answers operators: each region's state, the last switch and its cause ([`status`]), and a manual
-//!   switch.
+//! - measures how far behind each other region every region's copies are, by the canary records
+//!   MirrorMaker 2 copies ([`replication`]);
+//! - answers operators: each region's state and replication lag, the last switch and its cause
+//!   ([`status`]), and a manual switch.
 //!
 //! The state the router's handle and its tasks share is in [`shared`], so each part depends on it
 //! rather than on this module.
@@ -25,6 +27,7 @@ pub mod health;
 mod naming;
 mod produce;
 pub mod regional;
+pub mod replication;
 mod shared;
 pub mod status;
 mod steer;
@@ -52,6 +55,7 @@ use self::{
 pub use self::{
     health::RegionHealth,
     regional::RegionalLog,
+    replication::ReplicationStatus,
     status::{RegionStatus, RoutingStatus, Switch, Traffic},
 };
 use crate::{
@@ -122,6 +126,7 @@ impl Regions {
                 cause: Mutex::new("not probed yet".into()),
                 last_reported_failure: Mutex::new(None),
                 topic_names: tokio::sync::Mutex::new(None),
+                copies: Mutex::default(),
                 name,
             });
         }

@@ -14,7 +14,7 @@ use std::{
 use courier_gateway::{
     log::{Log, now_ms},
     metrics::{names, snapshot},
-    regions::{RegionHealth, Regions},
+    regions::{RegionHealth, Regions, ReplicationStatus},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
@@ -58,6 +58,8 @@ pub(crate) struct RegionState {
     cause: String,
     /// What goes to it: `writes`, `reads`, both, or nothing (a region router's standby region).
     traffic: Vec<&'static str>,
+    /// How far behind each other region its copies are (a region router's regions only).
+    replication: Vec<ReplicationStatus>,
 }
 
 /// Whether the log answers probes: `healthy` while it does, `down` once one failed. A region router's
@@ -135,6 +137,7 @@ impl Board {
                     switches: 0,
                     cause: "the log opened".to_owned(),
                     traffic: vec!["writes", "reads"],
+                    replication: Vec::new(),
                 },
                 history: VecDeque::with_capacity(HISTORY),
                 lag: lag::Reading::default(),
@@ -173,6 +176,41 @@ impl Board {
             .then(|| format!("the log is not answering: {}", observed.region.cause))
     }
 
+    /// What a ready gateway should still say: each standby region (one no traffic goes to) whose
+    /// copies of the region writes go to are stale, since a switch to it now would lose that much.
+    pub(crate) fn ready_but(&self) -> Vec<String> {
+        let Some(router) = &self.router else {
+            return Vec::new();
+        };
+        let status = router.status();
+        let Some(writes) = status.regions.iter().find(|region| region.writes) else {
+            return Vec::new();
+        };
+        status
+            .regions
+            .iter()
+            .filter(|region| !region.writes && !region.reads)
+            .flat_map(|standby| {
+                standby
+                    .replication
+                    .iter()
+                    .filter(|lag| lag.from == writes.name && lag.stale)
+                    .map(|lag| match lag.lag_ms {
+                        Some(ms) => format!(
+                            "stale standby: {} is {:.1} s behind {}",
+                            standby.name,
+                            ms as f64 / 1e3,
+                            writes.name
+                        ),
+                        None => format!(
+                            "stale standby: {} holds no copy of {}'s canary (is MirrorMaker 2 mirroring it?)",
+                            standby.name, writes.name
+                        ),
+                    })
+            })
+            .collect()
+    }
+
     /// Whether the log answers (a region of the router does), so reading lag is worth a try.
     fn log_answers(&self) -> bool {
         match &self.router {
@@ -204,6 +242,7 @@ impl Board {
                 since_ms: region.since_ms,
                 switches: region.changes,
                 cause: region.cause,
+                replication: region.replication,
             })
             .collect()
     }

@@ -14,7 +14,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
@@ -39,6 +39,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// One direction of replication, running until dropped.
 pub struct Replicator {
     stop: Arc<AtomicBool>,
+    /// While set, nothing is copied or checkpointed (a replicator stopped by its operator).
+    paused: Arc<AtomicBool>,
+    /// A record is copied only once it is this old (ms; a replicator that falls behind).
+    delay_ms: Arc<AtomicU64>,
     copied: Arc<Mutex<Copied>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -64,8 +68,12 @@ impl Replicator {
             offsets: HashMap::new(),
             written_checkpoints: HashMap::new(),
             copied: copied.clone(),
+            delay_ms: Arc::new(AtomicU64::new(0)),
         };
+        let delay_ms = state.delay_ms.clone();
         let stop_flag = stop.clone();
+        let paused = Arc::new(AtomicBool::new(false));
+        let paused_flag = paused.clone();
         let thread = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -78,6 +86,10 @@ impl Replicator {
             };
             let mut last_checkpoint = std::time::Instant::now();
             while !stop_flag.load(Ordering::Relaxed) {
+                if paused_flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(ROUND);
+                    continue;
+                }
                 if !runtime.block_on(state.copy_round(&clients)) {
                     // A region went away. New clients, so none carries the old cluster's metadata
                     // (topic ids) into the one that comes back: librdkafka has crashed on that. The
@@ -97,9 +109,38 @@ impl Replicator {
         });
         Self {
             stop,
+            paused,
+            delay_ms,
             copied,
             thread: Some(thread),
         }
+    }
+
+    /// Stops copying (after the round under way) until [`Replicator::resume`].
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Relaxed);
+    }
+
+    /// Copies a record only once it is `delay` old (by its timestamp), as a replicator that keeps
+    /// `delay` behind does; zero copies at once again.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Copies again, from where it stopped.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Relaxed);
+    }
+
+    /// The value (as UTF-8) of the last record copied from the source's `topic`.
+    pub fn last_copied_value(&self, topic: &str) -> Option<String> {
+        self.copied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_values
+            .get(topic)
+            .cloned()
     }
 
     /// The `courier-id`s of every record copied so far.
@@ -186,13 +227,16 @@ struct State {
     /// The last checkpoint written, by (group, topic, partition).
     written_checkpoints: HashMap<(String, String, i32), i64>,
     copied: Arc<Mutex<Copied>>,
+    /// See [`Replicator::set_delay`].
+    delay_ms: Arc<AtomicU64>,
 }
 
-/// What was copied so far, by `courier-id` and by value.
+/// What was copied so far, by `courier-id` and by value, and the last value of each topic.
 #[derive(Default)]
 struct Copied {
     ids: HashSet<String>,
     values: HashSet<String>,
+    last_values: HashMap<String, String>,
 }
 
 impl State {
@@ -251,6 +295,19 @@ impl State {
             if message.offset() < next {
                 continue;
             }
+            let delay = self.delay_ms.load(Ordering::Relaxed) as i64;
+            if delay > 0
+                && message
+                    .timestamp()
+                    .to_millis()
+                    .is_some_and(|written| now_ms() - written < delay)
+            {
+                // Not old enough: copied in a later round, from this record on. librdkafka keeps
+                // its position past this record when the same assignment is made again, so the
+                // next round's assignment must be a fresh one.
+                let _ = clients.reader.unassign();
+                break;
+            }
             let mut headers = OwnedHeaders::new();
             let mut courier_id = None;
             if let Some(source_headers) = message.headers() {
@@ -289,9 +346,9 @@ impl State {
             let mut copied = self.copied.lock().unwrap_or_else(PoisonError::into_inner);
             copied.ids.extend(courier_id);
             if let Some(payload) = message.payload() {
-                copied
-                    .values
-                    .insert(String::from_utf8_lossy(payload).into_owned());
+                let value = String::from_utf8_lossy(payload).into_owned();
+                copied.values.insert(value.clone());
+                copied.last_values.insert(topic.to_owned(), value);
             }
             drop(copied);
             next = message.offset() + 1;
@@ -401,4 +458,10 @@ async fn ensure_topic(clients: &Clients, topic: &str, partitions: i32) -> bool {
         .create_topics([&new_topic], &options)
         .await
         .is_ok()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
 }

@@ -430,9 +430,12 @@ def main(deploy):
                 cfg = m[connector]["config"]
                 assert cfg["replication.policy.class"].endswith("DefaultReplicationPolicy")
                 assert {cfg["replication.policy.separator"]} == separators, "the gateways' separator"
-            # The probe topic stays in its region (the gateways write it in each).
-            assert re.match(f"(?:{m['topicsPattern']})$", "courier.canary") is None, m["topicsPattern"]
-            assert re.match(f"(?:{m['topicsPattern']})$", "orders"), m["topicsPattern"]
+            # The probe topic is mirrored (its copies measure the replication lag), the other
+            # direction's copies are not (they would come back prefixed twice).
+            pattern = f"(?:{m['topicsPattern']})$"
+            assert re.match(pattern, "courier.canary"), m["topicsPattern"]
+            assert re.match(pattern, "orders"), m["topicsPattern"]
+            assert re.match(pattern, f"{m['targetCluster']}.orders") is None, m["topicsPattern"]
             directions.add((m["sourceCluster"], m["targetCluster"]))
     assert directions == {(a, b) for a in regions for b in regions if a != b}, directions
     print(f"MirrorMaker 2 mirrors {sorted(directions)} with checkpoints and the default policy")

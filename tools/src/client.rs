@@ -389,6 +389,17 @@ pub async fn regions(server: ServerArgs, command: Option<RegionsCommand>) -> Res
             },
             region.cause
         );
+        for lag in &region.replication {
+            let behind = match lag.lag_ms {
+                Some(ms) => format!("{:.1} s behind", ms as f64 / 1e3),
+                None => "no copy seen".to_owned(),
+            };
+            println!(
+                "  copies of {}	{behind}{}",
+                lag.from,
+                if lag.stale { " (stale)" } else { "" }
+            );
+        }
     }
     if let Some(switch) = &status.last_switch {
         println!(

@@ -190,6 +190,15 @@ pub(crate) fn regions_to_wire(status: RoutingStatus) -> pb::RegionsStatus {
                 writes: region.writes,
                 reads: region.reads,
                 preferred: region.preferred,
+                replication: region
+                    .replication
+                    .into_iter()
+                    .map(|lag| pb::ReplicationLag {
+                        from: lag.from,
+                        lag_ms: lag.lag_ms,
+                        stale: lag.stale,
+                    })
+                    .collect(),
             })
             .collect(),
         manual: status.manual.unwrap_or_default(),

@@ -13,6 +13,7 @@ use super::{
     health::{HealthMachine, RegionHealth},
     naming::ReplicationPolicy,
     regional::RegionalLog,
+    replication::{self, Copies},
     status::{RegionStatus, RoutingStatus, Switch},
 };
 use crate::{
@@ -59,6 +60,8 @@ pub(super) struct Region {
     /// The region's topic names and when that reading began: every subscription looks for new
     /// mirrors in them, and one metadata request serves them all (see [`Region::topic_names`]).
     pub(super) topic_names: tokio::sync::Mutex<Option<(Instant, Arc<Vec<String>>)>>,
+    /// What the region holds of the others' writes ([`replication`](super::replication)).
+    pub(super) copies: Mutex<Copies>,
 }
 
 impl Region {
@@ -174,6 +177,7 @@ impl Shared {
                     writes: index == writes,
                     reads: index == reads,
                     preferred: index == 0,
+                    replication: replication::status(self, index),
                 }
             })
             .collect();

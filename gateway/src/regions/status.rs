@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::health::RegionHealth;
+use super::{health::RegionHealth, replication::ReplicationStatus};
 
 /// Which traffic a switch moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -58,6 +58,8 @@ pub struct RegionStatus {
     pub reads: bool,
     /// Whether it is the region traffic prefers.
     pub preferred: bool,
+    /// How far behind each other region its copies are.
+    pub replication: Vec<ReplicationStatus>,
 }
 
 /// The router as operators see it.

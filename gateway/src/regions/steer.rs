@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::{
     health::{Observation, RegionHealth},
+    replication,
     shared::Shared,
     status::{Switch, Traffic},
 };
@@ -52,6 +53,14 @@ async fn probe_region(shared: Arc<Shared>, index: usize) {
         }
         let (seen, cause) = probe_once(&shared, index).await;
         observe(&shared, index, seen, cause);
+        if seen == Observation::Answered {
+            // Bounded like a probe: a region slow to answer is measured again next time.
+            let _ = tokio::time::timeout(
+                shared.config.probe_timeout,
+                replication::measure(&shared, index),
+            )
+            .await;
+        }
     }
 }
 

@@ -189,10 +189,11 @@ mod tests {
 
     fn count(span: &SpanData) -> Option<i64> {
         span.attributes.iter().find_map(|kv| {
-            (kv.key.as_str() == attributes::BATCH_COUNT).then(|| match kv.value {
+            let count = match kv.value {
                 opentelemetry::Value::I64(count) => count,
                 _ => -1,
-            })
+            };
+            (kv.key.as_str() == attributes::BATCH_COUNT).then_some(count)
         })
     }
 

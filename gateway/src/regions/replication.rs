@@ -1,0 +1,139 @@
+//! How far behind each other region the copies in a region are: the data a switch would lose now.
+//!
+//! Every probe writes a canary record into its region's canary topic, its value the time it was
+//! written (ms since the epoch) and its `courier-origin` the region. MirrorMaker 2 mirrors that
+//! topic like any other (`a.courier.canary` in `b`, under the default policy), so in region `b` the
+//! newest canary copied from `a` says how old the newest of `a`'s records that `b` holds can be: if
+//! `a` died now, what `a` acknowledged since is what `b` lacks. After each answered probe of a
+//! region the router reads, for every other region, the newest canary copied from it; the age of
+//! that record is `courier_region_replication_lag_seconds{from, to}`, and a pair whose lag is
+//! above `regions.replication_stale_after` (or that has no copy at all) is stale in the status.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use serde::Serialize;
+
+use super::{Shared, regional::RegionalLog};
+use crate::{
+    Result,
+    log::{FetchLimits, Position, TopicPartition, now_ms},
+    metrics::names,
+    sync::lock,
+};
+
+/// Records read back from a mirrored canary's end to find the newest from its source: under the
+/// identity policy the mirror is the region's own canary topic, where both regions' probes write.
+const TAIL: i64 = 16;
+
+/// How far one region's copies of another's are behind, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicationStatus {
+    /// The region copied from.
+    pub from: String,
+    /// The age of the newest canary copied from it, in ms: the writes of `from` this region lacks
+    /// if `from` were lost now. `None` until one has been seen (no mirror of the canary yet).
+    pub lag_ms: Option<i64>,
+    /// Over `regions.replication_stale_after`, or nothing copied.
+    pub stale: bool,
+}
+
+/// The newest canary write time (ms since the epoch) seen copied from each other region, by its
+/// name; a region nothing has been seen copied from is missing.
+#[derive(Debug, Default)]
+pub(super) struct Copies {
+    newest_ms: BTreeMap<String, i64>,
+}
+
+/// Reads, in region `to`, the newest canary copied from each other region, and records its age.
+pub(super) async fn measure(shared: &Shared, to: usize) {
+    let region = &shared.regions[to];
+    let log = region.log();
+    let Ok(existing) = region.topic_names(shared.config.probe_interval).await else {
+        return;
+    };
+    for (from, source) in shared.regions.iter().enumerate() {
+        if from == to {
+            continue;
+        }
+        let mirror = shared
+            .policy
+            .remote_topic(&source.name, &shared.config.canary_topic);
+        // Never read a mirror that is not there: reading may create a topic.
+        if !existing.contains(&mirror) {
+            continue;
+        }
+        let newest = match newest_copy(&log, &mirror, &source.name).await {
+            Ok(Some(written_ms)) => written_ms,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::debug!(from = %source.name, to = %region.name, %error, "reading the mirrored canary");
+                continue;
+            }
+        };
+        lock(&region.copies)
+            .newest_ms
+            .insert(source.name.clone(), newest);
+        let lag = (now_ms() - newest).max(0);
+        metrics::gauge!(
+            names::REGION_REPLICATION_LAG,
+            "from" => source.name.clone(),
+            "to" => region.name.clone()
+        )
+        .set(lag as f64 / 1e3);
+    }
+}
+
+/// The write time of the newest canary from `source` in `mirror`'s last records.
+async fn newest_copy(
+    log: &Arc<dyn RegionalLog>,
+    mirror: &str,
+    source: &str,
+) -> Result<Option<i64>> {
+    let partition = TopicPartition::new(mirror, 0);
+    let end = log.resolve(&partition, Position::Latest).await?;
+    let start = log.resolve(&partition, Position::Earliest).await?;
+    let from = (end - TAIL).max(start);
+    if from >= end {
+        return Ok(None);
+    }
+    let limits = FetchLimits {
+        max_records: TAIL as usize,
+        max_bytes: 64 * 1024,
+    };
+    let fetched = log.fetch(&partition, from, limits).await?;
+    Ok(fetched
+        .records
+        .iter()
+        .filter(|record| record.origin == source)
+        .filter_map(|record| {
+            std::str::from_utf8(record.value.as_deref()?)
+                .ok()?
+                .parse()
+                .ok()
+        })
+        .max())
+}
+
+/// Region `to`'s copies of every other region, now.
+pub(super) fn status(shared: &Shared, to: usize) -> Vec<ReplicationStatus> {
+    let copies = lock(&shared.regions[to].copies);
+    let now = now_ms();
+    let stale_after = shared.config.replication_stale_after.as_millis() as i64;
+    shared
+        .regions
+        .iter()
+        .enumerate()
+        .filter(|(from, _)| *from != to)
+        .map(|(_, source)| {
+            let lag_ms = copies
+                .newest_ms
+                .get(&source.name)
+                .map(|newest| (now - newest).max(0));
+            ReplicationStatus {
+                from: source.name.clone(),
+                lag_ms,
+                stale: lag_ms.is_none_or(|lag| lag > stale_after),
+            }
+        })
+        .collect()
+}
