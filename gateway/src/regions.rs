@@ -17,7 +17,8 @@
 //! - measures how far behind each other region every region's copies are, by the canary records
 //!   MirrorMaker 2 copies ([`replication`]);
 //! - answers operators: each region's state and replication lag, the last switch and its cause
-//!   ([`status`]), and a manual switch.
+//!   ([`status`]), a manual switch, and a planned one that moves traffic once the target has copied
+//!   what this gateway acknowledged ([`planned`]).
 //!
 //! The state the router's handle and its tasks share is in [`shared`], so each part depends on it
 //! rather than on this module.
@@ -25,6 +26,7 @@
 pub mod checkpoint;
 pub mod health;
 mod naming;
+mod planned;
 mod produce;
 pub mod regional;
 pub mod replication;
@@ -38,6 +40,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -54,6 +57,7 @@ use self::{
 };
 pub use self::{
     health::RegionHealth,
+    planned::PlannedSwitch,
     regional::RegionalLog,
     replication::ReplicationStatus,
     status::{RegionStatus, RoutingStatus, Switch, Traffic},
@@ -130,6 +134,7 @@ impl Regions {
                 name,
             });
         }
+        let regions_count = regions.len();
         for region in &regions {
             metrics::gauge!(crate::metrics::names::REGION_UP, "region" => region.name.clone())
                 .set(1.0);
@@ -149,6 +154,7 @@ impl Regions {
             steer: Notify::new(),
             closed: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            ledger: Arc::new(planned::WriteLedger::new(regions_count)),
         });
         steer::start(&shared);
         tracing::info!(regions = ?shared.names(), mode = shared.mode_name(), "region router started");
@@ -167,6 +173,14 @@ impl Regions {
         tracing::warn!(region, "an operator pinned traffic to a region");
         self.shared.steer.notify_one();
         Ok(())
+    }
+
+    /// Pins writes and reads to `region` as [`Regions::switch_to`] does, once what this gateway
+    /// acknowledged in the region writes go to now has been copied to `region` (or `timeout` ran
+    /// out first, which the outcome says); writes are held meanwhile. See [`planned`].
+    pub async fn switch_planned(&self, region: &str, timeout: Duration) -> Result<PlannedSwitch> {
+        let index = self.shared.index_of(region)?;
+        Ok(planned::switch(&self.shared, index, timeout).await)
     }
 
     /// Lets health decide again (fail-back to the preferred region follows its usual rules).

@@ -570,3 +570,74 @@ async fn a_subscription_follows_reads_and_loses_nothing_acknowledged() -> TestRe
     member.close().await?;
     fixture.close().await
 }
+
+/// A planned switch holds writes until the target holds what was acknowledged in the region writes
+/// leave: here the target gets its copies only while the switch waits, and a write made meanwhile
+/// waits too, then goes to the target. Back the other way with nothing copied, the timeout runs
+/// out and the switch says it was an ordinary one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_switch_moves_traffic_once_the_target_holds_what_was_acknowledged() -> TestResult
+{
+    let fixture = Fixture::new(&settings()).await?;
+    let router = fixture.router.clone();
+    fixture
+        .a
+        .log
+        .create_topic(TopicSpec::named("t").partitions(3))
+        .await?;
+    for index in 0..30 {
+        router
+            .append("t", vec![NewRecord::with_value(format!("before {index}"))])
+            .await?;
+    }
+
+    let switching = tokio::spawn({
+        let router = router.clone();
+        async move { router.switch_planned("b", Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(traffic(&router.status()).0, "a", "not before the copies");
+    let held = tokio::spawn({
+        let router = router.clone();
+        async move {
+            router
+                .append("t", vec![NewRecord::with_value("while held")])
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "a write while held waits");
+    assert!(!switching.is_finished(), "nothing copied yet");
+
+    assert_eq!(mirror(&fixture.a, &fixture.b, "t").await?, 30);
+    let outcome = switching.await??;
+    assert!(outcome.copied, "{outcome:?}");
+    assert_eq!((outcome.from.as_str(), outcome.to.as_str()), ("a", "b"));
+    assert_eq!(outcome.partitions, 3, "{outcome:?}");
+    assert_eq!(outcome.writes_held, 1, "{outcome:?}");
+    assert_eq!(traffic(&router.status()), ("b", "b", RegionHealth::Healthy));
+    let appended = held.await??;
+    let in_b = fixture
+        .b
+        .log
+        .fetch(
+            &TopicPartition::new("t", appended[0].partition),
+            appended[0].offset,
+            FetchLimits::default(),
+        )
+        .await?;
+    assert_eq!(
+        in_b.records.first().and_then(|record| record.value.clone()),
+        Some("while held".into()),
+        "the held write went to b"
+    );
+
+    // Back to a, with nothing of b's copied there: the timeout runs out, traffic moves anyway.
+    let outcome = router
+        .switch_planned("a", Duration::from_millis(500))
+        .await?;
+    assert!(!outcome.copied, "{outcome:?}");
+    assert_eq!(outcome.missing.len(), 1, "{outcome:?}");
+    assert_eq!(traffic(&router.status()).0, "a");
+    fixture.close().await
+}

@@ -288,6 +288,7 @@ impl State {
         }
         let remote = self.remote(topic);
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let mut sent = Vec::new();
         while next < high && std::time::Instant::now() < deadline {
             let Some(Ok(message)) = clients.reader.poll(Duration::from_millis(100)) else {
                 continue;
@@ -302,10 +303,7 @@ impl State {
                     .to_millis()
                     .is_some_and(|written| now_ms() - written < delay)
             {
-                // Not old enough: copied in a later round, from this record on. librdkafka keeps
-                // its position past this record when the same assignment is made again, so the
-                // next round's assignment must be a fresh one.
-                let _ = clients.reader.unassign();
+                // Not old enough: copied in a later round, from this record on.
                 break;
             }
             let mut headers = OwnedHeaders::new();
@@ -335,23 +333,37 @@ impl State {
             if let Some(payload) = message.payload() {
                 record = record.payload(payload);
             }
-            let Ok(delivered) = clients.producer.send(record, TIMEOUT).await else {
-                // The target is away: copy this record again next round.
+            // Sent without waiting for each: up to librdkafka's in-flight window at a time, as
+            // MirrorMaker 2's producer does (one record a round trip fell behind the clients).
+            let Ok(delivery) = clients.producer.send_result(record) else {
+                break;
+            };
+            let value = message
+                .payload()
+                .map(|payload| String::from_utf8_lossy(payload).into_owned());
+            sent.push((message.offset(), courier_id, value, delivery));
+            next = message.offset() + 1;
+        }
+        // A fresh assignment each time: librdkafka takes the same assignment made again as no
+        // change and keeps its fetch state, which left a partition that was polled empty stuck
+        // (seen while every other partition was idle, as in a planned switch).
+        let _ = clients.reader.unassign();
+        for (offset, courier_id, value, delivery) in sent {
+            let Ok(Ok(delivered)) = delivery.await else {
+                // The target is away: copy from this record again next round.
+                next = offset;
                 break;
             };
             self.offsets
                 .entry(key.clone())
                 .or_default()
-                .insert(message.offset(), delivered.offset);
+                .insert(offset, delivered.offset);
             let mut copied = self.copied.lock().unwrap_or_else(PoisonError::into_inner);
             copied.ids.extend(courier_id);
-            if let Some(payload) = message.payload() {
-                let value = String::from_utf8_lossy(payload).into_owned();
+            if let Some(value) = value {
                 copied.values.insert(value.clone());
                 copied.last_values.insert(topic.to_owned(), value);
             }
-            drop(copied);
-            next = message.offset() + 1;
         }
         self.next.insert(key, next);
     }

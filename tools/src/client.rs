@@ -347,16 +347,22 @@ pub async fn regions(server: ServerArgs, command: Option<RegionsCommand>) -> Res
     let mut client = AdminClient::new(connect(&server).await?);
     let status = match command.unwrap_or(RegionsCommand::List) {
         RegionsCommand::List => client.list_regions(pb::ListRegionsRequest {}).await,
-        RegionsCommand::Switch { region } => {
+        RegionsCommand::Switch {
+            region,
+            planned,
+            timeout,
+        } => {
             client
-                .switch_region(pb::SwitchRegionRequest { region })
+                .switch_region(pb::SwitchRegionRequest {
+                    region,
+                    planned,
+                    planned_timeout_ms: timeout.as_millis() as u64,
+                })
                 .await
         }
         RegionsCommand::Auto => {
             client
-                .switch_region(pb::SwitchRegionRequest {
-                    region: String::new(),
-                })
+                .switch_region(pb::SwitchRegionRequest::default())
                 .await
         }
     }
@@ -398,6 +404,26 @@ pub async fn regions(server: ServerArgs, command: Option<RegionsCommand>) -> Res
                 "  copies of {}	{behind}{}",
                 lag.from,
                 if lag.stale { " (stale)" } else { "" }
+            );
+        }
+    }
+    if let Some(planned) = &status.planned {
+        if planned.copied {
+            println!(
+                "planned switch	{} -> {}: every acknowledged record copied ({} partitions); writes held {} ms, {} waited",
+                planned.from,
+                planned.to,
+                planned.partitions,
+                planned.paused_ms,
+                planned.writes_held
+            );
+        } else {
+            println!(
+                "planned switch	{} -> {}: timed out after {} ms, switched anyway; not seen copied: {}",
+                planned.from,
+                planned.to,
+                planned.paused_ms,
+                planned.missing.join(", ")
             );
         }
     }

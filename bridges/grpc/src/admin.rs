@@ -3,7 +3,7 @@
 //! protection of internal state apply as they do to the data plane, and each is an audit event
 //! (`courier::audit`, `event = "admin"`) with its outcome: `ok`, `refused`, or `failed`.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use courier_gateway::{
     auth::{
@@ -21,7 +21,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::{
     admin_role::require_admin,
     authentication::principal_of,
-    convert::{group_to_wire, regions_to_wire, topic_to_wire},
+    convert::{group_to_wire, planned_to_wire, regions_to_wire, topic_to_wire},
     proto::v1::{self as pb, admin_server::Admin},
     streams::peer_of,
     to_status,
@@ -234,32 +234,70 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SwitchRegionRequest>,
     ) -> Result<Response<pb::RegionsStatus>, Status> {
-        let region = request.get_ref().region.clone();
-        let resource = if region.is_empty() {
-            "automatic".to_owned()
-        } else {
-            format!("region {region:?}")
+        let pb::SwitchRegionRequest {
+            region,
+            planned,
+            planned_timeout_ms,
+        } = request.get_ref().clone();
+        let resource = match (region.is_empty(), planned) {
+            (true, _) => "automatic".to_owned(),
+            (false, false) => format!("region {region:?}"),
+            (false, true) => format!("region {region:?}, planned"),
         };
         let call = self.begin(&request, "switch_region", resource)?;
-        let switched = self.switch(&call.principal, &region);
-        call.finish(switched.map(|status| Response::new(regions_to_wire(status))))
+        let switched = if planned && !region.is_empty() {
+            let timeout = match planned_timeout_ms {
+                0 => DEFAULT_PLANNED_TIMEOUT,
+                ms => Duration::from_millis(ms),
+            };
+            self.switch_planned(&call.principal, &region, timeout).await
+        } else {
+            self.switch(&call.principal, &region).map(regions_to_wire)
+        };
+        call.finish(switched.map(Response::new))
     }
 }
 
+/// How long a planned switch waits for the copies when the request names no timeout.
+const DEFAULT_PLANNED_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl AdminService {
-    /// Pins traffic to `region` (automatic routing when empty), if the policy allows it.
-    fn switch(
-        &self,
-        principal: &Principal,
-        region: &str,
-    ) -> Result<courier_gateway::regions::RoutingStatus, Status> {
+    /// Whether `principal` may switch regions.
+    fn may_switch(&self, principal: &Principal) -> Result<(), Status> {
         let subject = Subject {
             principal,
             client_id: None,
         };
         self.authorizer
             .check("grpc", subject, Action::SwitchRegion, Resource::Cluster)
+            .map_err(to_status)
+    }
+
+    /// A planned switch to `region`, if the policy allows it (the same as any switch).
+    async fn switch_planned(
+        &self,
+        principal: &Principal,
+        region: &str,
+        timeout: Duration,
+    ) -> Result<pb::RegionsStatus, Status> {
+        self.may_switch(principal)?;
+        let regions = self.regions()?;
+        let outcome = regions
+            .switch_planned(region, timeout)
+            .await
             .map_err(to_status)?;
+        let mut status = regions_to_wire(regions.status());
+        status.planned = Some(planned_to_wire(outcome));
+        Ok(status)
+    }
+
+    /// Pins traffic to `region` (automatic routing when empty), if the policy allows it.
+    fn switch(
+        &self,
+        principal: &Principal,
+        region: &str,
+    ) -> Result<courier_gateway::regions::RoutingStatus, Status> {
+        self.may_switch(principal)?;
         let regions = self.regions()?;
         if region.is_empty() {
             regions.automatic();

@@ -3,7 +3,7 @@
 
 use courier_gateway::{
     log::{self, Position, TopicPartition, TopicSelector},
-    regions::RoutingStatus,
+    regions::{PlannedSwitch, RoutingStatus},
 };
 use tonic::Status;
 
@@ -210,5 +210,19 @@ pub(crate) fn regions_to_wire(status: RoutingStatus) -> pb::RegionsStatus {
             to: switch.to,
             cause: switch.cause,
         }),
+        planned: None,
+    }
+}
+
+/// What a planned switch did, on the wire.
+pub(crate) fn planned_to_wire(outcome: PlannedSwitch) -> pb::PlannedSwitch {
+    pb::PlannedSwitch {
+        from: outcome.from,
+        to: outcome.to,
+        copied: outcome.copied,
+        paused_ms: outcome.paused_ms,
+        writes_held: outcome.writes_held,
+        partitions: outcome.partitions,
+        missing: outcome.missing,
     }
 }

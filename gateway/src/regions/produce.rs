@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::{shared::Shared, steer};
 use crate::{
-    Result,
+    Error, Result,
     log::{AppendReceipt, Appended, Log, NewRecord},
 };
 
@@ -24,8 +24,11 @@ pub(super) async fn submit(
             record.courier_id = ulid::Ulid::new().to_string();
         }
     }
+    // A planned switch holds writes until the target region has copied what was acknowledged.
+    shared.ledger.admit().await;
     let mut writes = shared.writes.subscribe();
     let region = *writes.borrow_and_update();
+    let in_flight = shared.ledger.queued(region);
     let receipt = shared.regions[region]
         .log()
         .submit(topic, records.clone())
@@ -37,7 +40,22 @@ pub(super) async fn submit(
         region,
         writes,
     };
-    Ok(Box::pin(pending.settle(receipt)))
+    // Settled on a task of its own, not when the client polls its receipt: a front end blocked on
+    // its next (held) write must not keep a planned switch from seeing this one acknowledged, and
+    // a resend after a region's loss should not wait for the client either.
+    let (settled, outcome) = oneshot::channel();
+    tokio::spawn(async move {
+        let _ = settled.send(pending.settle(receipt).await);
+        drop(in_flight);
+    });
+    Ok(Box::pin(async move {
+        outcome.await.unwrap_or_else(|_| {
+            Err(Error::RegionUnavailable {
+                region: "(router)".into(),
+                reason: "the write's task ended without an outcome".into(),
+            })
+        })
+    }))
 }
 
 /// Records queued in a region and not yet acknowledged.
@@ -55,7 +73,10 @@ impl Pending {
         loop {
             tokio::select! {
                 result = &mut receipt => match result {
-                    Ok(appended) => return Ok(appended),
+                    Ok(appended) => {
+                        self.shared.ledger.acknowledged(self.region, &self.topic, &appended);
+                        return Ok(appended);
+                    }
                     Err(error) if error.is_retryable() => {
                         steer::report_failure(&self.shared, self.region, error.to_string());
                         if *self.writes.borrow() == self.region {

@@ -163,6 +163,37 @@ pub(crate) async fn write_and_read_back(log: &dyn Log, region: &str, canary: &st
     }
 }
 
+/// The records of `partition` from `from` up to (not including) `until`. A fetch may return fewer
+/// records than asked (a Kafka fetch returns what the broker sent in one response), so this fetches
+/// on from the last one it got; it stops early at the end of what is there.
+pub(crate) async fn read_range(
+    log: &dyn Log,
+    partition: &TopicPartition,
+    from: i64,
+    until: i64,
+) -> Result<Vec<crate::log::Record>> {
+    let mut records = Vec::new();
+    let mut next = from;
+    while next < until {
+        let limits = FetchLimits {
+            max_records: usize::try_from(until - next).unwrap_or(usize::MAX).min(512),
+            max_bytes: 4 << 20,
+        };
+        let fetched = log.fetch(partition, next, limits).await?;
+        let Some(last) = fetched.records.last().map(|record| record.offset) else {
+            break;
+        };
+        records.extend(
+            fetched
+                .records
+                .into_iter()
+                .filter(|record| record.offset >= next && record.offset < until),
+        );
+        next = last + 1;
+    }
+    Ok(records)
+}
+
 fn unavailable(region: &str, reason: &str) -> Error {
     Error::RegionUnavailable {
         region: region.to_owned(),

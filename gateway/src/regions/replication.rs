@@ -13,10 +13,13 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 
-use super::{Shared, regional::RegionalLog};
+use super::{
+    Shared,
+    regional::{RegionalLog, read_range},
+};
 use crate::{
     Result,
-    log::{FetchLimits, Position, TopicPartition, now_ms},
+    log::{Position, TopicPartition, now_ms},
     metrics::names,
     sync::lock,
 };
@@ -92,17 +95,8 @@ async fn newest_copy(
     let partition = TopicPartition::new(mirror, 0);
     let end = log.resolve(&partition, Position::Latest).await?;
     let start = log.resolve(&partition, Position::Earliest).await?;
-    let from = (end - TAIL).max(start);
-    if from >= end {
-        return Ok(None);
-    }
-    let limits = FetchLimits {
-        max_records: TAIL as usize,
-        max_bytes: 64 * 1024,
-    };
-    let fetched = log.fetch(&partition, from, limits).await?;
-    Ok(fetched
-        .records
+    let records = read_range(&**log, &partition, (end - TAIL).max(start), end).await?;
+    Ok(records
         .iter()
         .filter(|record| record.origin == source)
         .filter_map(|record| {

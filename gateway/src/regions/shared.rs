@@ -12,6 +12,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use super::{
     health::{HealthMachine, RegionHealth},
     naming::ReplicationPolicy,
+    planned::WriteLedger,
     regional::RegionalLog,
     replication::{self, Copies},
     status::{RegionStatus, RoutingStatus, Switch},
@@ -44,6 +45,8 @@ pub(super) struct Shared {
     pub(super) steer: Notify,
     pub(super) closed: CancellationToken,
     pub(super) tasks: TaskTracker,
+    /// The writes in flight and acknowledged per region, and the hold of a planned switch.
+    pub(super) ledger: Arc<WriteLedger>,
 }
 
 /// One region: its log and what the probes found.

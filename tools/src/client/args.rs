@@ -137,7 +137,16 @@ pub enum RegionsCommand {
     /// Show each region's health, where traffic goes and the last switch (the default).
     List,
     /// Pin writes and reads to a region, whatever the health checks say.
-    Switch { region: String },
+    Switch {
+        region: String,
+        /// Hold this gateway's writes until the region has copied what it acknowledged in the
+        /// region writes leave, then switch (no loss window; clients wait meanwhile).
+        #[arg(long)]
+        planned: bool,
+        /// With `--planned`: how long to wait for the copies before switching anyway.
+        #[arg(long, default_value = "30s", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Hand routing back to the health checks (traffic fails back to the preferred region).
     Auto,
 }

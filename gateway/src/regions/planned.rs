@@ -1,0 +1,285 @@
+//! A planned switch: traffic moved to another region while the one it leaves still answers, without
+//! the loss window of a failover.
+//!
+//! Writes through this gateway are held (new ones wait, so clients see backpressure, not errors)
+//! and the ones already queued are let finish. Then, for every partition this gateway wrote to in
+//! the region it leaves, the newest record it had acknowledged there is looked for in the target
+//! region's mirror of that partition (by its `courier-id`, which MirrorMaker 2 copies with it):
+//! MirrorMaker 2 copies a partition in order, so once that record is there, so is everything
+//! before it. When every one is there (or the timeout ran out, and the switch is an ordinary one,
+//! which the outcome says), traffic is pinned to the target as by `courier regions switch`, and the
+//! held writes go there.
+//!
+//! Only this gateway's writes are held and checked: every replica of the gateway has to be switched
+//! (the operator's CLI or Admin call, once per replica behind the load balancer, or one call per
+//! replica from a script) for the whole region to move without loss.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{
+    regional::{RegionalLog, read_range},
+    shared::{Region, Shared},
+};
+use crate::{
+    Result,
+    log::{Appended, FetchLimits, Position, TopicPartition},
+    sync::lock,
+};
+
+/// How often the target's mirrors are looked at while waiting for them.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Records looked at, at most, from a mirror's end: MirrorMaker 2 copies in order, so the record
+/// sought is near the end unless other writers (other gateways) wrote many after it.
+const SEARCH: i64 = 4096;
+
+/// What a planned switch did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedSwitch {
+    /// The region traffic left.
+    pub from: String,
+    /// The region traffic went to.
+    pub to: String,
+    /// Whether every acknowledged record was seen copied before traffic moved; false when the
+    /// timeout ran out first (an ordinary switch: what was not copied yet is in the loss window).
+    pub copied: bool,
+    /// How long writes were held, in ms.
+    pub paused_ms: u64,
+    /// Writes that waited while they were held.
+    pub writes_held: u64,
+    /// Partitions whose newest acknowledged record was looked for in the target.
+    pub partitions: u64,
+    /// Of those, the ones not seen copied (when `copied` is false).
+    pub missing: Vec<String>,
+}
+
+/// What the produce path tells the planned switch: writes queued in each region and not yet
+/// settled, the newest offset acknowledged per partition, and whether writes are held.
+#[derive(Debug)]
+pub(super) struct WriteLedger {
+    /// Per region: writes queued there and not yet settled.
+    in_flight: Vec<AtomicUsize>,
+    /// Per region: topic → partition → newest offset acknowledged through this gateway.
+    acked: Vec<std::sync::Mutex<BTreeMap<String, BTreeMap<i32, i64>>>>,
+    /// Writes are held while this is true.
+    held: tokio::sync::watch::Sender<bool>,
+    /// Writes that found writes held.
+    waited: AtomicUsize,
+    /// One planned switch at a time.
+    switching: tokio::sync::Mutex<()>,
+}
+
+impl WriteLedger {
+    pub(super) fn new(regions: usize) -> Self {
+        Self {
+            in_flight: (0..regions).map(|_| AtomicUsize::new(0)).collect(),
+            acked: (0..regions).map(|_| Default::default()).collect(),
+            held: tokio::sync::watch::Sender::new(false),
+            waited: AtomicUsize::new(0),
+            switching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Waits while writes are held.
+    pub(super) async fn admit(&self) {
+        let mut held = self.held.subscribe();
+        if !*held.borrow_and_update() {
+            return;
+        }
+        self.waited.fetch_add(1, Ordering::Relaxed);
+        // The sender lives as long as the ledger: an error cannot happen while a write waits.
+        let _ = held.wait_for(|held| !held).await;
+    }
+
+    /// A write queued in `region`, counted until the guard drops.
+    pub(super) fn queued(self: &Arc<Self>, region: usize) -> InFlight {
+        self.in_flight[region].fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            ledger: self.clone(),
+            region,
+        }
+    }
+
+    /// Records what `region` acknowledged of a write to `topic`.
+    pub(super) fn acknowledged(&self, region: usize, topic: &str, appended: &[Appended]) {
+        let mut acked = lock(&self.acked[region]);
+        let partitions = match acked.get_mut(topic) {
+            Some(partitions) => partitions,
+            None => acked.entry(topic.to_owned()).or_default(),
+        };
+        for record in appended {
+            let newest = partitions.entry(record.partition).or_insert(record.offset);
+            *newest = (*newest).max(record.offset);
+        }
+    }
+}
+
+/// A write queued in a region, until it settles.
+pub(super) struct InFlight {
+    ledger: Arc<WriteLedger>,
+    region: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.ledger.in_flight[self.region].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Moves traffic to region `to` once what this gateway acknowledged in the region writes go to
+/// now is copied there, or `timeout` ran out.
+pub(super) async fn switch(shared: &Shared, to: usize, timeout: Duration) -> PlannedSwitch {
+    let ledger = &shared.ledger;
+    let _one_at_a_time = ledger.switching.lock().await;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let from = *shared.writes.borrow();
+    ledger.held.send_replace(true);
+    ledger.waited.store(0, Ordering::Relaxed);
+    tracing::warn!(from = %shared.regions[from].name, to = %shared.regions[to].name, ?timeout, "planned switch: writes held until the target has copied them");
+
+    // What was queued before the hold settles first (acknowledged in `from`, which answers).
+    while ledger.in_flight[from].load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let written: Vec<(TopicPartition, i64)> = lock(&ledger.acked[from])
+        .iter()
+        .flat_map(|(topic, partitions)| {
+            partitions.iter().map(|(partition, offset)| {
+                (TopicPartition::new(topic.as_str(), *partition), *offset)
+            })
+        })
+        .collect();
+    let mut missing = Vec::new();
+    if from != to {
+        let source = shared.regions[from].log();
+        let target = &shared.regions[to];
+        for (partition, offset) in &written {
+            let mirror = TopicPartition::new(
+                shared
+                    .policy
+                    .remote_topic(&shared.regions[from].name, &partition.topic)
+                    .as_str(),
+                partition.partition,
+            );
+            let copied = copied_by(&source, partition, *offset, target, &mirror, deadline).await;
+            tracing::debug!(topic = %partition.topic, partition = partition.partition, offset, copied, after_ms = started.elapsed().as_millis() as u64, "planned switch: looked for the newest acknowledged record in the target");
+            if !copied {
+                missing.push(format!("{}/{}", partition.topic, partition.partition));
+            }
+        }
+    }
+    let copied = missing.is_empty();
+
+    // Moved as an operator's pin is; the held writes go where writes went.
+    *lock(&shared.manual) = Some(to);
+    shared.steer.notify_one();
+    let mut writes = shared.writes.subscribe();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        writes.wait_for(|writes| *writes == to),
+    )
+    .await;
+    ledger.held.send_replace(false);
+    let outcome = PlannedSwitch {
+        from: shared.regions[from].name.clone(),
+        to: shared.regions[to].name.clone(),
+        copied,
+        paused_ms: started.elapsed().as_millis() as u64,
+        writes_held: ledger.waited.load(Ordering::Relaxed) as u64,
+        partitions: written.len() as u64,
+        missing,
+    };
+    if outcome.copied {
+        tracing::warn!(
+            ?outcome,
+            "planned switch: every acknowledged record was copied before traffic moved"
+        );
+    } else {
+        tracing::error!(
+            ?outcome,
+            "planned switch: the timeout ran out before the target had copied everything; switched as an ordinary switch"
+        );
+    }
+    outcome
+}
+
+/// Whether the record at `offset` of `partition` in the source is in `mirror` in the target,
+/// waiting for it until `deadline`.
+async fn copied_by(
+    source: &Arc<dyn RegionalLog>,
+    partition: &TopicPartition,
+    offset: i64,
+    target: &Region,
+    mirror: &TopicPartition,
+    deadline: Instant,
+) -> bool {
+    let limits = FetchLimits {
+        max_records: 1,
+        max_bytes: 1 << 20,
+    };
+    let id = match source.fetch(partition, offset, limits).await {
+        Ok(fetched) => match fetched.records.into_iter().find(|r| r.offset == offset) {
+            Some(record) => record.courier_id,
+            // Gone already (retention): nothing of it to wait for.
+            None => return true,
+        },
+        Err(error) => {
+            tracing::warn!(%partition.topic, partition.partition, %error, "planned switch: could not read the newest acknowledged record");
+            return false;
+        }
+    };
+    let mut scanned = None;
+    loop {
+        // Never read a mirror that is not there (yet): reading may create a topic.
+        let exists = target
+            .topic_names(POLL)
+            .await
+            .is_ok_and(|names| names.iter().any(|name| **name == *mirror.topic));
+        let found = if exists {
+            holds(&target.log(), mirror, &id, &mut scanned).await
+        } else {
+            Ok(false)
+        };
+        match found {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::debug!(mirror = %mirror.topic, %error, "planned switch: reading the mirror");
+            }
+        }
+        if Instant::now() + POLL > deadline {
+            tracing::warn!(topic = %partition.topic, partition = partition.partition, offset, courier_id = %id, mirror = %mirror.topic, "planned switch: not seen copied in time");
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Whether `mirror` holds the record `id` among the records from `*scanned` (the first time, its
+/// last [`SEARCH`] records) to its end; `*scanned` moves to that end, so each look reads only
+/// what was copied since the last.
+async fn holds(
+    log: &Arc<dyn RegionalLog>,
+    mirror: &TopicPartition,
+    id: &str,
+    scanned: &mut Option<i64>,
+) -> Result<bool> {
+    let end = log.resolve(mirror, Position::Latest).await?;
+    let start = log.resolve(mirror, Position::Earliest).await?;
+    let from = scanned.unwrap_or(end - SEARCH).max(start);
+    let records = read_range(&**log, mirror, from, end).await?;
+    // From after the last record read: a read cut short is taken up again next time.
+    *scanned = Some(records.last().map_or(from, |record| record.offset + 1));
+    Ok(records.iter().any(|record| record.courier_id == id))
+}
