@@ -1234,7 +1234,7 @@ async fn a_planned_switch_under_live_traffic_loses_nothing() -> TestResult {
         .collect();
     let missing_payloads: Vec<String> = [&mqtt_acked, &amqp_acked]
         .into_iter()
-        .flat_map(|acked| snapshot(acked))
+        .flat_map(snapshot)
         .map(|(payload, ..)| payload)
         .filter(|payload| all_values_from_a.contains(payload) && !values_in_b.contains(payload))
         .collect();
@@ -1254,9 +1254,8 @@ async fn a_planned_switch_under_live_traffic_loses_nothing() -> TestResult {
     let deliveries = snapshot(&delivered);
     let distinct: HashSet<&String> = deliveries.iter().map(|(id, ..)| id).collect();
     println!(
-        "PLANNED switch a -> b: replication lag before {}; answered in {:.2} s, writes held {} ms ({} waited), \
+        "PLANNED switch a -> b: replication lag before {lag_before:.1} s; answered in {:.2} s, writes held {} ms ({} waited), \
          {} partitions checked; gRPC {acked_in_a} acked in a, 0 missing in b; duplicates delivered {}",
-        format!("{lag_before:.1} s"),
         answered.as_secs_f64(),
         planned.paused_ms,
         planned.writes_held,
