@@ -1253,9 +1253,16 @@ async fn a_planned_switch_under_live_traffic_loses_nothing() -> TestResult {
     consumer.await??;
     let deliveries = snapshot(&delivered);
     let distinct: HashSet<&String> = deliveries.iter().map(|(id, ..)| id).collect();
+    // The first record written in b after the switch that the group got.
+    let first_delivery = deliveries
+        .iter()
+        .filter(|(_, _, origin, at)| origin == "b" && *at > asked)
+        .map(|(.., at)| at.duration_since(asked).as_secs_f64())
+        .fold(f64::INFINITY, f64::min);
     println!(
         "PLANNED switch a -> b: replication lag before {lag_before:.1} s; answered in {:.2} s, writes held {} ms ({} waited), \
-         {} partitions checked; gRPC {acked_in_a} acked in a, 0 missing in b; duplicates delivered {}",
+         {} partitions checked; first delivery of a write in b {first_delivery:.2} s after the request; \
+         gRPC {acked_in_a} acked in a, 0 missing in b; duplicates delivered {}",
         answered.as_secs_f64(),
         planned.paused_ms,
         planned.writes_held,
