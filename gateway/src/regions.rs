@@ -180,7 +180,23 @@ impl Regions {
     /// out first, which the outcome says); writes are held meanwhile. See [`planned`].
     pub async fn switch_planned(&self, region: &str, timeout: Duration) -> Result<PlannedSwitch> {
         let index = self.shared.index_of(region)?;
-        Ok(planned::switch(&self.shared, index, timeout).await)
+        if timeout > planned::MAX_TIMEOUT {
+            return Err(Error::InvalidRequest(format!(
+                "a planned switch waits at most {:?} for the copies, not {timeout:?}",
+                planned::MAX_TIMEOUT
+            )));
+        }
+        // On a task of its own: a caller that goes away (a cut-off Admin call) does not cut the
+        // switch short, which ends within its timeout either way.
+        let shared = self.shared.clone();
+        self.shared
+            .tasks
+            .spawn(async move { planned::switch(&shared, index, timeout).await })
+            .await
+            .map_err(|error| Error::RegionUnavailable {
+                region: region.to_owned(),
+                reason: format!("the planned switch failed: {error}"),
+            })
     }
 
     /// Lets health decide again (fail-back to the preferred region follows its usual rules).

@@ -162,6 +162,12 @@ impl SpanProcessor for CountedProcessor {
     }
 
     fn on_end(&self, span: SpanData) {
+        // Recorded but not sampled: not exported (the batch processor would take it), and not
+        // queued. The gateway's sampler makes no such spans; a sampler that did must not fill the
+        // queue with them.
+        if !span.span_context.is_sampled() {
+            return;
+        }
         if self.queue.enter() {
             self.inner.on_end(span);
         } else {

@@ -133,6 +133,18 @@ impl Replicator {
         self.paused.store(false, Ordering::Relaxed);
     }
 
+    /// The `courier-id`s and values (as UTF-8) of the records copied before `moment`.
+    pub fn copied_before(&self, moment: std::time::Instant) -> HashSet<String> {
+        self.copied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first_copied
+            .iter()
+            .filter(|(_, at)| **at < moment)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// The value (as UTF-8) of the last record copied from the source's `topic`.
     pub fn last_copied_value(&self, topic: &str) -> Option<String> {
         self.copied
@@ -231,12 +243,14 @@ struct State {
     delay_ms: Arc<AtomicU64>,
 }
 
-/// What was copied so far, by `courier-id` and by value, and the last value of each topic.
+/// What was copied so far, by `courier-id` and by value, the last value of each topic, and when
+/// each id and value was first copied.
 #[derive(Default)]
 struct Copied {
     ids: HashSet<String>,
     values: HashSet<String>,
     last_values: HashMap<String, String>,
+    first_copied: HashMap<String, std::time::Instant>,
 }
 
 impl State {
@@ -359,6 +373,10 @@ impl State {
                 .or_default()
                 .insert(offset, delivered.offset);
             let mut copied = self.copied.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            for key in courier_id.iter().chain(&value) {
+                copied.first_copied.entry(key.clone()).or_insert(now);
+            }
             copied.ids.extend(courier_id);
             if let Some(value) = value {
                 copied.values.insert(value.clone());

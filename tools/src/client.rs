@@ -401,7 +401,7 @@ pub async fn regions(server: ServerArgs, command: Option<RegionsCommand>) -> Res
                 None => "no copy seen".to_owned(),
             };
             println!(
-                "  copies of {}	{behind}{}",
+                "  copies of {}\t{behind}{}",
                 lag.from,
                 if lag.stale { " (stale)" } else { "" }
             );
@@ -410,7 +410,7 @@ pub async fn regions(server: ServerArgs, command: Option<RegionsCommand>) -> Res
     if let Some(planned) = &status.planned {
         if planned.copied {
             println!(
-                "planned switch	{} -> {}: every acknowledged record copied ({} partitions); writes held {} ms, {} waited",
+                "planned switch\t{} -> {}: every acknowledged record copied ({} partitions); writes held {} ms, {} waited",
                 planned.from,
                 planned.to,
                 planned.partitions,
@@ -419,7 +419,7 @@ pub async fn regions(server: ServerArgs, command: Option<RegionsCommand>) -> Res
             );
         } else {
             println!(
-                "planned switch	{} -> {}: timed out after {} ms, switched anyway; not seen copied: {}",
+                "planned switch\t{} -> {}: switched after {} ms without every acknowledged record seen copied (an ordinary switch for those): {}",
                 planned.from,
                 planned.to,
                 planned.paused_ms,

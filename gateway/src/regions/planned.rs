@@ -18,7 +18,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering, fence},
     },
     time::Duration,
 };
@@ -31,10 +31,13 @@ use super::{
     shared::{Region, Shared},
 };
 use crate::{
-    Result,
+    Error, Result,
     log::{Appended, FetchLimits, Position, TopicPartition},
     sync::lock,
 };
+
+/// The longest a planned switch may wait for the copies.
+pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How often the target's mirrors are looked at while waiting for them.
 const POLL: Duration = Duration::from_millis(100);
@@ -101,13 +104,18 @@ impl WriteLedger {
         let _ = held.wait_for(|held| !held).await;
     }
 
-    /// A write queued in `region`, counted until the guard drops.
-    pub(super) fn queued(self: &Arc<Self>, region: usize) -> InFlight {
-        self.in_flight[region].fetch_add(1, Ordering::AcqRel);
-        InFlight {
+    /// A write about to be queued in `region`, counted until the guard drops; `None` when writes
+    /// became held meanwhile (the write waits again).
+    pub(super) fn queued(self: &Arc<Self>, region: usize) -> Option<InFlight> {
+        self.in_flight[region].fetch_add(1, Ordering::SeqCst);
+        let in_flight = InFlight {
             ledger: self.clone(),
             region,
-        }
+        };
+        // Pairs with the fence in `Hold::new`: either the switch sees this write in flight, or
+        // this write sees the hold.
+        fence(Ordering::SeqCst);
+        (!*self.held.borrow()).then_some(in_flight)
     }
 
     /// Records what `region` acknowledged of a write to `topic`.
@@ -132,7 +140,28 @@ pub(super) struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.ledger.in_flight[self.region].fetch_sub(1, Ordering::AcqRel);
+        self.ledger.in_flight[self.region].fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Releases held writes when dropped: a switch that ends any way (finished, cut off, panicked)
+/// never leaves writes held.
+struct Hold<'a>(&'a WriteLedger);
+
+impl<'a> Hold<'a> {
+    fn new(ledger: &'a WriteLedger) -> Self {
+        ledger.waited.store(0, Ordering::Relaxed);
+        ledger.held.send_replace(true);
+        // Pairs with the fence in `WriteLedger::queued`: a write either sees the hold or is
+        // counted in flight before the switch looks.
+        fence(Ordering::SeqCst);
+        Self(ledger)
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.0.held.send_replace(false);
     }
 }
 
@@ -144,14 +173,14 @@ pub(super) async fn switch(shared: &Shared, to: usize, timeout: Duration) -> Pla
     let started = Instant::now();
     let deadline = started + timeout;
     let from = *shared.writes.borrow();
-    ledger.held.send_replace(true);
-    ledger.waited.store(0, Ordering::Relaxed);
+    let hold = Hold::new(ledger);
     tracing::warn!(from = %shared.regions[from].name, to = %shared.regions[to].name, ?timeout, "planned switch: writes held until the target has copied them");
 
     // What was queued before the hold settles first (acknowledged in `from`, which answers).
-    while ledger.in_flight[from].load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+    while ledger.in_flight[from].load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let unsettled = ledger.in_flight[from].load(Ordering::SeqCst);
     let written: Vec<(TopicPartition, i64)> = lock(&ledger.acked[from])
         .iter()
         .flat_map(|(topic, partitions)| {
@@ -161,27 +190,22 @@ pub(super) async fn switch(shared: &Shared, to: usize, timeout: Duration) -> Pla
         })
         .collect();
     let mut missing = Vec::new();
+    if unsettled > 0 {
+        missing.push(format!("{unsettled} write(s) not acknowledged in time"));
+    }
     if from != to {
-        let source = shared.regions[from].log();
-        let target = &shared.regions[to];
-        for (partition, offset) in &written {
-            let mirror = TopicPartition::new(
-                shared
-                    .policy
-                    .remote_topic(&shared.regions[from].name, &partition.topic)
-                    .as_str(),
-                partition.partition,
-            );
-            let copied = copied_by(&source, partition, *offset, target, &mirror, deadline).await;
-            tracing::debug!(topic = %partition.topic, partition = partition.partition, offset, copied, after_ms = started.elapsed().as_millis() as u64, "planned switch: looked for the newest acknowledged record in the target");
-            if !copied {
-                missing.push(format!("{}/{}", partition.topic, partition.partition));
-            }
+        let checks = check_partitions(shared, from, to, &written, started, deadline);
+        // Every step inside is bounded by the deadline; this bounds their sum.
+        match tokio::time::timeout_at(deadline, checks).await {
+            Ok(not_copied) => missing.extend(not_copied),
+            Err(_) => missing.push("the checks ran out of time".to_owned()),
         }
     }
     let copied = missing.is_empty();
 
-    // Moved as an operator's pin is; the held writes go where writes went.
+    // Moved as an operator's pin is; the held writes go where writes went. This gateway's writes
+    // acknowledged in `from` are accounted for: a later planned switch looks at newer ones only.
+    lock(&ledger.acked[from]).clear();
     *lock(&shared.manual) = Some(to);
     shared.steer.notify_one();
     let mut writes = shared.writes.subscribe();
@@ -190,7 +214,7 @@ pub(super) async fn switch(shared: &Shared, to: usize, timeout: Duration) -> Pla
         writes.wait_for(|writes| *writes == to),
     )
     .await;
-    ledger.held.send_replace(false);
+    drop(hold);
     let outcome = PlannedSwitch {
         from: shared.regions[from].name.clone(),
         to: shared.regions[to].name.clone(),
@@ -208,10 +232,40 @@ pub(super) async fn switch(shared: &Shared, to: usize, timeout: Duration) -> Pla
     } else {
         tracing::error!(
             ?outcome,
-            "planned switch: the timeout ran out before the target had copied everything; switched as an ordinary switch"
+            "planned switch: not every acknowledged record was seen copied in time; switched as an ordinary switch"
         );
     }
     outcome
+}
+
+/// The partitions of `written` whose newest acknowledged record was not seen in the target's
+/// mirror by `deadline`, as `topic/partition`.
+async fn check_partitions(
+    shared: &Shared,
+    from: usize,
+    to: usize,
+    written: &[(TopicPartition, i64)],
+    started: Instant,
+    deadline: Instant,
+) -> Vec<String> {
+    let source = shared.regions[from].log();
+    let target = &shared.regions[to];
+    let mut missing = Vec::new();
+    for (partition, offset) in written {
+        let mirror = TopicPartition::new(
+            shared
+                .policy
+                .remote_topic(&shared.regions[from].name, &partition.topic)
+                .as_str(),
+            partition.partition,
+        );
+        let copied = copied_by(&source, partition, *offset, target, &mirror, deadline).await;
+        tracing::debug!(topic = %partition.topic, partition = partition.partition, offset, copied, after_ms = started.elapsed().as_millis() as u64, "planned switch: looked for the newest acknowledged record in the target");
+        if !copied {
+            missing.push(format!("{}/{}", partition.topic, partition.partition));
+        }
+    }
+    missing
 }
 
 /// Whether the record at `offset` of `partition` in the source is in `mirror` in the target,
@@ -224,20 +278,12 @@ async fn copied_by(
     mirror: &TopicPartition,
     deadline: Instant,
 ) -> bool {
-    let limits = FetchLimits {
-        max_records: 1,
-        max_bytes: 1 << 20,
+    let Some(id) = record_at(source, partition, offset, deadline).await else {
+        return false;
     };
-    let id = match source.fetch(partition, offset, limits).await {
-        Ok(fetched) => match fetched.records.into_iter().find(|r| r.offset == offset) {
-            Some(record) => record.courier_id,
-            // Gone already (retention): nothing of it to wait for.
-            None => return true,
-        },
-        Err(error) => {
-            tracing::warn!(%partition.topic, partition.partition, %error, "planned switch: could not read the newest acknowledged record");
-            return false;
-        }
+    let Some(id) = id else {
+        // Gone from the source (retention): nothing of it to wait for.
+        return true;
     };
     let mut scanned = None;
     loop {
@@ -261,6 +307,40 @@ async fn copied_by(
         if Instant::now() + POLL > deadline {
             tracing::warn!(topic = %partition.topic, partition = partition.partition, offset, courier_id = %id, mirror = %mirror.topic, "planned switch: not seen copied in time");
             return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The `courier-id` of the record at `offset` of `partition`, or of the first after it when
+/// compaction removed it (copied in order, it is copied only after the one sought); `Some(None)`
+/// when retention removed it, `None` when it could not be read by `deadline`.
+async fn record_at(
+    log: &Arc<dyn RegionalLog>,
+    partition: &TopicPartition,
+    offset: i64,
+    deadline: Instant,
+) -> Option<Option<String>> {
+    let limits = FetchLimits {
+        max_records: 1,
+        max_bytes: 1 << 20,
+    };
+    loop {
+        match log.fetch(partition, offset, limits).await {
+            Ok(fetched) => {
+                if let Some(record) = fetched.records.into_iter().find(|r| r.offset >= offset) {
+                    return Some(Some(record.courier_id));
+                }
+            }
+            Err(Error::OffsetOutOfRange { low, .. }) if offset < low => return Some(None),
+            Err(error) => {
+                tracing::debug!(topic = %partition.topic, partition = partition.partition, %error, "planned switch: reading the newest acknowledged record");
+            }
+        }
+        // An empty answer (a fetch that timed out) or an error: again, until the deadline.
+        if Instant::now() + POLL > deadline {
+            tracing::warn!(topic = %partition.topic, partition = partition.partition, offset, "planned switch: could not read the newest acknowledged record");
+            return None;
         }
         tokio::time::sleep(POLL).await;
     }

@@ -25,10 +25,14 @@ pub(super) async fn submit(
         }
     }
     // A planned switch holds writes until the target region has copied what was acknowledged.
-    shared.ledger.admit().await;
-    let mut writes = shared.writes.subscribe();
-    let region = *writes.borrow_and_update();
-    let in_flight = shared.ledger.queued(region);
+    let (writes, region, in_flight) = loop {
+        shared.ledger.admit().await;
+        let mut writes = shared.writes.subscribe();
+        let region = *writes.borrow_and_update();
+        if let Some(in_flight) = shared.ledger.queued(region) {
+            break (writes, region, in_flight);
+        }
+    };
     let receipt = shared.regions[region]
         .log()
         .submit(topic, records.clone())
@@ -44,7 +48,7 @@ pub(super) async fn submit(
     // its next (held) write must not keep a planned switch from seeing this one acknowledged, and
     // a resend after a region's loss should not wait for the client either.
     let (settled, outcome) = oneshot::channel();
-    tokio::spawn(async move {
+    shared.tasks.spawn(async move {
         let _ = settled.send(pending.settle(receipt).await);
         drop(in_flight);
     });

@@ -4,10 +4,11 @@
 //! written (ms since the epoch) and its `courier-origin` the region. MirrorMaker 2 mirrors that
 //! topic like any other (`a.courier.canary` in `b`, under the default policy), so in region `b` the
 //! newest canary copied from `a` says how old the newest of `a`'s records that `b` holds can be: if
-//! `a` died now, what `a` acknowledged since is what `b` lacks. After each answered probe of a
-//! region the router reads, for every other region, the newest canary copied from it; the age of
-//! that record is `courier_region_replication_lag_seconds{from, to}`, and a pair whose lag is
-//! above `regions.replication_stale_after` (or that has no copy at all) is stale in the status.
+//! `a` died now, what `a` acknowledged since is what `b` lacks. Every probe interval, while a
+//! region answers, the router reads there the newest canary copied from every other region; the
+//! age of the newest seen is `courier_region_replication_lag_seconds{from, to}` (growing while no
+//! newer copy is seen), and a pair whose lag is above `regions.replication_stale_after` (or that
+//! has no copy at all) is stale in the status.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -25,8 +26,9 @@ use crate::{
 };
 
 /// Records read back from a mirrored canary's end to find the newest from its source: under the
-/// identity policy the mirror is the region's own canary topic, where both regions' probes write.
-const TAIL: i64 = 16;
+/// identity policy the mirror is the region's own canary topic, where every gateway replica's
+/// probes of that region write too.
+const TAIL: i64 = 256;
 
 /// How far one region's copies of another's are behind, as operators see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -76,13 +78,22 @@ pub(super) async fn measure(shared: &Shared, to: usize) {
         lock(&region.copies)
             .newest_ms
             .insert(source.name.clone(), newest);
-        let lag = (now_ms() - newest).max(0);
+    }
+}
+
+/// Sets `courier_region_replication_lag_seconds` for region `to`'s copies: the age of the newest
+/// copy seen, which keeps growing while no newer one is seen (a stopped replicator, a region that
+/// cannot be read), so an alert on it fires.
+pub(super) fn export(shared: &Shared, to: usize) {
+    let region = &shared.regions[to];
+    let now = now_ms();
+    for (from, newest) in &lock(&region.copies).newest_ms {
         metrics::gauge!(
             names::REGION_REPLICATION_LAG,
-            "from" => source.name.clone(),
+            "from" => from.clone(),
             "to" => region.name.clone()
         )
-        .set(lag as f64 / 1e3);
+        .set((now - newest).max(0) as f64 / 1e3);
     }
 }
 

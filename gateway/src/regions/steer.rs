@@ -36,6 +36,12 @@ pub(super) fn start(shared: &Arc<Shared>) {
             .tasks
             .spawn(async move { probe_region(shared_for_probe, index).await });
     }
+    for index in 0..shared.regions.len() {
+        let shared_for_lag = shared.clone();
+        shared
+            .tasks
+            .spawn(async move { measure_replication(shared_for_lag, index).await });
+    }
     let shared_for_steer = shared.clone();
     shared
         .tasks
@@ -53,14 +59,28 @@ async fn probe_region(shared: Arc<Shared>, index: usize) {
         }
         let (seen, cause) = probe_once(&shared, index).await;
         observe(&shared, index, seen, cause);
-        if seen == Observation::Answered {
-            // Bounded like a probe: a region slow to answer is measured again next time.
+    }
+}
+
+/// Measures region `index`'s copies of the others every `probe_interval`, beside its probes
+/// (not in their loop, so a slow read never delays the detection of a failure).
+async fn measure_replication(shared: Arc<Shared>, index: usize) {
+    let mut interval = tokio::time::interval(shared.config.probe_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.closed.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        // A region that is not answering has nothing to read; what it held keeps ageing.
+        if shared.health(index).usable() {
             let _ = tokio::time::timeout(
                 shared.config.probe_timeout,
                 replication::measure(&shared, index),
             )
             .await;
         }
+        replication::export(&shared, index);
     }
 }
 
