@@ -24,12 +24,14 @@
 //! rather than on this module.
 
 pub mod checkpoint;
+mod copies;
 pub mod health;
+mod ledger;
 mod naming;
 mod planned;
 mod produce;
 pub mod regional;
-pub mod replication;
+mod replication;
 mod shared;
 pub mod status;
 mod steer;
@@ -50,17 +52,17 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+pub use self::{
+    copies::ReplicationStatus,
+    health::RegionHealth,
+    planned::PlannedSwitch,
+    regional::RegionalLog,
+    status::{RegionStatus, RoutingStatus, Switch, Traffic},
+};
 use self::{
     health::HealthMachine,
     naming::ReplicationPolicy,
     shared::{Region, Shared},
-};
-pub use self::{
-    health::RegionHealth,
-    planned::PlannedSwitch,
-    regional::RegionalLog,
-    replication::ReplicationStatus,
-    status::{RegionStatus, RoutingStatus, Switch, Traffic},
 };
 use crate::{
     Error, Result,
@@ -154,7 +156,7 @@ impl Regions {
             steer: Notify::new(),
             closed: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            ledger: Arc::new(planned::WriteLedger::new(regions_count)),
+            ledger: Arc::new(ledger::WriteLedger::new(regions_count)),
         });
         steer::start(&shared);
         tracing::info!(regions = ?shared.names(), mode = shared.mode_name(), "region router started");

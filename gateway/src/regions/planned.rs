@@ -14,14 +14,7 @@
 //! (the operator's CLI or Admin call, once per replica behind the load balancer, or one call per
 //! replica from a script) for the whole region to move without loss.
 
-use std::{
-    collections::BTreeMap,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering, fence},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use serde::Serialize;
 use tokio::time::Instant;
@@ -32,7 +25,7 @@ use super::{
 };
 use crate::{
     Error, Result,
-    log::{Appended, FetchLimits, Position, TopicPartition},
+    log::{FetchLimits, Position, TopicPartition},
     sync::lock,
 };
 
@@ -66,129 +59,23 @@ pub struct PlannedSwitch {
     pub missing: Vec<String>,
 }
 
-/// What the produce path tells the planned switch: writes queued in each region and not yet
-/// settled, the newest offset acknowledged per partition, and whether writes are held.
-#[derive(Debug)]
-pub(super) struct WriteLedger {
-    /// Per region: writes queued there and not yet settled.
-    in_flight: Vec<AtomicUsize>,
-    /// Per region: topic → partition → newest offset acknowledged through this gateway.
-    acked: Vec<std::sync::Mutex<BTreeMap<String, BTreeMap<i32, i64>>>>,
-    /// Writes are held while this is true.
-    held: tokio::sync::watch::Sender<bool>,
-    /// Writes that found writes held.
-    waited: AtomicUsize,
-    /// One planned switch at a time.
-    switching: tokio::sync::Mutex<()>,
-}
-
-impl WriteLedger {
-    pub(super) fn new(regions: usize) -> Self {
-        Self {
-            in_flight: (0..regions).map(|_| AtomicUsize::new(0)).collect(),
-            acked: (0..regions).map(|_| Default::default()).collect(),
-            held: tokio::sync::watch::Sender::new(false),
-            waited: AtomicUsize::new(0),
-            switching: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    /// Waits while writes are held.
-    pub(super) async fn admit(&self) {
-        let mut held = self.held.subscribe();
-        if !*held.borrow_and_update() {
-            return;
-        }
-        self.waited.fetch_add(1, Ordering::Relaxed);
-        // The sender lives as long as the ledger: an error cannot happen while a write waits.
-        let _ = held.wait_for(|held| !held).await;
-    }
-
-    /// A write about to be queued in `region`, counted until the guard drops; `None` when writes
-    /// became held meanwhile (the write waits again).
-    pub(super) fn queued(self: &Arc<Self>, region: usize) -> Option<InFlight> {
-        self.in_flight[region].fetch_add(1, Ordering::SeqCst);
-        let in_flight = InFlight {
-            ledger: self.clone(),
-            region,
-        };
-        // Pairs with the fence in `Hold::new`: either the switch sees this write in flight, or
-        // this write sees the hold.
-        fence(Ordering::SeqCst);
-        (!*self.held.borrow()).then_some(in_flight)
-    }
-
-    /// Records what `region` acknowledged of a write to `topic`.
-    pub(super) fn acknowledged(&self, region: usize, topic: &str, appended: &[Appended]) {
-        let mut acked = lock(&self.acked[region]);
-        let partitions = match acked.get_mut(topic) {
-            Some(partitions) => partitions,
-            None => acked.entry(topic.to_owned()).or_default(),
-        };
-        for record in appended {
-            let newest = partitions.entry(record.partition).or_insert(record.offset);
-            *newest = (*newest).max(record.offset);
-        }
-    }
-}
-
-/// A write queued in a region, until it settles.
-pub(super) struct InFlight {
-    ledger: Arc<WriteLedger>,
-    region: usize,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.ledger.in_flight[self.region].fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Releases held writes when dropped: a switch that ends any way (finished, cut off, panicked)
-/// never leaves writes held.
-struct Hold<'a>(&'a WriteLedger);
-
-impl<'a> Hold<'a> {
-    fn new(ledger: &'a WriteLedger) -> Self {
-        ledger.waited.store(0, Ordering::Relaxed);
-        ledger.held.send_replace(true);
-        // Pairs with the fence in `WriteLedger::queued`: a write either sees the hold or is
-        // counted in flight before the switch looks.
-        fence(Ordering::SeqCst);
-        Self(ledger)
-    }
-}
-
-impl Drop for Hold<'_> {
-    fn drop(&mut self) {
-        self.0.held.send_replace(false);
-    }
-}
-
 /// Moves traffic to region `to` once what this gateway acknowledged in the region writes go to
 /// now is copied there, or `timeout` ran out.
 pub(super) async fn switch(shared: &Shared, to: usize, timeout: Duration) -> PlannedSwitch {
     let ledger = &shared.ledger;
-    let _one_at_a_time = ledger.switching.lock().await;
+    let _one_at_a_time = ledger.one_switch_at_a_time().await;
     let started = Instant::now();
     let deadline = started + timeout;
     let from = *shared.writes.borrow();
-    let hold = Hold::new(ledger);
+    let hold = ledger.hold();
     tracing::warn!(from = %shared.regions[from].name, to = %shared.regions[to].name, ?timeout, "planned switch: writes held until the target has copied them");
 
     // What was queued before the hold settles first (acknowledged in `from`, which answers).
-    while ledger.in_flight[from].load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    while ledger.in_flight(from) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let unsettled = ledger.in_flight[from].load(Ordering::SeqCst);
-    let written: Vec<(TopicPartition, i64)> = lock(&ledger.acked[from])
-        .iter()
-        .flat_map(|(topic, partitions)| {
-            partitions.iter().map(|(partition, offset)| {
-                (TopicPartition::new(topic.as_str(), *partition), *offset)
-            })
-        })
-        .collect();
+    let unsettled = ledger.in_flight(from);
+    let written = ledger.acknowledged_in(from);
     let mut missing = Vec::new();
     if unsettled > 0 {
         missing.push(format!("{unsettled} write(s) not acknowledged in time"));
@@ -205,7 +92,7 @@ pub(super) async fn switch(shared: &Shared, to: usize, timeout: Duration) -> Pla
 
     // Moved as an operator's pin is; the held writes go where writes went. This gateway's writes
     // acknowledged in `from` are accounted for: a later planned switch looks at newer ones only.
-    lock(&ledger.acked[from]).clear();
+    ledger.forget(from);
     *lock(&shared.manual) = Some(to);
     shared.steer.notify_one();
     let mut writes = shared.writes.subscribe();
@@ -220,7 +107,7 @@ pub(super) async fn switch(shared: &Shared, to: usize, timeout: Duration) -> Pla
         to: shared.regions[to].name.clone(),
         copied,
         paused_ms: started.elapsed().as_millis() as u64,
-        writes_held: ledger.waited.load(Ordering::Relaxed) as u64,
+        writes_held: ledger.waited(),
         partitions: written.len() as u64,
         missing,
     };

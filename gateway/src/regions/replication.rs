@@ -10,13 +10,11 @@
 //! newer copy is seen), and a pair whose lag is above `regions.replication_stale_after` (or that
 //! has no copy at all) is stale in the status.
 
-use std::{collections::BTreeMap, sync::Arc};
-
-use serde::Serialize;
+use std::sync::Arc;
 
 use super::{
-    Shared,
     regional::{RegionalLog, read_range},
+    shared::Shared,
 };
 use crate::{
     Result,
@@ -29,25 +27,6 @@ use crate::{
 /// identity policy the mirror is the region's own canary topic, where every gateway replica's
 /// probes of that region write too.
 const TAIL: i64 = 256;
-
-/// How far one region's copies of another's are behind, as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ReplicationStatus {
-    /// The region copied from.
-    pub from: String,
-    /// The age of the newest canary copied from it, in ms: the writes of `from` this region lacks
-    /// if `from` were lost now. `None` until one has been seen (no mirror of the canary yet).
-    pub lag_ms: Option<i64>,
-    /// Over `regions.replication_stale_after`, or nothing copied.
-    pub stale: bool,
-}
-
-/// The newest canary write time (ms since the epoch) seen copied from each other region, by its
-/// name; a region nothing has been seen copied from is missing.
-#[derive(Debug, Default)]
-pub(super) struct Copies {
-    newest_ms: BTreeMap<String, i64>,
-}
 
 /// Reads, in region `to`, the newest canary copied from each other region, and records its age.
 pub(super) async fn measure(shared: &Shared, to: usize) {
@@ -75,9 +54,7 @@ pub(super) async fn measure(shared: &Shared, to: usize) {
                 continue;
             }
         };
-        lock(&region.copies)
-            .newest_ms
-            .insert(source.name.clone(), newest);
+        lock(&region.copies).seen(&source.name, newest);
     }
 }
 
@@ -87,7 +64,7 @@ pub(super) async fn measure(shared: &Shared, to: usize) {
 pub(super) fn export(shared: &Shared, to: usize) {
     let region = &shared.regions[to];
     let now = now_ms();
-    for (from, newest) in &lock(&region.copies).newest_ms {
+    for (from, newest) in lock(&region.copies).newest() {
         metrics::gauge!(
             names::REGION_REPLICATION_LAG,
             "from" => from.clone(),
@@ -117,28 +94,4 @@ async fn newest_copy(
                 .ok()
         })
         .max())
-}
-
-/// Region `to`'s copies of every other region, now.
-pub(super) fn status(shared: &Shared, to: usize) -> Vec<ReplicationStatus> {
-    let copies = lock(&shared.regions[to].copies);
-    let now = now_ms();
-    let stale_after = shared.config.replication_stale_after.as_millis() as i64;
-    shared
-        .regions
-        .iter()
-        .enumerate()
-        .filter(|(from, _)| *from != to)
-        .map(|(_, source)| {
-            let lag_ms = copies
-                .newest_ms
-                .get(&source.name)
-                .map(|newest| (now - newest).max(0));
-            ReplicationStatus {
-                from: source.name.clone(),
-                lag_ms,
-                stale: lag_ms.is_none_or(|lag| lag > stale_after),
-            }
-        })
-        .collect()
 }

@@ -10,11 +10,11 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
+    copies::Copies,
     health::{HealthMachine, RegionHealth},
+    ledger::WriteLedger,
     naming::ReplicationPolicy,
-    planned::WriteLedger,
     regional::RegionalLog,
-    replication::{self, Copies},
     status::{RegionStatus, RoutingStatus, Switch},
 };
 use crate::{
@@ -180,7 +180,14 @@ impl Shared {
                     writes: index == writes,
                     reads: index == reads,
                     preferred: index == 0,
-                    replication: replication::status(self, index),
+                    replication: lock(&region.copies).status(
+                        self.regions
+                            .iter()
+                            .filter(|source| source.name != region.name)
+                            .map(|source| source.name.as_str()),
+                        now_ms(),
+                        self.config.replication_stale_after.as_millis() as i64,
+                    ),
                 }
             })
             .collect();

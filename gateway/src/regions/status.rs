@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{health::RegionHealth, replication::ReplicationStatus};
+use super::{copies::ReplicationStatus, health::RegionHealth};
 
 /// Which traffic a switch moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
