@@ -90,9 +90,12 @@ pub(super) async fn switch(shared: &Shared, to: usize, timeout: Duration) -> Pla
     }
     let copied = missing.is_empty();
 
-    // Moved as an operator's pin is; the held writes go where writes went. This gateway's writes
-    // acknowledged in `from` are accounted for: a later planned switch looks at newer ones only.
-    ledger.forget(from);
+    // Moved as an operator's pin is; the held writes go where writes went. Once writes leave
+    // `from`, what this gateway acknowledged there is accounted for: a later planned switch away
+    // from it looks at newer writes only.
+    if from != to {
+        ledger.forget(from);
+    }
     *lock(&shared.manual) = Some(to);
     shared.steer.notify_one();
     let mut writes = shared.writes.subscribe();
