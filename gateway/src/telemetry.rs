@@ -89,3 +89,19 @@ impl Who {
         self
     }
 }
+
+/// A tracer whose spans are kept in memory as they end, for tests: the tracing, the spans, and the
+/// provider (which must outlive the test's spans).
+#[cfg(test)]
+pub(crate) fn in_memory() -> (
+    Tracing,
+    opentelemetry_sdk::trace::InMemorySpanExporter,
+    opentelemetry_sdk::trace::SdkTracerProvider,
+) {
+    use opentelemetry::trace::TracerProvider as _;
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    (Tracing::new(provider.tracer("test")), exporter, provider)
+}

@@ -2,6 +2,7 @@
 //! steering task decides where writes and reads go whenever a health changes (or an operator asks).
 
 use std::{
+    future::Future,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -48,8 +49,13 @@ pub(super) fn start(shared: &Arc<Shared>) {
         .spawn(async move { steer(shared_for_steer).await });
 }
 
-/// Probes one region every `probe_interval` until the router closes.
-async fn probe_region(shared: Arc<Shared>, index: usize) {
+/// Runs `step` every `probe_interval` until the router closes; a step that overruns delays the
+/// next rather than bunching them.
+async fn every_probe_interval<F, Step>(shared: &Shared, mut step: F)
+where
+    F: FnMut() -> Step,
+    Step: Future<Output = ()>,
+{
     let mut interval = tokio::time::interval(shared.config.probe_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -57,31 +63,36 @@ async fn probe_region(shared: Arc<Shared>, index: usize) {
             () = shared.closed.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let (seen, cause) = probe_once(&shared, index).await;
-        observe(&shared, index, seen, cause);
+        step().await;
     }
+}
+
+/// Probes one region every `probe_interval` until the router closes.
+async fn probe_region(shared: Arc<Shared>, index: usize) {
+    let shared = &*shared;
+    every_probe_interval(shared, move || async move {
+        let (seen, cause) = probe_once(shared, index).await;
+        observe(shared, index, seen, cause);
+    })
+    .await;
 }
 
 /// Measures region `index`'s copies of the others every `probe_interval`, beside its probes
 /// (not in their loop, so a slow read never delays the detection of a failure).
 async fn measure_replication(shared: Arc<Shared>, index: usize) {
-    let mut interval = tokio::time::interval(shared.config.probe_interval);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shared.closed.cancelled() => return,
-            _ = interval.tick() => {}
-        }
+    let shared = &*shared;
+    every_probe_interval(shared, move || async move {
         // A region that is not answering has nothing to read; what it held keeps ageing.
         if shared.health(index).usable() {
             let _ = tokio::time::timeout(
                 shared.config.probe_timeout,
-                replication::measure(&shared, index),
+                replication::measure(shared, index),
             )
             .await;
         }
-        replication::export(&shared, index);
-    }
+        replication::export(shared, index);
+    })
+    .await;
 }
 
 /// One probe of region `index`, cut short when its brokers refuse connections.

@@ -173,18 +173,13 @@ impl Drop for RootSpan {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 
     use super::*;
     use crate::metrics::Protocol;
 
     fn tracing() -> (Tracing, InMemorySpanExporter, SdkTracerProvider) {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        (Tracing::new(provider.tracer("test")), exporter, provider)
+        crate::telemetry::in_memory()
     }
 
     fn count(span: &SpanData) -> Option<i64> {

@@ -105,7 +105,7 @@ impl Layer for Tracer {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
+    use opentelemetry::trace::{SpanId, TraceId};
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 
     use super::*;
@@ -119,11 +119,7 @@ mod tests {
     const PUBLISHER: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
     fn tracing() -> (Tracing, InMemorySpanExporter, SdkTracerProvider) {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        (Tracing::new(provider.tracer("test")), exporter, provider)
+        crate::telemetry::in_memory()
     }
 
     fn traceparent_of(headers: &[Header]) -> Option<String> {
