@@ -1013,10 +1013,10 @@ async fn active_active_writes_locally_and_survives_a_region() -> TestResult {
 /// The lag the gateway reports for copies of `from` in `to`, from `/metrics`, in seconds.
 fn reported_lag(gateway: &Gateway, from: &str, to: &str) -> Result<Option<f64>, BoxError> {
     let (_, body) = common::scrape::get(gateway.http, "/metrics")?;
-    let series = format!("courier_region_replication_lag_seconds{{from=\"{from}\",to=\"{to}\"}} ");
-    Ok(body
-        .lines()
-        .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok()))
+    Ok(common::scrape::series(
+        &body,
+        &format!("courier_region_replication_lag_seconds{{from=\"{from}\",to=\"{to}\"}}"),
+    ))
 }
 
 /// Region `region`'s copies of `from`, as `ListRegions` shows them.

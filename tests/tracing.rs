@@ -102,14 +102,10 @@ fn traced_run(tracing: &str) -> TestResult {
     // were exported; none was dropped at these rates.
     let (_, metrics) = scrape::get(gateway.http, "/metrics")?;
     let spans_counted = |outcome: &str| {
-        metrics
-            .lines()
-            .find(|line| {
-                line.starts_with(&format!(
-                    "courier_tracing_spans_total{{outcome=\"{outcome}\"}}"
-                ))
-            })
-            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        scrape::series(
+            &metrics,
+            &format!("courier_tracing_spans_total{{outcome=\"{outcome}\"}}"),
+        )
     };
     let log = gateway.log();
     assert!(gateway.terminate()?.success());
