@@ -18,6 +18,9 @@ use std::{
 use common::{
     BoxError, DEADLINE, Gateway, SubscribeStream, TestResult,
     clients::{Acked, OnDisconnect, spawn_amqp_sender, spawn_mqtt_publisher},
+    regions::{
+        regions_config, regions_status, snapshot, traffic_on, wait_for_traffic_on, wait_until,
+    },
     replicator::Replicator,
     start_in_group,
 };
@@ -31,35 +34,10 @@ const GROUP: &str = "billing";
 /// until the other region takes the writes (see `assert_silent_after_kill`).
 const STRAGGLERS: Duration = Duration::from_millis(500);
 
-/// A gateway config over regions `a` and `b` (tansu needs one record per produced batch, see
-/// gateway/tests/kafka.rs). Defaults apart from a hold-down short enough for a test.
-fn regions_config(local: &str, mode: &str, a: &Tansu, b: &Tansu, hold_down: &str) -> String {
-    let region = |name: &str, broker: &Tansu| {
-        format!(
-            "[log.regions.{name}]\nbootstrap_servers = \"{}\"\nreplication_factor = 1\n\
-             session_timeout = \"6s\"\n\
-             [log.regions.{name}.producer_properties]\n\"batch.num.messages\" = \"1\"\n",
-            broker.bootstrap()
-        )
-    };
-    format!(
-        "region = \"{local}\"\n[log]\nkind = \"regions\"\nmode = \"{mode}\"\nprimary = \"a\"\n\
-         hold_down = \"{hold_down}\"\nfail_back_consumer_delay = \"2s\"\n{}{}",
-        region("a", a),
-        region("b", b)
-    )
-}
-
 // What the gRPC producer got acknowledged: `clients::Acked`, keyed by courier-id.
 /// What the consumer got: courier-id, topic, origin, when.
 type Delivered = Arc<Mutex<Vec<(String, String, String, Instant)>>>;
 
-fn snapshot<T: Clone>(list: &Arc<Mutex<Vec<T>>>) -> Vec<T> {
-    list.lock().unwrap_or_else(PoisonError::into_inner).clone()
-}
-
-/// Produces one record per request, one after another, recording each acknowledgement, until
-/// `stop`. A failed request is retried as a new record (a real client would do the same).
 fn spawn_producer(
     gateway: &Gateway,
     acked: Acked,
@@ -155,53 +133,6 @@ fn spawn_consumer(
         }
         Ok(())
     })
-}
-
-async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> TestResult {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        if Instant::now() > deadline {
-            return Err(format!("timed out after {limit:?} waiting for {what}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
-async fn regions_status(admin: &mut AdminClient<Channel>) -> Result<pb::RegionsStatus, BoxError> {
-    Ok(admin
-        .list_regions(pb::ListRegionsRequest {})
-        .await?
-        .into_inner())
-}
-
-/// Whether writes and reads both go to `region`.
-async fn traffic_on(admin: &mut AdminClient<Channel>, region: &str) -> bool {
-    regions_status(admin).await.is_ok_and(|status| {
-        status
-            .regions
-            .iter()
-            .any(|r| r.name == region && r.writes && r.reads)
-    })
-}
-
-async fn wait_for_traffic_on(
-    admin: &mut AdminClient<Channel>,
-    region: &str,
-    limit: Duration,
-) -> TestResult {
-    let deadline = Instant::now() + limit;
-    while !traffic_on(admin, region).await {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "traffic did not move to {region} within {limit:?}: {:?}",
-                regions_status(admin).await?
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }
 
 /// A region killed at `at` (`at_ms` on the wall clock, as the gateway's Admin API dates switches).

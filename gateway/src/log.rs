@@ -99,6 +99,13 @@ pub trait Log: Send + Sync + fmt::Debug + 'static {
     /// One topic with watermarks.
     async fn describe_topic(&self, topic: &str) -> Result<TopicDescription>;
 
+    /// The topics that hold `topic`'s records where this log reads: the topic, and under region
+    /// routing its mirrors from the other regions that exist in the read region (a record written
+    /// in a region that was lost is found in its mirror, under another offset).
+    async fn copies_of(&self, topic: &str) -> Result<Vec<String>> {
+        Ok(vec![topic.to_owned()])
+    }
+
     /// The topic a client is about to use (an AMQP link attaching to it), described, after creating
     /// it first where the topic policy allows ([`layers::TopicPolicy`]); a backend only describes.
     async fn open_topic(&self, topic: &str) -> Result<TopicDescription> {
@@ -132,6 +139,9 @@ impl<L: Log + ?Sized> Log for Arc<L> {
     }
     async fn append(&self, topic: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>> {
         (**self).append(topic, records).await
+    }
+    async fn copies_of(&self, topic: &str) -> Result<Vec<String>> {
+        (**self).copies_of(topic).await
     }
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
         (**self).subscribe(options).await

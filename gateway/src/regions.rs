@@ -69,11 +69,15 @@ use crate::{
     config::{GroupsConfig, RegionMode, RegionsConfig, TopicsConfig},
     log::{
         AppendReceipt, FetchLimits, Fetched, GroupDescription, GroupMember, Kafka, Log, NewRecord,
-        Position, SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSpec,
-        TopicSummary, layers::TopicPolicy,
+        Position, SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSelector,
+        TopicSpec, TopicSummary, layers::TopicPolicy,
     },
     sync::lock,
 };
+
+/// How old the read region's topic list may be when asked for a topic's copies: mirrors appear
+/// when MirrorMaker 2 first copies a topic, rarely.
+const COPIES_LIST_AGE: Duration = Duration::from_secs(5);
 
 /// The region router. Cheap to clone.
 #[derive(Clone)]
@@ -293,6 +297,26 @@ impl Log for Regions {
 
     async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
         self.read_region().log().describe_topic(topic).await
+    }
+
+    async fn copies_of(&self, topic: &str) -> Result<Vec<String>> {
+        let region = *self.shared.reads.borrow();
+        let existing = self.shared.regions[region]
+            .topic_names(COPIES_LIST_AGE)
+            .await?;
+        let names = TopicSelector::Names(vec![topic.to_owned()]);
+        Ok(
+            match self
+                .shared
+                .policy
+                .expand(&names, &self.shared.others(region), &existing)
+            {
+                TopicSelector::Names(copies) => copies,
+                TopicSelector::Pattern(_) | TopicSelector::Restricted { .. } => {
+                    vec![topic.to_owned()]
+                }
+            },
+        )
     }
 
     async fn open_topic(&self, topic: &str) -> Result<TopicDescription> {

@@ -126,6 +126,17 @@ impl Tansu {
         let _ = self.child.wait();
     }
 
+    /// Stops the broker where it is (SIGSTOP) until [`Tansu::thaw`]: a cluster that is lost to its
+    /// clients, whose connections hang rather than refuse, and that comes back with its data.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen broker run again.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
     /// Sends `signal` to the broker's process group (`timeout` and tansu under it).
     fn signal(&self, signal: &str) {
         let group = format!("-{}", self.child.id());

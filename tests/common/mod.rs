@@ -4,6 +4,8 @@
 #![allow(dead_code, unreachable_pub)] // each test file uses what it needs
 
 pub mod clients;
+pub mod mqtt5;
+pub mod regions;
 pub mod replicator;
 pub mod scrape;
 

@@ -48,7 +48,9 @@ pub struct Replicator {
 }
 
 impl Replicator {
-    /// Copies `topics` from `source` (region `source_name`) to `target`, and checkpoints `groups`.
+    /// Copies `topics` from `source` (region `source_name`) to `target`, and checkpoints `groups`
+    /// (a name ending in `*` stands for every group of the source whose name starts with the rest,
+    /// found as they appear, as MirrorMaker 2's `groups` patterns are).
     pub fn start(
         source_name: &str,
         source: &str,
@@ -81,7 +83,7 @@ impl Replicator {
             else {
                 return;
             };
-            let Ok(mut clients) = Clients::new(&state.source, &state.target, &state.groups) else {
+            let Ok(mut clients) = Clients::new(&state.source, &state.target) else {
                 return;
             };
             let mut last_checkpoint = std::time::Instant::now();
@@ -94,13 +96,14 @@ impl Replicator {
                     // A region went away. New clients, so none carries the old cluster's metadata
                     // (topic ids) into the one that comes back: librdkafka has crashed on that. The
                     // old ones close on a thread of their own, as their brokers may not answer.
-                    if let Ok(fresh) = Clients::new(&state.source, &state.target, &state.groups) {
+                    if let Ok(fresh) = Clients::new(&state.source, &state.target) {
                         let old = std::mem::replace(&mut clients, fresh);
                         std::thread::spawn(move || drop(old));
                     }
                     std::thread::sleep(Duration::from_secs(1));
                 }
                 if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                    state.find_groups(&mut clients);
                     runtime.block_on(state.checkpoint_round(&clients));
                     last_checkpoint = std::time::Instant::now();
                 }
@@ -155,6 +158,30 @@ impl Replicator {
             .cloned()
     }
 
+    /// The values (as UTF-8) of the records copied from the source's `topic`, in the order copied.
+    pub fn copied_values_of(&self, topic: &str) -> Vec<String> {
+        self.copied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values_by_topic
+            .get(topic)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The newest upstream offset checkpointed for each (group, source topic, partition) of the
+    /// groups whose names start with `prefix`.
+    pub fn checkpointed(&self, prefix: &str) -> Vec<((String, String, i32), i64)> {
+        self.copied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .checkpoints
+            .iter()
+            .filter(|((group, _, _), _)| group.starts_with(prefix))
+            .map(|(key, (upstream, _))| (key.clone(), *upstream))
+            .collect()
+    }
+
     /// The `courier-id`s of every record copied so far.
     pub fn copied_ids(&self) -> HashSet<String> {
         self.copied
@@ -188,24 +215,23 @@ struct Clients {
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     /// One client per group, on the source, only to read the group's committed offsets.
-    groups: Vec<(String, BaseConsumer)>,
+    groups: BTreeMap<String, BaseConsumer>,
+    source: String,
+}
+
+/// A client of `source` in `group` that only reads.
+fn source_consumer(source: &str, group: &str) -> Result<BaseConsumer, rdkafka::error::KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", source)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("allow.auto.create.topics", "false")
+        .set("socket.timeout.ms", "1000")
+        .create::<BaseConsumer>()
 }
 
 impl Clients {
-    fn new(
-        source: &str,
-        target: &str,
-        groups: &[String],
-    ) -> Result<Self, rdkafka::error::KafkaError> {
-        let consumer = |group: &str| {
-            ClientConfig::new()
-                .set("bootstrap.servers", source)
-                .set("group.id", group)
-                .set("enable.auto.commit", "false")
-                .set("allow.auto.create.topics", "false")
-                .set("socket.timeout.ms", "1000")
-                .create::<BaseConsumer>()
-        };
+    fn new(source: &str, target: &str) -> Result<Self, rdkafka::error::KafkaError> {
         let mut target_config = ClientConfig::new();
         target_config
             .set("bootstrap.servers", target)
@@ -215,13 +241,11 @@ impl Clients {
             // tansu 0.6.0 reads a batch from its first record only (see gateway/tests/kafka.rs).
             .set("batch.num.messages", "1");
         Ok(Self {
-            reader: consumer("courier-test-replicator")?,
+            reader: source_consumer(source, "courier-test-replicator")?,
             producer: target_config.create()?,
             admin: target_config.create()?,
-            groups: groups
-                .iter()
-                .map(|group| Ok((group.clone(), consumer(group)?)))
-                .collect::<Result<_, rdkafka::error::KafkaError>>()?,
+            groups: BTreeMap::new(),
+            source: source.to_owned(),
         })
     }
 }
@@ -250,7 +274,10 @@ struct Copied {
     ids: HashSet<String>,
     values: HashSet<String>,
     last_values: HashMap<String, String>,
+    values_by_topic: HashMap<String, Vec<String>>,
     first_copied: HashMap<String, std::time::Instant>,
+    /// The last checkpoint written: (group, source topic, partition) -> (upstream, downstream).
+    checkpoints: HashMap<(String, String, i32), (i64, i64)>,
 }
 
 impl State {
@@ -380,10 +407,49 @@ impl State {
             copied.ids.extend(courier_id);
             if let Some(value) = value {
                 copied.values.insert(value.clone());
+                copied
+                    .values_by_topic
+                    .entry(topic.to_owned())
+                    .or_default()
+                    .push(value.clone());
                 copied.last_values.insert(topic.to_owned(), value);
             }
         }
         self.next.insert(key, next);
+    }
+
+    /// Adds a client for each group to checkpoint that has none yet: the groups named, and those
+    /// of the source a prefix pattern matches.
+    fn find_groups(&self, clients: &mut Clients) {
+        let mut wanted: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|group| !group.ends_with('*'))
+            .cloned()
+            .collect();
+        let prefixes: Vec<&str> = self
+            .groups
+            .iter()
+            .filter_map(|group| group.strip_suffix('*'))
+            .collect();
+        if !prefixes.is_empty()
+            && let Ok(listed) = clients.reader.fetch_group_list(None, TIMEOUT)
+        {
+            wanted.extend(
+                listed
+                    .groups()
+                    .iter()
+                    .map(|group| group.name().to_owned())
+                    .filter(|name| prefixes.iter().any(|prefix| name.starts_with(prefix))),
+            );
+        }
+        for group in wanted {
+            if !clients.groups.contains_key(&group)
+                && let Ok(consumer) = source_consumer(&clients.source, &group)
+            {
+                clients.groups.insert(group, consumer);
+            }
+        }
     }
 
     async fn checkpoint_round(&mut self, clients: &Clients) {
@@ -424,6 +490,18 @@ impl State {
                     .payload(&record_value);
                 if clients.producer.send(record, TIMEOUT).await.is_ok() {
                     self.written_checkpoints.insert(written, downstream);
+                    self.copied
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .checkpoints
+                        .insert(
+                            (
+                                group.clone(),
+                                element.topic().to_owned(),
+                                element.partition(),
+                            ),
+                            (upstream, downstream),
+                        );
                 }
             }
         }

@@ -10,7 +10,7 @@ use courier_gateway::{
     metrics::Protocol,
     readers::{
         fanout::{self, Fanout},
-        table::Table,
+        table::{Table, Version},
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -102,7 +102,7 @@ impl Bridge {
                     match sessions::decode(client_id, value) {
                         // Only a connect fences; the record a leaving connection writes does not.
                         Ok(session) if session.disconnected_at_ms.is_none() => {
-                            takeover.on_record(client_id, &session.connection, record.offset)
+                            takeover.on_record(client_id, &session.connection, &Version::of(record))
                         }
                         Ok(_) => {}
                         Err(error) => tracing::warn!(%error, "skipping a session record"),

@@ -1,8 +1,9 @@
 //! The takeover fence: live connections by client id, one per client id across replicas.
 //!
-//! Every connect writes a session record before CONNACK; records of one client id share a partition of
-//! `mqtt.sessions`, so their offsets order the connections. A connection is taken over when a record
-//! with a higher offset names another connection, whether that connection is on this replica
+//! Every connect writes a session record before CONNACK, versioned past the record it read (see
+//! [`courier_gateway::readers::table`]), so versions order the connections, in whichever region's
+//! copy of `mqtt.sessions` the records are read. A connection is taken over when a newer record
+//! names another connection, whether that connection is on this replica
 //! ([`TakeoverFence::register`]) or on another one (the session table calls [`TakeoverFence::on_record`]).
 //!
 //! Before its record is written, a connect checks that the client id is not another principal's.
@@ -14,6 +15,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use courier_gateway::readers::table::Version;
 use tokio_util::sync::CancellationToken;
 
 use crate::sync::lock;
@@ -35,7 +37,7 @@ pub struct TakeoverFence {
 #[derive(Debug)]
 struct Live {
     connection: String,
-    offset: i64,
+    version: Version,
     taken_over: CancellationToken,
     finished: CancellationToken,
 }
@@ -58,13 +60,13 @@ pub struct Registration {
 }
 
 impl TakeoverFence {
-    /// Registers a connection whose session record landed at `offset`. Returns its registration and,
+    /// Registers a connection whose session record was written as `version`. Returns its registration and,
     /// when it takes over an older connection here, a token that fires once that one has finished.
     pub fn register(
         self: &Arc<Self>,
         client_id: &str,
         connection: &str,
-        offset: i64,
+        version: Version,
     ) -> (Registration, Option<CancellationToken>) {
         let registration = Registration {
             fence: self.clone(),
@@ -76,7 +78,7 @@ impl TakeoverFence {
         let mut live = lock(&self.live);
         let mut predecessor = None;
         match live.get(client_id) {
-            Some(newer) if newer.offset > offset => {
+            Some(newer) if newer.version > version => {
                 // A newer connection registered first: this one lost the race already.
                 registration.taken_over.cancel();
                 return (registration, None);
@@ -91,7 +93,7 @@ impl TakeoverFence {
             client_id.to_owned(),
             Live {
                 connection: connection.to_owned(),
-                offset,
+                version,
                 taken_over: registration.taken_over.clone(),
                 finished: registration.finished.clone(),
             },
@@ -107,10 +109,10 @@ impl TakeoverFence {
     }
 
     /// A session record was read: takes the client id from a local connection the record supersedes.
-    pub fn on_record(&self, client_id: &str, connection: &str, offset: i64) {
+    pub fn on_record(&self, client_id: &str, connection: &str, version: &Version) {
         if let Some(live) = lock(&self.live).get(client_id)
             && live.connection != connection
-            && live.offset < offset
+            && live.version < *version
         {
             live.taken_over.cancel();
         }
@@ -159,12 +161,20 @@ impl Drop for Registration {
 mod tests {
     use super::*;
 
+    /// A version written at `timestamp_ms`.
+    fn at(timestamp_ms: i64) -> Version {
+        Version {
+            timestamp_ms,
+            courier_id: format!("id-{timestamp_ms}"),
+        }
+    }
+
     #[test]
     fn the_newest_record_wins_here_and_from_other_replicas() {
         let fence = Arc::new(TakeoverFence::default());
-        let (first, predecessor) = fence.register("c", "conn-1", 10);
+        let (first, predecessor) = fence.register("c", "conn-1", at(10));
         assert!(predecessor.is_none());
-        let (second, predecessor) = fence.register("c", "conn-2", 11);
+        let (second, predecessor) = fence.register("c", "conn-2", at(11));
         assert!(first.taken_over.is_cancelled());
         let predecessor = predecessor.unwrap();
         assert!(!predecessor.is_cancelled());
@@ -172,16 +182,16 @@ mod tests {
         assert!(predecessor.is_cancelled());
         assert!(fence.is_connected("c"), "the newer one stays");
 
-        fence.on_record("c", "conn-2", 11);
-        fence.on_record("c", "elsewhere", 5);
+        fence.on_record("c", "conn-2", &at(11));
+        fence.on_record("c", "elsewhere", &at(5));
         assert!(
             !second.taken_over.is_cancelled(),
             "older records change nothing"
         );
-        fence.on_record("c", "elsewhere", 12);
+        fence.on_record("c", "elsewhere", &at(12));
         assert!(second.taken_over.is_cancelled());
 
-        let (late, _) = fence.register("c", "conn-0", 3);
+        let (late, _) = fence.register("c", "conn-0", at(3));
         assert!(
             late.taken_over.is_cancelled(),
             "a stale connect loses at once"

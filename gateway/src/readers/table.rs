@@ -6,9 +6,14 @@
 //! replica sees what the others wrote. [`Table::caught_up`] waits until the table holds everything
 //! written before the call: a client that reconnects to another replica sees its own session, and a
 //! subscriber sees a retained message published a moment earlier elsewhere.
+//!
+//! Under region routing the reader also reads the topic's mirrors from the other regions, and moves
+//! to another region's copies on a switch; which write of a key is the newest is then decided by
+//! the version each write carries ([`merge`]), not by the order records are read in. Writers set
+//! that version with [`Table::next_timestamp`].
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -18,15 +23,32 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Error, Result,
-    log::{Log, Position, Record, SubscribeOptions, SubscriptionEvent, TopicSelector},
+    log::{
+        Log, Position, Record, SubscribeOptions, Subscription, SubscriptionEvent, TopicDescription,
+        TopicPartition, TopicSelector,
+    },
     sync::lock,
 };
 
-/// Called for every record the table applies: its key, and the record (`None` for a tombstone).
+mod merge;
+
+use self::merge::Entry;
+pub use self::merge::{Version, next_timestamp};
+
+/// Called for every record that becomes its key's newest: the key, and the record (`None` for a
+/// tombstone).
 pub type OnChange = Box<dyn Fn(&str, Option<&Record>) + Send + Sync>;
 
 /// Records a reader keeps at once before acknowledging: large, since the table acks as it applies.
 const WINDOW: usize = 10_000;
+/// Pause before reading the topic again after opening a reader failed.
+const REOPEN_PAUSE: Duration = Duration::from_secs(1);
+/// How long a tombstone is kept in memory: Kafka's default `delete.retention.ms`, after which the
+/// log's compaction may have dropped it too, so a replica that read the topic afresh would not
+/// know it either.
+const TOMBSTONE_KEPT_MS: i64 = 24 * 60 * 60 * 1000;
+/// How often old tombstones are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// A live key → latest record map over one topic.
 #[derive(Debug, Clone)]
@@ -39,9 +61,26 @@ pub struct Table {
 
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<String, Record>,
-    /// Next offset to apply, per partition.
-    next_offsets: HashMap<i32, i64>,
+    /// The newest record of every key, tombstones included.
+    entries: HashMap<String, Entry>,
+    /// Next offset to apply, per partition of the current read.
+    next_offsets: HashMap<TopicPartition, i64>,
+    /// The partitions the current read was assigned (the topic and its mirrors); `None` until it
+    /// was, which is after a revocation too.
+    assigned: Option<BTreeSet<TopicPartition>>,
+    /// Which read of the topic this is: the reader starts over from the start after a revocation.
+    read: u64,
+}
+
+/// The reader task's own state.
+struct Follower {
+    log: Arc<dyn Log>,
+    protocol: &'static str,
+    topic: String,
+    state: Arc<Mutex<State>>,
+    progress: watch::Sender<u64>,
+    on_change: OnChange,
+    cancel: CancellationToken,
 }
 
 impl Table {
@@ -54,61 +93,19 @@ impl Table {
         on_change: OnChange,
         cancel: CancellationToken,
     ) -> Result<Self> {
-        let mut subscription = log
-            .subscribe(SubscribeOptions {
-                topics: TopicSelector::Names(vec![topic.to_owned()]),
-                group: None,
-                start: Position::Earliest,
-                max_in_flight: WINDOW,
-                client: format!("courier-{protocol} table of {topic}"),
-                protocol,
-            })
-            .await?;
+        let subscription = open(log.as_ref(), protocol, topic).await?;
         let state = Arc::new(Mutex::new(State::default()));
         let (progress_tx, progress) = watch::channel(0u64);
-        let task_state = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    () = cancel.cancelled() => break,
-                    event = subscription.next_event() => event,
-                };
-                let Some(SubscriptionEvent::Records(records)) = event else {
-                    if event.is_none() {
-                        break;
-                    }
-                    continue;
-                };
-                {
-                    let mut state = lock(&task_state);
-                    for record in records {
-                        subscription
-                            .control
-                            .ack(&record.topic_partition(), record.offset);
-                        state
-                            .next_offsets
-                            .insert(record.partition, record.offset + 1);
-                        let Some(key) = record
-                            .key
-                            .as_deref()
-                            .and_then(|key| std::str::from_utf8(key).ok())
-                            .map(str::to_owned)
-                        else {
-                            continue;
-                        };
-                        if record.value.is_none() {
-                            on_change(&key, None);
-                            state.entries.remove(&key);
-                        } else {
-                            on_change(&key, Some(&record));
-                            state.entries.insert(key, record);
-                        }
-                    }
-                }
-                progress_tx.send_modify(|applied| *applied += 1);
-            }
-            let _ = subscription.close().await;
-        });
+        let follower = Follower {
+            log: log.clone(),
+            protocol,
+            topic: topic.to_owned(),
+            state: state.clone(),
+            progress: progress_tx,
+            on_change,
+            cancel,
+        };
+        tokio::spawn(follower.run(subscription));
         Ok(Self {
             topic: topic.to_owned(),
             log,
@@ -117,25 +114,39 @@ impl Table {
         })
     }
 
-    /// Waits until every record written to the topic before this call has been applied.
+    /// Waits until every record written before this call to the topic, and to the mirrors of it
+    /// the table reads, has been applied.
     pub async fn caught_up(&self, deadline: Duration) -> Result<()> {
-        let description = self.log.describe_topic(&self.topic).await?;
         let mut progress = self.progress.clone();
         let wait = async {
+            // The ends of the topics of one read, described once each.
+            let mut ends: HashMap<String, TopicDescription> = HashMap::new();
+            let mut ends_of_read = None;
             loop {
-                let behind = {
+                progress.borrow_and_update();
+                let reading = {
                     let state = lock(&self.state);
-                    description.partitions.iter().any(|partition| {
-                        let applied = state
-                            .next_offsets
-                            .get(&partition.partition)
-                            .copied()
-                            .unwrap_or(partition.low);
-                        applied < partition.high
+                    state.assigned.as_ref().map(|assigned| {
+                        let mut topics: BTreeSet<String> =
+                            assigned.iter().map(|p| p.topic.to_string()).collect();
+                        topics.insert(self.topic.clone());
+                        (state.read, topics)
                     })
                 };
-                if !behind {
-                    return Ok(());
+                if let Some((read, topics)) = reading {
+                    if ends_of_read != Some(read) {
+                        ends.clear();
+                        ends_of_read = Some(read);
+                    }
+                    for topic in topics {
+                        if !ends.contains_key(&topic) {
+                            let description = self.log.describe_topic(&topic).await?;
+                            ends.insert(topic, description);
+                        }
+                    }
+                    if !self.behind(read, &ends) {
+                        return Ok(());
+                    }
                 }
                 if progress.changed().await.is_err() {
                     return Err(Error::ShuttingDown);
@@ -149,18 +160,166 @@ impl Table {
             })?
     }
 
-    /// The latest record of a key.
-    pub fn get(&self, key: &str) -> Option<Record> {
-        lock(&self.state).entries.get(key).cloned()
+    /// Has read `read` not applied everything up to `ends` yet? (A read replaced since counts as
+    /// behind: the next pass describes the new one's topics.)
+    fn behind(&self, read: u64, ends: &HashMap<String, TopicDescription>) -> bool {
+        let state = lock(&self.state);
+        state.read != read
+            || ends.values().any(|description| {
+                description.partitions.iter().any(|partition| {
+                    let applied = state
+                        .next_offsets
+                        .get(&TopicPartition::new(
+                            description.name.as_str(),
+                            partition.partition,
+                        ))
+                        .copied()
+                        .unwrap_or(partition.low);
+                    applied < partition.high
+                })
+            })
     }
 
-    /// Every latest record whose key passes `keep`.
+    /// The latest record of a key (`None` when it was deleted).
+    pub fn get(&self, key: &str) -> Option<Record> {
+        lock(&self.state)
+            .entries
+            .get(key)
+            .filter(|entry| entry.record.value.is_some())
+            .map(|entry| entry.record.clone())
+    }
+
+    /// Every latest record whose key passes `keep` (deleted keys left out).
     pub fn matching(&self, keep: impl Fn(&str) -> bool) -> Vec<Record> {
         lock(&self.state)
             .entries
             .iter()
-            .filter(|(key, _)| keep(key))
-            .map(|(_, record)| record.clone())
+            .filter(|(key, entry)| entry.record.value.is_some() && keep(key))
+            .map(|(_, entry)| entry.record.clone())
             .collect()
+    }
+
+    /// The timestamp a write of `key` made at `now_ms` carries: past the newest version the table
+    /// holds (a tombstone's included), so the write wins over it wherever the two are read.
+    pub fn next_timestamp(&self, key: &str, now_ms: i64) -> i64 {
+        let current = lock(&self.state)
+            .entries
+            .get(key)
+            .map(|entry| entry.record.timestamp_ms);
+        next_timestamp(current, now_ms)
+    }
+}
+
+/// A plain reader of `topic` (and, through the region router, its mirrors) from the start.
+async fn open(log: &dyn Log, protocol: &'static str, topic: &str) -> Result<Subscription> {
+    log.subscribe(SubscribeOptions {
+        topics: TopicSelector::Names(vec![topic.to_owned()]),
+        group: None,
+        start: Position::Earliest,
+        max_in_flight: WINDOW,
+        client: format!("courier-{protocol} table of {topic}"),
+        protocol,
+    })
+    .await
+}
+
+impl Follower {
+    async fn run(self, mut subscription: Subscription) {
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                () = self.cancel.cancelled() => break,
+                _ = prune.tick() => {
+                    self.forget_old_tombstones();
+                    continue;
+                }
+                event = subscription.next_event() => event,
+            };
+            match event {
+                None => break,
+                Some(SubscriptionEvent::Assigned(partitions)) => {
+                    lock(&self.state)
+                        .assigned
+                        .get_or_insert_default()
+                        .extend(partitions);
+                }
+                // The reader moves to another region's copies, or the partitions it reads change:
+                // read everything again from the start, so where each partition starts is known
+                // (a moved reader would resume at a time). Records read again change nothing.
+                Some(SubscriptionEvent::Revoked(_)) => {
+                    {
+                        let mut state = lock(&self.state);
+                        state.assigned = None;
+                        state.next_offsets.clear();
+                        state.read += 1;
+                    }
+                    self.progress.send_modify(|applied| *applied += 1);
+                    let Some(next) = self.reopen().await else {
+                        break;
+                    };
+                    let replaced = std::mem::replace(&mut subscription, next);
+                    tokio::spawn(async move {
+                        let _ = replaced.close().await;
+                    });
+                    continue;
+                }
+                Some(SubscriptionEvent::Records(records)) => self.apply(&subscription, records),
+            }
+            self.progress.send_modify(|applied| *applied += 1);
+        }
+        let _ = subscription.close().await;
+    }
+
+    fn apply(&self, subscription: &Subscription, records: Vec<Record>) {
+        let mut state = lock(&self.state);
+        let read = state.read;
+        for record in records {
+            subscription
+                .control
+                .ack(&record.topic_partition(), record.offset);
+            state
+                .next_offsets
+                .insert(record.topic_partition(), record.offset + 1);
+            let Some(key) = record
+                .key
+                .as_deref()
+                .and_then(|key| std::str::from_utf8(key).ok())
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            let newer = state
+                .entries
+                .get(&key)
+                .is_none_or(|entry| entry.is_older_than(&record, read));
+            if newer {
+                (self.on_change)(&key, record.value.is_some().then_some(&record));
+                state.entries.insert(key, Entry { record, read });
+            }
+        }
+    }
+
+    /// Opens the reader again, retrying until it opens or the table is stopped (`None`).
+    async fn reopen(&self) -> Option<Subscription> {
+        loop {
+            match open(self.log.as_ref(), self.protocol, &self.topic).await {
+                Ok(subscription) => return Some(subscription),
+                Err(error) => {
+                    tracing::warn!(topic = %self.topic, %error, "reading a table again failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return None,
+                () = tokio::time::sleep(REOPEN_PAUSE) => {}
+            }
+        }
+    }
+
+    fn forget_old_tombstones(&self) {
+        let horizon = crate::log::now_ms().saturating_sub(TOMBSTONE_KEPT_MS);
+        lock(&self.state).entries.retain(|_, entry| {
+            entry.record.value.is_some() || entry.record.timestamp_ms >= horizon
+        });
     }
 }

@@ -135,6 +135,16 @@ impl Region {
 }
 
 impl Shared {
+    /// The names of the other regions than `region`.
+    pub(super) fn others(&self, region: usize) -> Vec<&str> {
+        self.regions
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != region)
+            .map(|(_, other)| other.name.as_str())
+            .collect()
+    }
+
     pub(super) fn names(&self) -> Vec<&str> {
         self.regions.iter().map(|r| r.name.as_str()).collect()
     }

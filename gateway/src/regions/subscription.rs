@@ -70,17 +70,6 @@ pub(super) async fn subscribe(
     })
 }
 
-/// The names of the other regions than `region`.
-fn others(shared: &Shared, region: usize) -> Vec<&str> {
-    shared
-        .regions
-        .iter()
-        .enumerate()
-        .filter(|(index, _)| *index != region)
-        .map(|(_, other)| other.name.as_str())
-        .collect()
-}
-
 /// The topics of `region`, by a list at most `max_age` old.
 async fn existing(shared: &Shared, region: usize, max_age: Duration) -> Result<Arc<Vec<String>>> {
     shared.regions[region].topic_names(max_age).await
@@ -96,7 +85,7 @@ fn expand(
 ) -> TopicSelector {
     shared
         .policy
-        .expand(&options.topics, &others(shared, region), existing)
+        .expand(&options.topics, &shared.others(region), existing)
 }
 
 /// Where a group starts the partitions it has neither a checkpoint nor a commit for in a region.
@@ -121,7 +110,7 @@ async fn open(
     uncommitted: Uncommitted,
 ) -> Result<(Subscription, TopicSelector)> {
     let log = shared.regions[region].log();
-    let others = others(shared, region);
+    let others = shared.others(region);
     let existing = existing(shared, region, Duration::ZERO).await?;
     let topics = expand(shared, region, options, &existing);
     // Positions to set come from checkpoints, or from the oldest records; with neither, a group

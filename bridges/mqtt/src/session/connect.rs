@@ -148,11 +148,11 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     );
     let session = plan.record;
     // The record is the fence: once it is durable, every replica hands the client id to this connection.
-    let offset = bridge.sessions.save(&client_id, &session).await?;
+    let version = bridge.sessions.save(&client_id, &session).await?;
     let (registration, predecessor) =
         bridge
             .takeover
-            .register(&client_id, &session.connection, offset);
+            .register(&client_id, &session.connection, version);
     drop(turn);
     if let Some(predecessor) = predecessor {
         let _ = tokio::time::timeout(TAKEOVER_WAIT, predecessor.cancelled()).await;

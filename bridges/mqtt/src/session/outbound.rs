@@ -252,7 +252,15 @@ impl Outbound {
                     message,
                     identifiers,
                     log_ack,
-                }) => self.send(client, connection, message, identifiers, log_ack)?,
+                    courier_id,
+                }) => self.send(
+                    client,
+                    connection,
+                    message,
+                    identifiers,
+                    log_ack,
+                    courier_id,
+                )?,
                 Some(Outgoing::Ack(log_ack)) => self.sources.ack(Some(log_ack)),
                 Some(Outgoing::Nothing) => {}
             }
@@ -429,6 +437,7 @@ impl Outbound {
     }
 
     /// Queues one PUBLISH; QoS 1 and 2 go in flight, QoS 0 is acknowledged to the log at once.
+    /// `courier_id` is the record's id (empty for a retained message).
     fn send<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         client: &Client,
@@ -436,6 +445,7 @@ impl Outbound {
         message: Message,
         identifiers: Vec<usize>,
         log_ack: Option<LogAck>,
+        courier_id: String,
     ) -> Result<()> {
         let Message {
             topic,
@@ -470,7 +480,7 @@ impl Outbound {
         if qos == QoS::AtMostOnce {
             self.sources.ack(log_ack);
         } else {
-            self.inflight.sent(pkid, log_ack);
+            self.inflight.sent(pkid, log_ack, courier_id);
         }
         Ok(())
     }

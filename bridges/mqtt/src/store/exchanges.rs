@@ -26,7 +26,9 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use courier_gateway::{
-    log::{AppendReceipt, FetchLimits, Log, NewRecord, Position, TopicPartition, partitioner},
+    log::{
+        AppendReceipt, FetchLimits, Log, NewRecord, Position, TopicPartition, now_ms, partitioner,
+    },
     readers::table::Table,
 };
 use serde::{Deserialize, Serialize};
@@ -90,7 +92,7 @@ pub struct Delivered {
     pub record: Option<RecordAt>,
 }
 
-/// Where a record is: Kafka topic, partition, offset.
+/// Which record a delivery was: Kafka topic, partition, offset where it was read, and its id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RecordAt {
     /// Kafka topic.
@@ -99,6 +101,10 @@ pub struct RecordAt {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
+    /// The record's `courier-id`, which its copy in another region's mirror keeps (its topic and
+    /// offset there differ). Entries written before it was recorded have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub courier_id: Option<String>,
 }
 
 /// What is stored under one key.
@@ -204,12 +210,23 @@ impl ExchangeStore {
     }
 
     /// Was the message of `received` appended? Looks for its record id from its timestamp on, in the
-    /// partition its key maps to.
+    /// partition its key maps to, in its topic and (under region routing) the topic's mirrors: a
+    /// message appended in a region that was lost since is in that region's mirror here.
     pub async fn was_appended(&self, received: &Received) -> Result<bool> {
-        let description = self.log.describe_topic(&received.kafka_topic).await?;
+        for topic in self.log.copies_of(&received.kafka_topic).await? {
+            if self.appended_in(&topic, received).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Is the record of `received` in `topic` (its Kafka topic, or a mirror of it)?
+    async fn appended_in(&self, topic: &str, received: &Received) -> Result<bool> {
+        let description = self.log.describe_topic(topic).await?;
         let count = u32::try_from(description.partitions.len()).unwrap_or(u32::MAX);
         let partition = TopicPartition::new(
-            received.kafka_topic.as_str(),
+            topic,
             partitioner::partition_for_key(received.key.as_bytes(), count),
         );
         let mut offset = self
@@ -272,8 +289,11 @@ impl ExchangeStore {
                     client_id: client_id.to_owned(),
                     detail: error.to_string(),
                 })?;
+        let key = key(client_id, direction, pkid);
         Ok(NewRecord {
-            key: Some(Bytes::from(key(client_id, direction, pkid))),
+            // The version of the entry: past the one it replaces (see `Table::next_timestamp`).
+            timestamp_ms: Some(self.table.next_timestamp(&key, now_ms())),
+            key: Some(Bytes::from(key)),
             value: value.map(Bytes::from),
             ..NewRecord::default()
         })
@@ -385,6 +405,7 @@ mod tests {
             topic: "t".into(),
             partition: 1,
             offset: 7,
+            courier_id: Some("01JX".into()),
         };
         store
             .delivered("a/b", 4, "s", Some(at.clone()))

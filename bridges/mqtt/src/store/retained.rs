@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use courier_gateway::{
-    log::{AppendReceipt, Log, NewRecord},
+    log::{AppendReceipt, Log, NewRecord, now_ms},
     readers::table::Table,
 };
 
@@ -30,11 +30,19 @@ impl RetainedStore {
     }
 
     /// Queues a message's record (from [`mapping::to_record`]) as its topic's retained message; an
-    /// empty payload deletes it.
+    /// empty payload deletes it. Its timestamp is its version: past the retained message it
+    /// replaces, which it must win over in every region's copy.
     pub async fn submit(&self, record: NewRecord) -> courier_gateway::Result<AppendReceipt> {
-        self.log
-            .submit(&self.topic, vec![mapping::as_retained(record)])
-            .await
+        let mut record = mapping::as_retained(record);
+        if let Some(topic) = record
+            .key
+            .as_deref()
+            .and_then(|key| std::str::from_utf8(key).ok())
+        {
+            let written = record.timestamp_ms.unwrap_or_else(now_ms);
+            record.timestamp_ms = Some(self.table.next_timestamp(topic, written));
+        }
+        self.log.submit(&self.topic, vec![record]).await
     }
 
     /// The retained messages whose topics match `filter`, once everything retained before the call has

@@ -10,8 +10,8 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use courier_gateway::{
-    log::{Log, NewRecord},
-    readers::table::Table,
+    log::{Log, NewRecord, now_ms},
+    readers::table::{Table, Version},
 };
 use serde::{Deserialize, Serialize};
 
@@ -107,9 +107,9 @@ impl SessionStore {
             .transpose()
     }
 
-    /// Writes a client's record durably and returns its offset (records of one client share a
-    /// partition, so offsets order them).
-    pub async fn save(&self, client_id: &str, record: &SessionRecord) -> Result<i64> {
+    /// Writes a client's record durably and returns its version, newer than every record of the
+    /// client the table held (the takeover fence orders connections by it).
+    pub async fn save(&self, client_id: &str, record: &SessionRecord) -> Result<Version> {
         let value = serde_json::to_vec(record).map_err(|error| Error::CorruptSession {
             client_id: client_id.to_owned(),
             detail: error.to_string(),
@@ -118,18 +118,25 @@ impl SessionStore {
     }
 
     /// Deletes a client's record (a tombstone, which compaction removes).
-    pub async fn delete(&self, client_id: &str) -> Result<i64> {
+    pub async fn delete(&self, client_id: &str) -> Result<Version> {
         self.append(client_id, None).await
     }
 
-    async fn append(&self, client_id: &str, value: Option<Bytes>) -> Result<i64> {
+    async fn append(&self, client_id: &str, value: Option<Bytes>) -> Result<Version> {
         let record = NewRecord {
             key: Some(Bytes::copy_from_slice(client_id.as_bytes())),
             value,
+            timestamp_ms: Some(self.table.next_timestamp(client_id, now_ms())),
             ..NewRecord::default()
         };
         let appended = self.log.append(&self.topic, vec![record]).await?;
-        Ok(appended.first().map_or(-1, |appended| appended.offset))
+        appended
+            .first()
+            .map(Version::written)
+            .ok_or_else(|| Error::CorruptSession {
+                client_id: client_id.to_owned(),
+                detail: "the log acknowledged no record".into(),
+            })
     }
 }
 

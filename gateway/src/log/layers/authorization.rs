@@ -239,6 +239,13 @@ impl Layer for Authorization {
         inner.describe_topic(topic).await
     }
 
+    async fn copies_of(&self, inner: &dyn Log, topic: &str) -> Result<Vec<String>> {
+        self.topic(Action::Describe, topic)?;
+        let mut copies = inner.copies_of(topic).await?;
+        copies.retain(|copy| self.lists_topic(copy));
+        Ok(copies)
+    }
+
     async fn open_topic(&self, inner: &dyn Log, topic: &str) -> Result<TopicDescription> {
         // What the opener then does (send or receive) is decided on that request; opening only
         // needs to know the topic, which must not be internal.

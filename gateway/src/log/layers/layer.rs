@@ -51,6 +51,11 @@ pub trait Layer: Send + Sync + fmt::Debug + 'static {
         inner.describe_topic(topic).await
     }
 
+    /// See [`Log::copies_of`].
+    async fn copies_of(&self, inner: &dyn Log, topic: &str) -> Result<Vec<String>> {
+        inner.copies_of(topic).await
+    }
+
     /// See [`Log::open_topic`].
     async fn open_topic(&self, inner: &dyn Log, topic: &str) -> Result<TopicDescription> {
         inner.open_topic(topic).await
@@ -176,6 +181,10 @@ impl<Y: Layer, L: Log> Log for Layered<Y, L> {
 
     async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
         self.layer.describe_topic(&self.inner, topic).await
+    }
+
+    async fn copies_of(&self, topic: &str) -> Result<Vec<String>> {
+        self.layer.copies_of(&self.inner, topic).await
     }
 
     async fn open_topic(&self, topic: &str) -> Result<TopicDescription> {

@@ -3,10 +3,7 @@
 //! it, or acknowledged to the log at once when none wants it (or the client had it before a
 //! crash). Sending is the caller's.
 
-use std::{
-    collections::{HashSet, VecDeque},
-    sync::Arc,
-};
+use std::{collections::VecDeque, sync::Arc};
 
 use courier_gateway::log::{Record, SubscriptionEvent, now_ms};
 
@@ -40,6 +37,8 @@ pub(super) enum Outgoing {
         message: Message,
         identifiers: Vec<usize>,
         log_ack: Option<LogAck>,
+        /// The record's id (empty for a retained message).
+        courier_id: String,
     },
     /// A record no one is sent: acknowledged to the log at once.
     Ack(LogAck),
@@ -53,7 +52,7 @@ pub(super) struct Queue {
     pending: VecDeque<Pending>,
     /// Records a resumed session delivered and saw PUBREC for before a crash, which its groups may
     /// read again: acknowledged, not delivered again.
-    already_delivered: HashSet<RecordAt>,
+    already_delivered: AlreadyDelivered,
     /// `mqtt.courier_id_property`: deliveries carry their record's `courier-id`.
     courier_id_property: bool,
     /// How many of `pending` are retained messages.
@@ -63,10 +62,10 @@ pub(super) struct Queue {
 impl Queue {
     /// An empty queue. `already_delivered`: the records a resumed session delivered and saw PUBREC
     /// for before a crash, acknowledged instead of delivered when its groups read them again.
-    pub(super) fn new(already_delivered: HashSet<RecordAt>, courier_id_property: bool) -> Self {
+    pub(super) fn new(already_delivered: Vec<RecordAt>, courier_id_property: bool) -> Self {
         Self {
             pending: VecDeque::new(),
-            already_delivered,
+            already_delivered: AlreadyDelivered(already_delivered),
             courier_id_property,
             retained: 0,
         }
@@ -144,6 +143,7 @@ impl Queue {
                     message,
                     identifiers: identifier.into_iter().collect(),
                     log_ack: None,
+                    courier_id: String::new(),
                 }
             }
             Pending::Record(source, record) => {
@@ -159,19 +159,13 @@ impl Queue {
         sources: &Sources,
         client_id: &str,
         source: SourceId,
-        record: Record,
+        mut record: Record,
     ) -> Outgoing {
         let Some(key) = sources.key_of(source) else {
             return Outgoing::Nothing; // its reader was closed
         };
         let log_ack = (source, record.topic_partition(), record.offset);
-        if !self.already_delivered.is_empty()
-            && self.already_delivered.remove(&RecordAt {
-                topic: record.topic.to_string(),
-                partition: record.partition,
-                offset: record.offset,
-            })
-        {
+        if self.already_delivered.take(&record) {
             return Outgoing::Ack(log_ack);
         }
         let Some(mut stored) = mapping::from_record(&record, now_ms()) else {
@@ -190,6 +184,77 @@ impl Queue {
             message,
             identifiers,
             log_ack: Some(log_ack),
+            courier_id: std::mem::take(&mut record.courier_id),
         }
+    }
+}
+
+/// The records a resumed session delivered and saw PUBREC for (a few: at most its receive maximum).
+#[derive(Debug, Default)]
+struct AlreadyDelivered(Vec<RecordAt>);
+
+impl AlreadyDelivered {
+    /// Is `record` one of them? Then it is off the list. A record is known by its id, so a copy
+    /// read from another region's mirror after a switch is known too; by where it was read for
+    /// entries written before entries carried the id.
+    fn take(&mut self, record: &Record) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        let found = self.0.iter().position(|at| match &at.courier_id {
+            Some(id) => !record.courier_id.is_empty() && *id == record.courier_id,
+            None => {
+                *at.topic == *record.topic
+                    && at.partition == record.partition
+                    && at.offset == record.offset
+            }
+        });
+        found.map(|index| self.0.swap_remove(index)).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(topic: &str, partition: i32, offset: i64, courier_id: &str) -> Record {
+        Record {
+            topic: topic.into(),
+            partition,
+            offset,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+            timestamp_ms: 0,
+            courier_id: courier_id.to_owned(),
+            origin: String::new(),
+        }
+    }
+
+    fn at(topic: &str, partition: i32, offset: i64, courier_id: Option<&str>) -> RecordAt {
+        RecordAt {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            courier_id: courier_id.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_record_delivered_before_a_switch_is_known_by_its_id_in_a_mirror() {
+        let mut already = AlreadyDelivered(vec![
+            at("mqtt.messages", 0, 41, Some("01A")),
+            at("t", 1, 7, None),
+        ]);
+        // The same place in another region's copy holds another record.
+        assert!(!already.take(&record("a.mqtt.messages", 0, 41, "01B")));
+        assert!(already.take(&record("a.mqtt.messages", 0, 12, "01A")));
+        assert!(
+            !already.take(&record("a.mqtt.messages", 0, 12, "01A")),
+            "skipped once"
+        );
+        // An entry written before entries named the record's id: known by where it was read.
+        assert!(already.take(&record("t", 1, 7, "01C")));
+        assert!(already.0.is_empty());
     }
 }

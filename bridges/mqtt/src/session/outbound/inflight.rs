@@ -28,6 +28,8 @@ struct Entry {
     log_ack: Option<LogAck>,
     /// A persistent session's PUBREC is being recorded; its PUBREL waits for that.
     recording: bool,
+    /// The record's id (empty for a retained message, or an exchange from before a reconnect).
+    courier_id: String,
 }
 
 /// What one step of an exchange settled.
@@ -119,6 +121,7 @@ impl Inflight {
                 Entry {
                     log_ack: None,
                     recording: false,
+                    courier_id: String::new(),
                 },
             );
             inflight.owed_releases.push(pkid);
@@ -151,12 +154,13 @@ impl Inflight {
     }
 
     /// A QoS 1 or 2 delivery went out with `pkid`.
-    pub(super) fn sent(&mut self, pkid: u16, log_ack: Option<LogAck>) {
+    pub(super) fn sent(&mut self, pkid: u16, log_ack: Option<LogAck>, courier_id: String) {
         self.entries.insert(
             pkid,
             Entry {
                 log_ack,
                 recording: false,
+                courier_id,
             },
         );
     }
@@ -213,6 +217,7 @@ impl Inflight {
             topic: partition.topic.to_string(),
             partition: partition.partition,
             offset: *offset,
+            courier_id: (!entry.courier_id.is_empty()).then(|| entry.courier_id.clone()),
         };
         let receipt = bridge
             .exchanges
