@@ -50,6 +50,10 @@ const QUEUED: usize = 200;
 /// The QoS 2 packet id left unfinished.
 const EXCHANGE: u16 = 7;
 
+/// The two tests start two brokers and a gateway each: one at a time, as on two cores several at
+/// once slow group rebalances past the clients' deadlines.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Longest the whole journey may take (it takes about 20 s).
 const JOURNEY_LIMIT: Duration = Duration::from_secs(180);
 
@@ -63,7 +67,7 @@ const TOPICS: [&str; 4] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt5_device_keeps_its_session_across_a_lost_region_and_back() -> TestResult {
-    let _one = common::one_broker_at_a_time();
+    let _one = ONE_AT_A_TIME.lock().await;
     let a = Tansu::start()?;
     let b = Tansu::start()?;
     // MirrorMaker 2's default `groups = .*`: the session's groups appear as the device subscribes.
@@ -232,7 +236,7 @@ async fn journey(
     );
     assert!(others.is_empty(), "{others:?}");
     // The QoS 2 message was stored once, in a, and copied.
-    let stored = stored_values(&gateway, "mqtt.messages").await?;
+    let stored = stored_values(gateway, "mqtt.messages").await?;
     assert_eq!(
         stored.iter().filter(|v| *v == "odometer-1").count(),
         1,
@@ -306,18 +310,12 @@ async fn journey(
         next_on(&mut device, FIRMWARE, true, &mut again).await?,
         "firmware-1"
     );
-    // What it read in b of a's copies comes again from a's own topic, from where its group was
-    // when a was lost (counted, not judged: at least once).
-    // (And config-2, sent to it live in b just before it left, unacknowledged, so sent again.)
+    // What it read in b of a's copies does not come again: its group resumes in a past the
+    // records it consumed in b. (Only config-2 does: sent to it in b just before it left, never
+    // acknowledged.)
     assert!(
-        again
-            .iter()
-            .all(|payload| payload.starts_with("command-") || payload == "config-2"),
+        again.iter().all(|payload| payload == "config-2"),
         "{again:?}"
-    );
-    println!(
-        "STATE mqtt5 device back in a: {} commands delivered again (read in b from a's copies)",
-        again.iter().filter(|p| p.starts_with("command-")).count()
     );
     device.disconnect().await?;
     Ok(())
@@ -440,11 +438,11 @@ const AMQP_GROUP: &str = "warehouse";
 /// A gRPC group and an AMQP group receiver read orders in a and leave; orders queue while they are
 /// away; a is lost; each resumes through b where MirrorMaker 2's checkpoint put it (every queued
 /// order, none of those read in a); orders written in b are read there; after the switch back to
-/// a, each gets b's orders, and what it had read in b of a's copies comes again (counted: the
-/// region's own positions are where the group left them before a was lost).
+/// a, each gets what was written in b after it left, and nothing it had read in b comes again:
+/// the gateway brings its positions back (MirrorMaker 2 translates them only the other way).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_and_amqp_groups_resume_at_translated_positions_across_a_lost_region() -> TestResult {
-    let _one = common::one_broker_at_a_time();
+    let _one = ONE_AT_A_TIME.lock().await;
     let a = Tansu::start()?;
     let b = Tansu::start()?;
     let groups = [GRPC_GROUP, AMQP_GROUP];
@@ -581,7 +579,7 @@ async fn groups_journey(
     let copied_back: HashSet<String> = b_to_a.copied_values_of(ORDERS).into_iter().collect();
     assert!(late.iter().all(|order| copied_back.contains(order)));
 
-    // In a: what was written in b and not read there comes; what was read there may come again.
+    // In a: what was written in b and not read there comes, and nothing read there comes again.
     let grpc = grpc_read(&mut streams, SEEN, &["late-"]).await?;
     let amqp = amqp_read(gateway, SEEN, &["late-"]).await?;
     for (protocol, got) in [("gRPC", &grpc), ("AMQP", &amqp)] {
@@ -591,9 +589,11 @@ async fn groups_journey(
             "{protocol} in a: {:?}",
             got.counts
         );
-        println!(
-            "STATE {protocol} group back in a: {SEEN} orders written in b, {} read in b again",
-            got.total() - got.distinct("late-")
+        assert_eq!(
+            got.total(),
+            SEEN,
+            "{protocol} in a read again what it had read in b: {:?}",
+            got.counts
         );
     }
     Ok(())

@@ -25,6 +25,7 @@
 
 pub mod checkpoint;
 mod copies;
+mod fail_back;
 pub mod health;
 mod ledger;
 mod naming;

@@ -16,6 +16,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use conformance::*;
@@ -28,6 +29,7 @@ use courier_gateway::{
         TopicSpec, TopicSummary,
         layers::{self, TopicPolicy},
     },
+    readers::table::Table,
     regions::{RegionHealth, RegionalLog, Regions, RoutingStatus},
 };
 
@@ -656,5 +658,183 @@ async fn a_planned_switch_moves_traffic_once_the_target_holds_what_was_acknowled
         "{outcome:?}"
     );
     assert_eq!(traffic(&router.status()).0, "a");
+    fixture.close().await
+}
+
+/// Waits until reads go to `region`.
+async fn await_reads_on(router: &Regions, region: &str) -> TestResult {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while traffic(&router.status()).1 != region {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("reads did not move to {region}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// A group that read a's records from their copies in b, then reads in a again, resumes in a past
+/// them: MirrorMaker 2's checkpoints carry positions only from a to b, and without the gateway
+/// bringing them back it would read every one of them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_back_in_its_region_resumes_past_what_it_read_of_the_copies_elsewhere() -> TestResult
+{
+    let mut config = settings();
+    config.probe_interval = Duration::from_millis(50);
+    config.hold_down = Duration::from_secs(3600);
+    let fixture = Fixture::new(&config).await?;
+    let router = &fixture.router;
+    let topic = unique_topic("orders");
+    let group = unique_topic("group");
+    for site in [&fixture.a, &fixture.b] {
+        site.log
+            .create_topic(TopicSpec::named(&topic).partitions(2))
+            .await?;
+    }
+    // MirrorMaker 2 runs both ways (its checkpoints topic in a, empty: nothing was read in a).
+    fixture
+        .a
+        .log
+        .create_topic(TopicSpec::named("b.checkpoints.internal"))
+        .await?;
+    router
+        .append(
+            &topic,
+            (0..20)
+                .map(|i| keyed(&format!("k{i}"), format!("before-{i}")))
+                .collect(),
+        )
+        .await?;
+    assert_eq!(mirror(&fixture.a, &fixture.b, &topic).await?, 20);
+
+    // In b the group reads a's records from their copies and leaves, committing there.
+    router.switch_to("b")?;
+    await_reads_on(router, "b").await?;
+    // Where a's records are looked for by id (an MQTT QoS 2 message published in a, say).
+    assert_eq!(
+        router.copies_of(&topic).await?,
+        [topic.clone(), format!("a.{topic}")]
+    );
+    let mut member = router
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, 100))
+        .await?;
+    let read = receive(&mut member, 20, true).await?;
+    assert!(
+        read.iter().all(|r| *r.topic == format!("a.{topic}")),
+        "{read:?}"
+    );
+    member.close().await?;
+
+    // Back in a: only what was written after.
+    router.switch_to("a")?;
+    await_reads_on(router, "a").await?;
+    assert_eq!(router.copies_of(&topic).await?, [topic.clone()]);
+    router.append(&topic, vec![value("after")]).await?;
+    let mut member = router
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, 100))
+        .await?;
+    let read = receive(&mut member, 1, true).await?;
+    assert_eq!(read.iter().map(text).collect::<Vec<_>>(), ["after"]);
+    let more = next_records(&mut member, Duration::from_millis(500)).await;
+    assert!(more.is_none(), "read again in a: {more:?}");
+    member.close().await?;
+    fixture.close().await
+}
+
+/// A compacted table read through the router holds the newest version of each key, whichever copy
+/// it was read from: a value written in b after a was lost wins, back in a, over a's own older
+/// one, and a deletion wins over the value it deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_keeps_the_newest_version_of_a_key_across_regions() -> TestResult {
+    let mut config = settings();
+    config.probe_interval = Duration::from_millis(50);
+    config.hold_down = Duration::from_secs(3600);
+    let fixture = Fixture::new(&config).await?;
+    let router = &fixture.router;
+    let topic = unique_topic("sessions");
+    for site in [&fixture.a, &fixture.b] {
+        site.log
+            .create_topic(TopicSpec::named(&topic).compacted())
+            .await?;
+    }
+    let log: Arc<dyn Log> = Arc::new(router.clone());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let table = Table::start(
+        log.clone(),
+        "mqtt",
+        &topic,
+        Box::new(|_, _| {}),
+        cancel.clone(),
+    )
+    .await?;
+    let write = |key: &'static str, text: Option<&'static str>| {
+        let table = table.clone();
+        let log = log.clone();
+        let topic = topic.clone();
+        async move {
+            let record = NewRecord {
+                key: Some(Bytes::from_static(key.as_bytes())),
+                value: text.map(|text| Bytes::from_static(text.as_bytes())),
+                timestamp_ms: Some(table.next_timestamp(key, courier_gateway::log::now_ms())),
+                ..NewRecord::default()
+            };
+            log.append(&topic, vec![record]).await.map(drop)
+        }
+    };
+    let current = |key: &str| table.get(key).map(|record| text(&record));
+
+    write("device", Some("in-a")).await?;
+    write("gone", Some("in-a")).await?;
+    table.caught_up(DEADLINE).await?;
+    assert_eq!(current("device").as_deref(), Some("in-a"));
+
+    // a is lost; b holds its copies.
+    assert_eq!(mirror(&fixture.a, &fixture.b, &topic).await?, 2);
+    router.switch_to("b")?;
+    await_reads_on(router, "b").await?;
+    table.caught_up(DEADLINE).await?;
+    assert_eq!(
+        current("device").as_deref(),
+        Some("in-a"),
+        "read from a's copy in b"
+    );
+    write("device", Some("in-b")).await?;
+    write("gone", None).await?;
+    table.caught_up(DEADLINE).await?;
+    assert_eq!(current("device").as_deref(), Some("in-b"));
+    assert_eq!(current("gone"), None);
+
+    // Back in a, which still holds its own older records; b's are copied there.
+    assert_eq!(mirror(&fixture.b, &fixture.a, &topic).await?, 2);
+    router.switch_to("a")?;
+    await_reads_on(router, "a").await?;
+    table.caught_up(DEADLINE).await?;
+    assert_eq!(
+        current("device").as_deref(),
+        Some("in-b"),
+        "b's newer version wins"
+    );
+    assert_eq!(
+        current("gone"),
+        None,
+        "the deletion in b wins over a's value"
+    );
+
+    // A table started afresh in a decides the same.
+    let fresh = Table::start(
+        log.clone(),
+        "mqtt",
+        &topic,
+        Box::new(|_, _| {}),
+        cancel.clone(),
+    )
+    .await?;
+    fresh.caught_up(DEADLINE).await?;
+    assert_eq!(
+        fresh.get("device").map(|record| text(&record)).as_deref(),
+        Some("in-b")
+    );
+    assert!(fresh.get("gone").is_none());
+    cancel.cancel();
     fixture.close().await
 }

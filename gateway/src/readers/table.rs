@@ -139,9 +139,9 @@ impl Table {
                         ends_of_read = Some(read);
                     }
                     for topic in topics {
-                        if !ends.contains_key(&topic) {
-                            let description = self.log.describe_topic(&topic).await?;
-                            ends.insert(topic, description);
+                        if let std::collections::hash_map::Entry::Vacant(end) = ends.entry(topic) {
+                            let description = self.log.describe_topic(end.key()).await?;
+                            end.insert(description);
                         }
                     }
                     if !self.behind(read, &ends) {

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{shared::Shared, translate};
+use super::{fail_back, shared::Shared, translate};
 use crate::{
     Result,
     log::{
@@ -145,6 +145,21 @@ async fn open(
             &topics,
         )
         .await?;
+        // Back in a region after reading its topics' copies elsewhere: past what was read there.
+        if let TopicSelector::Names(asked) = &options.topics {
+            let committed_here = description
+                .offsets
+                .iter()
+                .filter_map(|offset| Some((offset.partition.clone(), offset.committed?)))
+                .collect();
+            let returned =
+                fail_back::positions_read_elsewhere(shared, region, group, asked, &committed_here)
+                    .await;
+            for (partition, offset) in returned {
+                let position = translated.entry(partition).or_insert(offset);
+                *position = (*position).max(offset);
+            }
+        }
         translate::start_uncommitted_at_earliest(log.as_ref(), &oldest, &mut translated).await?;
         let moved = translate::apply(log.as_ref(), group, &description, translated).await?;
         if moved > 0 {
@@ -302,9 +317,12 @@ impl Forward {
         }
         let lost = !self.shared.health(self.region).usable();
         let leaving = self.control.retire_current(&self.shared, lost);
-        // Staying in this region (new mirrors, or its subscription ended on its own): the old member
-        // commits and leaves first, so the group is idle when the new one sets its start positions.
-        if *self.reads.borrow() == self.region
+        // The old member commits and leaves first (within `RETIRE_TIMEOUT`) unless its region was
+        // lost: staying in this region (new mirrors, or its subscription ended on its own), the
+        // group is then idle when the new one sets its start positions; moving from a region that
+        // still answers (a planned switch, a fail-back), its last commit there is what the new
+        // region's start is brought over from (`fail_back`).
+        if (*self.reads.borrow() == self.region || !lost)
             && let Some(leaving) = leaving
         {
             let _ = leaving.await;
