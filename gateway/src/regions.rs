@@ -76,10 +76,6 @@ use crate::{
     sync::lock,
 };
 
-/// How old the read region's topic list may be when asked for a topic's copies: mirrors appear
-/// when MirrorMaker 2 first copies a topic, rarely.
-const COPIES_LIST_AGE: Duration = Duration::from_secs(5);
-
 /// The region router. Cheap to clone.
 #[derive(Clone)]
 pub struct Regions {
@@ -302,8 +298,10 @@ impl Log for Regions {
 
     async fn copies_of(&self, topic: &str) -> Result<Vec<String>> {
         let region = *self.shared.reads.borrow();
+        // A fresh list: it is asked rarely (a QoS 2 exchange taken over at a connect), and a
+        // mirror made a moment ago may hold what is looked for.
         let existing = self.shared.regions[region]
-            .topic_names(COPIES_LIST_AGE)
+            .topic_names(Duration::ZERO)
             .await?;
         let names = TopicSelector::Names(vec![topic.to_owned()]);
         Ok(

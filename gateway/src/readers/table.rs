@@ -9,8 +9,9 @@
 //!
 //! Under region routing the reader also reads the topic's mirrors from the other regions, and moves
 //! to another region's copies on a switch; which write of a key is the newest is then decided by
-//! the version each write carries ([`merge`]), not by the order records are read in. Writers set
-//! that version with [`Table::next_timestamp`].
+//! the log's order within a partition and by the version each write carries between copies
+//! ([`merge`]), not by the order copies are read in. Writers set that version with
+//! [`Table::next_timestamp`].
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -32,7 +33,7 @@ use crate::{
 
 mod merge;
 
-use self::merge::Entry;
+use self::merge::Versions;
 pub use self::merge::{Version, next_timestamp};
 
 /// Called for every record that becomes its key's newest: the key, and the record (`None` for a
@@ -61,8 +62,8 @@ pub struct Table {
 
 #[derive(Debug, Default)]
 struct State {
-    /// The newest record of every key, tombstones included.
-    entries: HashMap<String, Entry>,
+    /// What was read of every key (its newest record a tombstone when it was deleted).
+    entries: HashMap<String, Versions>,
     /// Next offset to apply, per partition of the current read.
     next_offsets: HashMap<TopicPartition, i64>,
     /// The partitions the current read was assigned (the topic and its mirrors); `None` until it
@@ -185,8 +186,9 @@ impl Table {
         lock(&self.state)
             .entries
             .get(key)
-            .filter(|entry| entry.record.value.is_some())
-            .map(|entry| entry.record.clone())
+            .and_then(Versions::newest)
+            .filter(|record| record.value.is_some())
+            .cloned()
     }
 
     /// Every latest record whose key passes `keep` (deleted keys left out).
@@ -194,8 +196,10 @@ impl Table {
         lock(&self.state)
             .entries
             .iter()
-            .filter(|(key, entry)| entry.record.value.is_some() && keep(key))
-            .map(|(_, entry)| entry.record.clone())
+            .filter(|(key, _)| keep(key))
+            .filter_map(|(_, versions)| versions.newest())
+            .filter(|record| record.value.is_some())
+            .cloned()
             .collect()
     }
 
@@ -205,7 +209,8 @@ impl Table {
         let current = lock(&self.state)
             .entries
             .get(key)
-            .map(|entry| entry.record.timestamp_ms);
+            .and_then(Versions::newest)
+            .map(|record| record.timestamp_ms);
         next_timestamp(current, now_ms)
     }
 }
@@ -246,12 +251,15 @@ impl Follower {
                 }
                 // The reader moves to another region's copies, or the partitions it reads change:
                 // read everything again from the start, so where each partition starts is known
-                // (a moved reader would resume at a time). Records read again change nothing.
+                // (a moved reader would resume at a time), and what is kept is what this region
+                // holds (its own topic has the name the last region's had). Meanwhile the table
+                // is behind: `caught_up` waits.
                 Some(SubscriptionEvent::Revoked(_)) => {
                     {
                         let mut state = lock(&self.state);
                         state.assigned = None;
                         state.next_offsets.clear();
+                        state.entries.clear();
                         state.read += 1;
                     }
                     self.progress.send_modify(|applied| *applied += 1);
@@ -273,7 +281,6 @@ impl Follower {
 
     fn apply(&self, subscription: &Subscription, records: Vec<Record>) {
         let mut state = lock(&self.state);
-        let read = state.read;
         for record in records {
             subscription
                 .control
@@ -289,13 +296,9 @@ impl Follower {
             else {
                 continue;
             };
-            let newer = state
-                .entries
-                .get(&key)
-                .is_none_or(|entry| entry.is_older_than(&record, read));
-            if newer {
-                (self.on_change)(&key, record.value.is_some().then_some(&record));
-                state.entries.insert(key, Entry { record, read });
+            let versions = state.entries.entry(key.clone()).or_default();
+            if let Some(newest) = versions.apply(record) {
+                (self.on_change)(&key, newest.value.is_some().then_some(newest));
             }
         }
     }
@@ -318,8 +321,10 @@ impl Follower {
 
     fn forget_old_tombstones(&self) {
         let horizon = crate::log::now_ms().saturating_sub(TOMBSTONE_KEPT_MS);
-        lock(&self.state).entries.retain(|_, entry| {
-            entry.record.value.is_some() || entry.record.timestamp_ms >= horizon
+        lock(&self.state).entries.retain(|_, versions| {
+            versions
+                .newest()
+                .is_some_and(|record| record.value.is_some() || record.timestamp_ms >= horizon)
         });
     }
 }

@@ -1,21 +1,20 @@
-//! Which of two writes of one key a table keeps: the newest, whichever copy of the topic it was read
-//! from.
+//! Which write of one key a table keeps: the newest, whichever copy of the topic it was read from.
 //!
 //! Under region routing a table reads its topic in the read region and every mirror of it
-//! MirrorMaker 2 made there (`a.mqtt.sessions` in region `b`), and after a switch it reads another
-//! region's set. Offsets of different topics, or of one topic in two clusters, say nothing about
-//! which write came later, so every write carries its version in the record's timestamp, which
-//! mirrors keep: the writer sets it past the version of the key it read (a hybrid logical clock, see
-//! [`next_timestamp`]), so a write made after reading another is newer whatever the clocks of the
-//! two gateways say. Timestamps that tie (writers that set none and were stamped in one
-//! millisecond) are ordered by offset when both records come from the same partition of the same
-//! read, else by their `courier-id`. Tombstones are versions like any other, so a delete is not
-//! undone by an older copy read later.
+//! MirrorMaker 2 made there (`a.mqtt.sessions` in region `b`). Within one partition of one of them
+//! the log's order says which write came later, exactly, as it did before regions: a copy keeps its
+//! source's order. Between copies it says nothing, so every write carries its version in the
+//! record's timestamp, which mirrors keep: the writer sets it past the version of the key it read (a
+//! hybrid logical clock, see [`next_timestamp`]), so a write made after reading another is newer
+//! whatever the clocks of the two gateways say. A key's winner is the newest, by that version (then
+//! by `courier-id`, for writers that set none and were stamped in one millisecond), of the latest
+//! record of each partition it was read from. Tombstones are versions like any other, so a delete
+//! is not undone by an older copy.
 //!
-//! Every replica in every region that has read the same records keeps the same winners, in
-//! whatever order they were read.
+//! The winner depends only on what was read, not on the order copies were read in, so every replica
+//! in a region that has read the same records keeps the same winners.
 
-use std::cmp::Ordering;
+use std::{cmp::Ordering, sync::Arc};
 
 use crate::log::{Appended, Record};
 
@@ -47,31 +46,46 @@ impl Version {
     }
 }
 
-/// A key's winning record and where it was read.
-#[derive(Debug, Clone)]
-pub(super) struct Entry {
-    /// The record (`value` `None`: a tombstone).
-    pub(super) record: Record,
-    /// The read it came from: offsets of one partition compare only within one read.
-    pub(super) read: u64,
+/// Orders two records of a key read from different copies: by version.
+fn by_version(left: &Record, right: &Record) -> Ordering {
+    left.timestamp_ms
+        .cmp(&right.timestamp_ms)
+        .then_with(|| left.courier_id.cmp(&right.courier_id))
 }
 
-impl Entry {
-    /// Is `record`, read in read `read`, newer than this entry?
-    pub(super) fn is_older_than(&self, record: &Record, read: u64) -> bool {
-        match self.record.timestamp_ms.cmp(&record.timestamp_ms) {
-            Ordering::Less => true,
-            Ordering::Greater => false,
-            Ordering::Equal
-                if self.read == read
-                    && self.record.topic == record.topic
-                    && self.record.partition == record.partition =>
-            {
-                self.record.offset < record.offset
-            }
-            Ordering::Equal => self.record.courier_id < record.courier_id,
+/// What a table read of one key: the latest record of each partition it came from (a few: the
+/// region's own topic and a mirror per other region).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Versions(Vec<Record>);
+
+impl Versions {
+    /// Takes in `record`, read after every earlier record of its partition. Returns the key's
+    /// newest record when that changed.
+    pub(super) fn apply(&mut self, record: Record) -> Option<&Record> {
+        let before = self.newest().map(place);
+        let same_partition = self
+            .0
+            .iter()
+            .position(|held| held.topic == record.topic && held.partition == record.partition);
+        match same_partition {
+            // Read again (the table reads everything again after a revocation): nothing new.
+            Some(index) if self.0[index].offset >= record.offset => return None,
+            Some(index) => self.0[index] = record,
+            None => self.0.push(record),
         }
+        let newest = self.newest()?;
+        (before != Some(place(newest))).then_some(newest)
     }
+
+    /// The key's newest record (a tombstone when it was deleted).
+    pub(super) fn newest(&self) -> Option<&Record> {
+        self.0.iter().max_by(|left, right| by_version(left, right))
+    }
+}
+
+/// Where a record was read: its partition and offset.
+fn place(record: &Record) -> (Arc<str>, i32, i64) {
+    (record.topic.clone(), record.partition, record.offset)
 }
 
 /// The timestamp a write of a key whose newest version is `current` carries, written at `now_ms`:
@@ -86,13 +100,13 @@ mod tests {
 
     use super::*;
 
-    fn record(topic: &str, partition: i32, offset: i64, timestamp_ms: i64, id: &str) -> Record {
+    fn record(topic: &str, offset: i64, timestamp_ms: i64, id: &str) -> Record {
         Record {
             topic: topic.into(),
-            partition,
+            partition: 0,
             offset,
             key: Some(Bytes::from_static(b"k")),
-            value: Some(Bytes::from_static(b"v")),
+            value: Some(Bytes::from(id.to_owned())),
             headers: Vec::new(),
             timestamp_ms,
             courier_id: id.to_owned(),
@@ -100,35 +114,75 @@ mod tests {
         }
     }
 
-    fn entry(record: Record, read: u64) -> Entry {
-        Entry { record, read }
+    fn newest(versions: &Versions) -> Option<&str> {
+        versions.newest().map(|record| record.courier_id.as_str())
     }
 
     #[test]
-    fn the_later_timestamp_wins_whatever_the_topic_or_offset() {
-        let own = entry(record("mqtt.sessions", 0, 90, 2_000, "01B"), 0);
-        let older_mirror = record("a.mqtt.sessions", 0, 5, 1_999, "01Z");
-        let newer_mirror = record("a.mqtt.sessions", 0, 4, 2_001, "01A");
-        assert!(!own.is_older_than(&older_mirror, 0));
-        assert!(own.is_older_than(&newer_mirror, 0));
+    fn within_one_partition_the_later_write_wins_whatever_its_timestamp() {
+        let mut versions = Versions::default();
+        assert!(versions.apply(record("t", 0, 2_000, "first")).is_some());
+        // Written later by a gateway whose clock is behind.
+        assert!(versions.apply(record("t", 1, 1_500, "second")).is_some());
+        assert_eq!(newest(&versions), Some("second"));
+        assert!(
+            versions.apply(record("t", 0, 2_000, "first")).is_none(),
+            "read again"
+        );
+        assert_eq!(newest(&versions), Some("second"));
     }
 
     #[test]
-    fn a_tie_is_ordered_by_offset_within_one_read_of_one_partition() {
-        let first = entry(record("t", 1, 10, 5, "01Z"), 3);
-        assert!(first.is_older_than(&record("t", 1, 11, 5, "01A"), 3));
-        assert!(!first.is_older_than(&record("t", 1, 9, 5, "01ZZ"), 3));
+    fn between_copies_the_newer_version_wins_in_any_order_of_reading() {
+        let own = [record("t", 0, 10, "a-1"), record("t", 1, 30, "a-2")];
+        let mirror = [record("b.t", 0, 20, "b-1"), record("b.t", 1, 25, "b-2")];
+        let orders: [Vec<&Record>; 3] = [
+            own.iter().chain(&mirror).collect(),
+            mirror.iter().chain(&own).collect(),
+            vec![&own[0], &mirror[0], &mirror[1], &own[1]],
+        ];
+        for order in orders {
+            let mut versions = Versions::default();
+            for record in order {
+                versions.apply(record.clone());
+            }
+            assert_eq!(newest(&versions), Some("a-2"));
+        }
     }
 
     #[test]
-    fn a_tie_across_copies_or_reads_is_ordered_by_id_the_same_both_ways() {
-        let ours = record("mqtt.sessions", 0, 10, 5, "01A");
-        let theirs = record("b.mqtt.sessions", 0, 3, 5, "01B");
-        assert!(entry(ours.clone(), 0).is_older_than(&theirs, 0));
-        assert!(!entry(theirs.clone(), 0).is_older_than(&ours, 0));
-        // The same partition in another read (another region's copy): offsets say nothing.
-        let later_read = record("mqtt.sessions", 0, 11, 5, "00Z");
-        assert!(!entry(ours, 0).is_older_than(&later_read, 1));
+    fn a_newer_deletion_wins_over_an_older_copy_read_later() {
+        let mut versions = Versions::default();
+        let mut deletion = record("t", 4, 50, "gone");
+        deletion.value = None;
+        versions.apply(deletion);
+        assert!(versions.apply(record("a.t", 9, 40, "old")).is_none());
+        assert!(versions.newest().is_some_and(|r| r.value.is_none()));
+    }
+
+    #[test]
+    fn the_newest_of_a_partition_can_fall_behind_another_copy() {
+        let mut versions = Versions::default();
+        versions.apply(record("t", 0, 100, "a-1"));
+        versions.apply(record("b.t", 0, 50, "b-1"));
+        // a's partition moves on to a write stamped behind b's.
+        let changed = versions
+            .apply(record("t", 1, 40, "a-2"))
+            .map(|r| r.courier_id.clone());
+        assert_eq!(changed.as_deref(), Some("b-1"));
+    }
+
+    #[test]
+    fn a_tie_between_copies_is_ordered_by_id_the_same_both_ways() {
+        let ours = record("t", 10, 5, "01A");
+        let theirs = record("b.t", 3, 5, "01B");
+        for order in [[&ours, &theirs], [&theirs, &ours]] {
+            let mut versions = Versions::default();
+            for record in order {
+                versions.apply(record.clone());
+            }
+            assert_eq!(newest(&versions), Some("01B"));
+        }
     }
 
     #[test]
