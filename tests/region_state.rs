@@ -488,8 +488,7 @@ async fn groups_journey(
             ..Default::default()
         })
         .await?;
-    let mut streams = gateway.streams().await?;
-    let producer = streams.clone();
+    let producer = gateway.streams().await?;
     let produce = |prefix: &'static str, count: usize| {
         let mut streams = producer.clone();
         async move {
@@ -509,7 +508,7 @@ async fn groups_journey(
 
     // In a: each group reads what there is, then leaves (committing).
     produce("seen", SEEN).await?;
-    let seen = grpc_read(&mut streams, SEEN, &[]).await?;
+    let seen = grpc_read(gateway, SEEN, &[]).await?;
     assert_eq!(seen.distinct("seen-"), SEEN);
     let seen = amqp_read(gateway, SEEN, &[]).await?;
     assert_eq!(seen.distinct("seen-"), SEEN);
@@ -537,7 +536,7 @@ async fn groups_journey(
     // a is lost: each group resumes through b at its translated position.
     a.freeze();
     wait_for_traffic_on(admin, "b", DEADLINE).await?;
-    let grpc = grpc_read(&mut streams, QUEUED, &["order-"]).await?;
+    let grpc = grpc_read(gateway, QUEUED, &["order-"]).await?;
     let amqp = amqp_read(gateway, QUEUED, &["order-"]).await?;
     for (protocol, got) in [("gRPC", &grpc), ("AMQP", &amqp)] {
         assert_eq!(
@@ -559,7 +558,7 @@ async fn groups_journey(
 
     // Orders written in b; then the operator moves traffic back to a (thawed, with its data).
     produce("b-order", SEEN).await?;
-    let grpc = grpc_read(&mut streams, SEEN, &["b-order-"]).await?;
+    let grpc = grpc_read(gateway, SEEN, &["b-order-"]).await?;
     let amqp = amqp_read(gateway, SEEN, &["b-order-"]).await?;
     assert_eq!(grpc.distinct("b-order-"), SEEN);
     assert_eq!(amqp.distinct("b-order-"), SEEN);
@@ -580,7 +579,7 @@ async fn groups_journey(
     assert!(late.iter().all(|order| copied_back.contains(order)));
 
     // In a: what was written in b and not read there comes, and nothing read there comes again.
-    let grpc = grpc_read(&mut streams, SEEN, &["late-"]).await?;
+    let grpc = grpc_read(gateway, SEEN, &["late-"]).await?;
     let amqp = amqp_read(gateway, SEEN, &["late-"]).await?;
     for (protocol, got) in [("gRPC", &grpc), ("AMQP", &amqp)] {
         assert_eq!(
@@ -637,15 +636,16 @@ const LINGER: Duration = Duration::from_secs(2);
 
 /// Joins `GRPC_GROUP`, acknowledges everything until `count` distinct values with one of
 /// `prefixes` came, and a little longer; then leaves.
-async fn grpc_read(
-    streams: &mut courier_grpc::proto::v1::streams_client::StreamsClient<Channel>,
-    count: usize,
-    prefixes: &[&str],
-) -> Result<Read, BoxError> {
-    let mut reader =
-        common::SubscribeStream::open(streams, common::start_in_group(ORDERS, GRPC_GROUP, 500))
-            .await?;
+async fn grpc_read(gateway: &Gateway, count: usize, prefixes: &[&str]) -> Result<Read, BoxError> {
+    let mut streams = gateway.streams().await?;
+    let mut reader = common::SubscribeStream::open(
+        &mut streams,
+        common::start_in_group(ORDERS, GRPC_GROUP, 500),
+    )
+    .await?;
     let mut read = Read::default();
+    // Past the newest record acknowledged, per partition: what the group's commit must reach.
+    let mut acked: HashMap<(String, i32), i64> = HashMap::new();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let wait = if read.has(count, prefixes) {
@@ -658,16 +658,54 @@ async fn grpc_read(
                 reader.ack(&batch).await?;
                 for record in &batch {
                     read.add(common::value_of(record));
+                    let next = acked
+                        .entry((record.topic.clone(), record.partition))
+                        .or_default();
+                    *next = (*next).max(record.offset + 1);
                 }
             }
             None if read.has(count, prefixes) => break,
             None => return Err(format!("gRPC group read {:?}", read.counts).into()),
         }
     }
-    // Leaving commits what was acknowledged: give the acks time to land first.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Leave once the group committed every acknowledgement (committed on an interval while the
+    // member lives), so where it is does not depend on how the stream's end races its last acks.
+    let mut admin = gateway.admin().await?;
+    wait_for_commits(&mut admin, &acked).await?;
     drop(reader);
     Ok(read)
+}
+
+/// Waits until `GRPC_GROUP` has committed at least `acked` on every partition named.
+async fn wait_for_commits(
+    admin: &mut AdminClient<Channel>,
+    acked: &HashMap<(String, i32), i64>,
+) -> TestResult {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let description = admin
+            .describe_group(pb::DescribeGroupRequest {
+                group: GRPC_GROUP.into(),
+            })
+            .await?
+            .into_inner();
+        let committed: HashMap<(String, i32), i64> = description
+            .partitions
+            .into_iter()
+            .map(|p| ((p.topic, p.partition), p.committed))
+            .collect();
+        let behind: Vec<_> = acked
+            .iter()
+            .filter(|(partition, next)| committed.get(*partition).is_none_or(|c| c < next))
+            .collect();
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("the group did not commit {behind:?}: {committed:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Attaches a receiver in `AMQP_GROUP` and accepts everything until `count` distinct values with

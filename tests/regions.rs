@@ -38,6 +38,8 @@ const STRAGGLERS: Duration = Duration::from_millis(500);
 /// What the consumer got: courier-id, topic, origin, when.
 type Delivered = Arc<Mutex<Vec<(String, String, String, Instant)>>>;
 
+/// Produces one record per request, one after another, recording each acknowledgement, until
+/// `stop`. A failed request is retried as a new record (a real client would do the same).
 fn spawn_producer(
     gateway: &Gateway,
     acked: Acked,

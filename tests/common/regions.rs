@@ -31,12 +31,12 @@ pub fn regions_config(local: &str, mode: &str, a: &Tansu, b: &Tansu, hold_down: 
     )
 }
 
+/// What a shared list holds now.
 pub fn snapshot<T: Clone>(list: &Arc<Mutex<Vec<T>>>) -> Vec<T> {
     list.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
-/// Produces one record per request, one after another, recording each acknowledgement, until
-/// `stop`. A failed request is retried as a new record (a real client would do the same).
+/// Polls `done` every 100 ms until it holds; fails after `limit`, naming `what`.
 pub async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> TestResult {
     let deadline = Instant::now() + limit;
     while !done() {

@@ -78,7 +78,7 @@ impl TakeoverFence {
         let mut live = lock(&self.live);
         let mut predecessor = None;
         match live.get(client_id) {
-            Some(newer) if newer.version > version => {
+            Some(newer) if newer.version.is_newer_than(&version) => {
                 // A newer connection registered first: this one lost the race already.
                 registration.taken_over.cancel();
                 return (registration, None);
@@ -112,7 +112,7 @@ impl TakeoverFence {
     pub fn on_record(&self, client_id: &str, connection: &str, version: &Version) {
         if let Some(live) = lock(&self.live).get(client_id)
             && live.connection != connection
-            && live.version < *version
+            && version.is_newer_than(&live.version)
         {
             live.taken_over.cancel();
         }
@@ -161,11 +161,12 @@ impl Drop for Registration {
 mod tests {
     use super::*;
 
-    /// A version written at `timestamp_ms`.
-    fn at(timestamp_ms: i64) -> Version {
+    /// The version of the record at `offset` of the sessions topic's partition 0.
+    fn at(offset: i64) -> Version {
         Version {
-            timestamp_ms,
-            courier_id: format!("id-{timestamp_ms}"),
+            timestamp_ms: offset,
+            courier_id: format!("id-{offset}"),
+            place: ("mqtt.sessions".into(), 0, offset),
         }
     }
 

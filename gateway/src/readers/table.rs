@@ -14,7 +14,7 @@
 //! [`Table::next_timestamp`].
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, hash_map},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -44,12 +44,13 @@ pub type OnChange = Box<dyn Fn(&str, Option<&Record>) + Send + Sync>;
 const WINDOW: usize = 10_000;
 /// Pause before reading the topic again after opening a reader failed.
 const REOPEN_PAUSE: Duration = Duration::from_secs(1);
-/// How long a tombstone is kept in memory: Kafka's default `delete.retention.ms`, after which the
-/// log's compaction may have dropped it too, so a replica that read the topic afresh would not
-/// know it either.
-const TOMBSTONE_KEPT_MS: i64 = 24 * 60 * 60 * 1000;
-/// How often old tombstones are forgotten.
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How long a table that reads mirrors keeps a deletion in memory: long past the replication lag,
+/// within which a mirror could still deliver an older copy of the key. A table read afresh (after
+/// a move) reads the deletions again from the log, which keeps them `delete.retention.ms` (Kafka's
+/// default 24 h).
+const TOMBSTONE_KEPT_MS: i64 = 60 * 60 * 1000;
+/// How often old deletions are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// A live key → latest record map over one topic.
 #[derive(Debug, Clone)]
@@ -135,17 +136,26 @@ impl Table {
                     })
                 };
                 if let Some((read, topics)) = reading {
+                    let topics_len = topics.len();
                     if ends_of_read != Some(read) {
                         ends.clear();
                         ends_of_read = Some(read);
                     }
                     for topic in topics {
-                        if let std::collections::hash_map::Entry::Vacant(end) = ends.entry(topic) {
-                            let description = self.log.describe_topic(end.key()).await?;
-                            end.insert(description);
+                        if let hash_map::Entry::Vacant(end) = ends.entry(topic) {
+                            match self.log.describe_topic(end.key()).await {
+                                Ok(description) => {
+                                    end.insert(description);
+                                }
+                                // Asked of the region reads just moved to, a mirror of the read
+                                // under way may not exist there: behind until the next read.
+                                Err(Error::UnknownTopic { .. }) => {}
+                                Err(error) => return Err(error),
+                            }
                         }
                     }
-                    if !self.behind(read, &ends) {
+                    let described = ends.len() == topics_len;
+                    if described && !self.behind(read, &ends) {
                         return Ok(());
                     }
                 }
@@ -204,14 +214,23 @@ impl Table {
     }
 
     /// The timestamp a write of `key` made at `now_ms` carries: past the newest version the table
-    /// holds (a tombstone's included), so the write wins over it wherever the two are read.
+    /// holds (a tombstone's included) and every timestamp given here before, so the write wins
+    /// over them wherever they are read.
     pub fn next_timestamp(&self, key: &str, now_ms: i64) -> i64 {
-        let current = lock(&self.state)
+        lock(&self.state)
+            .entries
+            .entry(key.to_owned())
+            .or_default()
+            .stamp(now_ms)
+    }
+
+    /// The version of the latest record of a key (a deletion's included).
+    pub fn newest_version(&self, key: &str) -> Option<Version> {
+        lock(&self.state)
             .entries
             .get(key)
             .and_then(Versions::newest)
-            .map(|record| record.timestamp_ms);
-        next_timestamp(current, now_ms)
+            .map(Version::of)
     }
 }
 
@@ -281,6 +300,13 @@ impl Follower {
 
     fn apply(&self, subscription: &Subscription, records: Vec<Record>) {
         let mut state = lock(&self.state);
+        // Reading one topic, a deletion is final at once (no copy can bring an older write back
+        // later); reading mirrors too, it is kept a while (see `TOMBSTONE_KEPT_MS`).
+        let one_topic = state.assigned.as_ref().is_none_or(|assigned| {
+            assigned
+                .iter()
+                .all(|partition| *partition.topic == *self.topic)
+        });
         for record in records {
             subscription
                 .control
@@ -297,8 +323,17 @@ impl Follower {
                 continue;
             };
             let versions = state.entries.entry(key.clone()).or_default();
+            // `on_change` runs under the table's lock: it must not call back into the table.
             if let Some(newest) = versions.apply(record) {
                 (self.on_change)(&key, newest.value.is_some().then_some(newest));
+            }
+            if one_topic
+                && versions.read_in_one_partition()
+                && versions
+                    .newest()
+                    .is_some_and(|newest| newest.value.is_none())
+            {
+                state.entries.remove(&key);
             }
         }
     }

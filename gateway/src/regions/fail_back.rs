@@ -13,8 +13,11 @@
 //! everything before that record was copied, and read, before it.
 //!
 //! It only ever moves a group forward ([`super::translate::apply`]), asks only regions that are
-//! healthy now (within the probe timeout), and looks only for records the gateway stamped with an
-//! id: whatever it cannot find is read again, a duplicate, never a loss.
+//! healthy now (all of it within the probe timeout), and looks only for records with an id (the
+//! gateway gives every record one; a client may have set its own, found the same way): whatever it
+//! cannot find is read again, a duplicate. A group that began in the other region at its requested
+//! start without a checkpoint there skipped what it had not read of the copies; it continues here
+//! after what it read there, so that stays skipped, as the client's start asked.
 
 use std::collections::BTreeMap;
 

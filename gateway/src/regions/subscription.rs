@@ -152,9 +152,13 @@ async fn open(
                 .iter()
                 .filter_map(|offset| Some((offset.partition.clone(), offset.committed?)))
                 .collect();
-            let returned =
-                fail_back::positions_read_elsewhere(shared, region, group, asked, &committed_here)
-                    .await;
+            // Bounded as a whole: past the bound the group starts where it is here (duplicates).
+            let returned = tokio::time::timeout(
+                shared.config.probe_timeout,
+                fail_back::positions_read_elsewhere(shared, region, group, asked, &committed_here),
+            )
+            .await
+            .unwrap_or_default();
             for (partition, offset) in returned {
                 let position = translated.entry(partition).or_insert(offset);
                 *position = (*position).max(offset);
@@ -325,7 +329,11 @@ impl Forward {
         if (*self.reads.borrow() == self.region || !lost)
             && let Some(leaving) = leaving
         {
-            let _ = leaving.await;
+            tokio::select! {
+                _ = leaving => {}
+                () = self.control.closed.cancelled() => return None,
+                () = self.shared.closed.cancelled() => return None,
+            }
         }
         // A plain reader resumes at the time it had reached: records are copied between regions with
         // their timestamps, offsets are not.

@@ -152,7 +152,13 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let (registration, predecessor) =
         bridge
             .takeover
-            .register(&client_id, &session.connection, version);
+            .register(&client_id, &session.connection, version.clone());
+    if bridge
+        .sessions
+        .superseded(&client_id, &version, &session.connection)
+    {
+        registration.taken_over.cancel();
+    }
     drop(turn);
     if let Some(predecessor) = predecessor {
         let _ = tokio::time::timeout(TAKEOVER_WAIT, predecessor.cancelled()).await;

@@ -117,6 +117,23 @@ impl SessionStore {
         self.append(client_id, Some(Bytes::from(value))).await
     }
 
+    /// Does a record newer than `mine` (this connection's, written as `mine`) give the client id
+    /// to another connection? Asked once the connection is registered: a newer record read before
+    /// that found no connection here to take over.
+    pub fn superseded(&self, client_id: &str, mine: &Version, connection: &str) -> bool {
+        let Some(newest) = self.table.get(client_id) else {
+            return false;
+        };
+        Version::of(&newest).is_newer_than(mine)
+            && newest
+                .value
+                .as_deref()
+                .and_then(|value| decode(client_id, value).ok())
+                .is_some_and(|record| {
+                    record.connection != connection && record.disconnected_at_ms.is_none()
+                })
+    }
+
     /// Deletes a client's record (a tombstone, which compaction removes).
     pub async fn delete(&self, client_id: &str) -> Result<Version> {
         self.append(client_id, None).await
@@ -132,7 +149,7 @@ impl SessionStore {
         let appended = self.log.append(&self.topic, vec![record]).await?;
         appended
             .first()
-            .map(Version::written)
+            .map(|appended| Version::written(&self.topic, appended))
             .ok_or_else(|| Error::CorruptSession {
                 client_id: client_id.to_owned(),
                 detail: "the log acknowledged no record".into(),

@@ -19,13 +19,15 @@ use std::{cmp::Ordering, sync::Arc};
 use crate::log::{Appended, Record};
 
 /// A write's version as a writer outside the table compares it (a connection's session record
-/// against another's): its timestamp, then its `courier-id`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// against another's), by the table's rule: [`Version::is_newer_than`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version {
     /// The record's timestamp (ms since the epoch).
     pub timestamp_ms: i64,
     /// The record's id.
     pub courier_id: String,
+    /// Where it is: topic (or copy), partition, offset.
+    pub place: (Arc<str>, i32, i64),
 }
 
 impl Version {
@@ -34,15 +36,28 @@ impl Version {
         Self {
             timestamp_ms: record.timestamp_ms,
             courier_id: record.courier_id.clone(),
+            place: place(record),
         }
     }
 
-    /// The version of a record written.
-    pub fn written(appended: &Appended) -> Self {
+    /// The version of a record written to `topic`.
+    pub fn written(topic: &str, appended: &Appended) -> Self {
         Self {
             timestamp_ms: appended.timestamp_ms,
             courier_id: appended.courier_id.clone(),
+            place: (topic.into(), appended.partition, appended.offset),
         }
+    }
+
+    /// Is this write newer than `other`? Within one partition of one topic the later offset;
+    /// between copies the later timestamp, then the greater id.
+    pub fn is_newer_than(&self, other: &Self) -> bool {
+        let (topic, partition, offset) = &self.place;
+        let (other_topic, other_partition, other_offset) = &other.place;
+        if topic == other_topic && partition == other_partition {
+            return offset > other_offset;
+        }
+        (self.timestamp_ms, &self.courier_id) > (other.timestamp_ms, &other.courier_id)
     }
 }
 
@@ -54,9 +69,13 @@ fn by_version(left: &Record, right: &Record) -> Ordering {
 }
 
 /// What a table read of one key: the latest record of each partition it came from (a few: the
-/// region's own topic and a mirror per other region).
+/// region's own topic and a mirror per other region), and the last timestamp this replica gave a
+/// write of it that may not be read back yet.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Versions(Vec<Record>);
+pub(super) struct Versions {
+    held: Vec<Record>,
+    stamped: Option<i64>,
+}
 
 impl Versions {
     /// Takes in `record`, read after every earlier record of its partition. Returns the key's
@@ -64,14 +83,13 @@ impl Versions {
     pub(super) fn apply(&mut self, record: Record) -> Option<&Record> {
         let before = self.newest().map(place);
         let same_partition = self
-            .0
+            .held
             .iter()
             .position(|held| held.topic == record.topic && held.partition == record.partition);
         match same_partition {
-            // Read again (the table reads everything again after a revocation): nothing new.
-            Some(index) if self.0[index].offset >= record.offset => return None,
-            Some(index) => self.0[index] = record,
-            None => self.0.push(record),
+            Some(index) if self.held[index].offset >= record.offset => return None,
+            Some(index) => self.held[index] = record,
+            None => self.held.push(record),
         }
         let newest = self.newest()?;
         (before != Some(place(newest))).then_some(newest)
@@ -79,7 +97,24 @@ impl Versions {
 
     /// The key's newest record (a tombstone when it was deleted).
     pub(super) fn newest(&self) -> Option<&Record> {
-        self.0.iter().max_by(|left, right| by_version(left, right))
+        self.held
+            .iter()
+            .max_by(|left, right| by_version(left, right))
+    }
+
+    /// Read from one partition only?
+    pub(super) fn read_in_one_partition(&self) -> bool {
+        self.held.len() == 1
+    }
+
+    /// The timestamp of a write of the key made at `now_ms`: past every version read and every
+    /// timestamp given before, so two writes from here in one millisecond are ordered too.
+    pub(super) fn stamp(&mut self, now_ms: i64) -> i64 {
+        let read = self.newest().map(|record| record.timestamp_ms);
+        let current = read.max(self.stamped);
+        let stamp = next_timestamp(current, now_ms);
+        self.stamped = Some(stamp);
+        stamp
     }
 }
 
@@ -112,6 +147,33 @@ mod tests {
             courier_id: id.to_owned(),
             origin: String::new(),
         }
+    }
+
+    fn version(topic: &str, offset: i64, timestamp_ms: i64, id: &str) -> Version {
+        Version::of(&record(topic, offset, timestamp_ms, id))
+    }
+
+    #[test]
+    fn versions_compare_as_the_table_does() {
+        let first = version("t", 1, 2_000, "01Z");
+        let later_behind = version("t", 2, 1_500, "01A");
+        assert!(
+            later_behind.is_newer_than(&first),
+            "one partition: its order"
+        );
+        assert!(!first.is_newer_than(&later_behind));
+        let copy = version("a.t", 1, 1_800, "01Y");
+        assert!(first.is_newer_than(&copy), "between copies: the timestamp");
+        assert!(!copy.is_newer_than(&first));
+    }
+
+    #[test]
+    fn stamps_given_here_increase_before_they_are_read_back() {
+        let mut versions = Versions::default();
+        versions.apply(record("t", 0, 5_000, "read"));
+        assert_eq!(versions.stamp(1_000), 5_001);
+        assert_eq!(versions.stamp(1_000), 5_002);
+        assert_eq!(versions.stamp(9_000), 9_000);
     }
 
     fn newest(versions: &Versions) -> Option<&str> {

@@ -3,7 +3,10 @@
 //! it, or acknowledged to the log at once when none wants it (or the client had it before a
 //! crash). Sending is the caller's.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
 
 use courier_gateway::log::{Record, SubscriptionEvent, now_ms};
 
@@ -65,7 +68,7 @@ impl Queue {
     pub(super) fn new(already_delivered: Vec<RecordAt>, courier_id_property: bool) -> Self {
         Self {
             pending: VecDeque::new(),
-            already_delivered: AlreadyDelivered(already_delivered),
+            already_delivered: AlreadyDelivered::new(already_delivered),
             courier_id_property,
             retained: 0,
         }
@@ -189,28 +192,55 @@ impl Queue {
     }
 }
 
-/// The records a resumed session delivered and saw PUBREC for (a few: at most its receive maximum).
+/// The records a resumed session delivered and saw PUBREC for: by id, and by where they were read
+/// for entries written before entries named the id.
 #[derive(Debug, Default)]
-struct AlreadyDelivered(Vec<RecordAt>);
+struct AlreadyDelivered {
+    by_id: HashMap<String, RecordAt>,
+    by_place: HashSet<(String, i32, i64)>,
+}
 
 impl AlreadyDelivered {
-    /// Is `record` one of them? Then it is off the list. A record is known by its id, so a copy
-    /// read from another region's mirror after a switch is known too; by where it was read for
-    /// entries written before entries carried the id.
+    fn new(records: Vec<RecordAt>) -> Self {
+        let mut already = Self::default();
+        for at in records {
+            match at.courier_id.clone() {
+                Some(id) => {
+                    already.by_id.insert(id, at);
+                }
+                None => {
+                    already.by_place.insert((at.topic, at.partition, at.offset));
+                }
+            }
+        }
+        already
+    }
+
+    /// Is `record` one of them? Then it is off the list. A record is known by its id in the same
+    /// partition of its topic or of a mirror of it (`<region>.<topic>`), so its copy read from
+    /// another region's mirror after a switch is known too; an id alone could be a client's.
     fn take(&mut self, record: &Record) -> bool {
-        if self.0.is_empty() {
+        if self.by_id.is_empty() && self.by_place.is_empty() {
             return false;
         }
-        let found = self.0.iter().position(|at| match &at.courier_id {
-            Some(id) => !record.courier_id.is_empty() && *id == record.courier_id,
-            None => {
-                *at.topic == *record.topic
-                    && at.partition == record.partition
-                    && at.offset == record.offset
-            }
+        let by_id = self.by_id.get(&record.courier_id).is_some_and(|at| {
+            at.partition == record.partition && is_copy_of(&record.topic, &at.topic)
         });
-        found.map(|index| self.0.swap_remove(index)).is_some()
+        if by_id {
+            self.by_id.remove(&record.courier_id);
+            return true;
+        }
+        self.by_place
+            .remove(&(record.topic.to_string(), record.partition, record.offset))
     }
+}
+
+/// Is `topic` `original`, or named as a mirror of it is (`<region><separator><original>`)?
+fn is_copy_of(topic: &str, original: &str) -> bool {
+    topic == original
+        || topic
+            .strip_suffix(original)
+            .is_some_and(|prefix| prefix.len() >= 2)
 }
 
 #[cfg(test)]
@@ -242,12 +272,15 @@ mod tests {
 
     #[test]
     fn a_record_delivered_before_a_switch_is_known_by_its_id_in_a_mirror() {
-        let mut already = AlreadyDelivered(vec![
+        let mut already = AlreadyDelivered::new(vec![
             at("mqtt.messages", 0, 41, Some("01A")),
             at("t", 1, 7, None),
         ]);
         // The same place in another region's copy holds another record.
         assert!(!already.take(&record("a.mqtt.messages", 0, 41, "01B")));
+        // The same id elsewhere is not it (a client can set an id).
+        assert!(!already.take(&record("other", 0, 12, "01A")));
+        assert!(!already.take(&record("a.mqtt.messages", 1, 12, "01A")));
         assert!(already.take(&record("a.mqtt.messages", 0, 12, "01A")));
         assert!(
             !already.take(&record("a.mqtt.messages", 0, 12, "01A")),
@@ -255,6 +288,14 @@ mod tests {
         );
         // An entry written before entries named the record's id: known by where it was read.
         assert!(already.take(&record("t", 1, 7, "01C")));
-        assert!(already.0.is_empty());
+        assert!(already.by_id.is_empty() && already.by_place.is_empty());
+    }
+
+    #[test]
+    fn a_mirror_is_named_after_its_topic() {
+        assert!(is_copy_of("mqtt.messages", "mqtt.messages"));
+        assert!(is_copy_of("a.mqtt.messages", "mqtt.messages"));
+        assert!(!is_copy_of(".mqtt.messages", "mqtt.messages"));
+        assert!(!is_copy_of("messages", "mqtt.messages"));
     }
 }
