@@ -65,60 +65,83 @@ const TOPICS: [&str; 4] = [
     "mqtt.qos2",
 ];
 
+/// Two regions (tansu), a test replicator each way, and a gateway routing over both with `a`
+/// primary and no automatic fail-back (the tests move traffic back with a planned switch).
+struct Stage {
+    a: Tansu,
+    _b: Tansu,
+    a_to_b: Replicator,
+    b_to_a: Replicator,
+    gateway: Gateway,
+    _dir: tempfile::TempDir,
+}
+
+impl Stage {
+    /// Replicating `topics` and checkpointing `groups` both ways; traffic on `a`.
+    async fn start(topics: &[&str], groups: &[&str]) -> Result<Self, BoxError> {
+        let a = Tansu::start()?;
+        let b = Tansu::start()?;
+        let a_to_b = Replicator::start("a", &a.bootstrap(), &b.bootstrap(), topics, groups);
+        let b_to_a = Replicator::start("b", &b.bootstrap(), &a.bootstrap(), topics, groups);
+        let dir = tempfile::tempdir()?;
+        let gateway = Gateway::start_with_config(
+            &dir.path().join("gateway"),
+            &regions_config("a", "active-passive", &a, &b, "600s"),
+            &[],
+        )?;
+        wait_for_traffic_on(&mut gateway.admin().await?, "a", DEADLINE).await?;
+        Ok(Self {
+            a,
+            _b: b,
+            a_to_b,
+            b_to_a,
+            gateway,
+            _dir: dir,
+        })
+    }
+
+    /// Runs `journey` within `JOURNEY_LIMIT`; a failure carries the gateway's log.
+    async fn run(
+        self,
+        journey: impl AsyncFnOnce(&Stage, &mut AdminClient<Channel>) -> TestResult,
+    ) -> TestResult {
+        let mut admin = self.gateway.admin().await?;
+        let outcome = match tokio::time::timeout(JOURNEY_LIMIT, journey(&self, &mut admin)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("the journey did not end within {JOURNEY_LIMIT:?}").into()),
+        };
+        if let Err(error) = outcome {
+            return Err(format!("{error}\ngateway log:\n{}", self.gateway.log()).into());
+        }
+        let Self {
+            a_to_b,
+            b_to_a,
+            gateway,
+            ..
+        } = self;
+        drop((a_to_b, b_to_a));
+        gateway.terminate()?;
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt5_device_keeps_its_session_across_a_lost_region_and_back() -> TestResult {
     let _one = ONE_AT_A_TIME.lock().await;
-    let a = Tansu::start()?;
-    let b = Tansu::start()?;
     // MirrorMaker 2's default `groups = .*`: the session's groups appear as the device subscribes.
-    let a_to_b = Replicator::start(
-        "a",
-        &a.bootstrap(),
-        &b.bootstrap(),
-        &TOPICS,
-        &["mqtt.session.*"],
-    );
-    let b_to_a = Replicator::start(
-        "b",
-        &b.bootstrap(),
-        &a.bootstrap(),
-        &TOPICS,
-        &["mqtt.session.*"],
-    );
-    let dir = tempfile::tempdir()?;
-    // No automatic fail-back within the test: the operator moves traffic back with a planned switch.
-    let gateway = Gateway::start_with_config(
-        &dir.path().join("gateway"),
-        &regions_config("a", "active-passive", &a, &b, "600s"),
-        &[],
-    )?;
-    let mut admin = gateway.admin().await?;
-    wait_for_traffic_on(&mut admin, "a", DEADLINE).await?;
-    let journey = journey(&gateway, &mut admin, &a, &a_to_b, &b_to_a);
-    match tokio::time::timeout(JOURNEY_LIMIT, journey).await {
-        Ok(outcome) => outcome?,
-        Err(_) => {
-            return Err(format!(
-                "the device's journey did not end within {JOURNEY_LIMIT:?}; gateway log:\n{}",
-                gateway.log()
-            )
-            .into());
-        }
-    }
-    drop(a_to_b);
-    drop(b_to_a);
-    gateway.terminate()?;
-    Ok(())
+    let stage = Stage::start(&TOPICS, &["mqtt.session.*"]).await?;
+    stage.run(journey).await
 }
 
 /// The device in a, then in b while a is lost, then in a again.
-async fn journey(
-    gateway: &Gateway,
-    admin: &mut AdminClient<Channel>,
-    a: &Tansu,
-    a_to_b: &Replicator,
-    b_to_a: &Replicator,
-) -> TestResult {
+async fn journey(stage: &Stage, admin: &mut AdminClient<Channel>) -> TestResult {
+    let Stage {
+        a,
+        a_to_b,
+        b_to_a,
+        gateway,
+        ..
+    } = stage;
     let log = || gateway.log();
 
     // In a: the device's persistent session, retained messages, what it was sent while connected.
@@ -443,44 +466,18 @@ const AMQP_GROUP: &str = "warehouse";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_and_amqp_groups_resume_at_translated_positions_across_a_lost_region() -> TestResult {
     let _one = ONE_AT_A_TIME.lock().await;
-    let a = Tansu::start()?;
-    let b = Tansu::start()?;
-    let groups = [GRPC_GROUP, AMQP_GROUP];
-    let a_to_b = Replicator::start("a", &a.bootstrap(), &b.bootstrap(), &[ORDERS], &groups);
-    let b_to_a = Replicator::start("b", &b.bootstrap(), &a.bootstrap(), &[ORDERS], &groups);
-    let dir = tempfile::tempdir()?;
-    let gateway = Gateway::start_with_config(
-        &dir.path().join("gateway"),
-        &regions_config("a", "active-passive", &a, &b, "600s"),
-        &[],
-    )?;
-    let mut admin = gateway.admin().await?;
-    wait_for_traffic_on(&mut admin, "a", DEADLINE).await?;
-    let outcome = tokio::time::timeout(
-        JOURNEY_LIMIT,
-        groups_journey(&gateway, &mut admin, &a, &a_to_b, &b_to_a),
-    )
-    .await;
-    let outcome = match outcome {
-        Ok(outcome) => outcome,
-        Err(_) => Err(format!("the groups' journey did not end within {JOURNEY_LIMIT:?}").into()),
-    };
-    if let Err(error) = outcome {
-        return Err(format!("{error}\ngateway log:\n{}", gateway.log()).into());
-    }
-    drop(a_to_b);
-    drop(b_to_a);
-    gateway.terminate()?;
-    Ok(())
+    let stage = Stage::start(&[ORDERS], &[GRPC_GROUP, AMQP_GROUP]).await?;
+    stage.run(groups_journey).await
 }
 
-async fn groups_journey(
-    gateway: &Gateway,
-    admin: &mut AdminClient<Channel>,
-    a: &Tansu,
-    a_to_b: &Replicator,
-    b_to_a: &Replicator,
-) -> TestResult {
+async fn groups_journey(stage: &Stage, admin: &mut AdminClient<Channel>) -> TestResult {
+    let Stage {
+        a,
+        a_to_b,
+        b_to_a,
+        gateway,
+        ..
+    } = stage;
     admin
         .create_topic(pb::CreateTopicRequest {
             name: ORDERS.into(),

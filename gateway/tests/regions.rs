@@ -194,6 +194,23 @@ impl Fixture {
         })
     }
 
+    /// On real time, with fast probes and no automatic fail-back: traffic moves when the test
+    /// takes a region down or pins it.
+    async fn switched_by_hand() -> std::result::Result<Self, BoxError> {
+        let mut config = settings();
+        config.probe_interval = Duration::from_millis(50);
+        config.hold_down = Duration::from_secs(3600);
+        Self::new(&config).await
+    }
+
+    /// Creates the topic `spec` says in both regions.
+    async fn create_in_both(&self, spec: TopicSpec) -> TestResult {
+        for site in [&self.a, &self.b] {
+            site.log.create_topic(spec.clone()).await?;
+        }
+        Ok(())
+    }
+
     async fn close(self) -> TestResult {
         self.router.close().await?;
         Ok(())
@@ -484,18 +501,13 @@ async fn mirror(from: &Site, to: &Site, topic: &str) -> Result<usize> {
 /// probes: delivery runs through the embedded store's own threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_follows_reads_and_loses_nothing_acknowledged() -> TestResult {
-    let mut config = settings();
-    config.probe_interval = Duration::from_millis(50);
-    config.hold_down = Duration::from_secs(3600);
-    let fixture = Fixture::new(&config).await?;
+    let fixture = Fixture::switched_by_hand().await?;
     let router = &fixture.router;
     let topic = unique_topic("orders");
     let group = unique_topic("group");
-    for site in [&fixture.a, &fixture.b] {
-        site.log
-            .create_topic(TopicSpec::named(&topic).partitions(2))
-            .await?;
-    }
+    fixture
+        .create_in_both(TopicSpec::named(&topic).partitions(2))
+        .await?;
     let mut acked = BTreeSet::new();
     for appended in router
         .append(
@@ -679,18 +691,13 @@ async fn await_reads_on(router: &Regions, region: &str) -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_back_in_its_region_resumes_past_what_it_read_of_the_copies_elsewhere() -> TestResult
 {
-    let mut config = settings();
-    config.probe_interval = Duration::from_millis(50);
-    config.hold_down = Duration::from_secs(3600);
-    let fixture = Fixture::new(&config).await?;
+    let fixture = Fixture::switched_by_hand().await?;
     let router = &fixture.router;
     let topic = unique_topic("orders");
     let group = unique_topic("group");
-    for site in [&fixture.a, &fixture.b] {
-        site.log
-            .create_topic(TopicSpec::named(&topic).partitions(2))
-            .await?;
-    }
+    fixture
+        .create_in_both(TopicSpec::named(&topic).partitions(2))
+        .await?;
     // MirrorMaker 2 runs both ways (its checkpoints topic in a, empty: nothing was read in a).
     fixture
         .a
@@ -749,17 +756,12 @@ async fn a_group_back_in_its_region_resumes_past_what_it_read_of_the_copies_else
 /// one, and a deletion wins over the value it deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_keeps_the_newest_version_of_a_key_across_regions() -> TestResult {
-    let mut config = settings();
-    config.probe_interval = Duration::from_millis(50);
-    config.hold_down = Duration::from_secs(3600);
-    let fixture = Fixture::new(&config).await?;
+    let fixture = Fixture::switched_by_hand().await?;
     let router = &fixture.router;
     let topic = unique_topic("sessions");
-    for site in [&fixture.a, &fixture.b] {
-        site.log
-            .create_topic(TopicSpec::named(&topic).compacted())
-            .await?;
-    }
+    fixture
+        .create_in_both(TopicSpec::named(&topic).compacted())
+        .await?;
     let log: Arc<dyn Log> = Arc::new(router.clone());
     let cancel = tokio_util::sync::CancellationToken::new();
     let table = Table::start(
