@@ -768,7 +768,7 @@ async fn a_table_keeps_the_newest_version_of_a_key_across_regions() -> TestResul
         log.clone(),
         "mqtt",
         &topic,
-        Box::new(|_, _| {}),
+        Box::new(|_, _, _| {}),
         cancel.clone(),
     )
     .await?;
@@ -830,7 +830,7 @@ async fn a_table_keeps_the_newest_version_of_a_key_across_regions() -> TestResul
         log.clone(),
         "mqtt",
         &topic,
-        Box::new(|_, _| {}),
+        Box::new(|_, _, _| {}),
         cancel.clone(),
     )
     .await?;

@@ -10,7 +10,7 @@ use courier_gateway::{
     metrics::Protocol,
     readers::{
         fanout::{self, Fanout},
-        table::{Table, Version},
+        table::Table,
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -96,13 +96,13 @@ impl Bridge {
             &config.sessions_topic,
             Box::new({
                 let takeover = takeover.clone();
-                move |client_id, record| {
+                move |client_id, record, version| {
                     let Some(record) = record else { return };
                     let Some(value) = &record.value else { return };
                     match sessions::decode(client_id, value) {
                         // Only a connect fences; the record a leaving connection writes does not.
                         Ok(session) if session.disconnected_at_ms.is_none() => {
-                            takeover.on_record(client_id, &session.connection, &Version::of(record))
+                            takeover.on_record(client_id, &session.connection, version)
                         }
                         Ok(_) => {}
                         Err(error) => tracing::warn!(%error, "skipping a session record"),
@@ -116,7 +116,7 @@ impl Bridge {
             log.clone(),
             PROTOCOL,
             &config.retained_topic,
-            Box::new(|_, _| {}),
+            Box::new(|_, _, _| {}),
             cancel.clone(),
         )
         .await?;
@@ -124,7 +124,7 @@ impl Bridge {
             log.clone(),
             PROTOCOL,
             &config.qos2_topic,
-            Box::new(|_, _| {}),
+            Box::new(|_, _, _| {}),
             cancel.clone(),
         )
         .await?;

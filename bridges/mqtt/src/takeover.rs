@@ -166,6 +166,7 @@ mod tests {
         Version {
             timestamp_ms: offset,
             courier_id: format!("id-{offset}"),
+            read: 0,
             place: ("mqtt.sessions".into(), 0, offset),
         }
     }

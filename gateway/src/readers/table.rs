@@ -36,9 +36,9 @@ mod merge;
 use self::merge::Versions;
 pub use self::merge::{Version, next_timestamp};
 
-/// Called for every record that becomes its key's newest: the key, and the record (`None` for a
-/// tombstone).
-pub type OnChange = Box<dyn Fn(&str, Option<&Record>) + Send + Sync>;
+/// Called for every record that becomes its key's newest: the key, the record (`None` for a
+/// tombstone) and its version.
+pub type OnChange = Box<dyn Fn(&str, Option<&Record>, &Version) + Send + Sync>;
 
 /// Records a reader keeps at once before acknowledging: large, since the table acks as it applies.
 const WINDOW: usize = 10_000;
@@ -224,13 +224,16 @@ impl Table {
             .stamp(now_ms)
     }
 
-    /// The version of the latest record of a key (a deletion's included).
-    pub fn newest_version(&self, key: &str) -> Option<Version> {
-        lock(&self.state)
-            .entries
-            .get(key)
-            .and_then(Versions::newest)
-            .map(Version::of)
+    /// The latest record of a key (a deletion's included) and its version.
+    pub fn newest(&self, key: &str) -> Option<(Record, Version)> {
+        let state = lock(&self.state);
+        let newest = state.entries.get(key).and_then(Versions::newest)?;
+        Some((newest.clone(), Version::read_in(state.read, newest)))
+    }
+
+    /// Which read of the topic this is (see [`Version::read`]): a writer's version names it.
+    pub fn current_read(&self) -> u64 {
+        lock(&self.state).read
     }
 }
 
@@ -300,6 +303,7 @@ impl Follower {
 
     fn apply(&self, subscription: &Subscription, records: Vec<Record>) {
         let mut state = lock(&self.state);
+        let read = state.read;
         // Reading one topic, a deletion is final at once (no copy can bring an older write back
         // later); reading mirrors too, it is kept a while (see `TOMBSTONE_KEPT_MS`).
         let one_topic = state.assigned.as_ref().is_none_or(|assigned| {
@@ -325,7 +329,8 @@ impl Follower {
             let versions = state.entries.entry(key.clone()).or_default();
             // `on_change` runs under the table's lock: it must not call back into the table.
             if let Some(newest) = versions.apply(record) {
-                (self.on_change)(&key, newest.value.is_some().then_some(newest));
+                let version = Version::read_in(read, newest);
+                (self.on_change)(&key, newest.value.is_some().then_some(newest), &version);
             }
             if one_topic
                 && versions.read_in_one_partition()

@@ -19,7 +19,7 @@ use courier_gateway::{
     },
     readers::{
         fanout::{ByKey, Fanout},
-        table::Table,
+        table::{Table, Version},
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -1092,7 +1092,7 @@ pub async fn tables_hold_the_latest_record_of_each_key(log: Arc<dyn Log>) -> Tes
     let changes = Arc::new(Mutex::new(Vec::new()));
     let on_change = {
         let changes = changes.clone();
-        Box::new(move |key: &str, record: Option<&Record>| {
+        Box::new(move |key: &str, record: Option<&Record>, _: &Version| {
             let mut changes = changes
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -346,7 +346,7 @@ mod tests {
             log.clone(),
             "mqtt",
             "exchanges",
-            Box::new(|_, _| {}),
+            Box::new(|_, _, _| {}),
             cancel,
         )
         .await?;

@@ -121,10 +121,10 @@ impl SessionStore {
     /// to another connection? Asked once the connection is registered: a newer record read before
     /// that found no connection here to take over.
     pub fn superseded(&self, client_id: &str, mine: &Version, connection: &str) -> bool {
-        let Some(newest) = self.table.get(client_id) else {
+        let Some((newest, version)) = self.table.newest(client_id) else {
             return false;
         };
-        Version::of(&newest).is_newer_than(mine)
+        version.is_newer_than(mine)
             && newest
                 .value
                 .as_deref()
@@ -146,10 +146,11 @@ impl SessionStore {
             timestamp_ms: Some(self.table.next_timestamp(client_id, now_ms())),
             ..NewRecord::default()
         };
+        let read = self.table.current_read();
         let appended = self.log.append(&self.topic, vec![record]).await?;
         appended
             .first()
-            .map(|appended| Version::written(&self.topic, appended))
+            .map(|appended| Version::written(read, &self.topic, appended))
             .ok_or_else(|| Error::CorruptSession {
                 client_id: client_id.to_owned(),
                 detail: "the log acknowledged no record".into(),

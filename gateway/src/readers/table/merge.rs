@@ -26,35 +26,40 @@ pub struct Version {
     pub timestamp_ms: i64,
     /// The record's id.
     pub courier_id: String,
+    /// The table's read it was read or written in: after a move the table reads another region,
+    /// whose own topic has the same name and unrelated offsets.
+    pub read: u64,
     /// Where it is: topic (or copy), partition, offset.
     pub place: (Arc<str>, i32, i64),
 }
 
 impl Version {
-    /// The version of a record read.
-    pub fn of(record: &Record) -> Self {
+    /// The version of a record read in the table's read `read`.
+    pub fn read_in(read: u64, record: &Record) -> Self {
         Self {
             timestamp_ms: record.timestamp_ms,
             courier_id: record.courier_id.clone(),
+            read,
             place: place(record),
         }
     }
 
-    /// The version of a record written to `topic`.
-    pub fn written(topic: &str, appended: &Appended) -> Self {
+    /// The version of a record written to `topic` during the table's read `read`.
+    pub fn written(read: u64, topic: &str, appended: &Appended) -> Self {
         Self {
             timestamp_ms: appended.timestamp_ms,
             courier_id: appended.courier_id.clone(),
+            read,
             place: (topic.into(), appended.partition, appended.offset),
         }
     }
 
-    /// Is this write newer than `other`? Within one partition of one topic the later offset;
-    /// between copies the later timestamp, then the greater id.
+    /// Is this write newer than `other`? Within one partition of one topic in one read, the later
+    /// offset; otherwise the later timestamp, then the greater id.
     pub fn is_newer_than(&self, other: &Self) -> bool {
         let (topic, partition, offset) = &self.place;
         let (other_topic, other_partition, other_offset) = &other.place;
-        if topic == other_topic && partition == other_partition {
+        if self.read == other.read && topic == other_topic && partition == other_partition {
             return offset > other_offset;
         }
         (self.timestamp_ms, &self.courier_id) > (other.timestamp_ms, &other.courier_id)
@@ -149,22 +154,26 @@ mod tests {
         }
     }
 
-    fn version(topic: &str, offset: i64, timestamp_ms: i64, id: &str) -> Version {
-        Version::of(&record(topic, offset, timestamp_ms, id))
+    fn version(read: u64, topic: &str, offset: i64, timestamp_ms: i64, id: &str) -> Version {
+        Version::read_in(read, &record(topic, offset, timestamp_ms, id))
     }
 
     #[test]
     fn versions_compare_as_the_table_does() {
-        let first = version("t", 1, 2_000, "01Z");
-        let later_behind = version("t", 2, 1_500, "01A");
+        let first = version(0, "t", 1, 2_000, "01Z");
+        let later_behind = version(0, "t", 2, 1_500, "01A");
         assert!(
             later_behind.is_newer_than(&first),
             "one partition: its order"
         );
         assert!(!first.is_newer_than(&later_behind));
-        let copy = version("a.t", 1, 1_800, "01Y");
+        let copy = version(0, "a.t", 1, 1_800, "01Y");
         assert!(first.is_newer_than(&copy), "between copies: the timestamp");
         assert!(!copy.is_newer_than(&first));
+        // The same name read after a move is another region's topic.
+        let elsewhere = version(1, "t", 0, 2_500, "01B");
+        assert!(elsewhere.is_newer_than(&first));
+        assert!(!first.is_newer_than(&elsewhere));
     }
 
     #[test]
