@@ -108,12 +108,17 @@ impl TakeoverFence {
         self.handshakes.turn(client_id).await
     }
 
-    /// A session record was read: takes the client id from a local connection the record supersedes.
+    /// A session record was read: takes the client id from a local connection the record
+    /// supersedes. A connection's own record, read back, gives it the place it was read at, so it
+    /// is compared by the log's order with records read after it.
     pub fn on_record(&self, client_id: &str, connection: &str, version: &Version) {
-        if let Some(live) = lock(&self.live).get(client_id)
-            && live.connection != connection
-            && version.is_newer_than(&live.version)
-        {
+        let mut live = lock(&self.live);
+        let Some(live) = live.get_mut(client_id) else {
+            return;
+        };
+        if live.connection == connection {
+            live.version = version.clone();
+        } else if version.is_newer_than(&live.version) {
             live.taken_over.cancel();
         }
     }
@@ -166,8 +171,7 @@ mod tests {
         Version {
             timestamp_ms: offset,
             courier_id: format!("id-{offset}"),
-            read: 0,
-            place: ("mqtt.sessions".into(), 0, offset),
+            place: Some((0, "mqtt.sessions".into(), 0, offset)),
         }
     }
 

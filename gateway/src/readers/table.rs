@@ -230,11 +230,6 @@ impl Table {
         let newest = state.entries.get(key).and_then(Versions::newest)?;
         Some((newest.clone(), Version::read_in(state.read, newest)))
     }
-
-    /// Which read of the topic this is (see [`Version::read`]): a writer's version names it.
-    pub fn current_read(&self) -> u64 {
-        lock(&self.state).read
-    }
 }
 
 /// A plain reader of `topic` (and, through the region router, its mirrors) from the start.
@@ -362,9 +357,10 @@ impl Follower {
     fn forget_old_tombstones(&self) {
         let horizon = crate::log::now_ms().saturating_sub(TOMBSTONE_KEPT_MS);
         lock(&self.state).entries.retain(|_, versions| {
-            versions
-                .newest()
-                .is_some_and(|record| record.value.is_some() || record.timestamp_ms >= horizon)
+            versions.stamped_since(horizon)
+                || versions
+                    .newest()
+                    .is_some_and(|record| record.value.is_some() || record.timestamp_ms >= horizon)
         });
     }
 }

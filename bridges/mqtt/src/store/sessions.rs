@@ -146,11 +146,10 @@ impl SessionStore {
             timestamp_ms: Some(self.table.next_timestamp(client_id, now_ms())),
             ..NewRecord::default()
         };
-        let read = self.table.current_read();
         let appended = self.log.append(&self.topic, vec![record]).await?;
         appended
             .first()
-            .map(|appended| Version::written(read, &self.topic, appended))
+            .map(Version::written)
             .ok_or_else(|| Error::CorruptSession {
                 client_id: client_id.to_owned(),
                 detail: "the log acknowledged no record".into(),

@@ -26,11 +26,11 @@ pub struct Version {
     pub timestamp_ms: i64,
     /// The record's id.
     pub courier_id: String,
-    /// The table's read it was read or written in: after a move the table reads another region,
-    /// whose own topic has the same name and unrelated offsets.
-    pub read: u64,
-    /// Where it is: topic (or copy), partition, offset.
-    pub place: (Arc<str>, i32, i64),
+    /// Where it was read: the table's read (after a move the table reads another region, whose
+    /// own topic has the same name and unrelated offsets), topic (or copy), partition, offset.
+    /// `None` for a record as written, until it is read back: the region the router wrote it to
+    /// need not be the one the table reads.
+    pub place: Option<(u64, Arc<str>, i32, i64)>,
 }
 
 impl Version {
@@ -39,28 +39,29 @@ impl Version {
         Self {
             timestamp_ms: record.timestamp_ms,
             courier_id: record.courier_id.clone(),
-            read,
-            place: place(record),
+            place: Some((read, record.topic.clone(), record.partition, record.offset)),
         }
     }
 
-    /// The version of a record written to `topic` during the table's read `read`.
-    pub fn written(read: u64, topic: &str, appended: &Appended) -> Self {
+    /// The version of a record written, not read back yet.
+    pub fn written(appended: &Appended) -> Self {
         Self {
             timestamp_ms: appended.timestamp_ms,
             courier_id: appended.courier_id.clone(),
-            read,
-            place: (topic.into(), appended.partition, appended.offset),
+            place: None,
         }
     }
 
-    /// Is this write newer than `other`? Within one partition of one topic in one read, the later
-    /// offset; otherwise the later timestamp, then the greater id.
+    /// Is this write newer than `other`? Read in one partition of one topic in one read, the
+    /// later offset; otherwise the later timestamp, then the greater id.
     pub fn is_newer_than(&self, other: &Self) -> bool {
-        let (topic, partition, offset) = &self.place;
-        let (other_topic, other_partition, other_offset) = &other.place;
-        if self.read == other.read && topic == other_topic && partition == other_partition {
-            return offset > other_offset;
+        if let (Some((read, topic, partition, offset)), Some(other_place)) =
+            (&self.place, &other.place)
+        {
+            let (other_read, other_topic, other_partition, other_offset) = other_place;
+            if read == other_read && topic == other_topic && partition == other_partition {
+                return offset > other_offset;
+            }
         }
         (self.timestamp_ms, &self.courier_id) > (other.timestamp_ms, &other.courier_id)
     }
@@ -105,6 +106,11 @@ impl Versions {
         self.held
             .iter()
             .max_by(|left, right| by_version(left, right))
+    }
+
+    /// Did this replica stamp a write of the key at `horizon` or later?
+    pub(super) fn stamped_since(&self, horizon: i64) -> bool {
+        self.stamped.is_some_and(|stamped| stamped >= horizon)
     }
 
     /// Read from one partition only?
@@ -158,6 +164,15 @@ mod tests {
         Version::read_in(read, &record(topic, offset, timestamp_ms, id))
     }
 
+    impl Version {
+        fn with_timestamp(self, timestamp_ms: i64) -> Self {
+            Self {
+                timestamp_ms,
+                ..self
+            }
+        }
+    }
+
     #[test]
     fn versions_compare_as_the_table_does() {
         let first = version(0, "t", 1, 2_000, "01Z");
@@ -174,6 +189,13 @@ mod tests {
         let elsewhere = version(1, "t", 0, 2_500, "01B");
         assert!(elsewhere.is_newer_than(&first));
         assert!(!first.is_newer_than(&elsewhere));
+        // As written, not read back yet: where it went is not known.
+        let written = Version {
+            place: None,
+            ..version(0, "t", 0, 2_100, "01C")
+        };
+        assert!(written.is_newer_than(&first));
+        assert!(!written.is_newer_than(&later_behind.clone().with_timestamp(2_200)));
     }
 
     #[test]

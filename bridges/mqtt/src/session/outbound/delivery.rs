@@ -224,7 +224,14 @@ impl AlreadyDelivered {
             return false;
         }
         let by_id = self.by_id.get(&record.courier_id).is_some_and(|at| {
-            at.partition == record.partition && is_copy_of(&record.topic, &at.topic)
+            at.partition == record.partition
+                && if *at.topic == *record.topic {
+                    // The same log: the same record is at the same offset (ids can repeat).
+                    at.offset == record.offset
+                } else {
+                    // One is the other's copy, whichever region it was delivered from.
+                    is_copy_of(&record.topic, &at.topic) || is_copy_of(&at.topic, &record.topic)
+                }
         });
         if by_id {
             self.by_id.remove(&record.courier_id);
@@ -235,12 +242,12 @@ impl AlreadyDelivered {
     }
 }
 
-/// Is `topic` `original`, or named as a mirror of it is (`<region><separator><original>`)?
+/// Is `topic` named as a mirror of `original` is (`<region>.<original>`)?
 fn is_copy_of(topic: &str, original: &str) -> bool {
-    topic == original
-        || topic
-            .strip_suffix(original)
-            .is_some_and(|prefix| prefix.len() >= 2)
+    topic
+        .strip_suffix(original)
+        .and_then(|prefix| prefix.strip_suffix('.'))
+        .is_some_and(|region| !region.is_empty() && !region.contains('.'))
 }
 
 #[cfg(test)]
@@ -281,6 +288,10 @@ mod tests {
         // The same id elsewhere is not it (a client can set an id).
         assert!(!already.take(&record("other", 0, 12, "01A")));
         assert!(!already.take(&record("a.mqtt.messages", 1, 12, "01A")));
+        assert!(
+            !already.take(&record("mqtt.messages", 0, 40, "01A")),
+            "same log, other offset"
+        );
         assert!(already.take(&record("a.mqtt.messages", 0, 12, "01A")));
         assert!(
             !already.take(&record("a.mqtt.messages", 0, 12, "01A")),
@@ -292,9 +303,15 @@ mod tests {
     }
 
     #[test]
+    fn delivered_from_a_mirror_it_is_known_back_in_its_own_topic() {
+        let mut already = AlreadyDelivered::new(vec![at("a.orders", 2, 9, Some("01A"))]);
+        assert!(already.take(&record("orders", 2, 300, "01A")));
+    }
+
+    #[test]
     fn a_mirror_is_named_after_its_topic() {
-        assert!(is_copy_of("mqtt.messages", "mqtt.messages"));
         assert!(is_copy_of("a.mqtt.messages", "mqtt.messages"));
+        assert!(!is_copy_of("mqtt.messages", "mqtt.messages"));
         assert!(!is_copy_of(".mqtt.messages", "mqtt.messages"));
         assert!(!is_copy_of("messages", "mqtt.messages"));
     }
