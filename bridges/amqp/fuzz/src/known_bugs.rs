@@ -47,6 +47,12 @@
 //!    message that does not decode at the client. `mapping/repro-array-of-nulls-encodes-malformed`,
 //!    `mapping/repro-array-of-maps-not-read-back`, `mapping/repro-array-key-misreads-the-next-value`.
 //!    The mapping target checks a body holding any array no further than the record.
+//! 7. **A map keyed by a timestamp panics the encoder** (serde_amqp 0.18.0, `Serializer`: the
+//!    timestamp's type, noted for the key, is left for the value after it; `serialize_str` meets it
+//!    and reaches `unreachable!()`). A body holding such a map, an amqp-value a client sends,
+//!    panicked the link's task when the gateway stored it; other values after the key may be
+//!    written as timestamps. Courier refuses such a body (`mapping::encode_body`), so this input
+//!    needs no guard here. `mapping/repro-timestamp-map-key-panics-encoder`.
 //!
 //! Bugs 3 and 5 are not guarded against: serde_amqp is built without overflow checks here (see
 //! Cargo.toml), as in the gateway's release builds, so its reproducers panic only in a build that
