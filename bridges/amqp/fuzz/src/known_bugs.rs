@@ -46,7 +46,9 @@
 //!    and comes back to a receiver as a data section of those bytes, as other values, or as a
 //!    message that does not decode at the client. `mapping/repro-array-of-nulls-encodes-malformed`,
 //!    `mapping/repro-array-of-maps-not-read-back`, `mapping/repro-array-key-misreads-the-next-value`.
-//!    The mapping target checks a body holding any array no further than the record.
+//!    The mapping target checks a body holding any array no further than the record, and does not
+//!    encode a message back whose application property holds one (fe2o3 reads a described value,
+//!    an array inside, as a property's value: `mapping/repro-property-array-encodes-malformed`).
 //! 7. **A map keyed by a timestamp panics the encoder** (serde_amqp 0.18.0, `Serializer`: the
 //!    timestamp's type, noted for the key, is left for the value after it; `serialize_str` meets it
 //!    and reaches `unreachable!()`). A body holding such a map, an amqp-value a client sends,
@@ -61,8 +63,8 @@
 use std::sync::OnceLock;
 
 use fe2o3_amqp::types::{
-    messaging::{AmqpSequence, AmqpValue, Body},
-    primitives::Value,
+    messaging::{AmqpSequence, AmqpValue, ApplicationProperties, Body},
+    primitives::{SimpleValue, Value},
 };
 
 /// Set to play inputs that hit these bugs anyway: `COURIER_FUZZ_UNGUARDED=1 cargo fuzz run
@@ -82,17 +84,6 @@ const FRAME_HEADER: usize = 8;
 
 /// Bug 6: an array anywhere in `body`.
 pub fn holds_an_array(body: &Body<Value>) -> bool {
-    fn in_value(value: &Value) -> bool {
-        match value {
-            Value::Array(_) => true,
-            Value::List(items) => items.iter().any(in_value),
-            Value::Map(map) => map
-                .iter()
-                .any(|(key, value)| in_value(key) || in_value(value)),
-            Value::Described(described) => in_value(&described.value),
-            _ => false,
-        }
-    }
     guarded()
         && match body {
             Body::Value(AmqpValue(value)) => in_value(value),
@@ -101,6 +92,30 @@ pub fn holds_an_array(body: &Body<Value>) -> bool {
                 .any(|AmqpSequence(items)| items.iter().any(in_value)),
             Body::Data(_) | Body::Empty => false,
         }
+}
+
+/// Bug 6: an array anywhere in `value`.
+fn in_value(value: &Value) -> bool {
+    match value {
+        Value::Array(_) => true,
+        Value::List(items) => items.iter().any(in_value),
+        Value::Map(map) => map
+            .iter()
+            .any(|(key, value)| in_value(key) || in_value(value)),
+        Value::Described(described) => in_value(&described.value),
+        _ => false,
+    }
+}
+
+/// Bug 6: an array in an application property's value (fe2o3 reads a described value there).
+pub fn properties_hold_an_array(properties: Option<&ApplicationProperties>) -> bool {
+    guarded()
+        && properties.is_some_and(|properties| {
+            properties.0.values().any(|value| match value {
+                SimpleValue::Described(described) => in_value(&described.value),
+                _ => false,
+            })
+        })
 }
 
 /// Bug 1: a frame (the bytes after its size field) too short for the frame header.

@@ -71,7 +71,9 @@ pub fn check(message: AmqpMessage) {
         "the application properties, back"
     );
     check_properties(&message, &back);
-    if body_round_trips {
+    if body_round_trips
+        && !known_bugs::properties_hold_an_array(message.application_properties.as_ref())
+    {
         check_encodes(&back);
     }
 
