@@ -33,8 +33,8 @@ use crate::{
 
 mod merge;
 
+pub use self::merge::Version;
 use self::merge::Versions;
-pub use self::merge::{Version, next_timestamp};
 
 /// Called for every record that becomes its key's newest: the key, the record (`None` for a
 /// tombstone) and its version.

@@ -136,7 +136,7 @@ fn place(record: &Record) -> (Arc<str>, i32, i64) {
 
 /// The timestamp a write of a key whose newest version is `current` carries, written at `now_ms`:
 /// later than `current` even when this gateway's clock is behind the one that wrote it.
-pub fn next_timestamp(current: Option<i64>, now_ms: i64) -> i64 {
+fn next_timestamp(current: Option<i64>, now_ms: i64) -> i64 {
     current.map_or(now_ms, |current| now_ms.max(current.saturating_add(1)))
 }
 
