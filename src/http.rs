@@ -13,6 +13,7 @@
 //! consumer lag and exports it with bounded series.
 
 pub(crate) mod board;
+mod checkpoints;
 pub(crate) mod lag;
 
 use std::{net::SocketAddr, sync::Arc};

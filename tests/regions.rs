@@ -967,27 +967,164 @@ async fn replication_of(
         .ok_or_else(|| format!("no replication of {from} in {region}").into())
 }
 
+/// A consumer group of region `a` read by a native Kafka client of that region (the group a
+/// gateway's clients make is the same to MirrorMaker 2), with a producer feeding its topic.
+struct NativeGroup {
+    producer: rdkafka::producer::FutureProducer,
+    consumer: rdkafka::consumer::BaseConsumer,
+    committed: i64,
+}
+
+impl NativeGroup {
+    fn new(bootstrap: &str) -> Result<Self, BoxError> {
+        use rdkafka::{ClientConfig, consumer::Consumer};
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            // tansu 0.6.0 reads a batch from its first record only (see gateway/tests/kafka.rs).
+            .set("batch.num.messages", "1")
+            .create()?;
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", GROUP)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        consumer.subscribe(&[TOPIC])?;
+        Ok(Self {
+            producer,
+            consumer,
+            committed: 0,
+        })
+    }
+
+    /// Writes `count` records, reads them as the group and commits past them; returns the offset
+    /// committed.
+    async fn consume_more(&mut self, count: usize) -> Result<i64, BoxError> {
+        use rdkafka::{
+            Message, TopicPartitionList,
+            consumer::{CommitMode, Consumer},
+            producer::FutureRecord,
+        };
+        for i in 0..count {
+            let value = format!("native-{}-{i}", self.committed);
+            self.producer
+                .send(
+                    FutureRecord::<(), str>::to(TOPIC)
+                        .partition(0)
+                        .payload(&value),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(|(error, _)| error)?;
+        }
+        let wanted = self.committed + count as i64;
+        let deadline = Instant::now() + DEADLINE;
+        let mut next = self.committed;
+        while next < wanted {
+            if Instant::now() > deadline {
+                return Err(format!("read to {next} of {wanted} as {GROUP}").into());
+            }
+            let polled =
+                tokio::task::block_in_place(|| self.consumer.poll(Duration::from_millis(200)));
+            if let Some(message) = polled {
+                next = next.max(message?.offset() + 1);
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        offsets.add_partition_offset(TOPIC, 0, rdkafka::Offset::Offset(wanted))?;
+        tokio::task::block_in_place(|| self.consumer.commit(&offsets, CommitMode::Sync))?;
+        self.committed = wanted;
+        Ok(wanted)
+    }
+}
+
+/// Region `b`'s checkpoint coverage of `a`'s groups, as `ListRegions` shows it.
+async fn checkpoints_of(
+    admin: &mut AdminClient<Channel>,
+) -> Result<Option<pb::CheckpointCoverage>, BoxError> {
+    Ok(replication_of(admin, "b", "a").await?.checkpoints)
+}
+
+/// What the gateway exports for `GROUP`'s checkpoints of `a` in `b`: records behind, age.
+fn reported_checkpoint(gateway: &Gateway) -> (Option<f64>, Option<f64>) {
+    let Ok((_, body)) = common::scrape::get(gateway.http, "/metrics") else {
+        return (None, None);
+    };
+    let series = |name: &str| {
+        common::scrape::series(
+            &body,
+            &format!("{name}{{from=\"a\",to=\"b\",group=\"{GROUP}\"}}"),
+        )
+    };
+    (
+        series("courier_region_checkpoint_behind_records"),
+        series("courier_region_checkpoint_age_seconds"),
+    )
+}
+
 /// The replication lag follows the replicator: the canary is mirrored like any topic, the lag the
 /// gateway reports matches the age of the last canary the replicator says it copied, it grows while
 /// the replicator is paused (the standby turns stale: `ListRegions` says so and `/readyz`, still
-/// ready, names it) and falls back once it resumes.
+/// ready, names it) and falls back once it resumes. The duplicates window follows it too: the
+/// records a group of `a` committed past its newest checkpoint in `b`, against the replicator's own
+/// record of the checkpoints it wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_lag_follows_a_paused_and_resumed_replicator() -> TestResult {
     const CANARY: &str = "courier.canary";
     let a = Tansu::start()?;
     let b = Tansu::start()?;
-    let a_to_b = Replicator::start("a", &a.bootstrap(), &b.bootstrap(), &[CANARY], &[]);
     let dir = tempfile::tempdir()?;
     let config = regions_config("a", "active-passive", &a, &b, "10s").replacen(
         "[log]\n",
-        "[log]\nreplication_stale_after = \"5s\"\n",
+        "[log]\nreplication_stale_after = \"5s\"\ncheckpoint_interval = \"1s\"\n",
         1,
     );
-    let gateway = Gateway::start_with_config(&dir.path().join("gateway"), &config, &[])?;
+    let gateway = Gateway::start_with_config(
+        &dir.path().join("gateway"),
+        &config,
+        &[("COURIER_HTTP__LAG_INTERVAL", "1s")],
+    )?;
     let mut admin = gateway.admin().await?;
     wait_for_traffic_on(&mut admin, "a", DEADLINE).await?;
+    admin
+        .create_topic(pb::CreateTopicRequest {
+            name: TOPIC.into(),
+            partitions: 1,
+            ..Default::default()
+        })
+        .await?;
+    let a_to_b = Replicator::start(
+        "a",
+        &a.bootstrap(),
+        &b.bootstrap(),
+        &[CANARY, TOPIC],
+        &[GROUP],
+    );
+    let mut group = NativeGroup::new(&a.bootstrap())?;
     let lag_now = || reported_lag(&gateway, "a", "b").ok().flatten();
     let readyz = || common::scrape::get(gateway.http, "/readyz").map(|(_, body)| body);
+    // The truth: what the group committed past the checkpoint the replicator last wrote.
+    let uncheckpointed = |committed: i64| -> i64 {
+        let checkpointed = a_to_b
+            .checkpointed(GROUP)
+            .into_iter()
+            .filter(|((_, topic, _), _)| topic == TOPIC)
+            .map(|(_, upstream)| upstream)
+            .max()
+            .unwrap_or(0);
+        committed - checkpointed
+    };
+
+    // A group that read 50 records in a, checkpointed: nothing would be read again.
+    let committed = group.consume_more(50).await?;
+    wait_until("the group's position checkpointed", DEADLINE, || {
+        uncheckpointed(committed) == 0
+    })
+    .await?;
+    wait_until("a checkpoint coverage of 0 exported", DEADLINE, || {
+        reported_checkpoint(&gateway) == (Some(0.0), Some(0.0))
+    })
+    .await?;
 
     // Copied as it is written: a lag of a probe interval or so.
     wait_until("a's canary copied into b and measured", DEADLINE, || {
@@ -1024,8 +1161,32 @@ async fn replication_lag_follows_a_paused_and_resumed_replicator() -> TestResult
     a_to_b.set_delay(Duration::ZERO);
 
     // Paused: nothing more is copied, and the lag is the age of what the replicator copied last.
+    // The group reads on in a: what it reads now is past its checkpoint, and counted.
     a_to_b.pause();
+    let committed = group.consume_more(30).await?;
     tokio::time::sleep(Duration::from_secs(8)).await;
+    let past_checkpoint = uncheckpointed(committed);
+    assert_eq!(
+        past_checkpoint, 30,
+        "the replicator checkpointed while paused"
+    );
+    wait_until("30 records past the checkpoint exported", DEADLINE, || {
+        reported_checkpoint(&gateway).0 == Some(30.0)
+    })
+    .await?;
+    let (_, checkpoint_age) = reported_checkpoint(&gateway);
+    assert!(
+        checkpoint_age.is_some_and(|age| age >= 5.0),
+        "checkpoint age {checkpoint_age:?} after 8 s paused"
+    );
+    let coverage = checkpoints_of(&mut admin)
+        .await?
+        .ok_or("no checkpoint coverage in ListRegions")?;
+    assert_eq!(coverage.records_behind, 30, "{coverage:?}");
+    assert_eq!(
+        coverage.furthest.first().map(|g| g.group.as_str()),
+        Some(GROUP)
+    );
     let (reported, truth) = against_the_replicator()?;
     assert!(reported >= 5.0, "reported {reported:.1} s after 8 s paused");
     let copies = replication_of(&mut admin, "b", "a").await?;
@@ -1046,6 +1207,16 @@ async fn replication_lag_follows_a_paused_and_resumed_replicator() -> TestResult
     assert!(!copies.stale, "{copies:?}");
     let body = readyz()?;
     assert!(!body.contains("stale standby"), "{body}");
+    wait_until("the group's checkpoint covering it again", DEADLINE, || {
+        reported_checkpoint(&gateway) == (Some(0.0), Some(0.0))
+    })
+    .await?;
+    assert_eq!(uncheckpointed(committed), 0);
+    println!(
+        "CHECKPOINTS paused 8 s: {past_checkpoint} records past the checkpoint (reported the \
+         same), checkpoint {:.1} s old",
+        checkpoint_age.unwrap_or_default()
+    );
     println!(
         "REPLICATION 4 s behind: reported {slowed:.1} s, last copy {slowed_truth:.1} s old; \
          paused 8 s: reported {reported:.1} s, last copy {truth:.1} s old"

@@ -266,6 +266,14 @@ pub struct RegionsConfig {
         with = "humantime_serde"
     )]
     pub replication_stale_after: Duration,
+    /// How often each region's MirrorMaker 2 checkpoints are read against the consumer groups'
+    /// commits in the other regions (the records a crash would deliver again). Each reading lists
+    /// and describes every group of the other regions.
+    #[serde(
+        default = "RegionsConfig::default_checkpoint_interval",
+        with = "humantime_serde"
+    )]
+    pub checkpoint_interval: Duration,
     /// The regions: `[log.regions.<name>]` with the keys of `kind = "kafka"` (`bootstrap_servers`,
     /// `properties`, ...).
     pub regions: BTreeMap<String, KafkaConfig>,
@@ -296,6 +304,9 @@ impl RegionsConfig {
     fn default_replication_stale_after() -> Duration {
         Duration::from_secs(30)
     }
+    fn default_checkpoint_interval() -> Duration {
+        Duration::from_secs(30)
+    }
 
     /// The defaults, over these regions.
     pub fn new(regions: BTreeMap<String, KafkaConfig>) -> Self {
@@ -312,6 +323,7 @@ impl RegionsConfig {
             fail_back_consumer_delay: Self::default_fail_back_consumer_delay(),
             canary_topic: Self::default_canary_topic(),
             replication_stale_after: Self::default_replication_stale_after(),
+            checkpoint_interval: Self::default_checkpoint_interval(),
             regions,
         }
     }

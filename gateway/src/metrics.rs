@@ -66,6 +66,15 @@ pub mod names {
     /// Gauge: how old the newest canary record copied from region `from` into region `to` is, in
     /// seconds: the writes `to` would lack if `from` were lost now.
     pub const REGION_REPLICATION_LAG: &str = "courier_region_replication_lag_seconds";
+    /// Gauge: records consumer group `group` committed in region `from` past its newest
+    /// MirrorMaker 2 checkpoint in region `to` (what it would read again if `from` were lost now), by
+    /// `from`, `to` and `group`. The binary exports it (`src/http/checkpoints.rs`): per pair, the
+    /// groups furthest behind one by one, the others summed under `group="(other)"`.
+    pub const REGION_CHECKPOINT_BEHIND: &str = "courier_region_checkpoint_behind_records";
+    /// Gauge: the age in seconds of group `group`'s newest checkpoint in region `to` while it has
+    /// committed past it in `from` (0 when the checkpoint covers its commits), by `from`, `to` and
+    /// `group` (under `(other)`, the oldest). No series for a group without a checkpoint.
+    pub const REGION_CHECKPOINT_AGE: &str = "courier_region_checkpoint_age_seconds";
     /// Counter: moves of traffic between regions, by `traffic` (writes, reads) and `to` (region).
     pub const REGION_TRAFFIC_SWITCHES: &str = "courier_region_traffic_switches_total";
     /// Counter: requests, calls or connections refused (or ended) because a configured limit was

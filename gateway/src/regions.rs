@@ -25,6 +25,7 @@
 
 pub mod checkpoint;
 mod copies;
+mod coverage;
 mod fail_back;
 pub mod health;
 mod ledger;
@@ -55,6 +56,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use self::{
     copies::ReplicationStatus,
+    coverage::{CheckpointStatus, GroupCoverage, PairCoverage},
     health::RegionHealth,
     planned::PlannedSwitch,
     regional::RegionalLog,
@@ -167,6 +169,12 @@ impl Regions {
     /// Each region's state, where traffic goes and the last switch.
     pub fn status(&self) -> RoutingStatus {
         self.shared.status()
+    }
+
+    /// What each region's checkpoints cover of every other region's consumer groups, as last
+    /// measured: every group, for the metrics (the status lists the furthest behind only).
+    pub fn checkpoint_coverage(&self) -> Vec<PairCoverage> {
+        self.shared.coverage()
     }
 
     /// Pins writes and reads to `region` until [`Regions::automatic`], whatever the health says.

@@ -20,7 +20,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::lag::{self, GroupLag};
+use super::{
+    checkpoints,
+    lag::{self, GroupLag},
+};
 
 /// Traffic samples kept: ten minutes at the default 5 s interval.
 const HISTORY: usize = 120;
@@ -43,6 +46,8 @@ struct Observed {
     history: VecDeque<Sample>,
     /// The last reading of consumer lag.
     lag: lag::Reading,
+    /// The regions' checkpoint coverage as last rendered (`checkpoints.rs`).
+    checkpoint_metrics: String,
 }
 
 /// The log's state as the probes see it.
@@ -141,6 +146,7 @@ impl Board {
                 },
                 history: VecDeque::with_capacity(HISTORY),
                 lag: lag::Reading::default(),
+                checkpoint_metrics: String::new(),
             }),
             router,
         }
@@ -327,9 +333,21 @@ impl Board {
         self.observed().lag = reading;
     }
 
-    /// `courier_consumer_lag` as the last reading left it, in Prometheus' text format.
+    /// Renders what the region router last measured of its checkpoints, `exported` groups per
+    /// pair of regions one by one.
+    fn record_checkpoints(&self, exported: usize) {
+        let Some(router) = &self.router else {
+            return;
+        };
+        let text = checkpoints::render(&router.checkpoint_coverage(), exported);
+        self.observed().checkpoint_metrics = text;
+    }
+
+    /// `courier_consumer_lag` as the last reading left it and the regions' checkpoint series, in
+    /// Prometheus' text format.
     pub(crate) fn lag_metrics(&self) -> String {
-        self.observed().lag.metrics.clone()
+        let observed = self.observed();
+        format!("{}{}", observed.lag.metrics, observed.checkpoint_metrics)
     }
 }
 
@@ -390,6 +408,8 @@ async fn read_lag(
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
+        // The router measures its checkpoints itself, whether or not the reads region answers.
+        board.record_checkpoints(every.groups);
         if !board.log_answers() {
             continue;
         }

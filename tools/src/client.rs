@@ -405,6 +405,13 @@ pub async fn regions(server: ServerArgs, command: Option<RegionsCommand>) -> Res
                 lag.from,
                 if lag.stale { " (stale)" } else { "" }
             );
+            if let Some(checkpoints) = &lag.checkpoints {
+                println!(
+                    "  checkpoints of {}\t{}",
+                    lag.from,
+                    checkpoint_line(checkpoints)
+                );
+            }
         }
     }
     if let Some(planned) = &status.planned {
@@ -495,4 +502,38 @@ pub async fn groups(server: ServerArgs, command: GroupsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a region's checkpoints cover of another's groups, on one line: the records a crash would
+/// deliver again, and the groups furthest behind.
+fn checkpoint_line(coverage: &pb::CheckpointCoverage) -> String {
+    let mut line = format!(
+        "{} records behind over {} groups",
+        coverage.records_behind, coverage.groups
+    );
+    if coverage.groups_without_checkpoint > 0 {
+        line.push_str(&format!(
+            " ({} without a checkpoint)",
+            coverage.groups_without_checkpoint
+        ));
+    }
+    let furthest: Vec<String> = coverage
+        .furthest
+        .iter()
+        .filter(|group| group.records_behind > 0)
+        .take(3)
+        .map(|group| match group.checkpoint_age_ms {
+            Some(age) => format!(
+                "{} {} (checkpoint {:.0} s old)",
+                group.group,
+                group.records_behind,
+                age as f64 / 1e3
+            ),
+            None => format!("{} {} (no checkpoint)", group.group, group.records_behind),
+        })
+        .collect();
+    if !furthest.is_empty() {
+        line.push_str(&format!("; furthest: {}", furthest.join(", ")));
+    }
+    line
 }

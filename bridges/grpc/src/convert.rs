@@ -3,7 +3,7 @@
 
 use courier_gateway::{
     log::{self, Position, TopicPartition, TopicSelector},
-    regions::{PlannedSwitch, RoutingStatus},
+    regions::{CheckpointStatus, PlannedSwitch, RoutingStatus},
 };
 use tonic::Status;
 
@@ -197,6 +197,7 @@ pub(crate) fn regions_to_wire(status: RoutingStatus) -> pb::RegionsStatus {
                         from: lag.from,
                         lag_ms: lag.lag_ms,
                         stale: lag.stale,
+                        checkpoints: lag.checkpoints.map(checkpoint_coverage),
                     })
                     .collect(),
             })
@@ -224,5 +225,23 @@ pub(crate) fn planned_to_wire(outcome: PlannedSwitch) -> pb::PlannedSwitch {
         writes_held: outcome.writes_held,
         partitions: outcome.partitions,
         missing: outcome.missing,
+    }
+}
+
+fn checkpoint_coverage(coverage: CheckpointStatus) -> pb::CheckpointCoverage {
+    pb::CheckpointCoverage {
+        measured_at_ms: coverage.measured_at_ms,
+        groups: coverage.groups as u64,
+        groups_without_checkpoint: coverage.groups_without_checkpoint as u64,
+        records_behind: coverage.records_behind,
+        furthest: coverage
+            .furthest
+            .into_iter()
+            .map(|group| pb::GroupCheckpoint {
+                group: group.group,
+                records_behind: group.records_behind,
+                checkpoint_age_ms: group.checkpoint_age_ms,
+            })
+            .collect(),
     }
 }

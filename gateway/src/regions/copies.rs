@@ -1,9 +1,12 @@
-//! What a region holds of the others' writes, as the replication lag measurement found it
-//! ([`replication`](super::replication)), and as operators see it.
+//! What a region holds of the others' writes and of their groups' positions, as the replication
+//! lag ([`replication`](super::replication)) and checkpoint ([`coverage`](super::coverage))
+//! measurements found it, and as operators see it.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+
+use super::coverage::{CheckpointStatus, Coverage};
 
 /// How far one region's copies of another's are behind, as operators see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -15,6 +18,9 @@ pub struct ReplicationStatus {
     pub lag_ms: Option<i64>,
     /// Over `regions.replication_stale_after`, or nothing copied.
     pub stale: bool,
+    /// What this region's checkpoints cover of `from`'s consumer groups: the duplicates window.
+    /// `None` until measured.
+    pub checkpoints: Option<CheckpointStatus>,
 }
 
 /// The newest canary write time (ms since the epoch) seen copied from each other region, by its
@@ -22,6 +28,8 @@ pub struct ReplicationStatus {
 #[derive(Debug, Default)]
 pub(super) struct Copies {
     newest_ms: BTreeMap<String, i64>,
+    /// The last checkpoint measurement, by source region.
+    coverage: BTreeMap<String, Coverage>,
 }
 
 impl Copies {
@@ -32,6 +40,16 @@ impl Copies {
             .entry(source.to_owned())
             .or_insert(written_ms);
         *newest = (*newest).max(written_ms);
+    }
+
+    /// What the checkpoints of `source` cover now.
+    pub(super) fn covered(&mut self, source: &str, coverage: Coverage) {
+        self.coverage.insert(source.to_owned(), coverage);
+    }
+
+    /// The last checkpoint measurement, by source region.
+    pub(super) fn coverage(&self) -> impl Iterator<Item = (&String, &Coverage)> {
+        self.coverage.iter()
     }
 
     /// The newest write time seen copied, by source region.
@@ -57,6 +75,7 @@ impl Copies {
                     from: source.to_owned(),
                     lag_ms,
                     stale: lag_ms.is_none_or(|lag| lag > stale_after_ms),
+                    checkpoints: self.coverage.get(source).map(Coverage::status),
                 }
             })
             .collect()

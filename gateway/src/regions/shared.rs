@@ -11,6 +11,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
     copies::Copies,
+    coverage::PairCoverage,
     health::{HealthMachine, RegionHealth},
     ledger::WriteLedger,
     naming::ReplicationPolicy,
@@ -168,6 +169,22 @@ impl Shared {
 
     pub(super) fn health(&self, index: usize) -> RegionHealth {
         lock(&self.regions[index].health).state()
+    }
+
+    pub(super) fn coverage(&self) -> Vec<PairCoverage> {
+        self.regions
+            .iter()
+            .flat_map(|to| {
+                lock(&to.copies)
+                    .coverage()
+                    .map(|(from, coverage)| PairCoverage {
+                        from: from.clone(),
+                        to: to.name.clone(),
+                        groups: coverage.groups.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     pub(super) fn status(&self) -> RoutingStatus {

@@ -10,6 +10,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::{
+    coverage,
     health::{Observation, RegionHealth},
     replication,
     shared::Shared,
@@ -42,6 +43,10 @@ pub(super) fn start(shared: &Arc<Shared>) {
         shared
             .tasks
             .spawn(async move { measure_replication(shared_for_lag, index).await });
+        let shared_for_checkpoints = shared.clone();
+        shared
+            .tasks
+            .spawn(async move { measure_checkpoints(shared_for_checkpoints, index).await });
     }
     let shared_for_steer = shared.clone();
     shared
@@ -51,12 +56,21 @@ pub(super) fn start(shared: &Arc<Shared>) {
 
 /// Runs `step` every `probe_interval` until the router closes; a step that overruns delays the
 /// next rather than bunching them.
-async fn every_probe_interval<F, Step>(shared: &Shared, mut step: F)
+async fn every_probe_interval<F, Step>(shared: &Shared, step: F)
 where
     F: FnMut() -> Step,
     Step: Future<Output = ()>,
 {
-    let mut interval = tokio::time::interval(shared.config.probe_interval);
+    every(shared, shared.config.probe_interval, step).await;
+}
+
+/// Runs `step` every `period` until the router closes; a step that overruns delays the next.
+async fn every<F, Step>(shared: &Shared, period: Duration, mut step: F)
+where
+    F: FnMut() -> Step,
+    Step: Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -91,6 +105,58 @@ async fn measure_replication(shared: Arc<Shared>, index: usize) {
             .await;
         }
         replication::export(shared, index);
+    })
+    .await;
+}
+
+/// Measures every `checkpoint_interval` what region `to`'s checkpoints cover of the consumer groups
+/// of each other region, while both answer; what was measured last stays shown meanwhile.
+async fn measure_checkpoints(shared: Arc<Shared>, to: usize) {
+    let shared = &*shared;
+    let period = shared.config.checkpoint_interval;
+    // What has been read of each source's checkpoints, by source region.
+    let read = tokio::sync::Mutex::new(
+        (0..shared.regions.len())
+            .map(|_| coverage::CheckpointsRead::default())
+            .collect::<Vec<_>>(),
+    );
+    let read = &read;
+    every(shared, period, move || async move {
+        let mut read = read.lock().await;
+        let target = &shared.regions[to];
+        if !shared.health(to).usable() {
+            return;
+        }
+        let Ok(Ok(topics)) = tokio::time::timeout(period, target.topic_names(period)).await else {
+            return;
+        };
+        for (from, source) in shared.regions.iter().enumerate() {
+            if from == to || !shared.health(from).usable() {
+                continue;
+            }
+            let measured = tokio::time::timeout(
+                period,
+                coverage::measure(
+                    &*source.log(),
+                    &source.name,
+                    &*target.log(),
+                    &topics,
+                    &shared.policy,
+                    &mut read[from],
+                    now_ms(),
+                ),
+            )
+            .await;
+            match measured {
+                Ok(Ok(coverage)) => lock(&target.copies).covered(&source.name, coverage),
+                Ok(Err(error)) => {
+                    tracing::debug!(from = %source.name, to = %target.name, %error, "measuring checkpoints");
+                }
+                Err(_) => {
+                    tracing::debug!(from = %source.name, to = %target.name, "measuring checkpoints took longer than log.checkpoint_interval");
+                }
+            }
+        }
     })
     .await;
 }
