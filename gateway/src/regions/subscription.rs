@@ -11,33 +11,25 @@
 //! acknowledged to that one, even when a record of the same topic, partition and offset has been
 //! delivered since from another region (offsets of `T` in two clusters are unrelated).
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+mod control;
 
-use async_trait::async_trait;
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
+use self::control::RoutedControl;
 use super::{fail_back, shared::Shared, translate};
 use crate::{
     Result,
     log::{
-        AckOutcome, Events, Position, SubscribeOptions, Subscription, SubscriptionControl,
-        SubscriptionEvent, TopicPartition, TopicSelector,
+        Events, Position, SubscribeOptions, Subscription, SubscriptionEvent, TopicPartition,
+        TopicSelector,
         events::{self, EventSender},
     },
-    sync::lock,
 };
 
 /// Pause before subscribing again after a region's subscription failed or ended on its own.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
-/// How long a replaced subscription may take to commit and leave (its region may be gone).
-const RETIRE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Replaced subscriptions whose deliveries are still remembered for acks.
-const RETIRED_KEPT: usize = 8;
 /// How often a subscription looks for mirrors of its topics that appeared since it started.
 const MIRROR_CHECK: Duration = Duration::from_secs(5);
 
@@ -371,192 +363,6 @@ impl Forward {
                     }
                 }
             }
-        }
-    }
-}
-
-/// One region's subscription control and what it delivered that is not acknowledged yet.
-#[derive(Debug)]
-struct Generation {
-    control: Option<Arc<dyn SubscriptionControl>>,
-    delivered: HashMap<TopicPartition, BTreeSet<i64>>,
-}
-
-impl Generation {
-    fn new(control: Arc<dyn SubscriptionControl>) -> Self {
-        Self {
-            control: Some(control),
-            delivered: HashMap::new(),
-        }
-    }
-
-    /// Takes a delivery off the books; true when it was on them.
-    fn take(&mut self, partition: &TopicPartition, offset: i64) -> bool {
-        let Some(offsets) = self.delivered.get_mut(partition) else {
-            return false;
-        };
-        let taken = offsets.remove(&offset);
-        if offsets.is_empty() {
-            self.delivered.remove(partition);
-        }
-        taken
-    }
-}
-
-#[derive(Debug)]
-struct Generations {
-    current: Generation,
-    /// Replaced ones, oldest first.
-    retired: Vec<Generation>,
-}
-
-/// The control the front end holds: acks go to the region subscription that delivered the record.
-#[derive(Debug)]
-struct RoutedControl {
-    generations: Mutex<Generations>,
-    closed: CancellationToken,
-}
-
-impl RoutedControl {
-    fn new(control: Arc<dyn SubscriptionControl>) -> Self {
-        Self {
-            generations: Mutex::new(Generations {
-                current: Generation::new(control),
-                retired: Vec::new(),
-            }),
-            closed: CancellationToken::new(),
-        }
-    }
-
-    fn current(&self) -> Option<Arc<dyn SubscriptionControl>> {
-        lock(&self.generations).current.control.clone()
-    }
-
-    fn delivered(&self, records: impl Iterator<Item = (TopicPartition, i64)>) {
-        let mut generations = lock(&self.generations);
-        for (partition, offset) in records {
-            generations
-                .current
-                .delivered
-                .entry(partition)
-                .or_default()
-                .insert(offset);
-        }
-    }
-
-    /// Moves the current subscription to the retired ones and closes it in the background: it commits
-    /// what was acknowledged when its region still answers, and is abandoned without a commit when its
-    /// region was `lost` (the groups' positions there come back through MirrorMaker 2's checkpoints).
-    /// Returns the closing task.
-    fn retire_current(&self, shared: &Shared, lost: bool) -> Option<tokio::task::JoinHandle<()>> {
-        let control = {
-            let mut generations = lock(&self.generations);
-            let control = generations.current.control.take();
-            let delivered = std::mem::take(&mut generations.current.delivered);
-            generations.retired.push(Generation {
-                control: control.clone(),
-                delivered,
-            });
-            if generations.retired.len() > RETIRED_KEPT {
-                generations.retired.remove(0);
-            }
-            control
-        };
-        control.map(|control| {
-            shared.tasks.spawn(async move {
-                let leaving = async {
-                    if lost {
-                        control.abandon().await
-                    } else {
-                        control.close().await
-                    }
-                };
-                match tokio::time::timeout(RETIRE_TIMEOUT, leaving).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => tracing::warn!(%error, "closing a subscription in the region left behind failed; its unacknowledged records will be delivered again"),
-                    Err(_) => tracing::warn!("closing a subscription in the region left behind timed out"),
-                }
-            })
-        })
-    }
-
-    /// Makes `control` current; false (and closes it) when the subscription was closed meanwhile.
-    fn install(&self, control: Arc<dyn SubscriptionControl>) -> bool {
-        if self.closed.is_cancelled() {
-            tokio::spawn(async move { control.close().await });
-            return false;
-        }
-        lock(&self.generations).current = Generation::new(control);
-        true
-    }
-
-    async fn close_current(&self) {
-        if let Some(control) = self.current()
-            && let Err(error) = control.close().await
-        {
-            tracing::warn!(%error, "closing a region's subscription failed");
-        }
-    }
-}
-
-#[async_trait]
-impl SubscriptionControl for RoutedControl {
-    fn ack(&self, partition: &TopicPartition, offset: i64) -> AckOutcome {
-        let control = {
-            let mut generations = lock(&self.generations);
-            // The oldest delivery of this record first: clients ack in the order they received.
-            let retired = generations.retired.iter_mut().find_map(|generation| {
-                generation
-                    .take(partition, offset)
-                    .then(|| generation.control.clone())
-            });
-            generations
-                .retired
-                .retain(|generation| !generation.delivered.is_empty());
-            match retired {
-                Some(control) => control,
-                None if generations.current.take(partition, offset) => {
-                    generations.current.control.clone()
-                }
-                None => return AckOutcome::Ignored,
-            }
-        };
-        control.map_or(AckOutcome::Ignored, |control| {
-            control.ack(partition, offset)
-        })
-    }
-
-    async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()> {
-        let control = {
-            let mut generations = lock(&self.generations);
-            generations.current.delivered.remove(partition);
-            generations.current.control.clone()
-        };
-        match control {
-            Some(control) => control.seek(partition, position).await,
-            None => Err(crate::Error::RegionUnavailable {
-                region: "read".into(),
-                reason: "the subscription is moving to another region; seek again".into(),
-            }),
-        }
-    }
-
-    fn outstanding(&self) -> usize {
-        self.current().map_or(0, |control| control.outstanding())
-    }
-
-    async fn commit(&self) -> Result<()> {
-        match self.current() {
-            Some(control) => control.commit().await,
-            None => Ok(()),
-        }
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.closed.cancel();
-        match self.current() {
-            Some(control) => control.close().await,
-            None => Ok(()),
         }
     }
 }

@@ -1,0 +1,214 @@
+//! The control a front end holds on a routed subscription: acknowledgements go to the region
+//! subscription that delivered the record, including one replaced since (its deliveries are
+//! remembered while `RETIRED_KEPT` newer ones have not replaced it).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::super::shared::Shared;
+use crate::{
+    Result,
+    log::{AckOutcome, Position, SubscriptionControl, TopicPartition},
+    sync::lock,
+};
+
+/// How long a replaced subscription may take to commit and leave (its region may be gone).
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Replaced subscriptions whose deliveries are still remembered for acks.
+const RETIRED_KEPT: usize = 8;
+
+/// One region's subscription control and what it delivered that is not acknowledged yet.
+#[derive(Debug)]
+struct Generation {
+    control: Option<Arc<dyn SubscriptionControl>>,
+    delivered: HashMap<TopicPartition, BTreeSet<i64>>,
+}
+
+impl Generation {
+    pub(super) fn new(control: Arc<dyn SubscriptionControl>) -> Self {
+        Self {
+            control: Some(control),
+            delivered: HashMap::new(),
+        }
+    }
+
+    /// Takes a delivery off the books; true when it was on them.
+    fn take(&mut self, partition: &TopicPartition, offset: i64) -> bool {
+        let Some(offsets) = self.delivered.get_mut(partition) else {
+            return false;
+        };
+        let taken = offsets.remove(&offset);
+        if offsets.is_empty() {
+            self.delivered.remove(partition);
+        }
+        taken
+    }
+}
+
+#[derive(Debug)]
+struct Generations {
+    current: Generation,
+    /// Replaced ones, oldest first.
+    retired: Vec<Generation>,
+}
+
+/// The control the front end holds: acks go to the region subscription that delivered the record.
+#[derive(Debug)]
+pub(super) struct RoutedControl {
+    generations: Mutex<Generations>,
+    pub(super) closed: CancellationToken,
+}
+
+impl RoutedControl {
+    pub(super) fn new(control: Arc<dyn SubscriptionControl>) -> Self {
+        Self {
+            generations: Mutex::new(Generations {
+                current: Generation::new(control),
+                retired: Vec::new(),
+            }),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    pub(super) fn current(&self) -> Option<Arc<dyn SubscriptionControl>> {
+        lock(&self.generations).current.control.clone()
+    }
+
+    pub(super) fn delivered(&self, records: impl Iterator<Item = (TopicPartition, i64)>) {
+        let mut generations = lock(&self.generations);
+        for (partition, offset) in records {
+            generations
+                .current
+                .delivered
+                .entry(partition)
+                .or_default()
+                .insert(offset);
+        }
+    }
+
+    /// Moves the current subscription to the retired ones and closes it in the background: it commits
+    /// what was acknowledged when its region still answers, and is abandoned without a commit when its
+    /// region was `lost` (the groups' positions there come back through MirrorMaker 2's checkpoints).
+    /// Returns the closing task.
+    pub(super) fn retire_current(
+        &self,
+        shared: &Shared,
+        lost: bool,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let control = {
+            let mut generations = lock(&self.generations);
+            let control = generations.current.control.take();
+            let delivered = std::mem::take(&mut generations.current.delivered);
+            generations.retired.push(Generation {
+                control: control.clone(),
+                delivered,
+            });
+            if generations.retired.len() > RETIRED_KEPT {
+                generations.retired.remove(0);
+            }
+            control
+        };
+        control.map(|control| {
+            shared.tasks.spawn(async move {
+                let leaving = async {
+                    if lost {
+                        control.abandon().await
+                    } else {
+                        control.close().await
+                    }
+                };
+                match tokio::time::timeout(RETIRE_TIMEOUT, leaving).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::warn!(%error, "closing a subscription in the region left behind failed; its unacknowledged records will be delivered again"),
+                    Err(_) => tracing::warn!("closing a subscription in the region left behind timed out"),
+                }
+            })
+        })
+    }
+
+    /// Makes `control` current; false (and closes it) when the subscription was closed meanwhile.
+    pub(super) fn install(&self, control: Arc<dyn SubscriptionControl>) -> bool {
+        if self.closed.is_cancelled() {
+            tokio::spawn(async move { control.close().await });
+            return false;
+        }
+        lock(&self.generations).current = Generation::new(control);
+        true
+    }
+
+    pub(super) async fn close_current(&self) {
+        if let Some(control) = self.current()
+            && let Err(error) = control.close().await
+        {
+            tracing::warn!(%error, "closing a region's subscription failed");
+        }
+    }
+}
+
+#[async_trait]
+impl SubscriptionControl for RoutedControl {
+    fn ack(&self, partition: &TopicPartition, offset: i64) -> AckOutcome {
+        let control = {
+            let mut generations = lock(&self.generations);
+            // The oldest delivery of this record first: clients ack in the order they received.
+            let retired = generations.retired.iter_mut().find_map(|generation| {
+                generation
+                    .take(partition, offset)
+                    .then(|| generation.control.clone())
+            });
+            generations
+                .retired
+                .retain(|generation| !generation.delivered.is_empty());
+            match retired {
+                Some(control) => control,
+                None if generations.current.take(partition, offset) => {
+                    generations.current.control.clone()
+                }
+                None => return AckOutcome::Ignored,
+            }
+        };
+        control.map_or(AckOutcome::Ignored, |control| {
+            control.ack(partition, offset)
+        })
+    }
+
+    async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()> {
+        let control = {
+            let mut generations = lock(&self.generations);
+            generations.current.delivered.remove(partition);
+            generations.current.control.clone()
+        };
+        match control {
+            Some(control) => control.seek(partition, position).await,
+            None => Err(crate::Error::RegionUnavailable {
+                region: "read".into(),
+                reason: "the subscription is moving to another region; seek again".into(),
+            }),
+        }
+    }
+
+    fn outstanding(&self) -> usize {
+        self.current().map_or(0, |control| control.outstanding())
+    }
+
+    async fn commit(&self) -> Result<()> {
+        match self.current() {
+            Some(control) => control.commit().await,
+            None => Ok(()),
+        }
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.cancel();
+        match self.current() {
+            Some(control) => control.close().await,
+            None => Ok(()),
+        }
+    }
+}
