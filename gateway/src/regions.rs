@@ -54,9 +54,9 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+pub use self::coverage::{CheckpointStatus, GroupCoverage, PairCoverage};
 pub use self::{
     copies::ReplicationStatus,
-    coverage::{CheckpointStatus, GroupCoverage, PairCoverage},
     health::RegionHealth,
     planned::PlannedSwitch,
     regional::RegionalLog,
