@@ -12,7 +12,7 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 use super::{
     args::BenchArgs,
     measure::{Measurement, histogram},
-    process::{start_courier, stop_process},
+    process::{broker_command, cpu_ticks, start_courier, stop_process, ticks, version_line},
 };
 
 /// Longest any single phase may take before the benchmark gives up.
@@ -75,7 +75,7 @@ impl Broker {
         };
         let (port, dist_port) = (free_port()?, free_port()?);
         std::fs::write(dir.path().join("enabled_plugins"), "[rabbitmq_amqp1_0].")?;
-        let child = Command::new(server)
+        let child = broker_command(server)
             .env("HOME", dir.path())
             .env(
                 "RABBITMQ_NODENAME",
@@ -134,24 +134,38 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
         measure(Broker::rabbitmq(&args.rabbitmq)?, args).await?,
     ];
     println!(
+        "peer: RabbitMQ {}",
+        version_line(
+            "dpkg-query",
+            &["--show", "--showformat=${Version}\n", "rabbitmq-server"],
+            "."
+        )
+    );
+    println!(
         "messages={} payload={} senders={} window={} durable=true courier fsync={}",
         args.records, args.record_size, args.streams, args.amqp_window, args.fsync
     );
-    println!("| broker | send msg/s | p50 accepted ms | p99 accepted ms | receive msg/s |");
-    println!("|---|---:|---:|---:|---:|");
-    for (name, sent, received) in &results {
+    println!(
+        "| broker | send msg/s | p50 accepted ms | p99 accepted ms | send CPU µs/msg | receive msg/s | receive CPU µs/msg |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for side in &results {
+        let per_message =
+            |cpu: Duration, count: usize| cpu.as_secs_f64() * 1e6 / count.max(1) as f64;
         println!(
-            "| {name} | {:.0} | {} | {} | {:.0} |",
-            sent.rate(),
-            sent.percentile_ms(0.5),
-            sent.percentile_ms(0.99),
-            received.rate()
+            "| {} | {:.0} | {} | {} | {:.1} | {:.0} | {:.1} |",
+            side.name,
+            side.sent.rate(),
+            side.sent.percentile_ms(0.5),
+            side.sent.percentile_ms(0.99),
+            per_message(side.send_cpu, side.sent.records),
+            side.received.rate(),
+            per_message(side.receive_cpu, side.received.records),
         );
     }
-    let [
-        (_, courier_sent, courier_received),
-        (_, rabbit_sent, rabbit_received),
-    ] = &results;
+    let [courier, rabbit] = &results;
+    let (courier_sent, courier_received) = (&courier.sent, &courier.received);
+    let (rabbit_sent, rabbit_received) = (&rabbit.sent, &rabbit.received);
     println!(
         "send ratio Courier/RabbitMQ: {:.2}",
         courier_sent.rate() / rabbit_sent.rate()
@@ -163,16 +177,31 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// One broker's figures, with its CPU time (user + system, from /proc) in each workload.
+struct Side {
+    name: &'static str,
+    sent: Measurement,
+    send_cpu: Duration,
+    received: Measurement,
+    receive_cpu: Duration,
+}
+
 /// Sends and then receives through `broker` on a fresh topic (queue).
-async fn measure(
-    broker: Broker,
-    args: &BenchArgs,
-) -> Result<(&'static str, Measurement, Measurement)> {
+async fn measure(broker: Broker, args: &BenchArgs) -> Result<Side> {
     let name = format!("bench-{}", ulid::Ulid::new().to_string().to_lowercase());
     let (send_address, receive_address) = (broker.addresses)(&name);
+    let before = cpu_ticks(&broker.child)?;
     let sent = send(&broker.url, &send_address, args).await?;
+    let between = cpu_ticks(&broker.child)?;
     let received = receive(&broker.url, &receive_address, args.records).await?;
-    Ok((broker.name, sent, received))
+    let after = cpu_ticks(&broker.child)?;
+    Ok(Side {
+        name: broker.name,
+        sent,
+        send_cpu: ticks(between.saturating_sub(before)),
+        received,
+        receive_cpu: ticks(after.saturating_sub(between)),
+    })
 }
 
 async fn send(url: &str, address: &str, args: &BenchArgs) -> Result<Measurement> {

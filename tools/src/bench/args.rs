@@ -57,6 +57,12 @@ pub struct BenchArgs {
     /// argon2 checks it runs at once (0: one per core).
     #[arg(long, default_value_t = 2, requires = "auth_rules")]
     pub(crate) hashing_threads: usize,
+    /// Leave the brokers and the load where the scheduler puts them. By default, with two cores or
+    /// more, the modes that start brokers as processes (`--mqtt`, `--amqp`, `--tracing`, and the
+    /// default mode on the embedded log) run each broker alone on the last core and the load on the
+    /// others; the default mode's direct side runs on the brokers' core too.
+    #[arg(long)]
+    pub(crate) no_pin: bool,
     /// A librdkafka producer property (`KEY=VALUE`, repeatable), given to both sides alike.
     #[arg(long = "producer-property", value_parser = parse_property)]
     pub(crate) producer_properties: Vec<(String, String)>,

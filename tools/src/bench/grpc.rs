@@ -37,6 +37,7 @@ use super::{
     args::BenchArgs,
     kafka,
     measure::{Measurement, histogram, measure_producers, pipelined},
+    process,
     tls::BenchTls,
 };
 
@@ -46,6 +47,8 @@ struct Sides {
     direct_subscribe: Measurement,
     grpc_produce: Measurement,
     grpc_subscribe: Measurement,
+    /// The gateway process's CPU time producing and subscribing, when it is a process of its own.
+    gateway_cpu: Option<(Duration, Duration)>,
 }
 
 /// Direct against gRPC: produces and subscribes both ways, and prints the table.
@@ -63,23 +66,30 @@ async fn measure(args: &BenchArgs) -> Result<Sides> {
         FsyncPolicy::Always
     };
     let value = Bytes::from(vec![b'x'; args.record_size]);
+    let mut gateway_cpu = None;
     let (direct_produce, direct_subscribe, grpc_produce, grpc_subscribe) = match &args.kafka {
         None => {
-            // Direct: in-process into the embedded store.
+            // Direct: in-process into the embedded store, on the brokers' core.
             let topic = "bench";
-            let direct_dir = tempfile::tempdir().context("creating a temporary directory")?;
-            let direct = open_log(direct_dir.path(), fsync).await?;
-            direct
-                .create_topic(TopicSpec::named(topic).partitions(args.partitions))
-                .await?;
-            let direct_produce = produce_direct(&direct, topic, args, &value).await?;
-            let direct_subscribe = subscribe_direct(&direct, topic, args.records).await?;
-            direct.close().await?;
-            // gRPC: the same through a gateway on loopback, on its own fresh store.
-            let grpc_dir = tempfile::tempdir().context("creating a temporary directory")?;
-            let (grpc_produce, grpc_subscribe) =
-                through_gateway(open_log(grpc_dir.path(), fsync).await?, topic, args, &value)
-                    .await?;
+            let (direct_produce, direct_subscribe) = {
+                let (args, value) = (args.clone(), value.clone());
+                process::on_broker_core(move || async move {
+                    let direct_dir =
+                        tempfile::tempdir().context("creating a temporary directory")?;
+                    let direct = open_log(direct_dir.path(), fsync).await?;
+                    direct
+                        .create_topic(TopicSpec::named(topic).partitions(args.partitions))
+                        .await?;
+                    let produced = produce_direct(&direct, topic, &args, &value).await?;
+                    let subscribed = subscribe_direct(&direct, topic, args.records).await?;
+                    direct.close().await?;
+                    Ok((produced, subscribed))
+                })
+                .await?
+            };
+            // gRPC: the same through `courier serve` on its own fresh store, alone on its core.
+            let (grpc_produce, grpc_subscribe, cpu) = through_process(topic, args, &value).await?;
+            gateway_cpu = Some(cpu);
             (
                 direct_produce,
                 direct_subscribe,
@@ -111,6 +121,7 @@ async fn measure(args: &BenchArgs) -> Result<Sides> {
         direct_subscribe,
         grpc_produce,
         grpc_subscribe,
+        gateway_cpu,
     })
 }
 
@@ -121,6 +132,7 @@ fn print_sides(args: &BenchArgs, sides: &Sides) {
         direct_subscribe,
         grpc_produce,
         grpc_subscribe,
+        gateway_cpu,
     } = sides;
     println!(
         "records={} record_size={} streams={} batch={} pipeline={} partitions={} grpc={} backend={}",
@@ -155,6 +167,16 @@ fn print_sides(args: &BenchArgs, sides: &Sides) {
             m.rate() * args.record_size as f64 / (1 << 20) as f64,
             m.percentile_ms(0.5),
             m.percentile_ms(0.99)
+        );
+    }
+    if let Some((produce, subscribe)) = gateway_cpu {
+        let per_record = |cpu: &Duration| cpu.as_secs_f64() * 1e6 / args.records.max(1) as f64;
+        println!(
+            "gateway process CPU: produce {:.2} s ({:.1} µs/record), subscribe {:.2} s ({:.1} µs/record)",
+            produce.as_secs_f64(),
+            per_record(produce),
+            subscribe.as_secs_f64(),
+            per_record(subscribe)
         );
     }
     println!(
@@ -251,6 +273,55 @@ pub(super) async fn through_gateway_as(
     serving.await.context("the gateway task panicked")??;
     log.close().await?;
     Ok((produced, subscribed))
+}
+
+/// Starts `courier serve` on a fresh embedded log (alone on the brokers' core when pinned),
+/// produces and subscribes through its gRPC port as a client would, and stops it. Returns both
+/// measurements and the gateway's CPU time for each.
+async fn through_process(
+    topic: &str,
+    args: &BenchArgs,
+    value: &Bytes,
+) -> Result<(Measurement, Measurement, (Duration, Duration))> {
+    let tls = args.tls.then(BenchTls::new).transpose()?;
+    let mut env = Vec::new();
+    if let Some(tls) = &tls {
+        env.push(("COURIER_GRPC__TLS__CERT", tls.cert.display().to_string()));
+        env.push(("COURIER_GRPC__TLS__KEY", tls.key.display().to_string()));
+    }
+    let (mut child, ready, _dir) = process::start_courier(&args.fsync, &env)?;
+    let measured = async {
+        // With TLS and no `tls.listen`, the gRPC port speaks TLS and is named so.
+        let key = if tls.is_some() { "grpcs=" } else { "grpc=" };
+        let address: SocketAddr = ready
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix(key))
+            .with_context(|| format!("no {key} in the ready line"))?
+            .parse()?;
+        let channel = Credentials::default().on(connect(address, tls.as_ref())
+            .await
+            .context("connecting to the gateway")?);
+        AdminClient::new(channel.clone())
+            .create_topic(pb::CreateTopicRequest {
+                name: topic.into(),
+                partitions: args.partitions,
+                ..Default::default()
+            })
+            .await?;
+        let before = process::cpu_ticks(&child)?;
+        let produced = produce_grpc(&channel, topic, args, value).await?;
+        let between = process::cpu_ticks(&child)?;
+        let subscribed = subscribe_grpc(&channel, topic, args.records).await?;
+        let after = process::cpu_ticks(&child)?;
+        let cpu = (
+            process::ticks(between.saturating_sub(before)),
+            process::ticks(after.saturating_sub(between)),
+        );
+        anyhow::Ok((produced, subscribed, cpu))
+    }
+    .await;
+    process::stop_process(&mut child);
+    measured
 }
 
 /// A channel to the gateway at `address`, over TLS when `tls` is given (the TLS is the client's

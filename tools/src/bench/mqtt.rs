@@ -32,7 +32,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -47,7 +47,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 use super::{
     args::BenchArgs,
     measure::{Measurement, histogram},
-    process::{cpu_ticks, start_courier, stop_process},
+    process::{broker_command, cpu_ticks, start_courier, stop_process, ticks, version_line},
     tls::BenchTls,
 };
 
@@ -129,7 +129,7 @@ impl Broker {
             .local_addr()?
             .port();
         let config = tempfile::tempdir()?;
-        let mut command = Command::new(program);
+        let mut command = broker_command(program);
         if tls.is_none() && password_file.is_none() {
             command.args(["-p", &port.to_string()]);
         } else {
@@ -228,6 +228,28 @@ struct Results {
     commands: Deliveries,
     idle_rss: f64,
     connected_rss: f64,
+    /// The broker's CPU time (user + system) in each workload, by name.
+    cpu: Vec<(&'static str, Duration)>,
+}
+
+impl Results {
+    /// Each workload's messages (or connections) and the broker's CPU time for them.
+    fn costs(&self) -> Vec<(&'static str, usize, Duration)> {
+        self.cpu
+            .iter()
+            .map(|(name, cpu)| {
+                let count = match *name {
+                    "commands" => self.commands.measurement.records,
+                    "new connections" => self.new_connections.records,
+                    "QoS 1 publish" => self.publish.records,
+                    "QoS 2 publish" => self.qos2.records,
+                    "fan-out" => self.fanout.measurement.records,
+                    _ => self.qos2_delivery.measurement.records,
+                };
+                (*name, count, *cpu)
+            })
+            .collect()
+    }
 }
 
 /// Runs every workload against both brokers and prints the table and ratios.
@@ -248,11 +270,13 @@ pub(crate) async fn run(args: &BenchArgs) -> Result<()> {
 /// Every workload against one broker, one after the other.
 async fn measure(broker: &Broker, args: &BenchArgs) -> Result<Results> {
     // Connections first, on a fresh broker: what they cost, without stored messages in the figure.
+    let mut cpu = Vec::new();
     let idle_rss = broker.rss_mib()?;
     let mut devices = connect_many(&broker.target, args.connections).await?;
     let connected_rss = broker.rss_mib()?;
-    let commands = phase(
+    let commands = costed(
         broker,
+        &mut cpu,
         "commands",
         commands(&broker.target, &mut devices, args),
     )
@@ -263,33 +287,38 @@ async fn measure(broker: &Broker, args: &BenchArgs) -> Result<Results> {
         event_loop.abort();
     }
     broker.settle().await?;
-    let new = phase(
+    let new = costed(
         broker,
+        &mut cpu,
         "new connections",
         new_connections(&broker.target, args),
     )
     .await?;
     broker.settle().await?;
-    let qos1 = phase(
+    let qos1 = costed(
         broker,
+        &mut cpu,
         "QoS 1 publish",
         publish(&broker.target, args, Workload::Qos1),
     )
     .await?;
-    let qos2 = phase(
+    let qos2 = costed(
         broker,
+        &mut cpu,
         "QoS 2 publish",
         publish(&broker.target, args, Workload::Qos2Persistent),
     )
     .await?;
-    let fanout = phase(
+    let fanout = costed(
         broker,
+        &mut cpu,
         "fan-out",
         deliver(&broker.target, args, Delivery::fanout(args)),
     )
     .await?;
-    let qos2_delivery = phase(
+    let qos2_delivery = costed(
         broker,
+        &mut cpu,
         "QoS 2 delivery",
         deliver(&broker.target, args, Delivery::qos2_persistent(args)),
     )
@@ -303,11 +332,16 @@ async fn measure(broker: &Broker, args: &BenchArgs) -> Result<Results> {
         commands,
         idle_rss,
         connected_rss,
+        cpu,
     })
 }
 
 /// The tables and the ratios of Courier to Mosquitto.
 fn print_results(args: &BenchArgs, results: &[(&str, Results)]) {
+    println!(
+        "peer: {}",
+        version_line(&args.mosquitto, &["-h"], "version")
+    );
     println!(
         "transport={} messages={} qos2_messages={} payload={} publishers={} inflight={} subscribers={} fanout_messages={} connections={} commands={} new_connections={} courier fsync={}",
         if args.tls { "TLS" } else { "TCP" },
@@ -367,6 +401,18 @@ fn print_results(args: &BenchArgs, results: &[(&str, Results)]) {
                 measured.percentile_ms(0.5),
                 measured.percentile_ms(0.99),
                 deliveries.missing
+            );
+        }
+    }
+    println!();
+    println!("| broker | workload | messages | broker CPU s | broker CPU µs per message |");
+    println!("|---|---|---:|---:|---:|");
+    for (name, r) in results {
+        for (workload, count, cpu) in r.costs() {
+            println!(
+                "| {name} | {workload} | {count} | {:.2} | {:.1} |",
+                cpu.as_secs_f64(),
+                cpu.as_secs_f64() * 1e6 / count.max(1) as f64
             );
         }
     }
@@ -535,6 +581,19 @@ async fn publish(target: &Target, args: &BenchArgs, workload: Workload) -> Resul
 /// benches that start their brokers themselves (`--tracing`).
 pub(super) async fn publish_qos1(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
     publish(&Target::new(address, None), args, Workload::Qos1).await
+}
+
+/// [`phase`], booking the broker's CPU time (from /proc) for it in `cpu`.
+async fn costed<T>(
+    broker: &Broker,
+    cpu: &mut Vec<(&'static str, Duration)>,
+    name: &'static str,
+    workload: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let before = broker.cpu_ticks()?;
+    let result = phase(broker, name, workload).await?;
+    cpu.push((name, ticks(broker.cpu_ticks()?.saturating_sub(before))));
+    Ok(result)
 }
 
 /// Runs one workload, says on stderr when it is done (a run takes minutes), and names it in an error.

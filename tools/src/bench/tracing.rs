@@ -37,7 +37,7 @@ use super::{
     grpc::{connect, produce_grpc},
     measure::{Measurement, batches_per_stream},
     mqtt::publish_qos1,
-    process::{cpu_ticks, start_courier, start_server, stop_process},
+    process::{self, cpu_ticks, start_courier, start_server, stop_process},
 };
 use crate::client::Credentials;
 
@@ -190,8 +190,7 @@ async fn measure_round(
         } else {
             Duration::ZERO
         };
-        // Clock ticks are 10 ms on Linux.
-        let cpu = Duration::from_millis((cpu_ticks(&child)? - ticks) * 10);
+        let cpu = process::ticks(cpu_ticks(&child)?.saturating_sub(ticks));
         anyhow::Ok((measurement, cpu, export_lag))
     }
     .await;
