@@ -1,0 +1,123 @@
+//! `courier bench` itself, on workloads small enough for the suite: the tool runs its brokers as
+//! processes of their own, pinned when there are two cores, and reports the broker's CPU time beside
+//! each rate. Its figures are read by people (BENCHMARKS.md), not checked here: what is checked is
+//! that every side measured the whole workload and said how it was run.
+
+use std::process::{Command, Output};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn bench(args: &[&str]) -> Result<Output, Box<dyn std::error::Error>> {
+    let output = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .arg("bench")
+        .args(args)
+        .output()?;
+    if !output.status.success() {
+        return Err(format!(
+            "courier bench {args:?} failed: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(output)
+}
+
+fn pinning_line(report: &str) -> Option<&str> {
+    report.lines().find(|line| line.starts_with("pinning: "))
+}
+
+/// The default mode: the direct side and `courier serve`'s gRPC side each produce and read back
+/// every record; the gateway process's CPU time is reported.
+#[test]
+fn the_grpc_bench_measures_courier_serve_as_a_process_of_its_own() -> TestResult {
+    let output = bench(&["--records", "2000", "--streams", "2", "--fsync", "never"])?;
+    let report = String::from_utf8(output.stdout)?;
+    let pinning = pinning_line(&report).ok_or(report.clone())?;
+    let cores = std::thread::available_parallelism()?.get();
+    assert_eq!(
+        pinning.contains("alone on core"),
+        cores >= 2,
+        "{cores} cores: {pinning}"
+    );
+    for side in [
+        "| produce | direct (in-process) |",
+        "| produce | gRPC ProduceStream |",
+        "| subscribe | direct (in-process) |",
+        "| subscribe | gRPC Subscribe |",
+    ] {
+        assert!(report.contains(side), "no {side:?} in\n{report}");
+    }
+    assert!(report.contains("gateway process CPU: produce"), "{report}");
+    assert!(report.contains("subscribe ratio gRPC/direct: "), "{report}");
+    Ok(())
+}
+
+/// `--no-pin` leaves the brokers to the scheduler, and says so.
+#[test]
+fn no_pin_says_nothing_is_pinned() -> TestResult {
+    let output = bench(&[
+        "--records",
+        "500",
+        "--streams",
+        "1",
+        "--fsync",
+        "never",
+        "--no-pin",
+    ])?;
+    let report = String::from_utf8(output.stdout)?;
+    assert_eq!(
+        pinning_line(&report),
+        Some("pinning: not pinned"),
+        "{report}"
+    );
+    Ok(())
+}
+
+/// MQTT against Mosquitto (installed by `scripts/test`): both brokers measured in every workload,
+/// with their CPU time per message and Mosquitto's version.
+#[test]
+fn the_mqtt_bench_reports_each_brokers_cpu_per_message() -> TestResult {
+    let output = bench(&[
+        "--mqtt",
+        "--records",
+        "400",
+        "--streams",
+        "2",
+        "--qos2-messages",
+        "100",
+        "--subscribers",
+        "5",
+        "--fanout-messages",
+        "20",
+        "--connections",
+        "50",
+        "--commands",
+        "100",
+        "--new-connections",
+        "20",
+        "--fsync",
+        "never",
+    ])?;
+    let report = String::from_utf8(output.stdout)?;
+    assert!(
+        report
+            .lines()
+            .any(|line| line.starts_with("peer: mosquitto version")),
+        "{report}"
+    );
+    for broker in ["Courier (embedded)", "Mosquitto"] {
+        for workload in [
+            "commands",
+            "new connections",
+            "QoS 1 publish",
+            "QoS 2 publish",
+            "fan-out",
+            "QoS 2 delivery",
+        ] {
+            let row = format!("| {broker} | {workload} | ");
+            assert!(report.contains(&row), "no {row:?} in\n{report}");
+        }
+    }
+    Ok(())
+}
