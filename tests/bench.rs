@@ -74,6 +74,33 @@ fn no_pin_says_nothing_is_pinned() -> TestResult {
     Ok(())
 }
 
+/// `--kafka mock`: rdkafka and the gateway on librdkafka's mock cluster, its topics made through the
+/// cluster's own API (it answers no CreateTopics).
+#[test]
+fn the_kafka_bench_runs_on_librdkafkas_mock_cluster() -> TestResult {
+    let output = bench(&[
+        "--kafka",
+        "mock",
+        "--records",
+        "2000",
+        "--record-size",
+        "100",
+        "--partitions",
+        "2",
+        "--streams",
+        "2",
+    ])?;
+    let report = String::from_utf8(output.stdout)?;
+    assert!(report.contains("librdkafka's mock cluster"), "{report}");
+    for side in [
+        "| produce | direct (rdkafka) |",
+        "| subscribe | gRPC Subscribe |",
+    ] {
+        assert!(report.contains(side), "no {side:?} in\n{report}");
+    }
+    Ok(())
+}
+
 /// MQTT against Mosquitto (installed by `scripts/test`): both brokers measured in every workload,
 /// with their CPU time per message and Mosquitto's version.
 #[test]

@@ -24,7 +24,7 @@
 //! [`args`] (the options), [`measure`] (timing and latency), [`process`] (brokers as processes),
 //! [`grpc`] (direct against gRPC), and one module per peer.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 mod amqp;
 mod args;
@@ -40,10 +40,37 @@ mod tracing;
 
 pub use args::BenchArgs;
 
+/// What `--kafka` takes for librdkafka's mock cluster.
+const MOCK: &str = "mock";
+
+/// `--kafka mock`: the default comparison (rdkafka against the gateway) on librdkafka's mock
+/// cluster, one broker, in this process. It batches as Kafka does, so the gateway's cost in front
+/// of Kafka is measured where tansu (one record per batch) would be the bottleneck. The mock
+/// cluster answers no CreateTopics request: the topics are made through its own API.
+async fn mock_kafka(mut args: BenchArgs) -> Result<()> {
+    if args.regions.is_some() || args.auth_rules.is_some() {
+        bail!("--kafka mock takes neither --regions nor --auth-rules");
+    }
+    let cluster =
+        rdkafka::mocking::MockCluster::new(1).context("starting librdkafka's mock cluster")?;
+    args.kafka = Some(cluster.bootstrap_servers());
+    println!("kafka: librdkafka's mock cluster, one broker, in the bench process");
+    let make_topic = |name: &str, partitions: u32| -> Result<()> {
+        let partitions = i32::try_from(partitions).context("partitions")?;
+        cluster
+            .create_topic(name, partitions, 1)
+            .with_context(|| format!("creating {name} in the mock cluster"))
+    };
+    grpc::run_with(&args, Some(&make_topic)).await
+}
+
 /// Runs the benchmark and prints a markdown table.
 pub async fn run(args: BenchArgs) -> Result<()> {
     if args.records == 0 || args.streams == 0 || args.batch == 0 || args.pipeline == 0 {
         bail!("records, streams, batch and pipeline must be at least 1");
+    }
+    if args.kafka.as_deref() == Some(MOCK) {
+        return mock_kafka(args).await;
     }
     // Every mode whose broker runs as a process of its own (or, in the default mode, the embedded
     // store written directly, on a thread of its own) is pinned; the others run a gateway in this

@@ -26,7 +26,8 @@ pub struct BenchArgs {
     /// fsync policy of the embedded logs: always or never.
     #[arg(long, default_value = "always", value_parser = ["always", "never"])]
     pub(crate) fsync: String,
-    /// Measure against this Kafka cluster (`host:port,...`) instead of the embedded log.
+    /// Measure against this Kafka cluster (`host:port,...`) instead of the embedded log; `mock`:
+    /// librdkafka's mock cluster, started in the bench process.
     #[arg(long)]
     pub(crate) kafka: Option<String>,
     /// With `--kafka`: compare a gateway over the plain Kafka backend with one over the region router,

@@ -53,13 +53,22 @@ struct Sides {
 
 /// Direct against gRPC: produces and subscribes both ways, and prints the table.
 pub(super) async fn run(args: &BenchArgs) -> Result<()> {
-    let sides = measure(args).await?;
+    run_with(args, None).await
+}
+
+/// Makes a topic on the Kafka cluster by other means than the gateway's CreateTopics (the mock
+/// cluster answers none).
+pub(super) type MakeTopic<'a> = &'a dyn Fn(&str, u32) -> Result<()>;
+
+/// [`run`], the Kafka topics made by `make_topic` when given.
+pub(super) async fn run_with(args: &BenchArgs, make_topic: Option<MakeTopic<'_>>) -> Result<()> {
+    let sides = measure(args, make_topic).await?;
     print_sides(args, &sides);
     Ok(())
 }
 
 /// Runs the workloads, direct and over gRPC, each on a fresh store or topic.
-async fn measure(args: &BenchArgs) -> Result<Sides> {
+async fn measure(args: &BenchArgs, make_topic: Option<MakeTopic<'_>>) -> Result<Sides> {
     let fsync = if args.fsync == "never" {
         FsyncPolicy::Never
     } else {
@@ -100,14 +109,24 @@ async fn measure(args: &BenchArgs) -> Result<Sides> {
         Some(bootstrap) => {
             let run = ulid::Ulid::new().to_string().to_lowercase();
             let config = kafka::config(bootstrap, &args.producer_properties);
-            let log = kafka::backend(&config, "bench").await?;
             let direct_topic = format!("bench-direct-{run}");
-            log.create_topic(TopicSpec::named(&direct_topic).partitions(args.partitions))
-                .await?;
+            let grpc_topic = format!("bench-grpc-{run}");
+            if let Some(make) = make_topic {
+                make(&direct_topic, args.partitions)?;
+                make(&grpc_topic, args.partitions)?;
+            } else {
+                kafka::backend(&config, "bench-admin")
+                    .await?
+                    .create_topic(TopicSpec::named(&direct_topic).partitions(args.partitions))
+                    .await?;
+            }
             let direct_produce = kafka::produce(&config, &direct_topic, args, &value).await?;
             let direct_subscribe = kafka::subscribe(&config, &direct_topic, args.records).await?;
+            // The gateway's clients connect now: idle through the direct side, the mock cluster's
+            // one broker thread, busy serving it, let their requests time out.
+            let log = kafka::backend(&config, "bench").await?;
             let (grpc_produce, grpc_subscribe) =
-                through_gateway(log, &format!("bench-grpc-{run}"), args, &value).await?;
+                through_gateway(log, &grpc_topic, args, &value).await?;
             (
                 direct_produce,
                 direct_subscribe,
@@ -249,7 +268,14 @@ pub(super) async fn through_gateway_as(
         .context("connecting to the gateway")?);
     // Created over gRPC (as a client would), unless it exists: the authenticated bench's user
     // may not use Admin, so its topic is made beforehand.
-    if log.describe_topic(topic).await.is_err() {
+    // By the topic list (a metadata request): describing a topic also asks for its configs, which
+    // librdkafka's mock cluster does not answer.
+    let exists = log
+        .list_topics()
+        .await?
+        .iter()
+        .any(|summary| summary.name == topic);
+    if !exists {
         AdminClient::new(channel.clone())
             .create_topic(pb::CreateTopicRequest {
                 name: topic.into(),
