@@ -268,7 +268,7 @@ pub struct RegionsConfig {
     pub replication_stale_after: Duration,
     /// How often each region's MirrorMaker 2 checkpoints are read against the consumer groups'
     /// commits in the other regions (the records a crash would deliver again). Each reading lists
-    /// and describes every group of the other regions.
+    /// and describes every group of the other regions; `0s` switches it off.
     #[serde(
         default = "RegionsConfig::default_checkpoint_interval",
         with = "humantime_serde"

@@ -11,9 +11,10 @@
 //! commits on the topics mirrored into `to`, and counts per group the records committed past the
 //! newest checkpoint.
 //!
-//! A group past its checkpoint that the source region is still answering for loses nothing to
-//! this window on a fail-back or a planned switch: the router then reads the group's commits there
-//! (`fail_back`). The window is what a crash costs.
+//! The figure is a lower bound: MirrorMaker 2 translates a checkpoint to an offset at or before
+//! it (by up to `offset.lag.max` records). A group past its checkpoint whose source region still
+//! answers, on a fail-back or a planned switch, is brought over by its commits there instead
+//! (`fail_back`, for records that carry a `courier-id`): the window is what a crash costs.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,9 @@ use crate::{
 /// Groups the status lists per pair of regions: the furthest behind.
 const LISTED_GROUPS: usize = 10;
 
+/// Checkpoint records read per fetch.
+const READ_BATCH: i64 = 4096;
+
 /// One consumer group's position in the source region against its newest checkpoint in the
 /// target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,8 +39,9 @@ pub struct GroupCoverage {
     /// The consumer group.
     pub group: String,
     /// Records the group committed in the source past its newest checkpoint in the target (for a
-    /// partition never checkpointed, from the partition's start): what it would read again if the
-    /// source were lost now.
+    /// partition never checkpointed, from the source partition's start): at least what it would
+    /// read again if the source were lost now (MirrorMaker 2 translates a checkpoint to an offset
+    /// at or before it, by up to `offset.lag.max` records).
     pub records_behind: i64,
     /// The age of the group's newest checkpoint in the target, in ms; `None` when it has none.
     pub checkpoint_age_ms: Option<i64>,
@@ -49,7 +54,7 @@ pub struct CheckpointStatus {
     pub measured_at_ms: i64,
     /// Groups with commits on topics mirrored into this region.
     pub groups: usize,
-    /// Of those, groups with a committed partition that has no checkpoint here.
+    /// Of those, groups that have no checkpoint here at all.
     pub groups_without_checkpoint: usize,
     /// Records all of them would read again, summed.
     pub records_behind: i64,
@@ -87,7 +92,10 @@ impl Coverage {
                 .iter()
                 .filter(|group| group.checkpoint_age_ms.is_none())
                 .count(),
-            records_behind: self.groups.iter().map(|group| group.records_behind).sum(),
+            records_behind: self
+                .groups
+                .iter()
+                .fold(0_i64, |sum, group| sum.saturating_add(group.records_behind)),
             furthest: self.groups.iter().take(LISTED_GROUPS).cloned().collect(),
         }
     }
@@ -138,22 +146,36 @@ impl CheckpointsRead {
             *self = Self::default();
         }
         for watermarks in description.partitions {
-            let next = self.next.get(&watermarks.partition).copied().unwrap_or(0);
-            let from = next.max(watermarks.low);
             let partition = TopicPartition::new(topic, watermarks.partition);
-            for record in read_range(target, &partition, from, watermarks.high).await? {
-                let (Some(key), Some(value)) = (&record.key, &record.value) else {
-                    continue;
-                };
-                match Checkpoint::decode(key, value) {
-                    Ok(checkpoint) => self.remember(checkpoint, record.timestamp_ms),
-                    Err(error) => tracing::debug!(
-                        %error, topic, offset = record.offset,
-                        "skipping a checkpoint record that cannot be decoded"
-                    ),
+            // In batches, remembering how far each got: a read cut short (a fetch that found
+            // nothing in time, the measurement's deadline) goes on from there the next time, and
+            // a checkpoint MirrorMaker 2 will not write again (the group did not move) is not
+            // skipped.
+            loop {
+                let next = self.next.get(&watermarks.partition).copied().unwrap_or(0);
+                let from = next.max(watermarks.low);
+                if from >= watermarks.high {
+                    break;
                 }
+                let until = watermarks.high.min(from.saturating_add(READ_BATCH));
+                let records = read_range(target, &partition, from, until).await?;
+                let Some(last) = records.last().map(|record| record.offset) else {
+                    break;
+                };
+                for record in &records {
+                    let (Some(key), Some(value)) = (&record.key, &record.value) else {
+                        continue;
+                    };
+                    match Checkpoint::decode(key, value) {
+                        Ok(checkpoint) => self.remember(checkpoint, record.timestamp_ms),
+                        Err(error) => tracing::debug!(
+                            %error, topic, offset = record.offset,
+                            "skipping a checkpoint record that cannot be decoded"
+                        ),
+                    }
+                }
+                self.next.insert(watermarks.partition, last + 1);
             }
-            self.next.insert(watermarks.partition, watermarks.high);
         }
         Ok(())
     }
@@ -182,7 +204,9 @@ struct Committed {
 }
 
 /// Measures what the checkpoints of `source` (named `source_name`) read into `read` in `target`
-/// (whose topics are `target_topics`) cover of the groups' commits in `source`.
+/// (whose topics are `target_topics`) cover of the groups' commits in `source`. `None` when
+/// `target` holds no checkpoints of `source` (MirrorMaker 2 does not copy that way, or has not
+/// started): every group would count from the start, on topics that may only share a name.
 pub(super) async fn measure(
     source: &dyn Log,
     source_name: &str,
@@ -191,12 +215,13 @@ pub(super) async fn measure(
     policy: &ReplicationPolicy,
     read: &mut CheckpointsRead,
     now_ms: i64,
-) -> Result<Coverage> {
+) -> Result<Option<Coverage>> {
     let checkpoints = policy.checkpoints_topic(source_name);
     // Reading a topic that is not there may create it.
-    if target_topics.contains(&checkpoints) {
-        read.read_on(target, &checkpoints).await?;
+    if !target_topics.contains(&checkpoints) {
+        return Ok(None);
     }
+    read.read_on(target, &checkpoints).await?;
     let mut groups = Vec::new();
     for group in source.list_groups().await? {
         let description = match source.describe_group(&group).await {
@@ -233,15 +258,25 @@ pub(super) async fn measure(
             let covered = match checkpointed {
                 Some(checkpoint) => checkpoint.upstream_offset,
                 None => {
-                    source
+                    let start = source
                         .resolve(
                             &TopicPartition::new(partition.topic.as_str(), partition.partition),
                             Position::Earliest,
                         )
-                        .await?
+                        .await;
+                    match start {
+                        Ok(start) => start,
+                        // Gone since the group was described: the partition counts for nothing.
+                        Err(_) => partition.offset,
+                    }
                 }
             };
-            behind += (partition.offset - covered).max(0);
+            // Offsets come from the network: saturating, whatever they say.
+            behind = partition
+                .offset
+                .saturating_sub(covered)
+                .max(0)
+                .saturating_add(behind);
         }
         let checkpoint_age_ms = newest
             .and_then(|newest| newest.values().map(|n| n.written_ms).max())
@@ -252,7 +287,7 @@ pub(super) async fn measure(
             checkpoint_age_ms,
         });
     }
-    Ok(Coverage::new(now_ms, groups))
+    Ok(Some(Coverage::new(now_ms, groups)))
 }
 
 #[cfg(test)]
@@ -336,7 +371,9 @@ mod tests {
         let mut read = CheckpointsRead::default();
         let now = crate::log::now_ms();
 
-        let coverage = measure(&a, "a", &b, &b_topics, &policy, &mut read, now).await?;
+        let coverage = measure(&a, "a", &b, &b_topics, &policy, &mut read, now)
+            .await?
+            .ok_or("no coverage")?;
         let behind: Vec<(&str, i64, bool)> = coverage
             .groups
             .iter()
@@ -352,12 +389,17 @@ mod tests {
 
         b.append(checkpoints, vec![checkpoint_record("g1", "a.orders", 30)])
             .await?;
-        let coverage = measure(&a, "a", &b, &b_topics, &policy, &mut read, now).await?;
+        let coverage = measure(&a, "a", &b, &b_topics, &policy, &mut read, now)
+            .await?
+            .ok_or("no coverage")?;
         let status = coverage.status();
         assert_eq!(status.records_behind, 12);
         assert_eq!(status.groups_without_checkpoint, 1);
         assert_eq!(status.furthest[1].group, "g1");
         assert_eq!(status.furthest[1].records_behind, 0);
+        // Without the checkpoints topic, no measurement: not every group counted from the start.
+        let without = measure(&a, "a", &b, &b_topics[1..], &policy, &mut read, now).await?;
+        assert!(without.is_none());
         Ok(())
     }
 

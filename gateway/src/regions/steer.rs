@@ -114,6 +114,9 @@ async fn measure_replication(shared: Arc<Shared>, index: usize) {
 async fn measure_checkpoints(shared: Arc<Shared>, to: usize) {
     let shared = &*shared;
     let period = shared.config.checkpoint_interval;
+    if period.is_zero() {
+        return; // switched off
+    }
     // What has been read of each source's checkpoints, by source region.
     let read = tokio::sync::Mutex::new(
         (0..shared.regions.len())
@@ -148,12 +151,13 @@ async fn measure_checkpoints(shared: Arc<Shared>, to: usize) {
             )
             .await;
             match measured {
-                Ok(Ok(coverage)) => lock(&target.copies).covered(&source.name, coverage),
+                Ok(Ok(Some(coverage))) => lock(&target.copies).covered(&source.name, coverage),
+                Ok(Ok(None)) => {}
                 Ok(Err(error)) => {
-                    tracing::debug!(from = %source.name, to = %target.name, %error, "measuring checkpoints");
+                    tracing::warn!(from = %source.name, to = %target.name, %error, "measuring checkpoints failed; the last measurement stays");
                 }
                 Err(_) => {
-                    tracing::debug!(from = %source.name, to = %target.name, "measuring checkpoints took longer than log.checkpoint_interval");
+                    tracing::warn!(from = %source.name, to = %target.name, "measuring checkpoints took longer than log.checkpoint_interval; it goes on from there next time");
                 }
             }
         }
