@@ -46,9 +46,11 @@
 //!    and comes back to a receiver as a data section of those bytes, as other values, or as a
 //!    message that does not decode at the client. `mapping/repro-array-of-nulls-encodes-malformed`,
 //!    `mapping/repro-array-of-maps-not-read-back`, `mapping/repro-array-key-misreads-the-next-value`.
-//!    The mapping target checks a body holding any array no further than the record, and does not
-//!    encode a message back whose application property holds one (fe2o3 reads a described value,
-//!    an array inside, as a property's value: `mapping/repro-property-array-encodes-malformed`).
+//!    Courier now refuses such a body (`mapping::encode_body`: an array of nulls, empty lists or
+//!    described values, or one that does not read back as sent) and an application property
+//!    holding a map, list or array (AMQP 1.0 §3.2.5 allows simple values only), so the mapping
+//!    target checks that every body it stores comes back as sent; it still does not encode back a
+//!    message whose body holds an array (`mapping/repro-property-array-encodes-malformed`).
 //! 7. **A map keyed by a timestamp panics the encoder** (serde_amqp 0.18.0, `Serializer`: the
 //!    timestamp's type, noted for the key, is left for the value after it; `serialize_str` meets it
 //!    and reaches `unreachable!()`). A body holding such a map, an amqp-value a client sends,
