@@ -67,6 +67,9 @@ pub struct BenchArgs {
     /// A librdkafka producer property (`KEY=VALUE`, repeatable), given to both sides alike.
     #[arg(long = "producer-property", value_parser = parse_property)]
     pub(crate) producer_properties: Vec<(String, String)>,
+    /// A librdkafka consumer property (`KEY=VALUE`, repeatable), given to both sides alike.
+    #[arg(long = "consumer-property", value_parser = parse_property)]
+    pub(crate) consumer_properties: Vec<(String, String)>,
     /// MQTT mode: Courier's MQTT endpoint (embedded) against Mosquitto; `records` messages of
     /// `record_size` bytes from `streams` publishers (see tools/src/bench/mqtt.rs).
     #[arg(long)]

@@ -108,17 +108,18 @@ async fn measure(args: &BenchArgs, make_topic: Option<MakeTopic<'_>>) -> Result<
         }
         Some(bootstrap) => {
             let run = ulid::Ulid::new().to_string().to_lowercase();
-            let config = kafka::config(bootstrap, &args.producer_properties);
+            let config = kafka::config(bootstrap, args);
             let direct_topic = format!("bench-direct-{run}");
             let grpc_topic = format!("bench-grpc-{run}");
             if let Some(make) = make_topic {
                 make(&direct_topic, args.partitions)?;
                 make(&grpc_topic, args.partitions)?;
             } else {
-                kafka::backend(&config, "bench-admin")
-                    .await?
+                let admin = kafka::backend(&config, "bench-admin").await?;
+                admin
                     .create_topic(TopicSpec::named(&direct_topic).partitions(args.partitions))
                     .await?;
+                admin.close().await?;
             }
             let direct_produce = kafka::produce(&config, &direct_topic, args, &value).await?;
             let direct_subscribe = kafka::subscribe(&config, &direct_topic, args.records).await?;

@@ -24,11 +24,13 @@ use super::{
     measure::{Measurement, measure_producers, pipelined},
 };
 
-/// The gateway's Kafka settings for a benchmark broker (one broker: one replica per topic).
-pub(super) fn config(bootstrap: &str, producer_properties: &[(String, String)]) -> KafkaConfig {
+/// The gateway's Kafka settings for a benchmark broker (one broker: one replica per topic), with
+/// the librdkafka properties `args` gives for producers and consumers.
+pub(super) fn config(bootstrap: &str, args: &BenchArgs) -> KafkaConfig {
     KafkaConfig {
         replication_factor: 1,
-        producer_properties: producer_properties.iter().cloned().collect(),
+        producer_properties: args.producer_properties.iter().cloned().collect(),
+        consumer_properties: args.consumer_properties.iter().cloned().collect(),
         ..KafkaConfig::new(bootstrap)
     }
 }
@@ -101,7 +103,11 @@ pub(super) async fn subscribe(
     topic: &str,
     records: usize,
 ) -> Result<Measurement> {
-    let consumer: StreamConsumer = client(config)
+    let mut settings = client(config);
+    for (key, value) in &config.consumer_properties {
+        settings.set(key, value);
+    }
+    let consumer: StreamConsumer = settings
         .set("group.id", format!("bench-direct-{}", ulid::Ulid::new()))
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")

@@ -24,14 +24,8 @@ fn router(primary: &str, standby: &str, args: &BenchArgs) -> Result<Regions> {
         toml::from_str("mode = \"active-passive\"\nprimary = \"a\"\nregions = {}\n")
             .context("the benchmark's region settings")?;
     config.regions = [
-        (
-            "a".to_owned(),
-            kafka::config(primary, &args.producer_properties),
-        ),
-        (
-            "b".to_owned(),
-            kafka::config(standby, &args.producer_properties),
-        ),
+        ("a".to_owned(), kafka::config(primary, args)),
+        ("b".to_owned(), kafka::config(standby, args)),
     ]
     .into();
     Ok(Regions::open(
@@ -57,8 +51,7 @@ pub(super) async fn run(args: &BenchArgs, primary: &str, standby: &str) -> Resul
     for round in 1..=ROUNDS {
         // Odd rounds measure the plain side first, even rounds the router first.
         let plain = async {
-            let log =
-                kafka::backend(&kafka::config(primary, &args.producer_properties), "a").await?;
+            let log = kafka::backend(&kafka::config(primary, args), "a").await?;
             through_gateway(log, &format!("bench-plain-{run}-{round}"), args, &value).await
         };
         let routed = async {
