@@ -277,13 +277,7 @@ pub(super) async fn through_gateway_as(
         .iter()
         .any(|summary| summary.name == topic);
     if !exists {
-        AdminClient::new(channel.clone())
-            .create_topic(pb::CreateTopicRequest {
-                name: topic.into(),
-                partitions: args.partitions,
-                ..Default::default()
-            })
-            .await?;
+        create_topic(&channel, topic, args.partitions).await?;
     }
     // One call before measuring, as a long-running client has made: with Basic credentials the
     // password is checked on the first call and remembered, not on every stream.
@@ -328,13 +322,7 @@ async fn through_process(
         let channel = Credentials::default().on(connect(address, tls.as_ref())
             .await
             .context("connecting to the gateway")?);
-        AdminClient::new(channel.clone())
-            .create_topic(pb::CreateTopicRequest {
-                name: topic.into(),
-                partitions: args.partitions,
-                ..Default::default()
-            })
-            .await?;
+        create_topic(&channel, topic, args.partitions).await?;
         let before = process::cpu_ticks(&child)?;
         let produced = produce_grpc(&channel, topic, args, value).await?;
         let between = process::cpu_ticks(&child)?;
@@ -349,6 +337,18 @@ async fn through_process(
     .await;
     process::stop_process(&mut child);
     measured
+}
+
+/// Creates `topic` over the gateway's Admin API, as a client would.
+async fn create_topic(channel: &Api, topic: &str, partitions: u32) -> Result<()> {
+    AdminClient::new(channel.clone())
+        .create_topic(pb::CreateTopicRequest {
+            name: topic.into(),
+            partitions,
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
 }
 
 /// A channel to the gateway at `address`, over TLS when `tls` is given (the TLS is the client's
