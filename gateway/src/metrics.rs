@@ -71,8 +71,8 @@ pub mod names {
     /// `from`, `to` and `group`. The binary exports it (`src/http/checkpoints.rs`): per pair, the
     /// groups furthest behind one by one, the others summed under `group="(other)"`.
     pub const REGION_CHECKPOINT_BEHIND: &str = "courier_region_checkpoint_behind_records";
-    /// Gauge: the age in seconds of group `group`'s newest checkpoint in region `to` while it has
-    /// committed past it in `from` (0 when the checkpoint covers its commits), by `from`, `to` and
+    /// Gauge: the age in seconds of the oldest of group `group`'s checkpoints in region `to` that
+    /// it has committed past in `from` (0 when its checkpoints cover its commits), by `from`, `to` and
     /// `group` (under `(other)`, the oldest). No series for a group without a checkpoint.
     pub const REGION_CHECKPOINT_AGE: &str = "courier_region_checkpoint_age_seconds";
     /// Counter: moves of traffic between regions, by `traffic` (writes, reads) and `to` (region).

@@ -76,7 +76,7 @@ pub(crate) fn render(pairs: &[PairCoverage], exported: usize) -> String {
         );
         metrics::describe_gauge!(
             names::REGION_CHECKPOINT_AGE,
-            "Age of a consumer group's newest checkpoint in region `to` while it has committed past it in `from` (0 when covered)"
+            "Age of the oldest of a consumer group's checkpoints in region `to` that it has committed past in `from` (0 when covered)"
         );
         for ((from, to, group), figures) in series(pairs, exported) {
             let labels = [

@@ -32,6 +32,10 @@ const LISTED_GROUPS: usize = 10;
 /// Checkpoint records read per fetch.
 const READ_BATCH: i64 = 4096;
 
+/// Groups MirrorMaker 2 leaves out by default (`groups.exclude`: `console-consumer-.*`,
+/// `connect-.*`, `__.*`): never checkpointed, they would count as behind by all they read.
+const NEVER_CHECKPOINTED: [&str; 3] = ["console-consumer-", "connect-", "__"];
+
 /// One consumer group's position in the source region against its newest checkpoint in the
 /// target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,7 +47,8 @@ pub struct GroupCoverage {
     /// read again if the source were lost now (MirrorMaker 2 translates a checkpoint to an offset
     /// at or before it, by up to `offset.lag.max` records).
     pub records_behind: i64,
-    /// The age of the group's newest checkpoint in the target, in ms; `None` when it has none.
+    /// The age of the group's checkpoint in the target, in ms: of the oldest checkpoint of a
+    /// partition it has read past, else of its newest; `None` when it has none.
     pub checkpoint_age_ms: Option<i64>,
 }
 
@@ -224,6 +229,12 @@ pub(super) async fn measure(
     read.read_on(target, &checkpoints).await?;
     let mut groups = Vec::new();
     for group in source.list_groups().await? {
+        if NEVER_CHECKPOINTED
+            .iter()
+            .any(|prefix| group.starts_with(prefix))
+        {
+            continue;
+        }
         let description = match source.describe_group(&group).await {
             Ok(description) => description,
             // One group that cannot be described (gone since it was listed) leaves the others.
@@ -252,11 +263,21 @@ pub(super) async fn measure(
         }
         let newest = read.newest.get(&group);
         let mut behind = 0;
+        // The oldest checkpoint of a partition the group has read past: its age is the window's.
+        let mut oldest_behind: Option<i64> = None;
         for partition in &committed {
             let checkpointed = newest
                 .and_then(|newest| newest.get(&(partition.mirror.clone(), partition.partition)));
             let covered = match checkpointed {
-                Some(checkpoint) => checkpoint.upstream_offset,
+                Some(checkpoint) => {
+                    if partition.offset > checkpoint.upstream_offset {
+                        oldest_behind =
+                            Some(oldest_behind.map_or(checkpoint.written_ms, |oldest| {
+                                oldest.min(checkpoint.written_ms)
+                            }));
+                    }
+                    checkpoint.upstream_offset
+                }
                 None => {
                     let start = source
                         .resolve(
@@ -278,8 +299,9 @@ pub(super) async fn measure(
                 .max(0)
                 .saturating_add(behind);
         }
-        let checkpoint_age_ms = newest
-            .and_then(|newest| newest.values().map(|n| n.written_ms).max())
+        // Behind: the oldest checkpoint it is past; covered: its newest.
+        let checkpoint_age_ms = oldest_behind
+            .or_else(|| newest.and_then(|newest| newest.values().map(|n| n.written_ms).max()))
             .map(|written| (now_ms - written).max(0));
         groups.push(GroupCoverage {
             group,
@@ -329,8 +351,8 @@ mod tests {
     }
 
     /// Over two embedded logs: a group checkpointed at 20 of the 30 it committed is 10 behind, a
-    /// group never checkpointed is behind by all it committed, a group on a topic not mirrored is
-    /// not counted; a later checkpoint, read on from where the last reading stopped, covers all.
+    /// group never checkpointed is behind by all it committed, a group on a topic not mirrored or
+    /// one MirrorMaker 2 leaves out is not counted; a later checkpoint, read on from where the last reading stopped, covers all.
     #[tokio::test]
     async fn counts_the_records_committed_past_the_newest_checkpoint()
     -> std::result::Result<(), Box<dyn std::error::Error>> {
@@ -356,6 +378,9 @@ mod tests {
         a.commit("g1", &[(orders.clone(), 30)]).await?;
         a.commit("g2", &[(orders.clone(), 12)]).await?;
         a.commit("g3", &[(TopicPartition::new("local", 0), 1)])
+            .await?;
+        // MirrorMaker 2 checkpoints no console consumer by default: not counted.
+        a.commit("console-consumer-42", &[(orders.clone(), 30)])
             .await?;
         for topic in ["a.orders", "a.checkpoints.internal"] {
             b.create_topic(TopicSpec {
