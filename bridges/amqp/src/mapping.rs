@@ -365,21 +365,31 @@ fn decode_property(kind: Option<&str>, value: &Bytes) -> SimpleValue {
     }
 }
 
+/// Whether `value`, or any value inside it (list items, map keys and values, array elements, a
+/// described value), is one `wanted` picks. The depth is bounded by the frame guard's nesting
+/// limit, checked before a message is decoded.
+fn holds(value: &Value, wanted: &impl Fn(&Value) -> bool) -> bool {
+    wanted(value)
+        || match value {
+            Value::List(items) => items.iter().any(|item| holds(item, wanted)),
+            Value::Array(items) => items.iter().any(|item| holds(item, wanted)),
+            Value::Map(map) => map
+                .iter()
+                .any(|(key, value)| holds(key, wanted) || holds(value, wanted)),
+            Value::Described(described) => holds(&described.value, wanted),
+            _ => false,
+        }
+}
+
 /// Does `value` hold a map keyed by a timestamp? serde_amqp 0.18.0 leaves the key's type noted
 /// for the value after it, and panics on a string there (`fuzz/src/known_bugs.rs`, bug 7); other
 /// values after it may be written as timestamps. Such a body is refused, not stored wrong.
 fn holds_a_timestamp_key(value: &Value) -> bool {
-    match value {
-        Value::Map(map) => map.iter().any(|(key, value)| {
-            matches!(key, Value::Timestamp(_))
-                || holds_a_timestamp_key(key)
-                || holds_a_timestamp_key(value)
-        }),
-        Value::List(items) => items.iter().any(holds_a_timestamp_key),
-        Value::Array(items) => items.iter().any(holds_a_timestamp_key),
-        Value::Described(described) => holds_a_timestamp_key(&described.value),
-        _ => false,
-    }
+    let timestamp = |key: &Value| matches!(key, Value::Timestamp(_));
+    holds(
+        value,
+        &|value| matches!(value, Value::Map(map) if map.keys().any(timestamp)),
+    )
 }
 
 /// Whether `value` is a map, list or array, or a described one.
@@ -393,34 +403,19 @@ fn is_compound(value: &Value) -> bool {
 
 /// Whether an array is anywhere in `value`.
 fn holds_an_array(value: &Value) -> bool {
-    match value {
-        Value::Array(_) => true,
-        Value::List(items) => items.iter().any(holds_an_array),
-        Value::Map(map) => map
-            .iter()
-            .any(|(key, value)| holds_an_array(key) || holds_an_array(value)),
-        Value::Described(described) => holds_an_array(&described.value),
-        _ => false,
-    }
+    holds(value, &|value| matches!(value, Value::Array(_)))
 }
 
 /// Whether `value` holds an array serde_amqp 0.18.0 writes malformed, though its own decoder
 /// reads it back: elements encoded in no bytes (nulls, empty lists) get a byte too many, and
 /// described elements their descriptor again each. Other AMQP clients misread such bytes.
 fn holds_a_malformed_array(value: &Value) -> bool {
-    match value {
-        Value::Array(items) => items.iter().any(|item| {
+    holds(value, &|value| {
+        matches!(value, Value::Array(items) if items.iter().any(|item| {
             matches!(item, Value::Null | Value::Described(_))
                 || matches!(item, Value::List(list) if list.is_empty())
-                || holds_a_malformed_array(item)
-        }),
-        Value::List(items) => items.iter().any(holds_a_malformed_array),
-        Value::Map(map) => map
-            .iter()
-            .any(|(key, value)| holds_a_malformed_array(key) || holds_a_malformed_array(value)),
-        Value::Described(described) => holds_a_malformed_array(&described.value),
-        _ => false,
-    }
+        }))
+    })
 }
 
 fn encode_body(body: Body<Value>) -> Result<(&'static str, Bytes), Refusal> {
