@@ -11,7 +11,7 @@ use courier_gateway::{
 };
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-use super::lag::OTHER_GROUPS;
+use super::lag::series_labels;
 
 /// One series' figures: records behind, and the age of the checkpoint they are behind (`None`
 /// for a group that has no checkpoint: its age is not a number).
@@ -44,15 +44,8 @@ impl Figures {
 fn series(pairs: &[PairCoverage], exported: usize) -> BTreeMap<(&str, &str, &str), Figures> {
     let mut series = BTreeMap::new();
     for pair in pairs {
-        let mut own = 0;
-        for group in &pair.groups {
-            let alone = own < exported && group.group != OTHER_GROUPS;
-            own += usize::from(alone);
-            let name = if alone {
-                group.group.as_str()
-            } else {
-                OTHER_GROUPS
-            };
+        let labels = series_labels(pair.groups.iter().map(|g| g.group.as_str()), exported);
+        for (group, name) in pair.groups.iter().zip(labels) {
             series
                 .entry((pair.from.as_str(), pair.to.as_str(), name))
                 .or_insert_with(Figures::default)
@@ -96,7 +89,7 @@ pub(crate) fn render(pairs: &[PairCoverage], exported: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::lag::OTHER_GROUPS, *};
 
     fn group(name: &str, behind: i64, age_ms: Option<i64>) -> GroupCoverage {
         GroupCoverage {

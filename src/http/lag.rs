@@ -105,20 +105,27 @@ fn of(mut groups: Vec<Behind>, exported: usize) -> Reading {
 /// the rest summed per topic under [`OTHER_GROUPS`].
 fn series(groups: &[Behind], exported: usize) -> BTreeMap<(&str, &str), i64> {
     let mut series = BTreeMap::new();
-    let mut own = 0;
-    for behind in groups {
-        let alone = own < exported && behind.group != OTHER_GROUPS;
-        own += usize::from(alone);
+    let labels = series_labels(groups.iter().map(|behind| behind.group.as_str()), exported);
+    for (behind, group) in groups.iter().zip(labels) {
         for (topic, lag) in &behind.per_topic {
-            let group = if alone {
-                behind.group.as_str()
-            } else {
-                OTHER_GROUPS
-            };
             *series.entry((group, topic.as_str())).or_default() += lag;
         }
     }
     series
+}
+
+/// The `group` label of each of `groups` (ranked, furthest behind first): the first `exported`
+/// their own name, every other one [`OTHER_GROUPS`].
+pub(crate) fn series_labels<'a>(
+    groups: impl Iterator<Item = &'a str>,
+    exported: usize,
+) -> impl Iterator<Item = &'a str> {
+    let mut own = 0;
+    groups.map(move |group| {
+        let alone = own < exported && group != OTHER_GROUPS;
+        own += usize::from(alone);
+        if alone { group } else { OTHER_GROUPS }
+    })
 }
 
 /// The series in Prometheus' text format, written by a recorder made for this reading alone.
