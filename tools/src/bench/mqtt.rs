@@ -228,27 +228,25 @@ struct Results {
     commands: Deliveries,
     idle_rss: f64,
     connected_rss: f64,
-    /// The broker's CPU time (user + system) in each workload, by name.
-    cpu: Vec<(&'static str, Duration)>,
+    /// Each workload's name, messages (or connections) and the broker's CPU time (user +
+    /// system) for them.
+    cpu: Vec<(&'static str, usize, Duration)>,
 }
 
-impl Results {
-    /// Each workload's messages (or connections) and the broker's CPU time for them.
-    fn costs(&self) -> Vec<(&'static str, usize, Duration)> {
-        self.cpu
-            .iter()
-            .map(|(name, cpu)| {
-                let count = match *name {
-                    "commands" => self.commands.measurement.records,
-                    "new connections" => self.new_connections.records,
-                    "QoS 1 publish" => self.publish.records,
-                    "QoS 2 publish" => self.qos2.records,
-                    "fan-out" => self.fanout.measurement.records,
-                    _ => self.qos2_delivery.measurement.records,
-                };
-                (*name, count, *cpu)
-            })
-            .collect()
+/// What a workload counts its cost by: the messages (or connections) it measured.
+trait Counted {
+    fn count(&self) -> usize;
+}
+
+impl Counted for Measurement {
+    fn count(&self) -> usize {
+        self.records
+    }
+}
+
+impl Counted for Deliveries {
+    fn count(&self) -> usize {
+        self.measurement.records
     }
 }
 
@@ -408,7 +406,7 @@ fn print_results(args: &BenchArgs, results: &[(&str, Results)]) {
     println!("| broker | workload | messages | broker CPU s | broker CPU µs per message |");
     println!("|---|---|---:|---:|---:|");
     for (name, r) in results {
-        for (workload, count, cpu) in r.costs() {
+        for &(workload, count, cpu) in &r.cpu {
             println!(
                 "| {name} | {workload} | {count} | {:.2} | {:.1} |",
                 cpu.as_secs_f64(),
@@ -584,15 +582,16 @@ pub(super) async fn publish_qos1(address: SocketAddr, args: &BenchArgs) -> Resul
 }
 
 /// [`phase`], booking the broker's CPU time (from /proc) for it in `cpu`.
-async fn costed<T>(
+async fn costed<T: Counted>(
     broker: &Broker,
-    cpu: &mut Vec<(&'static str, Duration)>,
+    cpu: &mut Vec<(&'static str, usize, Duration)>,
     name: &'static str,
     workload: impl Future<Output = Result<T>>,
 ) -> Result<T> {
     let before = broker.cpu_ticks()?;
     let result = phase(broker, name, workload).await?;
-    cpu.push((name, ticks(broker.cpu_ticks()?.saturating_sub(before))));
+    let spent = ticks(broker.cpu_ticks()?.saturating_sub(before));
+    cpu.push((name, result.count(), spent));
     Ok(result)
 }
 
