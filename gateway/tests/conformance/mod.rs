@@ -39,6 +39,7 @@ macro_rules! every_behaviour {
             dropped_member_records_are_redelivered,
             members_that_leave_at_once_leave_the_group_working,
             in_flight_window_pauses_delivery,
+            a_member_that_stops_reading_does_not_hold_up_its_group,
             unread_records_stay_within_the_window,
             seek_and_commit,
             patterns_follow_new_topics,
@@ -607,6 +608,94 @@ pub async fn in_flight_window_pauses_delivery(log: Arc<dyn Log>) -> TestResult {
             .is_none(),
         "one ack frees one slot"
     );
+    Ok(())
+}
+
+/// A member that stops reading (its window full, its queue untaken, more records waiting) still
+/// gives partitions up when another member joins: the newcomer gets its share within the deadline
+/// and every record of it, and the stalled member, reading again, gets every record of the
+/// partitions it kept. (On Kafka a consumer that stops polling would hold the rebalance up for
+/// `max.poll.interval.ms`; the member must keep serving the group while it holds records back.)
+pub async fn a_member_that_stops_reading_does_not_hold_up_its_group(
+    log: Arc<dyn Log>,
+) -> TestResult {
+    const RECORDS: usize = 2000;
+    let topic = unique_topic("stalled");
+    create(&log, &topic, 4).await?;
+    let group = unique_topic("stalled-group");
+    let acked = log
+        .append(
+            &topic,
+            (0..RECORDS)
+                .map(|i| keyed(&format!("k{i}"), format!("s{i}")))
+                .collect(),
+        )
+        .await?;
+    let mut stalled = log
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, 2))
+        .await?;
+    wait_for_assignment(&mut stalled, 4).await?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while stalled.events.queued_records() < 2 {
+        if tokio::time::Instant::now() > deadline {
+            return Err("the stalled member's window was never queued".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut newcomer = log
+        .subscribe(options(&[&topic], Some(&group), Position::Earliest, 1000))
+        .await?;
+    let newcomer_holds = wait_for_assignment(&mut newcomer, 2).await?;
+    let expected = |held: &[TopicPartition]| -> Vec<String> {
+        let mut texts: Vec<String> = acked
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| held.iter().any(|p| p.partition == a.partition))
+            .map(|(i, _)| format!("s{i}"))
+            .collect();
+        texts.sort();
+        texts
+    };
+    let for_newcomer = expected(&newcomer_holds);
+    let mut got: Vec<String> = receive(&mut newcomer, for_newcomer.len(), true)
+        .await?
+        .iter()
+        .map(text)
+        .collect();
+    got.sort();
+    assert_eq!(got, for_newcomer, "the newcomer's share, each record once");
+    // Reading again, the stalled member gets the rest; records it had queued for partitions it gave
+    // up are skipped (the newcomer had them too: redelivery, not loss).
+    let kept: Vec<TopicPartition> = (0..4)
+        .map(|p| TopicPartition::new(topic.as_str(), p))
+        .filter(|p| !newcomer_holds.contains(p))
+        .collect();
+    let for_stalled = expected(&kept);
+    let mut got = Vec::new();
+    while got.len() < for_stalled.len() {
+        let batch = next_records(&mut stalled, DEADLINE).await.ok_or_else(|| {
+            format!(
+                "the stalled member received {} of {}",
+                got.len(),
+                for_stalled.len()
+            )
+        })?;
+        for record in batch {
+            stalled
+                .control
+                .ack(&record.topic_partition(), record.offset);
+            if kept.contains(&record.topic_partition()) {
+                got.push(text(&record));
+            }
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got, for_stalled,
+        "the stalled member's share, each record once"
+    );
+    stalled.close().await?;
+    newcomer.close().await?;
     Ok(())
 }
 

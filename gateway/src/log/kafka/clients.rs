@@ -69,7 +69,11 @@ pub(super) fn consumer(config: &KafkaConfig, group: Option<&str>, client_id: &st
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100")
         // Prefetch per consumer; the default (64 MiB) is too much with one consumer per subscriber.
-        .set("queued.max.messages.kbytes", "8192");
+        .set("queued.max.messages.kbytes", "8192")
+        // A member stops polling while its subscriber's buffer is full (see `member/task.rs`), so
+        // the prefetch fills to the bound above; librdkafka then postpones the next fetch by this
+        // much (default 1 s), which left the reader idle once the subscriber had caught up.
+        .set("fetch.queue.backoff.ms", "20");
     // librdkafka assigns partitions only in consumers with a group id, even without joining the
     // group; consumers outside any group get a private one that never commits.
     let private;

@@ -10,8 +10,9 @@
 //! - At most `max_in_flight` records are outstanding (the shared [`AckWindow`]), and at most as many
 //!   wait in the subscriber's queue untaken ([`events`]). Past either, fetched records wait in a
 //!   local buffer (at most `buffer_limit`) and go out first when acks or the front end make room;
-//!   when the buffer is full the consumer pauses its partitions and keeps polling (to stay in the
-//!   group and see rebalances) (`task.rs`).
+//!   when the buffer is full the task stops polling, so librdkafka's bounded prefetch waits ready,
+//!   and if it stays full for half a second it pauses the partitions and polls again (to stay
+//!   in the group and serve rebalances) (`task.rs`).
 //! - Offsets are committed over the contiguous acknowledged prefix only, every
 //!   `groups.commit_interval`, on request, on revocation and when the subscriber leaves (`leave.rs`).
 
@@ -85,6 +86,7 @@ pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Su
         commands,
         buffer: VecDeque::new(),
         subscribed: BTreeSet::new(),
+        full_since: None,
     };
     shared.subscriptions.spawn(task.run());
     Ok(Subscription {

@@ -144,10 +144,17 @@ impl MemberState {
             tracing::error!(%error, "assigning partitions");
             return;
         }
-        if self.paused.load(Ordering::Acquire)
-            && let Err(error) = consumer.pause(&list)
-        {
-            tracing::warn!(%error, "pausing newly assigned partitions");
+        // As the member's other partitions are. Resumed explicitly otherwise: librdkafka keeps an
+        // application's pause on a partition through its revocation, so one revoked while the
+        // member was paused (and not resumed with the rest, no longer held) would come back
+        // paused, and never be fetched.
+        let steered = if self.paused.load(Ordering::Acquire) {
+            consumer.pause(&list)
+        } else {
+            consumer.resume(&list)
+        };
+        if let Err(error) = steered {
+            tracing::warn!(%error, "pausing or resuming newly assigned partitions");
         }
         for (partition, start) in &starts {
             match *start {
