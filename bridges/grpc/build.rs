@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Record keys and values are `Bytes`: the embedded log and the wire share buffers, no copies.
         .bytes(".courier.v1")
+        // Each message encoded into room reserved for all of it (see src/codec.rs).
+        .codec_path("crate::codec::ReservingCodec")
         .file_descriptor_set_path(out_dir.join("courier_descriptor.bin"))
         .compile_with_config(prost_config, &files, std::slice::from_ref(&proto_root))?;
 

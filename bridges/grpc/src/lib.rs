@@ -18,6 +18,7 @@
 pub mod admin;
 mod admin_role;
 mod authentication;
+pub mod codec;
 pub mod config;
 pub mod connection;
 mod convert;
