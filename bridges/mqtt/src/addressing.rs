@@ -47,9 +47,87 @@ struct FilterTree {
 #[derive(Debug, Default)]
 struct Node {
     /// By the next level of the filter: a literal, `+` or `#`.
-    children: HashMap<String, Node>,
+    children: Children,
     /// Members with a filter ending here (a handful at most, usually one).
     members: Vec<u64>,
+}
+
+/// Past this many children a node keeps them in a map.
+const FEW_CHILDREN: usize = 8;
+
+/// A node's children by level. Most nodes have one (a device's `commands` under its id, `#` under
+/// that): a short list, grown one entry at a time, costs a few dozen bytes where a map's first
+/// allocation is four entries; a node with many (the one holding every device id) keeps a map.
+#[derive(Debug)]
+enum Children {
+    Few(Vec<(Box<str>, Node)>),
+    Many(HashMap<Box<str>, Node>),
+}
+
+impl Default for Children {
+    fn default() -> Self {
+        Self::Few(Vec::new())
+    }
+}
+
+impl Children {
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Few(few) => few.is_empty(),
+            Self::Many(many) => many.is_empty(),
+        }
+    }
+
+    fn get(&self, level: &str) -> Option<&Node> {
+        match self {
+            Self::Few(few) => few
+                .iter()
+                .find_map(|(name, node)| (**name == *level).then_some(node)),
+            Self::Many(many) => many.get(level),
+        }
+    }
+
+    fn get_mut(&mut self, level: &str) -> Option<&mut Node> {
+        match self {
+            Self::Few(few) => few
+                .iter_mut()
+                .find_map(|(name, node)| (**name == *level).then_some(node)),
+            Self::Many(many) => many.get_mut(level),
+        }
+    }
+
+    /// The child at `level`, added empty if there is none.
+    fn get_or_add(&mut self, level: &str) -> &mut Node {
+        if let Self::Few(few) = self
+            && few.len() >= FEW_CHILDREN
+            && !few.iter().any(|(name, _)| **name == *level)
+        {
+            *self = Self::Many(std::mem::take(few).into_iter().collect());
+        }
+        match self {
+            Self::Few(few) => {
+                let at = match few.iter().position(|(name, _)| **name == *level) {
+                    Some(at) => at,
+                    None => {
+                        few.reserve_exact(1);
+                        few.push((level.into(), Node::default()));
+                        few.len() - 1
+                    }
+                };
+                &mut few[at].1
+            }
+            Self::Many(many) => many.entry(level.into()).or_default(),
+        }
+    }
+
+    fn remove(&mut self, level: &str) {
+        match self {
+            Self::Few(few) => few.retain(|(name, _)| **name != *level),
+            Self::Many(many) => {
+                many.remove(level);
+            }
+        }
+    }
 }
 
 impl Node {
@@ -63,7 +141,7 @@ impl FilterIndex for FilterTree {
     fn insert(&mut self, filter: &str, id: u64) {
         let mut node = &mut self.root;
         for level in filter.split('/') {
-            node = node.children.entry(level.to_owned()).or_default();
+            node = node.children.get_or_add(level);
         }
         if !node.members.contains(&id) {
             node.members.push(id);
@@ -91,10 +169,10 @@ fn remove_from(node: &mut Node, levels: &[&str], id: u64) {
         node.members.retain(|member| *member != id);
         return;
     };
-    if let Some(child) = node.children.get_mut(*level) {
+    if let Some(child) = node.children.get_mut(level) {
         remove_from(child, rest, id);
         if child.is_empty() {
-            node.children.remove(*level);
+            node.children.remove(level);
         }
     }
 }
@@ -108,7 +186,7 @@ fn collect(node: &Node, levels: &[&str], wildcards: bool, out: &mut Vec<u64>) {
         out.extend_from_slice(&node.members);
         return;
     };
-    if let Some(child) = node.children.get(*level) {
+    if let Some(child) = node.children.get(level) {
         collect(child, rest, true, out);
     }
     if wildcards && let Some(child) = node.children.get("+") {
@@ -164,6 +242,35 @@ mod tests {
         // Removing what is not there changes nothing.
         tree.remove("devices/9", 9);
         assert!(tree.root.is_empty());
+    }
+
+    #[test]
+    fn a_node_with_many_children_keeps_them_in_a_map() {
+        let mut tree = FilterTree::default();
+        let devices = (FEW_CHILDREN * 4) as u64;
+        for id in 0..devices {
+            tree.insert(&format!("devices/{id}/commands/#"), id);
+        }
+        tree.insert("devices/+/commands/#", devices);
+        for id in 0..devices {
+            assert_eq!(
+                matching(&tree, &format!("devices/{id}/commands/set")),
+                BTreeSet::from([id, devices])
+            );
+        }
+        let Some(ids) = tree.root.children.get("devices") else {
+            panic!("no devices node");
+        };
+        assert!(matches!(ids.children, Children::Many(_)));
+        for id in 0..=devices {
+            let filter = if id == devices {
+                "devices/+/commands/#".to_owned()
+            } else {
+                format!("devices/{id}/commands/#")
+            };
+            tree.remove(&filter, id);
+        }
+        assert!(tree.root.is_empty(), "{:?}", tree.root);
     }
 
     fn level() -> impl Strategy<Value = String> {

@@ -9,9 +9,9 @@ use crate::{
     error::{Error, Result},
 };
 
-/// Initial buffers: most MQTT packets are small, and an idle device should cost little (the buffers
-/// grow when a large packet comes).
-const READ_BUFFER: usize = 1024;
+/// Initial read buffer: most MQTT packets are small (a CONNECT without a token, a SUBSCRIBE, a
+/// PINGREQ), and an idle device should cost little; the buffer grows when a large packet comes.
+const READ_BUFFER: usize = 256;
 
 /// Longest a closing connection waits for the client to close its side.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);

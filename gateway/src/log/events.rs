@@ -13,6 +13,9 @@
 //! Assignment changes are always queued: librdkafka hands them to a callback that cannot wait, and
 //! they are few (one per rebalance of the member).
 //!
+//! The queue is futures' unbounded channel, which allocates per event: tokio's allocates a block of
+//! 32 events when made, over a KiB for every idle subscriber.
+//!
 //! A layer may look at each event as the front end takes it ([`Events::on_taken`]): tracing starts a
 //! record's delivery span there and rewrites its trace context, without a task of its own between
 //! the read loop and the front end.
@@ -21,28 +24,27 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
 };
 
+use futures_channel::mpsc;
 use futures_util::Stream;
-use tokio::sync::{
-    Notify,
-    futures::Notified,
-    mpsc::{self, error::SendError},
-};
+use tokio::sync::{Notify, futures::Notified};
 
 use super::SubscriptionEvent;
 
 /// A queue for at most `max_records` records (and any number of assignment changes): what a `Log`
 /// hands out as [`Subscription::events`](super::Subscription::events).
 pub fn channel(max_records: usize) -> (EventSender, Events) {
-    let (sender, receiver) = mpsc::unbounded_channel();
+    let (sender, receiver) = mpsc::unbounded();
     let queued = Arc::new(Queued {
         records: AtomicUsize::new(0),
         max_records,
         taken: Notify::new(),
+        receiver_gone: AtomicBool::new(false),
+        gone: Notify::new(),
     });
     (
         EventSender {
@@ -64,6 +66,9 @@ struct Queued {
     max_records: usize,
     /// Notified when the front end takes records; the read loop is the one waiter.
     taken: Notify,
+    /// Set, and `gone` notified, when the front end drops its end.
+    receiver_gone: AtomicBool,
+    gone: Notify,
 }
 
 /// The read loop's end of the queue.
@@ -73,15 +78,21 @@ pub struct EventSender {
     queued: Arc<Queued>,
 }
 
+/// The front end dropped its end of the queue; the event was not queued.
+#[derive(Debug, thiserror::Error)]
+#[error("the subscriber has gone")]
+pub struct Gone(pub SubscriptionEvent);
+
 impl EventSender {
     /// Queues `event`. Records should be sent only within [`room`](Self::room); the queue counts
     /// them but does not refuse them (the fan-out hub bounds its members by its own rule). Errs once
     /// the front end dropped its end.
-    pub fn send(&self, event: SubscriptionEvent) -> Result<(), SendError<SubscriptionEvent>> {
+    pub fn send(&self, event: SubscriptionEvent) -> Result<(), Gone> {
         let records = records_in(&event);
         self.queued.records.fetch_add(records, Ordering::AcqRel);
-        self.events.send(event).inspect_err(|_| {
+        self.events.unbounded_send(event).map_err(|refused| {
             self.queued.records.fetch_sub(records, Ordering::AcqRel);
+            Gone(refused.into_inner())
         })
     }
 
@@ -100,7 +111,16 @@ impl EventSender {
 
     /// Completes once the front end has dropped its end.
     pub async fn closed(&self) {
-        self.events.closed().await;
+        loop {
+            // Registered before the flag is read, so a drop in between is not missed.
+            let gone = self.queued.gone.notified();
+            let mut gone = std::pin::pin!(gone);
+            gone.as_mut().enable();
+            if self.queued.receiver_gone.load(Ordering::Acquire) {
+                return;
+            }
+            gone.await;
+        }
     }
 }
 
@@ -147,7 +167,7 @@ impl Events {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<SubscriptionEvent>> {
-        let mut event = self.events.poll_recv(cx);
+        let mut event = Pin::new(&mut self.events).poll_next(cx);
         if let Poll::Ready(Some(event)) = &mut event {
             let records = records_in(event);
             if records > 0 {
@@ -159,6 +179,13 @@ impl Events {
             }
         }
         event
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.queued.receiver_gone.store(true, Ordering::Release);
+        self.queued.gone.notify_waiters();
     }
 }
 

@@ -95,7 +95,13 @@ impl Versions {
         match same_partition {
             Some(index) if self.held[index].offset >= record.offset => return None,
             Some(index) => self.held[index] = record,
-            None => self.held.push(record),
+            None => {
+                // Exactly: a key is nearly always read in one partition, and a `Vec`'s first
+                // push makes room for four records (700 bytes for each session or retained
+                // message the table holds).
+                self.held.reserve_exact(1);
+                self.held.push(record);
+            }
         }
         let newest = self.newest()?;
         (before != Some(place(newest))).then_some(newest)

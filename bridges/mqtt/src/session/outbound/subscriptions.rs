@@ -2,8 +2,6 @@
 //! shared group, the Kafka topics it reads, the QoS granted), which readers it needs, which
 //! subscriptions a record matches and how it is delivered to them, and how SUBACK answers.
 
-use std::collections::BTreeMap;
-
 use rumqttd::protocol::{Filter, QoS, RetainForwardRule, SubscribeReasonCode};
 
 use crate::{
@@ -113,14 +111,31 @@ impl Subscription {
     }
 }
 
-/// The client's subscriptions by filter (as the client sent it).
+/// The client's subscriptions, ordered by filter (as the client sent it).
+///
+/// A sorted `Vec` rather than a map: most clients have one subscription or a few, and a `BTreeMap`
+/// allocates a node of eleven entries (2 KiB here) for the first; the `Vec` grows one entry at a
+/// time up to a few (see [`Subscriptions::insert`]). Subscriptions per client are capped
+/// (`mqtt.max_subscriptions`), so the linear insertion stays cheap.
 #[derive(Debug, Default)]
-pub(super) struct Subscriptions(BTreeMap<String, Subscription>);
+pub(super) struct Subscriptions(Vec<Subscription>);
+
+/// Up to this many subscriptions the list grows by one entry at a time, then as a `Vec` does.
+const EXACT_GROWTH: usize = 4;
 
 impl Subscriptions {
+    fn find(&self, filter: &str) -> Result<usize, usize> {
+        self.0
+            .binary_search_by(|subscription| subscription.stored.filter.as_str().cmp(filter))
+    }
+
+    fn get(&self, filter: &str) -> Option<&Subscription> {
+        self.find(filter).ok().map(|at| &self.0[at])
+    }
+
     /// Is there a subscription to `filter`?
     pub(super) fn contains(&self, filter: &str) -> bool {
-        self.0.contains_key(filter)
+        self.find(filter).is_ok()
     }
 
     /// How many subscriptions there are.
@@ -143,7 +158,6 @@ impl Subscriptions {
             retain_as_published: filter.preserve_retain,
             identifier,
             since_ms: self
-                .0
                 .get(&filter.path)
                 .map_or(now_ms, |existing| existing.stored.since_ms),
         }
@@ -151,28 +165,32 @@ impl Subscriptions {
 
     /// Adds a subscription, or replaces the one to the same filter.
     pub(super) fn insert(&mut self, subscription: Subscription) {
-        self.0
-            .insert(subscription.stored.filter.clone(), subscription);
+        match self.find(&subscription.stored.filter) {
+            Ok(at) => self.0[at] = subscription,
+            Err(at) => {
+                if self.0.len() < EXACT_GROWTH {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(at, subscription);
+            }
+        }
     }
 
     /// Removes a filter; `false` if there was no such subscription.
     pub(super) fn remove(&mut self, filter: &str) -> bool {
-        self.0.remove(filter).is_some()
+        self.find(filter).map(|at| self.0.remove(at)).is_ok()
     }
 
     /// Every reader some subscription needs.
     pub(super) fn needed_sources(&self) -> Vec<SourceKey> {
-        self.0
-            .values()
-            .flat_map(Subscription::source_keys)
-            .collect()
+        self.0.iter().flat_map(Subscription::source_keys).collect()
     }
 
     /// The filters of the non-shared subscriptions that read `kafka_topic`: what the gateway's
     /// shared reader of that topic matches for this connection.
     pub(super) fn filters_reading(&self, kafka_topic: &str) -> Vec<String> {
         self.0
-            .values()
+            .iter()
             .filter(|s| s.share_group.is_none() && s.kafka_topics.iter().any(|t| t == kafka_topic))
             .map(|s| s.filter.clone())
             .collect()
@@ -181,7 +199,7 @@ impl Subscriptions {
     /// The subscriptions as the session record keeps them.
     pub(super) fn stored(&self) -> Vec<StoredSubscription> {
         self.0
-            .values()
+            .iter()
             .map(|subscription| subscription.stored.clone())
             .collect()
     }
@@ -195,7 +213,7 @@ impl Subscriptions {
         own: bool,
     ) -> Vec<&Subscription> {
         self.0
-            .values()
+            .iter()
             .filter(|subscription| match source {
                 SourceKey::Share(group) => subscription.share_group.as_ref() == Some(group),
                 SourceKey::Topic(kafka_topic) => {
