@@ -79,7 +79,9 @@ fn no_pin_says_nothing_is_pinned() -> TestResult {
 }
 
 /// `--kafka mock`: rdkafka and the gateway on librdkafka's mock cluster, its topics made through the
-/// cluster's own API (it answers no CreateTopics).
+/// cluster's own API (it answers no CreateTopics). The gateway is `courier serve` on that cluster,
+/// pinned as in the other modes, its CPU time reported, and each subscription's rate is also given
+/// from its first record (joining the group takes seconds there).
 #[test]
 fn the_kafka_bench_runs_on_librdkafkas_mock_cluster() -> TestResult {
     let output = bench(&[
@@ -96,9 +98,12 @@ fn the_kafka_bench_runs_on_librdkafkas_mock_cluster() -> TestResult {
     ])?;
     let report = String::from_utf8(output.stdout)?;
     assert!(report.contains("librdkafka's mock cluster"), "{report}");
+    assert!(pinning_line(&report).is_some(), "{report}");
     for side in [
         "| produce | direct (rdkafka) |",
         "| subscribe | gRPC Subscribe |",
+        "gateway process CPU: produce ",
+        "subscribe from the first record: direct ",
     ] {
         assert!(report.contains(side), "no {side:?} in\n{report}");
     }

@@ -69,18 +69,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if args.records == 0 || args.streams == 0 || args.batch == 0 || args.pipeline == 0 {
         bail!("records, streams, batch and pipeline must be at least 1");
     }
-    if args.kafka.as_deref() == Some(MOCK) {
-        return mock_kafka(args).await;
-    }
-    // Every mode whose broker runs as a process of its own (or, in the default mode, the embedded
-    // store written directly, on a thread of its own) is pinned; the others run a gateway in this
-    // process.
+    // Every mode whose broker runs as a process of its own (the default mode's `courier serve`, on
+    // the embedded store or on Kafka, whose embedded direct side is a thread of its own) is pinned;
+    // the others run a gateway in this process.
     let separate = args.tracing
         || args.mqtt
         || args.amqp
-        || (args.kafka.is_none() && args.auth_rules.is_none());
+        || (args.auth_rules.is_none() && args.regions.is_none());
     if separate {
         println!("pinning: {}", process::pin(!args.no_pin)?);
+    }
+    if args.kafka.as_deref() == Some(MOCK) {
+        return mock_kafka(args).await;
     }
     if args.tracing {
         return tracing::run(&args).await;

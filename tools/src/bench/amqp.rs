@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 use super::{
     args::BenchArgs,
     measure::{Measurement, histogram},
-    process::{broker_command, cpu_ticks, start_courier, stop_process, ticks, version_line},
+    process::{Store, broker_command, cpu_ticks, start_courier, stop_process, ticks, version_line},
 };
 
 /// Longest any single phase may take before the benchmark gives up.
@@ -50,7 +50,7 @@ struct Broker {
 
 impl Broker {
     fn courier(fsync: &str) -> Result<Self> {
-        let (child, ready, dir) = start_courier(fsync, &[])?;
+        let (child, ready, dir) = start_courier(Store::Embedded { fsync }, &[])?;
         let address: SocketAddr = ready
             .split_whitespace()
             .find_map(|field| field.strip_prefix("amqp="))
@@ -258,6 +258,7 @@ async fn send(url: &str, address: &str, args: &BenchArgs) -> Result<Measurement>
         records: per_sender * args.streams,
         elapsed: started.elapsed(),
         latency: Some(latency),
+        first_record: None,
     })
 }
 
@@ -305,5 +306,6 @@ async fn receive(url: &str, address: &str, records: usize) -> Result<Measurement
         records,
         elapsed,
         latency: None,
+        first_record: None,
     })
 }

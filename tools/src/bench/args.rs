@@ -60,8 +60,9 @@ pub struct BenchArgs {
     pub(crate) hashing_threads: usize,
     /// Leave the brokers and the load where the scheduler puts them. By default, with two cores or
     /// more, the modes that start brokers as processes (`--mqtt`, `--amqp`, `--tracing`, and the
-    /// default mode on the embedded log) run each broker alone on the last core and the load on the
-    /// others; the default mode's direct side runs on the brokers' core too.
+    /// default mode, whose gateway is `courier serve` on the embedded log or on `--kafka`'s
+    /// cluster) run each broker alone on the last core and the load on the others; the default
+    /// mode's embedded direct side runs on the brokers' core too.
     #[arg(long)]
     pub(crate) no_pin: bool,
     /// A librdkafka producer property (`KEY=VALUE`, repeatable), given to both sides alike.

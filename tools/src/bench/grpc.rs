@@ -37,7 +37,7 @@ use super::{
     args::BenchArgs,
     kafka,
     measure::{Measurement, histogram, measure_producers, pipelined},
-    process,
+    process::{self, Store},
     tls::BenchTls,
 };
 
@@ -47,8 +47,8 @@ struct Sides {
     direct_subscribe: Measurement,
     grpc_produce: Measurement,
     grpc_subscribe: Measurement,
-    /// The gateway process's CPU time producing and subscribing, when it is a process of its own.
-    gateway_cpu: Option<(Duration, Duration)>,
+    /// The gateway process's CPU time producing and subscribing.
+    gateway_cpu: (Duration, Duration),
 }
 
 /// Direct against gRPC: produces and subscribes both ways, and prints the table.
@@ -75,8 +75,7 @@ async fn measure(args: &BenchArgs, make_topic: Option<MakeTopic<'_>>) -> Result<
         FsyncPolicy::Always
     };
     let value = Bytes::from(vec![b'x'; args.record_size]);
-    let mut gateway_cpu = None;
-    let (direct_produce, direct_subscribe, grpc_produce, grpc_subscribe) = match &args.kafka {
+    let (direct_produce, direct_subscribe, grpc_produce, grpc_subscribe, cpu) = match &args.kafka {
         None => {
             // Direct: in-process into the embedded store, on the brokers' core.
             let topic = "bench";
@@ -97,13 +96,20 @@ async fn measure(args: &BenchArgs, make_topic: Option<MakeTopic<'_>>) -> Result<
                 .await?
             };
             // gRPC: the same through `courier serve` on its own fresh store, alone on its core.
-            let (grpc_produce, grpc_subscribe, cpu) = through_process(topic, args, &value).await?;
-            gateway_cpu = Some(cpu);
+            let (grpc_produce, grpc_subscribe, cpu) = through_process(
+                topic,
+                args,
+                &value,
+                Store::Embedded { fsync: &args.fsync },
+                true,
+            )
+            .await?;
             (
                 direct_produce,
                 direct_subscribe,
                 grpc_produce,
                 grpc_subscribe,
+                cpu,
             )
         }
         Some(bootstrap) => {
@@ -123,16 +129,27 @@ async fn measure(args: &BenchArgs, make_topic: Option<MakeTopic<'_>>) -> Result<
             }
             let direct_produce = kafka::produce(&config, &direct_topic, args, &value).await?;
             let direct_subscribe = kafka::subscribe(&config, &direct_topic, args.records).await?;
-            // The gateway's clients connect now: idle through the direct side, the mock cluster's
-            // one broker thread, busy serving it, let their requests time out.
-            let log = kafka::backend(&config, "bench").await?;
-            let (grpc_produce, grpc_subscribe) =
-                through_gateway(log, &grpc_topic, args, &value).await?;
+            // The gateway starts now: idle through the direct side, its clients would see their
+            // requests time out on the mock cluster's one broker thread, busy serving that side.
+            // `courier serve` on the same cluster, alone on its core as in the embedded mode.
+            let dir = tempfile::tempdir().context("creating a temporary directory")?;
+            let file = dir.path().join("courier.toml");
+            std::fs::write(&file, kafka::serve_config(&config)?)
+                .context("writing the gateway's config")?;
+            let (grpc_produce, grpc_subscribe, cpu) = through_process(
+                &grpc_topic,
+                args,
+                &value,
+                Store::Config(&file),
+                make_topic.is_none(),
+            )
+            .await?;
             (
                 direct_produce,
                 direct_subscribe,
                 grpc_produce,
                 grpc_subscribe,
+                cpu,
             )
         }
     };
@@ -141,7 +158,7 @@ async fn measure(args: &BenchArgs, make_topic: Option<MakeTopic<'_>>) -> Result<
         direct_subscribe,
         grpc_produce,
         grpc_subscribe,
-        gateway_cpu,
+        gateway_cpu: cpu,
     })
 }
 
@@ -189,16 +206,15 @@ fn print_sides(args: &BenchArgs, sides: &Sides) {
             m.percentile_ms(0.99)
         );
     }
-    if let Some((produce, subscribe)) = gateway_cpu {
-        let per_record = |cpu: &Duration| cpu.as_secs_f64() * 1e6 / args.records.max(1) as f64;
-        println!(
-            "gateway process CPU: produce {:.2} s ({:.1} µs/record), subscribe {:.2} s ({:.1} µs/record)",
-            produce.as_secs_f64(),
-            per_record(produce),
-            subscribe.as_secs_f64(),
-            per_record(subscribe)
-        );
-    }
+    let (produce, subscribe) = gateway_cpu;
+    let per_record = |cpu: &Duration| cpu.as_secs_f64() * 1e6 / args.records.max(1) as f64;
+    println!(
+        "gateway process CPU: produce {:.2} s ({:.1} µs/record), subscribe {:.2} s ({:.1} µs/record)",
+        produce.as_secs_f64(),
+        per_record(produce),
+        subscribe.as_secs_f64(),
+        per_record(subscribe)
+    );
     println!(
         "produce ratio gRPC/direct: {:.2}",
         grpc_produce.rate() / direct_produce.rate()
@@ -207,6 +223,19 @@ fn print_sides(args: &BenchArgs, sides: &Sides) {
         "subscribe ratio gRPC/direct: {:.2}",
         grpc_subscribe.rate() / direct_subscribe.rate()
     );
+    if let (Some(direct), Some(grpc)) = (
+        direct_subscribe.rate_from_first(),
+        grpc_subscribe.rate_from_first(),
+    ) {
+        let first = |m: &Measurement| m.first_record.unwrap_or_default().as_secs_f64();
+        println!(
+            "subscribe from the first record: direct {direct:.0} records/s (first after {:.2} s), \
+             gRPC {grpc:.0} (first after {:.2} s), ratio {:.2}",
+            first(direct_subscribe),
+            first(grpc_subscribe),
+            grpc / direct
+        );
+    }
     if let (Some(direct), Some(grpc)) = (&direct_produce.latency, &grpc_produce.latency) {
         let added = |q: f64| {
             (grpc.value_at_quantile(q) as f64 - direct.value_at_quantile(q) as f64) / 1000.0
@@ -268,9 +297,8 @@ pub(super) async fn through_gateway_as(
         .await
         .context("connecting to the gateway")?);
     // Created over gRPC (as a client would), unless it exists: the authenticated bench's user
-    // may not use Admin, so its topic is made beforehand.
-    // By the topic list (a metadata request): describing a topic also asks for its configs, which
-    // librdkafka's mock cluster does not answer.
+    // may not use Admin, so its topic is made beforehand. Found by the topic list (a metadata
+    // request) rather than by describing the topic, which also asks for its configs.
     let exists = log
         .list_topics()
         .await?
@@ -296,13 +324,15 @@ pub(super) async fn through_gateway_as(
     Ok((produced, subscribed))
 }
 
-/// Starts `courier serve` on a fresh embedded log (alone on the brokers' core when pinned),
-/// produces and subscribes through its gRPC port as a client would, and stops it. Returns both
-/// measurements and the gateway's CPU time for each.
+/// Starts `courier serve` on `store` (alone on the brokers' core when pinned), produces and
+/// subscribes through its gRPC port as a client would (creating `topic` over Admin first when
+/// `create`), and stops it. Returns both measurements and the gateway's CPU time for each.
 async fn through_process(
     topic: &str,
     args: &BenchArgs,
     value: &Bytes,
+    store: Store<'_>,
+    create: bool,
 ) -> Result<(Measurement, Measurement, (Duration, Duration))> {
     let tls = args.tls.then(BenchTls::new).transpose()?;
     let mut env = Vec::new();
@@ -310,7 +340,7 @@ async fn through_process(
         env.push(("COURIER_GRPC__TLS__CERT", tls.cert.display().to_string()));
         env.push(("COURIER_GRPC__TLS__KEY", tls.key.display().to_string()));
     }
-    let (mut child, ready, _dir) = process::start_courier(&args.fsync, &env)?;
+    let (mut child, ready, _dir) = process::start_courier(store, &env)?;
     let measured = async {
         // With TLS and no `tls.listen`, the gRPC port speaks TLS and is named so.
         let key = if tls.is_some() { "grpcs=" } else { "grpc=" };
@@ -322,7 +352,9 @@ async fn through_process(
         let channel = Credentials::default().on(connect(address, tls.as_ref())
             .await
             .context("connecting to the gateway")?);
-        create_topic(&channel, topic, args.partitions).await?;
+        if create {
+            create_topic(&channel, topic, args.partitions).await?;
+        }
         let before = process::cpu_ticks(&child)?;
         let produced = produce_grpc(&channel, topic, args, value).await?;
         let between = process::cpu_ticks(&child)?;
@@ -492,9 +524,11 @@ async fn subscribe_direct(log: &Arc<dyn Log>, topic: &str, records: usize) -> Re
         })
         .await?;
     let mut seen = 0;
+    let mut first_record = None;
     while seen < records {
         match tokio::time::timeout(Duration::from_secs(30), subscription.next_event()).await {
             Ok(Some(SubscriptionEvent::Records(batch))) => {
+                first_record.get_or_insert_with(|| started.elapsed());
                 for record in &batch {
                     subscription
                         .control
@@ -514,6 +548,7 @@ async fn subscribe_direct(log: &Arc<dyn Log>, topic: &str, records: usize) -> Re
         records,
         elapsed,
         latency: None,
+        first_record,
     })
 }
 
@@ -531,12 +566,14 @@ async fn subscribe_grpc(channel: &Api, topic: &str, records: usize) -> Result<Me
     };
     let (requests, mut responses) = crate::client::open_subscription(&mut client, start).await?;
     let mut seen = 0;
+    let mut first_record = None;
     while seen < records {
         let next = tokio::time::timeout(Duration::from_secs(30), responses.next()).await;
         let Ok(Some(response)) = next else {
             bail!("gRPC subscription stopped after {seen} of {records} records")
         };
         if let Some(ResponseKind::Records(batch)) = response?.kind {
+            first_record.get_or_insert_with(|| started.elapsed());
             seen += batch.records.len();
             let acks = batch
                 .records
@@ -558,5 +595,6 @@ async fn subscribe_grpc(channel: &Api, topic: &str, records: usize) -> Result<Me
         records,
         elapsed: started.elapsed(),
         latency: None,
+        first_record,
     })
 }

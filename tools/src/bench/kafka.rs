@@ -35,6 +35,44 @@ pub(super) fn config(bootstrap: &str, args: &BenchArgs) -> KafkaConfig {
     }
 }
 
+/// A `courier serve` config for `config`'s cluster: its `[log]`, the properties given to the bench
+/// included (so both sides get them), and gRPC only: the MQTT and AMQP endpoints create their
+/// topics at start, which librdkafka's mock cluster does not answer.
+pub(super) fn serve_config(config: &KafkaConfig) -> Result<String> {
+    let table = |properties: &std::collections::BTreeMap<String, String>| {
+        properties
+            .iter()
+            .map(|(key, value)| (key.clone(), toml::Value::String(value.clone())))
+            .collect::<toml::Table>()
+    };
+    let mut log = toml::Table::new();
+    log.insert("kind".into(), "kafka".into());
+    log.insert(
+        "bootstrap_servers".into(),
+        config.bootstrap_servers.clone().into(),
+    );
+    log.insert(
+        "replication_factor".into(),
+        i64::from(config.replication_factor).into(),
+    );
+    log.insert(
+        "producer_properties".into(),
+        table(&config.producer_properties).into(),
+    );
+    log.insert(
+        "consumer_properties".into(),
+        table(&config.consumer_properties).into(),
+    );
+    let mut root = toml::Table::new();
+    root.insert("log".into(), log.into());
+    for endpoint in ["mqtt", "amqp"] {
+        let mut off = toml::Table::new();
+        off.insert("enabled".into(), false.into());
+        root.insert(endpoint.into(), off.into());
+    }
+    Ok(toml::to_string(&root)?)
+}
+
 /// The gateway's Kafka backend on `config`'s cluster, writing `origin` into every record.
 pub(super) async fn backend(config: &KafkaConfig, origin: &str) -> Result<Arc<dyn Log>> {
     let topics = TopicsConfig::default();
@@ -116,9 +154,13 @@ pub(super) async fn subscribe(
     let started = Instant::now();
     consumer.subscribe(&[topic])?;
     let mut seen = 0;
+    let mut first_record = None;
     while seen < records {
         match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
-            Ok(Ok(_)) => seen += 1,
+            Ok(Ok(_)) => {
+                first_record.get_or_insert_with(|| started.elapsed());
+                seen += 1;
+            }
             Ok(Err(error)) => bail!("consuming: {error}"),
             Err(_) => bail!("direct consumer stopped after {seen} of {records} records"),
         }
@@ -127,5 +169,6 @@ pub(super) async fn subscribe(
         records,
         elapsed: started.elapsed(),
         latency: None,
+        first_record,
     })
 }

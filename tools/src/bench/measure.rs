@@ -13,11 +13,21 @@ pub(super) struct Measurement {
     pub(super) records: usize,
     pub(super) elapsed: Duration,
     pub(super) latency: Option<Histogram<u64>>,
+    /// For a subscription: how long until its first record came (joining the group, assignment,
+    /// the first fetch), which a short run's rate includes.
+    pub(super) first_record: Option<Duration>,
 }
 
 impl Measurement {
     pub(super) fn rate(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Records per second from the first record on, for a subscription whose start was timed.
+    pub(super) fn rate_from_first(&self) -> Option<f64> {
+        let first = self.first_record?;
+        let reading = self.elapsed.checked_sub(first)?.as_secs_f64();
+        (reading > 0.0).then(|| self.records.saturating_sub(1) as f64 / reading)
     }
 
     pub(super) fn percentile_ms(&self, quantile: f64) -> String {
@@ -78,6 +88,7 @@ where
         records: args.records,
         elapsed: started.elapsed(),
         latency: Some(latency),
+        first_record: None,
     })
 }
 

@@ -47,7 +47,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 use super::{
     args::BenchArgs,
     measure::{Measurement, histogram},
-    process::{broker_command, cpu_ticks, start_courier, stop_process, ticks, version_line},
+    process::{Store, broker_command, cpu_ticks, start_courier, stop_process, ticks, version_line},
     tls::BenchTls,
 };
 
@@ -92,7 +92,7 @@ impl Broker {
             env.push(("COURIER_MQTT__TLS__CERT", tls.cert.display().to_string()));
             env.push(("COURIER_MQTT__TLS__KEY", tls.key.display().to_string()));
         }
-        let (child, line, dir) = start_courier(fsync, &env)?;
+        let (child, line, dir) = start_courier(Store::Embedded { fsync }, &env)?;
         let field = |key: &str| -> Result<SocketAddr> {
             Ok(line
                 .split_whitespace()
@@ -572,6 +572,7 @@ async fn publish(target: &Target, args: &BenchArgs, workload: Workload) -> Resul
         records: per_client * args.streams,
         elapsed: started.elapsed(),
         latency: Some(latency),
+        first_record: None,
     })
 }
 
@@ -624,6 +625,7 @@ impl Deliveries {
                 records: received,
                 elapsed: last.map_or(Duration::ZERO, |last| last - started),
                 latency: Some(latency),
+                first_record: None,
             },
             missing: sent.saturating_sub(received),
         }
@@ -780,6 +782,7 @@ async fn new_connections(target: &Target, args: &BenchArgs) -> Result<Measuremen
         records: args.new_connections / args.streams * args.streams,
         elapsed: started.elapsed(),
         latency: Some(latency),
+        first_record: None,
     })
 }
 

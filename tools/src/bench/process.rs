@@ -121,31 +121,49 @@ pub(super) fn version_line(program: impl AsRef<OsStr>, args: &[&str], marker: &s
         )
 }
 
+/// What a started gateway keeps its topics in.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Store<'a> {
+    /// A fresh embedded log in the temporary directory, with this `log.fsync`.
+    Embedded { fsync: &'a str },
+    /// The `[log]` of this config file (a Kafka cluster's, say).
+    Config(&'a Path),
+}
+
 /// `courier serve` (this binary, or the one `COURIER_BENCH_SERVER` names, to tell a change in the
-/// gateway from one in the load tool) on a fresh embedded log in a temporary directory, every listener
-/// on a free loopback port: the process, its ready line (naming the addresses) and the directory. Its
-/// log level is `warn`, or `COURIER_BENCH_LOG` (a `RUST_LOG` filter) when set, to see what it did.
-/// `env` adds `COURIER_*` settings (TLS, say).
+/// gateway from one in the load tool) on `store`, every listener on a free loopback port: the
+/// process, its ready line (naming the addresses) and its temporary directory. Its log level is
+/// `warn`, or `COURIER_BENCH_LOG` (a `RUST_LOG` filter) when set, to see what it did. `env` adds
+/// `COURIER_*` settings (TLS, say).
 pub(super) fn start_courier(
-    fsync: &str,
+    store: Store<'_>,
     env: &[(&str, String)],
 ) -> Result<(Child, String, tempfile::TempDir)> {
     let server = match std::env::var_os("COURIER_BENCH_SERVER") {
         Some(path) => std::path::PathBuf::from(path),
         None => std::env::current_exe().context("finding the courier binary")?,
     };
-    start_server(&server, fsync, env)
+    start_server(&server, store, env)
 }
 
 /// [`start_courier`] with the `courier` binary at `server`.
 pub(super) fn start_server(
     server: &Path,
-    fsync: &str,
+    store: Store<'_>,
     env: &[(&str, String)],
 ) -> Result<(Child, String, tempfile::TempDir)> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let mut child = broker_command(server)
-        .args(["serve", "--grpc-listen", "127.0.0.1:0"])
+    let mut command = broker_command(server);
+    command.arg("serve");
+    match store {
+        Store::Embedded { fsync } => command
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("COURIER_LOG__FSYNC", fsync),
+        Store::Config(file) => command.env("COURIER_CONFIG", file),
+    };
+    let mut child = command
+        .args(["--grpc-listen", "127.0.0.1:0"])
         .args([
             "--mqtt-listen",
             "127.0.0.1:0",
@@ -154,9 +172,6 @@ pub(super) fn start_server(
             "--http-listen",
             "127.0.0.1:0",
         ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .env("COURIER_LOG__FSYNC", fsync)
         .envs(env.iter().map(|(key, value)| (*key, value)))
         .env(
             "RUST_LOG",

@@ -37,7 +37,7 @@ use super::{
     grpc::{connect, produce_grpc},
     measure::{Measurement, batches_per_stream},
     mqtt::publish_qos1,
-    process::{self, cpu_ticks, start_courier, start_server, stop_process},
+    process::{self, Store, cpu_ticks, start_courier, start_server, stop_process},
 };
 use crate::client::Credentials;
 
@@ -174,9 +174,10 @@ async fn measure_round(
         ],
         Side::Baseline => Vec::new(),
     };
+    let store = Store::Embedded { fsync: &args.fsync };
     let (mut child, line, dir) = match (side, &args.baseline) {
-        (Side::Baseline, Some(binary)) => start_server(binary, &args.fsync, &env)?,
-        _ => start_courier(&args.fsync, &env)?,
+        (Side::Baseline, Some(binary)) => start_server(binary, store, &env)?,
+        _ => start_courier(store, &env)?,
     };
     let (spans, messages) = (receiver.spans(), receiver.messages());
     let measured = async {
