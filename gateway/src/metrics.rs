@@ -72,8 +72,8 @@ pub mod names {
     /// groups furthest behind one by one, the others summed under `group="(other)"`.
     pub const REGION_CHECKPOINT_BEHIND: &str = "courier_region_checkpoint_behind_records";
     /// Gauge: the age in seconds of the oldest of group `group`'s checkpoints in region `to` that
-    /// it has committed past in `from` (0 when its checkpoints cover its commits), by `from`, `to` and
-    /// `group` (under `(other)`, the oldest). No series for a group without a checkpoint.
+    /// it has committed past in `from` (0 when its checkpoints cover its commits), by `from`, `to`
+    /// and `group` (under `(other)`, the oldest). No series for a group without a checkpoint.
     pub const REGION_CHECKPOINT_AGE: &str = "courier_region_checkpoint_age_seconds";
     /// Counter: moves of traffic between regions, by `traffic` (writes, reads) and `to` (region).
     pub const REGION_TRAFFIC_SWITCHES: &str = "courier_region_traffic_switches_total";

@@ -352,7 +352,8 @@ mod tests {
 
     /// Over two embedded logs: a group checkpointed at 20 of the 30 it committed is 10 behind, a
     /// group never checkpointed is behind by all it committed, a group on a topic not mirrored or
-    /// one MirrorMaker 2 leaves out is not counted; a later checkpoint, read on from where the last reading stopped, covers all.
+    /// one MirrorMaker 2 leaves out is not counted; a later checkpoint, read on from where the last
+    /// reading stopped, covers all.
     #[tokio::test]
     async fn counts_the_records_committed_past_the_newest_checkpoint()
     -> std::result::Result<(), Box<dyn std::error::Error>> {
