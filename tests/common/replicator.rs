@@ -25,7 +25,7 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
-    message::{Header, Headers, OwnedHeaders},
+    message::{BorrowedMessage, Header, Headers, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
 };
 
@@ -67,6 +67,7 @@ impl Replicator {
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
             next: HashMap::new(),
+            last_copied: HashMap::new(),
             offsets: HashMap::new(),
             written_checkpoints: HashMap::new(),
             copied: copied.clone(),
@@ -258,6 +259,9 @@ struct State {
     groups: Vec<String>,
     /// Next source offset to copy, by (topic, partition).
     next: HashMap<(String, i32), i64>,
+    /// The source offset and `courier-id` of the last record copied, by (topic, partition): a
+    /// source that came back as a new log is told by the record there no longer being the same.
+    last_copied: HashMap<(String, i32), (i64, String)>,
     /// Source offset -> target offset of every copied record, by (topic, partition).
     offsets: HashMap<(String, i32), BTreeMap<i64, i64>>,
     /// The last checkpoint written, by (group, topic, partition).
@@ -314,14 +318,24 @@ impl State {
             // The source came back empty: a new log, copied from its start.
             next = 0;
             self.offsets.remove(&key);
+            self.last_copied.remove(&key);
         }
         if next >= high {
             self.next.insert(key, next);
             return;
         }
+        // Read from the last record copied, to see that it is still there: a source that came back
+        // empty and was written past this offset before this round (the gateway writes there as
+        // soon as it is back) is a new log too, whose records before `next` were never copied.
+        let expected = self
+            .last_copied
+            .get(&key)
+            .filter(|(offset, _)| *offset == next - 1)
+            .map(|(_, id)| id.clone());
+        let from = if expected.is_some() { next - 1 } else { next };
         let mut assignment = TopicPartitionList::new();
         if assignment
-            .add_partition_offset(topic, partition, Offset::Offset(next))
+            .add_partition_offset(topic, partition, Offset::Offset(from))
             .is_err()
             || clients.reader.assign(&assignment).is_err()
         {
@@ -335,6 +349,16 @@ impl State {
                 continue;
             };
             if message.offset() < next {
+                if let Some(expected) = &expected
+                    && message.offset() == next - 1
+                    && courier_id(&message).as_ref() != Some(expected)
+                {
+                    let _ = clients.reader.unassign();
+                    self.next.insert(key.clone(), 0);
+                    self.offsets.remove(&key);
+                    self.last_copied.remove(&key);
+                    return;
+                }
                 continue;
             }
             let delay = self.delay_ms.load(Ordering::Relaxed) as i64;
@@ -348,14 +372,9 @@ impl State {
                 break;
             }
             let mut headers = OwnedHeaders::new();
-            let mut courier_id = None;
+            let courier_id = courier_id(&message);
             if let Some(source_headers) = message.headers() {
                 for header in source_headers.iter() {
-                    if header.key == "courier-id" {
-                        courier_id = header
-                            .value
-                            .map(|v| String::from_utf8_lossy(v).into_owned());
-                    }
                     headers = headers.insert(Header {
                         key: header.key,
                         value: header.value,
@@ -399,6 +418,10 @@ impl State {
                 .entry(key.clone())
                 .or_default()
                 .insert(offset, delivered.offset);
+            match &courier_id {
+                Some(id) => self.last_copied.insert(key.clone(), (offset, id.clone())),
+                None => self.last_copied.remove(&key),
+            };
             let mut copied = self.copied.lock().unwrap_or_else(PoisonError::into_inner);
             let now = std::time::Instant::now();
             for key in courier_id.iter().chain(&value) {
@@ -506,6 +529,16 @@ impl State {
             }
         }
     }
+}
+
+/// The record's `courier-id` header, which the gateway gives every record it writes.
+fn courier_id(message: &BorrowedMessage<'_>) -> Option<String> {
+    message
+        .headers()?
+        .iter()
+        .find(|header| header.key == "courier-id")
+        .and_then(|header| header.value)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
 }
 
 /// `Checkpoint.recordKey()`: group, topic (strings: int16 length, UTF-8), partition (int32).
