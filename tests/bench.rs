@@ -157,3 +157,79 @@ fn the_mqtt_bench_reports_each_brokers_cpu_per_message() -> TestResult {
     }
     Ok(())
 }
+
+/// The rows of the `--scaling` table in `report` whose first two cells are `streams` and `size`.
+fn scaling_row(report: &str, streams: usize, size: usize) -> Option<Vec<&str>> {
+    report
+        .lines()
+        .find(|line| line.starts_with(&format!("| {streams} | {size} | ")))
+        .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
+}
+
+/// `--scaling`: a row for every point of the grid, gRPC (against the in-process store) and MQTT
+/// (against Mosquitto), each point measured on both sides to the end (a ratio is a number).
+#[test]
+fn the_scaling_bench_measures_every_point_of_its_grid() -> TestResult {
+    for (protocol, ratio_column) in [(None, 6), (Some("--mqtt"), 5)] {
+        let mut args = vec![
+            "--scaling",
+            "--scaling-streams",
+            "1,4",
+            "--scaling-sizes",
+            "100,2048",
+            "--records",
+            "200",
+            "--fsync",
+            "never",
+        ];
+        args.extend(protocol);
+        let report = String::from_utf8(bench(&args)?.stdout)?;
+        assert!(report.contains("scaling: "), "{report}");
+        for streams in [1, 4] {
+            for size in [100, 2048] {
+                let row = scaling_row(&report, streams, size)
+                    .ok_or(format!("no row for {streams} x {size} in\n{report}"))?;
+                let ratio: f64 = row
+                    .get(ratio_column)
+                    .ok_or(format!("a short row in\n{report}"))?
+                    .parse()?;
+                assert!(ratio.is_finite() && ratio > 0.0, "{report}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--kafka mock --regions mock`: the region router's comparison over two mock clusters (its canary
+/// topics made through the clusters' own API): both sides produce and read back in both rounds.
+#[test]
+fn the_region_router_bench_runs_on_two_mock_clusters() -> TestResult {
+    let output = bench(&[
+        "--kafka",
+        "mock",
+        "--regions",
+        "mock",
+        "--records",
+        "1000",
+        "--record-size",
+        "100",
+        "--partitions",
+        "2",
+        "--streams",
+        "2",
+    ])?;
+    let report = String::from_utf8(output.stdout)?;
+    for round in [1, 2] {
+        for row in [
+            "produce | gRPC over kafka |",
+            "subscribe | gRPC over kafka |",
+            "produce | gRPC over the region router |",
+            "subscribe | gRPC over the region router |",
+        ] {
+            let row = format!("| {round} | {row}");
+            assert!(report.contains(&row), "no {row:?} in\n{report}");
+        }
+    }
+    assert!(report.contains("produce ratio router/plain: "), "{report}");
+    Ok(())
+}

@@ -17,7 +17,8 @@
 //! Courier's MQTT endpoint, `mqtt/auth.rs`). `--tracing` compares `courier serve` with message
 //! tracing on (every message sampled, exported to an OTLP receiver in the bench) and off, at gRPC
 //! ProduceStream or, with `--mqtt`, QoS 1 publish; `--baseline BINARY` adds another build as a
-//! third side (`tracing.rs`).
+//! third side (`tracing.rs`). `--scaling` runs the gRPC (or, with `--mqtt`, the MQTT QoS 1 publish)
+//! comparison at each of several stream counts and record sizes (`scaling.rs`).
 //!
 //! Both sides use the same concurrency: `streams` producers, each keeping `pipeline` requests of
 //! `batch` records in flight. Latency is per request: from submit to durable ack. The parts:
@@ -35,6 +36,7 @@ mod measure;
 mod mqtt;
 mod process;
 mod regions;
+mod scaling;
 mod tls;
 mod tracing;
 
@@ -46,22 +48,54 @@ const MOCK: &str = "mock";
 /// `--kafka mock`: the default comparison (rdkafka against the gateway) on librdkafka's mock
 /// cluster, one broker, in this process. It batches as Kafka does, so the gateway's cost in front
 /// of Kafka is measured where tansu (one record per batch) would be the bottleneck. The mock
-/// cluster answers no CreateTopics request: the topics are made through its own API.
+/// cluster answers no CreateTopics request: the topics are made through its own API. With
+/// `--regions mock` as well, the router's comparison (`regions.rs`) over two mock clusters.
 async fn mock_kafka(mut args: BenchArgs) -> Result<()> {
-    if args.regions.is_some() || args.auth_rules.is_some() {
-        bail!("--kafka mock takes neither --regions nor --auth-rules");
+    if args.auth_rules.is_some() {
+        bail!("--kafka mock takes no --auth-rules");
     }
-    let cluster =
-        rdkafka::mocking::MockCluster::new(1).context("starting librdkafka's mock cluster")?;
+    let mock = |role: &str| {
+        rdkafka::mocking::MockCluster::new(1)
+            .with_context(|| format!("starting librdkafka's mock cluster for {role}"))
+    };
+    let cluster = mock("the primary")?;
     args.kafka = Some(cluster.bootstrap_servers());
-    println!("kafka: librdkafka's mock cluster, one broker, in the bench process");
     let make_topic = |name: &str, partitions: u32| -> Result<()> {
         let partitions = i32::try_from(partitions).context("partitions")?;
         cluster
             .create_topic(name, partitions, 1)
             .with_context(|| format!("creating {name} in the mock cluster"))
     };
-    grpc::run_with(&args, Some(&make_topic)).await
+    match args.regions.as_deref() {
+        None => {
+            println!("kafka: librdkafka's mock cluster, one broker, in the bench process");
+            grpc::run_with(&args, Some(&make_topic)).await
+        }
+        Some(MOCK) => {
+            let standby = mock("the standby")?;
+            // The router's probes write to a canary topic in each region, which they cannot
+            // create here.
+            let canary = regions::canary_topic()?;
+            for cluster in [&cluster, &standby] {
+                cluster
+                    .create_topic(&canary, 1, 1)
+                    .context("creating the canary topic in a mock cluster")?;
+            }
+            println!(
+                "kafka: two of librdkafka's mock clusters (primary and standby region), one \
+                 broker each, in the bench process"
+            );
+            let primary = cluster.bootstrap_servers();
+            regions::run(
+                &args,
+                &primary,
+                &standby.bootstrap_servers(),
+                Some(&make_topic),
+            )
+            .await
+        }
+        Some(_) => bail!("with --kafka mock, --regions takes mock too"),
+    }
 }
 
 /// Runs the benchmark and prints a markdown table.
@@ -82,6 +116,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if args.kafka.as_deref() == Some(MOCK) {
         return mock_kafka(args).await;
     }
+    if args.scaling {
+        if args.scaling_streams.contains(&0) || args.scaling_sizes.contains(&0) {
+            bail!("--scaling-streams and --scaling-sizes take numbers of at least 1");
+        }
+        return scaling::run(&args).await;
+    }
     if args.tracing {
         return tracing::run(&args).await;
     }
@@ -98,7 +138,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         return auth::run(&args, rules).await;
     }
     if let (Some(primary), Some(standby)) = (&args.kafka, &args.regions) {
-        return regions::run(&args, primary, standby).await;
+        return regions::run(&args, primary, standby, None).await;
     }
     grpc::run(&args).await
 }

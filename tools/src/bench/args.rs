@@ -31,7 +31,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub(crate) kafka: Option<String>,
     /// With `--kafka`: compare a gateway over the plain Kafka backend with one over the region router,
-    /// whose standby region is the Kafka cluster here (see tools/src/bench/regions.rs).
+    /// whose standby region is the Kafka cluster here (see tools/src/bench/regions.rs); with
+    /// `--kafka mock`, `mock`: a second mock cluster.
     #[arg(long, requires = "kafka")]
     pub(crate) regions: Option<String>,
     /// gRPC mode: compare a gateway without authentication to one with a users file and a policy
@@ -106,6 +107,27 @@ pub struct BenchArgs {
     /// MQTT mode: the Mosquitto broker to compare with.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     pub(crate) mosquitto: std::path::PathBuf,
+    /// Scaling curves: throughput and p99 ack latency at each of `--scaling-streams` and
+    /// `--scaling-sizes`, each point on fresh brokers: gRPC against the in-process store, or with
+    /// `--mqtt` QoS 1 publish against Mosquitto (see tools/src/bench/scaling.rs).
+    #[arg(long, conflicts_with_all = ["kafka", "amqp", "auth_rules", "tracing", "tls"])]
+    pub(crate) scaling: bool,
+    /// With `--scaling`: the concurrent streams (gRPC) or clients (MQTT) of each point.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,16,256,4096",
+        requires = "scaling"
+    )]
+    pub(crate) scaling_streams: Vec<usize>,
+    /// With `--scaling`: the record sizes in bytes of each point.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100,1024,65536",
+        requires = "scaling"
+    )]
+    pub(crate) scaling_sizes: Vec<usize>,
     /// AMQP mode: Courier's AMQP 1.0 endpoint (embedded) against RabbitMQ's AMQP 1.0 plugin; `records`
     /// messages of `record_size` bytes from `streams` senders, read back by one receiver (see
     /// tools/src/bench/amqp.rs).

@@ -42,14 +42,19 @@ use super::{
 };
 
 /// The four measured sides: produce direct, subscribe direct, produce and subscribe over gRPC.
-struct Sides {
-    direct_produce: Measurement,
-    direct_subscribe: Measurement,
-    grpc_produce: Measurement,
-    grpc_subscribe: Measurement,
+pub(super) struct Sides {
+    pub(super) direct_produce: Measurement,
+    pub(super) direct_subscribe: Measurement,
+    pub(super) grpc_produce: Measurement,
+    pub(super) grpc_subscribe: Measurement,
     /// The gateway process's CPU time producing and subscribing.
-    gateway_cpu: (Duration, Duration),
+    pub(super) gateway_cpu: (Duration, Duration),
 }
+
+/// Producer streams the bench's client puts on one HTTP/2 connection to `courier serve`, well under
+/// the gateway's `grpc.max_concurrent_streams` (1,024): a client with thousands of streams spreads
+/// them over connections, or the ones past that limit would wait for a slot.
+const STREAMS_PER_CONNECTION: usize = 256;
 
 /// Direct against gRPC: produces and subscribes both ways, and prints the table.
 pub(super) async fn run(args: &BenchArgs) -> Result<()> {
@@ -68,7 +73,7 @@ pub(super) async fn run_with(args: &BenchArgs, make_topic: Option<MakeTopic<'_>>
 }
 
 /// Runs the workloads, direct and over gRPC, each on a fresh store or topic.
-async fn measure(args: &BenchArgs, make_topic: Option<MakeTopic<'_>>) -> Result<Sides> {
+pub(super) async fn measure(args: &BenchArgs, make_topic: Option<MakeTopic<'_>>) -> Result<Sides> {
     let fsync = if args.fsync == "never" {
         FsyncPolicy::Never
     } else {
@@ -316,7 +321,7 @@ pub(super) async fn through_gateway_as(
             ..Default::default()
         })
         .await?;
-    let produced = produce_grpc(&channel, topic, args, value).await?;
+    let produced = produce_grpc(std::slice::from_ref(&channel), topic, args, value).await?;
     let subscribed = subscribe_grpc(&channel, topic, args.records).await?;
     drain.cancel();
     serving.await.context("the gateway task panicked")??;
@@ -335,7 +340,11 @@ async fn through_process(
     create: bool,
 ) -> Result<(Measurement, Measurement, (Duration, Duration))> {
     let tls = args.tls.then(BenchTls::new).transpose()?;
-    let mut env = Vec::new();
+    // Room for every producer stream at once (`grpc.max_streaming_calls` is 1,024 by default).
+    let mut env = vec![(
+        "COURIER_GRPC__MAX_STREAMING_CALLS",
+        (args.streams + 16).max(1024).to_string(),
+    )];
     if let Some(tls) = &tls {
         env.push(("COURIER_GRPC__TLS__CERT", tls.cert.display().to_string()));
         env.push(("COURIER_GRPC__TLS__KEY", tls.key.display().to_string()));
@@ -349,14 +358,20 @@ async fn through_process(
             .find_map(|field| field.strip_prefix(key))
             .with_context(|| format!("no {key} in the ready line"))?
             .parse()?;
-        let channel = Credentials::default().on(connect(address, tls.as_ref())
-            .await
-            .context("connecting to the gateway")?);
+        let mut channels = Vec::new();
+        for _ in 0..args.streams.div_ceil(STREAMS_PER_CONNECTION) {
+            channels.push(
+                Credentials::default().on(connect(address, tls.as_ref())
+                    .await
+                    .context("connecting to the gateway")?),
+            );
+        }
+        let channel = channels.first().context("no connection")?.clone();
         if create {
             create_topic(&channel, topic, args.partitions).await?;
         }
         let before = process::cpu_ticks(&child)?;
-        let produced = produce_grpc(&channel, topic, args, value).await?;
+        let produced = produce_grpc(&channels, topic, args, value).await?;
         let between = process::cpu_ticks(&child)?;
         let subscribed = subscribe_grpc(&channel, topic, args.records).await?;
         let after = process::cpu_ticks(&child)?;
@@ -441,22 +456,25 @@ async fn produce_direct(
     .await
 }
 
-/// `streams` ProduceStream calls over `channel`, each keeping `pipeline` requests of `batch`
-/// records in flight; latency from a request's send to its response.
+/// `streams` ProduceStream calls spread over `channels` in turn, each keeping `pipeline` requests
+/// of `batch` records in flight; latency from a request's send to its response.
 pub(super) async fn produce_grpc(
-    channel: &Api,
+    channels: &[Api],
     topic: &str,
     args: &BenchArgs,
     value: &Bytes,
 ) -> Result<Measurement> {
+    let mut connections = channels.iter().cycle();
     measure_producers(args, |batches| {
-        let (mut client, topic, value) = (
-            StreamsClient::new(channel.clone()),
+        let channel = connections.next().cloned();
+        let (client, topic, value) = (
+            channel.map(StreamsClient::new),
             topic.to_owned(),
             value.clone(),
         );
         let window = Arc::new(Semaphore::new(args.pipeline));
         async move {
+            let mut client = client.context("no connection to produce on")?;
             let (requests, outbound) = mpsc::channel(batches.len().max(1));
             let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
             let mut responses = client

@@ -506,80 +506,147 @@ enum Workload {
 /// `streams` publishers, each with `mqtt_inflight` in flight; latency to PUBACK (QoS 1) or PUBCOMP
 /// (QoS 2).
 async fn publish(target: &Target, args: &BenchArgs, workload: Workload) -> Result<Measurement> {
-    let run = ulid::Ulid::new();
-    let payload = vec![b'x'; args.record_size];
-    let (qos, messages) = match workload {
-        Workload::Qos1 => (QoS::AtLeastOnce, args.records),
-        Workload::Qos2Persistent => (QoS::ExactlyOnce, args.qos2_messages),
-    };
-    let per_client = messages / args.streams;
-    let mut connections = Vec::new();
-    for publisher in 0..args.streams {
-        let mut options = options(
-            format!("bench-pub-{run}-{publisher}"),
-            target,
-            args.mqtt_inflight,
-        );
-        options.set_clean_session(matches!(workload, Workload::Qos1));
-        let (client, mut eventloop) =
-            AsyncClient::new(options, usize::from(args.mqtt_inflight) * 2);
-        connected(&mut eventloop).await?;
-        connections.push((publisher, client, eventloop));
-    }
-    let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    for (publisher, client, mut eventloop) in connections {
-        let payload = payload.clone();
-        tasks.spawn(async move {
-            let sender = tokio::spawn(async move {
-                for i in 0..per_client {
-                    let topic = format!("bench/{run}/{publisher}/{}", i % 16);
-                    client.publish(topic, qos, false, payload.clone()).await?;
-                }
-                Ok::<_, rumqttc::ClientError>(client)
-            });
-            let mut latency = histogram()?;
-            let mut sent_at = HashMap::new();
-            let mut acked = 0;
-            while acked < per_client {
-                match eventloop.poll().await? {
-                    Event::Outgoing(Outgoing::Publish(pkid)) => {
-                        sent_at.insert(pkid, Instant::now());
-                    }
-                    Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid }))
-                    | Event::Incoming(Packet::PubComp(rumqttc::PubComp { pkid })) => {
-                        if let Some(sent) = sent_at.remove(&pkid) {
-                            latency.record(sent.elapsed().as_micros().max(1) as u64)?;
-                        }
-                        acked += 1;
-                    }
-                    _ => {}
-                }
-            }
-            let client = sender.await??;
-            client.disconnect().await?;
-            Ok::<_, anyhow::Error>(latency)
-        });
-    }
-    let mut latency = histogram()?;
-    while let Some(done) = tokio::time::timeout(PHASE_DEADLINE, tasks.join_next())
+    Publishers::connect(target, args, workload)
+        .await?
+        .send()
         .await
-        .context("publish phase timed out")?
-    {
-        latency.add(done??)?;
+}
+
+/// The connected publishers of [`publish`], before they send: the timed part is [`Self::send`].
+struct Publishers {
+    run: ulid::Ulid,
+    qos: QoS,
+    payload: Vec<u8>,
+    per_client: usize,
+    connections: Vec<(usize, AsyncClient, EventLoop)>,
+}
+
+impl Publishers {
+    /// Connects `streams` publishers for `workload`, one after the other.
+    async fn connect(target: &Target, args: &BenchArgs, workload: Workload) -> Result<Self> {
+        let run = ulid::Ulid::new();
+        let (qos, messages) = match workload {
+            Workload::Qos1 => (QoS::AtLeastOnce, args.records),
+            Workload::Qos2Persistent => (QoS::ExactlyOnce, args.qos2_messages),
+        };
+        let mut connections = Vec::new();
+        for publisher in 0..args.streams {
+            let mut options = options(
+                format!("bench-pub-{run}-{publisher}"),
+                target,
+                args.mqtt_inflight,
+            );
+            options.set_clean_session(matches!(workload, Workload::Qos1));
+            let (client, mut eventloop) =
+                AsyncClient::new(options, usize::from(args.mqtt_inflight) * 2);
+            connected(&mut eventloop).await?;
+            connections.push((publisher, client, eventloop));
+        }
+        Ok(Self {
+            run,
+            qos,
+            payload: vec![b'x'; args.record_size],
+            per_client: messages / args.streams,
+            connections,
+        })
     }
-    Ok(Measurement {
-        records: per_client * args.streams,
-        elapsed: started.elapsed(),
-        latency: Some(latency),
-        first_record: None,
-    })
+
+    /// Each publisher sends its share and waits for every acknowledgement, all at once.
+    async fn send(self) -> Result<Measurement> {
+        let Self {
+            run,
+            qos,
+            payload,
+            per_client,
+            connections,
+        } = self;
+        let streams = connections.len();
+        let started = Instant::now();
+        let mut tasks = JoinSet::new();
+        for (publisher, client, mut eventloop) in connections {
+            let payload = payload.clone();
+            tasks.spawn(async move {
+                let sender = tokio::spawn(async move {
+                    for i in 0..per_client {
+                        let topic = format!("bench/{run}/{publisher}/{}", i % 16);
+                        client.publish(topic, qos, false, payload.clone()).await?;
+                    }
+                    Ok::<_, rumqttc::ClientError>(client)
+                });
+                let mut latency = histogram()?;
+                let mut sent_at = HashMap::new();
+                let mut acked = 0;
+                while acked < per_client {
+                    match eventloop.poll().await? {
+                        Event::Outgoing(Outgoing::Publish(pkid)) => {
+                            sent_at.insert(pkid, Instant::now());
+                        }
+                        Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid }))
+                        | Event::Incoming(Packet::PubComp(rumqttc::PubComp { pkid })) => {
+                            if let Some(sent) = sent_at.remove(&pkid) {
+                                latency.record(sent.elapsed().as_micros().max(1) as u64)?;
+                            }
+                            acked += 1;
+                        }
+                        _ => {}
+                    }
+                }
+                let client = sender.await??;
+                client.disconnect().await?;
+                Ok::<_, anyhow::Error>(latency)
+            });
+        }
+        let mut latency = histogram()?;
+        while let Some(done) = tokio::time::timeout(PHASE_DEADLINE, tasks.join_next())
+            .await
+            .context("publish phase timed out")?
+        {
+            latency.add(done??)?;
+        }
+        Ok(Measurement {
+            records: per_client * streams,
+            elapsed: started.elapsed(),
+            latency: Some(latency),
+            first_record: None,
+        })
+    }
 }
 
 /// The QoS 1 publish workload of [`publish`] against the plain MQTT listener at `address`, for
 /// benches that start their brokers themselves (`--tracing`).
 pub(super) async fn publish_qos1(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
     publish(&Target::new(address, None), args, Workload::Qos1).await
+}
+
+/// One broker's run of a workload: what was measured and the broker's CPU time for it.
+pub(super) struct Published {
+    pub(super) measurement: Measurement,
+    pub(super) cpu: Duration,
+}
+
+impl Published {
+    pub(super) fn cpu_micros_per_message(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.measurement.records.max(1) as f64
+    }
+}
+
+/// The QoS 1 publish workload alone, on a fresh Courier and then a fresh Mosquitto (`--scaling`).
+pub(super) async fn publish_qos1_on_both(args: &BenchArgs) -> Result<[Published; 2]> {
+    let mut published = Vec::new();
+    for broker in [
+        Broker::courier(&args.fsync, None)?,
+        Broker::mosquitto(&args.mosquitto, None)?,
+    ] {
+        // The broker's CPU time is taken over the sending only, not the connecting.
+        let publishers = Publishers::connect(&broker.target, args, Workload::Qos1).await?;
+        let before = broker.cpu_ticks()?;
+        let measurement = phase(&broker, "QoS 1 publish", publishers.send()).await?;
+        let cpu = ticks(broker.cpu_ticks()?.saturating_sub(before));
+        published.push(Published { measurement, cpu });
+    }
+    published
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two brokers, two measurements"))
 }
 
 /// [`phase`], booking the broker's CPU time (from /proc) for it in `cpu`.

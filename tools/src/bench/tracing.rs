@@ -235,7 +235,7 @@ async fn produce(address: SocketAddr, args: &BenchArgs) -> Result<Measurement> {
         .await
         .context("creating the bench topic")?;
     let value = Bytes::from(vec![b'x'; args.record_size]);
-    produce_grpc(&channel, TOPIC, args, &value).await
+    produce_grpc(std::slice::from_ref(&channel), TOPIC, args, &value).await
 }
 
 /// The address the ready line names after `key` (`grpc=`, `mqtt=`).
