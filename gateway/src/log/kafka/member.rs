@@ -55,6 +55,7 @@ pub(super) fn start(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Su
         revoked: Mutex::new(Vec::new()),
         revoke_commit: Mutex::new(None),
         paused: AtomicBool::new(false),
+        has_paused: AtomicBool::new(false),
         joined: AtomicBool::new(false),
         events: events_tx,
     });

@@ -144,14 +144,17 @@ impl MemberState {
             tracing::error!(%error, "assigning partitions");
             return;
         }
-        // As the member's other partitions are. Resumed explicitly otherwise: librdkafka keeps an
-        // application's pause on a partition through its revocation, so one revoked while the
-        // member was paused (and not resumed with the rest, no longer held) would come back
-        // paused, and never be fetched.
+        // As the member's other partitions are. Resumed explicitly otherwise, once the member has
+        // ever paused: librdkafka keeps an application's pause on a partition through its
+        // revocation, so one revoked while the member was paused (and not resumed with the rest,
+        // no longer held) would come back paused, and never be fetched. Not before: a resume
+        // discards the partition's offset lookup in flight, retried half a second later.
         let steered = if self.paused.load(Ordering::Acquire) {
             consumer.pause(&list)
-        } else {
+        } else if self.has_paused.load(Ordering::Acquire) {
             consumer.resume(&list)
+        } else {
+            Ok(())
         };
         if let Err(error) = steered {
             tracing::warn!(%error, "pausing or resuming newly assigned partitions");

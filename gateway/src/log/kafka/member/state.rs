@@ -19,7 +19,11 @@ pub(super) struct MemberState {
     pub(super) revoked: Mutex<Vec<TopicPartition>>,
     /// The last revocation's commit outcome, for the answer to closing (see `leave.rs`).
     pub(super) revoke_commit: Mutex<Option<Result<()>>>,
+    /// Whether the task paused the assigned partitions (its buffer stayed full).
     pub(super) paused: AtomicBool,
+    /// Whether it ever did: from then on newly assigned partitions are resumed explicitly (see
+    /// `rebalance.rs`).
+    pub(super) has_paused: AtomicBool,
     /// Set once the group's first assignment reached this member (librdkafka's cooperative protocol
     /// serves one after every completed join, even when it adds nothing): until then the member is
     /// between joining and syncing, the one moment it must not leave (see `leave.rs`).

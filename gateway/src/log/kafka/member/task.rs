@@ -99,15 +99,25 @@ impl MemberTask {
                 _ = topic_tick.tick(), if follows_metadata => self.follow_topics().await,
                 () = sleep_until_some(pause_at) => self.set_paused(true),
                 message = consumer.recv(), if reading => {
-                    self.purge_revoked();
+                    // A rebalance this poll served revoked partitions: what the buffer holds of
+                    // them is stale. The message it returned came after the rebalance.
+                    let mut records = Vec::new();
+                    self.purge_revoked(&mut records);
                     match message {
                         Ok(message) => {
-                            let mut records = vec![received(&message)];
+                            records.push(received(&message));
                             drop(message);
                             // Take what is already queued without waiting, to hand on larger batches.
                             while records.len() < MAX_BATCH {
                                 match consumer.recv().now_or_never() {
-                                    Some(Ok(message)) => records.push(received(&message)),
+                                    Some(Ok(message)) => {
+                                        // Each poll may serve a rebalance too: records taken before
+                                        // it of the partitions it revoked are stale as well (kept,
+                                        // they would be handed out if a partition came back, and
+                                        // the refetched ones skipped as already delivered).
+                                        self.purge_revoked(&mut records);
+                                        records.push(received(&message));
+                                    }
                                     Some(Err(error)) => {
                                         tracing::warn!(%error, "consumer error");
                                         break;
@@ -115,7 +125,7 @@ impl MemberTask {
                                     None => break,
                                 }
                             }
-                            self.purge_revoked();
+                            self.purge_revoked(&mut records);
                             self.buffer.extend(records);
                         }
                         Err(error) => tracing::warn!(%error, "consumer error"),
@@ -143,6 +153,8 @@ impl MemberTask {
             |partition| plain_reader || consumer_holds(&consumer, partition),
         );
         if !batch.is_empty() {
+            // The subscriber is taking records: a full buffer is not a stall.
+            self.full_since = None;
             let _ = self.state.events.send(SubscriptionEvent::Records(batch));
         }
     }
@@ -183,13 +195,19 @@ impl MemberTask {
             self.consumer.resume(&assignment)
         };
         match result {
-            Ok(()) => self.state.paused.store(pause, Ordering::Release),
+            Ok(()) => {
+                self.state.paused.store(pause, Ordering::Release);
+                if pause {
+                    self.state.has_paused.store(true, Ordering::Release);
+                }
+            }
             Err(error) => tracing::warn!(%error, "pausing or resuming partitions"),
         }
     }
 
-    /// Drops buffered records of partitions revoked since the last look.
-    fn purge_revoked(&mut self) {
+    /// Drops the records of partitions revoked since the last look, buffered or in `taken` (read
+    /// in the batch being taken).
+    fn purge_revoked(&mut self, taken: &mut Vec<Record>) {
         let revoked = std::mem::take(
             &mut *self
                 .state
@@ -200,6 +218,7 @@ impl MemberTask {
         if !revoked.is_empty() {
             self.buffer
                 .retain(|record| !revoked.contains(&record.topic_partition()));
+            taken.retain(|record| !revoked.contains(&record.topic_partition()));
         }
     }
 
