@@ -54,7 +54,9 @@ impl<T: Message> Encoder for ReservingEncoder<T> {
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         buf.reserve(item.encoded_len());
-        item.encode(buf)
-            .map_err(|error| Status::internal(format!("encoding a message: {error}")))
+        // With the room reserved, `encode`'s own check (another walk of the message to size it)
+        // has nothing left to refuse.
+        item.encode_raw(buf);
+        Ok(())
     }
 }
