@@ -227,6 +227,8 @@ fn source_consumer(source: &str, group: &str) -> Result<BaseConsumer, rdkafka::e
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("allow.auto.create.topics", "false")
+        // As MirrorMaker 2's: an offset no longer there is read from the oldest, not skipped.
+        .set("auto.offset.reset", "earliest")
         .set("socket.timeout.ms", "1000")
         .create::<BaseConsumer>()
 }
