@@ -36,7 +36,7 @@ use crate::client::{Api, Credentials};
 use super::{
     args::BenchArgs,
     kafka,
-    measure::{Measurement, histogram, measure_producers, pipelined},
+    measure::{FirstRecords, Measurement, histogram, measure_producers, pipelined},
     process::{self, Store},
     tls::BenchTls,
 };
@@ -232,7 +232,10 @@ fn print_sides(args: &BenchArgs, sides: &Sides) {
         direct_subscribe.rate_from_first(),
         grpc_subscribe.rate_from_first(),
     ) {
-        let first = |m: &Measurement| m.first_record.unwrap_or_default().as_secs_f64();
+        let first = |m: &Measurement| {
+            m.first_record
+                .map_or(0.0, |first| first.after.as_secs_f64())
+        };
         println!(
             "subscribe from the first record: direct {direct:.0} records/s (first after {:.2} s), \
              gRPC {grpc:.0} (first after {:.2} s), ratio {:.2}",
@@ -466,9 +469,8 @@ pub(super) async fn produce_grpc(
 ) -> Result<Measurement> {
     let mut connections = channels.iter().cycle();
     measure_producers(args, |batches| {
-        let channel = connections.next().cloned();
         let (client, topic, value) = (
-            channel.map(StreamsClient::new),
+            connections.next().cloned().map(StreamsClient::new),
             topic.to_owned(),
             value.clone(),
         );
@@ -546,7 +548,10 @@ async fn subscribe_direct(log: &Arc<dyn Log>, topic: &str, records: usize) -> Re
     while seen < records {
         match tokio::time::timeout(Duration::from_secs(30), subscription.next_event()).await {
             Ok(Some(SubscriptionEvent::Records(batch))) => {
-                first_record.get_or_insert_with(|| started.elapsed());
+                first_record.get_or_insert_with(|| FirstRecords {
+                    after: started.elapsed(),
+                    count: batch.len(),
+                });
                 for record in &batch {
                     subscription
                         .control
@@ -575,7 +580,9 @@ async fn subscribe_grpc(channel: &Api, topic: &str, records: usize) -> Result<Me
     let mut client = StreamsClient::new(channel.clone());
     let start = pb::SubscribeStart {
         topics: vec![topic.to_owned()],
-        group: "bench-grpc".into(),
+        // A group of its own per topic: one left by an earlier side (the router's comparison runs
+        // four on one cluster) would hold up the join until the broker timed its member out.
+        group: format!("bench-grpc-{topic}"),
         start: Some(pb::Position {
             kind: Some(pb::position::Kind::Earliest(true)),
         }),
@@ -591,7 +598,10 @@ async fn subscribe_grpc(channel: &Api, topic: &str, records: usize) -> Result<Me
             bail!("gRPC subscription stopped after {seen} of {records} records")
         };
         if let Some(ResponseKind::Records(batch)) = response?.kind {
-            first_record.get_or_insert_with(|| started.elapsed());
+            first_record.get_or_insert_with(|| FirstRecords {
+                after: started.elapsed(),
+                count: batch.records.len(),
+            });
             seen += batch.records.len();
             let acks = batch
                 .records

@@ -21,7 +21,7 @@ use rdkafka::{
 
 use super::{
     args::BenchArgs,
-    measure::{Measurement, measure_producers, pipelined},
+    measure::{FirstRecords, Measurement, measure_producers, pipelined},
 };
 
 /// The gateway's Kafka settings for a benchmark broker (one broker: one replica per topic), with
@@ -158,7 +158,10 @@ pub(super) async fn subscribe(
     while seen < records {
         match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
             Ok(Ok(_)) => {
-                first_record.get_or_insert_with(|| started.elapsed());
+                first_record.get_or_insert_with(|| FirstRecords {
+                    after: started.elapsed(),
+                    count: 1,
+                });
                 seen += 1;
             }
             Ok(Err(error)) => bail!("consuming: {error}"),

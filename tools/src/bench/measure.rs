@@ -13,9 +13,16 @@ pub(super) struct Measurement {
     pub(super) records: usize,
     pub(super) elapsed: Duration,
     pub(super) latency: Option<Histogram<u64>>,
-    /// For a subscription: how long until its first record came (joining the group, assignment,
+    /// For a subscription: how long until its first records came (joining the group, assignment,
     /// the first fetch), which a short run's rate includes.
-    pub(super) first_record: Option<Duration>,
+    pub(super) first_record: Option<FirstRecords>,
+}
+
+/// When a subscription's first records came, and how many came at once (a batch).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FirstRecords {
+    pub(super) after: Duration,
+    pub(super) count: usize,
 }
 
 impl Measurement {
@@ -23,11 +30,12 @@ impl Measurement {
         self.records as f64 / self.elapsed.as_secs_f64()
     }
 
-    /// Records per second from the first record on, for a subscription whose start was timed.
+    /// Records per second from the first records on (those left out: they took no time), for a
+    /// subscription whose start was timed.
     pub(super) fn rate_from_first(&self) -> Option<f64> {
         let first = self.first_record?;
-        let reading = self.elapsed.checked_sub(first)?.as_secs_f64();
-        (reading > 0.0).then(|| self.records.saturating_sub(1) as f64 / reading)
+        let reading = self.elapsed.checked_sub(first.after)?.as_secs_f64();
+        (reading > 0.0).then(|| self.records.saturating_sub(first.count) as f64 / reading)
     }
 
     pub(super) fn percentile_ms(&self, quantile: f64) -> String {

@@ -5,16 +5,17 @@
 //! its own on fresh brokers, at each of `--scaling-streams` and `--scaling-sizes`.
 //!
 //! A point moves at most `records` records and at most [`BYTES_PER_POINT`] bytes, but one record per
-//! stream at least, so a 64 KiB point takes seconds rather than minutes; a gRPC request carries at
-//! most [`REQUEST_BYTES`] of records and at most one stream's share (a 64 KiB point sends requests of
-//! 16 records, 4,096 streams of 100 B requests of 48).
+//! stream at least, so a 64 KiB point takes seconds rather than minutes yet is long enough for the
+//! CPU time read from /proc (10 ms ticks) to mean something; a gRPC request carries at most
+//! [`REQUEST_BYTES`] of records and at most one stream's share (a 64 KiB point sends requests of 16
+//! records, 4,096 streams of 100 B requests of 48).
 
 use anyhow::Result;
 
 use super::{args::BenchArgs, grpc, measure::Measurement, mqtt};
 
 /// Most bytes one point produces (before the one-record-per-stream floor).
-const BYTES_PER_POINT: usize = 32 << 20;
+const BYTES_PER_POINT: usize = 256 << 20;
 
 /// Most record bytes one gRPC produce request carries.
 const REQUEST_BYTES: usize = 1 << 20;
@@ -156,7 +157,7 @@ mod tests {
         let small = point(&args, 1, 100);
         assert_eq!((small.records, small.batch), (args.records, args.batch));
         let large = point(&args, 1, 64 << 10);
-        assert_eq!((large.records, large.batch), (512, 16));
+        assert_eq!((large.records, large.batch), (4096, 16));
         let many = point(&args, 4096, 64 << 10);
         assert_eq!((many.records, many.batch, many.streams), (4096, 1, 4096));
         let many_small = point(&args, 4096, 100);
