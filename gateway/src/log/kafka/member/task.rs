@@ -153,8 +153,6 @@ impl MemberTask {
             |partition| plain_reader || consumer_holds(&consumer, partition),
         );
         if !batch.is_empty() {
-            // The subscriber is taking records: a full buffer is not a stall.
-            self.full_since = None;
             let _ = self.state.events.send(SubscriptionEvent::Records(batch));
         }
     }
@@ -166,7 +164,9 @@ impl MemberTask {
     /// task can poll again and serve rebalances. Paused, they resume once the buffer is down to
     /// half. Pausing at every full buffer costs far more: librdkafka drops what it prefetched for
     /// a paused partition and fetches it again on resume, about 0.4 s each time on the mock
-    /// cluster.
+    /// cluster. The clock runs while the subscriber takes records too, as long as the buffer stays
+    /// at its limit (a poll can take it up to [`MAX_BATCH`] past): a subscriber taking a trickle
+    /// would otherwise keep the task from polling, and its group from rebalancing, for as long.
     fn steer_window(&mut self) -> bool {
         let limit = buffer_limit(self.state.window.max_in_flight());
         if self.state.paused.load(Ordering::Acquire) {
