@@ -32,6 +32,9 @@ use crate::{
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
 /// How often a subscription looks for mirrors of its topics that appeared since it started.
 const MIRROR_CHECK: Duration = Duration::from_secs(5);
+/// Longest a closed subscription's task waits for the region's subscription to end (see
+/// `Forward::forward_until_closed`); the close itself is what ends it.
+const CLOSE_DRAIN: Duration = Duration::from_secs(10);
 
 /// Starts a subscription in the read region. Errors of the first attempt (a bad topic name, a missing
 /// topic without auto-creation) are the caller's.
@@ -195,7 +198,10 @@ impl Forward {
         mirror_check.reset();
         loop {
             let resubscribe = tokio::select! {
-                () = self.control.closed.cancelled() => return,
+                () = self.control.closed.cancelled() => {
+                    self.forward_until_closed(inner).await;
+                    return;
+                }
                 // The router is closing: commit what was acknowledged and end the front end's stream.
                 () = self.shared.closed.cancelled() => {
                     self.control.close_current().await;
@@ -271,6 +277,20 @@ impl Forward {
         }
         tracing::info!(mirrors = ?appeared, group = ?self.options.group, "new mirrors to read; subscribing again");
         Some(appeared)
+    }
+
+    /// After the front end's close: passes on what the region's subscription still says until its
+    /// own close ends it (within [`CLOSE_DRAIN`]). Closing lets a member finish joining first, and
+    /// the front end sees its assignment, as it would from the backend itself.
+    async fn forward_until_closed(&mut self, mut inner: Events) {
+        let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+            while let Some(event) = inner.recv().await {
+                if !self.forward(event) {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 
     /// Passes one event on, noting what it says; false once the front end is gone.
