@@ -592,6 +592,52 @@ fn a_publisher_over_its_quota_is_slowed_on_every_protocol() -> TestResult {
     })
 }
 
+/// One gRPC caller opening Subscribe streams in a loop over several connections, with 64 streams
+/// for the whole gateway: it is held to its share (half, `grpc.max_streaming_calls_per_caller`'s
+/// default) and refused past it, so the good clients' streams still find places.
+#[test]
+fn a_grpc_caller_opening_streams_in_a_loop_is_held_to_its_share() -> TestResult {
+    const STREAMS: usize = 64;
+    serially(async {
+        let dir = tempfile::tempdir()?;
+        let gateway = Gateway::start(
+            &dir.path().join("data"),
+            &[("COURIER_GRPC__MAX_STREAMING_CALLS", &STREAMS.to_string())],
+        )?;
+        let baseline = good::baseline(&gateway, "streams-before", None).await?;
+
+        let (_, topic) = create_topic(&gateway, "hog", 1).await?;
+        let (held, refused) =
+            attacks::open_streams_until_refused(gateway.grpc, &topic, 4, 8).await?;
+        let attacked = good::run_all(&gateway, "streams-during", None).await?;
+        let counted_refusals = counted(
+            &gateway,
+            REFUSALS,
+            "limit=\"max_streaming_calls_per_caller\"",
+        )?;
+        let admitted = held.len();
+        drop(held);
+
+        good::report("a caller opening streams in a loop", &baseline, &attacked);
+        assert_eq!(admitted, STREAMS / 2, "the caller's streams admitted");
+        assert_eq!(refused.len(), 9, "the loop stops after nine refusals");
+        for status in &refused {
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .contains("grpc.max_streaming_calls_per_caller"),
+                "{status:?}"
+            );
+        }
+        assert!(
+            counted_refusals >= 9.0,
+            "{counted_refusals} refusals counted"
+        );
+        Ok(())
+    })
+}
+
 async fn greedy_mqtt(
     address: std::net::SocketAddr,
     login: Login,

@@ -603,13 +603,17 @@ async fn client_chosen_sizes_are_held_to_the_caps() -> TestResult {
 }
 
 /// Streams past `grpc.max_streaming_calls` are refused at once with RESOURCE_EXHAUSTED, counted in
-/// `courier_limit_refusals_total`, while unary calls go on.
+/// `courier_limit_refusals_total`, while unary calls go on. (The caller's own limit is off: with
+/// one place for the gateway, one caller's share is that place too.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_past_the_limit_are_refused_and_counted() -> TestResult {
     let dir = tempfile::tempdir()?;
     let gateway = Gateway::start(
         &dir.path().join("data"),
-        &[("COURIER_GRPC__MAX_STREAMING_CALLS", "1")],
+        &[
+            ("COURIER_GRPC__MAX_STREAMING_CALLS", "1"),
+            ("COURIER_GRPC__MAX_STREAMING_CALLS_PER_CALLER", "0"),
+        ],
     )?;
     let (_, topic) = create_topic(&gateway, "one-stream", 1).await?;
     let mut client = gateway.streams().await?;

@@ -236,3 +236,52 @@ impl<S> std::fmt::Debug for Stalling<S> {
         f.write_str("Stalling")
     }
 }
+
+/// Subscribe streams opened one after another by one anonymous caller at the attacker's address,
+/// over `connections` connections, until the gateway refuses one and then `more` times past
+/// that: the streams it admitted (held open while the result lives) and the refusals.
+pub(crate) async fn open_streams_until_refused(
+    gateway: SocketAddr,
+    topic: &str,
+    connections: usize,
+    more: usize,
+) -> Result<(Vec<HeldStream>, Vec<tonic::Status>), BoxError> {
+    use courier_grpc::proto::v1::{self as pb, streams_client::StreamsClient};
+    use tokio_stream::wrappers::ReceiverStream;
+
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))?
+            .local_address(Some(ATTACKER))
+            .connect()
+            .await?;
+        clients.push(StreamsClient::new(channel));
+    }
+    let (mut held, mut refused) = (Vec::new(), Vec::new());
+    // Bounded: a gateway that never refused would be found out at the assertion after.
+    for n in 0..4096 {
+        if refused.len() > more {
+            break;
+        }
+        let (requests, outbound) = tokio::sync::mpsc::channel(1);
+        requests
+            .send(pb::SubscribeRequest {
+                kind: Some(pb::subscribe_request::Kind::Start(
+                    crate::common::start_in_group(topic, &crate::common::unique("hog"), 16),
+                )),
+            })
+            .await?;
+        let mut client = clients[n % connections].clone();
+        match client.subscribe(ReceiverStream::new(outbound)).await {
+            Ok(responses) => held.push((requests, responses.into_inner())),
+            Err(status) => refused.push(status),
+        }
+    }
+    Ok((held, refused))
+}
+
+/// An open Subscribe stream: its request sender and its responses.
+pub(crate) type HeldStream = (
+    tokio::sync::mpsc::Sender<courier_grpc::proto::v1::SubscribeRequest>,
+    tonic::Streaming<courier_grpc::proto::v1::SubscribeResponse>,
+);

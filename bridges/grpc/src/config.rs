@@ -49,6 +49,16 @@ pub struct Config {
     /// burst of unary calls keep a subscriber out. One more is refused at once with RESOURCE_EXHAUSTED.
     #[serde(default = "Config::default_max_streaming_calls")]
     pub max_streaming_calls: usize,
+    /// Most unary calls one caller has in progress at once: a principal by name, over all its
+    /// connections, or an anonymous client by its address. One more is refused at once with
+    /// RESOURCE_EXHAUSTED while other callers are served. 0 is no limit. Unset: half of
+    /// `max_unary_calls`, so no one caller can take every place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unary_calls_per_caller: Option<usize>,
+    /// Most streaming calls one caller has open at once, counted as `max_unary_calls_per_caller`
+    /// counts unary calls. 0 is no limit. Unset: half of `max_streaming_calls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_streaming_calls_per_caller: Option<usize>,
     /// Longest a unary call may run; then it ends with DEADLINE_EXCEEDED (a client's shorter
     /// `grpc-timeout` ends it sooner, the same way). Streams are not bound by it.
     #[serde(default = "Config::default_unary_timeout", with = "humantime_serde")]
@@ -93,6 +103,18 @@ impl Config {
             tls.validate_for("grpc", false)?;
         }
         Ok(())
+    }
+
+    /// Most unary calls one caller may have in progress (0: no limit).
+    pub fn unary_calls_per_caller(&self) -> usize {
+        self.max_unary_calls_per_caller
+            .unwrap_or_else(|| half_of(self.max_unary_calls))
+    }
+
+    /// Most streams one caller may have open (0: no limit).
+    pub fn streaming_calls_per_caller(&self) -> usize {
+        self.max_streaming_calls_per_caller
+            .unwrap_or_else(|| half_of(self.max_streaming_calls))
     }
 
     fn default_listen() -> SocketAddr {
@@ -151,6 +173,8 @@ impl Default for Config {
             max_concurrent_streams: Self::default_max_concurrent_streams(),
             max_unary_calls: Self::default_max_unary_calls(),
             max_streaming_calls: Self::default_max_streaming_calls(),
+            max_unary_calls_per_caller: None,
+            max_streaming_calls_per_caller: None,
             unary_timeout: Self::default_unary_timeout(),
             max_fetch_records: Self::default_max_fetch_records(),
             max_fetch_bytes: Self::default_max_fetch_bytes(),
@@ -159,4 +183,9 @@ impl Default for Config {
             tls: None,
         }
     }
+}
+
+/// The default share of one caller: half the places, and at least one (a limit of 0 is none).
+fn half_of(places: usize) -> usize {
+    (places / 2).max(1)
 }

@@ -5,8 +5,10 @@
 //!   the client's shorter `grpc-timeout`, ends with DEADLINE_EXCEEDED. Streams are left alone: they
 //!   live as long as their client wants.
 //! - [`AdmissionLayer`] (`admission`): at most `grpc.max_unary_calls` unary calls and
-//!   `grpc.max_streaming_calls` streams at once in the whole gateway. One over is refused at once
-//!   with RESOURCE_EXHAUSTED, never queued, and counted in `courier_limit_refusals_total`.
+//!   `grpc.max_streaming_calls` streams at once in the whole gateway, and of each at most its
+//!   `_per_caller` limit for one caller (a principal, or an anonymous client's address). One over
+//!   is refused at once with RESOURCE_EXHAUSTED, never queued, and counted in
+//!   `courier_limit_refusals_total`.
 //! - [`CallKinds`] (`kinds`): which calls stream, read from the API's descriptors.
 //!
 //! Unary calls and streams have a limit each. A stream holds its place for its whole life (minutes or

@@ -142,9 +142,30 @@ impl Served {
         Ok(())
     }
 
+    /// A client of its own, connecting from the loopback address `from` (another anonymous
+    /// caller than the one at 127.0.0.1).
+    async fn client_from(
+        &self,
+        from: std::net::IpAddr,
+    ) -> Result<StreamsClient<Channel>, Box<dyn std::error::Error + Send + Sync>> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.address))?
+            .local_address(Some(from))
+            .connect()
+            .await?;
+        Ok(StreamsClient::new(channel))
+    }
+
     /// Starts a Fetch on a clone of the client; it is held until released.
     fn fetch(&self) -> tokio::task::JoinHandle<Result<pb::FetchResponse, tonic::Status>> {
-        let mut client = self.client.clone();
+        self.fetch_by(&self.client)
+    }
+
+    /// [`Served::fetch`] by `client`.
+    fn fetch_by(
+        &self,
+        client: &StreamsClient<Channel>,
+    ) -> tokio::task::JoinHandle<Result<pb::FetchResponse, tonic::Status>> {
+        let mut client = client.clone();
         tokio::spawn(async move {
             let request = pb::FetchRequest {
                 topic: TOPIC.into(),
@@ -159,6 +180,20 @@ impl Served {
     /// Opens a Subscribe stream reading `TOPIC` from its start; the sender keeps it open.
     async fn subscribe(
         &self,
+    ) -> Result<
+        (
+            mpsc::Sender<pb::SubscribeRequest>,
+            tonic::Streaming<pb::SubscribeResponse>,
+        ),
+        tonic::Status,
+    > {
+        self.subscribe_by(&self.client).await
+    }
+
+    /// [`Served::subscribe`] by `client`.
+    async fn subscribe_by(
+        &self,
+        client: &StreamsClient<Channel>,
     ) -> Result<
         (
             mpsc::Sender<pb::SubscribeRequest>,
@@ -181,7 +216,7 @@ impl Served {
             .await;
         let responses = tokio::time::timeout(
             DEADLINE,
-            self.client.clone().subscribe(ReceiverStream::new(outbound)),
+            client.clone().subscribe(ReceiverStream::new(outbound)),
         )
         .await
         .map_err(|_| tonic::Status::deadline_exceeded("the test's own wait"))??
@@ -235,6 +270,7 @@ fn assert_refused(status: &tonic::Status, key: &str) {
 async fn unary_calls_over_the_limit_are_refused_at_once_and_the_rest_served() -> TestResult {
     let served = Served::start(Config {
         max_unary_calls: 3,
+        max_unary_calls_per_caller: Some(0),
         ..Config::default()
     })
     .await?;
@@ -275,6 +311,7 @@ async fn unary_calls_over_the_limit_are_refused_at_once_and_the_rest_served() ->
 async fn streams_over_their_limit_are_refused_and_leave_unary_calls_alone() -> TestResult {
     let served = Served::start(Config {
         max_streaming_calls: 2,
+        max_streaming_calls_per_caller: Some(0),
         ..Config::default()
     })
     .await?;
@@ -302,6 +339,65 @@ async fn streams_over_their_limit_are_refused_and_leave_unary_calls_alone() -> T
             }
             Err(status) => return Err(status.into()),
         }
+    }
+    Ok(())
+}
+
+/// Two calls of each kind per caller: one caller's third stream and third unary call are refused
+/// at once, naming the caller's limit, while another caller (an anonymous client from another
+/// address) is served both; a caller's ended stream gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_at_its_share_is_refused_and_the_others_served() -> TestResult {
+    let served = Served::start(Config {
+        max_unary_calls_per_caller: Some(2),
+        max_streaming_calls_per_caller: Some(2),
+        ..Config::default()
+    })
+    .await?;
+    let other = served.client_from("127.0.0.2".parse()?).await?;
+
+    let first = served.subscribe().await?;
+    let _second = served.subscribe().await?;
+    let refused = served
+        .subscribe()
+        .await
+        .err()
+        .ok_or("a caller's third stream was admitted")?;
+    assert_refused(&refused, "grpc.max_streaming_calls_per_caller");
+    assert!(refused.message().contains("127.0.0.1"), "{refused:?}");
+    let _others = (
+        served.subscribe_by(&other).await?,
+        served.subscribe_by(&other).await?,
+    );
+
+    let held: Vec<_> = (0..2).map(|_| served.fetch()).collect();
+    served.fetches_held(2).await?;
+    let refused = tokio::time::timeout(DEADLINE, served.fetch())
+        .await
+        .map_err(|_| "a call over the caller's limit waited instead of being refused")??;
+    assert_refused(
+        &refused
+            .err()
+            .ok_or("a caller's third unary call was served")?,
+        "grpc.max_unary_calls_per_caller",
+    );
+    let others_call = served.fetch_by(&other);
+    served.fetches_held(3).await?;
+    served.release.send(true)?;
+    for call in held.into_iter().chain([others_call]) {
+        tokio::time::timeout(DEADLINE, call).await???;
+    }
+
+    drop(first);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while let Err(status) = served.subscribe().await {
+        if status.code() != Code::ResourceExhausted {
+            return Err(status.into());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("the caller's ended stream never gave its place back".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }

@@ -343,11 +343,18 @@ async fn through_process(
     create: bool,
 ) -> Result<(Measurement, Measurement, (Duration, Duration))> {
     let tls = args.tls.then(BenchTls::new).transpose()?;
-    // Room for every producer stream at once (`grpc.max_streaming_calls` is 1,024 by default).
-    let mut env = vec![(
-        "COURIER_GRPC__MAX_STREAMING_CALLS",
-        (args.streams + 16).max(1024).to_string(),
-    )];
+    // Room for every producer stream at once (`grpc.max_streaming_calls` is 1,024 by default),
+    // all of them from the one caller the load is.
+    let mut env = vec![
+        (
+            "COURIER_GRPC__MAX_STREAMING_CALLS",
+            (args.streams + 16).max(1024).to_string(),
+        ),
+        (
+            "COURIER_GRPC__MAX_STREAMING_CALLS_PER_CALLER",
+            "0".to_owned(),
+        ),
+    ];
     if let Some(tls) = &tls {
         env.push(("COURIER_GRPC__TLS__CERT", tls.cert.display().to_string()));
         env.push(("COURIER_GRPC__TLS__KEY", tls.key.display().to_string()));

@@ -1,18 +1,29 @@
-//! At most so many unary calls and so many streams at once, across every connection: a call over
-//! the limit is refused at once with RESOURCE_EXHAUSTED (it never waits for a place), and counted.
+//! At most so many unary calls and so many streams at once, across every connection, and of each
+//! at most so many for one caller: a call over a limit is refused at once with RESOURCE_EXHAUSTED
+//! (it never waits for a place), and counted.
+//!
+//! A caller is a principal by name, whichever connections and replicas of its clients it comes
+//! through, or an anonymous client by its address (an IPv6 client by its /64), as the quotas know
+//! them ([`QuotaKey`]). The per-caller limit is what keeps one caller (a runaway deployment, a
+//! client opening streams in a loop) from taking every place of the gateway from the others.
 //!
 //! A call holds its place until its response body is done or dropped, not only until its handler
 //! returns: a stream's handler returns as soon as the stream is set up, and the stream then lives in
 //! its body until it ends or the client goes away.
 
 use std::{
+    collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
 };
 
-use courier_gateway::metrics::{self, Protocol};
+use courier_gateway::{
+    auth::Principal,
+    limits::QuotaKey,
+    metrics::{self, Protocol},
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{
     Status,
@@ -20,7 +31,7 @@ use tonic::{
 };
 
 use super::kinds::{CallKind, CallKinds};
-use crate::Config;
+use crate::{Config, connection::Peer};
 
 /// Limits the calls in progress of each kind.
 #[derive(Debug, Clone)]
@@ -43,21 +54,44 @@ struct Gate {
     /// The config key (after `grpc.`), which is also the metric's `limit` label.
     key: &'static str,
     what: &'static str,
+    /// How many places each caller holds.
+    shares: Arc<Shares>,
+}
+
+/// A call's places: the caller's share and the gateway's, given back when dropped.
+#[derive(Debug)]
+struct Place {
+    _share: Option<Share>,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Gate {
-    fn new(limit: usize, key: &'static str, what: &'static str) -> Self {
+    /// `limit` places of `what` for the gateway (config key `key`), `per_caller` of them at most
+    /// for one caller (config key `per_caller_key`; 0 is no limit).
+    fn new(
+        what: &'static str,
+        (key, limit): (&'static str, usize),
+        (per_caller_key, per_caller): (&'static str, usize),
+    ) -> Self {
         Self {
             places: Arc::new(Semaphore::new(limit)),
             limit,
             key,
             what,
+            shares: Arc::new(Shares {
+                limit: per_caller,
+                key: per_caller_key,
+                held: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
-    /// A place for one call, or the refusal the caller gets.
-    fn enter(&self) -> Result<OwnedSemaphorePermit, Status> {
-        self.places.clone().try_acquire_owned().map_err(|_| {
+    /// A place for one call of `caller`, or the refusal it gets.
+    fn enter(&self, caller: QuotaKey) -> Result<Place, Status> {
+        // The caller's share first: a caller at its limit is told so, and takes nothing from the
+        // gateway's places while it is refused.
+        let share = Shares::enter(&self.shares, caller, self.what)?;
+        let permit = self.places.clone().try_acquire_owned().map_err(|_| {
             metrics::limit_refused(Protocol::Grpc, self.key);
             tracing::debug!(
                 limit = self.limit,
@@ -68,21 +102,116 @@ impl Gate {
                 "the gateway is serving its limit of {} {} at once (grpc.{}); retry with backoff",
                 self.limit, self.what, self.key
             ))
+        })?;
+        Ok(Place {
+            _share: share,
+            _permit: permit,
         })
     }
 }
 
+/// The places of one kind each caller holds, counted by caller; a caller is in the map only while
+/// it has calls in progress, so the map never holds more callers than the gateway has places.
+#[derive(Debug)]
+struct Shares {
+    /// Most places one caller may hold; 0 is no limit.
+    limit: usize,
+    /// The config key (after `grpc.`), also the metric's `limit` label.
+    key: &'static str,
+    held: Mutex<HashMap<QuotaKey, usize>>,
+}
+
+/// One place of a caller's share, given back when dropped.
+#[derive(Debug)]
+struct Share {
+    shares: Arc<Shares>,
+    caller: QuotaKey,
+}
+
+impl Shares {
+    /// A place of `caller`'s share (none is counted when there is no limit), or its refusal.
+    fn enter(shares: &Arc<Self>, caller: QuotaKey, what: &str) -> Result<Option<Share>, Status> {
+        if shares.limit == 0 {
+            return Ok(None);
+        }
+        {
+            let mut held = shares.held.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = held.entry(caller.clone()).or_default();
+            if *count >= shares.limit {
+                metrics::limit_refused(Protocol::Grpc, shares.key);
+                tracing::debug!(
+                    limit = shares.limit,
+                    key = shares.key,
+                    %caller,
+                    "call refused: the caller's limit reached"
+                );
+                return Err(Status::resource_exhausted(format!(
+                    "{caller} has its limit of {} {what} in progress at once (grpc.{}); \
+                     retry when one has ended",
+                    shares.limit, shares.key
+                )));
+            }
+            *count += 1;
+        }
+        Ok(Some(Share {
+            shares: shares.clone(),
+            caller,
+        }))
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut held = self
+            .shares
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.caller) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// Who a call is counted for: its principal by name, or an anonymous client by its address.
+pub(super) fn caller_of<B>(request: &http::Request<B>) -> QuotaKey {
+    match request.extensions().get::<Principal>() {
+        Some(principal) if !principal.is_anonymous() => QuotaKey::Principal(principal.name.clone()),
+        _ => QuotaKey::anonymous(
+            None,
+            request
+                .extensions()
+                .get::<Peer>()
+                .and_then(|peer| peer.address),
+        ),
+    }
+}
+
 impl AdmissionLayer {
-    /// Limits from `config` (`max_unary_calls`, `max_streaming_calls`), calls told apart by `kinds`.
+    /// Limits from `config` (`max_unary_calls`, `max_streaming_calls` and their `_per_caller`
+    /// twins), calls told apart by `kinds`.
     pub(crate) fn new(kinds: CallKinds, config: &Config) -> Self {
         Self {
             gates: Arc::new(Gates {
                 kinds,
-                unary: Gate::new(config.max_unary_calls, "max_unary_calls", "unary calls"),
+                unary: Gate::new(
+                    "unary calls",
+                    ("max_unary_calls", config.max_unary_calls),
+                    (
+                        "max_unary_calls_per_caller",
+                        config.unary_calls_per_caller(),
+                    ),
+                ),
                 streaming: Gate::new(
-                    config.max_streaming_calls,
-                    "max_streaming_calls",
                     "streaming calls",
+                    ("max_streaming_calls", config.max_streaming_calls),
+                    (
+                        "max_streaming_calls_per_caller",
+                        config.streaming_calls_per_caller(),
+                    ),
                 ),
             }),
         }
@@ -128,7 +257,7 @@ where
             CallKind::Streaming => Some(&self.gates.streaming),
             CallKind::Probe => None,
         };
-        let place = match gate.map(Gate::enter).transpose() {
+        let place = match gate.map(|gate| gate.enter(caller_of(&request))).transpose() {
             Ok(place) => place,
             Err(refusal) => {
                 let response = refusal.into_http::<R>().map(Held::without_place);
@@ -147,7 +276,7 @@ where
 #[derive(Debug, Default)]
 pub(crate) struct Held<B> {
     body: B,
-    place: Option<OwnedSemaphorePermit>,
+    place: Option<Place>,
 }
 
 impl<B> Held<B> {

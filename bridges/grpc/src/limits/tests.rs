@@ -1,5 +1,49 @@
-use super::{CallKinds, kinds::CallKind};
-use crate::proto::FILE_DESCRIPTOR_SET;
+use courier_gateway::{
+    auth::{Principal, Source},
+    limits::QuotaKey,
+};
+use tonic::codegen::http;
+
+use super::{CallKinds, admission::caller_of, kinds::CallKind};
+use crate::{connection::Peer, proto::FILE_DESCRIPTOR_SET};
+
+/// A request from `address`, authenticated as `principal`.
+fn request_of(principal: Principal, address: &str) -> http::Request<()> {
+    let mut request = http::Request::new(());
+    request.extensions_mut().insert(Peer {
+        address: Some(address.parse().expect("an address")),
+        certificate: None,
+    });
+    request.extensions_mut().insert(principal);
+    request
+}
+
+/// A principal is one caller by name from whatever address it calls; anonymous clients are told
+/// apart by their address alone (an IPv6 client by its /64).
+#[test]
+fn a_caller_is_its_principal_or_else_its_address() {
+    let alice = || Principal::new("alice", Vec::new(), Source::Password);
+    assert_eq!(
+        caller_of(&request_of(alice(), "10.0.0.1:1000")),
+        QuotaKey::Principal("alice".into())
+    );
+    assert_eq!(
+        caller_of(&request_of(alice(), "10.0.0.2:2000")),
+        caller_of(&request_of(alice(), "10.0.0.1:1000"))
+    );
+    assert_eq!(
+        caller_of(&request_of(Principal::anonymous(), "10.0.0.1:1000")),
+        QuotaKey::Address("10.0.0.1".parse().expect("an address"))
+    );
+    assert_ne!(
+        caller_of(&request_of(Principal::anonymous(), "10.0.0.1:1000")),
+        caller_of(&request_of(Principal::anonymous(), "10.0.0.2:1000"))
+    );
+    assert_eq!(
+        caller_of(&request_of(Principal::anonymous(), "[2001:db8::1]:1000")),
+        caller_of(&request_of(Principal::anonymous(), "[2001:db8::2]:1000"))
+    );
+}
 
 /// Every streaming method the server serves is known as one, from the descriptors alone.
 #[test]
