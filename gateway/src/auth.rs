@@ -34,7 +34,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    limits::{ClientLimits, QuotaKey, Usage},
+    limits::{ClientLimits, Usage},
     log::{Log, layers::Traced},
     metrics::Protocol,
     telemetry::{Tracing, Who},
@@ -149,11 +149,7 @@ impl Access {
         peer: Option<SocketAddr>,
         protocol: Protocol,
     ) -> Option<Usage> {
-        let key = if principal.is_anonymous() {
-            QuotaKey::anonymous(client_id, peer)
-        } else {
-            QuotaKey::Principal(principal.name.clone())
-        };
+        let key = principal.account_key(client_id, peer);
         let rules = self.authorizer.quota_rules(principal, protocol.name());
         self.limits.quotas.usage(key, protocol, &rules)
     }

@@ -1,7 +1,10 @@
 //! Limits on what one MQTT client may take, at the packet level over a real embedded log: the
-//! connection caps at accept (answered with CONNACK) and the cap on subscriptions per client.
+//! connection caps at accept (answered with CONNACK), the cap on subscriptions per client, and a
+//! clean session's deliveries held to its quota.
 
-use courier_gateway::limits::{ClientLimits, LimitsConfig};
+use std::time::Instant;
+
+use courier_gateway::limits::{ClientLimits, LimitsConfig, QuotaConfig, QuotaRates};
 use courier_mqtt::Config;
 use rumqttd::protocol::{
     ConnectReturnCode, Filter, Packet, QoS, RetainForwardRule, Subscribe, SubscribeReasonCode,
@@ -104,6 +107,58 @@ async fn subscriptions_past_the_cap_are_refused_filter_by_filter() -> TestResult
             [SubscribeReasonCode::Success(QoS::AtLeastOnce)]
         ),
         other => return Err(format!("expected a SUBACK, got {other:?}").into()),
+    }
+    Ok(())
+}
+
+/// A clean session reads through the gateway's shared reader of the topic, not through its own
+/// connection's log, and its deliveries are still held to its quota (`messages_out_per_second`):
+/// one second's burst, then the rate, and every message delivered in the end. The bound checked
+/// is the token bucket's, an upper bound whatever the machine's speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_sessions_deliveries_are_held_to_its_quota() -> TestResult {
+    const RATE: u64 = 10;
+    const MESSAGES: usize = 30;
+    let limits = ClientLimits::new(&LimitsConfig {
+        quotas: QuotaConfig {
+            mqtt: QuotaRates {
+                messages_out_per_second: RATE,
+                ..QuotaRates::default()
+            },
+            ..QuotaConfig::default()
+        },
+        ..LimitsConfig::default()
+    });
+    let access = courier_gateway::auth::Access::loopback("mqtt", protected()).with_limits(limits);
+    let endpoint = Endpoint::start_with_access(Config::default(), access).await?;
+    let (mut subscriber, _) = RawClient::connect(endpoint.address, "paced", true).await?;
+    subscriber
+        .send(subscribe_packet(1, "paced/t", QoS::AtMostOnce))
+        .await?;
+    match subscriber.read().await? {
+        Some(Packet::SubAck(..)) => {}
+        other => return Err(format!("expected a SUBACK, got {other:?}").into()),
+    }
+
+    let (mut publisher, _) = RawClient::connect(endpoint.address, "publisher", true).await?;
+    let started = Instant::now();
+    for n in 0..MESSAGES {
+        let pkid = u16::try_from(n + 1)?;
+        publish_acked(&mut publisher, "paced/t", format!("m{n}").as_bytes(), pkid).await?;
+    }
+    let mut received = 0usize;
+    while received < MESSAGES {
+        match subscriber.read().await? {
+            Some(Packet::Publish(..)) => received += 1,
+            Some(_) => {}
+            None => return Err(format!("closed after {received} messages").into()),
+        }
+        let allowed = RATE as f64 * (1.0 + started.elapsed().as_secs_f64());
+        assert!(
+            received as f64 <= allowed + 1.0,
+            "{received} delivered in {:?}; the quota allows {allowed:.0}",
+            started.elapsed()
+        );
     }
     Ok(())
 }

@@ -4,8 +4,11 @@
 use std::{
     collections::BTreeMap,
     fmt,
+    net::SocketAddr,
     time::{Duration, SystemTime},
 };
+
+use crate::limits::QuotaKey;
 
 /// The longest [`Principal::remaining`] says.
 const MAX_REMAINING: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -95,6 +98,16 @@ impl Principal {
                 .unwrap_or_default()
                 .min(MAX_REMAINING)
         })
+    }
+
+    /// Whose account its connections and calls draw from (quotas, a gRPC caller's share of the
+    /// call places): its own by name; an anonymous client's by its MQTT client id, else its address.
+    pub fn account_key(&self, client_id: Option<&str>, peer: Option<SocketAddr>) -> QuotaKey {
+        if self.is_anonymous() {
+            QuotaKey::anonymous(client_id, peer)
+        } else {
+            QuotaKey::Principal(self.name.clone())
+        }
     }
 
     /// Whether the principal has `role`.

@@ -43,7 +43,7 @@ pub use self::{
     group_protocol::{GroupProtocols, GroupRule},
     layer::{Layer, Layered},
     metered::{Metered, Metering},
-    quota::{Quota, Quoted},
+    quota::{Quota, Quoted, paced_deliveries},
     topic_policy::{TopicPolicy, TopicRule},
     traced::{Traced, Tracer},
     validation::{Validated, Validation},

@@ -178,15 +178,14 @@ impl Drop for Share {
 
 /// Who a call is counted for: its principal by name, or an anonymous client by its address.
 pub(super) fn caller_of<B>(request: &http::Request<B>) -> QuotaKey {
+    let address = request
+        .extensions()
+        .get::<Peer>()
+        .and_then(|peer| peer.address);
     match request.extensions().get::<Principal>() {
-        Some(principal) if !principal.is_anonymous() => QuotaKey::Principal(principal.name.clone()),
-        _ => QuotaKey::anonymous(
-            None,
-            request
-                .extensions()
-                .get::<Peer>()
-                .and_then(|peer| peer.address),
-        ),
+        Some(principal) => principal.account_key(None, address),
+        // Authentication always names one; were it missing, the call is an anonymous one.
+        None => QuotaKey::anonymous(None, address),
     }
 }
 

@@ -61,43 +61,7 @@ impl Layer for Quota {
     async fn subscribe(&self, inner: &dyn Log, options: SubscribeOptions) -> Result<Subscription> {
         let window = options.max_in_flight;
         let subscription = inner.subscribe(options).await?;
-        if !self.usage.limits_out() {
-            return Ok(subscription);
-        }
-        let Subscription {
-            mut events,
-            control,
-        } = subscription;
-        // The paced queue is bounded as the backend's is: records move on only while it has room.
-        let (paced, receiver) = events::channel(window);
-        let usage = self.usage.clone();
-        // Every wait also watches the front end's end: a subscription dropped without being
-        // closed must let go of the backend's at once (the router leaves a group when its
-        // forwarder ends), not at the next record.
-        tokio::spawn(async move {
-            let forwarding = async {
-                while let Some(event) = events.recv().await {
-                    if let SubscriptionEvent::Records(records) = &event {
-                        let bytes: usize = records.iter().map(record_size).sum();
-                        usage.take_out(records.len() as u64, bytes as u64).await;
-                        while paced.room() < records.len().min(window) {
-                            paced.taken().await;
-                        }
-                    }
-                    if paced.send(event).is_err() {
-                        break;
-                    }
-                }
-            };
-            tokio::select! {
-                () = forwarding => {}
-                () = paced.closed() => {}
-            }
-        });
-        Ok(Subscription {
-            events: receiver,
-            control,
-        })
+        Ok(paced_deliveries(subscription, &self.usage, window))
     }
 
     /// A fetch is a delivery too: what it returns is paced like a subscription's records.
@@ -116,6 +80,50 @@ impl Layer for Quota {
                 .await;
         }
         Ok(fetched)
+    }
+}
+
+/// `subscription`, its records delivered no faster than `usage`'s delivery quotas allow
+/// (`subscription` itself when no delivery quota applies). For readers that do not go through a
+/// [`Quoted`] log: the gateway's shared fan-out readers, whose members each pace their own
+/// deliveries. At most `window` records wait between the two (the subscriber's in-flight window).
+pub fn paced_deliveries(subscription: Subscription, usage: &Usage, window: usize) -> Subscription {
+    if !usage.limits_out() {
+        return subscription;
+    }
+    let Subscription {
+        mut events,
+        control,
+    } = subscription;
+    // The paced queue is bounded as the backend's is: records move on only while it has room.
+    let (paced, receiver) = events::channel(window);
+    let usage = usage.clone();
+    // Every wait also watches the front end's end: a subscription dropped without being closed
+    // must let go of the backend's at once (the router leaves a group when its forwarder ends),
+    // not at the next record.
+    tokio::spawn(async move {
+        let forwarding = async {
+            while let Some(event) = events.recv().await {
+                if let SubscriptionEvent::Records(records) = &event {
+                    let bytes: usize = records.iter().map(record_size).sum();
+                    usage.take_out(records.len() as u64, bytes as u64).await;
+                    while paced.room() < records.len().min(window) {
+                        paced.taken().await;
+                    }
+                }
+                if paced.send(event).is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            () = forwarding => {}
+            () = paced.closed() => {}
+        }
+    });
+    Subscription {
+        events: receiver,
+        control,
     }
 }
 

@@ -9,7 +9,7 @@ use courier_gateway::{
     auth::policy::Action,
     log::{
         Events, Log, Position, SubscribeOptions, Subscription as Reader, SubscriptionControl,
-        SubscriptionEvent, TopicPartition, TopicSelector,
+        SubscriptionEvent, TopicPartition, TopicSelector, layers::paced_deliveries,
     },
     metrics::Protocol,
     readers::fanout::MemberFilters,
@@ -204,6 +204,20 @@ pub(super) async fn open(
                         telemetry::traced_deliveries(member.subscription, tracing, &who)
                     }
                     None => member.subscription,
+                };
+                // Nor do the client's delivery quotas reach the hub: each member is paced on
+                // its own (the account is the one the connection's publishes draw from).
+                let quota = bridge.access.quota(
+                    &client.principal,
+                    Some(&client.client_id),
+                    None,
+                    Protocol::Mqtt,
+                );
+                let reader = match quota {
+                    Some(usage) => {
+                        paced_deliveries(reader, &usage, usize::from(client.receive_maximum))
+                    }
+                    None => reader,
                 };
                 (Some(filters), reader)
             }),
