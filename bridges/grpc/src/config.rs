@@ -52,7 +52,8 @@ pub struct Config {
     /// Most unary calls one caller has in progress at once: a principal by name, over all its
     /// connections, or an anonymous client by its address. One more is refused at once with
     /// RESOURCE_EXHAUSTED while other callers are served. 0 is no limit. Unset: half of
-    /// `max_unary_calls`, so no one caller can take every place.
+    /// `max_unary_calls` (at least one), so no one caller can take every place of a gateway with
+    /// two or more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unary_calls_per_caller: Option<usize>,
     /// Most streaming calls one caller has open at once, counted as `max_unary_calls_per_caller`

@@ -114,7 +114,8 @@ async fn subscriptions_past_the_cap_are_refused_filter_by_filter() -> TestResult
 /// A clean session reads through the gateway's shared reader of the topic, not through its own
 /// connection's log, and its deliveries are still held to its quota (`messages_out_per_second`):
 /// one second's burst, then the rate, and every message delivered in the end. The bound checked
-/// is the token bucket's, an upper bound whatever the machine's speed.
+/// is the token bucket's, an upper bound whatever the machine's speed (the messages are all
+/// published at once: unpaced, they would all be delivered at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_sessions_deliveries_are_held_to_its_quota() -> TestResult {
     const RATE: u64 = 10;
@@ -141,10 +142,27 @@ async fn a_clean_sessions_deliveries_are_held_to_its_quota() -> TestResult {
     }
 
     let (mut publisher, _) = RawClient::connect(endpoint.address, "publisher", true).await?;
+    // All at once, so the publisher is never what spaces the deliveries out.
     let started = Instant::now();
     for n in 0..MESSAGES {
         let pkid = u16::try_from(n + 1)?;
-        publish_acked(&mut publisher, "paced/t", format!("m{n}").as_bytes(), pkid).await?;
+        let payload = format!("m{n}");
+        publisher
+            .send_bytes(&publish_bytes(
+                "paced/t",
+                payload.as_bytes(),
+                QoS::AtLeastOnce,
+                pkid,
+                false,
+            ))
+            .await?;
+    }
+    let mut acked = 0;
+    while acked < MESSAGES {
+        match publisher.read().await? {
+            Some(Packet::PubAck(..)) => acked += 1,
+            other => return Err(format!("expected a PUBACK, got {other:?}").into()),
+        }
     }
     let mut received = 0usize;
     while received < MESSAGES {

@@ -282,6 +282,9 @@ pub(super) async fn through_gateway_as(
     let config = courier_grpc::Config {
         listen: "127.0.0.1:0".parse()?,
         tls: tls.as_ref().map(|tls| TlsConfig::new(&tls.cert, &tls.key)),
+        // The load is one caller, however many streams it opens.
+        max_unary_calls_per_caller: Some(0),
+        max_streaming_calls_per_caller: Some(0),
         ..courier_grpc::Config::default()
     };
     let listeners = GrpcListeners::bind(&config)
@@ -343,18 +346,7 @@ async fn through_process(
     create: bool,
 ) -> Result<(Measurement, Measurement, (Duration, Duration))> {
     let tls = args.tls.then(BenchTls::new).transpose()?;
-    // Room for every producer stream at once (`grpc.max_streaming_calls` is 1,024 by default),
-    // all of them from the one caller the load is.
-    let mut env = vec![
-        (
-            "COURIER_GRPC__MAX_STREAMING_CALLS",
-            (args.streams + 16).max(1024).to_string(),
-        ),
-        (
-            "COURIER_GRPC__MAX_STREAMING_CALLS_PER_CALLER",
-            "0".to_owned(),
-        ),
-    ];
+    let mut env = process::room_for_streams(args.streams);
     if let Some(tls) = &tls {
         env.push(("COURIER_GRPC__TLS__CERT", tls.cert.display().to_string()));
         env.push(("COURIER_GRPC__TLS__KEY", tls.key.display().to_string()));

@@ -146,6 +146,24 @@ pub(super) fn start_courier(
     start_server(&server, store, env)
 }
 
+/// `courier serve` settings that give the load, one caller, room for `streams` streams at once
+/// (and a few more): `grpc.max_streaming_calls` is 1,024 by default and a caller's share half of
+/// it. Only what the defaults do not allow is set, so a binary older than a key still starts.
+pub(super) fn room_for_streams(streams: usize) -> Vec<(&'static str, String)> {
+    let needed = streams + 16;
+    let mut env = Vec::new();
+    if needed > 1024 {
+        env.push(("COURIER_GRPC__MAX_STREAMING_CALLS", needed.to_string()));
+    }
+    if needed > 512 {
+        env.push((
+            "COURIER_GRPC__MAX_STREAMING_CALLS_PER_CALLER",
+            "0".to_owned(),
+        ));
+    }
+    env
+}
+
 /// [`start_courier`] with the `courier` binary at `server`.
 pub(super) fn start_server(
     server: &Path,

@@ -174,6 +174,8 @@ async fn measure_round(
         ],
         Side::Baseline => Vec::new(),
     };
+    let mut env = env;
+    env.extend(process::room_for_streams(args.streams));
     let store = Store::Embedded { fsync: &args.fsync };
     let (mut child, line, dir) = match (side, &args.baseline) {
         (Side::Baseline, Some(binary)) => start_server(binary, store, &env)?,

@@ -58,11 +58,12 @@ struct Gate {
     shares: Arc<Shares>,
 }
 
-/// A call's places: the caller's share and the gateway's, given back when dropped.
+/// A call's places: the gateway's and the caller's share, given back when dropped (in that
+/// order, so the caller's next call never finds its share free and the gateway's place not yet).
 #[derive(Debug)]
 struct Place {
-    _share: Option<Share>,
     _permit: OwnedSemaphorePermit,
+    _share: Option<Share>,
 }
 
 impl Gate {
@@ -104,14 +105,15 @@ impl Gate {
             ))
         })?;
         Ok(Place {
-            _share: share,
             _permit: permit,
+            _share: share,
         })
     }
 }
 
 /// The places of one kind each caller holds, counted by caller; a caller is in the map only while
-/// it has calls in progress, so the map never holds more callers than the gateway has places.
+/// it has calls in progress (or one being refused the gateway's place), so the map stays about as
+/// large as the gateway's places.
 #[derive(Debug)]
 struct Shares {
     /// Most places one caller may hold; 0 is no limit.
@@ -146,8 +148,8 @@ impl Shares {
                     "call refused: the caller's limit reached"
                 );
                 return Err(Status::resource_exhausted(format!(
-                    "{caller} has its limit of {} {what} in progress at once (grpc.{}); \
-                     retry when one has ended",
+                    "{caller}: at the limit of {} {what} in progress at once for one caller \
+                     (grpc.{}); retry when one has ended",
                     shares.limit, shares.key
                 )));
             }

@@ -86,7 +86,9 @@ impl Layer for Quota {
 /// `subscription`, its records delivered no faster than `usage`'s delivery quotas allow
 /// (`subscription` itself when no delivery quota applies). For readers that do not go through a
 /// [`Quoted`] log: the gateway's shared fan-out readers, whose members each pace their own
-/// deliveries. At most `window` records wait between the two (the subscriber's in-flight window).
+/// deliveries. At most `window` records wait in the paced queue (the subscriber's in-flight
+/// window); behind it, a backend subscription holds at most its own window, and a fan-out member
+/// up to the hub's lag limit, past which the hub detaches it to read on alone.
 pub fn paced_deliveries(subscription: Subscription, usage: &Usage, window: usize) -> Subscription {
     if !usage.limits_out() {
         return subscription;
