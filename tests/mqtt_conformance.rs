@@ -87,6 +87,14 @@ fn mqtt5_conformance_on_the_embedded_log() -> TestResult {
     )?;
     run_checks(&gateway, &[], &["v311-keep-alive"])?;
     assert!(gateway.terminate()?.success());
+
+    let dir = tempfile::tempdir()?;
+    let gateway = Gateway::start(
+        &dir.path().join("data"),
+        &[("COURIER_MQTT__MAX_RETAINED_PER_PRINCIPAL", "2")],
+    )?;
+    run_checks(&gateway, &[], &["retained-cap"])?;
+    assert!(gateway.terminate()?.success());
     Ok(())
 }
 

@@ -416,6 +416,43 @@ def check_resume_latency(args):
     publisher.disconnect()
 
 
+def check_retained_cap(args):
+    """A retained PUBLISH past its principal's cap (mqtt.max_retained_per_principal: run against a
+    gateway with a cap of 2) is answered with PUBACK 0x97 Quota exceeded and not stored; the same
+    message without retain goes through, and deleting a retained message makes room. Each step
+    waits for a SUBSCRIBE's answer first: it comes once the gateway has read what was retained."""
+    prefix = unique("capped")
+    publisher = Peer(args)
+    publisher.connect()
+
+    def retained_now():
+        reader = Peer(args)
+        reader.connect()
+        reader.subscribe(f"{prefix}/#")
+        # The retained messages come with the SUBACK's batch; a marker published after them (not
+        # retained) arrives after them, so nothing retained is missed.
+        marker = unique("marker")
+        publisher.publish(f"{prefix}/marker", marker.encode())
+        reader._wait(lambda: any(m.payload == marker.encode() for m in reader.messages), "the marker")
+        held = sorted(m.topic for m in reader.messages if m.retain)
+        reader.disconnect()
+        return held
+
+    assert publisher.publish(f"{prefix}/1", b"one", retain=True).value == 0x00
+    assert publisher.publish(f"{prefix}/2", b"two", retain=True).value == 0x00
+    assert retained_now() == [f"{prefix}/1", f"{prefix}/2"]
+    code = publisher.publish(f"{prefix}/3", b"three", retain=True)
+    assert code.value == 0x97, f"a third retained message: {code}"
+    assert publisher.publish(f"{prefix}/3", b"three, not retained").value == 0x00
+    assert publisher.publish(f"{prefix}/1", b"", retain=True).value == 0x00
+    assert retained_now() == [f"{prefix}/2"]
+    assert publisher.publish(f"{prefix}/3", b"three", retain=True).value == 0x00
+    assert retained_now() == [f"{prefix}/2", f"{prefix}/3"]
+    publisher.disconnect()
+    print("retained cap: a retained message past the principal's cap gets PUBACK 0x97 and is not "
+          "stored; without retain it goes through; a deletion makes room")
+
+
 CHECKS = {
     "resume": check_resume_without_expiry,
     "leave-at-once": check_subscribe_then_leave_at_once,
@@ -429,6 +466,7 @@ CHECKS = {
     "resume-latency": check_resume_latency,
     "will": check_will_rules,
     "refusals": check_refusals,
+    "retained-cap": check_retained_cap,
 }
 
 

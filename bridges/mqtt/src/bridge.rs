@@ -22,7 +22,7 @@ use crate::{
     mapping::Routes,
     store::{
         exchanges::ExchangeStore,
-        retained::RetainedStore,
+        retained::{RetainedCaps, RetainedOwners, RetainedStore},
         sessions::{self, SessionStore},
     },
     takeover::TakeoverFence,
@@ -112,11 +112,21 @@ impl Bridge {
             cancel.clone(),
         )
         .await?;
+        let retained_caps = RetainedCaps {
+            messages: config.max_retained_per_principal,
+            bytes: config.max_retained_bytes_per_principal,
+        };
+        let retained_owners = Arc::new(RetainedOwners::default());
         let retained_table = Table::start(
             log.clone(),
             PROTOCOL,
             &config.retained_topic,
-            Box::new(|_, _, _| {}),
+            if retained_caps.any() {
+                let owners = retained_owners.clone();
+                Box::new(move |topic, record, _| owners.on_change(topic, record))
+            } else {
+                Box::new(|_, _, _| {})
+            },
             cancel.clone(),
         )
         .await?;
@@ -134,6 +144,8 @@ impl Bridge {
                 log.clone(),
                 config.retained_topic.clone(),
                 retained_table,
+                retained_caps,
+                retained_owners,
             ),
             exchanges: ExchangeStore::new(log.clone(), config.qos2_topic.clone(), exchange_table),
             fanout: Fanout::new(log.clone(), Arc::new(MqttTopics), fanout::LAG_LIMIT, cancel),

@@ -47,6 +47,17 @@ pub struct Config {
     /// retained messages still wait adds none, so `SUBSCRIBE #` repeated queues them once.
     #[serde(default = "Config::default_max_queued_retained")]
     pub max_queued_retained: usize,
+    /// Most retained messages one principal holds (an anonymous client by its client id), counted
+    /// from the retained topic, so the same on every replica. A retained PUBLISH past it is
+    /// refused (MQTT 5 PUBACK/PUBREC 0x97 Quota exceeded; QoS 0 and MQTT 3.1.1, which have no
+    /// such answer: the connection closes) and nothing of it is stored. Replacing or deleting
+    /// one's own retained messages is always allowed. 0 is no limit.
+    #[serde(default = "Config::default_max_retained_per_principal")]
+    pub max_retained_per_principal: u64,
+    /// Most payload bytes of the retained messages one principal holds, counted and answered as
+    /// `max_retained_per_principal`. 0 is no limit.
+    #[serde(default = "Config::default_max_retained_bytes_per_principal")]
+    pub max_retained_bytes_per_principal: u64,
     /// Longest will delay a client may ask for; longer ones are shortened to it.
     #[serde(default = "Config::default_max_will_delay", with = "humantime_serde")]
     pub max_will_delay: Duration,
@@ -113,6 +124,8 @@ impl Default for Config {
             max_outbound_inflight: Self::default_max_outbound_inflight(),
             max_subscriptions: Self::default_max_subscriptions(),
             max_queued_retained: Self::default_max_queued_retained(),
+            max_retained_per_principal: Self::default_max_retained_per_principal(),
+            max_retained_bytes_per_principal: Self::default_max_retained_bytes_per_principal(),
             max_will_delay: Self::default_max_will_delay(),
             write_timeout: Self::default_write_timeout(),
             max_session_expiry: Self::default_max_session_expiry(),
@@ -174,6 +187,14 @@ impl Config {
     }
     fn default_max_queued_retained() -> usize {
         100_000
+    }
+    /// Every replica holds the whole retained set in memory: one principal may take a bounded
+    /// part of it.
+    fn default_max_retained_per_principal() -> u64 {
+        100_000
+    }
+    fn default_max_retained_bytes_per_principal() -> u64 {
+        256 << 20
     }
     fn default_max_will_delay() -> Duration {
         Duration::from_secs(24 * 3600)

@@ -50,6 +50,9 @@ pub const HEADER_CORRELATION_DATA: &str = "mqtt-correlation-data";
 pub const HEADER_EXPIRES_AT: &str = "mqtt-expires-at";
 /// Header: where the publisher's own `courier-id` user property stood among its user properties.
 pub const HEADER_COURIER_ID_AT: &str = "mqtt-courier-id-at";
+/// Header, on retained messages only: the account that retained it (its principal, or an
+/// anonymous client's id), which the per-principal caps count.
+pub const HEADER_OWNER: &str = "mqtt-owner";
 /// User properties may not use this prefix: it is the bridge's own.
 pub const RESERVED_PREFIX: &str = "mqtt-";
 /// The user property that carries a record's `courier-id` to MQTT 5 subscribers.

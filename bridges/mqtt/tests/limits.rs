@@ -1,6 +1,7 @@
 //! Limits on what one MQTT client may take, at the packet level over a real embedded log: the
-//! connection caps at accept (answered with CONNACK), the cap on subscriptions per client, and a
-//! clean session's deliveries held to its quota.
+//! connection caps at accept (answered with CONNACK), the cap on subscriptions per client, the
+//! caps on what one principal retains (the same on every replica), and a clean session's
+//! deliveries held to its quota.
 
 use std::time::Instant;
 
@@ -179,4 +180,74 @@ async fn a_clean_sessions_deliveries_are_held_to_its_quota() -> TestResult {
         );
     }
     Ok(())
+}
+
+/// Publishes a retained message at QoS 1 and expects its PUBACK.
+async fn retain(client: &mut RawClient, topic: &str, payload: &[u8], pkid: u16) -> TestResult {
+    let mut bytes = publish_bytes(topic, payload, QoS::AtLeastOnce, pkid, false);
+    bytes[0] |= 0b0001;
+    client.send_bytes(&bytes).await?;
+    match client.read().await? {
+        Some(Packet::PubAck(ack, _)) if ack.pkid == pkid => Ok(()),
+        other => Err(format!("expected PUBACK {pkid} for {topic}, got {other:?}").into()),
+    }
+}
+
+/// Two retained messages per principal (an anonymous client by its client id), on two replicas
+/// over one log: a client at its cap is refused a third topic on the other replica too (3.1.1 has
+/// no answer but closing the connection) and nothing of it is stored, while replacing its own,
+/// another client's retaining, and a deletion that makes room all go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_past_a_principals_cap_are_refused_on_every_replica() -> TestResult {
+    let config = || Config {
+        max_retained_per_principal: 2,
+        ..Config::default()
+    };
+    let endpoint = Endpoint::start(config()).await?;
+    let replica = endpoint.replica_with(config()).await?;
+    let (mut retainer, _) = RawClient::connect(endpoint.address, "retainer", true).await?;
+    retain(&mut retainer, "r/1", b"one", 1).await?;
+    retain(&mut retainer, "r/2", b"two", 2).await?;
+    retain(&mut retainer, "r/1", b"one again", 3).await?;
+    drop(retainer);
+
+    retained_table_caught_up(replica, 1).await?;
+
+    let (mut retainer, _) = RawClient::connect(replica, "retainer", true).await?;
+    let mut third = publish_bytes("r/3", b"three", QoS::AtLeastOnce, 1, false);
+    third[0] |= 0b0001;
+    retainer.send_bytes(&third).await?;
+    retainer.expect_closed().await?;
+    for topic in ["mqtt.retained", "mqtt.messages"] {
+        let values = endpoint.values_of(topic).await?;
+        assert!(
+            !values.iter().any(|value| &value[..] == b"three"),
+            "the refused message was stored in {topic}"
+        );
+    }
+
+    let (mut other, _) = RawClient::connect(replica, "someone-else", true).await?;
+    retain(&mut other, "r/9", b"nine", 1).await?;
+    let (mut retainer, _) = RawClient::connect(replica, "retainer", true).await?;
+    retain(&mut retainer, "r/2", b"", 1).await?;
+    retained_table_caught_up(replica, 2).await?;
+    retain(&mut retainer, "r/3", b"three", 2).await?;
+    Ok(())
+}
+
+/// Waits until the retained table of the server at `address` has read everything retained
+/// before the call: a SUBSCRIBE is answered once it has (it looks up the retained messages).
+async fn retained_table_caught_up(address: std::net::SocketAddr, n: u16) -> TestResult {
+    let (mut client, _) = RawClient::connect(address, &format!("catching-up-{n}"), true).await?;
+    client
+        .send(subscribe_packet(
+            1,
+            "nothing/retained/here",
+            QoS::AtMostOnce,
+        ))
+        .await?;
+    match client.read().await? {
+        Some(Packet::SubAck(..)) => Ok(()),
+        other => Err(format!("expected a SUBACK, got {other:?}").into()),
+    }
 }

@@ -117,6 +117,14 @@ impl Client {
         }
     }
 
+    /// The account the client's retained messages count against: its principal, or, anonymous, its
+    /// client id (see [`Principal::account_key`]).
+    pub(crate) fn account(&self) -> String {
+        self.principal
+            .account_key(Some(&self.client_id), None)
+            .to_string()
+    }
+
     /// The reason string to put in a PUBACK or PUBREC: none when the client asked for no problem
     /// information [MQTT-3.1.2-29], or when it would make the packet larger than the client takes.
     pub(crate) fn ack_reason(&self, text: String) -> Option<String> {

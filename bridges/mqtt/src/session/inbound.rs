@@ -142,6 +142,16 @@ impl Inbound {
             Checked::Answer(answer) => return Ok(answer),
             Checked::Accepted(accepted) => accepted,
         };
+        // Within the publisher's retained caps, or refused before anything is stored.
+        let owner = message.retain.then(|| client.account());
+        if let Some(owner) = &owner
+            && let Err(refusal) =
+                bridge
+                    .retained
+                    .admit(owner, &message.topic, message.payload.len() as u64)
+        {
+            return refuse(client, qos, pkid, refusal);
+        }
         let kafka_topic = bridge.routes.topic_for(&message.topic);
         let recorded = match (qos, &self.durable_session) {
             (QoS::ExactlyOnce, Some(session)) => {
@@ -164,12 +174,12 @@ impl Inbound {
         };
         // A retained message is stored twice: as a message (subscribers now) and as its topic's retained
         // message (subscribers later). The client's ack waits for both.
-        let retained_record = message.retain.then(|| record.clone());
+        let retained_record = owner.map(|owner| (record.clone(), owner));
         let log = &self.log;
         let receipts = async {
             let receipt = log.submit(kafka_topic, vec![record]).await?;
             let retained = match retained_record {
-                Some(record) => Some(bridge.retained.submit(record).await?),
+                Some((record, owner)) => Some(bridge.retained.submit(record, &owner).await?),
                 None => None,
             };
             Ok::<_, courier_gateway::Error>((receipt, retained))

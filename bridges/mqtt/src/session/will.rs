@@ -82,11 +82,23 @@ impl DueWill {
         )?;
         let record =
             mapping::to_record(message, &self.client_id, now_ms()).map_err(Error::Refused)?;
-        let retained_record = message.retain.then(|| record.clone());
+        // A retained will counts against its client's retained caps as its publishes do.
+        let owner = message.retain.then(|| {
+            self.principal
+                .account_key(Some(&self.client_id), None)
+                .to_string()
+        });
+        if let Some(owner) = &owner {
+            bridge
+                .retained
+                .admit(owner, &message.topic, message.payload.len() as u64)
+                .map_err(Error::Refused)?;
+        }
+        let retained_record = owner.map(|owner| (record.clone(), owner));
         let topic = bridge.routes.topic_for(&message.topic);
         self.log.append(topic, vec![record]).await?;
-        if let Some(record) = retained_record {
-            bridge.retained.submit(record).await?.await?;
+        if let Some((record, owner)) = retained_record {
+            bridge.retained.submit(record, &owner).await?.await?;
         }
         Ok(())
     }

@@ -105,11 +105,19 @@ impl Endpoint {
     pub(crate) async fn replica(
         &self,
     ) -> Result<SocketAddr, Box<dyn std::error::Error + Send + Sync>> {
+        self.replica_with(Config::default()).await
+    }
+
+    /// [`Endpoint::replica`] with `config`.
+    pub(crate) async fn replica_with(
+        &self,
+        config: Config,
+    ) -> Result<SocketAddr, Box<dyn std::error::Error + Send + Sync>> {
         let server = Server::bind(
             self.log.clone(),
             Config {
                 listen: "127.0.0.1:0".parse()?,
-                ..Config::default()
+                ..config
             },
             self.access.clone(),
         )
