@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use courier_gateway::{
     auth::Access,
-    log::{Log, TopicSpec, layers::Metered},
+    log::{Log, TopicSpec, layers::Metered, now_ms},
     metrics::Protocol,
     readers::{
         fanout::{self, Fanout},
@@ -23,7 +23,7 @@ use crate::{
     store::{
         exchanges::ExchangeStore,
         retained::{RetainedCaps, RetainedOwners, RetainedStore},
-        sessions::{self, SessionStore},
+        sessions::{self, SessionOwners, SessionStore},
     },
     takeover::TakeoverFence,
 };
@@ -90,22 +90,33 @@ impl Bridge {
         }
 
         let takeover = Arc::new(TakeoverFence::default());
+        let session_owners = Arc::new(SessionOwners::default());
+        let count_sessions = config.max_sessions_per_principal > 0;
         let session_table = Table::start(
             log.clone(),
             PROTOCOL,
             &config.sessions_topic,
             Box::new({
-                let takeover = takeover.clone();
+                let (takeover, owners) = (takeover.clone(), session_owners.clone());
                 move |client_id, record, version| {
-                    let Some(record) = record else { return };
-                    let Some(value) = &record.value else { return };
-                    match sessions::decode(client_id, value) {
-                        // Only a connect fences; the record a leaving connection writes does not.
-                        Ok(session) if session.disconnected_at_ms.is_none() => {
-                            takeover.on_record(client_id, &session.connection, version)
-                        }
-                        Ok(_) => {}
-                        Err(error) => tracing::warn!(%error, "skipping a session record"),
+                    let session = match record.and_then(|record| record.value.as_ref()) {
+                        None => None,
+                        Some(value) => match sessions::decode(client_id, value) {
+                            Ok(session) => Some(session),
+                            Err(error) => {
+                                tracing::warn!(%error, "skipping a session record");
+                                return;
+                            }
+                        },
+                    };
+                    if count_sessions {
+                        owners.on_change(client_id, session.as_ref(), now_ms());
+                    }
+                    // Only a connect fences; the record a leaving connection writes does not.
+                    if let Some(session) = session
+                        && session.disconnected_at_ms.is_none()
+                    {
+                        takeover.on_record(client_id, &session.connection, version);
                     }
                 }
             }),
@@ -139,7 +150,12 @@ impl Bridge {
         )
         .await?;
         Ok(Arc::new(Self {
-            sessions: SessionStore::new(log.clone(), config.sessions_topic.clone(), session_table),
+            sessions: SessionStore::new(
+                log.clone(),
+                config.sessions_topic.clone(),
+                session_table,
+                session_owners,
+            ),
             retained: RetainedStore::new(
                 log.clone(),
                 config.retained_topic.clone(),

@@ -58,6 +58,13 @@ pub struct Config {
     /// `max_retained_per_principal`. 0 is no limit.
     #[serde(default = "Config::default_max_retained_bytes_per_principal")]
     pub max_retained_bytes_per_principal: u64,
+    /// Most persistent sessions one principal keeps (connected, or left and within their expiry),
+    /// counted from the session table, so the same on every replica. A CONNECT that would start
+    /// one more is refused with CONNACK 0x97 Quota exceeded (3.1.1: 3, server unavailable);
+    /// resuming one's own session always goes. Anonymous clients are not counted (each client id
+    /// is its own account), nor admins. 0 is no limit.
+    #[serde(default = "Config::default_max_sessions_per_principal")]
+    pub max_sessions_per_principal: u64,
     /// Longest will delay a client may ask for; longer ones are shortened to it.
     #[serde(default = "Config::default_max_will_delay", with = "humantime_serde")]
     pub max_will_delay: Duration,
@@ -126,6 +133,7 @@ impl Default for Config {
             max_queued_retained: Self::default_max_queued_retained(),
             max_retained_per_principal: Self::default_max_retained_per_principal(),
             max_retained_bytes_per_principal: Self::default_max_retained_bytes_per_principal(),
+            max_sessions_per_principal: Self::default_max_sessions_per_principal(),
             max_will_delay: Self::default_max_will_delay(),
             write_timeout: Self::default_write_timeout(),
             max_session_expiry: Self::default_max_session_expiry(),
@@ -195,6 +203,10 @@ impl Config {
     }
     fn default_max_retained_bytes_per_principal() -> u64 {
         256 << 20
+    }
+    /// A fleet under one principal keeps one session per device: room for a large one.
+    fn default_max_sessions_per_principal() -> u64 {
+        100_000
     }
     fn default_max_will_delay() -> Duration {
         Duration::from_secs(24 * 3600)

@@ -72,7 +72,17 @@ async fn connect_as(
     client_id: &str,
     clean: bool,
 ) -> Result<(RawClient, ConnectReturnCode), Box<dyn std::error::Error + Send + Sync>> {
-    let mut client = RawClient::open(endpoint.address).await?;
+    connect_to(endpoint.address, user, client_id, clean).await
+}
+
+/// [`connect_as`] to the server at `address`.
+async fn connect_to(
+    address: std::net::SocketAddr,
+    user: &str,
+    client_id: &str,
+    clean: bool,
+) -> Result<(RawClient, ConnectReturnCode), Box<dyn std::error::Error + Send + Sync>> {
+    let mut client = RawClient::open(address).await?;
     let password = password_of(user);
     client
         .send(connect_packet(
@@ -485,4 +495,42 @@ fn rewrite(path: &Path, text: &str) -> std::io::Result<()> {
     let new = path.with_extension("new");
     std::fs::write(&new, text)?;
     std::fs::rename(new, path)
+}
+
+/// Two persistent sessions per principal, on two replicas over one log: alice's third is refused
+/// on the other replica (3.1.1 has no 0x97: CONNACK 3, server unavailable), while her own session
+/// resumes, a clean session goes, and bob keeps sessions of his own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_sessions_past_a_principals_cap_are_refused_on_every_replica() -> TestResult {
+    let configured = configured(None).await?;
+    let config = || Config {
+        max_sessions_per_principal: 2,
+        ..Config::default()
+    };
+    let endpoint = Endpoint::start_with_access(config(), configured.access.clone()).await?;
+    let replica = endpoint.replica_with(config()).await?;
+
+    let (first, code) = connect_as(&endpoint, "alice", "alice-1", false).await?;
+    assert_eq!(code, ConnectReturnCode::Success);
+    let (_second, code) = connect_as(&endpoint, "alice", "alice-2", false).await?;
+    assert_eq!(code, ConnectReturnCode::Success);
+    let (_, code) = connect_to(replica, "alice", "alice-3", false).await?;
+    assert_eq!(
+        code,
+        ConnectReturnCode::ServiceUnavailable,
+        "a third session"
+    );
+
+    let (_bobs, code) = connect_to(replica, "bob", "bob-1", false).await?;
+    assert_eq!(
+        code,
+        ConnectReturnCode::Success,
+        "another principal's session"
+    );
+    let (_clean, code) = connect_to(replica, "alice", "alice-3", true).await?;
+    assert_eq!(code, ConnectReturnCode::Success, "a clean session");
+    drop(first);
+    let (_resumed, code) = connect_to(replica, "alice", "alice-1", false).await?;
+    assert_eq!(code, ConnectReturnCode::Success, "her own session again");
+    Ok(())
 }

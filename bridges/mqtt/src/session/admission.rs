@@ -16,7 +16,10 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::BytesMut;
-use courier_gateway::auth::{Credentials, Failure, Principal, policy::Subject};
+use courier_gateway::{
+    auth::{Credentials, Failure, Principal, policy::Subject},
+    metrics::{self, Protocol},
+};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
     LastWillProperties, Login, Packet, Protocol as _, PublishProperties, v5::V5,
@@ -26,7 +29,7 @@ use crate::{
     codec::Version,
     config::Config,
     mapping::{self, Message},
-    store::sessions::SessionRecord,
+    store::sessions::{SessionRecord, SessionStore},
 };
 
 /// Bytes a small packet spends around its reason string: fixed header, packet id, reason code,
@@ -204,6 +207,37 @@ pub(crate) fn check_owner(
     Err(Refusal::new(
         ConnectReturnCode::NotAuthorized,
         "the client id is in use by another user's session",
+    ))
+}
+
+/// Whether `principal` (an admin when `is_admin`) may keep `session`, about to be written for
+/// `client_id`, within `cap` sessions (`mqtt.max_sessions_per_principal`, 0: no limit): a session
+/// that ends with its connection always may, as may a reconnect to one's own session, anonymous
+/// clients (each client id its own account) and admins.
+pub(crate) fn check_sessions(
+    sessions: &SessionStore,
+    cap: u64,
+    (principal, is_admin): (&Principal, bool),
+    client_id: &str,
+    session: &SessionRecord,
+    now_ms: i64,
+) -> Result<(), Refusal> {
+    if cap == 0
+        || !session.outlives_connection()
+        || principal.is_anonymous()
+        || is_admin
+        || sessions.within_cap(&principal.name, client_id, cap, now_ms)
+    {
+        return Ok(());
+    }
+    metrics::limit_refused(Protocol::Mqtt, "max_sessions_per_principal");
+    Err(Refusal::new(
+        ConnectReturnCode::QuotaExceeded,
+        format!(
+            "{} keeps its limit of {cap} sessions (mqtt.max_sessions_per_principal); connect \
+             with a session expiry of 0, or end one of its sessions",
+            principal.name
+        ),
     ))
 }
 

@@ -147,6 +147,21 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         || Ulid::new().to_string(),
     );
     let session = plan.record;
+    // Within the principal's sessions (the load above caught the table up), before the record
+    // that would keep one more.
+    let cap = bridge.config.max_sessions_per_principal;
+    if let Err(refusal) = admission::check_sessions(
+        &bridge.sessions,
+        cap,
+        (&principal, is_admin),
+        &client_id,
+        &session,
+        now,
+    ) {
+        drop(turn);
+        refuse(connection, &refusal, max_packet_size).await?;
+        return Ok(None);
+    }
     // The record is the fence: once it is durable, every replica hands the client id to this connection.
     let version = bridge.sessions.save(&client_id, &session).await?;
     let (registration, predecessor) =

@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod owners;
+
+pub use self::owners::SessionOwners;
+
 /// How long a connect waits for the session table to catch up.
 const CATCH_UP: Duration = Duration::from_secs(10);
 
@@ -89,12 +93,26 @@ pub struct SessionStore {
     log: Arc<dyn Log>,
     topic: String,
     table: Table,
+    /// Each principal's sessions, kept by the table's changes (while a cap is set).
+    owners: Arc<SessionOwners>,
 }
 
 impl SessionStore {
-    /// A store over `topic`, read through `table`.
-    pub fn new(log: Arc<dyn Log>, topic: String, table: Table) -> Self {
-        Self { log, topic, table }
+    /// A store over `topic`, read through `table`, which feeds `owners`.
+    pub fn new(log: Arc<dyn Log>, topic: String, table: Table, owners: Arc<SessionOwners>) -> Self {
+        Self {
+            log,
+            topic,
+            table,
+            owners,
+        }
+    }
+
+    /// Whether `owner` may keep one more session for `client_id` within `cap`: yes when the
+    /// client id's session already counts for it (a reconnect), or it has fewer than `cap`.
+    /// Counted as far as the table has read (a load catches it up).
+    pub fn within_cap(&self, owner: &str, client_id: &str, cap: u64, now_ms: i64) -> bool {
+        self.owners.counts_for(owner, client_id, now_ms) || self.owners.count(owner, now_ms) < cap
     }
 
     /// The latest record of a client, once everything written before the call has been read.
