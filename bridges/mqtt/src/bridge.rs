@@ -105,12 +105,16 @@ impl Bridge {
                             Ok(session) => Some(session),
                             Err(error) => {
                                 tracing::warn!(%error, "skipping a session record");
+                                // What the client id held before is not its session any more.
+                                if count_sessions {
+                                    owners.on_change(client_id, None, version, now_ms());
+                                }
                                 return;
                             }
                         },
                     };
                     if count_sessions {
-                        owners.on_change(client_id, session.as_ref(), now_ms());
+                        owners.on_change(client_id, session.as_ref(), version, now_ms());
                     }
                     // Only a connect fences; the record a leaving connection writes does not.
                     if let Some(session) = session
@@ -134,7 +138,7 @@ impl Bridge {
             &config.retained_topic,
             if retained_caps.any() {
                 let owners = retained_owners.clone();
-                Box::new(move |topic, record, _| owners.on_change(topic, record))
+                Box::new(move |topic, record, version| owners.on_change(topic, record, version))
             } else {
                 Box::new(|_, _, _| {})
             },

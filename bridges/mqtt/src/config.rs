@@ -48,21 +48,26 @@ pub struct Config {
     #[serde(default = "Config::default_max_queued_retained")]
     pub max_queued_retained: usize,
     /// Most retained messages one principal holds (an anonymous client by its client id), counted
-    /// from the retained topic, so the same on every replica. A retained PUBLISH past it is
-    /// refused (MQTT 5 PUBACK/PUBREC 0x97 Quota exceeded; QoS 0 and MQTT 3.1.1, which have no
-    /// such answer: the connection closes) and nothing of it is stored. Replacing or deleting
-    /// one's own retained messages is always allowed. 0 is no limit.
+    /// from the retained topic, so the same on every replica. A retained PUBLISH that would take
+    /// the count past it is refused at QoS 1 and 2 of MQTT 5 (PUBACK/PUBREC 0x97 Quota exceeded,
+    /// nothing stored), and published without being retained at QoS 0 and by MQTT 3.1.1, whose
+    /// only answer would be closing the connection. Replacing one's own with one no larger, and
+    /// deleting one, always go. Expired retained messages count until replaced or deleted. 0 is
+    /// no limit.
     #[serde(default = "Config::default_max_retained_per_principal")]
     pub max_retained_per_principal: u64,
-    /// Most payload bytes of the retained messages one principal holds, counted and answered as
+    /// Most bytes of the retained messages one principal holds (topic, payload and properties:
+    /// what every replica keeps in memory of them), counted and answered as
     /// `max_retained_per_principal`. 0 is no limit.
     #[serde(default = "Config::default_max_retained_bytes_per_principal")]
     pub max_retained_bytes_per_principal: u64,
-    /// Most persistent sessions one principal keeps (connected, or left and within their expiry),
-    /// counted from the session table, so the same on every replica. A CONNECT that would start
-    /// one more is refused with CONNACK 0x97 Quota exceeded (3.1.1: 3, server unavailable);
-    /// resuming one's own session always goes. Anonymous clients are not counted (each client id
-    /// is its own account), nor admins. 0 is no limit.
+    /// Most persistent sessions one principal keeps (connected, or left and within their expiry;
+    /// a session whose replica went away without recording its end counts as connected until its
+    /// client id connects again), counted from the session table, so the same on every replica
+    /// (two connects at once, of different client ids, may both pass at the last place). A
+    /// CONNECT that would start one more is refused with CONNACK 0x97 Quota exceeded (3.1.1: 3,
+    /// server unavailable); resuming one's own session always goes. Anonymous clients are not
+    /// counted (each client id is its own account), nor admins. 0 is no limit.
     #[serde(default = "Config::default_max_sessions_per_principal")]
     pub max_sessions_per_principal: u64,
     /// Longest will delay a client may ask for; longer ones are shortened to it.

@@ -142,15 +142,22 @@ impl Inbound {
             Checked::Answer(answer) => return Ok(answer),
             Checked::Accepted(accepted) => accepted,
         };
-        // Within the publisher's retained caps, or refused before anything is stored.
-        let owner = message.retain.then(|| client.account());
-        if let Some(owner) = &owner
-            && let Err(refusal) =
-                bridge
-                    .retained
-                    .admit(owner, &message.topic, message.payload.len() as u64)
+        // Within the publisher's retained caps. Past them, MQTT 5 refuses it (0x97) before
+        // anything is stored; QoS 0 and 3.1.1, whose only answer is closing the connection (and a
+        // 3.1.1 client sends an unacknowledged message again on reconnecting, to be closed
+        // again), have it published without being retained.
+        let mut owner = message.retain.then(|| client.account());
+        if let Some(account) = &owner
+            && let Err(refusal) = bridge
+                .retained
+                .admit(account, &message.topic, &record)
+                .await
         {
-            return refuse(client, qos, pkid, refusal);
+            if client.version == Version::V5 && qos != QoS::AtMostOnce {
+                return refuse(client, qos, pkid, refusal);
+            }
+            tracing::info!(reason = %refusal.text, "published without retaining it");
+            owner = None;
         }
         let kafka_topic = bridge.routes.topic_for(&message.topic);
         let recorded = match (qos, &self.durable_session) {

@@ -82,17 +82,21 @@ impl DueWill {
         )?;
         let record =
             mapping::to_record(message, &self.client_id, now_ms()).map_err(Error::Refused)?;
-        // A retained will counts against its client's retained caps as its publishes do.
-        let owner = message.retain.then(|| {
+        // A retained will counts against its client's retained caps as its publishes do; past
+        // them it is published without being retained, as a QoS 0 publish would be.
+        let mut owner = message.retain.then(|| {
             self.principal
                 .account_key(Some(&self.client_id), None)
                 .to_string()
         });
-        if let Some(owner) = &owner {
-            bridge
+        if let Some(account) = &owner
+            && let Err(refusal) = bridge
                 .retained
-                .admit(owner, &message.topic, message.payload.len() as u64)
-                .map_err(Error::Refused)?;
+                .admit(account, &message.topic, &record)
+                .await
+        {
+            tracing::info!(reason = %refusal.text, "will published without retaining it");
+            owner = None;
         }
         let retained_record = owner.map(|owner| (record.clone(), owner));
         let topic = bridge.routes.topic_for(&message.topic);

@@ -1,7 +1,13 @@
 //! Retained messages in the compacted `mqtt.retained` topic, keyed by MQTT topic, and what each
 //! principal may retain ([`owners`]).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use courier_gateway::{
@@ -47,6 +53,8 @@ pub struct RetainedStore {
     caps: RetainedCaps,
     /// What each account retains, kept by the table's changes; fed only while a cap is set.
     owners: Arc<RetainedOwners>,
+    /// Whether the table has read the topic through since the start (so the counts are whole).
+    replayed: Arc<AtomicBool>,
 }
 
 impl RetainedStore {
@@ -65,29 +73,50 @@ impl RetainedStore {
             table,
             caps,
             owners,
+            replayed: Arc::default(),
         }
     }
 
-    /// Whether `owner` may retain `bytes` of payload on `topic`: a refusal saying which cap it
-    /// would pass. Replacing one's own retained message counts its bytes only; deleting one
-    /// (`bytes` 0 is a deletion) is always allowed. Publishes in flight are not yet counted, so
-    /// an account may pass a cap by what its connections have in flight.
-    pub fn admit(&self, owner: &str, topic: &str, bytes: u64) -> std::result::Result<(), Refusal> {
-        if bytes == 0 || !self.caps.any() {
+    /// Whether `owner` may retain `record` (the message's record, from [`mapping::to_record`]) as
+    /// `topic`'s retained message: a refusal saying which cap it would pass. Only a count that
+    /// grows past its cap refuses, so replacing one's own with one no larger, and deleting one
+    /// (an empty payload), always go. Counted as far as this replica's table has read: after a
+    /// start, the first call waits for it to read the topic through; after that, what was
+    /// retained (or deleted) a moment ago elsewhere may not be counted yet, nor what an
+    /// account's connections have in flight.
+    pub async fn admit(
+        &self,
+        owner: &str,
+        topic: &str,
+        record: &NewRecord,
+    ) -> std::result::Result<(), Refusal> {
+        if record.value.as_ref().is_none_or(Bytes::is_empty) || !self.caps.any() {
             return Ok(());
         }
+        if !self.replayed.load(Ordering::Acquire) {
+            match self.table.caught_up(CATCH_UP).await {
+                Ok(()) => self.replayed.store(true, Ordering::Release),
+                // Counted as far as it got: a slow log must not refuse the publish itself.
+                Err(error) => {
+                    tracing::debug!(%error, "retained caps checked before the table caught up")
+                }
+            }
+        }
+        let bytes = (record.size() + HEADER_OWNER.len() + owner.len()) as u64;
+        let now = self.owners.of(owner);
         let after = self.owners.after_retaining(owner, topic, bytes);
-        let passed = if self.caps.messages > 0 && after.messages > self.caps.messages {
+        let grows_past = |now: u64, after: u64, cap: u64| cap > 0 && after > now && after > cap;
+        let passed = if grows_past(now.messages, after.messages, self.caps.messages) {
             Some((
                 "max_retained_per_principal",
                 self.caps.messages,
                 "retained messages",
             ))
-        } else if self.caps.bytes > 0 && after.bytes > self.caps.bytes {
+        } else if grows_past(now.bytes, after.bytes, self.caps.bytes) {
             Some((
                 "max_retained_bytes_per_principal",
                 self.caps.bytes,
-                "bytes of retained payloads",
+                "bytes of retained messages",
             ))
         } else {
             None

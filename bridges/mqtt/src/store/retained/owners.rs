@@ -6,14 +6,20 @@
 //! An account is a principal by name, or an anonymous client by its client id, as for quotas
 //! ([`Principal::account_key`](courier_gateway::auth::Principal::account_key)). Its name is stored
 //! with each retained message (the `mqtt-owner` header); messages retained before owners were
-//! stored, or written by others than the bridge, belong to nobody and count for nobody.
+//! stored, or written by others than the bridge, belong to nobody and count for nobody. A
+//! message's bytes are what the table holds of it: its topic, payload and headers (MQTT 5
+//! properties included).
+//!
+//! When the table reads its topic again from the start (after a move to another region's
+//! copies), it forgets what it held without a change per key: the first record of the new read
+//! clears the counts here too, and the read rebuilds them.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
     sync::{Arc, Mutex, PoisonError},
 };
 
-use courier_gateway::log::Record;
+use courier_gateway::{log::Record, readers::table::Version};
 
 use crate::mapping::HEADER_OWNER;
 
@@ -34,21 +40,32 @@ pub struct RetainedOwners {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Each retained topic's owner and payload size.
+    /// The table's read the counts are of.
+    read: u64,
+    /// Each retained topic's owner and size.
     by_topic: HashMap<String, (Arc<str>, u64)>,
     /// Each owner's totals; an owner holding nothing is removed.
     by_owner: HashMap<Arc<str>, Retained>,
 }
 
 impl RetainedOwners {
-    /// Applies a change of the retained table: `topic`'s newest record, `None` once deleted.
-    pub fn on_change(&self, topic: &str, record: Option<&Record>) {
+    /// Applies a change of the retained table: `topic`'s newest record, `None` once deleted, read
+    /// as `version`.
+    pub fn on_change(&self, topic: &str, record: Option<&Record>, version: &Version) {
         let owner = record.and_then(|record| {
             let header = record.headers.iter().find(|h| h.key == HEADER_OWNER)?;
             let owner = std::str::from_utf8(&header.value).ok()?;
-            Some((owner, record.value.as_ref().map_or(0, |v| v.len() as u64)))
+            Some((owner, stored_size(record)))
         });
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((read, ..)) = version.place
+            && read > state.read
+        {
+            *state = State {
+                read,
+                ..State::default()
+            };
+        }
         state.release(topic);
         if let Some((owner, bytes)) = owner {
             state.hold(topic, owner, bytes);
@@ -74,6 +91,16 @@ impl RetainedOwners {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.by_owner.get(owner).copied().unwrap_or_default()
     }
+}
+
+/// What the table holds of a retained record: topic, payload and headers.
+fn stored_size(record: &Record) -> u64 {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|header| header.key.len() + header.value.len())
+        .sum();
+    (record.payload_size() + headers) as u64
 }
 
 impl State {
@@ -110,6 +137,8 @@ mod tests {
 
     use super::*;
 
+    /// A record of `owner` holding `payload` (and the owner header: its size is the owner's
+    /// length plus 10).
     fn retained(owner: Option<&str>, payload: &str) -> Record {
         Record {
             topic: Arc::from("mqtt.retained"),
@@ -130,68 +159,76 @@ mod tests {
         }
     }
 
+    fn read(n: u64) -> Version {
+        Version {
+            timestamp_ms: 0,
+            courier_id: String::new(),
+            place: Some((n, Arc::from("mqtt.retained"), 0, 0)),
+        }
+    }
+
+    /// A record's bytes: its payload and its owner header.
+    fn bytes(owner: &str, payload: &str) -> u64 {
+        (HEADER_OWNER.len() + owner.len() + payload.len()) as u64
+    }
+
     #[test]
     fn each_owner_is_counted_through_replacements_takeovers_and_deletions() {
         let owners = RetainedOwners::default();
-        owners.on_change("a/1", Some(&retained(Some("alice"), "12345")));
-        owners.on_change("a/2", Some(&retained(Some("alice"), "123")));
-        owners.on_change("b/1", Some(&retained(Some("bob"), "1")));
-        owners.on_change("x/1", Some(&retained(None, "unowned")));
+        let change = |topic: &str, owner: Option<&str>, payload: &str| {
+            owners.on_change(topic, Some(&retained(owner, payload)), &read(1));
+        };
+        change("a/1", Some("alice"), "12345");
+        change("a/2", Some("alice"), "123");
+        change("b/1", Some("bob"), "1");
+        change("x/1", None, "unowned");
+        let alice = |messages, bytes| Retained { messages, bytes };
         assert_eq!(
             owners.of("alice"),
-            Retained {
-                messages: 2,
-                bytes: 8
-            }
+            alice(2, bytes("alice", "12345") + bytes("alice", "123"))
         );
 
         // Replacing one's own changes the bytes only; taking bob's topic moves it to alice.
-        owners.on_change("a/1", Some(&retained(Some("alice"), "1")));
+        change("a/1", Some("alice"), "1");
         assert_eq!(
             owners.of("alice"),
-            Retained {
-                messages: 2,
-                bytes: 4
-            }
+            alice(2, bytes("alice", "1") + bytes("alice", "123"))
         );
-        owners.on_change("b/1", Some(&retained(Some("alice"), "22")));
-        assert_eq!(
-            owners.of("alice"),
-            Retained {
-                messages: 3,
-                bytes: 6
-            }
-        );
+        change("b/1", Some("alice"), "22");
+        let held = bytes("alice", "1") + bytes("alice", "123") + bytes("alice", "22");
+        assert_eq!(owners.of("alice"), alice(3, held));
         assert_eq!(owners.of("bob"), Retained::default());
 
         // What a publish would make of the totals, without changing them.
         assert_eq!(
-            owners.after_retaining("alice", "a/2", 10),
-            Retained {
-                messages: 3,
-                bytes: 13
-            }
+            owners.after_retaining("alice", "a/2", 100),
+            alice(3, held - bytes("alice", "123") + 100)
         );
         assert_eq!(
-            owners.after_retaining("alice", "new", 10),
-            Retained {
-                messages: 4,
-                bytes: 16
-            }
+            owners.after_retaining("alice", "new", 100),
+            alice(4, held + 100)
         );
-        assert_eq!(
-            owners.after_retaining("carol", "a/2", 1),
-            Retained {
-                messages: 1,
-                bytes: 1
-            }
-        );
+        assert_eq!(owners.after_retaining("carol", "a/2", 1), alice(1, 1));
 
         for topic in ["a/1", "a/2", "b/1", "x/1"] {
-            owners.on_change(topic, None);
+            owners.on_change(topic, None, &read(1));
         }
         assert_eq!(owners.of("alice"), Retained::default());
         let state = owners.state.lock().unwrap_or_else(PoisonError::into_inner);
         assert!(state.by_topic.is_empty() && state.by_owner.is_empty());
+    }
+
+    /// The table read again from the start forgets what it held without a change per key: the
+    /// counts start over with the new read.
+    #[test]
+    fn a_new_read_of_the_table_starts_the_counts_over() {
+        let owners = RetainedOwners::default();
+        owners.on_change("a/1", Some(&retained(Some("alice"), "x")), &read(1));
+        owners.on_change("a/2", Some(&retained(Some("alice"), "x")), &read(1));
+        // The new read holds a/1 only (a/2 was deleted where it reads now).
+        owners.on_change("a/1", Some(&retained(Some("alice"), "x")), &read(2));
+        assert_eq!(owners.of("alice").messages, 1);
+        owners.on_change("a/1", None, &read(2));
+        assert_eq!(owners.of("alice"), Retained::default());
     }
 }

@@ -2,14 +2,21 @@
 //! table as it changes, so every replica holds a principal to the same cap
 //! (`mqtt.max_sessions_per_principal`), whichever replica its clients connect through.
 //!
-//! A session counts while it can be resumed: its connection is live, or it left and its expiry has
-//! not run out (or it has none). Expiry needs no record to pass: a session's deadline is known when
-//! its client leaves, and a count drops the deadlines that have passed.
+//! A session counts while it can be resumed: its connection is live (or its replica went away
+//! without recording its end), or it left and its expiry has not run out (or it has none). Expiry
+//! needs no record to pass: a session's deadline is known when its client leaves, and a count
+//! drops the deadlines that have passed. Anonymous clients' sessions are not counted (each client
+//! id is its own account).
+//!
+//! When the table reads its topic again from the start (after a move to another region's
+//! copies), the first record of the new read clears the counts, and the read rebuilds them.
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, PoisonError},
 };
+
+use courier_gateway::{auth::ANONYMOUS, readers::table::Version};
 
 use super::SessionRecord;
 
@@ -21,6 +28,8 @@ pub struct SessionOwners {
 
 #[derive(Debug, Default)]
 struct State {
+    /// The table's read the counts are of.
+    read: u64,
     /// Each counted session's owner, and when it stops counting (`None`: not before it changes).
     by_client: HashMap<String, (Arc<str>, Option<i64>)>,
     by_owner: HashMap<Arc<str>, Counted>,
@@ -51,16 +60,34 @@ impl Counted {
 }
 
 impl SessionOwners {
-    /// Applies a change of the session table: `client_id`'s newest record, `None` once deleted.
-    pub fn on_change(&self, client_id: &str, session: Option<&SessionRecord>, now_ms: i64) {
+    /// Applies a change of the session table: `client_id`'s newest record, `None` once deleted
+    /// (or unreadable), read as `version`.
+    pub fn on_change(
+        &self,
+        client_id: &str,
+        session: Option<&SessionRecord>,
+        version: &Version,
+        now_ms: i64,
+    ) {
         let counted = session.and_then(|session| {
-            let owner = session.owner.as_deref()?;
+            let owner = session
+                .owner
+                .as_deref()
+                .filter(|owner| *owner != ANONYMOUS)?;
             let deadline = deadline(session)?;
             deadline
                 .is_none_or(|deadline| deadline > now_ms)
                 .then_some((owner, deadline))
         });
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((read, ..)) = version.place
+            && read > state.read
+        {
+            *state = State {
+                read,
+                ..State::default()
+            };
+        }
         state.release(client_id);
         if let Some((owner, deadline)) = counted {
             state.hold(client_id, owner, deadline);
@@ -150,6 +177,21 @@ impl State {
 mod tests {
     use super::*;
 
+    fn read(n: u64) -> Version {
+        Version {
+            timestamp_ms: 0,
+            courier_id: String::new(),
+            place: Some((n, Arc::from("mqtt.sessions"), 0, 0)),
+        }
+    }
+
+    impl SessionOwners {
+        /// A change of the table's first read.
+        fn on_change_at(&self, client_id: &str, session: Option<&SessionRecord>, now_ms: i64) {
+            self.on_change(client_id, session, &read(1), now_ms);
+        }
+    }
+
     fn session(owner: &str, expiry_secs: Option<u32>, left_at: Option<i64>) -> SessionRecord {
         SessionRecord {
             connection: "c".into(),
@@ -167,15 +209,15 @@ mod tests {
     fn sessions_count_while_resumable_and_move_with_their_records() {
         let owners = SessionOwners::default();
         // Connected; kept forever after leaving; left at 1 s with 10 s to live.
-        owners.on_change("a", Some(&session("alice", Some(60), None)), 0);
-        owners.on_change("b", Some(&session("alice", None, Some(0))), 0);
-        owners.on_change("c", Some(&session("alice", Some(10), Some(1_000))), 0);
+        owners.on_change_at("a", Some(&session("alice", Some(60), None)), 0);
+        owners.on_change_at("b", Some(&session("alice", None, Some(0))), 0);
+        owners.on_change_at("c", Some(&session("alice", Some(10), Some(1_000))), 0);
         // Not counted: ends with its connection, has no owner, or expired when read.
-        owners.on_change("d", Some(&session("alice", Some(0), None)), 0);
+        owners.on_change_at("d", Some(&session("alice", Some(0), None)), 0);
         let mut unowned = session("alice", None, None);
         unowned.owner = None;
-        owners.on_change("e", Some(&unowned), 0);
-        owners.on_change("f", Some(&session("alice", Some(1), Some(0))), 5_000);
+        owners.on_change_at("e", Some(&unowned), 0);
+        owners.on_change_at("f", Some(&session("alice", Some(1), Some(0))), 5_000);
         assert_eq!(owners.count("alice", 0), 3);
         assert!(owners.counts_for("alice", "c", 0));
         assert!(!owners.counts_for("bob", "c", 0));
@@ -184,19 +226,31 @@ mod tests {
         assert_eq!(owners.count("alice", 11_000), 2);
         assert!(!owners.counts_for("alice", "c", 11_000));
         // Its record changing later releases nothing twice.
-        owners.on_change("c", Some(&session("bob", None, None)), 12_000);
+        owners.on_change_at("c", Some(&session("bob", None, None)), 12_000);
         assert_eq!(owners.count("alice", 12_000), 2);
         assert_eq!(owners.count("bob", 12_000), 1);
 
         // Reconnecting and leaving again moves a session between open and expiring.
-        owners.on_change("a", Some(&session("alice", Some(60), Some(12_000))), 12_000);
+        owners.on_change_at("a", Some(&session("alice", Some(60), Some(12_000))), 12_000);
         assert_eq!(owners.count("alice", 71_999), 2);
         assert_eq!(owners.count("alice", 72_000), 1);
         for client in ["a", "b", "c", "d", "e", "f"] {
-            owners.on_change(client, None, 80_000);
+            owners.on_change_at(client, None, 80_000);
         }
         assert_eq!(owners.count("alice", 80_000), 0);
         let state = owners.state.lock().unwrap_or_else(PoisonError::into_inner);
         assert!(state.by_client.is_empty() && state.by_owner.is_empty());
+    }
+
+    /// A new read of the table starts the counts over; anonymous sessions never count.
+    #[test]
+    fn a_new_read_starts_over_and_anonymous_sessions_are_not_counted() {
+        let owners = SessionOwners::default();
+        owners.on_change("a", Some(&session("alice", None, None)), &read(1), 0);
+        owners.on_change("b", Some(&session("alice", None, None)), &read(1), 0);
+        owners.on_change("a", Some(&session("alice", None, None)), &read(2), 0);
+        assert_eq!(owners.count("alice", 0), 1);
+        owners.on_change("x", Some(&session(ANONYMOUS, None, None)), &read(2), 0);
+        assert_eq!(owners.count(ANONYMOUS, 0), 0);
     }
 }
