@@ -30,7 +30,7 @@ pub use self::owners::{Retained, RetainedOwners};
 pub struct RetainedCaps {
     /// Retained messages.
     pub messages: u64,
-    /// Their payload bytes.
+    /// Their bytes as stored: topic, payload and headers.
     pub bytes: u64,
 }
 

@@ -28,7 +28,7 @@ use crate::mapping::HEADER_OWNER;
 pub struct Retained {
     /// Retained messages.
     pub messages: u64,
-    /// Their payload bytes.
+    /// Their bytes as stored: topic, payload and headers.
     pub bytes: u64,
 }
 
