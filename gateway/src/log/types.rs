@@ -128,6 +128,16 @@ impl Record {
     pub fn payload_size(&self) -> usize {
         self.key.as_ref().map_or(0, Bytes::len) + self.value.as_ref().map_or(0, Bytes::len)
     }
+
+    /// Key, value and header bytes, as [`NewRecord::size`] counts a record to write.
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum();
+        self.payload_size() + headers
+    }
 }
 
 /// Where a reader starts in a partition.

@@ -74,7 +74,7 @@ impl Layer for Quota {
     ) -> Result<Fetched> {
         let fetched = inner.fetch(partition, offset, limits).await?;
         if self.usage.limits_out() {
-            let bytes: usize = fetched.records.iter().map(record_size).sum();
+            let bytes: usize = fetched.records.iter().map(Record::size).sum();
             self.usage
                 .take_out(fetched.records.len() as u64, bytes as u64)
                 .await;
@@ -107,7 +107,7 @@ pub fn paced_deliveries(subscription: Subscription, usage: &Usage, window: usize
         let forwarding = async {
             while let Some(event) = events.recv().await {
                 if let SubscriptionEvent::Records(records) = &event {
-                    let bytes: usize = records.iter().map(record_size).sum();
+                    let bytes: usize = records.iter().map(Record::size).sum();
                     usage.take_out(records.len() as u64, bytes as u64).await;
                     while paced.room() < records.len().min(window) {
                         paced.taken().await;
@@ -127,15 +127,6 @@ pub fn paced_deliveries(subscription: Subscription, usage: &Usage, window: usize
         events: receiver,
         control,
     }
-}
-
-fn record_size(record: &Record) -> usize {
-    let headers: usize = record
-        .headers
-        .iter()
-        .map(|header| header.key.len() + header.value.len())
-        .sum();
-    record.payload_size() + headers
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ impl RetainedOwners {
         let owner = record.and_then(|record| {
             let header = record.headers.iter().find(|h| h.key == HEADER_OWNER)?;
             let owner = std::str::from_utf8(&header.value).ok()?;
-            Some((owner, stored_size(record)))
+            Some((owner, record.size() as u64))
         });
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((read, ..)) = version.place
@@ -91,16 +91,6 @@ impl RetainedOwners {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.by_owner.get(owner).copied().unwrap_or_default()
     }
-}
-
-/// What the table holds of a retained record: topic, payload and headers.
-fn stored_size(record: &Record) -> u64 {
-    let headers: usize = record
-        .headers
-        .iter()
-        .map(|header| header.key.len() + header.value.len())
-        .sum();
-    (record.payload_size() + headers) as u64
 }
 
 impl State {
