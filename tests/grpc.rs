@@ -602,6 +602,69 @@ async fn client_chosen_sizes_are_held_to_the_caps() -> TestResult {
     Ok(())
 }
 
+/// Topics created by naming them are taken from the caller's share (`topics.auto_create_per_minute`,
+/// 3 here): the fourth topic a caller names is refused with RESOURCE_EXHAUSTED and not created,
+/// while another caller (another address) creates its own, and topics that exist go on taking
+/// records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_created_by_naming_them_are_taken_from_the_callers_share() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = Gateway::start(
+        &dir.path().join("data"),
+        &[("COURIER_TOPICS__AUTO_CREATE_PER_MINUTE", "3")],
+    )?;
+    let produce = |client: pb::streams_client::StreamsClient<tonic::transport::Channel>,
+                   topic: String| async move {
+        let mut client = client;
+        client
+            .produce(pb::ProduceRequest {
+                topic,
+                records: vec![record(None, "x")],
+                request_id: 0,
+            })
+            .await
+    };
+    let mine = gateway.streams().await?;
+    let named: Vec<String> = (0..4).map(|n| unique(&format!("named-{n}"))).collect();
+    for topic in &named[..3] {
+        produce(mine.clone(), topic.clone()).await?;
+    }
+    let refused = produce(mine.clone(), named[3].clone())
+        .await
+        .err()
+        .ok_or("a fourth topic was created")?;
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("topics.auto_create_per_minute"),
+        "{refused:?}"
+    );
+    let listed = gateway
+        .admin()
+        .await?
+        .list_topics(pb::ListTopicsRequest::default())
+        .await?;
+    assert!(
+        !listed
+            .into_inner()
+            .topics
+            .iter()
+            .any(|t| t.name == named[3]),
+        "the refused topic exists"
+    );
+    produce(mine.clone(), named[0].clone()).await?;
+
+    let channel = tonic::transport::Endpoint::from_shared(gateway.url())?
+        .local_address(Some("127.0.0.2".parse()?))
+        .connect()
+        .await?;
+    produce(
+        pb::streams_client::StreamsClient::new(channel),
+        named[3].clone(),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Streams past `grpc.max_streaming_calls` are refused at once with RESOURCE_EXHAUSTED, counted in
 /// `courier_limit_refusals_total`, while unary calls go on. (The caller's own limit is off: with
 /// one place for the gateway, one caller's share is that place too.)

@@ -337,6 +337,12 @@ pub struct TopicsConfig {
     /// with NOT_FOUND and a hint to create the topic.
     #[serde(default = "TopicsConfig::default_auto_create")]
     pub auto_create: bool,
+    /// Topics one caller (a principal, or an anonymous client by its client id or address) may
+    /// create by naming them, per minute and as many at once, on each replica; one more is refused
+    /// (gRPC RESOURCE_EXHAUSTED, AMQP `amqp:resource-limit-exceeded`, MQTT 5 0x97) until the
+    /// minute refills. Topics an administrator creates are not counted. 0 is no limit.
+    #[serde(default = "TopicsConfig::default_auto_create_per_minute")]
+    pub auto_create_per_minute: u32,
     /// Partitions of a topic created without a count.
     #[serde(default = "TopicsConfig::default_partitions")]
     pub default_partitions: u32,
@@ -358,6 +364,9 @@ impl TopicsConfig {
     fn default_partitions() -> u32 {
         3
     }
+    fn default_auto_create_per_minute() -> u32 {
+        120
+    }
     fn default_retention() -> Duration {
         Duration::from_secs(7 * 24 * 3600)
     }
@@ -370,6 +379,7 @@ impl Default for TopicsConfig {
     fn default() -> Self {
         Self {
             auto_create: Self::default_auto_create(),
+            auto_create_per_minute: Self::default_auto_create_per_minute(),
             default_partitions: Self::default_partitions(),
             default_retention: Self::default_retention(),
             default_retention_bytes: 0,

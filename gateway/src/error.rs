@@ -104,6 +104,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// The caller created as many topics by naming them as it may this minute
+    /// (`topics.auto_create_per_minute`).
+    #[error(
+        "{who} has created its {per_minute} topics of this minute by naming them (topics.auto_create_per_minute); retry later, or have an administrator create the topic"
+    )]
+    TopicCreationLimited {
+        /// Whose share: the principal, or the anonymous client.
+        who: String,
+        /// The limit.
+        per_minute: u32,
+    },
+
     /// The client sends faster than its quota (`[limits.quotas]`) allows, and the gateway is set to
     /// refuse rather than slow it down.
     #[error("{who} is over its quota of {what} per second ([limits.quotas]){}", if *.at_once { "; this request alone is more than a second's worth and is never taken at once" } else { "; slow down" })]
@@ -242,6 +254,7 @@ impl Error {
             Self::GroupActive { .. } => "group_active",
             Self::Forbidden { .. } => "forbidden",
             Self::QuotaExceeded { .. } => "quota_exceeded",
+            Self::TopicCreationLimited { .. } => "topic_creation_limited",
             Self::ShuttingDown => "shutting_down",
             Self::Behind { .. } => "behind",
             Self::RegionUnavailable { .. } => "region_unavailable",
@@ -258,6 +271,7 @@ impl Error {
         match self {
             Self::ShuttingDown
             | Self::QuotaExceeded { .. }
+            | Self::TopicCreationLimited { .. }
             | Self::Behind { .. }
             | Self::RegionUnavailable { .. }
             | Self::Storage { .. }

@@ -5,17 +5,19 @@
 //! Modules: `config` (the `[limits]` table), `host` (the address a client is counted by),
 //! `connections` (admitting a connection or refusing it, and the permit it holds while open),
 //! `rate` (token buckets on tokio's clock), `quota` (the buckets of each principal, and the wait or
-//! refusal over them). The quotas reach every protocol's produce path through one log layer,
+//! refusal over them), `creations` (the topics each caller may create by naming them). The quotas reach every protocol's produce path through one log layer,
 //! `log::layers::quota`.
 
 mod config;
 mod connections;
+mod creations;
 mod host;
 mod quota;
 mod rate;
 
 pub use config::{LimitsConfig, ListenerLimits, OverQuota, QuotaConfig, QuotaRates};
 pub use connections::{ConnectionLimits, ListenerGate, Permit, Refusal};
+pub use creations::{TopicCreations, charged_to};
 pub use host::host;
 pub use quota::{QuotaKey, QuotaRules, Quotas, Usage};
 

@@ -70,6 +70,7 @@ use self::{
 use crate::{
     Error, Result,
     config::{GroupsConfig, RegionMode, RegionsConfig, TopicsConfig},
+    limits::TopicCreations,
     log::{
         AppendReceipt, FetchLimits, Fetched, GroupDescription, GroupMember, Kafka, Log, NewRecord,
         Position, SubscribeOptions, Subscription, TopicDescription, TopicPartition, TopicSelector,
@@ -105,10 +106,11 @@ impl Regions {
         groups: GroupsConfig,
     ) -> Result<Self> {
         let mut logs: BTreeMap<String, Arc<dyn RegionalLog>> = BTreeMap::new();
+        let creations = Arc::new(TopicCreations::per_minute(topics.auto_create_per_minute));
         for (name, kafka_config) in &config.regions {
             let kafka = Kafka::open(kafka_config, topics.clone(), groups.clone(), name)?;
             // The topic policy per region: a write resent to another region creates its topic there.
-            let log = TopicPolicy::new(kafka, topics.auto_create);
+            let log = TopicPolicy::new(kafka, topics.auto_create, creations.clone());
             logs.insert(name.clone(), Arc::new(log));
         }
         Self::over(config, local, logs)

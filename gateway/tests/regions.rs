@@ -166,8 +166,10 @@ fn settings() -> RegionsConfig {
 /// A router over sites `a` (primary) and `b`.
 fn route(config: &RegionsConfig, a: &Site, b: &Site) -> Result<Regions> {
     // As `courier serve` composes it: the topic policy per region, validation over the router.
-    let regional =
-        |site: &Site| -> Arc<dyn RegionalLog> { Arc::new(TopicPolicy::new(site.clone(), true)) };
+    let creations = Arc::new(courier_gateway::limits::TopicCreations::per_minute(0));
+    let regional = |site: &Site| -> Arc<dyn RegionalLog> {
+        Arc::new(TopicPolicy::new(site.clone(), true, creations.clone()))
+    };
     let logs: BTreeMap<String, Arc<dyn RegionalLog>> =
         [("a".to_owned(), regional(a)), ("b".to_owned(), regional(b))].into();
     Regions::over(config, "a", logs)

@@ -46,14 +46,17 @@ impl Client {
             Some(quota) => Arc::new(Quoted::new(log, quota)),
             None => log,
         };
-        let log = Arc::new(Authorized::new(
-            log,
-            authorizer.clone(),
-            principal.clone(),
-            None,
-            "amqp",
-            Scope::KafkaNames,
-        )) as Arc<dyn Log>;
+        let log = Arc::new(
+            Authorized::new(
+                log,
+                authorizer.clone(),
+                principal.clone(),
+                None,
+                "amqp",
+                Scope::KafkaNames,
+            )
+            .calling_from(Some(peer)),
+        ) as Arc<dyn Log>;
         Self {
             peer,
             principal,

@@ -16,7 +16,7 @@ pub(crate) fn code_of(error: &Error) -> Code {
         Error::OffsetOutOfRange { .. } => Code::OutOfRange,
         Error::GroupProtocolConflict { .. } | Error::GroupActive { .. } => Code::FailedPrecondition,
         Error::Forbidden { .. } => Code::PermissionDenied,
-        Error::QuotaExceeded { .. } => Code::ResourceExhausted,
+        Error::QuotaExceeded { .. } | Error::TopicCreationLimited { .. } => Code::ResourceExhausted,
         Error::ShuttingDown
         | Error::Behind { .. }
         | Error::RegionUnavailable { .. }
@@ -36,7 +36,10 @@ pub fn to_status(error: Error) -> Status {
     if !error.is_client_error()
         && !matches!(
             error,
-            Error::UnknownTopic { .. } | Error::TopicExists { .. } | Error::QuotaExceeded { .. }
+            Error::UnknownTopic { .. }
+                | Error::TopicExists { .. }
+                | Error::QuotaExceeded { .. }
+                | Error::TopicCreationLimited { .. }
         )
     {
         tracing::warn!(%error, "request failed");

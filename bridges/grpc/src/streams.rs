@@ -84,14 +84,17 @@ impl StreamsService {
             Some(quota) => Arc::new(Quoted::new(log, quota)),
             None => log,
         };
-        Ok(Arc::new(Authorized::new(
-            log,
-            self.access.authorizer.clone(),
-            principal,
-            None,
-            "grpc",
-            Scope::KafkaNames,
-        )))
+        Ok(Arc::new(
+            Authorized::new(
+                log,
+                self.access.authorizer.clone(),
+                principal,
+                None,
+                "grpc",
+                Scope::KafkaNames,
+            )
+            .calling_from(address),
+        ))
     }
 
     /// What ends a stream the caller of `request` opens.

@@ -206,7 +206,9 @@ impl From<&courier_gateway::Error> for Refusal {
             }
             Log::RecordTooLarge { .. } => RefusalCode::QuotaExceeded,
             Log::Forbidden { .. } => RefusalCode::NotAuthorized,
-            Log::QuotaExceeded { .. } => RefusalCode::QuotaExceeded,
+            Log::QuotaExceeded { .. } | Log::TopicCreationLimited { .. } => {
+                RefusalCode::QuotaExceeded
+            }
             error if error.is_client_error() => RefusalCode::ImplementationSpecific,
             error if !error.is_retryable() => RefusalCode::NotAuthorized,
             _ => RefusalCode::Unspecified,

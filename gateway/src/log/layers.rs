@@ -48,8 +48,10 @@ pub use self::{
     traced::{Traced, Tracer},
     validation::{Validated, Validation},
 };
+use std::sync::Arc;
+
 use super::Log;
-use crate::config::TopicsConfig;
+use crate::{config::TopicsConfig, limits::TopicCreations};
 
 /// The layers in front of a log that decides topic existence itself (a backend under its
 /// [`TopicPolicy`], or the region router, which has one per region).
@@ -65,7 +67,11 @@ pub fn front<L: Log>(log: L, topics: &TopicsConfig) -> Front<L> {
 
 /// The layers over one backend: `Validated<GroupProtocols<TopicPolicy<L>>>`.
 pub fn stack<L: Log>(backend: L, topics: &TopicsConfig) -> Stack<L> {
-    front(TopicPolicy::new(backend, topics.auto_create), topics)
+    let creations = Arc::new(TopicCreations::per_minute(topics.auto_create_per_minute));
+    front(
+        TopicPolicy::new(backend, topics.auto_create, creations),
+        topics,
+    )
 }
 
 impl<L> Stack<L> {

@@ -10,6 +10,8 @@
 //! MQTT front end checks itself ([`Scope::ProtectionOnly`]); which Kafka topic a route maps them
 //! to is the operator's choice. This layer still keeps them off the protected state.
 
+use std::net::SocketAddr;
+
 use async_trait::async_trait;
 
 use super::{Layer, Layered};
@@ -19,6 +21,7 @@ use crate::{
         Authorizer, Principal, Protected,
         policy::{Action, Resource, Subject},
     },
+    limits::{QuotaKey, charged_to},
     log::{
         AppendReceipt, FetchLimits, Fetched, GroupDescription, GroupMember, Log, NewRecord,
         Position, SubscribeOptions, Subscription, TopicDescription, TopicFilter, TopicPartition,
@@ -44,6 +47,8 @@ pub struct Authorization {
     client_id: Option<String>,
     protocol: &'static str,
     scope: Scope,
+    /// Whose share the topics its requests create come from (`topics.auto_create_per_minute`).
+    account: QuotaKey,
 }
 
 /// A log whose requests are one principal's.
@@ -59,6 +64,7 @@ impl<L> Authorized<L> {
         protocol: &'static str,
         scope: Scope,
     ) -> Self {
+        let account = principal.account_key(client_id.as_deref(), None);
         Layered::over(
             Authorization {
                 authorizer,
@@ -66,9 +72,21 @@ impl<L> Authorized<L> {
                 client_id,
                 protocol,
                 scope,
+                account,
             },
             inner,
         )
+    }
+
+    /// The same, for a client at `peer`: an anonymous client without a client id is known by
+    /// its address, as for quotas.
+    pub fn calling_from(self, peer: Option<SocketAddr>) -> Self {
+        self.map_layer(|mut layer| {
+            layer.account = layer
+                .principal
+                .account_key(layer.client_id.as_deref(), peer);
+            layer
+        })
     }
 }
 
@@ -196,7 +214,7 @@ impl Layer for Authorization {
     ) -> Result<AppendReceipt> {
         self.topic(Action::Produce, topic)?;
         self.headers(topic, &records)?;
-        inner.submit(topic, records).await
+        charged_to(self.account.clone(), inner.submit(topic, records)).await
     }
 
     async fn subscribe(
@@ -221,7 +239,7 @@ impl Layer for Authorization {
         if let Some(group) = &options.group {
             self.group(Action::JoinGroup, group)?;
         }
-        inner.subscribe(options).await
+        charged_to(self.account.clone(), inner.subscribe(options)).await
     }
 
     async fn create_topic(&self, inner: &dyn Log, spec: TopicSpec) -> Result<TopicDescription> {
@@ -251,7 +269,7 @@ impl Layer for Authorization {
         // needs to know the topic, which must not be internal.
         self.authorizer
             .protect_topic(self.protocol, &self.principal, Action::Describe, topic)?;
-        inner.open_topic(topic).await
+        charged_to(self.account.clone(), inner.open_topic(topic)).await
     }
 
     async fn fetch(

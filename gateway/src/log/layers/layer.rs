@@ -126,6 +126,14 @@ impl<Y, L> Layered<Y, L> {
         Self { layer, inner }
     }
 
+    /// The same, its layer changed by `change`.
+    pub fn map_layer(self, change: impl FnOnce(Y) -> Y) -> Self {
+        Self {
+            layer: change(self.layer),
+            inner: self.inner,
+        }
+    }
+
     /// The log under the layer.
     pub fn inner(&self) -> &L {
         &self.inner

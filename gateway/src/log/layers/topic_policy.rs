@@ -1,7 +1,8 @@
 //! The topic policy layer: `topics.auto_create`. A produce, a subscription or an `open_topic` (an
 //! AMQP link attaching) naming a topic that does not exist creates it with the defaults when the
 //! policy allows, and fails with `UnknownTopic` when it does not; backends only ever answer
-//! `UnknownTopic`.
+//! `UnknownTopic`. Each creation is taken from the caller's share
+//! ([`TopicCreations`], `topics.auto_create_per_minute`).
 
 use std::{
     collections::HashSet,
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use super::{Layer, Layered};
 use crate::{
     Error, Result,
+    limits::TopicCreations,
     log::{
         AppendReceipt, Log, NewRecord, SubscribeOptions, Subscription, TopicDescription,
         TopicSelector, TopicSpec,
@@ -29,23 +31,26 @@ pub struct TopicRule {
     /// Only ever a cache: a topic deleted by someone else fails its next produce with
     /// `UnknownTopic` (as a Kafka producer's would) and leaves the set, so the one after creates it.
     known: Arc<RwLock<HashSet<String>>>,
+    /// What each caller may still create; shared by the policies of every region.
+    creations: Arc<TopicCreations>,
 }
 
 /// A log under the topic policy.
 pub type TopicPolicy<L> = Layered<TopicRule, L>;
 
 impl<L> TopicPolicy<L> {
-    /// `inner` under the policy.
-    pub fn new(inner: L, auto_create: bool) -> Self {
-        Layered::over(TopicRule::new(auto_create), inner)
+    /// `inner` under the policy, its creations taken from `creations`.
+    pub fn new(inner: L, auto_create: bool, creations: Arc<TopicCreations>) -> Self {
+        Layered::over(TopicRule::new(auto_create, creations), inner)
     }
 }
 
 impl TopicRule {
-    fn new(auto_create: bool) -> Self {
+    fn new(auto_create: bool, creations: Arc<TopicCreations>) -> Self {
         Self {
             auto_create,
             known: Arc::default(),
+            creations,
         }
     }
 
@@ -73,6 +78,7 @@ impl TopicRule {
                 topic: topic.to_owned(),
             });
         }
+        self.creations.take()?;
         match inner.create_topic(TopicSpec::named(topic)).await {
             Ok(_) | Err(Error::TopicExists { .. }) => Ok(()),
             Err(error) => Err(error),
@@ -180,6 +186,7 @@ impl<L: RegionalLog + Clone> RegionalLog for TopicPolicy<L> {
         Ok(Some(Arc::new(TopicPolicy::new(
             fresh,
             self.layer().auto_create,
+            self.layer().creations.clone(),
         ))))
     }
 }
