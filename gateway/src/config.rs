@@ -338,9 +338,11 @@ pub struct TopicsConfig {
     #[serde(default = "TopicsConfig::default_auto_create")]
     pub auto_create: bool,
     /// Topics one caller (a principal, or an anonymous client by its client id or address) may
-    /// create by naming them, per minute and as many at once, on each replica; one more is refused
-    /// (gRPC RESOURCE_EXHAUSTED, AMQP `amqp:resource-limit-exceeded`, MQTT 5 0x97) until the
-    /// minute refills. Topics an administrator creates are not counted. 0 is no limit.
+    /// create by naming them in a minute from its first, on each replica; the request that would
+    /// create one more is refused (gRPC RESOURCE_EXHAUSTED, AMQP `amqp:resource-limit-exceeded`,
+    /// MQTT 5 0x97) until the minute is over. Only topics made count (an attempt that failed, or
+    /// found the topic made meanwhile, does not); topics made with the Admin service's
+    /// CreateTopic are not counted. 0 is no limit.
     #[serde(default = "TopicsConfig::default_auto_create_per_minute")]
     pub auto_create_per_minute: u32,
     /// Partitions of a topic created without a count.

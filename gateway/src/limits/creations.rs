@@ -6,101 +6,142 @@
 //!
 //! The account is the one the request being served is charged to: the authorization layer, which
 //! knows the caller, runs each request inside [`charged_to`], and the topic policy, deep in the
-//! shared stack where creation happens, asks [`TopicCreations::take`]. Requests charged to nobody
-//! (the gateway's own) create freely.
+//! shared stack where creation happens, asks [`TopicCreations::may_create`] before creating and
+//! books [`TopicCreations::created`] only once a topic was made: a creation that failed, or found
+//! the topic made meanwhile, costs nothing. Requests charged to nobody (the gateway's own) create
+//! freely.
 
 use std::{
+    collections::HashMap,
     future::Future,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{Mutex, PoisonError},
+    time::Duration,
 };
 
-use super::{QuotaKey, rate::KeyedRate};
-use crate::{Error, Result};
+use tokio::time::Instant;
 
-/// Creations between two sweeps of the idle buckets.
-const SWEEP_EVERY: u64 = 1024;
+use super::QuotaKey;
+use crate::{
+    Error, Result,
+    metrics::{self, Protocol},
+};
+
+/// The window an account's creations are counted in.
+const WINDOW: Duration = Duration::from_secs(60);
 
 tokio::task_local! {
-    /// The account the log requests under way are made for.
-    static ACCOUNT: QuotaKey;
+    /// The account (and its protocol) the log requests under way are made for.
+    static ACCOUNT: (QuotaKey, Protocol);
 }
 
-/// Runs `future` with the log requests it makes charged to `account`.
-pub async fn charged_to<F: Future>(account: QuotaKey, future: F) -> F::Output {
-    ACCOUNT.scope(account, future).await
+/// Runs `future` with the log requests it makes charged to `account`, a client of `protocol`.
+pub async fn charged_to<F: Future>(account: QuotaKey, protocol: Protocol, future: F) -> F::Output {
+    ACCOUNT.scope((account, protocol), future).await
 }
 
 /// How many topics each account may create by naming them, per minute, on this replica.
 #[derive(Debug)]
 pub struct TopicCreations {
     per_minute: u32,
-    rate: Option<KeyedRate<QuotaKey>>,
-    taken: AtomicU64,
+    /// Each account's creations in its current window: when the window began, how many.
+    windows: Mutex<HashMap<QuotaKey, (Instant, u32)>>,
 }
 
+/// The account a creation is booked to, from [`TopicCreations::may_create`].
+#[derive(Debug)]
+pub struct Booking(Option<QuotaKey>);
+
 impl TopicCreations {
-    /// `per_minute` creations per account (and as many at once); 0 is no limit.
+    /// `per_minute` creations per account in any minute from its first; 0 is no limit.
     pub fn per_minute(per_minute: u32) -> Self {
         Self {
             per_minute,
-            rate: KeyedRate::per_minute(per_minute),
-            taken: AtomicU64::new(0),
+            windows: Mutex::default(),
         }
     }
 
-    /// Takes one creation from the account the current request is charged to, or says it has
-    /// none left this minute.
-    pub fn take(&self) -> Result<()> {
-        let Some(rate) = &self.rate else {
-            return Ok(());
-        };
-        let Ok(account) = ACCOUNT.try_with(QuotaKey::clone) else {
-            return Ok(());
-        };
-        if self.taken.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            rate.forget_idle();
+    /// Whether the account the current request is charged to may create a topic now; the
+    /// booking to pass to [`TopicCreations::created`] once it did.
+    pub fn may_create(&self) -> Result<Booking> {
+        if self.per_minute == 0 {
+            return Ok(Booking(None));
         }
-        if rate.check(&account) {
-            Ok(())
-        } else {
-            Err(Error::TopicCreationLimited {
+        let Ok((account, protocol)) = ACCOUNT.try_with(Clone::clone) else {
+            return Ok(Booking(None));
+        };
+        let now = Instant::now();
+        let windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let used = windows
+            .get(&account)
+            .filter(|(began, _)| now.duration_since(*began) < WINDOW)
+            .map_or(0, |(_, used)| *used);
+        if used >= self.per_minute {
+            metrics::limit_refused(protocol, "auto_create_per_minute");
+            return Err(Error::TopicCreationLimited {
                 who: account.to_string(),
                 per_minute: self.per_minute,
-            })
+            });
         }
+        Ok(Booking(Some(account)))
+    }
+
+    /// Books a topic made for `booking`'s account.
+    pub fn created(&self, booking: Booking) {
+        let Some(account) = booking.0 else {
+            return;
+        };
+        let now = Instant::now();
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        // Accounts whose window is over are forgotten as the table is touched: it holds the
+        // accounts that created a topic in the last minute.
+        if windows.len() >= 1024 {
+            windows.retain(|_, (began, _)| now.duration_since(*began) < WINDOW);
+        }
+        let window = windows.entry(account).or_insert((now, 0));
+        if now.duration_since(window.0) >= WINDOW {
+            *window = (now, 0);
+        }
+        window.1 += 1;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
+
+    fn create(creations: &TopicCreations) -> Result<()> {
+        let booking = creations.may_create()?;
+        creations.created(booking);
+        Ok(())
+    }
 
     #[tokio::test(start_paused = true)]
     async fn each_account_creates_its_own_share_and_the_gateway_without_limit() {
         let creations = TopicCreations::per_minute(2);
-        let alice = || QuotaKey::Principal("alice".into());
-        let bob = QuotaKey::Principal("bob".into());
-        for _ in 0..2 {
-            charged_to(alice(), async { creations.take() })
-                .await
-                .unwrap();
+        async fn as_alice<T>(request: impl Future<Output = T>) -> T {
+            charged_to(QuotaKey::Principal("alice".into()), Protocol::Grpc, request).await
         }
-        let refused = charged_to(alice(), async { creations.take() }).await;
+        as_alice(async { create(&creations) }).await.unwrap();
+        // An attempt that creates nothing (it failed, or the topic was made meanwhile) is free.
+        as_alice(async { creations.may_create().map(drop) })
+            .await
+            .unwrap();
+        as_alice(async { create(&creations) }).await.unwrap();
+        let refused = as_alice(async { create(&creations) }).await;
         assert!(
             matches!(&refused, Err(Error::TopicCreationLimited { who, per_minute: 2 }) if who == "alice"),
             "{refused:?}"
         );
-        charged_to(bob, async { creations.take() }).await.unwrap();
-        // Charged to nobody: the gateway's own requests.
-        for _ in 0..10 {
-            creations.take().unwrap();
-        }
-        tokio::time::advance(Duration::from_secs(30)).await;
-        charged_to(alice(), async { creations.take() })
+        let bob = QuotaKey::Principal("bob".into());
+        charged_to(bob, Protocol::Amqp, async { create(&creations) })
             .await
             .unwrap();
-        assert!(TopicCreations::per_minute(0).take().is_ok());
+        // Charged to nobody: the gateway's own requests.
+        for _ in 0..10 {
+            create(&creations).unwrap();
+        }
+        tokio::time::advance(WINDOW).await;
+        as_alice(async { create(&creations) }).await.unwrap();
+        assert!(TopicCreations::per_minute(0).may_create().is_ok());
     }
 }

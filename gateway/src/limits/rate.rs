@@ -103,14 +103,6 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedRate<K> {
         })
     }
 
-    /// `per_minute` a minute and a burst of as many; `None` for 0, which is no limit.
-    pub(crate) fn per_minute(per_minute: u32) -> Option<Self> {
-        let rate = NonZeroU32::new(per_minute)?;
-        Some(Self {
-            limiter: RateLimiter::dashmap_with_clock(Quota::per_minute(rate), TokioClock),
-        })
-    }
-
     /// Whether `key` may go now (and takes its token).
     pub(crate) fn check(&self, key: &K) -> bool {
         self.limiter.check_key(key).is_ok()

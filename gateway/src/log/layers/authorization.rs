@@ -27,6 +27,7 @@ use crate::{
         Position, SubscribeOptions, Subscription, TopicDescription, TopicFilter, TopicPartition,
         TopicSelector, TopicSpec, TopicSummary,
     },
+    metrics::Protocol,
 };
 
 /// What this layer decides with the policy.
@@ -91,6 +92,16 @@ impl<L> Authorized<L> {
 }
 
 impl Authorization {
+    /// `request` charged to the caller's account: the topics it creates by naming them are
+    /// taken from its share.
+    async fn charged<F: std::future::Future>(&self, request: F) -> F::Output {
+        let protocol = Protocol::ALL
+            .into_iter()
+            .find(|protocol| protocol.name() == self.protocol)
+            .unwrap_or(Protocol::Grpc);
+        charged_to(self.account.clone(), protocol, request).await
+    }
+
     fn subject(&self) -> Subject<'_> {
         Subject {
             principal: &self.principal,
@@ -214,7 +225,7 @@ impl Layer for Authorization {
     ) -> Result<AppendReceipt> {
         self.topic(Action::Produce, topic)?;
         self.headers(topic, &records)?;
-        charged_to(self.account.clone(), inner.submit(topic, records)).await
+        self.charged(inner.submit(topic, records)).await
     }
 
     async fn subscribe(
@@ -239,7 +250,7 @@ impl Layer for Authorization {
         if let Some(group) = &options.group {
             self.group(Action::JoinGroup, group)?;
         }
-        charged_to(self.account.clone(), inner.subscribe(options)).await
+        self.charged(inner.subscribe(options)).await
     }
 
     async fn create_topic(&self, inner: &dyn Log, spec: TopicSpec) -> Result<TopicDescription> {
@@ -269,7 +280,7 @@ impl Layer for Authorization {
         // needs to know the topic, which must not be internal.
         self.authorizer
             .protect_topic(self.protocol, &self.principal, Action::Describe, topic)?;
-        charged_to(self.account.clone(), inner.open_topic(topic)).await
+        self.charged(inner.open_topic(topic)).await
     }
 
     async fn fetch(

@@ -78,9 +78,13 @@ impl TopicRule {
                 topic: topic.to_owned(),
             });
         }
-        self.creations.take()?;
+        let booking = self.creations.may_create()?;
         match inner.create_topic(TopicSpec::named(topic)).await {
-            Ok(_) | Err(Error::TopicExists { .. }) => Ok(()),
+            Ok(_) => {
+                self.creations.created(booking);
+                Ok(())
+            }
+            Err(Error::TopicExists { .. }) => Ok(()),
             Err(error) => Err(error),
         }
     }

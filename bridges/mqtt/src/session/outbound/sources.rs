@@ -241,6 +241,9 @@ pub(super) async fn open(
                 SubscribeReasonCode::TopicFilterInvalid
             }
             courier_gateway::Error::Forbidden { .. } => SubscribeReasonCode::NotAuthorized,
+            courier_gateway::Error::TopicCreationLimited { .. } => {
+                SubscribeReasonCode::QuotaExceeded
+            }
             _ => SubscribeReasonCode::Unspecified,
         }
     })?;
