@@ -81,7 +81,7 @@ pub mod names {
     /// reached, by `protocol` and `limit` (the limit's name: `max_connections`,
     /// `max_connections_per_address`, `connect_rate_per_address`, `handshake_timeout`,
     /// `write_timeout`, `max_unary_calls`, `max_streaming_calls`, `max_unary_calls_per_caller`,
-    /// `max_streaming_calls_per_caller`, `unary_timeout`, ...). See [`limit_refused`](super::limit_refused).
+    /// `max_streaming_calls_per_caller`, `unary_timeout`, `auto_create_per_minute`, ...). See [`limit_refused`](super::limit_refused).
     pub const LIMIT_REFUSALS: &str = "courier_limit_refusals_total";
     /// Counter: message spans, while tracing is on, by `outcome`: `exported` (the collector took
     /// them), `export_failed` (it did not answer or refused), `dropped` (the export queue,
