@@ -68,15 +68,15 @@ impl NewRecord {
 
     /// Bytes counted against the record size limit: key, value and headers.
     pub fn size(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|h| h.key.len() + h.value.len())
-            .sum();
         self.key.as_ref().map_or(0, Bytes::len)
             + self.value.as_ref().map_or(0, Bytes::len)
-            + headers
+            + headers_size(&self.headers)
     }
+}
+
+/// Key and value bytes of every header.
+fn headers_size(headers: &[Header]) -> usize {
+    headers.iter().map(|h| h.key.len() + h.value.len()).sum()
 }
 
 /// Where an appended record was stored.
@@ -131,12 +131,7 @@ impl Record {
 
     /// Key, value and header bytes, as [`NewRecord::size`] counts a record to write.
     pub fn size(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|h| h.key.len() + h.value.len())
-            .sum();
-        self.payload_size() + headers
+        self.payload_size() + headers_size(&self.headers)
     }
 }
 
