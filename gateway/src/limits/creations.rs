@@ -14,7 +14,7 @@
 use std::{
     collections::HashMap,
     future::Future,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -31,12 +31,13 @@ const WINDOW: Duration = Duration::from_secs(60);
 
 tokio::task_local! {
     /// The account (and its protocol) the log requests under way are made for.
-    static ACCOUNT: (QuotaKey, Protocol);
+    static ACCOUNT: Arc<(QuotaKey, Protocol)>;
 }
 
-/// Runs `future` with the log requests it makes charged to `account`, a client of `protocol`.
-pub async fn charged_to<F: Future>(account: QuotaKey, protocol: Protocol, future: F) -> F::Output {
-    ACCOUNT.scope((account, protocol), future).await
+/// Runs `future` with the log requests it makes charged to `account`, a client of its protocol.
+/// Shared, so charging a request (every produce is one) costs no copy of the account's name.
+pub async fn charged_to<F: Future>(account: Arc<(QuotaKey, Protocol)>, future: F) -> F::Output {
+    ACCOUNT.scope(account, future).await
 }
 
 /// How many topics each account may create by naming them, per minute, on this replica.
@@ -66,23 +67,24 @@ impl TopicCreations {
         if self.per_minute == 0 {
             return Ok(Booking(None));
         }
-        let Ok((account, protocol)) = ACCOUNT.try_with(Clone::clone) else {
+        let Ok(charge) = ACCOUNT.try_with(Arc::clone) else {
             return Ok(Booking(None));
         };
+        let (account, protocol) = &*charge;
         let now = Instant::now();
         let windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         let used = windows
-            .get(&account)
+            .get(account)
             .filter(|(began, _)| now.duration_since(*began) < WINDOW)
             .map_or(0, |(_, used)| *used);
         if used >= self.per_minute {
-            metrics::limit_refused(protocol, "auto_create_per_minute");
+            metrics::limit_refused(*protocol, "auto_create_per_minute");
             return Err(Error::TopicCreationLimited {
                 who: account.to_string(),
                 per_minute: self.per_minute,
             });
         }
-        Ok(Booking(Some(account)))
+        Ok(Booking(Some(account.clone())))
     }
 
     /// Books a topic made for `booking`'s account.
@@ -119,7 +121,8 @@ mod tests {
     async fn each_account_creates_its_own_share_and_the_gateway_without_limit() {
         let creations = TopicCreations::per_minute(2);
         async fn as_alice<T>(request: impl Future<Output = T>) -> T {
-            charged_to(QuotaKey::Principal("alice".into()), Protocol::Grpc, request).await
+            let alice = QuotaKey::Principal("alice".into());
+            charged_to(Arc::new((alice, Protocol::Grpc)), request).await
         }
         as_alice(async { create(&creations) }).await.unwrap();
         // An attempt that creates nothing (it failed, or the topic was made meanwhile) is free.
@@ -133,9 +136,11 @@ mod tests {
             "{refused:?}"
         );
         let bob = QuotaKey::Principal("bob".into());
-        charged_to(bob, Protocol::Amqp, async { create(&creations) })
-            .await
-            .unwrap();
+        charged_to(Arc::new((bob, Protocol::Amqp)), async {
+            create(&creations)
+        })
+        .await
+        .unwrap();
         // Charged to nobody: the gateway's own requests.
         for _ in 0..10 {
             create(&creations).unwrap();

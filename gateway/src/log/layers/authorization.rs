@@ -10,7 +10,7 @@
 //! MQTT front end checks itself ([`Scope::ProtectionOnly`]); which Kafka topic a route maps them
 //! to is the operator's choice. This layer still keeps them off the protected state.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use async_trait::async_trait;
 
@@ -48,8 +48,9 @@ pub struct Authorization {
     client_id: Option<String>,
     protocol: &'static str,
     scope: Scope,
-    /// Whose share the topics its requests create come from (`topics.auto_create_per_minute`).
-    account: QuotaKey,
+    /// Whose share the topics its requests create come from (`topics.auto_create_per_minute`),
+    /// and through which protocol.
+    account: Arc<(QuotaKey, Protocol)>,
 }
 
 /// A log whose requests are one principal's.
@@ -65,7 +66,10 @@ impl<L> Authorized<L> {
         protocol: &'static str,
         scope: Scope,
     ) -> Self {
-        let account = principal.account_key(client_id.as_deref(), None);
+        let account = Arc::new((
+            principal.account_key(client_id.as_deref(), None),
+            protocol_named(protocol),
+        ));
         Layered::over(
             Authorization {
                 authorizer,
@@ -83,23 +87,28 @@ impl<L> Authorized<L> {
     /// its address, as for quotas.
     pub fn calling_from(self, peer: Option<SocketAddr>) -> Self {
         self.map_layer(|mut layer| {
-            layer.account = layer
+            let key = layer
                 .principal
                 .account_key(layer.client_id.as_deref(), peer);
+            layer.account = Arc::new((key, layer.account.1));
             layer
         })
     }
+}
+
+/// The metrics' protocol of a front end named `name` (gRPC for a name no front end has).
+fn protocol_named(name: &str) -> Protocol {
+    Protocol::ALL
+        .into_iter()
+        .find(|protocol| protocol.name() == name)
+        .unwrap_or(Protocol::Grpc)
 }
 
 impl Authorization {
     /// `request` charged to the caller's account: the topics it creates by naming them are
     /// taken from its share.
     async fn charged<F: std::future::Future>(&self, request: F) -> F::Output {
-        let protocol = Protocol::ALL
-            .into_iter()
-            .find(|protocol| protocol.name() == self.protocol)
-            .unwrap_or(Protocol::Grpc);
-        charged_to(self.account.clone(), protocol, request).await
+        charged_to(self.account.clone(), request).await
     }
 
     fn subject(&self) -> Subject<'_> {
