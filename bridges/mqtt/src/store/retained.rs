@@ -103,8 +103,7 @@ impl RetainedStore {
             }
         }
         let bytes = (record.size() + HEADER_OWNER.len() + owner.len()) as u64;
-        let now = self.owners.of(owner);
-        let after = self.owners.after_retaining(owner, topic, bytes);
+        let (now, after) = self.owners.retaining(owner, topic, bytes);
         let grows_past = |now: u64, after: u64, cap: u64| cap > 0 && after > now && after > cap;
         let passed = if grows_past(now.messages, after.messages, self.caps.messages) {
             Some((

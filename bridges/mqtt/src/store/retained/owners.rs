@@ -72,10 +72,12 @@ impl RetainedOwners {
         }
     }
 
-    /// What `owner` would retain once `topic`'s retained message is its own of `bytes`.
-    pub fn after_retaining(&self, owner: &str, topic: &str, bytes: u64) -> Retained {
+    /// What `owner` retains now, and would once `topic`'s retained message is its own of
+    /// `bytes`, read together.
+    pub fn retaining(&self, owner: &str, topic: &str, bytes: u64) -> (Retained, Retained) {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut totals = state.by_owner.get(owner).copied().unwrap_or_default();
+        let now = state.by_owner.get(owner).copied().unwrap_or_default();
+        let mut totals = now;
         match state.by_topic.get(topic) {
             Some((held_by, held)) if &**held_by == owner => {
                 totals.bytes = totals.bytes.saturating_sub(*held);
@@ -83,11 +85,12 @@ impl RetainedOwners {
             _ => totals.messages += 1,
         }
         totals.bytes += bytes;
-        totals
+        (now, totals)
     }
 
     /// What `owner` retains now.
-    pub fn of(&self, owner: &str) -> Retained {
+    #[cfg(test)]
+    fn of(&self, owner: &str) -> Retained {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.by_owner.get(owner).copied().unwrap_or_default()
     }
@@ -191,14 +194,14 @@ mod tests {
 
         // What a publish would make of the totals, without changing them.
         assert_eq!(
-            owners.after_retaining("alice", "a/2", 100),
+            owners.retaining("alice", "a/2", 100).1,
             alice(3, held - bytes("alice", "123") + 100)
         );
         assert_eq!(
-            owners.after_retaining("alice", "new", 100),
+            owners.retaining("alice", "new", 100).1,
             alice(4, held + 100)
         );
-        assert_eq!(owners.after_retaining("carol", "a/2", 1), alice(1, 1));
+        assert_eq!(owners.retaining("carol", "a/2", 1).1, alice(1, 1));
 
         for topic in ["a/1", "a/2", "b/1", "x/1"] {
             owners.on_change(topic, None, &read(1));
