@@ -88,7 +88,7 @@ impl Gate {
     }
 
     /// A place for one call of `caller`, or the refusal it gets.
-    fn enter(&self, caller: QuotaKey) -> Result<Place, Status> {
+    fn enter(&self, caller: impl FnOnce() -> QuotaKey) -> Result<Place, Status> {
         // The caller's share first: a caller at its limit is told so, and takes nothing from the
         // gateway's places while it is refused.
         let share = Shares::enter(&self.shares, caller, self.what)?;
@@ -132,10 +132,16 @@ struct Share {
 
 impl Shares {
     /// A place of `caller`'s share (none is counted when there is no limit), or its refusal.
-    fn enter(shares: &Arc<Self>, caller: QuotaKey, what: &str) -> Result<Option<Share>, Status> {
+    /// `caller` is asked only when there is a limit: without one, a call costs no caller's key.
+    fn enter(
+        shares: &Arc<Self>,
+        caller: impl FnOnce() -> QuotaKey,
+        what: &str,
+    ) -> Result<Option<Share>, Status> {
         if shares.limit == 0 {
             return Ok(None);
         }
+        let caller = caller();
         {
             let mut held = shares.held.lock().unwrap_or_else(PoisonError::into_inner);
             let count = held.entry(caller.clone()).or_default();
@@ -258,7 +264,10 @@ where
             CallKind::Streaming => Some(&self.gates.streaming),
             CallKind::Probe => None,
         };
-        let place = match gate.map(|gate| gate.enter(caller_of(&request))).transpose() {
+        let place = match gate
+            .map(|gate| gate.enter(|| caller_of(&request)))
+            .transpose()
+        {
             Ok(place) => place,
             Err(refusal) => {
                 let response = refusal.into_http::<R>().map(Held::without_place);
