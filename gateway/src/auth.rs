@@ -23,6 +23,7 @@ mod protected;
 mod reloading;
 mod throttle;
 mod users;
+mod verified;
 
 use std::{
     collections::HashMap,
@@ -111,6 +112,7 @@ impl Access {
             jwt: None,
             throttle: Default::default(),
             pool: HashingPool::new(1),
+            verified: Default::default(),
             certificates: true,
         };
         Self {
@@ -222,6 +224,7 @@ impl Auth {
                 jwt,
                 throttle: Default::default(),
                 pool: HashingPool::new(config.hashing_threads),
+                verified: Default::default(),
                 certificates: config.certificates,
             },
             users,

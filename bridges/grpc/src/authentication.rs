@@ -6,24 +6,21 @@
 //! Health checks (`grpc.health.v1.Health`) pass without credentials: probes carry none, and they
 //! reveal nothing but whether the gateway serves.
 //!
-//! Basic credentials are checked once and then trusted for 30 s ([`basic_cache`]): a changed or
-//! removed password takes effect for Basic callers within 30 s (at once when the users file's new
-//! version is loaded). Bearer tokens are checked on every call; that is cheap.
-
-mod basic_cache;
+//! Basic credentials are sent with every call; the [`Authenticator`] remembers a verified password
+//! for 30 s, so a caller does not pay a password check per call (a changed or removed password
+//! takes effect when the users file's new version is loaded). Bearer tokens are checked on every
+//! call; that is cheap.
 
 use std::{
     future::Future,
     net::{Ipv4Addr, SocketAddr},
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
 };
 
-use courier_gateway::auth::{Attempt, Authenticator, Credentials, Failure, Principal, Source};
+use courier_gateway::auth::{Attempt, Authenticator, Credentials, Failure, Principal};
 use tonic::{Request, Status, codegen::http};
 
-use self::basic_cache::BasicCache;
 use crate::Peer;
 
 /// The path prefix of the health service, served to anyone.
@@ -36,17 +33,12 @@ const UNKNOWN_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::
 /// Authenticates every call but health checks.
 #[derive(Debug, Clone)]
 pub(crate) struct AuthenticationLayer {
-    gate: Arc<Gate>,
+    authenticator: Authenticator,
 }
 
 impl AuthenticationLayer {
     pub(crate) fn new(authenticator: Authenticator) -> Self {
-        Self {
-            gate: Arc::new(Gate {
-                authenticator,
-                basic: BasicCache::new(),
-            }),
-        }
+        Self { authenticator }
     }
 }
 
@@ -56,7 +48,7 @@ impl<S> tower::Layer<S> for AuthenticationLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Authenticate {
             inner,
-            gate: self.gate.clone(),
+            authenticator: self.authenticator.clone(),
         }
     }
 }
@@ -65,7 +57,7 @@ impl<S> tower::Layer<S> for AuthenticationLayer {
 #[derive(Debug, Clone)]
 pub(crate) struct Authenticate<S> {
     inner: S,
-    gate: Arc<Gate>,
+    authenticator: Authenticator,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for Authenticate<S>
@@ -88,14 +80,14 @@ where
         // its clone waits for the next one.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
-        let gate = self.gate.clone();
+        let authenticator = self.authenticator.clone();
         Box::pin(async move {
             if request.uri().path().starts_with(HEALTH) {
                 return inner.call(request).await;
             }
             // The parts only: the body need not be `Sync` to be held across the check.
             let peer = request.extensions().get::<Peer>().cloned();
-            match gate.admit(request.headers(), peer.as_ref()).await {
+            match admit(&authenticator, request.headers(), peer.as_ref()).await {
                 Ok(principal) => {
                     request.extensions_mut().insert(principal);
                     inner.call(request).await
@@ -106,60 +98,28 @@ where
     }
 }
 
-/// The authenticator, and what it verified recently.
-#[derive(Debug)]
-struct Gate {
-    authenticator: Authenticator,
-    basic: BasicCache,
-}
+/// Who the caller with `headers` on `peer`'s connection is, or the status that refuses it.
+async fn admit(
+    authenticator: &Authenticator,
+    headers: &http::HeaderMap,
+    peer: Option<&Peer>,
+) -> Result<Principal, Status> {
+    let address = peer.and_then(|peer| peer.address).unwrap_or(UNKNOWN_PEER);
+    let certificate = peer.and_then(|peer| peer.certificate.as_deref());
+    let header = headers
+        .get(http::header::AUTHORIZATION)
+        .map(http::HeaderValue::as_bytes);
+    let credentials = Credentials::from_authorization(header).map_err(|malformed| {
+        tracing::debug!(peer = %address, "malformed authorization metadata");
+        Status::unauthenticated(malformed.to_string())
+    })?;
 
-impl Gate {
-    /// Who the caller with `headers` on `peer`'s connection is, or the status that refuses it.
-    async fn admit(
-        &self,
-        headers: &http::HeaderMap,
-        peer: Option<&Peer>,
-    ) -> Result<Principal, Status> {
-        let address = peer.and_then(|peer| peer.address).unwrap_or(UNKNOWN_PEER);
-        let certificate = peer.and_then(|peer| peer.certificate.as_deref());
-        let header = headers
-            .get(http::header::AUTHORIZATION)
-            .map(http::HeaderValue::as_bytes);
-        let credentials = Credentials::from_authorization(header).map_err(|malformed| {
-            tracing::debug!(peer = %address, "malformed authorization metadata");
-            Status::unauthenticated(malformed.to_string())
-        })?;
-
-        let basic = match (&credentials, header) {
-            (Credentials::Password { .. }, Some(header)) => self.basic.key_of(header),
-            _ => None,
-        };
-        // Read before checking: if the file changes meanwhile, the entry is void at once.
-        let users = self.authenticator.current_users();
-        if let Some(key) = &basic
-            && let Some(principal) = self.basic.get(key, users.as_ref())
-        {
-            return Ok(principal);
-        }
-        let attempt = Attempt {
-            peer: address,
-            credentials: &credentials,
-            certificate,
-        };
-        let principal = self
-            .authenticator
-            .authenticate(attempt)
-            .await
-            .map_err(refusal)?;
-        // Only passwords: a JWT sent as a Basic password is checked every time, so it is never
-        // trusted past its expiry.
-        if let Some(key) = basic
-            && principal.source == Source::Password
-        {
-            self.basic.insert(key, principal.clone(), users);
-        }
-        Ok(principal)
-    }
+    let attempt = Attempt {
+        peer: address,
+        credentials: &credentials,
+        certificate,
+    };
+    authenticator.authenticate(attempt).await.map_err(refusal)
 }
 
 /// The status of a failed authentication.

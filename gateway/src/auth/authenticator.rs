@@ -1,7 +1,8 @@
 //! Authentication: a client's credentials, whatever the protocol carried them in, to one
 //! [`Principal`], or a [`Failure`] that the front end answers in its protocol's idiom. Every
 //! failure is counted (`courier_auth_failures_total{protocol,reason}`) and logged as an audit event
-//! with the peer; password checks wait out the [`Throttle`] and run on the [`HashingPool`].
+//! with the peer; password checks wait out the [`Throttle`] and run on the [`HashingPool`], unless
+//! the same password was verified moments ago ([`VerifiedPasswords`]).
 
 use std::{fmt, net::SocketAddr, sync::Arc};
 
@@ -12,6 +13,7 @@ use super::{
     reloading::Reloading,
     throttle::Throttle,
     users::Users,
+    verified::VerifiedPasswords,
 };
 use crate::{metrics::names, tls::ClientIdentity};
 
@@ -110,12 +112,14 @@ pub enum Anonymous {
     Never,
 }
 
-/// The parts every protocol's authenticator shares: one pool, one throttle, one token verifier.
+/// The parts every protocol's authenticator shares: one pool, one throttle, one token verifier,
+/// one memory of verified passwords.
 #[derive(Debug, Clone)]
 pub(super) struct Shared {
     pub(super) jwt: Option<JwtVerifier>,
     pub(super) throttle: Arc<Throttle>,
     pub(super) pool: HashingPool,
+    pub(super) verified: Arc<VerifiedPasswords>,
     pub(super) certificates: bool,
 }
 
@@ -151,12 +155,6 @@ impl Authenticator {
     /// Whether user names and passwords can succeed (a users file is configured).
     pub fn has_users(&self) -> bool {
         self.users.is_some()
-    }
-
-    /// The users file's version in use now, if one is configured: a front end that remembers
-    /// verified passwords (gRPC's Basic cache) forgets them when this changes.
-    pub fn current_users(&self) -> Option<Arc<Users>> {
-        self.users.as_ref().map(Reloading::current)
     }
 
     /// Whether bearer tokens (or a token as password) can succeed.
@@ -228,6 +226,15 @@ impl Authenticator {
         let (Some(users), Some(username)) = (&self.users, username) else {
             return Err(Failure::BadCredentials);
         };
+        let users = users.current();
+        // Before the throttle: a client that proved this password moments ago is let in at once
+        // however many guesses at the same user are being waited out.
+        let remembered = self.shared.verified.key_of(username, password);
+        if let Some(key) = &remembered
+            && let Some(principal) = self.shared.verified.get(key, &users)
+        {
+            return Ok(principal);
+        }
         let address = peer.ip().to_canonical();
         let delay = self
             .shared
@@ -237,18 +244,23 @@ impl Authenticator {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let users = users.current();
-        let (name, password) = (username.to_owned(), password.to_vec());
+        let (name, password, checked) = (username.to_owned(), password.to_vec(), users.clone());
         let roles = self
             .shared
             .pool
-            .run(move || users.verify(&name, &password))
+            .run(move || checked.verify(&name, &password))
             .await
             .map_err(|_| Failure::Busy)?;
         match roles {
             Some(roles) => {
                 self.shared.throttle.succeeded(address, Some(username));
-                Ok(Principal::new(username, roles, Source::Password))
+                let principal = Principal::new(username, roles, Source::Password);
+                if let Some(key) = remembered {
+                    // Against the version read before checking: if the file changed meanwhile,
+                    // the entry is void at once.
+                    self.shared.verified.insert(key, principal.clone(), users);
+                }
+                Ok(principal)
             }
             None => {
                 self.shared.throttle.failed(address, Some(username));

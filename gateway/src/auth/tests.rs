@@ -200,12 +200,12 @@ async fn failed_logins_slow_down() {
         "{:?}",
         started.elapsed()
     );
-    // The success cleared the user (another address logs in at once) but not the address.
+    // The success cleared the user (another address's attempt is checked at once; a wrong one, as
+    // the right one is now remembered and would pass the throttle anyway) but not the address.
     let started = tokio::time::Instant::now();
-    assert!(
-        check(&authenticator, ELSEWHERE, &password("alice", "s3cret"))
-            .await
-            .is_ok()
+    assert_eq!(
+        check(&authenticator, ELSEWHERE, &wrong).await,
+        Err(Failure::BadCredentials)
     );
     assert!(started.elapsed() < Duration::from_millis(100));
     let started = tokio::time::Instant::now();
@@ -215,6 +215,62 @@ async fn failed_logins_slow_down() {
             .is_err()
     );
     assert!(started.elapsed() >= Duration::from_millis(800));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_proved_its_password_is_let_in_while_others_guess_it() {
+    let fixture = fixture(None).await;
+    let mqtt = fixture.auth.authenticator("mqtt", None);
+    let amqp = fixture.auth.authenticator("amqp", None);
+    let right = password("alice", "s3cret");
+    assert!(check(&mqtt, ELSEWHERE, &right).await.is_ok());
+    // A flood of guesses at alice's password: each of her next checks waits seconds.
+    let wrong = password("alice", "guess");
+    for _ in 0..8 {
+        assert!(check(&mqtt, REMOTE, &wrong).await.is_err());
+    }
+    let started = tokio::time::Instant::now();
+    assert!(
+        check(&mqtt, LOOPBACK, &password("ops", "root"))
+            .await
+            .is_ok()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "another user is not slowed"
+    );
+    // The password alice proved moments ago lets her in at once, on any protocol, from anywhere.
+    for (authenticator, from) in [(&mqtt, ELSEWHERE), (&amqp, LOOPBACK)] {
+        let started = tokio::time::Instant::now();
+        let principal = check(authenticator, from, &right).await.unwrap();
+        assert_eq!(principal.name, "alice");
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // A wrong password is never remembered: it still waits, and still fails.
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        check(&amqp, ELSEWHERE, &wrong).await,
+        Err(Failure::BadCredentials)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Past the memory's life, her password is checked again, after the throttle's wait.
+    tokio::time::advance(verified::TTL).await;
+    assert!(check(&mqtt, REMOTE, &wrong).await.is_err());
+    let started = tokio::time::Instant::now();
+    assert!(check(&mqtt, ELSEWHERE, &right).await.is_ok());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(start_paused = true)]
