@@ -223,15 +223,14 @@ impl Authenticator {
         username: Option<&str>,
         password: &[u8],
     ) -> Result<Principal, Failure> {
-        let (Some(users), Some(username)) = (&self.users, username) else {
+        let (Some(file), Some(username)) = (&self.users, username) else {
             return Err(Failure::BadCredentials);
         };
-        let users = users.current();
         // Before the throttle: a client that proved this password moments ago is let in at once
         // however many guesses at the same user are being waited out.
         let remembered = self.shared.verified.key_of(username, password);
         if let Some(key) = &remembered
-            && let Some(principal) = self.shared.verified.get(key, &users)
+            && let Some(principal) = self.shared.verified.get(key, &file.current())
         {
             return Ok(principal);
         }
@@ -244,6 +243,8 @@ impl Authenticator {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        // Read after the wait: a password removed meanwhile does not pass.
+        let users = file.current();
         let (name, password, checked) = (username.to_owned(), password.to_vec(), users.clone());
         let roles = self
             .shared
