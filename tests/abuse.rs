@@ -215,6 +215,7 @@ fn an_mqtt_subscriber_that_stops_reading_is_disconnected_and_its_messages_go_on(
         let flooding = tokio::spawn({
             let (address, topic) = (gateway.mqtt, topic.clone());
             async move {
+                let started = std::time::Instant::now();
                 let mut options = MqttOptions::new(unique("flooder"), "127.0.0.1", address.port());
                 options.set_max_packet_size(Some(2 << 20));
                 let (client, mut events) = AsyncClient::new(options, 16);
@@ -234,11 +235,11 @@ fn an_mqtt_subscriber_that_stops_reading_is_disconnected_and_its_messages_go_on(
                 }
                 let client = sending.await??;
                 let _ = client.disconnect().await;
-                Ok::<_, BoxError>(acked)
+                Ok::<_, BoxError>((acked, started.elapsed()))
             }
         });
         let attacked = good::run_all(&gateway, "stall-during", None).await?;
-        let acked = tokio::time::timeout(Duration::from_secs(120), flooding)
+        let (acked, flood) = tokio::time::timeout(Duration::from_secs(120), flooding)
             .await
             .map_err(|_| "the flood was not acknowledged")???;
         let timeouts = await_count(&gateway, REFUSALS, "limit=\"write_timeout\"", 1.0).await?;
@@ -263,6 +264,7 @@ fn an_mqtt_subscriber_that_stops_reading_is_disconnected_and_its_messages_go_on(
             .map_err(|_| "the good member did not get every message")???;
         drop((staller, staller_events));
         good::report("MQTT subscriber not reading", &baseline, &attacked);
+        println!("MQTT flood: {FLOOD} messages of 256 KiB acknowledged in {flood:.2?}");
         assert_eq!((acked, received), (FLOOD, FLOOD));
         assert!(timeouts >= 1.0, "no write timeout counted");
         Ok(())
@@ -305,6 +307,7 @@ fn an_amqp_receiver_that_stops_reading_is_disconnected_and_its_messages_go_on() 
         let flooding = tokio::spawn({
             let (address, topic) = (gateway.amqp, topic.clone());
             async move {
+                let started = std::time::Instant::now();
                 let mut connection = fe2o3_amqp::Connection::open(
                     unique("flooder"),
                     format!("amqp://{address}").as_str(),
@@ -320,7 +323,7 @@ fn an_amqp_receiver_that_stops_reading_is_disconnected_and_its_messages_go_on() 
                     }
                 }
                 let _ = connection.close().await;
-                Ok::<_, BoxError>(accepted)
+                Ok::<_, BoxError>((accepted, started.elapsed()))
             }
         });
         let first = tokio::time::timeout(
@@ -334,7 +337,7 @@ fn an_amqp_receiver_that_stops_reading_is_disconnected_and_its_messages_go_on() 
         stalled.store(true, Ordering::Relaxed);
 
         let attacked = good::run_all(&gateway, "amqp-stall-during", None).await?;
-        let accepted = tokio::time::timeout(Duration::from_secs(120), flooding)
+        let (accepted, flood) = tokio::time::timeout(Duration::from_secs(120), flooding)
             .await
             .map_err(|_| "the flood was not accepted")???;
         let timeouts = await_count(&gateway, REFUSALS, "limit=\"write_timeout\"", 1.0).await?;
@@ -373,6 +376,7 @@ fn an_amqp_receiver_that_stops_reading_is_disconnected_and_its_messages_go_on() 
             .map_err(|_| "the good receiver did not get every message")???;
         drop((staller, session, connection));
         good::report("AMQP receiver not reading", &baseline, &attacked);
+        println!("AMQP flood: {FLOOD} messages of 256 KiB accepted in {flood:.2?}");
         assert_eq!((accepted, received), (FLOOD, FLOOD));
         assert!(timeouts >= 1.0, "no write timeout counted");
         Ok(())

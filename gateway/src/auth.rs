@@ -22,6 +22,7 @@ mod principal;
 mod protected;
 mod reloading;
 mod throttle;
+mod turns;
 mod users;
 mod verified;
 
@@ -111,6 +112,7 @@ impl Access {
         let shared = Shared {
             jwt: None,
             throttle: Default::default(),
+            turns: Default::default(),
             pool: HashingPool::new(1),
             verified: Default::default(),
             certificates: true,
@@ -223,6 +225,7 @@ impl Auth {
             shared: Shared {
                 jwt,
                 throttle: Default::default(),
+                turns: Default::default(),
                 pool: HashingPool::new(config.hashing_threads),
                 verified: Default::default(),
                 certificates: config.certificates,

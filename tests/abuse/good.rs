@@ -47,6 +47,15 @@ pub(crate) struct Login {
     pub(crate) password: String,
 }
 
+/// The three protocols' runs at once, and what they cost the gateway.
+#[derive(Debug)]
+pub(crate) struct Phase {
+    pub(crate) runs: Vec<Run>,
+    /// The gateway's CPU time (user and system, all threads) over the phase, per second of it:
+    /// how many of the machine's cores the gateway used meanwhile, whatever else ran.
+    pub(crate) gateway_cores: f64,
+}
+
 /// One protocol's run.
 #[derive(Debug)]
 pub(crate) struct Run {
@@ -76,7 +85,7 @@ pub(crate) async fn baseline(
     gateway: &Gateway,
     tag: &str,
     login: Option<&Login>,
-) -> Result<Vec<Run>, BoxError> {
+) -> Result<Phase, BoxError> {
     run_all(gateway, &format!("{tag}-warm"), login).await?;
     run_all(gateway, tag, login).await
 }
@@ -87,7 +96,8 @@ pub(crate) async fn run_all(
     gateway: &Gateway,
     tag: &str,
     login: Option<&Login>,
-) -> Result<Vec<Run>, BoxError> {
+) -> Result<Phase, BoxError> {
+    let (started, cpu_before) = (Instant::now(), cpu_time(gateway)?);
     let (grpc, mqtt, amqp) = tokio::time::timeout(RUN_DEADLINE, async {
         tokio::join!(
             grpc(gateway, tag, login),
@@ -97,12 +107,39 @@ pub(crate) async fn run_all(
     })
     .await
     .map_err(|_| format!("the good clients of {tag} did not finish within {RUN_DEADLINE:?}"))?;
-    Ok(vec![grpc?, mqtt?, amqp?])
+    let cpu = cpu_time(gateway)?.saturating_sub(cpu_before);
+    Ok(Phase {
+        runs: vec![grpc?, mqtt?, amqp?],
+        gateway_cores: cpu.as_secs_f64() / started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The gateway process's CPU time so far (user and system, all its threads).
+fn cpu_time(gateway: &Gateway) -> Result<Duration, BoxError> {
+    let pid = gateway.process_id().ok_or("the gateway is not running")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces, so split after its closing
+    // parenthesis): state is the first, utime and stime the 12th and 13th, in clock ticks.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .ok_or("no command name in /proc/<pid>/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |index: usize| -> Result<u64, BoxError> {
+        Ok(fields.get(index).ok_or("short /proc/<pid>/stat")?.parse()?)
+    };
+    // Linux reports these in USER_HZ, 100 a second on every architecture it runs on.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }
 
 /// Prints a run against its baseline as the report line BENCHMARKS.md quotes.
-pub(crate) fn report(attack: &str, baseline: &[Run], attacked: &[Run]) {
-    for (before, during) in baseline.iter().zip(attacked) {
+pub(crate) fn report(attack: &str, baseline: &Phase, attacked: &Phase) {
+    println!(
+        "ABUSE {attack:<28} gateway cores used: baseline {:.2}, attacked {:.2}",
+        baseline.gateway_cores, attacked.gateway_cores
+    );
+    for (before, during) in baseline.runs.iter().zip(&attacked.runs) {
         println!(
             "ABUSE {attack:<28} {:<5} baseline {:>7.0} msg/s p99 {:>6.1} ms | attacked {:>7.0} msg/s p99 {:>6.1} ms | throughput {:.2}x p99 {:.2}x",
             before.protocol,

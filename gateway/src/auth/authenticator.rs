@@ -1,8 +1,9 @@
 //! Authentication: a client's credentials, whatever the protocol carried them in, to one
 //! [`Principal`], or a [`Failure`] that the front end answers in its protocol's idiom. Every
 //! failure is counted (`courier_auth_failures_total{protocol,reason}`) and logged as an audit event
-//! with the peer; password checks wait out the [`Throttle`] and run on the [`HashingPool`], unless
-//! the same password was verified moments ago ([`VerifiedPasswords`]).
+//! with the peer; password checks take their address's turn ([`Turns`]), wait out the [`Throttle`]
+//! and run on the [`HashingPool`], unless the same password was verified moments ago
+//! ([`VerifiedPasswords`]).
 
 use std::{fmt, net::SocketAddr, sync::Arc};
 
@@ -12,6 +13,7 @@ use super::{
     jwt::{JwtRefusal, JwtVerifier, looks_like_jwt},
     reloading::Reloading,
     throttle::Throttle,
+    turns::Turns,
     users::Users,
     verified::VerifiedPasswords,
 };
@@ -112,12 +114,13 @@ pub enum Anonymous {
     Never,
 }
 
-/// The parts every protocol's authenticator shares: one pool, one throttle, one token verifier,
-/// one memory of verified passwords.
+/// The parts every protocol's authenticator shares: one pool, one throttle and its turns, one token
+/// verifier, one memory of verified passwords.
 #[derive(Debug, Clone)]
 pub(super) struct Shared {
     pub(super) jwt: Option<JwtVerifier>,
     pub(super) throttle: Arc<Throttle>,
+    pub(super) turns: Arc<Turns>,
     pub(super) pool: HashingPool,
     pub(super) verified: Arc<VerifiedPasswords>,
     pub(super) certificates: bool,
@@ -235,6 +238,13 @@ impl Authenticator {
             return Ok(principal);
         }
         let address = peer.ip().to_canonical();
+        // Held until the outcome is recorded: the address's next attempt is throttled knowing it.
+        let _turn = self
+            .shared
+            .turns
+            .take(address)
+            .await
+            .map_err(|_| Failure::Throttled)?;
         let delay = self
             .shared
             .throttle

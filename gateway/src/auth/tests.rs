@@ -274,6 +274,37 @@ async fn a_client_that_proved_its_password_is_let_in_while_others_guess_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_burst_of_guesses_from_a_clean_address_is_checked_one_after_another() {
+    let fixture = fixture(None).await;
+    let authenticator = fixture.auth.authenticator("mqtt", None);
+    let wrong = password("alice", "guess");
+    // Six guesses at once, before any has failed: each is checked only once the one before it
+    // failed, so they wait out the doubling delays as if sent one after another (0.1 + 0.2 + 0.4
+    // + 0.8 + 1.6 s), instead of six checks at once.
+    let started = tokio::time::Instant::now();
+    let attempts = (0..6).map(|_| check(&authenticator, REMOTE, &wrong));
+    let burst = futures_util::future::join_all(attempts);
+    // Another address's client, meanwhile, is not held behind them.
+    let ops = async {
+        let outcome = check(&authenticator, ELSEWHERE, &password("ops", "root")).await;
+        (outcome, started.elapsed())
+    };
+    let (outcomes, (ops, ops_waited)) = tokio::join!(burst, ops);
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| *outcome == Err(Failure::BadCredentials))
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(3_100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(ops.is_ok());
+    assert!(ops_waited < Duration::from_millis(100), "{ops_waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn guesses_sent_at_once_are_refused_once_their_queue_is_long() {
     let fixture = fixture(None).await;
     let authenticator = fixture.auth.authenticator("mqtt", None);

@@ -1,0 +1,157 @@
+//! One password check at a time per source address (an IPv6 client by its /64).
+//!
+//! The [`Throttle`](super::Throttle) spaces an address's attempts by its recorded failures, but
+//! attempts that arrive together, before any of them has failed, would all find it clean: a flood
+//! that opens with two dozen guesses at once got two dozen argon2 checks (tens of milliseconds of
+//! a core each) before the first failure was known. Here the attempts of one address take turns:
+//! each goes to the throttle only when the one before it has its outcome, so the second guess of
+//! a burst already waits out the first one's failure, and a burst costs what a sequence does.
+//! Clients of other addresses never wait here. One address's checks use at most one of the
+//! hashing pool's threads, so many clients behind one NAT log in one after another (about 40 a
+//! second at argon2's usual cost), and passwords verified moments ago skip this altogether.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::throttle::Throttled;
+use crate::limits::host;
+
+/// Attempts of one address waiting for their turn; one more is refused at once.
+const MAX_WAITING: usize = 256;
+
+/// The longest an attempt waits for its turn before it is refused.
+const MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// Whose turn it is, per address that has an attempt being checked or waiting.
+#[derive(Debug, Default)]
+pub(crate) struct Turns {
+    lines: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+}
+
+/// An address's turn: its next attempt waits until this is dropped.
+#[derive(Debug)]
+pub(crate) struct Turn {
+    _permit: OwnedSemaphorePermit,
+    _place: Place,
+}
+
+/// A place in an address's line (waiting, or holding the turn): the last one out removes the
+/// line, so the map holds only addresses with an attempt in progress.
+#[derive(Debug)]
+struct Place {
+    turns: Arc<Turns>,
+    address: IpAddr,
+    line: Arc<Semaphore>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut lines = self
+            .turns
+            .lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Clones are made under this lock only: two are the map's and this place's own.
+        if Arc::strong_count(&self.line) == 2 {
+            lines.remove(&self.address);
+        }
+    }
+}
+
+impl Turns {
+    /// Waits for `address`'s turn, or refuses the attempt when too many of the address's wait
+    /// already, or it waited [`MAX_WAIT`].
+    pub(crate) async fn take(self: &Arc<Self>, address: IpAddr) -> Result<Turn, Throttled> {
+        let address = host(address);
+        let place = {
+            let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+            let line = lines
+                .entry(address)
+                .or_insert_with(|| Arc::new(Semaphore::new(1)));
+            // The map's reference and the one holding the turn are not waiting.
+            if Arc::strong_count(line).saturating_sub(2) >= MAX_WAITING {
+                return Err(Throttled);
+            }
+            Place {
+                turns: self.clone(),
+                address,
+                line: line.clone(),
+            }
+        };
+        let waiting = place.line.clone().acquire_owned();
+        match tokio::time::timeout(MAX_WAIT, waiting).await {
+            Ok(Ok(permit)) => Ok(Turn {
+                _permit: permit,
+                _place: place,
+            }),
+            // Timed out (the semaphore is never closed).
+            _ => Err(Throttled),
+        }
+    }
+
+    #[cfg(test)]
+    fn lines(&self) -> usize {
+        self.lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const THERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_waits_for_its_own_turn_only() {
+        let turns = Arc::new(Turns::default());
+        let first = turns.take(HERE).await.unwrap();
+        // Another address goes at once.
+        let there = turns.take(THERE).await.unwrap();
+        let next = tokio::spawn({
+            let turns = turns.clone();
+            async move { turns.take(HERE).await.map(|_| tokio::time::Instant::now()) }
+        });
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let released = tokio::time::Instant::now();
+        drop(first);
+        assert_eq!(
+            next.await.unwrap(),
+            Ok(released),
+            "the next one goes when the first ends"
+        );
+        drop(there);
+        assert_eq!(
+            turns.lines(),
+            0,
+            "nothing kept for addresses with nothing in progress"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_line_or_a_long_wait_is_refused() {
+        let turns = Arc::new(Turns::default());
+        let _holding = turns.take(HERE).await.unwrap();
+        let mut waiting = tokio::task::JoinSet::new();
+        for _ in 0..MAX_WAITING {
+            let turns = turns.clone();
+            waiting.spawn(async move { turns.take(HERE).await.map(drop) });
+        }
+        tokio::task::yield_now().await;
+        // Every waiting place is taken: one more is refused at once.
+        assert_eq!(turns.take(HERE).await.map(drop), Err(Throttled));
+        // The waiting ones are refused when their wait runs out.
+        let outcomes = waiting.join_all().await;
+        assert!(outcomes.iter().all(|outcome| *outcome == Err(Throttled)));
+        assert_eq!(turns.lines(), 1, "the holder's line stays");
+    }
+}
