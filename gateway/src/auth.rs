@@ -3,7 +3,8 @@
 //! - Authentication turns what a client presented (a password, a bearer token or a JWT as
 //!   password, a verified client certificate, or nothing) into one [`Principal`]:
 //!   [`Authenticator`], one per protocol over the shared parts (`users` file, `jwt` verifier,
-//!   `throttle` of failed logins, `hashing` pool).
+//!   `throttle` of failed logins and the address's `turns`, `hashing` pool, the `verified`
+//!   passwords of the last moments).
 //! - Authorization decides each request of that principal: [`Authorizer`], over the `policy` file
 //!   and the `protected` state of the gateway. The log layer
 //!   ([`Authorized`](crate::log::layers::Authorized)) applies it to every request in Kafka's terms;
@@ -17,6 +18,7 @@ mod authorizer;
 pub mod config;
 mod hashing;
 pub mod jwt;
+mod passwords;
 pub mod policy;
 mod principal;
 mod protected;

@@ -11,6 +11,7 @@ use super::{
     Principal, Source,
     hashing::HashingPool,
     jwt::{JwtRefusal, JwtVerifier, looks_like_jwt},
+    passwords::PasswordCheck,
     reloading::Reloading,
     throttle::Throttle,
     turns::Turns,
@@ -83,8 +84,8 @@ pub enum Failure {
     /// Too many password checks are waiting.
     #[error("the server is busy checking passwords; retry later")]
     Busy,
-    /// Too many failed logins from this address are still being waited out.
-    #[error("too many failed logins from this address; retry later")]
+    /// Too many logins from this address wait (its failures' delays, or its turn).
+    #[error("too many logins from this address are waiting; retry later")]
     Throttled,
 }
 
@@ -229,55 +230,24 @@ impl Authenticator {
         let (Some(file), Some(username)) = (&self.users, username) else {
             return Err(Failure::BadCredentials);
         };
+        let check = PasswordCheck {
+            shared: self.shared.clone(),
+            file: file.clone(),
+            address: peer.ip().to_canonical(),
+            username: username.to_owned(),
+            remembered: self.shared.verified.key_of(file.id(), username, password),
+            password: password.to_vec(),
+        };
         // Before the throttle: a client that proved this password moments ago is let in at once
         // however many guesses at the same user are being waited out.
-        let remembered = self.shared.verified.key_of(username, password);
-        if let Some(key) = &remembered
-            && let Some(principal) = self.shared.verified.get(key, &file.current())
-        {
+        if let Some(principal) = check.remembered() {
             return Ok(principal);
         }
-        let address = peer.ip().to_canonical();
-        // Held until the outcome is recorded: the address's next attempt is throttled knowing it.
-        let _turn = self
-            .shared
-            .turns
-            .take(address)
+        // On a task of its own: a client that goes away mid-check (a gRPC deadline, a closed
+        // connection) must not take the check's outcome, or its address's turn, with it.
+        tokio::spawn(check.run())
             .await
-            .map_err(|_| Failure::Throttled)?;
-        let delay = self
-            .shared
-            .throttle
-            .admit(address, Some(username))
-            .map_err(|_| Failure::Throttled)?;
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        // Read after the wait: a password removed meanwhile does not pass.
-        let users = file.current();
-        let (name, password, checked) = (username.to_owned(), password.to_vec(), users.clone());
-        let roles = self
-            .shared
-            .pool
-            .run(move || checked.verify(&name, &password))
-            .await
-            .map_err(|_| Failure::Busy)?;
-        match roles {
-            Some(roles) => {
-                self.shared.throttle.succeeded(address, Some(username));
-                let principal = Principal::new(username, roles, Source::Password);
-                if let Some(key) = remembered {
-                    // Against the version read before checking: if the file changed meanwhile,
-                    // the entry is void at once.
-                    self.shared.verified.insert(key, principal.clone(), users);
-                }
-                Ok(principal)
-            }
-            None => {
-                self.shared.throttle.failed(address, Some(username));
-                Err(Failure::BadCredentials)
-            }
-        }
+            .unwrap_or(Err(Failure::Busy))
     }
 
     fn without_credentials(&self, attempt: Attempt<'_>) -> Result<Principal, Failure> {

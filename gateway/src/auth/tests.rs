@@ -6,6 +6,9 @@ use std::{net::SocketAddr, time::Duration};
 use courier_testkit::identity::{AUDIENCE, Claims, ISSUER, TokenIssuer};
 
 use super::*;
+
+/// The wait after an address's first failure.
+const FIRST_WAIT: Duration = Duration::from_millis(100);
 use crate::tls::ClientIdentity;
 
 const LOOPBACK: &str = "127.0.0.1:40000";
@@ -305,6 +308,95 @@ async fn a_burst_of_guesses_from_a_clean_address_is_checked_one_after_another() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn guesses_at_one_user_do_not_hold_up_the_other_users_of_an_address() {
+    let fixture = fixture(None).await;
+    let authenticator = fixture.auth.authenticator("mqtt", None);
+    for _ in 0..6 {
+        assert!(
+            check(&authenticator, ELSEWHERE, &password("alice", "guess"))
+                .await
+                .is_err()
+        );
+    }
+    // Behind one NAT, alice (whose password was guessed at elsewhere) and ops log in at once:
+    // alice waits out her user's delay, ops does not wait behind her.
+    const NAT: &str = "203.0.113.5:40000";
+    let started = tokio::time::Instant::now();
+    let alice = async {
+        let outcome = check(&authenticator, NAT, &password("alice", "s3cret")).await;
+        (outcome.is_ok(), started.elapsed())
+    };
+    let ops = async {
+        let outcome = check(&authenticator, NAT, &password("ops", "root")).await;
+        (outcome.is_ok(), started.elapsed())
+    };
+    let ((alice_in, alice_waited), (ops_in, ops_waited)) = tokio::join!(alice, ops);
+    assert!(alice_in && ops_in);
+    assert!(alice_waited >= Duration::from_secs(3), "{alice_waited:?}");
+    assert!(ops_waited < Duration::from_millis(100), "{ops_waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guess_given_up_midway_still_counts() {
+    let fixture = fixture(None).await;
+    let authenticator = fixture.auth.authenticator("grpc", None);
+    let wrong = password("alice", "guess");
+    assert!(check(&authenticator, REMOTE, &wrong).await.is_err());
+    let started = tokio::time::Instant::now();
+    // The client goes away (a gRPC deadline, a closed connection) while its guess waits out the
+    // first failure's 100 ms.
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(1),
+        check(&authenticator, REMOTE, &wrong),
+    )
+    .await;
+    assert!(given_up.is_err(), "the guess was not given up midway");
+    // It is checked all the same and its failure counted: the next guess waits for its turn, then
+    // out both failures (100 ms, then 200), not only the slot the first one reserved (200 ms).
+    assert!(check(&authenticator, REMOTE, &wrong).await.is_err());
+    assert!(
+        started.elapsed() >= FIRST_WAIT * 3,
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Real time: the users file is re-read by a task that reads it from disk.
+#[tokio::test]
+async fn a_remembered_password_is_forgotten_when_the_users_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, users_file_line("alice", "s3cret", &[]).unwrap()).unwrap();
+    let config = AuthConfig {
+        users_file: Some(users.clone()),
+        reload_interval: Duration::from_millis(20),
+        ..AuthConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let auth = Auth::start(&config, Protected::new([]), &[], stop.clone())
+        .await
+        .unwrap();
+    let authenticator = auth.authenticator("mqtt", None);
+    let right = password("alice", "s3cret");
+    assert!(check(&authenticator, REMOTE, &right).await.is_ok());
+    // Alice is removed: her password, remembered for 30 s, stops working at the next reading.
+    std::fs::write(&users, users_file_line("ops", "root", &[]).unwrap()).unwrap();
+    let mut refused = false;
+    for _ in 0..250 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if check(&authenticator, REMOTE, &right).await.is_err() {
+            refused = true;
+            break;
+        }
+    }
+    stop.cancel();
+    assert!(
+        refused,
+        "a removed user's remembered password still let her in"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn guesses_sent_at_once_are_refused_once_their_queue_is_long() {
     let fixture = fixture(None).await;
     let authenticator = fixture.auth.authenticator("mqtt", None);
@@ -312,8 +404,8 @@ async fn guesses_sent_at_once_are_refused_once_their_queue_is_long() {
     for _ in 0..6 {
         assert!(check(&authenticator, REMOTE, &wrong).await.is_err());
     }
-    // 3.2 s between checks now: of many guesses sent at once, those that would wait longer than
-    // the queue's bound are refused straight away, and none is checked early.
+    // 3.2 s between checks now: of many guesses sent at once, checked one at a time, those that
+    // would wait longer than the queue's bound are refused, and none is checked early.
     let started = tokio::time::Instant::now();
     let attempts = (0..8).map(|_| check(&authenticator, REMOTE, &wrong));
     let outcomes = futures_util::future::join_all(attempts).await;

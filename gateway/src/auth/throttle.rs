@@ -3,10 +3,10 @@
 //! wait, twice as long per failure up to a cap, so guessing passwords from one address, or one
 //! user's password from many, gets slow fast, while a client that mistyped once barely notices.
 //!
-//! From one address, attempts that arrive during a wait queue behind each other: each reserves
+//! An address's attempts are checked one at a time ([`Turns`](super::turns)), and each reserves
 //! the next slot, one wait after the one before, so opening many connections at once buys an
-//! attacker nothing, and one that would queue longer than [`MAX_QUEUE`] is refused at once rather
-//! than held. A user's failures only delay its next attempt (by at most [`MAX_DELAY`]) and never
+//! attacker nothing; one whose slot is further than [`MAX_QUEUE`] away is refused rather than
+//! held. A user's failures only delay its next attempt (by at most [`MAX_DELAY`]) and never
 //! refuse it: else anyone who knows a user's name could lock it out from anywhere. A success
 //! clears the user's failures and takes one off the address's: a host behind which most logins
 //! succeed recovers, while an attacker must spend a good login (itself queued) per guess.
@@ -70,9 +70,23 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// How long an attempt from `address` for `user` waits before it is checked; the address's
-    /// slot is reserved, so the next attempt from the same address waits longer still.
-    pub fn admit(&self, address: IpAddr, user: Option<&str>) -> Result<Duration, Throttled> {
+    /// How long an attempt for `user` waits, after its user's recent failures.
+    pub fn user_wait(&self, user: &str) -> Duration {
+        let Ok(failures) = self.failures.lock() else {
+            return Duration::ZERO;
+        };
+        let now = Instant::now();
+        failures
+            .get(&self.user(user))
+            .filter(|entry| entry.current(now))
+            .map_or(Duration::ZERO, |entry| {
+                entry.next.saturating_duration_since(now)
+            })
+    }
+
+    /// How long an attempt from `address` waits before it is checked, after the address's recent
+    /// failures; the slot is reserved, so the address's next attempt waits longer still.
+    pub fn admit(&self, address: IpAddr) -> Result<Duration, Throttled> {
         let Ok(mut failures) = self.failures.lock() else {
             return Ok(Duration::ZERO);
         };
@@ -91,11 +105,7 @@ impl Throttle {
         {
             entry.next = slot + delay_after(entry.count);
         }
-        let user_ready = user
-            .and_then(|user| failures.get(&self.user(user)))
-            .filter(|entry| entry.current(now))
-            .map_or(now, |entry| entry.next);
-        Ok(slot.max(user_ready).duration_since(now))
+        Ok(slot.duration_since(now))
     }
 
     /// Records a failed attempt.
@@ -176,7 +186,8 @@ mod tests {
     use super::*;
 
     fn wait(throttle: &Throttle, address: IpAddr, user: &str) -> Duration {
-        throttle.admit(address, Some(user)).expect("admitted")
+        let address_wait = throttle.admit(address).expect("admitted");
+        address_wait.max(throttle.user_wait(user))
     }
 
     #[tokio::test(start_paused = true)]
@@ -186,11 +197,11 @@ mod tests {
         let there: IpAddr = [10, 0, 0, 2].into();
         assert_eq!(wait(&throttle, here, "alice"), Duration::ZERO);
         throttle.failed(here, Some("alice"));
-        assert_eq!(throttle.admit(here, None), Ok(FIRST_DELAY));
+        assert_eq!(throttle.admit(here), Ok(FIRST_DELAY));
         tokio::time::advance(FIRST_DELAY * 2).await;
         throttle.failed(here, Some("alice"));
         throttle.failed(here, Some("alice"));
-        assert_eq!(throttle.admit(here, None), Ok(FIRST_DELAY * 4));
+        assert_eq!(throttle.admit(here), Ok(FIRST_DELAY * 4));
         // Another address guessing the same user waits as long.
         assert_eq!(wait(&throttle, there, "alice"), FIRST_DELAY * 4);
         assert_eq!(wait(&throttle, there, "bob"), Duration::ZERO);
@@ -207,9 +218,9 @@ mod tests {
         let waits: Vec<Duration> = (0..3).map(|_| wait(&throttle, here, "bob")).collect();
         assert_eq!(waits, [FIRST_DELAY * 4, FIRST_DELAY * 8, FIRST_DELAY * 12]);
         for _ in 0..40 {
-            throttle.admit(here, Some("carol")).ok();
+            throttle.admit(here).ok();
         }
-        assert_eq!(throttle.admit(here, Some("dave")), Err(Throttled));
+        assert_eq!(throttle.admit(here), Err(Throttled));
     }
 
     #[tokio::test(start_paused = true)]
@@ -225,12 +236,12 @@ mod tests {
         assert_eq!(wait(&throttle, here, "bob"), Duration::ZERO);
         // One of the address's two failures stayed: its next failure counts as the second.
         throttle.failed(here, Some("bob"));
-        assert_eq!(throttle.admit(here, None), Ok(FIRST_DELAY * 2));
+        assert_eq!(throttle.admit(here), Ok(FIRST_DELAY * 2));
         // A success for each failure and the address is clean.
         throttle.succeeded(here, None);
         throttle.succeeded(here, None);
         tokio::time::advance(MAX_DELAY).await;
-        assert_eq!(throttle.admit(here, None), Ok(Duration::ZERO));
+        assert_eq!(throttle.admit(here), Ok(Duration::ZERO));
     }
 
     #[tokio::test(start_paused = true)]
@@ -240,17 +251,19 @@ mod tests {
         let alice_at_home: IpAddr = [10, 0, 0, 1].into();
         // A guess every few seconds, for long enough to reach the longest wait.
         for _ in 0..30 {
-            if let Ok(wait) = throttle.admit(attacker, Some("alice")) {
+            if let Ok(address_wait) = throttle.admit(attacker) {
+                let wait = address_wait.max(throttle.user_wait("alice"));
                 tokio::time::advance(wait).await;
                 throttle.failed(attacker, Some("alice"));
             }
             tokio::time::advance(Duration::from_secs(2)).await;
         }
         // Alice, elsewhere, waits at most the longest delay, and is never refused.
-        let waited = throttle.admit(alice_at_home, Some("alice"));
-        assert!(waited.is_ok_and(|wait| wait <= MAX_DELAY), "{waited:?}");
+        let waited = throttle.admit(alice_at_home);
+        assert_eq!(waited, Ok(Duration::ZERO));
+        assert!(throttle.user_wait("alice") <= MAX_DELAY);
         // The attacker's own address is refused once its queue is long.
-        let refused = (0..10).any(|_| throttle.admit(attacker, Some("bob")).is_err());
+        let refused = (0..10).any(|_| throttle.admit(attacker).is_err());
         assert!(refused);
     }
 }

@@ -31,7 +31,15 @@ const MAX_WAIT: Duration = Duration::from_secs(10);
 /// Whose turn it is, per address that has an attempt being checked or waiting.
 #[derive(Debug, Default)]
 pub(crate) struct Turns {
-    lines: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+    lines: Mutex<HashMap<IpAddr, Line>>,
+}
+
+/// One address's attempts in progress.
+#[derive(Debug)]
+struct Line {
+    turn: Arc<Semaphore>,
+    /// Attempts holding the turn or waiting for it; counted under the map's lock only.
+    places: usize,
 }
 
 /// An address's turn: its next attempt waits until this is dropped.
@@ -47,7 +55,6 @@ pub(crate) struct Turn {
 struct Place {
     turns: Arc<Turns>,
     address: IpAddr,
-    line: Arc<Semaphore>,
 }
 
 impl Drop for Place {
@@ -57,9 +64,11 @@ impl Drop for Place {
             .lines
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Clones are made under this lock only: two are the map's and this place's own.
-        if Arc::strong_count(&self.line) == 2 {
-            lines.remove(&self.address);
+        if let Some(line) = lines.get_mut(&self.address) {
+            line.places = line.places.saturating_sub(1);
+            if line.places == 0 {
+                lines.remove(&self.address);
+            }
         }
     }
 }
@@ -69,23 +78,24 @@ impl Turns {
     /// already, or it waited [`MAX_WAIT`].
     pub(crate) async fn take(self: &Arc<Self>, address: IpAddr) -> Result<Turn, Throttled> {
         let address = host(address);
-        let place = {
+        let (place, turn) = {
             let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-            let line = lines
-                .entry(address)
-                .or_insert_with(|| Arc::new(Semaphore::new(1)));
-            // The map's reference and the one holding the turn are not waiting.
-            if Arc::strong_count(line).saturating_sub(2) >= MAX_WAITING {
+            let line = lines.entry(address).or_insert_with(|| Line {
+                turn: Arc::new(Semaphore::new(1)),
+                places: 0,
+            });
+            // One place is the turn's holder's, the others wait.
+            if line.places > MAX_WAITING {
                 return Err(Throttled);
             }
-            Place {
+            line.places += 1;
+            let place = Place {
                 turns: self.clone(),
                 address,
-                line: line.clone(),
-            }
+            };
+            (place, line.turn.clone())
         };
-        let waiting = place.line.clone().acquire_owned();
-        match tokio::time::timeout(MAX_WAIT, waiting).await {
+        match tokio::time::timeout(MAX_WAIT, turn.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Turn {
                 _permit: permit,
                 _place: place,
@@ -93,6 +103,12 @@ impl Turns {
             // Timed out (the semaphore is never closed).
             _ => Err(Throttled),
         }
+    }
+
+    #[cfg(test)]
+    fn places(&self, address: IpAddr) -> usize {
+        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        lines.get(&address).map_or(0, |line| line.places)
     }
 
     #[cfg(test)]
@@ -106,6 +122,8 @@ impl Turns {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
 
     const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
@@ -146,9 +164,18 @@ mod tests {
             let turns = turns.clone();
             waiting.spawn(async move { turns.take(HERE).await.map(drop) });
         }
-        tokio::task::yield_now().await;
+        while turns.places(HERE) <= MAX_WAITING {
+            tokio::task::yield_now().await;
+        }
         // Every waiting place is taken: one more is refused at once.
-        assert_eq!(turns.take(HERE).await.map(drop), Err(Throttled));
+        let one_more = turns
+            .take(HERE)
+            .now_or_never()
+            .map(|outcome| outcome.map(drop));
+        assert_eq!(one_more, Some(Err(Throttled)));
+        // None of the waiting ones was refused at once.
+        assert_eq!(waiting.len(), MAX_WAITING);
+        assert!(waiting.try_join_next().is_none());
         // The waiting ones are refused when their wait runs out.
         let outcomes = waiting.join_all().await;
         assert!(outcomes.iter().all(|outcome| *outcome == Err(Throttled)));

@@ -7,7 +7,8 @@
 //! queue on the hashing pool. A client whose password was verified less than [`TTL`] ago is let in
 //! at once, past the throttle and the pool, so a flood slows the attacker and leaves the clients
 //! that know their password alone. Failures are never remembered: they go through the throttle
-//! every time. An entry is forgotten sooner when the users file changes.
+//! every time. An entry is forgotten sooner when the users file changes, and never holds the file
+//! itself: a version replaced is freed, with its password hashes, whatever the cache remembers.
 //!
 //! Entries are keyed by an HMAC-SHA256 of the user name and password under a random key drawn
 //! when the cache is made (per process, held in memory only), not by a plain hash: a plain
@@ -17,7 +18,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError, Weak},
     time::Duration,
 };
 
@@ -32,7 +33,7 @@ pub(super) const TTL: Duration = Duration::from_secs(30);
 /// Most remembered verifications: past it, expired ones are dropped, then the oldest.
 pub(super) const CAPACITY: usize = 4096;
 
-/// The HMAC-SHA256 of a user name and password under the cache's key.
+/// The HMAC-SHA256 of a users file's identity, a user name and a password under the cache's key.
 pub(super) type Key = [u8; 32];
 
 /// Between the name and the password in what is signed: a byte no UTF-8 name holds, so no other
@@ -42,27 +43,26 @@ const SEPARATOR: u8 = 0xff;
 struct Entry {
     principal: Principal,
     /// The users file as it was when the password was checked: another version voids the entry.
-    users: Arc<Users>,
+    users: Weak<Users>,
     expires: Instant,
 }
 
-/// Without the users file, whose `Debug` would print every user's password hash.
-impl std::fmt::Debug for Entry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entry")
-            .field("principal", &self.principal)
-            .field("expires", &self.expires)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Remembered verifications, shared by every protocol's authenticator.
-#[derive(Debug)]
 pub(super) struct VerifiedPasswords {
     /// The HMAC key of this cache's entries (its `Debug` shows the algorithm only); `None` when
     /// the system could not supply random bytes, and then nothing is remembered.
     secret: Option<hmac::Key>,
     entries: Mutex<HashMap<Key, Entry>>,
+}
+
+/// Neither keys nor principals: how many are remembered is all a log may show.
+impl std::fmt::Debug for VerifiedPasswords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries = self.entries.lock().map_or(0, |entries| entries.len());
+        f.debug_struct("VerifiedPasswords")
+            .field("entries", &entries)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for VerifiedPasswords {
@@ -87,9 +87,12 @@ impl VerifiedPasswords {
         }
     }
 
-    /// The key `username` with `password` is remembered under, if this cache remembers anything.
-    pub(super) fn key_of(&self, username: &str, password: &[u8]) -> Option<Key> {
+    /// The key `username` with `password`, checked against the users file `file` (its
+    /// [`Reloading::id`](super::reloading::Reloading::id): protocols may name files of their
+    /// own), is remembered under, if this cache remembers anything.
+    pub(super) fn key_of(&self, file: usize, username: &str, password: &[u8]) -> Option<Key> {
         let mut signing = hmac::Context::with_key(self.secret.as_ref()?);
+        signing.update(&file.to_le_bytes());
         signing.update(username.as_bytes());
         signing.update(&[SEPARATOR]);
         signing.update(password);
@@ -102,7 +105,8 @@ impl VerifiedPasswords {
     pub(super) fn get(&self, key: &Key, users: &Arc<Users>) -> Option<Principal> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = entries.get(key)?;
-        if entry.expires > Instant::now() && Arc::ptr_eq(&entry.users, users) {
+        if entry.expires > Instant::now() && std::ptr::eq(entry.users.as_ptr(), Arc::as_ptr(users))
+        {
             return Some(entry.principal.clone());
         }
         entries.remove(key);
@@ -110,7 +114,7 @@ impl VerifiedPasswords {
     }
 
     /// Remembers that `key` proved `principal` against `users` (the version read before checking).
-    pub(super) fn insert(&self, key: Key, principal: Principal, users: Arc<Users>) {
+    pub(super) fn insert(&self, key: Key, principal: Principal, users: Weak<Users>) {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= CAPACITY && !entries.contains_key(&key) {
@@ -149,7 +153,7 @@ mod tests {
     use crate::auth::Source;
 
     fn key_for(cache: &VerifiedPasswords, user: &str, password: &str) -> Key {
-        cache.key_of(user, password.as_bytes()).unwrap()
+        cache.key_of(1, user, password.as_bytes()).unwrap()
     }
 
     fn alice() -> Principal {
@@ -173,6 +177,9 @@ mod tests {
         assert_ne!(&key_for(&one, "alice", "s")[..], sha256.as_ref());
         // The name and the password are not run together: no other split signs alike.
         assert_ne!(key_for(&one, "alice", "s"), key_for(&one, "alic", "es"));
+        // Each users file its own.
+        assert_ne!(one.key_of(1, "alice", b"s"), one.key_of(2, "alice", b"s"));
+        assert!(!format!("{one:?}").contains("alice"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -180,7 +187,7 @@ mod tests {
         let (cache, users) = (VerifiedPasswords::new(), users());
         let key = key_for(&cache, "alice", "s");
         assert_eq!(cache.get(&key, &users), None);
-        cache.insert(key, alice(), users.clone());
+        cache.insert(key, alice(), Arc::downgrade(&users));
         assert_eq!(cache.get(&key, &users), Some(alice()));
         assert_eq!(cache.get(&key_for(&cache, "alice", "other"), &users), None);
         tokio::time::advance(TTL - Duration::from_millis(1)).await;
@@ -195,9 +202,14 @@ mod tests {
         let cache = VerifiedPasswords::new();
         let key = key_for(&cache, "alice", "s");
         let (old, new) = (users(), users());
-        cache.insert(key, alice(), old.clone());
+        cache.insert(key, alice(), Arc::downgrade(&old));
         assert_eq!(cache.get(&key, &old), Some(alice()));
         assert_eq!(cache.get(&key, &new), None);
+        // Nothing remembered keeps a version alive.
+        cache.insert(key, alice(), Arc::downgrade(&old));
+        let weak = Arc::downgrade(&old);
+        drop(old);
+        assert!(weak.upgrade().is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -205,7 +217,7 @@ mod tests {
         let (cache, users) = (VerifiedPasswords::new(), users());
         for n in 0..CAPACITY + 10 {
             let key = key_for(&cache, "alice", &n.to_string());
-            cache.insert(key, alice(), users.clone());
+            cache.insert(key, alice(), Arc::downgrade(&users));
             tokio::time::advance(Duration::from_micros(1)).await;
         }
         assert_eq!(cache.len(), CAPACITY);
