@@ -38,9 +38,10 @@ impl PasswordCheck {
         if !user_wait.is_zero() {
             tokio::time::sleep(user_wait).await;
         }
+        let each = shared.throttle.address_delay(self.address);
         let _turn = shared
             .turns
-            .take(self.address)
+            .take(self.address, each)
             .await
             .map_err(|_| Failure::Throttled)?;
         // The attempt before this one may have proved the same password (clients sharing

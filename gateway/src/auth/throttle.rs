@@ -84,6 +84,17 @@ impl Throttle {
             })
     }
 
+    /// The wait between two checked attempts of `address` now, after its recent failures.
+    pub fn address_delay(&self, address: IpAddr) -> Duration {
+        let Ok(failures) = self.failures.lock() else {
+            return Duration::ZERO;
+        };
+        failures
+            .get(&Key::Address(host(address)))
+            .filter(|entry| entry.current(Instant::now()))
+            .map_or(Duration::ZERO, |entry| delay_after(entry.count))
+    }
+
     /// How long an attempt from `address` waits before it is checked, after the address's recent
     /// failures; the slot is reserved, so the address's next attempt waits longer still.
     pub fn admit(&self, address: IpAddr) -> Result<Duration, Throttled> {

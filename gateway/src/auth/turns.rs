@@ -74,9 +74,14 @@ impl Drop for Place {
 }
 
 impl Turns {
-    /// Waits for `address`'s turn, or refuses the attempt when too many of the address's wait
-    /// already, or it waited [`MAX_WAIT`].
-    pub(crate) async fn take(self: &Arc<Self>, address: IpAddr) -> Result<Turn, Throttled> {
+    /// Waits for `address`'s turn, or refuses the attempt: at once when too many of the
+    /// address's wait already, or when those ahead of it, `each` apart (the throttle's wait
+    /// for the address), would hold it past [`MAX_WAIT`]; else once it has waited that long.
+    pub(crate) async fn take(
+        self: &Arc<Self>,
+        address: IpAddr,
+        each: Duration,
+    ) -> Result<Turn, Throttled> {
         let address = host(address);
         let (place, turn) = {
             let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
@@ -85,7 +90,8 @@ impl Turns {
                 places: 0,
             });
             // One place is the turn's holder's, the others wait.
-            if line.places > MAX_WAITING {
+            let ahead = u32::try_from(line.places).unwrap_or(u32::MAX);
+            if line.places > MAX_WAITING || each.saturating_mul(ahead) > MAX_WAIT {
                 return Err(Throttled);
             }
             line.places += 1;
@@ -132,12 +138,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_address_waits_for_its_own_turn_only() {
         let turns = Arc::new(Turns::default());
-        let first = turns.take(HERE).await.unwrap();
+        let first = turns.take(HERE, Duration::ZERO).await.unwrap();
         // Another address goes at once.
-        let there = turns.take(THERE).await.unwrap();
+        let there = turns.take(THERE, Duration::ZERO).await.unwrap();
         let next = tokio::spawn({
             let turns = turns.clone();
-            async move { turns.take(HERE).await.map(|_| tokio::time::Instant::now()) }
+            async move {
+                turns
+                    .take(HERE, Duration::ZERO)
+                    .await
+                    .map(|_| tokio::time::Instant::now())
+            }
         });
         tokio::time::advance(Duration::from_millis(300)).await;
         let released = tokio::time::Instant::now();
@@ -158,18 +169,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_long_line_or_a_long_wait_is_refused() {
         let turns = Arc::new(Turns::default());
-        let _holding = turns.take(HERE).await.unwrap();
+        let _holding = turns.take(HERE, Duration::ZERO).await.unwrap();
         let mut waiting = tokio::task::JoinSet::new();
         for _ in 0..MAX_WAITING {
             let turns = turns.clone();
-            waiting.spawn(async move { turns.take(HERE).await.map(drop) });
+            waiting.spawn(async move { turns.take(HERE, Duration::ZERO).await.map(drop) });
         }
         while turns.places(HERE) <= MAX_WAITING {
             tokio::task::yield_now().await;
         }
         // Every waiting place is taken: one more is refused at once.
         let one_more = turns
-            .take(HERE)
+            .take(HERE, Duration::ZERO)
             .now_or_never()
             .map(|outcome| outcome.map(drop));
         assert_eq!(one_more, Some(Err(Throttled)));
@@ -180,5 +191,28 @@ mod tests {
         let outcomes = waiting.join_all().await;
         assert!(outcomes.iter().all(|outcome| *outcome == Err(Throttled)));
         assert_eq!(turns.lines(), 1, "the holder's line stays");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_that_would_wait_too_long_behind_the_others_is_refused_at_once() {
+        let turns = Arc::new(Turns::default());
+        let each = Duration::from_secs(6);
+        let _holding = turns.take(HERE, each).await.unwrap();
+        let second = tokio::spawn({
+            let turns = turns.clone();
+            async move { turns.take(HERE, each).await.map(drop) }
+        });
+        while turns.places(HERE) < 2 {
+            tokio::task::yield_now().await;
+        }
+        // Two ahead, 6 s apart: past the 10 s bound, refused at once. A clean address's are not.
+        let third = turns
+            .take(HERE, each)
+            .now_or_never()
+            .map(|outcome| outcome.map(drop));
+        assert_eq!(third, Some(Err(Throttled)));
+        let clean = turns.take(HERE, Duration::ZERO).now_or_never();
+        assert!(clean.is_none(), "a clean address's attempt waits its turn");
+        second.abort();
     }
 }
