@@ -409,83 +409,33 @@ fn a_login_flood_does_not_keep_good_clients_out() -> TestResult {
         let attempts = Arc::new(AtomicUsize::new(0));
         let mut guessing = tokio::task::JoinSet::new();
         for n in 0..8 {
-            {
-                let (stop, attempts, mqtt) = (stop.clone(), attempts.clone(), gateway.mqtt);
-                guessing.spawn(async move {
-                    while !stop.is_cancelled() {
-                        let connect =
-                            attacks::mqtt_connect(&format!("guess-{n}"), Some(("good", "guess")));
-                        if let Ok(mut stream) = attacks::connect_from_attacker(mqtt).await {
-                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                            let _ = stream.write_all(&connect).await;
-                            let mut answer = [0_u8; 64];
-                            let _ = tokio::time::timeout(
-                                Duration::from_secs(15),
-                                stream.read(&mut answer),
-                            )
-                            .await;
-                        }
-                        attempts.fetch_add(1, Ordering::Relaxed);
-                        // A guess every 20 ms per task (1,200 a second in all): a flood, without
-                        // the attacker's own loop taking the machine's two cores from the gateway.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                });
-            }
-            {
-                let (stop, attempts, amqp) = (stop.clone(), attempts.clone(), gateway.amqp);
-                guessing.spawn(async move {
-                    while !stop.is_cancelled() {
-                        if let Ok(stream) = attacks::connect_from_attacker(amqp).await {
-                            let opening = fe2o3_amqp::Connection::builder()
-                                .container_id(format!("guess-{n}"))
-                                .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
-                                    username: "good".into(),
-                                    password: "guess".into(),
-                                })
-                                .open_with_stream(stream);
-                            let _ = tokio::time::timeout(Duration::from_secs(15), opening).await;
-                        }
-                        attempts.fetch_add(1, Ordering::Relaxed);
-                        // A guess every 20 ms per task (1,200 a second in all): a flood, without
-                        // the attacker's own loop taking the machine's two cores from the gateway.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                });
-            }
-            {
-                let (stop, attempts, grpc) = (stop.clone(), attempts.clone(), gateway.grpc);
-                guessing.spawn(async move {
-                    let Ok(endpoint) =
-                        tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-                    else {
-                        return;
-                    };
-                    let Ok(channel) = endpoint.local_address(Some(ATTACKER)).connect().await else {
-                        return;
-                    };
-                    let mut client =
-                        courier_grpc::proto::v1::streams_client::StreamsClient::new(channel);
-                    while !stop.is_cancelled() {
-                        let mut request =
-                            tonic::Request::new(courier_grpc::proto::v1::ProduceRequest {
-                                topic: "guessing".into(),
-                                records: vec![record(None, "x")],
-                                request_id: 0,
-                            });
-                        if let Ok(header) = "Basic Z29vZDpndWVzcw==".parse() {
-                            request.metadata_mut().insert("authorization", header);
-                        }
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(15), client.produce(request))
-                                .await;
-                        attempts.fetch_add(1, Ordering::Relaxed);
-                        // A guess every 20 ms per task (1,200 a second in all): a flood, without
-                        // the attacker's own loop taking the machine's two cores from the gateway.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                });
-            }
+            let (stop, attempts) = (stop.clone(), attempts.clone());
+            let (mqtt, amqp, grpc) = (gateway.mqtt, gateway.amqp, gateway.grpc);
+            guessing.spawn(async move {
+                let Ok(endpoint) =
+                    tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+                else {
+                    return;
+                };
+                let Ok(channel) = endpoint.local_address(Some(ATTACKER)).connect().await else {
+                    return;
+                };
+                let client = courier_grpc::proto::v1::streams_client::StreamsClient::new(channel);
+                // Open loop: each guess goes out on time whether or not the ones before it were
+                // answered (a flood does not wait), each in a task of its own, all dropped at
+                // the end.
+                let mut pending = tokio::task::JoinSet::new();
+                while !stop.is_cancelled() {
+                    pending.spawn(guess_mqtt(mqtt, n));
+                    pending.spawn(guess_amqp(amqp, n));
+                    pending.spawn(guess_grpc(client.clone()));
+                    attempts.fetch_add(3, Ordering::Relaxed);
+                    while pending.try_join_next().is_some() {}
+                    // Three guesses every 20 ms per task (1,200 a second in all): a flood,
+                    // without the attacker's own loop taking the machine's two cores.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
         }
         let attacked = good::run_all(&gateway, "login-during", Some(&login)).await?;
         stop.cancel();
@@ -493,12 +443,52 @@ fn a_login_flood_does_not_keep_good_clients_out() -> TestResult {
         let failures = counted(&gateway, "courier_auth_failures_total", "protocol=")?;
         good::report("login flood, wrong passwords", &baseline, &attacked);
         println!(
-            "login flood: {} attempts, {failures} authentication failures counted",
+            "login flood: {} guesses sent, {failures} authentication failures counted",
             attempts.load(Ordering::Relaxed)
         );
         assert!(failures > 0.0, "no failed login was counted");
         Ok(())
     })
+}
+
+/// One wrong password over MQTT, from the attacker's address; the answer, if any, is awaited.
+async fn guess_mqtt(mqtt: std::net::SocketAddr, n: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = attacks::mqtt_connect(&format!("guess-{n}"), Some(("good", "guess")));
+    if let Ok(mut stream) = attacks::connect_from_attacker(mqtt).await {
+        let _ = stream.write_all(&connect).await;
+        let mut answer = [0_u8; 64];
+        let _ = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut answer)).await;
+    }
+}
+
+/// One wrong password over AMQP SASL PLAIN, from the attacker's address.
+async fn guess_amqp(amqp: std::net::SocketAddr, n: usize) {
+    if let Ok(stream) = attacks::connect_from_attacker(amqp).await {
+        let opening = fe2o3_amqp::Connection::builder()
+            .container_id(format!("guess-{n}"))
+            .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
+                username: "good".into(),
+                password: "guess".into(),
+            })
+            .open_with_stream(stream);
+        let _ = tokio::time::timeout(Duration::from_secs(15), opening).await;
+    }
+}
+
+/// One wrong password in a gRPC call's Basic credentials, on the attacker's connection.
+async fn guess_grpc(
+    mut client: courier_grpc::proto::v1::streams_client::StreamsClient<tonic::transport::Channel>,
+) {
+    let mut request = tonic::Request::new(courier_grpc::proto::v1::ProduceRequest {
+        topic: "guessing".into(),
+        records: vec![record(None, "x")],
+        request_id: 0,
+    });
+    if let Ok(header) = "Basic Z29vZDpndWVzcw==".parse() {
+        request.metadata_mut().insert("authorization", header);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(15), client.produce(request)).await;
 }
 
 /// A greedy publisher on each protocol, quota 50 messages a second in the policy: it is slowed to
