@@ -16,6 +16,7 @@
 mod authenticator;
 mod authorizer;
 pub mod config;
+mod failure;
 mod hashing;
 pub mod jwt;
 mod passwords;
@@ -23,6 +24,7 @@ pub mod policy;
 mod principal;
 mod protected;
 mod reloading;
+mod shared;
 mod throttle;
 mod turns;
 mod users;
@@ -45,17 +47,18 @@ use crate::{
 };
 
 use self::{
-    authenticator::Shared,
     jwt::{JwtError, JwtVerifier},
     policy::{Policy, PolicyError},
     reloading::Reloading,
+    shared::Shared,
 };
 // One `pub use` a module: what each name is re-exported from stays plain to readers and tools.
 pub use self::authenticator::{
-    Anonymous, Attempt, Authenticator, Credentials, Failure, MalformedAuthorization,
+    Anonymous, Attempt, Authenticator, Credentials, MalformedAuthorization,
 };
 pub use self::authorizer::Authorizer;
 pub use self::config::{AuthConfig, ProtocolAuth};
+pub use self::failure::Failure;
 pub use self::hashing::{Busy, HashingPool};
 pub use self::principal::{ANONYMOUS, Principal, Source};
 pub use self::protected::Protected;

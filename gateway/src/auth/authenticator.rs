@@ -1,22 +1,15 @@
 //! Authentication: a client's credentials, whatever the protocol carried them in, to one
 //! [`Principal`], or a [`Failure`] that the front end answers in its protocol's idiom. Every
 //! failure is counted (`courier_auth_failures_total{protocol,reason}`) and logged as an audit event
-//! with the peer; password checks take their address's turn ([`Turns`]), wait out the [`Throttle`]
-//! and run on the [`HashingPool`], unless the same password was verified moments ago
-//! ([`VerifiedPasswords`]).
+//! with the peer; password checks ([`passwords`](super::passwords)) take their address's turn,
+//! wait out the throttle and run on the hashing pool, unless the same password was verified
+//! moments ago.
 
-use std::{fmt, net::SocketAddr, sync::Arc};
+use std::{fmt, net::SocketAddr};
 
 use super::{
-    Principal, Source,
-    hashing::HashingPool,
-    jwt::{JwtRefusal, JwtVerifier, looks_like_jwt},
-    passwords::PasswordCheck,
-    reloading::Reloading,
-    throttle::Throttle,
-    turns::Turns,
-    users::Users,
-    verified::VerifiedPasswords,
+    Principal, Source, failure::Failure, jwt::looks_like_jwt, passwords::PasswordCheck,
+    reloading::Reloading, shared::Shared, users::Users,
 };
 use crate::{metrics::names, tls::ClientIdentity};
 
@@ -61,49 +54,6 @@ pub struct Attempt<'a> {
     pub certificate: Option<&'a ClientIdentity>,
 }
 
-/// Why a client was not let in. The front end answers each in its protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Failure {
-    /// No credentials, and anonymous clients are not served.
-    #[error("credentials are required")]
-    AnonymousRefused,
-    /// No credentials, from another host, and nothing allows anonymous clients beyond loopback.
-    #[error(
-        "anonymous clients are served on loopback only: configure [auth] users or tokens, or set auth.allow_anonymous = true"
-    )]
-    NotLoopback,
-    /// Unknown user or wrong password.
-    #[error("bad user name or password")]
-    BadCredentials,
-    /// A token was presented but tokens are not configured (`[auth.jwt]`).
-    #[error("bearer tokens are not accepted: no [auth.jwt] is configured")]
-    TokensNotAccepted,
-    /// The token did not verify.
-    #[error("token refused: {0}")]
-    Token(JwtRefusal),
-    /// Too many password checks are waiting.
-    #[error("the server is busy checking passwords; retry later")]
-    Busy,
-    /// Too many logins from this address wait (its failures' delays, or its turn).
-    #[error("too many logins from this address are waiting; retry later")]
-    Throttled,
-}
-
-impl Failure {
-    /// The `reason` label of `courier_auth_failures_total`.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::AnonymousRefused => "anonymous_refused",
-            Self::NotLoopback => "not_loopback",
-            Self::BadCredentials => "bad_credentials",
-            Self::TokensNotAccepted => "tokens_not_accepted",
-            Self::Token(refusal) => refusal.reason(),
-            Self::Busy => "busy",
-            Self::Throttled => "throttled",
-        }
-    }
-}
-
 /// Who may connect without credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Anonymous {
@@ -113,18 +63,6 @@ pub enum Anonymous {
     LoopbackOnly,
     /// No one.
     Never,
-}
-
-/// The parts every protocol's authenticator shares: one pool, one throttle and its turns, one token
-/// verifier, one memory of verified passwords.
-#[derive(Debug, Clone)]
-pub(super) struct Shared {
-    pub(super) jwt: Option<JwtVerifier>,
-    pub(super) throttle: Arc<Throttle>,
-    pub(super) turns: Arc<Turns>,
-    pub(super) pool: HashingPool,
-    pub(super) verified: Arc<VerifiedPasswords>,
-    pub(super) certificates: bool,
 }
 
 /// One protocol's authentication. Cheap to clone.

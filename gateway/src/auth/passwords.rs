@@ -9,8 +9,8 @@
 use std::{net::IpAddr, sync::Arc};
 
 use super::{
-    Principal, Source, authenticator::Failure, authenticator::Shared, reloading::Reloading,
-    users::Users, verified::Key,
+    Principal, Source, failure::Failure, reloading::Reloading, shared::Shared, users::Users,
+    verified::Key,
 };
 
 /// A password to check, with everything the check needs (owned: it runs on a task of its own).
