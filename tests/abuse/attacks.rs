@@ -172,6 +172,32 @@ pub(crate) fn mqtt_connect(client_id: &str, login: Option<(&str, &str)>) -> Vec<
     packet
 }
 
+/// The bytes an AMQP client sends to log in with SASL PLAIN, sent at once without waiting for the
+/// server's mechanisms (which a server reads in order): the SASL protocol header, then a frame
+/// holding a `sasl-init` (mechanism `PLAIN`, initial response `\0user\0password`).
+/// The names and password must be short (each length is one byte on the wire).
+pub(crate) fn amqp_sasl_plain(user: &str, password: &str) -> Vec<u8> {
+    let response = [b"\0", user.as_bytes(), b"\0", password.as_bytes()].concat();
+    // The fields, each an AMQP value: the symbol PLAIN (sym8), the response (vbin8).
+    let mut fields = vec![0xa3, 5];
+    fields.extend_from_slice(b"PLAIN");
+    fields.push(0xa0);
+    fields.push(response.len() as u8);
+    fields.extend(response);
+    // sasl-init: described by its code 0x41 (smallulong), a list8 of two fields.
+    let mut body = vec![0x00, 0x53, 0x41, 0xc0];
+    body.push((fields.len() + 1) as u8);
+    body.push(2);
+    body.extend(fields);
+    // A SASL frame (type 1) on channel 0, its header two 4-byte words long.
+    let size = (8 + body.len()) as u32;
+    let mut bytes = b"AMQP\x03\x01\x00\x00".to_vec();
+    bytes.extend_from_slice(&size.to_be_bytes());
+    bytes.extend_from_slice(&[2, 1, 0, 0]);
+    bytes.extend(body);
+    bytes
+}
+
 /// A stream that stops reading when told: what a client that stops reading its socket looks like
 /// to the gateway, under a client library that would otherwise read on in the background.
 pub(crate) struct Stalling<S> {
