@@ -825,8 +825,9 @@ fn resident_mib(gateway: &Gateway) -> Result<u64, BoxError> {
     Ok(kib / 1024)
 }
 
-/// Malformed input on every protocol (garbage, a packet or frame announcing gigabytes), from many
-/// connections at once: each is closed, and the good clients never notice.
+/// Malformed input on every protocol (garbage, a packet or frame announcing gigabytes, an AMQP
+/// message nested past what the gateway decodes), from many connections at once: each is closed,
+/// and the good clients never notice.
 #[test]
 fn malformed_input_on_every_protocol_closes_only_its_connection() -> TestResult {
     serially(async {
@@ -862,6 +863,11 @@ fn malformed_input_on_every_protocol_closes_only_its_connection() -> TestResult 
             for (what, target, bytes) in cases {
                 outcomes.push((what, attacks::garbage(target, bytes, 30, deadline).await?));
             }
+            // A message nested 100,000 lists deep (900 KB, within the message size), past the
+            // 64 levels the gateway decodes.
+            let nested =
+                attacks::nested_amqp_values(gateway.amqp, "garbage-nested", 100_000, 30, deadline);
+            outcomes.push(("amqp nested value", nested.await?));
             Ok::<_, BoxError>(outcomes)
         };
         let (attacked, closed) =

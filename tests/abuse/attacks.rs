@@ -139,6 +139,170 @@ pub(crate) async fn garbage(
     Ok(closed.load(Ordering::Relaxed))
 }
 
+/// On `connections` fresh AMQP connections to `target` (anonymous, as loopback clients are served),
+/// attaches a sender to `topic` and, once the gateway gives it credit, sends one message whose
+/// amqp-value holds `depth` nested lists (over transfers that each fit a frame); how many of the
+/// connections the gateway then closed within `deadline`, saying the value was nested too deep.
+pub(crate) async fn nested_amqp_values(
+    target: SocketAddr,
+    topic: &str,
+    depth: usize,
+    connections: usize,
+    deadline: Duration,
+) -> Result<usize, BoxError> {
+    let opening = Arc::new(amqp_sender_frames(topic)?);
+    let message = Arc::new(nested_transfers(depth)?);
+    let closed = Arc::new(AtomicUsize::new(0));
+    let mut sending = JoinSet::new();
+    for _ in 0..connections {
+        let (opening, message, closed) = (opening.clone(), message.clone(), closed.clone());
+        sending.spawn(async move {
+            let Ok(mut stream) = connect_from_attacker(target).await else {
+                return;
+            };
+            let attack = async {
+                stream.write_all(&opening).await?;
+                let mut header = [0_u8; 8];
+                stream.read_exact(&mut header).await?;
+                // Frames until the gateway's FLOW (performative code 0x13) gives the link credit.
+                loop {
+                    let size = stream.read_u32().await? as usize;
+                    let mut rest = vec![0_u8; size.saturating_sub(4)];
+                    stream.read_exact(&mut rest).await?;
+                    let offset = usize::from(rest.first().copied().unwrap_or(2)) * 4 - 4;
+                    if rest.get(offset..offset + 3) == Some(&[0x00, 0x53, 0x13]) {
+                        break;
+                    }
+                }
+                // The gateway may close before it has read it all: a failed write is a close too.
+                let _ = stream.write_all(&message).await;
+                let mut answer = Vec::new();
+                let mut buffer = vec![0_u8; 64 * 1024];
+                loop {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => answer.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                Ok::<_, std::io::Error>(answer)
+            };
+            // Closed, and for the nesting: the CLOSE's description names the depth decoded.
+            if let Ok(Ok(answer)) = tokio::time::timeout(deadline, attack).await
+                && answer.windows(14).any(|window| window == b"deeper than 64")
+            {
+                closed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    while sending.join_next().await.is_some() {}
+    Ok(closed.load(Ordering::Relaxed))
+}
+
+/// AMQP's header (no SASL), OPEN, BEGIN on channel 0 and ATTACH of a sender (handle 0) to `topic`.
+fn amqp_sender_frames(topic: &str) -> Result<Vec<u8>, BoxError> {
+    use fe2o3_amqp::types::{
+        definitions::{Handle, Role},
+        messaging::{Target, TargetArchetype},
+        performatives::{Attach, Begin, Open, Performative},
+    };
+    let open = Performative::Open(Open {
+        container_id: "nested".into(),
+        hostname: None,
+        max_frame_size: Default::default(),
+        channel_max: Default::default(),
+        idle_time_out: None,
+        outgoing_locales: None,
+        incoming_locales: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    });
+    let begin = Performative::Begin(Begin {
+        remote_channel: None,
+        next_outgoing_id: 0,
+        incoming_window: 5000,
+        outgoing_window: 5000,
+        handle_max: Default::default(),
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    });
+    let attach = Performative::Attach(Attach {
+        name: "nested".into(),
+        handle: Handle(0),
+        role: Role::Sender,
+        snd_settle_mode: Default::default(),
+        rcv_settle_mode: Default::default(),
+        source: Some(Default::default()),
+        target: Some(Box::new(TargetArchetype::Target(Target {
+            address: Some(topic.to_owned()),
+            ..Default::default()
+        }))),
+        unsettled: None,
+        incomplete_unsettled: false,
+        initial_delivery_count: Some(0),
+        max_message_size: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    });
+    let mut bytes = b"AMQP\x00\x01\x00\x00".to_vec();
+    for performative in [open, begin, attach] {
+        bytes.extend(amqp_frame(&serde_amqp::to_vec(&performative)?));
+    }
+    Ok(bytes)
+}
+
+/// A message whose amqp-value section holds `depth` lists (list32), each holding the next, around
+/// a null, as the TRANSFER frames (handle 0, delivery 0) that carry it, 60,000 bytes of it each.
+/// Written by hand, outermost first: encoding such a value recurses as decoding does.
+fn nested_transfers(depth: usize) -> Result<Vec<u8>, BoxError> {
+    use fe2o3_amqp::types::{
+        definitions::Handle,
+        performatives::{Performative, Transfer},
+        primitives::Binary,
+    };
+    let mut message = vec![0x00, 0x53, 0x77];
+    for level in (1..=depth).rev() {
+        // The list at `level` holds the one below: 9 bytes a level, and the null's 1.
+        let inner = 1 + 9 * (level - 1);
+        message.push(0xd0);
+        message.extend_from_slice(&((inner + 4) as u32).to_be_bytes());
+        message.extend_from_slice(&1_u32.to_be_bytes());
+    }
+    message.push(0x40);
+    let pieces: Vec<&[u8]> = message.chunks(60_000).collect();
+    let mut bytes = Vec::new();
+    for (n, piece) in pieces.iter().enumerate() {
+        let first = n == 0;
+        let transfer = Performative::Transfer(Transfer {
+            handle: Handle(0),
+            delivery_id: first.then_some(0),
+            delivery_tag: first.then(|| Binary::from(vec![0])),
+            message_format: Some(0),
+            settled: None,
+            more: n + 1 < pieces.len(),
+            rcv_settle_mode: None,
+            state: None,
+            resume: false,
+            aborted: false,
+            batchable: false,
+        });
+        bytes.extend(amqp_frame(
+            &[serde_amqp::to_vec(&transfer)?, piece.to_vec()].concat(),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// An AMQP frame (type 0) on channel 0 with this body.
+fn amqp_frame(body: &[u8]) -> Vec<u8> {
+    let mut frame = ((8 + body.len()) as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&[2, 0, 0, 0]);
+    frame.extend_from_slice(body);
+    frame
+}
+
 /// An MQTT 3.1.1 CONNECT for `client_id` with `username`/`password`.
 pub(crate) fn mqtt_connect(client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
     fn string(out: &mut Vec<u8>, text: &[u8]) {
