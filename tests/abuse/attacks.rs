@@ -169,7 +169,8 @@ pub(crate) async fn nested_amqp_values(
                     let size = stream.read_u32().await? as usize;
                     let mut rest = vec![0_u8; size.saturating_sub(4)];
                     stream.read_exact(&mut rest).await?;
-                    let offset = usize::from(rest.first().copied().unwrap_or(2)) * 4 - 4;
+                    let offset =
+                        (usize::from(rest.first().copied().unwrap_or(2)) * 4).saturating_sub(4);
                     if rest.get(offset..offset + 3) == Some(&[0x00, 0x53, 0x13]) {
                         break;
                     }

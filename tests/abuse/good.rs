@@ -129,7 +129,7 @@ fn cpu_time(gateway: &Gateway) -> Result<Duration, BoxError> {
     let ticks = |index: usize| -> Result<u64, BoxError> {
         Ok(fields.get(index).ok_or("short /proc/<pid>/stat")?.parse()?)
     };
-    // Linux reports these in USER_HZ, 100 a second on every architecture it runs on.
+    // Linux reports these in USER_HZ: 100 a second on x86-64 and arm64, where this runs.
     Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }
 

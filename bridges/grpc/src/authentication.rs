@@ -127,7 +127,7 @@ fn refusal(failure: Failure) -> Status {
     match failure {
         // Not the client's credentials: it should retry, not give up or ask for a new password.
         Failure::Busy => Status::unavailable(failure.to_string()),
-        // Too many failures from this address or user: a limit, not the credentials' fault.
+        // Too many of this address's logins waiting: a limit, not the credentials' fault.
         Failure::Throttled => Status::resource_exhausted(failure.to_string()),
         _ => Status::unauthenticated(failure.to_string()),
     }

@@ -11,7 +11,7 @@ use super::{
     Principal, Source, failure::Failure, jwt::looks_like_jwt, passwords::PasswordCheck,
     reloading::Reloading, shared::Shared, users::Users,
 };
-use crate::{metrics::names, tls::ClientIdentity};
+use crate::tls::ClientIdentity;
 
 /// What a client presented. Its `Debug` never shows a password or token.
 #[derive(Clone, PartialEq, Eq)]
@@ -123,18 +123,8 @@ impl Authenticator {
                 tracing::debug!(protocol = self.protocol, peer = %attempt.peer, %principal, "authenticated");
             }
             Err(failure) => {
-                metrics::counter!(names::AUTH_FAILURES, "protocol" => self.protocol, "reason" => failure.reason())
-                    .increment(1);
-                tracing::warn!(
-                    target: "courier::audit",
-                    event = "authentication",
-                    outcome = "refused",
-                    protocol = self.protocol,
-                    peer = %attempt.peer,
-                    user = claimed_name(attempt.credentials).unwrap_or("-"),
-                    reason = failure.reason(),
-                    "{failure}"
-                );
+                let user = claimed_name(attempt.credentials).unwrap_or("-");
+                failure.count(self.protocol, attempt.peer, user);
             }
         }
         outcome
@@ -171,21 +161,14 @@ impl Authenticator {
         let check = PasswordCheck {
             shared: self.shared.clone(),
             file: file.clone(),
+            protocol: self.protocol,
+            peer,
             address: peer.ip().to_canonical(),
             username: username.to_owned(),
             remembered: self.shared.verified.key_of(file.id(), username, password),
             password: password.to_vec(),
         };
-        // Before the throttle: a client that proved this password moments ago is let in at once
-        // however many guesses at the same user are being waited out.
-        if let Some(principal) = check.remembered() {
-            return Ok(principal);
-        }
-        // On a task of its own: a client that goes away mid-check (a gRPC deadline, a closed
-        // connection) must not take the check's outcome, or its address's turn, with it.
-        tokio::spawn(check.run())
-            .await
-            .unwrap_or(Err(Failure::Busy))
+        check.run().await
     }
 
     fn without_credentials(&self, attempt: Attempt<'_>) -> Result<Principal, Failure> {

@@ -1,7 +1,10 @@
 //! Why a client was not let in, whatever the protocol: each front end answers a [`Failure`] in
 //! its own idiom.
 
+use std::net::SocketAddr;
+
 use super::jwt::JwtRefusal;
+use crate::metrics::names;
 
 /// Why a client was not let in. The front end answers each in its protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -43,5 +46,24 @@ impl Failure {
             Self::Busy => "busy",
             Self::Throttled => "throttled",
         }
+    }
+}
+
+impl Failure {
+    /// Counts this failure (`courier_auth_failures_total{protocol,reason}`) and logs it as an
+    /// audit event with the peer and the user name the client claimed (`-`: none).
+    pub(super) fn count(self, protocol: &'static str, peer: SocketAddr, user: &str) {
+        metrics::counter!(names::AUTH_FAILURES, "protocol" => protocol, "reason" => self.reason())
+            .increment(1);
+        tracing::warn!(
+            target: "courier::audit",
+            event = "authentication",
+            outcome = "refused",
+            protocol,
+            peer = %peer,
+            user,
+            reason = self.reason(),
+            "{self}"
+        );
     }
 }

@@ -111,6 +111,12 @@ impl Turns {
         }
     }
 
+    /// Whether `address` has no attempt being checked or waiting.
+    pub(crate) fn idle(&self, address: IpAddr) -> bool {
+        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        !lines.contains_key(&host(address))
+    }
+
     #[cfg(test)]
     fn places(&self, address: IpAddr) -> usize {
         let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);

@@ -77,7 +77,8 @@ impl VerifiedPasswords {
         let secret = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
             .inspect_err(|_| {
                 tracing::warn!(
-                    "no random bytes for the verified passwords' key: every login checks its password"
+                    "no random bytes for the verified passwords' key: \
+                     every login checks its password"
                 );
             })
             .ok();

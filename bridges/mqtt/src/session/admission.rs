@@ -10,7 +10,7 @@
 //!   a will the policy does not let the client publish; a client id whose session or live
 //!   connection is another principal's: 0x87 Not authorized, 0x05;
 //! - too many password checks waiting: 0x89 Server busy, 0x03 Server unavailable;
-//! - too many failed logins from the address still being waited out: 0x9F
+//! - too many of the address's logins waiting (its failures' delays, its turn): 0x9F
 //!   Connection rate exceeded, 0x03 Server unavailable.
 
 use std::{sync::Arc, time::Duration};
