@@ -8,7 +8,8 @@
 //! a burst already waits out the first one's failure, and a burst costs what a sequence does.
 //! Clients of other addresses never wait here. One address's checks use at most one of the
 //! hashing pool's threads, so many clients behind one NAT log in one after another (about 40 a
-//! second at argon2's usual cost), and passwords verified moments ago skip this altogether.
+//! second at argon2's usual cost); passwords verified moments ago skip this from a clean address
+//! (see [`passwords`](super::passwords)).
 
 use std::{
     collections::HashMap,
