@@ -163,7 +163,6 @@ impl Authenticator {
             file: file.clone(),
             protocol: self.protocol,
             peer,
-            address: peer.ip().to_canonical(),
             username: username.to_owned(),
             remembered: self.shared.verified.key_of(file.id(), username, password),
             password: password.to_vec(),

@@ -47,9 +47,7 @@ impl Failure {
             Self::Throttled => "throttled",
         }
     }
-}
 
-impl Failure {
     /// Counts this failure (`courier_auth_failures_total{protocol,reason}`) and logs it as an
     /// audit event with the peer and the user name the client claimed (`-`: none).
     pub(super) fn count(self, protocol: &'static str, peer: SocketAddr, user: &str) {

@@ -31,10 +31,10 @@ use super::{
 pub(super) struct PasswordCheck {
     pub(super) shared: Shared,
     pub(super) file: Reloading<Users>,
-    /// The protocol and peer the failure is counted and audited for, if its client is gone.
+    /// The protocol a failure is counted and audited for, if its client is gone.
     pub(super) protocol: &'static str,
+    /// Where the attempt comes from: the throttle's and the turns' key, and the audit's peer.
     pub(super) peer: SocketAddr,
-    pub(super) address: IpAddr,
     pub(super) username: String,
     pub(super) password: Vec<u8>,
     /// Where a success is remembered; `None` when nothing can be.
@@ -45,8 +45,8 @@ impl PasswordCheck {
     /// Waits out the throttle, checks the password and records the outcome.
     pub(super) async fn run(self) -> Result<Principal, Failure> {
         let shared = &self.shared;
-        let clean = shared.throttle.address_delay(self.address).is_zero()
-            && shared.turns.idle(self.address);
+        let clean = shared.throttle.address_delay(self.address()).is_zero()
+            && shared.turns.idle(self.address());
         if clean && let Some(principal) = self.remembered() {
             return Ok(principal);
         }
@@ -54,15 +54,15 @@ impl PasswordCheck {
         if !user_wait.is_zero() {
             tokio::time::sleep(user_wait).await;
         }
-        let each = shared.throttle.address_delay(self.address);
+        let each = shared.throttle.address_delay(self.address());
         let turn = shared
             .turns
-            .take(self.address, each)
+            .take(self.address(), each)
             .await
             .map_err(|_| Failure::Throttled)?;
         let delay = shared
             .throttle
-            .admit(self.address)
+            .admit(self.address())
             .map_err(|_| Failure::Throttled)?;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -81,6 +81,11 @@ impl PasswordCheck {
             }
         });
         settled.await.unwrap_or(Err(Failure::Busy))
+    }
+
+    /// Where the attempt comes from, as the throttle and the turns key it.
+    fn address(&self) -> IpAddr {
+        self.peer.ip().to_canonical()
     }
 
     /// The principal this password proved moments ago against the users file in use, if it did.
@@ -109,12 +114,12 @@ impl PasswordCheck {
             .await
             .map_err(|_| Failure::Busy)?;
         let Some(roles) = roles else {
-            shared.throttle.failed(self.address, Some(&self.username));
+            shared.throttle.failed(self.address(), Some(&self.username));
             return Err(Failure::BadCredentials);
         };
         shared
             .throttle
-            .succeeded(self.address, Some(&self.username));
+            .succeeded(self.address(), Some(&self.username));
         let principal = Principal::new(self.username.clone(), roles, Source::Password);
         if let Some(key) = self.remembered {
             // Against the version checked: if the file changes, the entry is void at once.
