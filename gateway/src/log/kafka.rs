@@ -110,6 +110,7 @@ impl Kafka {
             groups_config,
             origin: origin.to_owned(),
             producer,
+            probe_producer: std::sync::OnceLock::new(),
             admin,
             partition_counts: PartitionCounts::default(),
             local_members: LocalMembers::default(),
@@ -183,55 +184,14 @@ impl Log for Kafka {
             other => other?,
         };
 
-        let mut deliveries = Vec::with_capacity(records.len());
-        for (record, partition) in records.into_iter().zip(partitions) {
-            let timestamp = record.timestamp_ms.unwrap_or_else(super::now_ms);
-            let headers = codec::headers_of(&record, &self.shared.origin);
-            loop {
-                let mut message = FutureRecord::<[u8], [u8]>::to(topic)
-                    .partition(partition)
-                    .timestamp(timestamp)
-                    .headers(headers.clone());
-                if let Some(key) = &record.key {
-                    message = message.key(&key[..]);
-                }
-                if let Some(value) = &record.value {
-                    message = message.payload(&value[..]);
-                }
-                match self.shared.producer.send_result(message) {
-                    Ok(delivery) => {
-                        deliveries.push((delivery, timestamp, record.courier_id));
-                        break;
-                    }
-                    // Backpressure from librdkafka's queue: wait our turn, keeping the order.
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        self.shared.check_open()?;
-                        tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
-                    }
-                    Err((error, _)) => return Err(Error::kafka("queueing records")(error)),
-                }
-            }
-        }
-        Ok(Box::pin(async move {
-            let mut appended = Vec::with_capacity(deliveries.len());
-            for (delivery, timestamp, courier_id) in deliveries {
-                match delivery.await {
-                    Ok(Ok(delivered)) => appended.push(Appended {
-                        partition: delivered.partition,
-                        offset: delivered.offset,
-                        timestamp_ms: delivered.timestamp.to_millis().unwrap_or(timestamp),
-                        courier_id,
-                    }),
-                    Ok(Err((error, _))) => {
-                        return Err(Error::kafka("waiting for the broker's acknowledgement")(
-                            error,
-                        ));
-                    }
-                    Err(_) => return Err(Error::ShuttingDown),
-                }
-            }
-            Ok(appended)
-        }))
+        enqueue(
+            &self.shared,
+            &self.shared.producer,
+            topic,
+            records,
+            partitions,
+        )
+        .await
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
@@ -396,7 +356,7 @@ impl Log for Kafka {
     async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
         self.shared.check_open()?;
         let mut topics = blocking(&self.shared, |s| {
-            metadata::read_partition_counts(s.producer.client(), None, s.config.request_timeout)
+            metadata::read_partition_counts(s.metadata_client(), None, s.config.request_timeout)
         })
         .await?;
         topics.sort();
@@ -485,7 +445,7 @@ impl Log for Kafka {
             let members = s.group_members(&group)?;
             // Committed offsets of every partition of every topic; the broker answers for all at once.
             let topics = metadata::read_partition_counts(
-                s.producer.client(),
+                s.metadata_client(),
                 None,
                 s.config.request_timeout,
             )?;
@@ -552,4 +512,64 @@ impl Log for Kafka {
         })
         .await
     }
+}
+
+/// Queues `records` into `producer`, each to its partition, in order; the receipt completes when the
+/// broker has acknowledged them all.
+async fn enqueue(
+    shared: &Shared,
+    producer: &FutureProducer,
+    topic: &str,
+    records: Vec<NewRecord>,
+    partitions: Vec<i32>,
+) -> Result<AppendReceipt> {
+    let mut deliveries = Vec::with_capacity(records.len());
+    for (record, partition) in records.into_iter().zip(partitions) {
+        let timestamp = record.timestamp_ms.unwrap_or_else(super::now_ms);
+        let headers = codec::headers_of(&record, &shared.origin);
+        loop {
+            let mut message = FutureRecord::<[u8], [u8]>::to(topic)
+                .partition(partition)
+                .timestamp(timestamp)
+                .headers(headers.clone());
+            if let Some(key) = &record.key {
+                message = message.key(&key[..]);
+            }
+            if let Some(value) = &record.value {
+                message = message.payload(&value[..]);
+            }
+            match producer.send_result(message) {
+                Ok(delivery) => {
+                    deliveries.push((delivery, timestamp, record.courier_id));
+                    break;
+                }
+                // Backpressure from librdkafka's queue: wait our turn, keeping the order.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    shared.check_open()?;
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                Err((error, _)) => return Err(Error::kafka("queueing records")(error)),
+            }
+        }
+    }
+    Ok(Box::pin(async move {
+        let mut appended = Vec::with_capacity(deliveries.len());
+        for (delivery, timestamp, courier_id) in deliveries {
+            match delivery.await {
+                Ok(Ok(delivered)) => appended.push(Appended {
+                    partition: delivered.partition,
+                    offset: delivered.offset,
+                    timestamp_ms: delivered.timestamp.to_millis().unwrap_or(timestamp),
+                    courier_id,
+                }),
+                Ok(Err((error, _))) => {
+                    return Err(Error::kafka("waiting for the broker's acknowledgement")(
+                        error,
+                    ));
+                }
+                Err(_) => return Err(Error::ShuttingDown),
+            }
+        }
+        Ok(appended)
+    }))
 }

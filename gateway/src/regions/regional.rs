@@ -11,7 +11,9 @@ use tokio::time::Instant;
 
 use crate::{
     Error, Result,
-    log::{Embedded, FetchLimits, Kafka, Log, NewRecord, TopicPartition, TopicSpec, now_ms},
+    log::{
+        Appended, Embedded, FetchLimits, Kafka, Log, NewRecord, TopicPartition, TopicSpec, now_ms,
+    },
 };
 
 /// How long the canary topic keeps its records: they only need to be read back once.
@@ -88,7 +90,10 @@ impl RegionalLog for Embedded {
                 Err(Error::UnknownTopic { .. }) => create_canary(self, canary).await?,
                 Err(error) => return Err(error),
             }
-            write_and_read_back(self, EMBEDDED, canary).await
+            write_and_read_back(self, EMBEDDED, canary, |record| {
+                self.append(canary, vec![record])
+            })
+            .await
         })
         .await
     }
@@ -137,14 +142,23 @@ pub(crate) async fn create_canary(log: &dyn Log, canary: &str) -> Result<()> {
     }
 }
 
-/// What a client's produce and read do: one canary record appended and read back.
-pub(crate) async fn write_and_read_back(log: &dyn Log, region: &str, canary: &str) -> Result<()> {
+/// What a client's produce and read do: one canary record appended (by `append`, to the canary
+/// topic of `log`) and read back from `log`.
+pub(crate) async fn write_and_read_back<Appending>(
+    log: &dyn Log,
+    region: &str,
+    canary: &str,
+    append: impl FnOnce(NewRecord) -> Appending,
+) -> Result<()>
+where
+    Appending: Future<Output = Result<Vec<Appended>>>,
+{
     // Below the validation layer: the record needs its id from here.
     let sent = NewRecord {
         courier_id: ulid::Ulid::new().to_string(),
         ..NewRecord::with_value(Bytes::from(now_ms().to_string()))
     };
-    let appended = log.append(canary, vec![sent]).await?;
+    let appended = append(sent).await?;
     let Some(appended) = appended.first() else {
         return Err(unavailable(region, "the canary produce returned no offset"));
     };

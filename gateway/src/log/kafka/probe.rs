@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use rdkafka::producer::Producer;
 use tokio::net::TcpStream;
 
-use super::{Kafka, blocking, metadata};
+use super::{Kafka, blocking, enqueue, metadata};
 use crate::{
     Result,
+    log::{Appended, NewRecord},
     regions::regional::{create_canary, within, write_and_read_back},
 };
 
@@ -23,16 +23,30 @@ impl Kafka {
         within(region, timeout, async {
             let topic = canary.to_owned();
             let counts = blocking(&self.shared, move |shared| {
-                metadata::read_partition_counts(shared.producer.client(), Some(&topic), timeout)
+                // Made here, off the runtime: making a producer starts its threads.
+                shared.probe_producer()?;
+                metadata::read_partition_counts(shared.metadata_client(), Some(&topic), timeout)
             })
             .await?;
             if counts.is_empty() {
                 self.shared.partition_counts.forget(canary);
                 create_canary(self, canary).await?;
             }
-            write_and_read_back(self, region, canary).await
+            write_and_read_back(self, region, canary, |record| {
+                self.append_canary(canary, record)
+            })
+            .await
         })
         .await
+    }
+
+    /// Appends `record` to the canary topic's one partition through the probe's own producer (see
+    /// [`clients::probe_producer`](super::clients::probe_producer)).
+    async fn append_canary(&self, canary: &str, record: NewRecord) -> Result<Vec<Appended>> {
+        let producer = self.shared.probe_producer()?;
+        enqueue(&self.shared, producer, canary, vec![record], vec![0])
+            .await?
+            .await
     }
 
     /// Whether every bootstrap broker refuses a connection, each within `timeout`: nothing listens

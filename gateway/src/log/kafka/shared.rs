@@ -2,11 +2,11 @@
 //! members. A module of its own so that the handle and the members each depend on it rather than on
 //! each other.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions},
-    client::DefaultClientContext,
+    client::{Client, DefaultClientContext},
     consumer::BaseConsumer,
     producer::{FutureProducer, Producer},
 };
@@ -31,6 +31,8 @@ pub(super) struct Shared {
     pub(super) groups_config: GroupsConfig,
     pub(super) origin: String,
     pub(super) producer: FutureProducer,
+    /// The probe's producer, made at the first probe (a backend that is no region never probes).
+    pub(super) probe_producer: OnceLock<FutureProducer>,
     pub(super) admin: AdminClient<DefaultClientContext>,
     pub(super) reader: Reader,
     pub(super) partition_counts: PartitionCounts,
@@ -75,6 +77,25 @@ impl Shared {
             .operation_timeout(Some(self.config.request_timeout))
     }
 
+    /// The client topic metadata is read through: the admin client's, not the producer's. Every
+    /// topic a producer is asked about joins the partitions it serves in turn (an idle one hands its
+    /// turns to the partition after it), so the producer only hears of the topics it writes.
+    pub(super) fn metadata_client(&self) -> &Client<DefaultClientContext> {
+        self.admin.inner()
+    }
+
+    /// The probe's producer ([`clients::probe_producer`]), made on first use.
+    pub(super) fn probe_producer(&self) -> Result<&FutureProducer> {
+        if let Some(producer) = self.probe_producer.get() {
+            return Ok(producer);
+        }
+        let producer = clients::probe_producer(&self.config)
+            .create()
+            .map_err(Error::kafka("creating the probe's producer"))?;
+        // Two probes at once may both make one; the second is dropped.
+        Ok(self.probe_producer.get_or_init(|| producer))
+    }
+
     /// A consumer of `group` that never joins it: for commits and committed-offset lookups.
     pub(super) fn group_client(&self, group: &str) -> Result<BaseConsumer> {
         clients::consumer(&self.config, Some(group), "courier-admin")
@@ -88,7 +109,7 @@ impl Shared {
             return Ok(Some(count));
         }
         let count = metadata::read_partition_counts(
-            self.producer.client(),
+            self.metadata_client(),
             Some(topic),
             self.config.request_timeout,
         )?

@@ -11,7 +11,6 @@ use futures_util::FutureExt;
 use rdkafka::{
     Message, Offset,
     consumer::{CommitMode, Consumer},
-    producer::Producer as _,
 };
 use tokio::{sync::mpsc, time::Instant};
 
@@ -281,7 +280,7 @@ impl MemberTask {
     /// readers assign themselves partitions they do not hold yet.
     async fn follow_topics(&mut self) {
         let topics = match blocking(&self.state.shared, |s| {
-            metadata::read_partition_counts(s.producer.client(), None, s.config.request_timeout)
+            metadata::read_partition_counts(s.metadata_client(), None, s.config.request_timeout)
         })
         .await
         {
