@@ -196,6 +196,17 @@ pub trait SubscriptionControl: Send + Sync + fmt::Debug {
     /// Acknowledges one delivered record. Cheap and non-blocking: front ends call it per record.
     fn ack(&self, partition: &TopicPartition, offset: i64) -> AckOutcome;
 
+    /// Acknowledges delivered records of one partition at once; returns how many were acknowledged
+    /// (the others were not outstanding). For front ends that receive acks in batches (a gRPC `Ack`
+    /// carries hundreds): a backend's window takes its lock and wakes its read loop once for them
+    /// all. The default acks them one by one.
+    fn ack_all(&self, partition: &TopicPartition, offsets: &[i64]) -> usize {
+        offsets
+            .iter()
+            .filter(|&&offset| self.ack(partition, offset) == AckOutcome::Acked)
+            .count()
+    }
+
     /// Moves the read position of a partition this subscriber holds. Outstanding records of it are
     /// forgotten (they no longer count against the in-flight window).
     async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()>;

@@ -16,7 +16,7 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use courier_gateway::{
     config::GroupsConfig,
-    log::{AckOutcome, Log, Position, SubscribeOptions, Subscription, SubscriptionEvent},
+    log::{Log, Position, SubscribeOptions, Subscription, SubscriptionEvent, TopicPartition},
     metrics::{self, Protocol},
 };
 use tokio::sync::mpsc;
@@ -183,15 +183,7 @@ async fn handle_request(
 ) -> Result<(), Status> {
     match request.kind {
         Some(RequestKind::Ack(ack)) => {
-            let mut acked = 0;
-            for record in ack.records {
-                let outcome = subscription.control.ack(
-                    &partition_from_wire(record.topic, record.partition),
-                    record.offset,
-                );
-                acked += usize::from(outcome == AckOutcome::Acked);
-            }
-            metrics::acked(Protocol::Grpc, acked);
+            metrics::acked(Protocol::Grpc, ack_records(subscription, ack.records));
             Ok(())
         }
         Some(RequestKind::Seek(seek)) => {
@@ -210,6 +202,33 @@ async fn handle_request(
             "empty SubscribeRequest: set ack or seek",
         )),
     }
+}
+
+/// Acknowledges `records`, each run of one partition's records at once (a client acks a batch as
+/// it received it: a run per partition the batch held); returns how many were outstanding.
+fn ack_records(subscription: &Subscription, records: Vec<pb::PartitionOffset>) -> usize {
+    let mut acked = 0;
+    let mut run: Option<(TopicPartition, Vec<i64>)> = None;
+    for record in records {
+        match &mut run {
+            Some((partition, offsets))
+                if partition.partition == record.partition && *partition.topic == *record.topic =>
+            {
+                offsets.push(record.offset);
+            }
+            _ => {
+                if let Some((partition, offsets)) = run.take() {
+                    acked += subscription.control.ack_all(&partition, &offsets);
+                }
+                let partition = partition_from_wire(record.topic, record.partition);
+                run = Some((partition, vec![record.offset]));
+            }
+        }
+    }
+    if let Some((partition, offsets)) = run {
+        acked += subscription.control.ack_all(&partition, &offsets);
+    }
+    acked
 }
 
 fn event_to_wire(event: SubscriptionEvent) -> pb::SubscribeResponse {

@@ -160,6 +160,14 @@ impl SubscriptionControl for TracedControl {
         outcome
     }
 
+    fn ack_all(&self, partition: &TopicPartition, offsets: &[i64]) -> usize {
+        let acked = self.inner.ack_all(partition, offsets);
+        for &offset in offsets {
+            self.open.acknowledged(partition, offset);
+        }
+        acked
+    }
+
     async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()> {
         self.open.end_partitions(std::slice::from_ref(partition));
         self.inner.seek(partition, position).await

@@ -120,6 +120,10 @@ impl SubscriptionControl for Claimed {
         self.inner.ack(partition, offset)
     }
 
+    fn ack_all(&self, partition: &TopicPartition, offsets: &[i64]) -> usize {
+        self.inner.ack_all(partition, offsets)
+    }
+
     async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()> {
         self.inner.seek(partition, position).await
     }

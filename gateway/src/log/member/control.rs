@@ -69,6 +69,10 @@ impl SubscriptionControl for MemberControl {
         self.window.ack(partition, offset)
     }
 
+    fn ack_all(&self, partition: &TopicPartition, offsets: &[i64]) -> usize {
+        self.window.ack_all(partition, offsets)
+    }
+
     async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()> {
         let partition = partition.clone();
         self.request(|reply| ControlCommand::Seek {

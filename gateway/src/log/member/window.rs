@@ -203,6 +203,26 @@ impl AckWindow {
         }
     }
 
+    /// Marks delivered records of one partition acknowledged, under one lock, and wakes the read
+    /// loop once; returns how many were outstanding.
+    pub(crate) fn ack_all(&self, partition: &TopicPartition, offsets: &[i64]) -> usize {
+        let acked = {
+            let mut state = self.lock();
+            let acked = state.held.get_mut(partition).map_or(0, |held| {
+                offsets
+                    .iter()
+                    .filter(|&&offset| held.tracker.ack(offset))
+                    .count()
+            });
+            state.in_flight -= acked;
+            acked
+        };
+        if acked > 0 {
+            self.acked.notify_one();
+        }
+        acked
+    }
+
     /// Resolves at the next ack (or [`AckWindow::wake`]).
     pub(crate) fn acked(&self) -> Notified<'_> {
         self.acked.notified()
@@ -297,6 +317,22 @@ mod tests {
         assert!(window.commit_due(|_| true).is_empty());
         window.commit_failed(&[partition(0)]);
         assert_eq!(window.commit_due(|_| true), vec![(partition(0), 7)]);
+    }
+
+    #[test]
+    fn acks_of_one_partition_at_once_count_only_what_was_outstanding() {
+        let window = AckWindow::new(10);
+        window.hold(partition(0), 0, None);
+        for offset in 0..4 {
+            assert!(offer(&window, 0, offset));
+        }
+        // 9 was never delivered and 1 is named twice: neither frees a second place.
+        assert_eq!(window.ack_all(&partition(0), &[0, 1, 1, 9]), 2);
+        assert_eq!(window.outstanding(), 2);
+        assert_eq!(window.ack_all(&partition(1), &[2, 3]), 0, "not held");
+        assert_eq!(window.ack_all(&partition(0), &[3, 2]), 2);
+        assert_eq!(window.outstanding(), 0);
+        assert_eq!(window.commit_due(|_| true), vec![(partition(0), 4)]);
     }
 
     #[test]
