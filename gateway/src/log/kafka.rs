@@ -1,7 +1,7 @@
 //! The Kafka backend: the Log on a Kafka cluster through librdkafka (compiled in).
 //!
-//! - producing: one idempotent `acks=all` producer per gateway; a client's ack is the broker's delivery
-//!   report. The gateway picks partitions itself with Kafka's murmur2 partitioner, so an explicit
+//! - producing: one idempotent `acks=all` producer per gateway for clients' records (a region's
+//!   probe has one of its own, see `probe`); a client's ack is the broker's delivery report. The gateway picks partitions itself with Kafka's murmur2 partitioner, so an explicit
 //!   partition outside the topic is refused before anything is sent and keys land where a Java client
 //!   puts them;
 //! - [`member`]: one librdkafka consumer per subscription (cooperative-sticky), offsets committed only
@@ -36,7 +36,7 @@ use rdkafka::{
     admin::{NewTopic, ResourceSpecifier, TopicReplication},
     consumer::{CommitMode, Consumer},
     error::KafkaError,
-    producer::{FutureProducer, FutureRecord, Producer},
+    producer::{FutureProducer, FutureRecord, Producer, PurgeConfig},
     types::RDKafkaErrorCode,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -57,7 +57,7 @@ use crate::{
     config::{GroupsConfig, KafkaConfig, TopicsConfig},
 };
 
-/// The Kafka backend. Cheap to clone; clones share one producer.
+/// The Kafka backend. Cheap to clone; clones share the clients.
 #[derive(Debug, Clone)]
 pub struct Kafka {
     shared: Arc<Shared>,
@@ -506,6 +506,10 @@ impl Log for Kafka {
         self.shared.subscriptions.close();
         self.shared.subscriptions.wait().await;
         blocking(&self.shared, |s| {
+            // A canary still on its way is only a probe: dropped, not waited for.
+            if let Some(probe) = s.probe_producer.get() {
+                probe.purge(PurgeConfig::default().queue());
+            }
             s.producer
                 .flush(s.config.message_timeout)
                 .map_err(Error::kafka("flushing the producer"))
@@ -514,8 +518,8 @@ impl Log for Kafka {
     }
 }
 
-/// Queues `records` into `producer`, each to its partition, in order; the receipt completes when the
-/// broker has acknowledged them all.
+/// Queues `records` into `producer`, each to its partition, in order; the receipt completes when
+/// the broker has acknowledged them all.
 async fn enqueue(
     shared: &Shared,
     producer: &FutureProducer,
@@ -524,6 +528,7 @@ async fn enqueue(
     partitions: Vec<i32>,
 ) -> Result<AppendReceipt> {
     let mut deliveries = Vec::with_capacity(records.len());
+    let mut refreshed = false;
     for (record, partition) in records.into_iter().zip(partitions) {
         let timestamp = record.timestamp_ms.unwrap_or_else(super::now_ms);
         let headers = codec::headers_of(&record, &shared.origin);
@@ -547,6 +552,17 @@ async fn enqueue(
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     shared.check_open()?;
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                // The gateway reads metadata through another client, so the producer may not know
+                // yet of partitions just added, or of a topic made again: once, it reads again.
+                Err((
+                    KafkaError::MessageProduction(
+                        RDKafkaErrorCode::UnknownPartition | RDKafkaErrorCode::UnknownTopic,
+                    ),
+                    _,
+                )) if !refreshed => {
+                    refreshed = true;
+                    refresh_for_writing(shared, producer, topic).await?;
                 }
                 Err((error, _)) => return Err(Error::kafka("queueing records")(error)),
             }
@@ -572,4 +588,23 @@ async fn enqueue(
         }
         Ok(appended)
     }))
+}
+
+/// Has `producer` read `topic`'s metadata now (its own refresh runs every
+/// `topic.metadata.refresh.interval.ms`, 5 minutes by default).
+async fn refresh_for_writing(
+    shared: &Shared,
+    producer: &FutureProducer,
+    topic: &str,
+) -> Result<()> {
+    let (producer, topic, timeout) = (
+        producer.clone(),
+        topic.to_owned(),
+        shared.config.request_timeout,
+    );
+    tokio::task::spawn_blocking(move || {
+        metadata::read_partition_counts(producer.client(), Some(&topic), timeout).map(drop)
+    })
+    .await
+    .map_err(|_| Error::ShuttingDown)?
 }

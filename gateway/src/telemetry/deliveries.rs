@@ -117,8 +117,19 @@ impl Open {
     }
 
     fn acknowledged(&self, partition: &TopicPartition, offset: i64) {
-        let span = lock(&self.spans).remove(&(partition.clone(), offset));
-        if let Some(mut span) = span {
+        self.acknowledged_all(partition, &[offset]);
+    }
+
+    /// Ends the spans of acknowledged records, taking the lock once.
+    fn acknowledged_all(&self, partition: &TopicPartition, offsets: &[i64]) {
+        let ended: Vec<Span> = {
+            let mut spans = lock(&self.spans);
+            offsets
+                .iter()
+                .filter_map(|&offset| spans.remove(&(partition.clone(), offset)))
+                .collect()
+        };
+        for mut span in ended {
             span.end();
         }
     }
@@ -162,9 +173,7 @@ impl SubscriptionControl for TracedControl {
 
     fn ack_all(&self, partition: &TopicPartition, offsets: &[i64]) -> usize {
         let acked = self.inner.ack_all(partition, offsets);
-        for &offset in offsets {
-            self.open.acknowledged(partition, offset);
-        }
+        self.open.acknowledged_all(partition, offsets);
         acked
     }
 

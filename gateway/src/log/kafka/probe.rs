@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use rdkafka::producer::Producer;
 use tokio::net::TcpStream;
 
 use super::{Kafka, blocking, enqueue, metadata};
@@ -23,9 +24,11 @@ impl Kafka {
         within(region, timeout, async {
             let topic = canary.to_owned();
             let counts = blocking(&self.shared, move |shared| {
-                // Made here, off the runtime: making a producer starts its threads.
-                shared.probe_producer()?;
-                metadata::read_partition_counts(shared.metadata_client(), Some(&topic), timeout)
+                // Made here, off the runtime: making a producer starts its threads (the first
+                // probe pays for it, and for the producer's id, within its timeout). Asked through
+                // it, the one client writing the canary sees it made again when it was deleted.
+                let producer = shared.probe_producer()?;
+                metadata::read_partition_counts(producer.client(), Some(&topic), timeout)
             })
             .await?;
             if counts.is_empty() {

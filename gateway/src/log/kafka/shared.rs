@@ -78,14 +78,18 @@ impl Shared {
     }
 
     /// The client topic metadata is read through: the admin client's, not the producer's. Every
-    /// topic a producer is asked about joins the partitions it serves in turn (an idle one hands its
-    /// turns to the partition after it), so the producer only hears of the topics it writes.
+    /// topic a producer is asked about joins the partitions it serves in turn (an idle one hands
+    /// its turns to the partition after it), so the producer only hears of the topics it writes.
+    /// The admin client is a librdkafka producer too and collects these topics, harmlessly: it never
+    /// queues a record. The producer's own view is refreshed when it refuses a record for a topic
+    /// or partition it does not know yet ([`refresh_for_writing`](super::refresh_for_writing)).
     pub(super) fn metadata_client(&self) -> &Client<DefaultClientContext> {
         self.admin.inner()
     }
 
     /// The probe's producer ([`clients::probe_producer`]), made on first use.
     pub(super) fn probe_producer(&self) -> Result<&FutureProducer> {
+        self.check_open()?;
         if let Some(producer) = self.probe_producer.get() {
             return Ok(producer);
         }
