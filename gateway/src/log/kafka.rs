@@ -1,9 +1,10 @@
 //! The Kafka backend: the Log on a Kafka cluster through librdkafka (compiled in).
 //!
 //! - producing: one idempotent `acks=all` producer per gateway for clients' records (a region's
-//!   probe has one of its own, see `probe`); a client's ack is the broker's delivery report. The gateway picks partitions itself with Kafka's murmur2 partitioner, so an explicit
-//!   partition outside the topic is refused before anything is sent and keys land where a Java client
-//!   puts them;
+//!   probe has one of its own, see `probe`); a client's ack is the broker's delivery report. The
+//!   gateway picks partitions itself with Kafka's murmur2 partitioner, so an explicit partition
+//!   outside the topic is refused before anything is sent and keys land where a Java client puts
+//!   them;
 //! - [`member`]: one librdkafka consumer per subscription (cooperative-sticky), offsets committed only
 //!   over the acknowledged prefix, pause at the in-flight window, commit before revoked partitions are
 //!   handed away;

@@ -117,7 +117,10 @@ impl Open {
     }
 
     fn acknowledged(&self, partition: &TopicPartition, offset: i64) {
-        self.acknowledged_all(partition, &[offset]);
+        let span = lock(&self.spans).remove(&(partition.clone(), offset));
+        if let Some(mut span) = span {
+            span.end();
+        }
     }
 
     /// Ends the spans of acknowledged records, taking the lock once.
