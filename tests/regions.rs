@@ -11,7 +11,10 @@ mod common;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -468,12 +471,14 @@ const MQTT_GROUP: &str = "mqtt.share.fleet.devices/#";
 type Received = Arc<Mutex<Vec<(String, Instant)>>>;
 
 /// An MQTT 5 subscriber to `filter` at QoS 1, acknowledging every message; it subscribes again
-/// whenever it (re)connects.
+/// whenever it (re)connects, and sets `subscribed` at its first SUBACK (a new subscription reads
+/// from then on: what a publisher wrote before is not its to receive).
 fn spawn_mqtt_subscriber(
     gateway: &Gateway,
     client_id: &str,
     filter: &'static str,
     received: Received,
+    subscribed: Arc<AtomicBool>,
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
     use rumqttc::v5::{
@@ -493,6 +498,7 @@ fn spawn_mqtt_subscriber(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => client
                     .try_subscribe(filter, QoS::AtLeastOnce)
                     .map_err(|e| e.to_string())?,
+                Ok(Event::Incoming(Packet::SubAck(_))) => subscribed.store(true, Ordering::Release),
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let payload = String::from_utf8_lossy(&publish.payload).into_owned();
                     received
@@ -615,11 +621,16 @@ async fn mqtt_and_amqp_clients_fail_over_and_back() -> TestResult {
     let (mqtt_received, amqp_received) = (Received::default(), Received::default());
     let stop = tokio_util::sync::CancellationToken::new();
     let stop_receivers = tokio_util::sync::CancellationToken::new();
+    let subscribed = [
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    ];
     let mqtt_subscriber = spawn_mqtt_subscriber(
         &gateway,
         "fleet-subscriber",
         MQTT_SHARE,
         mqtt_received.clone(),
+        subscribed[0].clone(),
         stop_receivers.clone(),
     );
     // A clean-session subscriber without a group: the gateway's shared reader of the topic serves it.
@@ -629,8 +640,17 @@ async fn mqtt_and_amqp_clients_fail_over_and_back() -> TestResult {
         "fleet-dashboard",
         "devices/#",
         dashboard_received.clone(),
+        subscribed[1].clone(),
         stop_receivers.clone(),
     );
+    // Every message the publisher writes is to reach both subscribers: they subscribe first.
+    wait_until("both MQTT subscribers subscribed", DEADLINE, || {
+        subscribed
+            .iter()
+            .all(|subscribed| subscribed.load(Ordering::Acquire))
+    })
+    .await
+    .map_err(|e| format!("{e}; gateway log:\n{}", gateway.log()))?;
     let amqp_receiver =
         spawn_amqp_receiver(&gateway, amqp_received.clone(), stop_receivers.clone());
     let mqtt_publisher = spawn_mqtt_publisher(
