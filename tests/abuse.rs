@@ -8,6 +8,9 @@
 //! The attacker connects from 127.0.0.2, the good clients from 127.0.0.1: the gateway counts
 //! clients by address, as it would count two hosts.
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "../bridges/amqp/tests/support/frames.rs"]
+mod amqp_frames;
 #[path = "abuse/attacks.rs"]
 mod attacks;
 mod common;

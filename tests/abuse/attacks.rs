@@ -17,7 +17,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::common::BoxError;
+use crate::{amqp_frames, common::BoxError};
 
 /// The attacker's address.
 pub(crate) const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -201,77 +201,26 @@ pub(crate) async fn nested_amqp_values(
 
 /// AMQP's header (no SASL), OPEN, BEGIN on channel 0 and ATTACH of a sender (handle 0) to `topic`.
 fn amqp_sender_frames(topic: &str) -> Result<Vec<u8>, BoxError> {
-    use fe2o3_amqp::types::{
-        definitions::{Handle, Role},
-        messaging::{Target, TargetArchetype},
-        performatives::{Attach, Begin, Open, Performative},
-    };
-    let open = Performative::Open(Open {
-        container_id: "nested".into(),
-        hostname: None,
-        max_frame_size: Default::default(),
-        channel_max: Default::default(),
-        idle_time_out: None,
-        outgoing_locales: None,
-        incoming_locales: None,
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: None,
-    });
-    let begin = Performative::Begin(Begin {
-        remote_channel: None,
-        next_outgoing_id: 0,
-        incoming_window: 5000,
-        outgoing_window: 5000,
-        handle_max: Default::default(),
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: None,
-    });
-    let attach = Performative::Attach(Attach {
-        name: "nested".into(),
-        handle: Handle(0),
-        role: Role::Sender,
-        snd_settle_mode: Default::default(),
-        rcv_settle_mode: Default::default(),
-        source: Some(Default::default()),
-        target: Some(Box::new(TargetArchetype::Target(Target {
-            address: Some(topic.to_owned()),
-            ..Default::default()
-        }))),
-        unsettled: None,
-        incomplete_unsettled: false,
-        initial_delivery_count: Some(0),
-        max_message_size: None,
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: None,
-    });
-    let mut bytes = b"AMQP\x00\x01\x00\x00".to_vec();
-    for performative in [open, begin, attach] {
-        bytes.extend(amqp_frame(&serde_amqp::to_vec(&performative)?));
+    let mut bytes = amqp_frames::AMQP_HEADER.to_vec();
+    for performative in [
+        amqp_frames::open_performative(),
+        amqp_frames::begin_performative(),
+        amqp_frames::sender_attach(0, topic),
+    ] {
+        bytes.extend(amqp_frames::frame(0, &serde_amqp::to_vec(&performative)?));
     }
     Ok(bytes)
 }
 
 /// A message whose amqp-value section holds `depth` lists (list32), each holding the next, around
 /// a null, as the TRANSFER frames (handle 0, delivery 0) that carry it, 60,000 bytes of it each.
-/// Written by hand, outermost first: encoding such a value recurses as decoding does.
 fn nested_transfers(depth: usize) -> Result<Vec<u8>, BoxError> {
     use fe2o3_amqp::types::{
         definitions::Handle,
         performatives::{Performative, Transfer},
         primitives::Binary,
     };
-    let mut message = vec![0x00, 0x53, 0x77];
-    for level in (1..=depth).rev() {
-        // The list at `level` holds the one below: 9 bytes a level, and the null's 1.
-        let inner = 1 + 9 * (level - 1);
-        message.push(0xd0);
-        message.extend_from_slice(&((inner + 4) as u32).to_be_bytes());
-        message.extend_from_slice(&1_u32.to_be_bytes());
-    }
-    message.push(0x40);
+    let message = [vec![0x00, 0x53, 0x77], amqp_frames::nested_lists(depth)].concat();
     let pieces: Vec<&[u8]> = message.chunks(60_000).collect();
     let mut bytes = Vec::new();
     for (n, piece) in pieces.iter().enumerate() {
@@ -289,19 +238,12 @@ fn nested_transfers(depth: usize) -> Result<Vec<u8>, BoxError> {
             aborted: false,
             batchable: false,
         });
-        bytes.extend(amqp_frame(
+        bytes.extend(amqp_frames::frame(
+            0,
             &[serde_amqp::to_vec(&transfer)?, piece.to_vec()].concat(),
         ));
     }
     Ok(bytes)
-}
-
-/// An AMQP frame (type 0) on channel 0 with this body.
-fn amqp_frame(body: &[u8]) -> Vec<u8> {
-    let mut frame = ((8 + body.len()) as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&[2, 0, 0, 0]);
-    frame.extend_from_slice(body);
-    frame
 }
 
 /// An MQTT 3.1.1 CONNECT for `client_id` with `username`/`password`.

@@ -16,9 +16,8 @@ use fe2o3_amqp::{
     Connection,
     connection::ConnectionHandle,
     types::{
-        definitions::{self, Handle, Role},
-        messaging::{Target, TargetArchetype},
-        performatives::{Attach, Begin, Open, Performative},
+        definitions,
+        performatives::{Begin, Open, Performative},
     },
 };
 use tokio::{
@@ -28,14 +27,19 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+pub mod frames;
+
+// Each test file uses some of these.
+#[allow(unused_imports)]
+pub use frames::{
+    AMQP_HEADER, begin_performative, frame, nested_lists, open_performative, sender_attach,
+};
+
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 pub type TestResult = Result<(), Error>;
 
 /// Every wait is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(30);
-
-/// The plain AMQP protocol header.
-pub const AMQP_HEADER: [u8; 8] = *b"AMQP\x00\x01\x00\x00";
 
 /// A served gateway on an embedded log.
 pub struct Gateway {
@@ -178,11 +182,7 @@ impl Raw {
 
     /// A frame with this body, whatever it holds.
     pub async fn send_frame(&mut self, channel: u16, body: &[u8]) -> Result<(), Error> {
-        let mut frame = ((8 + body.len()) as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&[2, 0]);
-        frame.extend_from_slice(&channel.to_be_bytes());
-        frame.extend_from_slice(body);
-        self.stream.write_all(&frame).await?;
+        self.stream.write_all(&frame(channel, body)).await?;
         Ok(())
     }
 
@@ -229,71 +229,6 @@ impl Raw {
             }
         }
     }
-}
-
-pub fn open_performative() -> Performative {
-    Performative::Open(Open {
-        container_id: "raw".into(),
-        hostname: None,
-        max_frame_size: Default::default(),
-        channel_max: Default::default(),
-        idle_time_out: None,
-        outgoing_locales: None,
-        incoming_locales: None,
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: None,
-    })
-}
-
-pub fn begin_performative() -> Performative {
-    Performative::Begin(Begin {
-        remote_channel: None,
-        next_outgoing_id: 0,
-        incoming_window: 5000,
-        outgoing_window: 5000,
-        handle_max: Default::default(),
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: None,
-    })
-}
-
-/// The client's sender link (handle `handle`) to `topic`.
-pub fn sender_attach(handle: u32, topic: &str) -> Performative {
-    Performative::Attach(Attach {
-        name: format!("raw-sender-{handle}"),
-        handle: Handle(handle),
-        role: Role::Sender,
-        snd_settle_mode: Default::default(),
-        rcv_settle_mode: Default::default(),
-        source: Some(Default::default()),
-        target: Some(Box::new(TargetArchetype::Target(Target {
-            address: Some(topic.to_owned()),
-            ..Default::default()
-        }))),
-        unsettled: None,
-        incomplete_unsettled: false,
-        initial_delivery_count: Some(0),
-        max_message_size: None,
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: None,
-    })
-}
-
-/// `depth` lists (list32), each holding the next, around a null: built by hand, since encoding
-/// (and dropping) such a value recurses as decoding does.
-pub fn nested_lists(depth: usize) -> Vec<u8> {
-    let mut bytes = vec![0x40];
-    for _ in 0..depth {
-        let mut outer = vec![0xd0];
-        outer.extend_from_slice(&(bytes.len() as u32 + 4).to_be_bytes());
-        outer.extend_from_slice(&1u32.to_be_bytes());
-        outer.extend_from_slice(&bytes);
-        bytes = outer;
-    }
-    bytes
 }
 
 /// A good sender and receiver on a connection of their own still work: `count` messages to a new
