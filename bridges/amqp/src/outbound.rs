@@ -20,7 +20,9 @@
 //! fe2o3 at once, consuming the credit left, and records not yet sent wait for the next credit. The
 //! subscription stops reading at [`Config::max_unsettled`](crate::Config::max_unsettled) records sent or
 //! queued and not acknowledged. Records of a partition the group moves elsewhere are dropped from the
-//! queue; the new owner reads them from the committed offset.
+//! queue (one already handed to the link's sending side goes out all the same, its outcome ignored);
+//! the new owner reads them from the committed offset. A delivery goes out whole, however many
+//! frames it takes: see [`send_each`].
 
 use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc};
 
@@ -30,7 +32,10 @@ use courier_gateway::{
 };
 use fe2o3_amqp::{
     Sender,
-    link::{SendError, delivery::Sendable},
+    link::{
+        SendError,
+        delivery::{DeliveryFut, Sendable},
+    },
     types::{
         definitions::{self, ErrorCondition, LinkError},
         messaging::{Body, Outcome},
@@ -38,6 +43,7 @@ use fe2o3_amqp::{
     },
 };
 use futures_util::{StreamExt, stream::FuturesUnordered};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{address::Origin, error::Refusal, mapping};
@@ -55,11 +61,11 @@ struct Queued {
 /// A sent delivery's outcome, once the client settles it.
 type Settled = Pin<Box<dyn Future<Output = (Queued, Result<Outcome, SendError>)> + Send>>;
 
-/// What one turn of the link's loop produced.
-enum Step {
-    Sent(Result<fe2o3_amqp::link::delivery::DeliveryFut<Result<Outcome, SendError>>, SendError>),
-    Detached,
-}
+/// A send's result: the delivery's outcome to come, or why it could not be sent.
+type Sent = Result<DeliveryFut<Result<Outcome, SendError>>, SendError>;
+
+/// A delivery handed to the link's sending side, and where its result goes.
+type Handed = (Sendable<Body<Value>>, oneshot::Sender<Sent>);
 
 /// The topics a receiver link's subscription reads, and where rejected records go.
 #[derive(Debug, Clone)]
@@ -138,15 +144,26 @@ impl Link {
         mut subscription: Subscription,
         cancel: CancellationToken,
     ) -> Option<Refusal> {
-        // The next delivery, encoded once and kept while the client has no credit for it.
-        let mut next: Option<(Queued, Sendable<Body<Value>>)> = None;
+        // One delivery at a time is handed to the sending side, which sends it to its last frame.
+        let (hand, handed) = mpsc::channel::<Handed>(1);
+        let sending = send_each(sender, handed);
+        tokio::pin!(sending);
+        // The delivery handed over and its result to come.
+        let mut in_flight: Option<(Queued, oneshot::Receiver<Sent>)> = None;
         let closing = loop {
-            if next.is_none() {
-                next = self.queue.pop_front().map(|queued| {
-                    let message = mapping::from_record(&queued.record, queued.failed_deliveries);
-                    let sendable = Sendable::builder().message(message).build();
-                    (queued, sendable)
-                });
+            if in_flight.is_none()
+                && let Some(queued) = self.queue.pop_front()
+            {
+                let message = mapping::from_record(&queued.record, queued.failed_deliveries);
+                let (result, sent) = oneshot::channel();
+                if hand
+                    .try_send((Sendable::builder().message(message).build(), result))
+                    .is_err()
+                {
+                    // The sending side has ended: the client detached.
+                    break None;
+                }
+                in_flight = Some((queued, sent));
             }
             tokio::select! {
                 biased;
@@ -160,11 +177,10 @@ impl Link {
                     Some(SubscriptionEvent::Records(records)) => {
                         self.queue.extend(records.into_iter().map(|record| Queued { record, failed_deliveries: 0, deliveries: 0 }));
                     }
+                    // A record already handed over is delivered all the same; its outcome is then
+                    // ignored, as those of the partition's deliveries the client still holds.
                     Some(SubscriptionEvent::Revoked(partitions)) => {
                         self.queue.retain(|queued| !partitions.contains(&queued.record.topic_partition()));
-                        if next.as_ref().is_some_and(|(queued, _)| partitions.contains(&queued.record.topic_partition())) {
-                            next = None;
-                        }
                     }
                     Some(SubscriptionEvent::Assigned(_)) => {}
                     None => break Some(Refusal::new(
@@ -172,34 +188,32 @@ impl Link {
                         "the gateway's subscription ended; reattach",
                     )),
                 },
-                step = async {
-                    match &next {
-                        Some((_, sendable)) => Step::Sent(sender.send_batchable_ref(sendable).await),
-                        None => {
-                            sender.on_detach().await;
-                            Step::Detached
-                        }
+                sent = async {
+                    match &mut in_flight {
+                        Some((_, sent)) => sent.await,
+                        None => std::future::pending().await,
                     }
-                } => match step {
-                    Step::Sent(Ok(delivery)) => {
-                        if let Some((mut queued, _)) = next.take() {
+                } => {
+                    let Some((mut queued, _)) = in_flight.take() else { continue };
+                    match sent {
+                        Ok(Ok(delivery)) => {
                             queued.deliveries += 1;
                             metrics::delivered_records(Protocol::Amqp, std::slice::from_ref(&queued.record));
                             self.unsettled.push(Box::pin(async move { (queued, delivery.await) }));
                         }
+                        Ok(Err(SendError::MessageSizeExceeded(exceeded))) => {
+                            break Some(Refusal::new(
+                                LinkError::MessageSizeExceeded,
+                                format!(
+                                    "record at offset {} is {} bytes, over this link's max-message-size of {}; attach with a larger one",
+                                    queued.record.offset, exceeded.size, exceeded.max_size
+                                ),
+                            ));
+                        }
+                        Ok(Err(_)) | Err(_) => break None,
                     }
-                    Step::Sent(Err(SendError::MessageSizeExceeded(exceeded))) => {
-                        let offset = next.as_ref().map(|(queued, _)| queued.record.offset);
-                        break Some(Refusal::new(
-                            LinkError::MessageSizeExceeded,
-                            format!(
-                                "record at offset {offset:?} is {} bytes, over this link's max-message-size of {}; attach with a larger one",
-                                exceeded.size, exceeded.max_size
-                            ),
-                        ));
-                    }
-                    Step::Sent(Err(_)) | Step::Detached => break None,
-                },
+                }
+                () = &mut sending => break None,
             }
         };
         // Commit what was acknowledged and leave the group; what was not is delivered again, to this
@@ -287,6 +301,31 @@ impl Link {
             .control
             .ack(&queued.record.topic_partition(), queued.record.offset);
         Ok(())
+    }
+}
+
+/// The link's sending side: sends each delivery handed to it, to its last transfer frame, and
+/// watches for the client detaching between them. Returns when the client detached or nothing more
+/// will be handed over.
+///
+/// A delivery larger than the client's max-frame-size goes out as several frames, and fe2o3's send
+/// yields between them (when the connection's queue is full, or the task's budget is spent). A
+/// send dropped there leaves the delivery half sent, and the next one's first frame then breaks
+/// it (deliveries of a link may not interleave, AMQP 1.0 §2.6.14): so a send is never raced with
+/// the link's other events, only waited for.
+async fn send_each(sender: &mut Sender, mut handed: mpsc::Receiver<Handed>) {
+    loop {
+        tokio::select! {
+            biased;
+            next = handed.recv() => match next {
+                Some((sendable, result)) => {
+                    let _ = result.send(sender.send_batchable_ref(&sendable).await);
+                }
+                None => return,
+            },
+            // Cancel safe: it only reads the link's incoming frames.
+            _ = sender.on_detach() => return,
+        }
     }
 }
 
