@@ -20,14 +20,22 @@
 //! fe2o3 at once, consuming the credit left, and records not yet sent wait for the next credit. The
 //! subscription stops reading at [`Config::max_unsettled`](crate::Config::max_unsettled) records sent or
 //! queued and not acknowledged. Records of a partition the group moves elsewhere are dropped from the
-//! queue (one already handed to the link's sending side goes out all the same, its outcome ignored);
-//! the new owner reads them from the committed offset. A delivery goes out whole, however many
-//! frames it takes: see [`send_each`].
+//! queue (one already handed to the link's sending side goes out all the same), and the outcomes of
+//! its deliveries are ignored: the new owner reads them from the committed offset. No delivery's
+//! frames are interleaved with another's, however many frames it takes: see [`send_each`].
 
-use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc};
+use std::{
+    collections::{HashSet, VecDeque},
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+};
 
 use courier_gateway::{
-    log::{Log, Record, SubscribeOptions, Subscription, SubscriptionEvent, TopicSelector},
+    log::{
+        Log, Record, SubscribeOptions, Subscription, SubscriptionEvent, TopicPartition,
+        TopicSelector,
+    },
     metrics::{self, Protocol},
 };
 use fe2o3_amqp::{
@@ -116,6 +124,7 @@ pub async fn run(
         plan,
         queue: VecDeque::new(),
         unsettled: FuturesUnordered::new(),
+        revoked: HashSet::new(),
     };
     let closing = link.serve(&mut sender, subscription, cancel).await;
     let _ = match closing {
@@ -134,6 +143,9 @@ struct Link {
     plan: Plan,
     queue: VecDeque<Queued>,
     unsettled: FuturesUnordered<Settled>,
+    /// Partitions the group moved elsewhere (until they come back): outcomes of their records
+    /// still out on the link are of no use.
+    revoked: HashSet<TopicPartition>,
 }
 
 impl Link {
@@ -181,8 +193,13 @@ impl Link {
                     // ignored, as those of the partition's deliveries the client still holds.
                     Some(SubscriptionEvent::Revoked(partitions)) => {
                         self.queue.retain(|queued| !partitions.contains(&queued.record.topic_partition()));
+                        self.revoked.extend(partitions);
                     }
-                    Some(SubscriptionEvent::Assigned(_)) => {}
+                    Some(SubscriptionEvent::Assigned(partitions)) => {
+                        for partition in &partitions {
+                            self.revoked.remove(partition);
+                        }
+                    }
                     None => break Some(Refusal::new(
                         LinkError::DetachForced,
                         "the gateway's subscription ended; reattach",
@@ -194,6 +211,7 @@ impl Link {
                         None => std::future::pending().await,
                     }
                 } => {
+                    // (Always `Some`: only a send in flight has a result to come.)
                     let Some((mut queued, _)) = in_flight.take() else { continue };
                     match sent {
                         Ok(Ok(delivery)) => {
@@ -232,6 +250,12 @@ impl Link {
         outcome: Result<Outcome, SendError>,
     ) -> Result<(), Option<Refusal>> {
         let partition = queued.record.topic_partition();
+        if self.revoked.contains(&partition) {
+            // The new owner delivers the record from the committed offset: released here it would
+            // be delivered here again, rejected it would be dead-lettered while the new owner may
+            // have it accepted.
+            return Ok(());
+        }
         match outcome {
             Ok(Outcome::Accepted(_)) => {
                 metrics::acked(Protocol::Amqp, 1);
@@ -312,7 +336,8 @@ impl Link {
 /// yields between them (when the connection's queue is full, or the task's budget is spent). A
 /// send dropped there leaves the delivery half sent, and the next one's first frame then breaks
 /// it (deliveries of a link may not interleave, AMQP 1.0 §2.6.14): so a send is never raced with
-/// the link's other events, only waited for.
+/// the link's other events, only waited for. (When the link ends, a send under way is dropped:
+/// DETACH follows its frames, which ends the delivery for the receiver.)
 async fn send_each(sender: &mut Sender, mut handed: mpsc::Receiver<Handed>) {
     loop {
         tokio::select! {
