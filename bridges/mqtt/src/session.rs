@@ -13,6 +13,7 @@
 
 mod admission;
 mod connect;
+mod in_order;
 mod inbound;
 mod outbound;
 mod will;
@@ -36,7 +37,6 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     time::Instant,
 };
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 

@@ -20,12 +20,12 @@ use std::{
     sync::Arc,
 };
 
+use super::in_order::InOrder;
 use courier_gateway::{
     auth::policy::{Action, Resource},
     log::{AppendReceipt, Log, NewRecord, now_ms},
     metrics::{self, Protocol},
 };
-use futures_util::stream::FuturesOrdered;
 use rumqttd::protocol::{
     Packet, PubAck, PubAckProperties, PubAckReason, PubComp, PubCompReason, PubRec,
     PubRecProperties, PubRecReason, Publish, PublishProperties, QoS,
@@ -62,7 +62,7 @@ type Pending = Pin<Box<dyn Future<Output = Completed> + Send>>;
 /// The client's publishes in flight and its QoS 2 state.
 pub(crate) struct Inbound {
     /// Appends and releases, in the order the client's packets came.
-    pub(crate) pending: FuturesOrdered<Pending>,
+    pub(crate) pending: InOrder<Pending>,
     /// QoS 1 and 2 appends not acknowledged yet (the receive maximum counts these).
     unacknowledged: usize,
     /// QoS 2 packet ids being appended.
@@ -96,7 +96,7 @@ impl Inbound {
         log: Arc<dyn Log>,
     ) -> Self {
         Self {
-            pending: FuturesOrdered::new(),
+            pending: InOrder::default(),
             unacknowledged: 0,
             appending: HashSet::new(),
             awaiting_release: awaiting_release.into_iter().collect(),

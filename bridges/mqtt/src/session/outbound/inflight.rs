@@ -10,7 +10,7 @@
 
 use std::{collections::HashMap, fmt, future::Future, pin::Pin};
 
-use futures_util::{StreamExt, stream::FuturesOrdered};
+use crate::session::in_order::InOrder;
 use rumqttd::protocol::{Packet, PubRecReason, PubRel, PubRelReason};
 
 use super::sources::LogAck;
@@ -77,7 +77,7 @@ type Recording = Pin<Box<dyn Future<Output = Recorded> + Send>>;
 
 /// QoS 2 entry writes under way, finishing in the order they were queued.
 #[derive(Default)]
-pub(crate) struct Recordings(FuturesOrdered<Recording>);
+pub(crate) struct Recordings(InOrder<Recording>);
 
 impl Recordings {
     /// The oldest write, once it has finished; `None` at once when there is none.

@@ -3,7 +3,7 @@
 //! the records its filters match; for a persistent session, a consumer group of its own; for a
 //! shared subscription, its shared group. Where each starts, and acknowledging through them.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use courier_gateway::{
     auth::policy::Action,
@@ -42,6 +42,7 @@ pub(super) enum Adding {
 /// One open reader.
 #[derive(Debug)]
 struct Source {
+    id: SourceId,
     key: SourceKey,
     control: Arc<dyn SubscriptionControl>,
     /// For a gateway's shared reader: the filters it matches for this connection.
@@ -58,11 +59,15 @@ pub(super) struct Opened {
 }
 
 /// The connection's open readers.
+///
+/// A connection has a reader or two (one per Kafka topic or share it reads): both collections
+/// grow one entry at a time, as a hash map (room for three at its first entry) or a vector's
+/// doubling would idle at more than it holds, on every one of 10,000 connections.
 #[derive(Debug, Default)]
 pub(crate) struct Sources {
     /// Events of every reader, keyed by source.
     events: StreamMap<SourceId, Events>,
-    controls: HashMap<SourceId, Source>,
+    controls: Vec<Source>,
     next: SourceId,
 }
 
@@ -74,7 +79,7 @@ impl Sources {
 
     /// Is a reader open for `key`?
     pub(super) fn has(&self, key: &SourceKey) -> bool {
-        self.controls.values().any(|source| source.key == *key)
+        self.controls.iter().any(|source| source.key == *key)
     }
 
     /// Adds a reader opened for `key`. Returns its id, under which its events are taken from now
@@ -87,41 +92,48 @@ impl Sources {
     ) -> (SourceId, Vec<SubscriptionEvent>) {
         let id = self.next;
         self.next += 1;
+        if self.events.is_empty() {
+            // StreamMap grows as a vector does: room for four at its first entry.
+            self.events = StreamMap::with_capacity(1);
+        }
         self.events.insert(id, opened.reader.events);
-        self.controls.insert(
+        self.controls.reserve_exact(1);
+        self.controls.push(Source {
             id,
-            Source {
-                key,
-                control: opened.reader.control,
-                filters: opened.filters,
-            },
-        );
+            key,
+            control: opened.reader.control,
+            filters: opened.filters,
+        });
         (id, opened.early)
+    }
+
+    fn source(&self, id: SourceId) -> Option<&Source> {
+        self.controls.iter().find(|source| source.id == id)
     }
 
     /// What a source reads, while it is open.
     pub(super) fn key_of(&self, id: SourceId) -> Option<&SourceKey> {
-        self.controls.get(&id).map(|source| &source.key)
+        self.source(id).map(|source| &source.key)
     }
 
     /// Every open source.
     pub(super) fn ids(&self) -> Vec<SourceId> {
-        self.controls.keys().copied().collect()
+        self.controls.iter().map(|source| source.id).collect()
     }
 
     /// The open sources that no key in `needed` names.
     pub(super) fn unneeded(&self, needed: &[SourceKey]) -> Vec<SourceId> {
         self.controls
             .iter()
-            .filter(|(_, source)| !needed.contains(&source.key))
-            .map(|(&id, _)| id)
+            .filter(|source| !needed.contains(&source.key))
+            .map(|source| source.id)
             .collect()
     }
 
     /// Acknowledges a record to the reader it came from, if that is still open.
     pub(super) fn ack(&self, log_ack: Option<LogAck>) {
         if let Some((source, partition, offset)) = log_ack
-            && let Some(source) = self.controls.get(&source)
+            && let Some(source) = self.source(source)
         {
             source.control.ack(&partition, offset);
         }
@@ -130,16 +142,18 @@ impl Sources {
     /// Closes a reader; a group member commits what the client acknowledged.
     pub(super) async fn close(&mut self, id: SourceId) {
         self.events.remove(&id);
-        if let Some(source) = self.controls.remove(&id)
-            && let Err(error) = source.control.close().await
-        {
+        let Some(at) = self.controls.iter().position(|source| source.id == id) else {
+            return;
+        };
+        let source = self.controls.remove(at);
+        if let Err(error) = source.control.close().await {
             tracing::warn!(%error, "closing a reader failed");
         }
     }
 
     /// Tells each shared reader which filters of this connection read its Kafka topic.
     pub(super) fn refresh_shared_filters(&self, subscriptions: &Subscriptions) {
-        for source in self.controls.values() {
+        for source in &self.controls {
             let (SourceKey::Topic(topic), Some(filters)) = (&source.key, &source.filters) else {
                 continue;
             };
