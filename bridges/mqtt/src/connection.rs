@@ -1,8 +1,11 @@
 //! Framed reading and writing of MQTT packets over a byte stream (TCP or a WebSocket adapted to one).
 
+use std::pin::Pin;
+
 use bytes::BytesMut;
 use rumqttd::protocol::Packet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
 
 use crate::{
     codec::{Codec, Frame, Version},
@@ -10,8 +13,11 @@ use crate::{
 };
 
 /// Initial read buffer: most MQTT packets are small (a CONNECT without a token, a SUBSCRIBE, a
-/// PINGREQ), and an idle device should cost little; the buffer grows when a large packet comes.
+/// PINGREQ); the buffer grows when a large packet comes.
 const READ_BUFFER: usize = 256;
+
+/// Most room a read buffer is made again with after a wait (a large packet grows it further).
+const READ_BUFFER_AGAIN: usize = 16 * 1024;
 
 /// Longest a closing connection waits for the client to close its side.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -24,7 +30,11 @@ const NO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(365 * 24
 pub struct Connection<S> {
     stream: S,
     codec: Codec,
+    /// Empty and without memory while the client sends nothing (see [`Connection::read_more`]).
     read_buffer: BytesMut,
+    /// The read buffer's room when it was last let go of (within bounds), made again when the
+    /// client sends.
+    read_capacity: usize,
     write_buffer: BytesMut,
     /// Longest a write may make no progress before the connection is given up.
     write_timeout: std::time::Duration,
@@ -39,7 +49,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Self {
             stream,
             codec: Codec::new(max_packet_size),
-            read_buffer: BytesMut::with_capacity(READ_BUFFER),
+            read_buffer: BytesMut::new(),
+            read_capacity: READ_BUFFER,
             write_buffer: BytesMut::new(),
             write_timeout: NO_DEADLINE,
             stuck: false,
@@ -67,13 +78,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if let Some(frame) = self.codec.decode(&mut self.read_buffer)? {
                 return Ok(Some(frame));
             }
-            if self.stream.read_buf(&mut self.read_buffer).await? == 0 {
+            if self.read_more().await? == 0 {
                 if self.read_buffer.is_empty() {
                     return Ok(None);
                 }
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
             }
         }
+    }
+
+    /// Reads what the client sent into the read buffer; 0 at the end of the stream.
+    ///
+    /// A connection that waits with nothing buffered lets go of the buffer: most devices are idle
+    /// most of the time, and 10,000 of them would each hold its room (256 bytes at least) for
+    /// nothing. It is made again, as large as it was, when the client sends; a busy connection
+    /// pays an allocation per wait, not a smaller buffer.
+    async fn read_more(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            if self.read_buffer.capacity() == 0 {
+                self.read_buffer.reserve(self.read_capacity);
+            }
+            let polled = poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read_buffer);
+            if polled.is_pending() && self.read_buffer.is_empty() {
+                self.read_capacity = self
+                    .read_buffer
+                    .capacity()
+                    .clamp(READ_BUFFER, READ_BUFFER_AGAIN);
+                self.read_buffer = BytesMut::new();
+            }
+            polled
+        })
+        .await
     }
 
     /// The next packet among the bytes already read, without reading more.
@@ -171,5 +206,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         });
         let _ = drained.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+    use rumqttd::protocol::Packet;
+
+    use super::*;
+
+    /// An MQTT 3.1.1 CONNECT: clean session, keep-alive 60 s, client id `a`.
+    const CONNECT: [u8; 15] = [
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'a',
+    ];
+
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_client_holds_no_read_buffer() -> Result<()> {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut connection = Connection::new(server, 1024);
+        assert!(connection.read_frame().now_or_never().is_none());
+        assert_eq!(connection.read_buffer.capacity(), 0);
+
+        client.write_all(&CONNECT).await?;
+        let frame = connection.read_frame().await?;
+        assert!(matches!(
+            frame.map(|frame| frame.packet),
+            Some(Packet::Connect(..))
+        ));
+        assert!(connection.read_frame().now_or_never().is_none());
+        assert_eq!(connection.read_buffer.capacity(), 0);
+
+        // Part of a packet is kept while the rest is waited for.
+        client.write_all(&[0xC0]).await?;
+        assert!(connection.read_frame().now_or_never().is_none());
+        assert_eq!(connection.read_buffer.len(), 1);
+        client.write_all(&[0x00]).await?;
+        let frame = connection.read_frame().await?;
+        assert!(matches!(
+            frame.map(|frame| frame.packet),
+            Some(Packet::PingReq(_))
+        ));
+
+        drop(client);
+        assert!(connection.read_frame().await?.is_none());
+        Ok(())
     }
 }

@@ -15,6 +15,10 @@ use courier_gateway::{
     metrics::{self, Protocol},
     tls::{ClientIdentity, TlsAcceptor, accept_on},
 };
+use futures_util::{
+    FutureExt as _,
+    future::{BoxFuture, Either},
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
@@ -172,26 +176,27 @@ impl Server {
                         tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
                     }
                     let (bridge, drain) = (self.bridge.clone(), drain.clone());
-                    tracker.spawn(async move {
-                        let _admitted = permit;
-                        let _open = metrics::connection_opened(Protocol::Mqtt);
-                        match (tls, transport) {
-                            (None, Transport::Tcp) => {
-                                session::run(bridge, stream, peer, None, drain).await;
-                            }
-                            // Boxed: a task is as large as its largest state, and the
-                            // WebSocket's (handshake, framing) or TLS's would make every plain TCP
-                            // connection's task larger, 10,000 devices tens of MiB (jemalloc's
-                            // size classes).
-                            (None, Transport::WebSocket) => {
-                                Box::pin(serve_websocket(bridge, stream, peer, None, drain)).await;
-                            }
-                            (Some(tls), transport) => {
-                                Box::pin(serve_tls(bridge, tls, stream, peer, transport, drain))
-                                    .await;
-                            }
+                    // Held for as long as the connection is served.
+                    let held = (permit, metrics::connection_opened(Protocol::Mqtt));
+                    // A task is as large as its largest state, for as long as the connection
+                    // lasts: the session's future is the task's (an `async` block around it would
+                    // keep a second copy of everything it moves into it), and the WebSocket's
+                    // (handshake, framing) or TLS's is boxed, or every plain TCP connection's task
+                    // would be as large, 10,000 devices tens of MiB (jemalloc's size classes).
+                    let serving = match (tls, transport) {
+                        (None, Transport::Tcp) => {
+                            Either::Left(session::run(bridge, stream, peer, None, drain))
                         }
-                    });
+                        (None, Transport::WebSocket) => Either::Right(Box::pin(serve_websocket(
+                            bridge, stream, peer, None, drain,
+                        ))
+                            as BoxFuture<'static, ()>),
+                        (Some(tls), transport) => Either::Right(Box::pin(serve_tls(
+                            bridge, tls, stream, peer, transport, drain,
+                        ))
+                            as BoxFuture<'static, ()>),
+                    };
+                    tracker.spawn(serving.map(move |()| drop(held)));
                 }
                 // Out of file descriptors and the like: the listener itself is fine; back off briefly.
                 Err(error) if is_transient(&error) => {

@@ -73,9 +73,6 @@ pub(crate) struct Inbound {
     aliases: HashMap<u16, String>,
     /// The session, when it is persistent: its QoS 2 exchanges are recorded in the log.
     durable_session: Option<String>,
-    /// Where the client's messages go: the bridge's metered log behind this connection's
-    /// authorization layer.
-    log: Arc<dyn Log>,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -90,11 +87,7 @@ impl std::fmt::Debug for Inbound {
 impl Inbound {
     /// Starts with the QoS 2 packet ids a resumed session still waits to see released; the
     /// client's messages go to `log`.
-    pub(crate) fn new(
-        awaiting_release: Vec<u16>,
-        durable_session: Option<String>,
-        log: Arc<dyn Log>,
-    ) -> Self {
+    pub(crate) fn new(awaiting_release: Vec<u16>, durable_session: Option<String>) -> Self {
         Self {
             pending: InOrder::default(),
             unacknowledged: 0,
@@ -102,7 +95,6 @@ impl Inbound {
             awaiting_release: awaiting_release.into_iter().collect(),
             aliases: HashMap::new(),
             durable_session,
-            log,
         }
     }
 
@@ -129,6 +121,7 @@ impl Inbound {
         &mut self,
         bridge: &Bridge,
         client: &Client,
+        log: &Arc<dyn Log>,
         header: PublishHeader,
         publish: Publish,
         properties: Option<PublishProperties>,
@@ -182,7 +175,6 @@ impl Inbound {
         // A retained message is stored twice: as a message (subscribers now) and as its topic's retained
         // message (subscribers later). The client's ack waits for both.
         let retained_record = owner.map(|owner| (record.clone(), owner));
-        let log = &self.log;
         let receipts = async {
             let receipt = log.submit(kafka_topic, vec![record]).await?;
             let retained = match retained_record {

@@ -32,11 +32,11 @@ use std::sync::Arc;
 
 use courier_gateway::{
     auth::policy::{Action, Resource},
-    log::{Log, SubscriptionEvent, now_ms},
+    log::{SubscriptionEvent, now_ms},
     metrics::{self, Protocol},
 };
 use rumqttd::protocol::{
-    Filter, Packet, PubRecReason, QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    Packet, PubRecReason, QoS, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -47,7 +47,7 @@ use self::{
     sources::{Adding, LogAck, SourceId, Sources},
     subscriptions::{SourceKey, Subscription, Subscriptions},
 };
-use super::admission::Client;
+use super::{admission::Client, client_log::ClientLog};
 use crate::{
     bridge::Bridge,
     codec::{Version, outgoing_publish},
@@ -73,20 +73,15 @@ pub(crate) struct Outbound {
     inflight: Inflight,
     /// A persistent session's QoS 2 entry writes under way.
     pub(crate) recordings: Recordings,
-    /// The connection's own log (the bridge's behind its authorization layer), which its group
-    /// readers read.
-    log: Arc<dyn Log>,
 }
 
 impl Outbound {
     /// Starts with the QoS 2 packet ids a resumed session had delivered and seen PUBREC for, whose
     /// PUBREL is sent again (MQTT requires it after a reconnect; the client may deliver only then).
-    /// Group readers read `log`.
     pub(crate) fn new(
         durable_session: Option<String>,
         awaiting_completion: Vec<(u16, Option<RecordAt>)>,
         courier_id_property: bool,
-        log: Arc<dyn Log>,
     ) -> Self {
         let (pkids, records): (Vec<u16>, Vec<Option<RecordAt>>) =
             awaiting_completion.into_iter().unzip();
@@ -96,7 +91,6 @@ impl Outbound {
             inflight: Inflight::new(durable_session, pkids),
             queue: Queue::new(records.into_iter().flatten().collect(), courier_id_property),
             recordings: Recordings::default(),
-            log,
         }
     }
 
@@ -112,16 +106,17 @@ impl Outbound {
 
     /// Restores a resumed session's subscriptions (no retained messages: the session saw them). One
     /// that cannot be restored (the policy no longer allows it, say) is logged and skipped, as a
-    /// refused SUBSCRIBE filter would be.
+    /// refused SUBSCRIBE filter would be. Group readers read `log`, the connection's own.
     pub(crate) async fn resume(
         &mut self,
         bridge: &Bridge,
         client: &Client,
+        log: &mut ClientLog,
         session: &SessionRecord,
     ) {
         for stored in &session.subscriptions {
             if let Err(code) = self
-                .add(bridge, client, session, stored.clone(), Adding::Resume)
+                .add(bridge, client, log, session, stored.clone(), Adding::Resume)
                 .await
             {
                 tracing::warn!(
@@ -133,16 +128,18 @@ impl Outbound {
         }
     }
 
-    /// SUBSCRIBE: adds each filter, stores a persistent session's new subscriptions, then answers.
+    /// SUBSCRIBE (with its subscription identifier): adds each filter, stores a persistent
+    /// session's new subscriptions, then answers.
     pub(crate) async fn subscribe(
         &mut self,
         bridge: &Bridge,
         client: &Client,
+        log: &mut ClientLog,
         session: &mut SessionRecord,
-        pkid: u16,
-        filters: Vec<Filter>,
+        subscribe: Subscribe,
         identifier: Option<usize>,
     ) -> Result<Packet> {
+        let Subscribe { pkid, filters } = subscribe;
         let now = now_ms();
         let mut codes = Vec::with_capacity(filters.len());
         for filter in filters {
@@ -160,7 +157,7 @@ impl Outbound {
             }
             let stored = self.subscriptions.requested(&filter, identifier, now);
             match self
-                .add(bridge, client, session, stored, Adding::Subscribe)
+                .add(bridge, client, log, session, stored, Adding::Subscribe)
                 .await
             {
                 Ok(subscription) => {
@@ -323,6 +320,7 @@ impl Outbound {
         &mut self,
         bridge: &Bridge,
         client: &Client,
+        log: &mut ClientLog,
         session: &SessionRecord,
         stored: StoredSubscription,
         adding: Adding,
@@ -350,7 +348,7 @@ impl Outbound {
             if self.sources.has(&key) {
                 continue;
             }
-            self.open_source(bridge, client, session, &subscription, key, adding)
+            self.open_source(bridge, client, log, session, &subscription, key, adding)
                 .await?;
         }
         self.subscriptions.insert(subscription.clone());
@@ -360,25 +358,22 @@ impl Outbound {
 
     /// Opens the reader behind one source of a subscription ([`sources::open`]) and queues what it
     /// read while SUBACK waited for it.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "what a reader is opened for and through: bundled, it would only be renamed"
+    )]
     async fn open_source(
         &mut self,
         bridge: &Bridge,
         client: &Client,
+        log: &mut ClientLog,
         session: &SessionRecord,
         subscription: &Subscription,
         key: SourceKey,
         adding: Adding,
     ) -> Result<(), SubscribeReasonCode> {
-        let opened = sources::open(
-            bridge,
-            &self.log,
-            client,
-            session,
-            subscription,
-            &key,
-            adding,
-        )
-        .await?;
+        let opened =
+            sources::open(bridge, log, client, session, subscription, &key, adding).await?;
         let (id, early) = self.sources.insert(key, opened);
         for event in early {
             self.queue.on_event(id, event);

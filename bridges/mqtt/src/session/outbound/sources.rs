@@ -19,7 +19,7 @@ use rumqttd::protocol::SubscribeReasonCode;
 use tokio_stream::{StreamExt, StreamMap};
 
 use super::subscriptions::{SourceKey, Subscription, Subscriptions};
-use crate::session::admission::Client;
+use crate::session::{admission::Client, client_log::ClientLog};
 use crate::{bridge::Bridge, mapping, store::sessions::SessionRecord};
 
 /// Longest SUBSCRIBE waits for a new plain reader to hold its partitions.
@@ -169,7 +169,7 @@ impl Sources {
 /// answered with its SUBACK code.
 pub(super) async fn open(
     bridge: &Bridge,
-    log: &Arc<dyn Log>,
+    log: &mut ClientLog,
     client: &Client,
     session: &SessionRecord,
     subscription: &Subscription,
@@ -200,7 +200,7 @@ pub(super) async fn open(
         refuse_protected(bridge, client, topic)?;
     }
     if let (SourceKey::Topic(topic), Some(group), Adding::Subscribe) = (key, &group, adding) {
-        pin_start(log.as_ref(), group, topic).await;
+        pin_start(log.get(bridge, client).as_ref(), group, topic).await;
     }
     let plain = group.is_none();
     let reader = match (key, &group) {
@@ -244,7 +244,10 @@ pub(super) async fn open(
                 client: client.client_id.clone(),
                 protocol: "mqtt",
             };
-            log.subscribe(options).await.map(|reader| (None, reader))
+            log.get(bridge, client)
+                .subscribe(options)
+                .await
+                .map(|reader| (None, reader))
         }
     };
     let (filters, mut reader): (Option<MemberFilters>, Reader) = reader.map_err(|error| {
