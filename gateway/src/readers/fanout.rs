@@ -227,10 +227,14 @@ struct MemberState {
 }
 
 impl MemberState {
-    /// Drops positions the hub has passed: an attached member needs no filtering there.
+    /// Drops positions the hub has passed: an attached member needs no filtering there. None
+    /// left, the map's memory goes too (a member usually has none, and a hub has thousands).
     fn forget_passed(&mut self, hub_next: &HashMap<i32, i64>) {
         self.next
             .retain(|partition, next| hub_next.get(partition) < Some(next));
+        if self.next.is_empty() && self.next.capacity() > 0 {
+            self.next = HashMap::new();
+        }
     }
 
     fn wants(&self, addressing: &dyn Addressing, address: &str) -> bool {
@@ -342,16 +346,15 @@ impl Hub {
         let id = state.next_member;
         state.next_member += 1;
         let _ = events.send(SubscriptionEvent::Assigned(state.partitions.clone()));
-        state.members.insert(
-            id,
-            MemberState {
-                events,
-                flow: flow.clone(),
-                filters: Vec::new(),
-                next: ends,
-                attached: true,
-            },
-        );
+        let mut member = MemberState {
+            events,
+            flow: flow.clone(),
+            filters: Vec::new(),
+            next: ends,
+            attached: true,
+        };
+        member.forget_passed(&state.next);
+        state.members.insert(id, member);
         state.set_filters(id, filters);
         let handle = Arc::new(MemberControl {
             hub: self.clone(),

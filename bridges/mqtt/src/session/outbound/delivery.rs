@@ -54,8 +54,9 @@ pub(super) enum Outgoing {
 pub(super) struct Queue {
     pending: VecDeque<Pending>,
     /// Records a resumed session delivered and saw PUBREC for before a crash, which its groups may
-    /// read again: acknowledged, not delivered again.
-    already_delivered: AlreadyDelivered,
+    /// read again: acknowledged, not delivered again. Boxed, and only when there are some: two
+    /// hash tables' room in every connection's task for what few resumes have.
+    already_delivered: Option<Box<AlreadyDelivered>>,
     /// `mqtt.courier_id_property`: deliveries carry their record's `courier-id`.
     courier_id_property: bool,
     /// How many of `pending` are retained messages.
@@ -68,7 +69,8 @@ impl Queue {
     pub(super) fn new(already_delivered: Vec<RecordAt>, courier_id_property: bool) -> Self {
         Self {
             pending: VecDeque::new(),
-            already_delivered: AlreadyDelivered::new(already_delivered),
+            already_delivered: (!already_delivered.is_empty())
+                .then(|| Box::new(AlreadyDelivered::new(already_delivered))),
             courier_id_property,
             retained: 0,
         }
@@ -168,7 +170,11 @@ impl Queue {
             return Outgoing::Nothing; // its reader was closed
         };
         let log_ack = (source, record.topic_partition(), record.offset);
-        if self.already_delivered.take(&record) {
+        if self
+            .already_delivered
+            .as_mut()
+            .is_some_and(|already| already.take(&record))
+        {
             return Outgoing::Ack(log_ack);
         }
         let Some(mut stored) = mapping::from_record(&record, now_ms()) else {
