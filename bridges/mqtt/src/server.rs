@@ -219,6 +219,9 @@ const REFUSING_AT_ONCE: usize = 64;
 
 /// Completes the TLS handshake (refusals are logged and counted by the acceptor), then serves MQTT
 /// or MQTT over WebSocket on the TLS stream, with the client certificate's identity, if any.
+///
+/// The handshake and the WebSocket are boxed: a future is as large as its largest state, and
+/// either would make every TLS connection's future as large for as long as it lasts.
 async fn serve_tls(
     bridge: Arc<Bridge>,
     tls: TlsAcceptor,
@@ -227,13 +230,15 @@ async fn serve_tls(
     transport: Transport,
     drain: CancellationToken,
 ) {
-    let Some((stream, identity)) = tls.accept(stream, peer).await else {
+    let Some((stream, identity)) = Box::pin(tls.accept(stream, peer)).await else {
         return;
     };
     let identity = identity.map(Box::new);
     match transport {
         Transport::Tcp => session::run(bridge, stream, peer, identity, drain).await,
-        Transport::WebSocket => serve_websocket(bridge, stream, peer, identity, drain).await,
+        Transport::WebSocket => {
+            Box::pin(serve_websocket(bridge, stream, peer, identity, drain)).await;
+        }
     }
 }
 
@@ -252,14 +257,15 @@ async fn serve_websocket<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let websocket_limits = WebSocketConfig::default()
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
-    let handshake = tokio::time::timeout(
+    // Boxed, as the TLS handshake is (see `serve_tls`).
+    let handshake = Box::pin(tokio::time::timeout(
         bridge.config.connect_timeout,
         async_tungstenite::tokio::accept_hdr_async_with_config(
             stream,
             choose_mqtt_subprotocol,
             Some(websocket_limits),
         ),
-    )
+    ))
     .await;
     match handshake {
         Ok(Ok(websocket)) => {
@@ -301,4 +307,32 @@ fn is_transient(error: &std::io::Error) -> bool {
     ) || error
         .raw_os_error()
         .is_some_and(|code| code == 24 || code == 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use courier_gateway::tls::TlsStream;
+
+    use super::*;
+
+    /// The size of the future `serve_tls` returns, without calling it.
+    fn serving_size<A, B, C, D, E, F, R>(_: impl Fn(A, B, C, D, E, F) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// The size of the future `session::run` returns, without calling it.
+    fn session_size<A, B, C, D, E, R>(_: impl Fn(A, B, C, D, E) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// A TLS connection's task is its session's and little more: the TLS and WebSocket handshakes
+    /// and the WebSocket session are boxed. (Unboxed, the WebSocket's future made every TLS
+    /// connection's about 5 KiB.)
+    #[test]
+    fn a_tls_connections_future_is_little_more_than_its_sessions() {
+        let serving = serving_size(serve_tls);
+        let session = session_size(session::run::<TlsStream<TcpStream>>);
+        eprintln!("serve_tls: {serving} bytes, its session {session}");
+        assert!(serving <= session + 256, "{serving} bytes");
+    }
 }

@@ -60,7 +60,9 @@ const FINISH_APPENDS: Duration = Duration::from_secs(5);
 /// whose CONNECT carries no credentials, and named in the connection's span.
 ///
 /// Not an `async fn`: its future would keep its arguments beside the block's copy of them, for
-/// as long as the connection lasts.
+/// as long as the connection lasts. For the same reason the connection is made here and the block
+/// uses it where it is: a stream moved into a connection inside the block would keep its room
+/// twice (a TLS stream is more than a kilobyte).
 pub fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     bridge: Arc<Bridge>,
     stream: S,
@@ -78,9 +80,9 @@ pub fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     if let Some(certificate) = &certificate {
         span.record("certificate", tracing::field::display(certificate));
     }
+    let mut connection = Connection::new(stream, bridge.config.max_packet_size as usize)
+        .with_write_timeout(bridge.config.write_timeout);
     async move {
-        let mut connection = Connection::new(stream, bridge.config.max_packet_size as usize)
-            .with_write_timeout(bridge.config.write_timeout);
         // A task is as large as its largest state, for as long as the connection lasts: what runs
         // once (the handshake, the resume, the goodbye) is boxed, so an idle connection's task
         // holds little more than its session and the loop's wait. `established` lives only inside
@@ -676,5 +678,11 @@ mod tests {
         let size = returned_size(run::<tokio::net::TcpStream>);
         eprintln!("session::run over TCP: {size} bytes");
         assert!(size <= 2 * 1024, "{size} bytes");
+        // The stream is kept once (a TLS stream is more than a kilobyte).
+        type Tls = courier_gateway::tls::TlsStream<tokio::net::TcpStream>;
+        let size = returned_size(run::<Tls>);
+        let stream = std::mem::size_of::<Tls>();
+        eprintln!("session::run over TLS: {size} bytes, of which the stream {stream}");
+        assert!(size <= stream + 2 * 1024, "{size} bytes");
     }
 }
