@@ -60,9 +60,10 @@ pub(super) struct Opened {
 
 /// The connection's open readers.
 ///
-/// A connection has a reader or two (one per Kafka topic or share it reads): both collections
-/// grow one entry at a time, as a hash map (room for three at its first entry) or a vector's
-/// doubling would idle at more than it holds, on every one of 10,000 connections.
+/// A connection has a reader or two (one per Kafka topic or share it reads): the readers' table
+/// grows one entry at a time and the event streams' map starts with room for one, where a hash
+/// map (room for three at its first entry) or a vector's first growth (four) would idle at more
+/// than it holds, on every one of 10,000 connections.
 #[derive(Debug, Default)]
 pub(crate) struct Sources {
     /// Events of every reader, keyed by source.
