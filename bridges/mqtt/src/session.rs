@@ -246,7 +246,7 @@ impl Session {
             .then(|| Duration::from_millis(u64::from(self.client.keep_alive) * 1500));
         let far = Duration::from_secs(365 * 24 * 3600);
         let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
-        let taken_over = self.registration.taken_over.clone();
+        let fence = self.registration.state.clone();
         // A token's connection ends when the token does (as EMQX's and Kafka's re-authentication
         // do): the client connects again with a fresh one, and its rights are decided anew.
         let expiry = self.client.principal.remaining();
@@ -280,7 +280,7 @@ impl Session {
             // task.
             let woke = tokio::select! {
                 () = shutdown.cancelled() => Woke::Done(Err(Error::ShuttingDown)),
-                () = taken_over.cancelled() => Woke::Done(Err(Error::SessionTakenOver)),
+                () = fence.taken_over() => Woke::Done(Err(Error::SessionTakenOver)),
                 frame = connection.read_frame(), if self.inbound.has_room(receive_maximum) => {
                     deadline = Instant::now() + keep_alive.unwrap_or(far);
                     match frame {

@@ -12,11 +12,14 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use courier_gateway::readers::table::Version;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::sync::lock;
 
@@ -38,8 +41,7 @@ pub struct TakeoverFence {
 struct Live {
     connection: String,
     version: Version,
-    taken_over: CancellationToken,
-    finished: CancellationToken,
+    state: ConnectionState,
 }
 
 #[derive(Debug)]
@@ -54,38 +56,99 @@ pub struct Registration {
     fence: Arc<TakeoverFence>,
     client_id: String,
     connection: String,
-    /// Fires when a newer connection takes the client id.
-    pub taken_over: CancellationToken,
-    finished: CancellationToken,
+    /// Whether a newer connection took the client id; whether this one has finished.
+    pub state: ConnectionState,
+}
+
+/// What the fence tells about one connection: a newer connection took its client id, and it has
+/// finished. Both in one allocation (two cancellation tokens were two), which every connection
+/// holds for as long as it lasts.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionState(Arc<Signals>);
+
+#[derive(Debug, Default)]
+struct Signals {
+    taken_over: AtomicBool,
+    finished: AtomicBool,
+    changed: Notify,
+}
+
+impl ConnectionState {
+    /// A newer connection took the client id.
+    pub fn take_over(&self) {
+        self.0.taken_over.store(true, Ordering::Release);
+        self.0.changed.notify_waiters();
+    }
+
+    pub fn is_taken_over(&self) -> bool {
+        self.0.taken_over.load(Ordering::Acquire)
+    }
+
+    /// Once a newer connection took the client id. Cancel-safe.
+    pub async fn taken_over(&self) {
+        loop {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            // Listening before looking, so a signal between the two is not missed. (Written out
+            // here rather than shared with `finished`: this wait is in every idle connection's
+            // task, and a shared helper's future is larger.)
+            changed.as_mut().enable();
+            if self.is_taken_over() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn finish(&self) {
+        self.0.finished.store(true, Ordering::Release);
+        self.0.changed.notify_waiters();
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.0.finished.load(Ordering::Acquire)
+    }
+
+    /// Once the connection has finished. Cancel-safe.
+    pub async fn finished(&self) {
+        loop {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_finished() {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 impl TakeoverFence {
     /// Registers a connection whose session record was written as `version`. Returns its registration and,
-    /// when it takes over an older connection here, a token that fires once that one has finished.
+    /// when it takes over an older connection here, that one's state, to wait until it has finished.
     pub fn register(
         self: &Arc<Self>,
         client_id: &str,
         connection: &str,
         version: Version,
-    ) -> (Registration, Option<CancellationToken>) {
+    ) -> (Registration, Option<ConnectionState>) {
         let registration = Registration {
             fence: self.clone(),
             client_id: client_id.to_owned(),
             connection: connection.to_owned(),
-            taken_over: CancellationToken::new(),
-            finished: CancellationToken::new(),
+            state: ConnectionState::default(),
         };
         let mut live = lock(&self.live);
         let mut predecessor = None;
         match live.get(client_id) {
             Some(newer) if newer.version.is_newer_than(&version) => {
                 // A newer connection registered first: this one lost the race already.
-                registration.taken_over.cancel();
+                registration.state.take_over();
                 return (registration, None);
             }
             Some(older) => {
-                older.taken_over.cancel();
-                predecessor = Some(older.finished.clone());
+                older.state.take_over();
+                predecessor = Some(older.state.clone());
             }
             None => {}
         }
@@ -94,8 +157,7 @@ impl TakeoverFence {
             Live {
                 connection: connection.to_owned(),
                 version,
-                taken_over: registration.taken_over.clone(),
-                finished: registration.finished.clone(),
+                state: registration.state.clone(),
             },
         );
         (registration, predecessor)
@@ -119,7 +181,7 @@ impl TakeoverFence {
         if live.connection == connection {
             live.version = version.clone();
         } else if version.is_newer_than(&live.version) {
-            live.taken_over.cancel();
+            live.state.take_over();
         }
     }
 
@@ -158,7 +220,7 @@ impl Drop for Registration {
         {
             live.remove(&self.client_id);
         }
-        self.finished.cancel();
+        self.state.finish();
     }
 }
 
@@ -181,26 +243,60 @@ mod tests {
         let (first, predecessor) = fence.register("c", "conn-1", at(10));
         assert!(predecessor.is_none());
         let (second, predecessor) = fence.register("c", "conn-2", at(11));
-        assert!(first.taken_over.is_cancelled());
+        assert!(first.state.is_taken_over());
         let predecessor = predecessor.unwrap();
-        assert!(!predecessor.is_cancelled());
+        assert!(!predecessor.is_finished());
         drop(first);
-        assert!(predecessor.is_cancelled());
+        assert!(predecessor.is_finished());
         assert!(fence.is_connected("c"), "the newer one stays");
 
         fence.on_record("c", "conn-2", &at(11));
         fence.on_record("c", "elsewhere", &at(5));
         assert!(
-            !second.taken_over.is_cancelled(),
+            !second.state.is_taken_over(),
             "older records change nothing"
         );
         fence.on_record("c", "elsewhere", &at(12));
-        assert!(second.taken_over.is_cancelled());
+        assert!(second.state.is_taken_over());
 
         let (late, _) = fence.register("c", "conn-0", at(3));
-        assert!(
-            late.taken_over.is_cancelled(),
-            "a stale connect loses at once"
-        );
+        assert!(late.state.is_taken_over(), "a stale connect loses at once");
+    }
+
+    /// The waits end when their signal comes, whether it came before or while they wait.
+    #[tokio::test]
+    async fn waiting_for_a_takeover_and_a_finish() {
+        use futures_util::FutureExt as _;
+
+        let fence = Arc::new(TakeoverFence::default());
+        let (first, _) = fence.register("c", "conn-1", at(10));
+        let state = first.state.clone();
+        let waiting = tokio::spawn(async move { state.taken_over().await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(first.state.taken_over().now_or_never().is_none());
+
+        let (_second, predecessor) = fence.register("c", "conn-2", at(11));
+        let Some(predecessor) = predecessor else {
+            panic!("the second connection takes over the first");
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the wait for the takeover ends")
+            .expect("the waiting task");
+        assert!(first.state.taken_over().now_or_never().is_some());
+
+        let finishing = tokio::spawn({
+            let predecessor = predecessor.clone();
+            async move { predecessor.finished().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!finishing.is_finished());
+        drop(first);
+        tokio::time::timeout(std::time::Duration::from_secs(5), finishing)
+            .await
+            .expect("the wait for the finish ends")
+            .expect("the waiting task");
+        assert!(predecessor.finished().now_or_never().is_some());
     }
 }

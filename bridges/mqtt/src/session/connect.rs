@@ -172,11 +172,11 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .sessions
         .superseded(&client_id, &version, &session.connection)
     {
-        registration.taken_over.cancel();
+        registration.state.take_over();
     }
     drop(turn);
     if let Some(predecessor) = predecessor {
-        let _ = tokio::time::timeout(TAKEOVER_WAIT, predecessor.cancelled()).await;
+        let _ = tokio::time::timeout(TAKEOVER_WAIT, predecessor.finished()).await;
     }
     let mut awaiting_release = session.awaiting_release.clone();
     if plan.present
