@@ -19,7 +19,8 @@ use rumqttd::protocol::SubscribeReasonCode;
 use tokio_stream::{StreamExt, StreamMap};
 
 use super::subscriptions::{SourceKey, Subscription, Subscriptions};
-use crate::session::{admission::Client, client_log::ClientLog};
+use crate::session::admission::Client;
+use crate::session::client_log::ClientLog;
 use crate::{bridge::Bridge, mapping, store::sessions::SessionRecord};
 
 /// Longest SUBSCRIBE waits for a new plain reader to hold its partitions.
