@@ -10,16 +10,13 @@
 
 mod support;
 
-use std::{collections::BTreeSet, time::Duration};
+use std::time::Duration;
 
 use courier_amqp::Config;
 use fe2o3_amqp::{
     Connection, Receiver, Sender, Session,
     link::receiver::CreditMode,
-    types::{
-        messaging::{Body, Message},
-        primitives::{Binary, Value},
-    },
+    types::{messaging::Message, primitives::Binary},
 };
 use support::*;
 
@@ -29,17 +26,6 @@ const RECORD_SIZE: usize = 64 * 1024;
 /// The receiver's max-frame-size, the least AMQP allows.
 const MAX_FRAME_SIZE: u32 = 512;
 
-fn record(i: usize) -> Vec<u8> {
-    let mut body = format!("record-{i:04}|").into_bytes();
-    body.resize(RECORD_SIZE, b'x');
-    body
-}
-
-fn name_of(body: &[u8]) -> String {
-    String::from_utf8_lossy(body.split(|byte| *byte == b'|').next().unwrap_or_default())
-        .into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_settling_as_it_goes_gets_every_delivery_of_many_frames_whole() -> TestResult {
     let gateway = Gateway::start(Config::default()).await?;
@@ -47,7 +33,13 @@ async fn a_receiver_settling_as_it_goes_gets_every_delivery_of_many_frames_whole
     let mut producer_session = Session::begin(&mut producer).await?;
     let mut sender = Sender::attach(&mut producer_session, "records", "many-frames").await?;
     for i in 0..RECORDS {
-        let outcome = sender.send(Message::from(Binary::from(record(i)))).await?;
+        let outcome = sender
+            .send(Message::from(Binary::from(named::body(
+                "record",
+                i,
+                RECORD_SIZE,
+            ))))
+            .await?;
         assert!(outcome.is_accepted(), "{outcome:?}");
     }
 
@@ -65,22 +57,7 @@ async fn a_receiver_settling_as_it_goes_gets_every_delivery_of_many_frames_whole
         .credit_mode(CreditMode::Auto(8))
         .attach(&mut session)
         .await?;
-    let mut seen = BTreeSet::new();
-    while seen.len() < RECORDS {
-        let delivery =
-            tokio::time::timeout(Duration::from_secs(120), receiver.recv::<Body<Value>>())
-                .await??;
-        match delivery.body() {
-            Body::Value(value) => match &value.0 {
-                Value::Binary(bytes) => {
-                    seen.insert(name_of(bytes));
-                }
-                other => return Err(format!("unexpected body {other:?}").into()),
-            },
-            other => return Err(format!("unexpected body {other:?}").into()),
-        }
-        receiver.accept(&delivery).await?;
-    }
+    let seen = named::receive_names(&mut receiver, RECORDS, Duration::from_secs(120)).await?;
     for i in 0..RECORDS {
         assert!(
             seen.contains(&format!("record-{i:04}")),

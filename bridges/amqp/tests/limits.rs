@@ -211,14 +211,7 @@ impl AsyncWrite for Stalling {
 
 /// Bulk messages' bodies: 64 KiB each, named by their number.
 fn bulk(i: usize) -> Vec<u8> {
-    let mut body = format!("bulk-{i:04}|").into_bytes();
-    body.resize(64 * 1024, b'x');
-    body
-}
-
-fn name_of(body: &[u8]) -> String {
-    String::from_utf8_lossy(body.split(|byte| *byte == b'|').next().unwrap_or_default())
-        .into_owned()
+    named::body("bulk", i, 64 * 1024)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,27 +273,8 @@ async fn a_receiver_that_stops_reading_is_cut_off_and_its_group_gets_every_recor
     };
     let mut next_receiver =
         Receiver::attach(&mut session.1, "next-receiver", "stalled/groups/g").await?;
-    let receiving = async {
-        let mut seen = std::collections::BTreeSet::new();
-        while seen.len() < EARLY + BULK {
-            let delivery = tokio::time::timeout(
-                Duration::from_secs(120),
-                next_receiver.recv::<Body<Value>>(),
-            )
-            .await??;
-            match delivery.body() {
-                Body::Value(value) => match &value.0 {
-                    Value::Binary(bytes) => {
-                        seen.insert(name_of(bytes));
-                    }
-                    other => return Err(format!("unexpected body {other:?}").into()),
-                },
-                other => return Err(format!("unexpected body {other:?}").into()),
-            }
-            next_receiver.accept(&delivery).await?;
-        }
-        Ok::<_, Error>(seen)
-    };
+    let receiving =
+        named::receive_names(&mut next_receiver, EARLY + BULK, Duration::from_secs(120));
     // Meanwhile a sender and receiver on a connection of their own carry on.
     let (produced, seen, good) = tokio::join!(
         producing,

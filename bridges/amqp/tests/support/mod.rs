@@ -28,6 +28,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 pub mod frames;
+pub mod named;
 
 // Each test file uses some of these.
 #[allow(unused_imports)]
