@@ -1,10 +1,13 @@
 //! Framed reading and writing of MQTT packets over a byte stream (TCP or a WebSocket adapted to one).
 
-use std::pin::Pin;
+use std::{
+    pin::Pin,
+    task::{Poll, ready},
+};
 
 use bytes::BytesMut;
 use rumqttd::protocol::Packet;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
 use crate::{
@@ -19,6 +22,9 @@ const READ_BUFFER: usize = 256;
 /// Most room a read buffer is made again with after a wait (a large packet grows it further).
 const READ_BUFFER_AGAIN: usize = 16 * 1024;
 
+/// The first read of a connection without a read buffer, on the stack.
+const FIRST_READ: usize = 1024;
+
 /// Longest a closing connection waits for the client to close its side.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -32,8 +38,8 @@ pub struct Connection<S> {
     codec: Codec,
     /// Empty and without memory while the client sends nothing (see [`Connection::read_more`]).
     read_buffer: BytesMut,
-    /// The read buffer's room when it was last let go of (within bounds), made again when the
-    /// client sends.
+    /// The room the read buffer is made with when the client sends after a wait: what the last one
+    /// had left, within bounds.
     read_capacity: usize,
     write_buffer: BytesMut,
     /// Longest a write may make no progress before the connection is given up.
@@ -91,12 +97,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ///
     /// A connection that waits with nothing buffered lets go of the buffer: most devices are idle
     /// most of the time, and 10,000 of them would each hold its room (256 bytes at least) for
-    /// nothing. It is made again, as large as it was, when the client sends; a busy connection
-    /// pays an allocation per wait, not a smaller buffer.
+    /// nothing. Without a buffer, the first read goes to the stack, so waiting allocates nothing;
+    /// what it brings goes into a buffer made then, with the room the last one had left (within
+    /// bounds), and the reads after it go straight into that buffer.
     async fn read_more(&mut self) -> std::io::Result<usize> {
         std::future::poll_fn(|cx| {
             if self.read_buffer.capacity() == 0 {
-                self.read_buffer.reserve(self.read_capacity);
+                let mut first = [0u8; FIRST_READ];
+                let mut read = ReadBuf::new(&mut first);
+                ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read))?;
+                let read = read.filled();
+                if !read.is_empty() {
+                    self.read_buffer.reserve(self.read_capacity.max(read.len()));
+                    self.read_buffer.extend_from_slice(read);
+                }
+                return Poll::Ready(Ok(read.len()));
             }
             let polled = poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read_buffer);
             if polled.is_pending() && self.read_buffer.is_empty() {
@@ -197,6 +212,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // Into the read buffer, which is no longer needed: a buffer of its own here would make every
         // connection's task larger, whether it ever lingers or not.
         let drained = tokio::time::timeout(LINGER, async {
+            self.read_buffer.reserve(READ_BUFFER);
             loop {
                 self.read_buffer.clear();
                 if !matches!(self.stream.read_buf(&mut self.read_buffer).await, Ok(read) if read > 0)

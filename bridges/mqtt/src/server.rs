@@ -176,8 +176,9 @@ impl Server {
                         tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
                     }
                     let (bridge, drain) = (self.bridge.clone(), drain.clone());
-                    // Held for as long as the connection is served.
-                    let held = (permit, metrics::connection_opened(Protocol::Mqtt));
+                    // Held for as long as the connection is served; the gauge goes first, so it
+                    // never counts more connections than the permits allow.
+                    let held = (metrics::connection_opened(Protocol::Mqtt), permit);
                     // A task is as large as its largest state, for as long as the connection
                     // lasts: the session's future is the task's (an `async` block around it would
                     // keep a second copy of everything it moves into it), and the WebSocket's

@@ -70,7 +70,10 @@ pub fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     certificate: Option<Box<ClientIdentity>>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
+    // A root span, as it was when made inside the connection's task: made here, it would
+    // otherwise be a child of whatever span the accept loop runs in.
     let span = tracing::info_span!(
+        parent: None,
         "mqtt.session",
         %peer,
         client_id = tracing::field::Empty,
@@ -170,6 +173,29 @@ enum Woke<F> {
     Done(Result<Option<End>>),
 }
 
+/// An end the loop's timer waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimedEnd {
+    /// The client was silent for one and a half keep-alive periods.
+    KeepAlive,
+    /// The client's credentials expired.
+    Expiry,
+}
+
+/// Whichever comes first of the ends a connection has: the keep-alive deadline (none with a
+/// keep-alive of 0) and its credentials' expiry (none for credentials that do not expire).
+fn first_end(
+    keep_alive_deadline: Option<Instant>,
+    expires_at: Option<Instant>,
+) -> Option<(Instant, TimedEnd)> {
+    match (keep_alive_deadline, expires_at) {
+        (Some(deadline), Some(expiry)) if expiry < deadline => Some((expiry, TimedEnd::Expiry)),
+        (Some(deadline), _) => Some((deadline, TimedEnd::KeepAlive)),
+        (None, Some(expiry)) => Some((expiry, TimedEnd::Expiry)),
+        (None, None) => None,
+    }
+}
+
 /// How a connection ended.
 #[derive(Debug)]
 enum End {
@@ -249,8 +275,11 @@ impl Session {
         let fence = self.registration.state.clone();
         // A token's connection ends when the token does (as EMQX's and Kafka's re-authentication
         // do): the client connects again with a fresh one, and its rights are decided anew.
-        let expiry = self.client.principal.remaining();
-        let expires_at = Instant::now() + expiry.unwrap_or(far);
+        let expires_at = self
+            .client
+            .principal
+            .remaining()
+            .map(|expiry| Instant::now() + expiry);
         let receive_maximum = self.bridge.config.receive_maximum;
         for release in self.outbound.take_owed_releases() {
             if let Err(error) = connection.queue(release) {
@@ -307,11 +336,11 @@ impl Session {
                 }
                 // One timer for both ends a silent or expired connection may come to (a timer is
                 // a hundred bytes of every idle connection's task).
-                () = tokio::time::sleep_until(deadline.min(expires_at)), if keep_alive.is_some() || expiry.is_some() => {
-                    Woke::Done(Err(if keep_alive.is_some() && deadline <= expires_at {
-                        Error::KeepAliveTimeout(self.client.keep_alive)
-                    } else {
-                        Error::CredentialsExpired
+                () = tokio::time::sleep_until(first_end(keep_alive.map(|_| deadline), expires_at).map_or(deadline, |(at, _)| at)),
+                    if keep_alive.is_some() || expires_at.is_some() => {
+                    Woke::Done(Err(match first_end(keep_alive.map(|_| deadline), expires_at) {
+                        Some((_, TimedEnd::KeepAlive)) => Error::KeepAliveTimeout(self.client.keep_alive),
+                        _ => Error::CredentialsExpired,
                     }))
                 }
             };
@@ -673,6 +702,35 @@ mod tests {
     /// packet is boxed (see `run` and `Session::on_frame_boxed`), so it stays small. Before that it
     /// was 5.3 KiB in a release build, a third of an idle client's memory; 2.1 KiB in a debug build
     /// before `run` was a plain function and the loop had one timer.
+    /// Each end is waited for only when the connection has it: a keep-alive deadline pushed past
+    /// a year by a client that keeps pinging is still the keep-alive's (an expiry of a far
+    /// fallback once ended such a connection as expired).
+    #[test]
+    fn the_timer_waits_for_the_ends_the_connection_has() {
+        let now = Instant::now();
+        let day = Duration::from_secs(24 * 3600);
+        let soon = now + Duration::from_secs(90);
+        assert_eq!(first_end(None, None), None);
+        assert_eq!(
+            first_end(Some(soon), None),
+            Some((soon, TimedEnd::KeepAlive))
+        );
+        let late = now + 400 * day;
+        assert_eq!(
+            first_end(Some(late), None),
+            Some((late, TimedEnd::KeepAlive))
+        );
+        assert_eq!(first_end(None, Some(soon)), Some((soon, TimedEnd::Expiry)));
+        assert_eq!(
+            first_end(Some(late), Some(soon)),
+            Some((soon, TimedEnd::Expiry))
+        );
+        assert_eq!(
+            first_end(Some(soon), Some(late)),
+            Some((soon, TimedEnd::KeepAlive))
+        );
+    }
+
     #[test]
     fn a_connection_task_stays_small() {
         let size = returned_size(run::<tokio::net::TcpStream>);

@@ -103,9 +103,10 @@ impl Quotas {
     /// policy's `rules` for its principal; `None` when no quota applies to it, so an unlimited
     /// client pays nothing.
     ///
-    /// An account is made by its principal's first connection, with the rates of that moment: a
-    /// policy changed while the principal is connected applies once all its connections have
-    /// closed (or to its connections through a protocol it had not used yet).
+    /// An account is made by its principal's first connection that asks for it (an MQTT client
+    /// asks at its first publish or group subscription), with the rates of that moment: a policy
+    /// changed while the principal is connected applies once all its connections have closed (or
+    /// to its connections through a protocol it had not used yet).
     pub fn usage(&self, key: QuotaKey, protocol: Protocol, rules: &QuotaRules) -> Option<Usage> {
         let overall = rules.overall.unwrap_or(self.config.default);
         let own = rules.protocol.unwrap_or(*self.protocol_rates(protocol));
