@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
 };
 
@@ -68,54 +68,62 @@ pub struct ConnectionState(Arc<Signals>);
 
 #[derive(Debug, Default)]
 struct Signals {
-    taken_over: AtomicBool,
-    finished: AtomicBool,
+    /// The signals set, as [`TAKEN_OVER`] and [`FINISHED`] bits.
+    signals: AtomicU8,
     changed: Notify,
 }
+
+const TAKEN_OVER: u8 = 1;
+const FINISHED: u8 = 2;
 
 impl ConnectionState {
     /// A newer connection took the client id.
     pub fn take_over(&self) {
-        self.0.taken_over.store(true, Ordering::Release);
-        self.0.changed.notify_waiters();
+        self.0.set(TAKEN_OVER);
     }
 
     pub fn is_taken_over(&self) -> bool {
-        self.0.taken_over.load(Ordering::Acquire)
+        self.0.is_set(TAKEN_OVER)
     }
 
     /// Once a newer connection took the client id. Cancel-safe.
-    pub async fn taken_over(&self) {
-        loop {
-            let changed = self.0.changed.notified();
-            tokio::pin!(changed);
-            // Listening before looking, so a signal between the two is not missed. (Written out
-            // here rather than shared with `finished`: this wait is in every idle connection's
-            // task, and a shared helper's future is larger.)
-            changed.as_mut().enable();
-            if self.is_taken_over() {
-                return;
-            }
-            changed.await;
-        }
+    pub fn taken_over(&self) -> impl Future<Output = ()> + '_ {
+        self.0.until(TAKEN_OVER)
     }
 
     fn finish(&self) {
-        self.0.finished.store(true, Ordering::Release);
-        self.0.changed.notify_waiters();
+        self.0.set(FINISHED);
     }
 
     pub fn is_finished(&self) -> bool {
-        self.0.finished.load(Ordering::Acquire)
+        self.0.is_set(FINISHED)
     }
 
     /// Once the connection has finished. Cancel-safe.
-    pub async fn finished(&self) {
+    pub fn finished(&self) -> impl Future<Output = ()> + '_ {
+        self.0.until(FINISHED)
+    }
+}
+
+impl Signals {
+    fn set(&self, signal: u8) {
+        self.signals.fetch_or(signal, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    fn is_set(&self, signal: u8) -> bool {
+        self.signals.load(Ordering::Acquire) & signal != 0
+    }
+
+    /// Once `signal` is set. Called without another `async fn` around it: the wait for a takeover
+    /// is in every idle connection's task, and each layer would add to it.
+    async fn until(&self, signal: u8) {
         loop {
-            let changed = self.0.changed.notified();
+            let changed = self.changed.notified();
             tokio::pin!(changed);
+            // Listening before looking, so a signal between the two is not missed.
             changed.as_mut().enable();
-            if self.is_finished() {
+            if self.is_set(signal) {
                 return;
             }
             changed.await;
