@@ -2,11 +2,16 @@
 
 use fe2o3_amqp::types::{
     definitions::{ErrorCondition, Handle, Role},
-    performatives::{Attach, Begin, Flow, Open, Transfer},
+    performatives::{Attach, Flow, Transfer},
     primitives::{Binary, Value},
 };
 
 use super::*;
+
+/// The frames courier-amqp's integration tests and the abuse suite write by hand.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../../tests/support/frames.rs"]
+mod frames;
 
 fn limits() -> Limits {
     Limits {
@@ -17,49 +22,13 @@ fn limits() -> Limits {
     }
 }
 
-fn frame_with(channel: u16, body: &[u8]) -> Vec<u8> {
-    let mut frame = ((FRAME_HEADER + body.len()) as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&[2, 0]);
-    frame.extend_from_slice(&channel.to_be_bytes());
-    frame.extend_from_slice(body);
-    frame
-}
-
 fn frame(channel: u16, performative: Performative, payload: &[u8]) -> Vec<u8> {
     let body = [
         serde_amqp::to_vec(&performative).expect("encodes"),
         payload.to_vec(),
     ]
     .concat();
-    frame_with(channel, &body)
-}
-
-fn open() -> Performative {
-    Performative::Open(Open {
-        container_id: "client".into(),
-        hostname: None,
-        max_frame_size: Default::default(),
-        channel_max: Default::default(),
-        idle_time_out: None,
-        outgoing_locales: None,
-        incoming_locales: None,
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: None,
-    })
-}
-
-fn begin() -> Performative {
-    Performative::Begin(Begin {
-        remote_channel: None,
-        next_outgoing_id: 0,
-        incoming_window: 100,
-        outgoing_window: 100,
-        handle_max: Default::default(),
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: None,
-    })
+    frames::frame(channel, &body)
 }
 
 fn attach(handle: u32) -> Performative {
@@ -100,8 +69,12 @@ fn transfer(handle: u32, delivery_id: Option<u32>, more: bool) -> Performative {
 /// An opened connection's checks, with a session on channel 1.
 fn opened() -> FrameCheck {
     let mut check = FrameCheck::new(limits());
-    check.check(&frame(0, open(), &[])).expect("OPEN passes");
-    check.check(&frame(1, begin(), &[])).expect("BEGIN passes");
+    check
+        .check(&frame(0, frames::open_performative(), &[]))
+        .expect("OPEN passes");
+    check
+        .check(&frame(1, frames::begin_performative(), &[]))
+        .expect("BEGIN passes");
     check
 }
 
@@ -118,15 +91,7 @@ fn deep_message(depth: usize) -> Vec<u8> {
         bytes.extend(serde_amqp::to_vec(&value).expect("encodes"));
         return bytes;
     }
-    let mut inner = vec![0x40];
-    for _ in 0..depth {
-        let mut outer = vec![0xd0];
-        outer.extend_from_slice(&(inner.len() as u32 + 4).to_be_bytes());
-        outer.extend_from_slice(&1u32.to_be_bytes());
-        outer.extend_from_slice(&inner);
-        inner = outer;
-    }
-    bytes.extend(inner);
+    bytes.extend(frames::nested_lists(depth));
     bytes
 }
 
@@ -165,27 +130,32 @@ fn frame_sizes_are_checked_before_anything_is_read() {
 #[test]
 fn headers_that_are_not_amqp_frames_are_framing_errors() {
     let mut check = opened();
-    let mut bad_offset = frame(0, begin(), &[]);
+    let mut bad_offset = frame(0, frames::begin_performative(), &[]);
     bad_offset[4] = 1;
-    let mut sasl = frame(0, begin(), &[]);
+    let mut sasl = frame(0, frames::begin_performative(), &[]);
     sasl[5] = 1;
     for frame in [bad_offset, sasl] {
         let violation = check.check(&frame).unwrap_err();
         assert_eq!(condition(&violation), &ConnectionError::FramingError.into());
     }
-    let mut extended = frame(0, begin(), &[0; 4]);
+    let mut extended = frame(0, frames::begin_performative(), &[0; 4]);
     extended[4] = 3;
     let violation = check.check(&extended).unwrap_err();
     assert_eq!(condition(&violation), &AmqpError::NotImplemented.into());
     // An empty frame keeps the connection alive, on any channel.
-    assert_eq!(check.check(&frame_with(9, &[])), Ok(()));
+    assert_eq!(check.check(&frames::frame(9, &[])), Ok(()));
 }
 
 #[test]
 fn channels_and_handles_past_what_was_offered_are_framing_errors_counted_as_limits() {
     let mut check = opened();
-    assert_eq!(check.check(&frame(3, begin(), &[])), Ok(()));
-    let violation = check.check(&frame(4, begin(), &[])).unwrap_err();
+    assert_eq!(
+        check.check(&frame(3, frames::begin_performative(), &[])),
+        Ok(())
+    );
+    let violation = check
+        .check(&frame(4, frames::begin_performative(), &[]))
+        .unwrap_err();
     assert_eq!(condition(&violation), &ConnectionError::FramingError.into());
     assert_eq!(violation.limit, Some("max_sessions"));
 
@@ -229,7 +199,7 @@ fn a_performative_nested_too_deep_or_garbled_is_a_decode_error() {
     body.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
     body.extend_from_slice(&14u32.to_be_bytes());
     body.extend(fields);
-    let violation = check.check(&frame_with(1, &body)).unwrap_err();
+    let violation = check.check(&frames::frame(1, &body)).unwrap_err();
     assert_eq!(condition(&violation), &AmqpError::DecodeError.into());
     assert!(
         violation.refusal.description.contains("deeper than 64"),
@@ -241,7 +211,7 @@ fn a_performative_nested_too_deep_or_garbled_is_a_decode_error() {
         &[0x00, 0x53, 0x99, 0x45],
         &[0x01],
     ] {
-        let violation = check.check(&frame_with(1, garbage)).unwrap_err();
+        let violation = check.check(&frames::frame(1, garbage)).unwrap_err();
         assert_eq!(
             condition(&violation),
             &AmqpError::DecodeError.into(),
