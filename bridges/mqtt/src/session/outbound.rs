@@ -328,13 +328,13 @@ impl Outbound {
         let subscription = Subscription::of(&bridge.routes, stored)?;
         // The authorizer counts and logs a denial.
         let authorizer = &bridge.access.authorizer;
-        let resource = Resource::MqttFilter(&subscription.filter);
+        let resource = Resource::MqttFilter(subscription.filter());
         authorizer
             .check("mqtt", client.subject(), Action::Consume, resource)
             .map_err(|_| SubscribeReasonCode::NotAuthorized)?;
         // A share takes part of its group's messages from the other members: joining one is
         // decided on its name as well, not only on the filter every member reads.
-        if let Some(name) = &subscription.share_name {
+        if let Some(name) = subscription.share_name() {
             authorizer
                 .check(
                     "mqtt",
@@ -395,7 +395,7 @@ impl Outbound {
         subscription: &Subscription,
         now: i64,
     ) -> Result<()> {
-        if self.queue.has_retained_of(&subscription.filter) {
+        if self.queue.has_retained_of(subscription.filter()) {
             return Ok(());
         }
         let room = bridge
@@ -405,14 +405,14 @@ impl Outbound {
         if room == 0 {
             metrics::limit_refused(Protocol::Mqtt, "max_queued_retained");
             tracing::info!(
-                filter = subscription.filter,
+                filter = subscription.filter(),
                 "retained messages not sent: the client has mqtt.max_queued_retained waiting"
             );
             return Ok(());
         }
-        let matching = bridge.retained.matching(&subscription.filter, now).await?;
+        let matching = bridge.retained.matching(subscription.filter(), now).await?;
         let left_out = matching.len().saturating_sub(room);
-        let filter: Arc<str> = subscription.filter.as_str().into();
+        let filter: Arc<str> = subscription.filter().into();
         for stored in matching.into_iter().take(room) {
             self.queue.push_retained(
                 subscription.retained(stored.message),
@@ -423,7 +423,7 @@ impl Outbound {
         if left_out > 0 {
             metrics::limit_refused(Protocol::Mqtt, "max_queued_retained");
             tracing::info!(
-                filter = subscription.filter,
+                filter = subscription.filter(),
                 left_out,
                 "retained messages not sent: the client has mqtt.max_queued_retained waiting"
             );

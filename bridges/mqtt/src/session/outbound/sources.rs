@@ -210,7 +210,7 @@ pub(super) async fn open(
         // The hub reads the unwrapped log, so its members' deliveries are traced here.
         (SourceKey::Topic(topic), None) => bridge
             .fanout
-            .subscribe(topic, vec![subscription.filter.clone()])
+            .subscribe(topic, vec![subscription.filter().to_owned()])
             .await
             .map(|member| {
                 let filters = member.filters();

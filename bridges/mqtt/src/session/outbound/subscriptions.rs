@@ -20,21 +20,31 @@ pub(super) enum SourceKey {
 }
 
 /// One subscription, as stored and as understood.
+///
+/// Every idle subscriber holds its subscriptions: the filter without `$share/<name>/` is a place
+/// in the stored filter rather than a copy, and what only shared subscriptions have is boxed.
 #[derive(Debug, Clone)]
 pub(super) struct Subscription {
     /// As the session record keeps it.
     pub(super) stored: StoredSubscription,
-    /// The filter without `$share/<group>/`.
-    pub(super) filter: String,
-    /// The share's name as the client wrote it (`<name>` in `$share/<name>/<filter>`), which the
-    /// policy's `groups` decide.
-    pub(super) share_name: Option<String>,
-    /// The shared group's name, for `$share/...` filters.
-    pub(super) share_group: Option<String>,
+    /// Where the filter without `$share/<name>/` starts in the stored one.
+    filter_at: usize,
+    /// For a `$share/...` filter: the share's name and its group.
+    share: Option<Box<Share>>,
     /// The QoS granted.
     pub(super) qos: QoS,
     /// The Kafka topics the filter reads.
     pub(super) kafka_topics: Vec<String>,
+}
+
+/// What a shared subscription reads through.
+#[derive(Debug, Clone)]
+struct Share {
+    /// The share's name as the client wrote it (`<name>` in `$share/<name>/<filter>`), which the
+    /// policy's `groups` decide.
+    name: String,
+    /// The shared group's name.
+    group: String,
 }
 
 impl Subscription {
@@ -46,22 +56,25 @@ impl Subscription {
     ) -> Result<Self, SubscribeReasonCode> {
         let (share_name, filter) = match mapping::parse_share(&stored.filter) {
             Some((name, filter)) if !name.is_empty() && !name.contains(['+', '#']) => {
-                (Some(name.to_owned()), filter.to_owned())
+                (Some(name), filter)
             }
             Some(_) => return Err(SubscribeReasonCode::TopicFilterInvalid),
             None if stored.filter.starts_with("$share/") => {
                 return Err(SubscribeReasonCode::TopicFilterInvalid);
             }
-            None => (None, stored.filter.clone()),
+            None => (None, stored.filter.as_str()),
         };
-        if !mapping::valid_filter(&filter) {
+        if !mapping::valid_filter(filter) {
             return Err(SubscribeReasonCode::TopicFilterInvalid);
         }
-        let share_group = share_name
-            .as_deref()
-            .map(|name| mapping::share_group(name, &filter));
+        let share = share_name.map(|name| {
+            Box::new(Share {
+                name: name.to_owned(),
+                group: mapping::share_group(name, filter),
+            })
+        });
         let mut qos = rumqttd::protocol::qos(stored.qos).unwrap_or(QoS::AtMostOnce);
-        if share_group.is_some() {
+        if share.is_some() {
             // A shared QoS 2 delivery cut off before PUBREC must be completed with the same client
             // and go to no other [MQTT-4.8.2-4, 4.8.2-5], but the shared Kafka group hands an
             // unacknowledged record to another member. QoS 1 allows that, so that is what is
@@ -69,13 +82,27 @@ impl Subscription {
             qos = mapping::min_qos(qos, QoS::AtLeastOnce);
         }
         Ok(Self {
-            kafka_topics: routes.topics_for_filter(&filter),
+            kafka_topics: routes.topics_for_filter(filter),
+            filter_at: stored.filter.len() - filter.len(),
+            share,
             stored,
-            filter,
-            share_name,
-            share_group,
             qos,
         })
+    }
+
+    /// The filter without `$share/<name>/`.
+    pub(super) fn filter(&self) -> &str {
+        &self.stored.filter[self.filter_at..]
+    }
+
+    /// The share's name as the client wrote it, for a shared subscription.
+    pub(super) fn share_name(&self) -> Option<&str> {
+        self.share.as_ref().map(|share| share.name.as_str())
+    }
+
+    /// The shared group's name, for a shared subscription.
+    pub(super) fn share_group(&self) -> Option<&str> {
+        self.share.as_ref().map(|share| share.group.as_str())
     }
 
     /// Are the retained messages it matches sent on the SUBSCRIBE that made it? As the client's
@@ -87,7 +114,7 @@ impl Subscription {
             RetainForwardRule::OnNewSubscribe => !existed,
             RetainForwardRule::Never => false,
         };
-        asked && self.share_group.is_none()
+        asked && self.share.is_none()
     }
 
     /// A retained message as this subscription gets it: flagged retained, at no more than its QoS.
@@ -99,8 +126,8 @@ impl Subscription {
 
     /// The readers it needs: its shared group's, or one per Kafka topic it reads.
     pub(super) fn source_keys(&self) -> Vec<SourceKey> {
-        match &self.share_group {
-            Some(group) => vec![SourceKey::Share(group.clone())],
+        match self.share_group() {
+            Some(group) => vec![SourceKey::Share(group.to_owned())],
             None => self
                 .kafka_topics
                 .iter()
@@ -191,8 +218,8 @@ impl Subscriptions {
     pub(super) fn filters_reading(&self, kafka_topic: &str) -> Vec<String> {
         self.0
             .iter()
-            .filter(|s| s.share_group.is_none() && s.kafka_topics.iter().any(|t| t == kafka_topic))
-            .map(|s| s.filter.clone())
+            .filter(|s| s.share.is_none() && s.kafka_topics.iter().any(|t| t == kafka_topic))
+            .map(|s| s.filter().to_owned())
             .collect()
     }
 
@@ -215,14 +242,14 @@ impl Subscriptions {
         self.0
             .iter()
             .filter(|subscription| match source {
-                SourceKey::Share(group) => subscription.share_group.as_ref() == Some(group),
+                SourceKey::Share(group) => subscription.share_group() == Some(group.as_str()),
                 SourceKey::Topic(kafka_topic) => {
-                    subscription.share_group.is_none()
+                    subscription.share.is_none()
                         && subscription.kafka_topics.contains(kafka_topic)
                         && !(own && subscription.stored.no_local)
                 }
             })
-            .filter(|subscription| mapping::matches(&subscription.filter, topic))
+            .filter(|subscription| mapping::matches(subscription.filter(), topic))
             .collect()
     }
 }
