@@ -43,11 +43,15 @@ pub struct SessionRecord {
     /// ends with its connection.
     pub expiry_secs: Option<u32>,
     /// When the client left (ms since the epoch); `None` while connected or after a crash.
+    /// Left out when `None`, as the QoS 2 ids when there are none: every connected client's record
+    /// is in the session table of every replica (and in the log's write buffer), so its size is
+    /// memory per client. Readers have always taken a missing field as `None` (and as empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnected_at_ms: Option<i64>,
     /// The session's subscriptions.
     pub subscriptions: Vec<StoredSubscription>,
     /// QoS 2 packet ids received and recorded, waiting for the client's PUBREL.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub awaiting_release: Vec<u16>,
 }
 
@@ -181,4 +185,45 @@ pub fn decode(client_id: &str, value: &[u8]) -> Result<SessionRecord> {
         client_id: client_id.to_owned(),
         detail: error.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connected(awaiting_release: Vec<u16>, disconnected_at_ms: Option<i64>) -> SessionRecord {
+        SessionRecord {
+            connection: "01KBXJ0M2W3Q7E5R8T9Y1U2I3O".into(),
+            owner: Some("device-7".into()),
+            session: "01KBXJ0M2W3Q7E5R8T9Y1U2I3P".into(),
+            persistent: false,
+            expiry_secs: Some(0),
+            disconnected_at_ms,
+            subscriptions: Vec::new(),
+            awaiting_release,
+        }
+    }
+
+    /// A connected client's record leaves out what it does not have, and reads back the same;
+    /// records written with every field (by earlier versions) read as before.
+    #[test]
+    fn a_record_carries_only_what_it_has_and_reads_both_forms() -> Result<()> {
+        let record = connected(Vec::new(), None);
+        let encoded = serde_json::to_string(&record).expect("a record encodes");
+        assert!(!encoded.contains("disconnected_at_ms"), "{encoded}");
+        assert!(!encoded.contains("awaiting_release"), "{encoded}");
+        assert_eq!(decode("c", encoded.as_bytes())?, record);
+
+        let full = encoded.replace(
+            "\"subscriptions\":[]",
+            "\"disconnected_at_ms\":null,\"subscriptions\":[],\"awaiting_release\":[]",
+        );
+        assert_ne!(full, encoded);
+        assert_eq!(decode("c", full.as_bytes())?, record);
+
+        let left = connected(vec![3, 4], Some(1_000));
+        let encoded = serde_json::to_vec(&left).expect("a record encodes");
+        assert_eq!(decode("c", &encoded)?, left);
+        Ok(())
+    }
 }
