@@ -28,9 +28,12 @@ mod handshakes;
 pub use self::handshakes::HandshakeTurn;
 
 /// The live connections of this replica.
+///
+/// Its names are boxed strings, not `String`s: every connected client has an entry and a
+/// registration, so each name's spare capacity field is memory per client.
 #[derive(Debug, Default)]
 pub struct TakeoverFence {
-    live: Mutex<HashMap<String, Live>>,
+    live: Mutex<HashMap<Box<str>, Live>>,
     /// QoS 2 packet ids awaiting release, kept between connections of a persistent session here.
     parked: Mutex<HashMap<String, Parked>>,
     /// The CONNECT handshakes under way here, one at a time per client id.
@@ -39,7 +42,7 @@ pub struct TakeoverFence {
 
 #[derive(Debug)]
 struct Live {
-    connection: String,
+    connection: Box<str>,
     version: Version,
     state: ConnectionState,
 }
@@ -54,8 +57,8 @@ struct Parked {
 #[derive(Debug)]
 pub struct Registration {
     fence: Arc<TakeoverFence>,
-    client_id: String,
-    connection: String,
+    client_id: Box<str>,
+    connection: Box<str>,
     /// Whether a newer connection took the client id; whether this one has finished.
     pub state: ConnectionState,
 }
@@ -142,8 +145,8 @@ impl TakeoverFence {
     ) -> (Registration, Option<ConnectionState>) {
         let registration = Registration {
             fence: self.clone(),
-            client_id: client_id.to_owned(),
-            connection: connection.to_owned(),
+            client_id: client_id.into(),
+            connection: connection.into(),
             state: ConnectionState::default(),
         };
         let mut live = lock(&self.live);
@@ -161,9 +164,9 @@ impl TakeoverFence {
             None => {}
         }
         live.insert(
-            client_id.to_owned(),
+            client_id.into(),
             Live {
-                connection: connection.to_owned(),
+                connection: connection.into(),
                 version,
                 state: registration.state.clone(),
             },
@@ -186,7 +189,7 @@ impl TakeoverFence {
         let Some(live) = live.get_mut(client_id) else {
             return;
         };
-        if live.connection == connection {
+        if *live.connection == *connection {
             live.version = version.clone();
         } else if version.is_newer_than(&live.version) {
             live.state.take_over();
@@ -224,7 +227,7 @@ impl Drop for Registration {
         let mut live = lock(&self.fence.live);
         if live
             .get(&self.client_id)
-            .is_some_and(|entry| entry.connection == self.connection)
+            .is_some_and(|entry| *entry.connection == *self.connection)
         {
             live.remove(&self.client_id);
         }
