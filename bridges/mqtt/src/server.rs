@@ -175,7 +175,7 @@ impl Server {
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
                     }
-                    let (bridge, drain) = (self.bridge.clone(), drain.clone());
+                    let bridge = self.bridge.clone();
                     // Held for as long as the connection is served; the gauge goes first, so it
                     // never counts more connections than the permits allow.
                     let held = (metrics::connection_opened(Protocol::Mqtt), permit);
@@ -186,14 +186,14 @@ impl Server {
                     // would be as large, 10,000 devices tens of MiB (jemalloc's size classes).
                     let serving = match (tls, transport) {
                         (None, Transport::Tcp) => {
-                            Either::Left(session::run(bridge, stream, peer, None, drain))
+                            Either::Left(session::run(bridge, stream, peer, None))
                         }
                         (None, Transport::WebSocket) => Either::Right(Box::pin(serve_websocket(
-                            bridge, stream, peer, None, drain,
+                            bridge, stream, peer, None,
                         ))
                             as BoxFuture<'static, ()>),
                         (Some(tls), transport) => Either::Right(Box::pin(serve_tls(
-                            bridge, tls, stream, peer, transport, drain,
+                            bridge, tls, stream, peer, transport,
                         ))
                             as BoxFuture<'static, ()>),
                     };
@@ -209,7 +209,16 @@ impl Server {
         };
         drop((self.tcp, self.websocket, self.tls_tcp, self.tls_websocket));
         tracker.close();
-        tracker.wait().await;
+        // The connections learn of the drain through the takeover fence, whose signal each waits
+        // for anyway (a cancellation token's wait would be more of every idle connection's task).
+        // A listener that failed leaves them be until the drain, as before.
+        tokio::select! {
+            () = tracker.wait() => {}
+            () = drain.cancelled() => {
+                self.bridge.takeover.shut_down();
+                tracker.wait().await;
+            }
+        }
         drop(self.background);
         result
     }
@@ -229,16 +238,15 @@ async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     transport: Transport,
-    drain: CancellationToken,
 ) {
     let Some((stream, identity)) = Box::pin(tls.accept(stream, peer)).await else {
         return;
     };
     let identity = identity.map(Box::new);
     match transport {
-        Transport::Tcp => session::run(bridge, stream, peer, identity, drain).await,
+        Transport::Tcp => session::run(bridge, stream, peer, identity).await,
         Transport::WebSocket => {
-            Box::pin(serve_websocket(bridge, stream, peer, identity, drain)).await;
+            Box::pin(serve_websocket(bridge, stream, peer, identity)).await;
         }
     }
 }
@@ -250,7 +258,6 @@ async fn serve_websocket<S: AsyncRead + AsyncWrite + Unpin + Send>(
     stream: S,
     peer: SocketAddr,
     identity: Option<Box<ClientIdentity>>,
-    drain: CancellationToken,
 ) {
     // A WebSocket message carries MQTT bytes: none needs to be larger than an MQTT packet may be
     // (tungstenite's default would buffer 64 MiB for a client that never finishes a message).
@@ -270,7 +277,7 @@ async fn serve_websocket<S: AsyncRead + AsyncWrite + Unpin + Send>(
     .await;
     match handshake {
         Ok(Ok(websocket)) => {
-            session::run(bridge, WsStream::new(websocket), peer, identity, drain).await;
+            session::run(bridge, WsStream::new(websocket), peer, identity).await;
         }
         Ok(Err(error)) => tracing::info!(%peer, %error, "WebSocket handshake failed"),
         Err(_) => tracing::info!(%peer, "WebSocket handshake timed out"),
@@ -317,12 +324,12 @@ mod tests {
     use super::*;
 
     /// The size of the future `serve_tls` returns, without calling it.
-    fn serving_size<A, B, C, D, E, F, R>(_: impl Fn(A, B, C, D, E, F) -> R) -> usize {
+    fn serving_size<A, B, C, D, E, R>(_: impl Fn(A, B, C, D, E) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 
     /// The size of the future `session::run` returns, without calling it.
-    fn session_size<A, B, C, D, E, R>(_: impl Fn(A, B, C, D, E) -> R) -> usize {
+    fn session_size<A, B, C, D, R>(_: impl Fn(A, B, C, D) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 

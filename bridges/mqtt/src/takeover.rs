@@ -6,6 +6,9 @@
 //! names another connection, whether that connection is on this replica
 //! ([`TakeoverFence::register`]) or on another one (the session table calls [`TakeoverFence::on_record`]).
 //!
+//! The fence also tells its connections that the gateway shuts down ([`TakeoverFence::shut_down`]):
+//! an idle connection waits for one signal, not for a takeover and a cancellation token apart.
+//!
 //! Before its record is written, a connect checks that the client id is not another principal's.
 //! Handshakes of one client id take turns on this replica ([`TakeoverFence::handshake`], in
 //! `handshakes`), so two principals connecting at once cannot both pass that check here.
@@ -14,7 +17,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
     },
 };
 
@@ -38,6 +41,9 @@ pub struct TakeoverFence {
     parked: Mutex<HashMap<String, Parked>>,
     /// The CONNECT handshakes under way here, one at a time per client id.
     handshakes: handshakes::Handshakes,
+    /// The gateway shuts down: set, and read by registrations, under `live`'s lock, so a
+    /// connection registered as it is set is told as well.
+    shutting_down: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -63,21 +69,22 @@ pub struct Registration {
     pub state: ConnectionState,
 }
 
-/// What the fence tells about one connection: a newer connection took its client id, and it has
-/// finished. Both in one allocation (two cancellation tokens were two), which every connection
-/// holds for as long as it lasts.
+/// What the fence tells about one connection: a newer connection took its client id, or the
+/// gateway shuts down; and it has finished. All in one allocation (cancellation tokens were one
+/// each), which every connection holds for as long as it lasts.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionState(Arc<Signals>);
 
 #[derive(Debug, Default)]
 struct Signals {
-    /// The signals set, as [`TAKEN_OVER`] and [`FINISHED`] bits.
+    /// The signals set, as [`TAKEN_OVER`], [`SHUTTING_DOWN`] and [`FINISHED`] bits.
     signals: AtomicU8,
     changed: Notify,
 }
 
 const TAKEN_OVER: u8 = 1;
 const FINISHED: u8 = 2;
+const SHUTTING_DOWN: u8 = 4;
 
 impl ConnectionState {
     /// A newer connection took the client id.
@@ -92,6 +99,12 @@ impl ConnectionState {
     /// Once a newer connection took the client id. Cancel-safe.
     pub fn taken_over(&self) -> impl Future<Output = ()> + '_ {
         self.0.until(TAKEN_OVER)
+    }
+
+    /// Once a newer connection took the client id or the gateway shuts down, whichever comes
+    /// first ([`Self::is_taken_over`] tells which). Cancel-safe.
+    pub fn taken_over_or_shutting_down(&self) -> impl Future<Output = ()> + '_ {
+        self.0.until(TAKEN_OVER | SHUTTING_DOWN)
     }
 
     fn finish(&self) {
@@ -118,15 +131,15 @@ impl Signals {
         self.signals.load(Ordering::Acquire) & signal != 0
     }
 
-    /// Once `signal` is set. Called without another `async fn` around it: the wait for a takeover
-    /// is in every idle connection's task, and each layer would add to it.
-    async fn until(&self, signal: u8) {
+    /// Once one of the `signals` bits is set. Called without another `async fn` around it: the
+    /// wait for a takeover is in every idle connection's task, and each layer would add to it.
+    async fn until(&self, signals: u8) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             // Listening before looking, so a signal between the two is not missed.
             changed.as_mut().enable();
-            if self.is_set(signal) {
+            if self.is_set(signals) {
                 return;
             }
             changed.await;
@@ -150,6 +163,9 @@ impl TakeoverFence {
             state: ConnectionState::default(),
         };
         let mut live = lock(&self.live);
+        if self.shutting_down.load(Ordering::Acquire) {
+            registration.state.0.set(SHUTTING_DOWN);
+        }
         let mut predecessor = None;
         match live.get(client_id) {
             Some(newer) if newer.version.is_newer_than(&version) => {
@@ -193,6 +209,15 @@ impl TakeoverFence {
             live.version = version.clone();
         } else if version.is_newer_than(&live.version) {
             live.state.take_over();
+        }
+    }
+
+    /// The gateway shuts down: every live connection is told, and every one registered from now on.
+    pub fn shut_down(&self) {
+        let live = lock(&self.live);
+        self.shutting_down.store(true, Ordering::Release);
+        for connection in live.values() {
+            connection.state.0.set(SHUTTING_DOWN);
         }
     }
 
@@ -272,6 +297,32 @@ mod tests {
 
         let (late, _) = fence.register("c", "conn-0", at(3));
         assert!(late.state.is_taken_over(), "a stale connect loses at once");
+    }
+
+    /// A shutdown tells every live connection, and every one registered after it, through the
+    /// same wait as a takeover; it is not a takeover.
+    #[tokio::test]
+    async fn a_shutdown_reaches_live_and_later_connections() {
+        use futures_util::FutureExt as _;
+
+        let fence = Arc::new(TakeoverFence::default());
+        let (live, _) = fence.register("a", "conn-1", at(10));
+        let state = live.state.clone();
+        let waiting = tokio::spawn(async move { state.taken_over_or_shutting_down().await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+
+        fence.shut_down();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the wait ends at the shutdown")
+            .expect("the waiting task");
+        assert!(!live.state.is_taken_over());
+        assert!(live.state.taken_over().now_or_never().is_none());
+
+        let (later, _) = fence.register("b", "conn-2", at(11));
+        assert!(later.state.taken_over_or_shutting_down().now_or_never().is_some());
+        assert!(!later.state.is_taken_over());
     }
 
     /// The waits end when their signal comes, whether it came before or while they wait.

@@ -11,7 +11,6 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     sync::Notify,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     answers::Answers,
@@ -37,7 +36,7 @@ pub async fn run(bridge: &Arc<Bridge>, connection: &Connection, client_id: Strin
     let (client, server) = tokio::io::duplex(64 * 1024);
     let (mut from_gateway, mut to_gateway) = tokio::io::split(client);
     let peer = SocketAddr::from(([127, 0, 0, 1], 50000));
-    let serve = session::run(bridge.clone(), server, peer, None, CancellationToken::new());
+    let serve = session::run(bridge.clone(), server, peer, None);
     let write = async {
         let mut out = BytesMut::new();
         encode::connect(&connection.connect, client_id, &mut out);
