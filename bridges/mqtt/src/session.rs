@@ -156,6 +156,10 @@ pub async fn turn_away<S: AsyncRead + AsyncWrite + Unpin + Send>(
 /// Most pieces of ready work between two writes to the socket.
 const READY_BURST: usize = 256;
 
+/// The keep-alive deadline's stand-in when the client asked for none (a constant, not a local the
+/// loop's future would keep).
+const NO_KEEP_ALIVE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// What [`Session::step_ready`] did.
 enum Progress {
     Idle,
@@ -268,8 +272,7 @@ impl Session {
         // MQTT: the server closes a connection silent for one and a half keep-alive periods.
         let keep_alive = (self.client.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(self.client.keep_alive) * 1500));
-        let far = Duration::from_secs(365 * 24 * 3600);
-        let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
+        let mut deadline = Instant::now() + keep_alive.unwrap_or(NO_KEEP_ALIVE);
         let fence = self.registration.state.clone();
         // A token's connection ends when the token does (as EMQX's and Kafka's re-authentication
         // do): the client connects again with a fresh one, and its rights are decided anew.
@@ -294,7 +297,9 @@ impl Session {
                 match self.step_ready(connection, receive_maximum).await {
                     Ok(Progress::Idle) => break,
                     Ok(Progress::Worked) => {}
-                    Ok(Progress::Received) => deadline = Instant::now() + keep_alive.unwrap_or(far),
+                    Ok(Progress::Received) => {
+                        deadline = Instant::now() + keep_alive.unwrap_or(NO_KEEP_ALIVE);
+                    }
                     Ok(Progress::Ended(end)) => return end,
                     Err(error) => return End::Failed(error),
                 }
@@ -313,7 +318,7 @@ impl Session {
                     Error::ShuttingDown
                 })),
                 frame = connection.read_frame(), if self.inbound.has_room(receive_maximum) => {
-                    deadline = Instant::now() + keep_alive.unwrap_or(far);
+                    deadline = Instant::now() + keep_alive.unwrap_or(NO_KEEP_ALIVE);
                     match frame {
                         Ok(Some(frame)) => Woke::Packet(self.on_frame_boxed(connection, frame)),
                         Ok(None) => return End::Gone,
@@ -737,12 +742,13 @@ mod tests {
     fn a_connection_task_stays_small() {
         let size = returned_size(run::<tokio::net::TcpStream>);
         eprintln!("session::run over TCP: {size} bytes");
-        assert!(size <= 2 * 1024, "{size} bytes");
+        // 1,408 bytes in a debug build since stop 40 (2,112 before stop 39).
+        assert!(size <= 1536, "{size} bytes");
         // The stream is kept once (a TLS stream is more than a kilobyte).
         type Tls = courier_gateway::tls::TlsStream<tokio::net::TcpStream>;
         let size = returned_size(run::<Tls>);
         let stream = std::mem::size_of::<Tls>();
         eprintln!("session::run over TLS: {size} bytes, of which the stream {stream}");
-        assert!(size <= stream + 2 * 1024, "{size} bytes");
+        assert!(size <= stream + 1536, "{size} bytes");
     }
 }
