@@ -90,6 +90,7 @@ impl Bridge {
         }
 
         let takeover = Arc::new(TakeoverFence::default());
+        takeover.keep_sweeping(cancel.clone());
         let session_owners = Arc::new(SessionOwners::default());
         let count_sessions = config.max_sessions_per_principal > 0;
         let session_table = Table::start(

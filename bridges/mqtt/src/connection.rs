@@ -2,7 +2,7 @@
 
 use std::{
     pin::Pin,
-    task::{Poll, ready},
+    task::{Context, Poll, ready},
 };
 
 use bytes::BytesMut;
@@ -36,7 +36,7 @@ const NO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(365 * 24
 pub struct Connection<S> {
     stream: S,
     codec: Codec,
-    /// Empty and without memory while the client sends nothing (see [`Connection::read_more`]).
+    /// Empty and without memory while the client sends nothing (see [`Connection::poll_read_more`]).
     read_buffer: BytesMut,
     /// The room the read buffer is made with when the client sends after a wait: what the last one
     /// had left, within bounds.
@@ -78,19 +78,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// The next packet; `None` when the peer closed the stream between packets.
     ///
-    /// Cancel-safe: bytes read so far stay buffered, so it can be a `select!` branch.
-    pub async fn read_frame(&mut self) -> Result<Option<Frame>> {
-        loop {
-            if let Some(frame) = self.codec.decode(&mut self.read_buffer)? {
-                return Ok(Some(frame));
-            }
-            if self.read_more().await? == 0 {
-                if self.read_buffer.is_empty() {
-                    return Ok(None);
+    /// Cancel-safe: bytes read so far stay buffered, so it can be a `select!` branch. A poll
+    /// function rather than an `async fn`: the wait is in every idle connection's task, and the
+    /// function's state (and its reads') would be 64 bytes of it, not 8.
+    pub fn read_frame(&mut self) -> impl Future<Output = Result<Option<Frame>>> + '_ {
+        std::future::poll_fn(move |cx| {
+            loop {
+                if let Some(frame) = self.codec.decode(&mut self.read_buffer)? {
+                    return Poll::Ready(Ok(Some(frame)));
                 }
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                if ready!(self.poll_read_more(cx))? == 0 {
+                    if self.read_buffer.is_empty() {
+                        return Poll::Ready(Ok(None));
+                    }
+                    let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                    return Poll::Ready(Err(eof.into()));
+                }
             }
-        }
+        })
     }
 
     /// Reads what the client sent into the read buffer; 0 at the end of the stream.
@@ -100,30 +105,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// nothing. Without a buffer, the first read goes to the stack, so waiting allocates nothing;
     /// what it brings goes into a buffer made then, with the room the last one had left (within
     /// bounds), and the reads after it go straight into that buffer.
-    async fn read_more(&mut self) -> std::io::Result<usize> {
-        std::future::poll_fn(|cx| {
-            if self.read_buffer.capacity() == 0 {
-                let mut first = [0u8; FIRST_READ];
-                let mut read = ReadBuf::new(&mut first);
-                ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read))?;
-                let read = read.filled();
-                if !read.is_empty() {
-                    self.read_buffer.reserve(self.read_capacity.max(read.len()));
-                    self.read_buffer.extend_from_slice(read);
-                }
-                return Poll::Ready(Ok(read.len()));
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.read_buffer.capacity() == 0 {
+            let mut first = [0u8; FIRST_READ];
+            let mut read = ReadBuf::new(&mut first);
+            ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read))?;
+            let read = read.filled();
+            if !read.is_empty() {
+                self.read_buffer.reserve(self.read_capacity.max(read.len()));
+                self.read_buffer.extend_from_slice(read);
             }
-            let polled = poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read_buffer);
-            if polled.is_pending() && self.read_buffer.is_empty() {
-                self.read_capacity = self
-                    .read_buffer
-                    .capacity()
-                    .clamp(READ_BUFFER, READ_BUFFER_AGAIN);
-                self.read_buffer = BytesMut::new();
-            }
-            polled
-        })
-        .await
+            return Poll::Ready(Ok(read.len()));
+        }
+        let polled = poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read_buffer);
+        if polled.is_pending() && self.read_buffer.is_empty() {
+            self.read_capacity = self
+                .read_buffer
+                .capacity()
+                .clamp(READ_BUFFER, READ_BUFFER_AGAIN);
+            self.read_buffer = BytesMut::new();
+        }
+        polled
     }
 
     /// The next packet among the bytes already read, without reading more.

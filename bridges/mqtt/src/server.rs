@@ -188,14 +188,14 @@ impl Server {
                         (None, Transport::Tcp) => {
                             Either::Left(session::run(bridge, stream, peer, None))
                         }
-                        (None, Transport::WebSocket) => Either::Right(Box::pin(serve_websocket(
-                            bridge, stream, peer, None,
-                        ))
-                            as BoxFuture<'static, ()>),
-                        (Some(tls), transport) => Either::Right(Box::pin(serve_tls(
-                            bridge, tls, stream, peer, transport,
-                        ))
-                            as BoxFuture<'static, ()>),
+                        (None, Transport::WebSocket) => {
+                            Either::Right(Box::pin(serve_websocket(bridge, stream, peer, None))
+                                as BoxFuture<'static, ()>)
+                        }
+                        (Some(tls), transport) => {
+                            Either::Right(Box::pin(serve_tls(bridge, tls, stream, peer, transport))
+                                as BoxFuture<'static, ()>)
+                        }
                     };
                     tracker.spawn(serving.map(move |()| drop(held)));
                 }

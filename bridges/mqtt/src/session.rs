@@ -28,10 +28,7 @@ use courier_gateway::{
 };
 use futures_util::FutureExt;
 use rumqttd::protocol::{Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, PingResp};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    time::Instant,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
 use self::{
@@ -48,7 +45,7 @@ use crate::{
     connection::Connection,
     error::{Error, Result},
     store::sessions::SessionRecord,
-    takeover::Registration,
+    takeover::{Ending, Registration},
 };
 
 /// Longest a closing connection waits for its pending appends.
@@ -156,10 +153,6 @@ pub async fn turn_away<S: AsyncRead + AsyncWrite + Unpin + Send>(
 /// Most pieces of ready work between two writes to the socket.
 const READY_BURST: usize = 256;
 
-/// The keep-alive deadline's stand-in when the client asked for none (a constant, not a local the
-/// loop's future would keep).
-const NO_KEEP_ALIVE: Duration = Duration::from_secs(365 * 24 * 3600);
-
 /// What [`Session::step_ready`] did.
 enum Progress {
     Idle,
@@ -174,29 +167,6 @@ enum Progress {
 enum Woke<F> {
     Packet(Pin<Box<F>>),
     Done(Result<Option<End>>),
-}
-
-/// An end the loop's timer waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TimedEnd {
-    /// The client was silent for one and a half keep-alive periods.
-    KeepAlive,
-    /// The client's credentials expired.
-    Expiry,
-}
-
-/// Whichever comes first of the ends a connection has: the keep-alive deadline (none with a
-/// keep-alive of 0) and its credentials' expiry (none for credentials that do not expire).
-fn first_end(
-    keep_alive_deadline: Option<Instant>,
-    expires_at: Option<Instant>,
-) -> Option<(Instant, TimedEnd)> {
-    match (keep_alive_deadline, expires_at) {
-        (Some(deadline), Some(expiry)) if expiry < deadline => Some((expiry, TimedEnd::Expiry)),
-        (Some(deadline), _) => Some((deadline, TimedEnd::KeepAlive)),
-        (None, Some(expiry)) => Some((expiry, TimedEnd::Expiry)),
-        (None, None) => None,
-    }
 }
 
 /// How a connection ended.
@@ -269,18 +239,14 @@ impl Session {
         &mut self,
         connection: &mut Connection<S>,
     ) -> End {
-        // MQTT: the server closes a connection silent for one and a half keep-alive periods.
-        let keep_alive = (self.client.keep_alive > 0)
+        // MQTT: the server closes a connection silent for one and a half keep-alive periods. A
+        // token's connection ends when the token does (as EMQX's and Kafka's re-authentication
+        // do): the client connects again with a fresh one, and its rights are decided anew. The
+        // fence's sweep watches both deadlines.
+        let silence = (self.client.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(self.client.keep_alive) * 1500));
-        let mut deadline = Instant::now() + keep_alive.unwrap_or(NO_KEEP_ALIVE);
-        let fence = self.registration.state.clone();
-        // A token's connection ends when the token does (as EMQX's and Kafka's re-authentication
-        // do): the client connects again with a fresh one, and its rights are decided anew.
-        let expires_at = self
-            .client
-            .principal
-            .remaining()
-            .map(|expiry| Instant::now() + expiry);
+        self.registration
+            .watch(silence, self.client.principal.remaining());
         let receive_maximum = self.bridge.config.receive_maximum;
         for release in self.outbound.take_owed_releases() {
             if let Err(error) = connection.queue(release) {
@@ -297,9 +263,7 @@ impl Session {
                 match self.step_ready(connection, receive_maximum).await {
                     Ok(Progress::Idle) => break,
                     Ok(Progress::Worked) => {}
-                    Ok(Progress::Received) => {
-                        deadline = Instant::now() + keep_alive.unwrap_or(NO_KEEP_ALIVE);
-                    }
+                    Ok(Progress::Received) => self.registration.heard(),
                     Ok(Progress::Ended(end)) => return end,
                     Err(error) => return End::Failed(error),
                 }
@@ -311,14 +275,18 @@ impl Session {
             // awaited inside it, the packet and the select's output would keep their room in the
             // task.
             let woke = tokio::select! {
-                // One wait for both, where a cancellation token's would be seventy bytes more.
-                () = fence.taken_over_or_shutting_down() => Woke::Done(Err(if fence.is_taken_over() {
-                    Error::SessionTakenOver
-                } else {
-                    Error::ShuttingDown
-                })),
+                // One wait for every end the fence signals (a takeover, silence, expiry, a
+                // shutdown), where a timer and a cancellation token were 180 bytes more.
+                () = self.registration.state.ending() => Woke::Done(Err(
+                    match self.registration.state.ended_by() {
+                        Some(Ending::TakenOver) => Error::SessionTakenOver,
+                        Some(Ending::Silent) => Error::KeepAliveTimeout(self.client.keep_alive),
+                        Some(Ending::Expired) => Error::CredentialsExpired,
+                        Some(Ending::ShuttingDown) | None => Error::ShuttingDown,
+                    }
+                )),
                 frame = connection.read_frame(), if self.inbound.has_room(receive_maximum) => {
-                    deadline = Instant::now() + keep_alive.unwrap_or(NO_KEEP_ALIVE);
+                    self.registration.heard();
                     match frame {
                         Ok(Some(frame)) => Woke::Packet(self.on_frame_boxed(connection, frame)),
                         Ok(None) => return End::Gone,
@@ -340,15 +308,6 @@ impl Session {
                 Some((source, event)) = self.outbound.sources.next(), if self.outbound.wants_events(&self.client) => {
                     self.outbound.on_event(source, event);
                     Woke::Done(Ok(None))
-                }
-                // One timer for both ends a silent or expired connection may come to (a timer is
-                // a hundred bytes of every idle connection's task).
-                () = tokio::time::sleep_until(first_end(keep_alive.map(|_| deadline), expires_at).map_or(deadline, |(at, _)| at)),
-                    if keep_alive.is_some() || expires_at.is_some() => {
-                    Woke::Done(Err(match first_end(keep_alive.map(|_| deadline), expires_at) {
-                        Some((_, TimedEnd::KeepAlive)) => Error::KeepAliveTimeout(self.client.keep_alive),
-                        _ => Error::CredentialsExpired,
-                    }))
                 }
             };
             let step = match woke {
@@ -709,35 +668,6 @@ mod tests {
     /// packet is boxed (see `run` and `Session::on_frame_boxed`), so it stays small. Before that it
     /// was 5.3 KiB in a release build, a third of an idle client's memory; 2.1 KiB in a debug build
     /// before `run` was a plain function and the loop had one timer.
-    /// Each end is waited for only when the connection has it: a keep-alive deadline pushed past
-    /// a year by a client that keeps pinging is still the keep-alive's (an expiry of a far
-    /// fallback once ended such a connection as expired).
-    #[test]
-    fn the_timer_waits_for_the_ends_the_connection_has() {
-        let now = Instant::now();
-        let day = Duration::from_secs(24 * 3600);
-        let soon = now + Duration::from_secs(90);
-        assert_eq!(first_end(None, None), None);
-        assert_eq!(
-            first_end(Some(soon), None),
-            Some((soon, TimedEnd::KeepAlive))
-        );
-        let late = now + 400 * day;
-        assert_eq!(
-            first_end(Some(late), None),
-            Some((late, TimedEnd::KeepAlive))
-        );
-        assert_eq!(first_end(None, Some(soon)), Some((soon, TimedEnd::Expiry)));
-        assert_eq!(
-            first_end(Some(late), Some(soon)),
-            Some((soon, TimedEnd::Expiry))
-        );
-        assert_eq!(
-            first_end(Some(soon), Some(late)),
-            Some((soon, TimedEnd::KeepAlive))
-        );
-    }
-
     #[test]
     fn a_connection_task_stays_small() {
         let size = returned_size(run::<tokio::net::TcpStream>);

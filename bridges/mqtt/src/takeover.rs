@@ -6,8 +6,10 @@
 //! names another connection, whether that connection is on this replica
 //! ([`TakeoverFence::register`]) or on another one (the session table calls [`TakeoverFence::on_record`]).
 //!
-//! The fence also tells its connections that the gateway shuts down ([`TakeoverFence::shut_down`]):
-//! an idle connection waits for one signal, not for a takeover and a cancellation token apart.
+//! The fence also tells its connections the other reasons they must end (`state`): the gateway
+//! shuts down ([`TakeoverFence::shut_down`]), a client fell silent past its keep-alive or its
+//! credentials expired ([`TakeoverFence::sweep`], every [`SWEEP_EVERY`]). An idle connection waits
+//! for one signal, not for a takeover, a cancellation token and a timer apart.
 //!
 //! Before its record is written, a connect checks that the client id is not another principal's.
 //! Handshakes of one client id take turns on this replica ([`TakeoverFence::handshake`], in
@@ -16,25 +18,34 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU8, Ordering},
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use courier_gateway::readers::table::Version;
-use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::sync::lock;
 
 mod handshakes;
+mod state;
 
 pub use self::handshakes::HandshakeTurn;
+pub use self::state::{ConnectionState, Ending};
+
+/// How often the fence looks for clients silent past their keep-alive and credentials that
+/// expired: a connection ends at most this long after its deadline. MQTT asks that a connection
+/// silent for one and a half keep-alives be closed, not how promptly; Mosquitto looks as seldom.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The live connections of this replica.
 ///
 /// Its names are boxed strings, not `String`s: every connected client has an entry and a
 /// registration, so each name's spare capacity field is memory per client.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TakeoverFence {
     live: Mutex<HashMap<Box<str>, Live>>,
     /// QoS 2 packet ids awaiting release, kept between connections of a persistent session here.
@@ -44,6 +55,20 @@ pub struct TakeoverFence {
     /// The gateway shuts down: set, and read by registrations, under `live`'s lock, so a
     /// connection registered as it is set is told as well.
     shutting_down: AtomicBool,
+    /// Where the connections' deadlines are counted from (the runtime's clock, which tests pause).
+    epoch: Instant,
+}
+
+impl Default for TakeoverFence {
+    fn default() -> Self {
+        Self {
+            live: Mutex::default(),
+            parked: Mutex::default(),
+            handshakes: handshakes::Handshakes::default(),
+            shutting_down: AtomicBool::default(),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -69,84 +94,6 @@ pub struct Registration {
     pub state: ConnectionState,
 }
 
-/// What the fence tells about one connection: a newer connection took its client id, or the
-/// gateway shuts down; and it has finished. All in one allocation (cancellation tokens were one
-/// each), which every connection holds for as long as it lasts.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectionState(Arc<Signals>);
-
-#[derive(Debug, Default)]
-struct Signals {
-    /// The signals set, as [`TAKEN_OVER`], [`SHUTTING_DOWN`] and [`FINISHED`] bits.
-    signals: AtomicU8,
-    changed: Notify,
-}
-
-const TAKEN_OVER: u8 = 1;
-const FINISHED: u8 = 2;
-const SHUTTING_DOWN: u8 = 4;
-
-impl ConnectionState {
-    /// A newer connection took the client id.
-    pub fn take_over(&self) {
-        self.0.set(TAKEN_OVER);
-    }
-
-    pub fn is_taken_over(&self) -> bool {
-        self.0.is_set(TAKEN_OVER)
-    }
-
-    /// Once a newer connection took the client id. Cancel-safe.
-    pub fn taken_over(&self) -> impl Future<Output = ()> + '_ {
-        self.0.until(TAKEN_OVER)
-    }
-
-    /// Once a newer connection took the client id or the gateway shuts down, whichever comes
-    /// first ([`Self::is_taken_over`] tells which). Cancel-safe.
-    pub fn taken_over_or_shutting_down(&self) -> impl Future<Output = ()> + '_ {
-        self.0.until(TAKEN_OVER | SHUTTING_DOWN)
-    }
-
-    fn finish(&self) {
-        self.0.set(FINISHED);
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.0.is_set(FINISHED)
-    }
-
-    /// Once the connection has finished. Cancel-safe.
-    pub fn finished(&self) -> impl Future<Output = ()> + '_ {
-        self.0.until(FINISHED)
-    }
-}
-
-impl Signals {
-    fn set(&self, signal: u8) {
-        self.signals.fetch_or(signal, Ordering::AcqRel);
-        self.changed.notify_waiters();
-    }
-
-    fn is_set(&self, signal: u8) -> bool {
-        self.signals.load(Ordering::Acquire) & signal != 0
-    }
-
-    /// Once one of the `signals` bits is set. Called without another `async fn` around it: the
-    /// wait for a takeover is in every idle connection's task, and each layer would add to it.
-    async fn until(&self, signals: u8) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Listening before looking, so a signal between the two is not missed.
-            changed.as_mut().enable();
-            if self.is_set(signals) {
-                return;
-            }
-            changed.await;
-        }
-    }
-}
-
 impl TakeoverFence {
     /// Registers a connection whose session record was written as `version`. Returns its registration and,
     /// when it takes over an older connection here, that one's state, to wait until it has finished.
@@ -164,7 +111,7 @@ impl TakeoverFence {
         };
         let mut live = lock(&self.live);
         if self.shutting_down.load(Ordering::Acquire) {
-            registration.state.0.set(SHUTTING_DOWN);
+            registration.state.shut_down();
         }
         let mut predecessor = None;
         match live.get(client_id) {
@@ -217,8 +164,41 @@ impl TakeoverFence {
         let live = lock(&self.live);
         self.shutting_down.store(true, Ordering::Release);
         for connection in live.values() {
-            connection.state.0.set(SHUTTING_DOWN);
+            connection.state.shut_down();
         }
+    }
+
+    /// Signals the live connections whose client was silent past its keep-alive, or whose
+    /// credentials expired.
+    pub fn sweep(&self) {
+        let now = self.now_ms();
+        for connection in lock(&self.live).values() {
+            connection.state.check_deadlines(now);
+        }
+    }
+
+    /// Sweeps every [`SWEEP_EVERY`] until `cancel` fires or the fence is dropped.
+    pub fn keep_sweeping(self: &Arc<Self>, cancel: CancellationToken) {
+        let fence = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let Some(fence) = Weak::upgrade(&fence) else {
+                    return;
+                };
+                fence.sweep();
+            }
+        });
+    }
+
+    /// Milliseconds of the fence's clock.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Is a connection with this client id live here?
@@ -244,6 +224,19 @@ impl TakeoverFence {
             Some(state) if state.session == session => Some(state.awaiting_release),
             _ => None,
         }
+    }
+}
+
+impl Registration {
+    /// From now on, the client may be silent for `silence` at most, and its credentials expire
+    /// after `expires_in` (`None`: no such limit); the fence's sweep ends it past either.
+    pub fn watch(&self, silence: Option<Duration>, expires_in: Option<Duration>) {
+        self.state.watch(self.fence.now_ms(), silence, expires_in);
+    }
+
+    /// The client was heard from: its keep-alive starts again.
+    pub fn heard(&self) {
+        self.state.heard(self.fence.now_ms());
     }
 }
 
@@ -299,6 +292,52 @@ mod tests {
         assert!(late.state.is_taken_over(), "a stale connect loses at once");
     }
 
+    /// The sweep ends a connection silent for its keep-alive's one and a half (counted from the
+    /// last time it was heard) and one whose credentials expired, each for its own reason, and no
+    /// other; the fence's sweeper task does it on its own.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_ends_silent_and_expired_connections() {
+        use futures_util::FutureExt as _;
+        use tokio::time::advance;
+
+        let second = std::time::Duration::from_secs(1);
+        let fence = Arc::new(TakeoverFence::default());
+        let (talking, _) = fence.register("talking", "conn-1", at(1));
+        talking.watch(Some(second * 3 / 2), None);
+        let (expiring, _) = fence.register("expiring", "conn-2", at(2));
+        expiring.watch(None, Some(second * 5 / 2));
+        let (unlimited, _) = fence.register("unlimited", "conn-3", at(3));
+        unlimited.watch(None, None);
+
+        for _ in 0..2 {
+            advance(second).await;
+            talking.heard();
+            fence.sweep();
+            assert_eq!(talking.state.ended_by(), None);
+        }
+        assert_eq!(expiring.state.ended_by(), None);
+        advance(second).await;
+        fence.sweep();
+        assert_eq!(talking.state.ended_by(), None, "heard a second ago");
+        assert_eq!(expiring.state.ended_by(), Some(Ending::Expired));
+        advance(second).await;
+        fence.sweep();
+        assert_eq!(talking.state.ended_by(), Some(Ending::Silent));
+        assert!(talking.state.ending().now_or_never().is_some());
+
+        let cancel = CancellationToken::new();
+        fence.keep_sweeping(cancel.clone());
+        advance(Duration::from_secs(3600)).await;
+        assert_eq!(unlimited.state.ended_by(), None);
+        let (late, _) = fence.register("late", "conn-4", at(4));
+        late.watch(Some(second), None);
+        tokio::time::timeout(SWEEP_EVERY * 3, late.state.ending())
+            .await
+            .expect("the sweeper ends a silent connection");
+        assert_eq!(late.state.ended_by(), Some(Ending::Silent));
+        cancel.cancel();
+    }
+
     /// A shutdown tells every live connection, and every one registered after it, through the
     /// same wait as a takeover; it is not a takeover.
     #[tokio::test]
@@ -308,7 +347,7 @@ mod tests {
         let fence = Arc::new(TakeoverFence::default());
         let (live, _) = fence.register("a", "conn-1", at(10));
         let state = live.state.clone();
-        let waiting = tokio::spawn(async move { state.taken_over_or_shutting_down().await });
+        let waiting = tokio::spawn(async move { state.ending().await });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
 
@@ -317,12 +356,12 @@ mod tests {
             .await
             .expect("the wait ends at the shutdown")
             .expect("the waiting task");
-        assert!(!live.state.is_taken_over());
+        assert_eq!(live.state.ended_by(), Some(Ending::ShuttingDown));
         assert!(live.state.taken_over().now_or_never().is_none());
 
         let (later, _) = fence.register("b", "conn-2", at(11));
-        assert!(later.state.taken_over_or_shutting_down().now_or_never().is_some());
-        assert!(!later.state.is_taken_over());
+        assert!(later.state.ending().now_or_never().is_some());
+        assert_eq!(later.state.ended_by(), Some(Ending::ShuttingDown));
     }
 
     /// The waits end when their signal comes, whether it came before or while they wait.

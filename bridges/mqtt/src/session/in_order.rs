@@ -5,7 +5,7 @@
 //! memory every idle connection holds. Boxed once made: inline, an empty `FuturesOrdered` is 64
 //! bytes of every connection's task, twice (the publishes' and the QoS 2 recordings').
 
-use std::future::Future;
+use std::{future::Future, task::Poll};
 
 use futures_util::{StreamExt as _, stream::FuturesOrdered};
 
@@ -31,11 +31,13 @@ impl<F: Future> InOrder<F> {
     }
 
     /// The oldest future's output, once it has finished; `None` at once when none is queued.
-    pub(crate) async fn next(&mut self) -> Option<F::Output> {
-        match &mut self.0 {
-            Some(queued) => queued.next().await,
-            None => None,
-        }
+    /// A poll function rather than an `async fn`: the wait is in every idle connection's task,
+    /// and the function's state would be two more words of it.
+    pub(crate) fn next(&mut self) -> impl Future<Output = Option<F::Output>> + '_ {
+        std::future::poll_fn(move |cx| match &mut self.0 {
+            Some(queued) => queued.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        })
     }
 }
 

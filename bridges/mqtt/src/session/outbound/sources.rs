@@ -74,9 +74,12 @@ pub(crate) struct Sources {
 }
 
 impl Sources {
-    /// The next event of any reader; `None` at once when none is open.
-    pub(crate) async fn next(&mut self) -> Option<(SourceId, SubscriptionEvent)> {
-        self.events.next().await
+    /// The next event of any reader; `None` at once when none is open. Not an `async fn`, whose
+    /// state would be two more words of every idle connection's task.
+    pub(crate) fn next(
+        &mut self,
+    ) -> impl Future<Output = Option<(SourceId, SubscriptionEvent)>> + '_ {
+        self.events.next()
     }
 
     /// Is a reader open for `key`?
