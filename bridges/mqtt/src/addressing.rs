@@ -60,6 +60,7 @@ const FEW_CHILDREN: usize = 8;
 /// allocation is four entries; a node with many (the one holding every device id) keeps a map,
 /// boxed, so that every node (a device's three) is not the size of a map.
 #[derive(Debug)]
+#[allow(clippy::box_collection)] // the box is the point: one node holds a map, thousands do not
 enum Children {
     Few(Vec<(Box<str>, Node)>),
     Many(Box<HashMap<Box<str>, Node>>),
