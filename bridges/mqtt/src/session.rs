@@ -218,7 +218,9 @@ impl Session {
             awaiting_completion,
             ..
         } = established;
-        let durable_session = session.persistent.then(|| session.session.clone());
+        // One copy, shared by both directions.
+        let durable_session: Option<Arc<str>> =
+            session.persistent.then(|| session.session.as_str().into());
         Self {
             inbound: Inbound::new(awaiting_release, durable_session.clone()),
             outbound: Outbound::new(

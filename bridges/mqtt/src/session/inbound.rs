@@ -60,29 +60,34 @@ pub(crate) enum Completed {
 type Pending = Pin<Box<dyn Future<Output = Completed> + Send>>;
 
 /// The client's publishes in flight and its QoS 2 state.
-///
-/// Its sets and maps are B-trees: 24 bytes each in every connection's task and nothing more until
-/// used, where a hash table is 48 (most clients never publish at QoS 2 or with aliases).
 pub(crate) struct Inbound {
     /// Appends and releases, in the order the client's packets came.
     pub(crate) pending: InOrder<Pending>,
     /// QoS 1 and 2 appends not acknowledged yet (the receive maximum counts these).
     unacknowledged: usize,
+    /// QoS 2 exchanges and topic aliases, made at the first use (see [`Exchanges`]).
+    exchanges: Option<Box<Exchanges>>,
+    /// The session, when it is persistent: its QoS 2 exchanges are recorded in the log.
+    durable_session: Option<Arc<str>>,
+}
+
+/// What only a client publishing at QoS 2 or with topic aliases needs: most never do, and an
+/// idle connection holds a pointer for it rather than three trees (72 bytes of its task).
+#[derive(Debug, Default)]
+struct Exchanges {
     /// QoS 2 packet ids being appended.
     appending: BTreeSet<u16>,
     /// QoS 2 packet ids acknowledged with PUBREC, until PUBREL.
     awaiting_release: BTreeSet<u16>,
     /// MQTT 5 topic aliases the client set.
     aliases: BTreeMap<u16, String>,
-    /// The session, when it is persistent: its QoS 2 exchanges are recorded in the log.
-    durable_session: Option<String>,
 }
 
 impl std::fmt::Debug for Inbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inbound")
             .field("pending", &self.pending.len())
-            .field("awaiting_release", &self.awaiting_release)
+            .field("exchanges", &self.exchanges)
             .finish_non_exhaustive()
     }
 }
@@ -90,15 +95,27 @@ impl std::fmt::Debug for Inbound {
 impl Inbound {
     /// Starts with the QoS 2 packet ids a resumed session still waits to see released; the
     /// client's messages go to `log`.
-    pub(crate) fn new(awaiting_release: Vec<u16>, durable_session: Option<String>) -> Self {
+    pub(crate) fn new(awaiting_release: Vec<u16>, durable_session: Option<Arc<str>>) -> Self {
+        let exchanges = (!awaiting_release.is_empty()).then(|| {
+            Box::new(Exchanges {
+                awaiting_release: awaiting_release.into_iter().collect(),
+                ..Exchanges::default()
+            })
+        });
         Self {
             pending: InOrder::default(),
             unacknowledged: 0,
-            appending: BTreeSet::new(),
-            awaiting_release: awaiting_release.into_iter().collect(),
-            aliases: BTreeMap::new(),
+            exchanges,
             durable_session,
         }
+    }
+
+    fn exchanges_mut(&mut self) -> &mut Exchanges {
+        self.exchanges.get_or_insert_with(Box::default)
+    }
+
+    fn exchanges(&self) -> Option<&Exchanges> {
+        self.exchanges.as_deref()
     }
 
     /// May another packet be read? Reading stops while `limit` appends are in flight, so a client that
@@ -109,10 +126,13 @@ impl Inbound {
 
     /// QoS 2 packet ids still to be released (kept with a persistent session).
     pub(crate) fn awaiting_release(&self) -> Vec<u16> {
-        let mut ids: Vec<u16> = self
+        let Some(exchanges) = self.exchanges() else {
+            return Vec::new();
+        };
+        let mut ids: Vec<u16> = exchanges
             .awaiting_release
             .iter()
-            .chain(&self.appending)
+            .chain(&exchanges.appending)
             .copied()
             .collect();
         ids.sort_unstable();
@@ -216,7 +236,7 @@ impl Inbound {
             self.unacknowledged += 1;
         }
         if qos == QoS::ExactlyOnce {
-            self.appending.insert(pkid);
+            self.exchanges_mut().appending.insert(pkid);
         }
         Ok(None)
     }
@@ -240,15 +260,17 @@ impl Inbound {
         }
         properties.subscription_identifiers.clear();
 
-        if qos == QoS::ExactlyOnce {
-            if self.awaiting_release.contains(&pkid) {
+        if qos == QoS::ExactlyOnce
+            && let Some(exchanges) = self.exchanges()
+        {
+            if exchanges.awaiting_release.contains(&pkid) {
                 return Ok(Checked::Answer(Some(pubrec(
                     pkid,
                     PubRecReason::Success,
                     None,
                 ))));
             }
-            if self.appending.contains(&pkid) {
+            if exchanges.appending.contains(&pkid) {
                 // Answered when the first copy's append completes.
                 return Ok(Checked::Answer(None));
             }
@@ -312,8 +334,10 @@ impl Inbound {
         if qos != QoS::AtMostOnce {
             self.unacknowledged = self.unacknowledged.saturating_sub(1);
         }
-        if qos == QoS::ExactlyOnce {
-            self.appending.remove(&pkid);
+        if qos == QoS::ExactlyOnce
+            && let Some(exchanges) = &mut self.exchanges
+        {
+            exchanges.appending.remove(&pkid);
         }
         match (qos, outcome) {
             (QoS::AtMostOnce, Ok(())) => Ok(None),
@@ -323,7 +347,7 @@ impl Inbound {
             }
             (QoS::AtLeastOnce, Ok(())) => Ok(Some(puback(pkid, PubAckReason::Success, None))),
             (QoS::ExactlyOnce, Ok(())) => {
-                self.awaiting_release.insert(pkid);
+                self.exchanges_mut().awaiting_release.insert(pkid);
                 Ok(Some(pubrec(pkid, PubRecReason::Success, None)))
             }
             (_, Err(refusal)) => refuse(client, qos, pkid, refusal),
@@ -338,7 +362,9 @@ impl Inbound {
         client: &Client,
         pkid: u16,
     ) -> Result<Option<Packet>> {
-        if !self.awaiting_release.remove(&pkid) {
+        let released = (self.exchanges.as_mut())
+            .is_some_and(|exchanges| exchanges.awaiting_release.remove(&pkid));
+        if !released {
             let reason = PubCompReason::PacketIdentifierNotFound;
             return Ok(Some(Packet::PubComp(PubComp { pkid, reason }, None)));
         }
@@ -380,12 +406,12 @@ impl Inbound {
                 Err(Error::TopicAliasInvalid(alias))
             }
             Some(alias) if topic.is_empty() => self
-                .aliases
-                .get(&alias)
+                .exchanges()
+                .and_then(|exchanges| exchanges.aliases.get(&alias))
                 .cloned()
                 .ok_or(Error::TopicAliasInvalid(alias)),
             Some(alias) => {
-                self.aliases.insert(alias, topic.to_owned());
+                self.exchanges_mut().aliases.insert(alias, topic.to_owned());
                 Ok(topic.to_owned())
             }
         }

@@ -79,7 +79,7 @@ impl Outbound {
     /// Starts with the QoS 2 packet ids a resumed session had delivered and seen PUBREC for, whose
     /// PUBREL is sent again (MQTT requires it after a reconnect; the client may deliver only then).
     pub(crate) fn new(
-        durable_session: Option<String>,
+        durable_session: Option<Arc<str>>,
         awaiting_completion: Vec<(u16, Option<RecordAt>)>,
         courier_id_property: bool,
     ) -> Self {
