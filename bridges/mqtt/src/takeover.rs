@@ -73,7 +73,6 @@ impl Default for TakeoverFence {
 
 #[derive(Debug)]
 struct Live {
-    connection: Box<str>,
     version: Version,
     state: ConnectionState,
 }
@@ -88,8 +87,6 @@ struct Parked {
 #[derive(Debug)]
 pub struct Registration {
     fence: Arc<TakeoverFence>,
-    client_id: Box<str>,
-    connection: Box<str>,
     /// Whether a newer connection took the client id; whether this one has finished.
     pub state: ConnectionState,
 }
@@ -105,9 +102,7 @@ impl TakeoverFence {
     ) -> (Registration, Option<ConnectionState>) {
         let registration = Registration {
             fence: self.clone(),
-            client_id: client_id.into(),
-            connection: connection.into(),
-            state: ConnectionState::default(),
+            state: ConnectionState::new(client_id, connection),
         };
         let mut live = lock(&self.live);
         if self.shutting_down.load(Ordering::Acquire) {
@@ -129,7 +124,6 @@ impl TakeoverFence {
         live.insert(
             client_id.into(),
             Live {
-                connection: connection.into(),
                 version,
                 state: registration.state.clone(),
             },
@@ -152,7 +146,7 @@ impl TakeoverFence {
         let Some(live) = live.get_mut(client_id) else {
             return;
         };
-        if *live.connection == *connection {
+        if live.state.connection() == connection {
             live.version = version.clone();
         } else if version.is_newer_than(&live.version) {
             live.state.take_over();
@@ -244,10 +238,10 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let mut live = lock(&self.fence.live);
         if live
-            .get(&self.client_id)
-            .is_some_and(|entry| *entry.connection == *self.connection)
+            .get(self.state.client_id())
+            .is_some_and(|entry| entry.state.connection() == self.state.connection())
         {
-            live.remove(&self.client_id);
+            live.remove(self.state.client_id());
         }
         self.state.finish();
     }

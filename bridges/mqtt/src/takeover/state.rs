@@ -19,11 +19,14 @@ use std::{
 use tokio::sync::Notify;
 
 /// One connection's signals; clones share them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ConnectionState(Arc<Signals>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Signals {
+    /// Whose signals: kept here once, for the fence's entry and the connection's registration.
+    client_id: Box<str>,
+    connection: Box<str>,
     /// The signals set, as the bits below.
     signals: AtomicU8,
     changed: Notify,
@@ -58,6 +61,27 @@ pub enum Ending {
 }
 
 impl ConnectionState {
+    /// The signals of `connection`, which connected with `client_id`; none set.
+    pub(super) fn new(client_id: &str, connection: &str) -> Self {
+        Self(Arc::new(Signals {
+            client_id: client_id.into(),
+            connection: connection.into(),
+            signals: AtomicU8::default(),
+            changed: Notify::new(),
+            heard_ms: AtomicU64::default(),
+            silence_ms: AtomicU64::default(),
+            expires_ms: AtomicU64::default(),
+        }))
+    }
+
+    pub(super) fn client_id(&self) -> &str {
+        &self.0.client_id
+    }
+
+    pub(super) fn connection(&self) -> &str {
+        &self.0.connection
+    }
+
     /// A newer connection took the client id.
     pub fn take_over(&self) {
         self.0.set(TAKEN_OVER);
