@@ -351,7 +351,7 @@ mod tests {
             .expect("the wait ends at the shutdown")
             .expect("the waiting task");
         assert_eq!(live.state.ended_by(), Some(Ending::ShuttingDown));
-        assert!(live.state.taken_over().now_or_never().is_none());
+        assert!(!live.state.is_taken_over());
 
         let (later, _) = fence.register("b", "conn-2", at(11));
         assert!(later.state.ending().now_or_never().is_some());
@@ -366,10 +366,10 @@ mod tests {
         let fence = Arc::new(TakeoverFence::default());
         let (first, _) = fence.register("c", "conn-1", at(10));
         let state = first.state.clone();
-        let waiting = tokio::spawn(async move { state.taken_over().await });
+        let waiting = tokio::spawn(async move { state.ending().await });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        assert!(first.state.taken_over().now_or_never().is_none());
+        assert!(first.state.ending().now_or_never().is_none());
 
         let (_second, predecessor) = fence.register("c", "conn-2", at(11));
         let Some(predecessor) = predecessor else {
@@ -379,7 +379,7 @@ mod tests {
             .await
             .expect("the wait for the takeover ends")
             .expect("the waiting task");
-        assert!(first.state.taken_over().now_or_never().is_some());
+        assert_eq!(first.state.ended_by(), Some(Ending::TakenOver));
 
         let finishing = tokio::spawn({
             let predecessor = predecessor.clone();

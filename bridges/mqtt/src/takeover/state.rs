@@ -91,11 +91,6 @@ impl ConnectionState {
         self.0.is_set(TAKEN_OVER)
     }
 
-    /// Once a newer connection took the client id. Cancel-safe.
-    pub fn taken_over(&self) -> impl Future<Output = ()> + '_ {
-        self.0.until(TAKEN_OVER)
-    }
-
     /// Once the connection must end, for any [`Ending`]. Cancel-safe.
     pub fn ending(&self) -> impl Future<Output = ()> + '_ {
         self.0.until(ENDS)
