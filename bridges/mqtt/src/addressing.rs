@@ -60,7 +60,7 @@ const FEW_CHILDREN: usize = 8;
 /// allocation is four entries; a node with many (the one holding every device id) keeps a map,
 /// boxed, so that every node (a device's three) is not the size of a map.
 #[derive(Debug)]
-#[allow(clippy::box_collection)] // the box is the point: one node holds a map, thousands do not
+#[expect(clippy::box_collection)] // the box is the point: one node holds a map, thousands do not
 enum Children {
     Few(Vec<(Box<str>, Node)>),
     Many(Box<HashMap<Box<str>, Node>>),
@@ -146,8 +146,10 @@ impl FilterIndex for FilterTree {
             node = node.children.get_or_add(level);
         }
         if !node.members.contains(&id) {
-            // Nearly always the node's one member: room for one, not a first growth's four.
-            node.members.reserve_exact(1);
+            if node.members.is_empty() {
+                // Nearly always the node's one member: room for one, not a first growth's four.
+                node.members.reserve_exact(1);
+            }
             node.members.push(id);
         }
     }

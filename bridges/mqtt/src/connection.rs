@@ -36,7 +36,8 @@ const NO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(365 * 24
 pub struct Connection<S> {
     stream: S,
     codec: Codec,
-    /// Empty and without memory while the client sends nothing (see [`Connection::poll_read_more`]).
+    /// Empty and without memory while the client sends nothing (see
+    /// [`Connection::poll_read_more`]).
     read_buffer: BytesMut,
     /// The room the read buffer is made with when the client sends after a wait: what the last one
     /// had left, within bounds.

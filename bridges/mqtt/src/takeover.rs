@@ -17,8 +17,9 @@
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasher, RandomState},
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -41,19 +42,29 @@ pub use self::state::{ConnectionState, Ending};
 /// silent for one and a half keep-alives be closed, not how promptly; Mosquitto looks as seldom.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// The live connections are kept in this many tables, by client id: a sweep or a shutdown holds
+/// one table's lock at a time, so with a million connections a connect waits for a sixty-fourth
+/// of a scan at most, not for all of it.
+const SHARDS: usize = 64;
+
+/// Live connections by client id.
+type LiveTable = HashMap<Box<str>, Live>;
+
 /// The live connections of this replica.
 ///
-/// Its names are boxed strings, not `String`s: every connected client has an entry and a
-/// registration, so each name's spare capacity field is memory per client.
+/// Its names are boxed strings, not `String`s: every connected client has an entry, so each
+/// name's spare capacity field would be memory per client.
 #[derive(Debug)]
 pub struct TakeoverFence {
-    live: Mutex<HashMap<Box<str>, Live>>,
+    /// In [`SHARDS`] tables, by the client id's hash.
+    live: Box<[Mutex<LiveTable>]>,
+    shard_of: RandomState,
     /// QoS 2 packet ids awaiting release, kept between connections of a persistent session here.
     parked: Mutex<HashMap<String, Parked>>,
     /// The CONNECT handshakes under way here, one at a time per client id.
     handshakes: handshakes::Handshakes,
-    /// The gateway shuts down: set, and read by registrations, under `live`'s lock, so a
-    /// connection registered as it is set is told as well.
+    /// The gateway shuts down: set before any table is visited, and read by a registration
+    /// under its table's lock, so a connection registered as it is set is told as well.
     shutting_down: AtomicBool,
     /// Where the connections' deadlines are counted from (the runtime's clock, which tests pause).
     epoch: Instant,
@@ -62,7 +73,8 @@ pub struct TakeoverFence {
 impl Default for TakeoverFence {
     fn default() -> Self {
         Self {
-            live: Mutex::default(),
+            live: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shard_of: RandomState::new(),
             parked: Mutex::default(),
             handshakes: handshakes::Handshakes::default(),
             shutting_down: AtomicBool::default(),
@@ -87,7 +99,7 @@ struct Parked {
 #[derive(Debug)]
 pub struct Registration {
     fence: Arc<TakeoverFence>,
-    /// Whether a newer connection took the client id; whether this one has finished.
+    /// Why it must end (a takeover, silence, expiry, a shutdown), and whether it has finished.
     pub state: ConnectionState,
 }
 
@@ -104,7 +116,7 @@ impl TakeoverFence {
             fence: self.clone(),
             state: ConnectionState::new(client_id, connection),
         };
-        let mut live = lock(&self.live);
+        let mut live = self.live_of(client_id);
         if self.shutting_down.load(Ordering::Acquire) {
             registration.state.shut_down();
         }
@@ -142,7 +154,7 @@ impl TakeoverFence {
     /// supersedes. A connection's own record, read back, gives it the place it was read at, so it
     /// is compared by the log's order with records read after it.
     pub fn on_record(&self, client_id: &str, connection: &str, version: &Version) {
-        let mut live = lock(&self.live);
+        let mut live = self.live_of(client_id);
         let Some(live) = live.get_mut(client_id) else {
             return;
         };
@@ -155,19 +167,22 @@ impl TakeoverFence {
 
     /// The gateway shuts down: every live connection is told, and every one registered from now on.
     pub fn shut_down(&self) {
-        let live = lock(&self.live);
         self.shutting_down.store(true, Ordering::Release);
-        for connection in live.values() {
-            connection.state.shut_down();
+        for live in &self.live {
+            for connection in lock(live).values() {
+                connection.state.shut_down();
+            }
         }
     }
 
     /// Signals the live connections whose client was silent past its keep-alive, or whose
     /// credentials expired.
     pub fn sweep(&self) {
-        let now = self.now_ms();
-        for connection in lock(&self.live).values() {
-            connection.state.check_deadlines(now);
+        for live in &self.live {
+            let now = self.now_ms();
+            for connection in lock(live).values() {
+                connection.state.check_deadlines(now);
+            }
         }
     }
 
@@ -192,12 +207,20 @@ impl TakeoverFence {
 
     /// Milliseconds of the fence's clock.
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        state::millis(self.epoch.elapsed())
+    }
+
+    /// The table `client_id`'s connection is in, locked.
+    fn live_of(&self, client_id: &str) -> MutexGuard<'_, LiveTable> {
+        let hash = self.shard_of.hash_one(client_id);
+        // The remainder is below SHARDS, so it fits.
+        let shard = usize::try_from(hash % SHARDS as u64).unwrap_or_default();
+        lock(&self.live[shard])
     }
 
     /// Is a connection with this client id live here?
     pub fn is_connected(&self, client_id: &str) -> bool {
-        lock(&self.live).contains_key(client_id)
+        self.live_of(client_id).contains_key(client_id)
     }
 
     /// Keeps a persistent session's QoS 2 state for the client's next connection to this replica.
@@ -236,7 +259,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut live = lock(&self.fence.live);
+        let mut live = self.fence.live_of(self.state.client_id());
         if live
             .get(self.state.client_id())
             .is_some_and(|entry| entry.state.connection() == self.state.connection())
@@ -318,6 +341,9 @@ mod tests {
         fence.sweep();
         assert_eq!(talking.state.ended_by(), Some(Ending::Silent));
         assert!(talking.state.ending().now_or_never().is_some());
+        // Its packets waited while the connection was busy: read now, they take the silence back.
+        talking.heard();
+        assert_eq!(talking.state.ended_by(), None);
 
         let cancel = CancellationToken::new();
         fence.keep_sweeping(cancel.clone());
@@ -330,6 +356,10 @@ mod tests {
             .expect("the sweeper ends a silent connection");
         assert_eq!(late.state.ended_by(), Some(Ending::Silent));
         cancel.cancel();
+        // A shutdown is the reason over silence or expiry.
+        fence.shut_down();
+        assert_eq!(expiring.state.ended_by(), Some(Ending::ShuttingDown));
+        assert_eq!(late.state.ended_by(), Some(Ending::ShuttingDown));
     }
 
     /// A shutdown tells every live connection, and every one registered after it, through the

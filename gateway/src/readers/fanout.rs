@@ -505,6 +505,10 @@ impl Hub {
             for partition in partitions {
                 member.next.remove(&partition.partition);
             }
+            if member.next.is_empty() {
+                // An emptied B-tree may keep its root node.
+                member.next = BTreeMap::new();
+            }
             // The member's connection drops queued records of revoked partitions without acking.
             lock(&member.flow.outstanding)
                 .retain(|(partition, _)| !partitions.iter().any(|p| p.partition == *partition));

@@ -362,7 +362,9 @@ impl Inbound {
         client: &Client,
         pkid: u16,
     ) -> Result<Option<Packet>> {
-        let released = (self.exchanges.as_mut())
+        let released = self
+            .exchanges
+            .as_mut()
             .is_some_and(|exchanges| exchanges.awaiting_release.remove(&pkid));
         if !released {
             let reason = PubCompReason::PacketIdentifierNotFound;

@@ -417,7 +417,7 @@ impl Outbound {
             self.queue.push_retained(
                 subscription.retained(stored.message),
                 &filter,
-                subscription.stored.identifier,
+                subscription.stored().identifier,
             );
         }
         if left_out > 0 {

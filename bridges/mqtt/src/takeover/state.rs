@@ -96,14 +96,15 @@ impl ConnectionState {
         self.0.until(ENDS)
     }
 
-    /// Why the connection must end, if it must; a takeover first, a shutdown last.
+    /// Why the connection must end, if it must: a takeover first, then a shutdown (the client
+    /// did nothing wrong, and its will is not due), then its silence or expiry.
     pub fn ended_by(&self) -> Option<Ending> {
         let signals = self.0.signals.load(Ordering::Acquire);
         [
             (TAKEN_OVER, Ending::TakenOver),
+            (SHUTTING_DOWN, Ending::ShuttingDown),
             (SILENT, Ending::Silent),
             (EXPIRED, Ending::Expired),
-            (SHUTTING_DOWN, Ending::ShuttingDown),
         ]
         .into_iter()
         .find_map(|(bit, ending)| (signals & bit != 0).then_some(ending))
@@ -136,9 +137,10 @@ impl ConnectionState {
     ) {
         let signals = &self.0;
         signals.heard_ms.store(now_ms, Ordering::Relaxed);
+        // Released after the time heard: a sweep that sees the limit sees that time too.
         signals.silence_ms.store(
             silence.map_or(0, |silence| millis(silence).max(1)),
-            Ordering::Relaxed,
+            Ordering::Release,
         );
         signals.expires_ms.store(
             expires_in.map_or(0, |left| now_ms.saturating_add(millis(left)).max(1)),
@@ -146,17 +148,23 @@ impl ConnectionState {
         );
     }
 
-    /// The client was heard from at `now_ms`.
+    /// The client was heard from at `now_ms`. A sweep that found it silent meanwhile (the
+    /// connection was busy, the client's packets waited in the socket) is taken back.
     pub(super) fn heard(&self, now_ms: u64) {
-        self.0.heard_ms.store(now_ms, Ordering::Relaxed);
+        let signals = &self.0;
+        signals.heard_ms.store(now_ms, Ordering::Relaxed);
+        if signals.is_set(SILENT) {
+            signals.signals.fetch_and(!SILENT, Ordering::AcqRel);
+        }
     }
 
     /// Signals the deadlines passed by `now_ms`.
     pub(super) fn check_deadlines(&self, now_ms: u64) {
         let signals = &self.0;
-        let silence = signals.silence_ms.load(Ordering::Relaxed);
+        let silence = signals.silence_ms.load(Ordering::Acquire);
         let heard = signals.heard_ms.load(Ordering::Relaxed);
-        if silence > 0 && now_ms.saturating_sub(heard) >= silence && !signals.is_set(SILENT) {
+        // More than the limit: times are whole milliseconds, so the client had all of it.
+        if silence > 0 && now_ms.saturating_sub(heard) > silence && !signals.is_set(SILENT) {
             signals.set(SILENT);
         }
         let expires = signals.expires_ms.load(Ordering::Relaxed);
@@ -166,7 +174,8 @@ impl ConnectionState {
     }
 }
 
-fn millis(duration: Duration) -> u64 {
+/// A duration in whole milliseconds (saturating).
+pub(super) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -195,7 +195,7 @@ pub(super) async fn open(
     // anything was committed. A plain reader starts at the end, and SUBACK waits until it holds
     // its partitions, so nothing published after SUBACK is missed.
     let start = if group.is_some() {
-        Position::Timestamp(subscription.stored.since_ms)
+        Position::Timestamp(subscription.stored().since_ms)
     } else {
         Position::Latest
     };
@@ -256,7 +256,7 @@ pub(super) async fn open(
         }
     };
     let (filters, mut reader): (Option<MemberFilters>, Reader) = reader.map_err(|error| {
-        tracing::warn!(%error, filter = subscription.stored.filter, "subscribe failed");
+        tracing::warn!(%error, filter = subscription.stored().filter, "subscribe failed");
         match error {
             courier_gateway::Error::UnknownTopic { .. }
             | courier_gateway::Error::InvalidTopicName { .. } => {
@@ -270,7 +270,7 @@ pub(super) async fn open(
         }
     })?;
     let early = if plain {
-        await_assignment(&mut reader, &subscription.stored.filter).await
+        await_assignment(&mut reader, &subscription.stored().filter).await
     } else {
         Vec::new()
     };

@@ -25,8 +25,9 @@ pub(super) enum SourceKey {
 /// in the stored filter rather than a copy, and what only shared subscriptions have is boxed.
 #[derive(Debug, Clone)]
 pub(super) struct Subscription {
-    /// As the session record keeps it.
-    pub(super) stored: StoredSubscription,
+    /// As the session record keeps it. Private, and never changed: `filter_at` is a place in
+    /// its filter.
+    stored: StoredSubscription,
     /// Where the filter without `$share/<name>/` starts in the stored one.
     filter_at: usize,
     /// For a `$share/...` filter: the share's name and its group.
@@ -88,6 +89,11 @@ impl Subscription {
             stored,
             qos,
         })
+    }
+
+    /// As the session record keeps it.
+    pub(super) fn stored(&self) -> &StoredSubscription {
+        &self.stored
     }
 
     /// The filter without `$share/<name>/`.
