@@ -20,7 +20,7 @@
 //! not a decoration of one call.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     fmt::Debug,
     sync::{Arc, Mutex},
     time::Duration,
@@ -41,8 +41,10 @@ use crate::{
 };
 
 mod by_key;
+mod positions;
 
 pub use by_key::ByKey;
+use positions::Positions;
 
 /// How a front end addresses records, and the index it finds members' filters in.
 pub trait Addressing: Send + Sync + Debug + 'static {
@@ -125,10 +127,10 @@ impl Fanout {
             // outside the map's lock: a burst of connects must not queue behind each other's round
             // trips.
             let partitions = lock(&hub.state).partitions.clone();
-            let mut ends = BTreeMap::new();
+            let mut ends = Positions::default();
             for partition in &partitions {
                 let end = self.log.resolve(partition, Position::Latest).await?;
-                ends.insert(partition.partition, end);
+                ends.set(partition.partition, end);
             }
             if let Some(member) = hub.join(filters.clone(), ends) {
                 return Ok(member);
@@ -220,9 +222,8 @@ struct MemberState {
     flow: Arc<Flow>,
     filters: Vec<String>,
     /// While detached: per partition, the offset after the last record this member has seen. While
-    /// attached: offsets below which records were already given in catching up (usually none). A
-    /// B-tree: empty, it is smaller than a hash map (24 bytes, not 48) and holds nothing either.
-    next: BTreeMap<i32, i64>,
+    /// attached: offsets below which records were already given in catching up (usually none).
+    next: Positions,
     /// Fed by the hub; `false` while it catches up alone.
     attached: bool,
 }
@@ -232,11 +233,7 @@ impl MemberState {
     /// left, the map's memory goes too (a member usually has none, and a hub has thousands).
     fn forget_passed(&mut self, hub_next: &HashMap<i32, i64>) {
         self.next
-            .retain(|partition, next| hub_next.get(partition) < Some(next));
-        if self.next.is_empty() {
-            // An emptied B-tree may keep its root node.
-            self.next = BTreeMap::new();
-        }
+            .retain(|partition, next| hub_next.get(&partition) < Some(&next));
     }
 
     fn wants(&self, addressing: &dyn Addressing, address: &str) -> bool {
@@ -336,7 +333,7 @@ impl Hub {
 
     /// A new member, given what the hub dispatches from now on at or past `ends` (per partition);
     /// `None` once the hub has closed.
-    fn join(self: &Arc<Self>, filters: Vec<String>, ends: BTreeMap<i32, i64>) -> Option<Member> {
+    fn join(self: &Arc<Self>, filters: Vec<String>, ends: Positions) -> Option<Member> {
         // The queue's room is not asked: the hub bounds a member by its own rule, detaching one
         // that holds `lag_limit` records (queued or sent) unacknowledged.
         let (events, receiver) = events::channel(self.lag_limit);
@@ -465,8 +462,7 @@ impl Hub {
                     // It has seen everything before this batch (and what it was given past that
                     // while catching up); it catches up from there.
                     for (partition, offset) in &before {
-                        let next = member.next.entry(*partition).or_insert(*offset);
-                        *next = (*next).max(*offset);
+                        member.next.raise(*partition, *offset);
                     }
                     member.attached = false;
                     detached.push(id);
@@ -503,11 +499,7 @@ impl Hub {
         }
         for member in state.members.values_mut() {
             for partition in partitions {
-                member.next.remove(&partition.partition);
-            }
-            if member.next.is_empty() {
-                // An emptied B-tree may keep its root node.
-                member.next = BTreeMap::new();
+                member.next.remove(partition.partition);
             }
             // The member's connection drops queued records of revoked partitions without acking.
             lock(&member.flow.outstanding)
@@ -608,7 +600,7 @@ impl Hub {
                     .is_some_and(|address| member.wants(&*self.addressing, &address))
             })
             .collect();
-        member.next.insert(partition, next.max(from));
+        member.next.set(partition, next.max(from));
         if wanted.is_empty() || give(member, wanted) {
             return true;
         }
@@ -619,9 +611,9 @@ impl Hub {
 }
 
 /// Is `record` past what the member was given? Partitions it has no position in are new to it.
-fn is_new(next: &BTreeMap<i32, i64>, record: &Record) -> bool {
-    next.get(&record.partition)
-        .is_none_or(|next| record.offset >= *next)
+fn is_new(next: &Positions, record: &Record) -> bool {
+    next.get(record.partition)
+        .is_none_or(|next| record.offset >= next)
 }
 
 /// Hands records to a member; `false` when its connection is gone.
@@ -642,15 +634,14 @@ fn give(member: &mut MemberState, records: Vec<Record>) -> bool {
 fn behind(
     hub_next: &HashMap<i32, i64>,
     hub_first: &HashMap<i32, i64>,
-    member_next: &BTreeMap<i32, i64>,
+    member_next: &Positions,
 ) -> Vec<(i32, i64, i64)> {
     let mut behind: Vec<(i32, i64, i64)> = hub_next
         .iter()
         .filter_map(|(partition, hub_next)| {
             let from = member_next
-                .get(partition)
-                .or_else(|| hub_first.get(partition))
-                .copied()?;
+                .get(*partition)
+                .or_else(|| hub_first.get(partition).copied())?;
             (from < *hub_next).then_some((*partition, from, *hub_next))
         })
         .collect();
