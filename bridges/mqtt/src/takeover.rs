@@ -285,28 +285,35 @@ mod tests {
 
     #[test]
     fn the_newest_record_wins_here_and_from_other_replicas() {
+        use futures_util::FutureExt as _;
+
         let fence = Arc::new(TakeoverFence::default());
         let (first, predecessor) = fence.register("c", "conn-1", at(10));
         assert!(predecessor.is_none());
         let (second, predecessor) = fence.register("c", "conn-2", at(11));
-        assert!(first.state.is_taken_over());
+        assert_eq!(first.state.ended_by(), Some(Ending::TakenOver));
         let predecessor = predecessor.unwrap();
-        assert!(!predecessor.is_finished());
+        assert!(predecessor.finished().now_or_never().is_none());
         drop(first);
-        assert!(predecessor.is_finished());
+        assert!(predecessor.finished().now_or_never().is_some());
         assert!(fence.is_connected("c"), "the newer one stays");
 
         fence.on_record("c", "conn-2", &at(11));
         fence.on_record("c", "elsewhere", &at(5));
-        assert!(
-            !second.state.is_taken_over(),
+        assert_eq!(
+            second.state.ended_by(),
+            None,
             "older records change nothing"
         );
         fence.on_record("c", "elsewhere", &at(12));
-        assert!(second.state.is_taken_over());
+        assert_eq!(second.state.ended_by(), Some(Ending::TakenOver));
 
         let (late, _) = fence.register("c", "conn-0", at(3));
-        assert!(late.state.is_taken_over(), "a stale connect loses at once");
+        assert_eq!(
+            late.state.ended_by(),
+            Some(Ending::TakenOver),
+            "a stale connect loses at once"
+        );
     }
 
     /// The sweep ends a connection silent for its keep-alive's one and a half (counted from the
@@ -380,8 +387,11 @@ mod tests {
             .await
             .expect("the wait ends at the shutdown")
             .expect("the waiting task");
-        assert_eq!(live.state.ended_by(), Some(Ending::ShuttingDown));
-        assert!(!live.state.is_taken_over());
+        assert_eq!(
+            live.state.ended_by(),
+            Some(Ending::ShuttingDown),
+            "not a takeover"
+        );
 
         let (later, _) = fence.register("b", "conn-2", at(11));
         assert!(later.state.ending().now_or_never().is_some());

@@ -87,10 +87,6 @@ impl ConnectionState {
         self.0.set(TAKEN_OVER);
     }
 
-    pub fn is_taken_over(&self) -> bool {
-        self.0.is_set(TAKEN_OVER)
-    }
-
     /// Once the connection must end, for any [`Ending`]. Cancel-safe.
     pub fn ending(&self) -> impl Future<Output = ()> + '_ {
         self.0.until(ENDS)
@@ -116,10 +112,6 @@ impl ConnectionState {
 
     pub(super) fn finish(&self) {
         self.0.set(FINISHED);
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.0.is_set(FINISHED)
     }
 
     /// Once the connection has finished. Cancel-safe.
