@@ -19,8 +19,10 @@ use crate::{
 /// PINGREQ); the buffer grows when a large packet comes.
 const READ_BUFFER: usize = 256;
 
-/// Most room a read buffer is made again with after a wait (a large packet grows it further).
-const READ_BUFFER_AGAIN: usize = 16 * 1024;
+/// Most room a read asks for: a client streaming packets (a publisher with a window of messages in
+/// flight) fills the room it is given, which doubles each time up to this, so it is read many packets
+/// a call rather than one (a large packet grows the buffer further).
+const READ_BUFFER_MOST: usize = 16 * 1024;
 
 /// The first read of a connection without a read buffer, on the stack.
 const FIRST_READ: usize = 1024;
@@ -39,8 +41,8 @@ pub struct Connection<S> {
     /// Empty and without memory while the client sends nothing (see
     /// [`Connection::poll_read_more`]).
     read_buffer: BytesMut,
-    /// The room the read buffer is made with when the client sends after a wait: what the last one
-    /// had left, within bounds.
+    /// The room a read asks for: doubled (up to [`READ_BUFFER_MOST`]) each time a read fills it,
+    /// and the room the buffer is made with again when the client sends after a wait.
     read_capacity: usize,
     write_buffer: BytesMut,
     /// Longest a write may make no progress before the connection is given up.
@@ -104,8 +106,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// A connection that waits with nothing buffered lets go of the buffer: most devices are idle
     /// most of the time, and 10,000 of them would each hold its room (256 bytes at least) for
     /// nothing. Without a buffer, the first read goes to the stack, so waiting allocates nothing;
-    /// what it brings goes into a buffer made then, with the room the last one had left (within
-    /// bounds), and the reads after it go straight into that buffer.
+    /// what it brings goes into a buffer made then with the room reads ask for, and the reads after
+    /// it go straight into that buffer.
+    ///
+    /// A read that fills its room doubles the room the next asks for: the decoder reserves only the
+    /// rest of a partial packet, and a buffer shared with packets still in use (their payloads are
+    /// slices of it) cannot be reclaimed, so without this a client streaming 1 KiB packets was read
+    /// one packet (and more than one call) at a time.
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if self.read_buffer.capacity() == 0 {
             let mut first = [0u8; FIRST_READ];
@@ -115,18 +122,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if !read.is_empty() {
                 self.read_buffer.reserve(self.read_capacity.max(read.len()));
                 self.read_buffer.extend_from_slice(read);
+                if read.len() == FIRST_READ {
+                    self.grow_reads();
+                }
             }
             return Poll::Ready(Ok(read.len()));
         }
+        if self.read_buffer.capacity() - self.read_buffer.len() < self.read_capacity / 2 {
+            self.read_buffer.reserve(self.read_capacity);
+        }
+        let room = self.read_buffer.capacity() - self.read_buffer.len();
         let polled = poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read_buffer);
-        if polled.is_pending() && self.read_buffer.is_empty() {
-            self.read_capacity = self
-                .read_buffer
-                .capacity()
-                .clamp(READ_BUFFER, READ_BUFFER_AGAIN);
-            self.read_buffer = BytesMut::new();
+        match polled {
+            Poll::Ready(Ok(read)) if read > 0 && read >= room => self.grow_reads(),
+            Poll::Pending if self.read_buffer.is_empty() => {
+                // A wait halves the room, so a client busy once does not ask for the most forever.
+                self.read_capacity = (self.read_capacity / 2).max(READ_BUFFER);
+                self.read_buffer = BytesMut::new();
+            }
+            _ => {}
         }
         polled
+    }
+
+    /// The client had more to send than a read took: the next reads ask for twice the room.
+    fn grow_reads(&mut self) {
+        self.read_capacity = (self.read_capacity * 2).min(READ_BUFFER_MOST);
     }
 
     /// The next packet among the bytes already read, without reading more.
@@ -269,6 +290,82 @@ mod tests {
 
         drop(client);
         assert!(connection.read_frame().await?.is_none());
+        Ok(())
+    }
+
+    /// A stream that counts the reads that brought bytes.
+    struct CountedReads<S> {
+        stream: S,
+        reads: usize,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for CountedReads<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut self.stream).poll_read(cx, buf))?;
+            if buf.filled().len() > before {
+                self.reads += 1;
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for CountedReads<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.stream).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.stream).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.stream).poll_shutdown(cx)
+        }
+    }
+
+    /// A client streaming packets is read many packets a call, not one (or more) calls a packet,
+    /// while the packets' payloads are still held (as the log holds them until appended).
+    #[tokio::test]
+    async fn a_streaming_client_is_read_many_packets_at_a_time()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        const PACKETS: usize = 200;
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let counted = CountedReads {
+            stream: server,
+            reads: 0,
+        };
+        let mut connection = Connection::new(counted, 4096);
+        client.write_all(&CONNECT).await?;
+        // QoS 0 PUBLISHes to `t` with 1,000-byte payloads: 1,003 bytes after the fixed header.
+        let mut publish = vec![0x30, 0xEB, 0x07, 0, 1, b't'];
+        publish.resize(6 + 1000, b'x');
+        for _ in 0..PACKETS {
+            client.write_all(&publish).await?;
+        }
+        let mut held = Vec::new();
+        for _ in 0..=PACKETS {
+            let frame = connection.read_frame().await?.ok_or("the stream ended")?;
+            held.push(frame);
+        }
+        assert!(matches!(
+            held.last().map(|frame| &frame.packet),
+            Some(Packet::Publish(..))
+        ));
+        let reads = connection.stream.reads;
+        // 200 KiB in reads of up to 16 KiB: about 20 once the room has grown.
+        assert!(reads <= 30, "{PACKETS} packets took {reads} reads");
         Ok(())
     }
 }
