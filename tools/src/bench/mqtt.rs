@@ -47,7 +47,10 @@ use tokio::{sync::mpsc, task::JoinSet};
 use super::{
     args::BenchArgs,
     measure::{Measurement, histogram},
-    process::{Store, broker_command, cpu_ticks, start_courier, stop_process, ticks, version_line},
+    process::{
+        STORAGE_THREADS, Store, broker_command, cpu_ticks, start_courier, stop_process,
+        thread_cpu_ticks, ticks, version_line,
+    },
     tls::BenchTls,
 };
 
@@ -183,6 +186,11 @@ impl Broker {
         cpu_ticks(&self.child)
     }
 
+    /// CPU time the broker's storage threads have used, in clock ticks (none for Mosquitto).
+    fn storage_ticks(&self) -> Result<u64> {
+        thread_cpu_ticks(&self.child, &STORAGE_THREADS)
+    }
+
     /// Waits until the broker is idle (under 5% of a core over half a second), at most `SETTLE`:
     /// what it does after many clients leave is not charged to the next workload.
     async fn settle(&self) -> Result<()> {
@@ -228,9 +236,18 @@ struct Results {
     commands: Deliveries,
     idle_rss: f64,
     connected_rss: f64,
-    /// Each workload's name, messages (or connections) and the broker's CPU time (user +
-    /// system) for them.
-    cpu: Vec<(&'static str, usize, Duration)>,
+    cpu: Vec<Cost>,
+}
+
+/// What one workload cost the broker.
+struct Cost {
+    workload: &'static str,
+    /// Messages (or connections) measured.
+    count: usize,
+    /// CPU time (user + system).
+    cpu: Duration,
+    /// Of which its storage threads' ([`STORAGE_THREADS`]).
+    storage: Duration,
 }
 
 /// What a workload counts its cost by: the messages (or connections) it measured.
@@ -403,14 +420,20 @@ fn print_results(args: &BenchArgs, results: &[(&str, Results)]) {
         }
     }
     println!();
-    println!("| broker | workload | messages | broker CPU s | broker CPU µs per message |");
-    println!("|---|---|---:|---:|---:|");
+    println!(
+        "| broker | workload | messages | broker CPU s | broker CPU µs per message | of which storage threads µs |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
     for (name, r) in results {
-        for &(workload, count, cpu) in &r.cpu {
+        for cost in &r.cpu {
+            let per_message = |time: Duration| time.as_secs_f64() * 1e6 / cost.count.max(1) as f64;
             println!(
-                "| {name} | {workload} | {count} | {:.2} | {:.1} |",
-                cpu.as_secs_f64(),
-                cpu.as_secs_f64() * 1e6 / count.max(1) as f64
+                "| {name} | {} | {} | {:.2} | {:.1} | {:.1} |",
+                cost.workload,
+                cost.count,
+                cost.cpu.as_secs_f64(),
+                per_message(cost.cpu),
+                per_message(cost.storage),
             );
         }
     }
@@ -655,14 +678,18 @@ pub(super) async fn publish_qos1_on_both(args: &BenchArgs) -> Result<[Published;
 /// [`phase`], booking the broker's CPU time (from /proc) for it in `cpu`.
 async fn costed<T: Counted>(
     broker: &Broker,
-    cpu: &mut Vec<(&'static str, usize, Duration)>,
+    cpu: &mut Vec<Cost>,
     name: &'static str,
     workload: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    let before = broker.cpu_ticks()?;
+    let (before, storage_before) = (broker.cpu_ticks()?, broker.storage_ticks()?);
     let result = phase(broker, name, workload).await?;
-    let spent = ticks(broker.cpu_ticks()?.saturating_sub(before));
-    cpu.push((name, result.count(), spent));
+    cpu.push(Cost {
+        workload: name,
+        count: result.count(),
+        cpu: ticks(broker.cpu_ticks()?.saturating_sub(before)),
+        storage: ticks(broker.storage_ticks()?.saturating_sub(storage_before)),
+    });
     Ok(result)
 }
 

@@ -263,6 +263,32 @@ pub(super) fn cpu_ticks(child: &Child) -> Result<u64> {
     Ok(total)
 }
 
+/// Name prefixes of a Courier process's threads that store what its clients send: the embedded
+/// log's writer (`courier-log-writer`, cut to 15 bytes by the kernel) and fjall's workers (memtable
+/// flushes, compaction). Mosquitto has none: it keeps nothing on disk.
+pub(super) const STORAGE_THREADS: [&str; 2] = ["courier-log-wri", "fjall"];
+
+/// CPU time the threads of `child` whose names start with one of `prefixes` have used (user +
+/// system), in clock ticks: what a broker's threads of one kind cost, beside the whole.
+pub(super) fn thread_cpu_ticks(child: &Child, prefixes: &[&str]) -> Result<u64> {
+    let tasks = format!("/proc/{}/task", child.id());
+    let mut total = 0;
+    for entry in std::fs::read_dir(&tasks).with_context(|| format!("listing {tasks}"))? {
+        // A thread may end between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(entry?.path().join("stat")) else {
+            continue;
+        };
+        let name = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map_or("", |(name, _)| name);
+        if prefixes.iter().any(|prefix| name.starts_with(prefix)) {
+            total += parse_stat(&stat)?.1;
+        }
+    }
+    Ok(total)
+}
+
 /// A `/proc/<pid>/stat` line's parent pid and CPU ticks (user + system).
 fn parse_stat(stat: &str) -> Result<(i64, u64)> {
     // Fields after the command name (which may hold spaces) start after its closing parenthesis;
@@ -289,6 +315,31 @@ mod tests {
     fn reads_the_parent_and_the_cpu_ticks_of_a_stat_line() -> Result<()> {
         let stat = "4242 (beam.smp (x)) S 4200 4242 4200 0 -1 4194560 1 0 0 0 130 25 0 0 20 0 4 0";
         assert_eq!(parse_stat(stat)?, (4200, 155));
+        Ok(())
+    }
+
+    /// Only the threads named are counted: a process that spins on its main thread has CPU time,
+    /// and none of it in threads named otherwise.
+    #[test]
+    fn counts_the_threads_named() -> Result<()> {
+        let mut child = Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 3000000 ]; do i=$((i+1)); done"])
+            .spawn()?;
+        let (mut all, mut named) = (0, 0);
+        for _ in 0..200 {
+            all = cpu_ticks(&child)?;
+            named = thread_cpu_ticks(&child, &["sh"])?;
+            if all > 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let other = thread_cpu_ticks(&child, &STORAGE_THREADS)?;
+        child.kill()?;
+        child.wait()?;
+        assert!(all > 2, "the shell never used the CPU");
+        assert!(named > 0 && named <= all, "{named} of {all} ticks");
+        assert_eq!(other, 0);
         Ok(())
     }
 
