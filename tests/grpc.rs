@@ -708,3 +708,123 @@ async fn streams_past_the_limit_are_refused_and_counted() -> TestResult {
     .await?;
     Ok(())
 }
+
+/// Acknowledgement by ranges: a range acknowledges every record delivered in it, so a group commits
+/// what the ranges covered and no further than the first record they left out; a range backwards,
+/// or ranges spanning more than an ack may, end the stream with INVALID_ARGUMENT and acknowledge
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_acknowledge_the_records_they_cover() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let gateway = Gateway::start(&dir.path().join("data"), &[])?;
+    let (_admin, topic) = create_topic(&gateway, "ranged", 1).await?;
+    let mut client = gateway.streams().await?;
+    client
+        .produce(pb::ProduceRequest {
+            topic: topic.clone(),
+            records: (0..10).map(|i| record(None, &format!("r{i}"))).collect(),
+            request_id: 1,
+        })
+        .await?;
+    let start = start_in_group(&topic, &unique("rangers"), 100);
+    let range = |first: i64, last: i64| pb::OffsetRange {
+        topic: topic.clone(),
+        partition: 0,
+        first,
+        last,
+    };
+
+    // Offset 4 is left out; a range past the last record covers nothing more.
+    let (member, first) = first_of_group(&mut client, &start).await?;
+    assert_eq!(first, 0);
+    ack_ranges(&member, vec![range(0, 3), range(5, 20)]).await?;
+    leave(member).await?;
+    let (member, first) = first_of_group(&mut client, &start).await?;
+    assert_eq!(
+        first, 4,
+        "the commit stops at the record the ranges left out"
+    );
+    drop(member);
+
+    // Refused: backwards, and more than an ack may span. Nothing of a refused ack counts.
+    for refused in [
+        vec![range(4, 9), range(7, 6)],
+        vec![range(4, 9), range(0, 70_000)],
+    ] {
+        let mut member = first_of_group(&mut client, &start).await?.0;
+        ack_ranges(&member, refused).await?;
+        let status = loop {
+            match member.next_records(DEADLINE).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("the stream ended without a status".into()),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+    }
+    let (member, first) = first_of_group(&mut client, &start).await?;
+    assert_eq!(first, 4, "a refused ack acknowledges none of its ranges");
+
+    // All acknowledged: the group reads on after them.
+    ack_ranges(&member, vec![range(4, 9)]).await?;
+    leave(member).await?;
+    client
+        .produce(pb::ProduceRequest {
+            topic: topic.clone(),
+            records: vec![record(None, "r10")],
+            request_id: 2,
+        })
+        .await?;
+    let (_member, first) = first_of_group(&mut client, &start).await?;
+    assert_eq!(
+        first, 10,
+        "every record the ranges covered was acknowledged"
+    );
+    Ok(())
+}
+
+/// A new member of `start`'s group and the offset of the first record it gets, once the members
+/// before it have left (their close commits what they acknowledged).
+async fn first_of_group(
+    client: &mut pb::streams_client::StreamsClient<tonic::transport::Channel>,
+    start: &pb::SubscribeStart,
+) -> Result<(SubscribeStream, i64), BoxError> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut member = SubscribeStream::open(client, start.clone()).await?;
+        if let Some(batch) = member.next_records(Duration::from_secs(2)).await? {
+            return Ok((member, batch.first().ok_or("an empty batch")?.offset));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("the group's records never came again".into());
+        }
+    }
+}
+
+/// Ends `member`'s requests and waits for the gateway to end its stream: acks sent before are
+/// applied (dropping the call would cancel it, and acks not yet read with it).
+async fn leave(member: SubscribeStream) -> TestResult {
+    let SubscribeStream {
+        requests,
+        mut responses,
+    } = member;
+    drop(requests);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while let Some(message) = tokio::time::timeout_at(deadline, responses.message()).await?? {
+        drop(message);
+    }
+    Ok(())
+}
+
+async fn ack_ranges(member: &SubscribeStream, ranges: Vec<pb::OffsetRange>) -> TestResult {
+    member
+        .requests
+        .send(pb::SubscribeRequest {
+            kind: Some(pb::subscribe_request::Kind::Ack(pb::Ack {
+                records: Vec::new(),
+                ranges,
+            })),
+        })
+        .await?;
+    Ok(())
+}

@@ -265,7 +265,10 @@ async fn grpc(gateway: &Gateway, tag: &str, login: Option<&Login>) -> Result<Run
             delivered.extend(batch.records.iter().map(value_of));
             requests
                 .send(pb::SubscribeRequest {
-                    kind: Some(pb::subscribe_request::Kind::Ack(pb::Ack { records: acks })),
+                    kind: Some(pb::subscribe_request::Kind::Ack(pb::Ack {
+                        records: acks,
+                        ranges: Vec::new(),
+                    })),
                 })
                 .await?;
         }

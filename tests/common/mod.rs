@@ -460,7 +460,10 @@ impl SubscribeStream {
             .collect();
         self.requests
             .send(pb::SubscribeRequest {
-                kind: Some(RequestKind::Ack(pb::Ack { records: acks })),
+                kind: Some(RequestKind::Ack(pb::Ack {
+                    records: acks,
+                    ranges: Vec::new(),
+                })),
             })
             .await
             .map_err(|_| "the subscribe stream is closed".to_owned())

@@ -216,24 +216,23 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
         else {
             continue;
         };
-        let mut acks = Vec::with_capacity(batch.records.len());
-        for record in batch.records {
+        let mut printed = 0;
+        for record in &batch.records {
             if args.count.is_some_and(|count| seen >= count) {
                 break;
             }
-            print_record(&mut stdout, &record, &args.format)?;
-            acks.push(pb::PartitionOffset {
-                topic: record.topic,
-                partition: record.partition,
-                offset: record.offset,
-            });
+            print_record(&mut stdout, record, &args.format)?;
+            printed += 1;
             seen += 1;
         }
         // Printed (and flushed) first, acknowledged second: at-least-once for whoever reads our stdout.
         stdout.flush()?;
         requests
             .send(pb::SubscribeRequest {
-                kind: Some(RequestKind::Ack(pb::Ack { records: acks })),
+                kind: Some(RequestKind::Ack(pb::Ack {
+                    records: Vec::new(),
+                    ranges: ack_ranges(&batch.records[..printed]),
+                })),
             })
             .await?;
         if args.count.is_some_and(|count| seen >= count) {
@@ -246,6 +245,31 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
         tokio::time::timeout(std::time::Duration::from_secs(2), responses.next()).await
     {}
     Ok(())
+}
+
+/// The acknowledgement of `records` as runs, one per stretch of one partition's records (a batch
+/// holds each partition's records in order): one `OffsetRange` where single acks would repeat the
+/// topic's name for every record.
+pub(crate) fn ack_ranges(records: &[pb::Record]) -> Vec<pb::OffsetRange> {
+    let mut ranges: Vec<pb::OffsetRange> = Vec::new();
+    for record in records {
+        match ranges.last_mut() {
+            Some(run)
+                if run.partition == record.partition
+                    && run.topic == record.topic
+                    && record.offset > run.last =>
+            {
+                run.last = record.offset;
+            }
+            _ => ranges.push(pb::OffsetRange {
+                topic: record.topic.clone(),
+                partition: record.partition,
+                first: record.offset,
+                last: record.offset,
+            }),
+        }
+    }
+    ranges
 }
 
 fn print_record(out: &mut impl Write, record: &pb::Record, format: &str) -> Result<()> {
@@ -536,4 +560,50 @@ fn checkpoint_line(coverage: &pb::CheckpointCoverage) -> String {
         line.push_str(&format!("; furthest: {}", furthest.join(", ")));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(topic: &str, partition: i32, offset: i64) -> pb::Record {
+        pb::Record {
+            topic: topic.into(),
+            partition,
+            offset,
+            ..pb::Record::default()
+        }
+    }
+
+    fn range(topic: &str, partition: i32, first: i64, last: i64) -> pb::OffsetRange {
+        pb::OffsetRange {
+            topic: topic.into(),
+            partition,
+            first,
+            last,
+        }
+    }
+
+    /// A run lasts while the partition stays the same and the offsets rise; gaps stay inside it.
+    #[test]
+    fn a_batch_is_acknowledged_as_runs_of_one_partition() {
+        let records = [
+            record("a", 0, 5),
+            record("a", 0, 6),
+            record("a", 0, 9),
+            record("a", 1, 2),
+            record("b", 1, 3),
+            record("b", 1, 1),
+        ];
+        assert_eq!(
+            ack_ranges(&records),
+            vec![
+                range("a", 0, 5, 9),
+                range("a", 1, 2, 2),
+                range("b", 1, 3, 3),
+                range("b", 1, 1, 1),
+            ]
+        );
+        assert!(ack_ranges(&[]).is_empty());
+    }
 }

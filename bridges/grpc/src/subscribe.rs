@@ -183,7 +183,11 @@ async fn handle_request(
 ) -> Result<(), Status> {
     match request.kind {
         Some(RequestKind::Ack(ack)) => {
-            metrics::acked(Protocol::Grpc, ack_records(subscription, ack.records));
+            let acked = ack_ranges(subscription, ack.ranges)?;
+            metrics::acked(
+                Protocol::Grpc,
+                acked + ack_records(subscription, ack.records),
+            );
             Ok(())
         }
         Some(RequestKind::Seek(seek)) => {
@@ -202,6 +206,48 @@ async fn handle_request(
             "empty SubscribeRequest: set ack or seek",
         )),
     }
+}
+
+/// Most offsets the runs of one `Ack` may span together. Their offsets are acknowledged one by
+/// one, so a client must not make the gateway walk unbounded ranges; a window holds at most 10,000
+/// records, and an `Ack` of single records costs about as much at the message size limit.
+const MOST_OFFSETS_AN_ACK: u64 = 65_536;
+
+/// Acknowledges every delivered record in each of `ranges`; returns how many were outstanding. All
+/// are checked before any is applied, so a refused message acknowledges nothing.
+fn ack_ranges(subscription: &Subscription, ranges: Vec<pb::OffsetRange>) -> Result<usize, Status> {
+    let mut spanned: u64 = 0;
+    for range in &ranges {
+        let span = range
+            .last
+            .checked_sub(range.first)
+            .and_then(|span| span.checked_add(1));
+        let Some(span) = span
+            .and_then(|span| u64::try_from(span).ok())
+            .filter(|&span| span > 0)
+        else {
+            return Err(Status::invalid_argument(format!(
+                "ack range {}..={} of {}[{}]: `last` must be at least `first`",
+                range.first, range.last, range.topic, range.partition
+            )));
+        };
+        spanned = spanned.saturating_add(span);
+        if spanned > MOST_OFFSETS_AN_ACK {
+            return Err(Status::invalid_argument(format!(
+                "the ranges of one ack may span at most {MOST_OFFSETS_AN_ACK} offsets together; \
+                 split them over several acks"
+            )));
+        }
+    }
+    let mut acked = 0;
+    let mut offsets = Vec::new();
+    for range in ranges {
+        offsets.clear();
+        offsets.extend(range.first..=range.last);
+        let partition = partition_from_wire(range.topic, range.partition);
+        acked += subscription.control.ack_all(&partition, &offsets);
+    }
+    Ok(acked)
 }
 
 /// Acknowledges `records`, each run of one partition's records at once (a client acks a batch as

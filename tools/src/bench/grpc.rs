@@ -602,18 +602,12 @@ async fn subscribe_grpc(channel: &Api, topic: &str, records: usize) -> Result<Me
                 count: batch.records.len(),
             });
             seen += batch.records.len();
-            let acks = batch
-                .records
-                .into_iter()
-                .map(|r| pb::PartitionOffset {
-                    topic: r.topic,
-                    partition: r.partition,
-                    offset: r.offset,
-                })
-                .collect();
             requests
                 .send(pb::SubscribeRequest {
-                    kind: Some(RequestKind::Ack(pb::Ack { records: acks })),
+                    kind: Some(RequestKind::Ack(pb::Ack {
+                        records: Vec::new(),
+                        ranges: crate::client::ack_ranges(&batch.records),
+                    })),
                 })
                 .await?;
         }
