@@ -19,9 +19,9 @@ use crate::{
 /// PINGREQ); the buffer grows when a large packet comes.
 const READ_BUFFER: usize = 256;
 
-/// Most room a read asks for: a client streaming packets (a publisher with a window of messages in
-/// flight) fills the room it is given, which doubles each time up to this, so it is read many packets
-/// a call rather than one (a large packet grows the buffer further).
+/// Most room a read asks for: a client streaming packets (a publisher with a window of messages
+/// in flight) fills the room it is given, which doubles each time up to this, so it is read many
+/// packets a call rather than one (a large packet grows the buffer further).
 const READ_BUFFER_MOST: usize = 16 * 1024;
 
 /// The first read of a connection without a read buffer, on the stack.
@@ -114,6 +114,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// slices of it) cannot be reclaimed, so without this a client streaming 1 KiB packets was read
     /// one packet (and more than one call) at a time.
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let spare = self.read_buffer.capacity() - self.read_buffer.len();
+        let short = spare < self.read_capacity / 2;
+        if short && self.read_buffer.is_empty() {
+            // Nothing kept and little room: a new buffer is made when bytes come, not before a
+            // wait that would let it go again.
+            self.read_buffer = BytesMut::new();
+        }
         if self.read_buffer.capacity() == 0 {
             let mut first = [0u8; FIRST_READ];
             let mut read = ReadBuf::new(&mut first);
@@ -128,7 +135,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             return Poll::Ready(Ok(read.len()));
         }
-        if self.read_buffer.capacity() - self.read_buffer.len() < self.read_capacity / 2 {
+        // Topped up only while what is kept is small: the rest of a large packet has its room from
+        // the decoder already, and room beyond it would copy the packet again.
+        if short && self.read_buffer.len() <= self.read_capacity {
             self.read_buffer.reserve(self.read_capacity);
         }
         let room = self.read_buffer.capacity() - self.read_buffer.len();
@@ -366,6 +375,54 @@ mod tests {
         let reads = connection.stream.reads;
         // 200 KiB in reads of up to 16 KiB: about 20 once the room has grown.
         assert!(reads <= 30, "{PACKETS} packets took {reads} reads");
+
+        // A wait lets the buffer go and halves the room the next one is made with.
+        assert!(connection.read_frame().now_or_never().is_none());
+        assert_eq!(connection.read_buffer.capacity(), 0);
+        assert_eq!(connection.read_capacity, READ_BUFFER_MOST / 2);
+        Ok(())
+    }
+
+    /// A large packet arriving in pieces is not copied again near its end: the buffer holds about
+    /// the packet, not twice it.
+    #[tokio::test]
+    async fn a_large_packet_in_pieces_is_kept_once()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        const PAYLOAD: usize = 256 * 1024;
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut connection = Connection::new(server, 1 << 20);
+        client.write_all(&CONNECT).await?;
+        connection.read_frame().await?.ok_or("no CONNECT")?;
+        // QoS 0 PUBLISH to `t`: remaining length 3 + PAYLOAD as a varint.
+        let remaining = 3 + PAYLOAD;
+        let mut publish = vec![
+            0x30,
+            (remaining & 0x7F) as u8 | 0x80,
+            ((remaining >> 7) & 0x7F) as u8 | 0x80,
+            (remaining >> 14) as u8,
+            0,
+            1,
+            b't',
+        ];
+        publish.resize(publish.len() + PAYLOAD, b'x');
+        let mut most = 0;
+        let mut frame = None;
+        for piece in publish.chunks(4096) {
+            client.write_all(piece).await?;
+            if let Some(read) = connection.read_frame().now_or_never() {
+                frame = read?;
+            }
+            most = most.max(connection.read_buffer.capacity());
+        }
+        let frame = match frame {
+            Some(frame) => frame,
+            None => connection.read_frame().await?.ok_or("no PUBLISH")?,
+        };
+        assert!(matches!(frame.packet, Packet::Publish(..)));
+        assert!(
+            most < PAYLOAD + 64 * 1024,
+            "the buffer grew to {most} bytes"
+        );
         Ok(())
     }
 }
