@@ -735,24 +735,33 @@ async fn ranges_acknowledge_the_records_they_cover() -> TestResult {
     };
 
     // Offset 4 is left out; a range past the last record covers nothing more.
-    let (member, first) = first_of_group(&mut client, &start).await?;
+    let (mut member, first, seen) = first_of_group(&mut client, &start).await?;
     assert_eq!(first, 0);
-    ack_ranges(&member, vec![range(0, 3), range(5, 20)]).await?;
+    receive_through(&mut member, seen, 9).await?;
+    send_ack(&member, Vec::new(), vec![range(0, 3), range(5, 20)]).await?;
     leave(member).await?;
-    let (member, first) = first_of_group(&mut client, &start).await?;
+    let (member, first, _) = first_of_group(&mut client, &start).await?;
     assert_eq!(
         first, 4,
         "the commit stops at the record the ranges left out"
     );
     drop(member);
 
-    // Refused: backwards, and more than an ack may span. Nothing of a refused ack counts.
+    // Refused: backwards, before the first offset, and more than an ack may span. Nothing of a
+    // refused ack counts, its single records neither.
+    let four = pb::PartitionOffset {
+        topic: topic.clone(),
+        partition: 0,
+        offset: 4,
+    };
     for refused in [
         vec![range(4, 9), range(7, 6)],
-        vec![range(4, 9), range(0, 70_000)],
+        vec![range(-1, 9)],
+        vec![range(4, 9), range(0, 140_000)],
     ] {
-        let mut member = first_of_group(&mut client, &start).await?.0;
-        ack_ranges(&member, refused).await?;
+        let (mut member, _, seen) = first_of_group(&mut client, &start).await?;
+        receive_through(&mut member, seen, 9).await?;
+        send_ack(&member, vec![four.clone()], refused).await?;
         let status = loop {
             match member.next_records(DEADLINE).await {
                 Ok(Some(_)) => {}
@@ -762,11 +771,12 @@ async fn ranges_acknowledge_the_records_they_cover() -> TestResult {
         };
         assert_eq!(status.code(), Code::InvalidArgument, "{status}");
     }
-    let (member, first) = first_of_group(&mut client, &start).await?;
+    let (mut member, first, seen) = first_of_group(&mut client, &start).await?;
     assert_eq!(first, 4, "a refused ack acknowledges none of its ranges");
 
     // All acknowledged: the group reads on after them.
-    ack_ranges(&member, vec![range(4, 9)]).await?;
+    receive_through(&mut member, seen, 9).await?;
+    send_ack(&member, Vec::new(), vec![range(4, 9)]).await?;
     leave(member).await?;
     client
         .produce(pb::ProduceRequest {
@@ -775,7 +785,7 @@ async fn ranges_acknowledge_the_records_they_cover() -> TestResult {
             request_id: 2,
         })
         .await?;
-    let (_member, first) = first_of_group(&mut client, &start).await?;
+    let (_member, first, _) = first_of_group(&mut client, &start).await?;
     assert_eq!(
         first, 10,
         "every record the ranges covered was acknowledged"
@@ -783,17 +793,23 @@ async fn ranges_acknowledge_the_records_they_cover() -> TestResult {
     Ok(())
 }
 
-/// A new member of `start`'s group and the offset of the first record it gets, once the members
-/// before it have left (their close commits what they acknowledged).
+/// A new member of `start`'s group, once the members before it have left (their close commits
+/// what they acknowledged), with the first and the highest offset of the first batch it gets.
 async fn first_of_group(
     client: &mut pb::streams_client::StreamsClient<tonic::transport::Channel>,
     start: &pb::SubscribeStart,
-) -> Result<(SubscribeStream, i64), BoxError> {
+) -> Result<(SubscribeStream, i64, i64), BoxError> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let mut member = SubscribeStream::open(client, start.clone()).await?;
         if let Some(batch) = member.next_records(Duration::from_secs(2)).await? {
-            return Ok((member, batch.first().ok_or("an empty batch")?.offset));
+            let first = batch.first().ok_or("an empty batch")?.offset;
+            let highest = batch
+                .iter()
+                .map(|record| record.offset)
+                .max()
+                .unwrap_or(first);
+            return Ok((member, first, highest));
         }
         if tokio::time::Instant::now() > deadline {
             return Err("the group's records never came again".into());
@@ -816,12 +832,32 @@ async fn leave(member: SubscribeStream) -> TestResult {
     Ok(())
 }
 
-async fn ack_ranges(member: &SubscribeStream, ranges: Vec<pb::OffsetRange>) -> TestResult {
+/// Reads `member`'s batches, the highest offset received so far `seen`, until `offset` came.
+async fn receive_through(member: &mut SubscribeStream, mut seen: i64, offset: i64) -> TestResult {
+    while seen < offset {
+        let batch = member
+            .next_records(DEADLINE)
+            .await?
+            .ok_or(format!("offset {offset} never came"))?;
+        seen = batch
+            .iter()
+            .map(|record| record.offset)
+            .max()
+            .unwrap_or(seen);
+    }
+    Ok(())
+}
+
+async fn send_ack(
+    member: &SubscribeStream,
+    records: Vec<pb::PartitionOffset>,
+    ranges: Vec<pb::OffsetRange>,
+) -> TestResult {
     member
         .requests
         .send(pb::SubscribeRequest {
             kind: Some(pb::subscribe_request::Kind::Ack(pb::Ack {
-                records: Vec::new(),
+                records,
                 ranges,
             })),
         })

@@ -247,9 +247,9 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The acknowledgement of `records` as runs, one per stretch of one partition's records (a batch
-/// holds each partition's records in order): one `OffsetRange` where single acks would repeat the
-/// topic's name for every record.
+/// The acknowledgement of `records` as runs of consecutive offsets of one partition: one
+/// `OffsetRange` where single acks would repeat the topic's name for every record. A gap (a
+/// compacted topic, transaction markers) starts a new run, so a range names only records received.
 pub(crate) fn ack_ranges(records: &[pb::Record]) -> Vec<pb::OffsetRange> {
     let mut ranges: Vec<pb::OffsetRange> = Vec::new();
     for record in records {
@@ -257,7 +257,7 @@ pub(crate) fn ack_ranges(records: &[pb::Record]) -> Vec<pb::OffsetRange> {
             Some(run)
                 if run.partition == record.partition
                     && run.topic == record.topic
-                    && record.offset > run.last =>
+                    && run.last.checked_add(1) == Some(record.offset) =>
             {
                 run.last = record.offset;
             }
@@ -584,12 +584,14 @@ mod tests {
         }
     }
 
-    /// A run lasts while the partition stays the same and the offsets rise; gaps stay inside it.
+    /// A run lasts while the partition stays the same and the offsets follow each other; a gap
+    /// starts a new one, so no range names an offset that was not received.
     #[test]
-    fn a_batch_is_acknowledged_as_runs_of_one_partition() {
+    fn a_batch_is_acknowledged_as_runs_of_consecutive_offsets() {
         let records = [
             record("a", 0, 5),
             record("a", 0, 6),
+            record("a", 0, 7),
             record("a", 0, 9),
             record("a", 1, 2),
             record("b", 1, 3),
@@ -598,7 +600,8 @@ mod tests {
         assert_eq!(
             ack_ranges(&records),
             vec![
-                range("a", 0, 5, 9),
+                range("a", 0, 5, 7),
+                range("a", 0, 9, 9),
                 range("a", 1, 2, 2),
                 range("b", 1, 3, 3),
                 range("b", 1, 1, 1),

@@ -208,31 +208,27 @@ async fn handle_request(
     }
 }
 
-/// Most offsets the runs of one `Ack` may span together. Their offsets are acknowledged one by
-/// one, so a client must not make the gateway walk unbounded ranges; a window holds at most 10,000
-/// records, and an `Ack` of single records costs about as much at the message size limit.
-const MOST_OFFSETS_AN_ACK: u64 = 65_536;
+/// Most offsets the ranges of one `Ack` may span together: above the largest window a subscriber
+/// may ask for (100,000 records), so a batch's records, each run of consecutive offsets a range, fit
+/// in one ack. Each offset is looked up, so a client must not make the gateway walk unbounded
+/// ranges.
+const MOST_OFFSETS_AN_ACK: u64 = 1 << 17;
 
 /// Acknowledges every delivered record in each of `ranges`; returns how many were outstanding. All
 /// are checked before any is applied, so a refused message acknowledges nothing.
 fn ack_ranges(subscription: &Subscription, ranges: Vec<pb::OffsetRange>) -> Result<usize, Status> {
     let mut spanned: u64 = 0;
     for range in &ranges {
-        let span = range
-            .last
-            .checked_sub(range.first)
-            .and_then(|span| span.checked_add(1));
-        let Some(span) = span
-            .and_then(|span| u64::try_from(span).ok())
-            .filter(|&span| span > 0)
-        else {
+        if range.first < 0 || range.last < range.first {
             return Err(Status::invalid_argument(format!(
-                "ack range {}..={} of {}[{}]: `last` must be at least `first`",
-                range.first, range.last, range.topic, range.partition
+                "ack range {}..={} of partition {}: offsets start at 0 and `last` must be at \
+                 least `first`",
+                range.first, range.last, range.partition
             )));
-        };
-        spanned = spanned.saturating_add(span);
+        }
+        spanned = spanned.saturating_add(range.last.abs_diff(range.first).saturating_add(1));
         if spanned > MOST_OFFSETS_AN_ACK {
+            metrics::limit_refused(Protocol::Grpc, "ack_span");
             return Err(Status::invalid_argument(format!(
                 "the ranges of one ack may span at most {MOST_OFFSETS_AN_ACK} offsets together; \
                  split them over several acks"

@@ -127,6 +127,10 @@ impl Open {
     fn acknowledged_all(&self, partition: &TopicPartition, offsets: &[i64]) {
         let ended: Vec<Span> = {
             let mut spans = lock(&self.spans);
+            if spans.is_empty() {
+                // Nothing open (untraced records): no key made per offset of a long ack.
+                return;
+            }
             offsets
                 .iter()
                 .filter_map(|&offset| spans.remove(&(partition.clone(), offset)))
