@@ -207,6 +207,18 @@ pub trait SubscriptionControl: Send + Sync + fmt::Debug {
             .count()
     }
 
+    /// Acknowledges the delivered records of one partition from `first` to `last` (both
+    /// included); returns how many were outstanding. The default acknowledges each offset of the
+    /// range, so a caller bounds its span; a backend's window overrides it to cost the records in
+    /// the range, and the region router to take them all from the generation that delivered them.
+    fn ack_range(&self, partition: &TopicPartition, first: i64, last: i64) -> usize {
+        if last < first {
+            return 0;
+        }
+        let offsets: Vec<i64> = (first..=last).collect();
+        self.ack_all(partition, &offsets)
+    }
+
     /// Moves the read position of a partition this subscriber holds. Outstanding records of it are
     /// forgotten (they no longer count against the in-flight window).
     async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()>;

@@ -236,12 +236,11 @@ fn ack_ranges(subscription: &Subscription, ranges: Vec<pb::OffsetRange>) -> Resu
         }
     }
     let mut acked = 0;
-    let mut offsets = Vec::new();
     for range in ranges {
-        offsets.clear();
-        offsets.extend(range.first..=range.last);
         let partition = partition_from_wire(range.topic, range.partition);
-        acked += subscription.control.ack_all(&partition, &offsets);
+        acked += subscription
+            .control
+            .ack_range(&partition, range.first, range.last);
     }
     Ok(acked)
 }

@@ -40,6 +40,21 @@ impl AckTracker {
         self.outstanding.remove(&offset)
     }
 
+    /// Marks every outstanding offset from `first` to `last` (both included) acknowledged;
+    /// returns how many were. Costs the outstanding offsets in the range, not its span.
+    pub fn ack_range(&mut self, first: i64, last: i64) -> usize {
+        if last < first {
+            return 0;
+        }
+        let mut acked = self.outstanding.split_off(&first);
+        let mut after = match last.checked_add(1) {
+            Some(end) => acked.split_off(&end),
+            None => BTreeSet::new(),
+        };
+        self.outstanding.append(&mut after);
+        acked.len()
+    }
+
     /// How many delivered records are unacknowledged.
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
@@ -64,6 +79,21 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_range_acknowledges_the_outstanding_offsets_in_it() {
+        let mut tracker = AckTracker::starting_at(0);
+        for offset in [1, 3, 4, 7, 9] {
+            tracker.delivered(offset);
+        }
+        assert_eq!(tracker.ack_range(2, 7), 3);
+        assert_eq!(tracker.ack_range(2, 7), 0, "once");
+        assert_eq!(tracker.ack_range(9, 8), 0, "backwards");
+        assert_eq!(tracker.outstanding(), 2);
+        assert_eq!(tracker.committable(), 1);
+        assert_eq!(tracker.ack_range(0, i64::MAX), 2);
+        assert_eq!(tracker.committable(), 10);
+    }
 
     #[test]
     fn commit_stops_at_the_first_gap() {

@@ -123,6 +123,22 @@ impl Open {
         }
     }
 
+    /// Ends the spans of the records of `partition` from `first` to `last`, taking the lock once.
+    fn acknowledged_range(&self, partition: &TopicPartition, first: i64, last: i64) {
+        let ended: Vec<Span> = {
+            let mut spans = lock(&self.spans);
+            let keys: Vec<(TopicPartition, i64)> = spans
+                .keys()
+                .filter(|(open, offset)| open == partition && (first..=last).contains(offset))
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|key| spans.remove(key)).collect()
+        };
+        for mut span in ended {
+            span.end();
+        }
+    }
+
     /// Ends the spans of acknowledged records, taking the lock once.
     fn acknowledged_all(&self, partition: &TopicPartition, offsets: &[i64]) {
         let ended: Vec<Span> = {
@@ -181,6 +197,12 @@ impl SubscriptionControl for TracedControl {
     fn ack_all(&self, partition: &TopicPartition, offsets: &[i64]) -> usize {
         let acked = self.inner.ack_all(partition, offsets);
         self.open.acknowledged_all(partition, offsets);
+        acked
+    }
+
+    fn ack_range(&self, partition: &TopicPartition, first: i64, last: i64) -> usize {
+        let acked = self.inner.ack_range(partition, first, last);
+        self.open.acknowledged_range(partition, first, last);
         acked
     }
 

@@ -124,6 +124,10 @@ impl SubscriptionControl for Claimed {
         self.inner.ack_all(partition, offsets)
     }
 
+    fn ack_range(&self, partition: &TopicPartition, first: i64, last: i64) -> usize {
+        self.inner.ack_range(partition, first, last)
+    }
+
     async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()> {
         self.inner.seek(partition, position).await
     }

@@ -73,6 +73,10 @@ impl SubscriptionControl for MemberControl {
         self.window.ack_all(partition, offsets)
     }
 
+    fn ack_range(&self, partition: &TopicPartition, first: i64, last: i64) -> usize {
+        self.window.ack_range(partition, first, last)
+    }
+
     async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()> {
         let partition = partition.clone();
         self.request(|reply| ControlCommand::Seek {

@@ -223,6 +223,24 @@ impl AckWindow {
         acked
     }
 
+    /// Marks the delivered records of one partition from `first` to `last` acknowledged, under
+    /// one lock, and wakes the read loop once; returns how many were outstanding.
+    pub(crate) fn ack_range(&self, partition: &TopicPartition, first: i64, last: i64) -> usize {
+        let acked = {
+            let mut state = self.lock();
+            let acked = state
+                .held
+                .get_mut(partition)
+                .map_or(0, |held| held.tracker.ack_range(first, last));
+            state.in_flight -= acked;
+            acked
+        };
+        if acked > 0 {
+            self.acked.notify_one();
+        }
+        acked
+    }
+
     /// Resolves at the next ack (or [`AckWindow::wake`]).
     pub(crate) fn acked(&self) -> Notified<'_> {
         self.acked.notified()

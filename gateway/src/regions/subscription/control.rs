@@ -39,6 +39,21 @@ impl Generation {
     }
 
     /// Takes a delivery off the books; true when it was on them.
+    /// Takes the offsets this generation delivered of `partition` from `first` to `last`.
+    fn take_range(&mut self, partition: &TopicPartition, first: i64, last: i64) -> Vec<i64> {
+        let Some(offsets) = self.delivered.get_mut(partition) else {
+            return Vec::new();
+        };
+        let taken: Vec<i64> = offsets.range(first..=last).copied().collect();
+        for offset in &taken {
+            offsets.remove(offset);
+        }
+        if offsets.is_empty() {
+            self.delivered.remove(partition);
+        }
+        taken
+    }
+
     fn take(&mut self, partition: &TopicPartition, offset: i64) -> bool {
         let Some(offsets) = self.delivered.get_mut(partition) else {
             return false;
@@ -178,6 +193,37 @@ impl SubscriptionControl for RoutedControl {
         })
     }
 
+    /// The whole range from the oldest generation that delivered any of it: a range is a run of
+    /// one batch, and offsets of two regions are unrelated, so an offset of the range that this
+    /// generation did not deliver (a gap) must not acknowledge another region's record.
+    fn ack_range(&self, partition: &TopicPartition, first: i64, last: i64) -> usize {
+        if last < first {
+            return 0;
+        }
+        let (control, offsets) = {
+            let mut generations = lock(&self.generations);
+            let generations = &mut *generations;
+            let retired = generations.retired.iter_mut().find_map(|generation| {
+                let taken = generation.take_range(partition, first, last);
+                (!taken.is_empty()).then(|| (generation.control.clone(), taken))
+            });
+            generations
+                .retired
+                .retain(|generation| !generation.delivered.is_empty());
+            match retired {
+                Some(found) => found,
+                None => {
+                    let taken = generations.current.take_range(partition, first, last);
+                    if taken.is_empty() {
+                        return 0;
+                    }
+                    (generations.current.control.clone(), taken)
+                }
+            }
+        };
+        control.map_or(0, |control| control.ack_all(partition, &offsets))
+    }
+
     async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()> {
         let control = {
             let mut generations = lock(&self.generations);
@@ -210,5 +256,66 @@ impl SubscriptionControl for RoutedControl {
             Some(control) => control.close().await,
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A region's subscription control that records what it was asked to acknowledge.
+    #[derive(Debug, Default)]
+    struct Recorded(Mutex<Vec<i64>>);
+
+    #[async_trait]
+    impl SubscriptionControl for Recorded {
+        fn ack(&self, _: &TopicPartition, offset: i64) -> AckOutcome {
+            lock(&self.0).push(offset);
+            AckOutcome::Acked
+        }
+
+        async fn seek(&self, _: &TopicPartition, _: Position) -> Result<()> {
+            Ok(())
+        }
+
+        fn outstanding(&self) -> usize {
+            0
+        }
+
+        async fn commit(&self) -> Result<()> {
+            Ok(())
+        }
+
+        async fn close(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A range from the region left behind acknowledges what that region delivered in it and
+    /// nothing of the new region's, whose offsets fall in its gaps; the new region's own range
+    /// then acknowledges its records.
+    #[test]
+    fn a_range_is_acknowledged_in_the_region_that_delivered_it() {
+        let partition = TopicPartition::new("orders", 0);
+        let (old, new) = (Arc::new(Recorded::default()), Arc::new(Recorded::default()));
+        let routed = RoutedControl::new(old.clone());
+        routed.delivered([(partition.clone(), 100), (partition.clone(), 103)].into_iter());
+        {
+            let mut generations = lock(&routed.generations);
+            let retired = std::mem::replace(&mut generations.current, Generation::new(new.clone()));
+            generations.retired.push(retired);
+        }
+        routed.delivered((99..=104).map(|offset| (partition.clone(), offset)));
+
+        assert_eq!(routed.ack_range(&partition, 100, 103), 2);
+        assert_eq!(*lock(&old.0), vec![100, 103]);
+        assert!(
+            lock(&new.0).is_empty(),
+            "the new region's 101 and 102 are not the client's yet"
+        );
+
+        assert_eq!(routed.ack_range(&partition, 99, 104), 6);
+        assert_eq!(*lock(&new.0), (99..=104).collect::<Vec<_>>());
+        assert_eq!(routed.ack_range(&partition, 99, 104), 0, "once");
     }
 }
