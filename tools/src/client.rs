@@ -249,7 +249,8 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
 
 /// The acknowledgement of `records` as runs of consecutive offsets of one partition: one
 /// `OffsetRange` where single acks would repeat the topic's name for every record. A gap (a
-/// compacted topic, transaction markers) starts a new run, so a range names only records received.
+/// compacted topic, transaction markers) starts a new run: the gateway would skip it, but a
+/// compacted topic's batch could span more offsets than one ack may.
 pub(crate) fn ack_ranges(records: &[pb::Record]) -> Vec<pb::OffsetRange> {
     let mut ranges: Vec<pb::OffsetRange> = Vec::new();
     for record in records {
