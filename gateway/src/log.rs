@@ -210,7 +210,8 @@ pub trait SubscriptionControl: Send + Sync + fmt::Debug {
     /// Acknowledges the delivered records of one partition from `first` to `last` (both
     /// included); returns how many were outstanding. The default acknowledges each offset of the
     /// range, so a caller bounds its span; a backend's window overrides it to cost the records in
-    /// the range, and the region router to take them all from the generation that delivered them.
+    /// the range, and the region router to take a range a generation starts and ends whole from
+    /// that generation.
     fn ack_range(&self, partition: &TopicPartition, first: i64, last: i64) -> usize {
         if last < first {
             return 0;

@@ -209,13 +209,14 @@ async fn handle_request(
 }
 
 /// Most offsets the ranges of one `Ack` may span together: above the largest window a subscriber
-/// may ask for (100,000 records), so a batch's records, each run of consecutive offsets a range, fit
-/// in one ack. Each offset is looked up, so a client must not make the gateway walk unbounded
-/// ranges.
+/// may ask for (100,000 records), so a batch's records fit in one ack. Some controls walk a range
+/// offset by offset (a range across regions, the fan-out's members), so a client must not make the
+/// gateway walk unbounded ranges.
 const MOST_OFFSETS_AN_ACK: u64 = 1 << 17;
 
-/// Acknowledges every delivered record in each of `ranges`; returns how many were outstanding. All
-/// are checked before any is applied, so a refused message acknowledges nothing.
+/// Acknowledges the delivered records in each of `ranges` (`SubscriptionControl::ack_range`);
+/// returns how many were outstanding. All are checked before any is applied, so a refused message
+/// acknowledges nothing.
 fn ack_ranges(subscription: &Subscription, ranges: Vec<pb::OffsetRange>) -> Result<usize, Status> {
     let mut spanned: u64 = 0;
     for range in &ranges {

@@ -127,11 +127,22 @@ impl Open {
     fn acknowledged_range(&self, partition: &TopicPartition, first: i64, last: i64) {
         let ended: Vec<Span> = {
             let mut spans = lock(&self.spans);
-            let keys: Vec<(TopicPartition, i64)> = spans
-                .keys()
-                .filter(|(open, offset)| open == partition && (first..=last).contains(offset))
-                .cloned()
-                .collect();
+            if spans.is_empty() || last < first {
+                return;
+            }
+            // Whichever is fewer: the range's offsets looked up, or the open spans looked through.
+            let span = usize::try_from(last.abs_diff(first)).unwrap_or(usize::MAX);
+            let keys: Vec<(TopicPartition, i64)> = if span < spans.len() {
+                (first..=last)
+                    .map(|offset| (partition.clone(), offset))
+                    .collect()
+            } else {
+                spans
+                    .keys()
+                    .filter(|(open, offset)| open == partition && (first..=last).contains(offset))
+                    .cloned()
+                    .collect()
+            };
             keys.iter().filter_map(|key| spans.remove(key)).collect()
         };
         for mut span in ended {

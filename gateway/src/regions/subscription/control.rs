@@ -38,7 +38,13 @@ impl Generation {
         }
     }
 
-    /// Takes a delivery off the books; true when it was on them.
+    /// Did this generation deliver `offset` of `partition` (not yet acknowledged)?
+    fn holds(&self, partition: &TopicPartition, offset: i64) -> bool {
+        self.delivered
+            .get(partition)
+            .is_some_and(|offsets| offsets.contains(&offset))
+    }
+
     /// Takes the offsets this generation delivered of `partition` from `first` to `last`.
     fn take_range(&mut self, partition: &TopicPartition, first: i64, last: i64) -> Vec<i64> {
         let Some(offsets) = self.delivered.get_mut(partition) else {
@@ -54,6 +60,7 @@ impl Generation {
         taken
     }
 
+    /// Takes a delivery off the books; true when it was on them.
     fn take(&mut self, partition: &TopicPartition, offset: i64) -> bool {
         let Some(offsets) = self.delivered.get_mut(partition) else {
             return false;
@@ -193,35 +200,43 @@ impl SubscriptionControl for RoutedControl {
         })
     }
 
-    /// The whole range from the oldest generation that delivered any of it: a range is a run of
-    /// one batch, and offsets of two regions are unrelated, so an offset of the range that this
-    /// generation did not deliver (a gap) must not acknowledge another region's record.
+    /// A range that starts and ends at records one generation delivered (a run of one batch, as
+    /// clients send) is taken whole from the oldest such generation: offsets of two regions are
+    /// unrelated, so a gap in it must not acknowledge the other region's record. Any other range
+    /// is taken offset by offset, as single acks are.
     fn ack_range(&self, partition: &TopicPartition, first: i64, last: i64) -> usize {
         if last < first {
             return 0;
         }
-        let (control, offsets) = {
+        let found = {
             let mut generations = lock(&self.generations);
             let generations = &mut *generations;
-            let retired = generations.retired.iter_mut().find_map(|generation| {
+            let bounded = |generation: &Generation| {
+                generation.holds(partition, first) && generation.holds(partition, last)
+            };
+            let found = match generations.retired.iter_mut().find(|g| bounded(g)) {
+                Some(generation) => Some(generation),
+                None if bounded(&generations.current) => Some(&mut generations.current),
+                None => None,
+            }
+            .map(|generation| {
                 let taken = generation.take_range(partition, first, last);
-                (!taken.is_empty()).then(|| (generation.control.clone(), taken))
+                (generation.control.clone(), taken)
             });
             generations
                 .retired
                 .retain(|generation| !generation.delivered.is_empty());
-            match retired {
-                Some(found) => found,
-                None => {
-                    let taken = generations.current.take_range(partition, first, last);
-                    if taken.is_empty() {
-                        return 0;
-                    }
-                    (generations.current.control.clone(), taken)
-                }
-            }
+            found
         };
-        control.map_or(0, |control| control.ack_all(partition, &offsets))
+        match found {
+            Some((control, offsets)) => {
+                control.map_or(0, |control| control.ack_all(partition, &offsets))
+            }
+            None => {
+                let offsets: Vec<i64> = (first..=last).collect();
+                self.ack_all(partition, &offsets)
+            }
+        }
     }
 
     async fn seek(&self, partition: &TopicPartition, position: Position) -> Result<()> {
@@ -317,5 +332,43 @@ mod tests {
         assert_eq!(routed.ack_range(&partition, 99, 104), 6);
         assert_eq!(*lock(&new.0), (99..=104).collect::<Vec<_>>());
         assert_eq!(routed.ack_range(&partition, 99, 104), 0, "once");
+    }
+
+    /// A range no one generation bounds is taken offset by offset; one the new region bounds is
+    /// the new region's even while the region left behind still has records in it.
+    #[test]
+    fn a_range_across_regions_is_taken_offset_by_offset() {
+        let partition = TopicPartition::new("orders", 0);
+        let (old, new) = (Arc::new(Recorded::default()), Arc::new(Recorded::default()));
+        let routed = RoutedControl::new(old.clone());
+        routed.delivered(
+            [100, 103]
+                .map(|offset| (partition.clone(), offset))
+                .into_iter(),
+        );
+        {
+            let mut generations = lock(&routed.generations);
+            let retired = std::mem::replace(&mut generations.current, Generation::new(new.clone()));
+            generations.retired.push(retired);
+        }
+        routed.delivered((99..=104).map(|offset| (partition.clone(), offset)));
+
+        // The new region's batch first: it bounds 99..=104, the old one does not.
+        assert_eq!(routed.ack_range(&partition, 99, 104), 6);
+        assert_eq!(*lock(&new.0), (99..=104).collect::<Vec<_>>());
+        assert!(
+            lock(&old.0).is_empty(),
+            "the old region's 100 and 103 are not acknowledged"
+        );
+
+        // 100 from the old region and 101..=104 from the new, in one range (the old region's 103
+        // acknowledged alone first, so no offset of the range is both regions').
+        assert_eq!(routed.ack(&partition, 103), AckOutcome::Acked);
+        routed.delivered((101..=104).map(|offset| (partition.clone(), offset)));
+        lock(&old.0).clear();
+        lock(&new.0).clear();
+        assert_eq!(routed.ack_range(&partition, 100, 104), 5);
+        assert_eq!(*lock(&old.0), vec![100]);
+        assert_eq!(*lock(&new.0), (101..=104).collect::<Vec<_>>());
     }
 }
