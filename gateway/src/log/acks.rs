@@ -41,18 +41,9 @@ impl AckTracker {
     }
 
     /// Marks every outstanding offset from `first` to `last` (both included) acknowledged;
-    /// returns how many were. Costs the outstanding offsets in the range, not its span (splitting
-    /// the set and joining it again would cost the whole window whenever an older record is still
-    /// outstanding).
+    /// returns how many were.
     pub fn ack_range(&mut self, first: i64, last: i64) -> usize {
-        if last < first {
-            return 0;
-        }
-        let acked: Vec<i64> = self.outstanding.range(first..=last).copied().collect();
-        for offset in &acked {
-            self.outstanding.remove(offset);
-        }
-        acked.len()
+        take_range(&mut self.outstanding, first, last).len()
     }
 
     /// How many delivered records are unacknowledged.
@@ -72,6 +63,20 @@ impl AckTracker {
         self.position = position;
         forgotten
     }
+}
+
+/// Removes the offsets of `set` from `first` to `last` (both included; none when `last` is below
+/// `first`) and returns them. Costs the offsets in the range, not its span (splitting the set and
+/// joining it again would cost the whole set whenever an older offset stays in it).
+pub(crate) fn take_range(set: &mut BTreeSet<i64>, first: i64, last: i64) -> Vec<i64> {
+    if last < first {
+        return Vec::new();
+    }
+    let taken: Vec<i64> = set.range(first..=last).copied().collect();
+    for offset in &taken {
+        set.remove(offset);
+    }
+    taken
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::super::shared::Shared;
 use crate::{
     Result,
-    log::{AckOutcome, Position, SubscriptionControl, TopicPartition},
+    log::{AckOutcome, Position, SubscriptionControl, TopicPartition, acks},
     sync::lock,
 };
 
@@ -50,10 +50,7 @@ impl Generation {
         let Some(offsets) = self.delivered.get_mut(partition) else {
             return Vec::new();
         };
-        let taken: Vec<i64> = offsets.range(first..=last).copied().collect();
-        for offset in &taken {
-            offsets.remove(offset);
-        }
+        let taken = acks::take_range(offsets, first, last);
         if offsets.is_empty() {
             self.delivered.remove(partition);
         }
