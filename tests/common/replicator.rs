@@ -41,6 +41,8 @@ pub struct Replicator {
     stop: Arc<AtomicBool>,
     /// While set, nothing is copied or checkpointed (a replicator stopped by its operator).
     paused: Arc<AtomicBool>,
+    /// Held through each round, so [`Replicator::pause`] can wait out the one under way.
+    round: Arc<Mutex<()>>,
     /// A record is copied only once it is this old (ms; a replicator that falls behind).
     delay_ms: Arc<AtomicU64>,
     copied: Arc<Mutex<Copied>>,
@@ -77,6 +79,8 @@ impl Replicator {
         let stop_flag = stop.clone();
         let paused = Arc::new(AtomicBool::new(false));
         let paused_flag = paused.clone();
+        let round = Arc::new(Mutex::new(()));
+        let round_held = round.clone();
         let thread = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -89,11 +93,14 @@ impl Replicator {
             };
             let mut last_checkpoint = std::time::Instant::now();
             while !stop_flag.load(Ordering::Relaxed) {
+                let in_round = round_held.lock().unwrap_or_else(PoisonError::into_inner);
                 if paused_flag.load(Ordering::Relaxed) {
+                    drop(in_round);
                     std::thread::sleep(ROUND);
                     continue;
                 }
-                if !runtime.block_on(state.copy_round(&clients)) {
+                let copied = runtime.block_on(state.copy_round(&clients));
+                if !copied {
                     // A region went away. New clients, so none carries the old cluster's metadata
                     // (topic ids) into the one that comes back: librdkafka has crashed on that. The
                     // old ones close on a thread of their own, as their brokers may not answer.
@@ -101,12 +108,15 @@ impl Replicator {
                         let old = std::mem::replace(&mut clients, fresh);
                         std::thread::spawn(move || drop(old));
                     }
-                    std::thread::sleep(Duration::from_secs(1));
                 }
                 if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                     state.find_groups(&mut clients);
                     runtime.block_on(state.checkpoint_round(&clients));
                     last_checkpoint = std::time::Instant::now();
+                }
+                drop(in_round);
+                if !copied {
+                    std::thread::sleep(Duration::from_secs(1));
                 }
                 std::thread::sleep(ROUND);
             }
@@ -114,15 +124,18 @@ impl Replicator {
         Self {
             stop,
             paused,
+            round,
             delay_ms,
             copied,
             thread: Some(thread),
         }
     }
 
-    /// Stops copying (after the round under way) until [`Replicator::resume`].
+    /// Stops copying and checkpointing until [`Replicator::resume`]. Returns once the round under
+    /// way has ended, so nothing written after it returns is copied or checkpointed while paused.
     pub fn pause(&self) {
         self.paused.store(true, Ordering::Relaxed);
+        drop(self.round.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
     /// Copies a record only once it is `delay` old (by its timestamp), as a replicator that keeps
