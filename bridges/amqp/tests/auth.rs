@@ -4,7 +4,7 @@
 //! `amqp:unauthorized-access` and nothing stored or delivered; a connection made with a token closed
 //! (`amqp:unauthorized-access`) when the token expires.
 
-use std::{fmt::Debug, path::Path, sync::Arc, time::Duration};
+use std::{cell::Cell, fmt::Debug, path::Path, sync::Arc, time::Duration};
 
 use courier_amqp::{Config, Server};
 use courier_gateway::{
@@ -162,16 +162,19 @@ fn assert_unauthorized(outcome: impl Debug, naming: &str) {
     );
 }
 
-/// Attaches a sender to `address` and sends one message; the first error met, or the outcome.
+/// Attaches a sender to `address` and sends one message; the first error met, or the outcome
+/// (on a timeout, the step that did not finish).
 async fn send_one(
     session: &mut fe2o3_amqp::session::SessionHandle<()>,
     name: &str,
     address: &str,
 ) -> String {
+    let step = Cell::new("attach");
     let attempt = async {
         let mut sender = Sender::attach(session, name, address)
             .await
             .map_err(|e| format!("attach: {e:?}"))?;
+        step.set("send");
         let outcome = sender
             .send("hello")
             .await
@@ -182,21 +185,24 @@ async fn send_one(
     match tokio::time::timeout(WAIT, attempt).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(error)) => error,
-        Err(_) => "timed out".to_owned(),
+        Err(_) => format!("timed out in {}", step.get()),
     }
 }
 
-/// Attaches a receiver to `address` and waits for one message; the first error met, or the body.
+/// Attaches a receiver to `address` and waits for one message; the first error met, or the body
+/// (on a timeout, the step that did not finish).
 async fn receive_one(
     session: &mut fe2o3_amqp::session::SessionHandle<()>,
     name: &str,
     address: &str,
     wait: Duration,
 ) -> String {
+    let step = Cell::new("attach");
     let attempt = async {
         let mut receiver = Receiver::attach(session, name, address)
             .await
             .map_err(|e| format!("attach: {e:?}"))?;
+        step.set("recv");
         let delivery = receiver
             .recv::<String>()
             .await
@@ -208,7 +214,7 @@ async fn receive_one(
     match tokio::time::timeout(wait, attempt).await {
         Ok(Ok(body)) => body,
         Ok(Err(error)) => error,
-        Err(_) => "timed out".to_owned(),
+        Err(_) => format!("timed out in {}", step.get()),
     }
 }
 
