@@ -3,8 +3,12 @@
 //! attached and at once detached with the reason (AMQP has no other way to refuse one); the session
 //! carries on. A link the client's principal may not use is refused the same way, with
 //! `amqp:unauthorized-access`, before anything is read or written for it.
+//!
+//! The refusing ATTACH echoes the client's terminus rather than carrying none (section 2.6.3's
+//! figure 2.33): fe2o3's client answers a missing terminus with a DETACH of its own at once, and the
+//! two DETACHes crossing often cost it the reason, or the session's next link.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use courier_gateway::Error as LogError;
 use fe2o3_amqp::{
@@ -20,6 +24,10 @@ use tracing::Instrument as _;
 use crate::{
     address, client::Client, error::Refusal, inbound, outbound, outbound::Plan, shared::Shared,
 };
+
+/// How long a refused link's DETACH waits for the client's: the session takes no other attach
+/// meanwhile, so a client that never answers must not hold it.
+const REFUSED_DETACH_WAIT: Duration = Duration::from_secs(5);
 
 /// Serves one session: accepts its links, checks each, and runs it in a task of its own until the
 /// session ends or the gateway drains.
@@ -69,10 +77,18 @@ pub(crate) async fn serve(
             Err(refusal) => {
                 tracing::info!(%peer, link = %name, reason = %refusal.description, "AMQP link refused");
                 let error = definitions::Error::from(refusal);
-                let _ = match endpoint {
-                    LinkEndpoint::Sender(sender) => sender.close_with_error(error).await,
-                    LinkEndpoint::Receiver(receiver) => receiver.close_with_error(error).await,
+                let detached = async {
+                    let _ = match endpoint {
+                        LinkEndpoint::Sender(sender) => sender.close_with_error(error).await,
+                        LinkEndpoint::Receiver(receiver) => receiver.close_with_error(error).await,
+                    };
                 };
+                if tokio::time::timeout(REFUSED_DETACH_WAIT, detached)
+                    .await
+                    .is_err()
+                {
+                    tracing::info!(%peer, link = %name, "no DETACH in reply to a refused link's");
+                }
                 continue;
             }
         };

@@ -2,7 +2,8 @@
 //! past what the gateway decodes (in a message, and in a performative), garbage, oversized frames,
 //! channels and link handles past what the gateway offered. Each closes its own connection with
 //! the spec's condition in CLOSE (and the gateway does not fall over: a stack overflow would abort
-//! this test binary); a good client on another connection carries on.
+//! this test binary); a good client on another connection carries on. And a client that never
+//! answers the DETACH of a link the gateway refused.
 
 mod support;
 
@@ -188,6 +189,60 @@ async fn sessions_and_links_past_what_was_offered_are_framing_errors() -> TestRe
     assert!(error.description.unwrap_or_default().contains("handle 2"));
 
     a_good_client_works(&gateway, "after-caps", 1).await?;
+    gateway.stop().await
+}
+
+/// The gateway waits for the client's DETACH of a link it refused before it takes the session's
+/// next attach; a client that never sends it holds that session up for a few seconds only (the
+/// gateway's wait is bounded), and nothing else at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_link_whose_detach_is_never_answered_does_not_hold_its_session() -> TestResult {
+    let gateway = Gateway::start(Config::default()).await?;
+    let (mut raw, _) = Raw::open(gateway.address).await?;
+    raw.send(0, &begin_performative(), &[]).await?;
+    assert!(matches!(
+        raw.next().await?,
+        Some((_, Performative::Begin(_), _))
+    ));
+    raw.send(0, &sender_attach(0, "orders/partitions/x"), &[])
+        .await?;
+    loop {
+        match raw.next().await? {
+            Some((_, Performative::Detach(detach), _)) => {
+                assert!(detach.closed, "{detach:?}");
+                let error = detach.error.ok_or("DETACH without an error")?;
+                assert_eq!(error.condition, AmqpError::InvalidField.into());
+                break;
+            }
+            Some((_, Performative::Attach(_) | Performative::Flow(_), _)) => {}
+            other => return Err(format!("expected ATTACH, FLOW, DETACH, got {other:?}").into()),
+        }
+    }
+    // Never answered. Other connections are served meanwhile, and this session's next link is
+    // attached and given credit.
+    a_good_client_works(&gateway, "meanwhile", 1).await?;
+    raw.send(0, &sender_attach(1, "orders"), &[]).await?;
+    // The gateway's handles are its own: its ATTACH names the link, its FLOW uses its handle.
+    let mut attached = None;
+    loop {
+        match (raw.next().await?, attached) {
+            (Some((_, Performative::Attach(attach), _)), None) if attach.name == "raw-sender-1" => {
+                attached = Some(attach.handle.0);
+            }
+            (Some((_, Performative::Flow(flow), _)), Some(handle))
+                if flow.handle.as_ref().map(|h| h.0) == Some(handle)
+                    && flow.link_credit.unwrap_or(0) > 0 =>
+            {
+                break;
+            }
+            // What the gateway sends for the refused link as it lets it go.
+            (Some((_, Performative::Detach(_) | Performative::Flow(_), _)), _) => {}
+            (other, _) => {
+                return Err(format!("expected the link's ATTACH and FLOW, got {other:?}").into());
+            }
+        }
+    }
+    drop(raw);
     gateway.stop().await
 }
 
