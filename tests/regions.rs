@@ -1182,7 +1182,8 @@ async fn replication_lag_follows_a_paused_and_resumed_replicator() -> TestResult
 
     // Paused: nothing more is copied, and the lag is the age of what the replicator copied last.
     // The group reads on in a: what it reads now is past its checkpoint, and counted.
-    a_to_b.pause();
+    // Waits out the replicator's round under way (seconds at most), so off the runtime's turn.
+    tokio::task::block_in_place(|| a_to_b.pause());
     let committed = group.consume_more(30).await?;
     tokio::time::sleep(Duration::from_secs(8)).await;
     let past_checkpoint = uncheckpointed(committed);

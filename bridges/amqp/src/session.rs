@@ -1,12 +1,14 @@
 //! One AMQP session: its links accepted, checked before they run, and each given a task of its own
 //! ([`inbound`](crate::inbound) or [`outbound`](crate::outbound)). A link that fails the check is
 //! attached and at once detached with the reason (AMQP has no other way to refuse one); the session
-//! carries on. A link the client's principal may not use is refused the same way, with
-//! `amqp:unauthorized-access`, before anything is read or written for it.
+//! carries on once the client answers the DETACH, and ends (`amqp:not-allowed`) if it has not
+//! within [`REFUSED_DETACH_WAIT`]. A link the client's principal may not use is refused the same
+//! way, with `amqp:unauthorized-access`, before anything is read or written for it.
 //!
-//! The refusing ATTACH echoes the client's terminus rather than carrying none (section 2.6.3's
-//! figure 2.33): fe2o3's client answers a missing terminus with a DETACH of its own at once, and the
-//! two DETACHes crossing often cost it the reason, or the session's next link.
+//! The refusing ATTACH is fe2o3's acceptor's, which echoes the client's terminus. Section 2.6.3's
+//! example of a refusal (figure 2.33) carries none instead; that was tried and left, because
+//! fe2o3's own client answers a missing terminus with a DETACH at once, and the two DETACHes
+//! crossing often cost it the reason, or the session's next link.
 
 use std::{sync::Arc, time::Duration};
 
@@ -25,8 +27,9 @@ use crate::{
     address, client::Client, error::Refusal, inbound, outbound, outbound::Plan, shared::Shared,
 };
 
-/// How long a refused link's DETACH waits for the client's: the session takes no other attach
-/// meanwhile, so a client that never answers must not hold it.
+/// How long a refused link's DETACH waits for the client's. The session takes no other attach
+/// meanwhile, so a client that never answers must not hold it; nor can the session just carry on
+/// (fe2o3 would take the client's next DETACH on that handle as the answer), so it ends.
 const REFUSED_DETACH_WAIT: Duration = Duration::from_secs(5);
 
 /// Serves one session: accepts its links, checks each, and runs it in a task of its own until the
@@ -83,13 +86,24 @@ pub(crate) async fn serve(
                         LinkEndpoint::Receiver(receiver) => receiver.close_with_error(error).await,
                     };
                 };
-                if tokio::time::timeout(REFUSED_DETACH_WAIT, detached)
-                    .await
-                    .is_err()
-                {
-                    tracing::info!(%peer, link = %name, "no DETACH in reply to a refused link's");
+                tokio::select! {
+                    answered = tokio::time::timeout(REFUSED_DETACH_WAIT, detached) => {
+                        if answered.is_ok() {
+                            continue;
+                        }
+                    }
+                    () = drain.cancelled() => break,
                 }
-                continue;
+                tracing::info!(%peer, link = %name, "a refused link's DETACH went unanswered; ending its session");
+                failure = Some(definitions::Error::new(
+                    AmqpError::NotAllowed,
+                    Some(format!(
+                        "the DETACH of refused link {name:?} was not answered within {} s",
+                        REFUSED_DETACH_WAIT.as_secs()
+                    )),
+                    None,
+                ));
+                break;
             }
         };
         let cancel = drain.child_token();

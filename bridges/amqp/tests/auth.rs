@@ -33,6 +33,8 @@ type TestResult = Result<(), Error>;
 const WAIT: Duration = Duration::from_secs(20);
 /// Longer than any allowed send takes here, even in a loaded full run (well under a second).
 const SEND_WAIT: Duration = Duration::from_secs(5);
+/// A refused link's DETACH is there already when its send went unanswered.
+const DETACH_WAIT: Duration = Duration::from_secs(2);
 
 const POLICY: &str = r#"
 [[rules]]
@@ -183,8 +185,11 @@ async fn send_one(
             // before the DETACH that follows, and then waits for a disposition of a transfer the
             // gateway never takes; the DETACH, with the reason, is still there to be read.
             Err(_) => {
-                step.set("detach after a send that was not answered");
-                return Err(format!("send unanswered: {:?}", sender.on_detach().await));
+                let detached = tokio::time::timeout(DETACH_WAIT, sender.on_detach()).await;
+                return Err(match detached {
+                    Ok(detach) => format!("send unanswered: {detach:?}"),
+                    Err(_) => format!("send unanswered in {SEND_WAIT:?}, and no DETACH"),
+                });
             }
         };
         let _ = sender.close().await;

@@ -10,7 +10,8 @@ mod support;
 use courier_amqp::Config;
 use fe2o3_amqp::types::{
     definitions::{AmqpError, ConnectionError, Handle},
-    performatives::{Performative, Transfer},
+    messaging::DeliveryState,
+    performatives::{End, Performative, Transfer},
     primitives::Binary,
 };
 use support::*;
@@ -193,55 +194,87 @@ async fn sessions_and_links_past_what_was_offered_are_framing_errors() -> TestRe
 }
 
 /// The gateway waits for the client's DETACH of a link it refused before it takes the session's
-/// next attach; a client that never sends it holds that session up for a few seconds only (the
-/// gateway's wait is bounded), and nothing else at all.
+/// next attach. A client that never sends it holds that session for a few seconds only: the
+/// session then ends, saying why, and the connection's next session works (nothing else waited).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_link_whose_detach_is_never_answered_does_not_hold_its_session() -> TestResult {
+async fn a_refused_link_whose_detach_is_never_answered_ends_its_session_only() -> TestResult {
     let gateway = Gateway::start(Config::default()).await?;
     let (mut raw, _) = Raw::open(gateway.address).await?;
     raw.send(0, &begin_performative(), &[]).await?;
-    assert!(matches!(
-        raw.next().await?,
-        Some((_, Performative::Begin(_), _))
-    ));
+    let first = match raw.next().await? {
+        Some((channel, Performative::Begin(_), _)) => channel,
+        other => return Err(format!("expected BEGIN, got {other:?}").into()),
+    };
     raw.send(0, &sender_attach(0, "orders/partitions/x"), &[])
         .await?;
     loop {
         match raw.next().await? {
-            Some((_, Performative::Detach(detach), _)) => {
+            Some((channel, Performative::Detach(detach), _)) if channel == first => {
                 assert!(detach.closed, "{detach:?}");
                 let error = detach.error.ok_or("DETACH without an error")?;
                 assert_eq!(error.condition, AmqpError::InvalidField.into());
                 break;
             }
-            Some((_, Performative::Attach(_) | Performative::Flow(_), _)) => {}
+            Some((channel, Performative::Attach(_) | Performative::Flow(_), _))
+                if channel == first => {}
             other => return Err(format!("expected ATTACH, FLOW, DETACH, got {other:?}").into()),
         }
     }
-    // Never answered. Other connections are served meanwhile, and this session's next link is
-    // attached and given credit.
+    // Never answered. Other connections are served meanwhile.
     a_good_client_works(&gateway, "meanwhile", 1).await?;
-    raw.send(0, &sender_attach(1, "orders"), &[]).await?;
-    // The gateway's handles are its own: its ATTACH names the link, its FLOW uses its handle.
-    let mut attached = None;
+    match raw.next().await? {
+        Some((channel, Performative::End(end), _)) if channel == first => {
+            let error = end.error.ok_or("END without an error")?;
+            assert_eq!(error.condition, AmqpError::NotAllowed.into());
+            let description = error.description.unwrap_or_default();
+            assert!(description.contains("raw-sender-0"), "{description}");
+        }
+        other => return Err(format!("expected END, got {other:?}").into()),
+    }
+    raw.send(0, &Performative::End(End { error: None }), &[])
+        .await?;
+
+    // The connection's next session takes a link and a message. (The gateway's frames of it come on
+    // its own channel, which its BEGIN names in `remote_channel`'s place: the frame's channel.)
+    raw.send(1, &begin_performative(), &[]).await?;
+    let theirs = match raw.next().await? {
+        Some((channel, Performative::Begin(begin), _)) if begin.remote_channel == Some(1) => {
+            channel
+        }
+        other => return Err(format!("expected BEGIN, got {other:?}").into()),
+    };
+    raw.send(1, &sender_attach(0, "after-refusal"), &[]).await?;
     loop {
-        match (raw.next().await?, attached) {
-            (Some((_, Performative::Attach(attach), _)), None) if attach.name == "raw-sender-1" => {
-                attached = Some(attach.handle.0);
-            }
-            (Some((_, Performative::Flow(flow), _)), Some(handle))
-                if flow.handle.as_ref().map(|h| h.0) == Some(handle)
-                    && flow.link_credit.unwrap_or(0) > 0 =>
+        match raw.next().await? {
+            Some((channel, Performative::Flow(flow), _))
+                if channel == theirs && flow.link_credit.unwrap_or(0) > 0 =>
             {
                 break;
             }
-            // What the gateway sends for the refused link as it lets it go.
-            (Some((_, Performative::Detach(_) | Performative::Flow(_), _)), _) => {}
-            (other, _) => {
-                return Err(format!("expected the link's ATTACH and FLOW, got {other:?}").into());
+            Some((channel, Performative::Attach(attach), _)) if channel == theirs => {
+                assert_eq!(attach.name, "raw-sender-0");
+                assert!(attach.target.is_some(), "{attach:?}");
             }
+            other => return Err(format!("expected ATTACH and FLOW, got {other:?}").into()),
         }
     }
+    // An amqp-value section holding the string "hello".
+    let message = [&[0x00, 0x53, 0x77, 0xa1, 5][..], b"hello"].concat();
+    raw.send(1, &transfer(Some(0), false), &message).await?;
+    loop {
+        match raw.next().await? {
+            Some((channel, Performative::Disposition(disposition), _)) if channel == theirs => {
+                assert!(
+                    matches!(disposition.state, Some(DeliveryState::Accepted(_))),
+                    "{disposition:?}"
+                );
+                break;
+            }
+            Some((channel, Performative::Flow(_), _)) if channel == theirs => {}
+            other => return Err(format!("expected DISPOSITION, got {other:?}").into()),
+        }
+    }
+    assert_eq!(gateway.records("after-refusal").await?.len(), 1);
     drop(raw);
     gateway.stop().await
 }
