@@ -12,7 +12,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use courier_gateway::Error as LogError;
+use courier_gateway::{
+    Error as LogError,
+    metrics::{self, Protocol},
+};
 use fe2o3_amqp::{
     acceptor::{LinkAcceptor, LinkEndpoint, ListenerSessionHandle},
     types::{
@@ -95,6 +98,7 @@ pub(crate) async fn serve(
                     () = drain.cancelled() => break,
                 }
                 tracing::info!(%peer, link = %name, "a refused link's DETACH went unanswered; ending its session");
+                metrics::limit_refused(Protocol::Amqp, "refused_link_detach");
                 failure = Some(definitions::Error::new(
                     AmqpError::NotAllowed,
                     Some(format!(
