@@ -1,21 +1,19 @@
 //! One AMQP session: its links accepted, checked before they run, and each given a task of its own
 //! ([`inbound`](crate::inbound) or [`outbound`](crate::outbound)). A link that fails the check is
 //! attached and at once detached with the reason (AMQP has no other way to refuse one); the session
-//! carries on once the client answers the DETACH, and ends (`amqp:not-allowed`) if it has not
-//! within [`REFUSED_DETACH_WAIT`]. A link the client's principal may not use is refused the same
-//! way, with `amqp:unauthorized-access`, before anything is read or written for it.
+//! carries on, its next links served while the refused one waits for the client's DETACH in a task
+//! of its own (a client whose event loop runs only inside its calls answers late). A link the
+//! client's principal may not use is refused the same way, with `amqp:unauthorized-access`, before
+//! anything is read or written for it.
 //!
 //! The refusing ATTACH is fe2o3's acceptor's, which echoes the client's terminus. Section 2.6.3's
 //! example of a refusal (figure 2.33) carries none instead; that was tried and left, because
 //! fe2o3's own client answers a missing terminus with a DETACH at once, and the two DETACHes
 //! crossing often cost it the reason, or the session's next link.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use courier_gateway::{
-    Error as LogError,
-    metrics::{self, Protocol},
-};
+use courier_gateway::Error as LogError;
 use fe2o3_amqp::{
     acceptor::{LinkAcceptor, LinkEndpoint, ListenerSessionHandle},
     types::{
@@ -29,11 +27,6 @@ use tracing::Instrument as _;
 use crate::{
     address, client::Client, error::Refusal, inbound, outbound, outbound::Plan, shared::Shared,
 };
-
-/// How long a refused link's DETACH waits for the client's. The session takes no other attach
-/// meanwhile, so a client that never answers must not hold it; nor can the session just carry on
-/// (fe2o3 would take the client's next DETACH on that handle as the answer), so it ends.
-const REFUSED_DETACH_WAIT: Duration = Duration::from_secs(5);
 
 /// Serves one session: accepts its links, checks each, and runs it in a task of its own until the
 /// session ends or the gateway drains.
@@ -83,31 +76,30 @@ pub(crate) async fn serve(
             Err(refusal) => {
                 tracing::info!(%peer, link = %name, reason = %refusal.description, "AMQP link refused");
                 let error = definitions::Error::from(refusal);
-                let detached = async {
-                    let _ = match endpoint {
-                        LinkEndpoint::Sender(sender) => sender.close_with_error(error).await,
-                        LinkEndpoint::Receiver(receiver) => receiver.close_with_error(error).await,
-                    };
-                };
-                tokio::select! {
-                    answered = tokio::time::timeout(REFUSED_DETACH_WAIT, detached) => {
-                        if answered.is_ok() {
-                            continue;
+                // fe2o3's close sends the DETACH and waits for the client's; awaited here, it held
+                // every later attach of the session until the client answered, and for good if it
+                // never did. Beside the session's links it waits as long as the session lives.
+                let cancel = drain.child_token();
+                links.spawn(
+                    async move {
+                        let detached = async {
+                            let _ = match endpoint {
+                                LinkEndpoint::Sender(sender) => {
+                                    sender.close_with_error(error).await
+                                }
+                                LinkEndpoint::Receiver(receiver) => {
+                                    receiver.close_with_error(error).await
+                                }
+                            };
+                        };
+                        tokio::select! {
+                            () = detached => {}
+                            () = cancel.cancelled() => {}
                         }
                     }
-                    () = drain.cancelled() => break,
-                }
-                tracing::info!(%peer, link = %name, "a refused link's DETACH went unanswered; ending its session");
-                metrics::limit_refused(Protocol::Amqp, "refused_link_detach");
-                failure = Some(definitions::Error::new(
-                    AmqpError::NotAllowed,
-                    Some(format!(
-                        "the DETACH of refused link {name:?} was not answered within {} s",
-                        REFUSED_DETACH_WAIT.as_secs()
-                    )),
-                    None,
-                ));
-                break;
+                    .in_current_span(),
+                );
+                continue;
             }
         };
         let cancel = drain.child_token();
