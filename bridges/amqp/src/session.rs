@@ -1,8 +1,12 @@
 //! One AMQP session: its links accepted, checked before they run, and each given a task of its own
 //! ([`inbound`](crate::inbound) or [`outbound`](crate::outbound)). A link that fails the check is
 //! attached and at once detached with the reason (AMQP has no other way to refuse one); the session
-//! carries on, its next links served while the refused one waits for the client's DETACH in a task
-//! of its own (a client whose event loop runs only inside its calls answers late). A link the
+//! carries on. The refused link waits for the client's DETACH in a task of its own, so a client
+//! may answer late (one whose event loop runs only inside its calls does); its next attach is
+//! taken once the answer is in, which a client's frames put first. A client that attaches again
+//! without answering has its session ended after [`REFUSED_DETACH_WAIT`] (`amqp:not-allowed`):
+//! fe2o3 keys a DETACH awaiting its answer by the output handle it freed, which the next link
+//! takes, so that link's own DETACH would be mistaken for the answer and go unanswered. A link the
 //! client's principal may not use is refused the same way, with `amqp:unauthorized-access`, before
 //! anything is read or written for it.
 //!
@@ -11,7 +15,7 @@
 //! fe2o3's own client answers a missing terminus with a DETACH at once, and the two DETACHes
 //! crossing often cost it the reason, or the session's next link.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use courier_gateway::Error as LogError;
 use fe2o3_amqp::{
@@ -21,12 +25,17 @@ use fe2o3_amqp::{
         performatives::Attach,
     },
 };
+use tokio::task::JoinSet;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
 use crate::{
     address, client::Client, error::Refusal, inbound, outbound, outbound::Plan, shared::Shared,
 };
+
+/// How long a new attach waits for the client's answers to the DETACHes of links refused before
+/// it, which a client sends ahead of its next ATTACH; only one that did not send them waits.
+const REFUSED_DETACH_WAIT: Duration = Duration::from_secs(5);
 
 /// Serves one session: accepts its links, checks each, and runs it in a task of its own until the
 /// session ends or the gateway drains.
@@ -43,6 +52,8 @@ pub(crate) async fn serve(
         .build();
     // Why the session ends early, sent in END; `None` when the client ended it or the gateway drains.
     let mut failure = None;
+    // Refused links waiting for the client's DETACH (dropped, mid-close, when the session ends).
+    let mut refused = JoinSet::new();
     loop {
         let attach = tokio::select! {
             () = drain.cancelled() => break,
@@ -51,6 +62,26 @@ pub(crate) async fn serve(
                 None => break,
             },
         };
+        if !refused.is_empty() {
+            let answered = async { while refused.join_next().await.is_some() {} };
+            tokio::select! {
+                () = drain.cancelled() => break,
+                answered = tokio::time::timeout(REFUSED_DETACH_WAIT, answered) => {
+                    if answered.is_err() {
+                        tracing::info!(%peer, link = %attach.name, "an attach while a refused link's DETACH went unanswered; ending the session");
+                        failure = Some(definitions::Error::new(
+                            AmqpError::NotAllowed,
+                            Some(format!(
+                                "link {:?} attached while the DETACH of a refused link was not answered",
+                                attach.name
+                            )),
+                            None,
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
         let check = check_link(&shared, &client, &attach).await;
         let name = attach.name.clone();
         let endpoint = match link_acceptor
@@ -76,26 +107,15 @@ pub(crate) async fn serve(
             Err(refusal) => {
                 tracing::info!(%peer, link = %name, reason = %refusal.description, "AMQP link refused");
                 let error = definitions::Error::from(refusal);
-                // fe2o3's close sends the DETACH and waits for the client's; awaited here, it held
-                // every later attach of the session until the client answered, and for good if it
-                // never did. Beside the session's links it waits as long as the session lives.
-                let cancel = drain.child_token();
-                links.spawn(
+                // fe2o3's close sends the DETACH and waits for the client's.
+                refused.spawn(
                     async move {
-                        let detached = async {
-                            let _ = match endpoint {
-                                LinkEndpoint::Sender(sender) => {
-                                    sender.close_with_error(error).await
-                                }
-                                LinkEndpoint::Receiver(receiver) => {
-                                    receiver.close_with_error(error).await
-                                }
-                            };
+                        let _ = match endpoint {
+                            LinkEndpoint::Sender(sender) => sender.close_with_error(error).await,
+                            LinkEndpoint::Receiver(receiver) => {
+                                receiver.close_with_error(error).await
+                            }
                         };
-                        tokio::select! {
-                            () = detached => {}
-                            () = cancel.cancelled() => {}
-                        }
                     }
                     .in_current_span(),
                 );
@@ -138,6 +158,7 @@ pub(crate) async fn serve(
     drain.cancel();
     links.close();
     links.wait().await;
+    refused.shutdown().await;
     let _ = match failure {
         Some(reason) => session.end_with_error(reason).await,
         None => session.end().await,
