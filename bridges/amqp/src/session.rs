@@ -17,7 +17,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use courier_gateway::Error as LogError;
+use courier_gateway::{
+    Error as LogError,
+    metrics::{self, Protocol},
+};
 use fe2o3_amqp::{
     acceptor::{LinkAcceptor, LinkEndpoint, ListenerSessionHandle},
     types::{
@@ -63,16 +66,17 @@ pub(crate) async fn serve(
             },
         };
         if !refused.is_empty() {
-            let answered = async { while refused.join_next().await.is_some() {} };
+            let answers = async { while refused.join_next().await.is_some() {} };
             tokio::select! {
                 () = drain.cancelled() => break,
-                answered = tokio::time::timeout(REFUSED_DETACH_WAIT, answered) => {
+                answered = tokio::time::timeout(REFUSED_DETACH_WAIT, answers) => {
                     if answered.is_err() {
                         tracing::info!(%peer, link = %attach.name, "an attach while a refused link's DETACH went unanswered; ending the session");
+                        metrics::limit_refused(Protocol::Amqp, "refused_link_detach");
                         failure = Some(definitions::Error::new(
                             AmqpError::NotAllowed,
                             Some(format!(
-                                "link {:?} attached while the DETACH of a refused link was not answered",
+                                "link {:?} attached before the DETACH of a refused link was answered",
                                 attach.name
                             )),
                             None,
