@@ -2,8 +2,8 @@
 //! past what the gateway decodes (in a message, and in a performative), garbage, oversized frames,
 //! channels and link handles past what the gateway offered. Each closes its own connection with
 //! the spec's condition in CLOSE (and the gateway does not fall over: a stack overflow would abort
-//! this test binary); a good client on another connection carries on. And a client that never
-//! answers the DETACH of a link the gateway refused.
+//! this test binary); a good client on another connection carries on. And a client that answers
+//! the DETACH of a link the gateway refused late, or attaches again without answering it.
 
 mod support;
 
@@ -218,6 +218,7 @@ async fn a_refused_link(raw: &mut Raw) -> Result<u16, Error> {
     }
 }
 
+/// The client's DETACH (closing) of its link `handle`.
 fn detach(handle: u32) -> Performative {
     Performative::Detach(Detach {
         handle: Handle(handle),
