@@ -184,19 +184,7 @@ impl AckWindow {
 
     /// Marks one delivered record acknowledged and wakes the read loop.
     pub(crate) fn ack(&self, partition: &TopicPartition, offset: i64) -> AckOutcome {
-        let acked = {
-            let mut state = self.lock();
-            let acked = state
-                .held
-                .get_mut(partition)
-                .is_some_and(|held| held.tracker.ack(offset));
-            if acked {
-                state.in_flight -= 1;
-            }
-            acked
-        };
-        if acked {
-            self.acked.notify_one();
+        if self.acknowledge(partition, |tracker| usize::from(tracker.ack(offset))) > 0 {
             AckOutcome::Acked
         } else {
             AckOutcome::Ignored
@@ -206,32 +194,34 @@ impl AckWindow {
     /// Marks delivered records of one partition acknowledged, under one lock, and wakes the read
     /// loop once; returns how many were outstanding.
     pub(crate) fn ack_all(&self, partition: &TopicPartition, offsets: &[i64]) -> usize {
-        let acked = {
-            let mut state = self.lock();
-            let acked = state.held.get_mut(partition).map_or(0, |held| {
-                offsets
-                    .iter()
-                    .filter(|&&offset| held.tracker.ack(offset))
-                    .count()
-            });
-            state.in_flight -= acked;
-            acked
-        };
-        if acked > 0 {
-            self.acked.notify_one();
-        }
-        acked
+        self.acknowledge(partition, |tracker| {
+            offsets
+                .iter()
+                .filter(|&&offset| tracker.ack(offset))
+                .count()
+        })
     }
 
     /// Marks the delivered records of one partition from `first` to `last` acknowledged, under
     /// one lock, and wakes the read loop once; returns how many were outstanding.
     pub(crate) fn ack_range(&self, partition: &TopicPartition, first: i64, last: i64) -> usize {
+        self.acknowledge(partition, |tracker| tracker.ack_range(first, last))
+    }
+
+    /// Applies `take` (which returns how many records it acknowledged) to the tracker of a held
+    /// partition under the lock, takes those records off the in-flight count, and wakes the read
+    /// loop if there were any. Nothing is acknowledged of a partition not held.
+    fn acknowledge(
+        &self,
+        partition: &TopicPartition,
+        take: impl FnOnce(&mut AckTracker) -> usize,
+    ) -> usize {
         let acked = {
             let mut state = self.lock();
             let acked = state
                 .held
                 .get_mut(partition)
-                .map_or(0, |held| held.tracker.ack_range(first, last));
+                .map_or(0, |held| take(&mut held.tracker));
             state.in_flight -= acked;
             acked
         };
