@@ -213,11 +213,7 @@ pub trait SubscriptionControl: Send + Sync + fmt::Debug {
     /// the range, and the region router to take a range a generation starts and ends whole from
     /// that generation.
     fn ack_range(&self, partition: &TopicPartition, first: i64, last: i64) -> usize {
-        if last < first {
-            return 0;
-        }
-        let offsets: Vec<i64> = (first..=last).collect();
-        self.ack_all(partition, &offsets)
+        ack_range_by_offsets(self, partition, first, last)
     }
 
     /// Moves the read position of a partition this subscriber holds. Outstanding records of it are
@@ -239,6 +235,22 @@ pub trait SubscriptionControl: Send + Sync + fmt::Debug {
     async fn abandon(&self) -> Result<()> {
         self.close().await
     }
+}
+
+/// Acknowledges the offsets from `first` to `last` one by one through `ack_all` (none when `last`
+/// is below `first`): [`SubscriptionControl::ack_range`]'s default, and the fallback of an
+/// override that cannot take a range whole.
+pub(crate) fn ack_range_by_offsets<C: SubscriptionControl + ?Sized>(
+    control: &C,
+    partition: &TopicPartition,
+    first: i64,
+    last: i64,
+) -> usize {
+    if last < first {
+        return 0;
+    }
+    let offsets: Vec<i64> = (first..=last).collect();
+    control.ack_all(partition, &offsets)
 }
 
 /// A live subscription: events to forward to the client, and the control to ack with.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::super::shared::Shared;
 use crate::{
     Result,
-    log::{AckOutcome, Position, SubscriptionControl, TopicPartition, acks},
+    log::{self, AckOutcome, Position, SubscriptionControl, TopicPartition, acks},
     sync::lock,
 };
 
@@ -229,10 +229,7 @@ impl SubscriptionControl for RoutedControl {
             Some((control, offsets)) => {
                 control.map_or(0, |control| control.ack_all(partition, &offsets))
             }
-            None => {
-                let offsets: Vec<i64> = (first..=last).collect();
-                self.ack_all(partition, &offsets)
-            }
+            None => log::ack_range_by_offsets(self, partition, first, last),
         }
     }
 
